@@ -1,0 +1,1 @@
+//! NEON kernels for aarch64.

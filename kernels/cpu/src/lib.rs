@@ -1,0 +1,24 @@
+//! CPU kernels for EdgeLLM: the scalar specification, AVX2 and NEON versions, and the run-time
+//! dispatch table that picks one set for the CPU the program runs on.
+//!
+//! Boundary: this crate is `no_std`, knows nothing of files, threads or the OS, and never allocates.
+//! Every function works on caller-provided slices.
+//!
+//! Invariant: the functions in [`scalar`] are the specification. Every SIMD kernel is tested against
+//! them: bit-exact for integer paths, within a named tolerance for float paths.
+#![cfg_attr(not(feature = "std"), no_std)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod acts;
+pub mod dispatch;
+pub mod scalar;
+pub mod types;
+
+#[cfg(target_arch = "aarch64")]
+pub mod aarch64;
+#[cfg(target_arch = "x86_64")]
+pub mod x86;
+
+pub use acts::{ActsQ8, ActsQ8Mut, QK};
+// pub use dispatch::{CpuFeatures, Kernels, Tier};
+pub use types::GgmlType;

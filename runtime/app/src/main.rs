@@ -1,0 +1,2 @@
+//! The `edgellm` command line.
+fn main() {}
