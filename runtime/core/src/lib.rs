@@ -8,3 +8,5 @@
 extern crate alloc;
 
 pub use edgellm_kernels as kernels;
+
+pub mod parallel;
