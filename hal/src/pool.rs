@@ -19,6 +19,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 
 use edgellm_core::parallel::Parallel;
 
@@ -27,10 +28,45 @@ use crate::HalError;
 /// The job type the pool runs: the same as [`Parallel::run`]'s argument.
 type Job<'a> = dyn Fn(usize) + Sync + 'a;
 
-/// Spin iterations (each one a `spin_loop` hint and an atomic load) before a thread sleeps.
-/// About 20-100 microseconds on the supported CPUs: long enough to cover the gap between two
-/// matrix-vector products of a decode step, short enough not to burn a core between tokens.
-pub const DEFAULT_SPIN: u32 = 1 << 14;
+/// How long a thread busy-waits before it sleeps: long enough to cover the gap between two
+/// matrix-vector products of a decode step (and usually sampling), short enough not to burn a
+/// core for long between tokens.
+pub const DEFAULT_SPIN: Duration = Duration::from_micros(100);
+
+/// Busy-wait budget of one wait. The clock (vDSO, no system call) is read every 64 iterations and
+/// only once spinning has started, so a wait that is over at once costs no clock read.
+struct Spin {
+    limit: Duration,
+    start: Option<Instant>,
+    iterations: u32,
+}
+
+impl Spin {
+    fn new(limit: Duration) -> Spin {
+        Spin {
+            limit,
+            start: None,
+            iterations: 0,
+        }
+    }
+
+    /// Spins once and returns true, or returns false when the budget is spent.
+    fn keep_spinning(&mut self) -> bool {
+        if self.limit.is_zero() {
+            return false;
+        }
+        self.iterations = self.iterations.wrapping_add(1);
+        if self.iterations % 64 == 1 {
+            let now = Instant::now();
+            let start = *self.start.get_or_insert(now);
+            if now.duration_since(start) >= self.limit {
+                return false;
+            }
+        }
+        core::hint::spin_loop();
+        true
+    }
+}
 
 /// State shared by the caller and the workers.
 struct Shared {
@@ -50,8 +86,8 @@ struct Shared {
     panicked: AtomicBool,
     /// Points to a `&Job` on the stack of the thread inside `run`; valid only during that `run`.
     job: AtomicPtr<()>,
-    /// Spin iterations before sleeping.
-    spin: u32,
+    /// Busy-wait time before sleeping.
+    spin: Duration,
 }
 
 /// A fixed set of worker threads, created once, that [`Parallel::run`] dispatches to.
@@ -87,12 +123,13 @@ impl ThreadPool {
         ThreadPool::with_spin(threads, cores, DEFAULT_SPIN)
     }
 
-    /// Like [`ThreadPool::new`], with `spin` iterations of busy waiting before a thread sleeps
-    /// (0 sleeps at once: lowest CPU use, highest wake-up latency).
+    /// Like [`ThreadPool::new`], with `spin` of busy waiting before a thread sleeps (zero sleeps
+    /// at once: lowest CPU use, highest wake-up latency). Keep `threads` at most the number of
+    /// cores available: a spinning thread takes the core a descheduled one needs.
     pub fn with_spin(
         threads: usize,
         cores: Option<&[usize]>,
-        spin: u32,
+        spin: Duration,
     ) -> Result<ThreadPool, HalError> {
         if threads == 0 {
             return Err(HalError::ZeroThreads);
@@ -224,15 +261,13 @@ impl Parallel for ThreadPool {
         let mine = panic::catch_unwind(AssertUnwindSafe(|| job(0)));
 
         let others = (self.threads - 1) as u32;
-        let mut spins = 0u32;
+        let mut spin = Spin::new(shared.spin);
         loop {
             let done = shared.done.load(Ordering::Acquire);
             if done == others {
                 break;
             }
-            if spins < shared.spin {
-                spins += 1;
-                core::hint::spin_loop();
+            if spin.keep_spinning() {
                 continue;
             }
             shared.caller_sleeping.store(true, Ordering::SeqCst);
@@ -277,15 +312,13 @@ fn worker_loop(shared: &Shared, index: usize) {
     let mut seen = 0u32;
     loop {
         // Wait for the next generation: spin, then sleep.
-        let mut spins = 0u32;
+        let mut spin = Spin::new(shared.spin);
         let current = loop {
             let g = shared.generation.load(Ordering::Acquire);
             if g != seen {
                 break g;
             }
-            if spins < shared.spin {
-                spins += 1;
-                core::hint::spin_loop();
+            if spin.keep_spinning() {
                 continue;
             }
             // Announce the sleep before checking `generation` again. The caller increments
@@ -386,7 +419,6 @@ fn futex_wake(word: &AtomicU32, count: i32) {
 mod tests {
     use super::*;
     use core::sync::atomic::AtomicUsize;
-    use std::time::{Duration, Instant};
 
     #[test]
     fn threads_1_spawns_nothing() {
@@ -444,6 +476,25 @@ mod tests {
     }
 
     #[test]
+    fn many_runs_always_sleeping() {
+        // No spinning: every wait goes through the futex, exercising the wake-up protocol.
+        for threads in [2usize, 3] {
+            let pool = ThreadPool::with_spin(threads, None, Duration::ZERO).unwrap();
+            let sum = AtomicUsize::new(0);
+            let runs = 5_000;
+            for _ in 0..runs {
+                pool.run(&|i| {
+                    sum.fetch_add(i + 1, Ordering::Relaxed);
+                });
+            }
+            assert_eq!(
+                sum.load(Ordering::Relaxed),
+                runs * threads * (threads + 1) / 2
+            );
+        }
+    }
+
+    #[test]
     fn results_are_visible_after_run() {
         let pool = ThreadPool::new(3, None).unwrap();
         let cells: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();
@@ -457,7 +508,7 @@ mod tests {
 
     #[test]
     fn runs_after_workers_slept_and_drop_with_workers_parked() {
-        let pool = ThreadPool::with_spin(3, None, 0).unwrap();
+        let pool = ThreadPool::with_spin(3, None, Duration::ZERO).unwrap();
         let start = Instant::now();
         while pool.sleeping_workers() < 2 {
             assert!(
