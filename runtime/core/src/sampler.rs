@@ -613,6 +613,50 @@ mod tests {
         assert_ne!(first[0], first[1]);
     }
 
+    /// Tokens drawn with fixed parameters, seed and logits. The expected values were recorded on
+    /// x86_64; any platform must reproduce them (integer generator, libm `expf`, fixed summation
+    /// order).
+    #[test]
+    fn golden_token_streams() {
+        let mut rng = Rng::new(2024);
+        let logits = random_logits(&mut rng, 49_152);
+        let stream = |p: SamplerParams| -> Vec<u32> {
+            let mut s = Sampler::new(p, logits.len()).unwrap();
+            (0..16)
+                .map(|_| {
+                    let t = s.sample(&mut logits.clone());
+                    s.accept(t);
+                    t
+                })
+                .collect()
+        };
+        let top_k = SamplerParams {
+            temperature: 1.0,
+            repeat_penalty: 1.1,
+            seed: 1234,
+            ..SamplerParams::default()
+        };
+        let whole_vocab = SamplerParams {
+            temperature: 0.7,
+            top_k: 0,
+            top_p: 0.9,
+            min_p: 0.1,
+            seed: 99,
+            ..top_k
+        };
+        assert_eq!(stream(top_k), GOLDEN_TOP_K);
+        assert_eq!(stream(whole_vocab), GOLDEN_WHOLE_VOCAB);
+    }
+
+    const GOLDEN_TOP_K: [u32; 16] = [
+        46772, 10001, 10382, 34924, 10305, 31296, 15169, 30359, 8851, 6419, 9072, 25374, 38570,
+        37188, 1179, 14195,
+    ];
+    const GOLDEN_WHOLE_VOCAB: [u32; 16] = [
+        7163, 39538, 42391, 44092, 42165, 22188, 28269, 30932, 13228, 6263, 6501, 14905, 39090,
+        21375, 31078, 26840,
+    ];
+
     #[test]
     fn top_k_1_and_tiny_top_p_equal_greedy() {
         let mut rng = Rng::new(4);
