@@ -14,12 +14,12 @@ pub struct LinuxTelemetry {
 }
 
 /// A small stack string for sysfs paths.
-struct PathBuf64 {
+struct StackPath {
     buf: [u8; 96],
     len: usize,
 }
 
-impl core::fmt::Write for PathBuf64 {
+impl core::fmt::Write for StackPath {
     fn write_str(&mut self, s: &str) -> core::fmt::Result {
         let end = self.len + s.len();
         if end > self.buf.len() {
@@ -33,7 +33,7 @@ impl core::fmt::Write for PathBuf64 {
 
 /// Reads a sysfs file holding one integer. A missing file is `Ok(None)`.
 fn read_int(args: core::fmt::Arguments<'_>, what: &'static str) -> Result<Option<i64>, HalError> {
-    let mut path = PathBuf64 {
+    let mut path = StackPath {
         buf: [0; 96],
         len: 0,
     };
