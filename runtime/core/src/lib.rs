@@ -9,4 +9,5 @@ extern crate alloc;
 
 pub use edgellm_kernels as kernels;
 
+pub mod gguf;
 pub mod parallel;
