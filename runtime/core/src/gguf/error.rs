@@ -203,9 +203,13 @@ impl fmt::Display for GgufError {
         use GgufError::*;
         match self {
             Truncated { what, context, offset, needed, available } => {
-                write!(f, "GGUF file truncated: expected {needed} bytes of {what}")?;
+                write!(f, "GGUF file truncated: {what}")?;
                 in_context(f, context)?;
-                write!(f, " at byte {offset}, found only {available}; the file is incomplete, download or copy it again")
+                write!(
+                    f,
+                    " at byte {offset} needs {needed} bytes, only {available} remain; \
+                     the file is incomplete, download or copy it again"
+                )
             }
             BadMagic { found } => write!(
                 f,
@@ -223,9 +227,9 @@ impl fmt::Display for GgufError {
                 }
             }
             CountTooLarge { what, context, offset, count, max } => {
-                write!(f, "invalid GGUF {what} count {count} at byte {offset}")?;
+                write!(f, "invalid GGUF count of {what}: {count} at byte {offset}")?;
                 in_context(f, context)?;
-                write!(f, ": the rest of the file can hold at most {max}")
+                write!(f, ": the rest of the file can hold at most {max}; the file is truncated or corrupt")
             }
             StringTooLong { what, context, offset, len, available } => {
                 write!(f, "invalid GGUF {what}")?;

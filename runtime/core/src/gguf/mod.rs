@@ -22,6 +22,7 @@ mod tests;
 use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::fmt;
 
 use edgellm_kernels::GgmlType;
 
@@ -48,7 +49,7 @@ const MAX_SHOWN_NAME: usize = 96;
 const INITIAL_CAPACITY: usize = 512;
 
 /// A parsed GGUF file, borrowing the bytes it was parsed from.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Gguf<'a> {
     /// GGUF version, 2 or 3.
     pub version: u32,
@@ -64,7 +65,7 @@ pub struct Gguf<'a> {
 }
 
 /// One tensor of the file: its shape, type and bytes.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Clone, Copy, PartialEq)]
 pub struct TensorInfo<'a> {
     /// Tensor name, e.g. `blk.0.attn_q.weight`.
     pub name: &'a str,
@@ -181,6 +182,31 @@ impl<'a> Gguf<'a> {
     }
 }
 
+impl fmt::Debug for Gguf<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Gguf")
+            .field("version", &self.version)
+            .field("alignment", &self.alignment)
+            .field("data_offset", &self.data_offset)
+            .field("metadata", &self.metadata.len())
+            .field("tensors", &self.tensors.len())
+            .field("file_len", &self.bytes.len())
+            .finish()
+    }
+}
+
+impl fmt::Debug for TensorInfo<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TensorInfo")
+            .field("name", &self.name)
+            .field("shape", &self.shape())
+            .field("ty", &self.ty)
+            .field("offset", &self.offset)
+            .field("data_len", &self.data.len())
+            .finish()
+    }
+}
+
 /// A name shortened for an error message.
 fn shown(name: &str) -> String {
     match name.char_indices().nth(MAX_SHOWN_NAME) {
@@ -257,7 +283,8 @@ impl<'a> Reader<'a> {
         Ok(u64::from_le_bytes(self.array(what, context)?))
     }
 
-    /// A length-prefixed UTF-8 string.
+    /// A length-prefixed UTF-8 string. A length that runs past the end of the file is
+    /// [`GgufError::Truncated`] if the whole file could hold it, [`GgufError::StringTooLong`] if not.
     fn string(
         &mut self,
         what: &'static str,
@@ -266,18 +293,18 @@ impl<'a> Reader<'a> {
         let len_offset = self.pos;
         let len = self.u64(what, context)?;
         let available = self.remaining();
-        let n = usize::try_from(len)
-            .ok()
-            .filter(|&n| n <= available)
-            .ok_or_else(|| GgufError::StringTooLong {
+        if len > self.bytes.len() as u64 {
+            return Err(GgufError::StringTooLong {
                 what,
                 context: context(),
                 offset: len_offset,
                 len,
                 available,
-            })?;
+            });
+        }
         let start = self.pos;
-        let raw = self.take(n, what, context)?;
+        // `len <= bytes.len()`, so it fits in a usize; `take` reports a truncated file.
+        let raw = self.take(len as usize, what, context)?;
         core::str::from_utf8(raw).map_err(|_| GgufError::InvalidUtf8 {
             what,
             context: context(),
@@ -285,7 +312,10 @@ impl<'a> Reader<'a> {
         })
     }
 
-    /// Checks that `count` items of at least `min_size` bytes each can fit in the rest of the file.
+    /// Checks that `count` items of at least `min_size` bytes each fit in the rest of the file,
+    /// before anything is allocated or looped over. A count the whole file could not hold is
+    /// [`GgufError::CountTooLarge`]; one that only the rest of the file cannot hold means the
+    /// file is cut short: [`GgufError::Truncated`].
     fn check_count(
         &self,
         count: u64,
@@ -294,18 +324,23 @@ impl<'a> Reader<'a> {
         offset: usize,
         context: &dyn Fn() -> String,
     ) -> Result<usize, GgufError> {
-        let max = (self.remaining() / min_size.max(1)) as u64;
-        if count > max {
-            return Err(GgufError::CountTooLarge {
+        let min_size = min_size.max(1);
+        let available = self.remaining();
+        let max = (available / min_size) as u64;
+        if count <= max {
+            // `count <= available`, which is a usize.
+            return Ok(count as usize);
+        }
+        if count <= (self.bytes.len() / min_size) as u64 {
+            return Err(GgufError::Truncated {
                 what,
                 context: context(),
-                offset,
-                count,
-                max,
+                offset: self.pos,
+                needed: count * min_size as u64,
+                available,
             });
         }
-        // `count <= remaining`, which is a usize.
-        usize::try_from(count).map_err(|_| GgufError::CountTooLarge {
+        Err(GgufError::CountTooLarge {
             what,
             context: context(),
             offset,
@@ -348,17 +383,10 @@ impl<'a> Parser<'a> {
         let n_tensors = self.r.u64("tensor count", &no_context)?;
         let n_kv_offset = self.r.pos;
         let n_kv = self.r.u64("metadata count", &no_context)?;
-        let n_tensors = self.r.check_count(
-            n_tensors,
-            MIN_TENSOR_INFO_BYTES,
-            "tensor",
-            n_tensors_offset,
-            &no_context,
-        )?;
         let n_kv = self.r.check_count(
             n_kv,
             MIN_KV_BYTES,
-            "metadata entry",
+            "metadata entries",
             n_kv_offset,
             &no_context,
         )?;
@@ -416,6 +444,14 @@ impl<'a> Parser<'a> {
             offset: u64,
             size: u64,
         }
+        // Checked here, against what is left after the metadata, where it is used.
+        let n_tensors = self.r.check_count(
+            n_tensors,
+            MIN_TENSOR_INFO_BYTES,
+            "tensor infos",
+            n_tensors_offset,
+            &no_context,
+        )?;
         let mut pending: Vec<Pending<'a>> = Vec::with_capacity(n_tensors.min(INITIAL_CAPACITY));
         let mut tensor_index = BTreeMap::new();
         for i in 0..n_tensors {
@@ -609,7 +645,7 @@ impl<'a> Parser<'a> {
         let len = self.r.u64("array length", &ctx)?;
         let len = self
             .r
-            .check_count(len, elem.min_size(), "array element", len_offset, &ctx)?;
+            .check_count(len, elem.min_size(), "array elements", len_offset, &ctx)?;
         let start = self.r.pos;
         match elem.fixed_size() {
             Some(size) => {

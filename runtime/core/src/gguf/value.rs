@@ -224,7 +224,7 @@ impl<'a> Value<'a> {
 }
 
 /// An array value: element type, count and the encoded elements, borrowed from the file.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, PartialEq)]
 pub struct ArrayValue<'a> {
     elem: ValueType,
     len: usize,
@@ -327,6 +327,16 @@ impl<'a> ArrayValue<'a> {
     }
 }
 
+impl fmt::Debug for ArrayValue<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ArrayValue")
+            .field("elem", &self.elem)
+            .field("len", &self.len)
+            .field("bytes", &self.raw.len())
+            .finish()
+    }
+}
+
 impl<'a> IntoIterator for &ArrayValue<'a> {
     type Item = Value<'a>;
     type IntoIter = ArrayIter<'a>;
@@ -336,7 +346,7 @@ impl<'a> IntoIterator for &ArrayValue<'a> {
 }
 
 /// Iterator over the elements of an [`ArrayValue`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ArrayIter<'a> {
     elem: ValueType,
     remaining: usize,
@@ -367,6 +377,15 @@ impl<'a> Iterator for ArrayIter<'a> {
 
     fn size_hint(&self) -> (usize, Option<usize>) {
         (0, Some(self.remaining))
+    }
+}
+
+impl fmt::Debug for ArrayIter<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ArrayIter")
+            .field("elem", &self.elem)
+            .field("remaining", &self.remaining)
+            .finish()
     }
 }
 

@@ -213,7 +213,10 @@ impl Builder {
                     .collect()
             });
             let offset = t.offset.unwrap_or(next);
-            next = (offset + data.len() as u64).next_multiple_of(self.align as u64);
+            next = offset
+                .saturating_add(data.len() as u64)
+                .checked_next_multiple_of(self.align as u64)
+                .unwrap_or(u64::MAX);
             offsets.push(offset);
             datas.push(data);
         }
@@ -232,6 +235,9 @@ impl Builder {
         if self.write_data {
             out.resize(lay.data_offset, 0);
             for (data, &offset) in datas.iter().zip(&offsets) {
+                if data.is_empty() {
+                    continue;
+                }
                 let start = lay.data_offset + offset as usize;
                 let end = start + data.len();
                 if out.len() < end {
