@@ -10,3 +10,4 @@ extern crate alloc;
 pub use edgellm_kernels as kernels;
 
 pub mod parallel;
+pub mod tokenizer;
