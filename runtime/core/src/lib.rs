@@ -9,5 +9,6 @@ extern crate alloc;
 
 pub use edgellm_kernels as kernels;
 
+pub mod gguf;
 pub mod parallel;
 pub mod tokenizer;
