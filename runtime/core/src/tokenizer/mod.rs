@@ -398,7 +398,10 @@ impl Tokenizer {
         if let Model::Bpe(_) = model {
             let mut merges = Vec::with_capacity(spec.merges.len());
             for (rank, m) in spec.merges.iter().enumerate() {
-                let Some(sp) = m.get(1..).and_then(|rest| rest.find(' ')).map(|p| p + 1) else {
+                // The first space after the first byte separates the pair (a space byte is a
+                // character boundary, so both halves are valid text).
+                let bytes = m.as_bytes();
+                let Some(sp) = bytes.iter().skip(1).position(|&b| b == b' ').map(|p| p + 1) else {
                     continue;
                 };
                 let (a, b) = (&m[..sp], &m[sp + 1..]);
@@ -437,6 +440,74 @@ impl Tokenizer {
         });
         tok.specials = specials;
         Ok(tok)
+    }
+
+    /// Builds the tokenizer a GGUF file describes in its `tokenizer.ggml.*` keys.
+    pub fn from_gguf(g: &crate::gguf::Gguf<'_>) -> Result<Tokenizer, TokenizerError> {
+        const MODEL: &str = "tokenizer.ggml.model";
+        const TOKENS: &str = "tokenizer.ggml.tokens";
+        const TYPES: &str = "tokenizer.ggml.token_type";
+        const SCORES: &str = "tokenizer.ggml.scores";
+        const MERGES: &str = "tokenizer.ggml.merges";
+        let model = g.get_str(MODEL).ok_or(TokenizerError::MissingKey(MODEL))?;
+        let tokens_arr = g
+            .get_array(TOKENS)
+            .ok_or(TokenizerError::MissingKey(TOKENS))?;
+        let tokens: Vec<&str> = tokens_arr
+            .strings()
+            .ok_or(TokenizerError::MissingKey(TOKENS))?
+            .collect();
+        let token_types = match g.get_array(TYPES) {
+            None => None,
+            Some(a) => {
+                let mut v = Vec::with_capacity(a.len());
+                for x in a.iter() {
+                    let t = x.as_i64().and_then(|t| i32::try_from(t).ok());
+                    v.push(t.ok_or(TokenizerError::MissingKey(TYPES))?);
+                }
+                Some(v)
+            }
+        };
+        let scores = match g.get_array(SCORES) {
+            None => None,
+            Some(a) => Some(
+                a.f32s()
+                    .ok_or(TokenizerError::MissingKey(SCORES))?
+                    .collect(),
+            ),
+        };
+        let merges = match g.get_array(MERGES) {
+            None => Vec::new(),
+            Some(a) => a
+                .strings()
+                .ok_or(TokenizerError::MissingKey(MERGES))?
+                .collect(),
+        };
+        let id = |key: &str| {
+            g.get(key)
+                .and_then(|v| v.as_u64())
+                .and_then(|v| u32::try_from(v).ok())
+        };
+        let spec = VocabSpec {
+            model,
+            pre: g.get_str("tokenizer.ggml.pre"),
+            tokens,
+            token_types,
+            scores,
+            merges,
+            bos: id("tokenizer.ggml.bos_token_id"),
+            eos: id("tokenizer.ggml.eos_token_id"),
+            eot: id("tokenizer.ggml.eot_token_id"),
+            unk: id("tokenizer.ggml.unknown_token_id"),
+            pad: id("tokenizer.ggml.padding_token_id"),
+            add_bos: g.get_bool("tokenizer.ggml.add_bos_token"),
+            add_eos: g.get_bool("tokenizer.ggml.add_eos_token"),
+            add_space_prefix: g.get_bool("tokenizer.ggml.add_space_prefix"),
+        };
+        if spec.tokens.len() != tokens_arr.len() {
+            return Err(TokenizerError::MissingKey(TOKENS));
+        }
+        Tokenizer::from_spec(&spec)
     }
 
     /// Appends what token `id` decodes to.
