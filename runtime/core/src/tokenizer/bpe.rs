@@ -55,6 +55,10 @@ pub(crate) fn merge_key(left: u32, right: u32) -> u64 {
     (u64::from(left) << 32) | u64::from(right)
 }
 
+/// A pair that may merge: (rank, left symbol, right symbol, left id, right id). The heap pops
+/// the lowest rank, then the leftmost pair.
+type Candidate = (u32, u32, u32, u32, u32);
+
 #[derive(Clone, Copy, Debug)]
 struct Sym {
     id: u32,
@@ -71,8 +75,7 @@ pub(crate) struct BpeScratch {
     tmp: Vec<Range<usize>>,
     mapped: String,
     syms: Vec<Sym>,
-    /// (rank, left symbol, right symbol, left id, right id)
-    heap: BinaryHeap<Reverse<(u32, u32, u32, u32, u32)>>,
+    heap: BinaryHeap<Reverse<Candidate>>,
 }
 
 impl Tokenizer {
