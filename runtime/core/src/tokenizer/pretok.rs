@@ -10,19 +10,42 @@ use alloc::vec::Vec;
 use core::ops::Range;
 use unicode_general_category::{get_general_category, GeneralCategory as Gc};
 
-/// The classes the regexes look at: `\p{L}`, `\p{N}`, `\s`, `\p{P}` and anything else.
+/// The classes the regexes look at: `\p{L}` (split by case for GPT-4o), `\p{N}`, `\s`,
+/// `\p{P}`, `\p{M}` and anything else.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Class {
+    /// Lu, Lt
+    Upper,
+    /// Ll
+    Lower,
+    /// Lm, Lo
     Letter,
     Number,
     Space,
     Punct,
+    Mark,
     Other,
+}
+
+impl Class {
+    /// `\p{L}`
+    fn is_letter(self) -> bool {
+        matches!(self, Class::Upper | Class::Lower | Class::Letter)
+    }
+    /// `[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]`
+    fn is_upper_ish(self) -> bool {
+        matches!(self, Class::Upper | Class::Letter | Class::Mark)
+    }
+    /// `[\p{Ll}\p{Lm}\p{Lo}\p{M}]`
+    fn is_lower_ish(self) -> bool {
+        matches!(self, Class::Lower | Class::Letter | Class::Mark)
+    }
 }
 
 const fn ascii_class(c: u8) -> Class {
     match c {
-        b'a'..=b'z' | b'A'..=b'Z' => Class::Letter,
+        b'a'..=b'z' => Class::Lower,
+        b'A'..=b'Z' => Class::Upper,
         b'0'..=b'9' => Class::Number,
         b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b' ' => Class::Space,
         b'!'..=b'#' | b'%'..=b'*' | b','..=b'/' | b':' | b';' | b'?' | b'@' | b'['..=b']' => {
@@ -61,11 +84,10 @@ pub(crate) fn classify(c: char) -> Class {
         return Class::Space;
     }
     match get_general_category(c) {
-        Gc::UppercaseLetter
-        | Gc::LowercaseLetter
-        | Gc::TitlecaseLetter
-        | Gc::ModifierLetter
-        | Gc::OtherLetter => Class::Letter,
+        Gc::UppercaseLetter | Gc::TitlecaseLetter => Class::Upper,
+        Gc::LowercaseLetter => Class::Lower,
+        Gc::ModifierLetter | Gc::OtherLetter => Class::Letter,
+        Gc::NonspacingMark | Gc::SpacingMark | Gc::EnclosingMark => Class::Mark,
         Gc::DecimalNumber | Gc::LetterNumber | Gc::OtherNumber => Class::Number,
         Gc::ConnectorPunctuation
         | Gc::DashPunctuation
@@ -93,6 +115,9 @@ pub enum PreTokenizer {
     Qwen2,
     /// StarCoder, SmolLM, Refact and kin: `\p{N}` split out one at a time, then GPT-2.
     Starcoder,
+    /// GPT-4o (o200k) and Llama 4: case-aware words with contractions attached,
+    /// `\p{N}{1,3}`, ` ?[^\s\p{L}\p{N}]+[\r\n/]*`, `\s*[\r\n]+`, `\s+(?!\S)`, `\s+`.
+    Gpt4o,
 }
 
 impl PreTokenizer {
@@ -109,6 +134,7 @@ impl PreTokenizer {
             "qwen2" | "deepseek-r1-qwen" | "megrez" => PreTokenizer::Qwen2,
             "starcoder" | "refact" | "smollm" | "command-r" | "codeshell" | "exaone"
             | "minerva-7b" => PreTokenizer::Starcoder,
+            "gpt-4o" | "llama4" => PreTokenizer::Gpt4o,
             _ => return None,
         })
     }
@@ -117,6 +143,24 @@ impl PreTokenizer {
     /// this; it can differ from what the merges would build).
     pub fn ignore_merges(self) -> bool {
         self == PreTokenizer::Llama3
+    }
+
+    /// The words `text` is cut into (for inspection and tests; encoding reuses its buffers).
+    pub fn words(self, text: &str) -> Vec<&str> {
+        let mut offsets: Vec<usize> = text.char_indices().map(|(i, _)| i).collect();
+        offsets.push(text.len());
+        let cps: Vec<Cp> = text
+            .chars()
+            .map(|c| Cp {
+                c,
+                class: classify(c),
+            })
+            .collect();
+        let (mut out, mut tmp) = (Vec::new(), Vec::new());
+        self.split(&cps, &mut out, &mut tmp);
+        out.iter()
+            .map(|r| &text[offsets[r.start]..offsets[r.end]])
+            .collect()
     }
 
     /// Cuts `cps` (classified code points of one text fragment) into words, appended to `out` as
@@ -136,6 +180,7 @@ impl PreTokenizer {
             PreTokenizer::Gpt2 => gpt2(cps, whole, out),
             PreTokenizer::Llama3 => llama3(cps, whole, 3, out),
             PreTokenizer::Qwen2 => llama3(cps, whole, 1, out),
+            PreTokenizer::Gpt4o => gpt4o(cps, whole, out),
             PreTokenizer::Starcoder => {
                 tmp.clear();
                 each_number(cps, whole, tmp);
@@ -208,9 +253,15 @@ impl View<'_> {
     fn is(&self, i: usize, class: Class) -> bool {
         self.class(i) == Some(class)
     }
+    fn is_letter(&self, i: usize) -> bool {
+        self.class(i).is_some_and(Class::is_letter)
+    }
     /// `[^\s\p{L}\p{N}]`
     fn is_symbol(&self, i: usize) -> bool {
-        matches!(self.class(i), Some(Class::Punct | Class::Other))
+        matches!(
+            self.class(i),
+            Some(Class::Punct | Class::Mark | Class::Other)
+        )
     }
     fn lower(&self, i: usize) -> Option<char> {
         self.char(i).map(|c| c.to_ascii_lowercase())
@@ -260,15 +311,23 @@ fn gpt2(cps: &[Cp], r: Range<usize>, out: &mut Vec<Range<usize>>) {
         // An optional leading ASCII space before a letter, number or symbol run.
         let lead = usize::from(v.char(pos) == Some(' '));
         match v.class(pos + lead) {
-            class @ Some(Class::Letter | Class::Number) => {
+            Some(c) if c.is_letter() => {
                 pos += lead;
-                while v.class(pos) == class {
+                while v.is_letter(pos) {
                     pos += 1;
                 }
                 cuts.cut(pos);
                 continue;
             }
-            Some(Class::Punct | Class::Other) => {
+            Some(Class::Number) => {
+                pos += lead;
+                while v.is(pos, Class::Number) {
+                    pos += 1;
+                }
+                cuts.cut(pos);
+                continue;
+            }
+            Some(Class::Punct | Class::Mark | Class::Other) => {
                 pos += lead;
                 while v.is_symbol(pos) {
                     pos += 1;
@@ -312,10 +371,10 @@ fn llama3(cps: &[Cp], r: Range<usize>, max_digits: usize, out: &mut Vec<Range<us
         let class = cps[pos].class;
         // [^\r\n\p{L}\p{N}]?\p{L}+
         if !(c == '\r' || c == '\n' || class == Class::Number)
-            && (class == Class::Letter || v.is(pos + 1, Class::Letter))
+            && (class.is_letter() || v.is_letter(pos + 1))
         {
             pos += 1;
-            while v.is(pos, Class::Letter) {
+            while v.is_letter(pos) {
                 pos += 1;
             }
             cuts.cut(pos);
@@ -361,6 +420,124 @@ fn llama3(cps: &[Cp], r: Range<usize>, max_digits: usize, out: &mut Vec<Range<us
             pos = last_newline_end;
         } else if n > 1 && pos + n < r.end {
             // \s+(?!\S)
+            pos += n - 1;
+        } else if n > 0 {
+            pos += n;
+        } else {
+            pos += 1;
+        }
+        cuts.cut(pos);
+    }
+}
+
+/// `[^\r\n\p{L}\p{N}]?` at `i`
+fn is_word_prefix(v: &View<'_>, i: usize) -> bool {
+    match v.class(i) {
+        Some(c) => !(c.is_letter() || c == Class::Number || matches!(v.char(i), Some('\r' | '\n'))),
+        None => false,
+    }
+}
+
+/// `U*L+` from `s`, where U is `[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]` and L is
+/// `[\p{Ll}\p{Lm}\p{Lo}\p{M}]`, with a backtracking engine's choice: the longest U run after
+/// which an L run can start. Returns the end.
+fn upper_star_lower_plus(v: &View<'_>, s: usize) -> Option<usize> {
+    let lower = |i| v.class(i).is_some_and(Class::is_lower_ish);
+    let mut u = s;
+    while v.class(u).is_some_and(Class::is_upper_ish) {
+        u += 1;
+    }
+    if lower(u) {
+        let mut e = u;
+        while lower(e) {
+            e += 1;
+        }
+        return Some(e);
+    }
+    // Give back U characters until one of them can start the L run; it is then one long, as
+    // the next one is not L.
+    (s..u).rev().find(|&k| lower(k)).map(|k| k + 1)
+}
+
+/// `U+L*` from `s` (see [`upper_star_lower_plus`]). Returns the end.
+fn upper_plus_lower_star(v: &View<'_>, s: usize) -> Option<usize> {
+    let mut e = s;
+    while v.class(e).is_some_and(Class::is_upper_ish) {
+        e += 1;
+    }
+    if e == s {
+        return None;
+    }
+    while v.class(e).is_some_and(Class::is_lower_ish) {
+        e += 1;
+    }
+    Some(e)
+}
+
+/// The o200k pattern:
+/// `[^\r\n\p{L}\p{N}]?U*L+C?|[^\r\n\p{L}\p{N}]?U+L*C?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+`
+/// with C the case-insensitive contractions.
+fn gpt4o(cps: &[Cp], r: Range<usize>, out: &mut Vec<Range<usize>>) {
+    let v = View { cps, end: r.end };
+    let mut cuts = Cuts {
+        start: r.start,
+        out,
+    };
+    let mut pos = r.start;
+    while pos < r.end {
+        let prefixed = is_word_prefix(&v, pos);
+        let word = None
+            .or_else(|| {
+                prefixed
+                    .then(|| upper_star_lower_plus(&v, pos + 1))
+                    .flatten()
+            })
+            .or_else(|| upper_star_lower_plus(&v, pos))
+            .or_else(|| {
+                prefixed
+                    .then(|| upper_plus_lower_star(&v, pos + 1))
+                    .flatten()
+            })
+            .or_else(|| upper_plus_lower_star(&v, pos));
+        if let Some(e) = word {
+            pos = e + v.contraction(e, true);
+            cuts.cut(pos);
+            continue;
+        }
+        let c = cps[pos].c;
+        let class = cps[pos].class;
+        if class == Class::Number {
+            let mut run = 0;
+            while v.is(pos, Class::Number) && run < 3 {
+                pos += 1;
+                run += 1;
+            }
+            cuts.cut(pos);
+            continue;
+        }
+        let lead = usize::from(c == ' ');
+        if v.is_symbol(pos + lead) {
+            pos += lead;
+            while v.is_symbol(pos) {
+                pos += 1;
+            }
+            while matches!(v.char(pos), Some('\r' | '\n' | '/')) {
+                pos += 1;
+            }
+            cuts.cut(pos);
+            continue;
+        }
+        let mut n = 0;
+        let mut last_newline_end = 0;
+        while v.is(pos + n, Class::Space) {
+            if matches!(cps[pos + n].c, '\r' | '\n') {
+                last_newline_end = pos + n + 1;
+            }
+            n += 1;
+        }
+        if last_newline_end > 0 {
+            pos = last_newline_end;
+        } else if n > 1 && pos + n < r.end {
             pos += n - 1;
         } else if n > 0 {
             pos += n;
@@ -441,21 +618,8 @@ fn ascii_digit_triples(cps: &[Cp], r: Range<usize>, out: &mut Vec<Range<usize>>)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use alloc::string::String;
-
-    fn words(pre: PreTokenizer, text: &str) -> Vec<String> {
-        let cps: Vec<Cp> = text
-            .chars()
-            .map(|c| Cp {
-                c,
-                class: classify(c),
-            })
-            .collect();
-        let (mut out, mut tmp) = (Vec::new(), Vec::new());
-        pre.split(&cps, &mut out, &mut tmp);
-        out.iter()
-            .map(|r| cps[r.clone()].iter().map(|cp| cp.c).collect())
-            .collect()
+    fn words(pre: PreTokenizer, text: &str) -> Vec<&str> {
+        pre.words(text)
     }
 
     #[test]
@@ -492,8 +656,39 @@ mod tests {
     }
 
     #[test]
+    fn gpt4o_words() {
+        assert_eq!(
+            words(
+                PreTokenizer::Gpt4o,
+                "Hello WORLD's McDonald HTTPServer 12345 a/b\n\n x"
+            ),
+            [
+                "Hello",
+                " WORLD's",
+                " Mc",
+                "Donald",
+                " HTTPServer",
+                " ",
+                "123",
+                "45",
+                " a",
+                "/b",
+                "\n\n",
+                " x"
+            ]
+        );
+        assert_eq!(
+            words(PreTokenizer::Gpt4o, "\"ok\" ..//\n"),
+            ["\"ok", "\"", " ..//\n"]
+        );
+    }
+
+    #[test]
     fn classes() {
-        assert_eq!(classify('é'), Class::Letter);
+        assert_eq!(classify('é'), Class::Lower);
+        assert_eq!(classify('É'), Class::Upper);
+        assert_eq!(classify('我'), Class::Letter);
+        assert_eq!(classify('\u{301}'), Class::Mark);
         assert_eq!(classify('½'), Class::Number);
         assert_eq!(classify('\u{3000}'), Class::Space);
         assert_eq!(classify('🦙'), Class::Other);
