@@ -740,3 +740,6 @@ fn parse_byte_token(t: &str) -> Option<u8> {
     }
     u8::from_str_radix(hex, 16).ok()
 }
+
+#[cfg(test)]
+mod tests;
