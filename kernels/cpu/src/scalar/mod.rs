@@ -6,3 +6,4 @@
 //! - `gemv_<type>(w, acts, out)` computes `out[r] = Σ_c W[r][c] * a[c]` for `r in 0..out.len()`,
 //!   where `w` holds `out.len()` consecutive rows and `acts.len()` is `cols`;
 //! - `dequantize_<type>(src, dst)` writes `dst.len()` floats from `src`.
+pub mod kquants;

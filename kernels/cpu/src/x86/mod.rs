@@ -1,1 +1,2 @@
 //! AVX2 kernels for x86-64.
+pub mod kquants;
