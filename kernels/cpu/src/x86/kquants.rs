@@ -66,19 +66,30 @@ unsafe fn u8x8_to_epi32(v: u64) -> __m256i {
 #[inline(always)]
 unsafe fn hsum8_epi32(v: &[__m256i; 8]) -> __m256i {
     // SAFETY: the caller guarantees AVX2; these intrinsics only touch registers.
+    // Three rounds, each adding two vectors' partial sums into one: blends (cheap, any port) pick
+    // the lanes that stay, one in-lane shuffle brings the partners. This needs half the shuffles
+    // of a `hadd` tree.
+    // SAFETY: the caller guarantees AVX2; these intrinsics only touch registers.
     unsafe {
-        // hadd(a, b) per 128-bit half: [a0+a1, a2+a3, b0+b1, b2+b3]. Two rounds leave, in each half,
-        // the sums of that half of four inputs.
-        let h01 = _mm256_hadd_epi32(v[0], v[1]);
-        let h23 = _mm256_hadd_epi32(v[2], v[3]);
-        let h45 = _mm256_hadd_epi32(v[4], v[5]);
-        let h67 = _mm256_hadd_epi32(v[6], v[7]);
-        let h0123 = _mm256_hadd_epi32(h01, h23);
-        let h4567 = _mm256_hadd_epi32(h45, h67);
-        // Low halves of all eight, then high halves of all eight, added lane by lane.
-        let lo = _mm256_permute2x128_si256::<0x20>(h0123, h4567);
-        let hi = _mm256_permute2x128_si256::<0x31>(h0123, h4567);
-        _mm256_add_epi32(lo, hi)
+        // Round 1, (a, b) -> lane 2i: a[2i] + a[2i+1], lane 2i+1: b[2i] + b[2i+1].
+        let pairs = |a: __m256i, b: __m256i| {
+            let keep = _mm256_blend_epi32::<0b1010_1010>(a, b);
+            let swap = _mm256_shuffle_epi32::<0b1011_0001>(_mm256_blend_epi32::<0b1010_1010>(b, a));
+            _mm256_add_epi32(keep, swap)
+        };
+        // Round 2, (x, y) -> lanes 0, 1: the two partial sums of x; lanes 2, 3: those of y (per
+        // 128-bit half), so each half holds one quarter-sum of four inputs.
+        let quads = |x: __m256i, y: __m256i| {
+            let keep = _mm256_blend_epi32::<0b1100_1100>(x, y);
+            let swap = _mm256_shuffle_epi32::<0b0100_1110>(_mm256_blend_epi32::<0b1100_1100>(y, x));
+            _mm256_add_epi32(keep, swap)
+        };
+        let s0123 = quads(pairs(v[0], v[1]), pairs(v[2], v[3]));
+        let s4567 = quads(pairs(v[4], v[5]), pairs(v[6], v[7]));
+        // Round 3: low half of s0123 plus its high half, and the same for s4567.
+        let keep = _mm256_blend_epi32::<0b1111_0000>(s0123, s4567);
+        let swap = _mm256_permute2x128_si256::<0x21>(s0123, s4567);
+        _mm256_add_epi32(keep, swap)
     }
 }
 
