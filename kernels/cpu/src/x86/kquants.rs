@@ -29,34 +29,41 @@ use crate::scalar::kquants::{
 /// Activation values per super-block.
 const ACTS_PER_SUPER: usize = ACT_BLOCKS_PER_SUPER * QK;
 
-/// The eight 6-bit scales and the eight 6-bit mins of a Q4_K/Q5_K super-block from its 12 packed
-/// bytes, each as eight bytes of a little-endian `u64` (byte `j` is sub-block `j`). Same values as
-/// `scalar::kquants::scale_min_k4`, computed four bytes at a time.
-#[inline(always)]
-fn scales_mins_k4(s: &[u8]) -> (u64, u64) {
-    let s0 = u32::from_le_bytes([s[0], s[1], s[2], s[3]]);
-    let s1 = u32::from_le_bytes([s[4], s[5], s[6], s[7]]);
-    let s2 = u32::from_le_bytes([s[8], s[9], s[10], s[11]]);
-    let sc_lo = s0 & 0x3F3F_3F3F;
-    let m_lo = s1 & 0x3F3F_3F3F;
-    // `>> 2` moves bits 6..7 of every byte to bits 4..5 of the same byte; the bits that arrive from
-    // the next byte land in bits 6..7 and are masked off.
-    let sc_hi = (s2 & 0x0F0F_0F0F) | ((s0 >> 2) & 0x3030_3030);
-    let m_hi = ((s2 >> 4) & 0x0F0F_0F0F) | ((s1 >> 2) & 0x3030_3030);
-    (
-        u64::from(sc_lo) | (u64::from(sc_hi) << 32),
-        u64::from(m_lo) | (u64::from(m_hi) << 32),
-    )
-}
-
-/// Eight bytes (of a little-endian `u64`) widened to eight i32 lanes.
+/// The 6-bit scales and mins of the eight sub-blocks of a Q4_K/Q5_K super-block, as i32 lanes
+/// `(sc[0..8], m[0..8])`, from the 12 packed bytes at `s`. Same values as
+/// `scalar::kquants::scale_min_k4`, computed without lane-crossing shuffles: each lane shifts its
+/// own copy of a packed word.
 ///
 /// # Safety
-/// The CPU must support AVX2.
+/// The CPU must support AVX2 and `s` must be valid for reading 12 bytes.
 #[inline(always)]
-unsafe fn u8x8_to_epi32(v: u64) -> __m256i {
-    // SAFETY: the caller guarantees AVX2; these intrinsics only touch registers.
-    unsafe { _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v as i64)) }
+unsafe fn scales_mins_k4(s: *const u8) -> (__m256i, __m256i) {
+    // SAFETY: the caller guarantees AVX2 and that `s..s+12` is readable; the three unaligned
+    // 4-byte reads are `s..s+4`, `s+4..s+8` and `s+8..s+12`.
+    unsafe {
+        let word = |i: usize| _mm256_set1_epi32(s.add(4 * i).cast::<i32>().read_unaligned());
+        // Lanes j and j+4 look at byte j % 4 of each word.
+        let byte_of = _mm256_setr_epi32(0, 8, 16, 24, 0, 8, 16, 24);
+        let a = _mm256_srlv_epi32(word(0), byte_of); // low 6 bits: scales 0..4
+        let c = _mm256_srlv_epi32(word(1), byte_of); // low 6 bits: mins 0..4
+        let b = _mm256_srlv_epi32(word(2), byte_of); // nibbles: low bits of scales / mins 4..8
+        let m6 = _mm256_set1_epi32(0x3F);
+        let m4 = _mm256_set1_epi32(0x0F);
+        let top = _mm256_set1_epi32(0x30);
+        // For sub-blocks 4..8, bits 6..7 of the bytes of words 0 and 1 become bits 4..5.
+        let sc_hi = _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi32::<2>(a), top),
+            _mm256_and_si256(b, m4),
+        );
+        let m_hi = _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi32::<2>(c), top),
+            _mm256_and_si256(_mm256_srli_epi32::<4>(b), m4),
+        );
+        (
+            _mm256_blend_epi32::<0b1111_0000>(_mm256_and_si256(a, m6), sc_hi),
+            _mm256_blend_epi32::<0b1111_0000>(_mm256_and_si256(c, m6), m_hi),
+        )
+    }
 }
 
 /// Lane `j` of the result is the (wrapping) sum of the eight i32 lanes of `v[j]`.
@@ -119,14 +126,14 @@ unsafe fn accumulate_k4(
     acc: __m256,
     ip: __m256i,
     mp: __m256i,
-    d: f32,
-    dmin: f32,
+    d: __m256,
+    dmin: __m256,
     ad: __m256,
 ) -> __m256 {
     // SAFETY: the caller guarantees AVX2; these intrinsics only touch registers.
     unsafe {
-        let pos = _mm256_mul_ps(_mm256_cvtepi32_ps(ip), _mm256_set1_ps(d));
-        let neg = _mm256_mul_ps(_mm256_cvtepi32_ps(mp), _mm256_set1_ps(dmin));
+        let pos = _mm256_mul_ps(_mm256_cvtepi32_ps(ip), d);
+        let neg = _mm256_mul_ps(_mm256_cvtepi32_ps(mp), dmin);
         _mm256_add_ps(acc, _mm256_mul_ps(_mm256_sub_ps(pos, neg), ad))
     }
 }
@@ -229,17 +236,20 @@ unsafe fn row_q4_k(row: &[u8], acts: &ActsQ8<'_>) -> f32 {
         let a = &acts.qs[s * ACTS_PER_SUPER..(s + 1) * ACTS_PER_SUPER];
         let ad = &acts.d[s * ACT_BLOCKS_PER_SUPER..(s + 1) * ACT_BLOCKS_PER_SUPER];
         let sums = &acts.sums[s * ACT_BLOCKS_PER_SUPER..(s + 1) * ACT_BLOCKS_PER_SUPER];
-        let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
-        let (sc, m) = scales_mins_k4(&blk[4..16]);
         // SAFETY: the caller guarantees AVX2. `blk` is 144 bytes, so `qs` (16..144) holds the
         // 128 bytes `quants_q4_k` reads; `a` is 256 values for `dots_u8_i8`; `ad` and `sums`
         // hold the 8 values each of their loads read. Q4_K quants are in 0..16.
         acc = unsafe {
+            let (d, dmin) = (
+                _mm256_set1_ps(f16_at(blk, 0)),
+                _mm256_set1_ps(f16_at(blk, 2)),
+            );
+            let (sc, m) = scales_mins_k4(blk.as_ptr().add(4));
             let q = quants_q4_k(blk.as_ptr().add(16));
             let dots = dots_u8_i8(&q, a.as_ptr());
-            let ip = _mm256_mullo_epi32(dots, u8x8_to_epi32(sc));
+            let ip = _mm256_mullo_epi32(dots, sc);
             let sv = _mm256_loadu_si256(sums.as_ptr().cast::<__m256i>());
-            let mp = _mm256_mullo_epi32(sv, u8x8_to_epi32(m));
+            let mp = _mm256_mullo_epi32(sv, m);
             accumulate_k4(acc, ip, mp, d, dmin, _mm256_loadu_ps(ad.as_ptr()))
         };
     }
@@ -277,18 +287,21 @@ unsafe fn row_q5_k(row: &[u8], acts: &ActsQ8<'_>) -> f32 {
         let a = &acts.qs[s * ACTS_PER_SUPER..(s + 1) * ACTS_PER_SUPER];
         let ad = &acts.d[s * ACT_BLOCKS_PER_SUPER..(s + 1) * ACT_BLOCKS_PER_SUPER];
         let sums = &acts.sums[s * ACT_BLOCKS_PER_SUPER..(s + 1) * ACT_BLOCKS_PER_SUPER];
-        let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
-        let (sc, m) = scales_mins_k4(&blk[4..16]);
         // SAFETY: the caller guarantees AVX2. `blk` is 176 bytes, so `qh` (16..48) and `qs`
         // (48..176) hold the 32 and 128 bytes `quants_q5_k` reads; `a` is 256 values for
         // `dots_u8_i8`; `ad` and `sums` hold the 8 values each of their loads read. Q5_K quants
         // are in 0..32.
         acc = unsafe {
+            let (d, dmin) = (
+                _mm256_set1_ps(f16_at(blk, 0)),
+                _mm256_set1_ps(f16_at(blk, 2)),
+            );
+            let (sc, m) = scales_mins_k4(blk.as_ptr().add(4));
             let q = quants_q5_k(blk.as_ptr().add(16), blk.as_ptr().add(48));
             let dots = dots_u8_i8(&q, a.as_ptr());
-            let ip = _mm256_mullo_epi32(dots, u8x8_to_epi32(sc));
+            let ip = _mm256_mullo_epi32(dots, sc);
             let sv = _mm256_loadu_si256(sums.as_ptr().cast::<__m256i>());
-            let mp = _mm256_mullo_epi32(sv, u8x8_to_epi32(m));
+            let mp = _mm256_mullo_epi32(sv, m);
             accumulate_k4(acc, ip, mp, d, dmin, _mm256_loadu_ps(ad.as_ptr()))
         };
     }
@@ -409,12 +422,12 @@ unsafe fn row_q6_k(row: &[u8], acts: &ActsQ8<'_>, shuf: &[__m256i; 4]) -> f32 {
         let blk = &row[s * Q6_K_BLOCK_BYTES..(s + 1) * Q6_K_BLOCK_BYTES];
         let a = &acts.qs[s * ACTS_PER_SUPER..(s + 1) * ACTS_PER_SUPER];
         let ad = &acts.d[s * ACT_BLOCKS_PER_SUPER..(s + 1) * ACT_BLOCKS_PER_SUPER];
-        let d = f16_at(blk, 208);
         // SAFETY: the caller guarantees AVX2. `blk` is a whole 210-byte super-block, `a` is
         // 256 values and `ad` the 8 floats the load reads.
         acc = unsafe {
+            let d = _mm256_set1_ps(f16_at(blk, 208));
             let ip = scaled_dots_q6_k(blk.as_ptr(), a.as_ptr(), shuf);
-            let t = _mm256_mul_ps(_mm256_cvtepi32_ps(ip), _mm256_set1_ps(d));
+            let t = _mm256_mul_ps(_mm256_cvtepi32_ps(ip), d);
             _mm256_add_ps(acc, _mm256_mul_ps(t, _mm256_loadu_ps(ad.as_ptr())))
         };
     }
@@ -424,13 +437,22 @@ unsafe fn row_q6_k(row: &[u8], acts: &ActsQ8<'_>, shuf: &[__m256i; 4]) -> f32 {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
+
     use super::*;
     use crate::scalar::kquants::scale_min_k4;
 
+    fn avx2() -> bool {
+        std::is_x86_feature_detected!("avx2")
+    }
+
     #[test]
     fn packed_scale_unpacking_matches_the_specification() {
+        if !avx2() {
+            return;
+        }
         let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        for _ in 0..1000 {
+        for _ in 0..2000 {
             let mut s = [0u8; 12];
             for b in &mut s {
                 state ^= state << 13;
@@ -438,12 +460,19 @@ mod tests {
                 state ^= state << 17;
                 *b = state as u8;
             }
-            let (sc, m) = scales_mins_k4(&s);
+            // SAFETY: AVX2 was detected above; `s` is 12 bytes.
+            let (sc, m) = unsafe {
+                let (sc, m) = scales_mins_k4(s.as_ptr());
+                (
+                    core::mem::transmute::<__m256i, [i32; 8]>(sc),
+                    core::mem::transmute::<__m256i, [i32; 8]>(m),
+                )
+            };
             for j in 0..8 {
-                let want = scale_min_k4(j, &s);
+                let (want_sc, want_m) = scale_min_k4(j, &s);
                 assert_eq!(
-                    ((sc >> (8 * j)) as u8, (m >> (8 * j)) as u8),
-                    want,
+                    (sc[j], m[j]),
+                    (i32::from(want_sc), i32::from(want_m)),
                     "{s:?} {j}"
                 );
             }
