@@ -202,13 +202,18 @@ pub fn dequantize_q5_k(src: &[u8], dst: &mut [f32]) {
     }
 }
 
-/// The unsigned 6-bit quant (`0..64`, before subtracting 32) of element `32*g + l` of half `h`
-/// of a Q6_K super-block.
+/// The signed 6-bit quants (`q - 32`, in `-32..32`) of half `k` (elements `16k..16k+16`, `k` in
+/// `0..2`) of 32-element group `j` (`0..8`) of a Q6_K super-block with fields `ql` and `qh`, in
+/// element order.
 #[inline(always)]
-fn q6_k_quant(ql: &[u8], qh: &[u8], h: usize, g: usize, l: usize) -> u8 {
-    let lo = (ql[64 * h + 32 * (g % 2) + l] >> (4 * (g / 2))) & 0x0F;
-    let hi = (qh[32 * h + l] >> (2 * g)) & 0x03;
-    lo | (hi << 4)
+fn q6_k_half<'a>(ql: &'a [u8], qh: &'a [u8], j: usize, k: usize) -> impl Iterator<Item = i32> + 'a {
+    let (h, g) = (j / 4, j % 4);
+    let lo = &ql[64 * h + 32 * (g % 2) + 16 * k..][..16];
+    let hi = &qh[32 * h + 16 * k..][..16];
+    let (lo_shift, hi_shift) = (4 * (g / 2), 2 * g);
+    lo.iter().zip(hi).map(move |(&l, &h)| {
+        (((l >> lo_shift) & 0x0F) | (((h >> hi_shift) & 0x03) << 4)) as i32 - 32
+    })
 }
 
 /// Dequantizes `dst.len() / 256` Q6_K super-blocks from `src` into `dst`.
@@ -222,11 +227,11 @@ pub fn dequantize_q6_k(src: &[u8], dst: &mut [f32]) {
         let qh = &blk[Q6_K_QH..Q6_K_QH + 64];
         let scales = &blk[Q6_K_SCALES..Q6_K_SCALES + 16];
         let d = f16_at(blk, Q6_K_D);
-        for (e, y) in out.iter_mut().enumerate() {
-            let (h, g, l) = (e / 128, (e % 128) / 32, e % 32);
-            let q = q6_k_quant(ql, qh, h, g, l) as i32 - 32;
-            let dl = d * (scales[e / 16] as i8) as f32;
-            *y = dl * q as f32;
+        for (i, half) in out.chunks_exact_mut(16).enumerate() {
+            let dl = d * (scales[i] as i8) as f32;
+            for (y, q) in half.iter_mut().zip(q6_k_half(ql, qh, i / 2, i % 2)) {
+                *y = dl * q as f32;
+            }
         }
     }
 }
@@ -315,12 +320,12 @@ pub fn gemv_q6_k(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
             for (j, lane) in acc.iter_mut().enumerate() {
                 let b = s * ACT_BLOCKS_PER_SUPER + j;
                 let a = &acts.qs[b * QK..(b + 1) * QK];
-                let (h, g) = (j / 4, j % 4);
-                let mut half_dots = [0i32; 2];
-                for (l, &x) in a.iter().enumerate() {
-                    let q = q6_k_quant(ql, qh, h, g, l) as i32 - 32;
-                    half_dots[l / 16] += q * x as i32;
-                }
+                let half_dots: [i32; 2] = core::array::from_fn(|k| {
+                    q6_k_half(ql, qh, j, k)
+                        .zip(&a[16 * k..16 * k + 16])
+                        .map(|(q, &x)| q * x as i32)
+                        .sum()
+                });
                 let ip = (scales[2 * j] as i8) as i32 * half_dots[0]
                     + (scales[2 * j + 1] as i8) as i32 * half_dots[1];
                 *lane += (ip as f32 * d) * acts.d[b];
