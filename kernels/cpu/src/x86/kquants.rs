@@ -72,10 +72,9 @@ unsafe fn scales_mins_k4(s: *const u8) -> (__m256i, __m256i) {
 /// The CPU must support AVX2.
 #[inline(always)]
 unsafe fn hsum8_epi32(v: &[__m256i; 8]) -> __m256i {
-    // SAFETY: the caller guarantees AVX2; these intrinsics only touch registers.
-    // Three rounds, each adding two vectors' partial sums into one: blends (cheap, any port) pick
-    // the lanes that stay, one in-lane shuffle brings the partners. This needs half the shuffles
-    // of a `hadd` tree.
+    // Three rounds, each adding two vectors' partial sums into one: blends pick the lanes that
+    // stay, one in-lane shuffle brings the partners (the compiler may fuse a round into `vphaddd`).
+    // Integer sums are exact in any order.
     // SAFETY: the caller guarantees AVX2; these intrinsics only touch registers.
     unsafe {
         // Round 1, (a, b) -> lane 2i: a[2i] + a[2i+1], lane 2i+1: b[2i] + b[2i+1].
@@ -216,17 +215,17 @@ unsafe fn quants_q5_k(qh: *const u8, qs: *const u8) -> [__m256i; 8] {
 pub unsafe fn avx2_gemv_q4_k(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
     let row_bytes = check_gemv(w, acts, out, Q4_K_BLOCK_BYTES);
     for (r, y) in out.iter_mut().enumerate() {
-        // SAFETY: the caller guarantees AVX2; the row is `row_bytes` = `acts.len() / 256` whole
-        // super-blocks and `check_gemv` checked the lengths of `acts`.
+        // SAFETY: the caller guarantees AVX2 (the row is `acts.len() / 256` whole super-blocks
+        // and `check_gemv` checked the lengths of `acts`).
         *y = unsafe { row_q4_k(&w[r * row_bytes..(r + 1) * row_bytes], acts) };
     }
 }
 
-/// One row of [`avx2_gemv_q4_k`].
+/// One row of [`avx2_gemv_q4_k`]: `row` holds `acts.len() / 256` super-blocks (slices are indexed
+/// with bounds checks, so wrong lengths panic).
 ///
 /// # Safety
-/// The CPU must support AVX2; `row` must hold `acts.len() / 256` super-blocks, `acts.d` and
-/// `acts.sums` `acts.len() / 32` values.
+/// The CPU must support AVX2.
 #[inline(always)]
 unsafe fn row_q4_k(row: &[u8], acts: &ActsQ8<'_>) -> f32 {
     // SAFETY: the caller guarantees AVX2; this only sets a register.
@@ -267,17 +266,17 @@ unsafe fn row_q4_k(row: &[u8], acts: &ActsQ8<'_>) -> f32 {
 pub unsafe fn avx2_gemv_q5_k(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
     let row_bytes = check_gemv(w, acts, out, Q5_K_BLOCK_BYTES);
     for (r, y) in out.iter_mut().enumerate() {
-        // SAFETY: the caller guarantees AVX2; the row is `row_bytes` = `acts.len() / 256` whole
-        // super-blocks and `check_gemv` checked the lengths of `acts`.
+        // SAFETY: the caller guarantees AVX2 (the row is `acts.len() / 256` whole super-blocks
+        // and `check_gemv` checked the lengths of `acts`).
         *y = unsafe { row_q5_k(&w[r * row_bytes..(r + 1) * row_bytes], acts) };
     }
 }
 
-/// One row of [`avx2_gemv_q5_k`].
+/// One row of [`avx2_gemv_q5_k`]: `row` holds `acts.len() / 256` super-blocks (slices are indexed
+/// with bounds checks, so wrong lengths panic).
 ///
 /// # Safety
-/// The CPU must support AVX2; `row` must hold `acts.len() / 256` super-blocks, `acts.d` and
-/// `acts.sums` `acts.len() / 32` values.
+/// The CPU must support AVX2.
 #[inline(always)]
 unsafe fn row_q5_k(row: &[u8], acts: &ActsQ8<'_>) -> f32 {
     // SAFETY: the caller guarantees AVX2; this only sets a register.
@@ -403,17 +402,17 @@ pub unsafe fn avx2_gemv_q6_k(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
     // SAFETY: the caller guarantees AVX2.
     let shuf = unsafe { q6_k_scale_shuffles() };
     for (r, y) in out.iter_mut().enumerate() {
-        // SAFETY: the caller guarantees AVX2; the row is `row_bytes` = `acts.len() / 256` whole
-        // super-blocks and `check_gemv` checked the lengths of `acts`.
+        // SAFETY: the caller guarantees AVX2 (the row is `acts.len() / 256` whole super-blocks
+        // and `check_gemv` checked the lengths of `acts`).
         *y = unsafe { row_q6_k(&w[r * row_bytes..(r + 1) * row_bytes], acts, &shuf) };
     }
 }
 
-/// One row of [`avx2_gemv_q6_k`].
+/// One row of [`avx2_gemv_q6_k`]: `row` holds `acts.len() / 256` super-blocks (slices are indexed
+/// with bounds checks, so wrong lengths panic).
 ///
 /// # Safety
-/// The CPU must support AVX2; `row` must hold `acts.len() / 256` super-blocks and `acts.d`
-/// `acts.len() / 32` values.
+/// The CPU must support AVX2.
 #[inline(always)]
 unsafe fn row_q6_k(row: &[u8], acts: &ActsQ8<'_>, shuf: &[__m256i; 4]) -> f32 {
     // SAFETY: the caller guarantees AVX2; this only sets a register.
