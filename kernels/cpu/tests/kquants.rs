@@ -11,6 +11,7 @@ use edgellm_kernels::{ActsQ8, QK};
 /// Zero: they follow the specification's accumulation order with separate multiplies and adds, so
 /// the results are bit-identical (this also covers the integer parts, which any difference in an
 /// exact i32 dot would show immediately).
+#[cfg(target_arch = "x86_64")]
 const AVX2_VS_SCALAR_MAX_ULPS: u32 = 0;
 
 /// Relative bound, per rounding step, for scalar gemv against the f64 dot of dequantized weights
@@ -270,6 +271,7 @@ impl Kind {
 /// Distance in units in the last place between two floats of the same sign, or `u32::MAX`. Two NaNs
 /// count as equal whatever their payloads (x86 propagates the payload of a particular operand, which
 /// is not part of the specification).
+#[cfg(target_arch = "x86_64")]
 fn ulps(a: f32, b: f32) -> u32 {
     if a.to_bits() == b.to_bits() || (a == 0.0 && b == 0.0) || (a.is_nan() && b.is_nan()) {
         return 0;
