@@ -336,14 +336,9 @@ const SCALAR: Table = Table {
     q5_0: q8(Tier::Scalar, scalar::gemv_q5_0),
     q5_1: q8(Tier::Scalar, scalar::gemv_q5_1),
     q8_0: q8(Tier::Scalar, scalar::gemv_q8_0),
-    // K-quants: `None` until `scalar::kquants` lands; then one line each:
-    //   q4_k: q8(Tier::Scalar, scalar::kquants::gemv_q4_k),
-    //   q5_k: q8(Tier::Scalar, scalar::kquants::gemv_q5_k),
-    //   q6_k: q8(Tier::Scalar, scalar::kquants::gemv_q6_k),
-    // (and the matching arms of `scalar::dequantize_row`).
-    q4_k: None,
-    q5_k: None,
-    q6_k: None,
+    q4_k: q8(Tier::Scalar, scalar::kquants::gemv_q4_k),
+    q5_k: q8(Tier::Scalar, scalar::kquants::gemv_q5_k),
+    q6_k: q8(Tier::Scalar, scalar::kquants::gemv_q6_k),
 };
 
 /// The AVX2 table: AVX2 kernels where they exist, the scalar ones elsewhere.
@@ -362,10 +357,9 @@ fn avx2_table() -> Table {
     t.q5_0 = q8(Tier::Avx2, x86::avx2_gemv_q5_0);
     t.q5_1 = q8(Tier::Avx2, x86::avx2_gemv_q5_1);
     t.q8_0 = q8(Tier::Avx2, x86::avx2_gemv_q8_0);
-    // K-quants: scalar (or `None`) until `x86::kquants` lands; then one line each:
-    //   t.q4_k = q8(Tier::Avx2, x86::kquants::avx2_gemv_q4_k);
-    //   t.q5_k = q8(Tier::Avx2, x86::kquants::avx2_gemv_q5_k);
-    //   t.q6_k = q8(Tier::Avx2, x86::kquants::avx2_gemv_q6_k);
+    t.q4_k = q8(Tier::Avx2, x86::kquants::avx2_gemv_q4_k);
+    t.q5_k = q8(Tier::Avx2, x86::kquants::avx2_gemv_q5_k);
+    t.q6_k = q8(Tier::Avx2, x86::kquants::avx2_gemv_q6_k);
     t
 }
 

@@ -13,8 +13,7 @@
 
 pub mod float;
 pub mod legacy;
-// K-quants (Q4_K, Q5_K, Q6_K) live in `kquants`, written separately; wire it here:
-// pub mod kquants;
+pub mod kquants;
 
 pub use float::*;
 pub use legacy::*;
@@ -55,10 +54,9 @@ pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), K
         GgmlType::Q5_0 => dequantize_q5_0(src, dst),
         GgmlType::Q5_1 => dequantize_q5_1(src, dst),
         GgmlType::Q8_0 => dequantize_q8_0(src, dst),
-        // K-quants: replace with `kquants::dequantize_q4_k(src, dst)` etc. once `kquants` lands.
-        GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => {
-            return Err(KernelError::UnsupportedType(ty))
-        }
+        GgmlType::Q4_K => kquants::dequantize_q4_k(src, dst),
+        GgmlType::Q5_K => kquants::dequantize_q5_k(src, dst),
+        GgmlType::Q6_K => kquants::dequantize_q6_k(src, dst),
         _ => return Err(KernelError::UnsupportedType(ty)),
     }
     Ok(())

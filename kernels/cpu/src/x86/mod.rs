@@ -6,8 +6,7 @@
 
 pub mod float;
 pub mod legacy;
-// K-quants (Q4_K, Q5_K, Q6_K), written separately; wire it here:
-// pub mod kquants;
+pub mod kquants;
 
 pub use float::*;
 pub use legacy::*;
