@@ -19,6 +19,7 @@ pub use pretok::PreTokenizer;
 pub use utf8::{OutputTooSmall, Utf8Stream};
 
 use alloc::string::String;
+use alloc::vec;
 use alloc::vec::Vec;
 use bpe::{Merge, NONE};
 use core::fmt;
@@ -197,7 +198,8 @@ pub struct Tokenizer {
     bytes_off: Vec<u32>,
     types: Vec<TokenType>,
     scores: Vec<f32>,
-    /// Token ids sorted by text, one per distinct text (the highest id when texts repeat).
+    /// Open-addressing table from text to id (the highest id when texts repeat): a power-of-two
+    /// number of slots, `NONE` when empty, probed linearly from the text's hash.
     by_text: Vec<u32>,
     /// BPE merges sorted by pair key.
     merges: Vec<Merge>,
@@ -336,10 +338,20 @@ impl Tokenizer {
         };
 
         // Text lookup: ids sorted by text; the last of equal texts wins, as in the reference.
-        let mut by_text: Vec<u32> = (0..n as u32).collect();
-        by_text.sort_by(|&a, &b| tok.token_text(a).cmp(tok.token_text(b)).then(b.cmp(&a)));
-        by_text.dedup_by(|a, b| tok.token_text(*a) == tok.token_text(*b));
-        tok.by_text = by_text;
+        tok.by_text = vec![NONE; (2 * n).next_power_of_two()];
+        let mask = tok.by_text.len() - 1;
+        for id in 0..n as u32 {
+            let text = tok.token_text(id);
+            let mut slot = text_hash(text) as usize & mask;
+            loop {
+                let there = tok.by_text[slot];
+                if there == NONE || tok.token_text(there) == text {
+                    tok.by_text[slot] = id;
+                    break;
+                }
+                slot = (slot + 1) & mask;
+            }
+        }
 
         // Tokens that end a turn are control tokens and end generation.
         let mut eog: Vec<u32> = [eos, eot].into_iter().flatten().collect();
@@ -637,10 +649,18 @@ impl Tokenizer {
 
     /// The token whose vocabulary string is exactly `text`.
     pub fn token_id(&self, text: &str) -> Option<u32> {
-        self.by_text
-            .binary_search_by(|&id| self.token_text(id).cmp(text))
-            .ok()
-            .map(|i| self.by_text[i])
+        let mask = self.by_text.len().checked_sub(1)?;
+        let mut slot = text_hash(text) as usize & mask;
+        loop {
+            let id = self.by_text[slot];
+            if id == NONE {
+                return None;
+            }
+            if self.token_text(id) == text {
+                return Some(id);
+            }
+            slot = (slot + 1) & mask;
+        }
     }
 
     fn byte_token(&self, b: u8) -> Option<u32> {
@@ -730,6 +750,15 @@ impl Tokenizer {
         }
         frags
     }
+}
+
+/// FNV-1a, for the text table.
+fn text_hash(text: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in text.as_bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
 }
 
 /// `<0xNN>` to its byte.
