@@ -166,6 +166,8 @@ pub struct VocabSpec<'a> {
     pub eot: Option<u32>,
     pub unk: Option<u32>,
     pub pad: Option<u32>,
+    /// `general.name`: a few models need per-token tweaks the vocabulary does not record.
+    pub name: Option<&'a str>,
     /// Behaviour flags; `None` takes the model's default.
     pub add_bos: Option<bool>,
     pub add_eos: Option<bool>,
@@ -206,7 +208,7 @@ pub struct Tokenizer {
     /// The token for each raw byte (BPE: its mapped character; SPM: `<0xNN>`), or `NONE`.
     byte_tok: [u32; 256],
     /// Control, user-defined and unknown tokens, longest text first.
-    specials: Vec<u32>,
+    specials: Vec<Special>,
     /// Tokens that end generation, sorted.
     eog: Vec<u32>,
     bos: Option<u32>,
@@ -231,6 +233,15 @@ impl fmt::Debug for Tokenizer {
             .field("add_bos", &self.add_bos)
             .finish_non_exhaustive()
     }
+}
+
+/// A token matched in text before pre-tokenization, and whether white space around it is
+/// dropped (Phi-3's chat tokens take the white space after them).
+#[derive(Clone, Copy, Debug)]
+struct Special {
+    id: u32,
+    lstrip: bool,
+    rstrip: bool,
 }
 
 enum Fragment {
@@ -450,7 +461,20 @@ impl Tokenizer {
                 .cmp(&tok.token_text(a).len())
                 .then(a.cmp(&b))
         });
-        tok.specials = specials;
+        // Phi-3's added tokens strip the white space after them (its tokenizer.json says so; the
+        // GGUF does not carry it), except <unk>, <s> and <|endoftext|>.
+        let phi3 = spec
+            .name
+            .map(|n| n.to_ascii_lowercase())
+            .is_some_and(|n| n.contains("phi-3") || n.contains("phi3"));
+        tok.specials = specials
+            .into_iter()
+            .map(|id| Special {
+                id,
+                lstrip: false,
+                rstrip: phi3 && !matches!(tok.token_text(id), "<unk>" | "<s>" | "<|endoftext|>"),
+            })
+            .collect();
         Ok(tok)
     }
 
@@ -512,6 +536,7 @@ impl Tokenizer {
             eot: id("tokenizer.ggml.eot_token_id"),
             unk: id("tokenizer.ggml.unknown_token_id"),
             pad: id("tokenizer.ggml.padding_token_id"),
+            name: g.get_str("general.name"),
             add_bos: g.get_bool("tokenizer.ggml.add_bos_token"),
             add_eos: g.get_bool("tokenizer.ggml.add_eos_token"),
             add_space_prefix: g.get_bool("tokenizer.ggml.add_space_prefix"),
@@ -718,7 +743,7 @@ impl Tokenizer {
             present[b as usize] = true;
         }
         let mut next = Vec::new();
-        for &id in &self.specials {
+        for &Special { id, lstrip, rstrip } in &self.specials {
             if !parse_special && self.types[id as usize] != TokenType::UserDefined {
                 continue;
             }
@@ -736,11 +761,18 @@ impl Tokenizer {
                     continue;
                 };
                 while let Some(p) = text[a..b].find(needle) {
-                    if p > 0 {
-                        next.push(Fragment::Text(a, a + p));
+                    let mut left_end = a + p;
+                    if lstrip {
+                        left_end = a + text[a..left_end].trim_end_matches(is_c_space).len();
+                    }
+                    if left_end > a {
+                        next.push(Fragment::Text(a, left_end));
                     }
                     next.push(Fragment::Token(id));
                     a += p + needle.len();
+                    if rstrip {
+                        a = b - text[a..b].trim_start_matches(is_c_space).len();
+                    }
                 }
                 if a < b {
                     next.push(Fragment::Text(a, b));
@@ -750,6 +782,11 @@ impl Tokenizer {
         }
         frags
     }
+}
+
+/// White space as C's `isspace` sees it (what special-token stripping removes).
+fn is_c_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\x0b' | '\x0c' | '\r')
 }
 
 /// FNV-1a, for the text table.

@@ -263,3 +263,27 @@ fn out_of_range_ids_are_empty() {
     assert_eq!(t.token_text(u32::MAX), "");
     assert!(!t.is_control(n));
 }
+
+#[test]
+fn phi3_chat_tokens_take_the_space_after_them() {
+    let owned: Vec<String> = [
+        "<unk>", "<s>", "</s>", "▁", "a", "<|user|>", "<|end|>", "\n",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let tokens: Vec<&str> = owned.iter().map(|s| s.as_str()).collect();
+    let spec = |name| VocabSpec {
+        model: "llama",
+        tokens: tokens.clone(),
+        token_types: Some(vec![2, 3, 3, 1, 1, 3, 3, 1]),
+        name,
+        add_space_prefix: Some(false),
+        ..VocabSpec::default()
+    };
+    let phi3 = Tokenizer::from_spec(&spec(Some("Phi-3 mini"))).unwrap();
+    assert_eq!(enc(&phi3, "<|user|>\n a <|end|>\n", true), [5, 4, 3, 6]);
+    assert_eq!(enc(&phi3, "<s> a", true), [1, 3, 4]);
+    let other = Tokenizer::from_spec(&spec(None)).unwrap();
+    assert_eq!(enc(&other, "<|user|>\na", true), [5, 7, 4]);
+}
