@@ -261,3 +261,53 @@ fn encode_speed() {
     );
     assert_eq!(decode_streaming(&tok, &ids), text);
 }
+
+/// Cases from `tests/data/llama_cpp/<name>.json`: (text, ids, ids with special parsing).
+fn peer_cases(name: &str) -> Vec<(String, Vec<u32>, Vec<u32>)> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("data/llama_cpp/{name}.json"));
+    serde_json::from_str(&std::fs::read_to_string(path).expect("peer cases")).unwrap()
+}
+
+fn check_peer(name: &str, tok: &Tokenizer) -> usize {
+    let cases = peer_cases(name);
+    let mut failures = 0;
+    for (text, plain, special) in &cases {
+        for (parse_special, want) in [(false, plain), (true, special)] {
+            let mut got = Vec::new();
+            tok.encode(text, parse_special, &mut got);
+            if &got != want {
+                failures += 1;
+                println!(
+                    "FAIL {name} (parse_special {parse_special}): {text:?}\n  expected {want:?}\n  \
+                     got      {got:?}"
+                );
+            }
+        }
+    }
+    println!(
+        "{name}: {}/{} llama.cpp cases pass",
+        2 * cases.len() - failures,
+        2 * cases.len()
+    );
+    failures
+}
+
+/// Random and chat-like texts, with and without special parsing, against llama.cpp's own
+/// tokenizer (`tests/data/llama_cpp/gen.py` records its answers).
+#[test]
+fn random_texts_match_llama_cpp() {
+    let mut failures = 0;
+    if let Some(dir) = vocab_dir() {
+        for name in VOCABS {
+            let tok = load_tokenizer(&dir.join(format!("ggml-vocab-{name}.gguf")));
+            failures += check_peer(name, &tok);
+        }
+    }
+    if let Some(tok) = smollm2() {
+        failures += check_peer("smollm2", &tok);
+    }
+    assert_eq!(
+        failures, 0,
+        "{failures} cases differ from llama.cpp (see output)"
+    );
+}

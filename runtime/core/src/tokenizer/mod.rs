@@ -174,19 +174,46 @@ pub struct VocabSpec<'a> {
     pub add_space_prefix: Option<bool>,
 }
 
-/// Texts that end a turn in common chat formats; such tokens end generation and are control.
-const END_OF_GENERATION_TEXTS: &[&str] = &[
+/// Texts of end-of-turn tokens, in the order one is picked as EOT when metadata names none.
+const END_OF_TURN_TEXTS: &[&str] = &[
     "<|eot_id|>",
     "<|im_end|>",
     "<|end|>",
-    "<|endoftext|>",
     "<end_of_turn>",
+    "<|endoftext|>",
     "<|end_of_text|>",
     "<EOT>",
+    "_<EOT>",
+    "<\u{ff5c}end\u{2581}of\u{2581}sentence\u{ff5c}>",
+];
+
+/// Texts of tokens that end generation besides those (turn ends of other chat formats, EOS
+/// spellings, and fill-in-the-middle pad/repository/file separators). These and the end-of-turn
+/// texts are control tokens, whatever the vocabulary says; llama.cpp treats them the same way.
+const END_OF_GENERATION_TEXTS: &[&str] = &[
     "<|return|>",
     "<|call|>",
+    "<|flush|>",
+    "<|calls|>",
+    "</s>",
+    "<|eom_id|>",
+    "[EOT]",
+    "[EOS]",
     "<end_of_utterance>",
-    "<\u{ff5c}end\u{2581}of\u{2581}sentence\u{ff5c}>",
+    "<eos>",
+    "<turn|>",
+    "<|tool_response>",
+    "<|fim_pad|>",
+    "<fim-pad>",
+    "<fim_pad>",
+    "<PAD>",
+    "[PAD]",
+    "<|fim_repo|>",
+    "<|repo_name|>",
+    "<fim-repo>",
+    "<REPO>",
+    "<reponame>",
+    "<|file_sep|>",
 ];
 
 /// A loaded vocabulary: encodes text and maps ids back to bytes.
@@ -366,13 +393,29 @@ impl Tokenizer {
 
         // Tokens that end a turn are control tokens and end generation.
         let mut eog: Vec<u32> = [eos, eot].into_iter().flatten().collect();
-        for t in END_OF_GENERATION_TEXTS {
+        for (i, t) in END_OF_TURN_TEXTS
+            .iter()
+            .chain(END_OF_GENERATION_TEXTS)
+            .enumerate()
+        {
             if let Some(id) = tok.token_id(t) {
-                if tok.types[id as usize] != TokenType::Control {
-                    tok.types[id as usize] = TokenType::Control;
+                tok.types[id as usize] = TokenType::Control;
+                if i < END_OF_TURN_TEXTS.len() {
+                    eot = eot.or(Some(id));
                 }
-                eot = eot.or(Some(id));
                 eog.push(id);
+            }
+        }
+        // Harmony-style formats end a message with <|end|> but a turn with <|return|> or
+        // <|call|>: there <|end|> is ordinary text that does not stop generation.
+        let has = |t: &str| tok.token_id(t).is_some();
+        if (has("<|return|>") && has("<|call|>")) || (has("<|calls|>") && has("<|flush|>")) {
+            if let Some(end) = tok.token_id("<|end|>") {
+                eog.retain(|&id| id != end || Some(id) == eos);
+                tok.types[end as usize] = TokenType::UserDefined;
+                if eot == Some(end) {
+                    eot = None;
+                }
             }
         }
         eog.sort_unstable();
