@@ -287,3 +287,70 @@ fn phi3_chat_tokens_take_the_space_after_them() {
     let other = Tokenizer::from_spec(&spec(None)).unwrap();
     assert_eq!(enc(&other, "<|user|>\na", true), [5, 7, 4]);
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn text() -> impl Strategy<Value = String> {
+        let pieces = prop::sample::select(vec![
+            "a",
+            "h",
+            "e",
+            "l",
+            "o",
+            "hello",
+            " ",
+            "  ",
+            "\n",
+            "\t",
+            "'s",
+            "'LL",
+            "1",
+            "23",
+            "é",
+            "我",
+            "🦙",
+            "\u{301}",
+            "\u{a0}",
+            "<|end|>",
+            "<tool>",
+            "<|im_start|>",
+            "</s>",
+            "<0x41>",
+            "▁",
+            ".",
+            "!?",
+        ]);
+        prop::collection::vec(pieces, 0..24).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn bpe_round_trips(s in text(), special in any::<bool>()) {
+            let t = bpe_vocab();
+            let ids = enc(&t, &s, special);
+            let bytes: Vec<u8> = ids.iter().flat_map(|&i| t.token_bytes(i)).copied().collect();
+            prop_assert_eq!(bytes, s.as_bytes());
+        }
+
+        #[test]
+        fn spm_round_trips(s in text()) {
+            let t = spm_vocab(Some(false));
+            let ids = enc(&t, &s, false);
+            let bytes: Vec<u8> = ids.iter().flat_map(|&i| t.token_bytes(i)).copied().collect();
+            // SentencePiece cannot tell a written ▁ from a space.
+            let want = s.replace('▁', " ");
+            prop_assert_eq!(bytes, want.as_bytes());
+        }
+
+        #[test]
+        fn every_pre_tokenizer_covers_the_text(s in "\\PC{0,40}") {
+            for name in ["gpt-2", "default", "llama-bpe", "qwen2", "starcoder", "gpt-4o"] {
+                let words = PreTokenizer::from_name(name).unwrap().words(&s);
+                prop_assert_eq!(words.concat(), s.clone());
+                prop_assert!(words.iter().all(|w| !w.is_empty()));
+            }
+        }
+    }
+}
