@@ -110,8 +110,8 @@ impl fmt::Display for TokenizerError {
             ),
             TokenizerError::UnsupportedPreTokenizer(p) => write!(
                 f,
-                "pre-tokenizer `{p}` is not supported: expected one of gpt-2, default, llama-bpe, \
-                 qwen2, starcoder, smollm, refact (or a name that maps to them)"
+                "pre-tokenizer `{p}` is not supported: expected gpt-2, default, llama-bpe, qwen2, \
+                 starcoder, smollm, refact, gpt-4o or a name llama.cpp treats like one of them"
             ),
             TokenizerError::LengthMismatch {
                 key,
