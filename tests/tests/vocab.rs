@@ -45,7 +45,15 @@ fn vocab_dir() -> Option<PathBuf> {
 fn load_tokenizer(path: &Path) -> Tokenizer {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     let g = Gguf::parse(&bytes).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()));
-    Tokenizer::from_gguf(&g).unwrap_or_else(|e| panic!("tokenizer of {}: {e}", path.display()))
+    let start = std::time::Instant::now();
+    let tok =
+        Tokenizer::from_gguf(&g).unwrap_or_else(|e| panic!("tokenizer of {}: {e}", path.display()));
+    println!(
+        "loaded {} in {:.0} ms",
+        path.display(),
+        start.elapsed().as_secs_f64() * 1e3
+    );
+    tok
 }
 
 /// The cases of one vocabulary: (input, expected ids).
@@ -199,4 +207,107 @@ fn smollm2_special_tokens_are_text_unless_parsed() {
     ids.clear();
     tok.encode("2024", false, &mut ids);
     assert_eq!(ids.len(), 4);
+}
+
+/// The random texts the pre-tokenizer cases use.
+fn random_texts() -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/pretok/cases.json");
+    let cases: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("cases.json")).unwrap();
+    cases["gpt-2"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c[0].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn random_text_round_trips() {
+    let Some(dir) = vocab_dir() else { return };
+    let texts = random_texts();
+    for name in VOCABS {
+        let tok = load_tokenizer(&dir.join(format!("ggml-vocab-{name}.gguf")));
+        for text in &texts {
+            let mut ids = Vec::new();
+            tok.encode(text, false, &mut ids);
+            let want = match tok.model() {
+                Model::Spm if !text.is_empty() => format!(" {text}"),
+                _ => text.clone(),
+            };
+            assert_eq!(decode_streaming(&tok, &ids), want, "{name}: {ids:?}");
+        }
+    }
+}
+
+#[test]
+fn encode_speed() {
+    let Some(tok) = smollm2() else { return };
+    let mut text = String::new();
+    for t in random_texts().iter().cycle().take(4000) {
+        text.push_str(t);
+        text.push_str("<|im_end|>\n");
+    }
+    let start = std::time::Instant::now();
+    let mut ids = Vec::new();
+    tok.encode(&text, true, &mut ids);
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "encoded {} bytes into {} tokens in {:.1} ms ({:.1} MB/s)",
+        text.len(),
+        ids.len(),
+        secs * 1e3,
+        text.len() as f64 / secs / 1e6
+    );
+    assert_eq!(decode_streaming(&tok, &ids), text);
+}
+
+/// Cases from `tests/data/llama_cpp/<name>.json`: (text, ids, ids with special parsing).
+fn peer_cases(name: &str) -> Vec<(String, Vec<u32>, Vec<u32>)> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("data/llama_cpp/{name}.json"));
+    serde_json::from_str(&std::fs::read_to_string(path).expect("peer cases")).unwrap()
+}
+
+fn check_peer(name: &str, tok: &Tokenizer) -> usize {
+    let cases = peer_cases(name);
+    let mut failures = 0;
+    for (text, plain, special) in &cases {
+        for (parse_special, want) in [(false, plain), (true, special)] {
+            let mut got = Vec::new();
+            tok.encode(text, parse_special, &mut got);
+            if &got != want {
+                failures += 1;
+                println!(
+                    "FAIL {name} (parse_special {parse_special}): {text:?}\n  expected {want:?}\n  \
+                     got      {got:?}"
+                );
+            }
+        }
+    }
+    println!(
+        "{name}: {}/{} llama.cpp cases pass",
+        2 * cases.len() - failures,
+        2 * cases.len()
+    );
+    failures
+}
+
+/// Random and chat-like texts, with and without special parsing, against llama.cpp's own
+/// tokenizer (`tests/data/llama_cpp/gen.py` records its answers).
+#[test]
+fn random_texts_match_llama_cpp() {
+    let mut failures = 0;
+    if let Some(dir) = vocab_dir() {
+        for name in VOCABS {
+            let tok = load_tokenizer(&dir.join(format!("ggml-vocab-{name}.gguf")));
+            failures += check_peer(name, &tok);
+        }
+    }
+    if let Some(tok) = smollm2() {
+        failures += check_peer("smollm2", &tok);
+    }
+    assert_eq!(
+        failures, 0,
+        "{failures} cases differ from llama.cpp (see output)"
+    );
 }

@@ -19,6 +19,7 @@ pub use pretok::PreTokenizer;
 pub use utf8::{OutputTooSmall, Utf8Stream};
 
 use alloc::string::String;
+use alloc::vec;
 use alloc::vec::Vec;
 use bpe::{Merge, NONE};
 use core::fmt;
@@ -109,8 +110,8 @@ impl fmt::Display for TokenizerError {
             ),
             TokenizerError::UnsupportedPreTokenizer(p) => write!(
                 f,
-                "pre-tokenizer `{p}` is not supported: expected one of gpt-2, default, llama-bpe, \
-                 qwen2, starcoder, smollm, refact (or a name that maps to them)"
+                "pre-tokenizer `{p}` is not supported: expected gpt-2, default, llama-bpe, qwen2, \
+                 starcoder, smollm, refact, gpt-4o or a name llama.cpp treats like one of them"
             ),
             TokenizerError::LengthMismatch {
                 key,
@@ -165,25 +166,54 @@ pub struct VocabSpec<'a> {
     pub eot: Option<u32>,
     pub unk: Option<u32>,
     pub pad: Option<u32>,
+    /// `general.name`: a few models need per-token tweaks the vocabulary does not record.
+    pub name: Option<&'a str>,
     /// Behaviour flags; `None` takes the model's default.
     pub add_bos: Option<bool>,
     pub add_eos: Option<bool>,
     pub add_space_prefix: Option<bool>,
 }
 
-/// Texts that end a turn in common chat formats; such tokens end generation and are control.
-const END_OF_GENERATION_TEXTS: &[&str] = &[
+/// Texts of end-of-turn tokens, in the order one is picked as EOT when metadata names none.
+const END_OF_TURN_TEXTS: &[&str] = &[
     "<|eot_id|>",
     "<|im_end|>",
     "<|end|>",
-    "<|endoftext|>",
     "<end_of_turn>",
+    "<|endoftext|>",
     "<|end_of_text|>",
     "<EOT>",
+    "_<EOT>",
+    "<\u{ff5c}end\u{2581}of\u{2581}sentence\u{ff5c}>",
+];
+
+/// Texts of tokens that end generation besides those (turn ends of other chat formats, EOS
+/// spellings, and fill-in-the-middle pad/repository/file separators). These and the end-of-turn
+/// texts are control tokens, whatever the vocabulary says; llama.cpp treats them the same way.
+const END_OF_GENERATION_TEXTS: &[&str] = &[
     "<|return|>",
     "<|call|>",
+    "<|flush|>",
+    "<|calls|>",
+    "</s>",
+    "<|eom_id|>",
+    "[EOT]",
+    "[EOS]",
     "<end_of_utterance>",
-    "<\u{ff5c}end\u{2581}of\u{2581}sentence\u{ff5c}>",
+    "<eos>",
+    "<turn|>",
+    "<|tool_response>",
+    "<|fim_pad|>",
+    "<fim-pad>",
+    "<fim_pad>",
+    "<PAD>",
+    "[PAD]",
+    "<|fim_repo|>",
+    "<|repo_name|>",
+    "<fim-repo>",
+    "<REPO>",
+    "<reponame>",
+    "<|file_sep|>",
 ];
 
 /// A loaded vocabulary: encodes text and maps ids back to bytes.
@@ -197,14 +227,15 @@ pub struct Tokenizer {
     bytes_off: Vec<u32>,
     types: Vec<TokenType>,
     scores: Vec<f32>,
-    /// Token ids sorted by text, one per distinct text (the highest id when texts repeat).
+    /// Open-addressing table from text to id (the highest id when texts repeat): a power-of-two
+    /// number of slots, `NONE` when empty, probed linearly from the text's hash.
     by_text: Vec<u32>,
     /// BPE merges sorted by pair key.
     merges: Vec<Merge>,
     /// The token for each raw byte (BPE: its mapped character; SPM: `<0xNN>`), or `NONE`.
     byte_tok: [u32; 256],
     /// Control, user-defined and unknown tokens, longest text first.
-    specials: Vec<u32>,
+    specials: Vec<Special>,
     /// Tokens that end generation, sorted.
     eog: Vec<u32>,
     bos: Option<u32>,
@@ -229,6 +260,15 @@ impl fmt::Debug for Tokenizer {
             .field("add_bos", &self.add_bos)
             .finish_non_exhaustive()
     }
+}
+
+/// A token matched in text before pre-tokenization, and whether white space around it is
+/// dropped (Phi-3's chat tokens take the white space after them).
+#[derive(Clone, Copy, Debug)]
+struct Special {
+    id: u32,
+    lstrip: bool,
+    rstrip: bool,
 }
 
 enum Fragment {
@@ -336,20 +376,46 @@ impl Tokenizer {
         };
 
         // Text lookup: ids sorted by text; the last of equal texts wins, as in the reference.
-        let mut by_text: Vec<u32> = (0..n as u32).collect();
-        by_text.sort_by(|&a, &b| tok.token_text(a).cmp(tok.token_text(b)).then(b.cmp(&a)));
-        by_text.dedup_by(|a, b| tok.token_text(*a) == tok.token_text(*b));
-        tok.by_text = by_text;
+        tok.by_text = vec![NONE; (2 * n).next_power_of_two()];
+        let mask = tok.by_text.len() - 1;
+        for id in 0..n as u32 {
+            let text = tok.token_text(id);
+            let mut slot = text_hash(text) as usize & mask;
+            loop {
+                let there = tok.by_text[slot];
+                if there == NONE || tok.token_text(there) == text {
+                    tok.by_text[slot] = id;
+                    break;
+                }
+                slot = (slot + 1) & mask;
+            }
+        }
 
         // Tokens that end a turn are control tokens and end generation.
         let mut eog: Vec<u32> = [eos, eot].into_iter().flatten().collect();
-        for t in END_OF_GENERATION_TEXTS {
+        for (i, t) in END_OF_TURN_TEXTS
+            .iter()
+            .chain(END_OF_GENERATION_TEXTS)
+            .enumerate()
+        {
             if let Some(id) = tok.token_id(t) {
-                if tok.types[id as usize] != TokenType::Control {
-                    tok.types[id as usize] = TokenType::Control;
+                tok.types[id as usize] = TokenType::Control;
+                if i < END_OF_TURN_TEXTS.len() {
+                    eot = eot.or(Some(id));
                 }
-                eot = eot.or(Some(id));
                 eog.push(id);
+            }
+        }
+        // Harmony-style formats end a message with <|end|> but a turn with <|return|> or
+        // <|call|>: there <|end|> is ordinary text that does not stop generation.
+        let has = |t: &str| tok.token_id(t).is_some();
+        if (has("<|return|>") && has("<|call|>")) || (has("<|calls|>") && has("<|flush|>")) {
+            if let Some(end) = tok.token_id("<|end|>") {
+                eog.retain(|&id| id != end || Some(id) == eos);
+                tok.types[end as usize] = TokenType::UserDefined;
+                if eot == Some(end) {
+                    eot = None;
+                }
             }
         }
         eog.sort_unstable();
@@ -438,7 +504,20 @@ impl Tokenizer {
                 .cmp(&tok.token_text(a).len())
                 .then(a.cmp(&b))
         });
-        tok.specials = specials;
+        // Phi-3's added tokens strip the white space after them (its tokenizer.json says so; the
+        // GGUF does not carry it), except <unk>, <s> and <|endoftext|>.
+        let phi3 = spec
+            .name
+            .map(|n| n.to_ascii_lowercase())
+            .is_some_and(|n| n.contains("phi-3") || n.contains("phi3"));
+        tok.specials = specials
+            .into_iter()
+            .map(|id| Special {
+                id,
+                lstrip: false,
+                rstrip: phi3 && !matches!(tok.token_text(id), "<unk>" | "<s>" | "<|endoftext|>"),
+            })
+            .collect();
         Ok(tok)
     }
 
@@ -500,6 +579,7 @@ impl Tokenizer {
             eot: id("tokenizer.ggml.eot_token_id"),
             unk: id("tokenizer.ggml.unknown_token_id"),
             pad: id("tokenizer.ggml.padding_token_id"),
+            name: g.get_str("general.name"),
             add_bos: g.get_bool("tokenizer.ggml.add_bos_token"),
             add_eos: g.get_bool("tokenizer.ggml.add_eos_token"),
             add_space_prefix: g.get_bool("tokenizer.ggml.add_space_prefix"),
@@ -637,10 +717,18 @@ impl Tokenizer {
 
     /// The token whose vocabulary string is exactly `text`.
     pub fn token_id(&self, text: &str) -> Option<u32> {
-        self.by_text
-            .binary_search_by(|&id| self.token_text(id).cmp(text))
-            .ok()
-            .map(|i| self.by_text[i])
+        let mask = self.by_text.len().checked_sub(1)?;
+        let mut slot = text_hash(text) as usize & mask;
+        loop {
+            let id = self.by_text[slot];
+            if id == NONE {
+                return None;
+            }
+            if self.token_text(id) == text {
+                return Some(id);
+            }
+            slot = (slot + 1) & mask;
+        }
     }
 
     fn byte_token(&self, b: u8) -> Option<u32> {
@@ -698,7 +786,7 @@ impl Tokenizer {
             present[b as usize] = true;
         }
         let mut next = Vec::new();
-        for &id in &self.specials {
+        for &Special { id, lstrip, rstrip } in &self.specials {
             if !parse_special && self.types[id as usize] != TokenType::UserDefined {
                 continue;
             }
@@ -716,11 +804,18 @@ impl Tokenizer {
                     continue;
                 };
                 while let Some(p) = text[a..b].find(needle) {
-                    if p > 0 {
-                        next.push(Fragment::Text(a, a + p));
+                    let mut left_end = a + p;
+                    if lstrip {
+                        left_end = a + text[a..left_end].trim_end_matches(is_c_space).len();
+                    }
+                    if left_end > a {
+                        next.push(Fragment::Text(a, left_end));
                     }
                     next.push(Fragment::Token(id));
                     a += p + needle.len();
+                    if rstrip {
+                        a = b - text[a..b].trim_start_matches(is_c_space).len();
+                    }
                 }
                 if a < b {
                     next.push(Fragment::Text(a, b));
@@ -730,6 +825,20 @@ impl Tokenizer {
         }
         frags
     }
+}
+
+/// White space as C's `isspace` sees it (what special-token stripping removes).
+fn is_c_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\x0b' | '\x0c' | '\r')
+}
+
+/// FNV-1a, for the text table.
+fn text_hash(text: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in text.as_bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
 }
 
 /// `<0xNN>` to its byte.

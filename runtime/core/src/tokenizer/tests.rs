@@ -263,3 +263,94 @@ fn out_of_range_ids_are_empty() {
     assert_eq!(t.token_text(u32::MAX), "");
     assert!(!t.is_control(n));
 }
+
+#[test]
+fn phi3_chat_tokens_take_the_space_after_them() {
+    let owned: Vec<String> = [
+        "<unk>", "<s>", "</s>", "▁", "a", "<|user|>", "<|end|>", "\n",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let tokens: Vec<&str> = owned.iter().map(|s| s.as_str()).collect();
+    let spec = |name| VocabSpec {
+        model: "llama",
+        tokens: tokens.clone(),
+        token_types: Some(vec![2, 3, 3, 1, 1, 3, 3, 1]),
+        name,
+        add_space_prefix: Some(false),
+        ..VocabSpec::default()
+    };
+    let phi3 = Tokenizer::from_spec(&spec(Some("Phi-3 mini"))).unwrap();
+    assert_eq!(enc(&phi3, "<|user|>\n a <|end|>\n", true), [5, 4, 3, 6]);
+    assert_eq!(enc(&phi3, "<s> a", true), [1, 3, 4]);
+    let other = Tokenizer::from_spec(&spec(None)).unwrap();
+    assert_eq!(enc(&other, "<|user|>\na", true), [5, 7, 4]);
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn text() -> impl Strategy<Value = String> {
+        let pieces = prop::sample::select(vec![
+            "a",
+            "h",
+            "e",
+            "l",
+            "o",
+            "hello",
+            " ",
+            "  ",
+            "\n",
+            "\t",
+            "'s",
+            "'LL",
+            "1",
+            "23",
+            "é",
+            "我",
+            "🦙",
+            "\u{301}",
+            "\u{a0}",
+            "<|end|>",
+            "<tool>",
+            "<|im_start|>",
+            "</s>",
+            "<0x41>",
+            "▁",
+            ".",
+            "!?",
+        ]);
+        prop::collection::vec(pieces, 0..24).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn bpe_round_trips(s in text(), special in any::<bool>()) {
+            let t = bpe_vocab();
+            let ids = enc(&t, &s, special);
+            let bytes: Vec<u8> = ids.iter().flat_map(|&i| t.token_bytes(i)).copied().collect();
+            prop_assert_eq!(bytes, s.as_bytes());
+        }
+
+        #[test]
+        fn spm_round_trips(s in text()) {
+            let t = spm_vocab(Some(false));
+            let ids = enc(&t, &s, false);
+            let bytes: Vec<u8> = ids.iter().flat_map(|&i| t.token_bytes(i)).copied().collect();
+            // SentencePiece cannot tell a written ▁ from a space.
+            let want = s.replace('▁', " ");
+            prop_assert_eq!(bytes, want.as_bytes());
+        }
+
+        #[test]
+        fn every_pre_tokenizer_covers_the_text(s in "\\PC{0,40}") {
+            for name in ["gpt-2", "default", "llama-bpe", "qwen2", "starcoder", "gpt-4o"] {
+                let words = PreTokenizer::from_name(name).unwrap().words(&s);
+                prop_assert_eq!(words.concat(), s.clone());
+                prop_assert!(words.iter().all(|w| !w.is_empty()));
+            }
+        }
+    }
+}
