@@ -19,7 +19,7 @@ fn check(model: &Model<'_>, kernels: &Kernels, par: &dyn Parallel, path: Numeric
     let opts = SessionOptions { context: 256, path };
     let mut session = Session::new(model, kernels.clone(), opts).unwrap();
     let params = SamplerParams { temperature: 0.7, seed: 7, ..SamplerParams::default() };
-    let mut sampler = Sampler::new(params, model.config.vocab_size);
+    let mut sampler = Sampler::new(params, model.config.vocab_size).unwrap();
     let prompt: Vec<u32> = (0..32).map(|i| 100 + i * 37).collect();
     // Warm up once: first touches of weights and buffers happen here.
     session.prefill(&prompt[..8], par).unwrap();
