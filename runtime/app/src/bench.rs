@@ -25,6 +25,46 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Also run llama.cpp (the `xllamacpp` Python package) on the same file with the same threads,
+    /// prompt and generation lengths, and report both side by side with their ratio.
+    #[arg(long)]
+    pub compare_llamacpp: bool,
+    /// Python interpreter that has xllamacpp installed.
+    #[arg(long, default_value = "python3")]
+    pub python: String,
+}
+
+/// llama.cpp's figures from the same command.
+struct Peer {
+    prefill: (f64, f64),
+    decode: (f64, f64),
+}
+
+/// Runs llama.cpp through xllamacpp with the same settings and returns its mean/stddev figures.
+fn run_llamacpp(args: &BenchArgs, threads: usize, ctx: usize) -> Result<Peer> {
+    let out = std::process::Command::new(&args.python)
+        .arg("-c")
+        .arg(include_str!("llamacpp_bench.py"))
+        .arg(&args.model.model)
+        .args([threads, args.prompt_tokens, args.gen_tokens, args.reps, ctx].map(|v| v.to_string()))
+        .stderr(std::process::Stdio::null())
+        .output()
+        .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", args.python))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "llama.cpp comparison failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let mut pp = Vec::new();
+    let mut tg = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        pp.push(v["prefill_tps"].as_f64().unwrap_or(0.0));
+        tg.push(v["decode_tps"].as_f64().unwrap_or(0.0));
+    }
+    anyhow::ensure!(!tg.is_empty(), "llama.cpp printed no timings");
+    Ok(Peer { prefill: mean_std(&pp), decode: mean_std(&tg) })
 }
 
 /// Mean and sample standard deviation.
@@ -103,6 +143,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let (tg_m, tg_s) = mean_std(&tg);
     let (ttft_m, _) = mean_std(&ttft);
     let kernels = session.kernels().describe().to_string();
+    let peer = if args.compare_llamacpp { Some(run_llamacpp(&args, threads, ctx)?) } else { None };
     if args.json {
         let out = serde_json::json!({
             "model": args.model.model.display().to_string(),
@@ -126,6 +167,14 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                 "p999": quantile(&lat, 0.999),
                 "max": lat.last().copied().unwrap_or(0.0),
             },
+            "llamacpp": peer.as_ref().map(|p| serde_json::json!({
+                "prefill_tps": p.prefill.0,
+                "prefill_tps_stddev": p.prefill.1,
+                "decode_tps": p.decode.0,
+                "decode_tps_stddev": p.decode.1,
+                "decode_ratio": tg_m / p.decode.0,
+                "prefill_ratio": pp_m / p.prefill.0,
+            })),
         });
         println!("{out}");
     } else {
@@ -134,6 +183,22 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         println!("{:<10} {:>14} {:>10}", "test", "tokens/s", "± stddev");
         println!("{:<10} {:>14.1} {:>10.1}", format!("pp{}", args.prompt_tokens), pp_m, pp_s);
         println!("{:<10} {:>14.1} {:>10.1}", format!("tg{}", args.gen_tokens), tg_m, tg_s);
+        if let Some(p) = &peer {
+            println!(
+                "{:<10} {:>14.1} {:>10.1}   llama.cpp; edgellm/llama.cpp = {:.2}x",
+                format!("pp{}", args.prompt_tokens),
+                p.prefill.0,
+                p.prefill.1,
+                pp_m / p.prefill.0
+            );
+            println!(
+                "{:<10} {:>14.1} {:>10.1}   llama.cpp; edgellm/llama.cpp = {:.2}x",
+                format!("tg{}", args.gen_tokens),
+                p.decode.0,
+                p.decode.1,
+                tg_m / p.decode.0
+            );
+        }
         println!("time to first token {ttft_m:.2} ms");
         println!(
             "token latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
