@@ -217,7 +217,7 @@ unsafe fn gemv<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
     let bb = block_bytes(K);
     let (nb, row_bytes) = check_gemv(w, acts, out.len(), bb, type_name(K));
     let rows = out.len();
-    if row_bytes == 0 {
+    if rows == 0 || row_bytes == 0 {
         out.fill(0.0);
         return;
     }
