@@ -5,7 +5,12 @@
 //! `sums[b] = Σ qs` of the block, which the offset terms of Q4_1/Q5_1/Q4_K/Q5_K need.
 //! The quantization rule (the specification, see `scalar::quantize_acts`):
 //! `amax = max |x|` over the block, `d = amax / 127`, `q = round_ties_even(x * (1/d))`
-//! (0 when `amax == 0`), so SIMD code that rounds to nearest-even reproduces it exactly.
+//! (a block whose `d` is zero or subnormal, below `f32::MIN_POSITIVE`, is all zeros with `d = 0`,
+//! so `1/d` is always finite), so SIMD code that rounds to nearest-even reproduces it exactly.
+//!
+//! Invariants the gemv kernels rely on (the quantizer guarantees them; hand-made values must
+//! keep them): every `qs` lies in `-127..=127` (never -128), and `sums[b]` is exactly the sum of
+//! block `b`'s `qs`. Broken invariants give wrong numbers, never undefined behaviour.
 
 /// Values per activation block.
 pub const QK: usize = 32;

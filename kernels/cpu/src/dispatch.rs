@@ -102,6 +102,9 @@ impl std::error::Error for KernelError {}
 /// Whether this build has the x86 SIMD kernels (x86-64 with the SSE2 float ABI).
 const X86_SIMD: bool = cfg!(all(target_arch = "x86_64", target_feature = "sse2"));
 
+/// Whether this build has the NEON kernels (aarch64 with Advanced SIMD).
+const ARM_SIMD: bool = cfg!(all(target_arch = "aarch64", target_feature = "neon"));
+
 /// One CPU feature that some tier needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CpuFeature {
@@ -207,9 +210,10 @@ impl CpuFeatures {
             Tier::Avx2 if !(self.avx2 && self.fma && self.f16c) => {
                 Some("AVX2, FMA and F16C, which this CPU does not report")
             }
-            Tier::Neon | Tier::NeonDotprod if !cfg!(target_arch = "aarch64") => {
-                Some("an aarch64 CPU and build (this build is for another architecture)")
-            }
+            Tier::Neon | Tier::NeonDotprod if !ARM_SIMD => Some(
+                "an aarch64 build with Advanced SIMD (this build is soft-float or for another \
+                 architecture)",
+            ),
             Tier::Neon if !self.neon => Some("NEON (Advanced SIMD), which this CPU does not report"),
             Tier::NeonDotprod if !(self.neon && self.dotprod) => {
                 Some("NEON with the dot-product extension (ARMv8.2 dotprod), which this CPU does not report")
@@ -363,9 +367,25 @@ fn avx2_table() -> Table {
     t
 }
 
-/// The NEON tables: no NEON kernels yet, so every entry is the scalar one.
+/// The NEON table (also used by `neon-dotprod` until `sdot` kernels land): NEON kernels where
+/// they exist, the scalar ones elsewhere.
+#[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
 fn neon_table() -> Table {
-    SCALAR
+    use crate::aarch64 as arm;
+    let mut t = SCALAR;
+    t.quantize_acts = (Tier::Neon, arm::neon_quantize_acts);
+    t.dot_f32 = (Tier::Neon, arm::neon_dot_f32);
+    t.axpy_f32 = (Tier::Neon, arm::neon_axpy_f32);
+    t.f32 = fw(Tier::Neon, arm::neon_gemv_f32w_f32);
+    // F16 stays scalar until an `fp16` conversion kernel lands.
+    t.bf16 = fw(Tier::Neon, arm::neon_gemv_f32w_bf16);
+    t.q4_0 = q8(Tier::Neon, arm::neon_gemv_q4_0);
+    t.q4_1 = q8(Tier::Neon, arm::neon_gemv_q4_1);
+    t.q5_0 = q8(Tier::Neon, arm::neon_gemv_q5_0);
+    t.q5_1 = q8(Tier::Neon, arm::neon_gemv_q5_1);
+    t.q8_0 = q8(Tier::Neon, arm::neon_gemv_q8_0);
+    // K-quants: scalar (or `None`) until NEON K-quant kernels land.
+    t
 }
 
 /// The kernel set chosen for this process: build it once at start and pass it around.
@@ -408,6 +428,7 @@ impl Kernels {
             Tier::Scalar => SCALAR,
             #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
             Tier::Avx2 => avx2_table(),
+            #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
             Tier::Neon | Tier::NeonDotprod => neon_table(),
             #[allow(unreachable_patterns)]
             _ => unreachable!("missing_for refuses tiers of other architectures"),
@@ -534,12 +555,9 @@ struct DescribeArgs<'a>(&'a Kernels);
 impl fmt::Display for DescribeArgs<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let k = self.0;
-        let mut groups: [Option<Tier>; 2] = [Some(k.tier), None];
-        if k.tier != Tier::Scalar {
-            groups[1] = Some(Tier::Scalar);
-        }
         let mut first = true;
-        for tier in groups.into_iter().flatten() {
+        // Highest tier first: the kernels of the chosen tier, then any fallbacks.
+        for tier in Tier::ALL.into_iter().rev() {
             let mut any = false;
             for ty in SLOT_TYPES
                 .into_iter()

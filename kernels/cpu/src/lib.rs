@@ -14,7 +14,8 @@ pub mod dispatch;
 pub mod scalar;
 pub mod types;
 
-#[cfg(target_arch = "aarch64")]
+// The NEON kernels need Advanced SIMD, which soft-float targets lack.
+#[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
 pub mod aarch64;
 // The x86 kernels need the SSE2 float ABI, which soft-float targets (x86_64-unknown-none) lack.
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]

@@ -734,3 +734,30 @@ fn rmsnorm_and_softmax() {
     assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
     assert!(p[3] > 0.999 && p[4] == 0.0);
 }
+
+#[test]
+fn assumed_features_enable_a_tier() {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("fma")
+        && std::is_x86_feature_detected!("f16c")
+    {
+        use edgellm_kernels::CpuFeature;
+        // SAFETY: the features were just detected on this CPU.
+        let f = unsafe {
+            CpuFeatures::none()
+                .assume(CpuFeature::Avx2)
+                .assume(CpuFeature::Fma)
+                .assume(CpuFeature::F16c)
+        };
+        assert!(f.has(CpuFeature::Avx2) && !f.has(CpuFeature::Neon));
+        assert_eq!(f.best_tier(), Tier::Avx2);
+        assert_eq!(
+            Kernels::with_tier(Tier::Avx2, &f).unwrap().tier(),
+            Tier::Avx2
+        );
+        // SAFETY: as above.
+        let partial = unsafe { CpuFeatures::none().assume(CpuFeature::Avx2) };
+        assert!(Kernels::with_tier(Tier::Avx2, &partial).is_err());
+    }
+}

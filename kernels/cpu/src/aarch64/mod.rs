@@ -1,2 +1,11 @@
-//! NEON kernels for aarch64: none yet. The dispatch table maps the `neon` and `neon-dotprod` tiers
-//! to the scalar kernels explicitly until they land here (same file list as `x86`).
+//! NEON kernels for aarch64 (ARMv8.0 Advanced SIMD), same file list as `x86`.
+//!
+//! Every kernel is a `#[target_feature(enable = "neon")] unsafe fn` whose only safety condition
+//! is that the CPU has NEON; the dispatch table calls them after checking. They check slice
+//! shapes themselves. The `neon-dotprod` tier uses these kernels until `sdot` kernels land.
+
+pub mod float;
+pub mod legacy;
+
+pub use float::*;
+pub use legacy::*;

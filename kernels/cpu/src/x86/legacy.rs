@@ -1,16 +1,16 @@
 //! AVX2 int8 kernels for the legacy block types and the activation quantizer, bit-exact with
 //! [`crate::scalar::legacy`].
 //!
-//! gemv layout: four rows per pass, their activation block loaded once. Per row and block the
+//! gemv layout: eight rows per pass, their activation block loaded once. Per row and block the
 //! unsigned weights are multiplied with the activations by `vpmaddubsw` (pairs of u8·i8 summed in
-//! i16: at most 2·31·127, no saturation) and widened by `vpmaddwd` to eight i32; three `vphaddd`
-//! reduce the four rows' vectors to one exact i32 `isum` per row, in four lanes. The f32 block term
+//! i16: at most 2·31·127, no saturation) and widened by `vpmaddwd` to eight i32; a `vphaddd` tree
+//! reduces the eight rows' vectors to one exact i32 `isum` per row, in eight lanes. The f32 block term
 //! is then computed in those lanes with the scalar specification's operations and order
 //! (separate multiplies and adds, blocks in order), so each lane reproduces the scalar row.
 //! Signed weights (Q4_0, Q5_0) are handled as unsigned with `isum = Σ q·a − offset·sums[b]`,
 //! which relies on the [`ActsQ8`] invariant `sums[b] = Σ qs` of the block; Q8_0 uses
 //! `|w|·sign(a, w)`, exact because activations lie in `-127..=127`. A row count that is not a
-//! multiple of four repeats the last row in the final pass and drops the extra results.
+//! multiple of eight repeats the last row in the final pass and drops the extra results.
 
 use core::arch::x86_64::*;
 
@@ -22,6 +22,9 @@ const Q4_1: u8 = 1;
 const Q5_0: u8 = 2;
 const Q5_1: u8 = 3;
 const Q8_0: u8 = 4;
+
+/// How many groups of eight rows ahead the gemv prefetches.
+const PREFETCH_GROUPS: usize = 2;
 
 const fn block_bytes(k: u8) -> usize {
     match k {
@@ -113,45 +116,51 @@ unsafe fn block_dot<const K: u8>(blk: *const u8, a: __m256i) -> __m256i {
     _mm256_madd_epi16(prod, ones)
 }
 
-/// The exact totals of four 8-lane i32 vectors, one per lane.
+/// The exact totals of eight 8-lane i32 vectors, lane `i` holding the total of `s[i]`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn hsum4(s0: __m256i, s1: __m256i, s2: __m256i, s3: __m256i) -> __m128i {
-    let h = _mm256_hadd_epi32(_mm256_hadd_epi32(s0, s1), _mm256_hadd_epi32(s2, s3));
-    _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h))
+fn hsum8(s: [__m256i; 8]) -> __m256i {
+    let x = _mm256_hadd_epi32(_mm256_hadd_epi32(s[0], s[1]), _mm256_hadd_epi32(s[2], s[3]));
+    let y = _mm256_hadd_epi32(_mm256_hadd_epi32(s[4], s[5]), _mm256_hadd_epi32(s[6], s[7]));
+    // x = [t0 t1 t2 t3 | t0' t1' t2' t3'], y likewise for rows 4..8: add the two halves.
+    _mm256_add_epi32(
+        _mm256_permute2x128_si256::<0x20>(x, y),
+        _mm256_permute2x128_si256::<0x31>(x, y),
+    )
 }
 
-/// The f16 at byte `off` of each of four rows, as four f32.
+/// The f16 pairs at bytes `off..off + 4` of each of eight rows (`d` and, for Q4_1/Q5_1, `m`),
+/// as f32 `(d, m)` with lane `i` for row `i`; for other types `m` is meaningless.
+///
+/// Built from broadcast loads and blends, which avoid the shuffle port.
 ///
 /// # Safety
 ///
-/// Each `p[i] + off` must be valid for reading 2 bytes; the CPU must have F16C.
+/// Each `p[i] + off` must be valid for reading 4 bytes; the CPU must have AVX2 and F16C.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn f16x4(p: &[*const u8; 4], off: usize) -> __m128 {
-    // SAFETY: the caller guarantees 2 readable bytes at each address.
-    let h = unsafe {
-        [
-            p[0].add(off).cast::<u16>().read_unaligned(),
-            p[1].add(off).cast::<u16>().read_unaligned(),
-            p[2].add(off).cast::<u16>().read_unaligned(),
-            p[3].add(off).cast::<u16>().read_unaligned(),
-        ]
-    };
-    let v = _mm_setr_epi16(
-        h[0] as i16,
-        h[1] as i16,
-        h[2] as i16,
-        h[3] as i16,
-        0,
-        0,
-        0,
-        0,
-    );
-    _mm_cvtph_ps(v)
+unsafe fn scales8(p: &[*const u8; 8], off: usize) -> (__m256, __m256) {
+    // SAFETY: the caller guarantees 4 readable bytes at each `p[i] + off`.
+    let ld = |i: usize| unsafe { _mm256_set1_epi32(p[i].add(off).cast::<i32>().read_unaligned()) };
+    // Lanes hold rows 0 1 4 5 2 3 6 7, so that the f16 -> f32 conversion of each half
+    // followed by an in-lane even/odd split gives rows 0..8 in order.
+    let mut v = ld(0);
+    v = _mm256_blend_epi32::<0b0000_0010>(v, ld(1));
+    v = _mm256_blend_epi32::<0b0001_0000>(v, ld(2));
+    v = _mm256_blend_epi32::<0b0010_0000>(v, ld(3));
+    v = _mm256_blend_epi32::<0b0000_0100>(v, ld(4));
+    v = _mm256_blend_epi32::<0b0000_1000>(v, ld(5));
+    v = _mm256_blend_epi32::<0b0100_0000>(v, ld(6));
+    v = _mm256_blend_epi32::<0b1000_0000>(v, ld(7));
+    let lo = _mm256_cvtph_ps(_mm256_castsi256_si128(v));
+    let hi = _mm256_cvtph_ps(_mm256_extracti128_si256::<1>(v));
+    (
+        _mm256_shuffle_ps::<0b10_00_10_00>(lo, hi),
+        _mm256_shuffle_ps::<0b11_01_11_01>(lo, hi),
+    )
 }
 
-/// The four rows' f32 terms of block `b` (offset `off` in each row), per the scalar spec.
+/// The eight rows' f32 terms of the block at offset `off` of each row, per the scalar spec.
 ///
 /// # Safety
 ///
@@ -159,41 +168,46 @@ unsafe fn f16x4(p: &[*const u8; 4], off: usize) -> __m128 {
 /// FMA and F16C.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn block_term4<const K: u8>(
-    p: &[*const u8; 4],
+unsafe fn block_term8<const K: u8>(
+    p: &[*const u8; 8],
     off: usize,
     a: __m256i,
-    da: __m128,
+    da: __m256,
     sa: i32,
-) -> __m128 {
+) -> __m256 {
     // SAFETY: the caller guarantees a readable block at each `p[i] + off`.
-    let (s0, s1, s2, s3) = unsafe {
-        (
+    let s = unsafe {
+        [
             block_dot::<K>(p[0].add(off), a),
             block_dot::<K>(p[1].add(off), a),
             block_dot::<K>(p[2].add(off), a),
             block_dot::<K>(p[3].add(off), a),
-        )
+            block_dot::<K>(p[4].add(off), a),
+            block_dot::<K>(p[5].add(off), a),
+            block_dot::<K>(p[6].add(off), a),
+            block_dot::<K>(p[7].add(off), a),
+        ]
     };
-    let mut isum = hsum4(s0, s1, s2, s3);
+    let mut isum = hsum8(s);
     if K == Q4_0 {
-        isum = _mm_sub_epi32(isum, _mm_set1_epi32(sa.wrapping_mul(8)));
+        isum = _mm256_sub_epi32(isum, _mm256_set1_epi32(sa.wrapping_mul(8)));
     } else if K == Q5_0 {
-        isum = _mm_sub_epi32(isum, _mm_set1_epi32(sa.wrapping_mul(16)));
+        isum = _mm256_sub_epi32(isum, _mm256_set1_epi32(sa.wrapping_mul(16)));
     }
-    // SAFETY: the block starts with its f16 scale `d`.
-    let dw = unsafe { f16x4(p, off) };
-    let t = _mm_mul_ps(_mm_mul_ps(dw, da), _mm_cvtepi32_ps(isum));
+    // SAFETY: every block type here starts with at least 4 bytes (`d`, then `m` or data).
+    let (dw, mw) = unsafe { scales8(p, off) };
+    let t = _mm256_mul_ps(_mm256_mul_ps(dw, da), _mm256_cvtepi32_ps(isum));
     if K == Q4_1 || K == Q5_1 {
-        // SAFETY: bytes 2..4 of the block hold its f16 offset `m`.
-        let mw = unsafe { f16x4(p, off + 2) };
-        _mm_add_ps(t, _mm_mul_ps(_mm_mul_ps(mw, da), _mm_set1_ps(sa as f32)))
+        _mm256_add_ps(
+            t,
+            _mm256_mul_ps(_mm256_mul_ps(mw, da), _mm256_set1_ps(sa as f32)),
+        )
     } else {
         t
     }
 }
 
-/// The shared gemv driver: four rows per pass (see the module docs).
+/// The shared gemv driver: eight rows per pass (see the module docs).
 ///
 /// # Safety
 ///
@@ -203,39 +217,42 @@ unsafe fn gemv<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
     let bb = block_bytes(K);
     let (nb, row_bytes) = check_gemv(w, acts, out.len(), bb, type_name(K));
     let rows = out.len();
-    if row_bytes == 0 {
+    if rows == 0 || row_bytes == 0 {
         out.fill(0.0);
         return;
     }
     let base = w.as_ptr();
+    let last = rows - 1;
     let mut r = 0;
     while r < rows {
-        let last = rows - 1;
         // SAFETY: every row index is at most `last`, and `check_gemv` proved `w` holds
         // `rows * row_bytes` bytes, so each pointer starts a whole row inside `w`.
-        let p = unsafe {
-            [
-                base.add(r * row_bytes),
-                base.add((r + 1).min(last) * row_bytes),
-                base.add((r + 2).min(last) * row_bytes),
-                base.add((r + 3).min(last) * row_bytes),
-            ]
-        };
-        let mut acc = _mm_setzero_ps();
+        let p: [*const u8; 8] =
+            core::array::from_fn(|i| unsafe { base.add((r + i).min(last) * row_bytes) });
+        let mut acc = _mm256_setzero_ps();
+        // Prefetch the group of rows PREFETCH_GROUPS ahead, in step with this group's progress.
+        let ahead = (r + 8 * PREFETCH_GROUPS) * row_bytes;
         for b in 0..nb {
+            let pf = ahead + b * 8 * bb;
+            if pf + 8 * bb <= w.len() {
+                for line in 0..(8 * bb).div_ceil(64) {
+                    // SAFETY: `pf + 64 * line < pf + 8 * bb <= w.len()`: inside `w`.
+                    _mm_prefetch::<_MM_HINT_T0>(unsafe { base.add(pf + 64 * line) }.cast());
+                }
+            }
             // SAFETY: `check_gemv` proved `acts.qs` holds `nb * QK` values.
             let a = unsafe { _mm256_loadu_si256(acts.qs.as_ptr().add(b * QK).cast()) };
-            let da = _mm_set1_ps(acts.d[b]);
+            let da = _mm256_set1_ps(acts.d[b]);
             // SAFETY: block `b` of each row lies inside its row (`b < nb`).
-            let t = unsafe { block_term4::<K>(&p, b * bb, a, da, acts.sums[b]) };
-            acc = _mm_add_ps(acc, t);
+            let t = unsafe { block_term8::<K>(&p, b * bb, a, da, acts.sums[b]) };
+            acc = _mm256_add_ps(acc, t);
         }
-        let mut tmp = [0.0f32; 4];
-        // SAFETY: `tmp` has room for four f32.
-        unsafe { _mm_storeu_ps(tmp.as_mut_ptr(), acc) };
-        let n = (rows - r).min(4);
+        let mut tmp = [0.0f32; 8];
+        // SAFETY: `tmp` has room for eight f32.
+        unsafe { _mm256_storeu_ps(tmp.as_mut_ptr(), acc) };
+        let n = (rows - r).min(8);
         out[r..r + n].copy_from_slice(&tmp[..n]);
-        r += 4;
+        r += 8;
     }
 }
 
