@@ -22,7 +22,10 @@ fn find(env: &str, default: PathBuf, what: &str) -> Option<PathBuf> {
     if path.exists() {
         return Some(path);
     }
-    let msg = format!("{what} not found at {} (set {env}, or run `cargo xtask ci`)", path.display());
+    let msg = format!(
+        "{what} not found at {} (set {env}, or run `cargo xtask ci`)",
+        path.display()
+    );
     if std::env::var("EDGELLM_REQUIRE_DATA").as_deref() == Ok("1") {
         panic!("{msg}");
     }
@@ -34,7 +37,9 @@ fn find(env: &str, default: PathBuf, what: &str) -> Option<PathBuf> {
 pub fn smollm2_path() -> Option<PathBuf> {
     find(
         "EDGELLM_MODEL",
-        cache_dir().join("models").join("SmolLM2-135M-Instruct.Q4_1.gguf"),
+        cache_dir()
+            .join("models")
+            .join("SmolLM2-135M-Instruct.Q4_1.gguf"),
         "the SmolLM2-135M model",
     )
 }
@@ -43,14 +48,20 @@ pub fn smollm2_path() -> Option<PathBuf> {
 pub fn qwen_path() -> Option<PathBuf> {
     find(
         "EDGELLM_QWEN_MODEL",
-        cache_dir().join("models").join("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"),
+        cache_dir()
+            .join("models")
+            .join("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"),
         "the Qwen2.5-Coder-0.5B model",
     )
 }
 
 /// llama.cpp's tokenizer test vectors (`EDGELLM_VOCAB_DIR`).
 pub fn vocab_dir() -> Option<PathBuf> {
-    find("EDGELLM_VOCAB_DIR", cache_dir().join("vocab"), "the tokenizer test vectors")
+    find(
+        "EDGELLM_VOCAB_DIR",
+        cache_dir().join("vocab"),
+        "the tokenizer test vectors",
+    )
 }
 
 /// This package's committed test data.
@@ -99,7 +110,11 @@ pub fn smollm2_reference() -> Vec<(String, RefPrompt, Vec<f32>)> {
 
 /// Relative L2 error |a - b| / |b|.
 pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
-    let num: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
+    let num: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
+        .sum();
     let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
     (num / den).sqrt()
 }

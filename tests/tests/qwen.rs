@@ -10,7 +10,9 @@ use edgellm_kernels::Kernels;
 
 #[test]
 fn qwen_loads_and_answers_with_code() {
-    let Some(path) = edgellm_tests::qwen_path() else { return };
+    let Some(path) = edgellm_tests::qwen_path() else {
+        return;
+    };
     let file = std::fs::File::open(path).unwrap();
     // SAFETY: read-only private map of a file nobody rewrites during the test.
     let map = unsafe { memmap2::Mmap::map(&file) }.unwrap();
@@ -18,7 +20,10 @@ fn qwen_loads_and_answers_with_code() {
     let kernels = Kernels::detect();
     let model = Model::from_gguf(&g, &kernels).unwrap();
     assert_eq!(model.config.arch, Arch::Qwen2);
-    assert!(!model.tied_output, "Qwen2.5-0.5B has a separate output layer in this file");
+    assert!(
+        !model.tied_output,
+        "Qwen2.5-0.5B has a separate output layer in this file"
+    );
     assert!(!model.layers[0].bq.is_empty(), "q/k/v biases are loaded");
     let tok = Tokenizer::from_gguf(&g).unwrap();
 
@@ -28,7 +33,10 @@ fn qwen_loads_and_answers_with_code() {
                   <|im_start|>assistant\n";
     let mut ids = Vec::new();
     tok.encode(prompt, true, &mut ids);
-    let opts = SessionOptions { context: 128, path: NumericPath::Fast };
+    let opts = SessionOptions {
+        context: 128,
+        path: NumericPath::Fast,
+    };
     let mut s = Session::new(&model, kernels, opts).unwrap();
     let mut next = argmax(s.prefill(&ids, &Serial).unwrap());
     let mut text = Vec::new();
@@ -41,8 +49,14 @@ fn qwen_loads_and_answers_with_code() {
     }
     let text = String::from_utf8_lossy(&text);
     eprintln!("qwen answer: {text}");
-    assert!(text.contains("def "), "expected a Python function, got {text:?}");
-    assert!(text.contains("return"), "expected a return statement, got {text:?}");
+    assert!(
+        text.contains("def "),
+        "expected a Python function, got {text:?}"
+    );
+    assert!(
+        text.contains("return"),
+        "expected a return statement, got {text:?}"
+    );
 }
 
 fn argmax(v: &[f32]) -> u32 {

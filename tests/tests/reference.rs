@@ -41,7 +41,10 @@ fn compare_greedy(name: &str, got: &[u32], want: &[u32], margins: &[f32]) {
             // The previous step was a near-tie, so the texts may legitimately diverge from here.
             return;
         }
-        assert_eq!(g, w, "prompt {name}: greedy token {i} differs (got {got:?}, want {want:?})");
+        assert_eq!(
+            g, w,
+            "prompt {name}: greedy token {i} differs (got {got:?}, want {want:?})"
+        );
         if margins[i] < 0.01 {
             return;
         }
@@ -52,7 +55,9 @@ fn greedy(session: &mut Session<'_, '_>, prompt: &[u32], n: usize) -> (Vec<f32>,
     let logits = session.prefill(prompt, &Serial).expect("prefill").to_vec();
     let mut ids = vec![argmax(&logits)];
     while ids.len() < n {
-        let l = session.forward(*ids.last().unwrap(), &Serial).expect("forward");
+        let l = session
+            .forward(*ids.last().unwrap(), &Serial)
+            .expect("forward");
         ids.push(argmax(l));
     }
     (logits, ids)
@@ -62,7 +67,10 @@ fn greedy(session: &mut Session<'_, '_>, prompt: &[u32], n: usize) -> (Vec<f32>,
 fn exact_path_matches_reference() {
     with_model(|model, _, kernels| {
         for (name, p, want) in smollm2_reference() {
-            let opts = SessionOptions { context: 128, path: NumericPath::Exact };
+            let opts = SessionOptions {
+                context: 128,
+                path: NumericPath::Exact,
+            };
             let mut s = Session::new(model, kernels.clone(), opts).unwrap();
             let (logits, ids) = greedy(&mut s, &p.prompt_ids, 40);
             let err = rel_l2(&logits, &want);
@@ -77,18 +85,30 @@ fn exact_path_matches_reference() {
 fn fast_path_matches_reference() {
     with_model(|model, _, kernels| {
         for (name, p, want) in smollm2_reference() {
-            let opts = SessionOptions { context: 128, path: NumericPath::Fast };
+            let opts = SessionOptions {
+                context: 128,
+                path: NumericPath::Fast,
+            };
             let mut s = Session::new(model, kernels.clone(), opts).unwrap();
             let logits = s.prefill(&p.prompt_ids, &Serial).unwrap().to_vec();
             let cos = cosine(&logits, &want);
             let got = argmax(&logits);
             let margin = p.top10_logits[0] - p.top10_logits[1];
-            eprintln!("{name}: fast cosine {cos:.5}, top-1 {got} (reference {}, margin {margin:.3})", p.top10_ids[0]);
+            eprintln!(
+                "{name}: fast cosine {cos:.5}, top-1 {got} (reference {}, margin {margin:.3})",
+                p.top10_ids[0]
+            );
             assert!(cos >= 0.998, "prompt {name}: cosine {cos} < 0.998");
             if margin >= 0.25 {
-                assert_eq!(got, p.top10_ids[0], "prompt {name}: top-1 differs at margin {margin}");
+                assert_eq!(
+                    got, p.top10_ids[0],
+                    "prompt {name}: top-1 differs at margin {margin}"
+                );
             } else {
-                assert!(p.top10_ids[..3].contains(&got), "prompt {name}: top-1 {got} not in reference top 3");
+                assert!(
+                    p.top10_ids[..3].contains(&got),
+                    "prompt {name}: top-1 {got} not in reference top 3"
+                );
             }
         }
     });
@@ -98,11 +118,18 @@ fn fast_path_matches_reference() {
 fn argmax_per_prompt_position_matches_on_exact_path() {
     with_model(|model, _, kernels| {
         for (name, p, _) in smollm2_reference() {
-            let opts = SessionOptions { context: 64, path: NumericPath::Exact };
+            let opts = SessionOptions {
+                context: 64,
+                path: NumericPath::Exact,
+            };
             let mut s = Session::new(model, kernels.clone(), opts).unwrap();
             for (i, &t) in p.prompt_ids.iter().enumerate() {
                 let l = s.forward(t, &Serial).unwrap();
-                assert_eq!(argmax(l), p.argmax_per_position[i], "prompt {name} position {i}");
+                assert_eq!(
+                    argmax(l),
+                    p.argmax_per_position[i],
+                    "prompt {name} position {i}"
+                );
             }
         }
     });

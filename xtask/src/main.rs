@@ -64,7 +64,9 @@ fn root() -> PathBuf {
 fn run(cmd: &mut Command) -> Result<()> {
     cmd.current_dir(root());
     eprintln!("$ {cmd:?}");
-    let status = cmd.status().with_context(|| format!("cannot start {cmd:?}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
     if !status.success() {
         bail!("command failed ({status}): {cmd:?}");
     }
@@ -76,7 +78,12 @@ fn cargo() -> Command {
 }
 
 /// Crates that must build without the standard library, and the bare-metal targets they are built for.
-const NO_STD_CRATES: &[&str] = &["edgellm-core", "edgellm-kernels", "edgellm-hal", "edgellm-board"];
+const NO_STD_CRATES: &[&str] = &[
+    "edgellm-core",
+    "edgellm-kernels",
+    "edgellm-hal",
+    "edgellm-board",
+];
 const NO_STD_TARGETS: &[&str] = &["aarch64-unknown-none", "x86_64-unknown-none"];
 
 fn ci(no_qwen: bool) -> Result<()> {
@@ -89,13 +96,30 @@ fn ci(no_qwen: bool) -> Result<()> {
     // Test data: the real model, the second model and the tokenizer vectors (cached).
     let model = fetch::model(fetch::ModelName::Smollm2135m)?;
     let vocab = fetch::vocab()?;
-    let qwen = if no_qwen { None } else { Some(fetch::model(fetch::ModelName::Qwen25Coder05b)?) };
+    let qwen = if no_qwen {
+        None
+    } else {
+        Some(fetch::model(fetch::ModelName::Qwen25Coder05b)?)
+    };
 
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
-    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     for target in NO_STD_TARGETS {
         let mut build = cargo();
-        build.args(["build", "--release", "--no-default-features", "--target", target]);
+        build.args([
+            "build",
+            "--release",
+            "--no-default-features",
+            "--target",
+            target,
+        ]);
         for krate in NO_STD_CRATES {
             build.args(["-p", krate]);
         }

@@ -64,14 +64,21 @@ fn run_llamacpp(args: &BenchArgs, threads: usize, ctx: usize) -> Result<Peer> {
         tg.push(v["decode_tps"].as_f64().unwrap_or(0.0));
     }
     anyhow::ensure!(!tg.is_empty(), "llama.cpp printed no timings");
-    Ok(Peer { prefill: mean_std(&pp), decode: mean_std(&tg) })
+    Ok(Peer {
+        prefill: mean_std(&pp),
+        decode: mean_std(&tg),
+    })
 }
 
 /// Mean and sample standard deviation.
 fn mean_std(v: &[f64]) -> (f64, f64) {
     let n = v.len() as f64;
     let mean = v.iter().sum::<f64>() / n;
-    let var = if v.len() > 1 { v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
     (mean, var.sqrt())
 }
 
@@ -82,15 +89,26 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
-    anyhow::ensure!(args.prompt_tokens > 0 && args.gen_tokens > 0 && args.reps > 0, "-p, -g and -r must be at least 1");
+    anyhow::ensure!(
+        args.prompt_tokens > 0 && args.gen_tokens > 0 && args.reps > 0,
+        "-p, -g and -r must be at least 1"
+    );
     let file = ModelFile::open(&args.model.model)?;
     let kernels = load::kernels(args.model.kernels.as_deref())?;
     let loaded = Loaded::new(file.gguf()?, &kernels)?;
     let cfg = &loaded.model.config;
     let need = args.prompt_tokens + args.gen_tokens;
     let ctx = context_len(&args.model, cfg.train_context).max(need);
-    let path = if args.model.exact { NumericPath::Exact } else { NumericPath::Fast };
-    let mut session = Session::new(&loaded.model, kernels, SessionOptions { context: ctx, path })?;
+    let path = if args.model.exact {
+        NumericPath::Exact
+    } else {
+        NumericPath::Fast
+    };
+    let mut session = Session::new(
+        &loaded.model,
+        kernels,
+        SessionOptions { context: ctx, path },
+    )?;
     let pool = make_pool(args.model.threads)?;
     let threads = pool.threads();
 
@@ -143,7 +161,11 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let (tg_m, tg_s) = mean_std(&tg);
     let (ttft_m, _) = mean_std(&ttft);
     let kernels = session.kernels().describe().to_string();
-    let peer = if args.compare_llamacpp { Some(run_llamacpp(&args, threads, ctx)?) } else { None };
+    let peer = if args.compare_llamacpp {
+        Some(run_llamacpp(&args, threads, ctx)?)
+    } else {
+        None
+    };
     if args.json {
         let out = serde_json::json!({
             "model": args.model.model.display().to_string(),
@@ -179,10 +201,23 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         println!("{out}");
     } else {
         println!("model    {}", args.model.model.display());
-        println!("board    {}   threads {threads}   kernels {kernels}", crate::BOARD.name);
+        println!(
+            "board    {}   threads {threads}   kernels {kernels}",
+            crate::BOARD.name
+        );
         println!("{:<10} {:>14} {:>10}", "test", "tokens/s", "± stddev");
-        println!("{:<10} {:>14.1} {:>10.1}", format!("pp{}", args.prompt_tokens), pp_m, pp_s);
-        println!("{:<10} {:>14.1} {:>10.1}", format!("tg{}", args.gen_tokens), tg_m, tg_s);
+        println!(
+            "{:<10} {:>14.1} {:>10.1}",
+            format!("pp{}", args.prompt_tokens),
+            pp_m,
+            pp_s
+        );
+        println!(
+            "{:<10} {:>14.1} {:>10.1}",
+            format!("tg{}", args.gen_tokens),
+            tg_m,
+            tg_s
+        );
         if let Some(p) = &peer {
             println!(
                 "{:<10} {:>14.1} {:>10.1}   llama.cpp; edgellm/llama.cpp = {:.2}x",

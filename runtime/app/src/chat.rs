@@ -27,7 +27,8 @@ pub fn render(
     env.add_function("raise_exception", |msg: String| -> Result<String, Error> {
         Err(Error::new(ErrorKind::InvalidOperation, msg))
     });
-    env.add_template("chat", template).context("the model's chat template does not parse")?;
+    env.add_template("chat", template)
+        .context("the model's chat template does not parse")?;
     let tmpl = env.get_template("chat")?;
     let out = tmpl
         .render(context! {
@@ -48,7 +49,10 @@ mod tests {
 
     #[test]
     fn chatml_with_default_system() {
-        let m = [Message { role: "user".into(), content: " Hi \n".into() }];
+        let m = [Message {
+            role: "user".into(),
+            content: " Hi \n".into(),
+        }];
         let s = render(CHATML, &m, "", "", true).unwrap();
         assert_eq!(
             s,
@@ -59,7 +63,10 @@ mod tests {
     #[test]
     fn python_string_methods_and_raise() {
         let t = "{{ messages[0].content.strip().upper() }}";
-        let m = [Message { role: "user".into(), content: "  ab ".into() }];
+        let m = [Message {
+            role: "user".into(),
+            content: "  ab ".into(),
+        }];
         assert_eq!(render(t, &m, "", "", false).unwrap(), "AB");
         let t = "{{ raise_exception('no system role') }}";
         let err = render(t, &m, "", "", false).unwrap_err();

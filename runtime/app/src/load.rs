@@ -17,7 +17,8 @@ pub struct ModelFile {
 impl ModelFile {
     /// Maps `path` read-only.
     pub fn open(path: &Path) -> Result<ModelFile> {
-        let file = File::open(path).with_context(|| format!("cannot open model {}", path.display()))?;
+        let file =
+            File::open(path).with_context(|| format!("cannot open model {}", path.display()))?;
         // SAFETY: the map is read-only and private to this process; the file is not expected to be
         // truncated or rewritten while the program runs (the same contract every mmap-based model
         // loader has). Every byte is validated by the GGUF parser before use.
@@ -65,7 +66,11 @@ impl<'a> Loaded<'a> {
                 model.config.vocab_size
             );
         }
-        Ok(Loaded { gguf, model, tokenizer })
+        Ok(Loaded {
+            gguf,
+            model,
+            tokenizer,
+        })
     }
 
     /// The chat template stored in the file, if any.
@@ -99,7 +104,12 @@ fn value_str(v: &Value<'_>, full: bool) -> String {
             let shown = if full { a.len() } else { a.len().min(8) };
             let items: Vec<String> = a.iter().take(shown).map(|v| value_str(&v, full)).collect();
             let more = if shown < a.len() { ", …" } else { "" };
-            format!("[{}{more}] ({} × {:?})", items.join(", "), a.len(), a.elem_type())
+            format!(
+                "[{}{more}] ({} × {:?})",
+                items.join(", "),
+                a.len(),
+                a.elem_type()
+            )
         }
     }
 }
@@ -109,26 +119,45 @@ pub fn inspect(path: &Path, full: bool) -> Result<()> {
     let file = ModelFile::open(path)?;
     let g = file.gguf()?;
     println!("file: {}", path.display());
-    println!("format: GGUF v{}, alignment {}, data at byte {}", g.version, g.alignment, g.data_offset);
+    println!(
+        "format: GGUF v{}, alignment {}, data at byte {}",
+        g.version, g.alignment, g.data_offset
+    );
     println!("\nmetadata ({} keys):", g.metadata().len());
     for (k, v) in g.metadata() {
         println!("  {k} = {}", value_str(v, full));
     }
     println!("\ntensors ({}):", g.tensors().len());
-    println!("  {:<40} {:<8} {:<22} {:>12}", "name", "type", "shape", "bytes");
+    println!(
+        "  {:<40} {:<8} {:<22} {:>12}",
+        "name", "type", "shape", "bytes"
+    );
     let mut total = 0usize;
     let mut by_type = std::collections::BTreeMap::<&str, (usize, usize)>::new();
     for t in g.tensors() {
         let dims: Vec<String> = t.dims[..t.n_dims].iter().map(|d| d.to_string()).collect();
-        println!("  {:<40} {:<8} {:<22} {:>12}", t.name, t.ty.name(), format!("[{}]", dims.join(", ")), t.data.len());
+        println!(
+            "  {:<40} {:<8} {:<22} {:>12}",
+            t.name,
+            t.ty.name(),
+            format!("[{}]", dims.join(", ")),
+            t.data.len()
+        );
         total += t.data.len();
         let e = by_type.entry(t.ty.name()).or_default();
         e.0 += 1;
         e.1 += t.data.len();
     }
-    println!("\ntotal: {} tensors, {:.1} MiB", g.tensors().len(), total as f64 / (1 << 20) as f64);
+    println!(
+        "\ntotal: {} tensors, {:.1} MiB",
+        g.tensors().len(),
+        total as f64 / (1 << 20) as f64
+    );
     for (ty, (n, bytes)) in by_type {
-        println!("  {ty:<8} {n:>5} tensors {:>10.1} MiB", bytes as f64 / (1 << 20) as f64);
+        println!(
+            "  {ty:<8} {n:>5} tensors {:>10.1} MiB",
+            bytes as f64 / (1 << 20) as f64
+        );
     }
     let k = kernels(None)?;
     match Loaded::new(g, &k) {

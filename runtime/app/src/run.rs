@@ -86,7 +86,8 @@ pub fn make_pool(threads: Option<usize>) -> Result<Box<dyn Parallel>> {
 
 /// The context length: the flag, else the board's default, never above the model's.
 pub fn context_len(args: &ModelArgs, train_context: usize) -> usize {
-    args.context.unwrap_or(crate::BOARD.default_context.min(train_context))
+    args.context
+        .unwrap_or(crate::BOARD.default_context.min(train_context))
 }
 
 /// Prompt ids for `text`: through the chat template unless `raw`, with BOS when the model wants it.
@@ -95,9 +96,21 @@ pub fn prompt_ids(loaded: &Loaded<'_>, text: &str, raw: bool) -> Result<Vec<u32>
     let rendered;
     let text = match (raw, loaded.chat_template()) {
         (false, Some(template)) => {
-            let name = |id: Option<u32>| id.map(|i| tok.token_text(i).to_string()).unwrap_or_default();
-            let msgs = [Message { role: "user".into(), content: text.into() }];
-            rendered = chat::render(template, &msgs, &name(tok.bos_id()), &name(tok.eos_id()), true)?;
+            let name = |id: Option<u32>| {
+                id.map(|i| tok.token_text(i).to_string())
+                    .unwrap_or_default()
+            };
+            let msgs = [Message {
+                role: "user".into(),
+                content: text.into(),
+            }];
+            rendered = chat::render(
+                template,
+                &msgs,
+                &name(tok.bos_id()),
+                &name(tok.eos_id()),
+                true,
+            )?;
             rendered.as_str()
         }
         _ => text,
@@ -118,7 +131,9 @@ pub fn run(args: RunArgs) -> Result<()> {
         Some(p) => p.clone(),
         None => {
             let mut s = String::new();
-            std::io::stdin().read_to_string(&mut s).context("cannot read the prompt from stdin")?;
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .context("cannot read the prompt from stdin")?;
             s
         }
     };
@@ -128,8 +143,16 @@ pub fn run(args: RunArgs) -> Result<()> {
     let loaded = Loaded::new(file.gguf()?, &kernels)?;
     let ids = prompt_ids(&loaded, &prompt, args.raw)?;
     let ctx = context_len(&args.model, loaded.model.config.train_context);
-    let path = if args.model.exact { NumericPath::Exact } else { NumericPath::Fast };
-    let mut session = Session::new(&loaded.model, kernels, SessionOptions { context: ctx, path })?;
+    let path = if args.model.exact {
+        NumericPath::Exact
+    } else {
+        NumericPath::Fast
+    };
+    let mut session = Session::new(
+        &loaded.model,
+        kernels,
+        SessionOptions { context: ctx, path },
+    )?;
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -152,17 +175,29 @@ pub fn run(args: RunArgs) -> Result<()> {
     let stdout = std::io::stdout();
     let mut lock = stdout.lock();
     let json = args.json;
-    let gen = generate(&mut session, &loaded.tokenizer, &mut sampler, pool.as_ref(), &ids, args.n, |piece| {
-        if json {
-            text.push_str(piece);
-        } else {
-            // A closed stdout (e.g. `| head`) ends generation quietly.
-            if lock.write_all(piece.as_bytes()).and_then(|_| lock.flush()).is_err() {
-                return false;
+    let gen = generate(
+        &mut session,
+        &loaded.tokenizer,
+        &mut sampler,
+        pool.as_ref(),
+        &ids,
+        args.n,
+        |piece| {
+            if json {
+                text.push_str(piece);
+            } else {
+                // A closed stdout (e.g. `| head`) ends generation quietly.
+                if lock
+                    .write_all(piece.as_bytes())
+                    .and_then(|_| lock.flush())
+                    .is_err()
+                {
+                    return false;
+                }
             }
-        }
-        true
-    })?;
+            true
+        },
+    )?;
     drop(lock);
     let n_tok = gen.token_s.len();
     let decode_s: f64 = gen.token_s.iter().sum();
@@ -185,7 +220,11 @@ pub fn run(args: RunArgs) -> Result<()> {
             ids.len(),
             ids.len() as f64 / gen.prefill_s.max(1e-9),
             gen.ids.len(),
-            if decode_s > 0.0 { n_tok as f64 / decode_s } else { 0.0 },
+            if decode_s > 0.0 {
+                n_tok as f64 / decode_s
+            } else {
+                0.0
+            },
             gen.stop.name()
         );
     }
@@ -198,22 +237,32 @@ pub fn logits(args: LogitsArgs) -> Result<()> {
     let loaded = Loaded::new(file.gguf()?, &kernels)?;
     let ids = prompt_ids(&loaded, &args.prompt, true)?;
     let ctx = context_len(&args.model, loaded.model.config.train_context).max(ids.len());
-    let path = if args.model.exact { NumericPath::Exact } else { NumericPath::Fast };
-    let mut session = Session::new(&loaded.model, kernels, SessionOptions { context: ctx, path })?;
+    let path = if args.model.exact {
+        NumericPath::Exact
+    } else {
+        NumericPath::Fast
+    };
+    let mut session = Session::new(
+        &loaded.model,
+        kernels,
+        SessionOptions { context: ctx, path },
+    )?;
     let pool = make_pool(args.model.threads)?;
     if ids.is_empty() {
         anyhow::bail!("the prompt is empty");
     }
     let logits = session.prefill(&ids, pool.as_ref())?;
     let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
-    std::fs::write(&args.out, bytes).with_context(|| format!("cannot write {}", args.out.display()))?;
+    std::fs::write(&args.out, bytes)
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
     Ok(())
 }
 
 pub fn tokenize(args: TokenizeArgs) -> Result<()> {
     let file = ModelFile::open(&args.model)?;
     let g = file.gguf()?;
-    let tok = edgellm_core::tokenizer::Tokenizer::from_gguf(&g).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let tok =
+        edgellm_core::tokenizer::Tokenizer::from_gguf(&g).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut ids = Vec::new();
     tok.encode(&args.text, args.parse_special, &mut ids);
     println!("{}", serde_json::to_string(&ids)?);

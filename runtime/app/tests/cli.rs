@@ -5,7 +5,10 @@ use edgellm_tests::{rel_l2, smollm2_path, smollm2_reference};
 use std::process::{Command, Output};
 
 fn edgellm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_edgellm")).args(args).output().expect("run edgellm")
+    Command::new(env!("CARGO_BIN_EXE_edgellm"))
+        .args(args)
+        .output()
+        .expect("run edgellm")
 }
 
 fn ok(out: &Output) -> String {
@@ -19,7 +22,11 @@ fn ok(out: &Output) -> String {
 }
 
 fn reference(name: &str) -> edgellm_tests::RefPrompt {
-    smollm2_reference().into_iter().find(|(n, _, _)| n == name).expect("prompt").1
+    smollm2_reference()
+        .into_iter()
+        .find(|(n, _, _)| n == name)
+        .expect("prompt")
+        .1
 }
 
 #[test]
@@ -27,7 +34,20 @@ fn chat_template_reproduces_reference_prompt() {
     let Some(model) = smollm2_path() else { return };
     let m = model.to_str().unwrap();
     // SmolLM2's template adds its default system prompt: exactly the reference `chat_pi` prompt.
-    let out = ok(&edgellm(&["run", "-m", m, "-p", "What is a Raspberry Pi?", "--temp", "0", "-n", "8", "--json", "-t", "1"]));
+    let out = ok(&edgellm(&[
+        "run",
+        "-m",
+        m,
+        "-p",
+        "What is a Raspberry Pi?",
+        "--temp",
+        "0",
+        "-n",
+        "8",
+        "--json",
+        "-t",
+        "1",
+    ]));
     let v: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
     let ids: Vec<u32> = serde_json::from_value(v["prompt_ids"].clone()).unwrap();
     assert_eq!(ids, reference("chat_pi").prompt_ids);
@@ -40,15 +60,39 @@ fn greedy_run_is_deterministic_and_independent_of_threads() {
     let Some(model) = smollm2_path() else { return };
     let m = model.to_str().unwrap();
     let run = |threads: &str| {
-        let out = ok(&edgellm(&["run", "-m", m, "-p", "The capital of France is", "--raw", "--temp", "0", "-n", "16", "--json", "-t", threads]));
+        let out = ok(&edgellm(&[
+            "run",
+            "-m",
+            m,
+            "-p",
+            "The capital of France is",
+            "--raw",
+            "--temp",
+            "0",
+            "-n",
+            "16",
+            "--json",
+            "-t",
+            threads,
+        ]));
         let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-        (v["prompt_ids"].clone(), v["ids"].clone(), v["text"].as_str().unwrap().to_string())
+        (
+            v["prompt_ids"].clone(),
+            v["ids"].clone(),
+            v["text"].as_str().unwrap().to_string(),
+        )
     };
     let (p1, ids1, text1) = run("1");
     let (_, ids2, _) = run("2");
-    assert_eq!(ids1, ids2, "1 and 2 threads must give the same greedy tokens");
+    assert_eq!(
+        ids1, ids2,
+        "1 and 2 threads must give the same greedy tokens"
+    );
     let r = reference("capital");
-    assert_eq!(serde_json::from_value::<Vec<u32>>(p1).unwrap(), r.prompt_ids);
+    assert_eq!(
+        serde_json::from_value::<Vec<u32>>(p1).unwrap(),
+        r.prompt_ids
+    );
     // The first greedy token has a margin of 2.5 in the reference: the fast path must agree.
     assert_eq!(ids1[0].as_u64().unwrap() as u32, r.greedy40_ids[0]);
     assert!(text1.starts_with(" Paris"), "text: {text1:?}");
@@ -59,7 +103,21 @@ fn seeded_sampling_is_reproducible() {
     let Some(model) = smollm2_path() else { return };
     let m = model.to_str().unwrap();
     let run = |seed: &str| {
-        let out = ok(&edgellm(&["run", "-m", m, "-p", "Once upon a time", "--raw", "--temp", "1.0", "--seed", seed, "-n", "12", "--json"]));
+        let out = ok(&edgellm(&[
+            "run",
+            "-m",
+            m,
+            "-p",
+            "Once upon a time",
+            "--raw",
+            "--temp",
+            "1.0",
+            "--seed",
+            seed,
+            "-n",
+            "12",
+            "--json",
+        ]));
         serde_json::from_str::<serde_json::Value>(out.trim()).unwrap()["ids"].clone()
     };
     assert_eq!(run("42"), run("42"));
@@ -72,8 +130,22 @@ fn exact_logits_match_reference() {
     let dir = std::env::temp_dir().join(format!("edgellm-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("capital.f32");
-    let (_, p, want) = smollm2_reference().into_iter().find(|(n, _, _)| n == "capital").unwrap();
-    ok(&edgellm(&["logits", "-m", m, "-p", &p.text, "--out", file.to_str().unwrap(), "--exact", "-t", "1"]));
+    let (_, p, want) = smollm2_reference()
+        .into_iter()
+        .find(|(n, _, _)| n == "capital")
+        .unwrap();
+    ok(&edgellm(&[
+        "logits",
+        "-m",
+        m,
+        "-p",
+        &p.text,
+        "--out",
+        file.to_str().unwrap(),
+        "--exact",
+        "-t",
+        "1",
+    ]));
     let got: Vec<f32> = std::fs::read(&file)
         .unwrap()
         .chunks_exact(4)
@@ -90,7 +162,14 @@ fn tokenize_prints_ids() {
     let Some(model) = smollm2_path() else { return };
     let m = model.to_str().unwrap();
     let p = reference("chat_pi");
-    let out = ok(&edgellm(&["tokenize", "-m", m, "--text", &p.text, "--parse-special"]));
+    let out = ok(&edgellm(&[
+        "tokenize",
+        "-m",
+        m,
+        "--text",
+        &p.text,
+        "--parse-special",
+    ]));
     let ids: Vec<u32> = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(ids, p.prompt_ids);
     // Without --parse-special, special-token text is plain text: more, different tokens.
@@ -103,8 +182,18 @@ fn tokenize_prints_ids() {
 fn inspect_shows_metadata_and_tensors() {
     let Some(model) = smollm2_path() else { return };
     let out = ok(&edgellm(&["inspect", model.to_str().unwrap()]));
-    for needle in ["general.architecture = \"llama\"", "token_embd.weight", "Q8_0", "Q4_1", "272 tensors", "30 layers"] {
-        assert!(out.contains(needle), "inspect output lacks {needle:?}:\n{out}");
+    for needle in [
+        "general.architecture = \"llama\"",
+        "token_embd.weight",
+        "Q8_0",
+        "Q4_1",
+        "272 tensors",
+        "30 layers",
+    ] {
+        assert!(
+            out.contains(needle),
+            "inspect output lacks {needle:?}:\n{out}"
+        );
     }
 }
 
@@ -113,18 +202,33 @@ fn bad_inputs_are_clear_errors() {
     let out = edgellm(&["run", "-m", "/nonexistent/model.gguf", "-p", "x"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("cannot open model /nonexistent/model.gguf"), "{err}");
+    assert!(
+        err.contains("cannot open model /nonexistent/model.gguf"),
+        "{err}"
+    );
 
     let dir = std::env::temp_dir().join(format!("edgellm-bad-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let bad = dir.join("bad.gguf");
-    std::fs::write(&bad, b"GGUF\x03\x00\x00\x00\xff\xff\xff\xff\xff\xff\xff\xff").unwrap();
+    std::fs::write(
+        &bad,
+        b"GGUF\x03\x00\x00\x00\xff\xff\xff\xff\xff\xff\xff\xff",
+    )
+    .unwrap();
     let out = edgellm(&["inspect", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not a valid GGUF file"), "{err}");
 
-    let out = edgellm(&["run", "-m", bad.to_str().unwrap(), "--kernels", "sparc", "-p", "x"]);
+    let out = edgellm(&[
+        "run",
+        "-m",
+        bad.to_str().unwrap(),
+        "--kernels",
+        "sparc",
+        "-p",
+        "x",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -134,8 +238,22 @@ fn prompt_longer_than_context_is_refused() {
     let Some(model) = smollm2_path() else { return };
     let m = model.to_str().unwrap();
     let long = "word ".repeat(100);
-    let out = edgellm(&["run", "-m", m, "-p", &long, "--raw", "--context", "32", "-n", "4"]);
+    let out = edgellm(&[
+        "run",
+        "-m",
+        m,
+        "-p",
+        &long,
+        "--raw",
+        "--context",
+        "32",
+        "-n",
+        "4",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("fit in the context") && err.contains("shorten it by"), "{err}");
+    assert!(
+        err.contains("fit in the context") && err.contains("shorten it by"),
+        "{err}"
+    );
 }

@@ -140,7 +140,11 @@ pub enum ModelError {
     /// A tensor the model needs is missing.
     MissingTensor(String),
     /// A tensor has the wrong shape.
-    BadShape { name: String, expected: String, found: String },
+    BadShape {
+        name: String,
+        expected: String,
+        found: String,
+    },
     /// A tensor's type cannot be computed with.
     UnsupportedType { name: String, ty: GgmlType },
 }
@@ -149,12 +153,19 @@ impl core::fmt::Display for ModelError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             ModelError::UnsupportedArch(a) => {
-                write!(f, "unsupported architecture {a:?}: this runtime runs llama and qwen2")
+                write!(
+                    f,
+                    "unsupported architecture {a:?}: this runtime runs llama and qwen2"
+                )
             }
             ModelError::MissingKey(k) => write!(f, "metadata key {k} is missing or not a number"),
             ModelError::BadValue(m) => write!(f, "bad metadata value: {m}"),
             ModelError::MissingTensor(t) => write!(f, "tensor {t} is missing from the file"),
-            ModelError::BadShape { name, expected, found } => {
+            ModelError::BadShape {
+                name,
+                expected,
+                found,
+            } => {
                 write!(f, "tensor {name} has shape {found}, expected {expected}")
             }
             ModelError::UnsupportedType { name, ty } => write!(
@@ -207,7 +218,9 @@ impl<'a> Model<'a> {
         }
         for (name, v) in [("embedding_length", dim), ("feed_forward_length", ffn_dim)] {
             if v == 0 || v > MAX_DIM || v % QK != 0 {
-                return bad(format!("{name} {v} must be a non-zero multiple of {QK} up to {MAX_DIM}"));
+                return bad(format!(
+                    "{name} {v} must be a non-zero multiple of {QK} up to {MAX_DIM}"
+                ));
             }
         }
         if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 || dim % n_heads != 0 {
@@ -220,7 +233,9 @@ impl<'a> Model<'a> {
             None => dim / n_heads,
         };
         if head_dim == 0 || head_dim % 2 != 0 || head_dim > 1024 {
-            return bad(format!("head dimension {head_dim} must be even and at most 1024"));
+            return bad(format!(
+                "head dimension {head_dim} must be even and at most 1024"
+            ));
         }
         if (n_heads * head_dim) % QK != 0 || (n_kv_heads * head_dim) % QK != 0 {
             return bad(format!("head widths must be multiples of {QK}"));
@@ -235,7 +250,9 @@ impl<'a> Model<'a> {
         let token_embd = matrix(g, kernels, "token_embd.weight", None, dim)?;
         let vocab_size = token_embd.rows;
         if vocab_size > MAX_VOCAB {
-            return bad(format!("vocabulary of {vocab_size} tokens is larger than {MAX_VOCAB}"));
+            return bad(format!(
+                "vocabulary of {vocab_size} tokens is larger than {MAX_VOCAB}"
+            ));
         }
         let config = Config {
             arch,
@@ -286,10 +303,20 @@ impl<'a> Model<'a> {
         }
         let output_norm = vector(g, "output_norm.weight", dim)?;
         let (output, tied_output) = match g.tensor("output.weight") {
-            Some(_) => (matrix(g, kernels, "output.weight", Some(vocab_size), dim)?, false),
+            Some(_) => (
+                matrix(g, kernels, "output.weight", Some(vocab_size), dim)?,
+                false,
+            ),
             None => (token_embd, true),
         };
-        Ok(Model { config, token_embd, layers, output_norm, output, tied_output })
+        Ok(Model {
+            config,
+            token_embd,
+            layers,
+            output_norm,
+            output,
+            tied_output,
+        })
     }
 
     /// Bytes of weights read per decoded token (every matrix once, the embedding row aside).
@@ -321,13 +348,18 @@ fn matrix<'a>(
     rows: Option<usize>,
     cols: usize,
 ) -> Result<Matrix<'a>, ModelError> {
-    let t = g.tensor(name).ok_or_else(|| ModelError::MissingTensor(name.into()))?;
+    let t = g
+        .tensor(name)
+        .ok_or_else(|| ModelError::MissingTensor(name.into()))?;
     let expected = match rows {
         Some(r) => format!("[{cols}, {r}]"),
         None => format!("[{cols}, vocab]"),
     };
-    let bad_shape =
-        || ModelError::BadShape { name: name.into(), expected: expected.clone(), found: shape_str(t) };
+    let bad_shape = || ModelError::BadShape {
+        name: name.into(),
+        expected: expected.clone(),
+        found: shape_str(t),
+    };
     if t.n_dims != 2 || t.dims[0] != cols as u64 {
         return Err(bad_shape());
     }
@@ -336,14 +368,25 @@ fn matrix<'a>(
         return Err(bad_shape());
     }
     if !kernels.supports(t.ty) {
-        return Err(ModelError::UnsupportedType { name: name.into(), ty: t.ty });
+        return Err(ModelError::UnsupportedType {
+            name: name.into(),
+            ty: t.ty,
+        });
     }
-    Ok(Matrix { name: t.name, ty: t.ty, rows: n_rows, cols, data: t.data })
+    Ok(Matrix {
+        name: t.name,
+        ty: t.ty,
+        rows: n_rows,
+        cols,
+        data: t.data,
+    })
 }
 
 /// A 1-D tensor of `n` values (norm weights, biases), converted to f32.
 fn vector(g: &Gguf<'_>, name: &str, n: usize) -> Result<Vec<f32>, ModelError> {
-    let t = g.tensor(name).ok_or_else(|| ModelError::MissingTensor(name.into()))?;
+    let t = g
+        .tensor(name)
+        .ok_or_else(|| ModelError::MissingTensor(name.into()))?;
     if t.n_dims != 1 || t.dims[0] != n as u64 {
         return Err(ModelError::BadShape {
             name: name.into(),
@@ -352,10 +395,15 @@ fn vector(g: &Gguf<'_>, name: &str, n: usize) -> Result<Vec<f32>, ModelError> {
         });
     }
     if !matches!(t.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
-        return Err(ModelError::UnsupportedType { name: name.into(), ty: t.ty });
+        return Err(ModelError::UnsupportedType {
+            name: name.into(),
+            ty: t.ty,
+        });
     }
     let mut out = vec![0.0f32; n];
-    scalar::dequantize_row(t.ty, t.data, &mut out)
-        .map_err(|_| ModelError::UnsupportedType { name: name.into(), ty: t.ty })?;
+    scalar::dequantize_row(t.ty, t.data, &mut out).map_err(|_| ModelError::UnsupportedType {
+        name: name.into(),
+        ty: t.ty,
+    })?;
     Ok(out)
 }

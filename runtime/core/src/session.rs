@@ -10,7 +10,7 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
-use crate::kernels::{scalar, ActsQ8Mut, GgmlType, Kernels, QK};
+use crate::kernels::{scalar, ActsQ8, ActsQ8Mut, GgmlType, Kernels};
 use crate::model::{Matrix, Model, RopeStyle};
 use crate::parallel::{split_range, Parallel};
 
@@ -51,16 +51,29 @@ impl core::fmt::Display for SessionError {
                 write!(f, "the context of {context} tokens is full")
             }
             SessionError::BadToken { token, vocab_size } => {
-                write!(f, "token id {token} is outside the vocabulary of {vocab_size} tokens")
+                write!(
+                    f,
+                    "token id {token} is outside the vocabulary of {vocab_size} tokens"
+                )
             }
             SessionError::BadContext { requested } => {
-                write!(f, "context length {requested} must be between 1 and 1048576")
+                write!(
+                    f,
+                    "context length {requested} must be between 1 and 1048576"
+                )
             }
         }
     }
 }
 
 impl core::error::Error for SessionError {}
+
+/// Tokens a prefill step processes together: each weight row is read once per chunk instead of
+/// once per token.
+pub const PREFILL_CHUNK: usize = 16;
+
+/// Activation values per quantization scale (see `edgellm_kernels::acts`).
+const ACT_GROUP: usize = 32;
 
 /// Arena granule: every buffer starts on a 64-byte boundary (a cache line, and enough for SIMD).
 #[derive(Clone, Copy)]
@@ -80,6 +93,8 @@ pub struct ArenaPlan {
     context: usize,
     n_layers: usize,
     max_cols: usize,
+    /// Tokens per forward step (`PREFILL_CHUNK`).
+    batch: usize,
 }
 
 fn lines<T>(n: usize) -> usize {
@@ -100,55 +115,62 @@ impl ArenaPlan {
             context,
             n_layers: c.n_layers,
             max_cols: c.dim.max(c.q_dim()).max(c.ffn_dim),
+            batch: PREFILL_CHUNK,
         }
     }
 
     /// The f32 buffers in arena order, with their lengths.
     fn f32_sizes(&self) -> [usize; 13] {
         let kv = self.n_layers * self.context * self.kv_dim;
+        let b = self.batch;
         [
-            self.dim,                     // x
-            self.dim.max(self.q_dim),     // xb
-            self.dim,                     // xb2
-            self.q_dim,                   // q
-            self.ffn_dim,                 // hb
-            self.ffn_dim,                 // hb2
+            b * self.dim,                 // x
+            b * self.dim.max(self.q_dim), // xb
+            b * self.dim,                 // xb2
+            b * self.q_dim,               // q
+            b * self.ffn_dim,             // hb
+            b * self.ffn_dim,             // hb2
             self.n_heads * self.context,  // att
             self.vocab,                   // logits
-            self.head_dim / 2,            // rope cos
-            self.head_dim / 2,            // rope sin
+            b * self.head_dim / 2,        // rope cos
+            b * self.head_dim / 2,        // rope sin
             self.max_cols,                // row scratch (exact path)
             kv,                           // key cache
             kv,                           // value cache
         ]
     }
 
+    fn act_values(&self) -> usize {
+        self.batch * self.max_cols
+    }
+
     /// Bytes of the arena for this plan.
     pub fn bytes(&self) -> usize {
         let f: usize = self.f32_sizes().iter().map(|&n| lines::<f32>(n)).sum();
-        let blocks = self.max_cols / QK;
-        (f + lines::<i8>(self.max_cols) + lines::<f32>(blocks) + lines::<i32>(blocks)) * 64
+        let groups = self.act_values() / ACT_GROUP;
+        (f + lines::<i8>(self.act_values()) + lines::<f32>(groups) + lines::<i32>(groups)) * 64
     }
 }
 
-/// Every buffer of a session, carved from the arena for one forward call.
+/// Every buffer of a session, carved from the arena for one forward step of `nb` tokens.
+/// Shapes are written `[nb, n]`: `nb` rows of `n` values, one row per token of the step.
 struct Bufs<'s> {
-    /// Residual stream, [dim].
+    /// Residual stream, [nb, dim].
     x: &'s mut [f32],
-    /// Normalized input of a block, or attention output of all heads, [max(dim, q_dim)].
+    /// Normalized input of a block, or attention output of all heads, [nb, max(dim, q_dim)].
     xb: &'s mut [f32],
-    /// Output of a projection back to the residual stream, [dim].
+    /// Output of a projection back to the residual stream, [nb, dim].
     xb2: &'s mut [f32],
-    /// Queries of all heads, [q_dim].
+    /// Queries of all heads, [nb, q_dim].
     q: &'s mut [f32],
-    /// Gate and up projections, [ffn_dim] each.
+    /// Gate and up projections, [nb, ffn_dim] each.
     hb: &'s mut [f32],
     hb2: &'s mut [f32],
-    /// Attention scores, [n_heads, context].
+    /// Attention scores of one token, [n_heads, context].
     att: &'s mut [f32],
-    /// Output logits, [vocab].
+    /// Output logits of the last token, [vocab].
     logits: &'s mut [f32],
-    /// RoPE rotation of the current position, [head_dim / 2] each.
+    /// RoPE rotation of each token's position, [nb, head_dim / 2] each.
     cos: &'s mut [f32],
     sin: &'s mut [f32],
     /// One dequantized weight row (exact path), [max_cols].
@@ -156,7 +178,7 @@ struct Bufs<'s> {
     /// KV cache, [n_layers, context, kv_dim] each.
     key_cache: &'s mut [f32],
     value_cache: &'s mut [f32],
-    /// Quantized activations, [max_cols] values, [max_cols / 32] scales and sums.
+    /// Quantized activations, [nb, max_cols] values and [nb, max_cols / ACT_GROUP] scales and sums.
     acts: ActsQ8Mut<'s>,
 }
 
@@ -189,13 +211,28 @@ impl<'s> Bufs<'s> {
         let row = take(&mut rest, s[10]);
         let key_cache = take(&mut rest, s[11]);
         let value_cache = take(&mut rest, s[12]);
-        let blocks = plan.max_cols / QK;
+        let groups = plan.act_values() / ACT_GROUP;
         let acts = ActsQ8Mut {
-            qs: take(&mut rest, plan.max_cols),
-            d: take(&mut rest, blocks),
-            sums: take(&mut rest, blocks),
+            qs: take(&mut rest, plan.act_values()),
+            d: take(&mut rest, groups),
+            sums: take(&mut rest, groups),
         };
-        Bufs { x, xb, xb2, q, hb, hb2, att, logits, cos, sin, row, key_cache, value_cache, acts }
+        Bufs {
+            x,
+            xb,
+            xb2,
+            q,
+            hb,
+            hb2,
+            att,
+            logits,
+            cos,
+            sin,
+            row,
+            key_cache,
+            value_cache,
+            acts,
+        }
     }
 }
 
@@ -211,7 +248,10 @@ unsafe impl Sync for SharedOut {}
 
 impl SharedOut {
     fn new(s: &mut [f32]) -> SharedOut {
-        SharedOut { ptr: s.as_mut_ptr(), len: s.len() }
+        SharedOut {
+            ptr: s.as_mut_ptr(),
+            len: s.len(),
+        }
     }
 
     /// # Safety
@@ -246,12 +286,21 @@ impl<'m, 'a> Session<'m, 'a> {
         options: SessionOptions,
     ) -> Result<Self, SessionError> {
         if options.context == 0 || options.context > 1 << 20 {
-            return Err(SessionError::BadContext { requested: options.context });
+            return Err(SessionError::BadContext {
+                requested: options.context,
+            });
         }
         let plan = ArenaPlan::new(&model.config, options.context);
         let mut arena = vec![Line([0; 64]); plan.bytes() / 64];
         prefault(&mut arena);
-        Ok(Session { model, kernels, plan, arena, pos: 0, path: options.path })
+        Ok(Session {
+            model,
+            kernels,
+            plan,
+            arena,
+            pos: 0,
+            path: options.path,
+        })
     }
 
     /// Bytes of the arena (activations, KV cache, logits).
@@ -300,35 +349,57 @@ impl<'m, 'a> Session<'m, 'a> {
         Bufs::carve(&plan, &mut self.arena).logits
     }
 
-    /// Runs the prompt `tokens` through the model and returns the logits of its last position.
+    /// Runs the prompt `tokens` through the model, [`PREFILL_CHUNK`] tokens per pass over the
+    /// weights, and returns the logits of its last position.
     pub fn prefill(
         &mut self,
         tokens: &[u32],
         par: &dyn Parallel,
     ) -> Result<&mut [f32], SessionError> {
         if self.pos + tokens.len() > self.plan.context {
-            return Err(SessionError::ContextFull { context: self.plan.context });
+            return Err(SessionError::ContextFull {
+                context: self.plan.context,
+            });
         }
-        for (i, &t) in tokens.iter().enumerate() {
+        let chunks = tokens.len().div_ceil(PREFILL_CHUNK);
+        for (i, chunk) in tokens.chunks(PREFILL_CHUNK).enumerate() {
             // Only the last prompt position needs logits.
-            self.step(t, par, i + 1 == tokens.len())?;
+            self.step(chunk, par, i + 1 == chunks)?;
         }
         Ok(self.logits())
     }
 
     /// Feeds one token at the next position and returns the logits for the position after it.
     pub fn forward(&mut self, token: u32, par: &dyn Parallel) -> Result<&mut [f32], SessionError> {
-        self.step(token, par, true)?;
+        self.step(&[token], par, true)?;
         Ok(self.logits())
     }
 
-    fn step(&mut self, token: u32, par: &dyn Parallel, logits: bool) -> Result<(), SessionError> {
+    /// One forward pass over `tokens` (1 to [`PREFILL_CHUNK`] of them) at positions
+    /// `pos..pos + tokens.len()`; the logits of the last one when `logits` is set.
+    fn step(
+        &mut self,
+        tokens: &[u32],
+        par: &dyn Parallel,
+        logits: bool,
+    ) -> Result<(), SessionError> {
         let cfg = &self.model.config;
-        if token as usize >= cfg.vocab_size {
-            return Err(SessionError::BadToken { token, vocab_size: cfg.vocab_size });
+        let nb = tokens.len();
+        assert!(
+            (1..=self.plan.batch).contains(&nb),
+            "a step takes 1 to {} tokens",
+            self.plan.batch
+        );
+        if let Some(&token) = tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
+            return Err(SessionError::BadToken {
+                token,
+                vocab_size: cfg.vocab_size,
+            });
         }
-        if self.pos >= self.plan.context {
-            return Err(SessionError::ContextFull { context: self.plan.context });
+        if self.pos + nb > self.plan.context {
+            return Err(SessionError::ContextFull {
+                context: self.plan.context,
+            });
         }
         let model = self.model;
         let k = &self.kernels;
@@ -336,82 +407,123 @@ impl<'m, 'a> Session<'m, 'a> {
         let plan = self.plan;
         let pos = self.pos;
         let b = Bufs::carve(&plan, &mut self.arena);
-        let (dim, kv_dim, hd) = (cfg.dim, cfg.kv_dim(), cfg.head_dim);
-        let mut mm = MatMul { k, par, path, acts: b.acts, row: b.row };
+        let (dim, q_dim, kv_dim, hd, ffn) = (
+            cfg.dim,
+            cfg.q_dim(),
+            cfg.kv_dim(),
+            cfg.head_dim,
+            cfg.ffn_dim,
+        );
+        let half = hd / 2;
+        let mut mm = MatMul {
+            k,
+            par,
+            path,
+            acts: b.acts,
+            row: b.row,
+        };
+        let x = &mut b.x[..nb * dim];
+        let xb2 = &mut b.xb2[..nb * dim];
+        let q = &mut b.q[..nb * q_dim];
+        let (hb, hb2) = (&mut b.hb[..nb * ffn], &mut b.hb2[..nb * ffn]);
 
-        // Embedding: x[dim] = token_embd[token]
+        // Embedding: x[t] = token_embd[tokens[t]], [nb, dim].
         let e = &model.token_embd;
-        scalar::dequantize_row(e.ty, e.rows_data(token as usize..token as usize + 1), b.x)
-            .expect("Model::from_gguf admits only embedding types the kernels dequantize");
-
-        // RoPE angles of this position: cos/sin[head_dim/2], theta_i = pos * base^(-2i/head_dim).
-        for i in 0..hd / 2 {
-            let inv_freq = 1.0 / libm::powf(cfg.rope_theta, (2 * i) as f32 / hd as f32);
-            let angle = pos as f32 * inv_freq;
-            b.cos[i] = libm::cosf(angle);
-            b.sin[i] = libm::sinf(angle);
+        for (xt, &token) in x.chunks_exact_mut(dim).zip(tokens) {
+            scalar::dequantize_row(e.ty, e.rows_data(token as usize..token as usize + 1), xt)
+                .expect("Model::from_gguf admits only embedding types the kernels dequantize");
         }
 
-        let seq = pos + 1;
+        // RoPE angles of each position: cos/sin[nb, head_dim/2], theta_i = p * base^(-2i/head_dim).
+        for t in 0..nb {
+            for i in 0..half {
+                let inv_freq = 1.0 / libm::powf(cfg.rope_theta, (2 * i) as f32 / hd as f32);
+                let angle = (pos + t) as f32 * inv_freq;
+                b.cos[t * half + i] = libm::cosf(angle);
+                b.sin[t * half + i] = libm::sinf(angle);
+            }
+        }
+
         let cache_layer = plan.context * kv_dim;
         for (l, layer) in model.layers.iter().enumerate() {
             // Attention block.
-            // xb[dim] = rmsnorm(x) * attn_norm
-            rmsnorm(&mut b.xb[..dim], b.x, &layer.attn_norm, cfg.rms_eps);
-            // q[q_dim] = wq·xb (+bq); k, v[kv_dim] go straight into the cache row of this position.
+            // xb[nb, dim] = rmsnorm(x) * attn_norm
+            let xb = &mut b.xb[..nb * dim];
+            rmsnorm_rows(k, xb, x, &layer.attn_norm, cfg.rms_eps);
+            // q[nb, q_dim] = xb·wq (+bq); k, v[nb, kv_dim] go straight into the cache rows of
+            // positions pos..pos+nb.
             let kc = &mut b.key_cache[l * cache_layer..(l + 1) * cache_layer];
             let vc = &mut b.value_cache[l * cache_layer..(l + 1) * cache_layer];
-            let k_row = &mut kc[pos * kv_dim..(pos + 1) * kv_dim];
-            let v_row = &mut vc[pos * kv_dim..(pos + 1) * kv_dim];
-            mm.run(&b.xb[..dim], &mut [
-                (&layer.wq, &mut *b.q),
-                (&layer.wk, &mut *k_row),
-                (&layer.wv, &mut *v_row),
-            ]);
-            add_bias(b.q, &layer.bq);
-            add_bias(k_row, &layer.bk);
-            add_bias(v_row, &layer.bv);
-            // Rotate every query and key head by this position's angles.
-            for h in b.q.chunks_exact_mut(hd) {
-                rope(h, b.cos, b.sin, cfg.rope_style);
-            }
-            for h in k_row.chunks_exact_mut(hd) {
-                rope(h, b.cos, b.sin, cfg.rope_style);
-            }
-            // Grouped-query attention over positions 0..=pos, heads split across workers.
-            // att[n_heads, seq] scores; xb[q_dim] = concatenated head outputs.
-            attention(
-                par,
-                k,
-                b.q,
-                kc,
-                vc,
-                b.att,
-                &mut b.xb[..cfg.q_dim()],
-                cfg,
-                seq,
-                plan.context,
+            let k_new = &mut kc[pos * kv_dim..(pos + nb) * kv_dim];
+            let v_new = &mut vc[pos * kv_dim..(pos + nb) * kv_dim];
+            mm.run(
+                xb,
+                dim,
+                &mut [
+                    (&layer.wq, &mut *q),
+                    (&layer.wk, &mut *k_new),
+                    (&layer.wv, &mut *v_new),
+                ],
             );
-            // xb2[dim] = wo·xb; x += xb2
-            mm.run(&b.xb[..cfg.q_dim()], &mut [(&layer.wo, &mut *b.xb2)]);
-            add_in_place(b.x, b.xb2);
+            add_bias_rows(q, &layer.bq);
+            add_bias_rows(k_new, &layer.bk);
+            add_bias_rows(v_new, &layer.bv);
+            // Rotate every query and key head by its token's angles.
+            for t in 0..nb {
+                let (cos, sin) = (
+                    &b.cos[t * half..(t + 1) * half],
+                    &b.sin[t * half..(t + 1) * half],
+                );
+                for h in q[t * q_dim..(t + 1) * q_dim].chunks_exact_mut(hd) {
+                    rope(h, cos, sin, cfg.rope_style);
+                }
+                for h in k_new[t * kv_dim..(t + 1) * kv_dim].chunks_exact_mut(hd) {
+                    rope(h, cos, sin, cfg.rope_style);
+                }
+            }
+            // Grouped-query attention of each token over positions 0..=its own (causal), heads
+            // split across workers. att[n_heads, seq] scores; xb[nb, q_dim] = head outputs.
+            let xb = &mut b.xb[..nb * q_dim];
+            for t in 0..nb {
+                attention(
+                    par,
+                    k,
+                    &q[t * q_dim..(t + 1) * q_dim],
+                    kc,
+                    vc,
+                    b.att,
+                    &mut xb[t * q_dim..(t + 1) * q_dim],
+                    cfg,
+                    pos + t + 1,
+                    plan.context,
+                );
+            }
+            // xb2[nb, dim] = xb·wo; x += xb2
+            mm.run(xb, q_dim, &mut [(&layer.wo, &mut *xb2)]);
+            add_in_place(x, xb2);
 
-            // Feed-forward block: x += w_down·(silu(w_gate·xb) * (w_up·xb)), xb = rmsnorm(x).
-            rmsnorm(&mut b.xb[..dim], b.x, &layer.ffn_norm, cfg.rms_eps);
-            mm.run(&b.xb[..dim], &mut [(&layer.w_gate, &mut *b.hb), (&layer.w_up, &mut *b.hb2)]);
-            for (g, u) in b.hb.iter_mut().zip(b.hb2.iter()) {
+            // Feed-forward block: x += (silu(xb·w_gate) * (xb·w_up))·w_down, xb = rmsnorm(x).
+            let xb = &mut b.xb[..nb * dim];
+            rmsnorm_rows(k, xb, x, &layer.ffn_norm, cfg.rms_eps);
+            mm.run(
+                xb,
+                dim,
+                &mut [(&layer.w_gate, &mut *hb), (&layer.w_up, &mut *hb2)],
+            );
+            for (g, u) in hb.iter_mut().zip(hb2.iter()) {
                 *g = silu(*g) * u;
             }
-            mm.run(b.hb, &mut [(&layer.w_down, &mut *b.xb2)]);
-            add_in_place(b.x, b.xb2);
+            mm.run(hb, ffn, &mut [(&layer.w_down, &mut *xb2)]);
+            add_in_place(x, xb2);
         }
 
-        // Final norm, then logits[vocab] = output·rmsnorm(x).
+        // Final norm of the last token, then logits[vocab] = output·rmsnorm(x[last]).
         if logits {
-            rmsnorm(&mut b.xb[..dim], b.x, &model.output_norm, cfg.rms_eps);
-            mm.run(&b.xb[..dim], &mut [(&model.output, &mut *b.logits)]);
+            let xb = &mut b.xb[..dim];
+            rmsnorm_rows(k, xb, &x[(nb - 1) * dim..], &model.output_norm, cfg.rms_eps);
+            mm.run(xb, dim, &mut [(&model.output, &mut *b.logits)]);
         }
-        self.pos += 1;
+        self.pos += nb;
         Ok(())
     }
 }
@@ -427,7 +539,10 @@ fn prefault(arena: &mut [Line]) {
     }
 }
 
-/// Matrix-vector products through the kernels, split over the workers by rows.
+/// Matrix products through the kernels: `nb` token rows against each weight matrix, split over
+/// the workers by weight rows. With several tokens, each worker walks its rows in tiles small
+/// enough to stay in cache and multiplies every token by a tile before moving on, so the weights
+/// are read from memory once per step.
 struct MatMul<'s, 'k> {
     k: &'k Kernels,
     par: &'k dyn Parallel,
@@ -436,30 +551,36 @@ struct MatMul<'s, 'k> {
     row: &'s mut [f32],
 }
 
+/// Weight rows per tile when several tokens share a pass (about 8-32 KiB of weights).
+const TILE_ROWS: usize = 32;
+
 impl MatMul<'_, '_> {
-    /// `out_j = W_j · x` for every (W_j, out_j) in `jobs`; all W_j share the input `x`.
-    fn run(&mut self, x: &[f32], jobs: &mut [(&Matrix<'_>, &mut [f32])]) {
-        let n = x.len();
+    /// `out_j[t] = W_j · x[t]` for every (W_j, out_j) in `jobs` and every token row `t` of `x`
+    /// ([nb, n]); `out_j` is [nb, rows_j]. All W_j share the input `x`.
+    fn run(&mut self, x: &[f32], n: usize, jobs: &mut [(&Matrix<'_>, &mut [f32])]) {
+        let nb = x.len() / n;
         match self.path {
             NumericPath::Exact => {
                 // The reference path stays on one thread: it exists to be simple and exact.
                 for (w, out) in jobs.iter_mut() {
-                    let row = &mut self.row[..n];
-                    self.k.gemv_exact(w.ty, w.data, x, out, row);
+                    for (xt, ot) in x.chunks_exact(n).zip(out.chunks_exact_mut(w.rows)) {
+                        self.k.gemv_exact(w.ty, w.data, xt, ot, &mut self.row[..n]);
+                    }
                 }
             }
             NumericPath::Fast => {
-                let blocks = n / QK;
-                let acts = ActsQ8Mut {
-                    qs: &mut self.acts.qs[..n],
-                    d: &mut self.acts.d[..blocks],
-                    sums: &mut self.acts.sums[..blocks],
-                };
-                let mut acts = acts;
+                let g = n / ACT_GROUP;
                 if jobs.iter().any(|(w, _)| needs_q8(w.ty)) {
-                    self.k.quantize_acts(x, &mut acts);
+                    for (t, xt) in x.chunks_exact(n).enumerate() {
+                        let mut acts = ActsQ8Mut {
+                            qs: &mut self.acts.qs[t * n..(t + 1) * n],
+                            d: &mut self.acts.d[t * g..(t + 1) * g],
+                            sums: &mut self.acts.sums[t * g..(t + 1) * g],
+                        };
+                        self.k.quantize_acts(xt, &mut acts);
+                    }
                 }
-                let acts = acts.as_ref();
+                let acts = self.acts.as_ref();
                 assert!(jobs.len() <= 3, "at most three products share one input");
                 let mut work_items: [Option<(&Matrix<'_>, SharedOut)>; 3] = [None, None, None];
                 for (slot, (w, out)) in work_items.iter_mut().zip(jobs.iter_mut()) {
@@ -467,16 +588,38 @@ impl MatMul<'_, '_> {
                 }
                 let k = self.k;
                 let threads = self.par.threads();
-                let work = |t: usize| {
+                let work = |worker: usize| {
                     for (w, out) in work_items.iter().flatten() {
-                        let r = split_range(w.rows, threads, t, ROW_ALIGN);
-                        if r.is_empty() {
-                            continue;
+                        let mine = split_range(w.rows, threads, worker, ROW_ALIGN);
+                        let tile = if nb == 1 {
+                            mine.len().max(1)
+                        } else {
+                            TILE_ROWS
+                        };
+                        let mut r0 = mine.start;
+                        while r0 < mine.end {
+                            let r = r0..(r0 + tile).min(mine.end);
+                            for t in 0..nb {
+                                let a = ActsQ8 {
+                                    qs: &acts.qs[t * n..(t + 1) * n],
+                                    d: &acts.d[t * g..(t + 1) * g],
+                                    sums: &acts.sums[t * g..(t + 1) * g],
+                                };
+                                let o = t * w.rows;
+                                // SAFETY: `split_range` gives each worker a disjoint row range of
+                                // the matrix, so (token, row) ranges never overlap between workers;
+                                // the output is borrowed from `jobs` until `run` returns.
+                                let out = unsafe { out.range(o + r.start..o + r.end) };
+                                k.gemv(
+                                    w.ty,
+                                    w.rows_data(r.clone()),
+                                    &x[t * n..(t + 1) * n],
+                                    &a,
+                                    out,
+                                );
+                            }
+                            r0 = r.end;
                         }
-                        // SAFETY: `split_range` gives each worker a disjoint row range of this
-                        // output, and the output slice is borrowed from `jobs` until `run` returns.
-                        let out = unsafe { out.range(r.clone()) };
-                        k.gemv(w.ty, w.rows_data(r), x, &acts, out);
                     }
                 };
                 self.par.run(&work);
@@ -489,18 +632,19 @@ fn needs_q8(ty: GgmlType) -> bool {
     !matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
 }
 
-/// out = x / rms(x) * weight
-fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
-    let ss: f32 = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
-    let scale = 1.0 / libm::sqrtf(ss + eps);
-    for ((o, xi), wi) in out.iter_mut().zip(x).zip(weight) {
-        *o = xi * scale * wi;
+/// out[t] = rmsnorm(x[t]) * weight for each row t of x ([nb, weight.len()]).
+fn rmsnorm_rows(k: &Kernels, out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
+    let n = weight.len();
+    for (o, xt) in out.chunks_exact_mut(n).zip(x.chunks_exact(n)) {
+        k.rmsnorm(xt, weight, eps, o);
     }
 }
 
-fn add_bias(x: &mut [f32], bias: &[f32]) {
+fn add_bias_rows(x: &mut [f32], bias: &[f32]) {
     if !bias.is_empty() {
-        add_in_place(x, bias);
+        for row in x.chunks_exact_mut(bias.len()) {
+            add_in_place(row, bias);
+        }
     }
 }
 
@@ -562,7 +706,7 @@ fn attention(
                 let kr = &key_cache[t * kv_dim + kvh * hd..t * kv_dim + (kvh + 1) * hd];
                 *s = k.dot_f32(qh, kr) * scale;
             }
-            softmax(scores);
+            k.softmax_inplace(scores);
             o.fill(0.0);
             for (t, &a) in scores.iter().enumerate() {
                 let vr = &value_cache[t * kv_dim + kvh * hd..t * kv_dim + (kvh + 1) * hd];
@@ -571,17 +715,4 @@ fn attention(
         }
     };
     par.run(&work);
-}
-
-fn softmax(x: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
-    for v in x.iter_mut() {
-        *v = libm::expf(*v - max);
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
-    for v in x.iter_mut() {
-        *v *= inv;
-    }
 }
