@@ -71,7 +71,7 @@ fn exact_path_matches_reference() {
                 context: 128,
                 path: NumericPath::Exact,
             };
-            let mut s = Session::new(model, kernels.clone(), opts).unwrap();
+            let mut s = Session::new(model, *kernels, opts).unwrap();
             let (logits, ids) = greedy(&mut s, &p.prompt_ids, 40);
             let err = rel_l2(&logits, &want);
             eprintln!("{name}: exact relative L2 error {err:.2e}");
@@ -89,7 +89,7 @@ fn fast_path_matches_reference() {
                 context: 128,
                 path: NumericPath::Fast,
             };
-            let mut s = Session::new(model, kernels.clone(), opts).unwrap();
+            let mut s = Session::new(model, *kernels, opts).unwrap();
             let logits = s.prefill(&p.prompt_ids, &Serial).unwrap().to_vec();
             let cos = cosine(&logits, &want);
             let got = argmax(&logits);
@@ -122,7 +122,7 @@ fn argmax_per_prompt_position_matches_on_exact_path() {
                 context: 64,
                 path: NumericPath::Exact,
             };
-            let mut s = Session::new(model, kernels.clone(), opts).unwrap();
+            let mut s = Session::new(model, *kernels, opts).unwrap();
             for (i, &t) in p.prompt_ids.iter().enumerate() {
                 let l = s.forward(t, &Serial).unwrap();
                 assert_eq!(

@@ -39,7 +39,7 @@ fn decode_takes_no_page_faults() {
         path: NumericPath::Fast,
     };
 
-    let mut session = Session::new(&model, kernels.clone(), opts).unwrap();
+    let mut session = Session::new(&model, kernels, opts).unwrap();
     decode(&mut session, &Serial, 4); // warm-up: weights paged in
     let before = thread_page_faults().unwrap();
     decode(&mut session, &Serial, 64);
@@ -50,7 +50,7 @@ fn decode_takes_no_page_faults() {
     );
 
     let pool = ThreadPool::new(2, None).unwrap();
-    let mut session = Session::new(&model, kernels.clone(), opts).unwrap();
+    let mut session = Session::new(&model, kernels, opts).unwrap();
     decode(&mut session, &pool, 4);
     let before = page_faults().unwrap();
     decode(&mut session, &pool, 64);

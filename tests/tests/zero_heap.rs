@@ -17,7 +17,7 @@ static ALLOC: CountingAlloc = CountingAlloc::new();
 
 fn check(model: &Model<'_>, kernels: &Kernels, par: &dyn Parallel, path: NumericPath, label: &str) {
     let opts = SessionOptions { context: 256, path };
-    let mut session = Session::new(model, kernels.clone(), opts).unwrap();
+    let mut session = Session::new(model, *kernels, opts).unwrap();
     let params = SamplerParams {
         temperature: 0.7,
         seed: 7,
