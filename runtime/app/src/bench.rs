@@ -7,6 +7,7 @@ use crate::ModelArgs;
 use anyhow::Result;
 use clap::Args;
 use edgellm_core::session::{NumericPath, Session, SessionOptions};
+use edgellm_hal::counters::{page_faults, peak_rss_bytes, CountingAlloc};
 use std::time::Instant;
 
 #[derive(Args)]
@@ -94,6 +95,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         "-p, -g and -r must be at least 1"
     );
     let file = ModelFile::open(&args.model.model)?;
+    let file_len = std::fs::metadata(&args.model.model).map(|m| m.len()).unwrap_or(0);
     let kernels = load::kernels(args.model.kernels.as_deref())?;
     let loaded = Loaded::new(file.gguf()?, &kernels)?;
     let cfg = &loaded.model.config;
@@ -129,6 +131,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let mut tg = Vec::with_capacity(args.reps);
     let mut ttft = Vec::with_capacity(args.reps);
     let mut lat = Vec::with_capacity(args.reps * args.gen_tokens);
+    let (mut decode_faults, mut decode_allocs) = (0u64, 0u64);
     // One warm-up repetition (page in the weights), not counted.
     for rep in 0..=args.reps {
         session.reset();
@@ -137,9 +140,11 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         let t_prefill = t0.elapsed().as_secs_f64();
         let mut tok = argmax(session.logits());
         let first = t0.elapsed().as_secs_f64();
+        let mut steps = Vec::with_capacity(args.gen_tokens);
+        let faults0 = page_faults().unwrap_or(0);
+        let allocs0 = CountingAlloc::stats();
         let t1 = Instant::now();
         let mut last = t1;
-        let mut steps = Vec::with_capacity(args.gen_tokens);
         for _ in 0..args.gen_tokens {
             session.forward(tok, pool.as_ref())?;
             tok = argmax(session.logits());
@@ -148,9 +153,13 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             last = now;
         }
         let t_gen = t1.elapsed().as_secs_f64();
+        let faults = page_faults().unwrap_or(0).saturating_sub(faults0);
+        let allocs = CountingAlloc::stats().since(&allocs0).heap_operations();
         if rep == 0 {
             continue;
         }
+        decode_faults += faults;
+        decode_allocs += allocs;
         pp.push(args.prompt_tokens as f64 / t_prefill);
         tg.push(args.gen_tokens as f64 / t_gen);
         ttft.push(first * 1e3);
@@ -182,6 +191,11 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             "decode_tps": tg_m,
             "decode_tps_stddev": tg_s,
             "ttft_ms": ttft_m,
+            "peak_rss_bytes": peak_rss_bytes().unwrap_or(0),
+            "decode_page_faults": decode_faults,
+            "decode_heap_allocations": decode_allocs,
+            "model_bytes": file_len,
+            "arena_bytes": session.arena_bytes(),
             "token_latency_ms": {
                 "p50": quantile(&lat, 0.50),
                 "p90": quantile(&lat, 0.90),
@@ -235,6 +249,16 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             );
         }
         println!("time to first token {ttft_m:.2} ms");
+        println!(
+            "during {} decode steps: {decode_faults} page faults, {decode_allocs} heap allocations",
+            args.reps * args.gen_tokens
+        );
+        println!(
+            "memory: peak RSS {:.1} MiB (model file {:.1} MiB, arena with KV cache {:.1} MiB)",
+            peak_rss_bytes().unwrap_or(0) as f64 / 1048576.0,
+            file_len as f64 / 1048576.0,
+            session.arena_bytes() as f64 / 1048576.0
+        );
         println!(
             "token latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
             quantile(&lat, 0.5),

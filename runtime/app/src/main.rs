@@ -10,6 +10,10 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
+/// Every heap operation is counted, so `bench` can show that decoding makes none.
+#[global_allocator]
+static ALLOC: edgellm_hal::counters::CountingAlloc = edgellm_hal::counters::CountingAlloc::new();
+
 /// The board this binary was built for.
 #[cfg(feature = "board-host")]
 pub const BOARD: edgellm_board::Board = edgellm_board_host::BOARD;
