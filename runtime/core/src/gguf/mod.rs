@@ -12,6 +12,9 @@
 //! count, u64 dimensions, u32 ggml type, u64 offset in the data section), padding up to
 //! `general.alignment` (default 32), then the data section. A string is a u64 length and bytes; an
 //! array is a u32 element type, a u64 count and the elements.
+//!
+//! Boundary: no `unsafe` here; bytes are decoded with `from_le_bytes` on checked slices.
+#![forbid(unsafe_code)]
 
 mod error;
 mod value;
