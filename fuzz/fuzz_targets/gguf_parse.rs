@@ -13,10 +13,18 @@ fuzz_target!(|data: &[u8]| {
     assert!(g.data_offset <= data.len());
     let mut sum = 0u64;
     for (key, value) in g.metadata() {
-        assert!(core::ptr::eq(g.get(key).unwrap(), value), "lookup of {key:?}");
+        assert!(
+            core::ptr::eq(g.get(key).unwrap(), value),
+            "lookup of {key:?}"
+        );
         sum = sum.wrapping_add(walk(value));
     }
-    let _ = (g.architecture(), g.get_u64("general.alignment"), g.get_f32("x"), g.get_bool("x"));
+    let _ = (
+        g.architecture(),
+        g.get_u64("general.alignment"),
+        g.get_f32("x"),
+        g.get_bool("x"),
+    );
     let mut ends = Vec::new();
     for t in g.tensors() {
         assert!(core::ptr::eq(g.tensor(t.name).unwrap(), t));
@@ -27,7 +35,10 @@ fuzz_target!(|data: &[u8]| {
         let start = t.data.as_ptr() as usize - data.as_ptr() as usize;
         assert_eq!(start, g.data_offset + t.offset as usize);
         ends.push((start, start + t.data.len()));
-        sum = t.data.iter().fold(sum, |s, &b| s.wrapping_mul(31).wrapping_add(b.into()));
+        sum = t
+            .data
+            .iter()
+            .fold(sum, |s, &b| s.wrapping_mul(31).wrapping_add(b.into()));
     }
     ends.sort_unstable();
     assert!(ends.windows(2).all(|w| w[0].1 <= w[1].0), "tensors overlap");

@@ -49,6 +49,18 @@ pub enum GgufError {
         /// The largest count the remaining bytes could hold.
         max: u64,
     },
+    /// A count the file could hold but this runtime does not accept
+    /// ([`super::MAX_METADATA_ENTRIES`], [`super::MAX_TENSORS`]).
+    LimitExceeded {
+        /// What is counted.
+        what: &'static str,
+        /// Byte offset of the count.
+        offset: usize,
+        /// The count found.
+        count: u64,
+        /// The largest count accepted.
+        limit: u64,
+    },
     /// A string whose declared length runs past the end of the file.
     StringTooLong {
         /// What the string is (metadata key, tensor name, string value).
@@ -231,6 +243,10 @@ impl fmt::Display for GgufError {
                 in_context(f, context)?;
                 write!(f, ": the rest of the file can hold at most {max}; the file is truncated or corrupt")
             }
+            LimitExceeded { what, offset, count, limit } => write!(
+                f,
+                "GGUF count of {what} at byte {offset} is {count}, more than the {limit} EdgeLLM accepts"
+            ),
             StringTooLong { what, context, offset, len, available } => {
                 write!(f, "invalid GGUF {what}")?;
                 in_context(f, context)?;

@@ -12,6 +12,9 @@
 //! count, u64 dimensions, u32 ggml type, u64 offset in the data section), padding up to
 //! `general.alignment` (default 32), then the data section. A string is a u64 length and bytes; an
 //! array is a u32 element type, a u64 count and the elements.
+//!
+//! Boundary: no `unsafe` here; bytes are decoded with `from_le_bytes` on checked slices.
+#![forbid(unsafe_code)]
 
 mod error;
 mod value;
@@ -37,6 +40,11 @@ pub const DEFAULT_ALIGNMENT: usize = 32;
 pub const MAX_ARRAY_DEPTH: usize = 8;
 /// Most dimensions a tensor may have.
 pub const MAX_DIMS: usize = 4;
+/// Most metadata entries accepted. Real files have well under a hundred; the limit keeps the
+/// tables built while parsing small whatever the file claims.
+pub const MAX_METADATA_ENTRIES: usize = 1 << 16;
+/// Most tensors accepted. Real files have at most a few thousand.
+pub const MAX_TENSORS: usize = 1 << 16;
 
 /// Smallest encoded metadata entry: empty key (8), value type (4), one-byte value (1).
 const MIN_KV_BYTES: usize = 8 + 4 + 1;
@@ -350,6 +358,19 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Rejects a table larger than this runtime accepts.
+fn limit(count: usize, max: usize, what: &'static str, offset: usize) -> Result<(), GgufError> {
+    if count > max {
+        return Err(GgufError::LimitExceeded {
+            what,
+            offset,
+            count: count as u64,
+            limit: max as u64,
+        });
+    }
+    Ok(())
+}
+
 struct Parser<'a> {
     r: Reader<'a>,
 }
@@ -390,6 +411,7 @@ impl<'a> Parser<'a> {
             n_kv_offset,
             &no_context,
         )?;
+        limit(n_kv, MAX_METADATA_ENTRIES, "metadata entries", n_kv_offset)?;
 
         // Metadata.
         let mut metadata = Vec::with_capacity(n_kv.min(INITIAL_CAPACITY));
@@ -452,6 +474,7 @@ impl<'a> Parser<'a> {
             n_tensors_offset,
             &no_context,
         )?;
+        limit(n_tensors, MAX_TENSORS, "tensor infos", n_tensors_offset)?;
         let mut pending: Vec<Pending<'a>> = Vec::with_capacity(n_tensors.min(INITIAL_CAPACITY));
         let mut tensor_index = BTreeMap::new();
         for i in 0..n_tensors {

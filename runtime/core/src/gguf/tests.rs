@@ -449,3 +449,40 @@ fn tensor_spec_with_unknown_type_is_rejected() {
         "{e:?}"
     );
 }
+
+#[test]
+fn table_sizes_are_limited() {
+    // Enough bytes that the counts pass the size check; the limit must still refuse them.
+    let mut b = Builder::new(3);
+    b.n_kv = Some(MAX_METADATA_ENTRIES as u64 + 1);
+    let mut bytes = b.build();
+    bytes.resize(bytes.len() + (MAX_METADATA_ENTRIES + 1) * 13, 0);
+    let e = Gguf::parse(&bytes).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            GgufError::LimitExceeded {
+                what: "metadata entries",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+
+    let mut b = Builder::new(3);
+    b.n_tensors = Some(MAX_TENSORS as u64 + 1);
+    let mut bytes = b.build();
+    bytes.resize(bytes.len() + (MAX_TENSORS + 1) * 32, 0);
+    let e = Gguf::parse(&bytes).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            GgufError::LimitExceeded {
+                what: "tensor infos",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("more than the 65536"), "{e}");
+}

@@ -380,6 +380,8 @@ impl<'a> Iterator for ArrayIter<'a> {
     }
 }
 
+impl core::iter::FusedIterator for ArrayIter<'_> {}
+
 impl fmt::Debug for ArrayIter<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ArrayIter")
