@@ -95,12 +95,12 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         "-p, -g and -r must be at least 1"
     );
     let file = ModelFile::open(&args.model.model)?;
-    let file_len = std::fs::metadata(&args.model.model).map(|m| m.len()).unwrap_or(0);
+    let file_len = file.len();
     let kernels = load::kernels(args.model.kernels.as_deref())?;
     let loaded = Loaded::new(file.gguf()?, &kernels)?;
     let cfg = &loaded.model.config;
     let need = args.prompt_tokens + args.gen_tokens;
-    let ctx = context_len(&args.model, cfg.train_context).max(need);
+    let ctx = context_len(&args.model, &loaded, file_len, need)?;
     let path = if args.model.exact {
         NumericPath::Exact
     } else {
@@ -111,7 +111,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         kernels,
         SessionOptions { context: ctx, path },
     )?;
-    let pool = make_pool(args.model.threads)?;
+    let pool = make_pool(&args.model)?;
     let threads = pool.threads();
 
     // Synthetic prompt: deterministic ordinary tokens (no control tokens), like llama-bench.

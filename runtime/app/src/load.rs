@@ -27,6 +27,11 @@ impl ModelFile {
         Ok(ModelFile { map })
     }
 
+    /// Bytes of the file.
+    pub fn len(&self) -> u64 {
+        self.map.len() as u64
+    }
+
     /// Parses the file as GGUF.
     pub fn gguf(&self) -> Result<Gguf<'_>> {
         Gguf::parse(&self.map).map_err(|e| anyhow::anyhow!("not a valid GGUF file: {e}"))

@@ -1,6 +1,7 @@
 //! The `edgellm` command line: run a prompt, print logits or tokens, inspect a model file, benchmark.
 
 mod bench;
+mod budget;
 mod chat;
 mod generate;
 mod load;
@@ -14,9 +15,8 @@ use std::path::PathBuf;
 #[global_allocator]
 static ALLOC: edgellm_hal::counters::CountingAlloc = edgellm_hal::counters::CountingAlloc::new();
 
-/// The board this binary was built for.
-#[cfg(feature = "board-host")]
-pub const BOARD: edgellm_board::Board = edgellm_board_host::BOARD;
+mod boards;
+pub use boards::BOARD;
 
 #[derive(Parser)]
 #[command(
@@ -69,6 +69,20 @@ pub struct ModelArgs {
     /// Reference numeric path: dequantized weights and f32 activations (slow, for checking).
     #[arg(long)]
     pub exact: bool,
+    /// Apply another board's defaults and memory budget (default: the board this binary was
+    /// built for).
+    #[arg(long)]
+    pub board: Option<String>,
+}
+
+impl ModelArgs {
+    /// The board whose defaults and budget apply.
+    pub fn board(&self) -> Result<edgellm_board::Board> {
+        match &self.board {
+            Some(name) => boards::by_name(name),
+            None => Ok(BOARD),
+        }
+    }
 }
 
 fn main() {

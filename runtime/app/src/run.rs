@@ -75,8 +75,8 @@ pub struct TokenizeArgs {
 }
 
 /// Worker threads: the board's default, or the flag.
-pub fn make_pool(threads: Option<usize>) -> Result<Box<dyn Parallel>> {
-    let n = threads.unwrap_or(crate::BOARD.default_threads).max(1);
+pub fn make_pool(args: &ModelArgs) -> Result<Box<dyn Parallel>> {
+    let n = args.threads.unwrap_or(args.board()?.default_threads).max(1);
     if n == 1 {
         return Ok(Box::new(Serial));
     }
@@ -84,10 +84,23 @@ pub fn make_pool(threads: Option<usize>) -> Result<Box<dyn Parallel>> {
     Ok(Box::new(pool))
 }
 
-/// The context length: the flag, else the board's default, never above the model's.
-pub fn context_len(args: &ModelArgs, train_context: usize) -> usize {
-    args.context
-        .unwrap_or(crate::BOARD.default_context.min(train_context))
+/// The context length (the flag, else the board's default, never above the model's, at least
+/// `min`), checked against the board's memory budget and the memory available.
+pub fn context_len(
+    args: &ModelArgs,
+    loaded: &Loaded<'_>,
+    file_bytes: u64,
+    min: usize,
+) -> Result<usize> {
+    let board = args.board()?;
+    let cfg = &loaded.model.config;
+    let ctx = args
+        .context
+        .unwrap_or(board.default_context.min(cfg.train_context))
+        .max(min);
+    let available = edgellm_hal::memory::available_memory_bytes().ok();
+    crate::budget::check(&board, available, file_bytes, cfg, ctx)?;
+    Ok(ctx)
 }
 
 /// Prompt ids for `text`: through the chat template unless `raw`, with BOS when the model wants it.
@@ -142,7 +155,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     eprintln!("kernels: {}", kernels.describe());
     let loaded = Loaded::new(file.gguf()?, &kernels)?;
     let ids = prompt_ids(&loaded, &prompt, args.raw)?;
-    let ctx = context_len(&args.model, loaded.model.config.train_context);
+    let ctx = context_len(&args.model, &loaded, file.len(), 1)?;
     let path = if args.model.exact {
         NumericPath::Exact
     } else {
@@ -170,7 +183,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     };
     let mut sampler =
         Sampler::new(params, loaded.model.config.vocab_size).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let pool = make_pool(args.model.threads)?;
+    let pool = make_pool(&args.model)?;
     let mut text = String::new();
     let stdout = std::io::stdout();
     let mut lock = stdout.lock();
@@ -236,7 +249,7 @@ pub fn logits(args: LogitsArgs) -> Result<()> {
     let kernels = load::kernels(args.model.kernels.as_deref())?;
     let loaded = Loaded::new(file.gguf()?, &kernels)?;
     let ids = prompt_ids(&loaded, &args.prompt, true)?;
-    let ctx = context_len(&args.model, loaded.model.config.train_context).max(ids.len());
+    let ctx = context_len(&args.model, &loaded, file.len(), ids.len())?;
     let path = if args.model.exact {
         NumericPath::Exact
     } else {
@@ -247,7 +260,7 @@ pub fn logits(args: LogitsArgs) -> Result<()> {
         kernels,
         SessionOptions { context: ctx, path },
     )?;
-    let pool = make_pool(args.model.threads)?;
+    let pool = make_pool(&args.model)?;
     if ids.is_empty() {
         anyhow::bail!("the prompt is empty");
     }
