@@ -55,14 +55,20 @@ pub fn check(
     if need.total() <= limit {
         return Ok(need);
     }
-    // The arena grows linearly with the context: find the largest context that fits.
-    let fixed = ArenaPlan::new(cfg, 1).bytes() as u64;
-    let per_token = (ArenaPlan::new(cfg, 2).bytes() as u64)
-        .saturating_sub(fixed)
-        .max(1);
-    let room = limit.saturating_sub(model_bytes + OVERHEAD_BYTES);
-    let advice = if room > fixed {
-        let fits = 1 + (room - fixed) / per_token;
+    // The arena grows with the context: find the largest context that fits (binary search).
+    let fits_at =
+        |c: usize| model_bytes + ArenaPlan::new(cfg, c).bytes() as u64 + OVERHEAD_BYTES <= limit;
+    let advice = if fits_at(1) {
+        let (mut lo, mut hi) = (1usize, context);
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if fits_at(mid) {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        let fits = lo;
         format!("a context of at most {fits} tokens fits (--context {fits}), or use a smaller format (edgellm convert --format q4 or ternary)")
     } else {
         "the model alone does not fit: use a smaller format (edgellm convert --format q4 or ternary) or a smaller model".to_string()
