@@ -133,6 +133,59 @@ fn ci(no_qwen: bool) -> Result<()> {
     if let Some(q) = &qwen {
         test.env("EDGELLM_QWEN_MODEL", q);
     }
-    run(&mut test)?;
+    let (passed, failed) = run_counting(&mut test)?;
+    // One closing line for the whole suite (cargo prints one per test binary).
+    println!("ci: {passed} passed, {failed} failed");
+    if failed > 0 {
+        bail!("{failed} tests failed");
+    }
     Ok(())
+}
+
+/// Runs a `cargo test` command, echoing its output, and adds up its `test result:` lines.
+fn run_counting(cmd: &mut Command) -> Result<(u64, u64)> {
+    use std::io::{BufRead, BufReader};
+    cmd.current_dir(root()).stdout(std::process::Stdio::piped());
+    eprintln!("$ {cmd:?}");
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    let stdout = child.stdout.take().context("no stdout")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if line.starts_with("test result:") {
+            passed += count(&line, "passed");
+            failed += count(&line, "failed");
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() && failed == 0 {
+        bail!("command failed ({status}): {cmd:?}");
+    }
+    Ok((passed, failed))
+}
+
+/// The number before `word` in a cargo `test result:` line (`... 55 passed; 0 failed; ...`).
+fn count(line: &str, word: &str) -> u64 {
+    line.split(';')
+        .find_map(|part| part.trim().strip_suffix(word))
+        .and_then(|n| n.trim().rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn counts_test_result_lines() {
+        let l = "test result: FAILED. 55 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out";
+        assert_eq!(super::count(l, "passed"), 55);
+        assert_eq!(super::count(l, "failed"), 2);
+        assert_eq!(
+            super::count("test result: ok. 0 passed; 0 failed", "passed"),
+            0
+        );
+    }
 }
