@@ -9,7 +9,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use edgellm_kernels::{ActsQ8, CpuFeatures, GgmlType, Kernels, Tier, QK};
+use edgellm_kernels::{ActsQ8, CpuFeatures, GgmlType, Kernels, Tier, QS};
 
 struct Rng(u64);
 impl Rng {
@@ -55,8 +55,8 @@ impl Acts {
             .collect();
         let mut a = Acts {
             qs: vec![0; n],
-            d: vec![0.0; n / QK],
-            sums: vec![0; n / QK],
+            d: vec![0.0; n / QS],
+            sums: vec![0; n / QS],
             x,
         };
         k.quantize_acts(

@@ -21,6 +21,6 @@ pub mod aarch64;
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 pub mod x86;
 
-pub use acts::{ActsQ8, ActsQ8Mut, QK};
+pub use acts::{ActsQ8, ActsQ8Mut, QK, QS};
 pub use dispatch::{CpuFeature, CpuFeatures, KernelError, Kernels, Tier};
 pub use types::GgmlType;

@@ -3,7 +3,9 @@
 //! `tests/data` (made by `gen_legacy_fixture.py` with the `gguf` Python package).
 
 use edgellm_kernels::scalar;
-use edgellm_kernels::{ActsQ8, ActsQ8Mut, CpuFeatures, GgmlType, KernelError, Kernels, Tier, QK};
+use edgellm_kernels::{
+    ActsQ8, ActsQ8Mut, CpuFeatures, GgmlType, KernelError, Kernels, Tier, QK, QS,
+};
 use half::f16;
 
 // ---------------------------------------------------------------------------------------------
@@ -15,15 +17,16 @@ fn sum_order_tol(n: usize, abs_terms: f32) -> f32 {
     2.0 * n.max(1) as f32 * f32::EPSILON * abs_terms + f32::MIN_POSITIVE
 }
 
-/// int8 activations round each `x` by at most `d/2`, so a quantized gemv row differs from the
-/// exact one by at most `Σ_b (d_b / 2) Σ_{c in b} |W[c]|`, plus the float rounding of both sums.
+/// int8 activations round each `x` by at most `d/2` of its group's scale, so a quantized gemv row
+/// differs from the exact one by at most `Σ_g (d_g / 2) Σ_{c in g} |W[c]|` (groups of [`QS`]
+/// values), plus the float rounding of both sums.
 fn act_q8_tol(row: &[f32], x: &[f32], acts: &ActsQ8<'_>) -> f32 {
     let mut quant = 0.0f32;
     let mut abs_terms = 0.0f32;
-    for (b, (wb, xb)) in row.chunks(QK).zip(x.chunks(QK)).enumerate() {
-        let wsum: f32 = wb.iter().map(|w| w.abs()).sum();
-        quant += acts.d[b] * 0.5 * wsum;
-        abs_terms += wb.iter().zip(xb).map(|(w, x)| (w * x).abs()).sum::<f32>();
+    for (g, (wg, xg)) in row.chunks(QS).zip(x.chunks(QS)).enumerate() {
+        let wsum: f32 = wg.iter().map(|w| w.abs()).sum();
+        quant += acts.d[g] * 0.5 * wsum;
+        abs_terms += wg.iter().zip(xg).map(|(w, x)| (w * x).abs()).sum::<f32>();
     }
     1.001 * quant + 4.0 * sum_order_tol(row.len(), abs_terms + quant)
 }
@@ -160,7 +163,7 @@ fn random_x(rng: &mut Rng, n: usize, a: Acts) -> Vec<f32> {
             }
             // amax 127 gives d = 1 and id = 1, so x = k + 0.5 is an exact tie.
             Acts::Ties => {
-                if i % QK == 0 {
+                if i % QS == 0 {
                     127.0
                 } else {
                     (rng.below(200) as f32 - 100.0) + 0.5
@@ -181,8 +184,8 @@ impl OwnedActs {
     fn new(n: usize) -> Self {
         OwnedActs {
             qs: vec![0; n],
-            d: vec![0.0; n / QK],
-            sums: vec![0; n / QK],
+            d: vec![0.0; n / QS],
+            sums: vec![0; n / QS],
         }
     }
     fn view(&self) -> ActsQ8<'_> {
@@ -513,23 +516,24 @@ fn quantize_acts_rule() {
     ] {
         let x = random_x(&mut rng, 8 * QK, a);
         let q = OwnedActs::quantize(&spec, &x);
-        for (b, xb) in x.chunks(QK).enumerate() {
-            let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        assert_eq!((q.d.len(), q.sums.len()), (8 * QK / QS, 8 * QK / QS));
+        for (g, xg) in x.chunks(QS).enumerate() {
+            let amax = xg.iter().fold(0.0f32, |m, v| m.max(v.abs()));
             let d = amax / 127.0;
-            let qb = &q.qs[b * QK..(b + 1) * QK];
+            let qg = &q.qs[g * QS..(g + 1) * QS];
             assert_eq!(
-                q.sums[b],
-                qb.iter().map(|&v| v as i32).sum::<i32>(),
-                "sums[{b}]"
+                q.sums[g],
+                qg.iter().map(|&v| v as i32).sum::<i32>(),
+                "sums[{g}]"
             );
-            assert!(qb.iter().all(|&v| v != -128), "-128 produced");
+            assert!(qg.iter().all(|&v| v != -128), "-128 produced");
             if d < f32::MIN_POSITIVE {
-                assert_eq!(q.d[b], 0.0);
-                assert!(qb.iter().all(|&v| v == 0));
+                assert_eq!(q.d[g], 0.0);
+                assert!(qg.iter().all(|&v| v == 0));
                 continue;
             }
-            assert_eq!(q.d[b].to_bits(), d.to_bits());
-            for (&v, &xv) in qb.iter().zip(xb) {
+            assert_eq!(q.d[g].to_bits(), d.to_bits());
+            for (&v, &xv) in qg.iter().zip(xg) {
                 assert_eq!(v as f32, (xv * (1.0 / d)).round_ties_even(), "x = {xv}");
             }
         }
@@ -540,6 +544,101 @@ fn quantize_acts_rule() {
     x[1..6].copy_from_slice(&[2.5, 3.5, -2.5, -0.5, 0.5]);
     let q = OwnedActs::quantize(&spec, &x);
     assert_eq!(&q.qs[..6], &[127, 2, 4, -2, 0, 0]);
+    // The second group of the block is all zeros: its own scale is 0, the first group's is 1.
+    assert_eq!((q.d[0], q.d[1], q.sums[1]), (1.0, 0.0, 0));
+}
+
+/// Mixed groups inside one block: a zero (or subnormal-scale) half next to an ordinary half, on
+/// every tier, bit-exact with the spec.
+#[test]
+fn quantize_acts_zero_half_next_to_normal_half() {
+    let spec = Kernels::scalar();
+    let mut rng = Rng::new(302);
+    let mut x = random_x(&mut rng, 4 * QK, Acts::Typical);
+    x[..QS].fill(0.0); // block 0: zero first half
+    x[QK + QS..2 * QK].fill(1e-40); // block 1: subnormal second half
+    x[2 * QK..2 * QK + QS].fill(-0.0); // block 2: negative zeros
+    let want = OwnedActs::quantize(&spec, &x);
+    assert_eq!((want.d[0], want.d[3], want.d[4]), (0.0, 0.0, 0.0));
+    assert!(want.d[1] > 0.0 && want.d[2] > 0.0 && want.d[5] > 0.0);
+    assert!(want.qs[..QS].iter().all(|&v| v == 0));
+    for k in tiers() {
+        let got = OwnedActs::quantize(&k, &x);
+        assert_eq!(got.qs, want.qs, "tier {}", k.tier());
+        assert_eq!(bits(&got.d), bits(&want.d), "tier {}", k.tier());
+        assert_eq!(got.sums, want.sums, "tier {}", k.tier());
+    }
+}
+
+/// The reason for 16-value scale groups: an outlier in one half of a 32-value block coarsens
+/// only that half's scale, so the other half keeps its precision, in the quantized values and in
+/// the gemv of every tier.
+#[test]
+fn outlier_in_one_half_keeps_precision_in_the_other() {
+    let mut rng = Rng::new(303);
+    let cols = 4 * QK;
+    let mut x = random_x(&mut rng, cols, Acts::Typical);
+    let outlier = 1000.0f32;
+    for b in 0..cols / QK {
+        // Outlier in the second half of even blocks and in the first half of odd blocks.
+        let j = if b % 2 == 0 { QS + 3 } else { 5 };
+        x[b * QK + j] = if b < 2 { outlier } else { -outlier };
+    }
+    for k in tiers() {
+        let acts = OwnedActs::quantize(&k, &x);
+        for b in 0..cols / QK {
+            let clean = if b % 2 == 0 { 2 * b } else { 2 * b + 1 };
+            let xs = &x[clean * QS..(clean + 1) * QS];
+            let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            assert_eq!(
+                acts.d[clean],
+                amax / 127.0,
+                "tier {}: clean group {clean}",
+                k.tier()
+            );
+            assert!(acts.d[clean ^ 1] >= outlier / 127.0);
+            for (j, &xv) in xs.iter().enumerate() {
+                let err = (acts.d[clean] * acts.qs[clean * QS + j] as f32 - xv).abs();
+                assert!(
+                    err <= 0.5001 * acts.d[clean],
+                    "tier {}: x = {xv}, error {err}",
+                    k.tier()
+                );
+            }
+        }
+        // A weight row that only sees the clean halves: the int8 gemv error stays at the clean
+        // halves' scale, two orders of magnitude below what one scale per 32 values would allow.
+        for ty in [GgmlType::Q8_0, GgmlType::Q4_0] {
+            let mut w = random_rows(&mut rng, ty, 1, cols, Scales::Typical, Quants::Random);
+            let bb = ty.block_bytes();
+            for (b, blk) in w.chunks_exact_mut(bb).enumerate() {
+                // Zero the weights of the outlier half (Q8_0: qs = 0; Q4_0: nibble 8).
+                for j in 0..QS {
+                    let e = if b % 2 == 0 { QS + j } else { j };
+                    if ty == GgmlType::Q8_0 {
+                        blk[2 + e] = 0;
+                    } else if e < QS {
+                        blk[2 + e] = (blk[2 + e] & 0xF0) | 0x08;
+                    } else {
+                        blk[2 + e - QS] = (blk[2 + e - QS] & 0x0F) | 0x80;
+                    }
+                }
+            }
+            let mut row = vec![0.0; cols];
+            scalar::dequantize_row(ty, &w, &mut row).unwrap();
+            let exact: f32 = row.iter().zip(&x).map(|(a, b)| a * b).sum();
+            let mut got = [0.0f32];
+            k.gemv(ty, &w, &x, &acts.view(), &mut got);
+            let tol = act_q8_tol(&row, &x, &acts.view());
+            let coarse: f32 = row.iter().map(|w| w.abs()).sum::<f32>() * outlier / 127.0 * 0.5;
+            assert!(
+                (got[0] - exact).abs() <= tol && tol < coarse / 100.0,
+                "{ty} tier {}: {} vs exact {exact}, tolerance {tol}, per-32 bound {coarse}",
+                k.tier(),
+                got[0]
+            );
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

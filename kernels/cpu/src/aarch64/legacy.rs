@@ -3,13 +3,14 @@
 //!
 //! gemv: one row at a time. Per block the signed weights (`q - 8`, `q - 16`, or the unsigned /
 //! Q8_0 values as they are) are multiplied with the activations by `smull`/`smlal` (pairs of
-//! i8·i8 summed in i16: at most 2·128·127, no overflow) and widened by `sadalp` into i32, then
-//! reduced to the exact `isum`; the block term and the running sum are computed in scalar f32
-//! with the specification's operations and order.
+//! i8·i8 summed in i16: at most 2·128·127, no overflow), widened by `saddlp` into i32 and
+//! reduced to the exact `isum0` (values 0..16, scale group `2b`) and `isum1` (values 16..32,
+//! group `2b + 1`); the block term and the running sum are computed in scalar f32 with the
+//! specification's operations and order.
 
 use core::arch::aarch64::*;
 
-use crate::acts::{ActsQ8, ActsQ8Mut, QK};
+use crate::acts::{ActsQ8, ActsQ8Mut, QK, QS};
 use crate::scalar::f16_bits_to_f32;
 use crate::scalar::legacy::{check_acts, check_gemv};
 
@@ -88,21 +89,16 @@ unsafe fn block_weights<const K: u8>(blk: *const u8) -> (int8x16_t, int8x16_t) {
     }
 }
 
-/// Exact `Σ w·a` over 32 values.
+/// Exact `Σ w·a` over 16 values.
 #[inline]
 #[target_feature(enable = "neon")]
-fn idot32(w0: int8x16_t, w1: int8x16_t, a0: int8x16_t, a1: int8x16_t) -> i32 {
-    let p0 = vmlal_s8(
-        vmull_s8(vget_low_s8(w0), vget_low_s8(a0)),
-        vget_high_s8(w0),
-        vget_high_s8(a0),
+fn idot16(w: int8x16_t, a: int8x16_t) -> i32 {
+    let p = vmlal_s8(
+        vmull_s8(vget_low_s8(w), vget_low_s8(a)),
+        vget_high_s8(w),
+        vget_high_s8(a),
     );
-    let p1 = vmlal_s8(
-        vmull_s8(vget_low_s8(w1), vget_low_s8(a1)),
-        vget_high_s8(w1),
-        vget_high_s8(a1),
-    );
-    vaddvq_s32(vpadalq_s16(vpaddlq_s16(p0), p1))
+    vaddvq_s32(vpaddlq_s16(p))
 }
 
 /// The shared gemv driver: one row per pass (see the module docs).
@@ -124,18 +120,20 @@ unsafe fn gemv<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
             let blk = &row[b * bb..(b + 1) * bb];
             // SAFETY: `blk` is one whole block; `acts.qs` holds `nb * QK` values
             // (`check_gemv`), so block `b` of it is readable.
-            let isum = unsafe {
+            let (i0, i1) = unsafe {
                 let (w0, w1) = block_weights::<K>(blk.as_ptr());
                 let ap = acts.qs.as_ptr().add(b * QK);
-                idot32(w0, w1, vld1q_s8(ap), vld1q_s8(ap.add(16)))
+                (idot16(w0, vld1q_s8(ap)), idot16(w1, vld1q_s8(ap.add(16))))
             };
-            let da = acts.d[b];
+            let (da0, da1) = (acts.d[2 * b], acts.d[2 * b + 1]);
             let dw = f16_bits_to_f32(u16::from_le_bytes([blk[0], blk[1]]));
+            let t = (dw * da0) * i0 as f32 + (dw * da1) * i1 as f32;
             let t = if K == Q4_1 || K == Q5_1 {
                 let mw = f16_bits_to_f32(u16::from_le_bytes([blk[2], blk[3]]));
-                (dw * da) * isum as f32 + (mw * da) * acts.sums[b] as f32
+                let (sa0, sa1) = (acts.sums[2 * b], acts.sums[2 * b + 1]);
+                t + mw * (da0 * sa0 as f32 + da1 * sa1 as f32)
             } else {
-                (dw * da) * isum as f32
+                t
             };
             acc += t;
         }
@@ -198,8 +196,8 @@ pub unsafe fn neon_gemv_q8_0(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
     unsafe { gemv::<Q8_0>(w, acts, out) }
 }
 
-/// NEON [`crate::scalar::quantize_acts`], bit-exact: the same `amax / 127`, the same multiply
-/// by the inverse, and `fcvtns`, which rounds to nearest even.
+/// NEON [`crate::scalar::quantize_acts`], bit-exact: the same `amax / 127` per group of
+/// [`QS`], the same multiply by the inverse, and `fcvtns`, which rounds to nearest even.
 ///
 /// # Safety
 ///
@@ -207,37 +205,30 @@ pub unsafe fn neon_gemv_q8_0(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
 #[target_feature(enable = "neon")]
 pub unsafe fn neon_quantize_acts(x: &[f32], out: &mut ActsQ8Mut<'_>) {
     check_acts(x, out);
-    for b in 0..x.len() / QK {
-        // SAFETY: block `b` is inside `x` (`check_acts`).
-        let v: [float32x4_t; 8] =
-            core::array::from_fn(|i| unsafe { vld1q_f32(x.as_ptr().add(b * QK + 4 * i)) });
-        let mut m = vabsq_f32(v[0]);
-        for vi in &v[1..] {
-            m = vmaxq_f32(m, vabsq_f32(*vi));
-        }
-        let amax = vmaxvq_f32(m);
+    for g in 0..x.len() / QS {
+        // SAFETY: group `g` is inside `x` (`check_acts`).
+        let v: [float32x4_t; 4] =
+            core::array::from_fn(|i| unsafe { vld1q_f32(x.as_ptr().add(g * QS + 4 * i)) });
+        let m01 = vmaxq_f32(vabsq_f32(v[0]), vabsq_f32(v[1]));
+        let m23 = vmaxq_f32(vabsq_f32(v[2]), vabsq_f32(v[3]));
+        let amax = vmaxvq_f32(vmaxq_f32(m01, m23));
         let d = amax / 127.0;
-        let qb = &mut out.qs[b * QK..(b + 1) * QK];
+        let qg = &mut out.qs[g * QS..(g + 1) * QS];
         if d < f32::MIN_POSITIVE {
-            qb.fill(0);
-            out.d[b] = 0.0;
-            out.sums[b] = 0;
+            qg.fill(0);
+            out.d[g] = 0.0;
+            out.sums[g] = 0;
             continue;
         }
         let id = vdupq_n_f32(1.0 / d);
-        let q: [int32x4_t; 8] = core::array::from_fn(|i| vcvtnq_s32_f32(vmulq_f32(v[i], id)));
-        let mut s = q[0];
-        for qi in &q[1..] {
-            s = vaddq_s32(s, *qi);
-        }
-        for h in 0..2 {
-            let q16a = vcombine_s16(vqmovn_s32(q[4 * h]), vqmovn_s32(q[4 * h + 1]));
-            let q16b = vcombine_s16(vqmovn_s32(q[4 * h + 2]), vqmovn_s32(q[4 * h + 3]));
-            let q8 = vcombine_s8(vqmovn_s16(q16a), vqmovn_s16(q16b));
-            // SAFETY: `qb` holds 32 bytes; this writes bytes `16h..16h + 16`.
-            unsafe { vst1q_s8(qb.as_mut_ptr().add(16 * h), q8) };
-        }
-        out.d[b] = d;
-        out.sums[b] = vaddvq_s32(s);
+        let q: [int32x4_t; 4] = core::array::from_fn(|i| vcvtnq_s32_f32(vmulq_f32(v[i], id)));
+        let s = vaddq_s32(vaddq_s32(q[0], q[1]), vaddq_s32(q[2], q[3]));
+        let q16a = vcombine_s16(vqmovn_s32(q[0]), vqmovn_s32(q[1]));
+        let q16b = vcombine_s16(vqmovn_s32(q[2]), vqmovn_s32(q[3]));
+        let q8 = vcombine_s8(vqmovn_s16(q16a), vqmovn_s16(q16b));
+        // SAFETY: `qg` holds 16 bytes.
+        unsafe { vst1q_s8(qg.as_mut_ptr(), q8) };
+        out.d[g] = d;
+        out.sums[g] = vaddvq_s32(s);
     }
 }

@@ -16,22 +16,27 @@
 //!
 //! ## The gemv specification
 //!
-//! For every row `r` and every block `b` of the row (activations block `b`: values `a_j`, scale
-//! `da = acts.d[b]`, integer sum `sa = acts.sums[b]`):
+//! For every row `r` and every block `b` of the row, the activations of the block are the two
+//! scale groups `g0 = 2b` (values `a_0..a_15`) and `g1 = 2b + 1` (values `a_16..a_31`), with scales
+//! `da0 = acts.d[g0]`, `da1 = acts.d[g1]` and integer sums `sa0 = acts.sums[g0]`,
+//! `sa1 = acts.sums[g1]`; `dw` (and `mw`) are the block's f16 scales as f32:
 //!
-//! 1. `isum`: the exact `i32` dot product of the block's integer weights with `a_j`:
+//! 1. `isum0`, `isum1`: the exact `i32` dot products of the block's integer weights with the
+//!    activations of each half (`j in 0..16` and `j in 16..32`):
 //!    Q4_0 `Σ (q_j - 8) a_j`, Q4_1 `Σ q_j a_j`, Q5_0 `Σ (q5_j - 16) a_j`, Q5_1 `Σ q5_j a_j`,
 //!    Q8_0 `Σ qs_j a_j` (integers: any evaluation order gives the same value);
-//! 2. the block term in f32, each operation rounded separately (no fused multiply-add):
-//!    `t = (dw * da) * (isum as f32)`, and for Q4_1/Q5_1
-//!    `t = (dw * da) * (isum as f32) + (mw * da) * (sa as f32)`;
+//! 2. the block term in f32, each operation rounded separately (no fused multiply-add), evaluated
+//!    left to right as parenthesized:
+//!    `t = (dw * da0) * (isum0 as f32) + (dw * da1) * (isum1 as f32)`, and for Q4_1/Q5_1
+//!    `t = ((dw * da0) * (isum0 as f32) + (dw * da1) * (isum1 as f32)) + mw * c` with
+//!    `c = da0 * (sa0 as f32) + da1 * (sa1 as f32)` (the same for every row);
 //! 3. `acc = acc + t`, with `acc` starting at `0.0` and blocks taken in order `b = 0, 1, ...`;
 //!    `out[r] = acc`.
 //!
-//! This order is cheap for SIMD code (one horizontal integer reduction per block, rows in lanes),
-//! so the SIMD kernels reproduce it bit for bit.
+//! This order is cheap for SIMD code (the two group sums of eight rows come out of one
+//! horizontal-add tree, rows in lanes), so the SIMD kernels reproduce it bit for bit.
 
-use crate::acts::{ActsQ8, ActsQ8Mut, QK};
+use crate::acts::{ActsQ8, ActsQ8Mut, QK, QS};
 use crate::scalar::{f16_at, u32_at};
 
 /// Bytes per Q4_0 block.
@@ -73,9 +78,11 @@ pub(crate) fn check_gemv(
         "gemv {name}: {cols} columns is not a multiple of {QK}"
     );
     let nb = cols / QK;
+    let ng = cols / QS;
     assert!(
-        acts.d.len() == nb && acts.sums.len() == nb,
-        "gemv {name}: activations have {} values but {} scales and {} sums (expected {nb})",
+        acts.d.len() == ng && acts.sums.len() == ng,
+        "gemv {name}: activations have {} values but {} scales and {} sums (expected {ng}, \
+         one per {QS} values)",
         cols,
         acts.d.len(),
         acts.sums.len()
@@ -90,34 +97,35 @@ pub(crate) fn check_gemv(
     (nb, row_bytes)
 }
 
-/// Quantizes `x` to int8 blocks (the rule is in [`crate::acts`]).
+/// Quantizes `x` to int8 with one scale per group of 16 (the rule is in [`crate::acts`]).
 ///
-/// Per block of 32: `amax = max |x_j|`, `d = amax / 127`; if `d` is below `f32::MIN_POSITIVE`
-/// (zero or subnormal) the block is all zeros with `d = 0`, otherwise `q_j = rintf(x_j * (1 / d))`
-/// (ties to even) and `sums = Σ q_j`. Values lie in `-127..=127`. Inputs must be finite (others
-/// give unspecified values, never undefined behaviour).
+/// Per group of [`QS`] = 16: `amax = max |x_j|`, `d = amax / 127`; if `d` is below
+/// `f32::MIN_POSITIVE` (zero or subnormal) the group is all zeros with `d = 0`, otherwise
+/// `q_j = rintf(x_j * (1 / d))` (ties to even) and `sums = Σ q_j`. Values lie in `-127..=127`.
+/// Inputs must be finite (others give unspecified values, never undefined behaviour).
 ///
-/// Panics if `x.len()` is not a multiple of 32 or `out` does not have room for exactly `x.len()`.
+/// Panics if `x.len()` is not a multiple of 32 or `out` does not have room for exactly `x.len()`
+/// values (`x.len()` qs, `x.len() / 16` scales and sums).
 pub fn quantize_acts(x: &[f32], out: &mut ActsQ8Mut<'_>) {
     check_acts(x, out);
-    for (b, xb) in x.chunks_exact(QK).enumerate() {
-        let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    for (g, xg) in x.chunks_exact(QS).enumerate() {
+        let amax = xg.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
-        let qb = &mut out.qs[b * QK..(b + 1) * QK];
+        let qg = &mut out.qs[g * QS..(g + 1) * QS];
         let mut sum = 0i32;
         if d < f32::MIN_POSITIVE {
-            qb.fill(0);
-            out.d[b] = 0.0;
+            qg.fill(0);
+            out.d[g] = 0.0;
         } else {
             let id = 1.0 / d;
-            for (q, &v) in qb.iter_mut().zip(xb) {
+            for (q, &v) in qg.iter_mut().zip(xg) {
                 let r = libm::rintf(v * id) as i32;
                 *q = r as i8;
                 sum += r;
             }
-            out.d[b] = d;
+            out.d[g] = d;
         }
-        out.sums[b] = sum;
+        out.sums[g] = sum;
     }
 }
 
@@ -129,10 +137,10 @@ pub(crate) fn check_acts(x: &[f32], out: &ActsQ8Mut<'_>) {
         "quantize_acts: {n} values is not a multiple of {QK}"
     );
     assert!(
-        out.qs.len() == n && out.d.len() == n / QK && out.sums.len() == n / QK,
-        "quantize_acts: {n} values need {n} qs, {} d and {} sums; got {}, {}, {}",
-        n / QK,
-        n / QK,
+        out.qs.len() == n && out.d.len() == n / QS && out.sums.len() == n / QS,
+        "quantize_acts: {n} values need {n} qs, {} d and {} sums (one per {QS}); got {}, {}, {}",
+        n / QS,
+        n / QS,
         out.qs.len(),
         out.d.len(),
         out.sums.len()
@@ -215,16 +223,49 @@ pub fn dequantize_q8_0(src: &[u8], dst: &mut [f32]) {
     }
 }
 
-/// Exact integer dot product of 32 weights (`offset` subtracted) with 32 activations.
+/// Exact integer dot products of the two halves of 32 weights (`offset` subtracted) with their
+/// 32 activations: `(Σ_{j<16}, Σ_{j>=16})`.
 #[inline(always)]
-fn idot(q: &[u8; QK], offset: i32, a: &[i8]) -> i32 {
-    q.iter()
-        .zip(a)
-        .map(|(&q, &a)| (q as i32 - offset) * a as i32)
-        .sum()
+fn idot2(q: &[u8; QK], offset: i32, a: &[i8]) -> (i32, i32) {
+    let half = |q: &[u8], a: &[i8]| -> i32 {
+        q.iter()
+            .zip(a)
+            .map(|(&q, &a)| (q as i32 - offset) * a as i32)
+            .sum()
+    };
+    (half(&q[..QS], &a[..QS]), half(&q[QS..], &a[QS..]))
 }
 
-/// Shared row loop of the spec: `term(block bytes, a_j, da, sa)` gives the f32 block term.
+/// The activation scales and sums of block `b`: `(da0, da1, sa0, sa1)`.
+#[inline(always)]
+fn block_acts(acts: &ActsQ8<'_>, b: usize) -> (f32, f32, i32, i32) {
+    (
+        acts.d[2 * b],
+        acts.d[2 * b + 1],
+        acts.sums[2 * b],
+        acts.sums[2 * b + 1],
+    )
+}
+
+/// Step 2 of the spec without the offset: `(dw * da0) * isum0 + (dw * da1) * isum1`.
+#[inline(always)]
+fn scaled(dw: f32, da0: f32, da1: f32, (i0, i1): (i32, i32)) -> f32 {
+    (dw * da0) * i0 as f32 + (dw * da1) * i1 as f32
+}
+
+/// Step 2 of the spec with the Q4_1/Q5_1 offset: `scaled(..) + mw * (da0 * sa0 + da1 * sa1)`.
+#[inline(always)]
+fn scaled_offset(
+    dw: f32,
+    mw: f32,
+    (da0, da1, sa0, sa1): (f32, f32, i32, i32),
+    i: (i32, i32),
+) -> f32 {
+    scaled(dw, da0, da1, i) + mw * (da0 * sa0 as f32 + da1 * sa1 as f32)
+}
+
+/// Shared row loop of the spec: `term(block bytes, a_j, (da0, da1, sa0, sa1))` gives the f32
+/// block term.
 #[inline(always)]
 fn gemv_rows(
     w: &[u8],
@@ -232,7 +273,7 @@ fn gemv_rows(
     out: &mut [f32],
     block_bytes: usize,
     name: &str,
-    term: impl Fn(&[u8], &[i8], f32, i32) -> f32,
+    term: impl Fn(&[u8], &[i8], (f32, f32, i32, i32)) -> f32,
 ) {
     let (nb, row_bytes) = check_gemv(w, acts, out.len(), block_bytes, name);
     if row_bytes == 0 {
@@ -244,7 +285,7 @@ fn gemv_rows(
         for b in 0..nb {
             let blk = &row[b * block_bytes..(b + 1) * block_bytes];
             let a = &acts.qs[b * QK..(b + 1) * QK];
-            acc += term(blk, a, acts.d[b], acts.sums[b]);
+            acc += term(blk, a, block_acts(acts, b));
         }
         *o = acc;
     }
@@ -252,44 +293,67 @@ fn gemv_rows(
 
 /// `out[r] = Σ W[r][c] a[c]` for Q4_0 weights `w` (`out.len()` rows of `acts.len()` columns).
 pub fn gemv_q4_0(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
-    gemv_rows(w, acts, out, Q4_0_BYTES, "Q4_0", |blk, a, da, _| {
-        let isum = idot(&nibbles(&blk[2..18]), 8, a);
-        (f16_at(blk, 0) * da) * isum as f32
-    });
+    gemv_rows(
+        w,
+        acts,
+        out,
+        Q4_0_BYTES,
+        "Q4_0",
+        |blk, a, (da0, da1, _, _)| {
+            let i = idot2(&nibbles(&blk[2..18]), 8, a);
+            scaled(f16_at(blk, 0), da0, da1, i)
+        },
+    );
 }
 
 /// `out[r] = Σ W[r][c] a[c]` for Q4_1 weights (offset term from `acts.sums`).
 pub fn gemv_q4_1(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
-    gemv_rows(w, acts, out, Q4_1_BYTES, "Q4_1", |blk, a, da, sa| {
-        let isum = idot(&nibbles(&blk[4..20]), 0, a);
-        (f16_at(blk, 0) * da) * isum as f32 + (f16_at(blk, 2) * da) * sa as f32
+    gemv_rows(w, acts, out, Q4_1_BYTES, "Q4_1", |blk, a, ba| {
+        let i = idot2(&nibbles(&blk[4..20]), 0, a);
+        scaled_offset(f16_at(blk, 0), f16_at(blk, 2), ba, i)
     });
 }
 
 /// `out[r] = Σ W[r][c] a[c]` for Q5_0 weights.
 pub fn gemv_q5_0(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
-    gemv_rows(w, acts, out, Q5_0_BYTES, "Q5_0", |blk, a, da, _| {
-        let isum = idot(&fives(u32_at(blk, 2), &blk[6..22]), 16, a);
-        (f16_at(blk, 0) * da) * isum as f32
-    });
+    gemv_rows(
+        w,
+        acts,
+        out,
+        Q5_0_BYTES,
+        "Q5_0",
+        |blk, a, (da0, da1, _, _)| {
+            let i = idot2(&fives(u32_at(blk, 2), &blk[6..22]), 16, a);
+            scaled(f16_at(blk, 0), da0, da1, i)
+        },
+    );
 }
 
 /// `out[r] = Σ W[r][c] a[c]` for Q5_1 weights (offset term from `acts.sums`).
 pub fn gemv_q5_1(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
-    gemv_rows(w, acts, out, Q5_1_BYTES, "Q5_1", |blk, a, da, sa| {
-        let isum = idot(&fives(u32_at(blk, 4), &blk[8..24]), 0, a);
-        (f16_at(blk, 0) * da) * isum as f32 + (f16_at(blk, 2) * da) * sa as f32
+    gemv_rows(w, acts, out, Q5_1_BYTES, "Q5_1", |blk, a, ba| {
+        let i = idot2(&fives(u32_at(blk, 4), &blk[8..24]), 0, a);
+        scaled_offset(f16_at(blk, 0), f16_at(blk, 2), ba, i)
     });
 }
 
 /// `out[r] = Σ W[r][c] a[c]` for Q8_0 weights.
 pub fn gemv_q8_0(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
-    gemv_rows(w, acts, out, Q8_0_BYTES, "Q8_0", |blk, a, da, _| {
-        let isum: i32 = blk[2..34]
-            .iter()
-            .zip(a)
-            .map(|(&q, &a)| (q as i8) as i32 * a as i32)
-            .sum();
-        (f16_at(blk, 0) * da) * isum as f32
-    });
+    gemv_rows(
+        w,
+        acts,
+        out,
+        Q8_0_BYTES,
+        "Q8_0",
+        |blk, a, (da0, da1, _, _)| {
+            let half = |q: &[u8], a: &[i8]| -> i32 {
+                q.iter()
+                    .zip(a)
+                    .map(|(&q, &a)| (q as i8) as i32 * a as i32)
+                    .sum()
+            };
+            let i = (half(&blk[2..18], &a[..QS]), half(&blk[18..34], &a[QS..]));
+            scaled(f16_at(blk, 0), da0, da1, i)
+        },
+    );
 }

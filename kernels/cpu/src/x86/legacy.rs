@@ -3,12 +3,16 @@
 //!
 //! gemv layout: eight rows per pass, their activation block loaded once. Per row and block the
 //! unsigned weights are multiplied with the activations by `vpmaddubsw` (pairs of u8·i8 summed in
-//! i16: at most 2·31·127, no saturation) and widened by `vpmaddwd` to eight i32; a `vphaddd` tree
-//! reduces the eight rows' vectors to one exact i32 `isum` per row, in eight lanes. The f32 block term
-//! is then computed in those lanes with the scalar specification's operations and order
-//! (separate multiplies and adds, blocks in order), so each lane reproduces the scalar row.
-//! Signed weights (Q4_0, Q5_0) are handled as unsigned with `isum = Σ q·a − offset·sums[b]`,
-//! which relies on the [`ActsQ8`] invariant `sums[b] = Σ qs` of the block; Q8_0 uses
+//! i16: at most 2·31·127, no saturation) and widened by `vpmaddwd` to eight i32. The registers keep
+//! element order (nibbles of elements 0..16 in the low 128-bit lane, 16..32 in the high one), so
+//! i32 lanes 0-3 hold values 0..16 (scale group `2b`) and lanes 4-7 values 16..32 (group `2b + 1`).
+//! Two levels of `vphaddd` over four rows then leave the four rows' exact group-0 sums in the low
+//! lane and their group-1 sums in the high lane; two cross-lane permutes of the two row quartets
+//! give `isum0` and `isum1` for eight rows in eight lanes. The f32 block term is then computed in
+//! those lanes with the scalar specification's operations and order (separate multiplies and adds,
+//! blocks in order), so each lane reproduces the scalar row.
+//! Signed weights (Q4_0, Q5_0) are handled as unsigned with `isum = Σ q·a − offset·sums[g]`,
+//! which relies on the [`ActsQ8`] invariant `sums[g] = Σ qs` of the group; Q8_0 uses
 //! `|w|·sign(a, w)`, exact because activations lie in `-127..=127`. A row count that is not a
 //! multiple of eight repeats the last row in the final pass and drops the extra results.
 
@@ -116,14 +120,15 @@ unsafe fn block_dot<const K: u8>(blk: *const u8, a: __m256i) -> __m256i {
     _mm256_madd_epi16(prod, ones)
 }
 
-/// The exact totals of eight 8-lane i32 vectors, lane `i` holding the total of `s[i]`.
+/// The exact group sums of eight rows' block dots: `s[i]` holds row `i`'s eight partial sums
+/// (lanes 0-3 group 0, lanes 4-7 group 1); returns `(isum0, isum1)` with lane `i` for row `i`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn hsum8(s: [__m256i; 8]) -> __m256i {
+fn hsum8_groups(s: [__m256i; 8]) -> (__m256i, __m256i) {
+    // x = [g0 of rows 0..4 | g1 of rows 0..4], y likewise for rows 4..8.
     let x = _mm256_hadd_epi32(_mm256_hadd_epi32(s[0], s[1]), _mm256_hadd_epi32(s[2], s[3]));
     let y = _mm256_hadd_epi32(_mm256_hadd_epi32(s[4], s[5]), _mm256_hadd_epi32(s[6], s[7]));
-    // x = [t0 t1 t2 t3 | t0' t1' t2' t3'], y likewise for rows 4..8: add the two halves.
-    _mm256_add_epi32(
+    (
         _mm256_permute2x128_si256::<0x20>(x, y),
         _mm256_permute2x128_si256::<0x31>(x, y),
     )
@@ -160,6 +165,17 @@ unsafe fn scales8(p: &[*const u8; 8], off: usize) -> (__m256, __m256) {
     )
 }
 
+/// The activation side of one block: scales of both groups broadcast, their integer sums, and
+/// the Q4_1/Q5_1 offset factor `c = da0 * sa0 + da1 * sa1` broadcast (see the scalar spec).
+#[derive(Clone, Copy)]
+struct BlockActs {
+    da0: __m256,
+    da1: __m256,
+    sa0: i32,
+    sa1: i32,
+    c: __m256,
+}
+
 /// The eight rows' f32 terms of the block at offset `off` of each row, per the scalar spec.
 ///
 /// # Safety
@@ -172,8 +188,7 @@ unsafe fn block_term8<const K: u8>(
     p: &[*const u8; 8],
     off: usize,
     a: __m256i,
-    da: __m256,
-    sa: i32,
+    ba: &BlockActs,
 ) -> __m256 {
     // SAFETY: the caller guarantees a readable block at each `p[i] + off`.
     let s = unsafe {
@@ -188,20 +203,24 @@ unsafe fn block_term8<const K: u8>(
             block_dot::<K>(p[7].add(off), a),
         ]
     };
-    let mut isum = hsum8(s);
-    if K == Q4_0 {
-        isum = _mm256_sub_epi32(isum, _mm256_set1_epi32(sa.wrapping_mul(8)));
-    } else if K == Q5_0 {
-        isum = _mm256_sub_epi32(isum, _mm256_set1_epi32(sa.wrapping_mul(16)));
+    let (mut i0, mut i1) = hsum8_groups(s);
+    let offset = match K {
+        Q4_0 => 8,
+        Q5_0 => 16,
+        _ => 0,
+    };
+    if offset != 0 {
+        i0 = _mm256_sub_epi32(i0, _mm256_set1_epi32(ba.sa0.wrapping_mul(offset)));
+        i1 = _mm256_sub_epi32(i1, _mm256_set1_epi32(ba.sa1.wrapping_mul(offset)));
     }
     // SAFETY: every block type here starts with at least 4 bytes (`d`, then `m` or data).
     let (dw, mw) = unsafe { scales8(p, off) };
-    let t = _mm256_mul_ps(_mm256_mul_ps(dw, da), _mm256_cvtepi32_ps(isum));
+    let t = _mm256_add_ps(
+        _mm256_mul_ps(_mm256_mul_ps(dw, ba.da0), _mm256_cvtepi32_ps(i0)),
+        _mm256_mul_ps(_mm256_mul_ps(dw, ba.da1), _mm256_cvtepi32_ps(i1)),
+    );
     if K == Q4_1 || K == Q5_1 {
-        _mm256_add_ps(
-            t,
-            _mm256_mul_ps(_mm256_mul_ps(mw, da), _mm256_set1_ps(sa as f32)),
-        )
+        _mm256_add_ps(t, _mm256_mul_ps(mw, ba.c))
     } else {
         t
     }
@@ -242,9 +261,17 @@ unsafe fn gemv<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
             }
             // SAFETY: `check_gemv` proved `acts.qs` holds `nb * QK` values.
             let a = unsafe { _mm256_loadu_si256(acts.qs.as_ptr().add(b * QK).cast()) };
-            let da = _mm256_set1_ps(acts.d[b]);
+            let (da0, da1) = (acts.d[2 * b], acts.d[2 * b + 1]);
+            let (sa0, sa1) = (acts.sums[2 * b], acts.sums[2 * b + 1]);
+            let ba = BlockActs {
+                da0: _mm256_set1_ps(da0),
+                da1: _mm256_set1_ps(da1),
+                sa0,
+                sa1,
+                c: _mm256_set1_ps(da0 * sa0 as f32 + da1 * sa1 as f32),
+            };
             // SAFETY: block `b` of each row lies inside its row (`b < nb`).
-            let t = unsafe { block_term8::<K>(&p, b * bb, a, da, acts.sums[b]) };
+            let t = unsafe { block_term8::<K>(&p, b * bb, a, &ba) };
             acc = _mm256_add_ps(acc, t);
         }
         let mut tmp = [0.0f32; 8];
@@ -311,8 +338,11 @@ pub unsafe fn avx2_gemv_q8_0(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
     unsafe { gemv::<Q8_0>(w, acts, out) }
 }
 
-/// AVX2 [`crate::scalar::quantize_acts`], bit-exact: the same `amax / 127`, the same
-/// multiply by the inverse, and `vcvtps2dq`, which rounds to nearest even.
+/// AVX2 [`crate::scalar::quantize_acts`], bit-exact: the same `amax / 127` per group of
+/// [`crate::acts::QS`], the same multiply by the inverse, and `vcvtps2dq`, which rounds to
+/// nearest even.
+/// A group whose `d` is zero or subnormal is multiplied by 0 instead of `1/d` (finite inputs
+/// give 0, as the rule says).
 ///
 /// # Safety
 ///
@@ -333,36 +363,38 @@ pub unsafe fn avx2_quantize_acts(x: &[f32], out: &mut ActsQ8Mut<'_>) {
                 _mm256_loadu_ps(p.add(24)),
             ]
         };
-        let m01 = _mm256_max_ps(_mm256_and_ps(v[0], abs_mask), _mm256_and_ps(v[1], abs_mask));
-        let m23 = _mm256_max_ps(_mm256_and_ps(v[2], abs_mask), _mm256_and_ps(v[3], abs_mask));
-        let m = _mm256_max_ps(m01, m23);
-        let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
-        let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-        let m1 = _mm_max_ss(m2, _mm_shuffle_ps::<0b01>(m2, m2));
-        let amax = _mm_cvtss_f32(m1);
-        let d = amax / 127.0;
-        let qb = &mut out.qs[b * QK..(b + 1) * QK];
-        if d < f32::MIN_POSITIVE {
-            qb.fill(0);
-            out.d[b] = 0.0;
-            out.sums[b] = 0;
-            continue;
-        }
-        let id = _mm256_set1_ps(1.0 / d);
-        let i0 = _mm256_cvtps_epi32(_mm256_mul_ps(v[0], id));
-        let i1 = _mm256_cvtps_epi32(_mm256_mul_ps(v[1], id));
-        let i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v[2], id));
-        let i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v[3], id));
-        let s = _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3));
+        // Group 0 is v[0], v[1]; group 1 is v[2], v[3].
+        let m0 = _mm256_max_ps(_mm256_and_ps(v[0], abs_mask), _mm256_and_ps(v[1], abs_mask));
+        let m1 = _mm256_max_ps(_mm256_and_ps(v[2], abs_mask), _mm256_and_ps(v[3], abs_mask));
+        // [4 candidates of group 0 | 4 of group 1], then max within each 128-bit lane.
+        let m = _mm256_max_ps(
+            _mm256_permute2f128_ps::<0x20>(m0, m1),
+            _mm256_permute2f128_ps::<0x31>(m0, m1),
+        );
+        let m = _mm256_max_ps(m, _mm256_permute_ps::<0b01_00_11_10>(m));
+        let m = _mm256_max_ps(m, _mm256_permute_ps::<0b10_11_00_01>(m));
+        let amax0 = _mm256_cvtss_f32(m);
+        let amax1 = _mm_cvtss_f32(_mm256_extractf128_ps::<1>(m));
+        let (d0, d1) = (amax0 / 127.0, amax1 / 127.0);
+        let inv = |d: f32| if d < f32::MIN_POSITIVE { 0.0 } else { 1.0 / d };
+        let (id0, id1) = (_mm256_set1_ps(inv(d0)), _mm256_set1_ps(inv(d1)));
+        let i0 = _mm256_cvtps_epi32(_mm256_mul_ps(v[0], id0));
+        let i1 = _mm256_cvtps_epi32(_mm256_mul_ps(v[1], id0));
+        let i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v[2], id1));
+        let i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v[3], id1));
+        // Group sums: [g0 g0 g1 g1 | g0 g0 g1 g1] after one hadd, then add the 128-bit halves.
+        let s = _mm256_hadd_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3));
         let s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
-        let s2 = _mm_add_epi32(s4, _mm_shuffle_epi32::<0b00_00_11_10>(s4));
-        let s1 = _mm_add_epi32(s2, _mm_shuffle_epi32::<0b00_00_00_01>(s2));
+        let s2 = _mm_hadd_epi32(s4, s4);
         // Pack to i8: the in-lane packs interleave 4-value groups, the permute restores order.
         let p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
         let q = _mm256_permutevar8x32_epi32(p, order);
-        // SAFETY: `qb` holds exactly 32 bytes.
-        unsafe { _mm256_storeu_si256(qb.as_mut_ptr().cast(), q) };
-        out.d[b] = d;
-        out.sums[b] = _mm_cvtsi128_si32(s1);
+        // SAFETY: block `b` of `out.qs` holds exactly 32 bytes (`check_acts`).
+        unsafe { _mm256_storeu_si256(out.qs.as_mut_ptr().add(b * QK).cast(), q) };
+        let g = 2 * b;
+        out.d[g] = if d0 < f32::MIN_POSITIVE { 0.0 } else { d0 };
+        out.d[g + 1] = if d1 < f32::MIN_POSITIVE { 0.0 } else { d1 };
+        out.sums[g] = _mm_cvtsi128_si32(s2);
+        out.sums[g + 1] = _mm_extract_epi32::<1>(s2);
     }
 }
