@@ -153,6 +153,9 @@ pub(crate) fn reduce_lanes(acc: &[f32; 8]) -> f32 {
 }
 
 /// Dequantizes `dst.len() / 256` Q4_K super-blocks from `src` into `dst`.
+///
+/// # Panics
+/// On the argument errors listed in the module documentation.
 pub fn dequantize_q4_k(src: &[u8], dst: &mut [f32]) {
     let nsb = check_dequantize(src, dst, Q4_K_BLOCK_BYTES);
     for (blk, out) in src[..nsb * Q4_K_BLOCK_BYTES]
@@ -177,6 +180,9 @@ pub fn dequantize_q4_k(src: &[u8], dst: &mut [f32]) {
 }
 
 /// Dequantizes `dst.len() / 256` Q5_K super-blocks from `src` into `dst`.
+///
+/// # Panics
+/// On the argument errors listed in the module documentation.
 pub fn dequantize_q5_k(src: &[u8], dst: &mut [f32]) {
     let nsb = check_dequantize(src, dst, Q5_K_BLOCK_BYTES);
     for (blk, out) in src[..nsb * Q5_K_BLOCK_BYTES]
@@ -217,6 +223,9 @@ fn q6_k_half<'a>(ql: &'a [u8], qh: &'a [u8], j: usize, k: usize) -> impl Iterato
 }
 
 /// Dequantizes `dst.len() / 256` Q6_K super-blocks from `src` into `dst`.
+///
+/// # Panics
+/// On the argument errors listed in the module documentation.
 pub fn dequantize_q6_k(src: &[u8], dst: &mut [f32]) {
     let nsb = check_dequantize(src, dst, Q6_K_BLOCK_BYTES);
     for (blk, out) in src[..nsb * Q6_K_BLOCK_BYTES]
@@ -238,6 +247,9 @@ pub fn dequantize_q6_k(src: &[u8], dst: &mut [f32]) {
 
 /// Q4_K weights times int8 activations: `out[r] = Σ_c W[r][c] * a[c]`, in the order given in the
 /// module documentation.
+///
+/// # Panics
+/// On the argument errors listed in the module documentation.
 pub fn gemv_q4_k(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
     let row_bytes = check_gemv(w, acts, out, Q4_K_BLOCK_BYTES);
     for (r, y) in out.iter_mut().enumerate() {
@@ -270,6 +282,9 @@ pub fn gemv_q4_k(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
 
 /// Q5_K weights times int8 activations: `out[r] = Σ_c W[r][c] * a[c]`, in the order given in the
 /// module documentation.
+///
+/// # Panics
+/// On the argument errors listed in the module documentation.
 pub fn gemv_q5_k(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
     let row_bytes = check_gemv(w, acts, out, Q5_K_BLOCK_BYTES);
     for (r, y) in out.iter_mut().enumerate() {
@@ -307,6 +322,9 @@ pub fn gemv_q5_k(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
 
 /// Q6_K weights times int8 activations: `out[r] = Σ_c W[r][c] * a[c]`, in the order given in the
 /// module documentation.
+///
+/// # Panics
+/// On the argument errors listed in the module documentation.
 pub fn gemv_q6_k(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
     let row_bytes = check_gemv(w, acts, out, Q6_K_BLOCK_BYTES);
     for (r, y) in out.iter_mut().enumerate() {
