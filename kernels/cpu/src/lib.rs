@@ -16,9 +16,10 @@ pub mod types;
 
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;
-#[cfg(target_arch = "x86_64")]
+// The x86 kernels need the SSE2 float ABI, which soft-float targets (x86_64-unknown-none) lack.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 pub mod x86;
 
 pub use acts::{ActsQ8, ActsQ8Mut, QK};
-// pub use dispatch::{CpuFeatures, Kernels, Tier};
+pub use dispatch::{CpuFeature, CpuFeatures, KernelError, Kernels, Tier};
 pub use types::GgmlType;

@@ -1,2 +1,83 @@
-//! The `edgellm` command line.
-fn main() {}
+//! The `edgellm` command line: run a prompt, print logits or tokens, inspect a model file, benchmark.
+
+mod bench;
+mod chat;
+mod generate;
+mod load;
+mod run;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// The board this binary was built for.
+#[cfg(feature = "board-host")]
+pub const BOARD: edgellm_board::Board = edgellm_board_host::BOARD;
+
+#[derive(Parser)]
+#[command(
+    name = "edgellm",
+    version,
+    about = "Run small language models on single-board computers with deterministic latency",
+    long_about = None
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a continuation of a prompt and stream it to stdout.
+    Run(run::RunArgs),
+    /// Write the logits of the last prompt position as little-endian f32 (raw prompt, no template).
+    Logits(run::LogitsArgs),
+    /// Print the token ids of a text as a JSON array (no BOS).
+    Tokenize(run::TokenizeArgs),
+    /// Print a model file's metadata and tensor table.
+    Inspect {
+        /// Model file (GGUF).
+        path: PathBuf,
+        /// Print every element of metadata arrays instead of the first few.
+        #[arg(long)]
+        full: bool,
+    },
+    /// Measure prefill and decode speed and per-token latency.
+    Bench(bench::BenchArgs),
+}
+
+/// Options shared by every command that loads a model.
+#[derive(Args, Clone, Debug)]
+pub struct ModelArgs {
+    /// Model file (GGUF).
+    #[arg(short, long)]
+    pub model: PathBuf,
+    /// Worker threads for the forward pass (default: the board's).
+    #[arg(short, long)]
+    pub threads: Option<usize>,
+    /// Kernel tier to force: scalar, avx2, neon, neon-dotprod (default: the best the CPU has;
+    /// also settable with EDGELLM_KERNELS).
+    #[arg(long)]
+    pub kernels: Option<String>,
+    /// Context length in tokens (default: the board's, at most the model's).
+    #[arg(short, long)]
+    pub context: Option<usize>,
+    /// Reference numeric path: dequantized weights and f32 activations (slow, for checking).
+    #[arg(long)]
+    pub exact: bool,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result: Result<()> = match cli.cmd {
+        Command::Run(a) => run::run(a),
+        Command::Logits(a) => run::logits(a),
+        Command::Tokenize(a) => run::tokenize(a),
+        Command::Inspect { path, full } => load::inspect(&path, full),
+        Command::Bench(a) => bench::bench(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -9,4 +9,9 @@ extern crate alloc;
 
 pub use edgellm_kernels as kernels;
 
+pub mod gguf;
+pub mod model;
 pub mod parallel;
+pub mod sampler;
+pub mod session;
+pub mod tokenizer;

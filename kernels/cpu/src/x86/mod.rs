@@ -1,2 +1,12 @@
-//! AVX2 kernels for x86-64.
+//! AVX2 kernels for x86-64 (AVX2 + FMA + F16C).
+//!
+//! Every kernel is a `#[target_feature(enable = "avx2,fma,f16c")] unsafe fn` whose only safety
+//! condition is that the CPU has those features; the dispatch table calls them after checking.
+//! They check slice shapes themselves (panicking like the scalar kernels), so any slices are sound.
+
+pub mod float;
+pub mod legacy;
 pub mod kquants;
+
+pub use float::*;
+pub use legacy::*;

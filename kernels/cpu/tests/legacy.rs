@@ -1,0 +1,737 @@
+//! Tests of every legacy-type and float kernel of every tier this machine can run against the
+//! scalar specification, and of the scalar dequantizers against the GGUF reference values in
+//! `tests/data` (made by `gen_legacy_fixture.py` with the `gguf` Python package).
+
+use edgellm_kernels::scalar;
+use edgellm_kernels::{ActsQ8, ActsQ8Mut, CpuFeatures, GgmlType, KernelError, Kernels, Tier, QK};
+use half::f16;
+
+// ---------------------------------------------------------------------------------------------
+// Named tolerances
+
+/// Two evaluations of the same n-term float sum in different orders (each with at most n
+/// roundings of relative size `eps`) differ by at most `2 n eps Σ|terms|`; we use that bound.
+fn sum_order_tol(n: usize, abs_terms: f32) -> f32 {
+    2.0 * n.max(1) as f32 * f32::EPSILON * abs_terms + f32::MIN_POSITIVE
+}
+
+/// int8 activations round each `x` by at most `d/2`, so a quantized gemv row differs from the
+/// exact one by at most `Σ_b (d_b / 2) Σ_{c in b} |W[c]|`, plus the float rounding of both sums.
+fn act_q8_tol(row: &[f32], x: &[f32], acts: &ActsQ8<'_>) -> f32 {
+    let mut quant = 0.0f32;
+    let mut abs_terms = 0.0f32;
+    for (b, (wb, xb)) in row.chunks(QK).zip(x.chunks(QK)).enumerate() {
+        let wsum: f32 = wb.iter().map(|w| w.abs()).sum();
+        quant += acts.d[b] * 0.5 * wsum;
+        abs_terms += wb.iter().zip(xb).map(|(w, x)| (w * x).abs()).sum::<f32>();
+    }
+    1.001 * quant + 4.0 * sum_order_tol(row.len(), abs_terms + quant)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deterministic random data
+
+/// xorshift64*: small, seeded, reproducible.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+    fn unit(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+    /// Roughly normal, mean 0, deviation `s`.
+    fn normal(&mut self, s: f32) -> f32 {
+        let u: f32 = (0..4).map(|_| self.unit()).sum::<f32>() - 2.0;
+        u * s * 1.7
+    }
+    fn fill_bytes(&mut self, b: &mut [u8]) {
+        for v in b {
+            *v = self.next_u64() as u8;
+        }
+    }
+}
+
+/// How the f16 scales (`d`, `m`) of random blocks are chosen.
+#[derive(Clone, Copy, Debug)]
+enum Scales {
+    /// Ordinary scales of both signs.
+    Typical,
+    /// Every scale is +0.
+    Zero,
+    /// Every scale is negative.
+    Negative,
+    /// Every scale is an f16 subnormal.
+    Subnormal,
+    /// Every scale is ±65504, the largest f16.
+    Max,
+}
+
+fn scale_bits(rng: &mut Rng, s: Scales) -> u16 {
+    match s {
+        Scales::Typical => f16::from_f32(rng.normal(0.05)).to_bits(),
+        Scales::Zero => 0,
+        Scales::Negative => f16::from_f32(-(rng.unit() * 0.1 + 1e-3)).to_bits(),
+        Scales::Subnormal => (1 + rng.below(0x3FF) as u16) | ((rng.below(2) as u16) << 15),
+        Scales::Max => 0x7BFF | ((rng.below(2) as u16) << 15),
+    }
+}
+
+/// Offsets of the f16 scale fields in a block.
+fn scale_fields(ty: GgmlType) -> &'static [usize] {
+    match ty {
+        GgmlType::Q4_1 | GgmlType::Q5_1 => &[0, 2],
+        _ => &[0],
+    }
+}
+
+/// How the quantized values of random blocks are chosen.
+#[derive(Clone, Copy, Debug)]
+enum Quants {
+    Random,
+    /// Every byte zero (Q4_0: all -8, Q8_0: all 0...).
+    AllZero,
+    /// Every byte 0xFF (largest unsigned nibbles and high bits, Q8_0 -1).
+    AllOnes,
+    /// Q8_0 bytes at the extremes -128 and 127.
+    Extremes,
+}
+
+fn random_rows(
+    rng: &mut Rng,
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    s: Scales,
+    q: Quants,
+) -> Vec<u8> {
+    let bb = ty.block_bytes();
+    let nblocks = rows * cols / QK;
+    let mut w = vec![0u8; nblocks * bb];
+    for blk in w.chunks_exact_mut(bb) {
+        match q {
+            Quants::Random => rng.fill_bytes(blk),
+            Quants::AllZero => blk.fill(0),
+            Quants::AllOnes => blk.fill(0xFF),
+            Quants::Extremes => {
+                for v in blk.iter_mut() {
+                    *v = if rng.below(2) == 0 { 0x80 } else { 0x7F };
+                }
+            }
+        }
+        for &off in scale_fields(ty) {
+            blk[off..off + 2].copy_from_slice(&scale_bits(rng, s).to_le_bytes());
+        }
+    }
+    w
+}
+
+/// How random activations are chosen.
+#[derive(Clone, Copy, Debug)]
+enum Acts {
+    Typical,
+    Zero,
+    /// Large values of both signs (1e4), so `q` reaches ±127.
+    Large,
+    /// f32 subnormals and tiny normals: blocks with `d` below `f32::MIN_POSITIVE` quantize to 0.
+    Tiny,
+    /// A mix of exact halves: ties that must round to even.
+    Ties,
+}
+
+fn random_x(rng: &mut Rng, n: usize, a: Acts) -> Vec<f32> {
+    (0..n)
+        .map(|i| match a {
+            Acts::Typical => rng.normal(1.0),
+            Acts::Zero => 0.0,
+            Acts::Large => (if rng.below(2) == 0 { 1e4 } else { -1e4 }) * (0.5 + rng.unit()),
+            Acts::Tiny => {
+                f32::from_bits(rng.below(0x0100_0000) as u32) * if i % 2 == 0 { 1.0 } else { -1.0 }
+            }
+            // amax 127 gives d = 1 and id = 1, so x = k + 0.5 is an exact tie.
+            Acts::Ties => {
+                if i % QK == 0 {
+                    127.0
+                } else {
+                    (rng.below(200) as f32 - 100.0) + 0.5
+                }
+            }
+        })
+        .collect()
+}
+
+/// Owned quantized activations.
+struct OwnedActs {
+    qs: Vec<i8>,
+    d: Vec<f32>,
+    sums: Vec<i32>,
+}
+
+impl OwnedActs {
+    fn new(n: usize) -> Self {
+        OwnedActs {
+            qs: vec![0; n],
+            d: vec![0.0; n / QK],
+            sums: vec![0; n / QK],
+        }
+    }
+    fn view(&self) -> ActsQ8<'_> {
+        ActsQ8 {
+            qs: &self.qs,
+            d: &self.d,
+            sums: &self.sums,
+        }
+    }
+    fn quantize(k: &Kernels, x: &[f32]) -> Self {
+        let mut a = Self::new(x.len());
+        k.quantize_acts(
+            x,
+            &mut ActsQ8Mut {
+                qs: &mut a.qs,
+                d: &mut a.d,
+                sums: &mut a.sums,
+            },
+        );
+        a
+    }
+}
+
+/// Every kernel set this machine can run (always includes scalar).
+fn tiers() -> Vec<Kernels> {
+    let f = CpuFeatures::detect();
+    Tier::ALL
+        .into_iter()
+        .filter_map(|t| Kernels::with_tier(t, &f).ok())
+        .collect()
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Quantized gemv: every tier bit-exact with the scalar spec
+
+/// Shapes: fixed ones (the SmolLM2 dims, row counts around the 4-row step) and random ones.
+fn shapes(rng: &mut Rng) -> Vec<(usize, usize)> {
+    let mut v = vec![
+        (0, 32),
+        (1, 32),
+        (2, 64),
+        (3, 96),
+        (4, 32),
+        (5, 576),
+        (7, 1536),
+        (9, 576),
+        (3, 0),
+    ];
+    for _ in 0..24 {
+        v.push((rng.below(14), QK * (1 + rng.below(48))));
+    }
+    v
+}
+
+fn check_gemv_q8(ty: GgmlType, s: Scales, q: Quants, a: Acts, seed: u64) {
+    let spec = Kernels::scalar();
+    let mut rng = Rng::new(seed ^ ty.id() as u64);
+    for (rows, cols) in shapes(&mut rng) {
+        let w = random_rows(&mut rng, ty, rows, cols, s, q);
+        let x = random_x(&mut rng, cols, a);
+        let acts = OwnedActs::quantize(&spec, &x);
+        let mut want = vec![f32::NAN; rows];
+        spec.gemv(ty, &w, &x, &acts.view(), &mut want);
+        for k in tiers() {
+            let mut got = vec![f32::NAN; rows];
+            k.gemv(ty, &w, &x, &acts.view(), &mut got);
+            assert_eq!(
+                bits(&got),
+                bits(&want),
+                "{ty} gemv on tier {} differs from the spec: {rows}x{cols}, {s:?} scales, {q:?} \
+                 quants, {a:?} acts\n got {got:?}\nwant {want:?}",
+                k.tier()
+            );
+        }
+    }
+}
+
+fn check_gemv_vs_exact(ty: GgmlType, seed: u64) {
+    let mut rng = Rng::new(seed ^ ty.id() as u64);
+    for k in tiers() {
+        for (rows, cols) in shapes(&mut rng) {
+            let w = random_rows(&mut rng, ty, rows, cols, Scales::Typical, Quants::Random);
+            let x = random_x(&mut rng, cols, Acts::Typical);
+            let acts = OwnedActs::quantize(&k, &x);
+            let (mut fast, mut exact) = (vec![0.0; rows], vec![0.0; rows]);
+            let mut scratch = vec![0.0; cols];
+            k.gemv(ty, &w, &x, &acts.view(), &mut fast);
+            k.gemv_exact(ty, &w, &x, &mut exact, &mut scratch);
+            let rb = w.len() / rows.max(1);
+            for r in 0..rows {
+                let mut row = vec![0.0; cols];
+                scalar::dequantize_row(ty, &w[r * rb..(r + 1) * rb], &mut row).unwrap();
+                let tol = act_q8_tol(&row, &x, &acts.view());
+                assert!(
+                    (fast[r] - exact[r]).abs() <= tol,
+                    "{ty} tier {}: row {r} of {rows}x{cols}: int8 path {} vs exact {} (tolerance {tol})",
+                    k.tier(),
+                    fast[r],
+                    exact[r]
+                );
+            }
+        }
+    }
+}
+
+macro_rules! gemv_q8_tests {
+    ($($name:ident: $ty:expr;)*) => {$(
+        mod $name {
+            use super::*;
+            const TY: GgmlType = $ty;
+
+            #[test]
+            fn random_bit_exact() {
+                check_gemv_q8(TY, Scales::Typical, Quants::Random, Acts::Typical, 1);
+            }
+            #[test]
+            fn all_zero_blocks() {
+                check_gemv_q8(TY, Scales::Typical, Quants::AllZero, Acts::Typical, 2);
+                check_gemv_q8(TY, Scales::Typical, Quants::Random, Acts::Zero, 3);
+            }
+            #[test]
+            fn max_magnitude() {
+                check_gemv_q8(TY, Scales::Max, Quants::AllOnes, Acts::Large, 4);
+                check_gemv_q8(TY, Scales::Max, Quants::Extremes, Acts::Large, 5);
+                check_gemv_q8(TY, Scales::Typical, Quants::Extremes, Acts::Large, 6);
+            }
+            #[test]
+            fn zero_scale() {
+                check_gemv_q8(TY, Scales::Zero, Quants::Random, Acts::Typical, 7);
+            }
+            #[test]
+            fn negative_scales() {
+                check_gemv_q8(TY, Scales::Negative, Quants::Random, Acts::Typical, 8);
+            }
+            #[test]
+            fn subnormal_scales() {
+                check_gemv_q8(TY, Scales::Subnormal, Quants::Random, Acts::Typical, 9);
+            }
+            #[test]
+            fn tiny_and_tie_activations() {
+                check_gemv_q8(TY, Scales::Typical, Quants::Random, Acts::Tiny, 10);
+                check_gemv_q8(TY, Scales::Typical, Quants::Random, Acts::Ties, 11);
+            }
+            #[test]
+            fn close_to_exact_path() {
+                check_gemv_vs_exact(TY, 12);
+            }
+        }
+    )*};
+}
+
+gemv_q8_tests! {
+    q4_0: GgmlType::Q4_0;
+    q4_1: GgmlType::Q4_1;
+    q5_0: GgmlType::Q5_0;
+    q5_1: GgmlType::Q5_1;
+    q8_0: GgmlType::Q8_0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Float-weight gemv: within the sum-order tolerance of the spec
+
+fn float_row_bytes(rng: &mut Rng, ty: GgmlType, n: usize) -> Vec<u8> {
+    let mut w = Vec::with_capacity(n * ty.block_bytes());
+    for _ in 0..n {
+        let v = rng.normal(0.5);
+        match ty {
+            GgmlType::F32 => w.extend_from_slice(&v.to_le_bytes()),
+            GgmlType::F16 => w.extend_from_slice(&f16::from_f32(v).to_bits().to_le_bytes()),
+            _ => w.extend_from_slice(&((v.to_bits() >> 16) as u16).to_le_bytes()),
+        }
+    }
+    w
+}
+
+fn check_gemv_float(ty: GgmlType, seed: u64) {
+    let spec = Kernels::scalar();
+    let mut rng = Rng::new(seed);
+    let mut cases = vec![
+        (1, 0),
+        (2, 1),
+        (3, 7),
+        (4, 8),
+        (5, 31),
+        (1, 32),
+        (6, 33),
+        (2, 576),
+        (3, 1536),
+    ];
+    for _ in 0..40 {
+        cases.push((rng.below(9), rng.below(300)));
+    }
+    for (rows, cols) in cases {
+        let w = float_row_bytes(&mut rng, ty, rows * cols);
+        let x = random_x(&mut rng, cols, Acts::Typical);
+        let dummy = OwnedActs::new(0);
+        let mut want = vec![f32::NAN; rows];
+        spec.gemv(ty, &w, &x, &dummy.view(), &mut want);
+        let mut row = vec![0.0; cols];
+        for k in tiers() {
+            let mut got = vec![f32::NAN; rows];
+            k.gemv(ty, &w, &x, &dummy.view(), &mut got);
+            for r in 0..rows {
+                let rb = cols * ty.block_bytes();
+                scalar::dequantize_row(ty, &w[r * rb..(r + 1) * rb], &mut row).unwrap();
+                let abs: f32 = row.iter().zip(&x).map(|(a, b)| (a * b).abs()).sum();
+                let tol = sum_order_tol(cols, abs);
+                assert!(
+                    (got[r] - want[r]).abs() <= tol,
+                    "{ty} gemv tier {}: row {r} of {rows}x{cols}: {} vs spec {} (tolerance {tol})",
+                    k.tier(),
+                    got[r],
+                    want[r]
+                );
+            }
+        }
+    }
+}
+
+macro_rules! gemv_float_tests {
+    ($($name:ident: $ty:expr;)*) => {$(
+        #[test]
+        fn $name() {
+            check_gemv_float($ty, 100 + $ty.id() as u64);
+        }
+    )*};
+}
+
+gemv_float_tests! {
+    gemv_f32w_f32: GgmlType::F32;
+    gemv_f32w_f16: GgmlType::F16;
+    gemv_f32w_bf16: GgmlType::BF16;
+}
+
+#[test]
+fn dot_f32_within_tolerance() {
+    let mut rng = Rng::new(200);
+    for n in (0..70).chain([576, 1536, 4097]) {
+        let a = random_x(&mut rng, n, Acts::Typical);
+        let b = random_x(&mut rng, n, Acts::Typical);
+        let want = scalar::dot_f32(&a, &b);
+        let abs: f32 = a.iter().zip(&b).map(|(x, y)| (x * y).abs()).sum();
+        for k in tiers() {
+            let got = k.dot_f32(&a, &b);
+            let tol = sum_order_tol(n, abs);
+            assert!(
+                (got - want).abs() <= tol,
+                "dot_f32 tier {} n={n}: {got} vs {want} (tol {tol})",
+                k.tier()
+            );
+        }
+    }
+}
+
+#[test]
+fn axpy_f32_bit_exact() {
+    let mut rng = Rng::new(201);
+    for n in (0..40).chain([576, 1537]) {
+        let x = random_x(&mut rng, n, Acts::Typical);
+        let y0 = random_x(&mut rng, n, Acts::Typical);
+        let a = rng.normal(2.0);
+        let mut want = y0.clone();
+        scalar::axpy_f32(a, &x, &mut want);
+        for k in tiers() {
+            let mut got = y0.clone();
+            k.axpy_f32(a, &x, &mut got);
+            assert_eq!(bits(&got), bits(&want), "axpy_f32 tier {} n={n}", k.tier());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Activation quantizer: bit-exact on every tier, and the rule itself
+
+#[test]
+fn quantize_acts_bit_exact() {
+    let spec = Kernels::scalar();
+    let mut rng = Rng::new(300);
+    for a in [
+        Acts::Typical,
+        Acts::Zero,
+        Acts::Large,
+        Acts::Tiny,
+        Acts::Ties,
+    ] {
+        for blocks in [0, 1, 2, 3, 18, 48] {
+            let x = random_x(&mut rng, blocks * QK, a);
+            let want = OwnedActs::quantize(&spec, &x);
+            for k in tiers() {
+                let got = OwnedActs::quantize(&k, &x);
+                assert_eq!(
+                    got.qs,
+                    want.qs,
+                    "quantize_acts qs, tier {}, {a:?}",
+                    k.tier()
+                );
+                assert_eq!(
+                    bits(&got.d),
+                    bits(&want.d),
+                    "quantize_acts d, tier {}, {a:?}",
+                    k.tier()
+                );
+                assert_eq!(
+                    got.sums,
+                    want.sums,
+                    "quantize_acts sums, tier {}, {a:?}",
+                    k.tier()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn quantize_acts_rule() {
+    let spec = Kernels::scalar();
+    let mut rng = Rng::new(301);
+    for a in [
+        Acts::Typical,
+        Acts::Large,
+        Acts::Tiny,
+        Acts::Ties,
+        Acts::Zero,
+    ] {
+        let x = random_x(&mut rng, 8 * QK, a);
+        let q = OwnedActs::quantize(&spec, &x);
+        for (b, xb) in x.chunks(QK).enumerate() {
+            let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let qb = &q.qs[b * QK..(b + 1) * QK];
+            assert_eq!(
+                q.sums[b],
+                qb.iter().map(|&v| v as i32).sum::<i32>(),
+                "sums[{b}]"
+            );
+            assert!(qb.iter().all(|&v| v != -128), "-128 produced");
+            if d < f32::MIN_POSITIVE {
+                assert_eq!(q.d[b], 0.0);
+                assert!(qb.iter().all(|&v| v == 0));
+                continue;
+            }
+            assert_eq!(q.d[b].to_bits(), d.to_bits());
+            for (&v, &xv) in qb.iter().zip(xb) {
+                assert_eq!(v as f32, (xv * (1.0 / d)).round_ties_even(), "x = {xv}");
+            }
+        }
+    }
+    // Ties go to even: amax 127 gives d = 1.
+    let mut x = [0.0f32; QK];
+    x[0] = 127.0;
+    x[1..6].copy_from_slice(&[2.5, 3.5, -2.5, -0.5, 0.5]);
+    let q = OwnedActs::quantize(&spec, &x);
+    assert_eq!(&q.qs[..6], &[127, 2, 4, -2, 0, 0]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scalar dequantization pinned to the GGUF reference implementation
+
+fn fixture(name: &str) -> (Vec<u8>, Vec<f32>) {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/");
+    let blocks = std::fs::read(format!("{dir}{name}.blocks")).expect("fixture blocks");
+    let f = std::fs::read(format!("{dir}{name}.f32")).expect("fixture values");
+    let vals = f
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    (blocks, vals)
+}
+
+macro_rules! dequant_fixture_tests {
+    ($($name:ident: $ty:expr;)*) => {$(
+        #[test]
+        fn $name() {
+            let ty: GgmlType = $ty;
+            let (blocks, want) = fixture(ty.name());
+            assert!(want.len() >= 256, "fixture too small");
+            let mut got = vec![f32::NAN; want.len()];
+            scalar::dequantize_row(ty, &blocks, &mut got).unwrap();
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(g.to_bits(), w.to_bits(), "{ty} value {i}: {g} vs gguf reference {w}");
+            }
+        }
+    )*};
+}
+
+dequant_fixture_tests! {
+    dequantize_q4_0_matches_gguf: GgmlType::Q4_0;
+    dequantize_q4_1_matches_gguf: GgmlType::Q4_1;
+    dequantize_q5_0_matches_gguf: GgmlType::Q5_0;
+    dequantize_q5_1_matches_gguf: GgmlType::Q5_1;
+    dequantize_q8_0_matches_gguf: GgmlType::Q8_0;
+    dequantize_f32_matches_gguf: GgmlType::F32;
+    dequantize_f16_matches_gguf: GgmlType::F16;
+    dequantize_bf16_matches_gguf: GgmlType::BF16;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dispatch
+
+#[test]
+fn tier_names_round_trip() {
+    for t in Tier::ALL {
+        assert_eq!(t.name().parse::<Tier>(), Ok(t));
+        assert_eq!(t.to_string(), t.name());
+    }
+    assert_eq!("sse".parse::<Tier>(), Err(KernelError::UnknownTier));
+}
+
+#[test]
+fn detect_picks_the_best_available_tier() {
+    let f = CpuFeatures::detect();
+    let k = Kernels::detect();
+    assert_eq!(k.tier(), f.best_tier());
+    let avail: Vec<Tier> = tiers().iter().map(|k| k.tier()).collect();
+    assert!(avail.contains(&Tier::Scalar));
+    assert!(avail.contains(&k.tier()));
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("fma")
+        && std::is_x86_feature_detected!("f16c")
+    {
+        assert_eq!(k.tier(), Tier::Avx2);
+        assert!(
+            k.describe()
+                .to_string()
+                .starts_with("avx2: q4_0 q4_1 q5_0 q5_1 q8_0 f16 f32 bf16"),
+            "{}",
+            k.describe()
+        );
+    }
+}
+
+#[test]
+fn refuses_tiers_the_cpu_lacks() {
+    let none = CpuFeatures::none();
+    for t in [Tier::Avx2, Tier::Neon, Tier::NeonDotprod] {
+        let e = Kernels::with_tier(t, &none).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains(t.name()) && msg.contains("needs"), "{msg}");
+    }
+    assert_eq!(
+        Kernels::with_tier(Tier::Scalar, &none).unwrap().tier(),
+        Tier::Scalar
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        let e = Kernels::with_tier(Tier::Neon, &CpuFeatures::detect()).unwrap_err();
+        assert!(e.to_string().contains("aarch64"), "{e}");
+    }
+}
+
+#[test]
+fn supported_types_and_description() {
+    let k = Kernels::scalar();
+    for ty in [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::BF16,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+    ] {
+        assert!(k.supports(ty), "{ty}");
+        assert_eq!(k.kernel_tier(ty), Some(Tier::Scalar));
+    }
+    for ty in [
+        GgmlType::Q8_1,
+        GgmlType::Q2_K,
+        GgmlType::IQ4_NL,
+        GgmlType::I8,
+    ] {
+        assert!(!k.supports(ty), "{ty}");
+    }
+    let d = k.describe().to_string();
+    assert!(
+        d.starts_with("scalar: q4_0 q4_1 q5_0 q5_1 q8_0 f16 f32 bf16"),
+        "{d}"
+    );
+    for t in tiers() {
+        let d = t.describe().to_string();
+        assert!(d.contains("q4_1") && d.contains("acts dot axpy"), "{d}");
+    }
+}
+
+#[test]
+#[should_panic(expected = "no CPU kernel for tensor type Q8_1")]
+fn gemv_panics_on_unsupported_type() {
+    let acts = OwnedActs::new(32);
+    Kernels::detect().gemv(
+        GgmlType::Q8_1,
+        &[0; 36],
+        &[0.0; 32],
+        &acts.view(),
+        &mut [0.0],
+    );
+}
+
+#[test]
+fn dequantize_row_refuses_unsupported_types() {
+    for ty in [
+        GgmlType::Q8_1,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+        GgmlType::IQ2_XXS,
+    ] {
+        let n = ty.block_len();
+        let src = vec![0u8; ty.block_bytes()];
+        let mut dst = vec![0.0; n];
+        assert_eq!(
+            scalar::dequantize_row(ty, &src, &mut dst),
+            Err(KernelError::UnsupportedType(ty))
+        );
+        assert_eq!(
+            scalar::gemv_exact(ty, &[], &vec![0.0; n], &mut [], &mut dst),
+            Err(KernelError::UnsupportedType(ty))
+        );
+    }
+}
+
+#[test]
+#[should_panic(expected = "weight bytes")]
+fn gemv_checks_weight_length() {
+    let k = Kernels::detect();
+    let x = [0.5f32; 64];
+    let acts = OwnedActs::quantize(&k, &x);
+    // Two rows of 64 Q4_1 values need 80 bytes.
+    k.gemv(GgmlType::Q4_1, &[0; 79], &x, &acts.view(), &mut [0.0; 2]);
+}
+
+#[test]
+fn rmsnorm_and_softmax() {
+    let k = Kernels::detect();
+    let x = [1.0f32, -2.0, 3.0, -4.0];
+    let g = [1.0f32, 1.0, 2.0, 0.5];
+    let mut out = [0.0; 4];
+    k.rmsnorm(&x, &g, 1e-5, &mut out);
+    let s = 1.0 / ((1.0 + 4.0 + 9.0 + 16.0) / 4.0f32 + 1e-5).sqrt();
+    for i in 0..4 {
+        assert!((out[i] - x[i] * s * g[i]).abs() < 1e-6);
+    }
+    let mut p = [1.0f32, 2.0, 3.0, 1000.0, -1000.0];
+    k.softmax_inplace(&mut p);
+    assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+    assert!(p[3] > 0.999 && p[4] == 0.0);
+}

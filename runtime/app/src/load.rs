@@ -1,0 +1,147 @@
+//! Opening a model file: memory-map it, parse and check it, pick the kernels, build the tokenizer.
+
+use anyhow::{bail, Context, Result};
+use edgellm_core::gguf::{Gguf, Value};
+use edgellm_core::model::Model;
+use edgellm_core::tokenizer::Tokenizer;
+use edgellm_kernels::{CpuFeatures, Kernels, Tier};
+use memmap2::Mmap;
+use std::fs::File;
+use std::path::Path;
+
+/// A memory-mapped model file.
+pub struct ModelFile {
+    map: Mmap,
+}
+
+impl ModelFile {
+    /// Maps `path` read-only.
+    pub fn open(path: &Path) -> Result<ModelFile> {
+        let file = File::open(path).with_context(|| format!("cannot open model {}", path.display()))?;
+        // SAFETY: the map is read-only and private to this process; the file is not expected to be
+        // truncated or rewritten while the program runs (the same contract every mmap-based model
+        // loader has). Every byte is validated by the GGUF parser before use.
+        let map = unsafe { Mmap::map(&file) }
+            .with_context(|| format!("cannot memory-map {}", path.display()))?;
+        Ok(ModelFile { map })
+    }
+
+    /// Parses the file as GGUF.
+    pub fn gguf(&self) -> Result<Gguf<'_>> {
+        Gguf::parse(&self.map).map_err(|e| anyhow::anyhow!("not a valid GGUF file: {e}"))
+    }
+}
+
+/// Chooses the kernel set: `forced` (flag), else `EDGELLM_KERNELS`, else the best the CPU has.
+pub fn kernels(forced: Option<&str>) -> Result<Kernels> {
+    let env = std::env::var("EDGELLM_KERNELS").ok();
+    let choice = forced.map(str::to_string).or(env.filter(|s| !s.is_empty()));
+    let k = match choice {
+        None => Kernels::detect(),
+        Some(name) => {
+            let tier: Tier = name.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+            Kernels::with_tier(tier, &CpuFeatures::detect()).map_err(|e| anyhow::anyhow!("{e}"))?
+        }
+    };
+    Ok(k)
+}
+
+/// A model ready to run: its parsed file, weights and tokenizer.
+pub struct Loaded<'a> {
+    pub gguf: Gguf<'a>,
+    pub model: Model<'a>,
+    pub tokenizer: Tokenizer,
+}
+
+impl<'a> Loaded<'a> {
+    /// Builds the model and tokenizer from a parsed file.
+    pub fn new(gguf: Gguf<'a>, kernels: &Kernels) -> Result<Loaded<'a>> {
+        let model = Model::from_gguf(&gguf, kernels).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let tokenizer = Tokenizer::from_gguf(&gguf).map_err(|e| anyhow::anyhow!("{e}"))?;
+        if tokenizer.vocab_size() != model.config.vocab_size {
+            bail!(
+                "the tokenizer has {} tokens but the embedding has {} rows",
+                tokenizer.vocab_size(),
+                model.config.vocab_size
+            );
+        }
+        Ok(Loaded { gguf, model, tokenizer })
+    }
+
+    /// The chat template stored in the file, if any.
+    pub fn chat_template(&self) -> Option<&'a str> {
+        self.gguf.get_str("tokenizer.chat_template")
+    }
+}
+
+fn value_str(v: &Value<'_>, full: bool) -> String {
+    match v {
+        Value::U8(x) => x.to_string(),
+        Value::I8(x) => x.to_string(),
+        Value::U16(x) => x.to_string(),
+        Value::I16(x) => x.to_string(),
+        Value::U32(x) => x.to_string(),
+        Value::I32(x) => x.to_string(),
+        Value::U64(x) => x.to_string(),
+        Value::I64(x) => x.to_string(),
+        Value::F32(x) => x.to_string(),
+        Value::F64(x) => x.to_string(),
+        Value::Bool(x) => x.to_string(),
+        Value::Str(s) => {
+            let s = if !full && s.chars().count() > 120 {
+                format!("{}…", s.chars().take(120).collect::<String>())
+            } else {
+                s.to_string()
+            };
+            format!("{s:?}")
+        }
+        Value::Array(a) => {
+            let shown = if full { a.len() } else { a.len().min(8) };
+            let items: Vec<String> = a.iter().take(shown).map(|v| value_str(&v, full)).collect();
+            let more = if shown < a.len() { ", …" } else { "" };
+            format!("[{}{more}] ({} × {:?})", items.join(", "), a.len(), a.elem_type())
+        }
+    }
+}
+
+/// `edgellm inspect`: metadata and the tensor table.
+pub fn inspect(path: &Path, full: bool) -> Result<()> {
+    let file = ModelFile::open(path)?;
+    let g = file.gguf()?;
+    println!("file: {}", path.display());
+    println!("format: GGUF v{}, alignment {}, data at byte {}", g.version, g.alignment, g.data_offset);
+    println!("\nmetadata ({} keys):", g.metadata().len());
+    for (k, v) in g.metadata() {
+        println!("  {k} = {}", value_str(v, full));
+    }
+    println!("\ntensors ({}):", g.tensors().len());
+    println!("  {:<40} {:<8} {:<22} {:>12}", "name", "type", "shape", "bytes");
+    let mut total = 0usize;
+    let mut by_type = std::collections::BTreeMap::<&str, (usize, usize)>::new();
+    for t in g.tensors() {
+        let dims: Vec<String> = t.dims[..t.n_dims].iter().map(|d| d.to_string()).collect();
+        println!("  {:<40} {:<8} {:<22} {:>12}", t.name, t.ty.name(), format!("[{}]", dims.join(", ")), t.data.len());
+        total += t.data.len();
+        let e = by_type.entry(t.ty.name()).or_default();
+        e.0 += 1;
+        e.1 += t.data.len();
+    }
+    println!("\ntotal: {} tensors, {:.1} MiB", g.tensors().len(), total as f64 / (1 << 20) as f64);
+    for (ty, (n, bytes)) in by_type {
+        println!("  {ty:<8} {n:>5} tensors {:>10.1} MiB", bytes as f64 / (1 << 20) as f64);
+    }
+    let k = kernels(None)?;
+    match Loaded::new(g, &k) {
+        Ok(l) => {
+            let c = &l.model.config;
+            println!(
+                "\nmodel: {} ({} layers, dim {}, {} heads / {} kv heads, head dim {}, ffn {}, vocab {}, trained context {}, rope theta {}, {} output)",
+                c.arch.name(), c.n_layers, c.dim, c.n_heads, c.n_kv_heads, c.head_dim, c.ffn_dim,
+                c.vocab_size, c.train_context, c.rope_theta,
+                if l.model.tied_output { "tied" } else { "separate" }
+            );
+        }
+        Err(e) => println!("\nmodel: cannot be run by this build: {e:#}"),
+    }
+    Ok(())
+}

@@ -1,0 +1,220 @@
+//! `edgellm run`, `edgellm logits` and `edgellm tokenize`.
+
+use crate::chat::{self, Message};
+use crate::generate::generate;
+use crate::load::{self, Loaded, ModelFile};
+use crate::ModelArgs;
+use anyhow::{Context, Result};
+use clap::Args;
+use edgellm_core::parallel::{Parallel, Serial};
+use edgellm_core::sampler::{Sampler, SamplerParams};
+use edgellm_core::session::{NumericPath, Session, SessionOptions};
+use edgellm_hal::pool::ThreadPool;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Prompt text (read from stdin when absent).
+    #[arg(short, long)]
+    pub prompt: Option<String>,
+    /// Maximum number of tokens to generate.
+    #[arg(short = 'n', long = "n-predict", default_value_t = 128)]
+    pub n: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.8)]
+    pub temp: f32,
+    /// Keep only the K most likely tokens (0: all).
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches P.
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    /// Drop tokens less likely than P times the most likely one.
+    #[arg(long, default_value_t = 0.05)]
+    pub min_p: f32,
+    /// Penalty for repeating recent tokens (1.0: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    /// Random seed (default: from the clock; printed with --json).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Feed the prompt as is, without the model's chat template.
+    #[arg(long)]
+    pub raw: bool,
+    /// Print one JSON object at the end (prompt_ids, ids, text, timings) instead of streaming text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct LogitsArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Prompt text, fed as is (special-token text such as <|im_start|> is parsed).
+    #[arg(short, long)]
+    pub prompt: String,
+    /// Output file: vocab-size little-endian f32 values.
+    #[arg(short, long)]
+    pub out: PathBuf,
+}
+
+#[derive(Args)]
+pub struct TokenizeArgs {
+    /// Model file (GGUF).
+    #[arg(short, long)]
+    pub model: PathBuf,
+    /// Text to tokenize.
+    #[arg(long)]
+    pub text: String,
+    /// Parse special-token text (e.g. <|im_start|>) as the special tokens.
+    #[arg(long)]
+    pub parse_special: bool,
+}
+
+/// Worker threads: the board's default, or the flag.
+pub fn make_pool(threads: Option<usize>) -> Result<Box<dyn Parallel>> {
+    let n = threads.unwrap_or(crate::BOARD.default_threads).max(1);
+    if n == 1 {
+        return Ok(Box::new(Serial));
+    }
+    let pool = ThreadPool::new(n, None).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(Box::new(pool))
+}
+
+/// The context length: the flag, else the board's default, never above the model's.
+pub fn context_len(args: &ModelArgs, train_context: usize) -> usize {
+    args.context.unwrap_or(crate::BOARD.default_context.min(train_context))
+}
+
+/// Prompt ids for `text`: through the chat template unless `raw`, with BOS when the model wants it.
+pub fn prompt_ids(loaded: &Loaded<'_>, text: &str, raw: bool) -> Result<Vec<u32>> {
+    let tok = &loaded.tokenizer;
+    let rendered;
+    let text = match (raw, loaded.chat_template()) {
+        (false, Some(template)) => {
+            let name = |id: Option<u32>| id.map(|i| tok.token_text(i).to_string()).unwrap_or_default();
+            let msgs = [Message { role: "user".into(), content: text.into() }];
+            rendered = chat::render(template, &msgs, &name(tok.bos_id()), &name(tok.eos_id()), true)?;
+            rendered.as_str()
+        }
+        _ => text,
+    };
+    let mut ids = Vec::new();
+    tok.encode(text, true, &mut ids);
+    // Add BOS when the model wants one, unless the template already wrote it.
+    if let (true, Some(bos)) = (tok.add_bos(), tok.bos_id()) {
+        if ids.first() != Some(&bos) {
+            ids.insert(0, bos);
+        }
+    }
+    Ok(ids)
+}
+
+pub fn run(args: RunArgs) -> Result<()> {
+    let prompt = match &args.prompt {
+        Some(p) => p.clone(),
+        None => {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s).context("cannot read the prompt from stdin")?;
+            s
+        }
+    };
+    let file = ModelFile::open(&args.model.model)?;
+    let kernels = load::kernels(args.model.kernels.as_deref())?;
+    eprintln!("kernels: {}", kernels.describe());
+    let loaded = Loaded::new(file.gguf()?, &kernels)?;
+    let ids = prompt_ids(&loaded, &prompt, args.raw)?;
+    let ctx = context_len(&args.model, loaded.model.config.train_context);
+    let path = if args.model.exact { NumericPath::Exact } else { NumericPath::Fast };
+    let mut session = Session::new(&loaded.model, kernels, SessionOptions { context: ctx, path })?;
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+    });
+    let params = SamplerParams {
+        temperature: args.temp,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        min_p: args.min_p,
+        repeat_penalty: args.repeat_penalty,
+        seed,
+        ..SamplerParams::default()
+    };
+    let mut sampler = Sampler::new(params, loaded.model.config.vocab_size);
+    let pool = make_pool(args.model.threads)?;
+    let mut text = String::new();
+    let stdout = std::io::stdout();
+    let mut lock = stdout.lock();
+    let json = args.json;
+    let gen = generate(&mut session, &loaded.tokenizer, &mut sampler, pool.as_ref(), &ids, args.n, |piece| {
+        if json {
+            text.push_str(piece);
+        } else {
+            // A closed stdout (e.g. `| head`) ends generation quietly.
+            if lock.write_all(piece.as_bytes()).and_then(|_| lock.flush()).is_err() {
+                return false;
+            }
+        }
+        true
+    })?;
+    drop(lock);
+    let n_tok = gen.token_s.len();
+    let decode_s: f64 = gen.token_s.iter().sum();
+    if json {
+        let out = serde_json::json!({
+            "prompt_ids": ids,
+            "ids": gen.ids,
+            "text": text,
+            "stop": gen.stop.name(),
+            "seed": seed,
+            "prefill_tps": ids.len() as f64 / gen.prefill_s.max(1e-9),
+            "decode_tps": if decode_s > 0.0 { n_tok as f64 / decode_s } else { 0.0 },
+            "kernels": session.kernels().describe().to_string(),
+        });
+        println!("{out}");
+    } else {
+        println!();
+        eprintln!(
+            "[{} prompt tokens at {:.1} tok/s, {} tokens generated at {:.1} tok/s, stop: {}]",
+            ids.len(),
+            ids.len() as f64 / gen.prefill_s.max(1e-9),
+            gen.ids.len(),
+            if decode_s > 0.0 { n_tok as f64 / decode_s } else { 0.0 },
+            gen.stop.name()
+        );
+    }
+    Ok(())
+}
+
+pub fn logits(args: LogitsArgs) -> Result<()> {
+    let file = ModelFile::open(&args.model.model)?;
+    let kernels = load::kernels(args.model.kernels.as_deref())?;
+    let loaded = Loaded::new(file.gguf()?, &kernels)?;
+    let ids = prompt_ids(&loaded, &args.prompt, true)?;
+    let ctx = context_len(&args.model, loaded.model.config.train_context).max(ids.len());
+    let path = if args.model.exact { NumericPath::Exact } else { NumericPath::Fast };
+    let mut session = Session::new(&loaded.model, kernels, SessionOptions { context: ctx, path })?;
+    let pool = make_pool(args.model.threads)?;
+    if ids.is_empty() {
+        anyhow::bail!("the prompt is empty");
+    }
+    let logits = session.prefill(&ids, pool.as_ref())?;
+    let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(&args.out, bytes).with_context(|| format!("cannot write {}", args.out.display()))?;
+    Ok(())
+}
+
+pub fn tokenize(args: TokenizeArgs) -> Result<()> {
+    let file = ModelFile::open(&args.model)?;
+    let g = file.gguf()?;
+    let tok = edgellm_core::tokenizer::Tokenizer::from_gguf(&g).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut ids = Vec::new();
+    tok.encode(&args.text, args.parse_special, &mut ids);
+    println!("{}", serde_json::to_string(&ids)?);
+    Ok(())
+}

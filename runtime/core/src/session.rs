@@ -1,0 +1,586 @@
+//! A decoding session: one arena holding every buffer (activations, KV cache, logits), sized from
+//! the model's configuration and the context length, and the forward pass that runs over it.
+//!
+//! Invariant: [`Session::new`] is the only place that allocates. [`Session::forward`] and
+//! [`Session::prefill`] take every buffer from the arena, so decoding never touches the heap.
+//!
+//! The forward pass reads top to bottom in model order (llama2.c style), with each buffer's shape
+//! noted where it is used.
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use crate::kernels::{scalar, ActsQ8Mut, GgmlType, Kernels, QK};
+use crate::model::{Matrix, Model, RopeStyle};
+use crate::parallel::{split_range, Parallel};
+
+/// Which numeric path the forward pass takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum NumericPath {
+    /// Activations quantized to int8 and multiplied with the weights' blocks directly (default).
+    #[default]
+    Fast,
+    /// Weights dequantized row by row and multiplied in f32: the reference for tests and debugging.
+    Exact,
+}
+
+/// Options fixed when a session is created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionOptions {
+    /// Maximum number of positions (prompt plus generated tokens).
+    pub context: usize,
+    pub path: NumericPath,
+}
+
+/// Why a session cannot be created or cannot go on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The context is full: `context` positions are used.
+    ContextFull { context: usize },
+    /// A token id is not in the vocabulary.
+    BadToken { token: u32, vocab_size: usize },
+    /// The requested context is zero or too large to size.
+    BadContext { requested: usize },
+}
+
+impl core::fmt::Display for SessionError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            SessionError::ContextFull { context } => {
+                write!(f, "the context of {context} tokens is full")
+            }
+            SessionError::BadToken { token, vocab_size } => {
+                write!(f, "token id {token} is outside the vocabulary of {vocab_size} tokens")
+            }
+            SessionError::BadContext { requested } => {
+                write!(f, "context length {requested} must be between 1 and 1048576")
+            }
+        }
+    }
+}
+
+impl core::error::Error for SessionError {}
+
+/// Arena granule: every buffer starts on a 64-byte boundary (a cache line, and enough for SIMD).
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+/// Sizes (in elements) of every buffer a session needs; the arena is laid out from this.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArenaPlan {
+    dim: usize,
+    q_dim: usize,
+    kv_dim: usize,
+    ffn_dim: usize,
+    vocab: usize,
+    n_heads: usize,
+    head_dim: usize,
+    context: usize,
+    n_layers: usize,
+    max_cols: usize,
+}
+
+fn lines<T>(n: usize) -> usize {
+    (n * core::mem::size_of::<T>()).div_ceil(64)
+}
+
+impl ArenaPlan {
+    /// The plan for `model` with `context` positions.
+    pub fn new(c: &crate::model::Config, context: usize) -> ArenaPlan {
+        ArenaPlan {
+            dim: c.dim,
+            q_dim: c.q_dim(),
+            kv_dim: c.kv_dim(),
+            ffn_dim: c.ffn_dim,
+            vocab: c.vocab_size,
+            n_heads: c.n_heads,
+            head_dim: c.head_dim,
+            context,
+            n_layers: c.n_layers,
+            max_cols: c.dim.max(c.q_dim()).max(c.ffn_dim),
+        }
+    }
+
+    /// The f32 buffers in arena order, with their lengths.
+    fn f32_sizes(&self) -> [usize; 13] {
+        let kv = self.n_layers * self.context * self.kv_dim;
+        [
+            self.dim,                     // x
+            self.dim.max(self.q_dim),     // xb
+            self.dim,                     // xb2
+            self.q_dim,                   // q
+            self.ffn_dim,                 // hb
+            self.ffn_dim,                 // hb2
+            self.n_heads * self.context,  // att
+            self.vocab,                   // logits
+            self.head_dim / 2,            // rope cos
+            self.head_dim / 2,            // rope sin
+            self.max_cols,                // row scratch (exact path)
+            kv,                           // key cache
+            kv,                           // value cache
+        ]
+    }
+
+    /// Bytes of the arena for this plan.
+    pub fn bytes(&self) -> usize {
+        let f: usize = self.f32_sizes().iter().map(|&n| lines::<f32>(n)).sum();
+        let blocks = self.max_cols / QK;
+        (f + lines::<i8>(self.max_cols) + lines::<f32>(blocks) + lines::<i32>(blocks)) * 64
+    }
+}
+
+/// Every buffer of a session, carved from the arena for one forward call.
+struct Bufs<'s> {
+    /// Residual stream, [dim].
+    x: &'s mut [f32],
+    /// Normalized input of a block, or attention output of all heads, [max(dim, q_dim)].
+    xb: &'s mut [f32],
+    /// Output of a projection back to the residual stream, [dim].
+    xb2: &'s mut [f32],
+    /// Queries of all heads, [q_dim].
+    q: &'s mut [f32],
+    /// Gate and up projections, [ffn_dim] each.
+    hb: &'s mut [f32],
+    hb2: &'s mut [f32],
+    /// Attention scores, [n_heads, context].
+    att: &'s mut [f32],
+    /// Output logits, [vocab].
+    logits: &'s mut [f32],
+    /// RoPE rotation of the current position, [head_dim / 2] each.
+    cos: &'s mut [f32],
+    sin: &'s mut [f32],
+    /// One dequantized weight row (exact path), [max_cols].
+    row: &'s mut [f32],
+    /// KV cache, [n_layers, context, kv_dim] each.
+    key_cache: &'s mut [f32],
+    value_cache: &'s mut [f32],
+    /// Quantized activations, [max_cols] values, [max_cols / 32] scales and sums.
+    acts: ActsQ8Mut<'s>,
+}
+
+fn take<'s, T: bytemuck::Pod>(rest: &mut &'s mut [Line], n: usize) -> &'s mut [T] {
+    let (head, tail) = core::mem::take(rest).split_at_mut(lines::<T>(n));
+    *rest = tail;
+    let bytes: &mut [u8] = bytemuck::cast_slice_mut(head);
+    &mut bytemuck::cast_slice_mut::<u8, T>(&mut bytes[..n * core::mem::size_of::<T>()])[..n]
+}
+
+// SAFETY: `Line` is a plain byte array with no padding and no invalid bit patterns.
+unsafe impl bytemuck::Zeroable for Line {}
+// SAFETY: as above; `repr(C, align(64))` over `[u8; 64]` has size 64 and no padding.
+unsafe impl bytemuck::Pod for Line {}
+
+impl<'s> Bufs<'s> {
+    fn carve(plan: &ArenaPlan, arena: &'s mut [Line]) -> Bufs<'s> {
+        let mut rest = arena;
+        let s = plan.f32_sizes();
+        let x = take(&mut rest, s[0]);
+        let xb = take(&mut rest, s[1]);
+        let xb2 = take(&mut rest, s[2]);
+        let q = take(&mut rest, s[3]);
+        let hb = take(&mut rest, s[4]);
+        let hb2 = take(&mut rest, s[5]);
+        let att = take(&mut rest, s[6]);
+        let logits = take(&mut rest, s[7]);
+        let cos = take(&mut rest, s[8]);
+        let sin = take(&mut rest, s[9]);
+        let row = take(&mut rest, s[10]);
+        let key_cache = take(&mut rest, s[11]);
+        let value_cache = take(&mut rest, s[12]);
+        let blocks = plan.max_cols / QK;
+        let acts = ActsQ8Mut {
+            qs: take(&mut rest, plan.max_cols),
+            d: take(&mut rest, blocks),
+            sums: take(&mut rest, blocks),
+        };
+        Bufs { x, xb, xb2, q, hb, hb2, att, logits, cos, sin, row, key_cache, value_cache, acts }
+    }
+}
+
+/// A raw view of an output slice that workers write in disjoint ranges.
+struct SharedOut {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: workers only ever obtain disjoint sub-ranges (see `range`), so sharing the pointer across
+// threads cannot create overlapping mutable access.
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    fn new(s: &mut [f32]) -> SharedOut {
+        SharedOut { ptr: s.as_mut_ptr(), len: s.len() }
+    }
+
+    /// # Safety
+    /// Ranges obtained concurrently must not overlap, and the slice this was made from must outlive
+    /// every use and not be accessed otherwise meanwhile.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn range(&self, r: core::ops::Range<usize>) -> &mut [f32] {
+        assert!(r.start <= r.end && r.end <= self.len);
+        // SAFETY: in bounds (checked above); exclusivity is the caller's contract.
+        unsafe { core::slice::from_raw_parts_mut(self.ptr.add(r.start), r.end - r.start) }
+    }
+}
+
+/// Rows per work unit: a multiple of every kernel's row tile, so no tile is split between workers.
+const ROW_ALIGN: usize = 4;
+
+/// A running conversation with a model: position, KV cache and scratch buffers.
+pub struct Session<'m, 'a> {
+    model: &'m Model<'a>,
+    kernels: Kernels,
+    plan: ArenaPlan,
+    arena: Vec<Line>,
+    pos: usize,
+    path: NumericPath,
+}
+
+impl<'m, 'a> Session<'m, 'a> {
+    /// Creates a session, allocating its whole arena now (the only allocation it ever makes).
+    pub fn new(
+        model: &'m Model<'a>,
+        kernels: Kernels,
+        options: SessionOptions,
+    ) -> Result<Self, SessionError> {
+        if options.context == 0 || options.context > 1 << 20 {
+            return Err(SessionError::BadContext { requested: options.context });
+        }
+        let plan = ArenaPlan::new(&model.config, options.context);
+        let mut arena = vec![Line([0; 64]); plan.bytes() / 64];
+        prefault(&mut arena);
+        Ok(Session { model, kernels, plan, arena, pos: 0, path: options.path })
+    }
+
+    /// Bytes of the arena (activations, KV cache, logits).
+    pub fn arena_bytes(&self) -> usize {
+        self.arena.len() * 64
+    }
+
+    /// The arena's bytes, e.g. to prefault or lock them.
+    pub fn arena_mut(&mut self) -> &mut [u8] {
+        bytemuck::cast_slice_mut(&mut self.arena)
+    }
+
+    /// Number of positions already in the KV cache.
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+
+    /// Maximum number of positions.
+    pub fn context(&self) -> usize {
+        self.plan.context
+    }
+
+    /// The model this session runs.
+    pub fn model(&self) -> &'m Model<'a> {
+        self.model
+    }
+
+    /// The kernels this session uses.
+    pub fn kernels(&self) -> &Kernels {
+        &self.kernels
+    }
+
+    /// Forgets every position (the KV cache is overwritten from position 0 on).
+    pub fn reset(&mut self) {
+        self.pos = 0;
+    }
+
+    /// Drops positions after `pos` (keeps a shared prompt prefix).
+    pub fn truncate(&mut self, pos: usize) {
+        self.pos = self.pos.min(pos);
+    }
+
+    /// Logits of the last position computed, [vocab].
+    pub fn logits(&mut self) -> &mut [f32] {
+        let plan = self.plan;
+        Bufs::carve(&plan, &mut self.arena).logits
+    }
+
+    /// Runs the prompt `tokens` through the model and returns the logits of its last position.
+    pub fn prefill(
+        &mut self,
+        tokens: &[u32],
+        par: &dyn Parallel,
+    ) -> Result<&mut [f32], SessionError> {
+        if self.pos + tokens.len() > self.plan.context {
+            return Err(SessionError::ContextFull { context: self.plan.context });
+        }
+        for (i, &t) in tokens.iter().enumerate() {
+            // Only the last prompt position needs logits.
+            self.step(t, par, i + 1 == tokens.len())?;
+        }
+        Ok(self.logits())
+    }
+
+    /// Feeds one token at the next position and returns the logits for the position after it.
+    pub fn forward(&mut self, token: u32, par: &dyn Parallel) -> Result<&mut [f32], SessionError> {
+        self.step(token, par, true)?;
+        Ok(self.logits())
+    }
+
+    fn step(&mut self, token: u32, par: &dyn Parallel, logits: bool) -> Result<(), SessionError> {
+        let cfg = &self.model.config;
+        if token as usize >= cfg.vocab_size {
+            return Err(SessionError::BadToken { token, vocab_size: cfg.vocab_size });
+        }
+        if self.pos >= self.plan.context {
+            return Err(SessionError::ContextFull { context: self.plan.context });
+        }
+        let model = self.model;
+        let k = &self.kernels;
+        let path = self.path;
+        let plan = self.plan;
+        let pos = self.pos;
+        let b = Bufs::carve(&plan, &mut self.arena);
+        let (dim, kv_dim, hd) = (cfg.dim, cfg.kv_dim(), cfg.head_dim);
+        let mut mm = MatMul { k, par, path, acts: b.acts, row: b.row };
+
+        // Embedding: x[dim] = token_embd[token]
+        let e = &model.token_embd;
+        scalar::dequantize_row(e.ty, e.rows_data(token as usize..token as usize + 1), b.x);
+
+        // RoPE angles of this position: cos/sin[head_dim/2], theta_i = pos * base^(-2i/head_dim).
+        for i in 0..hd / 2 {
+            let inv_freq = 1.0 / libm::powf(cfg.rope_theta, (2 * i) as f32 / hd as f32);
+            let angle = pos as f32 * inv_freq;
+            b.cos[i] = libm::cosf(angle);
+            b.sin[i] = libm::sinf(angle);
+        }
+
+        let seq = pos + 1;
+        let cache_layer = plan.context * kv_dim;
+        for (l, layer) in model.layers.iter().enumerate() {
+            // Attention block.
+            // xb[dim] = rmsnorm(x) * attn_norm
+            rmsnorm(&mut b.xb[..dim], b.x, &layer.attn_norm, cfg.rms_eps);
+            // q[q_dim] = wq·xb (+bq); k, v[kv_dim] go straight into the cache row of this position.
+            let kc = &mut b.key_cache[l * cache_layer..(l + 1) * cache_layer];
+            let vc = &mut b.value_cache[l * cache_layer..(l + 1) * cache_layer];
+            let k_row = &mut kc[pos * kv_dim..(pos + 1) * kv_dim];
+            let v_row = &mut vc[pos * kv_dim..(pos + 1) * kv_dim];
+            mm.run(&b.xb[..dim], &mut [
+                (&layer.wq, &mut *b.q),
+                (&layer.wk, &mut *k_row),
+                (&layer.wv, &mut *v_row),
+            ]);
+            add_bias(b.q, &layer.bq);
+            add_bias(k_row, &layer.bk);
+            add_bias(v_row, &layer.bv);
+            // Rotate every query and key head by this position's angles.
+            for h in b.q.chunks_exact_mut(hd) {
+                rope(h, b.cos, b.sin, cfg.rope_style);
+            }
+            for h in k_row.chunks_exact_mut(hd) {
+                rope(h, b.cos, b.sin, cfg.rope_style);
+            }
+            // Grouped-query attention over positions 0..=pos, heads split across workers.
+            // att[n_heads, seq] scores; xb[q_dim] = concatenated head outputs.
+            attention(
+                par,
+                k,
+                b.q,
+                kc,
+                vc,
+                b.att,
+                &mut b.xb[..cfg.q_dim()],
+                cfg,
+                seq,
+                plan.context,
+            );
+            // xb2[dim] = wo·xb; x += xb2
+            mm.run(&b.xb[..cfg.q_dim()], &mut [(&layer.wo, &mut *b.xb2)]);
+            add_in_place(b.x, b.xb2);
+
+            // Feed-forward block: x += w_down·(silu(w_gate·xb) * (w_up·xb)), xb = rmsnorm(x).
+            rmsnorm(&mut b.xb[..dim], b.x, &layer.ffn_norm, cfg.rms_eps);
+            mm.run(&b.xb[..dim], &mut [(&layer.w_gate, &mut *b.hb), (&layer.w_up, &mut *b.hb2)]);
+            for (g, u) in b.hb.iter_mut().zip(b.hb2.iter()) {
+                *g = silu(*g) * u;
+            }
+            mm.run(b.hb, &mut [(&layer.w_down, &mut *b.xb2)]);
+            add_in_place(b.x, b.xb2);
+        }
+
+        // Final norm, then logits[vocab] = output·rmsnorm(x).
+        if logits {
+            rmsnorm(&mut b.xb[..dim], b.x, &model.output_norm, cfg.rms_eps);
+            mm.run(&b.xb[..dim], &mut [(&model.output, &mut *b.logits)]);
+        }
+        self.pos += 1;
+        Ok(())
+    }
+}
+
+/// Writes one byte of every 4 KiB page so the whole arena is backed by memory before the first
+/// token: a fresh zeroed allocation is mapped lazily and would otherwise fault during decode.
+fn prefault(arena: &mut [Line]) {
+    let bytes: &mut [u8] = bytemuck::cast_slice_mut(arena);
+    for i in (0..bytes.len()).step_by(4096) {
+        // SAFETY: `i` is in bounds; a volatile write keeps the compiler from eliding a store of the
+        // value the (zeroed) memory already holds.
+        unsafe { core::ptr::write_volatile(bytes.as_mut_ptr().add(i), 0) };
+    }
+}
+
+/// Matrix-vector products through the kernels, split over the workers by rows.
+struct MatMul<'s, 'k> {
+    k: &'k Kernels,
+    par: &'k dyn Parallel,
+    path: NumericPath,
+    acts: ActsQ8Mut<'s>,
+    row: &'s mut [f32],
+}
+
+impl MatMul<'_, '_> {
+    /// `out_j = W_j · x` for every (W_j, out_j) in `jobs`; all W_j share the input `x`.
+    fn run(&mut self, x: &[f32], jobs: &mut [(&Matrix<'_>, &mut [f32])]) {
+        let n = x.len();
+        match self.path {
+            NumericPath::Exact => {
+                // The reference path stays on one thread: it exists to be simple and exact.
+                for (w, out) in jobs.iter_mut() {
+                    let row = &mut self.row[..n];
+                    self.k.gemv_exact(w.ty, w.data, x, out, row);
+                }
+            }
+            NumericPath::Fast => {
+                let blocks = n / QK;
+                let acts = ActsQ8Mut {
+                    qs: &mut self.acts.qs[..n],
+                    d: &mut self.acts.d[..blocks],
+                    sums: &mut self.acts.sums[..blocks],
+                };
+                let mut acts = acts;
+                if jobs.iter().any(|(w, _)| needs_q8(w.ty)) {
+                    self.k.quantize_acts(x, &mut acts);
+                }
+                let acts = acts.as_ref();
+                assert!(jobs.len() <= 3, "at most three products share one input");
+                let mut work_items: [Option<(&Matrix<'_>, SharedOut)>; 3] = [None, None, None];
+                for (slot, (w, out)) in work_items.iter_mut().zip(jobs.iter_mut()) {
+                    *slot = Some((*w, SharedOut::new(out)));
+                }
+                let k = self.k;
+                let threads = self.par.threads();
+                let work = |t: usize| {
+                    for (w, out) in work_items.iter().flatten() {
+                        let r = split_range(w.rows, threads, t, ROW_ALIGN);
+                        if r.is_empty() {
+                            continue;
+                        }
+                        // SAFETY: `split_range` gives each worker a disjoint row range of this
+                        // output, and the output slice is borrowed from `jobs` until `run` returns.
+                        let out = unsafe { out.range(r.clone()) };
+                        k.gemv(w.ty, w.rows_data(r), x, &acts, out);
+                    }
+                };
+                self.par.run(&work);
+            }
+        }
+    }
+}
+
+fn needs_q8(ty: GgmlType) -> bool {
+    !matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
+}
+
+/// out = x / rms(x) * weight
+fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
+    let ss: f32 = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let scale = 1.0 / libm::sqrtf(ss + eps);
+    for ((o, xi), wi) in out.iter_mut().zip(x).zip(weight) {
+        *o = xi * scale * wi;
+    }
+}
+
+fn add_bias(x: &mut [f32], bias: &[f32]) {
+    if !bias.is_empty() {
+        add_in_place(x, bias);
+    }
+}
+
+fn add_in_place(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+fn silu(x: f32) -> f32 {
+    x / (1.0 + libm::expf(-x))
+}
+
+/// Rotates one head in place by the angles in `cos`/`sin`, pairing dimensions as `style` says.
+fn rope(h: &mut [f32], cos: &[f32], sin: &[f32], style: RopeStyle) {
+    let half = h.len() / 2;
+    for i in 0..half {
+        let (a, b) = match style {
+            RopeStyle::Adjacent => (2 * i, 2 * i + 1),
+            RopeStyle::Halves => (i, i + half),
+        };
+        let (x0, x1) = (h[a], h[b]);
+        h[a] = x0 * cos[i] - x1 * sin[i];
+        h[b] = x0 * sin[i] + x1 * cos[i];
+    }
+}
+
+/// Attention of every query head over positions `0..seq` of one layer's cache.
+#[allow(clippy::too_many_arguments)]
+fn attention(
+    par: &dyn Parallel,
+    k: &Kernels,
+    q: &[f32],
+    key_cache: &[f32],
+    value_cache: &[f32],
+    att: &mut [f32],
+    out: &mut [f32],
+    cfg: &crate::model::Config,
+    seq: usize,
+    context: usize,
+) {
+    let hd = cfg.head_dim;
+    let kv_dim = cfg.kv_dim();
+    let group = cfg.n_heads / cfg.n_kv_heads;
+    let scale = 1.0 / libm::sqrtf(hd as f32);
+    let att_out = SharedOut::new(att);
+    let head_out = SharedOut::new(out);
+    let threads = par.threads();
+    let work = |t: usize| {
+        for h in split_range(cfg.n_heads, threads, t, 1) {
+            // SAFETY: each head index belongs to exactly one worker, and head h only touches its
+            // own row of `att` and its own slice of `out`.
+            let scores = unsafe { att_out.range(h * context..h * context + seq) };
+            // SAFETY: as above.
+            let o = unsafe { head_out.range(h * hd..(h + 1) * hd) };
+            let qh = &q[h * hd..(h + 1) * hd];
+            let kvh = h / group;
+            for (t, s) in scores.iter_mut().enumerate() {
+                let kr = &key_cache[t * kv_dim + kvh * hd..t * kv_dim + (kvh + 1) * hd];
+                *s = k.dot_f32(qh, kr) * scale;
+            }
+            softmax(scores);
+            o.fill(0.0);
+            for (t, &a) in scores.iter().enumerate() {
+                let vr = &value_cache[t * kv_dim + kvh * hd..t * kv_dim + (kvh + 1) * hd];
+                k.axpy_f32(a, vr, o);
+            }
+        }
+    };
+    par.run(&work);
+}
+
+fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = libm::expf(*v - max);
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}

@@ -1,0 +1,57 @@
+//! Invariant: after a session is created, prefill chunks and decode steps allocate nothing.
+//! A counting global allocator watches 64 decode steps (forward pass and sampling) and a prefill
+//! chunk, on one thread and on a pool of two. One test per binary, so no other test's allocations
+//! are counted.
+
+use edgellm_core::gguf::Gguf;
+use edgellm_core::model::Model;
+use edgellm_core::parallel::{Parallel, Serial};
+use edgellm_core::sampler::{Sampler, SamplerParams};
+use edgellm_core::session::{NumericPath, Session, SessionOptions};
+use edgellm_hal::counters::CountingAlloc;
+use edgellm_hal::pool::ThreadPool;
+use edgellm_kernels::Kernels;
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc::new();
+
+fn check(model: &Model<'_>, kernels: &Kernels, par: &dyn Parallel, path: NumericPath, label: &str) {
+    let opts = SessionOptions { context: 256, path };
+    let mut session = Session::new(model, kernels.clone(), opts).unwrap();
+    let params = SamplerParams { temperature: 0.7, seed: 7, ..SamplerParams::default() };
+    let mut sampler = Sampler::new(params, model.config.vocab_size);
+    let prompt: Vec<u32> = (0..32).map(|i| 100 + i * 37).collect();
+    // Warm up once: first touches of weights and buffers happen here.
+    session.prefill(&prompt[..8], par).unwrap();
+    session.reset();
+
+    let before = CountingAlloc::stats();
+    session.prefill(&prompt, par).unwrap();
+    let mut tok = sampler.sample(session.logits());
+    for _ in 0..64 {
+        sampler.accept(tok);
+        session.forward(tok, par).unwrap();
+        tok = sampler.sample(session.logits());
+    }
+    let used = CountingAlloc::stats().since(&before);
+    assert_eq!(
+        used.heap_operations(),
+        0,
+        "{label}: prefill of 32 tokens and 64 decode steps made heap operations: {used:?}"
+    );
+}
+
+#[test]
+fn decode_and_prefill_allocate_nothing() {
+    let Some(path) = edgellm_tests::smollm2_path() else { return };
+    let file = std::fs::File::open(path).unwrap();
+    // SAFETY: read-only private map of a file nobody rewrites during the test.
+    let map = unsafe { memmap2::Mmap::map(&file) }.unwrap();
+    let g = Gguf::parse(&map).unwrap();
+    let kernels = Kernels::detect();
+    let model = Model::from_gguf(&g, &kernels).unwrap();
+    check(&model, &kernels, &Serial, NumericPath::Fast, "1 thread");
+    let pool = ThreadPool::new(2, None).unwrap();
+    check(&model, &kernels, &pool, NumericPath::Fast, "2 threads");
+    check(&model, &kernels, &Serial, NumericPath::Exact, "exact path");
+}
