@@ -12,8 +12,8 @@
 //! The exact evaluation order of each sum is documented in [`legacy`] and [`float`].
 
 pub mod float;
-pub mod legacy;
 pub mod kquants;
+pub mod legacy;
 
 pub use float::*;
 pub use legacy::*;

@@ -5,8 +5,8 @@
 //! They check slice shapes themselves (panicking like the scalar kernels), so any slices are sound.
 
 pub mod float;
-pub mod legacy;
 pub mod kquants;
+pub mod legacy;
 
 pub use float::*;
 pub use legacy::*;
