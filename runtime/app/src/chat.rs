@@ -31,7 +31,7 @@ pub fn render(
     let tmpl = env.get_template("chat")?;
     let out = tmpl
         .render(context! {
-            messages => messages,
+            messages => minijinja::Value::from(minijinja::value::Serde(messages)),
             add_generation_prompt => add_generation_prompt,
             bos_token => bos_token,
             eos_token => eos_token,

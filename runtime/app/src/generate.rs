@@ -87,7 +87,6 @@ pub fn generate(
     session.prefill(prompt, par)?;
     out.prefill_s = start.elapsed().as_secs_f64();
     let mut stream = Utf8Stream::new();
-    let mut text_buf = [0u8; 64];
     let mut step_start = Instant::now();
     for i in 0..max_new {
         let id = sampler.sample(session.logits());
@@ -101,8 +100,13 @@ pub fn generate(
             break;
         }
         if !tokenizer.is_control(id) {
-            let piece = stream.push(tokenizer.token_bytes(id), &mut text_buf);
-            if !piece.is_empty() && !on_text(piece) {
+            let mut go_on = true;
+            stream.push_with(tokenizer.token_bytes(id), |piece| {
+                if go_on && !piece.is_empty() {
+                    go_on = on_text(piece);
+                }
+            });
+            if !go_on {
                 out.stop = StopReason::Cancelled;
                 break;
             }

@@ -145,7 +145,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         seed,
         ..SamplerParams::default()
     };
-    let mut sampler = Sampler::new(params, loaded.model.config.vocab_size);
+    let mut sampler =
+        Sampler::new(params, loaded.model.config.vocab_size).map_err(|e| anyhow::anyhow!("{e}"))?;
     let pool = make_pool(args.model.threads)?;
     let mut text = String::new();
     let stdout = std::io::stdout();

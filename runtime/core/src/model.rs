@@ -355,6 +355,7 @@ fn vector(g: &Gguf<'_>, name: &str, n: usize) -> Result<Vec<f32>, ModelError> {
         return Err(ModelError::UnsupportedType { name: name.into(), ty: t.ty });
     }
     let mut out = vec![0.0f32; n];
-    scalar::dequantize_row(t.ty, t.data, &mut out);
+    scalar::dequantize_row(t.ty, t.data, &mut out)
+        .map_err(|_| ModelError::UnsupportedType { name: name.into(), ty: t.ty })?;
     Ok(out)
 }

@@ -341,7 +341,8 @@ impl<'m, 'a> Session<'m, 'a> {
 
         // Embedding: x[dim] = token_embd[token]
         let e = &model.token_embd;
-        scalar::dequantize_row(e.ty, e.rows_data(token as usize..token as usize + 1), b.x);
+        scalar::dequantize_row(e.ty, e.rows_data(token as usize..token as usize + 1), b.x)
+            .expect("Model::from_gguf admits only embedding types the kernels dequantize");
 
         // RoPE angles of this position: cos/sin[head_dim/2], theta_i = pos * base^(-2i/head_dim).
         for i in 0..hd / 2 {
