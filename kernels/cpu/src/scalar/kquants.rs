@@ -24,38 +24,50 @@
 //!
 //! # The matrix-vector product: the accumulation order is the specification
 //!
-//! `gemv_<type>(w, acts, out)` computes `out[r] ≈ Σ_c W[r][c] * acts.d[c/32] * acts.qs[c]` for every
-//! row `r` in `0..out.len()`. Activation block `b` (32 values) lines up with 32-element group
-//! `j = b % 8` of super-block `s = b / 8`. For each row:
+//! `gemv_<type>(w, acts, out)` computes `out[r] ≈ Σ_c W[r][c] * acts.d[c/16] * acts.qs[c]` for every
+//! row `r` in `0..out.len()`. The activations carry one scale and one integer sum per group of
+//! `QS` = 16 values (lengths stay multiples of [`QK`](crate::acts::QK) = 32). Activation group `g` lines up with
+//! elements `16i .. 16i+16` of super-block `s = g / 16`, `i = g % 16`:
+//! - Q4_K/Q5_K: group `i` is half `k = i % 2` of the 32-element sub-block `j = i / 2`, so one
+//!   sub-block scale `sc[j]` and min `m[j]` span the two groups `2j` and `2j + 1`;
+//! - Q6_K: group `i` is exactly the 16-element sub-block with scale `scales[i]`.
 //!
-//! 1. Integers, exact: `dot = Σ_l q[l] * a[l]` over the 32 values of the block (i32).
-//!    - Q4_K/Q5_K: `ip = sc[j] * dot` and `mp = m[j] * acts.sums[b]` (i32), so that the block's
-//!      contribution is `acts.d[b] * (d * ip - dmin * mp)`.
-//!    - Q6_K: the two 16-element halves have their own scales:
-//!      `ip = scales[2j] * Σ_{l<16} (q[l]-32) a[l] + scales[2j+1] * Σ_{l>=16} (q[l]-32) a[l]` (i32).
-//! 2. Floats, eight running sums `acc[0..8]`, one per group position `j`, all starting at `+0.0`,
-//!    super-blocks in order, each step rounded to f32 and never fused:
-//!    - Q4_K/Q5_K: `acc[j] += ((ip as f32) * d - (mp as f32) * dmin) * acts.d[b]`;
-//!    - Q6_K: `acc[j] += ((ip as f32) * d) * acts.d[b]`.
+//! For each row:
+//!
+//! 1. Integers, exact, per group: `dot = Σ_l q[l] * a[l]` over the group's 16 values (i32).
+//!    - Q4_K/Q5_K: `ip = sc[j] * dot` and `mp = m[j] * acts.sums[g]` (i32, wrapping), so that the
+//!      group's contribution is `acts.d[g] * (d * ip - dmin * mp)`.
+//!    - Q6_K: `ip = scales[i] * Σ_l (q[l] - 32) * a[l]` (i32).
+//! 2. Floats, eight running sums `acc[0..8]`, all starting at `+0.0`. Group `i` of a super-block
+//!    goes to lane `L(i) = 4 * (i % 2) + (i / 2) % 4` (first halves of the sub-blocks to lanes 0..4,
+//!    second halves to lanes 4..8), super-blocks in order and within one the groups `i = 0..16` in
+//!    order, so each lane receives group `i` then group `i + 8`. Each step is rounded to f32 and
+//!    never fused:
+//!    - Q4_K/Q5_K: `acc[L(i)] += ((ip as f32) * d - (mp as f32) * dmin) * acts.d[g]`;
+//!    - Q6_K: `acc[L(i)] += ((ip as f32) * d) * acts.d[g]`.
 //! 3. `out[r] = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))`.
 //!
-//! The i32 to f32 conversions are exact: `|ip| <= 2^24` for all three types when activations are in
-//! `-128..=127` and `sums` are the true block sums. The eight lanes are the lanes of one AVX2
-//! register, so a SIMD kernel that follows these steps with separate multiplies and adds gives the
-//! same bits.
+//! The i32 to f32 conversions are exact: `|ip| <= 2^23` for all three types when activations are in
+//! `-128..=127` (Q6_K: `128 * 32 * 128 * 16`), and `|mp| <= 63 * 128 * 16` when `sums` are the true
+//! group sums. The lane map is the order in which an AVX2 register holds the sixteen group sums of a
+//! super-block after a two-round transposing sum of the per-32-value `madd` results, so a SIMD
+//! kernel that follows these steps with separate multiplies and adds gives the same bits.
 //!
 //! # Argument checks
 //!
 //! Every function panics (the same checks in the SIMD kernels) when `acts.len()` or `dst.len()` is
-//! not a multiple of 256, when `acts.d` or `acts.sums` does not hold `acts.len() / 32` values, or when
+//! not a multiple of 256, when `acts.d` or `acts.sums` does not hold `acts.len() / 16` values, or when
 //! the weight bytes are too short. Longer weight slices are fine: only the first rows are read.
 
-use crate::acts::{ActsQ8, QK};
+use crate::acts::ActsQ8;
+
+/// Values per activation scale group (`acts.d` and `acts.sums` hold one entry per group).
+const QS: usize = 16;
 
 /// Elements per K-quant super-block.
 pub const QK_K: usize = 256;
-/// Activation blocks ([`QK`] values each) per super-block.
-pub const ACT_BLOCKS_PER_SUPER: usize = QK_K / QK;
+/// Activation scale groups (`QS` = 16 values each) per super-block.
+pub const ACT_GROUPS_PER_SUPER: usize = QK_K / QS;
 /// Bytes per Q4_K super-block.
 pub const Q4_K_BLOCK_BYTES: usize = 144;
 /// Bytes per Q5_K super-block.
@@ -125,10 +137,10 @@ pub(crate) fn check_gemv(w: &[u8], acts: &ActsQ8<'_>, out: &[f32], block_bytes: 
         cols.is_multiple_of(QK_K),
         "K-quant gemv: acts.len() = {cols} is not a multiple of {QK_K}"
     );
-    let nb = cols / QK;
+    let ng = cols / QS;
     assert!(
-        acts.d.len() == nb && acts.sums.len() == nb,
-        "K-quant gemv: {cols} activations need {nb} scales and sums, got {} and {}",
+        acts.d.len() == ng && acts.sums.len() == ng,
+        "K-quant gemv: {cols} activations need {ng} scales and sums, got {} and {}",
         acts.d.len(),
         acts.sums.len()
     );
@@ -144,6 +156,12 @@ pub(crate) fn check_gemv(w: &[u8], acts: &ActsQ8<'_>, out: &[f32], block_bytes: 
         w.len()
     );
     row_bytes
+}
+
+/// Step 2 of the specification: the lane that accumulates group `i` (`0..16`) of a super-block.
+#[inline(always)]
+pub(crate) const fn acc_lane(i: usize) -> usize {
+    4 * (i % 2) + (i / 2) % 4
 }
 
 /// Step 3 of the specification: the fixed reduction of the eight lane sums.
@@ -260,11 +278,12 @@ pub fn gemv_q4_k(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
             let dmin = f16_at(blk, K4_DMIN);
             let scales = &blk[K4_SCALES..K4_SCALES + 12];
             let qs = &blk[Q4_K_QS..Q4_K_QS + 128];
-            for (j, lane) in acc.iter_mut().enumerate() {
-                let b = s * ACT_BLOCKS_PER_SUPER + j;
-                let a = &acts.qs[b * QK..(b + 1) * QK];
+            for i in 0..ACT_GROUPS_PER_SUPER {
+                let (j, k) = (i / 2, i % 2);
+                let g = s * ACT_GROUPS_PER_SUPER + i;
+                let a = &acts.qs[g * QS..(g + 1) * QS];
                 let shift = 4 * (j % 2);
-                let bytes = &qs[32 * (j / 2)..32 * (j / 2) + 32];
+                let bytes = &qs[32 * (j / 2) + 16 * k..][..16];
                 let dot: i32 = bytes
                     .iter()
                     .zip(a)
@@ -272,8 +291,8 @@ pub fn gemv_q4_k(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
                     .sum();
                 let (sc, m) = scale_min_k4(j, scales);
                 let ip = sc as i32 * dot;
-                let mp = (m as i32).wrapping_mul(acts.sums[b]);
-                *lane += (ip as f32 * d - mp as f32 * dmin) * acts.d[b];
+                let mp = (m as i32).wrapping_mul(acts.sums[g]);
+                acc[acc_lane(i)] += (ip as f32 * d - mp as f32 * dmin) * acts.d[g];
             }
         }
         *y = reduce_lanes(&acc);
@@ -296,14 +315,16 @@ pub fn gemv_q5_k(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
             let scales = &blk[K4_SCALES..K4_SCALES + 12];
             let qh = &blk[Q5_K_QH..Q5_K_QH + 32];
             let qs = &blk[Q5_K_QS..Q5_K_QS + 128];
-            for (j, lane) in acc.iter_mut().enumerate() {
-                let b = s * ACT_BLOCKS_PER_SUPER + j;
-                let a = &acts.qs[b * QK..(b + 1) * QK];
+            for i in 0..ACT_GROUPS_PER_SUPER {
+                let (j, k) = (i / 2, i % 2);
+                let g = s * ACT_GROUPS_PER_SUPER + i;
+                let a = &acts.qs[g * QS..(g + 1) * QS];
                 let shift = 4 * (j % 2);
-                let bytes = &qs[32 * (j / 2)..32 * (j / 2) + 32];
+                let bytes = &qs[32 * (j / 2) + 16 * k..][..16];
+                let high = &qh[16 * k..][..16];
                 let dot: i32 = bytes
                     .iter()
-                    .zip(qh)
+                    .zip(high)
                     .zip(a)
                     .map(|((&q, &h), &x)| {
                         let q = ((q >> shift) & 0x0F) | (((h >> j) & 1) << 4);
@@ -312,8 +333,8 @@ pub fn gemv_q5_k(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
                     .sum();
                 let (sc, m) = scale_min_k4(j, scales);
                 let ip = sc as i32 * dot;
-                let mp = (m as i32).wrapping_mul(acts.sums[b]);
-                *lane += (ip as f32 * d - mp as f32 * dmin) * acts.d[b];
+                let mp = (m as i32).wrapping_mul(acts.sums[g]);
+                acc[acc_lane(i)] += (ip as f32 * d - mp as f32 * dmin) * acts.d[g];
             }
         }
         *y = reduce_lanes(&acc);
@@ -335,18 +356,15 @@ pub fn gemv_q6_k(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
             let qh = &blk[Q6_K_QH..Q6_K_QH + 64];
             let scales = &blk[Q6_K_SCALES..Q6_K_SCALES + 16];
             let d = f16_at(blk, Q6_K_D);
-            for (j, lane) in acc.iter_mut().enumerate() {
-                let b = s * ACT_BLOCKS_PER_SUPER + j;
-                let a = &acts.qs[b * QK..(b + 1) * QK];
-                let half_dots: [i32; 2] = core::array::from_fn(|k| {
-                    q6_k_half(ql, qh, j, k)
-                        .zip(&a[16 * k..16 * k + 16])
-                        .map(|(q, &x)| q * x as i32)
-                        .sum()
-                });
-                let ip = (scales[2 * j] as i8) as i32 * half_dots[0]
-                    + (scales[2 * j + 1] as i8) as i32 * half_dots[1];
-                *lane += (ip as f32 * d) * acts.d[b];
+            for (i, &scale) in scales.iter().enumerate() {
+                let g = s * ACT_GROUPS_PER_SUPER + i;
+                let a = &acts.qs[g * QS..(g + 1) * QS];
+                let dot: i32 = q6_k_half(ql, qh, i / 2, i % 2)
+                    .zip(a)
+                    .map(|(q, &x)| q * x as i32)
+                    .sum();
+                let ip = (scale as i8) as i32 * dot;
+                acc[acc_lane(i)] += (ip as f32 * d) * acts.d[g];
             }
         }
         *y = reduce_lanes(&acc);
@@ -364,6 +382,22 @@ mod tests {
         assert_eq!(GgmlType::Q5_K.block_bytes(), Q5_K_BLOCK_BYTES);
         assert_eq!(GgmlType::Q6_K.block_bytes(), Q6_K_BLOCK_BYTES);
         assert_eq!(GgmlType::Q4_K.block_len(), QK_K);
+    }
+
+    #[test]
+    fn accumulator_lanes_take_two_groups_each() {
+        let mut hits = [0usize; 8];
+        for i in 0..ACT_GROUPS_PER_SUPER {
+            hits[acc_lane(i)] += 1;
+        }
+        for i in 0..8 {
+            assert_eq!(acc_lane(i), acc_lane(i + 8), "group {i}");
+        }
+        assert_eq!(hits, [2; 8]);
+        assert_eq!(
+            core::array::from_fn::<_, 8, _>(|l| (0..8).find(|&i| acc_lane(i) == l).unwrap()),
+            [0, 2, 4, 6, 1, 3, 5, 7]
+        );
     }
 
     #[test]
