@@ -26,31 +26,34 @@
 //!
 //! `gemv_<type>(w, acts, out)` computes `out[r] ≈ Σ_c W[r][c] * acts.d[c/16] * acts.qs[c]` for every
 //! row `r` in `0..out.len()`. The activations carry one scale and one integer sum per group of
-//! `QS` = 16 values (lengths stay multiples of [`QK`](crate::acts::QK) = 32). Activation group `g` lines up with
-//! elements `16i .. 16i+16` of super-block `s = g / 16`, `i = g % 16`:
+//! `QS` = 16 values (lengths stay multiples of [`QK`](crate::acts::QK) = 32). Activation group `g`
+//! lines up with elements `16i .. 16i+16` of super-block `s = g / 16`, `i = g % 16`:
 //! - Q4_K/Q5_K: group `i` is half `k = i % 2` of the 32-element sub-block `j = i / 2`, so one
 //!   sub-block scale `sc[j]` and min `m[j]` span the two groups `2j` and `2j + 1`;
 //! - Q6_K: group `i` is exactly the 16-element sub-block with scale `scales[i]`.
 //!
-//! For each row:
+//! For each row, with eight running sums `acc[0..8]`, all starting at `+0.0`, super-blocks in order
+//! and within one the groups `i = 0..16` in order, group `i` going to lane `j = i / 2` (for Q4_K and
+//! Q5_K the sub-block; for Q6_K the pair of 16-element sub-blocks `2j`, `2j + 1`), so that lane `j`
+//! receives group `2j` and then group `2j + 1` of each super-block:
 //!
-//! 1. Integers, exact, per group: `dot = Σ_l q[l] * a[l]` over the group's 16 values (i32).
-//!    - Q4_K/Q5_K: `ip = sc[j] * dot` and `mp = m[j] * acts.sums[g]` (i32, wrapping), so that the
-//!      group's contribution is `acts.d[g] * (d * ip - dmin * mp)`.
-//!    - Q6_K: `ip = scales[i] * Σ_l (q[l] - 32) * a[l]` (i32).
-//! 2. Floats, eight running sums `acc[0..8]`, all starting at `+0.0`. Group `i` of a super-block
-//!    goes to lane `L(i) = 4 * (i % 2) + (i / 2) % 4` (first halves of the sub-blocks to lanes 0..4,
-//!    second halves to lanes 4..8), super-blocks in order and within one the groups `i = 0..16` in
-//!    order, so each lane receives group `i` then group `i + 8`. Each step is rounded to f32 and
-//!    never fused:
-//!    - Q4_K/Q5_K: `acc[L(i)] += ((ip as f32) * d - (mp as f32) * dmin) * acts.d[g]`;
-//!    - Q6_K: `acc[L(i)] += ((ip as f32) * d) * acts.d[g]`.
+//! 1. Integers, exact, per group: `dot = Σ_l q[l] * a[l]` over the group's 16 values (i32; Q6_K with
+//!    the signed quants `q - 32`).
+//! 2. Floats, each step rounded to f32 and never fused:
+//!    - Q4_K/Q5_K, with `dl = d * sc[j]` and `ml = dmin * m[j]` computed as in the dequantizer:
+//!      `acc[j] += ((dot as f32) * dl - (acts.sums[g] as f32) * ml) * acts.d[g]`;
+//!    - Q6_K, with `ip = scales[i] * dot` (i32): `acc[j] += ((ip as f32) * d) * acts.d[g]`.
 //! 3. `out[r] = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))`.
 //!
-//! The i32 to f32 conversions are exact: `|ip| <= 2^23` for all three types when activations are in
-//! `-128..=127` (Q6_K: `128 * 32 * 128 * 16`), and `|mp| <= 63 * 128 * 16` when `sums` are the true
-//! group sums. The lane map is the order in which an AVX2 register holds the sixteen group sums of a
-//! super-block after a two-round transposing sum of the per-32-value `madd` results, so a SIMD
+//! All i32 to f32 conversions are exact: `|dot| <= 16 * 31 * 128` (Q4_K/Q5_K), `|ip| <= 2^23` (Q6_K:
+//! `128 * 32 * 128 * 16`) when activations are in `-128..=127`, and `|sums[g]| <= 16 * 128` for the
+//! true group sums (other sums are rounded the same way by every kernel). The products `dl` and
+//! `ml` are exact too (a 6-bit integer times an f16), so `(dot as f32) * dl` is the one rounding of
+//! `sc * dot * d`.
+//!
+//! The eight lanes are the lanes of one AVX2 register: after the integer reduction one register
+//! holds the first-half group dots of the eight sub-blocks in lane order and another the
+//! second-half ones, and the sub-block scales `dl`, `ml` form one register that both share. A SIMD
 //! kernel that follows these steps with separate multiplies and adds gives the same bits.
 //!
 //! # Argument checks
@@ -156,12 +159,6 @@ pub(crate) fn check_gemv(w: &[u8], acts: &ActsQ8<'_>, out: &[f32], block_bytes: 
         w.len()
     );
     row_bytes
-}
-
-/// Step 2 of the specification: the lane that accumulates group `i` (`0..16`) of a super-block.
-#[inline(always)]
-pub(crate) const fn acc_lane(i: usize) -> usize {
-    4 * (i % 2) + (i / 2) % 4
 }
 
 /// Step 3 of the specification: the fixed reduction of the eight lane sums.
@@ -290,9 +287,8 @@ pub fn gemv_q4_k(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
                     .map(|(&q, &x)| ((q >> shift) & 0x0F) as i32 * x as i32)
                     .sum();
                 let (sc, m) = scale_min_k4(j, scales);
-                let ip = sc as i32 * dot;
-                let mp = (m as i32).wrapping_mul(acts.sums[g]);
-                acc[acc_lane(i)] += (ip as f32 * d - mp as f32 * dmin) * acts.d[g];
+                let (dl, ml) = (d * sc as f32, dmin * m as f32);
+                acc[j] += (dot as f32 * dl - acts.sums[g] as f32 * ml) * acts.d[g];
             }
         }
         *y = reduce_lanes(&acc);
@@ -332,9 +328,8 @@ pub fn gemv_q5_k(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
                     })
                     .sum();
                 let (sc, m) = scale_min_k4(j, scales);
-                let ip = sc as i32 * dot;
-                let mp = (m as i32).wrapping_mul(acts.sums[g]);
-                acc[acc_lane(i)] += (ip as f32 * d - mp as f32 * dmin) * acts.d[g];
+                let (dl, ml) = (d * sc as f32, dmin * m as f32);
+                acc[j] += (dot as f32 * dl - acts.sums[g] as f32 * ml) * acts.d[g];
             }
         }
         *y = reduce_lanes(&acc);
@@ -364,7 +359,7 @@ pub fn gemv_q6_k(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
                     .map(|(q, &x)| q * x as i32)
                     .sum();
                 let ip = (scale as i8) as i32 * dot;
-                acc[acc_lane(i)] += (ip as f32 * d) * acts.d[g];
+                acc[i / 2] += (ip as f32 * d) * acts.d[g];
             }
         }
         *y = reduce_lanes(&acc);
@@ -382,22 +377,6 @@ mod tests {
         assert_eq!(GgmlType::Q5_K.block_bytes(), Q5_K_BLOCK_BYTES);
         assert_eq!(GgmlType::Q6_K.block_bytes(), Q6_K_BLOCK_BYTES);
         assert_eq!(GgmlType::Q4_K.block_len(), QK_K);
-    }
-
-    #[test]
-    fn accumulator_lanes_take_two_groups_each() {
-        let mut hits = [0usize; 8];
-        for i in 0..ACT_GROUPS_PER_SUPER {
-            hits[acc_lane(i)] += 1;
-        }
-        for i in 0..8 {
-            assert_eq!(acc_lane(i), acc_lane(i + 8), "group {i}");
-        }
-        assert_eq!(hits, [2; 8]);
-        assert_eq!(
-            core::array::from_fn::<_, 8, _>(|l| (0..8).find(|&i| acc_lane(i) == l).unwrap()),
-            [0, 2, 4, 6, 1, 3, 5, 7]
-        );
     }
 
     #[test]

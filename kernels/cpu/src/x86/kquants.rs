@@ -1,22 +1,25 @@
 //! AVX2 K-quant kernels (Q4_K, Q5_K, Q6_K): matrix-vector products with int8 activations that give
 //! the same bits as the scalar specification in `scalar::kquants`.
 //!
-//! Per super-block and row, the sixteen 16-value activation groups are handled together:
-//! - integer dots with `_mm256_maddubs_epi16` (unsigned weight quants times signed int8 activations;
-//!   every pair sum stays far below the i16 saturation limit) and `_mm256_madd_epi16`: for each
-//!   32-value sub-block `j` one register whose i32 lanes 0..4 hold partial sums of values 0..16 and
-//!   lanes 4..8 those of values 16..32 (both instructions keep element order);
-//! - two rounds of a transposing horizontal sum turn the eight such registers into two registers of
-//!   exact group dots: register `i / 8` holds group `i` in lane `4 * (i % 2) + (i / 2) % 4`, which
-//!   is the specification's accumulator lane `L(i)`;
-//! - Q4_K/Q5_K: the 6-bit scales and mins multiply the dots and `acts.sums` as i32 vectors (the
-//!   unpacked scales come out already repeated in both 128-bit halves, as that lane map needs);
-//!   Q6_K: quants are used unsigned (`0..64`) and the offset removed in i16 (`Σ q a - Σ 32 a`), the
-//!   two 16-element scales of a sub-block applied by `_mm256_madd_epi16`;
-//! - `acts.d` and `acts.sums` are loaded eight groups at a time and permuted into that lane map;
-//! - the float step is the specification's, lane `l` of one `__m256` is `acc[l]`, with separate
-//!   multiplies and adds (no FMA, so no different rounding), groups `0..8` before `8..16`, and the
-//!   final reduction adds the lanes in the specification's order.
+//! Per super-block and row, the sixteen 16-value activation groups are handled together, in the
+//! *group lane map* of the specification: two registers, register `k` holding in lane `j` the
+//! value for group `2j + k` (the first, then the second half of 32-element sub-block `j`).
+//! - Integer dots: `_mm256_maddubs_epi16` (unsigned weight quants times signed int8 activations)
+//!   gives per 32-value sub-block sixteen i16 pair sums in element order, the low 128-bit half
+//!   for the sub-block's first group and the high half for its second. `_mm256_hadd_epi16` then
+//!   adds within each half, so the two groups never mix; every intermediate is bounded below the
+//!   i16 limit (see the helpers), and the last additions happen in i32 (`_mm256_madd_epi16`, with
+//!   ones or with the Q6_K scales, and for Q6_K `_mm256_hadd_epi32`). One `_mm256_permute2x128`
+//!   pair turns "low half: first groups of sub-blocks 0..4, high half: their second groups" into
+//!   the group lane map. All integer results are exact.
+//! - Q4_K/Q5_K: `dl = d * sc` and `ml = dmin * m` for the eight sub-blocks are one register each,
+//!   shared by both group registers; Q6_K: quants are used unsigned (`0..64`) and the offset
+//!   removed in i16 (`Σ q a - Σ 32 a`), the 16-element scales applied by `_mm256_madd_epi16`.
+//! - `acts.d` and `acts.sums` of a super-block are split into even and odd groups on load (moving
+//!   bits only).
+//! - The float step is the specification's, lane `j` of one `__m256` is `acc[j]`, with separate
+//!   multiplies and adds (no FMA, so no different rounding), register 0 before register 1, and
+//!   the final reduction adds the lanes in the specification's order.
 //!
 //! Hence every result is bit-identical to the scalar kernel; the tests check exactly that.
 //!
@@ -34,20 +37,16 @@ use crate::scalar::kquants::{
 
 /// Values per K-quant sub-block of 32 (one `maddubs` register).
 const SUB: usize = 32;
-/// Lane `l` of a register of group dots holds group `GROUP_OF_LANE[l]` of its eight groups (the
-/// inverse of the specification's lane map `L(i)` on `0..8`).
-const GROUP_OF_LANE: [i32; 8] = [0, 2, 4, 6, 1, 3, 5, 7];
 
 /// The 6-bit scales and mins of the eight sub-blocks of a Q4_K/Q5_K super-block, from the 12 packed
-/// bytes at `s`, in the lane map of the group dots: `sc[h]` lane `l` is the scale of sub-block
-/// `4h + l % 4` (`h` in `0..2`), likewise `m[h]` for the mins. Same values as
+/// bytes at `s`, as i32 lanes `(sc[0..8], m[0..8])`. Same values as
 /// `scalar::kquants::scale_min_k4`, computed without lane-crossing shuffles: each lane shifts its
 /// own copy of a packed word.
 ///
 /// # Safety
 /// The CPU must support AVX2 and `s` must be valid for reading 12 bytes.
 #[inline(always)]
-unsafe fn scales_mins_k4(s: *const u8) -> ([__m256i; 2], [__m256i; 2]) {
+unsafe fn scales_mins_k4(s: *const u8) -> (__m256i, __m256i) {
     // SAFETY: the caller guarantees AVX2 and that `s..s+12` is readable; the three unaligned
     // 4-byte reads are `s..s+4`, `s+4..s+8` and `s+8..s+12`.
     unsafe {
@@ -70,76 +69,31 @@ unsafe fn scales_mins_k4(s: *const u8) -> ([__m256i; 2], [__m256i; 2]) {
             _mm256_and_si256(_mm256_srli_epi32::<4>(b), m4),
         );
         (
-            [_mm256_and_si256(a, m6), sc_hi],
-            [_mm256_and_si256(c, m6), m_hi],
+            _mm256_blend_epi32::<0b1111_0000>(_mm256_and_si256(a, m6), sc_hi),
+            _mm256_blend_epi32::<0b1111_0000>(_mm256_and_si256(c, m6), m_hi),
         )
     }
 }
 
-/// The sixteen group sums of eight sub-block registers: `v[j]` holds in lanes 0..4 partial sums
-/// of group `2j` and in lanes 4..8 those of group `2j + 1`. Register `i / 8` of the result holds
-/// the (wrapping) sum of group `i` in lane `4 * (i % 2) + (i / 2) % 4`.
+/// The sixteen per-group values at `p` (32-bit lanes, one super-block) in the group lane map:
+/// result `k` lane `j` is `p[2j + k]`. Only moves bits.
 ///
 /// # Safety
-/// The CPU must support AVX2.
+/// The CPU must support AVX2 and `p` must be valid for reading 64 bytes.
 #[inline(always)]
-unsafe fn group_sums(v: &[__m256i; 8]) -> [__m256i; 2] {
-    // Two rounds, each adding two vectors' partial sums into one: blends pick the lanes that stay,
-    // one in-lane shuffle brings the partners (the compiler may fuse a round into `vphaddd`).
-    // Integer sums are exact in any order.
-    // SAFETY: the caller guarantees AVX2; these intrinsics only touch registers.
+unsafe fn load_group_halves(p: *const f32) -> [__m256; 2] {
+    // SAFETY: the caller guarantees AVX2 and that `p..p+16` is readable.
     unsafe {
-        // Round 1, (a, b) -> lane 2i: a[2i] + a[2i+1], lane 2i+1: b[2i] + b[2i+1].
-        let pairs = |a: __m256i, b: __m256i| {
-            let keep = _mm256_blend_epi32::<0b1010_1010>(a, b);
-            let swap = _mm256_shuffle_epi32::<0b1011_0001>(_mm256_blend_epi32::<0b1010_1010>(b, a));
-            _mm256_add_epi32(keep, swap)
+        let (a, b) = (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)));
+        // Per 128-bit half: [a0, a2, b0, b2] and [a1, a3, b1, b3]; the 64-bit permute puts the
+        // four pairs in order.
+        let even = _mm256_shuffle_ps::<0b10_00_10_00>(a, b);
+        let odd = _mm256_shuffle_ps::<0b11_01_11_01>(a, b);
+        let order = |v: __m256| {
+            _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(v)))
         };
-        // Round 2, (x, y) -> lanes 0, 1: the two partial sums of x; lanes 2, 3: those of y (per
-        // 128-bit half). With x = pairs(v0, v1) and y = pairs(v2, v3) the low half is the sums of
-        // lanes 0..4 of v0, v1, v2, v3 (groups 0, 2, 4, 6) and the high half those of lanes 4..8
-        // (groups 1, 3, 5, 7).
-        let quads = |x: __m256i, y: __m256i| {
-            let keep = _mm256_blend_epi32::<0b1100_1100>(x, y);
-            let swap = _mm256_shuffle_epi32::<0b0100_1110>(_mm256_blend_epi32::<0b1100_1100>(y, x));
-            _mm256_add_epi32(keep, swap)
-        };
-        [
-            quads(pairs(v[0], v[1]), pairs(v[2], v[3])),
-            quads(pairs(v[4], v[5]), pairs(v[6], v[7])),
-        ]
+        [order(even), order(odd)]
     }
-}
-
-/// Eight consecutive per-group floats at `p` (groups `8h .. 8h + 8` of a super-block), permuted into
-/// the lane map of the group dots.
-///
-/// # Safety
-/// The CPU must support AVX2 and `p` must be valid for reading 8 floats.
-#[inline(always)]
-unsafe fn load_groups_ps(p: *const f32, perm: __m256i) -> __m256 {
-    // SAFETY: the caller guarantees AVX2 and that `p..p+8` is readable.
-    unsafe { _mm256_permutevar8x32_ps(_mm256_loadu_ps(p), perm) }
-}
-
-/// Eight consecutive per-group integers at `p`, permuted into the lane map of the group dots.
-///
-/// # Safety
-/// The CPU must support AVX2 and `p` must be valid for reading 8 i32.
-#[inline(always)]
-unsafe fn load_groups_epi32(p: *const i32, perm: __m256i) -> __m256i {
-    // SAFETY: the caller guarantees AVX2 and that `p..p+8` is readable.
-    unsafe { _mm256_permutevar8x32_epi32(_mm256_loadu_si256(p.cast::<__m256i>()), perm) }
-}
-
-/// The permutation for [`load_groups_ps`] and [`load_groups_epi32`].
-///
-/// # Safety
-/// The CPU must support AVX2.
-#[inline(always)]
-unsafe fn group_perm() -> __m256i {
-    // SAFETY: the caller guarantees AVX2; the load reads the 8 i32 of a local array.
-    unsafe { _mm256_loadu_si256(GROUP_OF_LANE.as_ptr().cast::<__m256i>()) }
 }
 
 /// The specification's final reduction of the eight lane sums:
@@ -159,46 +113,37 @@ unsafe fn reduce_lanes_ps(acc: __m256) -> f32 {
     }
 }
 
-/// The float step for Q4_K/Q5_K: `acc + ((ip * d) - (mp * dmin)) * ad`, lane by lane.
-///
-/// # Safety
-/// The CPU must support AVX2.
-#[inline(always)]
-unsafe fn accumulate_k4(
-    acc: __m256,
-    ip: __m256i,
-    mp: __m256i,
-    d: __m256,
-    dmin: __m256,
-    ad: __m256,
-) -> __m256 {
-    // SAFETY: the caller guarantees AVX2; these intrinsics only touch registers.
-    unsafe {
-        let pos = _mm256_mul_ps(_mm256_cvtepi32_ps(ip), d);
-        let neg = _mm256_mul_ps(_mm256_cvtepi32_ps(mp), dmin);
-        _mm256_add_ps(acc, _mm256_mul_ps(_mm256_sub_ps(pos, neg), ad))
-    }
-}
-
 /// The sixteen exact group dots `Σ q*a` of a super-block whose unsigned quants of sub-block `j`
-/// are `q[j]`, with the activations at `a`, in the lane map of [`group_sums`].
+/// are `q[j]`, with the activations at `a`, in the group lane map.
 ///
 /// # Safety
-/// The CPU must support AVX2, every `q[j]` must be in `0..=63` and `a` must be valid for reading
+/// The CPU must support AVX2, every `q[j]` must be in `0..=31` and `a` must be valid for reading
 /// 256 bytes.
 #[inline(always)]
 unsafe fn dots_u8_i8(q: &[__m256i; 8], a: *const i8) -> [__m256i; 2] {
     // SAFETY: the caller guarantees AVX2 and that `a..a+256` is readable; each load reads
     // `a + 32*j .. a + 32*j + 32` with `j < 8`, unaligned loads being allowed.
     unsafe {
-        let ones = _mm256_set1_epi16(1);
-        let mut v = [_mm256_setzero_si256(); 8];
-        for (j, vj) in v.iter_mut().enumerate() {
+        let p: [__m256i; 8] = core::array::from_fn(|j| {
             let x = _mm256_loadu_si256(a.add(SUB * j).cast::<__m256i>());
-            // |q0*x0 + q1*x1| <= 63 * 128 * 2 < 2^15: no saturation.
-            *vj = _mm256_madd_epi16(_mm256_maddubs_epi16(q[j], x), ones);
-        }
-        group_sums(&v)
+            // |q0*x0 + q1*x1| <= 31 * 128 * 2 = 7936: no saturation.
+            _mm256_maddubs_epi16(q[j], x)
+        });
+        // Two rounds of horizontal i16 adds (per 128-bit half, so the first and second group of
+        // a sub-block stay apart) leave sums of four pair sums, |.| <= 4 * 7936 < 2^15, exact;
+        // `madd` with ones adds the last pair in i32. Low half of result h: the first groups of
+        // sub-blocks 4h..4h+4, high half: their second groups.
+        let ones = _mm256_set1_epi16(1);
+        let quad = |k: usize| {
+            let h01 = _mm256_hadd_epi16(p[4 * k], p[4 * k + 1]);
+            let h23 = _mm256_hadd_epi16(p[4 * k + 2], p[4 * k + 3]);
+            _mm256_madd_epi16(_mm256_hadd_epi16(h01, h23), ones)
+        };
+        let (lo, hi) = (quad(0), quad(1));
+        [
+            _mm256_permute2x128_si256::<0x20>(lo, hi),
+            _mm256_permute2x128_si256::<0x31>(lo, hi),
+        ]
     }
 }
 
@@ -207,7 +152,7 @@ unsafe fn dots_u8_i8(q: &[__m256i; 8], a: *const i8) -> [__m256i; 2] {
 /// activations, scales and sums of its 256 values.
 ///
 /// # Safety
-/// The CPU must support AVX2, every `q[j]` must be in `0..=63` and `a` must hold 256 values;
+/// The CPU must support AVX2, every `q[j]` must be in `0..=31` and `a` must hold 256 values;
 /// `blk`, `ad` and `sums` are checked by indexing.
 #[inline(always)]
 unsafe fn super_block_k4(
@@ -217,28 +162,30 @@ unsafe fn super_block_k4(
     a: &[i8],
     ad: &[f32],
     sums: &[i32],
-    perm: __m256i,
 ) -> __m256 {
     let (ad, sums, scales) = (&ad[..16], &sums[..16], &blk[4..16]);
     let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
     // SAFETY: the caller guarantees AVX2, the quant range and that `a` holds 256 values; `scales`
-    // is 12 bytes, `ad` and `sums` 16 values, so the loads at offsets 0 and 8 read inside them.
+    // is 12 bytes, `ad` and `sums` 16 values (64 bytes each).
     unsafe {
-        let (d, dmin) = (_mm256_set1_ps(d), _mm256_set1_ps(dmin));
         let (sc, m) = scales_mins_k4(scales.as_ptr());
+        // dl = d * sc and ml = dmin * m, per sub-block, as in the dequantizer.
+        let dl = _mm256_mul_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sc));
+        let ml = _mm256_mul_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(m));
         let dots = dots_u8_i8(q, a.as_ptr());
+        let adv = load_group_halves(ad.as_ptr());
+        let sv = load_group_halves(sums.as_ptr().cast::<f32>());
         let mut acc = acc;
-        for h in 0..2 {
-            let ip = _mm256_mullo_epi32(dots[h], sc[h]);
-            let mp = _mm256_mullo_epi32(load_groups_epi32(sums.as_ptr().add(8 * h), perm), m[h]);
-            let adv = load_groups_ps(ad.as_ptr().add(8 * h), perm);
-            acc = accumulate_k4(acc, ip, mp, d, dmin, adv);
+        for k in 0..2 {
+            let pos = _mm256_mul_ps(_mm256_cvtepi32_ps(dots[k]), dl);
+            let neg = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_castps_si256(sv[k])), ml);
+            acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_sub_ps(pos, neg), adv[k]));
         }
         acc
     }
 }
 
-/// The 4-bit quants of the eight groups of a Q4_K super-block whose `qs` field starts at `qs`.
+/// The 4-bit quants of the eight 32-element sub-blocks of a Q4_K super-block whose `qs` field starts at `qs`.
 ///
 /// # Safety
 /// The CPU must support AVX2 and `qs` must be valid for reading 128 bytes.
@@ -258,7 +205,7 @@ unsafe fn quants_q4_k(qs: *const u8) -> [__m256i; 8] {
     }
 }
 
-/// The 5-bit quants of the eight groups of a Q5_K super-block whose `qh` and `qs` fields start at
+/// The 5-bit quants of the eight 32-element sub-blocks of a Q5_K super-block whose `qh` and `qs` fields start at
 /// `qh` and `qs`.
 ///
 /// # Safety
@@ -307,8 +254,8 @@ pub unsafe fn avx2_gemv_q4_k(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
 /// The CPU must support AVX2.
 #[inline(always)]
 unsafe fn row_q4_k(row: &[u8], acts: &ActsQ8<'_>) -> f32 {
-    // SAFETY: the caller guarantees AVX2; these only set registers.
-    let (mut acc, perm) = unsafe { (_mm256_setzero_ps(), group_perm()) };
+    // SAFETY: the caller guarantees AVX2; this only sets a register.
+    let mut acc = unsafe { _mm256_setzero_ps() };
     for s in 0..acts.len() / QK_K {
         let blk = &row[s * Q4_K_BLOCK_BYTES..(s + 1) * Q4_K_BLOCK_BYTES];
         let a = &acts.qs[s * QK_K..(s + 1) * QK_K];
@@ -318,7 +265,7 @@ unsafe fn row_q4_k(row: &[u8], acts: &ActsQ8<'_>) -> f32 {
         acc = unsafe {
             let q = quants_q4_k(blk.as_ptr().add(16));
             let (ad, sums) = (&acts.d[groups.clone()], &acts.sums[groups]);
-            super_block_k4(acc, blk, &q, a, ad, sums, perm)
+            super_block_k4(acc, blk, &q, a, ad, sums)
         };
     }
     // SAFETY: the caller guarantees AVX2.
@@ -348,8 +295,8 @@ pub unsafe fn avx2_gemv_q5_k(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
 /// The CPU must support AVX2.
 #[inline(always)]
 unsafe fn row_q5_k(row: &[u8], acts: &ActsQ8<'_>) -> f32 {
-    // SAFETY: the caller guarantees AVX2; these only set registers.
-    let (mut acc, perm) = unsafe { (_mm256_setzero_ps(), group_perm()) };
+    // SAFETY: the caller guarantees AVX2; this only sets a register.
+    let mut acc = unsafe { _mm256_setzero_ps() };
     for s in 0..acts.len() / QK_K {
         let blk = &row[s * Q5_K_BLOCK_BYTES..(s + 1) * Q5_K_BLOCK_BYTES];
         let a = &acts.qs[s * QK_K..(s + 1) * QK_K];
@@ -360,21 +307,21 @@ unsafe fn row_q5_k(row: &[u8], acts: &ActsQ8<'_>) -> f32 {
         acc = unsafe {
             let q = quants_q5_k(blk.as_ptr().add(16), blk.as_ptr().add(48));
             let (ad, sums) = (&acts.d[groups.clone()], &acts.sums[groups]);
-            super_block_k4(acc, blk, &q, a, ad, sums, perm)
+            super_block_k4(acc, blk, &q, a, ad, sums)
         };
     }
     // SAFETY: the caller guarantees AVX2.
     unsafe { reduce_lanes_ps(acc) }
 }
 
-/// The sixteen exact scaled group dots `scales[i] * Σ (q-32) a` of a Q6_K super-block, in the lane
-/// map of [`group_sums`].
+/// The sixteen exact scaled group dots `scales[i] * Σ (q-32) a` of a Q6_K super-block, in the group
+/// lane map (result `k` lane `j`: group `i = 2j + k`, the two halves of 32-value block `j`).
 ///
 /// # Safety
 /// The CPU must support AVX2, `blk` must be valid for reading a 210-byte Q6_K super-block and `a`
 /// for reading 256 bytes.
 #[inline(always)]
-unsafe fn scaled_dots_q6_k(blk: *const u8, a: *const i8, shuf: &[__m256i; 4]) -> [__m256i; 2] {
+unsafe fn scaled_dots_q6_k(blk: *const u8, a: *const i8, shuf: &[__m256i; 2]) -> [__m256i; 2] {
     // SAFETY: the caller guarantees AVX2 and the readable ranges. Loads read `ql` at
     // `blk + 64h .. blk + 64h + 64` (h < 2, inside 0..128), `qh` at `blk + 128 + 32h ..` (+32,
     // inside 128..192), the 16 scales at `blk + 192 .. blk + 208`, and activations at
@@ -389,12 +336,12 @@ unsafe fn scaled_dots_q6_k(blk: *const u8, a: *const i8, shuf: &[__m256i; 4]) ->
             _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(scales)),
             _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(_mm_srli_si128::<8>(scales))),
         ];
-        let mut v = [_mm256_setzero_si256(); 8];
+        let mut v = [_mm256_setzero_si256(); 2];
         for (h, sc_half) in sc_halves.iter().enumerate() {
             let l0 = _mm256_loadu_si256(blk.add(64 * h).cast::<__m256i>());
             let l1 = _mm256_loadu_si256(blk.add(64 * h + 32).cast::<__m256i>());
             let hb = _mm256_loadu_si256(blk.add(128 + 32 * h).cast::<__m256i>());
-            // Unsigned 6-bit quants of groups g = 0..4 of this half: low nibbles of l0, l1, then
+            // Unsigned 6-bit quants of 32-value blocks g = 0..4 of this half: low nibbles of l0, l1, then
             // high nibbles; high bits 2g..2g+1 of `hb` moved to bits 4..5 (16-bit shifts carry
             // bits between bytes only into positions the masks remove).
             let q = [
@@ -415,37 +362,51 @@ unsafe fn scaled_dots_q6_k(blk: *const u8, a: *const i8, shuf: &[__m256i; 4]) ->
                     _mm256_and_si256(_mm256_srli_epi16::<2>(hb), m30),
                 ),
             ];
-            for (g, qg) in q.iter().enumerate() {
-                let j = 4 * h + g;
-                let x = _mm256_loadu_si256(a.add(SUB * j).cast::<__m256i>());
+            let p: [__m256i; 4] = core::array::from_fn(|g| {
+                let x = _mm256_loadu_si256(a.add(SUB * (4 * h + g)).cast::<__m256i>());
                 // Pair sums of q*x (|.| <= 63*128*2) minus those of 32*x (|.| <= 32*128*2): the
                 // difference is the pair sum of (q-32)*x, |.| <= 8192, exact in i16.
-                let p =
-                    _mm256_sub_epi16(_mm256_maddubs_epi16(*qg, x), _mm256_maddubs_epi16(off, x));
-                // Low half (elements 0..16) times scales[2j], high half times scales[2j+1].
-                let sc = _mm256_shuffle_epi8(*sc_half, shuf[g]);
-                v[j] = _mm256_madd_epi16(p, sc);
-            }
+                _mm256_sub_epi16(_mm256_maddubs_epi16(q[g], x), _mm256_maddubs_epi16(off, x))
+            });
+            // One horizontal i16 add per pair of blocks (2k, 2k+1): sums of four values,
+            // |.| <= 16384, exact; per 128-bit half the first four lanes are block 2k's, the next
+            // four 2k+1's, the low half first groups and the high half second groups. `madd` with
+            // the matching scales gives exact i32 (|.| <= 2 * 128 * 16384), and one horizontal
+            // i32 add finishes the group sums: per half, blocks 4h..4h+4 in order.
+            let r: [__m256i; 2] = core::array::from_fn(|k| {
+                let sc = _mm256_shuffle_epi8(*sc_half, shuf[k]);
+                _mm256_madd_epi16(_mm256_hadd_epi16(p[2 * k], p[2 * k + 1]), sc)
+            });
+            v[h] = _mm256_hadd_epi32(r[0], r[1]);
         }
-        group_sums(&v)
+        [
+            _mm256_permute2x128_si256::<0x20>(v[0], v[1]),
+            _mm256_permute2x128_si256::<0x31>(v[0], v[1]),
+        ]
     }
 }
 
-/// Shuffle controls that turn eight i16 scales (in both halves) into scale `2g` repeated in the
-/// low half and scale `2g + 1` in the high half, for `g` in `0..4`.
+/// Shuffle controls that turn the eight i16 scales of four 32-value blocks (in both halves) into
+/// the scales of blocks `2k` and `2k + 1` (`k` in `0..2`) in the lane order of `_mm256_hadd_epi16`
+/// of their pair sums: low half four times scale `4k` then four times `4k + 2` (first groups),
+/// high half `4k + 1` and `4k + 3` (second groups).
 ///
 /// # Safety
 /// The CPU must support AVX2.
 #[inline(always)]
-unsafe fn q6_k_scale_shuffles() -> [__m256i; 4] {
+unsafe fn q6_k_scale_shuffles() -> [__m256i; 2] {
     // SAFETY: the caller guarantees AVX2; these intrinsics only touch registers.
     unsafe {
-        let ctl = |g: i16| {
-            let lo = (4 * g) | ((4 * g + 1) << 8);
-            let hi = (4 * g + 2) | ((4 * g + 3) << 8);
-            _mm256_set_m128i(_mm_set1_epi16(hi), _mm_set1_epi16(lo))
+        // The two bytes of i16 scale `i`, as one i16 shuffle control.
+        let bytes = |i: i16| (2 * i) | ((2 * i + 1) << 8);
+        let ctl = |k: i16| {
+            let half = |a: i16, b: i16| {
+                let (a, b) = (bytes(a), bytes(b));
+                _mm_setr_epi16(a, a, a, a, b, b, b, b)
+            };
+            _mm256_set_m128i(half(4 * k + 1, 4 * k + 3), half(4 * k, 4 * k + 2))
         };
-        [ctl(0), ctl(1), ctl(2), ctl(3)]
+        [ctl(0), ctl(1)]
     }
 }
 
@@ -473,9 +434,9 @@ pub unsafe fn avx2_gemv_q6_k(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
 /// # Safety
 /// The CPU must support AVX2.
 #[inline(always)]
-unsafe fn row_q6_k(row: &[u8], acts: &ActsQ8<'_>, shuf: &[__m256i; 4]) -> f32 {
-    // SAFETY: the caller guarantees AVX2; these only set registers.
-    let (mut acc, perm) = unsafe { (_mm256_setzero_ps(), group_perm()) };
+unsafe fn row_q6_k(row: &[u8], acts: &ActsQ8<'_>, shuf: &[__m256i; 2]) -> f32 {
+    // SAFETY: the caller guarantees AVX2; this only sets a register.
+    let mut acc = unsafe { _mm256_setzero_ps() };
     for s in 0..acts.len() / QK_K {
         let blk = &row[s * Q6_K_BLOCK_BYTES..(s + 1) * Q6_K_BLOCK_BYTES];
         let a = &acts.qs[s * QK_K..(s + 1) * QK_K];
@@ -486,11 +447,11 @@ unsafe fn row_q6_k(row: &[u8], acts: &ActsQ8<'_>, shuf: &[__m256i; 4]) -> f32 {
         acc = unsafe {
             let d = _mm256_set1_ps(d);
             let ip = scaled_dots_q6_k(blk.as_ptr(), a.as_ptr(), shuf);
+            let adv = load_group_halves(ad.as_ptr());
             let mut acc = acc;
-            for (h, iph) in ip.iter().enumerate() {
-                let t = _mm256_mul_ps(_mm256_cvtepi32_ps(*iph), d);
-                let adv = load_groups_ps(ad.as_ptr().add(8 * h), perm);
-                acc = _mm256_add_ps(acc, _mm256_mul_ps(t, adv));
+            for k in 0..2 {
+                let t = _mm256_mul_ps(_mm256_cvtepi32_ps(ip[k]), d);
+                acc = _mm256_add_ps(acc, _mm256_mul_ps(t, adv[k]));
             }
             acc
         };
@@ -528,19 +489,17 @@ mod tests {
             let (sc, m) = unsafe {
                 let (sc, m) = scales_mins_k4(s.as_ptr());
                 (
-                    sc.map(|v| core::mem::transmute::<__m256i, [i32; 8]>(v)),
-                    m.map(|v| core::mem::transmute::<__m256i, [i32; 8]>(v)),
+                    core::mem::transmute::<__m256i, [i32; 8]>(sc),
+                    core::mem::transmute::<__m256i, [i32; 8]>(m),
                 )
             };
-            for h in 0..2 {
-                for l in 0..8 {
-                    let (want_sc, want_m) = scale_min_k4(4 * h + l % 4, &s);
-                    assert_eq!(
-                        (sc[h][l], m[h][l]),
-                        (i32::from(want_sc), i32::from(want_m)),
-                        "{s:?} {h} {l}"
-                    );
-                }
+            for j in 0..8 {
+                let (want_sc, want_m) = scale_min_k4(j, &s);
+                assert_eq!(
+                    (sc[j], m[j]),
+                    (i32::from(want_sc), i32::from(want_m)),
+                    "{s:?} {j}"
+                );
             }
         }
     }
