@@ -33,16 +33,17 @@
 //! - Q6_K: group `i` is exactly the 16-element sub-block with scale `scales[i]`.
 //!
 //! For each row, with eight running sums `acc[0..8]`, all starting at `+0.0`, super-blocks in order
-//! and within one the groups `i = 0..16` in order, group `i` going to lane `j = i / 2` (for Q4_K and
-//! Q5_K the sub-block; for Q6_K the pair of 16-element sub-blocks `2j`, `2j + 1`), so that lane `j`
-//! receives group `2j` and then group `2j + 1` of each super-block:
+//! and within one the groups `i = 0..16` in order, group `i` going to lane
+//! `L(i) = 4 * (i % 2) + (i / 2) % 4`: first halves of 32-element sub-blocks `j` to lane `j % 4`,
+//! second halves to lane `4 + j % 4`, so that each lane receives group `i` and then group `i + 8`
+//! of each super-block:
 //!
 //! 1. Integers, exact, per group: `dot = Σ_l q[l] * a[l]` over the group's 16 values (i32; Q6_K with
 //!    the signed quants `q - 32`).
 //! 2. Floats, each step rounded to f32 and never fused:
 //!    - Q4_K/Q5_K, with `dl = d * sc[j]` and `ml = dmin * m[j]` computed as in the dequantizer:
-//!      `acc[j] += ((dot as f32) * dl - (acts.sums[g] as f32) * ml) * acts.d[g]`;
-//!    - Q6_K, with `ip = scales[i] * dot` (i32): `acc[j] += ((ip as f32) * d) * acts.d[g]`.
+//!      `acc[L(i)] += ((dot as f32) * dl - (acts.sums[g] as f32) * ml) * acts.d[g]`;
+//!    - Q6_K, with `ip = scales[i] * dot` (i32): `acc[L(i)] += ((ip as f32) * d) * acts.d[g]`.
 //! 3. `out[r] = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))`.
 //!
 //! All i32 to f32 conversions are exact: `|dot| <= 16 * 31 * 128` (Q4_K/Q5_K), `|ip| <= 2^23` (Q6_K:
@@ -51,9 +52,9 @@
 //! `ml` are exact too (a 6-bit integer times an f16), so `(dot as f32) * dl` is the one rounding of
 //! `sc * dot * d`.
 //!
-//! The eight lanes are the lanes of one AVX2 register: after the integer reduction one register
-//! holds the first-half group dots of the eight sub-blocks in lane order and another the
-//! second-half ones, and the sub-block scales `dl`, `ml` form one register that both share. A SIMD
+//! The eight lanes are the lanes of one AVX2 register: horizontal adds within the 128-bit halves of
+//! the `maddubs` results of sub-blocks `4h .. 4h+4` leave one register with their first-half group
+//! dots in the low half and their second-half ones in the high half, which is the map `L`. A SIMD
 //! kernel that follows these steps with separate multiplies and adds gives the same bits.
 //!
 //! # Argument checks
@@ -159,6 +160,12 @@ pub(crate) fn check_gemv(w: &[u8], acts: &ActsQ8<'_>, out: &[f32], block_bytes: 
         w.len()
     );
     row_bytes
+}
+
+/// Step 2 of the specification: the lane that accumulates group `i` (`0..16`) of a super-block.
+#[inline(always)]
+pub(crate) const fn acc_lane(i: usize) -> usize {
+    4 * (i % 2) + (i / 2) % 4
 }
 
 /// Step 3 of the specification: the fixed reduction of the eight lane sums.
@@ -288,7 +295,7 @@ pub fn gemv_q4_k(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
                     .sum();
                 let (sc, m) = scale_min_k4(j, scales);
                 let (dl, ml) = (d * sc as f32, dmin * m as f32);
-                acc[j] += (dot as f32 * dl - acts.sums[g] as f32 * ml) * acts.d[g];
+                acc[acc_lane(i)] += (dot as f32 * dl - acts.sums[g] as f32 * ml) * acts.d[g];
             }
         }
         *y = reduce_lanes(&acc);
@@ -329,7 +336,7 @@ pub fn gemv_q5_k(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
                     .sum();
                 let (sc, m) = scale_min_k4(j, scales);
                 let (dl, ml) = (d * sc as f32, dmin * m as f32);
-                acc[j] += (dot as f32 * dl - acts.sums[g] as f32 * ml) * acts.d[g];
+                acc[acc_lane(i)] += (dot as f32 * dl - acts.sums[g] as f32 * ml) * acts.d[g];
             }
         }
         *y = reduce_lanes(&acc);
@@ -359,7 +366,7 @@ pub fn gemv_q6_k(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
                     .map(|(q, &x)| q * x as i32)
                     .sum();
                 let ip = (scale as i8) as i32 * dot;
-                acc[i / 2] += (ip as f32 * d) * acts.d[g];
+                acc[acc_lane(i)] += (ip as f32 * d) * acts.d[g];
             }
         }
         *y = reduce_lanes(&acc);
@@ -377,6 +384,20 @@ mod tests {
         assert_eq!(GgmlType::Q5_K.block_bytes(), Q5_K_BLOCK_BYTES);
         assert_eq!(GgmlType::Q6_K.block_bytes(), Q6_K_BLOCK_BYTES);
         assert_eq!(GgmlType::Q4_K.block_len(), QK_K);
+    }
+
+    #[test]
+    fn accumulator_lanes_take_two_groups_each() {
+        let mut hits = [0usize; 8];
+        for i in 0..ACT_GROUPS_PER_SUPER {
+            hits[acc_lane(i)] += 1;
+        }
+        assert_eq!(hits, [2; 8]);
+        for i in 0..8 {
+            assert_eq!(acc_lane(i), acc_lane(i + 8), "group {i}");
+        }
+        let lanes: [usize; 8] = core::array::from_fn(acc_lane);
+        assert_eq!(lanes, [0, 4, 1, 5, 2, 6, 3, 7]);
     }
 
     #[test]

@@ -2,22 +2,23 @@
 //! the same bits as the scalar specification in `scalar::kquants`.
 //!
 //! Per super-block and row, the sixteen 16-value activation groups are handled together, in the
-//! *group lane map* of the specification: two registers, register `k` holding in lane `j` the
-//! value for group `2j + k` (the first, then the second half of 32-element sub-block `j`).
+//! *group lane map* of the specification: two registers, register `h` holding the values for
+//! groups `8h .. 8h + 8`, group `i` in lane `L(i) = 4 * (i % 2) + (i / 2) % 4` (low half: first
+//! halves of 32-element sub-blocks `4h .. 4h + 4`, high half: their second halves).
 //! - Integer dots: `_mm256_maddubs_epi16` (unsigned weight quants times signed int8 activations)
 //!   gives per 32-value sub-block sixteen i16 pair sums in element order, the low 128-bit half
 //!   for the sub-block's first group and the high half for its second. `_mm256_hadd_epi16` then
 //!   adds within each half, so the two groups never mix; every intermediate is bounded below the
 //!   i16 limit (see the helpers), and the last additions happen in i32 (`_mm256_madd_epi16`, with
-//!   ones or with the Q6_K scales, and for Q6_K `_mm256_hadd_epi32`). One `_mm256_permute2x128`
-//!   pair turns "low half: first groups of sub-blocks 0..4, high half: their second groups" into
-//!   the group lane map. All integer results are exact.
-//! - Q4_K/Q5_K: `dl = d * sc` and `ml = dmin * m` for the eight sub-blocks are one register each,
-//!   shared by both group registers; Q6_K: quants are used unsigned (`0..64`) and the offset
-//!   removed in i16 (`Σ q a - Σ 32 a`), the 16-element scales applied by `_mm256_madd_epi16`.
-//! - `acts.d` and `acts.sums` of a super-block are split into even and odd groups on load (moving
+//!   ones or with the Q6_K scales, and for Q6_K `_mm256_hadd_epi32`). The result is already in the
+//!   group lane map, and all integer results are exact.
+//! - Q4_K/Q5_K: the unpacked 6-bit scales and mins come out repeated in both 128-bit halves, as
+//!   the map needs, and `dl = d * sc`, `ml = dmin * m` are computed from them; Q6_K: quants are
+//!   used unsigned (`0..64`) and the offset removed in i16 (`Σ q a - Σ 32 a`), the 16-element
+//!   scales applied by `_mm256_madd_epi16`.
+//! - `acts.d` and `acts.sums` are loaded eight groups at a time and permuted into the map (moving
 //!   bits only).
-//! - The float step is the specification's, lane `j` of one `__m256` is `acc[j]`, with separate
+//! - The float step is the specification's, lane `l` of one `__m256` is `acc[l]`, with separate
 //!   multiplies and adds (no FMA, so no different rounding), register 0 before register 1, and
 //!   the final reduction adds the lanes in the specification's order.
 //!
@@ -39,14 +40,15 @@ use crate::scalar::kquants::{
 const SUB: usize = 32;
 
 /// The 6-bit scales and mins of the eight sub-blocks of a Q4_K/Q5_K super-block, from the 12 packed
-/// bytes at `s`, as i32 lanes `(sc[0..8], m[0..8])`. Same values as
+/// bytes at `s`, in the group lane map: `sc[h]` lane `l` is the scale of sub-block `4h + l % 4`
+/// (`h` in `0..2`), likewise `m[h]` for the mins. Same values as
 /// `scalar::kquants::scale_min_k4`, computed without lane-crossing shuffles: each lane shifts its
 /// own copy of a packed word.
 ///
 /// # Safety
 /// The CPU must support AVX2 and `s` must be valid for reading 12 bytes.
 #[inline(always)]
-unsafe fn scales_mins_k4(s: *const u8) -> (__m256i, __m256i) {
+unsafe fn scales_mins_k4(s: *const u8) -> ([__m256i; 2], [__m256i; 2]) {
     // SAFETY: the caller guarantees AVX2 and that `s..s+12` is readable; the three unaligned
     // 4-byte reads are `s..s+4`, `s+4..s+8` and `s+8..s+12`.
     unsafe {
@@ -69,30 +71,23 @@ unsafe fn scales_mins_k4(s: *const u8) -> (__m256i, __m256i) {
             _mm256_and_si256(_mm256_srli_epi32::<4>(b), m4),
         );
         (
-            _mm256_blend_epi32::<0b1111_0000>(_mm256_and_si256(a, m6), sc_hi),
-            _mm256_blend_epi32::<0b1111_0000>(_mm256_and_si256(c, m6), m_hi),
+            [_mm256_and_si256(a, m6), sc_hi],
+            [_mm256_and_si256(c, m6), m_hi],
         )
     }
 }
 
-/// The sixteen per-group values at `p` (32-bit lanes, one super-block) in the group lane map:
-/// result `k` lane `j` is `p[2j + k]`. Only moves bits.
+/// Eight per-group values at `p` (32-bit lanes) permuted into the group lane map: lane `l` gets
+/// `p[[0, 2, 4, 6, 1, 3, 5, 7][l]]`. Only moves bits.
 ///
 /// # Safety
-/// The CPU must support AVX2 and `p` must be valid for reading 64 bytes.
+/// The CPU must support AVX2 and `p` must be valid for reading 32 bytes.
 #[inline(always)]
-unsafe fn load_group_halves(p: *const f32) -> [__m256; 2] {
-    // SAFETY: the caller guarantees AVX2 and that `p..p+16` is readable.
+unsafe fn load_groups(p: *const f32) -> __m256 {
+    // SAFETY: the caller guarantees AVX2 and that `p..p+8` is readable.
     unsafe {
-        let (a, b) = (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)));
-        // Per 128-bit half: [a0, a2, b0, b2] and [a1, a3, b1, b3]; the 64-bit permute puts the
-        // four pairs in order.
-        let even = _mm256_shuffle_ps::<0b10_00_10_00>(a, b);
-        let odd = _mm256_shuffle_ps::<0b11_01_11_01>(a, b);
-        let order = |v: __m256| {
-            _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(v)))
-        };
-        [order(even), order(odd)]
+        let perm = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+        _mm256_permutevar8x32_ps(_mm256_loadu_ps(p), perm)
     }
 }
 
@@ -114,7 +109,8 @@ unsafe fn reduce_lanes_ps(acc: __m256) -> f32 {
 }
 
 /// The sixteen exact group dots `Σ q*a` of a super-block whose unsigned quants of sub-block `j`
-/// are `q[j]`, with the activations at `a`, in the group lane map.
+/// are `q[j]`, with the activations at `a`, in the group lane map (result `h`: groups
+/// `8h .. 8h + 8`).
 ///
 /// # Safety
 /// The CPU must support AVX2, every `q[j]` must be in `0..=31` and `a` must be valid for reading
@@ -132,18 +128,14 @@ unsafe fn dots_u8_i8(q: &[__m256i; 8], a: *const i8) -> [__m256i; 2] {
         // Two rounds of horizontal i16 adds (per 128-bit half, so the first and second group of
         // a sub-block stay apart) leave sums of four pair sums, |.| <= 4 * 7936 < 2^15, exact;
         // `madd` with ones adds the last pair in i32. Low half of result h: the first groups of
-        // sub-blocks 4h..4h+4, high half: their second groups.
+        // sub-blocks 4h..4h+4, high half: their second groups (the group lane map).
         let ones = _mm256_set1_epi16(1);
         let quad = |k: usize| {
             let h01 = _mm256_hadd_epi16(p[4 * k], p[4 * k + 1]);
             let h23 = _mm256_hadd_epi16(p[4 * k + 2], p[4 * k + 3]);
             _mm256_madd_epi16(_mm256_hadd_epi16(h01, h23), ones)
         };
-        let (lo, hi) = (quad(0), quad(1));
-        [
-            _mm256_permute2x128_si256::<0x20>(lo, hi),
-            _mm256_permute2x128_si256::<0x31>(lo, hi),
-        ]
+        [quad(0), quad(1)]
     }
 }
 
@@ -166,20 +158,21 @@ unsafe fn super_block_k4(
     let (ad, sums, scales) = (&ad[..16], &sums[..16], &blk[4..16]);
     let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
     // SAFETY: the caller guarantees AVX2, the quant range and that `a` holds 256 values; `scales`
-    // is 12 bytes, `ad` and `sums` 16 values (64 bytes each).
+    // is 12 bytes, `ad` and `sums` 16 values, so the loads at offsets 0 and 8 read inside them.
     unsafe {
         let (sc, m) = scales_mins_k4(scales.as_ptr());
-        // dl = d * sc and ml = dmin * m, per sub-block, as in the dequantizer.
-        let dl = _mm256_mul_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sc));
-        let ml = _mm256_mul_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(m));
+        let (d, dmin) = (_mm256_set1_ps(d), _mm256_set1_ps(dmin));
         let dots = dots_u8_i8(q, a.as_ptr());
-        let adv = load_group_halves(ad.as_ptr());
-        let sv = load_group_halves(sums.as_ptr().cast::<f32>());
         let mut acc = acc;
-        for k in 0..2 {
-            let pos = _mm256_mul_ps(_mm256_cvtepi32_ps(dots[k]), dl);
-            let neg = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_castps_si256(sv[k])), ml);
-            acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_sub_ps(pos, neg), adv[k]));
+        for h in 0..2 {
+            // dl = d * sc and ml = dmin * m, per sub-block, as in the dequantizer.
+            let dl = _mm256_mul_ps(d, _mm256_cvtepi32_ps(sc[h]));
+            let ml = _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(m[h]));
+            let sv = _mm256_castps_si256(load_groups(sums.as_ptr().add(8 * h).cast::<f32>()));
+            let pos = _mm256_mul_ps(_mm256_cvtepi32_ps(dots[h]), dl);
+            let neg = _mm256_mul_ps(_mm256_cvtepi32_ps(sv), ml);
+            let adv = load_groups(ad.as_ptr().add(8 * h));
+            acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_sub_ps(pos, neg), adv));
         }
         acc
     }
@@ -315,7 +308,7 @@ unsafe fn row_q5_k(row: &[u8], acts: &ActsQ8<'_>) -> f32 {
 }
 
 /// The sixteen exact scaled group dots `scales[i] * Σ (q-32) a` of a Q6_K super-block, in the group
-/// lane map (result `k` lane `j`: group `i = 2j + k`, the two halves of 32-value block `j`).
+/// lane map (result `h`: groups `8h .. 8h + 8`).
 ///
 /// # Safety
 /// The CPU must support AVX2, `blk` must be valid for reading a 210-byte Q6_K super-block and `a`
@@ -379,10 +372,7 @@ unsafe fn scaled_dots_q6_k(blk: *const u8, a: *const i8, shuf: &[__m256i; 2]) ->
             });
             v[h] = _mm256_hadd_epi32(r[0], r[1]);
         }
-        [
-            _mm256_permute2x128_si256::<0x20>(v[0], v[1]),
-            _mm256_permute2x128_si256::<0x31>(v[0], v[1]),
-        ]
+        v
     }
 }
 
@@ -447,11 +437,10 @@ unsafe fn row_q6_k(row: &[u8], acts: &ActsQ8<'_>, shuf: &[__m256i; 2]) -> f32 {
         acc = unsafe {
             let d = _mm256_set1_ps(d);
             let ip = scaled_dots_q6_k(blk.as_ptr(), a.as_ptr(), shuf);
-            let adv = load_group_halves(ad.as_ptr());
             let mut acc = acc;
-            for k in 0..2 {
-                let t = _mm256_mul_ps(_mm256_cvtepi32_ps(ip[k]), d);
-                acc = _mm256_add_ps(acc, _mm256_mul_ps(t, adv[k]));
+            for (h, iph) in ip.iter().enumerate() {
+                let t = _mm256_mul_ps(_mm256_cvtepi32_ps(*iph), d);
+                acc = _mm256_add_ps(acc, _mm256_mul_ps(t, load_groups(ad.as_ptr().add(8 * h))));
             }
             acc
         };
@@ -489,17 +478,19 @@ mod tests {
             let (sc, m) = unsafe {
                 let (sc, m) = scales_mins_k4(s.as_ptr());
                 (
-                    core::mem::transmute::<__m256i, [i32; 8]>(sc),
-                    core::mem::transmute::<__m256i, [i32; 8]>(m),
+                    sc.map(|v| core::mem::transmute::<__m256i, [i32; 8]>(v)),
+                    m.map(|v| core::mem::transmute::<__m256i, [i32; 8]>(v)),
                 )
             };
-            for j in 0..8 {
-                let (want_sc, want_m) = scale_min_k4(j, &s);
-                assert_eq!(
-                    (sc[j], m[j]),
-                    (i32::from(want_sc), i32::from(want_m)),
-                    "{s:?} {j}"
-                );
+            for h in 0..2 {
+                for l in 0..8 {
+                    let (want_sc, want_m) = scale_min_k4(4 * h + l % 4, &s);
+                    assert_eq!(
+                        (sc[h][l], m[h][l]),
+                        (i32::from(want_sc), i32::from(want_m)),
+                        "{s:?} {h} {l}"
+                    );
+                }
             }
         }
     }
