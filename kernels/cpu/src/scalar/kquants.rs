@@ -24,10 +24,10 @@
 //!
 //! # The matrix-vector product: the accumulation order is the specification
 //!
-//! `gemv_<type>(w, acts, out)` computes `out[r] ≈ Σ_c W[r][c] * acts.d[c/16] * acts.qs[c]` for every
-//! row `r` in `0..out.len()`. The activations carry one scale and one integer sum per group of
-//! `QS` = 16 values (lengths stay multiples of [`QK`](crate::acts::QK) = 32). Activation group `g`
-//! lines up with elements `16i .. 16i+16` of super-block `s = g / 16`, `i = g % 16`:
+//! `gemv_<type>(w, acts, out)` computes `out[r] ≈ Σ_c W[r][c] * acts.d[c/16] * acts.qs[c]` for
+//! every row `r` in `0..out.len()`. The activations carry one scale and one integer sum per group
+//! of `QS` = 16 values (lengths stay multiples of [`QK`](crate::acts::QK) = 32). Activation group
+//! `g` lines up with elements `16i .. 16i+16` of super-block `s = g / 16`, `i = g % 16`:
 //! - Q4_K/Q5_K: group `i` is half `k = i % 2` of the 32-element sub-block `j = i / 2`, so one
 //!   sub-block scale `sc[j]` and min `m[j]` span the two groups `2j` and `2j + 1`;
 //! - Q6_K: group `i` is exactly the 16-element sub-block with scale `scales[i]`.
@@ -38,19 +38,19 @@
 //! second halves to lane `4 + j % 4`, so that each lane receives group `i` and then group `i + 8`
 //! of each super-block:
 //!
-//! 1. Integers, exact, per group: `dot = Σ_l q[l] * a[l]` over the group's 16 values (i32; Q6_K with
-//!    the signed quants `q - 32`).
+//! 1. Integers, exact, per group: `dot = Σ_l q[l] * a[l]` over the group's 16 values (i32; Q6_K
+//!    with the signed quants `q - 32`).
 //! 2. Floats, each step rounded to f32 and never fused:
 //!    - Q4_K/Q5_K, with `dl = d * sc[j]` and `ml = dmin * m[j]` computed as in the dequantizer:
 //!      `acc[L(i)] += ((dot as f32) * dl - (acts.sums[g] as f32) * ml) * acts.d[g]`;
 //!    - Q6_K, with `ip = scales[i] * dot` (i32): `acc[L(i)] += ((ip as f32) * d) * acts.d[g]`.
 //! 3. `out[r] = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))`.
 //!
-//! All i32 to f32 conversions are exact: `|dot| <= 16 * 31 * 128` (Q4_K/Q5_K), `|ip| <= 2^23` (Q6_K:
-//! `128 * 32 * 128 * 16`) when activations are in `-128..=127`, and `|sums[g]| <= 16 * 128` for the
-//! true group sums (other sums are rounded the same way by every kernel). The products `dl` and
-//! `ml` are exact too (a 6-bit integer times an f16), so `(dot as f32) * dl` is the one rounding of
-//! `sc * dot * d`.
+//! All i32 to f32 conversions are exact: `|dot| <= 16 * 31 * 128` (Q4_K/Q5_K), `|ip| <= 2^23`
+//! (Q6_K: `128 * 32 * 128 * 16`) when activations are in `-128..=127`, and `|sums[g]| <= 16 * 128`
+//! for the true group sums (other sums are rounded the same way by every kernel). The products
+//! `dl` and `ml` are exact too (a 6-bit integer times an f16), so `(dot as f32) * dl` is the one
+//! rounding of `sc * dot * d`.
 //!
 //! The eight lanes are the lanes of one AVX2 register: horizontal adds within the 128-bit halves of
 //! the `maddubs` results of sub-blocks `4h .. 4h+4` leave one register with their first-half group
@@ -60,8 +60,9 @@
 //! # Argument checks
 //!
 //! Every function panics (the same checks in the SIMD kernels) when `acts.len()` or `dst.len()` is
-//! not a multiple of 256, when `acts.d` or `acts.sums` does not hold `acts.len() / 16` values, or when
-//! the weight bytes are too short. Longer weight slices are fine: only the first rows are read.
+//! not a multiple of 256, when `acts.d` or `acts.sums` does not hold `acts.len() / 16` values, or
+//! when the weight bytes are too short. Longer weight slices are fine: only the first rows are
+//! read.
 
 use crate::acts::ActsQ8;
 

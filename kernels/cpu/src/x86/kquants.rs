@@ -178,7 +178,8 @@ unsafe fn super_block_k4(
     }
 }
 
-/// The 4-bit quants of the eight 32-element sub-blocks of a Q4_K super-block whose `qs` field starts at `qs`.
+/// The 4-bit quants of the eight 32-element sub-blocks of a Q4_K super-block whose `qs` field
+/// starts at `qs`.
 ///
 /// # Safety
 /// The CPU must support AVX2 and `qs` must be valid for reading 128 bytes.
@@ -198,8 +199,8 @@ unsafe fn quants_q4_k(qs: *const u8) -> [__m256i; 8] {
     }
 }
 
-/// The 5-bit quants of the eight 32-element sub-blocks of a Q5_K super-block whose `qh` and `qs` fields start at
-/// `qh` and `qs`.
+/// The 5-bit quants of the eight 32-element sub-blocks of a Q5_K super-block whose `qh` and `qs`
+/// fields start at `qh` and `qs`.
 ///
 /// # Safety
 /// The CPU must support AVX2, `qh` must be valid for reading 32 bytes and `qs` for 128 bytes.
@@ -334,9 +335,9 @@ unsafe fn scaled_dots_q6_k(blk: *const u8, a: *const i8, shuf: &[__m256i; 2]) ->
             let l0 = _mm256_loadu_si256(blk.add(64 * h).cast::<__m256i>());
             let l1 = _mm256_loadu_si256(blk.add(64 * h + 32).cast::<__m256i>());
             let hb = _mm256_loadu_si256(blk.add(128 + 32 * h).cast::<__m256i>());
-            // Unsigned 6-bit quants of 32-value blocks g = 0..4 of this half: low nibbles of l0, l1, then
-            // high nibbles; high bits 2g..2g+1 of `hb` moved to bits 4..5 (16-bit shifts carry
-            // bits between bytes only into positions the masks remove).
+            // Unsigned 6-bit quants of 32-value blocks g = 0..4 of this half: low nibbles of l0,
+            // l1, then high nibbles; high bits 2g..2g+1 of `hb` moved to bits 4..5 (16-bit shifts
+            // carry bits between bytes only into positions the masks remove).
             let q = [
                 _mm256_or_si256(
                     _mm256_and_si256(l0, m4),
