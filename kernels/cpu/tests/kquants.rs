@@ -7,6 +7,10 @@ use edgellm_kernels::scalar::kquants::{
 };
 use edgellm_kernels::{ActsQ8, QK};
 
+/// Values per activation scale group: `acts.d` and `acts.sums` hold one entry per 16 values
+/// (lengths stay multiples of [`QK`] = 32).
+const QS: usize = 16;
+
 /// AVX2 kernels may differ from the scalar specification by this many units in the last place.
 /// Zero: they follow the specification's accumulation order with separate multiplies and adds, so
 /// the results are bit-identical (this also covers the integer parts, which any difference in an
@@ -16,12 +20,14 @@ const AVX2_VS_SCALAR_MAX_ULPS: u32 = 0;
 
 /// Relative bound, per rounding step, for scalar gemv against the f64 dot of dequantized weights
 /// and dequantized activations: each f32 operation rounds with relative error at most
-/// `f32::EPSILON / 2`, and a result passes through at most `cols / 256 + 3` additions (lane sums and
-/// the final reduction) plus a handful of products and one subtraction on either side (the
-/// dequantized weight is itself `(d * sc) * q - dmin * m`, three roundings). The bound is
-/// `(cols / 256 + GEMV_ROUNDING_STEPS) * f32::EPSILON * Σ |terms|`, where the terms are the products
-/// before any cancellation (the scale part and the min part counted separately); this is about
-/// twice the worst case.
+/// `f32::EPSILON / 2`, and a result passes through at most `2 * cols / 256 + 3` additions (lane
+/// sums, two groups per lane and super-block, and the final reduction) plus a handful of products
+/// and one subtraction on either side (the dequantized weight is itself `(d * sc) * q - dmin * m`,
+/// three roundings). The bound is
+/// `(2 * cols / 256 + GEMV_ROUNDING_STEPS) * f32::EPSILON * Σ |terms|`, where the terms are the
+/// products before any cancellation (the scale part and the min part counted separately); this is
+/// about twice the worst case. Observed errors stay below
+/// `0.9 * f32::EPSILON * Σ |terms|` (and about 1e-7 relative on the real rows).
 const GEMV_ROUNDING_STEPS: f64 = 10.0;
 
 /// Shapes of the random tests.
@@ -66,15 +72,16 @@ impl Rng {
     }
 }
 
-/// Test-only copy of the activation quantization rule documented in `acts.rs`: per block of 32,
+/// Test-only copy of the activation quantization rule of `ActsQ8`: per group of 16 values,
 /// `d = amax / 127`, `q = round_ties_even(x * (1 / d))`, 0 when `amax == 0`, and the exact sum.
 fn quantize_acts(x: &[f32], qs: &mut [i8], d: &mut [f32], sums: &mut [i32]) {
-    for (b, xb) in x.chunks_exact(QK).enumerate() {
+    assert!(x.len().is_multiple_of(QK));
+    for (b, xb) in x.chunks_exact(QS).enumerate() {
         let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let db = amax / 127.0;
         let id = if amax == 0.0 { 0.0 } else { 1.0 / db };
         let mut sum = 0i32;
-        for (q, &v) in qs[b * QK..(b + 1) * QK].iter_mut().zip(xb) {
+        for (q, &v) in qs[b * QS..(b + 1) * QS].iter_mut().zip(xb) {
             *q = libm::rintf(v * id) as i8;
             sum += *q as i32;
         }
@@ -92,7 +99,7 @@ struct Acts {
 
 impl Acts {
     fn from_f32(x: &[f32]) -> Self {
-        let nb = x.len() / QK;
+        let nb = x.len() / QS;
         let mut a = Acts {
             qs: vec![0; x.len()],
             d: vec![0.0; nb],
@@ -101,19 +108,20 @@ impl Acts {
         quantize_acts(x, &mut a.qs, &mut a.d, &mut a.sums);
         a
     }
-    /// Every block with the same integer values `q` (sums computed) and scale `d`.
+    /// Every group with the same integer values `q` (sums computed) and scale `d`.
     fn constant(cols: usize, q: i8, d: f32) -> Self {
-        let nb = cols / QK;
+        let nb = cols / QS;
         Acts {
             qs: vec![q; cols],
             d: vec![d; nb],
-            sums: vec![q as i32 * QK as i32; nb],
+            sums: vec![q as i32 * QS as i32; nb],
         }
     }
     fn random(rng: &mut Rng, cols: usize) -> Self {
         let mut x = vec![0.0f32; cols];
-        for block in x.chunks_exact_mut(QK) {
-            // Blocks of very different magnitudes, and now and then an all-zero block.
+        for block in x.chunks_exact_mut(QS) {
+            // Groups of very different magnitudes (also the two halves of one 32-element
+            // sub-block), and now and then an all-zero group.
             let scale = if rng.below(16) == 0 {
                 0.0
             } else {
@@ -216,13 +224,13 @@ impl Kind {
         y
     }
 
-    /// The f64 reference `Σ_c deq(W)[r][c] * d[c/32] * q[c]` and the magnitude `Σ |terms|` for the
+    /// The f64 reference `Σ_c deq(W)[r][c] * d[c/16] * q[c]` and the magnitude `Σ |terms|` for the
     /// tolerance. For Q4_K/Q5_K the scale part `d*sc*q` and the min part `dmin*m` are dequantized
     /// separately (zeroing the other f16) so that cancellation between them is accounted for.
     fn reference(&self, w: &[u8], acts: &Acts, rows: usize) -> Vec<(f64, f64)> {
         let cols = acts.qs.len();
         let a: Vec<f64> = (0..cols)
-            .map(|c| acts.d[c / QK] as f64 * acts.qs[c] as f64)
+            .map(|c| acts.d[c / QS] as f64 * acts.qs[c] as f64)
             .collect();
         let full = self.dequantize_rows(w, rows, cols);
         let parts: Vec<Vec<f32>> = if self.f16_fields.len() == 2 {
@@ -255,7 +263,7 @@ impl Kind {
         let cols = acts.qs.len();
         let mut out = vec![f32::NAN; rows];
         (self.gemv)(w, &acts.view(), &mut out);
-        let steps = (cols / QK_K) as f64 + GEMV_ROUNDING_STEPS;
+        let steps = (2 * cols / QK_K) as f64 + GEMV_ROUNDING_STEPS;
         for (r, (&got, (want, mag))) in out.iter().zip(self.reference(w, acts, rows)).enumerate() {
             let tol = steps * f32::EPSILON as f64 * mag;
             let err = (got as f64 - want).abs();
@@ -351,17 +359,37 @@ fn edge_cases(kind: &Kind, rows: usize, cols: usize) -> Vec<(&'static str, Vec<u
         cases.push((name, w, Acts::constant(cols, q, d)));
     }
     if kind.f16_fields.len() == 1 {
-        // Q6_K: scales -128 and quants 0 (= -32) with activations -128: |ip| reaches 2^24.
+        // Q6_K: scales -128 and quants 0 (= -32) with activations -128: |ip| reaches 2^23.
         let mut w = random(&mut rng);
         kind.fill(&mut w, kind.scales.clone(), 0x80);
         kind.fill(&mut w, kind.quants.clone(), 0x00);
         kind.set_f16(&mut w, 0, -65504.0);
         cases.push((
-            "Q6_K most negative scales, |ip| = 2^24",
+            "Q6_K most negative scales, |ip| = 2^23",
             w,
             Acts::constant(cols, -128, 1.0),
         ));
     }
+
+    // One outlier group in every 32-element sub-block, a thousand times larger than the other half
+    // (the first half in even sub-blocks, the second in odd ones), so the two halves get very
+    // different activation scales under one weight scale and min.
+    let x: Vec<f32> = (0..cols)
+        .map(|c| {
+            let v = (rng.unit() * 2.0 - 1.0) * 0.01;
+            let outlier = (c / QS) % 2 == (c / QK) % 2;
+            if outlier {
+                v * 1000.0
+            } else {
+                v
+            }
+        })
+        .collect();
+    cases.push((
+        "outlier half in every sub-block",
+        random(&mut rng),
+        Acts::from_f32(&x),
+    ));
 
     let mut w = random(&mut rng);
     kind.set_f16(&mut w, 0, -0.5);
@@ -516,8 +544,21 @@ macro_rules! kquant_tests {
                 let acts = Acts::from_f32(&[1.0; 256]);
                 let view = ActsQ8 {
                     qs: &acts.qs,
-                    d: &acts.d[..7],
+                    d: &acts.d[..15],
                     sums: &acts.sums,
+                };
+                (kind.gemv)(&[0u8; 1024], &view, &mut [0.0; 1]);
+            }
+
+            #[test]
+            #[should_panic(expected = "need 16 scales and sums, got 8 and 8")]
+            fn gemv_rejects_one_scale_per_32_values() {
+                let kind = &$kind;
+                let acts = Acts::from_f32(&[1.0; 256]);
+                let view = ActsQ8 {
+                    qs: &acts.qs,
+                    d: &acts.d[..8],
+                    sums: &acts.sums[..8],
                 };
                 (kind.gemv)(&[0u8; 1024], &view, &mut [0.0; 1]);
             }
@@ -594,6 +635,23 @@ macro_rules! kquant_tests {
 
             #[cfg(target_arch = "x86_64")]
             #[test]
+            #[should_panic(expected = "need 16 scales and sums, got 16 and 15")]
+            fn avx2_rejects_missing_activation_sums() {
+                if !avx2_available() {
+                    panic!("need 16 scales and sums, got 16 and 15 (skipped: no AVX2)");
+                }
+                let acts = Acts::from_f32(&[1.0; 256]);
+                let view = ActsQ8 {
+                    qs: &acts.qs,
+                    d: &acts.d,
+                    sums: &acts.sums[..15],
+                };
+                // SAFETY: AVX2 and FMA were detected above.
+                unsafe { $avx2(&[0u8; 1024], &view, &mut [0.0; 1]) };
+            }
+
+            #[cfg(target_arch = "x86_64")]
+            #[test]
             #[should_panic(expected = "need")]
             fn avx2_rejects_short_weights() {
                 if !avx2_available() {
@@ -628,3 +686,79 @@ kquant_tests!(
     "q6_k",
     edgellm_kernels::x86::kquants::avx2_gemv_q6_k
 );
+
+// ---------------------------------------------------------------------------------------------
+// Real weights: two rows (4864 columns) of ffn_down tensors of Qwen2.5-Coder-0.5B-Instruct Q4_K_M
+// (see tests/data/kquants_gen.py); that model has no Q5_K tensor.
+// ---------------------------------------------------------------------------------------------
+
+const REAL_COLS: usize = 4864;
+
+/// Activations shaped like a transformer's hidden state: mostly small values with a few outlier
+/// channels a hundred times larger.
+fn real_like_acts(seed: u64) -> Acts {
+    let mut rng = Rng::new(seed);
+    let x: Vec<f32> = (0..REAL_COLS)
+        .map(|c| {
+            let v = rng.unit() + rng.unit() + rng.unit() - 1.5;
+            if c % 613 == 7 {
+                v * 100.0
+            } else {
+                v
+            }
+        })
+        .collect();
+    Acts::from_f32(&x)
+}
+
+fn check_real(kind: &Kind, blocks: &[u8], expected: &[u8]) {
+    let rows = blocks.len() / (REAL_COLS / QK_K * kind.block_bytes);
+    assert_eq!(rows, 2);
+    assert_eq!(blocks.len(), rows * REAL_COLS / QK_K * kind.block_bytes);
+    let got = kind.dequantize_rows(blocks, rows, REAL_COLS);
+    for (i, (g, e)) in got.iter().zip(expected.chunks_exact(4)).enumerate() {
+        let e = f32::from_le_bytes(e.try_into().unwrap());
+        assert_eq!(
+            g.to_bits(),
+            e.to_bits(),
+            "element {i}: got {g}, gguf-py {e}"
+        );
+    }
+    for seed in 0..4 {
+        kind.check_gemv_against_dequantize(blocks, &real_like_acts(seed), rows, "real rows");
+    }
+}
+
+#[test]
+fn real_q4_k_rows_dequantize_and_gemv() {
+    check_real(
+        &Q4_K,
+        include_bytes!("data/kquants_real_q4_k.blocks"),
+        include_bytes!("data/kquants_real_q4_k.f32"),
+    );
+}
+
+#[test]
+fn real_q6_k_rows_dequantize_and_gemv() {
+    check_real(
+        &Q6_K,
+        include_bytes!("data/kquants_real_q6_k.blocks"),
+        include_bytes!("data/kquants_real_q6_k.f32"),
+    );
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn real_rows_avx2_matches_scalar() {
+    if !avx2_available() {
+        return;
+    }
+    use edgellm_kernels::x86::kquants::{avx2_gemv_q4_k, avx2_gemv_q6_k};
+    for seed in 0..4 {
+        let acts = real_like_acts(seed);
+        let q4 = include_bytes!("data/kquants_real_q4_k.blocks");
+        check_avx2(&Q4_K, avx2_gemv_q4_k, q4, &acts, 2, "real Q4_K rows");
+        let q6 = include_bytes!("data/kquants_real_q6_k.blocks");
+        check_avx2(&Q6_K, avx2_gemv_q6_k, q6, &acts, 2, "real Q6_K rows");
+    }
+}

@@ -24,38 +24,55 @@
 //!
 //! # The matrix-vector product: the accumulation order is the specification
 //!
-//! `gemv_<type>(w, acts, out)` computes `out[r] ≈ Σ_c W[r][c] * acts.d[c/32] * acts.qs[c]` for every
-//! row `r` in `0..out.len()`. Activation block `b` (32 values) lines up with 32-element group
-//! `j = b % 8` of super-block `s = b / 8`. For each row:
+//! `gemv_<type>(w, acts, out)` computes `out[r] ≈ Σ_c W[r][c] * acts.d[c/16] * acts.qs[c]` for
+//! every row `r` in `0..out.len()`. The activations carry one scale and one integer sum per group
+//! of `QS` = 16 values (lengths stay multiples of [`QK`](crate::acts::QK) = 32). Activation group
+//! `g` lines up with elements `16i .. 16i+16` of super-block `s = g / 16`, `i = g % 16`:
+//! - Q4_K/Q5_K: group `i` is half `k = i % 2` of the 32-element sub-block `j = i / 2`, so one
+//!   sub-block scale `sc[j]` and min `m[j]` span the two groups `2j` and `2j + 1`;
+//! - Q6_K: group `i` is exactly the 16-element sub-block with scale `scales[i]`.
 //!
-//! 1. Integers, exact: `dot = Σ_l q[l] * a[l]` over the 32 values of the block (i32).
-//!    - Q4_K/Q5_K: `ip = sc[j] * dot` and `mp = m[j] * acts.sums[b]` (i32), so that the block's
-//!      contribution is `acts.d[b] * (d * ip - dmin * mp)`.
-//!    - Q6_K: the two 16-element halves have their own scales:
-//!      `ip = scales[2j] * Σ_{l<16} (q[l]-32) a[l] + scales[2j+1] * Σ_{l>=16} (q[l]-32) a[l]` (i32).
-//! 2. Floats, eight running sums `acc[0..8]`, one per group position `j`, all starting at `+0.0`,
-//!    super-blocks in order, each step rounded to f32 and never fused:
-//!    - Q4_K/Q5_K: `acc[j] += ((ip as f32) * d - (mp as f32) * dmin) * acts.d[b]`;
-//!    - Q6_K: `acc[j] += ((ip as f32) * d) * acts.d[b]`.
+//! For each row, with eight running sums `acc[0..8]`, all starting at `+0.0`, super-blocks in order
+//! and within one the groups `i = 0..16` in order, group `i` going to lane
+//! `L(i) = 4 * (i % 2) + (i / 2) % 4`: first halves of 32-element sub-blocks `j` to lane `j % 4`,
+//! second halves to lane `4 + j % 4`, so that each lane receives group `i` and then group `i + 8`
+//! of each super-block:
+//!
+//! 1. Integers, exact, per group: `dot = Σ_l q[l] * a[l]` over the group's 16 values (i32; Q6_K
+//!    with the signed quants `q - 32`).
+//! 2. Floats, each step rounded to f32 and never fused:
+//!    - Q4_K/Q5_K, with `dl = d * sc[j]` and `ml = dmin * m[j]` computed as in the dequantizer:
+//!      `acc[L(i)] += ((dot as f32) * dl - (acts.sums[g] as f32) * ml) * acts.d[g]`;
+//!    - Q6_K, with `ip = scales[i] * dot` (i32): `acc[L(i)] += ((ip as f32) * d) * acts.d[g]`.
 //! 3. `out[r] = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))`.
 //!
-//! The i32 to f32 conversions are exact: `|ip| <= 2^24` for all three types when activations are in
-//! `-128..=127` and `sums` are the true block sums. The eight lanes are the lanes of one AVX2
-//! register, so a SIMD kernel that follows these steps with separate multiplies and adds gives the
-//! same bits.
+//! All i32 to f32 conversions are exact: `|dot| <= 16 * 31 * 128` (Q4_K/Q5_K), `|ip| <= 2^23`
+//! (Q6_K: `128 * 32 * 128 * 16`) when activations are in `-128..=127`, and `|sums[g]| <= 16 * 128`
+//! for the true group sums (other sums are rounded the same way by every kernel). The products
+//! `dl` and `ml` are exact too (a 6-bit integer times an f16), so `(dot as f32) * dl` is the one
+//! rounding of `sc * dot * d`.
+//!
+//! The eight lanes are the lanes of one AVX2 register: horizontal adds within the 128-bit halves of
+//! the `maddubs` results of sub-blocks `4h .. 4h+4` leave one register with their first-half group
+//! dots in the low half and their second-half ones in the high half, which is the map `L`. A SIMD
+//! kernel that follows these steps with separate multiplies and adds gives the same bits.
 //!
 //! # Argument checks
 //!
 //! Every function panics (the same checks in the SIMD kernels) when `acts.len()` or `dst.len()` is
-//! not a multiple of 256, when `acts.d` or `acts.sums` does not hold `acts.len() / 32` values, or when
-//! the weight bytes are too short. Longer weight slices are fine: only the first rows are read.
+//! not a multiple of 256, when `acts.d` or `acts.sums` does not hold `acts.len() / 16` values, or
+//! when the weight bytes are too short. Longer weight slices are fine: only the first rows are
+//! read.
 
-use crate::acts::{ActsQ8, QK};
+use crate::acts::ActsQ8;
+
+/// Values per activation scale group (`acts.d` and `acts.sums` hold one entry per group).
+const QS: usize = 16;
 
 /// Elements per K-quant super-block.
 pub const QK_K: usize = 256;
-/// Activation blocks ([`QK`] values each) per super-block.
-pub const ACT_BLOCKS_PER_SUPER: usize = QK_K / QK;
+/// Activation scale groups (`QS` = 16 values each) per super-block.
+pub const ACT_GROUPS_PER_SUPER: usize = QK_K / QS;
 /// Bytes per Q4_K super-block.
 pub const Q4_K_BLOCK_BYTES: usize = 144;
 /// Bytes per Q5_K super-block.
@@ -125,10 +142,10 @@ pub(crate) fn check_gemv(w: &[u8], acts: &ActsQ8<'_>, out: &[f32], block_bytes: 
         cols.is_multiple_of(QK_K),
         "K-quant gemv: acts.len() = {cols} is not a multiple of {QK_K}"
     );
-    let nb = cols / QK;
+    let ng = cols / QS;
     assert!(
-        acts.d.len() == nb && acts.sums.len() == nb,
-        "K-quant gemv: {cols} activations need {nb} scales and sums, got {} and {}",
+        acts.d.len() == ng && acts.sums.len() == ng,
+        "K-quant gemv: {cols} activations need {ng} scales and sums, got {} and {}",
         acts.d.len(),
         acts.sums.len()
     );
@@ -146,6 +163,12 @@ pub(crate) fn check_gemv(w: &[u8], acts: &ActsQ8<'_>, out: &[f32], block_bytes: 
     row_bytes
 }
 
+/// Step 2 of the specification: the lane that accumulates group `i` (`0..16`) of a super-block.
+#[inline(always)]
+pub(crate) const fn acc_lane(i: usize) -> usize {
+    4 * (i % 2) + (i / 2) % 4
+}
+
 /// Step 3 of the specification: the fixed reduction of the eight lane sums.
 #[inline(always)]
 pub(crate) fn reduce_lanes(acc: &[f32; 8]) -> f32 {
@@ -153,6 +176,9 @@ pub(crate) fn reduce_lanes(acc: &[f32; 8]) -> f32 {
 }
 
 /// Dequantizes `dst.len() / 256` Q4_K super-blocks from `src` into `dst`.
+///
+/// # Panics
+/// On the argument errors listed in the module documentation.
 pub fn dequantize_q4_k(src: &[u8], dst: &mut [f32]) {
     let nsb = check_dequantize(src, dst, Q4_K_BLOCK_BYTES);
     for (blk, out) in src[..nsb * Q4_K_BLOCK_BYTES]
@@ -177,6 +203,9 @@ pub fn dequantize_q4_k(src: &[u8], dst: &mut [f32]) {
 }
 
 /// Dequantizes `dst.len() / 256` Q5_K super-blocks from `src` into `dst`.
+///
+/// # Panics
+/// On the argument errors listed in the module documentation.
 pub fn dequantize_q5_k(src: &[u8], dst: &mut [f32]) {
     let nsb = check_dequantize(src, dst, Q5_K_BLOCK_BYTES);
     for (blk, out) in src[..nsb * Q5_K_BLOCK_BYTES]
@@ -217,6 +246,9 @@ fn q6_k_half<'a>(ql: &'a [u8], qh: &'a [u8], j: usize, k: usize) -> impl Iterato
 }
 
 /// Dequantizes `dst.len() / 256` Q6_K super-blocks from `src` into `dst`.
+///
+/// # Panics
+/// On the argument errors listed in the module documentation.
 pub fn dequantize_q6_k(src: &[u8], dst: &mut [f32]) {
     let nsb = check_dequantize(src, dst, Q6_K_BLOCK_BYTES);
     for (blk, out) in src[..nsb * Q6_K_BLOCK_BYTES]
@@ -238,6 +270,9 @@ pub fn dequantize_q6_k(src: &[u8], dst: &mut [f32]) {
 
 /// Q4_K weights times int8 activations: `out[r] = Σ_c W[r][c] * a[c]`, in the order given in the
 /// module documentation.
+///
+/// # Panics
+/// On the argument errors listed in the module documentation.
 pub fn gemv_q4_k(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
     let row_bytes = check_gemv(w, acts, out, Q4_K_BLOCK_BYTES);
     for (r, y) in out.iter_mut().enumerate() {
@@ -248,20 +283,20 @@ pub fn gemv_q4_k(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
             let dmin = f16_at(blk, K4_DMIN);
             let scales = &blk[K4_SCALES..K4_SCALES + 12];
             let qs = &blk[Q4_K_QS..Q4_K_QS + 128];
-            for (j, lane) in acc.iter_mut().enumerate() {
-                let b = s * ACT_BLOCKS_PER_SUPER + j;
-                let a = &acts.qs[b * QK..(b + 1) * QK];
+            for i in 0..ACT_GROUPS_PER_SUPER {
+                let (j, k) = (i / 2, i % 2);
+                let g = s * ACT_GROUPS_PER_SUPER + i;
+                let a = &acts.qs[g * QS..(g + 1) * QS];
                 let shift = 4 * (j % 2);
-                let bytes = &qs[32 * (j / 2)..32 * (j / 2) + 32];
+                let bytes = &qs[32 * (j / 2) + 16 * k..][..16];
                 let dot: i32 = bytes
                     .iter()
                     .zip(a)
                     .map(|(&q, &x)| ((q >> shift) & 0x0F) as i32 * x as i32)
                     .sum();
                 let (sc, m) = scale_min_k4(j, scales);
-                let ip = sc as i32 * dot;
-                let mp = (m as i32).wrapping_mul(acts.sums[b]);
-                *lane += (ip as f32 * d - mp as f32 * dmin) * acts.d[b];
+                let (dl, ml) = (d * sc as f32, dmin * m as f32);
+                acc[acc_lane(i)] += (dot as f32 * dl - acts.sums[g] as f32 * ml) * acts.d[g];
             }
         }
         *y = reduce_lanes(&acc);
@@ -270,6 +305,9 @@ pub fn gemv_q4_k(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
 
 /// Q5_K weights times int8 activations: `out[r] = Σ_c W[r][c] * a[c]`, in the order given in the
 /// module documentation.
+///
+/// # Panics
+/// On the argument errors listed in the module documentation.
 pub fn gemv_q5_k(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
     let row_bytes = check_gemv(w, acts, out, Q5_K_BLOCK_BYTES);
     for (r, y) in out.iter_mut().enumerate() {
@@ -281,14 +319,16 @@ pub fn gemv_q5_k(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
             let scales = &blk[K4_SCALES..K4_SCALES + 12];
             let qh = &blk[Q5_K_QH..Q5_K_QH + 32];
             let qs = &blk[Q5_K_QS..Q5_K_QS + 128];
-            for (j, lane) in acc.iter_mut().enumerate() {
-                let b = s * ACT_BLOCKS_PER_SUPER + j;
-                let a = &acts.qs[b * QK..(b + 1) * QK];
+            for i in 0..ACT_GROUPS_PER_SUPER {
+                let (j, k) = (i / 2, i % 2);
+                let g = s * ACT_GROUPS_PER_SUPER + i;
+                let a = &acts.qs[g * QS..(g + 1) * QS];
                 let shift = 4 * (j % 2);
-                let bytes = &qs[32 * (j / 2)..32 * (j / 2) + 32];
+                let bytes = &qs[32 * (j / 2) + 16 * k..][..16];
+                let high = &qh[16 * k..][..16];
                 let dot: i32 = bytes
                     .iter()
-                    .zip(qh)
+                    .zip(high)
                     .zip(a)
                     .map(|((&q, &h), &x)| {
                         let q = ((q >> shift) & 0x0F) | (((h >> j) & 1) << 4);
@@ -296,9 +336,8 @@ pub fn gemv_q5_k(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
                     })
                     .sum();
                 let (sc, m) = scale_min_k4(j, scales);
-                let ip = sc as i32 * dot;
-                let mp = (m as i32).wrapping_mul(acts.sums[b]);
-                *lane += (ip as f32 * d - mp as f32 * dmin) * acts.d[b];
+                let (dl, ml) = (d * sc as f32, dmin * m as f32);
+                acc[acc_lane(i)] += (dot as f32 * dl - acts.sums[g] as f32 * ml) * acts.d[g];
             }
         }
         *y = reduce_lanes(&acc);
@@ -307,6 +346,9 @@ pub fn gemv_q5_k(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
 
 /// Q6_K weights times int8 activations: `out[r] = Σ_c W[r][c] * a[c]`, in the order given in the
 /// module documentation.
+///
+/// # Panics
+/// On the argument errors listed in the module documentation.
 pub fn gemv_q6_k(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
     let row_bytes = check_gemv(w, acts, out, Q6_K_BLOCK_BYTES);
     for (r, y) in out.iter_mut().enumerate() {
@@ -317,18 +359,15 @@ pub fn gemv_q6_k(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
             let qh = &blk[Q6_K_QH..Q6_K_QH + 64];
             let scales = &blk[Q6_K_SCALES..Q6_K_SCALES + 16];
             let d = f16_at(blk, Q6_K_D);
-            for (j, lane) in acc.iter_mut().enumerate() {
-                let b = s * ACT_BLOCKS_PER_SUPER + j;
-                let a = &acts.qs[b * QK..(b + 1) * QK];
-                let half_dots: [i32; 2] = core::array::from_fn(|k| {
-                    q6_k_half(ql, qh, j, k)
-                        .zip(&a[16 * k..16 * k + 16])
-                        .map(|(q, &x)| q * x as i32)
-                        .sum()
-                });
-                let ip = (scales[2 * j] as i8) as i32 * half_dots[0]
-                    + (scales[2 * j + 1] as i8) as i32 * half_dots[1];
-                *lane += (ip as f32 * d) * acts.d[b];
+            for (i, &scale) in scales.iter().enumerate() {
+                let g = s * ACT_GROUPS_PER_SUPER + i;
+                let a = &acts.qs[g * QS..(g + 1) * QS];
+                let dot: i32 = q6_k_half(ql, qh, i / 2, i % 2)
+                    .zip(a)
+                    .map(|(q, &x)| q * x as i32)
+                    .sum();
+                let ip = (scale as i8) as i32 * dot;
+                acc[acc_lane(i)] += (ip as f32 * d) * acts.d[g];
             }
         }
         *y = reduce_lanes(&acc);
@@ -346,6 +385,20 @@ mod tests {
         assert_eq!(GgmlType::Q5_K.block_bytes(), Q5_K_BLOCK_BYTES);
         assert_eq!(GgmlType::Q6_K.block_bytes(), Q6_K_BLOCK_BYTES);
         assert_eq!(GgmlType::Q4_K.block_len(), QK_K);
+    }
+
+    #[test]
+    fn accumulator_lanes_take_two_groups_each() {
+        let mut hits = [0usize; 8];
+        for i in 0..ACT_GROUPS_PER_SUPER {
+            hits[acc_lane(i)] += 1;
+        }
+        assert_eq!(hits, [2; 8]);
+        for i in 0..8 {
+            assert_eq!(acc_lane(i), acc_lane(i + 8), "group {i}");
+        }
+        let lanes: [usize; 8] = core::array::from_fn(acc_lane);
+        assert_eq!(lanes, [0, 4, 1, 5, 2, 6, 3, 7]);
     }
 
     #[test]

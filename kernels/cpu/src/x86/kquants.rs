@@ -1,16 +1,26 @@
 //! AVX2 K-quant kernels (Q4_K, Q5_K, Q6_K): matrix-vector products with int8 activations that give
 //! the same bits as the scalar specification in `scalar::kquants`.
 //!
-//! Per super-block and row, the eight 32-element blocks are handled together:
-//! - integer dots with `_mm256_maddubs_epi16` (unsigned weight quants times signed int8 activations;
-//!   every pair sum stays far below the i16 saturation limit) and `_mm256_madd_epi16`, then a
-//!   transposing horizontal sum that leaves the eight exact block dots in the eight i32 lanes;
-//! - Q4_K/Q5_K: the 6-bit scales and mins multiply the dots and `acts.sums` as i32 vectors;
-//!   Q6_K: quants are used unsigned (`0..64`) and the offset removed in i16
-//!   (`Σ q a - Σ 32 a`), the two 16-element scales applied by `_mm256_madd_epi16`;
-//! - the float step is the specification's, lane `j` of one `__m256` is `acc[j]`, with separate
-//!   multiplies and adds (no FMA, so no different rounding), and the final reduction adds the lanes
-//!   in the specification's order.
+//! Per super-block and row, the sixteen 16-value activation groups are handled together, in the
+//! *group lane map* of the specification: two registers, register `h` holding the values for
+//! groups `8h .. 8h + 8`, group `i` in lane `L(i) = 4 * (i % 2) + (i / 2) % 4` (low half: first
+//! halves of 32-element sub-blocks `4h .. 4h + 4`, high half: their second halves).
+//! - Integer dots: `_mm256_maddubs_epi16` (unsigned weight quants times signed int8 activations)
+//!   gives per 32-value sub-block sixteen i16 pair sums in element order, the low 128-bit half
+//!   for the sub-block's first group and the high half for its second. `_mm256_hadd_epi16` then
+//!   adds within each half, so the two groups never mix; every intermediate is bounded below the
+//!   i16 limit (see the helpers), and the last additions happen in i32 (`_mm256_madd_epi16`, with
+//!   ones or with the Q6_K scales, and for Q6_K `_mm256_hadd_epi32`). The result is already in the
+//!   group lane map, and all integer results are exact.
+//! - Q4_K/Q5_K: the unpacked 6-bit scales and mins come out repeated in both 128-bit halves, as
+//!   the map needs, and `dl = d * sc`, `ml = dmin * m` are computed from them; Q6_K: quants are
+//!   used unsigned (`0..64`) and the offset removed in i16 (`Σ q a - Σ 32 a`), the 16-element
+//!   scales applied by `_mm256_madd_epi16`.
+//! - `acts.d` and `acts.sums` are loaded eight groups at a time and permuted into the map (moving
+//!   bits only).
+//! - The float step is the specification's, lane `l` of one `__m256` is `acc[l]`, with separate
+//!   multiplies and adds (no FMA, so no different rounding), register 0 before register 1, and
+//!   the final reduction adds the lanes in the specification's order.
 //!
 //! Hence every result is bit-identical to the scalar kernel; the tests check exactly that.
 //!
@@ -20,29 +30,30 @@
 
 use core::arch::x86_64::*;
 
-use crate::acts::{ActsQ8, QK};
+use crate::acts::ActsQ8;
 use crate::scalar::kquants::{
-    check_gemv, f16_at, ACT_BLOCKS_PER_SUPER, Q4_K_BLOCK_BYTES, Q5_K_BLOCK_BYTES, Q6_K_BLOCK_BYTES,
+    check_gemv, f16_at, ACT_GROUPS_PER_SUPER, Q4_K_BLOCK_BYTES, Q5_K_BLOCK_BYTES, Q6_K_BLOCK_BYTES,
     QK_K,
 };
 
-/// Activation values per super-block.
-const ACTS_PER_SUPER: usize = ACT_BLOCKS_PER_SUPER * QK;
+/// Values per K-quant sub-block of 32 (one `maddubs` register).
+const SUB: usize = 32;
 
-/// The 6-bit scales and mins of the eight sub-blocks of a Q4_K/Q5_K super-block, as i32 lanes
-/// `(sc[0..8], m[0..8])`, from the 12 packed bytes at `s`. Same values as
+/// The 6-bit scales and mins of the eight sub-blocks of a Q4_K/Q5_K super-block, from the 12 packed
+/// bytes at `s`, in the group lane map: `sc[h]` lane `l` is the scale of sub-block `4h + l % 4`
+/// (`h` in `0..2`), likewise `m[h]` for the mins. Same values as
 /// `scalar::kquants::scale_min_k4`, computed without lane-crossing shuffles: each lane shifts its
 /// own copy of a packed word.
 ///
 /// # Safety
 /// The CPU must support AVX2 and `s` must be valid for reading 12 bytes.
 #[inline(always)]
-unsafe fn scales_mins_k4(s: *const u8) -> (__m256i, __m256i) {
+unsafe fn scales_mins_k4(s: *const u8) -> ([__m256i; 2], [__m256i; 2]) {
     // SAFETY: the caller guarantees AVX2 and that `s..s+12` is readable; the three unaligned
     // 4-byte reads are `s..s+4`, `s+4..s+8` and `s+8..s+12`.
     unsafe {
         let word = |i: usize| _mm256_set1_epi32(s.add(4 * i).cast::<i32>().read_unaligned());
-        // Lanes j and j+4 look at byte j % 4 of each word.
+        // Lanes l and l + 4 look at byte l % 4 of each word.
         let byte_of = _mm256_setr_epi32(0, 8, 16, 24, 0, 8, 16, 24);
         let a = _mm256_srlv_epi32(word(0), byte_of); // low 6 bits: scales 0..4
         let c = _mm256_srlv_epi32(word(1), byte_of); // low 6 bits: mins 0..4
@@ -60,42 +71,23 @@ unsafe fn scales_mins_k4(s: *const u8) -> (__m256i, __m256i) {
             _mm256_and_si256(_mm256_srli_epi32::<4>(b), m4),
         );
         (
-            _mm256_blend_epi32::<0b1111_0000>(_mm256_and_si256(a, m6), sc_hi),
-            _mm256_blend_epi32::<0b1111_0000>(_mm256_and_si256(c, m6), m_hi),
+            [_mm256_and_si256(a, m6), sc_hi],
+            [_mm256_and_si256(c, m6), m_hi],
         )
     }
 }
 
-/// Lane `j` of the result is the (wrapping) sum of the eight i32 lanes of `v[j]`.
+/// Eight per-group values at `p` (32-bit lanes) permuted into the group lane map: lane `l` gets
+/// `p[[0, 2, 4, 6, 1, 3, 5, 7][l]]`. Only moves bits.
 ///
 /// # Safety
-/// The CPU must support AVX2.
+/// The CPU must support AVX2 and `p` must be valid for reading 32 bytes.
 #[inline(always)]
-unsafe fn hsum8_epi32(v: &[__m256i; 8]) -> __m256i {
-    // Three rounds, each adding two vectors' partial sums into one: blends pick the lanes that
-    // stay, one in-lane shuffle brings the partners (the compiler may fuse a round into `vphaddd`).
-    // Integer sums are exact in any order.
-    // SAFETY: the caller guarantees AVX2; these intrinsics only touch registers.
+unsafe fn load_groups(p: *const f32) -> __m256 {
+    // SAFETY: the caller guarantees AVX2 and that `p..p+8` is readable.
     unsafe {
-        // Round 1, (a, b) -> lane 2i: a[2i] + a[2i+1], lane 2i+1: b[2i] + b[2i+1].
-        let pairs = |a: __m256i, b: __m256i| {
-            let keep = _mm256_blend_epi32::<0b1010_1010>(a, b);
-            let swap = _mm256_shuffle_epi32::<0b1011_0001>(_mm256_blend_epi32::<0b1010_1010>(b, a));
-            _mm256_add_epi32(keep, swap)
-        };
-        // Round 2, (x, y) -> lanes 0, 1: the two partial sums of x; lanes 2, 3: those of y (per
-        // 128-bit half), so each half holds one quarter-sum of four inputs.
-        let quads = |x: __m256i, y: __m256i| {
-            let keep = _mm256_blend_epi32::<0b1100_1100>(x, y);
-            let swap = _mm256_shuffle_epi32::<0b0100_1110>(_mm256_blend_epi32::<0b1100_1100>(y, x));
-            _mm256_add_epi32(keep, swap)
-        };
-        let s0123 = quads(pairs(v[0], v[1]), pairs(v[2], v[3]));
-        let s4567 = quads(pairs(v[4], v[5]), pairs(v[6], v[7]));
-        // Round 3: low half of s0123 plus its high half, and the same for s4567.
-        let keep = _mm256_blend_epi32::<0b1111_0000>(s0123, s4567);
-        let swap = _mm256_permute2x128_si256::<0x21>(s0123, s4567);
-        _mm256_add_epi32(keep, swap)
+        let perm = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+        _mm256_permutevar8x32_ps(_mm256_loadu_ps(p), perm)
     }
 }
 
@@ -116,50 +108,78 @@ unsafe fn reduce_lanes_ps(acc: __m256) -> f32 {
     }
 }
 
-/// The float step for Q4_K/Q5_K: `acc + ((ip * d) - (mp * dmin)) * ad`, lane by lane.
+/// The sixteen exact group dots `Σ q*a` of a super-block whose unsigned quants of sub-block `j`
+/// are `q[j]`, with the activations at `a`, in the group lane map (result `h`: groups
+/// `8h .. 8h + 8`).
 ///
 /// # Safety
-/// The CPU must support AVX2.
-#[inline(always)]
-unsafe fn accumulate_k4(
-    acc: __m256,
-    ip: __m256i,
-    mp: __m256i,
-    d: __m256,
-    dmin: __m256,
-    ad: __m256,
-) -> __m256 {
-    // SAFETY: the caller guarantees AVX2; these intrinsics only touch registers.
-    unsafe {
-        let pos = _mm256_mul_ps(_mm256_cvtepi32_ps(ip), d);
-        let neg = _mm256_mul_ps(_mm256_cvtepi32_ps(mp), dmin);
-        _mm256_add_ps(acc, _mm256_mul_ps(_mm256_sub_ps(pos, neg), ad))
-    }
-}
-
-/// Eight exact dots `Σ q*a` of the 32-element groups whose unsigned quants are `q[j]` with the
-/// activations at `a + 32*j`.
-///
-/// # Safety
-/// The CPU must support AVX2, every `q[j]` must be in `0..=63` and `a` must be valid for reading
+/// The CPU must support AVX2, every `q[j]` must be in `0..=31` and `a` must be valid for reading
 /// 256 bytes.
 #[inline(always)]
-unsafe fn dots_u8_i8(q: &[__m256i; 8], a: *const i8) -> __m256i {
+unsafe fn dots_u8_i8(q: &[__m256i; 8], a: *const i8) -> [__m256i; 2] {
     // SAFETY: the caller guarantees AVX2 and that `a..a+256` is readable; each load reads
     // `a + 32*j .. a + 32*j + 32` with `j < 8`, unaligned loads being allowed.
     unsafe {
+        let p: [__m256i; 8] = core::array::from_fn(|j| {
+            let x = _mm256_loadu_si256(a.add(SUB * j).cast::<__m256i>());
+            // |q0*x0 + q1*x1| <= 31 * 128 * 2 = 7936: no saturation.
+            _mm256_maddubs_epi16(q[j], x)
+        });
+        // Two rounds of horizontal i16 adds (per 128-bit half, so the first and second group of
+        // a sub-block stay apart) leave sums of four pair sums, |.| <= 4 * 7936 < 2^15, exact;
+        // `madd` with ones adds the last pair in i32. Low half of result h: the first groups of
+        // sub-blocks 4h..4h+4, high half: their second groups (the group lane map).
         let ones = _mm256_set1_epi16(1);
-        let mut v = [_mm256_setzero_si256(); 8];
-        for (j, vj) in v.iter_mut().enumerate() {
-            let x = _mm256_loadu_si256(a.add(QK * j).cast::<__m256i>());
-            // |q0*x0 + q1*x1| <= 63 * 128 * 2 < 2^15: no saturation.
-            *vj = _mm256_madd_epi16(_mm256_maddubs_epi16(q[j], x), ones);
-        }
-        hsum8_epi32(&v)
+        let quad = |k: usize| {
+            let h01 = _mm256_hadd_epi16(p[4 * k], p[4 * k + 1]);
+            let h23 = _mm256_hadd_epi16(p[4 * k + 2], p[4 * k + 3]);
+            _mm256_madd_epi16(_mm256_hadd_epi16(h01, h23), ones)
+        };
+        [quad(0), quad(1)]
     }
 }
 
-/// The 4-bit quants of the eight groups of a Q4_K super-block whose `qs` field starts at `qs`.
+/// One Q4_K/Q5_K super-block of a row added to `acc`: `q` are its unsigned quants per sub-block,
+/// `blk` the super-block (for `d`, `dmin` and the packed scales), `a`, `ad` and `sums` the
+/// activations, scales and sums of its 256 values.
+///
+/// # Safety
+/// The CPU must support AVX2, every `q[j]` must be in `0..=31` and `a` must hold 256 values;
+/// `blk`, `ad` and `sums` are checked by indexing.
+#[inline(always)]
+unsafe fn super_block_k4(
+    acc: __m256,
+    blk: &[u8],
+    q: &[__m256i; 8],
+    a: &[i8],
+    ad: &[f32],
+    sums: &[i32],
+) -> __m256 {
+    let (ad, sums, scales) = (&ad[..16], &sums[..16], &blk[4..16]);
+    let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
+    // SAFETY: the caller guarantees AVX2, the quant range and that `a` holds 256 values; `scales`
+    // is 12 bytes, `ad` and `sums` 16 values, so the loads at offsets 0 and 8 read inside them.
+    unsafe {
+        let (sc, m) = scales_mins_k4(scales.as_ptr());
+        let (d, dmin) = (_mm256_set1_ps(d), _mm256_set1_ps(dmin));
+        let dots = dots_u8_i8(q, a.as_ptr());
+        let mut acc = acc;
+        for h in 0..2 {
+            // dl = d * sc and ml = dmin * m, per sub-block, as in the dequantizer.
+            let dl = _mm256_mul_ps(d, _mm256_cvtepi32_ps(sc[h]));
+            let ml = _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(m[h]));
+            let sv = _mm256_castps_si256(load_groups(sums.as_ptr().add(8 * h).cast::<f32>()));
+            let pos = _mm256_mul_ps(_mm256_cvtepi32_ps(dots[h]), dl);
+            let neg = _mm256_mul_ps(_mm256_cvtepi32_ps(sv), ml);
+            let adv = load_groups(ad.as_ptr().add(8 * h));
+            acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_sub_ps(pos, neg), adv));
+        }
+        acc
+    }
+}
+
+/// The 4-bit quants of the eight 32-element sub-blocks of a Q4_K super-block whose `qs` field
+/// starts at `qs`.
 ///
 /// # Safety
 /// The CPU must support AVX2 and `qs` must be valid for reading 128 bytes.
@@ -179,8 +199,8 @@ unsafe fn quants_q4_k(qs: *const u8) -> [__m256i; 8] {
     }
 }
 
-/// The 5-bit quants of the eight groups of a Q5_K super-block whose `qh` and `qs` fields start at
-/// `qh` and `qs`.
+/// The 5-bit quants of the eight 32-element sub-blocks of a Q5_K super-block whose `qh` and `qs`
+/// fields start at `qh` and `qs`.
 ///
 /// # Safety
 /// The CPU must support AVX2, `qh` must be valid for reading 32 bytes and `qs` for 128 bytes.
@@ -232,24 +252,14 @@ unsafe fn row_q4_k(row: &[u8], acts: &ActsQ8<'_>) -> f32 {
     let mut acc = unsafe { _mm256_setzero_ps() };
     for s in 0..acts.len() / QK_K {
         let blk = &row[s * Q4_K_BLOCK_BYTES..(s + 1) * Q4_K_BLOCK_BYTES];
-        let a = &acts.qs[s * ACTS_PER_SUPER..(s + 1) * ACTS_PER_SUPER];
-        let ad = &acts.d[s * ACT_BLOCKS_PER_SUPER..(s + 1) * ACT_BLOCKS_PER_SUPER];
-        let sums = &acts.sums[s * ACT_BLOCKS_PER_SUPER..(s + 1) * ACT_BLOCKS_PER_SUPER];
+        let a = &acts.qs[s * QK_K..(s + 1) * QK_K];
+        let groups = s * ACT_GROUPS_PER_SUPER..(s + 1) * ACT_GROUPS_PER_SUPER;
         // SAFETY: the caller guarantees AVX2. `blk` is 144 bytes, so `qs` (16..144) holds the
-        // 128 bytes `quants_q4_k` reads; `a` is 256 values for `dots_u8_i8`; `ad` and `sums`
-        // hold the 8 values each of their loads read. Q4_K quants are in 0..16.
+        // 128 bytes `quants_q4_k` reads; `a` is 256 values. Q4_K quants are in 0..16.
         acc = unsafe {
-            let (d, dmin) = (
-                _mm256_set1_ps(f16_at(blk, 0)),
-                _mm256_set1_ps(f16_at(blk, 2)),
-            );
-            let (sc, m) = scales_mins_k4(blk.as_ptr().add(4));
             let q = quants_q4_k(blk.as_ptr().add(16));
-            let dots = dots_u8_i8(&q, a.as_ptr());
-            let ip = _mm256_mullo_epi32(dots, sc);
-            let sv = _mm256_loadu_si256(sums.as_ptr().cast::<__m256i>());
-            let mp = _mm256_mullo_epi32(sv, m);
-            accumulate_k4(acc, ip, mp, d, dmin, _mm256_loadu_ps(ad.as_ptr()))
+            let (ad, sums) = (&acts.d[groups.clone()], &acts.sums[groups]);
+            super_block_k4(acc, blk, &q, a, ad, sums)
         };
     }
     // SAFETY: the caller guarantees AVX2.
@@ -283,39 +293,29 @@ unsafe fn row_q5_k(row: &[u8], acts: &ActsQ8<'_>) -> f32 {
     let mut acc = unsafe { _mm256_setzero_ps() };
     for s in 0..acts.len() / QK_K {
         let blk = &row[s * Q5_K_BLOCK_BYTES..(s + 1) * Q5_K_BLOCK_BYTES];
-        let a = &acts.qs[s * ACTS_PER_SUPER..(s + 1) * ACTS_PER_SUPER];
-        let ad = &acts.d[s * ACT_BLOCKS_PER_SUPER..(s + 1) * ACT_BLOCKS_PER_SUPER];
-        let sums = &acts.sums[s * ACT_BLOCKS_PER_SUPER..(s + 1) * ACT_BLOCKS_PER_SUPER];
+        let a = &acts.qs[s * QK_K..(s + 1) * QK_K];
+        let groups = s * ACT_GROUPS_PER_SUPER..(s + 1) * ACT_GROUPS_PER_SUPER;
         // SAFETY: the caller guarantees AVX2. `blk` is 176 bytes, so `qh` (16..48) and `qs`
-        // (48..176) hold the 32 and 128 bytes `quants_q5_k` reads; `a` is 256 values for
-        // `dots_u8_i8`; `ad` and `sums` hold the 8 values each of their loads read. Q5_K quants
+        // (48..176) hold the 32 and 128 bytes `quants_q5_k` reads; `a` is 256 values. Q5_K quants
         // are in 0..32.
         acc = unsafe {
-            let (d, dmin) = (
-                _mm256_set1_ps(f16_at(blk, 0)),
-                _mm256_set1_ps(f16_at(blk, 2)),
-            );
-            let (sc, m) = scales_mins_k4(blk.as_ptr().add(4));
             let q = quants_q5_k(blk.as_ptr().add(16), blk.as_ptr().add(48));
-            let dots = dots_u8_i8(&q, a.as_ptr());
-            let ip = _mm256_mullo_epi32(dots, sc);
-            let sv = _mm256_loadu_si256(sums.as_ptr().cast::<__m256i>());
-            let mp = _mm256_mullo_epi32(sv, m);
-            accumulate_k4(acc, ip, mp, d, dmin, _mm256_loadu_ps(ad.as_ptr()))
+            let (ad, sums) = (&acts.d[groups.clone()], &acts.sums[groups]);
+            super_block_k4(acc, blk, &q, a, ad, sums)
         };
     }
     // SAFETY: the caller guarantees AVX2.
     unsafe { reduce_lanes_ps(acc) }
 }
 
-/// The eight exact scaled dots of a Q6_K super-block (lane `j`:
-/// `scales[2j] * Σ_{l<16} (q-32) a + scales[2j+1] * Σ_{l>=16} (q-32) a` for group `j`).
+/// The sixteen exact scaled group dots `scales[i] * Σ (q-32) a` of a Q6_K super-block, in the group
+/// lane map (result `h`: groups `8h .. 8h + 8`).
 ///
 /// # Safety
 /// The CPU must support AVX2, `blk` must be valid for reading a 210-byte Q6_K super-block and `a`
 /// for reading 256 bytes.
 #[inline(always)]
-unsafe fn scaled_dots_q6_k(blk: *const u8, a: *const i8, shuf: &[__m256i; 4]) -> __m256i {
+unsafe fn scaled_dots_q6_k(blk: *const u8, a: *const i8, shuf: &[__m256i; 2]) -> [__m256i; 2] {
     // SAFETY: the caller guarantees AVX2 and the readable ranges. Loads read `ql` at
     // `blk + 64h .. blk + 64h + 64` (h < 2, inside 0..128), `qh` at `blk + 128 + 32h ..` (+32,
     // inside 128..192), the 16 scales at `blk + 192 .. blk + 208`, and activations at
@@ -330,14 +330,14 @@ unsafe fn scaled_dots_q6_k(blk: *const u8, a: *const i8, shuf: &[__m256i; 4]) ->
             _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(scales)),
             _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(_mm_srli_si128::<8>(scales))),
         ];
-        let mut v = [_mm256_setzero_si256(); 8];
+        let mut v = [_mm256_setzero_si256(); 2];
         for (h, sc_half) in sc_halves.iter().enumerate() {
             let l0 = _mm256_loadu_si256(blk.add(64 * h).cast::<__m256i>());
             let l1 = _mm256_loadu_si256(blk.add(64 * h + 32).cast::<__m256i>());
             let hb = _mm256_loadu_si256(blk.add(128 + 32 * h).cast::<__m256i>());
-            // Unsigned 6-bit quants of groups g = 0..4 of this half: low nibbles of l0, l1, then
-            // high nibbles; high bits 2g..2g+1 of `hb` moved to bits 4..5 (16-bit shifts carry
-            // bits between bytes only into positions the masks remove).
+            // Unsigned 6-bit quants of 32-value blocks g = 0..4 of this half: low nibbles of l0,
+            // l1, then high nibbles; high bits 2g..2g+1 of `hb` moved to bits 4..5 (16-bit shifts
+            // carry bits between bytes only into positions the masks remove).
             let q = [
                 _mm256_or_si256(
                     _mm256_and_si256(l0, m4),
@@ -356,37 +356,48 @@ unsafe fn scaled_dots_q6_k(blk: *const u8, a: *const i8, shuf: &[__m256i; 4]) ->
                     _mm256_and_si256(_mm256_srli_epi16::<2>(hb), m30),
                 ),
             ];
-            for (g, qg) in q.iter().enumerate() {
-                let j = 4 * h + g;
-                let x = _mm256_loadu_si256(a.add(QK * j).cast::<__m256i>());
+            let p: [__m256i; 4] = core::array::from_fn(|g| {
+                let x = _mm256_loadu_si256(a.add(SUB * (4 * h + g)).cast::<__m256i>());
                 // Pair sums of q*x (|.| <= 63*128*2) minus those of 32*x (|.| <= 32*128*2): the
                 // difference is the pair sum of (q-32)*x, |.| <= 8192, exact in i16.
-                let p =
-                    _mm256_sub_epi16(_mm256_maddubs_epi16(*qg, x), _mm256_maddubs_epi16(off, x));
-                // Low half (elements 0..16) times scales[2j], high half times scales[2j+1].
-                let sc = _mm256_shuffle_epi8(*sc_half, shuf[g]);
-                v[j] = _mm256_madd_epi16(p, sc);
-            }
+                _mm256_sub_epi16(_mm256_maddubs_epi16(q[g], x), _mm256_maddubs_epi16(off, x))
+            });
+            // One horizontal i16 add per pair of blocks (2k, 2k+1): sums of four values,
+            // |.| <= 16384, exact; per 128-bit half the first four lanes are block 2k's, the next
+            // four 2k+1's, the low half first groups and the high half second groups. `madd` with
+            // the matching scales gives exact i32 (|.| <= 2 * 128 * 16384), and one horizontal
+            // i32 add finishes the group sums: per half, blocks 4h..4h+4 in order.
+            let r: [__m256i; 2] = core::array::from_fn(|k| {
+                let sc = _mm256_shuffle_epi8(*sc_half, shuf[k]);
+                _mm256_madd_epi16(_mm256_hadd_epi16(p[2 * k], p[2 * k + 1]), sc)
+            });
+            v[h] = _mm256_hadd_epi32(r[0], r[1]);
         }
-        hsum8_epi32(&v)
+        v
     }
 }
 
-/// Shuffle controls that turn eight i16 scales (in both halves) into scale `2g` repeated in the
-/// low half and scale `2g + 1` in the high half, for `g` in `0..4`.
+/// Shuffle controls that turn the eight i16 scales of four 32-value blocks (in both halves) into
+/// the scales of blocks `2k` and `2k + 1` (`k` in `0..2`) in the lane order of `_mm256_hadd_epi16`
+/// of their pair sums: low half four times scale `4k` then four times `4k + 2` (first groups),
+/// high half `4k + 1` and `4k + 3` (second groups).
 ///
 /// # Safety
 /// The CPU must support AVX2.
 #[inline(always)]
-unsafe fn q6_k_scale_shuffles() -> [__m256i; 4] {
+unsafe fn q6_k_scale_shuffles() -> [__m256i; 2] {
     // SAFETY: the caller guarantees AVX2; these intrinsics only touch registers.
     unsafe {
-        let ctl = |g: i16| {
-            let lo = (4 * g) | ((4 * g + 1) << 8);
-            let hi = (4 * g + 2) | ((4 * g + 3) << 8);
-            _mm256_set_m128i(_mm_set1_epi16(hi), _mm_set1_epi16(lo))
+        // The two bytes of i16 scale `i`, as one i16 shuffle control.
+        let bytes = |i: i16| (2 * i) | ((2 * i + 1) << 8);
+        let ctl = |k: i16| {
+            let half = |a: i16, b: i16| {
+                let (a, b) = (bytes(a), bytes(b));
+                _mm_setr_epi16(a, a, a, a, b, b, b, b)
+            };
+            _mm256_set_m128i(half(4 * k + 1, 4 * k + 3), half(4 * k, 4 * k + 2))
         };
-        [ctl(0), ctl(1), ctl(2), ctl(3)]
+        [ctl(0), ctl(1)]
     }
 }
 
@@ -414,20 +425,25 @@ pub unsafe fn avx2_gemv_q6_k(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
 /// # Safety
 /// The CPU must support AVX2.
 #[inline(always)]
-unsafe fn row_q6_k(row: &[u8], acts: &ActsQ8<'_>, shuf: &[__m256i; 4]) -> f32 {
+unsafe fn row_q6_k(row: &[u8], acts: &ActsQ8<'_>, shuf: &[__m256i; 2]) -> f32 {
     // SAFETY: the caller guarantees AVX2; this only sets a register.
     let mut acc = unsafe { _mm256_setzero_ps() };
     for s in 0..acts.len() / QK_K {
         let blk = &row[s * Q6_K_BLOCK_BYTES..(s + 1) * Q6_K_BLOCK_BYTES];
-        let a = &acts.qs[s * ACTS_PER_SUPER..(s + 1) * ACTS_PER_SUPER];
-        let ad = &acts.d[s * ACT_BLOCKS_PER_SUPER..(s + 1) * ACT_BLOCKS_PER_SUPER];
+        let a = &acts.qs[s * QK_K..(s + 1) * QK_K];
+        let ad = &acts.d[s * ACT_GROUPS_PER_SUPER..(s + 1) * ACT_GROUPS_PER_SUPER];
+        let d = f16_at(blk, 208);
         // SAFETY: the caller guarantees AVX2. `blk` is a whole 210-byte super-block, `a` is
-        // 256 values and `ad` the 8 floats the load reads.
+        // 256 values and `ad` the 16 floats the two loads read.
         acc = unsafe {
-            let d = _mm256_set1_ps(f16_at(blk, 208));
+            let d = _mm256_set1_ps(d);
             let ip = scaled_dots_q6_k(blk.as_ptr(), a.as_ptr(), shuf);
-            let t = _mm256_mul_ps(_mm256_cvtepi32_ps(ip), d);
-            _mm256_add_ps(acc, _mm256_mul_ps(t, _mm256_loadu_ps(ad.as_ptr())))
+            let mut acc = acc;
+            for (h, iph) in ip.iter().enumerate() {
+                let t = _mm256_mul_ps(_mm256_cvtepi32_ps(*iph), d);
+                acc = _mm256_add_ps(acc, _mm256_mul_ps(t, load_groups(ad.as_ptr().add(8 * h))));
+            }
+            acc
         };
     }
     // SAFETY: the caller guarantees AVX2.
@@ -463,17 +479,19 @@ mod tests {
             let (sc, m) = unsafe {
                 let (sc, m) = scales_mins_k4(s.as_ptr());
                 (
-                    core::mem::transmute::<__m256i, [i32; 8]>(sc),
-                    core::mem::transmute::<__m256i, [i32; 8]>(m),
+                    sc.map(|v| core::mem::transmute::<__m256i, [i32; 8]>(v)),
+                    m.map(|v| core::mem::transmute::<__m256i, [i32; 8]>(v)),
                 )
             };
-            for j in 0..8 {
-                let (want_sc, want_m) = scale_min_k4(j, &s);
-                assert_eq!(
-                    (sc[j], m[j]),
-                    (i32::from(want_sc), i32::from(want_m)),
-                    "{s:?} {j}"
-                );
+            for h in 0..2 {
+                for l in 0..8 {
+                    let (want_sc, want_m) = scale_min_k4(4 * h + l % 4, &s);
+                    assert_eq!(
+                        (sc[h][l], m[h][l]),
+                        (i32::from(want_sc), i32::from(want_m)),
+                        "{s:?} {h} {l}"
+                    );
+                }
             }
         }
     }

@@ -12,9 +12,15 @@ Output, next to this script:
 Reproduce with `pip install gguf==0.19.0 numpy` and `python3 kquants_gen.py`; the output is
 deterministic (fixed seed). gguf-py computes in float32 with one rounding per operation and no fused
 multiply-add, in the same order as the scalar kernels, so the test compares bit for bit.
+
+With `--real MODEL.gguf` it also writes real rows: the first and last row of `blk.0.ffn_down.weight`
+(Q6_K) and of `blk.11.ffn_down.weight` (Q4_K), 4864 columns each, from Qwen2.5-Coder-0.5B-Instruct
+Q4_K_M (Apache-2.0; file sha256 1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32),
+as kquants_real_<type>.blocks and .f32. That model has no Q5_K tensor.
 """
 
 import pathlib
+import sys
 
 import numpy as np
 from gguf import GGMLQuantizationType as T
@@ -67,5 +73,26 @@ def main() -> None:
         print(f"{name}: {N_BLOCKS} blocks, {expected.size} values")
 
 
+REAL_TENSORS = [("q6_k", "blk.0.ffn_down.weight", T.Q6_K), ("q4_k", "blk.11.ffn_down.weight", T.Q4_K)]
+REAL_ROWS = [0, -1]
+
+
+def real(model: str) -> None:
+    from gguf import GGUFReader
+
+    reader = GGUFReader(model)
+    by_name = {t.name: t for t in reader.tensors}
+    for name, tensor_name, qtype in REAL_TENSORS:
+        t = by_name[tensor_name]
+        assert t.tensor_type == qtype, (tensor_name, t.tensor_type)
+        rows = np.ascontiguousarray(t.data[REAL_ROWS])
+        expected = quants.dequantize(rows.reshape(-1), qtype).astype("<f4")
+        (HERE / f"kquants_real_{name}.blocks").write_bytes(rows.tobytes())
+        (HERE / f"kquants_real_{name}.f32").write_bytes(expected.tobytes())
+        print(f"real {name}: {tensor_name} rows {REAL_ROWS}, {rows.shape[1]} bytes, {expected.size} values")
+
+
 if __name__ == "__main__":
     main()
+    if len(sys.argv) == 3 and sys.argv[1] == "--real":
+        real(sys.argv[2])
