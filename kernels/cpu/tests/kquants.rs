@@ -5,11 +5,7 @@
 use edgellm_kernels::scalar::kquants::{
     dequantize_q4_k, dequantize_q5_k, dequantize_q6_k, gemv_q4_k, gemv_q5_k, gemv_q6_k, QK_K,
 };
-use edgellm_kernels::{ActsQ8, QK};
-
-/// Values per activation scale group: `acts.d` and `acts.sums` hold one entry per 16 values
-/// (lengths stay multiples of [`QK`] = 32).
-const QS: usize = 16;
+use edgellm_kernels::{ActsQ8, QK, QS};
 
 /// AVX2 kernels may differ from the scalar specification by this many units in the last place.
 /// Zero: they follow the specification's accumulation order with separate multiplies and adds, so

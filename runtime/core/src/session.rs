@@ -73,7 +73,7 @@ impl core::error::Error for SessionError {}
 pub const PREFILL_CHUNK: usize = 16;
 
 /// Activation values per quantization scale (see `edgellm_kernels::acts`).
-const ACT_GROUP: usize = 32;
+const ACT_GROUP: usize = crate::kernels::QS;
 
 /// Arena granule: every buffer starts on a 64-byte boundary (a cache line, and enough for SIMD).
 #[derive(Clone, Copy)]

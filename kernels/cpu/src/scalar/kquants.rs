@@ -64,10 +64,7 @@
 //! when the weight bytes are too short. Longer weight slices are fine: only the first rows are
 //! read.
 
-use crate::acts::ActsQ8;
-
-/// Values per activation scale group (`acts.d` and `acts.sums` hold one entry per group).
-const QS: usize = 16;
+use crate::acts::{ActsQ8, QS};
 
 /// Elements per K-quant super-block.
 pub const QK_K: usize = 256;
