@@ -1,6 +1,7 @@
 //! `cargo xtask`: project automation — fetching the reference models and test vectors, and running
 //! the whole check suite exactly as CI does.
 
+mod cross;
 mod fetch;
 
 use anyhow::{bail, Context, Result};
@@ -33,7 +34,13 @@ enum Cmd {
         /// Skip fetching the second (Qwen2.5, 480 MB) model; its tests then skip.
         #[arg(long)]
         no_qwen: bool,
+        /// Skip the aarch64 suites under qemu.
+        #[arg(long)]
+        no_cross: bool,
     },
+    /// Build the kernel and core test suites for aarch64 and run them under qemu with each board's
+    /// CPU model (cortex-a53, cortex-a72, cortex-a76, neoverse-n1), plus the golden end-to-end test.
+    TestCross,
 }
 
 fn main() -> Result<()> {
@@ -47,7 +54,16 @@ fn main() -> Result<()> {
             let dir = fetch::vocab()?;
             println!("{}", dir.display());
         }
-        Cmd::Ci { no_qwen } => ci(no_qwen)?,
+        Cmd::Ci { no_qwen, no_cross } => ci(no_qwen, no_cross)?,
+        Cmd::TestCross => {
+            let model = fetch::model(fetch::ModelName::Smollm2135m)?;
+            std::env::set_var("EDGELLM_MODEL", &model);
+            let (passed, failed) = cross::test_cross()?;
+            println!("test-cross: {passed} passed, {failed} failed");
+            if failed > 0 {
+                bail!("{failed} cross tests failed");
+            }
+        }
     }
     Ok(())
 }
@@ -86,7 +102,7 @@ const NO_STD_CRATES: &[&str] = &[
 ];
 const NO_STD_TARGETS: &[&str] = &["aarch64-unknown-none", "x86_64-unknown-none"];
 
-fn ci(no_qwen: bool) -> Result<()> {
+fn ci(no_qwen: bool, no_cross: bool) -> Result<()> {
     // Toolchain pieces: rustup components and bare-metal targets for the no_std builds.
     run(Command::new("rustup").args(["component", "add", "rustfmt", "clippy"]))?;
     let mut add = Command::new("rustup");
@@ -133,7 +149,13 @@ fn ci(no_qwen: bool) -> Result<()> {
     if let Some(q) = &qwen {
         test.env("EDGELLM_QWEN_MODEL", q);
     }
-    let (passed, failed) = run_counting(&mut test)?;
+    let (mut passed, mut failed) = run_counting(&mut test)?;
+    if !no_cross {
+        std::env::set_var("EDGELLM_MODEL", &model);
+        let (p, f) = cross::test_cross()?;
+        passed += p;
+        failed += f;
+    }
     // One closing line for the whole suite (cargo prints one per test binary).
     println!("ci: {passed} passed, {failed} failed");
     if failed > 0 {

@@ -5,6 +5,7 @@ mod budget;
 mod chat;
 mod generate;
 mod load;
+mod perplexity;
 mod run;
 
 use anyhow::Result;
@@ -48,6 +49,8 @@ enum Command {
     },
     /// Measure prefill and decode speed and per-token latency.
     Bench(bench::BenchArgs),
+    /// How well the model predicts a text: the quality price of a weight format.
+    Perplexity(perplexity::PerplexityArgs),
 }
 
 /// Options shared by every command that loads a model.
@@ -93,6 +96,7 @@ fn main() {
         Command::Tokenize(a) => run::tokenize(a),
         Command::Inspect { path, full } => load::inspect(&path, full),
         Command::Bench(a) => bench::bench(a),
+        Command::Perplexity(a) => perplexity::perplexity(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
