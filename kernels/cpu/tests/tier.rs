@@ -22,7 +22,7 @@ fn a_tier_the_cpu_lacks_is_refused() {
         if f.missing_for(tier).is_none() {
             assert!(r.is_ok(), "{tier:?} should be available");
         } else {
-            let err = r.err().expect("refused").to_string();
+            let err = r.expect_err("refused").to_string();
             assert!(err.contains(tier.name()), "{err}");
         }
     }
