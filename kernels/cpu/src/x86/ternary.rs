@@ -1,0 +1,245 @@
+//! AVX2 ternary kernels (T2, TQ2_0), bit-exact with [`crate::scalar::ternary`].
+//!
+//! Both types are walked in windows of 128 columns, eight activation groups of 16, four rows per
+//! pass sharing the window's activations, sums and scales. Per row and window the 2-bit codes
+//! `c` (0..=3) come out of 32 weight bytes with one shift and one mask per 32 codes; `vpmaddubsw`
+//! multiplies them (unsigned) with the int8 activations into i16 pair sums (at most
+//! `2 * 3 * 127`, no saturation); a `vphaddw` tree and one `vpmaddwd` by ones leave the eight
+//! exact group sums `Σ c·a` (at most `16 * 3 * 127`, no i16 overflow) in eight i32 lanes, and
+//! `isum = Σ c·a − sums[g]` is `Σ (c − 1)·a`, exact because of the [`ActsQ8`] invariant
+//! `sums[g] = Σ qs`. The eight f32 lanes are the specification's eight running sums, updated with
+//! its operations and order, then reduced with its tree: every lane reproduces the scalar row.
+//!
+//! T2 window: two 16-byte blocks loaded as one 256-bit vector, so `(v >> 2l) & 3` is group `l`
+//! of the first block in the low lane and group `l` of the second in the high lane; the
+//! activations are loaded in the same arrangement once per window, and the `vphaddw` tree then
+//! yields the groups in natural order. TQ2_0 window: one 32-byte half of a block, whose shifts
+//! give groups `2l` and `2l + 1`; the tree yields the groups in the order `0 2 4 6 1 3 5 7`, so
+//! the window's sums and scales are permuted alike and the running sums are put back in order
+//! before the final reduction.
+//!
+//! Like the other AVX2 kernels these need AVX2, FMA and F16C (F16C converts the TQ2_0 scales).
+//!
+//! A row count that is not a multiple of four repeats the last row in the final pass and drops
+//! the extra results.
+
+use core::arch::x86_64::*;
+
+use crate::acts::ActsQ8;
+use crate::scalar::ternary::{check_gemv_ternary, QK_K, QS, T2_BLOCK, T2_BYTES, TQ2_0_BYTES};
+
+/// Rows per pass.
+const ROWS: usize = 4;
+/// Columns per window: eight activation groups.
+const WIN: usize = 8 * QS;
+
+const T2: u8 = 0;
+const TQ2_0: u8 = 1;
+
+/// The exact sums `Σ c·a` of eight groups from the four `vpmaddubsw` results of a window, in
+/// the lane order described in the module docs (each 128-bit lane of `p[i]` holds one group).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn group_sums(p: [__m256i; 4]) -> __m256i {
+    let a = _mm256_hadd_epi16(p[0], p[1]);
+    let b = _mm256_hadd_epi16(p[2], p[3]);
+    _mm256_madd_epi16(_mm256_hadd_epi16(a, b), _mm256_set1_epi16(1))
+}
+
+/// The specification's final reduction of eight running sums in natural lane order.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn reduce8(acc: __m256) -> f32 {
+    // [a0+a4, a1+a5, a2+a6, a3+a7]
+    let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
+    // [(a0+a4)+(a2+a6), (a1+a5)+(a3+a7), ..]
+    let t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps::<0b01>(t, t)))
+}
+
+/// One window's shared operands: activations (arranged per type), `sums` and `d` (in the lane
+/// order of [`group_sums`] for the type).
+struct Window {
+    a: [__m256i; 4],
+    sums: __m256i,
+    d: __m256,
+}
+
+/// Loads the operands of window `win` (columns `128 win ..`; only the first 64 exist when
+/// `half`, the rest are zero).
+///
+/// # Safety
+///
+/// `acts` must hold the columns of the window (checked by the caller's shape check); the CPU
+/// must have AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load_window<const K: u8>(acts: &ActsQ8<'_>, win: usize, half: bool) -> Window {
+    let qa = acts.qs.as_ptr();
+    let c0 = win * WIN;
+    let g0 = win * 8;
+    // SAFETY: the caller guarantees the window's columns (64 of them when `half`), and with them
+    // its groups, lie inside `acts`.
+    unsafe {
+        if K == T2 {
+            let lo = |l: usize| _mm_loadu_si128(qa.add(c0 + 16 * l).cast());
+            if half {
+                let z = _mm_setzero_si128();
+                Window {
+                    a: core::array::from_fn(|l| _mm256_set_m128i(z, lo(l))),
+                    sums: _mm256_set_m128i(z, _mm_loadu_si128(acts.sums.as_ptr().add(g0).cast())),
+                    d: _mm256_set_m128(_mm_setzero_ps(), _mm_loadu_ps(acts.d.as_ptr().add(g0))),
+                }
+            } else {
+                let hi = |l: usize| _mm_loadu_si128(qa.add(c0 + 64 + 16 * l).cast());
+                Window {
+                    a: core::array::from_fn(|l| _mm256_set_m128i(hi(l), lo(l))),
+                    sums: _mm256_loadu_si256(acts.sums.as_ptr().add(g0).cast()),
+                    d: _mm256_loadu_ps(acts.d.as_ptr().add(g0)),
+                }
+            }
+        } else {
+            let perm = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+            Window {
+                a: core::array::from_fn(|l| _mm256_loadu_si256(qa.add(c0 + 32 * l).cast())),
+                sums: _mm256_permutevar8x32_epi32(
+                    _mm256_loadu_si256(acts.sums.as_ptr().add(g0).cast()),
+                    perm,
+                ),
+                d: _mm256_permutevar8x32_ps(_mm256_loadu_ps(acts.d.as_ptr().add(g0)), perm),
+            }
+        }
+    }
+}
+
+/// The exact `isum` of the window's eight groups of one row whose window bytes start at `p`.
+///
+/// # Safety
+///
+/// `p` must be valid for reading 32 bytes (16 when `half`); the CPU must have AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn window_isum(p: *const u8, half: bool, win: &Window) -> __m256i {
+    // SAFETY: the caller guarantees the bytes.
+    let v = unsafe {
+        if half {
+            _mm256_set_m128i(_mm_setzero_si128(), _mm_loadu_si128(p.cast()))
+        } else {
+            _mm256_loadu_si256(p.cast())
+        }
+    };
+    let m = _mm256_set1_epi8(3);
+    let c = [
+        _mm256_and_si256(v, m),
+        _mm256_and_si256(_mm256_srli_epi16::<2>(v), m),
+        _mm256_and_si256(_mm256_srli_epi16::<4>(v), m),
+        _mm256_and_si256(_mm256_srli_epi16::<6>(v), m),
+    ];
+    let p = core::array::from_fn(|l| _mm256_maddubs_epi16(c[l], win.a[l]));
+    _mm256_sub_epi32(group_sums(p), win.sums)
+}
+
+/// The shared gemv driver (see the module docs).
+///
+/// # Safety
+///
+/// The CPU must have AVX2, FMA and F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn gemv<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
+    let (bl, bb, name) = if K == T2 {
+        (T2_BLOCK, T2_BYTES, "T2")
+    } else {
+        (QK_K, TQ2_0_BYTES, "TQ2_0")
+    };
+    let row_bytes = check_gemv_ternary(w, acts, out.len(), bl, bb, name);
+    let rows = out.len();
+    if rows == 0 || row_bytes == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let cols = acts.qs.len();
+    let nwin = cols.div_ceil(WIN);
+    let base = w.as_ptr();
+    let last = rows - 1;
+    let mut r = 0;
+    while r < rows {
+        // SAFETY: every row index is at most `last`, and the shape check proved `w` holds
+        // `rows * row_bytes` bytes, so each pointer starts a whole row inside `w`.
+        let p: [*const u8; ROWS] =
+            core::array::from_fn(|i| unsafe { base.add((r + i).min(last) * row_bytes) });
+        let mut acc = [_mm256_setzero_ps(); ROWS];
+        for win in 0..nwin {
+            // Only T2 rows can end with half a window (an odd number of 64-column blocks).
+            let half = (win + 1) * WIN > cols;
+            // SAFETY: the window's columns are inside `acts` (`win < nwin`, `half` otherwise).
+            let wv = unsafe { load_window::<K>(acts, win, half) };
+            for i in 0..ROWS {
+                if K == T2 {
+                    // SAFETY: window `win` of a row is bytes `32 win .. 32 win + 32` (16 when
+                    // `half`), inside the row.
+                    let isum = unsafe { window_isum(p[i].add(32 * win), half, &wv) };
+                    let t = _mm256_mul_ps(_mm256_cvtepi32_ps(isum), wv.d);
+                    acc[i] = _mm256_add_ps(acc[i], t);
+                } else {
+                    let blk = (win / 2) * TQ2_0_BYTES;
+                    // SAFETY: half `win % 2` of block `win / 2` (32 bytes) and the block's
+                    // f16 scale at byte 64 are inside the row.
+                    let (isum, dw) = unsafe {
+                        let q = p[i].add(blk);
+                        let dw = tq2_scale(q.add(64));
+                        (window_isum(q.add(32 * (win % 2)), false, &wv), dw)
+                    };
+                    let t = _mm256_mul_ps(_mm256_mul_ps(dw, wv.d), _mm256_cvtepi32_ps(isum));
+                    acc[i] = _mm256_add_ps(acc[i], t);
+                }
+            }
+        }
+        let n = (rows - r).min(ROWS);
+        for i in 0..n {
+            let a = if K == T2 {
+                acc[i]
+            } else {
+                _mm256_permutevar8x32_ps(acc[i], _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+            };
+            out[r + i] = reduce8(a);
+        }
+        r += ROWS;
+    }
+}
+
+/// The f16 at `p`, as f32 broadcast to eight lanes.
+///
+/// # Safety
+///
+/// `p` must be valid for reading 2 bytes; the CPU must have AVX2 and F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tq2_scale(p: *const u8) -> __m256 {
+    // SAFETY: the caller guarantees 2 readable bytes.
+    let bits = unsafe { p.cast::<u16>().read_unaligned() };
+    let v = _mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le(bits) as i32));
+    _mm256_broadcastss_ps(v)
+}
+
+/// AVX2 [`crate::scalar::ternary::gemv_t2`] (unscaled T2 product), bit-exact.
+///
+/// # Safety
+///
+/// The CPU must have AVX2, FMA and F16C (the features of the `avx2` tier).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn avx2_gemv_t2(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
+    // SAFETY: same features, guaranteed by the caller.
+    unsafe { gemv::<T2>(w, acts, out) }
+}
+
+/// AVX2 [`crate::scalar::ternary::gemv_tq2_0`], bit-exact.
+///
+/// # Safety
+///
+/// The CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn avx2_gemv_tq2_0(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
+    // SAFETY: same features, guaranteed by the caller.
+    unsafe { gemv::<TQ2_0>(w, acts, out) }
+}
