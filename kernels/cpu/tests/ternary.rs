@@ -283,7 +283,14 @@ fn bits(v: &[f32]) -> Vec<u32> {
 /// (rows 1..13, columns multiples of the block length up to 4096).
 fn shapes(rng: &mut Rng, ty: Ty) -> Vec<(usize, usize)> {
     let bl = ty.block_len();
-    let mut v = vec![(0, bl), (1, bl), (3, 0), (5, 2 * bl), (4, 3 * bl), (9, 5 * bl)];
+    let mut v = vec![
+        (0, bl),
+        (1, bl),
+        (3, 0),
+        (5, 2 * bl),
+        (4, 3 * bl),
+        (9, 5 * bl),
+    ];
     if ty == Ty::T2 {
         v.extend([(2, 576), (7, 1536), (3, 2560), (2, 6912)]);
     } else {
@@ -390,9 +397,27 @@ fn has_avx2() -> bool {
         && std::is_x86_feature_detected!("f16c")
 }
 
+#[cfg(target_arch = "aarch64")]
+fn has_neon() -> bool {
+    std::arch::is_aarch64_feature_detected!("neon")
+}
+
+/// The dotprod kernels must never run on a CPU without `sdot` (e.g. under `qemu -cpu cortex-a53`).
+#[cfg(target_arch = "aarch64")]
+fn has_dotprod() -> bool {
+    has_neon() && std::arch::is_aarch64_feature_detected!("dotprod")
+}
+
 simd_kernel_tests! {
     avx2_gemv_t2: Ty::T2, edgellm_kernels::x86::ternary::avx2_gemv_t2, "x86_64", has_avx2();
     avx2_gemv_tq2_0: Ty::Tq2, edgellm_kernels::x86::ternary::avx2_gemv_tq2_0, "x86_64", has_avx2();
+    neon_gemv_t2: Ty::T2, edgellm_kernels::aarch64::ternary::neon_gemv_t2, "aarch64", has_neon();
+    neon_gemv_tq2_0: Ty::Tq2, edgellm_kernels::aarch64::ternary::neon_gemv_tq2_0, "aarch64",
+        has_neon();
+    neon_dotprod_gemv_t2: Ty::T2, edgellm_kernels::aarch64::ternary::neon_dotprod_gemv_t2,
+        "aarch64", has_dotprod();
+    neon_dotprod_gemv_tq2_0: Ty::Tq2, edgellm_kernels::aarch64::ternary::neon_dotprod_gemv_tq2_0,
+        "aarch64", has_dotprod();
 }
 
 // ---------------------------------------------------------------------------------------------

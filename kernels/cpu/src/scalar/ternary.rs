@@ -157,7 +157,10 @@ pub fn quantize_t2_row(src: &[f32], dst: &mut [u8]) -> f32 {
     let sum = src.iter().fold(0.0f32, |s, v| s + v.abs());
     let s = if n == 0 { 0.0 } else { sum / n as f32 };
     let ok = s.is_finite() && s >= f32::MIN_POSITIVE;
-    for (blk, xs) in dst.chunks_exact_mut(T2_BYTES).zip(src.chunks_exact(T2_BLOCK)) {
+    for (blk, xs) in dst
+        .chunks_exact_mut(T2_BYTES)
+        .zip(src.chunks_exact(T2_BLOCK))
+    {
         blk.fill(0);
         for (e, &x) in xs.iter().enumerate() {
             let w = if ok {
@@ -180,7 +183,10 @@ pub fn quantize_t2_row(src: &[f32], dst: &mut [u8]) -> f32 {
 /// for the real values.
 pub fn dequantize_t2(src: &[u8], dst: &mut [f32]) {
     check_dequant(src, dst.len(), T2_BLOCK, T2_BYTES, "T2");
-    for (blk, y) in src.chunks_exact(T2_BYTES).zip(dst.chunks_exact_mut(T2_BLOCK)) {
+    for (blk, y) in src
+        .chunks_exact(T2_BYTES)
+        .zip(dst.chunks_exact_mut(T2_BLOCK))
+    {
         for (e, y) in y.iter_mut().enumerate() {
             *y = (((blk[e % 16] >> (2 * (e / 16))) & 3) as i32 - 1) as f32;
         }
@@ -191,7 +197,10 @@ pub fn dequantize_t2(src: &[u8], dst: &mut [f32]) {
 /// `d * (c - 1)` in f32 (bit-identical to gguf-py's reference).
 pub fn dequantize_tq2_0(src: &[u8], dst: &mut [f32]) {
     check_dequant(src, dst.len(), QK_K, TQ2_0_BYTES, "TQ2_0");
-    for (blk, y) in src.chunks_exact(TQ2_0_BYTES).zip(dst.chunks_exact_mut(QK_K)) {
+    for (blk, y) in src
+        .chunks_exact(TQ2_0_BYTES)
+        .zip(dst.chunks_exact_mut(QK_K))
+    {
         let d = f16_at(blk, 64);
         for (e, y) in y.iter_mut().enumerate() {
             let (h, l, m) = (e / 128, (e / 32) % 4, e % 32);
@@ -217,7 +226,10 @@ fn tq1_trit(blk: &[u8], e: usize) -> i32 {
 /// `d * (trit - 1)` in f32 (bit-identical to gguf-py's reference).
 pub fn dequantize_tq1_0(src: &[u8], dst: &mut [f32]) {
     check_dequant(src, dst.len(), QK_K, TQ1_0_BYTES, "TQ1_0");
-    for (blk, y) in src.chunks_exact(TQ1_0_BYTES).zip(dst.chunks_exact_mut(QK_K)) {
+    for (blk, y) in src
+        .chunks_exact(TQ1_0_BYTES)
+        .zip(dst.chunks_exact_mut(QK_K))
+    {
         let d = f16_at(blk, 52);
         for (e, y) in y.iter_mut().enumerate() {
             *y = d * (tq1_trit(blk, e) - 1) as f32;

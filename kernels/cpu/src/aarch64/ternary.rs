@@ -1,0 +1,259 @@
+//! NEON ternary kernels (T2, TQ2_0) for ARMv8.0 and for ARMv8.2 with the dot-product
+//! extension, bit-exact with [`crate::scalar::ternary`].
+//!
+//! One row at a time, four activation groups of 16 per step. The 2-bit codes `c` (0..=3) of four
+//! groups come out of the weight bytes with one shift and one mask per 16 codes (T2: one 16-byte
+//! block is four consecutive groups; TQ2_0: two 16-byte halves of a 32-byte chunk at two shifts).
+//! The exact sums `Σ c·a` of the four groups are then formed either
+//! - ARMv8.0: `smull`/`smlal` (codes are below 128, so reading them as i8 is exact) into i16
+//!   pair sums (at most `2 * 3 * 127`), three `addp` levels and one `saddlp`, or
+//! - dotprod: one `sdot` per group into four i32 partial sums, then two `addp` levels,
+//!
+//! which leaves groups `g .. g + 4` in natural lane order; `isum = Σ c·a − sums[g]` is
+//! `Σ (c − 1)·a` by the [`ActsQ8`] invariant `sums[g] = Σ qs`. Two f32 vectors hold the
+//! specification's eight running sums (`acc[0..4]` and `acc[4..8]`), updated with its operations
+//! (no fused multiply-add) and order, then reduced with its tree: each row reproduces the
+//! scalar row bit for bit.
+//!
+//! `sdot` is emitted with `asm!` (its intrinsic is not stable) inside functions compiled with
+//! the `dotprod` feature, which only run after the caller checked the CPU has it.
+
+use core::arch::aarch64::*;
+use core::arch::asm;
+
+use crate::acts::ActsQ8;
+use crate::scalar::f16_bits_to_f32;
+use crate::scalar::ternary::{check_gemv_ternary, QK_K, QS, T2_BLOCK, T2_BYTES, TQ2_0_BYTES};
+
+/// `acc + Σ` of each four consecutive `a[i] * b[i]` (i8), per i32 lane: one `sdot`.
+///
+/// # Safety
+///
+/// The CPU must have the dot-product extension.
+#[inline]
+#[target_feature(enable = "neon,dotprod")]
+unsafe fn sdot(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+    let mut acc = acc;
+    // SAFETY: `sdot` reads and writes only these registers; the caller guarantees the CPU has it.
+    unsafe {
+        asm!(
+            "sdot {acc:v}.4s, {a:v}.16b, {b:v}.16b",
+            acc = inout(vreg) acc,
+            a = in(vreg) a,
+            b = in(vreg) b,
+            options(pure, nomem, nostack, preserves_flags),
+        );
+    }
+    acc
+}
+
+/// The exact `Σ c·a` of four groups (`c[k]` codes, `a[k]` activations), lanes `0..4`, with
+/// `smull`/`smlal` (ARMv8.0).
+#[inline]
+#[target_feature(enable = "neon")]
+fn group_sums4_neon(c: [uint8x16_t; 4], a: [int8x16_t; 4]) -> int32x4_t {
+    let p: [int16x8_t; 4] = core::array::from_fn(|k| {
+        let c = vreinterpretq_s8_u8(c[k]);
+        vmlal_s8(
+            vmull_s8(vget_low_s8(c), vget_low_s8(a[k])),
+            vget_high_s8(c),
+            vget_high_s8(a[k]),
+        )
+    });
+    vpaddlq_s16(vpaddq_s16(vpaddq_s16(p[0], p[1]), vpaddq_s16(p[2], p[3])))
+}
+
+/// [`group_sums4_neon`] with `sdot`.
+///
+/// # Safety
+///
+/// The CPU must have the dot-product extension.
+#[inline]
+#[target_feature(enable = "neon,dotprod")]
+unsafe fn group_sums4_dot(c: [uint8x16_t; 4], a: [int8x16_t; 4]) -> int32x4_t {
+    let z = vdupq_n_s32(0);
+    // SAFETY: the caller guarantees the dot-product extension.
+    let s: [int32x4_t; 4] =
+        core::array::from_fn(|k| unsafe { sdot(z, vreinterpretq_s8_u8(c[k]), a[k]) });
+    vpaddq_s32(vpaddq_s32(s[0], s[1]), vpaddq_s32(s[2], s[3]))
+}
+
+/// The specification's final reduction of `acc[0..4]` (`lo`) and `acc[4..8]` (`hi`).
+#[inline]
+#[target_feature(enable = "neon")]
+fn reduce8(lo: float32x4_t, hi: float32x4_t) -> f32 {
+    // [a0+a4, a1+a5, a2+a6, a3+a7]
+    let s = vaddq_f32(lo, hi);
+    // [(a0+a4)+(a2+a6), (a1+a5)+(a3+a7)]
+    let t = vadd_f32(vget_low_f32(s), vget_high_f32(s));
+    vget_lane_f32::<0>(t) + vget_lane_f32::<1>(t)
+}
+
+/// The running sums updated with four groups starting at group `g` (a multiple of four):
+/// `acc[g % 8 ..] += scale * (isum as f32)` with `scale = d[g..g + 4]` (T2) or
+/// `dw * d[g..g + 4]` (TQ2_0).
+///
+/// # Safety
+///
+/// Groups `g .. g + 4` must exist in `acts` (checked by the caller's shape check).
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn update(
+    acc: &mut [float32x4_t; 2],
+    sums: int32x4_t,
+    acts: &ActsQ8<'_>,
+    g: usize,
+    dw: Option<f32>,
+) {
+    // SAFETY: the caller guarantees the four groups exist.
+    let (s, d) = unsafe {
+        (
+            vld1q_s32(acts.sums.as_ptr().add(g)),
+            vld1q_f32(acts.d.as_ptr().add(g)),
+        )
+    };
+    let isum = vcvtq_f32_s32(vsubq_s32(sums, s));
+    let t = match dw {
+        None => vmulq_f32(isum, d),
+        Some(dw) => vmulq_f32(vmulq_n_f32(d, dw), isum),
+    };
+    let k = (g / 4) % 2;
+    acc[k] = vaddq_f32(acc[k], t);
+}
+
+/// Defines a T2 gemv entry point with target features `$feat` whose four-group sums come from
+/// `$sums` (see the module docs). The body is written once and compiled per feature set, so that
+/// everything inlines into the entry point.
+macro_rules! gemv_t2 {
+    ($(#[$doc:meta])* $name:ident, $feat:literal, $sums:ident) => {
+        $(#[$doc])*
+        #[target_feature(enable = $feat)]
+        pub unsafe fn $name(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
+            let row_bytes = check_gemv_ternary(w, acts, out.len(), T2_BLOCK, T2_BYTES, "T2");
+            if row_bytes == 0 {
+                out.fill(0.0);
+                return;
+            }
+            let m3 = vdupq_n_u8(3);
+            let qa = acts.qs.as_ptr();
+            for (o, row) in out.iter_mut().zip(w.chunks_exact(row_bytes)) {
+                let mut acc = [vdupq_n_f32(0.0); 2];
+                for (b, blk) in row.chunks_exact(T2_BYTES).enumerate() {
+                    // SAFETY: `blk` is 16 bytes; block `b`'s 64 activations exist (shape check).
+                    let (v, a) = unsafe {
+                        (
+                            vld1q_u8(blk.as_ptr()),
+                            core::array::from_fn(|k| vld1q_s8(qa.add(T2_BLOCK * b + QS * k))),
+                        )
+                    };
+                    let c = [
+                        vandq_u8(v, m3),
+                        vandq_u8(vshrq_n_u8::<2>(v), m3),
+                        vandq_u8(vshrq_n_u8::<4>(v), m3),
+                        vshrq_n_u8::<6>(v),
+                    ];
+                    // SAFETY: the entry point's contract covers `$sums`' features; groups
+                    // `4b .. 4b + 4` exist (shape check).
+                    unsafe {
+                        let s = $sums(c, a);
+                        update(&mut acc, s, acts, 4 * b, None);
+                    }
+                }
+                *o = reduce8(acc[0], acc[1]);
+            }
+        }
+    };
+}
+
+/// Defines a TQ2_0 gemv entry point, like [`gemv_t2!`].
+macro_rules! gemv_tq2_0 {
+    ($(#[$doc:meta])* $name:ident, $feat:literal, $sums:ident) => {
+        $(#[$doc])*
+        #[target_feature(enable = $feat)]
+        pub unsafe fn $name(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
+            let row_bytes = check_gemv_ternary(w, acts, out.len(), QK_K, TQ2_0_BYTES, "TQ2_0");
+            if row_bytes == 0 {
+                out.fill(0.0);
+                return;
+            }
+            let m3 = vdupq_n_u8(3);
+            let qa = acts.qs.as_ptr();
+            let sh = |x: uint8x16_t, l: usize| match l {
+                0 => vandq_u8(x, m3),
+                1 => vandq_u8(vshrq_n_u8::<2>(x), m3),
+                2 => vandq_u8(vshrq_n_u8::<4>(x), m3),
+                _ => vshrq_n_u8::<6>(x),
+            };
+            for (o, row) in out.iter_mut().zip(w.chunks_exact(row_bytes)) {
+                let mut acc = [vdupq_n_f32(0.0); 2];
+                for (b, blk) in row.chunks_exact(TQ2_0_BYTES).enumerate() {
+                    let dw = f16_bits_to_f32(u16::from_le_bytes([blk[64], blk[65]]));
+                    for h in 0..2 {
+                        // SAFETY: bytes `32h .. 32h + 32` are inside the 66-byte block.
+                        let u = unsafe {
+                            [
+                                vld1q_u8(blk.as_ptr().add(32 * h)),
+                                vld1q_u8(blk.as_ptr().add(32 * h + 16)),
+                            ]
+                        };
+                        for m in 0..2 {
+                            // Groups g .. g + 4 are (l, s) = (2m, 0), (2m, 1), (2m + 1, 0),
+                            // (2m + 1, 1): bytes `16 s ..` of the chunk at shift `2 l`.
+                            let g = 16 * b + 8 * h + 4 * m;
+                            let c = [
+                                sh(u[0], 2 * m),
+                                sh(u[1], 2 * m),
+                                sh(u[0], 2 * m + 1),
+                                sh(u[1], 2 * m + 1),
+                            ];
+                            // SAFETY: groups `g .. g + 4` and their activations exist (shape
+                            // check); the entry point's contract covers `$sums`' features.
+                            unsafe {
+                                let a = core::array::from_fn(|k| vld1q_s8(qa.add(QS * (g + k))));
+                                let s = $sums(c, a);
+                                update(&mut acc, s, acts, g, Some(dw));
+                            }
+                        }
+                    }
+                }
+                *o = reduce8(acc[0], acc[1]);
+            }
+        }
+    };
+}
+
+gemv_t2! {
+    /// NEON [`crate::scalar::ternary::gemv_t2`] (unscaled T2 product), bit-exact.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have NEON.
+    neon_gemv_t2, "neon", group_sums4_neon
+}
+
+gemv_t2! {
+    /// NEON dot-product [`crate::scalar::ternary::gemv_t2`] (unscaled T2 product), bit-exact.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have NEON and the dot-product extension (`dotprod`).
+    neon_dotprod_gemv_t2, "neon,dotprod", group_sums4_dot
+}
+
+gemv_tq2_0! {
+    /// NEON [`crate::scalar::ternary::gemv_tq2_0`], bit-exact.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have NEON.
+    neon_gemv_tq2_0, "neon", group_sums4_neon
+}
+
+gemv_tq2_0! {
+    /// NEON dot-product [`crate::scalar::ternary::gemv_tq2_0`], bit-exact.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have NEON and the dot-product extension (`dotprod`).
+    neon_dotprod_gemv_tq2_0, "neon,dotprod", group_sums4_dot
+}
