@@ -195,7 +195,7 @@ fn pack_block(ty: Ty, c: &[u8], d: u16, blk: &mut [u8]) {
             let enc = |digits: &[u8]| {
                 let v = digits.iter().fold(0u16, |v, &c| v * 3 + c as u16);
                 let v = v * 3u16.pow(5 - digits.len() as u32);
-                ((v * 256 + 242) / 243) as u8
+                (v * 256).div_ceil(243) as u8
             };
             for m in 0..32 {
                 let digits: Vec<u8> = (0..5).map(|n| c[32 * n + m]).collect();
