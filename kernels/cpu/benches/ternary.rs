@@ -115,6 +115,7 @@ fn kernels() -> Vec<(&'static str, &'static str, GemvFn)> {
     {
         use edgellm_kernels::x86::ternary as x;
         v.push(("avx2_gemv_t2", "T2", x::avx2_gemv_t2));
+        v.push(("avx2_gemv_t2_lut", "T2", x::avx2_gemv_t2_lut));
         v.push(("avx2_gemv_tq2_0", "TQ2_0", x::avx2_gemv_tq2_0));
     }
     #[cfg(target_arch = "aarch64")]

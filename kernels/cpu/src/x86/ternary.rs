@@ -243,3 +243,196 @@ pub unsafe fn avx2_gemv_tq2_0(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
     // SAFETY: same features, guaranteed by the caller.
     unsafe { gemv::<TQ2_0>(w, acts, out) }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Table-lookup variant
+
+/// Rows per row block of the table-lookup kernel (its running sums live on the stack).
+const LUT_ROW_BLOCK: usize = 128;
+/// Rows per pass of the table-lookup kernel (one byte per row in each 128-bit lane).
+const LUT_ROWS: usize = 16;
+
+/// The lookup tables of one window: for weight pair `(j, j + 8)` of group `k` (`t[8k + j]`),
+/// 16 entries `((n & 3) - 1) a_j + ((n >> 2) - 1) a_{j+8}` split into low bytes (`[0]`) and high
+/// bytes (`[1]`); the low 128-bit lane serves the window's first block, the high lane its second.
+///
+/// # Safety
+///
+/// The window's columns (64 when `half`) must lie inside `acts`; the CPU must have AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn lut_tables(acts: &ActsQ8<'_>, win: usize, half: bool, t: &mut [[__m256i; 2]; 32]) {
+    let wlo = _mm256_setr_epi16(-1, 0, 1, 2, -1, 0, 1, 2, -1, 0, 1, 2, -1, 0, 1, 2);
+    let whi = _mm256_setr_epi16(-1, -1, -1, -1, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2);
+    let byte = _mm256_set1_epi16(0xFF);
+    let c0 = win * WIN;
+    for k in 0..4 {
+        for j in 0..8 {
+            let entries = |blk: usize| {
+                if half && blk == 1 {
+                    return _mm256_setzero_si256();
+                }
+                let e = c0 + 64 * blk + 16 * k + j;
+                let (a0, a1) = (acts.qs[e] as i16, acts.qs[e + 8] as i16);
+                _mm256_add_epi16(
+                    _mm256_mullo_epi16(_mm256_set1_epi16(a0), wlo),
+                    _mm256_mullo_epi16(_mm256_set1_epi16(a1), whi),
+                )
+            };
+            let (e0, e1) = (entries(0), entries(1));
+            let lo = _mm256_packus_epi16(_mm256_and_si256(e0, byte), _mm256_and_si256(e1, byte));
+            let hi = _mm256_packs_epi16(_mm256_srai_epi16::<8>(e0), _mm256_srai_epi16::<8>(e1));
+            t[8 * k + j] = [
+                _mm256_permute4x64_epi64::<0xD8>(lo),
+                _mm256_permute4x64_epi64::<0xD8>(hi),
+            ];
+        }
+    }
+}
+
+/// Transposes 16 rows of 32 bytes, per 128-bit lane: byte `i` of lane `L` of result `j` is
+/// byte `j` of lane `L` of `x[i]`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn transpose16(x: [__m256i; 16]) -> [__m256i; 16] {
+    let mut a = [_mm256_setzero_si256(); 16];
+    for i in 0..8 {
+        a[i] = _mm256_unpacklo_epi8(x[2 * i], x[2 * i + 1]);
+        a[i + 8] = _mm256_unpackhi_epi8(x[2 * i], x[2 * i + 1]);
+    }
+    // a[i] (i < 8): 16-bit element k = bytes k of rows 2i, 2i + 1 (k < 8); a[i + 8]: k + 8.
+    let mut b = [_mm256_setzero_si256(); 16];
+    for i in 0..4 {
+        b[i] = _mm256_unpacklo_epi16(a[2 * i], a[2 * i + 1]);
+        b[i + 4] = _mm256_unpackhi_epi16(a[2 * i], a[2 * i + 1]);
+        b[i + 8] = _mm256_unpacklo_epi16(a[8 + 2 * i], a[9 + 2 * i]);
+        b[i + 12] = _mm256_unpackhi_epi16(a[8 + 2 * i], a[9 + 2 * i]);
+    }
+    // b[4K + q]: 32-bit element e = bytes 4K + e of rows 4q .. 4q + 4.
+    let mut v = [_mm256_setzero_si256(); 16];
+    for kk in 0..4 {
+        let q = &b[4 * kk..4 * kk + 4];
+        let lo01 = _mm256_unpacklo_epi32(q[0], q[1]);
+        let hi01 = _mm256_unpackhi_epi32(q[0], q[1]);
+        let lo23 = _mm256_unpacklo_epi32(q[2], q[3]);
+        let hi23 = _mm256_unpackhi_epi32(q[2], q[3]);
+        v[4 * kk] = _mm256_unpacklo_epi64(lo01, lo23);
+        v[4 * kk + 1] = _mm256_unpackhi_epi64(lo01, lo23);
+        v[4 * kk + 2] = _mm256_unpacklo_epi64(hi01, hi23);
+        v[4 * kk + 3] = _mm256_unpackhi_epi64(hi01, hi23);
+    }
+    v
+}
+
+/// AVX2 table-lookup [`crate::scalar::ternary::gemv_t2`] (unscaled T2 product), bit-exact.
+///
+/// Rows in lanes instead of columns: per pass, 16 rows of a 128-column window (two T2 blocks)
+/// are transposed so that one byte vector holds the same weight byte of 16 rows (first block in
+/// the low lane, second in the high lane). Weights `j` and `j + 8` of a group form a 4-bit index
+/// into a 16-entry table of `(w_j a_j + w_{j+8} a_{j+8})`, built once per window and row block
+/// and shared by its 128 rows; two `vpshufb` fetch the low and high bytes of the i16 entries
+/// of 16 rows at once, and i16 accumulators collect each group's exact `isum` per row (at most
+/// `8 * 2 * 2 * 127`) with no horizontal reduction and no need for `sums`. Each row's eight
+/// running sums (on the stack) follow the specification's operations and order.
+///
+/// # Safety
+///
+/// The CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn avx2_gemv_t2_lut(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
+    let row_bytes = check_gemv_ternary(w, acts, out.len(), T2_BLOCK, T2_BYTES, "T2");
+    let rows = out.len();
+    if rows == 0 || row_bytes == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let cols = acts.qs.len();
+    let nwin = cols.div_ceil(WIN);
+    let base = w.as_ptr();
+    let m33 = _mm256_set1_epi8(0x33);
+    let mcc = _mm256_set1_epi8(0xCCu8 as i8);
+    let m0f = _mm256_set1_epi8(0x0F);
+    let mut tables = [[_mm256_setzero_si256(); 2]; 32];
+    let mut acc = [[0.0f32; LUT_ROW_BLOCK]; 8];
+    for rb in (0..rows).step_by(LUT_ROW_BLOCK) {
+        let rb_rows = (rows - rb).min(LUT_ROW_BLOCK);
+        for a in acc.iter_mut() {
+            a.fill(0.0);
+        }
+        for win in 0..nwin {
+            let half = (win + 1) * WIN > cols;
+            // SAFETY: the window's columns are inside `acts` (`win < nwin`, `half` otherwise).
+            unsafe { lut_tables(acts, win, half, &mut tables) };
+            for pass in (0..rb_rows).step_by(LUT_ROWS) {
+                // Row i of the pass (clamped to the last row: its extra results are dropped).
+                let x: [__m256i; LUT_ROWS] = core::array::from_fn(|i| {
+                    let r = (rb + pass + i).min(rows - 1);
+                    // SAFETY: window `win` of row `r` is bytes `32 win .. 32 win + 32` of the
+                    // row (16 when `half`), inside `w` by the shape check.
+                    unsafe {
+                        let p = base.add(r * row_bytes + 32 * win);
+                        if half {
+                            _mm256_set_m128i(_mm_setzero_si128(), _mm_loadu_si128(p.cast()))
+                        } else {
+                            _mm256_loadu_si256(p.cast())
+                        }
+                    }
+                });
+                let v = transpose16(x);
+                // Group sums, i16: s[k][0] rows 0..8, s[k][1] rows 8..16 (per lane: block).
+                let mut s = [[_mm256_setzero_si256(); 2]; 4];
+                for j in 0..8 {
+                    let xj = _mm256_or_si256(
+                        _mm256_and_si256(v[j], m33),
+                        _mm256_slli_epi16::<2>(_mm256_and_si256(v[j + 8], m33)),
+                    );
+                    let yj = _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16::<2>(v[j]), m33),
+                        _mm256_and_si256(v[j + 8], mcc),
+                    );
+                    let nib = [
+                        _mm256_and_si256(xj, m0f),
+                        _mm256_and_si256(yj, m0f),
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(xj), m0f),
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(yj), m0f),
+                    ];
+                    for k in 0..4 {
+                        let t = &tables[8 * k + j];
+                        let lo = _mm256_shuffle_epi8(t[0], nib[k]);
+                        let hi = _mm256_shuffle_epi8(t[1], nib[k]);
+                        s[k][0] = _mm256_add_epi16(s[k][0], _mm256_unpacklo_epi8(lo, hi));
+                        s[k][1] = _mm256_add_epi16(s[k][1], _mm256_unpackhi_epi8(lo, hi));
+                    }
+                }
+                let lanes = if half { 1 } else { 2 };
+                let n = (rb_rows - pass).min(LUT_ROWS);
+                for (k, sk) in s.iter().enumerate() {
+                    for lane in 0..lanes {
+                        let slot = 4 * lane + k;
+                        let d = _mm256_set1_ps(acts.d[8 * win + slot]);
+                        for (h, &sh) in sk.iter().enumerate() {
+                            let half_lane = if lane == 0 {
+                                _mm256_castsi256_si128(sh)
+                            } else {
+                                _mm256_extracti128_si256::<1>(sh)
+                            };
+                            let isum = _mm256_cvtepi16_epi32(half_lane);
+                            let t = _mm256_mul_ps(_mm256_cvtepi32_ps(isum), d);
+                            let mut tv = [0.0f32; 8];
+                            // SAFETY: `tv` holds eight f32.
+                            unsafe { _mm256_storeu_ps(tv.as_mut_ptr(), t) };
+                            let r0 = pass + 8 * h;
+                            for (i, &tvi) in tv.iter().enumerate().take(n.saturating_sub(8 * h)) {
+                                acc[slot][r0 + i] += tvi;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for (i, o) in out[rb..rb + rb_rows].iter_mut().enumerate() {
+            let a: [f32; 8] = core::array::from_fn(|s| acc[s][i]);
+            *o = crate::scalar::ternary::reduce8(&a);
+        }
+    }
+}
