@@ -418,12 +418,22 @@ pub unsafe fn avx2_gemv_t2_lut(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
                             };
                             let isum = _mm256_cvtepi16_epi32(half_lane);
                             let t = _mm256_mul_ps(_mm256_cvtepi32_ps(isum), d);
-                            let mut tv = [0.0f32; 8];
-                            // SAFETY: `tv` holds eight f32.
-                            unsafe { _mm256_storeu_ps(tv.as_mut_ptr(), t) };
                             let r0 = pass + 8 * h;
-                            for (i, &tvi) in tv.iter().enumerate().take(n.saturating_sub(8 * h)) {
-                                acc[slot][r0 + i] += tvi;
+                            let valid = n.saturating_sub(8 * h).min(8);
+                            let dst = &mut acc[slot][r0..r0 + valid];
+                            if valid == 8 {
+                                // SAFETY: `dst` holds eight f32.
+                                unsafe {
+                                    let a = _mm256_loadu_ps(dst.as_ptr());
+                                    _mm256_storeu_ps(dst.as_mut_ptr(), _mm256_add_ps(a, t));
+                                }
+                            } else {
+                                let mut tv = [0.0f32; 8];
+                                // SAFETY: `tv` holds eight f32.
+                                unsafe { _mm256_storeu_ps(tv.as_mut_ptr(), t) };
+                                for (a, &tvi) in dst.iter_mut().zip(&tv) {
+                                    *a += tvi;
+                                }
                             }
                         }
                     }
