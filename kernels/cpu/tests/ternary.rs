@@ -179,8 +179,10 @@ fn pack_block(ty: Ty, c: &[u8], d: u16, blk: &mut [u8]) {
     blk.fill(0);
     match ty {
         Ty::T2 => {
+            // Element i of group k: byte 4k + i % 4, bits 2 (i / 4).
             for (e, &c) in c.iter().enumerate() {
-                blk[e % 16] |= c << (2 * (e / 16));
+                let (k, i) = (e / 16, e % 16);
+                blk[4 * k + i % 4] |= c << (2 * (i / 4));
             }
         }
         Ty::Tq2 => {

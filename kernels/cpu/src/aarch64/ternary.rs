@@ -1,15 +1,22 @@
 //! NEON ternary kernels (T2, TQ2_0) for ARMv8.0 and for ARMv8.2 with the dot-product
 //! extension, bit-exact with [`crate::scalar::ternary`].
 //!
-//! One row at a time, four activation groups of 16 per step. The 2-bit codes `c` (0..=3) of four
-//! groups come out of the weight bytes with one shift and one mask per 16 codes (T2: one 16-byte
-//! block is four consecutive groups; TQ2_0: two 16-byte halves of a 32-byte chunk at two shifts).
-//! The exact sums `Σ c·a` of the four groups are then formed either
-//! - ARMv8.0: `smull`/`smlal` (codes are below 128, so reading them as i8 is exact) into i16
-//!   pair sums (at most `2 * 3 * 127`), three `addp` levels and one `saddlp`, or
-//! - dotprod: one `sdot` per group into four i32 partial sums, then two `addp` levels,
+//! One row at a time, four activation groups of 16 per step. The 2-bit codes `c` (0..=3) come
+//! out of the weight bytes with one shift and one mask per 16 codes.
 //!
-//! which leaves groups `g .. g + 4` in natural lane order; `isum = Σ c·a − sums[g]` is
+//! T2 (one 16-byte block per step): the shift by `2s` gives elements `4s .. 4s + 4` of group `k`
+//! in bytes `4k .. 4k + 4`; `ld4` of the block's activations as 32-bit words gives them in the
+//! same order. With dotprod, four `sdot` into one accumulator leave the four group sums in its
+//! lanes directly; on ARMv8.0, `smull`/`smlal` into two i16 vectors (codes are below 128, so
+//! reading them as i8 is exact; at most `4 * 3 * 127` per lane), one `addp` and one `saddlp`.
+//!
+//! TQ2_0 (layout fixed by llama.cpp): two 16-byte halves of a 32-byte chunk at two shifts give
+//! four consecutive groups; their sums come from
+//! - ARMv8.0: `smull`/`smlal` into i16 pair sums (at most `2 * 3 * 127`), three `addp` levels and
+//!   one `saddlp`, or
+//! - dotprod: one `sdot` per group into four i32 partial sums, then two `addp` levels.
+//!
+//! Either way the groups `g .. g + 4` end in natural lane order; `isum = Σ c·a − sums[g]` is
 //! `Σ (c − 1)·a` by the [`ActsQ8`] invariant `sums[g] = Σ qs`. Two f32 vectors hold the
 //! specification's eight running sums (`acc[0..4]` and `acc[4..8]`), updated with its operations
 //! (no fused multiply-add) and order, then reduced with its tree: each row reproduces the
@@ -78,6 +85,39 @@ unsafe fn group_sums4_dot(c: [uint8x16_t; 4], a: [int8x16_t; 4]) -> int32x4_t {
     vpaddq_s32(vpaddq_s32(s[0], s[1]), vpaddq_s32(s[2], s[3]))
 }
 
+/// The exact `Σ c·a` of the four groups of a T2 block, lanes `0..4`, from the codes at the four
+/// shifts (`c[s]`: elements `4s .. 4s + 4` of group `k` in bytes `4k .. 4k + 4`) and the
+/// activations reordered alike (`a[s]`), with `smull`/`smlal` (ARMv8.0).
+#[inline]
+#[target_feature(enable = "neon")]
+fn t2_sums_neon(c: [uint8x16_t; 4], a: [int8x16_t; 4]) -> int32x4_t {
+    let c: [int8x16_t; 4] = core::array::from_fn(|s| vreinterpretq_s8_u8(c[s]));
+    // Lanes 0..4 group 0 and 4..8 group 1 (low halves); groups 2 and 3 (high halves).
+    let mut lo = vmull_s8(vget_low_s8(c[0]), vget_low_s8(a[0]));
+    let mut hi = vmull_s8(vget_high_s8(c[0]), vget_high_s8(a[0]));
+    for s in 1..4 {
+        lo = vmlal_s8(lo, vget_low_s8(c[s]), vget_low_s8(a[s]));
+        hi = vmlal_s8(hi, vget_high_s8(c[s]), vget_high_s8(a[s]));
+    }
+    vpaddlq_s16(vpaddq_s16(lo, hi))
+}
+
+/// [`t2_sums_neon`] with `sdot`: four `sdot` into one accumulator, no reduction.
+///
+/// # Safety
+///
+/// The CPU must have the dot-product extension.
+#[inline]
+#[target_feature(enable = "neon,dotprod")]
+unsafe fn t2_sums_dot(c: [uint8x16_t; 4], a: [int8x16_t; 4]) -> int32x4_t {
+    let mut acc = vdupq_n_s32(0);
+    for s in 0..4 {
+        // SAFETY: the caller guarantees the dot-product extension.
+        acc = unsafe { sdot(acc, vreinterpretq_s8_u8(c[s]), a[s]) };
+    }
+    acc
+}
+
 /// The specification's final reduction of `acc[0..4]` (`lo`) and `acc[4..8]` (`hi`).
 #[inline]
 #[target_feature(enable = "neon")]
@@ -140,10 +180,18 @@ macro_rules! gemv_t2 {
                 let mut acc = [vdupq_n_f32(0.0); 2];
                 for (b, blk) in row.chunks_exact(T2_BYTES).enumerate() {
                     // SAFETY: `blk` is 16 bytes; block `b`'s 64 activations exist (shape check).
+                    // `ld4` (no alignment requirement) de-interleaves the 16 words of the block's
+                    // activations: `a[s]` = words s, 4 + s, 8 + s, 12 + s.
                     let (v, a) = unsafe {
+                        let w4 = vld4q_s32(qa.add(T2_BLOCK * b).cast::<i32>());
                         (
                             vld1q_u8(blk.as_ptr()),
-                            core::array::from_fn(|k| vld1q_s8(qa.add(T2_BLOCK * b + QS * k))),
+                            [
+                                vreinterpretq_s8_s32(w4.0),
+                                vreinterpretq_s8_s32(w4.1),
+                                vreinterpretq_s8_s32(w4.2),
+                                vreinterpretq_s8_s32(w4.3),
+                            ],
                         )
                     };
                     let c = [
@@ -228,7 +276,7 @@ gemv_t2! {
     /// # Safety
     ///
     /// The CPU must have NEON.
-    neon_gemv_t2, "neon", group_sums4_neon
+    neon_gemv_t2, "neon", t2_sums_neon
 }
 
 gemv_t2! {
@@ -237,7 +285,7 @@ gemv_t2! {
     /// # Safety
     ///
     /// The CPU must have NEON and the dot-product extension (`dotprod`).
-    neon_dotprod_gemv_t2, "neon,dotprod", group_sums4_dot
+    neon_dotprod_gemv_t2, "neon,dotprod", t2_sums_dot
 }
 
 gemv_tq2_0! {

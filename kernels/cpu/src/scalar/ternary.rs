@@ -5,11 +5,16 @@
 //! # Block layouts
 //!
 //! - **T2** (ours, 16 bytes per 64 weights, no scale): weight `w` in `{-1, 0, +1}` is stored as the
-//!   2-bit code `c = w + 1`. Byte `j` (`0..16`) of a block holds elements `j`, `j + 16`, `j + 32`
-//!   and `j + 48` in bits 0-1, 2-3, 4-5 and 6-7. One shift and one mask of the 16 bytes give 16
-//!   consecutive weights, one activation scale group: `(byte >> 2k) & 3` over the block is group
-//!   `k`. Each row has one f32 scale kept outside the blocks (the model loader holds it); the
-//!   kernels here compute the unscaled `Σ w·x` and the caller multiplies by the row scale.
+//!   2-bit code `c = w + 1`. Element `i` (`0..16`) of group `k` (`0..4`; element `16k + i` of the
+//!   block) is in byte `4k + (i % 4)`, bits `2 (i / 4)` ([`t2_position`]): group `k` is the
+//!   32-bit word `k` of the block, and its low nibbles hold the element pairs `(i, i + 4)`, its
+//!   high nibbles `(i + 8, i + 12)`. So one shift by `2s` and one mask of the 16 bytes give, in
+//!   bytes `4k .. 4k + 4`, elements `4s .. 4s + 4` of group `k`: a SIMD dot product (`vpmaddubsw`,
+//!   `sdot`) then leaves each group's partial sums in its own lanes, added vertically with no
+//!   horizontal reduction, against activations reordered once per block and shared by all rows;
+//!   and a table lookup indexes by whole nibbles of one group. Each row has one f32 scale kept
+//!   outside the blocks (the model loader holds it); the kernels here compute the unscaled
+//!   `Σ w·x` and the caller multiplies by the row scale.
 //! - **TQ2_0** (66 bytes per 256): `qs: [u8; 64]`, `d: f16`. Element `128h + 32l + m` (`h` in
 //!   `0..2`, `l` in `0..4`, `m` in `0..32`) is `d * (((qs[32h + m] >> 2l) & 3) - 1)`.
 //! - **TQ1_0** (54 bytes per 256): `qs: [u8; 48]`, `qh: [u8; 4]`, `d: f16`; five (or four) base-3
@@ -26,7 +31,7 @@
 //!
 //! Activations ([`ActsQ8`]) carry one scale `d[g]` and one integer sum `sums[g] = Σ qs` per group
 //! `g` of [`QS`] = 16 values. Every group of 16 consecutive weights lies inside one block of each
-//! type: T2 group `k` of a block is the 2-bit field `k`; TQ2_0 group `8h + 2l + s` (`s` in `0..2`) is
+//! type: T2 group `k` of a block is its bytes `4k .. 4k + 4`; TQ2_0 group `8h + 2l + s` (`s` in `0..2`) is
 //! bytes `32h + 16s .. 32h + 16s + 16` at bits `2l`; TQ1_0 groups `0..10` are digit `n = g / 2` of
 //! bytes `16(g % 2) .. 16(g % 2) + 16`, groups `10..15` digit `g - 10` of bytes `32..48`, group
 //! 15 the four digits of `qh`.
@@ -120,6 +125,13 @@ fn check_dequant(src: &[u8], n: usize, block_len: usize, block_bytes: usize, nam
     );
 }
 
+/// The byte and the bit shift of T2 block element `e` (`0..64`): byte `4 (e / 16) + e % 4`,
+/// shift `2 ((e % 16) / 4)`.
+#[inline(always)]
+pub const fn t2_position(e: usize) -> (usize, u32) {
+    (4 * (e / 16) + e % 4, 2 * ((e % 16) / 4) as u32)
+}
+
 /// The final reduction of the eight running sums (step 3 of the specification).
 #[inline(always)]
 pub(crate) fn reduce8(a: &[f32; 8]) -> f32 {
@@ -168,7 +180,8 @@ pub fn quantize_t2_row(src: &[f32], dst: &mut [u8]) -> f32 {
             } else {
                 0
             };
-            blk[e % 16] |= ((w + 1) as u8) << (2 * (e / 16));
+            let (byte, shift) = t2_position(e);
+            blk[byte] |= ((w + 1) as u8) << shift;
         }
     }
     if ok {
@@ -188,7 +201,8 @@ pub fn dequantize_t2(src: &[u8], dst: &mut [f32]) {
         .zip(dst.chunks_exact_mut(T2_BLOCK))
     {
         for (e, y) in y.iter_mut().enumerate() {
-            *y = (((blk[e % 16] >> (2 * (e / 16))) & 3) as i32 - 1) as f32;
+            let (byte, shift) = t2_position(e);
+            *y = (((blk[byte] >> shift) & 3) as i32 - 1) as f32;
         }
     }
 }
@@ -288,7 +302,12 @@ pub fn gemv_t2(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
         T2_BLOCK,
         T2_BYTES,
         "T2",
-        |blk, k| core::array::from_fn(|m| ((blk[m] >> (2 * k)) & 3) as i32),
+        |blk, k| {
+            core::array::from_fn(|i| {
+                let (byte, shift) = t2_position(16 * k + i);
+                ((blk[byte] >> shift) & 3) as i32
+            })
+        },
         |_| None,
     );
 }

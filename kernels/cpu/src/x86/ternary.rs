@@ -4,18 +4,20 @@
 //! pass sharing the window's activations, sums and scales. Per row and window the 2-bit codes
 //! `c` (0..=3) come out of 32 weight bytes with one shift and one mask per 32 codes; `vpmaddubsw`
 //! multiplies them (unsigned) with the int8 activations into i16 pair sums (at most
-//! `2 * 3 * 127`, no saturation); a `vphaddw` tree and one `vpmaddwd` by ones leave the eight
-//! exact group sums `Σ c·a` (at most `16 * 3 * 127`, no i16 overflow) in eight i32 lanes, and
+//! `2 * 3 * 127`, no saturation); i16 adds and one `vpmaddwd` by ones leave the eight exact
+//! group sums `Σ c·a` (at most `16 * 3 * 127`, no i16 overflow) in eight i32 lanes, and
 //! `isum = Σ c·a − sums[g]` is `Σ (c − 1)·a`, exact because of the [`ActsQ8`] invariant
 //! `sums[g] = Σ qs`. The eight f32 lanes are the specification's eight running sums, updated with
 //! its operations and order, then reduced with its tree: every lane reproduces the scalar row.
 //!
-//! T2 window: two 16-byte blocks loaded as one 256-bit vector, so `(v >> 2l) & 3` is group `l`
-//! of the first block in the low lane and group `l` of the second in the high lane; the
-//! activations are loaded in the same arrangement once per window, and the `vphaddw` tree then
-//! yields the groups in natural order. TQ2_0 window: one 32-byte half of a block, whose shifts
-//! give groups `2l` and `2l + 1`; the tree yields the groups in the order `0 2 4 6 1 3 5 7`, so
-//! the window's sums and scales are permuted alike and the running sums are put back in order
+//! T2 window: two 16-byte blocks loaded as one 256-bit vector, so `(v >> 2s) & 3` holds, per
+//! 128-bit lane (block), elements `4s .. 4s + 4` of each group `k` in bytes `4k .. 4k + 4`; the
+//! activations are reordered alike once per window (a 4x4 transpose of 32-bit words), so each
+//! group's products land in its own two i16 lanes: three vertical adds and the `vpmaddwd` give
+//! the eight group sums in natural order, with no horizontal adds. TQ2_0 window (layout fixed
+//! by llama.cpp): one 32-byte half of a block, whose shifts give groups `2l` and `2l + 1`; a
+//! `vphaddw` tree and the `vpmaddwd` yield the groups in the order `0 2 4 6 1 3 5 7`, so the
+//! window's sums and scales are permuted alike and the running sums are put back in order
 //! before the final reduction.
 //!
 //! Like the other AVX2 kernels these need AVX2, FMA and F16C (F16C converts the TQ2_0 scales).
@@ -82,18 +84,38 @@ unsafe fn load_window<const K: u8>(acts: &ActsQ8<'_>, win: usize, half: bool) ->
     // its groups, lie inside `acts`.
     unsafe {
         if K == T2 {
-            let lo = |l: usize| _mm_loadu_si128(qa.add(c0 + 16 * l).cast());
+            // g[k] = [group k of block 0 | group k of block 1]: 32-bit words 4k .. 4k + 4 of
+            // each block's activations; a 4x4 word transpose gives a[s] = words s, 4 + s, 8 + s,
+            // 12 + s, i.e. elements 4s .. 4s + 4 of groups 0..4, as the codes at shift 2s.
+            let z = _mm_setzero_si128();
+            let g: [__m256i; 4] = core::array::from_fn(|k| {
+                let lo = _mm_loadu_si128(qa.add(c0 + 16 * k).cast());
+                let hi = if half {
+                    z
+                } else {
+                    _mm_loadu_si128(qa.add(c0 + 64 + 16 * k).cast())
+                };
+                _mm256_set_m128i(hi, lo)
+            });
+            let t0 = _mm256_unpacklo_epi32(g[0], g[1]);
+            let t1 = _mm256_unpackhi_epi32(g[0], g[1]);
+            let t2 = _mm256_unpacklo_epi32(g[2], g[3]);
+            let t3 = _mm256_unpackhi_epi32(g[2], g[3]);
+            let a = [
+                _mm256_unpacklo_epi64(t0, t2),
+                _mm256_unpackhi_epi64(t0, t2),
+                _mm256_unpacklo_epi64(t1, t3),
+                _mm256_unpackhi_epi64(t1, t3),
+            ];
             if half {
-                let z = _mm_setzero_si128();
                 Window {
-                    a: core::array::from_fn(|l| _mm256_set_m128i(z, lo(l))),
+                    a,
                     sums: _mm256_set_m128i(z, _mm_loadu_si128(acts.sums.as_ptr().add(g0).cast())),
                     d: _mm256_set_m128(_mm_setzero_ps(), _mm_loadu_ps(acts.d.as_ptr().add(g0))),
                 }
             } else {
-                let hi = |l: usize| _mm_loadu_si128(qa.add(c0 + 64 + 16 * l).cast());
                 Window {
-                    a: core::array::from_fn(|l| _mm256_set_m128i(hi(l), lo(l))),
+                    a,
                     sums: _mm256_loadu_si256(acts.sums.as_ptr().add(g0).cast()),
                     d: _mm256_loadu_ps(acts.d.as_ptr().add(g0)),
                 }
@@ -119,7 +141,7 @@ unsafe fn load_window<const K: u8>(acts: &ActsQ8<'_>, win: usize, half: bool) ->
 /// `p` must be valid for reading 32 bytes (16 when `half`); the CPU must have AVX2.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn window_isum(p: *const u8, half: bool, win: &Window) -> __m256i {
+unsafe fn window_isum<const K: u8>(p: *const u8, half: bool, win: &Window) -> __m256i {
     // SAFETY: the caller guarantees the bytes.
     let v = unsafe {
         if half {
@@ -135,8 +157,15 @@ unsafe fn window_isum(p: *const u8, half: bool, win: &Window) -> __m256i {
         _mm256_and_si256(_mm256_srli_epi16::<4>(v), m),
         _mm256_and_si256(_mm256_srli_epi16::<6>(v), m),
     ];
-    let p = core::array::from_fn(|l| _mm256_maddubs_epi16(c[l], win.a[l]));
-    _mm256_sub_epi32(group_sums(p), win.sums)
+    let p: [__m256i; 4] = core::array::from_fn(|l| _mm256_maddubs_epi16(c[l], win.a[l]));
+    let sums = if K == T2 {
+        // Each group's products already sit in its own two i16 lanes of every `p[s]`.
+        let q = _mm256_add_epi16(_mm256_add_epi16(p[0], p[1]), _mm256_add_epi16(p[2], p[3]));
+        _mm256_madd_epi16(q, _mm256_set1_epi16(1))
+    } else {
+        group_sums(p)
+    };
+    _mm256_sub_epi32(sums, win.sums)
 }
 
 /// The shared gemv driver (see the module docs).
@@ -178,7 +207,7 @@ unsafe fn gemv<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
                 if K == T2 {
                     // SAFETY: window `win` of a row is bytes `32 win .. 32 win + 32` (16 when
                     // `half`), inside the row.
-                    let isum = unsafe { window_isum(p[i].add(32 * win), half, &wv) };
+                    let isum = unsafe { window_isum::<K>(p[i].add(32 * win), half, &wv) };
                     let t = _mm256_mul_ps(_mm256_cvtepi32_ps(isum), wv.d);
                     acc[i] = _mm256_add_ps(acc[i], t);
                 } else {
@@ -188,7 +217,7 @@ unsafe fn gemv<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
                     let (isum, dw) = unsafe {
                         let q = p[i].add(blk);
                         let dw = tq2_scale(q.add(64));
-                        (window_isum(q.add(32 * (win % 2)), false, &wv), dw)
+                        (window_isum::<K>(q.add(32 * (win % 2)), false, &wv), dw)
                     };
                     let t = _mm256_mul_ps(_mm256_mul_ps(dw, wv.d), _mm256_cvtepi32_ps(isum));
                     acc[i] = _mm256_add_ps(acc[i], t);
@@ -252,8 +281,9 @@ const LUT_ROW_BLOCK: usize = 128;
 /// Rows per pass of the table-lookup kernel (one byte per row in each 128-bit lane).
 const LUT_ROWS: usize = 16;
 
-/// The lookup tables of one window: for weight pair `(j, j + 8)` of group `k` (`t[8k + j]`),
-/// 16 entries `((n & 3) - 1) a_j + ((n >> 2) - 1) a_{j+8}` split into low bytes (`[0]`) and high
+/// The lookup tables of one window: for the nibble `h` (0 low, 1 high) of byte `4k + q` of a
+/// block, which holds elements `i = q + 8h` and `i + 4` of group `k` (`t[8k + 2q + h]`), 16
+/// entries `((n & 3) - 1) a_i + ((n >> 2) - 1) a_{i+4}` split into low bytes (`[0]`) and high
 /// bytes (`[1]`); the low 128-bit lane serves the window's first block, the high lane its second.
 ///
 /// # Safety
@@ -268,12 +298,13 @@ unsafe fn lut_tables(acts: &ActsQ8<'_>, win: usize, half: bool, t: &mut [[__m256
     let c0 = win * WIN;
     for k in 0..4 {
         for j in 0..8 {
+            let (q, h) = (j / 2, j % 2);
             let entries = |blk: usize| {
                 if half && blk == 1 {
                     return _mm256_setzero_si256();
                 }
-                let e = c0 + 64 * blk + 16 * k + j;
-                let (a0, a1) = (acts.qs[e] as i16, acts.qs[e + 8] as i16);
+                let e = c0 + 64 * blk + 16 * k + q + 8 * h;
+                let (a0, a1) = (acts.qs[e] as i16, acts.qs[e + 4] as i16);
                 _mm256_add_epi16(
                     _mm256_mullo_epi16(_mm256_set1_epi16(a0), wlo),
                     _mm256_mullo_epi16(_mm256_set1_epi16(a1), whi),
@@ -328,8 +359,9 @@ fn transpose16(x: [__m256i; 16]) -> [__m256i; 16] {
 ///
 /// Rows in lanes instead of columns: per pass, 16 rows of a 128-column window (two T2 blocks)
 /// are transposed so that one byte vector holds the same weight byte of 16 rows (first block in
-/// the low lane, second in the high lane). Weights `j` and `j + 8` of a group form a 4-bit index
-/// into a 16-entry table of `(w_j a_j + w_{j+8} a_{j+8})`, built once per window and row block
+/// the low lane, second in the high lane). Each nibble of a T2 byte holds two weights `i`,
+/// `i + 4` of one group: a 4-bit index into a 16-entry table of `(w_i a_i + w_{i+4} a_{i+4})`,
+/// built once per window and row block
 /// and shared by its 128 rows; two `vpshufb` fetch the low and high bytes of the i16 entries
 /// of 16 rows at once, and i16 accumulators collect each group's exact `isum` per row (at most
 /// `8 * 2 * 2 * 127`) with no horizontal reduction and no need for `sums`. Each row's eight
@@ -349,8 +381,6 @@ pub unsafe fn avx2_gemv_t2_lut(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
     let cols = acts.qs.len();
     let nwin = cols.div_ceil(WIN);
     let base = w.as_ptr();
-    let m33 = _mm256_set1_epi8(0x33);
-    let mcc = _mm256_set1_epi8(0xCCu8 as i8);
     let m0f = _mm256_set1_epi8(0x0F);
     let mut tables = [[_mm256_setzero_si256(); 2]; 32];
     let mut acc = [[0.0f32; LUT_ROW_BLOCK]; 8];
@@ -381,25 +411,17 @@ pub unsafe fn avx2_gemv_t2_lut(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
                 let v = transpose16(x);
                 // Group sums, i16: s[k][0] rows 0..8, s[k][1] rows 8..16 (per lane: block).
                 let mut s = [[_mm256_setzero_si256(); 2]; 4];
-                for j in 0..8 {
-                    let xj = _mm256_or_si256(
-                        _mm256_and_si256(v[j], m33),
-                        _mm256_slli_epi16::<2>(_mm256_and_si256(v[j + 8], m33)),
-                    );
-                    let yj = _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16::<2>(v[j]), m33),
-                        _mm256_and_si256(v[j + 8], mcc),
-                    );
+                for (p, &vp) in v.iter().enumerate() {
+                    // Byte 4k + q: group k, nibbles h = 0, 1 (tables 8k + 2q + h).
+                    let (k, q) = (p / 4, p % 4);
                     let nib = [
-                        _mm256_and_si256(xj, m0f),
-                        _mm256_and_si256(yj, m0f),
-                        _mm256_and_si256(_mm256_srli_epi16::<4>(xj), m0f),
-                        _mm256_and_si256(_mm256_srli_epi16::<4>(yj), m0f),
+                        _mm256_and_si256(vp, m0f),
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(vp), m0f),
                     ];
-                    for k in 0..4 {
-                        let t = &tables[8 * k + j];
-                        let lo = _mm256_shuffle_epi8(t[0], nib[k]);
-                        let hi = _mm256_shuffle_epi8(t[1], nib[k]);
+                    for (h, &n) in nib.iter().enumerate() {
+                        let t = &tables[8 * k + 2 * q + h];
+                        let lo = _mm256_shuffle_epi8(t[0], n);
+                        let hi = _mm256_shuffle_epi8(t[1], n);
                         s[k][0] = _mm256_add_epi16(s[k][0], _mm256_unpacklo_epi8(lo, hi));
                         s[k][1] = _mm256_add_epi16(s[k][1], _mm256_unpackhi_epi8(lo, hi));
                     }
