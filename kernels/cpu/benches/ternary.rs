@@ -117,6 +117,7 @@ fn kernels() -> Vec<(&'static str, &'static str, GemvFn)> {
         v.push(("avx2_gemv_t2", "T2", x::avx2_gemv_t2));
         v.push(("avx2_gemv_t2_lut", "T2", x::avx2_gemv_t2_lut));
         v.push(("avx2_gemv_tq2_0", "TQ2_0", x::avx2_gemv_tq2_0));
+        v.push(("avx2_gemv_tq1_0", "TQ1_0", x::avx2_gemv_tq1_0));
     }
     #[cfg(target_arch = "aarch64")]
     {

@@ -28,7 +28,9 @@
 use core::arch::x86_64::*;
 
 use crate::acts::ActsQ8;
-use crate::scalar::ternary::{check_gemv_ternary, QK_K, QS, T2_BLOCK, T2_BYTES, TQ2_0_BYTES};
+use crate::scalar::ternary::{
+    check_gemv_ternary, QK_K, QS, T2_BLOCK, T2_BYTES, TQ1_0_BYTES, TQ2_0_BYTES,
+};
 
 /// Rows per pass.
 const ROWS: usize = 4;
@@ -37,6 +39,7 @@ const WIN: usize = 8 * QS;
 
 const T2: u8 = 0;
 const TQ2_0: u8 = 1;
+const TQ1_0: u8 = 2;
 
 /// The exact sums `Σ c·a` of eight groups from the four `vpmaddubsw` results of a window, in
 /// the lane order described in the module docs (each 128-bit lane of `p[i]` holds one group).
@@ -134,14 +137,14 @@ unsafe fn load_window<const K: u8>(acts: &ActsQ8<'_>, win: usize, half: bool) ->
     }
 }
 
-/// The exact `isum` of the window's eight groups of one row whose window bytes start at `p`.
+/// The 2-bit codes at the four shifts of the 32 bytes at `p` (16 when `half`, the rest zero).
 ///
 /// # Safety
 ///
 /// `p` must be valid for reading 32 bytes (16 when `half`); the CPU must have AVX2.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn window_isum<const K: u8>(p: *const u8, half: bool, win: &Window) -> __m256i {
+unsafe fn codes2(p: *const u8, half: bool) -> [__m256i; 4] {
     // SAFETY: the caller guarantees the bytes.
     let v = unsafe {
         if half {
@@ -151,12 +154,82 @@ unsafe fn window_isum<const K: u8>(p: *const u8, half: bool, win: &Window) -> __
         }
     };
     let m = _mm256_set1_epi8(3);
-    let c = [
+    [
         _mm256_and_si256(v, m),
         _mm256_and_si256(_mm256_srli_epi16::<2>(v), m),
         _mm256_and_si256(_mm256_srli_epi16::<4>(v), m),
         _mm256_and_si256(_mm256_srli_epi16::<6>(v), m),
-    ];
+    ]
+}
+
+/// `3 q mod 256` per byte.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn times3(q: __m256i) -> __m256i {
+    _mm256_add_epi8(q, _mm256_add_epi8(q, q))
+}
+
+/// The base-3 digit `(3 q) >> 8` of each byte `q` (already multiplied by its power of 3):
+/// `(q >= 86) + (q >= 171)`, with unsigned compares done as signed ones on `q ^ 0x80`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn trit(q: __m256i) -> __m256i {
+    let s = _mm256_xor_si256(q, _mm256_set1_epi8(0x80u8 as i8));
+    // q > 85 and q > 170: 85 ^ 0x80 and 170 ^ 0x80 as i8 are -43 and 42.
+    let ge86 = _mm256_cmpgt_epi8(s, _mm256_set1_epi8(-43));
+    let ge171 = _mm256_cmpgt_epi8(s, _mm256_set1_epi8(42));
+    _mm256_sub_epi8(_mm256_sub_epi8(_mm256_setzero_si256(), ge86), ge171)
+}
+
+/// The TQ1_0 codes of the eight groups of window `second` (0: groups 0..8, 1: groups 8..16) of
+/// the block at `blk`, arranged as TQ2_0's (`[group 2l | group 2l + 1]` in code vector `l`).
+///
+/// # Safety
+///
+/// `blk` must be valid for reading one TQ1_0 block (54 bytes); the CPU must have AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn codes_tq1(blk: *const u8, second: bool) -> [__m256i; 4] {
+    // SAFETY: bytes 0..32 of the block.
+    let q0 = unsafe { _mm256_loadu_si256(blk.cast()) };
+    let q1 = times3(q0);
+    let q2 = times3(q1);
+    let q3 = times3(q2);
+    if !second {
+        // Digit n of qs[0..32]: elements 32n .. 32n + 32, groups 2n and 2n + 1.
+        return [trit(q0), trit(q1), trit(q2), trit(q3)];
+    }
+    let q4 = times3(q3);
+    // SAFETY: bytes 32..48 (qs[32..48]) and 48..52 (qh) of the block.
+    let (x, qh) = unsafe {
+        (
+            _mm_loadu_si128(blk.add(32).cast()),
+            blk.add(48).cast::<i32>().read_unaligned(),
+        )
+    };
+    // Digits n, n + 1 of qs[32..48]: groups 10 + n, 11 + n.
+    let x3 = _mm_add_epi8(x, _mm_add_epi8(x, x));
+    let y01 = _mm256_set_m128i(x3, x);
+    let y23 = times3(times3(y01));
+    let y4 = times3(_mm256_permute2x128_si256::<0x11>(y23, y23));
+    // qh: element 240 + 4n + j is digit n of qh[j]: the four bytes times 1, 3, 9, 27.
+    let h1 = _mm256_set1_epi32(qh);
+    let h3 = times3(h1);
+    let h9 = times3(h3);
+    let h27 = times3(h9);
+    let h = _mm256_blend_epi32::<0b1000_1000>(
+        _mm256_blend_epi32::<0b0100_0100>(_mm256_blend_epi32::<0b0010_0010>(h1, h3), h9),
+        h27,
+    );
+    let g1415 = _mm256_permute2x128_si256::<0x20>(y4, h);
+    [trit(q4), trit(y01), trit(y23), trit(g1415)]
+}
+
+/// The exact `isum` of the window's eight groups of one row from its codes `c` (arranged for
+/// type `K`, see the module docs).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn window_isum<const K: u8>(c: [__m256i; 4], win: &Window) -> __m256i {
     let p: [__m256i; 4] = core::array::from_fn(|l| _mm256_maddubs_epi16(c[l], win.a[l]));
     let sums = if K == T2 {
         // Each group's products already sit in its own two i16 lanes of every `p[s]`.
@@ -176,10 +249,10 @@ unsafe fn window_isum<const K: u8>(p: *const u8, half: bool, win: &Window) -> __
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn gemv<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
-    let (bl, bb, name) = if K == T2 {
-        (T2_BLOCK, T2_BYTES, "T2")
-    } else {
-        (QK_K, TQ2_0_BYTES, "TQ2_0")
+    let (bl, bb, name) = match K {
+        T2 => (T2_BLOCK, T2_BYTES, "T2"),
+        TQ1_0 => (QK_K, TQ1_0_BYTES, "TQ1_0"),
+        _ => (QK_K, TQ2_0_BYTES, "TQ2_0"),
     };
     let row_bytes = check_gemv_ternary(w, acts, out.len(), bl, bb, name);
     let rows = out.len();
@@ -207,18 +280,22 @@ unsafe fn gemv<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
                 if K == T2 {
                     // SAFETY: window `win` of a row is bytes `32 win .. 32 win + 32` (16 when
                     // `half`), inside the row.
-                    let isum = unsafe { window_isum::<K>(p[i].add(32 * win), half, &wv) };
+                    let isum = window_isum::<K>(unsafe { codes2(p[i].add(32 * win), half) }, &wv);
                     let t = _mm256_mul_ps(_mm256_cvtepi32_ps(isum), wv.d);
                     acc[i] = _mm256_add_ps(acc[i], t);
                 } else {
-                    let blk = (win / 2) * TQ2_0_BYTES;
-                    // SAFETY: half `win % 2` of block `win / 2` (32 bytes) and the block's
-                    // f16 scale at byte 64 are inside the row.
-                    let (isum, dw) = unsafe {
-                        let q = p[i].add(blk);
-                        let dw = tq2_scale(q.add(64));
-                        (window_isum::<K>(q.add(32 * (win % 2)), false, &wv), dw)
+                    // SAFETY: block `win / 2` (with its f16 scale in its last two bytes) is
+                    // inside the row; for TQ2_0 half `win % 2` of it is bytes `32 (win % 2) ..`.
+                    let (c, dw) = unsafe {
+                        let q = p[i].add((win / 2) * bb);
+                        let c = if K == TQ1_0 {
+                            codes_tq1(q, win % 2 == 1)
+                        } else {
+                            codes2(q.add(32 * (win % 2)), false)
+                        };
+                        (c, tq_scale(q.add(bb - 2)))
                     };
+                    let isum = window_isum::<K>(c, &wv);
                     let t = _mm256_mul_ps(_mm256_mul_ps(dw, wv.d), _mm256_cvtepi32_ps(isum));
                     acc[i] = _mm256_add_ps(acc[i], t);
                 }
@@ -244,7 +321,7 @@ unsafe fn gemv<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
 /// `p` must be valid for reading 2 bytes; the CPU must have AVX2 and F16C.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tq2_scale(p: *const u8) -> __m256 {
+unsafe fn tq_scale(p: *const u8) -> __m256 {
     // SAFETY: the caller guarantees 2 readable bytes.
     let bits = unsafe { p.cast::<u16>().read_unaligned() };
     let v = _mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le(bits) as i32));
@@ -260,6 +337,19 @@ unsafe fn tq2_scale(p: *const u8) -> __m256 {
 pub unsafe fn avx2_gemv_t2(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
     // SAFETY: same features, guaranteed by the caller.
     unsafe { gemv::<T2>(w, acts, out) }
+}
+
+/// AVX2 [`crate::scalar::ternary::gemv_tq1_0`], bit-exact: the base-3 digits are decoded by
+/// multiplying bytes by 3 (mod 256, two byte adds per digit) and comparing with 86 and 171,
+/// then the windows are those of TQ2_0.
+///
+/// # Safety
+///
+/// The CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn avx2_gemv_tq1_0(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
+    // SAFETY: same features, guaranteed by the caller.
+    unsafe { gemv::<TQ1_0>(w, acts, out) }
 }
 
 /// AVX2 [`crate::scalar::ternary::gemv_tq2_0`], bit-exact.
