@@ -3,7 +3,8 @@
 //!
 //! `cargo bench -p edgellm-kernels --bench ternary [FILTER]` prints, per kernel and shape (rows x
 //! cols), microseconds per call and the effective weight bandwidth (weight bytes / time, GB/s),
-//! with the same matrix each call (hot, in cache for the small shapes). `FILTER` keeps only the
+//! with the same matrix each call (hot, in cache for the small shapes); the fastest of many short
+//! samples, so that a busy machine disturbs the numbers less. `FILTER` keeps only the
 //! kernels whose name contains it.
 
 use std::hint::black_box;
@@ -79,18 +80,19 @@ impl Acts {
     }
 }
 
-/// Best-of-5 seconds per call of `f`, each sample at least ~0.05 s.
+/// Seconds per call of `f`: the fastest of 300 samples of about 1 ms each, so that on a shared
+/// machine some samples run undisturbed.
 fn time(mut f: impl FnMut()) -> f64 {
     f();
     let t = Instant::now();
     let mut n = 0u32;
-    while t.elapsed().as_secs_f64() < 0.02 {
+    while t.elapsed().as_secs_f64() < 0.01 {
         f();
         n += 1;
     }
     let per = t.elapsed().as_secs_f64() / n as f64;
-    let reps = ((0.05 / per) as u32).max(1);
-    (0..5)
+    let reps = ((1e-3 / per) as u32).max(1);
+    (0..300)
         .map(|_| {
             let t = Instant::now();
             for _ in 0..reps {
