@@ -125,6 +125,7 @@ fn kernels() -> Vec<(&'static str, &'static str, GemvFn)> {
     {
         use edgellm_kernels::aarch64::ternary as a;
         v.push(("neon_gemv_t2", "T2", a::neon_gemv_t2));
+        v.push(("neon_gemv_t2_lut", "T2", a::neon_gemv_t2_lut));
         v.push(("neon_gemv_tq2_0", "TQ2_0", a::neon_gemv_tq2_0));
         if std::arch::is_aarch64_feature_detected!("dotprod") {
             v.push(("neon_dotprod_gemv_t2", "T2", a::neon_dotprod_gemv_t2));

@@ -305,3 +305,161 @@ gemv_tq2_0! {
     /// The CPU must have NEON and the dot-product extension (`dotprod`).
     neon_dotprod_gemv_tq2_0, "neon,dotprod", group_sums4_dot
 }
+
+// ---------------------------------------------------------------------------------------------
+// Table-lookup variant
+
+/// Rows per row block of the table-lookup kernel (its running sums live on the stack).
+const LUT_ROW_BLOCK: usize = 128;
+/// Rows per pass of the table-lookup kernel (one byte per row in a vector).
+const LUT_ROWS: usize = 16;
+
+/// The lookup tables of T2 block `b`: for the nibble `h` (0 low, 1 high) of byte `p = 4k + q`,
+/// which holds elements `i = q + 8h` and `i + 4` of group `k` (`t[2p + h]`), the 16 entries
+/// `((n & 3) - 1) a_i + ((n >> 2) - 1) a_{i+4}` as their low bytes (`[0]`) and high bytes (`[1]`).
+#[inline]
+#[target_feature(enable = "neon")]
+fn lut_tables(acts: &ActsQ8<'_>, b: usize, t: &mut [[uint8x16_t; 2]; 32]) {
+    const WLO: [i16; 16] = [-1, 0, 1, 2, -1, 0, 1, 2, -1, 0, 1, 2, -1, 0, 1, 2];
+    const WHI: [i16; 16] = [-1, -1, -1, -1, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2];
+    // SAFETY: the arrays hold 16 values each.
+    let (wl, wh) = unsafe {
+        (
+            [vld1q_s16(WLO.as_ptr()), vld1q_s16(WLO.as_ptr().add(8))],
+            [vld1q_s16(WHI.as_ptr()), vld1q_s16(WHI.as_ptr().add(8))],
+        )
+    };
+    for (p, tp) in t.chunks_exact_mut(2).enumerate() {
+        let (k, q) = (p / 4, p % 4);
+        for (h, th) in tp.iter_mut().enumerate() {
+            let e = T2_BLOCK * b + 16 * k + q + 8 * h;
+            let (a0, a1) = (acts.qs[e] as i16, acts.qs[e + 4] as i16);
+            let e0 = vmlaq_n_s16(vmulq_n_s16(wl[0], a0), wh[0], a1);
+            let e1 = vmlaq_n_s16(vmulq_n_s16(wl[1], a0), wh[1], a1);
+            let (b0, b1) = (vreinterpretq_u8_s16(e0), vreinterpretq_u8_s16(e1));
+            *th = [vuzp1q_u8(b0, b1), vuzp2q_u8(b0, b1)];
+        }
+    }
+}
+
+/// Transposes 16 rows of 16 bytes: byte `i` of result `j` is byte `j` of `x[i]`.
+#[inline]
+#[target_feature(enable = "neon")]
+fn transpose16(x: [uint8x16_t; 16]) -> [uint8x16_t; 16] {
+    // Stage with element size 2^s bytes pairs rows i and i + 2^s (bit s of i clear).
+    let mut a = x;
+    for i in (0..16).step_by(2) {
+        let (r0, r1) = (a[i], a[i + 1]);
+        a[i] = vtrn1q_u8(r0, r1);
+        a[i + 1] = vtrn2q_u8(r0, r1);
+    }
+    for i in (0..16).filter(|i| i & 2 == 0) {
+        let (r0, r1) = (vreinterpretq_u16_u8(a[i]), vreinterpretq_u16_u8(a[i + 2]));
+        a[i] = vreinterpretq_u8_u16(vtrn1q_u16(r0, r1));
+        a[i + 2] = vreinterpretq_u8_u16(vtrn2q_u16(r0, r1));
+    }
+    for i in (0..16).filter(|i| i & 4 == 0) {
+        let (r0, r1) = (vreinterpretq_u32_u8(a[i]), vreinterpretq_u32_u8(a[i + 4]));
+        a[i] = vreinterpretq_u8_u32(vtrn1q_u32(r0, r1));
+        a[i + 4] = vreinterpretq_u8_u32(vtrn2q_u32(r0, r1));
+    }
+    for i in 0..8 {
+        let (r0, r1) = (vreinterpretq_u64_u8(a[i]), vreinterpretq_u64_u8(a[i + 8]));
+        a[i] = vreinterpretq_u8_u64(vtrn1q_u64(r0, r1));
+        a[i + 8] = vreinterpretq_u8_u64(vtrn2q_u64(r0, r1));
+    }
+    a
+}
+
+/// NEON table-lookup [`crate::scalar::ternary::gemv_t2`] (unscaled T2 product), bit-exact.
+///
+/// Rows in lanes: per pass, the 16-byte blocks of 16 rows are transposed so that one vector
+/// holds the same weight byte of 16 rows. Each nibble of a T2 byte holds two weights `i`, `i + 4`
+/// of one group: a 4-bit index into a 16-entry table of `(w_i a_i + w_{i+4} a_{i+4})`, built once
+/// per block and row block and shared by its 128 rows; two `tbl` fetch the low and high bytes of
+/// the i16 entries of 16 rows at once, and i16 accumulators collect each group's exact `isum`
+/// per row (at most `8 * 2 * 2 * 127`) with no horizontal reduction and no need for `sums`.
+/// Each row's eight running sums (on the stack) follow the specification's operations and order.
+///
+/// # Safety
+///
+/// The CPU must have NEON.
+#[target_feature(enable = "neon")]
+pub unsafe fn neon_gemv_t2_lut(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
+    let row_bytes = check_gemv_ternary(w, acts, out.len(), T2_BLOCK, T2_BYTES, "T2");
+    let rows = out.len();
+    if rows == 0 || row_bytes == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let nb = acts.qs.len() / T2_BLOCK;
+    let base = w.as_ptr();
+    let m0f = vdupq_n_u8(0x0F);
+    let mut tables = [[vdupq_n_u8(0); 2]; 32];
+    let mut acc = [[0.0f32; LUT_ROW_BLOCK]; 8];
+    for rb in (0..rows).step_by(LUT_ROW_BLOCK) {
+        let rb_rows = (rows - rb).min(LUT_ROW_BLOCK);
+        for a in acc.iter_mut() {
+            a.fill(0.0);
+        }
+        for b in 0..nb {
+            lut_tables(acts, b, &mut tables);
+            for pass in (0..rb_rows).step_by(LUT_ROWS) {
+                // Row i of the pass (clamped to the last row: its extra results are dropped).
+                let x: [uint8x16_t; LUT_ROWS] = core::array::from_fn(|i| {
+                    let r = (rb + pass + i).min(rows - 1);
+                    // SAFETY: block `b` of row `r` is 16 bytes inside `w` (shape check).
+                    unsafe { vld1q_u8(base.add(r * row_bytes + T2_BYTES * b)) }
+                });
+                let v = transpose16(x);
+                // Group sums, i16: s[k][0] rows 0..8, s[k][1] rows 8..16.
+                let mut s = [[vdupq_n_s16(0); 2]; 4];
+                for (p, &vp) in v.iter().enumerate() {
+                    let k = p / 4;
+                    let nib = [vandq_u8(vp, m0f), vshrq_n_u8::<4>(vp)];
+                    for (h, &n) in nib.iter().enumerate() {
+                        let t = &tables[2 * p + h];
+                        let lo = vqtbl1q_u8(t[0], n);
+                        let hi = vqtbl1q_u8(t[1], n);
+                        s[k][0] = vaddq_s16(s[k][0], vreinterpretq_s16_u8(vzip1q_u8(lo, hi)));
+                        s[k][1] = vaddq_s16(s[k][1], vreinterpretq_s16_u8(vzip2q_u8(lo, hi)));
+                    }
+                }
+                let n = (rb_rows - pass).min(LUT_ROWS);
+                for (k, sk) in s.iter().enumerate() {
+                    let g = 4 * b + k;
+                    let (slot, d) = (g % 8, acts.d[g]);
+                    for (h8, &sh) in sk.iter().enumerate() {
+                        let t = [
+                            vmulq_n_f32(vcvtq_f32_s32(vmovl_s16(vget_low_s16(sh))), d),
+                            vmulq_n_f32(vcvtq_f32_s32(vmovl_high_s16(sh)), d),
+                        ];
+                        for (q4, &tq) in t.iter().enumerate() {
+                            let r0 = pass + 8 * h8 + 4 * q4;
+                            let valid = n.saturating_sub(8 * h8 + 4 * q4).min(4);
+                            let dst = &mut acc[slot][r0..r0 + valid];
+                            if valid == 4 {
+                                // SAFETY: `dst` holds four f32.
+                                unsafe {
+                                    let a = vld1q_f32(dst.as_ptr());
+                                    vst1q_f32(dst.as_mut_ptr(), vaddq_f32(a, tq));
+                                }
+                            } else {
+                                let mut tv = [0.0f32; 4];
+                                // SAFETY: `tv` holds four f32.
+                                unsafe { vst1q_f32(tv.as_mut_ptr(), tq) };
+                                for (a, &tvi) in dst.iter_mut().zip(&tv) {
+                                    *a += tvi;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for (i, o) in out[rb..rb + rb_rows].iter_mut().enumerate() {
+            let a: [f32; 8] = core::array::from_fn(|s| acc[s][i]);
+            *o = crate::scalar::ternary::reduce8(&a);
+        }
+    }
+}
