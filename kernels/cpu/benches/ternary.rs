@@ -3,7 +3,8 @@
 //!
 //! `cargo bench -p edgellm-kernels --bench ternary [FILTER]` prints, per kernel and shape (rows x
 //! cols), microseconds per call and the effective weight bandwidth (weight bytes / time, GB/s),
-//! with the same matrix each call (hot, in cache for the small shapes); the fastest of many short
+//! with the same matrix each call ("hot", in cache for the small shapes) and cycling through
+//! 128 MB of copies ("cycled", weights from memory); each time is the fastest of many short
 //! samples, so that a busy machine disturbs the numbers less. `FILTER` keeps only the
 //! kernels whose name contains it.
 
@@ -149,8 +150,8 @@ fn main() {
         (6912, 2560),
     ];
     println!(
-        "{:>22} {:>13} {:>10} {:>8}",
-        "kernel", "rows x cols", "us/call", "GB/s"
+        "{:>24} {:>11} {:>9} {:>7} | {:>9} {:>7}",
+        "kernel", "rows x cols", "hot us", "GB/s", "cycled us", "GB/s"
     );
     for (name, ty, f) in kernels() {
         if filter.as_deref().is_some_and(|s| !name.contains(s)) {
@@ -163,15 +164,26 @@ fn main() {
             }
             let mut rng = Rng(0x1234_5678_9ABC_DEF1);
             let w = weights(&mut rng, ty, rows, cols);
+            // Copies filling 128 MB, cycled through so that the weights come from memory.
+            let cold: Vec<Vec<u8>> = (0..(128 << 20) / w.len() + 1).map(|_| w.clone()).collect();
             let acts = Acts::new(&mut rng, cols);
             let mut out = vec![0.0f32; rows];
             // SAFETY: `kernels()` lists only kernels whose CPU features were detected.
-            let t = time(|| unsafe { f(black_box(&w), &acts.view(), &mut out) });
+            let hot = time(|| unsafe { f(black_box(&w), &acts.view(), &mut out) });
+            let mut i = 0;
+            // SAFETY: as above.
+            let cycled = time(|| unsafe {
+                i = (i + 1) % cold.len();
+                f(black_box(&cold[i]), &acts.view(), &mut out)
+            });
+            let gb = w.len() as f64 / 1e9;
             println!(
-                "{name:>22} {:>13} {:>10.1} {:>8.2}",
+                "{name:>24} {:>11} {:>9.1} {:>7.2} | {:>9.1} {:>7.2}",
                 format!("{rows}x{cols}"),
-                t * 1e6,
-                w.len() as f64 / t / 1e9
+                hot * 1e6,
+                gb / hot,
+                cycled * 1e6,
+                gb / cycled
             );
         }
     }
