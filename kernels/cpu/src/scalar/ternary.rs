@@ -30,18 +30,19 @@
 //! # Activation groups
 //!
 //! Activations ([`ActsQ8`]) carry one scale `d[g]` and one integer sum `sums[g] = Σ qs` per group
-//! `g` of [`QS`] = 16 values. Every group of 16 consecutive weights lies inside one block of each
-//! type: T2 group `k` of a block is its bytes `4k .. 4k + 4`; TQ2_0 group `8h + 2l + s` (`s` in `0..2`) is
-//! bytes `32h + 16s .. 32h + 16s + 16` at bits `2l`; TQ1_0 groups `0..10` are digit `n = g / 2` of
-//! bytes `16(g % 2) .. 16(g % 2) + 16`, groups `10..15` digit `g - 10` of bytes `32..48`, group
-//! 15 the four digits of `qh`.
+//! `g` of `QS` = 16 values. Every group of 16 consecutive weights lies inside one block of each
+//! type: T2 group `k` of a block is its bytes `4k .. 4k + 4`; TQ2_0 group `8h + 2l + s` (`s` in
+//! `0..2`) is bytes `32h + 16s .. 32h + 16s + 16` at bits `2l`; TQ1_0 groups `0..10` are digit
+//! `n = g / 2` of bytes `16(g % 2) .. 16(g % 2) + 16`, groups `10..15` digit `g - 10` of bytes
+//! `32..48`, group 15 the four digits of `qh`.
 //!
 //! # The matrix-vector product: the accumulation order is the specification
 //!
 //! `gemv_<type>(w, acts, out)` computes, for every row `r` in `0..out.len()`:
 //!
 //! 1. Integers, exact: per group `g` of the row, `isum_g = Σ (c_e - 1) * a_e` over its 16 elements
-//!    (i32; `|isum_g| <= 16 * 2 * 127`, so its conversion to f32 is exact).
+//!    (i32; `|c - 1| <= 2` and `|a| <= 127`, so `|isum_g| <= 16 * 2 * 127` and its conversion to
+//!    f32 is exact).
 //! 2. Floats, eight running sums `acc[0..8]` starting at `+0.0`, groups in order
 //!    `g = 0, 1, ...`, each operation rounded to f32, never fused:
 //!    - T2: `acc[g % 8] += (isum_g as f32) * acts.d[g]`;
@@ -63,8 +64,9 @@
 use crate::acts::ActsQ8;
 use crate::scalar::f16_at;
 
-/// Values per activation scale group (the [`ActsQ8`] contract: one `d` and one `sum` each).
-pub const QS: usize = 16;
+/// Values per activation scale group (the [`ActsQ8`] contract: one `d` and one `sum` each);
+/// to be replaced by `acts::QS` once that module exports it.
+pub(crate) const QS: usize = 16;
 /// Weights per T2 block.
 pub const T2_BLOCK: usize = 64;
 /// Bytes per T2 block.
