@@ -128,12 +128,18 @@ fn kernels() -> Vec<(&'static str, &'static str, GemvFn)> {
         v.push(("neon_gemv_t2", "T2", a::neon_gemv_t2));
         v.push(("neon_gemv_t2_lut", "T2", a::neon_gemv_t2_lut));
         v.push(("neon_gemv_tq2_0", "TQ2_0", a::neon_gemv_tq2_0));
+        v.push(("neon_gemv_tq1_0", "TQ1_0", a::neon_gemv_tq1_0));
         if std::arch::is_aarch64_feature_detected!("dotprod") {
             v.push(("neon_dotprod_gemv_t2", "T2", a::neon_dotprod_gemv_t2));
             v.push((
                 "neon_dotprod_gemv_tq2_0",
                 "TQ2_0",
                 a::neon_dotprod_gemv_tq2_0,
+            ));
+            v.push((
+                "neon_dotprod_gemv_tq1_0",
+                "TQ1_0",
+                a::neon_dotprod_gemv_tq1_0,
             ));
         }
     }

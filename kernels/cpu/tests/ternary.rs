@@ -418,6 +418,10 @@ simd_kernel_tests! {
     neon_gemv_t2: Ty::T2, edgellm_kernels::aarch64::ternary::neon_gemv_t2, "aarch64", has_neon();
     neon_gemv_t2_lut: Ty::T2, edgellm_kernels::aarch64::ternary::neon_gemv_t2_lut, "aarch64",
         has_neon();
+    neon_gemv_tq1_0: Ty::Tq1, edgellm_kernels::aarch64::ternary::neon_gemv_tq1_0, "aarch64",
+        has_neon();
+    neon_dotprod_gemv_tq1_0: Ty::Tq1, edgellm_kernels::aarch64::ternary::neon_dotprod_gemv_tq1_0,
+        "aarch64", has_dotprod();
     neon_gemv_tq2_0: Ty::Tq2, edgellm_kernels::aarch64::ternary::neon_gemv_tq2_0, "aarch64",
         has_neon();
     neon_dotprod_gemv_t2: Ty::T2, edgellm_kernels::aarch64::ternary::neon_dotprod_gemv_t2,

@@ -1,4 +1,4 @@
-//! NEON ternary kernels (T2, TQ2_0) for ARMv8.0 and for ARMv8.2 with the dot-product
+//! NEON ternary kernels (T2, TQ2_0, TQ1_0) for ARMv8.0 and for ARMv8.2 with the dot-product
 //! extension, bit-exact with [`crate::scalar::ternary`].
 //!
 //! One row at a time, four activation groups of 16 per step. The 2-bit codes `c` (0..=3) come
@@ -16,6 +16,9 @@
 //!   one `saddlp`, or
 //! - dotprod: one `sdot` per group into four i32 partial sums, then two `addp` levels.
 //!
+//! TQ1_0: the base-3 digits come from a byte multiply by `3^n` and two unsigned compares (with
+//! 86 and 171); four consecutive groups per step, then as TQ2_0.
+//!
 //! Either way the groups `g .. g + 4` end in natural lane order; `isum = Σ c·a − sums[g]` is
 //! `Σ (c − 1)·a` by the [`ActsQ8`] invariant `sums[g] = Σ qs`. Two f32 vectors hold the
 //! specification's eight running sums (`acc[0..4]` and `acc[4..8]`), updated with its operations
@@ -30,7 +33,9 @@ use core::arch::asm;
 
 use crate::acts::ActsQ8;
 use crate::scalar::f16_bits_to_f32;
-use crate::scalar::ternary::{check_gemv_ternary, QK_K, QS, T2_BLOCK, T2_BYTES, TQ2_0_BYTES};
+use crate::scalar::ternary::{
+    check_gemv_ternary, QK_K, QS, T2_BLOCK, T2_BYTES, TQ1_0_BYTES, TQ2_0_BYTES,
+};
 
 /// `acc + Σ` of each four consecutive `a[i] * b[i]` (i8), per i32 lane: one `sdot`.
 ///
@@ -270,6 +275,72 @@ macro_rules! gemv_tq2_0 {
     };
 }
 
+/// The TQ1_0 base-3 digit `(3 q) >> 8` of each byte `q` (already multiplied by its power of
+/// 3): `(q >= 86) + (q >= 171)`.
+#[inline]
+#[target_feature(enable = "neon")]
+fn trit(q: uint8x16_t) -> uint8x16_t {
+    let ge86 = vcgeq_u8(q, vdupq_n_u8(86));
+    let ge171 = vcgeq_u8(q, vdupq_n_u8(171));
+    // The masks are 0xFF (-1) where true.
+    vsubq_u8(vsubq_u8(vdupq_n_u8(0), ge86), ge171)
+}
+
+/// Defines a TQ1_0 gemv entry point, like [`gemv_t2!`]: per block, four steps of four
+/// consecutive groups (groups `0..10` from digits `0..5` of `qs[0..16]` and `qs[16..32]`,
+/// groups `10..15` from digits `0..5` of `qs[32..48]`, group 15 from the four digits of `qh`).
+macro_rules! gemv_tq1_0 {
+    ($(#[$doc:meta])* $name:ident, $feat:literal, $sums:ident) => {
+        $(#[$doc])*
+        #[target_feature(enable = $feat)]
+        pub unsafe fn $name(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
+            let row_bytes = check_gemv_ternary(w, acts, out.len(), QK_K, TQ1_0_BYTES, "TQ1_0");
+            if row_bytes == 0 {
+                out.fill(0.0);
+                return;
+            }
+            const QH_POW: [u8; 16] = [1, 1, 1, 1, 3, 3, 3, 3, 9, 9, 9, 9, 27, 27, 27, 27];
+            // SAFETY: QH_POW holds 16 bytes.
+            let qh_pow = unsafe { vld1q_u8(QH_POW.as_ptr()) };
+            let qa = acts.qs.as_ptr();
+            let pow = |x: uint8x16_t, n: u8| vmulq_u8(x, vdupq_n_u8(3u8.pow(n as u32)));
+            for (o, row) in out.iter_mut().zip(w.chunks_exact(row_bytes)) {
+                let mut acc = [vdupq_n_f32(0.0); 2];
+                for (b, blk) in row.chunks_exact(TQ1_0_BYTES).enumerate() {
+                    let dw = f16_bits_to_f32(u16::from_le_bytes([blk[52], blk[53]]));
+                    // SAFETY: bytes 0..52 are inside the 54-byte block.
+                    let (x0, x1, x2, qh) = unsafe {
+                        (
+                            vld1q_u8(blk.as_ptr()),
+                            vld1q_u8(blk.as_ptr().add(16)),
+                            vld1q_u8(blk.as_ptr().add(32)),
+                            vreinterpretq_u8_u32(vld1q_dup_u32(blk.as_ptr().add(48).cast())),
+                        )
+                    };
+                    let steps = [
+                        [pow(x0, 0), pow(x1, 0), pow(x0, 1), pow(x1, 1)],
+                        [pow(x0, 2), pow(x1, 2), pow(x0, 3), pow(x1, 3)],
+                        [pow(x0, 4), pow(x1, 4), pow(x2, 0), pow(x2, 1)],
+                        [pow(x2, 2), pow(x2, 3), pow(x2, 4), vmulq_u8(qh, qh_pow)],
+                    ];
+                    for (m, q) in steps.iter().enumerate() {
+                        let g = 16 * b + 4 * m;
+                        let c = [trit(q[0]), trit(q[1]), trit(q[2]), trit(q[3])];
+                        // SAFETY: groups `g .. g + 4` and their activations exist (shape
+                        // check); the entry point's contract covers `$sums`' features.
+                        unsafe {
+                            let a = core::array::from_fn(|k| vld1q_s8(qa.add(QS * (g + k))));
+                            let s = $sums(c, a);
+                            update(&mut acc, s, acts, g, Some(dw));
+                        }
+                    }
+                }
+                *o = reduce8(acc[0], acc[1]);
+            }
+        }
+    };
+}
+
 gemv_t2! {
     /// NEON [`crate::scalar::ternary::gemv_t2`] (unscaled T2 product), bit-exact.
     ///
@@ -462,4 +533,22 @@ pub unsafe fn neon_gemv_t2_lut(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
             *o = crate::scalar::ternary::reduce8(&a);
         }
     }
+}
+
+gemv_tq1_0! {
+    /// NEON [`crate::scalar::ternary::gemv_tq1_0`], bit-exact.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have NEON.
+    neon_gemv_tq1_0, "neon", group_sums4_neon
+}
+
+gemv_tq1_0! {
+    /// NEON dot-product [`crate::scalar::ternary::gemv_tq1_0`], bit-exact.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have NEON and the dot-product extension (`dotprod`).
+    neon_dotprod_gemv_tq1_0, "neon,dotprod", group_sums4_dot
 }
