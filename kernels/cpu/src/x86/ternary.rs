@@ -34,6 +34,8 @@ use crate::scalar::ternary::{
 
 /// Rows per pass.
 const ROWS: usize = 4;
+/// How many passes ahead the gemv prefetches.
+const PREFETCH_PASSES: usize = 2;
 /// Columns per window: eight activation groups.
 const WIN: usize = 8 * QS;
 
@@ -274,6 +276,22 @@ unsafe fn gemv<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
         for win in 0..nwin {
             // Only T2 rows can end with half a window (an odd number of 64-column blocks).
             let half = (win + 1) * WIN > cols;
+            // Prefetch the rows PREFETCH_PASSES passes ahead, at this window (one 64-byte line
+            // covers two T2 windows).
+            if K != T2 || win % 2 == 0 {
+                let off = if K == T2 {
+                    32 * win
+                } else {
+                    (win / 2) * bb + 32 * (win % 2)
+                };
+                for i in 0..ROWS {
+                    let pf = (r + ROWS * PREFETCH_PASSES + i) * row_bytes + off;
+                    if pf < w.len() {
+                        // SAFETY: `pf < w.len()`: inside `w`.
+                        _mm_prefetch::<_MM_HINT_T0>(unsafe { base.add(pf) }.cast());
+                    }
+                }
+            }
             // SAFETY: the window's columns are inside `acts` (`win < nwin`, `half` otherwise).
             let wv = unsafe { load_window::<K>(acts, win, half) };
             for i in 0..ROWS {
