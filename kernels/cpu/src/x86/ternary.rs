@@ -505,6 +505,12 @@ pub unsafe fn avx2_gemv_t2_lut(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
                 // Row i of the pass (clamped to the last row: its extra results are dropped).
                 let x: [__m256i; LUT_ROWS] = core::array::from_fn(|i| {
                     let r = (rb + pass + i).min(rows - 1);
+                    // Prefetch the row two 64-byte lines (four windows) ahead.
+                    let pf = r * row_bytes + 32 * win + 128;
+                    if win % 2 == 0 && pf < (r + 1) * row_bytes {
+                        // SAFETY: `pf` is inside row `r`, inside `w`.
+                        _mm_prefetch::<_MM_HINT_T0>(unsafe { base.add(pf) }.cast());
+                    }
                     // SAFETY: window `win` of row `r` is bytes `32 win .. 32 win + 32` of the
                     // row (16 when `half`), inside `w` by the shape check.
                     unsafe {
