@@ -37,10 +37,13 @@ pub enum GgmlType {
     TQ1_0,
     TQ2_0,
     MXFP4,
+    /// EdgeLLM's ternary type (not a ggml type): 64 weights in {-1, 0, +1} as 2-bit codes in 16
+    /// bytes, no scale in the block (layout in `scalar::ternary`).
+    T2,
 }
 
 /// Every type this table knows, in GGUF id order.
-pub const ALL_TYPES: [GgmlType; 32] = [
+pub const ALL_TYPES: [GgmlType; 33] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::Q4_0,
@@ -73,6 +76,7 @@ pub const ALL_TYPES: [GgmlType; 32] = [
     GgmlType::TQ1_0,
     GgmlType::TQ2_0,
     GgmlType::MXFP4,
+    GgmlType::T2,
 ];
 
 impl GgmlType {
@@ -117,6 +121,8 @@ impl GgmlType {
             TQ1_0 => 34,
             TQ2_0 => 35,
             MXFP4 => 39,
+            // Ours, outside ggml's range.
+            T2 => 1000,
         }
     }
 
@@ -156,6 +162,7 @@ impl GgmlType {
             TQ1_0 => "TQ1_0",
             TQ2_0 => "TQ2_0",
             MXFP4 => "MXFP4",
+            T2 => "T2",
         }
     }
 
@@ -165,6 +172,7 @@ impl GgmlType {
         match self {
             F32 | F16 | BF16 | I8 | I16 | I32 | I64 | F64 => 1,
             Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 | IQ4_NL | MXFP4 => 32,
+            T2 => 64,
             _ => 256,
         }
     }
@@ -205,6 +213,7 @@ impl GgmlType {
             TQ1_0 => 54,
             TQ2_0 => 66,
             MXFP4 => 17,
+            T2 => 16,
         }
     }
 
@@ -244,7 +253,8 @@ mod tests {
             assert_eq!(GgmlType::from_id(t.id()), Some(t));
         }
         assert_eq!(GgmlType::from_id(4), None);
-        assert_eq!(GgmlType::from_id(1000), None);
+        assert_eq!(GgmlType::from_id(1000), Some(GgmlType::T2));
+        assert_eq!(GgmlType::from_id(1001), None);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod float;
 pub mod legacy;
+pub mod ternary;
 
 pub use float::*;
 pub use legacy::*;

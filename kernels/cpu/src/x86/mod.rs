@@ -7,6 +7,7 @@
 pub mod float;
 pub mod kquants;
 pub mod legacy;
+pub mod ternary;
 
 pub use float::*;
 pub use legacy::*;

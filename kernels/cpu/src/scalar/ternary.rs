@@ -1,0 +1,348 @@
+//! Scalar ternary kernels (EdgeLLM's T2, llama.cpp's TQ1_0 and TQ2_0): quantization,
+//! dequantization and the matrix-vector product with int8 activations. This file is the
+//! specification the SIMD versions are tested against.
+//!
+//! # Block layouts
+//!
+//! - **T2** (ours, 16 bytes per 64 weights, no scale): weight `w` in `{-1, 0, +1}` is stored as the
+//!   2-bit code `c = w + 1`. Element `i` (`0..16`) of group `k` (`0..4`; element `16k + i` of the
+//!   block) is in byte `4k + (i % 4)`, bits `2 (i / 4)` ([`t2_position`]): group `k` is the
+//!   32-bit word `k` of the block, and its low nibbles hold the element pairs `(i, i + 4)`, its
+//!   high nibbles `(i + 8, i + 12)`. So one shift by `2s` and one mask of the 16 bytes give, in
+//!   bytes `4k .. 4k + 4`, elements `4s .. 4s + 4` of group `k`: a SIMD dot product (`vpmaddubsw`,
+//!   `sdot`) then leaves each group's partial sums in its own lanes, added vertically with no
+//!   horizontal reduction, against activations reordered once per block and shared by all rows;
+//!   and a table lookup indexes by whole nibbles of one group. Each row has one f32 scale kept
+//!   outside the blocks (the model loader holds it); the kernels here compute the unscaled
+//!   `Σ w·x` and the caller multiplies by the row scale.
+//! - **TQ2_0** (66 bytes per 256): `qs: [u8; 64]`, `d: f16`. Element `128h + 32l + m` (`h` in
+//!   `0..2`, `l` in `0..4`, `m` in `0..32`) is `d * (((qs[32h + m] >> 2l) & 3) - 1)`.
+//! - **TQ1_0** (54 bytes per 256): `qs: [u8; 48]`, `qh: [u8; 4]`, `d: f16`; five (or four) base-3
+//!   digits per byte, read as `trit(b, n) = ((b * 3^n mod 256) * 3) >> 8` (a value in `0..3`) and
+//!   weight `trit - 1`. Element `32n + m` (`n` in `0..5`, `m` in `0..32`) comes from `qs[m]`,
+//!   element `160 + 16n + m` (`n` in `0..5`, `m` in `0..16`) from `qs[32 + m]`, element
+//!   `240 + 4n + j` (`n` in `0..4`, `j` in `0..4`) from `qh[j]`; its value is `d * (trit - 1)`.
+//!
+//! A 2-bit code 3 is never written by [`quantize_t2_row`] (nor by llama.cpp for TQ2_0); every
+//! kernel reads it as `+2` (`c - 1`, as TQ2_0's reference dequantizer does), so any bytes give the
+//! same numbers on every ISA.
+//!
+//! # Activation groups
+//!
+//! Activations ([`ActsQ8`]) carry one scale `d[g]` and one integer sum `sums[g] = Σ qs` per group
+//! `g` of `QS` = 16 values. Every group of 16 consecutive weights lies inside one block of each
+//! type: T2 group `k` of a block is its bytes `4k .. 4k + 4`; TQ2_0 group `8h + 2l + s` (`s` in
+//! `0..2`) is bytes `32h + 16s .. 32h + 16s + 16` at bits `2l`; TQ1_0 groups `0..10` are digit
+//! `n = g / 2` of bytes `16(g % 2) .. 16(g % 2) + 16`, groups `10..15` digit `g - 10` of bytes
+//! `32..48`, group 15 the four digits of `qh`.
+//!
+//! # The matrix-vector product: the accumulation order is the specification
+//!
+//! `gemv_<type>(w, acts, out)` computes, for every row `r` in `0..out.len()`:
+//!
+//! 1. Integers, exact: per group `g` of the row, `isum_g = Σ (c_e - 1) * a_e` over its 16 elements
+//!    (i32; `|c - 1| <= 2` and `|a| <= 127`, so `|isum_g| <= 16 * 2 * 127` and its conversion to
+//!    f32 is exact).
+//! 2. Floats, eight running sums `acc[0..8]` starting at `+0.0`, groups in order
+//!    `g = 0, 1, ...`, each operation rounded to f32, never fused:
+//!    - T2: `acc[g % 8] += (isum_g as f32) * acts.d[g]`;
+//!    - TQ1_0, TQ2_0: `acc[g % 8] += (dw * acts.d[g]) * (isum_g as f32)` with `dw` the f16 scale
+//!      of the block that holds group `g`, as f32.
+//! 3. `out[r] = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))`.
+//!
+//! The eight sums are the eight lanes of one AVX2 register (two NEON registers), so a SIMD kernel
+//! following these steps gives the same bits. A row whose group count is not a multiple of eight
+//! may add `+0.0` to the unused sums: `acc` is never `-0.0` (it starts at `+0.0`, and in
+//! round-to-nearest `x + y` is `-0.0` only when both are), so that changes nothing.
+//!
+//! # Argument checks
+//!
+//! Every function panics (the SIMD kernels run the same checks) when `acts.len()` is not a
+//! multiple of the block length, when `acts.d` or `acts.sums` do not hold `acts.len() / 16`
+//! values, or when `w` does not hold exactly `out.len()` rows.
+
+use crate::acts::ActsQ8;
+use crate::scalar::f16_at;
+
+/// Values per activation scale group (the [`ActsQ8`] contract: one `d` and one `sum` each);
+/// to be replaced by `acts::QS` once that module exports it.
+pub(crate) const QS: usize = 16;
+/// Weights per T2 block.
+pub const T2_BLOCK: usize = 64;
+/// Bytes per T2 block.
+pub const T2_BYTES: usize = 16;
+/// Weights per TQ1_0 / TQ2_0 block.
+pub const QK_K: usize = 256;
+/// Bytes per TQ1_0 block.
+pub const TQ1_0_BYTES: usize = 54;
+/// Bytes per TQ2_0 block.
+pub const TQ2_0_BYTES: usize = 66;
+
+/// `3^n` for the TQ1_0 digits.
+pub(crate) const POW3: [u8; 5] = [1, 3, 9, 27, 81];
+
+/// Checks the shape of a ternary gemv and returns the bytes per row.
+pub(crate) fn check_gemv_ternary(
+    w: &[u8],
+    acts: &ActsQ8<'_>,
+    rows: usize,
+    block_len: usize,
+    block_bytes: usize,
+    name: &str,
+) -> usize {
+    let cols = acts.qs.len();
+    assert!(
+        cols.is_multiple_of(block_len),
+        "gemv {name}: {cols} columns is not a multiple of {block_len}"
+    );
+    let ng = cols / QS;
+    assert!(
+        acts.d.len() == ng && acts.sums.len() == ng,
+        "gemv {name}: activations have {cols} values but {} scales and {} sums (expected {ng}, \
+         one per {QS} values)",
+        acts.d.len(),
+        acts.sums.len()
+    );
+    let row_bytes = cols / block_len * block_bytes;
+    assert!(
+        Some(w.len()) == rows.checked_mul(row_bytes),
+        "gemv {name}: {rows} rows of {cols} columns need {} weight bytes, got {}",
+        rows.saturating_mul(row_bytes),
+        w.len()
+    );
+    row_bytes
+}
+
+/// Checks that `src` holds exactly the blocks for `n` elements.
+fn check_dequant(src: &[u8], n: usize, block_len: usize, block_bytes: usize, name: &str) {
+    assert!(
+        n.is_multiple_of(block_len),
+        "dequantize {name}: {n} values is not a multiple of {block_len}"
+    );
+    assert!(
+        src.len() == n / block_len * block_bytes,
+        "dequantize {name}: {n} values need {} bytes, got {}",
+        n / block_len * block_bytes,
+        src.len()
+    );
+}
+
+/// The byte and the bit shift of T2 block element `e` (`0..64`): byte `4 (e / 16) + e % 4`,
+/// shift `2 ((e % 16) / 4)`.
+#[inline(always)]
+pub const fn t2_position(e: usize) -> (usize, u32) {
+    (4 * (e / 16) + e % 4, 2 * ((e % 16) / 4) as u32)
+}
+
+/// The final reduction of the eight running sums (step 3 of the specification).
+#[inline(always)]
+pub(crate) fn reduce8(a: &[f32; 8]) -> f32 {
+    ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
+}
+
+/// The TQ1_0 digit `n` of byte `b`: a value in `0..3`.
+#[inline(always)]
+pub(crate) fn trit(b: u8, n: usize) -> i32 {
+    ((b.wrapping_mul(POW3[n]) as u16 * 3) >> 8) as i32
+}
+
+/// Quantizes one row `src` (a multiple of 64 values) to T2 blocks in `dst` and returns the row
+/// scale `s`, so that `src[i] ≈ s * w_i`.
+///
+/// The BitNet b1.58 "absmean" rule: `s = (Σ |src[i]|) / n`, the sum taken in f32 in index
+/// order; `w_i = clamp(round_ties_even(src[i] / s), -1, 1)`, so `|src[i]| <= s / 2` gives 0
+/// (an exact half goes to 0, the even neighbour). If `s` is zero, subnormal or not finite, every
+/// weight is 0 and the scale returned is `0.0`. Non-finite inputs give unspecified weights, never
+/// a panic.
+///
+/// Panics if `src.len()` is not a multiple of 64 or `dst.len()` is not `src.len() / 4`.
+pub fn quantize_t2_row(src: &[f32], dst: &mut [u8]) -> f32 {
+    let n = src.len();
+    assert!(
+        n.is_multiple_of(T2_BLOCK),
+        "quantize_t2_row: {n} values is not a multiple of {T2_BLOCK}"
+    );
+    assert!(
+        dst.len() == n / T2_BLOCK * T2_BYTES,
+        "quantize_t2_row: {n} values need {} bytes, got {}",
+        n / T2_BLOCK * T2_BYTES,
+        dst.len()
+    );
+    let sum = src.iter().fold(0.0f32, |s, v| s + v.abs());
+    let s = if n == 0 { 0.0 } else { sum / n as f32 };
+    let ok = s.is_finite() && s >= f32::MIN_POSITIVE;
+    for (blk, xs) in dst
+        .chunks_exact_mut(T2_BYTES)
+        .zip(src.chunks_exact(T2_BLOCK))
+    {
+        blk.fill(0);
+        for (e, &x) in xs.iter().enumerate() {
+            let w = if ok {
+                libm::rintf(x / s).clamp(-1.0, 1.0) as i32
+            } else {
+                0
+            };
+            let (byte, shift) = t2_position(e);
+            blk[byte] |= ((w + 1) as u8) << shift;
+        }
+    }
+    if ok {
+        s
+    } else {
+        0.0
+    }
+}
+
+/// Dequantizes T2 blocks to the unscaled weights `c - 1` (`-1.0`, `0.0` or `1.0` for codes the
+/// quantizer writes): `dst.len()` values (a multiple of 64) from `src`. Multiply by the row scale
+/// for the real values.
+pub fn dequantize_t2(src: &[u8], dst: &mut [f32]) {
+    check_dequant(src, dst.len(), T2_BLOCK, T2_BYTES, "T2");
+    for (blk, y) in src
+        .chunks_exact(T2_BYTES)
+        .zip(dst.chunks_exact_mut(T2_BLOCK))
+    {
+        for (e, y) in y.iter_mut().enumerate() {
+            let (byte, shift) = t2_position(e);
+            *y = (((blk[byte] >> shift) & 3) as i32 - 1) as f32;
+        }
+    }
+}
+
+/// Dequantizes TQ2_0 blocks: `dst.len()` values (a multiple of 256) from `src`, each
+/// `d * (c - 1)` in f32 (bit-identical to gguf-py's reference).
+pub fn dequantize_tq2_0(src: &[u8], dst: &mut [f32]) {
+    check_dequant(src, dst.len(), QK_K, TQ2_0_BYTES, "TQ2_0");
+    for (blk, y) in src
+        .chunks_exact(TQ2_0_BYTES)
+        .zip(dst.chunks_exact_mut(QK_K))
+    {
+        let d = f16_at(blk, 64);
+        for (e, y) in y.iter_mut().enumerate() {
+            let (h, l, m) = (e / 128, (e / 32) % 4, e % 32);
+            let c = (blk[32 * h + m] >> (2 * l)) & 3;
+            *y = d * (c as i32 - 1) as f32;
+        }
+    }
+}
+
+/// The TQ1_0 digit of element `e` (`0..256`) of block `blk`, in `0..3`.
+#[inline(always)]
+fn tq1_trit(blk: &[u8], e: usize) -> i32 {
+    if e < 160 {
+        trit(blk[e % 32], e / 32)
+    } else if e < 240 {
+        trit(blk[32 + (e - 160) % 16], (e - 160) / 16)
+    } else {
+        trit(blk[48 + (e - 240) % 4], (e - 240) / 4)
+    }
+}
+
+/// Dequantizes TQ1_0 blocks: `dst.len()` values (a multiple of 256) from `src`, each
+/// `d * (trit - 1)` in f32 (bit-identical to gguf-py's reference).
+pub fn dequantize_tq1_0(src: &[u8], dst: &mut [f32]) {
+    check_dequant(src, dst.len(), QK_K, TQ1_0_BYTES, "TQ1_0");
+    for (blk, y) in src
+        .chunks_exact(TQ1_0_BYTES)
+        .zip(dst.chunks_exact_mut(QK_K))
+    {
+        let d = f16_at(blk, 52);
+        for (e, y) in y.iter_mut().enumerate() {
+            *y = d * (tq1_trit(blk, e) - 1) as f32;
+        }
+    }
+}
+
+/// Shared row loop of the spec: `isum(row, g)` is the exact integer dot of group `g` of the row,
+/// `scale(row, g)` the weight scale of its block (`None` for T2).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn gemv_rows(
+    w: &[u8],
+    acts: &ActsQ8<'_>,
+    out: &mut [f32],
+    block_len: usize,
+    block_bytes: usize,
+    name: &str,
+    codes: impl Fn(&[u8], usize) -> [i32; QS],
+    scale: impl Fn(&[u8]) -> Option<f32>,
+) {
+    let row_bytes = check_gemv_ternary(w, acts, out.len(), block_len, block_bytes, name);
+    if row_bytes == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let gpb = block_len / QS;
+    for (o, row) in out.iter_mut().zip(w.chunks_exact(row_bytes)) {
+        let mut acc = [0.0f32; 8];
+        for (b, blk) in row.chunks_exact(block_bytes).enumerate() {
+            let dw = scale(blk);
+            for k in 0..gpb {
+                let g = b * gpb + k;
+                let a = &acts.qs[g * QS..(g + 1) * QS];
+                let c = codes(blk, k);
+                let isum: i32 = c.iter().zip(a).map(|(&c, &a)| (c - 1) * a as i32).sum();
+                let t = match dw {
+                    None => isum as f32 * acts.d[g],
+                    Some(dw) => (dw * acts.d[g]) * isum as f32,
+                };
+                acc[g % 8] += t;
+            }
+        }
+        *o = reduce8(&acc);
+    }
+}
+
+/// `out[r] = Σ_c w[r][c] a[c]`, unscaled, for T2 weights `w` (`out.len()` rows of `acts.len()`
+/// columns, a multiple of 64); multiply by the row scales for the real product. Order in the
+/// module docs.
+pub fn gemv_t2(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
+    gemv_rows(
+        w,
+        acts,
+        out,
+        T2_BLOCK,
+        T2_BYTES,
+        "T2",
+        |blk, k| {
+            core::array::from_fn(|i| {
+                let (byte, shift) = t2_position(16 * k + i);
+                ((blk[byte] >> shift) & 3) as i32
+            })
+        },
+        |_| None,
+    );
+}
+
+/// `out[r] = Σ_c W[r][c] a[c]` for TQ2_0 weights (block scales applied; columns a multiple of
+/// 256). Order in the module docs.
+pub fn gemv_tq2_0(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
+    gemv_rows(
+        w,
+        acts,
+        out,
+        QK_K,
+        TQ2_0_BYTES,
+        "TQ2_0",
+        |blk, g| {
+            let (h, l, s) = (g / 8, (g % 8) / 2, g % 2);
+            core::array::from_fn(|m| ((blk[32 * h + 16 * s + m] >> (2 * l)) & 3) as i32)
+        },
+        |blk| Some(f16_at(blk, 64)),
+    );
+}
+
+/// `out[r] = Σ_c W[r][c] a[c]` for TQ1_0 weights (block scales applied; columns a multiple of
+/// 256). Order in the module docs.
+pub fn gemv_tq1_0(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
+    gemv_rows(
+        w,
+        acts,
+        out,
+        QK_K,
+        TQ1_0_BYTES,
+        "TQ1_0",
+        |blk, g| core::array::from_fn(|m| tq1_trit(blk, 16 * g + m)),
+        |blk| Some(f16_at(blk, 52)),
+    );
+}

@@ -1,0 +1,584 @@
+//! AVX2 ternary kernels (T2, TQ2_0), bit-exact with [`crate::scalar::ternary`].
+//!
+//! Both types are walked in windows of 128 columns, eight activation groups of 16, four rows per
+//! pass sharing the window's activations, sums and scales. Per row and window the 2-bit codes
+//! `c` (0..=3) come out of 32 weight bytes with one shift and one mask per 32 codes; `vpmaddubsw`
+//! multiplies them (unsigned) with the int8 activations into i16 pair sums (at most
+//! `2 * 3 * 127`, no saturation); i16 adds and one `vpmaddwd` by ones leave the eight exact
+//! group sums `Σ c·a` (at most `16 * 3 * 127`, no i16 overflow) in eight i32 lanes, and
+//! `isum = Σ c·a − sums[g]` is `Σ (c − 1)·a`, exact because of the [`ActsQ8`] invariant
+//! `sums[g] = Σ qs`. The eight f32 lanes are the specification's eight running sums, updated with
+//! its operations and order, then reduced with its tree: every lane reproduces the scalar row.
+//!
+//! T2 window: two 16-byte blocks loaded as one 256-bit vector, so `(v >> 2s) & 3` holds, per
+//! 128-bit lane (block), elements `4s .. 4s + 4` of each group `k` in bytes `4k .. 4k + 4`; the
+//! activations are reordered alike once per window (a 4x4 transpose of 32-bit words), so each
+//! group's products land in its own two i16 lanes: three vertical adds and the `vpmaddwd` give
+//! the eight group sums in natural order, with no horizontal adds. TQ2_0 window (layout fixed
+//! by llama.cpp): one 32-byte half of a block, whose shifts give groups `2l` and `2l + 1`; a
+//! `vphaddw` tree and the `vpmaddwd` yield the groups in the order `0 2 4 6 1 3 5 7`, so the
+//! window's sums and scales are permuted alike and the running sums are put back in order
+//! before the final reduction.
+//!
+//! Like the other AVX2 kernels these need AVX2, FMA and F16C (F16C converts the TQ2_0 scales).
+//!
+//! A row count that is not a multiple of four repeats the last row in the final pass and drops
+//! the extra results.
+
+use core::arch::x86_64::*;
+
+use crate::acts::ActsQ8;
+use crate::scalar::ternary::{
+    check_gemv_ternary, QK_K, QS, T2_BLOCK, T2_BYTES, TQ1_0_BYTES, TQ2_0_BYTES,
+};
+
+/// Rows per pass.
+const ROWS: usize = 4;
+/// How many passes ahead the gemv prefetches.
+const PREFETCH_PASSES: usize = 2;
+/// Columns per window: eight activation groups.
+const WIN: usize = 8 * QS;
+
+const T2: u8 = 0;
+const TQ2_0: u8 = 1;
+const TQ1_0: u8 = 2;
+
+/// The exact sums `Σ c·a` of eight groups from the four `vpmaddubsw` results of a window, in
+/// the lane order described in the module docs (each 128-bit lane of `p[i]` holds one group).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn group_sums(p: [__m256i; 4]) -> __m256i {
+    let a = _mm256_hadd_epi16(p[0], p[1]);
+    let b = _mm256_hadd_epi16(p[2], p[3]);
+    _mm256_madd_epi16(_mm256_hadd_epi16(a, b), _mm256_set1_epi16(1))
+}
+
+/// The specification's final reduction of eight running sums in natural lane order.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn reduce8(acc: __m256) -> f32 {
+    // [a0+a4, a1+a5, a2+a6, a3+a7]
+    let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
+    // [(a0+a4)+(a2+a6), (a1+a5)+(a3+a7), ..]
+    let t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps::<0b01>(t, t)))
+}
+
+/// One window's shared operands: activations (arranged per type), `sums` and `d` (in the lane
+/// order of [`group_sums`] for the type).
+struct Window {
+    a: [__m256i; 4],
+    sums: __m256i,
+    d: __m256,
+}
+
+/// Loads the operands of window `win` (columns `128 win ..`; only the first 64 exist when
+/// `half`, the rest are zero).
+///
+/// # Safety
+///
+/// `acts` must hold the columns of the window (checked by the caller's shape check); the CPU
+/// must have AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load_window<const K: u8>(acts: &ActsQ8<'_>, win: usize, half: bool) -> Window {
+    let qa = acts.qs.as_ptr();
+    let c0 = win * WIN;
+    let g0 = win * 8;
+    // SAFETY: the caller guarantees the window's columns (64 of them when `half`), and with them
+    // its groups, lie inside `acts`.
+    unsafe {
+        if K == T2 {
+            // g[k] = [group k of block 0 | group k of block 1]: 32-bit words 4k .. 4k + 4 of
+            // each block's activations; a 4x4 word transpose gives a[s] = words s, 4 + s, 8 + s,
+            // 12 + s, i.e. elements 4s .. 4s + 4 of groups 0..4, as the codes at shift 2s.
+            let z = _mm_setzero_si128();
+            let g: [__m256i; 4] = core::array::from_fn(|k| {
+                let lo = _mm_loadu_si128(qa.add(c0 + 16 * k).cast());
+                let hi = if half {
+                    z
+                } else {
+                    _mm_loadu_si128(qa.add(c0 + 64 + 16 * k).cast())
+                };
+                _mm256_set_m128i(hi, lo)
+            });
+            let t0 = _mm256_unpacklo_epi32(g[0], g[1]);
+            let t1 = _mm256_unpackhi_epi32(g[0], g[1]);
+            let t2 = _mm256_unpacklo_epi32(g[2], g[3]);
+            let t3 = _mm256_unpackhi_epi32(g[2], g[3]);
+            let a = [
+                _mm256_unpacklo_epi64(t0, t2),
+                _mm256_unpackhi_epi64(t0, t2),
+                _mm256_unpacklo_epi64(t1, t3),
+                _mm256_unpackhi_epi64(t1, t3),
+            ];
+            if half {
+                Window {
+                    a,
+                    sums: _mm256_set_m128i(z, _mm_loadu_si128(acts.sums.as_ptr().add(g0).cast())),
+                    d: _mm256_set_m128(_mm_setzero_ps(), _mm_loadu_ps(acts.d.as_ptr().add(g0))),
+                }
+            } else {
+                Window {
+                    a,
+                    sums: _mm256_loadu_si256(acts.sums.as_ptr().add(g0).cast()),
+                    d: _mm256_loadu_ps(acts.d.as_ptr().add(g0)),
+                }
+            }
+        } else {
+            let perm = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+            Window {
+                a: core::array::from_fn(|l| _mm256_loadu_si256(qa.add(c0 + 32 * l).cast())),
+                sums: _mm256_permutevar8x32_epi32(
+                    _mm256_loadu_si256(acts.sums.as_ptr().add(g0).cast()),
+                    perm,
+                ),
+                d: _mm256_permutevar8x32_ps(_mm256_loadu_ps(acts.d.as_ptr().add(g0)), perm),
+            }
+        }
+    }
+}
+
+/// The 2-bit codes at the four shifts of the 32 bytes at `p` (16 when `half`, the rest zero).
+///
+/// # Safety
+///
+/// `p` must be valid for reading 32 bytes (16 when `half`); the CPU must have AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn codes2(p: *const u8, half: bool) -> [__m256i; 4] {
+    // SAFETY: the caller guarantees the bytes.
+    let v = unsafe {
+        if half {
+            _mm256_set_m128i(_mm_setzero_si128(), _mm_loadu_si128(p.cast()))
+        } else {
+            _mm256_loadu_si256(p.cast())
+        }
+    };
+    let m = _mm256_set1_epi8(3);
+    [
+        _mm256_and_si256(v, m),
+        _mm256_and_si256(_mm256_srli_epi16::<2>(v), m),
+        _mm256_and_si256(_mm256_srli_epi16::<4>(v), m),
+        _mm256_and_si256(_mm256_srli_epi16::<6>(v), m),
+    ]
+}
+
+/// `3 q mod 256` per byte.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn times3(q: __m256i) -> __m256i {
+    _mm256_add_epi8(q, _mm256_add_epi8(q, q))
+}
+
+/// The base-3 digit `(3 q) >> 8` of each byte `q` (already multiplied by its power of 3):
+/// `(q >= 86) + (q >= 171)`, with unsigned compares done as signed ones on `q ^ 0x80`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn trit(q: __m256i) -> __m256i {
+    let s = _mm256_xor_si256(q, _mm256_set1_epi8(0x80u8 as i8));
+    // q > 85 and q > 170: 85 ^ 0x80 and 170 ^ 0x80 as i8 are -43 and 42.
+    let ge86 = _mm256_cmpgt_epi8(s, _mm256_set1_epi8(-43));
+    let ge171 = _mm256_cmpgt_epi8(s, _mm256_set1_epi8(42));
+    _mm256_sub_epi8(_mm256_sub_epi8(_mm256_setzero_si256(), ge86), ge171)
+}
+
+/// The TQ1_0 codes of the eight groups of window `second` (0: groups 0..8, 1: groups 8..16) of
+/// the block at `blk`, arranged as TQ2_0's (`[group 2l | group 2l + 1]` in code vector `l`).
+///
+/// # Safety
+///
+/// `blk` must be valid for reading one TQ1_0 block (54 bytes); the CPU must have AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn codes_tq1(blk: *const u8, second: bool) -> [__m256i; 4] {
+    // SAFETY: bytes 0..32 of the block.
+    let q0 = unsafe { _mm256_loadu_si256(blk.cast()) };
+    let q1 = times3(q0);
+    let q2 = times3(q1);
+    let q3 = times3(q2);
+    if !second {
+        // Digit n of qs[0..32]: elements 32n .. 32n + 32, groups 2n and 2n + 1.
+        return [trit(q0), trit(q1), trit(q2), trit(q3)];
+    }
+    let q4 = times3(q3);
+    // SAFETY: bytes 32..48 (qs[32..48]) and 48..52 (qh) of the block.
+    let (x, qh) = unsafe {
+        (
+            _mm_loadu_si128(blk.add(32).cast()),
+            blk.add(48).cast::<i32>().read_unaligned(),
+        )
+    };
+    // Digits n, n + 1 of qs[32..48]: groups 10 + n, 11 + n.
+    let x3 = _mm_add_epi8(x, _mm_add_epi8(x, x));
+    let y01 = _mm256_set_m128i(x3, x);
+    let y23 = times3(times3(y01));
+    let y4 = times3(_mm256_permute2x128_si256::<0x11>(y23, y23));
+    // qh: element 240 + 4n + j is digit n of qh[j]: the four bytes times 1, 3, 9, 27.
+    let h1 = _mm256_set1_epi32(qh);
+    let h3 = times3(h1);
+    let h9 = times3(h3);
+    let h27 = times3(h9);
+    let h = _mm256_blend_epi32::<0b1000_1000>(
+        _mm256_blend_epi32::<0b0100_0100>(_mm256_blend_epi32::<0b0010_0010>(h1, h3), h9),
+        h27,
+    );
+    let g1415 = _mm256_permute2x128_si256::<0x20>(y4, h);
+    [trit(q4), trit(y01), trit(y23), trit(g1415)]
+}
+
+/// The exact `isum` of the window's eight groups of one row from its codes `c` (arranged for
+/// type `K`, see the module docs).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn window_isum<const K: u8>(c: [__m256i; 4], win: &Window) -> __m256i {
+    let p: [__m256i; 4] = core::array::from_fn(|l| _mm256_maddubs_epi16(c[l], win.a[l]));
+    let sums = if K == T2 {
+        // Each group's products already sit in its own two i16 lanes of every `p[s]`.
+        let q = _mm256_add_epi16(_mm256_add_epi16(p[0], p[1]), _mm256_add_epi16(p[2], p[3]));
+        _mm256_madd_epi16(q, _mm256_set1_epi16(1))
+    } else {
+        group_sums(p)
+    };
+    _mm256_sub_epi32(sums, win.sums)
+}
+
+/// The shared gemv driver (see the module docs).
+///
+/// # Safety
+///
+/// The CPU must have AVX2, FMA and F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn gemv<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
+    let (bl, bb, name) = match K {
+        T2 => (T2_BLOCK, T2_BYTES, "T2"),
+        TQ1_0 => (QK_K, TQ1_0_BYTES, "TQ1_0"),
+        _ => (QK_K, TQ2_0_BYTES, "TQ2_0"),
+    };
+    let row_bytes = check_gemv_ternary(w, acts, out.len(), bl, bb, name);
+    let rows = out.len();
+    if rows == 0 || row_bytes == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let cols = acts.qs.len();
+    let nwin = cols.div_ceil(WIN);
+    let base = w.as_ptr();
+    let last = rows - 1;
+    let mut r = 0;
+    while r < rows {
+        // SAFETY: every row index is at most `last`, and the shape check proved `w` holds
+        // `rows * row_bytes` bytes, so each pointer starts a whole row inside `w`.
+        let p: [*const u8; ROWS] =
+            core::array::from_fn(|i| unsafe { base.add((r + i).min(last) * row_bytes) });
+        let mut acc = [_mm256_setzero_ps(); ROWS];
+        for win in 0..nwin {
+            // Only T2 rows can end with half a window (an odd number of 64-column blocks).
+            let half = (win + 1) * WIN > cols;
+            // Prefetch the rows PREFETCH_PASSES passes ahead, at this window (one 64-byte line
+            // covers two T2 windows).
+            if K != T2 || win % 2 == 0 {
+                let off = if K == T2 {
+                    32 * win
+                } else {
+                    (win / 2) * bb + 32 * (win % 2)
+                };
+                for i in 0..ROWS {
+                    let pf = (r + ROWS * PREFETCH_PASSES + i) * row_bytes + off;
+                    if pf < w.len() {
+                        // SAFETY: `pf < w.len()`: inside `w`.
+                        _mm_prefetch::<_MM_HINT_T0>(unsafe { base.add(pf) }.cast());
+                    }
+                }
+            }
+            // SAFETY: the window's columns are inside `acts` (`win < nwin`, `half` otherwise).
+            let wv = unsafe { load_window::<K>(acts, win, half) };
+            for i in 0..ROWS {
+                if K == T2 {
+                    // SAFETY: window `win` of a row is bytes `32 win .. 32 win + 32` (16 when
+                    // `half`), inside the row.
+                    let isum = window_isum::<K>(unsafe { codes2(p[i].add(32 * win), half) }, &wv);
+                    let t = _mm256_mul_ps(_mm256_cvtepi32_ps(isum), wv.d);
+                    acc[i] = _mm256_add_ps(acc[i], t);
+                } else {
+                    // SAFETY: block `win / 2` (with its f16 scale in its last two bytes) is
+                    // inside the row; for TQ2_0 half `win % 2` of it is bytes `32 (win % 2) ..`.
+                    let (c, dw) = unsafe {
+                        let q = p[i].add((win / 2) * bb);
+                        let c = if K == TQ1_0 {
+                            codes_tq1(q, win % 2 == 1)
+                        } else {
+                            codes2(q.add(32 * (win % 2)), false)
+                        };
+                        (c, tq_scale(q.add(bb - 2)))
+                    };
+                    let isum = window_isum::<K>(c, &wv);
+                    let t = _mm256_mul_ps(_mm256_mul_ps(dw, wv.d), _mm256_cvtepi32_ps(isum));
+                    acc[i] = _mm256_add_ps(acc[i], t);
+                }
+            }
+        }
+        let n = (rows - r).min(ROWS);
+        for i in 0..n {
+            let a = if K == T2 {
+                acc[i]
+            } else {
+                _mm256_permutevar8x32_ps(acc[i], _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+            };
+            out[r + i] = reduce8(a);
+        }
+        r += ROWS;
+    }
+}
+
+/// The f16 at `p`, as f32 broadcast to eight lanes.
+///
+/// # Safety
+///
+/// `p` must be valid for reading 2 bytes; the CPU must have AVX2 and F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tq_scale(p: *const u8) -> __m256 {
+    // SAFETY: the caller guarantees 2 readable bytes.
+    let bits = unsafe { p.cast::<u16>().read_unaligned() };
+    let v = _mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le(bits) as i32));
+    _mm256_broadcastss_ps(v)
+}
+
+/// AVX2 [`crate::scalar::ternary::gemv_t2`] (unscaled T2 product), bit-exact.
+///
+/// # Safety
+///
+/// The CPU must have AVX2, FMA and F16C (the features of the `avx2` tier).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn avx2_gemv_t2(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
+    // SAFETY: same features, guaranteed by the caller.
+    unsafe { gemv::<T2>(w, acts, out) }
+}
+
+/// AVX2 [`crate::scalar::ternary::gemv_tq1_0`], bit-exact: the base-3 digits are decoded by
+/// multiplying bytes by 3 (mod 256, two byte adds per digit) and comparing with 86 and 171,
+/// then the windows are those of TQ2_0.
+///
+/// # Safety
+///
+/// The CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn avx2_gemv_tq1_0(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
+    // SAFETY: same features, guaranteed by the caller.
+    unsafe { gemv::<TQ1_0>(w, acts, out) }
+}
+
+/// AVX2 [`crate::scalar::ternary::gemv_tq2_0`], bit-exact.
+///
+/// # Safety
+///
+/// The CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn avx2_gemv_tq2_0(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
+    // SAFETY: same features, guaranteed by the caller.
+    unsafe { gemv::<TQ2_0>(w, acts, out) }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Table-lookup variant
+
+/// Rows per row block of the table-lookup kernel (its running sums live on the stack).
+const LUT_ROW_BLOCK: usize = 128;
+/// Rows per pass of the table-lookup kernel (one byte per row in each 128-bit lane).
+const LUT_ROWS: usize = 16;
+
+/// The lookup tables of one window: for the nibble `h` (0 low, 1 high) of byte `4k + q` of a
+/// block, which holds elements `i = q + 8h` and `i + 4` of group `k` (`t[8k + 2q + h]`), 16
+/// entries `((n & 3) - 1) a_i + ((n >> 2) - 1) a_{i+4}` split into low bytes (`[0]`) and high
+/// bytes (`[1]`); the low 128-bit lane serves the window's first block, the high lane its second.
+///
+/// # Safety
+///
+/// The window's columns (64 when `half`) must lie inside `acts`; the CPU must have AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn lut_tables(acts: &ActsQ8<'_>, win: usize, half: bool, t: &mut [[__m256i; 2]; 32]) {
+    let wlo = _mm256_setr_epi16(-1, 0, 1, 2, -1, 0, 1, 2, -1, 0, 1, 2, -1, 0, 1, 2);
+    let whi = _mm256_setr_epi16(-1, -1, -1, -1, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2);
+    let byte = _mm256_set1_epi16(0xFF);
+    let c0 = win * WIN;
+    for k in 0..4 {
+        for j in 0..8 {
+            let (q, h) = (j / 2, j % 2);
+            let entries = |blk: usize| {
+                if half && blk == 1 {
+                    return _mm256_setzero_si256();
+                }
+                let e = c0 + 64 * blk + 16 * k + q + 8 * h;
+                let (a0, a1) = (acts.qs[e] as i16, acts.qs[e + 4] as i16);
+                _mm256_add_epi16(
+                    _mm256_mullo_epi16(_mm256_set1_epi16(a0), wlo),
+                    _mm256_mullo_epi16(_mm256_set1_epi16(a1), whi),
+                )
+            };
+            let (e0, e1) = (entries(0), entries(1));
+            let lo = _mm256_packus_epi16(_mm256_and_si256(e0, byte), _mm256_and_si256(e1, byte));
+            let hi = _mm256_packs_epi16(_mm256_srai_epi16::<8>(e0), _mm256_srai_epi16::<8>(e1));
+            t[8 * k + j] = [
+                _mm256_permute4x64_epi64::<0xD8>(lo),
+                _mm256_permute4x64_epi64::<0xD8>(hi),
+            ];
+        }
+    }
+}
+
+/// Transposes 16 rows of 32 bytes, per 128-bit lane: byte `i` of lane `L` of result `j` is
+/// byte `j` of lane `L` of `x[i]`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn transpose16(x: [__m256i; 16]) -> [__m256i; 16] {
+    let mut a = [_mm256_setzero_si256(); 16];
+    for i in 0..8 {
+        a[i] = _mm256_unpacklo_epi8(x[2 * i], x[2 * i + 1]);
+        a[i + 8] = _mm256_unpackhi_epi8(x[2 * i], x[2 * i + 1]);
+    }
+    // a[i] (i < 8): 16-bit element k = bytes k of rows 2i, 2i + 1 (k < 8); a[i + 8]: k + 8.
+    let mut b = [_mm256_setzero_si256(); 16];
+    for i in 0..4 {
+        b[i] = _mm256_unpacklo_epi16(a[2 * i], a[2 * i + 1]);
+        b[i + 4] = _mm256_unpackhi_epi16(a[2 * i], a[2 * i + 1]);
+        b[i + 8] = _mm256_unpacklo_epi16(a[8 + 2 * i], a[9 + 2 * i]);
+        b[i + 12] = _mm256_unpackhi_epi16(a[8 + 2 * i], a[9 + 2 * i]);
+    }
+    // b[4K + q]: 32-bit element e = bytes 4K + e of rows 4q .. 4q + 4.
+    let mut v = [_mm256_setzero_si256(); 16];
+    for kk in 0..4 {
+        let q = &b[4 * kk..4 * kk + 4];
+        let lo01 = _mm256_unpacklo_epi32(q[0], q[1]);
+        let hi01 = _mm256_unpackhi_epi32(q[0], q[1]);
+        let lo23 = _mm256_unpacklo_epi32(q[2], q[3]);
+        let hi23 = _mm256_unpackhi_epi32(q[2], q[3]);
+        v[4 * kk] = _mm256_unpacklo_epi64(lo01, lo23);
+        v[4 * kk + 1] = _mm256_unpackhi_epi64(lo01, lo23);
+        v[4 * kk + 2] = _mm256_unpacklo_epi64(hi01, hi23);
+        v[4 * kk + 3] = _mm256_unpackhi_epi64(hi01, hi23);
+    }
+    v
+}
+
+/// AVX2 table-lookup [`crate::scalar::ternary::gemv_t2`] (unscaled T2 product), bit-exact.
+///
+/// Rows in lanes instead of columns: per pass, 16 rows of a 128-column window (two T2 blocks)
+/// are transposed so that one byte vector holds the same weight byte of 16 rows (first block in
+/// the low lane, second in the high lane). Each nibble of a T2 byte holds two weights `i`,
+/// `i + 4` of one group: a 4-bit index into a 16-entry table of `(w_i a_i + w_{i+4} a_{i+4})`,
+/// built once per window and row block
+/// and shared by its 128 rows; two `vpshufb` fetch the low and high bytes of the i16 entries
+/// of 16 rows at once, and i16 accumulators collect each group's exact `isum` per row (at most
+/// `8 * 2 * 2 * 127`) with no horizontal reduction and no need for `sums`. Each row's eight
+/// running sums (on the stack) follow the specification's operations and order.
+///
+/// # Safety
+///
+/// The CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn avx2_gemv_t2_lut(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
+    let row_bytes = check_gemv_ternary(w, acts, out.len(), T2_BLOCK, T2_BYTES, "T2");
+    let rows = out.len();
+    if rows == 0 || row_bytes == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let cols = acts.qs.len();
+    let nwin = cols.div_ceil(WIN);
+    let base = w.as_ptr();
+    let m0f = _mm256_set1_epi8(0x0F);
+    let mut tables = [[_mm256_setzero_si256(); 2]; 32];
+    let mut acc = [[0.0f32; LUT_ROW_BLOCK]; 8];
+    for rb in (0..rows).step_by(LUT_ROW_BLOCK) {
+        let rb_rows = (rows - rb).min(LUT_ROW_BLOCK);
+        for a in acc.iter_mut() {
+            a.fill(0.0);
+        }
+        for win in 0..nwin {
+            let half = (win + 1) * WIN > cols;
+            // SAFETY: the window's columns are inside `acts` (`win < nwin`, `half` otherwise).
+            unsafe { lut_tables(acts, win, half, &mut tables) };
+            for pass in (0..rb_rows).step_by(LUT_ROWS) {
+                // Row i of the pass (clamped to the last row: its extra results are dropped).
+                let x: [__m256i; LUT_ROWS] = core::array::from_fn(|i| {
+                    let r = (rb + pass + i).min(rows - 1);
+                    // Prefetch the row two 64-byte lines (four windows) ahead.
+                    let pf = r * row_bytes + 32 * win + 128;
+                    if win % 2 == 0 && pf < (r + 1) * row_bytes {
+                        // SAFETY: `pf` is inside row `r`, inside `w`.
+                        _mm_prefetch::<_MM_HINT_T0>(unsafe { base.add(pf) }.cast());
+                    }
+                    // SAFETY: window `win` of row `r` is bytes `32 win .. 32 win + 32` of the
+                    // row (16 when `half`), inside `w` by the shape check.
+                    unsafe {
+                        let p = base.add(r * row_bytes + 32 * win);
+                        if half {
+                            _mm256_set_m128i(_mm_setzero_si128(), _mm_loadu_si128(p.cast()))
+                        } else {
+                            _mm256_loadu_si256(p.cast())
+                        }
+                    }
+                });
+                let v = transpose16(x);
+                // Group sums, i16: s[k][0] rows 0..8, s[k][1] rows 8..16 (per lane: block).
+                let mut s = [[_mm256_setzero_si256(); 2]; 4];
+                for (p, &vp) in v.iter().enumerate() {
+                    // Byte 4k + q: group k, nibbles h = 0, 1 (tables 8k + 2q + h).
+                    let (k, q) = (p / 4, p % 4);
+                    let nib = [
+                        _mm256_and_si256(vp, m0f),
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(vp), m0f),
+                    ];
+                    for (h, &n) in nib.iter().enumerate() {
+                        let t = &tables[8 * k + 2 * q + h];
+                        let lo = _mm256_shuffle_epi8(t[0], n);
+                        let hi = _mm256_shuffle_epi8(t[1], n);
+                        s[k][0] = _mm256_add_epi16(s[k][0], _mm256_unpacklo_epi8(lo, hi));
+                        s[k][1] = _mm256_add_epi16(s[k][1], _mm256_unpackhi_epi8(lo, hi));
+                    }
+                }
+                let lanes = if half { 1 } else { 2 };
+                let n = (rb_rows - pass).min(LUT_ROWS);
+                for (k, sk) in s.iter().enumerate() {
+                    for lane in 0..lanes {
+                        let slot = 4 * lane + k;
+                        let d = _mm256_set1_ps(acts.d[8 * win + slot]);
+                        for (h, &sh) in sk.iter().enumerate() {
+                            let half_lane = if lane == 0 {
+                                _mm256_castsi256_si128(sh)
+                            } else {
+                                _mm256_extracti128_si256::<1>(sh)
+                            };
+                            let isum = _mm256_cvtepi16_epi32(half_lane);
+                            let t = _mm256_mul_ps(_mm256_cvtepi32_ps(isum), d);
+                            let r0 = pass + 8 * h;
+                            let valid = n.saturating_sub(8 * h).min(8);
+                            let dst = &mut acc[slot][r0..r0 + valid];
+                            if valid == 8 {
+                                // SAFETY: `dst` holds eight f32.
+                                unsafe {
+                                    let a = _mm256_loadu_ps(dst.as_ptr());
+                                    _mm256_storeu_ps(dst.as_mut_ptr(), _mm256_add_ps(a, t));
+                                }
+                            } else {
+                                let mut tv = [0.0f32; 8];
+                                // SAFETY: `tv` holds eight f32.
+                                unsafe { _mm256_storeu_ps(tv.as_mut_ptr(), t) };
+                                for (a, &tvi) in dst.iter_mut().zip(&tv) {
+                                    *a += tvi;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for (i, o) in out[rb..rb + rb_rows].iter_mut().enumerate() {
+            let a: [f32; 8] = core::array::from_fn(|s| acc[s][i]);
+            *o = crate::scalar::ternary::reduce8(&a);
+        }
+    }
+}

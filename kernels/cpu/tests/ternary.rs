@@ -1,0 +1,663 @@
+//! Tests of the ternary kernels (T2, TQ1_0, TQ2_0): every SIMD kernel this machine can run is
+//! checked bit for bit against the scalar specification, the scalar gemv against a plain f64
+//! product, `quantize_t2_row` against its rule, and the TQ dequantizers against gguf-py's
+//! reference values in `tests/data` (made by `ternary_gen.py`).
+//!
+//! Activations come from a private quantizer with one scale per 16 values, the [`ActsQ8`]
+//! contract the ternary kernels are written for.
+
+use edgellm_kernels::scalar::ternary as st;
+use edgellm_kernels::{ActsQ8, GgmlType};
+use half::f16;
+
+/// Values per activation scale group.
+const QS: usize = 16;
+
+type GemvFn = unsafe fn(&[u8], &ActsQ8<'_>, &mut [f32]);
+
+// ---------------------------------------------------------------------------------------------
+// Deterministic random data
+
+/// xorshift64*: small, seeded, reproducible.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+    fn unit(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+    /// Roughly normal, mean 0, deviation `s`.
+    fn normal(&mut self, s: f32) -> f32 {
+        let u: f32 = (0..4).map(|_| self.unit()).sum::<f32>() - 2.0;
+        u * s * 1.7
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Activations: one scale per 16 values
+
+/// Owned quantized activations.
+struct Acts {
+    qs: Vec<i8>,
+    d: Vec<f32>,
+    sums: Vec<i32>,
+}
+
+impl Acts {
+    /// The [`ActsQ8`] rule per group of 16: `d = amax / 127`, `q = round_ties_even(x / d)`.
+    fn quantize(x: &[f32]) -> Acts {
+        assert!(x.len().is_multiple_of(32));
+        let mut a = Acts {
+            qs: vec![0; x.len()],
+            d: vec![0.0; x.len() / QS],
+            sums: vec![0; x.len() / QS],
+        };
+        for (g, xg) in x.chunks_exact(QS).enumerate() {
+            let amax = xg.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            if d < f32::MIN_POSITIVE {
+                continue;
+            }
+            let id = 1.0 / d;
+            for (j, &v) in xg.iter().enumerate() {
+                let q = (v * id).round_ties_even() as i32;
+                a.qs[g * QS + j] = q as i8;
+                a.sums[g] += q;
+            }
+            a.d[g] = d;
+        }
+        a
+    }
+    fn view(&self) -> ActsQ8<'_> {
+        ActsQ8 {
+            qs: &self.qs,
+            d: &self.d,
+            sums: &self.sums,
+        }
+    }
+}
+
+/// How activations are chosen.
+#[derive(Clone, Copy, Debug)]
+enum ActKind {
+    Typical,
+    Zero,
+    /// Every value ±1 in its group: every `q` is ±127.
+    AtMax,
+    /// Every value +1: `q` = +127 everywhere (with all-(-1) weights, the most negative sums).
+    AllMax,
+    /// Typical values with one group of large outliers (1e4).
+    OutlierGroup,
+}
+
+fn random_x(rng: &mut Rng, n: usize, k: ActKind) -> Vec<f32> {
+    let outlier = if n == 0 { 0 } else { rng.below(n / QS) };
+    (0..n)
+        .map(|i| match k {
+            ActKind::Typical => rng.normal(1.0),
+            ActKind::Zero => 0.0,
+            ActKind::AtMax => {
+                if rng.below(2) == 0 {
+                    1.0
+                } else {
+                    -1.0
+                }
+            }
+            ActKind::AllMax => 1.0,
+            ActKind::OutlierGroup => {
+                if i / QS == outlier {
+                    1e4 * rng.normal(1.0)
+                } else {
+                    rng.normal(1.0)
+                }
+            }
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Weights: packing ternary values into each layout (the layouts as documented)
+
+/// The ternary formats.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Ty {
+    T2,
+    Tq1,
+    Tq2,
+}
+
+impl Ty {
+    fn block_len(self) -> usize {
+        match self {
+            Ty::T2 => 64,
+            _ => 256,
+        }
+    }
+    fn block_bytes(self) -> usize {
+        match self {
+            Ty::T2 => 16,
+            Ty::Tq1 => 54,
+            Ty::Tq2 => 66,
+        }
+    }
+    fn ggml(self) -> GgmlType {
+        match self {
+            Ty::T2 => GgmlType::T2,
+            Ty::Tq1 => GgmlType::TQ1_0,
+            Ty::Tq2 => GgmlType::TQ2_0,
+        }
+    }
+    fn dequantize(self, src: &[u8], dst: &mut [f32]) {
+        match self {
+            Ty::T2 => st::dequantize_t2(src, dst),
+            Ty::Tq1 => st::dequantize_tq1_0(src, dst),
+            Ty::Tq2 => st::dequantize_tq2_0(src, dst),
+        }
+    }
+    fn spec(self) -> GemvFn {
+        match self {
+            Ty::T2 => st::gemv_t2,
+            Ty::Tq1 => st::gemv_tq1_0,
+            Ty::Tq2 => st::gemv_tq2_0,
+        }
+    }
+}
+
+/// Packs one block of codes `c` (0..=2, `w + 1`; T2 and TQ2_0 also take 3) with scale `d`.
+fn pack_block(ty: Ty, c: &[u8], d: u16, blk: &mut [u8]) {
+    blk.fill(0);
+    match ty {
+        Ty::T2 => {
+            // Element i of group k: byte 4k + i % 4, bits 2 (i / 4).
+            for (e, &c) in c.iter().enumerate() {
+                let (k, i) = (e / 16, e % 16);
+                blk[4 * k + i % 4] |= c << (2 * (i / 4));
+            }
+        }
+        Ty::Tq2 => {
+            for (e, &c) in c.iter().enumerate() {
+                let (h, l, m) = (e / 128, (e / 32) % 4, e % 32);
+                blk[32 * h + m] |= c << (2 * l);
+            }
+            blk[64..66].copy_from_slice(&d.to_le_bytes());
+        }
+        Ty::Tq1 => {
+            // Byte value v (digits, most significant first) is stored as ceil(v * 256 / 243).
+            let enc = |digits: &[u8]| {
+                let v = digits.iter().fold(0u16, |v, &c| v * 3 + c as u16);
+                let v = v * 3u16.pow(5 - digits.len() as u32);
+                (v * 256).div_ceil(243) as u8
+            };
+            for m in 0..32 {
+                let digits: Vec<u8> = (0..5).map(|n| c[32 * n + m]).collect();
+                blk[m] = enc(&digits);
+            }
+            for m in 0..16 {
+                let digits: Vec<u8> = (0..5).map(|n| c[160 + 16 * n + m]).collect();
+                blk[32 + m] = enc(&digits);
+            }
+            for j in 0..4 {
+                let digits: Vec<u8> = (0..4).map(|n| c[240 + 4 * n + j]).collect();
+                blk[48 + j] = enc(&digits);
+            }
+            blk[52..54].copy_from_slice(&d.to_le_bytes());
+        }
+    }
+}
+
+/// How weights are chosen.
+#[derive(Clone, Copy, Debug)]
+enum WKind {
+    /// Random codes 0..=2.
+    Random,
+    /// Random bytes: for T2 and TQ2_0 this includes the code 3 (read as +2).
+    RandomBytes,
+    AllZero,
+    AllPlus,
+    AllMinus,
+}
+
+/// How TQ block scales are chosen.
+#[derive(Clone, Copy, Debug)]
+enum Scale {
+    Typical,
+    Zero,
+    Negative,
+    Subnormal,
+    Max,
+}
+
+fn scale_bits(rng: &mut Rng, s: Scale) -> u16 {
+    match s {
+        Scale::Typical => f16::from_f32(rng.normal(0.05)).to_bits(),
+        Scale::Zero => 0,
+        Scale::Negative => f16::from_f32(-(rng.unit() * 0.1 + 1e-3)).to_bits(),
+        Scale::Subnormal => (1 + rng.below(0x3FF) as u16) | ((rng.below(2) as u16) << 15),
+        Scale::Max => 0x7BFF | ((rng.below(2) as u16) << 15),
+    }
+}
+
+fn random_rows(rng: &mut Rng, ty: Ty, rows: usize, cols: usize, k: WKind, s: Scale) -> Vec<u8> {
+    let (bl, bb) = (ty.block_len(), ty.block_bytes());
+    let nblocks = rows * cols / bl;
+    let mut w = vec![0u8; nblocks * bb];
+    let mut c = vec![0u8; bl];
+    for blk in w.chunks_exact_mut(bb) {
+        for v in c.iter_mut() {
+            *v = match k {
+                WKind::Random => rng.below(3) as u8,
+                WKind::RandomBytes => rng.below(if ty == Ty::Tq1 { 3 } else { 4 }) as u8,
+                WKind::AllZero => 1,
+                WKind::AllPlus => 2,
+                WKind::AllMinus => 0,
+            };
+        }
+        pack_block(ty, &c, scale_bits(rng, s), blk);
+        if matches!(k, WKind::RandomBytes) && ty == Ty::Tq1 {
+            // Every byte is a valid TQ1_0 digit group: use raw random bytes.
+            for v in &mut blk[..52] {
+                *v = rng.next_u64() as u8;
+            }
+        }
+    }
+    w
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// SIMD kernels against the scalar specification
+
+/// Shapes: fixed ones (half windows, the SmolLM2 and BitNet-2B dims) and random ones
+/// (rows 1..13, columns multiples of the block length up to 4096).
+fn shapes(rng: &mut Rng, ty: Ty) -> Vec<(usize, usize)> {
+    let bl = ty.block_len();
+    let mut v = vec![
+        (0, bl),
+        (1, bl),
+        (3, 0),
+        (5, 2 * bl),
+        (4, 3 * bl),
+        (9, 5 * bl),
+    ];
+    if ty == Ty::T2 {
+        v.extend([(2, 576), (7, 1536), (3, 2560), (2, 6912)]);
+    } else {
+        v.extend([(2, 1536), (3, 2560), (2, 6912)]);
+    }
+    for _ in 0..24 {
+        v.push((1 + rng.below(13), bl * (1 + rng.below(4096 / bl))));
+    }
+    v
+}
+
+fn check_kernel(name: &str, ty: Ty, f: GemvFn, wk: WKind, ak: ActKind, s: Scale, seed: u64) {
+    let mut rng = Rng::new(seed);
+    for (rows, cols) in shapes(&mut rng, ty) {
+        let w = random_rows(&mut rng, ty, rows, cols, wk, s);
+        let x = random_x(&mut rng, cols, ak);
+        let acts = Acts::quantize(&x);
+        let mut want = vec![f32::NAN; rows];
+        let mut got = vec![f32::NAN; rows];
+        // SAFETY: the scalar kernel has no CPU requirement; the caller of `check_kernel` checked
+        // that this CPU has the features `f` needs.
+        unsafe {
+            (ty.spec())(&w, &acts.view(), &mut want);
+            f(&w, &acts.view(), &mut got);
+        }
+        assert_eq!(
+            bits(&got),
+            bits(&want),
+            "{name} differs from the spec: {rows}x{cols}, {wk:?} weights, {ak:?} acts, {s:?} \
+             scales\n got {got:?}\nwant {want:?}"
+        );
+    }
+}
+
+macro_rules! simd_kernel_tests {
+    ($($name:ident: $ty:expr, $f:path, $arch:literal, $available:expr;)*) => {$(
+        #[cfg(target_arch = $arch)]
+        mod $name {
+            use super::*;
+            const NAME: &str = stringify!($name);
+
+            fn available() -> bool {
+                $available
+            }
+            fn check(wk: WKind, ak: ActKind, s: Scale, seed: u64) {
+                if !available() {
+                    eprintln!("{NAME}: this CPU lacks the features, skipped");
+                    return;
+                }
+                check_kernel(NAME, $ty, $f, wk, ak, s, seed);
+            }
+
+            #[test]
+            fn random_bit_exact() {
+                check(WKind::Random, ActKind::Typical, Scale::Typical, 1);
+                check(WKind::RandomBytes, ActKind::Typical, Scale::Typical, 2);
+            }
+            #[test]
+            fn all_zero_weights_and_acts() {
+                check(WKind::AllZero, ActKind::Typical, Scale::Typical, 3);
+                check(WKind::Random, ActKind::Zero, Scale::Typical, 4);
+            }
+            #[test]
+            fn all_plus_and_all_minus() {
+                check(WKind::AllPlus, ActKind::AtMax, Scale::Typical, 5);
+                check(WKind::AllMinus, ActKind::AtMax, Scale::Typical, 6);
+                check(WKind::AllMinus, ActKind::AllMax, Scale::Max, 7);
+                check(WKind::AllPlus, ActKind::AllMax, Scale::Max, 8);
+            }
+            #[test]
+            fn acts_at_127() {
+                check(WKind::Random, ActKind::AtMax, Scale::Typical, 9);
+                check(WKind::RandomBytes, ActKind::AtMax, Scale::Max, 10);
+            }
+            #[test]
+            fn one_outlier_group() {
+                check(WKind::Random, ActKind::OutlierGroup, Scale::Typical, 11);
+            }
+            #[test]
+            fn scales() {
+                check(WKind::Random, ActKind::Typical, Scale::Zero, 12);
+                check(WKind::Random, ActKind::Typical, Scale::Negative, 13);
+                check(WKind::Random, ActKind::Typical, Scale::Subnormal, 14);
+            }
+            #[test]
+            #[should_panic(expected = "weight bytes")]
+            fn checks_weight_length() {
+                if !available() {
+                    panic!("weight bytes (skipped: features missing)");
+                }
+                let acts = Acts::quantize(&[0.5; 256]);
+                let bytes = $ty.block_bytes() * (256 / $ty.block_len()) * 2 - 1;
+                // SAFETY: `available()` checked the features.
+                unsafe { $f(&vec![0; bytes], &acts.view(), &mut [0.0; 2]) };
+            }
+        }
+    )*};
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx2() -> bool {
+    std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("fma")
+        && std::is_x86_feature_detected!("f16c")
+}
+
+#[cfg(target_arch = "aarch64")]
+fn has_neon() -> bool {
+    std::arch::is_aarch64_feature_detected!("neon")
+}
+
+/// The dotprod kernels must never run on a CPU without `sdot` (e.g. under `qemu -cpu cortex-a53`).
+#[cfg(target_arch = "aarch64")]
+fn has_dotprod() -> bool {
+    has_neon() && std::arch::is_aarch64_feature_detected!("dotprod")
+}
+
+simd_kernel_tests! {
+    avx2_gemv_t2: Ty::T2, edgellm_kernels::x86::ternary::avx2_gemv_t2, "x86_64", has_avx2();
+    avx2_gemv_t2_lut: Ty::T2, edgellm_kernels::x86::ternary::avx2_gemv_t2_lut, "x86_64", has_avx2();
+    avx2_gemv_tq1_0: Ty::Tq1, edgellm_kernels::x86::ternary::avx2_gemv_tq1_0, "x86_64", has_avx2();
+    avx2_gemv_tq2_0: Ty::Tq2, edgellm_kernels::x86::ternary::avx2_gemv_tq2_0, "x86_64", has_avx2();
+    neon_gemv_t2: Ty::T2, edgellm_kernels::aarch64::ternary::neon_gemv_t2, "aarch64", has_neon();
+    neon_gemv_t2_lut: Ty::T2, edgellm_kernels::aarch64::ternary::neon_gemv_t2_lut, "aarch64",
+        has_neon();
+    neon_gemv_tq1_0: Ty::Tq1, edgellm_kernels::aarch64::ternary::neon_gemv_tq1_0, "aarch64",
+        has_neon();
+    neon_dotprod_gemv_tq1_0: Ty::Tq1, edgellm_kernels::aarch64::ternary::neon_dotprod_gemv_tq1_0,
+        "aarch64", has_dotprod();
+    neon_gemv_tq2_0: Ty::Tq2, edgellm_kernels::aarch64::ternary::neon_gemv_tq2_0, "aarch64",
+        has_neon();
+    neon_dotprod_gemv_t2: Ty::T2, edgellm_kernels::aarch64::ternary::neon_dotprod_gemv_t2,
+        "aarch64", has_dotprod();
+    neon_dotprod_gemv_tq2_0: Ty::Tq2, edgellm_kernels::aarch64::ternary::neon_dotprod_gemv_tq2_0,
+        "aarch64", has_dotprod();
+}
+
+// ---------------------------------------------------------------------------------------------
+// The scalar specification against a plain product
+
+/// Each scalar gemv is within float rounding of `Σ_c W[c] * d[c/16] * q[c]` computed in f64.
+fn check_spec_vs_f64(ty: Ty, seed: u64) {
+    let mut rng = Rng::new(seed);
+    for (rows, cols) in shapes(&mut rng, ty) {
+        let w = random_rows(&mut rng, ty, rows, cols, WKind::RandomBytes, Scale::Typical);
+        let x = random_x(&mut rng, cols, ActKind::Typical);
+        let acts = Acts::quantize(&x);
+        let mut got = vec![f32::NAN; rows];
+        // SAFETY: scalar kernels have no CPU requirement.
+        unsafe { (ty.spec())(&w, &acts.view(), &mut got) };
+        let rb = w.len() / rows.max(1);
+        let mut row = vec![0.0f32; cols];
+        for r in 0..rows {
+            ty.dequantize(&w[r * rb..(r + 1) * rb], &mut row);
+            let (mut want, mut abs) = (0.0f64, 0.0f64);
+            for (c, &wv) in row.iter().enumerate() {
+                let t = wv as f64 * acts.d[c / QS] as f64 * acts.qs[c] as f64;
+                want += t;
+                abs += t.abs();
+            }
+            let tol = 4.0 * (cols as f64 / QS as f64 + 8.0) * f32::EPSILON as f64 * abs + 1e-30;
+            assert!(
+                (got[r] as f64 - want).abs() <= tol,
+                "{ty:?} row {r} of {rows}x{cols}: {} vs f64 {want} (tolerance {tol})",
+                got[r]
+            );
+        }
+    }
+}
+
+#[test]
+fn gemv_t2_spec_matches_plain_product() {
+    check_spec_vs_f64(Ty::T2, 40);
+}
+
+#[test]
+fn gemv_tq1_0_spec_matches_plain_product() {
+    check_spec_vs_f64(Ty::Tq1, 41);
+}
+
+#[test]
+fn gemv_tq2_0_spec_matches_plain_product() {
+    check_spec_vs_f64(Ty::Tq2, 42);
+}
+
+#[test]
+fn gemv_t2_small_example() {
+    // One 64-column row: weights +1 on group 0, -1 on group 1, 0 on group 2, +1 on group 3.
+    let mut c = [1u8; 64];
+    c[..16].fill(2);
+    c[16..32].fill(0);
+    c[48..].fill(2);
+    let mut w = [0u8; 16];
+    pack_block(Ty::T2, &c, 0, &mut w);
+    let x: Vec<f32> = (0..64).map(|i| (i % 16) as f32 - 7.0).collect();
+    let acts = Acts::quantize(&x);
+    let mut out = [f32::NAN];
+    st::gemv_t2(&w, &acts.view(), &mut out);
+    let s: i32 = acts.qs[..16].iter().map(|&q| q as i32).sum();
+    // Groups 0 and 3 add `s * d`, group 1 subtracts it; the scales of all groups are equal.
+    assert_eq!(out[0], (s as f32 * acts.d[0]));
+    assert!(s != 0);
+}
+
+#[test]
+fn gemv_checks_shapes() {
+    let acts = Acts::quantize(&[1.0; 64]);
+    let r = std::panic::catch_unwind(|| {
+        let mut out = [0.0];
+        st::gemv_tq2_0(&[0; 66], &acts.view(), &mut out);
+    });
+    assert!(r.is_err(), "64 columns are not a whole TQ2_0 block");
+    let bad = ActsQ8 {
+        qs: &acts.qs,
+        d: &acts.d[..2],
+        sums: &acts.sums[..2],
+    };
+    let r = std::panic::catch_unwind(|| st::gemv_t2(&[0; 16], &bad, &mut [0.0]));
+    assert!(r.is_err(), "one scale per 32 values must be refused");
+}
+
+// ---------------------------------------------------------------------------------------------
+// T2 quantization
+
+#[test]
+fn quantize_t2_row_rule() {
+    let mut rng = Rng::new(50);
+    for n in [64, 128, 576, 2560] {
+        let x: Vec<f32> = (0..n).map(|_| rng.normal(0.02)).collect();
+        let mut blocks = vec![0u8; n / 4];
+        let s = st::quantize_t2_row(&x, &mut blocks);
+        let mean = x.iter().fold(0.0f32, |a, v| a + v.abs()) / n as f32;
+        assert_eq!(s.to_bits(), mean.to_bits(), "scale is the absmean");
+        let mut w = vec![f32::NAN; n];
+        st::dequantize_t2(&blocks, &mut w);
+        for (i, (&wv, &xv)) in w.iter().zip(&x).enumerate() {
+            assert!(wv == -1.0 || wv == 0.0 || wv == 1.0, "value {wv}");
+            let want = (xv / s).round_ties_even().clamp(-1.0, 1.0);
+            assert_eq!(wv, want, "element {i}: x {xv}, s {s}");
+        }
+        // No code 3 is ever written.
+        for b in &blocks {
+            for k in 0..4 {
+                assert_ne!((b >> (2 * k)) & 3, 3);
+            }
+        }
+    }
+}
+
+#[test]
+fn quantize_t2_row_round_trip() {
+    let mut rng = Rng::new(51);
+    for s in [0.5f32, 0.013, 3.75e-3, 1.0] {
+        // An exactly ternary row times s (with zeros): the ternary values come back exactly.
+        let t: Vec<f32> = (0..640).map(|_| rng.below(3) as f32 - 1.0).collect();
+        let x: Vec<f32> = t.iter().map(|v| v * s).collect();
+        let mut blocks = vec![0u8; 160];
+        st::quantize_t2_row(&x, &mut blocks);
+        let mut w = vec![0.0; 640];
+        st::dequantize_t2(&blocks, &mut w);
+        assert_eq!(w, t, "s = {s}");
+    }
+    // With no zeros and s a power of two the absmean is s, so w * s is the row itself.
+    let t: Vec<f32> = (0..256)
+        .map(|_| if rng.below(2) == 0 { -1.0 } else { 1.0 })
+        .collect();
+    let x: Vec<f32> = t.iter().map(|v| v * 0.125).collect();
+    let mut blocks = vec![0u8; 64];
+    let s = st::quantize_t2_row(&x, &mut blocks);
+    assert_eq!(s, 0.125);
+    let mut w = vec![0.0; 256];
+    st::dequantize_t2(&blocks, &mut w);
+    let back: Vec<f32> = w.iter().map(|v| v * s).collect();
+    assert_eq!(back, x);
+}
+
+#[test]
+fn quantize_t2_row_ties_and_zero() {
+    // [a, -a, t, -t, 0, ...] with a = 63/64, t = 1/64: the absmean is exactly 2/64 = 1/32, so
+    // t / s = 0.5 is a tie and rounds to 0 (even), a / s = 31.5 clamps to 1.
+    let mut x = [0.0f32; 64];
+    x[..4].copy_from_slice(&[63.0 / 64.0, -63.0 / 64.0, 1.0 / 64.0, -1.0 / 64.0]);
+    let mut b = [0u8; 16];
+    let s = st::quantize_t2_row(&x, &mut b);
+    assert_eq!(s, 1.0 / 32.0);
+    let mut w = [f32::NAN; 64];
+    st::dequantize_t2(&b, &mut w);
+    assert_eq!(&w[..4], &[1.0, -1.0, 0.0, 0.0]);
+    assert!(w[4..].iter().all(|&v| v == 0.0));
+    // All zero: scale 0, every weight code 1 (zero).
+    let mut b = [0xFFu8; 32];
+    assert_eq!(st::quantize_t2_row(&[0.0; 128], &mut b), 0.0);
+    assert!(b.iter().all(|&v| v == 0x55), "all zero weights are code 1");
+}
+
+#[test]
+fn quantize_t2_row_checks_lengths() {
+    assert!(std::panic::catch_unwind(|| st::quantize_t2_row(&[0.0; 32], &mut [0; 8])).is_err());
+    assert!(std::panic::catch_unwind(|| st::quantize_t2_row(&[0.0; 64], &mut [0; 15])).is_err());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Layouts and the reference dequantizers
+
+#[test]
+fn t2_type_numbers() {
+    let t = GgmlType::T2;
+    assert_eq!(t.id(), 1000);
+    assert_eq!(GgmlType::from_id(1000), Some(t));
+    assert_eq!(t.name(), "T2");
+    assert_eq!((t.block_len(), t.block_bytes()), (64, 16));
+    assert_eq!(t.bytes_for(576), Some(144));
+    assert_eq!(t.bytes_for(100), None);
+}
+
+#[test]
+fn packing_round_trips_through_the_dequantizers() {
+    let mut rng = Rng::new(60);
+    for ty in [Ty::T2, Ty::Tq1, Ty::Tq2] {
+        assert_eq!(ty.ggml().block_len(), ty.block_len());
+        assert_eq!(ty.ggml().block_bytes(), ty.block_bytes());
+        for _ in 0..20 {
+            let c: Vec<u8> = (0..ty.block_len()).map(|_| rng.below(3) as u8).collect();
+            let d = f16::from_f32(0.5 + rng.unit());
+            let mut blk = vec![0u8; ty.block_bytes()];
+            pack_block(ty, &c, d.to_bits(), &mut blk);
+            let mut y = vec![f32::NAN; ty.block_len()];
+            ty.dequantize(&blk, &mut y);
+            let dv = if ty == Ty::T2 { 1.0 } else { d.to_f32() };
+            for (e, (&y, &c)) in y.iter().zip(&c).enumerate() {
+                assert_eq!(y, dv * (c as f32 - 1.0), "{ty:?} element {e}");
+            }
+        }
+    }
+}
+
+fn fixture(name: &str) -> (Vec<u8>, Vec<f32>) {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/");
+    let blocks = std::fs::read(format!("{dir}ternary_{name}.blocks")).expect("fixture blocks");
+    let f = std::fs::read(format!("{dir}ternary_{name}.f32")).expect("fixture values");
+    let vals = f
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    (blocks, vals)
+}
+
+#[test]
+fn dequantize_tq1_0_matches_gguf() {
+    let (blocks, want) = fixture("tq1_0");
+    assert!(want.len() >= 8 * 256);
+    let mut got = vec![f32::NAN; want.len()];
+    st::dequantize_tq1_0(&blocks, &mut got);
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(g.to_bits(), w.to_bits(), "TQ1_0 value {i}: {g} vs gguf {w}");
+    }
+}
+
+#[test]
+fn dequantize_tq2_0_matches_gguf() {
+    let (blocks, want) = fixture("tq2_0");
+    assert!(want.len() >= 8 * 256);
+    let mut got = vec![f32::NAN; want.len()];
+    st::dequantize_tq2_0(&blocks, &mut got);
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(g.to_bits(), w.to_bits(), "TQ2_0 value {i}: {g} vs gguf {w}");
+    }
+}
