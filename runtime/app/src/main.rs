@@ -8,6 +8,7 @@ mod run;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
+use edgellm::convert;
 use std::path::PathBuf;
 
 /// The board this binary was built for.
@@ -44,6 +45,8 @@ enum Command {
     },
     /// Measure prefill and decode speed and per-token latency.
     Bench(bench::BenchArgs),
+    /// Convert a GGUF file or Hugging Face directory into a model image (ternary, q4 or q8).
+    Convert(convert::ConvertArgs),
 }
 
 /// Options shared by every command that loads a model.
@@ -75,6 +78,7 @@ fn main() {
         Command::Tokenize(a) => run::tokenize(a),
         Command::Inspect { path, full } => load::inspect(&path, full),
         Command::Bench(a) => bench::bench(a),
+        Command::Convert(a) => convert::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

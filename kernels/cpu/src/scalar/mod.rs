@@ -14,6 +14,7 @@
 pub mod float;
 pub mod kquants;
 pub mod legacy;
+pub mod quantize;
 
 pub use float::*;
 pub use legacy::*;
