@@ -56,11 +56,13 @@ fn q4_0_matches_gguf_py_bit_for_bit() {
 }
 
 /// Largest error allowed per element of a block whose largest magnitude is `amax`: half a step of
-/// the quantizer, plus what rounding the scale to f16 adds over the block's range.
+/// the quantizer, plus what rounding the scale to f16 adds over the block's range (relative
+/// 2^-11 for a normal f16, absolute 2^-25 per code step for a subnormal one).
 fn bound(amax: f32, steps: f32) -> f32 {
     let d = amax / steps;
     let f16_rel = 1.0 / 2048.0;
-    0.5 * d * (1.0 + 1e-5) + amax * f16_rel * 1.01 + 1e-30
+    let f16_abs = 1.0 / (1u64 << 25) as f32;
+    0.5 * d * (1.0 + 1e-5) + amax * f16_rel * 1.01 + steps * f16_abs
 }
 
 #[test]
@@ -124,8 +126,8 @@ fn zeros_and_exact_values() {
     assert!(q.iter().all(|&b| b == 0));
     let mut q4 = [0u8; 36];
     quantize_row_q4_0(&x, &mut q4);
-    // d = 0 and every code 8 (zero).
-    assert_eq!(&q4[..2], &[0, 0]);
+    // d = -0.0 (0 / -8, as ggml writes it) and every code 8 (zero).
+    assert_eq!(&q4[..2], &[0, 0x80]);
     assert!(q4[2..18].iter().all(|&b| b == 0x88));
     // Integers up to 127 survive Q8_0 exactly when the block's maximum is 127.
     let x: Vec<f32> = (1..=32).map(|i| (i * 4) as f32 - 1.0).collect();
