@@ -125,7 +125,11 @@ impl HfDir {
         let heads = req(c.num_attention_heads, "num_attention_heads")?;
         let kv_heads = c.num_key_value_heads.unwrap_or(heads);
         let head_dim = c.head_dim.unwrap_or(hidden / heads);
-        if kv_heads == 0 || heads % kv_heads != 0 || head_dim == 0 || head_dim % 2 != 0 {
+        if kv_heads == 0
+            || !heads.is_multiple_of(kv_heads)
+            || head_dim == 0
+            || !head_dim.is_multiple_of(2)
+        {
             bail!(
                 "config.json: {heads} attention heads, {kv_heads} key/value heads and head \
                  dimension {head_dim} are inconsistent"

@@ -35,6 +35,9 @@ struct Pair {
     b: Vec<f32>,
 }
 
+/// The A and B factors of one module, as they are found.
+type Halves = (Option<Vec<f32>>, Option<Vec<f32>>);
+
 /// A parsed adapter, checked against the model it is merged into.
 pub struct Adapter {
     rank: usize,
@@ -89,7 +92,7 @@ impl AdapterDir {
         let st = SafeTensors::deserialize(&self.map).map_err(|e| {
             anyhow::anyhow!("{}: not a valid safetensors file: {e}", self.path.display())
         })?;
-        let mut halves: BTreeMap<String, (Option<Vec<f32>>, Option<Vec<f32>>)> = BTreeMap::new();
+        let mut halves: BTreeMap<String, Halves> = BTreeMap::new();
         for (name, view) in st.tensors() {
             let (module, which) = if let Some(m) = name.strip_suffix(".lora_A.weight") {
                 (m, 0)

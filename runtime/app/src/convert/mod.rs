@@ -128,7 +128,7 @@ impl OutType {
         }
     }
     fn fits(self, row_len: u64) -> bool {
-        row_len % self.block().0 as u64 == 0
+        row_len.is_multiple_of(self.block().0 as u64)
     }
     fn bytes(self, n: u64) -> u64 {
         let (len, bytes) = self.block();

@@ -188,7 +188,7 @@ pub fn from_gguf<'a>(g: &Gguf<'a>) -> Result<Source<'a>> {
             } else {
                 kv_heads
             };
-            if h == 0 || t.dims[1] % (2 * h as u64) != 0 {
+            if h == 0 || !t.dims[1].is_multiple_of(2 * h as u64) {
                 bail!(
                     "tensor {}: {} rows do not split into {h} heads of even size",
                     t.name,
