@@ -920,3 +920,105 @@ fn malformed_inputs_give_clear_errors() {
     std::fs::write(&junk, b"GGUF\x03\0\0\0").unwrap();
     assert_contains(&convert_err(&junk, &out, None), &["not a valid GGUF file"]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Ternary images.
+
+/// Rewrites every T2 tensor's table entry (type 1000, `[cols, rows]`) as I8 `[cols / 4, rows]`:
+/// the same bytes, in a type today's parser knows, so the image can be read back here.
+fn t2_as_i8(bytes: &mut [u8], names: &[String]) {
+    for name in names {
+        let mut pat = (name.len() as u64).to_le_bytes().to_vec();
+        pat.extend_from_slice(name.as_bytes());
+        let at = bytes
+            .windows(pat.len())
+            .position(|w| w == pat.as_slice())
+            .unwrap_or_else(|| panic!("{name} not in the tensor table"))
+            + pat.len();
+        let n_dims = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        assert_eq!(n_dims, 2, "{name}");
+        let cols = u64::from_le_bytes(bytes[at + 4..at + 12].try_into().unwrap());
+        bytes[at + 4..at + 12].copy_from_slice(&(cols / 4).to_le_bytes());
+        let ty = at + 4 + 8 * n_dims;
+        assert_eq!(
+            u32::from_le_bytes(bytes[ty..ty + 4].try_into().unwrap()),
+            1000,
+            "{name}"
+        );
+        bytes[ty..ty + 4].copy_from_slice(&24u32.to_le_bytes());
+    }
+}
+
+#[test]
+fn ternary_image_holds_codes_and_row_scales() {
+    let dir = scratch("ternary");
+    let w = tiny_weights(false, true, 6);
+    let hf = dir.join("hf");
+    write_hf(&hf, &w, false, true, |_| {});
+    let out = dir.join("t2.gguf");
+    let s = convert(&args(&hf, &out, Format::Ternary, HeadFormat::F16)).unwrap();
+    assert_eq!(s.n_tensors, 1 + LAYERS * (9 + 7) + 1);
+    let mut bytes = std::fs::read(&out).unwrap();
+    let linear = [
+        ("attn_q", "self_attn.q_proj", HEADS),
+        ("attn_k", "self_attn.k_proj", KV_HEADS),
+        ("attn_v", "self_attn.v_proj", 0),
+        ("attn_output", "self_attn.o_proj", 0),
+        ("ffn_gate", "mlp.gate_proj", 0),
+        ("ffn_up", "mlp.up_proj", 0),
+        ("ffn_down", "mlp.down_proj", 0),
+    ];
+    let names: Vec<String> = (0..LAYERS)
+        .flat_map(|l| {
+            linear
+                .iter()
+                .map(move |(g, _, _)| format!("blk.{l}.{g}.weight"))
+        })
+        .collect();
+    t2_as_i8(&mut bytes, &names);
+    let g = Gguf::parse(&bytes).unwrap();
+    // The checksums cover the tensor bytes, which the table rewrite did not touch.
+    verify_image(&g).unwrap();
+    assert_eq!(g.get_str("edgellm.image.format"), Some("ternary"));
+    assert_eq!(g.tensor("token_embd.weight").unwrap().ty, GgmlType::F16);
+    for l in 0..LAYERS {
+        for (gname, hname, heads) in linear {
+            let hw = &w[&format!("model.layers.{l}.{hname}.weight")];
+            let (rows, cols) = (hw.0[0], hw.0[1]);
+            let want = if heads > 0 {
+                let mut v = Vec::new();
+                let hd = rows / heads;
+                for h in 0..heads {
+                    for i in 0..hd / 2 {
+                        for j in [i, i + hd / 2] {
+                            let r = h * hd + j;
+                            v.extend_from_slice(&hw.1[r * cols..(r + 1) * cols]);
+                        }
+                    }
+                }
+                v
+            } else {
+                hw.1.clone()
+            };
+            let name = format!("blk.{l}.{gname}.weight");
+            let t = g.tensor(&name).unwrap();
+            assert_eq!(t.data.len(), rows * cols / 4, "{name}");
+            let scales = values(&g, &format!("{name}.scale"));
+            assert_eq!(scales.len(), rows);
+            for r in 0..rows {
+                let row = &want[r * cols..(r + 1) * cols];
+                let mean = row.iter().map(|v| v.abs() as f64).sum::<f64>() / cols as f64;
+                assert!(
+                    (scales[r] as f64 - mean).abs() <= mean * 1e-6,
+                    "{name} row {r}"
+                );
+                for (c, &x) in row.iter().enumerate() {
+                    let i = r * cols + c;
+                    let code = (t.data[i / 4] >> (2 * (i % 4))) & 3;
+                    let q = (x / scales[r]).round().clamp(-1.0, 1.0) as i32;
+                    assert_eq!(code as i32, q + 1, "{name}[{r}][{c}] = {x}");
+                }
+            }
+        }
+    }
+}

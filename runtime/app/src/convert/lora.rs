@@ -128,7 +128,7 @@ impl AdapterDir {
             } else {
                 [rows, rank]
             };
-            if shape.len() != 2 || shape[which] != want[which] {
+            if shape.len() != 2 || shape[1 - which] != want[1 - which] {
                 bail!(
                     "adapter tensor {name} has shape {shape:?}, expected {want:?} for {} \
                      ({rows} × {cols}) at rank {rank}: the module's size does not match the model",
