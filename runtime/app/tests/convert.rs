@@ -155,6 +155,7 @@ fn smollm2_q8_image_verifies_and_generates_the_reference() {
             &p.greedy40_ids[..8]
         );
     }
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -186,6 +187,7 @@ fn smollm2_q4_and_ternary_images() {
     );
     let err = Gguf::parse(&std::fs::read(&out).unwrap()).unwrap_err();
     assert!(format!("{err}").contains("1000"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------

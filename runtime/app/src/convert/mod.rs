@@ -43,7 +43,7 @@ pub enum Format {
     Q4,
     /// Q8_0: 8.5 bits per weight.
     Q8,
-    /// F16: lossless for f16/bf16 sources up to rounding; a reference image.
+    /// F16: 16 bits per weight; a reference image to measure the others against.
     F16,
 }
 
@@ -61,8 +61,11 @@ impl Format {
 /// Format of the token embedding and output layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum HeadFormat {
+    /// F16: 16 bits per weight.
     F16,
+    /// Q8_0: 8.5 bits per weight.
     Q8,
+    /// Q4_0: 4.5 bits per weight.
     Q4,
 }
 
