@@ -224,6 +224,10 @@ impl Rng {
 type Weights = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
 
 fn tiny_weights(qwen: bool, tied: bool, seed: u64) -> Weights {
+    tiny_weights_vocab(qwen, tied, seed, VOCAB)
+}
+
+fn tiny_weights_vocab(qwen: bool, tied: bool, seed: u64, vocab: usize) -> Weights {
     let mut r = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let mut w = Weights::new();
     let mut put = |name: String, shape: Vec<usize>, scale: f32, offset: f32| {
@@ -233,7 +237,7 @@ fn tiny_weights(qwen: bool, tied: bool, seed: u64) -> Weights {
     };
     put(
         "model.embed_tokens.weight".into(),
-        vec![VOCAB, HIDDEN],
+        vec![vocab, HIDDEN],
         1.0,
         0.0,
     );
@@ -286,7 +290,7 @@ fn tiny_weights(qwen: bool, tied: bool, seed: u64) -> Weights {
     }
     put("model.norm.weight".into(), vec![HIDDEN], 0.2, 1.0);
     if !tied {
-        put("lm_head.weight".into(), vec![VOCAB, HIDDEN], 0.3, 0.0);
+        put("lm_head.weight".into(), vec![vocab, HIDDEN], 0.3, 0.0);
     }
     w
 }
@@ -1023,4 +1027,108 @@ fn ternary_image_holds_codes_and_row_scales() {
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A real vocabulary through the Hugging Face path.
+
+#[test]
+fn smollm2_vocabulary_survives_a_hugging_face_round_trip() {
+    let Some(model) = smollm2_path() else { return };
+    let src_bytes = std::fs::read(&model).unwrap();
+    let src = Gguf::parse(&src_bytes).unwrap();
+    let strings = |g: &Gguf<'_>, k: &str| -> Vec<String> {
+        g.get_array(k)
+            .unwrap()
+            .strings()
+            .unwrap()
+            .map(str::to_string)
+            .collect()
+    };
+    let tokens = strings(&src, "tokenizer.ggml.tokens");
+    let merges = strings(&src, "tokenizer.ggml.merges");
+    let types: Vec<i32> = src
+        .get_array("tokenizer.ggml.token_type")
+        .unwrap()
+        .i32s()
+        .unwrap()
+        .collect();
+    let template = src.get_str("tokenizer.chat_template").unwrap();
+
+    // tokenizer.json as Hugging Face writes SmolLM2's: control tokens are special added tokens.
+    let mut vocab = serde_json::Map::new();
+    let mut added = Vec::new();
+    for (i, t) in tokens.iter().enumerate() {
+        vocab.insert(t.clone(), i.into());
+        if types[i] == 3 {
+            added.push(serde_json::json!({"id": i, "content": t, "special": true}));
+        }
+    }
+    let tj = serde_json::json!({
+        "version": "1.0",
+        "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Digits", "individual_digits": true},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}
+        ]},
+        "post_processor": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false},
+        "model": {"type": "BPE", "vocab": vocab, "merges": merges}
+    });
+    let tc = serde_json::json!({
+        "add_prefix_space": false,
+        "bos_token": "<|im_start|>",
+        "eos_token": "<|im_end|>",
+        "unk_token": "<|endoftext|>",
+        "pad_token": "<|im_end|>",
+        "chat_template": template
+    });
+    let dir = scratch("smollm2-vocab");
+    let hf = dir.join("hf");
+    let n = tokens.len();
+    let w = tiny_weights_vocab(false, true, 7, n);
+    write_hf(&hf, &w, false, true, |c| c["vocab_size"] = n.into());
+    std::fs::write(hf.join("tokenizer.json"), tj.to_string()).unwrap();
+    std::fs::write(hf.join("tokenizer_config.json"), tc.to_string()).unwrap();
+
+    let out = dir.join("q8.gguf");
+    convert(&args(&hf, &out, Format::Q8, HeadFormat::Q8)).unwrap();
+    let bytes = std::fs::read(&out).unwrap();
+    let g = Gguf::parse(&bytes).unwrap();
+    verify_image(&g).unwrap();
+    for k in [
+        "tokenizer.ggml.model",
+        "tokenizer.ggml.pre",
+        "tokenizer.ggml.tokens",
+        "tokenizer.ggml.token_type",
+        "tokenizer.ggml.merges",
+        "tokenizer.ggml.bos_token_id",
+        "tokenizer.ggml.eos_token_id",
+        "tokenizer.ggml.unknown_token_id",
+        "tokenizer.ggml.padding_token_id",
+        "tokenizer.ggml.add_bos_token",
+        "tokenizer.chat_template",
+    ] {
+        let (a, b) = (g.get(k), src.get(k));
+        let same = match (a, b) {
+            (Some(x), Some(y)) if x.as_u64().is_some() => x.as_u64() == y.as_u64(),
+            (Some(x), Some(y)) => x == y,
+            _ => false,
+        };
+        assert!(same, "{k}: image {a:?}, original {b:?}");
+    }
+    let (t1, t2) = (
+        Tokenizer::from_gguf(&g).unwrap(),
+        Tokenizer::from_gguf(&src).unwrap(),
+    );
+    for (name, p, _) in smollm2_reference() {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        t1.encode(&p.text, true, &mut a);
+        t2.encode(&p.text, true, &mut b);
+        assert_eq!(a, p.prompt_ids, "prompt {name}");
+        assert_eq!(a, b);
+    }
+    let kernels = Kernels::detect();
+    Model::from_gguf(&g, &kernels).expect("image loads");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
