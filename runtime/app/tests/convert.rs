@@ -992,17 +992,7 @@ fn ternary_image_holds_codes_and_row_scales() {
             let hw = &w[&format!("model.layers.{l}.{hname}.weight")];
             let (rows, cols) = (hw.0[0], hw.0[1]);
             let want = if heads > 0 {
-                let mut v = Vec::new();
-                let hd = rows / heads;
-                for h in 0..heads {
-                    for i in 0..hd / 2 {
-                        for j in [i, i + hd / 2] {
-                            let r = h * hd + j;
-                            v.extend_from_slice(&hw.1[r * cols..(r + 1) * cols]);
-                        }
-                    }
-                }
-                v
+                to_gguf_rows(&hw.1, heads)
             } else {
                 hw.1.clone()
             };
