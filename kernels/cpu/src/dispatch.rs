@@ -275,7 +275,7 @@ const fn fw(tier: Tier, f: GemvF32wFn) -> Option<Entry> {
 }
 
 /// The weight types the table has a slot for, in the order `describe` lists them.
-const SLOT_TYPES: [GgmlType; 11] = [
+const SLOT_TYPES: [GgmlType; 14] = [
     GgmlType::Q4_0,
     GgmlType::Q4_1,
     GgmlType::Q5_0,
@@ -287,6 +287,9 @@ const SLOT_TYPES: [GgmlType; 11] = [
     GgmlType::Q4_K,
     GgmlType::Q5_K,
     GgmlType::Q6_K,
+    GgmlType::T2,
+    GgmlType::TQ1_0,
+    GgmlType::TQ2_0,
 ];
 
 /// One function pointer per operation and weight type.
@@ -306,6 +309,9 @@ struct Table {
     q4_k: Option<Entry>,
     q5_k: Option<Entry>,
     q6_k: Option<Entry>,
+    t2: Option<Entry>,
+    tq1_0: Option<Entry>,
+    tq2_0: Option<Entry>,
 }
 
 impl Table {
@@ -322,6 +328,9 @@ impl Table {
             GgmlType::Q4_K => self.q4_k,
             GgmlType::Q5_K => self.q5_k,
             GgmlType::Q6_K => self.q6_k,
+            GgmlType::T2 => self.t2,
+            GgmlType::TQ1_0 => self.tq1_0,
+            GgmlType::TQ2_0 => self.tq2_0,
             _ => None,
         }
     }
@@ -343,6 +352,9 @@ const SCALAR: Table = Table {
     q4_k: q8(Tier::Scalar, scalar::kquants::gemv_q4_k),
     q5_k: q8(Tier::Scalar, scalar::kquants::gemv_q5_k),
     q6_k: q8(Tier::Scalar, scalar::kquants::gemv_q6_k),
+    t2: q8(Tier::Scalar, scalar::ternary::gemv_t2),
+    tq1_0: q8(Tier::Scalar, scalar::ternary::gemv_tq1_0),
+    tq2_0: q8(Tier::Scalar, scalar::ternary::gemv_tq2_0),
 };
 
 /// The AVX2 table: AVX2 kernels where they exist, the scalar ones elsewhere.
@@ -364,6 +376,10 @@ fn avx2_table() -> Table {
     t.q4_k = q8(Tier::Avx2, x86::kquants::avx2_gemv_q4_k);
     t.q5_k = q8(Tier::Avx2, x86::kquants::avx2_gemv_q5_k);
     t.q6_k = q8(Tier::Avx2, x86::kquants::avx2_gemv_q6_k);
+    // Ternary: the sign/maddubs kernel; its table-lookup variant measured about half as fast here.
+    t.t2 = q8(Tier::Avx2, x86::ternary::avx2_gemv_t2);
+    t.tq1_0 = q8(Tier::Avx2, x86::ternary::avx2_gemv_tq1_0);
+    t.tq2_0 = q8(Tier::Avx2, x86::ternary::avx2_gemv_tq2_0);
     t
 }
 
@@ -385,6 +401,20 @@ fn neon_table() -> Table {
     t.q5_1 = q8(Tier::Neon, arm::neon_gemv_q5_1);
     t.q8_0 = q8(Tier::Neon, arm::neon_gemv_q8_0);
     // K-quants: scalar (or `None`) until NEON K-quant kernels land.
+    t.t2 = q8(Tier::Neon, arm::ternary::neon_gemv_t2);
+    t.tq1_0 = q8(Tier::Neon, arm::ternary::neon_gemv_tq1_0);
+    t.tq2_0 = q8(Tier::Neon, arm::ternary::neon_gemv_tq2_0);
+    t
+}
+
+/// The NEON + dot-product table: the NEON table with `sdot` kernels where they exist.
+#[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+fn dotprod_table() -> Table {
+    use crate::aarch64 as arm;
+    let mut t = neon_table();
+    t.t2 = q8(Tier::NeonDotprod, arm::ternary::neon_dotprod_gemv_t2);
+    t.tq1_0 = q8(Tier::NeonDotprod, arm::ternary::neon_dotprod_gemv_tq1_0);
+    t.tq2_0 = q8(Tier::NeonDotprod, arm::ternary::neon_dotprod_gemv_tq2_0);
     t
 }
 
@@ -429,7 +459,9 @@ impl Kernels {
             #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
             Tier::Avx2 => avx2_table(),
             #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
-            Tier::Neon | Tier::NeonDotprod => neon_table(),
+            Tier::Neon => neon_table(),
+            #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+            Tier::NeonDotprod => dotprod_table(),
             #[allow(unreachable_patterns)]
             _ => unreachable!("missing_for refuses tiers of other architectures"),
         };
@@ -546,6 +578,9 @@ fn lower(ty: GgmlType) -> &'static str {
         GgmlType::Q4_K => "q4_k",
         GgmlType::Q5_K => "q5_k",
         GgmlType::Q6_K => "q6_k",
+        GgmlType::T2 => "t2",
+        GgmlType::TQ1_0 => "tq1_0",
+        GgmlType::TQ2_0 => "tq2_0",
         _ => "?",
     }
 }

@@ -128,6 +128,7 @@ pub fn inspect(path: &Path, full: bool) -> Result<()> {
         "format: GGUF v{}, alignment {}, data at byte {}",
         g.version, g.alignment, g.data_offset
     );
+    println!("image: {}", edgellm::convert::image_status(&g));
     println!("\nmetadata ({} keys):", g.metadata().len());
     for (k, v) in g.metadata() {
         println!("  {k} = {}", value_str(v, full));

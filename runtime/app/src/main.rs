@@ -10,6 +10,7 @@ mod run;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
+use edgellm::convert;
 use std::path::PathBuf;
 
 /// Every heap operation is counted, so `bench` can show that decoding makes none.
@@ -51,6 +52,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// How well the model predicts a text: the quality price of a weight format.
     Perplexity(perplexity::PerplexityArgs),
+    /// Convert a GGUF file or Hugging Face directory into a model image (ternary, q4 or q8).
+    Convert(convert::ConvertArgs),
 }
 
 /// Options shared by every command that loads a model.
@@ -97,6 +100,7 @@ fn main() {
         Command::Inspect { path, full } => load::inspect(&path, full),
         Command::Bench(a) => bench::bench(a),
         Command::Perplexity(a) => perplexity::perplexity(a),
+        Command::Convert(a) => convert::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -82,6 +82,9 @@ pub struct Matrix<'a> {
     pub cols: usize,
     /// `rows * row_bytes` bytes of packed blocks.
     pub data: &'a [u8],
+    /// One little-endian f32 scale per row (`rows * 4` bytes) for types whose blocks carry no
+    /// scale (T2, from the companion tensor `<name>.scale`); `None` otherwise.
+    pub row_scale: Option<&'a [u8]>,
 }
 
 impl<'a> Matrix<'a> {
@@ -93,6 +96,17 @@ impl<'a> Matrix<'a> {
     pub fn rows_data(&self, r: core::ops::Range<usize>) -> &'a [u8] {
         let rb = self.row_bytes();
         &self.data[r.start * rb..r.end * rb]
+    }
+
+    /// Multiplies `out` (the products of rows `first..first + out.len()`) by their row scales,
+    /// if this matrix has them.
+    pub fn apply_row_scale(&self, first: usize, out: &mut [f32]) {
+        if let Some(s) = self.row_scale {
+            let s = &s[first * 4..(first + out.len()) * 4];
+            for (o, b) in out.iter_mut().zip(s.chunks_exact(4)) {
+                *o *= f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
     }
 }
 
@@ -171,7 +185,7 @@ impl core::fmt::Display for ModelError {
             ModelError::UnsupportedType { name, ty } => write!(
                 f,
                 "tensor {name} has type {ty}, which this runtime cannot compute with \
-                 (supported: F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K Q5_K Q6_K)"
+                 (supported: F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K Q5_K Q6_K T2 TQ1_0 TQ2_0)"
             ),
         }
     }
@@ -373,12 +387,30 @@ fn matrix<'a>(
             ty: t.ty,
         });
     }
+    // T2 blocks hold bare ternary codes: the per-row scales live in `<name>.scale`.
+    let row_scale = if t.ty == GgmlType::T2 {
+        let sname = format!("{name}.scale");
+        let st = g
+            .tensor(&sname)
+            .ok_or_else(|| ModelError::MissingTensor(sname.clone()))?;
+        if st.ty != GgmlType::F32 || st.n_dims != 1 || st.dims[0] != n_rows as u64 {
+            return Err(ModelError::BadShape {
+                name: sname,
+                expected: format!("F32 [{n_rows}]"),
+                found: format!("{} {}", st.ty, shape_str(st)),
+            });
+        }
+        Some(st.data)
+    } else {
+        None
+    };
     Ok(Matrix {
         name: t.name,
         ty: t.ty,
         rows: n_rows,
         cols,
         data: t.data,
+        row_scale,
     })
 }
 

@@ -449,6 +449,11 @@ impl<'m, 'a> Session<'m, 'a> {
         for (xt, &token) in x.chunks_exact_mut(dim).zip(tokens) {
             scalar::dequantize_row(e.ty, e.rows_data(token as usize..token as usize + 1), xt)
                 .expect("Model::from_gguf admits only embedding types the kernels dequantize");
+            if let Some(s) = e.row_scale {
+                let b = &s[token as usize * 4..token as usize * 4 + 4];
+                let scale = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                xt.iter_mut().for_each(|v| *v *= scale);
+            }
         }
 
         // RoPE angles of each position: cos/sin[nb, head_dim/2], theta_i = p * base^(-2i/head_dim).
@@ -597,6 +602,7 @@ impl MatMul<'_, '_> {
                 for (w, out) in jobs.iter_mut() {
                     for (xt, ot) in x.chunks_exact(n).zip(out.chunks_exact_mut(w.rows)) {
                         self.k.gemv_exact(w.ty, w.data, xt, ot, &mut self.row[..n]);
+                        w.apply_row_scale(0, ot);
                     }
                 }
             }
@@ -675,6 +681,7 @@ impl MatMul<'_, '_> {
                                         }
                                     }
                                 }
+                                w.apply_row_scale(r.start, out);
                             }
                             r0 = r.end;
                         }

@@ -62,11 +62,8 @@
 //! values, or when `w` does not hold exactly `out.len()` rows.
 
 use crate::acts::ActsQ8;
+pub(crate) use crate::acts::QS;
 use crate::scalar::f16_at;
-
-/// Values per activation scale group (the [`ActsQ8`] contract: one `d` and one `sum` each);
-/// to be replaced by `acts::QS` once that module exports it.
-pub(crate) const QS: usize = 16;
 /// Weights per T2 block.
 pub const T2_BLOCK: usize = 64;
 /// Bytes per T2 block.
