@@ -962,13 +962,6 @@ fn ternary_image_holds_codes_and_row_scales() {
         ("ffn_up", "mlp.up_proj", 0),
         ("ffn_down", "mlp.down_proj", 0),
     ];
-    let names: Vec<String> = (0..LAYERS)
-        .flat_map(|l| {
-            linear
-                .iter()
-                .map(move |(g, _, _)| format!("blk.{l}.{g}.weight"))
-        })
-        .collect();
     let g = Gguf::parse(&bytes).unwrap();
     verify_image(&g).unwrap();
     assert_eq!(g.get_str("edgellm.image.format"), Some("ternary"));
