@@ -169,6 +169,30 @@ pub fn rtprio_limit() -> Result<Option<u64>, HalError> {
     })
 }
 
+/// The kernel's real-time throttling: `Some((runtime_us, period_us))` when real-time threads may
+/// use at most `runtime_us` of every `period_us` on a CPU (`/proc/sys/kernel/sched_rt_*`), `None`
+/// when throttling is off (`sched_rt_runtime_us = -1`) or unknown.
+///
+/// With the default 950000 of 1000000, a SCHED_FIFO thread that computes without a pause is
+/// stopped for 50 ms every second whenever normal tasks wait for its CPU: a 50 ms token. Isolated
+/// inference cores (`isolcpus=`) have no such tasks; `sysctl kernel.sched_rt_runtime_us=-1` turns
+/// throttling off on a board whose inference cores are isolated.
+pub fn rt_throttle() -> Option<(u64, u64)> {
+    let read = |name: &str| -> Option<i64> {
+        fs::read_to_string(format!("/proc/sys/kernel/{name}"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let runtime = read("sched_rt_runtime_us")?;
+    let period = read("sched_rt_period_us")?;
+    if runtime < 0 || period <= 0 || runtime >= period {
+        return None;
+    }
+    Some((runtime as u64, period as u64))
+}
+
 /// The kernel's id of the calling thread (`gettid`).
 pub fn current_tid() -> i32 {
     // SAFETY: gettid has no preconditions and cannot fail.

@@ -187,6 +187,16 @@ pub fn apply(plan: &Plan) -> Result<Exec> {
         eprintln!("warning: {e}; going on under the normal scheduler");
     }
     let realtime = pool.realtime_in_effect();
+    if let (true, Some((runtime, period))) = (realtime, edgellm_hal::realtime::rt_throttle()) {
+        eprintln!(
+            "note: the kernel throttles real-time threads to {} of every {} ms per CPU: a token \
+             that meets a throttled period waits up to {} ms while normal tasks run; isolate the \
+             inference cores (isolcpus=) or set kernel.sched_rt_runtime_us=-1 on the board",
+            runtime / 1000,
+            period / 1000,
+            (period - runtime) / 1000
+        );
+    }
     Ok(Exec {
         threads: plan.threads,
         cores: plan.cores.clone(),
