@@ -162,6 +162,8 @@ pub fn rtprio_limit() -> Result<Option<u64>, HalError> {
             errno: errno(),
         });
     }
+    // `rlim_t` is not u64 on every target.
+    #[allow(clippy::unnecessary_cast)]
     Ok(if lim.rlim_cur == libc::RLIM_INFINITY {
         None
     } else {
