@@ -13,10 +13,12 @@
 //!    (and eventually sleeps) until `done` reaches `threads - 1`. Only then does `run` return, so the
 //!    job outlives every use of it. Workers that finish early help the same way.
 //!
-//! Work sharing matters on a busy machine: without it a step waits a whole scheduler time slice
-//! (milliseconds) for a worker whose core another process took; with it, the caller does that
-//! worker's share (tens of microseconds). Once a worker has started its share, the step waits for
-//! it: only real-time scheduling on an isolated core removes that wait.
+//! Work sharing bounds what a worker that has not started costs (asleep and slow to wake, or
+//! descheduled before it saw the job) to one share of work instead of its wake-up or scheduling
+//! delay. It cannot help once a worker has started its share: under the normal scheduler, a worker
+//! whose core another busy process shares is preempted mid-share about once per time slice, and the
+//! run waits a whole slice of the other process (about 4 ms measured with `examples/pool_jitter`).
+//! Only SCHED_FIFO ([`PoolOptions::realtime`]) on cores kept for inference removes that wait.
 //!
 //! Invariant: [`ThreadPool::run`] allocates nothing and makes no system call while the workers are
 //! spinning; a `futex` wake is made only for workers that went to sleep.
