@@ -10,6 +10,8 @@
 //!   allocator the zero-heap tests and the bench install.
 //! - [`cpu`]: [`cpu::CpuInfo::detect`]: online CPUs, core model, kernel-relevant features.
 //! - [`memory`]: `mlockall`, prefaulting, available memory.
+//! - [`realtime`]: SCHED_FIFO for the calling thread, and reading back a thread's policy, priority,
+//!   affinity and last CPU.
 //! - [`telemetry`]: [`telemetry::LinuxTelemetry`], the sysfs implementation of [`Telemetry`].
 #![cfg_attr(not(feature = "std"), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -24,6 +26,8 @@ pub mod cpu;
 pub mod memory;
 #[cfg(all(feature = "std", target_os = "linux"))]
 pub mod pool;
+#[cfg(all(feature = "std", target_os = "linux"))]
+pub mod realtime;
 #[cfg(all(feature = "std", target_os = "linux"))]
 pub mod telemetry;
 
@@ -63,6 +67,22 @@ pub enum HalError {
     MemoryLock {
         /// The OS error number.
         errno: i32,
+    },
+    /// The kernel refused SCHED_FIFO: no CAP_SYS_NICE and `RLIMIT_RTPRIO` below the priority.
+    Realtime {
+        /// The priority asked for.
+        priority: u8,
+        /// The OS error number.
+        errno: i32,
+    },
+    /// A SCHED_FIFO priority outside the kernel's range.
+    PriorityRange {
+        /// The priority asked for.
+        priority: u8,
+        /// Lowest allowed.
+        min: i32,
+        /// Highest allowed.
+        max: i32,
     },
     /// A system call or a read of a `/proc` or `/sys` file failed.
     Os {
@@ -112,6 +132,17 @@ impl fmt::Display for HalError {
                 "mlockall(MCL_CURRENT|MCL_FUTURE) failed (errno {errno}): the locked-memory limit \
                  is too low; set LimitMEMLOCK=infinity in the systemd unit, run `ulimit -l \
                  unlimited` in the shell, or grant CAP_IPC_LOCK"
+            ),
+            HalError::Realtime { priority, errno } => write!(
+                f,
+                "SCHED_FIFO priority {priority} was refused (errno {errno}): grant CAP_SYS_NICE \
+                 (AmbientCapabilities=CAP_SYS_NICE), or set LimitRTPRIO={priority} in the systemd \
+                 unit, or run `ulimit -r {priority}` in the shell"
+            ),
+            HalError::PriorityRange { priority, min, max } => write!(
+                f,
+                "SCHED_FIFO priority {priority} is outside this kernel's range {min}..={max}: \
+                 pick one in that range"
             ),
             HalError::Os { what, errno } => write!(f, "{what} failed (errno {errno})"),
             HalError::Parse { what } => write!(f, "unexpected format while parsing {what}"),

@@ -6,9 +6,19 @@
 //! 1. The caller stores a pointer to the job, resets the completion counter `done` and increments
 //!    `generation` (release). If any worker is asleep, it wakes them with one `futex` call.
 //! 2. Each worker spins on `generation` for a while, then sleeps on it with `FUTEX_WAIT`. When it sees
-//!    a new generation it loads the job pointer, runs `job(i)` and increments `done`.
-//! 3. The caller runs `job(0)` itself, then spins (and eventually sleeps) until `done` reaches
-//!    `threads - 1`. Only then does `run` return, so the job outlives every use of it.
+//!    a new generation it claims its index (`claims[i]`, compare-and-swap to the generation), loads
+//!    the job pointer, runs `job(i)` and increments `done`.
+//! 3. The caller runs `job(0)` itself, then claims and runs every index no worker has claimed yet
+//!    (a worker that is asleep, still waking up, or descheduled by another process), then spins
+//!    (and eventually sleeps) until `done` reaches `threads - 1`. Only then does `run` return, so the
+//!    job outlives every use of it. Workers that finish early help the same way.
+//!
+//! Work sharing bounds what a worker that has not started costs (asleep and slow to wake, or
+//! descheduled before it saw the job) to one share of work instead of its wake-up or scheduling
+//! delay. It cannot help once a worker has started its share: under the normal scheduler, a worker
+//! whose core another busy process shares is preempted mid-share about once per time slice, and the
+//! run waits a whole slice of the other process (about 4 ms measured with `examples/pool_jitter`).
+//! Only SCHED_FIFO ([`PoolOptions::realtime`]) on cores kept for inference removes that wait.
 //!
 //! Invariant: [`ThreadPool::run`] allocates nothing and makes no system call while the workers are
 //! spinning; a `futex` wake is made only for workers that went to sleep.
@@ -23,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use edgellm_core::parallel::Parallel;
 
+use crate::realtime;
 use crate::HalError;
 
 /// The job type the pool runs: the same as [`Parallel::run`]'s argument.
@@ -88,6 +99,101 @@ struct Shared {
     job: AtomicPtr<()>,
     /// Busy-wait time before sleeping.
     spin: Duration,
+    /// Number of indices (threads, the caller included).
+    threads: usize,
+    /// Per index: the last generation whose `job(index)` some thread claimed (index 0 unused).
+    claims: Box<[AtomicU32]>,
+}
+
+impl Shared {
+    /// Claims index `i` of generation `gen`: true for exactly one thread per index and run. Fails
+    /// if the index was claimed for `gen` or a later generation (a worker that wakes up late).
+    fn claim(&self, i: usize, gen: u32) -> bool {
+        let slot = &self.claims[i];
+        let mut cur = slot.load(Ordering::Relaxed);
+        loop {
+            // Generations wrap; claims are never more than one generation apart from `gen`.
+            if gen.wrapping_sub(cur) as i32 <= 0 {
+                return false;
+            }
+            match slot.compare_exchange_weak(cur, gen, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return true,
+                Err(v) => cur = v,
+            }
+        }
+    }
+
+    /// Claims and runs every unclaimed index of generation `gen`, starting at `first` and wrapping
+    /// (index 0 belongs to the caller), counting each in `done`. Returns how many it ran.
+    fn help(&self, gen: u32, first: usize) -> usize {
+        let others = self.threads - 1;
+        let mut ran = 0;
+        for k in 0..others {
+            let i = 1 + (first - 1 + k) % others;
+            if !self.claim(i, gen) {
+                continue;
+            }
+            let job_ptr = self.job.load(Ordering::Relaxed) as *const &Job<'_>;
+            // SAFETY: the claim of index `i` for `gen` succeeded, so `run` for `gen` is still in
+            // progress: the caller returns only after `done` counts index `i`, below. This thread
+            // saw `gen` through an acquire load of `generation` (or is the caller, which stored
+            // the pointer), and the caller stores `job` before incrementing `generation` (release),
+            // so `job_ptr` is this run's pointer to the caller's `&Job`, not null, and valid until
+            // the `done` increment below, after the last use of `job`.
+            let job: &Job<'_> = unsafe { *job_ptr };
+            if panic::catch_unwind(AssertUnwindSafe(|| job(i))).is_err() {
+                self.panicked.store(true, Ordering::Relaxed);
+            }
+            ran += 1;
+            // SeqCst pairs with the caller's `caller_sleeping` store and re-check of `done`.
+            self.done.fetch_add(1, Ordering::SeqCst);
+            if self.caller_sleeping.load(Ordering::SeqCst) {
+                futex_wake(&self.done, 1);
+            }
+        }
+        ran
+    }
+}
+
+/// How to build a [`ThreadPool`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolOptions {
+    /// Threads, the caller (worker 0) included. At least 1.
+    pub threads: usize,
+    /// One core per thread: `cores[0]` for the calling thread, `cores[i]` for worker `i`. `None`:
+    /// no pinning.
+    pub cores: Option<Vec<usize>>,
+    /// SCHED_FIFO priority for every thread, the caller included. `None`: the normal policy.
+    /// A refusal does not fail the pool: it is reported by [`ThreadPool::realtime`].
+    pub realtime: Option<u8>,
+    /// Busy waiting before a thread sleeps (see [`DEFAULT_SPIN`]).
+    pub spin: Duration,
+}
+
+impl PoolOptions {
+    /// `threads` threads, no pinning, normal policy, [`DEFAULT_SPIN`].
+    pub fn new(threads: usize) -> PoolOptions {
+        PoolOptions {
+            threads,
+            cores: None,
+            realtime: None,
+            spin: DEFAULT_SPIN,
+        }
+    }
+}
+
+/// What one thread of a pool did when it started: its kernel thread id, the core it was pinned to,
+/// and the outcome of the SCHED_FIFO request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkerSetup {
+    /// Worker index (0 is the thread that created the pool).
+    pub index: usize,
+    /// Kernel thread id (`gettid`), for `/proc/self/task/<tid>`.
+    pub tid: i32,
+    /// The core it is pinned to.
+    pub core: Option<usize>,
+    /// `None` if real-time scheduling was not asked for, else the result of [`realtime::set_fifo`].
+    pub realtime: Option<Result<(), HalError>>,
 }
 
 /// A fixed set of worker threads, created once, that [`Parallel::run`] dispatches to.
@@ -101,6 +207,8 @@ pub struct ThreadPool {
     shared: Arc<Shared>,
     threads: usize,
     workers: Vec<JoinHandle<()>>,
+    setup: Vec<WorkerSetup>,
+    options: PoolOptions,
 }
 
 impl core::fmt::Debug for ThreadPool {
@@ -131,10 +239,27 @@ impl ThreadPool {
         cores: Option<&[usize]>,
         spin: Duration,
     ) -> Result<ThreadPool, HalError> {
+        ThreadPool::with_options(PoolOptions {
+            threads,
+            cores: cores.map(<[usize]>::to_vec),
+            realtime: None,
+            spin,
+        })
+    }
+
+    /// Starts a pool as `options` say. Each worker pins itself and asks for SCHED_FIFO as its first
+    /// act, and reports the outcome before the pool is returned; then the calling thread (worker 0)
+    /// does the same. A pinning failure is an error (no threads are left running); a SCHED_FIFO
+    /// refusal is not: [`ThreadPool::realtime`] reports it, so the caller decides before the first
+    /// token whether to go on.
+    ///
+    /// The calling thread keeps its pinning and policy after the pool is dropped.
+    pub fn with_options(options: PoolOptions) -> Result<ThreadPool, HalError> {
+        let threads = options.threads;
         if threads == 0 {
             return Err(HalError::ZeroThreads);
         }
-        if let Some(cores) = cores {
+        if let Some(cores) = &options.cores {
             if cores.len() != threads {
                 return Err(HalError::CoreListLength {
                     expected: threads,
@@ -143,6 +268,16 @@ impl ThreadPool {
             }
             for &core in cores {
                 check_core(core)?;
+            }
+        }
+        if let Some(p) = options.realtime {
+            let (min, max) = realtime::fifo_priority_range();
+            if i32::from(p) < min || i32::from(p) > max {
+                return Err(HalError::PriorityRange {
+                    priority: p,
+                    min,
+                    max,
+                });
             }
         }
         let shared = Arc::new(Shared {
@@ -154,30 +289,32 @@ impl ThreadPool {
             busy: AtomicBool::new(false),
             panicked: AtomicBool::new(false),
             job: AtomicPtr::new(ptr::null_mut()),
-            spin,
+            spin: options.spin,
+            threads,
+            claims: (0..threads).map(|_| AtomicU32::new(0)).collect(),
         });
         let mut pool = ThreadPool {
             shared,
             threads,
             workers: Vec::with_capacity(threads - 1),
+            setup: Vec::with_capacity(threads),
+            options,
         };
-        // Each worker reports whether pinning worked before it waits for jobs. On any error the
+        // Each worker reports pinning and scheduling before it waits for jobs. On any error the
         // pool is dropped here, which stops and joins the workers already started.
-        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), HalError>>();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<WorkerSetup, HalError>>();
         for index in 1..threads {
             let shared = Arc::clone(&pool.shared);
-            let core = cores.map(|c| c[index]);
+            let core = pool.options.cores.as_ref().map(|c| c[index]);
+            let rt = pool.options.realtime;
             let ready = ready_tx.clone();
             let handle = thread::Builder::new()
                 .name(format!("edgellm-worker-{index}"))
                 .spawn(move || {
-                    let pinned = match core {
-                        Some(core) => pin_current_thread(core),
-                        None => Ok(()),
-                    };
-                    let ok = pinned.is_ok();
+                    let report = setup_current_thread(index, core, rt);
+                    let ok = report.is_ok();
                     // The receiver lives until every worker has reported.
-                    let _ = ready.send(pinned);
+                    let _ = ready.send(report);
                     drop(ready);
                     if ok {
                         worker_loop(&shared, index);
@@ -189,19 +326,57 @@ impl ThreadPool {
             pool.workers.push(handle);
         }
         drop(ready_tx);
+        let mut reports = Vec::with_capacity(threads);
         for _ in 1..threads {
             match ready_rx.recv() {
-                Ok(Ok(())) => {}
+                Ok(Ok(setup)) => reports.push(setup),
                 Ok(Err(e)) => return Err(e),
                 Err(_) => {
                     return Err(HalError::Spawn { errno: 0 });
                 }
             }
         }
-        if let Some(cores) = cores {
-            pin_current_thread(cores[0])?;
-        }
+        let core0 = pool.options.cores.as_ref().map(|c| c[0]);
+        reports.push(setup_current_thread(0, core0, pool.options.realtime)?);
+        reports.sort_by_key(|r| r.index);
+        pool.setup = reports;
         Ok(pool)
+    }
+
+    /// What each thread did at start, by index (0 is the thread that created the pool).
+    pub fn setup(&self) -> &[WorkerSetup] {
+        &self.setup
+    }
+
+    /// The options the pool was built with.
+    pub fn options(&self) -> &PoolOptions {
+        &self.options
+    }
+
+    /// `Ok(None)` if SCHED_FIFO was not asked for, `Ok(Some(priority))` if every thread got it,
+    /// else the first refusal (its message names the fix).
+    pub fn realtime(&self) -> Result<Option<u8>, HalError> {
+        let Some(p) = self.options.realtime else {
+            return Ok(None);
+        };
+        for s in &self.setup {
+            if let Some(Err(e)) = s.realtime {
+                return Err(e);
+            }
+        }
+        Ok(Some(p))
+    }
+
+    /// Whether every thread of the pool runs under SCHED_FIFO at the priority asked for now, as the
+    /// kernel reports it (`sched_getscheduler` and `sched_getparam` on each thread id).
+    pub fn realtime_in_effect(&self) -> bool {
+        let Some(p) = self.options.realtime else {
+            return false;
+        };
+        self.setup.iter().all(|s| {
+            matches!(realtime::thread_policy(s.tid),
+                Ok((realtime::Policy::Fifo, prio)) if prio == i32::from(p))
+        })
     }
 
     /// Workers currently asleep in the kernel (for tests and diagnostics).
@@ -251,7 +426,10 @@ impl Parallel for ThreadPool {
         shared.done.store(0, Ordering::Relaxed);
         shared.panicked.store(false, Ordering::Relaxed);
         // SeqCst: ordered before the `sleepers` load below (see `worker_loop` for the pairing).
-        shared.generation.fetch_add(1, Ordering::SeqCst);
+        let gen = shared
+            .generation
+            .fetch_add(1, Ordering::SeqCst)
+            .wrapping_add(1);
         if shared.sleepers.load(Ordering::SeqCst) != 0 {
             futex_wake(&shared.generation, i32::MAX);
         }
@@ -259,6 +437,8 @@ impl Parallel for ThreadPool {
         // Worker 0 is this thread. A panic here must not unwind past the workers still using
         // `job`, so catch it, wait, then resume it.
         let mine = panic::catch_unwind(AssertUnwindSafe(|| job(0)));
+        // Do the share of any worker that has not started yet.
+        shared.help(gen, 1);
 
         let others = (self.threads - 1) as u32;
         let mut spin = Spin::new(shared.spin);
@@ -333,24 +513,26 @@ fn worker_loop(shared: &Shared, index: usize) {
         if shared.shutdown.load(Ordering::Acquire) {
             return;
         }
-
-        let job_ptr = shared.job.load(Ordering::Relaxed) as *const &Job<'_>;
-        // SAFETY: the generation load above (acquire) synchronises with the caller's increment
-        // (release), which follows its store of `job`, so `job_ptr` is the pointer to the
-        // caller's `&Job` for this generation, not null. The caller stays inside `run`, keeping
-        // that reference and the job alive, until `done` counts this worker, which happens below
-        // after the last use of `job`.
-        let job: &Job<'_> = unsafe { *job_ptr };
-        if panic::catch_unwind(AssertUnwindSafe(|| job(index))).is_err() {
-            shared.panicked.store(true, Ordering::Relaxed);
-        }
-
-        // SeqCst pairs with the caller's `caller_sleeping` store and re-check of `done`.
-        shared.done.fetch_add(1, Ordering::SeqCst);
-        if shared.caller_sleeping.load(Ordering::SeqCst) {
-            futex_wake(&shared.done, 1);
-        }
+        // Own index first, then any other that nobody has started.
+        shared.help(current, index);
     }
+}
+
+/// Pins the calling thread and asks for SCHED_FIFO, as worker `index` of a pool.
+fn setup_current_thread(
+    index: usize,
+    core: Option<usize>,
+    rt: Option<u8>,
+) -> Result<WorkerSetup, HalError> {
+    if let Some(core) = core {
+        pin_current_thread(core)?;
+    }
+    Ok(WorkerSetup {
+        index,
+        tid: realtime::current_tid(),
+        core,
+        realtime: rt.map(realtime::set_fifo),
+    })
 }
 
 /// Fails if `core` cannot be put in a `cpu_set_t` or is not a configured CPU.

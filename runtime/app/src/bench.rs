@@ -1,6 +1,7 @@
 //! `edgellm bench`: prefill and decode speed and the per-token latency distribution, measured on the
 //! real forward pass with synthetic prompt tokens, like llama-bench.
 
+use crate::budget::OVERHEAD_BYTES;
 use crate::load::{self, Loaded, ModelFile};
 use crate::run::{context_len, make_pool};
 use crate::ModelArgs;
@@ -112,7 +113,8 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         SessionOptions { context: ctx, path },
     )?;
     let pool = make_pool(&args.model)?;
-    let threads = pool.threads();
+    let threads = pool.threads;
+    let board = args.model.board()?;
 
     // Synthetic prompt: deterministic ordinary tokens (no control tokens), like llama-bench.
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
@@ -136,7 +138,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     for rep in 0..=args.reps {
         session.reset();
         let t0 = Instant::now();
-        session.prefill(&prompt, pool.as_ref())?;
+        session.prefill(&prompt, pool.par())?;
         let t_prefill = t0.elapsed().as_secs_f64();
         let mut tok = argmax(session.logits());
         let first = t0.elapsed().as_secs_f64();
@@ -146,7 +148,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         let t1 = Instant::now();
         let mut last = t1;
         for _ in 0..args.gen_tokens {
-            session.forward(tok, pool.as_ref())?;
+            session.forward(tok, pool.par())?;
             tok = argmax(session.logits());
             let now = Instant::now();
             steps.push((now - last).as_secs_f64());
@@ -175,13 +177,17 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     } else {
         None
     };
+    let expected = file_len + session.arena_bytes() as u64 + OVERHEAD_BYTES;
     if args.json {
         let out = serde_json::json!({
             "model": args.model.model.display().to_string(),
-            "board": crate::BOARD.name,
+            "board": board.name,
             "device": "cpu",
             "threads": threads,
-            "realtime": false,
+            "cores": pool.cores,
+            "realtime": pool.realtime,
+            "rt_priority": if pool.realtime { pool.priority } else { None },
+            "memory_locked": pool.memory_locked,
             "kernels": kernels,
             "n_prompt": args.prompt_tokens,
             "n_gen": args.gen_tokens,
@@ -196,6 +202,8 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             "decode_heap_allocations": decode_allocs,
             "model_bytes": file_len,
             "arena_bytes": session.arena_bytes(),
+            "overhead_bytes": OVERHEAD_BYTES,
+            "expected_bytes": expected,
             "token_latency_ms": {
                 "p50": quantile(&lat, 0.50),
                 "p90": quantile(&lat, 0.90),
@@ -217,8 +225,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         println!("model    {}", args.model.model.display());
         println!(
             "board    {}   threads {threads}   kernels {kernels}",
-            crate::BOARD.name
+            board.name
         );
+        println!("exec     {}", pool.describe());
         println!("{:<10} {:>14} {:>10}", "test", "tokens/s", "± stddev");
         println!(
             "{:<10} {:>14.1} {:>10.1}",
@@ -253,11 +262,15 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             "during {} decode steps: {decode_faults} page faults, {decode_allocs} heap allocations",
             args.reps * args.gen_tokens
         );
+        let mib = |b: u64| b as f64 / 1048576.0;
         println!(
-            "memory: peak RSS {:.1} MiB (model file {:.1} MiB, arena with KV cache {:.1} MiB)",
-            peak_rss_bytes().unwrap_or(0) as f64 / 1048576.0,
-            file_len as f64 / 1048576.0,
-            session.arena_bytes() as f64 / 1048576.0
+            "memory: peak RSS {:.1} MiB; budgeted {:.1} MiB = model file {:.1} + arena with KV \
+             cache {:.1} + overhead {:.1}",
+            mib(peak_rss_bytes().unwrap_or(0)),
+            mib(expected),
+            mib(file_len),
+            mib(session.arena_bytes() as u64),
+            mib(OVERHEAD_BYTES)
         );
         println!(
             "token latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",

@@ -6,6 +6,7 @@ mod chat;
 mod generate;
 mod load;
 mod perplexity;
+mod rt;
 mod run;
 
 use anyhow::Result;
@@ -79,6 +80,29 @@ pub struct ModelArgs {
     /// built for).
     #[arg(long)]
     pub board: Option<String>,
+    /// Cores for the inference threads, in order, the first for the calling thread (e.g. `2,3`;
+    /// default: the board's inference cores; no pinning on the host board).
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub cores: Option<Vec<usize>>,
+    /// Run the inference threads under SCHED_FIFO (default: on for the real boards, off on host).
+    #[arg(long, overrides_with = "no_rt")]
+    pub rt: bool,
+    /// Keep the inference threads under the normal scheduler.
+    #[arg(long, overrides_with = "rt")]
+    pub no_rt: bool,
+    /// SCHED_FIFO priority, 1 to 99 (default: the board's).
+    #[arg(long, value_name = "N")]
+    pub rt_priority: Option<u8>,
+    /// Lock all memory in RAM (mlockall) and fault it in before the first token (default: on with
+    /// --rt).
+    #[arg(long, overrides_with = "no_lock_memory")]
+    pub lock_memory: bool,
+    /// Do not lock memory, even with --rt.
+    #[arg(long, overrides_with = "lock_memory")]
+    pub no_lock_memory: bool,
+    /// Make a refused SCHED_FIFO or memory lock fatal (default: one warning line, then go on).
+    #[arg(long)]
+    pub strict_rt: bool,
 }
 
 impl ModelArgs {

@@ -73,7 +73,7 @@ pub fn perplexity(args: PerplexityArgs) -> Result<()> {
         };
         let rest = if bos.is_some() { chunk } else { &chunk[1..] };
         for &t in rest {
-            let logits = session.forward(prev, pool.as_ref())?;
+            let logits = session.forward(prev, pool.par())?;
             total += nll(logits, t);
             count += 1;
             prev = t;

@@ -3,13 +3,12 @@
 use crate::chat::{self, Message};
 use crate::generate::generate;
 use crate::load::{self, Loaded, ModelFile};
+use crate::rt::{self, Exec};
 use crate::ModelArgs;
 use anyhow::{Context, Result};
 use clap::Args;
-use edgellm_core::parallel::{Parallel, Serial};
 use edgellm_core::sampler::{Sampler, SamplerParams};
 use edgellm_core::session::{NumericPath, Session, SessionOptions};
-use edgellm_hal::pool::ThreadPool;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
@@ -74,14 +73,15 @@ pub struct TokenizeArgs {
     pub parse_special: bool,
 }
 
-/// Worker threads: the board's default, or the flag.
-pub fn make_pool(args: &ModelArgs) -> Result<Box<dyn Parallel>> {
-    let n = args.threads.unwrap_or(args.board()?.default_threads).max(1);
-    if n == 1 {
-        return Ok(Box::new(Serial));
-    }
-    let pool = ThreadPool::new(n, None).map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(Box::new(pool))
+/// The inference threads: count, cores, scheduling and memory locking from the flags and the
+/// board's defaults, applied (call it once the session exists, so that locking covers the model
+/// and the arena). Logs one line saying what is in effect.
+pub fn make_pool(args: &ModelArgs) -> Result<Exec> {
+    let allowed = edgellm_hal::cpu::allowed_cpus().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let plan = rt::plan(args, &args.board()?, &allowed)?;
+    let exec = rt::apply(&plan)?;
+    eprintln!("execution: {}", exec.describe());
+    Ok(exec)
 }
 
 /// The context length (the flag, else the board's default, never above the model's, at least
@@ -192,7 +192,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         &mut session,
         &loaded.tokenizer,
         &mut sampler,
-        pool.as_ref(),
+        pool.par(),
         &ids,
         args.n,
         |piece| {
@@ -264,7 +264,7 @@ pub fn logits(args: LogitsArgs) -> Result<()> {
     if ids.is_empty() {
         anyhow::bail!("the prompt is empty");
     }
-    let logits = session.prefill(&ids, pool.as_ref())?;
+    let logits = session.prefill(&ids, pool.par())?;
     let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
     std::fs::write(&args.out, bytes)
         .with_context(|| format!("cannot write {}", args.out.display()))?;

@@ -1,0 +1,302 @@
+//! Real-time execution settings: which cores the inference threads use, whether they run under
+//! SCHED_FIFO and whether memory is locked, from the flags and the board's defaults; and the
+//! thread pool built with them.
+
+use crate::ModelArgs;
+use anyhow::{bail, Result};
+use edgellm_board::Board;
+use edgellm_core::parallel::Parallel;
+use edgellm_hal::pool::{PoolOptions, ThreadPool, DEFAULT_SPIN};
+
+/// What the flags and the board ask for, before anything is applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub threads: usize,
+    /// One core per thread, or no pinning.
+    pub cores: Option<Vec<usize>>,
+    /// SCHED_FIFO priority, or the normal scheduler.
+    pub realtime: Option<u8>,
+    pub lock_memory: bool,
+    pub strict: bool,
+    /// Why the board's cores were not used, when they were not.
+    pub note: Option<String>,
+}
+
+fn list(cores: &[usize]) -> String {
+    cores
+        .iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Resolves the flags against `board` on a machine whose process may use `allowed` CPUs.
+pub fn plan(args: &ModelArgs, board: &Board, allowed: &[usize]) -> Result<Plan> {
+    let threads = args
+        .threads
+        .or(args.cores.as_ref().map(Vec::len))
+        .unwrap_or(board.default_threads)
+        .max(1);
+    let mut note = None;
+    let cores = match &args.cores {
+        Some(cores) => {
+            if cores.len() != threads {
+                bail!(
+                    "--cores {} names {} cores for {threads} threads: give one core per thread \
+                     (the first for the calling thread), or drop --threads",
+                    list(cores),
+                    cores.len()
+                );
+            }
+            if let Some(c) = cores.iter().find(|c| !allowed.contains(c)) {
+                bail!(
+                    "--cores: core {c} is not available to this process (available: {}); see \
+                     /sys/devices/system/cpu/online, taskset -p and systemd CPUAffinity=",
+                    list(allowed)
+                );
+            }
+            Some(cores.clone())
+        }
+        None if board.name == "host" => None,
+        None => {
+            // The board's inference cores first, then its system cores, then anything else this
+            // process may use; only cores that exist here.
+            let mut order: Vec<usize> = Vec::new();
+            for &c in board
+                .cores
+                .inference
+                .iter()
+                .chain(board.cores.system)
+                .chain(allowed)
+            {
+                if allowed.contains(&c) && !order.contains(&c) {
+                    order.push(c);
+                }
+            }
+            if order.len() >= threads {
+                order.truncate(threads);
+                let planned = &board.cores.inference[..threads.min(board.cores.inference.len())];
+                if order[..planned.len()] != *planned {
+                    note = Some(format!(
+                        "the {} inference cores {} are not all available here",
+                        board.name,
+                        list(board.cores.inference)
+                    ));
+                }
+                Some(order)
+            } else {
+                note = Some(format!(
+                    "{threads} threads but only {} cores available: not pinning",
+                    order.len()
+                ));
+                None
+            }
+        }
+    };
+    let rt_on = if args.rt {
+        true
+    } else if args.no_rt {
+        false
+    } else {
+        board.name != "host"
+    };
+    let realtime = rt_on.then(|| args.rt_priority.unwrap_or(board.rt_priority));
+    if let Some(p) = args.rt_priority {
+        if !(1..=99).contains(&p) {
+            bail!("--rt-priority {p}: SCHED_FIFO priorities go from 1 to 99");
+        }
+    }
+    let lock_memory = args.lock_memory || (rt_on && !args.no_lock_memory);
+    Ok(Plan {
+        threads,
+        cores,
+        realtime,
+        lock_memory,
+        strict: args.strict_rt,
+        note,
+    })
+}
+
+/// The inference thread pool and the real-time settings actually in effect.
+#[derive(Debug)]
+pub struct Exec {
+    pub pool: ThreadPool,
+    pub threads: usize,
+    pub cores: Option<Vec<usize>>,
+    /// SCHED_FIFO is in effect on every inference thread (read back from the kernel).
+    pub realtime: bool,
+    pub priority: Option<u8>,
+    pub memory_locked: bool,
+}
+
+impl Exec {
+    pub fn par(&self) -> &dyn Parallel {
+        &self.pool
+    }
+
+    /// One line for the start-up log.
+    pub fn describe(&self) -> String {
+        format!(
+            "threads {}, cores {}, {}, {}",
+            self.threads,
+            self.cores
+                .as_deref()
+                .map_or("not pinned".to_string(), |c| format!(
+                    "{} (pinned)",
+                    list(c)
+                )),
+            match (self.realtime, self.priority) {
+                (true, Some(p)) => format!("SCHED_FIFO priority {p} on all threads"),
+                (false, Some(p)) => format!("SCHED_OTHER (SCHED_FIFO {p} refused)"),
+                _ => "SCHED_OTHER".to_string(),
+            },
+            if self.memory_locked {
+                "memory locked (mlockall, all pages resident)"
+            } else {
+                "memory not locked"
+            }
+        )
+    }
+}
+
+/// Applies `plan`: locks memory, then starts the pool with its cores and priority. Privilege
+/// problems are errors under `strict`, otherwise one warning line on stderr each.
+pub fn apply(plan: &Plan) -> Result<Exec> {
+    if let Some(n) = &plan.note {
+        eprintln!("note: {n}");
+    }
+    let mut memory_locked = false;
+    if plan.lock_memory {
+        match edgellm_hal::memory::lock_all() {
+            Ok(()) => memory_locked = true,
+            Err(e) if plan.strict => bail!("{e} (--strict-rt)"),
+            Err(e) => eprintln!("warning: {e}; going on with memory not locked"),
+        }
+    }
+    let pool = ThreadPool::with_options(PoolOptions {
+        threads: plan.threads,
+        cores: plan.cores.clone(),
+        realtime: plan.realtime,
+        spin: DEFAULT_SPIN,
+    })
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Err(e) = pool.realtime() {
+        if plan.strict {
+            bail!("{e} (--strict-rt)");
+        }
+        eprintln!("warning: {e}; going on under the normal scheduler");
+    }
+    let realtime = pool.realtime_in_effect();
+    if let (true, Some((runtime, period))) = (realtime, edgellm_hal::realtime::rt_throttle()) {
+        eprintln!(
+            "note: the kernel throttles real-time threads to {} of every {} ms per CPU: a token \
+             that meets a throttled period waits up to {} ms while normal tasks run; isolate the \
+             inference cores (isolcpus=) or set kernel.sched_rt_runtime_us=-1 on the board",
+            runtime / 1000,
+            period / 1000,
+            (period - runtime) / 1000
+        );
+    }
+    Ok(Exec {
+        threads: plan.threads,
+        cores: plan.cores.clone(),
+        realtime,
+        priority: plan.realtime,
+        memory_locked,
+        pool,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        m: ModelArgs,
+    }
+
+    fn args(extra: &[&str]) -> ModelArgs {
+        let mut v = vec!["t", "-m", "x.gguf"];
+        v.extend_from_slice(extra);
+        T::try_parse_from(v).unwrap().m
+    }
+
+    fn board(name: &str) -> Board {
+        crate::boards::by_name(name).unwrap()
+    }
+
+    #[test]
+    fn host_defaults_pin_nothing_and_stay_normal() {
+        let p = plan(&args(&[]), &board("host"), &[0, 1]).unwrap();
+        assert_eq!(p.cores, None);
+        assert_eq!(p.realtime, None);
+        assert!(!p.lock_memory);
+        assert_eq!(p.threads, 2);
+    }
+
+    #[test]
+    fn board_defaults_use_its_inference_cores() {
+        let all = [0, 1, 2, 3];
+        let p = plan(&args(&[]), &board("pi4"), &all).unwrap();
+        assert_eq!(p.cores, Some(vec![2, 3]));
+        assert_eq!(p.realtime, Some(50));
+        assert!(p.lock_memory);
+        assert_eq!(p.note, None);
+        // Fewer threads: truncated; more: the system cores follow.
+        let p = plan(&args(&["-t", "1"]), &board("pi4"), &all).unwrap();
+        assert_eq!(p.cores, Some(vec![2]));
+        let p = plan(&args(&["-t", "4"]), &board("pi4"), &all).unwrap();
+        assert_eq!(p.cores, Some(vec![2, 3, 0, 1]));
+        // A machine without the board's cores: what exists, with a note.
+        let p = plan(&args(&[]), &board("pi4"), &[0, 1]).unwrap();
+        assert_eq!(p.cores, Some(vec![0, 1]));
+        assert!(p.note.is_some());
+        let p = plan(&args(&["-t", "3"]), &board("pi4"), &[0, 1]).unwrap();
+        assert_eq!(p.cores, None);
+    }
+
+    #[test]
+    fn flags_override() {
+        let p = plan(
+            &args(&[
+                "--cores",
+                "1,0",
+                "--rt",
+                "--rt-priority",
+                "70",
+                "--no-lock-memory",
+            ]),
+            &board("host"),
+            &[0, 1],
+        )
+        .unwrap();
+        assert_eq!(p.threads, 2);
+        assert_eq!(p.cores, Some(vec![1, 0]));
+        assert_eq!(p.realtime, Some(70));
+        assert!(!p.lock_memory);
+        let p = plan(&args(&["--no-rt"]), &board("pi5"), &[0, 1, 2, 3]).unwrap();
+        assert_eq!(p.realtime, None);
+        assert!(!p.lock_memory);
+        let p = plan(&args(&["--rt", "--strict-rt"]), &board("host"), &[0]).unwrap();
+        assert!(p.lock_memory && p.strict && p.realtime == Some(50));
+    }
+
+    #[test]
+    fn bad_core_lists_say_what_to_do() {
+        let e = plan(&args(&["-t", "2", "--cores", "0"]), &board("host"), &[0, 1])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("one core per thread"), "{e}");
+        let e = plan(&args(&["--cores", "0,7"]), &board("host"), &[0, 1])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("core 7") && e.contains("available: 0,1"), "{e}");
+        let e = plan(&args(&["--rt-priority", "0"]), &board("host"), &[0])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("1 to 99"), "{e}");
+    }
+}

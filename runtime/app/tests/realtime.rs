@@ -1,0 +1,161 @@
+//! `edgellm bench --rt` on the real model: it reports real-time scheduling exactly when the kernel
+//! grants SCHED_FIFO to this process, the cores it pinned to, and a decode with no heap allocation
+//! and no page fault; without the privilege it warns once per problem and goes on, and
+//! `--strict-rt` makes that fatal.
+
+use edgellm_tests::smollm2_path;
+use std::process::{Command, Output};
+
+fn bench_args(model: &str, extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "bench", "--json", "-m", model, "-p", "8", "-g", "8", "-r", "1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "edgellm failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).expect("one JSON object")
+}
+
+/// Whether this process may use SCHED_FIFO at `priority` (tried on a scratch thread).
+fn fifo_allowed(priority: u8) -> bool {
+    std::thread::spawn(move || {
+        let ok = edgellm_hal::realtime::set_fifo(priority).is_ok();
+        if ok {
+            edgellm_hal::realtime::set_normal().unwrap();
+        }
+        ok
+    })
+    .join()
+    .unwrap()
+}
+
+fn check_decode_is_clean(v: &serde_json::Value) {
+    assert_eq!(v["decode_heap_allocations"], 0, "{v}");
+    assert_eq!(v["decode_page_faults"], 0, "{v}");
+    for key in ["p50", "p90", "p99", "p999", "max"] {
+        assert!(v["token_latency_ms"][key].as_f64().unwrap() > 0.0, "{v}");
+    }
+}
+
+#[test]
+fn bench_rt_reports_what_the_kernel_granted() {
+    let Some(model) = smollm2_path() else { return };
+    let out = Command::new(env!("CARGO_BIN_EXE_edgellm"))
+        .args(bench_args(
+            model.to_str().unwrap(),
+            &["--rt", "--cores", "0", "--rt-priority", "20"],
+        ))
+        .output()
+        .unwrap();
+    let v = json(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let allowed = fifo_allowed(20);
+    assert_eq!(v["realtime"], allowed, "{v}\n{stderr}");
+    assert_eq!(
+        v["rt_priority"],
+        if allowed {
+            20.into()
+        } else {
+            serde_json::Value::Null
+        }
+    );
+    assert_eq!(v["cores"], serde_json::json!([0]));
+    assert_eq!(v["threads"], 1);
+    if !allowed {
+        assert!(stderr.contains("CAP_SYS_NICE"), "{stderr}");
+    }
+    if v["memory_locked"] == false {
+        assert!(stderr.contains("LimitMEMLOCK=infinity"), "{stderr}");
+    }
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("execution: "))
+        .expect("the execution line");
+    assert!(
+        line.contains("threads 1") && line.contains("cores 0"),
+        "{line}"
+    );
+    check_decode_is_clean(&v);
+}
+
+#[test]
+fn bench_without_rt_on_host_is_not_realtime() {
+    let Some(model) = smollm2_path() else { return };
+    let out = Command::new(env!("CARGO_BIN_EXE_edgellm"))
+        .args(bench_args(model.to_str().unwrap(), &["-t", "2"]))
+        .output()
+        .unwrap();
+    let v = json(&out);
+    assert_eq!(v["realtime"], false);
+    assert_eq!(v["cores"], serde_json::Value::Null);
+    assert_eq!(v["memory_locked"], false);
+    assert_eq!(v["threads"], 2);
+    check_decode_is_clean(&v);
+}
+
+/// Without any capability and with RLIMIT_RTPRIO 0 (root dropping its privileges through
+/// `setpriv`), SCHED_FIFO and mlockall are refused: a warning naming the fix, `realtime: false`,
+/// and a clean decode; `--strict-rt` turns the refusal into an error.
+#[test]
+fn bench_rt_without_privilege_warns_or_fails_strictly() {
+    let Some(model) = smollm2_path() else { return };
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc_getuid() } != 0 || Command::new("setpriv").arg("--help").output().is_err() {
+        eprintln!("skipped: needs root and setpriv to drop privileges");
+        return;
+    }
+    let run = |extra: &[&str]| {
+        Command::new("setpriv")
+            .args([
+                "--bounding-set=-all",
+                "--inh-caps=-all",
+                "prlimit",
+                "--rtprio=0",
+            ])
+            .arg(env!("CARGO_BIN_EXE_edgellm"))
+            .args(bench_args(model.to_str().unwrap(), extra))
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--rt", "--cores", "0"]);
+    let v = json(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(v["realtime"], false, "{stderr}");
+    assert!(
+        stderr.contains("LimitRTPRIO=50") && stderr.contains("CAP_SYS_NICE"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr
+            .lines()
+            .filter(|l| l.starts_with("warning: "))
+            .count(),
+        if v["memory_locked"] == true { 1 } else { 2 },
+        "{stderr}"
+    );
+    check_decode_is_clean(&v);
+
+    let out = run(&["--rt", "--cores", "0", "--strict-rt", "--no-lock-memory"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("SCHED_FIFO") && stderr.contains("--strict-rt"),
+        "{stderr}"
+    );
+}
+
+extern "C" {
+    #[link_name = "getuid"]
+    fn libc_getuid() -> u32;
+}
