@@ -9,6 +9,7 @@ use anyhow::Result;
 use clap::Args;
 use edgellm_core::session::{NumericPath, Session, SessionOptions};
 use edgellm_hal::counters::{page_faults, peak_rss_bytes, CountingAlloc};
+use std::path::PathBuf;
 use std::time::Instant;
 
 #[derive(Args)]
@@ -31,6 +32,10 @@ pub struct BenchArgs {
     /// prompt and generation lengths, and report both side by side with their ratio.
     #[arg(long)]
     pub compare_llamacpp: bool,
+    /// Run llama.cpp on this file instead of `--model` (e.g. the original GGUF a model image was
+    /// converted from, or a file whose types llama.cpp reads).
+    #[arg(long)]
+    pub llamacpp_model: Option<PathBuf>,
     /// Python interpreter that has xllamacpp installed.
     #[arg(long, default_value = "python3")]
     pub python: String,
@@ -47,7 +52,7 @@ fn run_llamacpp(args: &BenchArgs, threads: usize, ctx: usize) -> Result<Peer> {
     let out = std::process::Command::new(&args.python)
         .arg("-c")
         .arg(include_str!("llamacpp_bench.py"))
-        .arg(&args.model.model)
+        .arg(args.llamacpp_model.as_ref().unwrap_or(&args.model.model))
         .args([threads, args.prompt_tokens, args.gen_tokens, args.reps, ctx].map(|v| v.to_string()))
         .stderr(std::process::Stdio::null())
         .output()
@@ -212,6 +217,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                 "max": lat.last().copied().unwrap_or(0.0),
             },
             "llamacpp": peer.as_ref().map(|p| serde_json::json!({
+                "model": args.llamacpp_model.as_ref().unwrap_or(&args.model.model).display().to_string(),
                 "prefill_tps": p.prefill.0,
                 "prefill_tps_stddev": p.prefill.1,
                 "decode_tps": p.decode.0,
