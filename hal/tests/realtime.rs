@@ -167,7 +167,17 @@ fn fifo_refused_without_privilege() {
         eprintln!("skipped: needs root and setpriv to drop privileges");
         return;
     }
-    let exe = std::env::current_exe().unwrap();
+    // The unprivileged user may not be able to reach this executable (a build directory under
+    // /root, say): run a copy from a world-readable temporary directory.
+    let dir = std::env::temp_dir().join(format!("edgellm-fifo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let exe = dir.join("realtime-test");
+    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
     let out = Command::new("setpriv")
         .args([
             "--reuid=65534",
@@ -182,6 +192,7 @@ fn fifo_refused_without_privilege() {
         .env("EDGELLM_FIFO_CHILD", "1")
         .output()
         .unwrap();
+    std::fs::remove_dir_all(&dir).ok();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -142,7 +142,7 @@ fn ci(no_qwen: bool, no_cross: bool) -> Result<()> {
         run(&mut build)?;
     }
     let mut test = cargo();
-    test.args(["test", "--workspace", "--release"])
+    test.args(["test", "--workspace", "--release", "--no-fail-fast"])
         .env("EDGELLM_MODEL", &model)
         .env("EDGELLM_VOCAB_DIR", &vocab)
         .env("EDGELLM_REQUIRE_DATA", "1");
