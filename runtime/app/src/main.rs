@@ -7,6 +7,7 @@ mod generate;
 mod load;
 mod perplexity;
 mod run;
+mod serve;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
@@ -51,6 +52,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// How well the model predicts a text: the quality price of a weight format.
     Perplexity(perplexity::PerplexityArgs),
+    /// Serve Ollama- and OpenAI-compatible HTTP APIs (binds 127.0.0.1:11434 by default).
+    Serve(serve::ServeArgs),
 }
 
 /// Options shared by every command that loads a model.
@@ -97,6 +100,7 @@ fn main() {
         Command::Inspect { path, full } => load::inspect(&path, full),
         Command::Bench(a) => bench::bench(a),
         Command::Perplexity(a) => perplexity::perplexity(a),
+        Command::Serve(a) => serve::serve(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

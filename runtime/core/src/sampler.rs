@@ -189,42 +189,7 @@ impl Sampler {
         if vocab_size == 0 || u32::try_from(vocab_size).is_err() {
             return Err(SamplerError::VocabularySize { found: vocab_size });
         }
-        let check = |name, ok: bool, expected, found| {
-            if ok {
-                Ok(())
-            } else {
-                Err(SamplerError::Parameter {
-                    name,
-                    expected,
-                    found,
-                })
-            }
-        };
-        let p = &params;
-        check(
-            "temperature",
-            p.temperature.is_finite() && p.temperature >= 0.0,
-            "finite and >= 0 (0 is greedy)",
-            p.temperature,
-        )?;
-        check(
-            "top_p",
-            p.top_p.is_finite() && p.top_p >= 0.0,
-            "finite and >= 0 (1 or more is off)",
-            p.top_p,
-        )?;
-        check(
-            "min_p",
-            p.min_p.is_finite() && (0.0..=1.0).contains(&p.min_p),
-            "in [0, 1] (0 is off)",
-            p.min_p,
-        )?;
-        check(
-            "repeat_penalty",
-            p.repeat_penalty.is_finite() && p.repeat_penalty > 0.0,
-            "finite and > 0 (1 is off)",
-            p.repeat_penalty,
-        )?;
+        Sampler::check_params(&params)?;
         Ok(Sampler {
             params,
             vocab: vocab_size,
@@ -238,6 +203,46 @@ impl Sampler {
         })
     }
 
+    /// Checks every parameter's range.
+    fn check_params(p: &SamplerParams) -> Result<(), SamplerError> {
+            let check = |name, ok: bool, expected, found| {
+                if ok {
+                    Ok(())
+                } else {
+                    Err(SamplerError::Parameter {
+                        name,
+                        expected,
+                        found,
+                    })
+                }
+            };
+            check(
+                "temperature",
+                p.temperature.is_finite() && p.temperature >= 0.0,
+                "finite and >= 0 (0 is greedy)",
+                p.temperature,
+            )?;
+            check(
+                "top_p",
+                p.top_p.is_finite() && p.top_p >= 0.0,
+                "finite and >= 0 (1 or more is off)",
+                p.top_p,
+            )?;
+            check(
+                "min_p",
+                p.min_p.is_finite() && (0.0..=1.0).contains(&p.min_p),
+                "in [0, 1] (0 is off)",
+                p.min_p,
+            )?;
+            check(
+                "repeat_penalty",
+                p.repeat_penalty.is_finite() && p.repeat_penalty > 0.0,
+                "finite and > 0 (1 is off)",
+                p.repeat_penalty,
+            )?;
+        Ok(())
+    }
+
     /// The parameters this sampler was made with.
     pub fn params(&self) -> &SamplerParams {
         &self.params
@@ -246,6 +251,21 @@ impl Sampler {
     /// The vocabulary size `sample` expects.
     pub fn vocab_size(&self) -> usize {
         self.vocab
+    }
+
+    /// Replaces the parameters (a new request on a long-lived sampler), checking them as
+    /// [`Sampler::new`] does, forgets the accepted tokens and restarts the generator from the new
+    /// seed. Allocates only when `repeat_last_n` grows beyond every earlier value.
+    pub fn set_params(&mut self, params: SamplerParams) -> Result<(), SamplerError> {
+        Sampler::check_params(&params)?;
+        if params.repeat_last_n > self.recent.len() {
+            self.recent.resize(params.repeat_last_n, 0);
+        }
+        self.recent.truncate(params.repeat_last_n);
+        self.params = params;
+        self.rng = Rng::new(params.seed);
+        self.reset();
+        Ok(())
     }
 
     /// Forgets the accepted tokens (a new conversation); the generator continues.
