@@ -11,9 +11,9 @@ const SYSROOT: &str = "/usr/aarch64-linux-gnu";
 
 /// qemu CPU models of the boards, and the kernel tier each must select.
 pub const CPUS: &[(&str, &str)] = &[
-    ("cortex-a53", "neon"),         // Pi Zero 2 W
-    ("cortex-a72", "neon"),         // Pi 4
-    ("cortex-a76", "neon-dotprod"), // Pi 5
+    ("cortex-a53", "neon"),          // Pi Zero 2 W
+    ("cortex-a72", "neon"),          // Pi 4
+    ("cortex-a76", "neon-dotprod"),  // Pi 5
     ("neoverse-n1", "neon-dotprod"), // stands in for the Orin's Cortex-A78AE
 ];
 
@@ -24,22 +24,40 @@ const PACKAGES: &[(&str, &str)] = &[
 ];
 
 fn have(cmd: &str) -> bool {
-    Command::new("sh").arg("-c").arg(format!("command -v {cmd}")).output().is_ok_and(|o| o.status.success())
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {cmd}"))
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 /// Installs the cross linker and qemu with apt when they are missing (as root), or says exactly
 /// what to install.
 fn ensure_tools() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES.iter().filter(|(cmd, _)| !have(cmd)).map(|(_, pkg)| *pkg).collect();
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(cmd, _)| !have(cmd))
+        .map(|(_, pkg)| *pkg)
+        .collect();
     if !missing.is_empty() || !PathBuf::from(SYSROOT).join("lib").exists() {
         let mut pkgs = missing.clone();
         pkgs.push("libc6-dev-arm64-cross");
-        let is_root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0"));
+        let is_root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0"));
         if !is_root {
-            bail!("the cross tests need these Debian packages: sudo apt-get install {}", pkgs.join(" "));
+            bail!(
+                "the cross tests need these Debian packages: sudo apt-get install {}",
+                pkgs.join(" ")
+            );
         }
         crate::run(Command::new("apt-get").arg("update"))?;
-        crate::run(Command::new("apt-get").args(["install", "-y", "--no-install-recommends"]).args(&pkgs))?;
+        crate::run(
+            Command::new("apt-get")
+                .args(["install", "-y", "--no-install-recommends"])
+                .args(&pkgs),
+        )?;
     }
     crate::run(Command::new("rustup").args(["target", "add", TARGET]))
 }
@@ -47,20 +65,35 @@ fn ensure_tools() -> Result<()> {
 /// Builds the test executables of `packages` for aarch64 and returns (package, path) pairs.
 fn build_tests(packages: &[&str]) -> Result<Vec<(String, PathBuf)>> {
     let mut cmd = crate::cargo();
-    cmd.args(["test", "--release", "--no-run", "--message-format=json", "--target", TARGET])
-        .env("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER", "aarch64-linux-gnu-gcc")
-        .current_dir(crate::root());
+    cmd.args([
+        "test",
+        "--release",
+        "--no-run",
+        "--message-format=json",
+        "--target",
+        TARGET,
+    ])
+    .env(
+        "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER",
+        "aarch64-linux-gnu-gcc",
+    )
+    .current_dir(crate::root());
     for p in packages {
         cmd.args(["-p", p]);
     }
     eprintln!("$ {cmd:?}");
     let out = cmd.output().context("cannot run cargo")?;
     if !out.status.success() {
-        bail!("cross build failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "cross build failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let mut exes = Vec::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
         if v["reason"] == "compiler-artifact" && v["profile"]["test"] == true {
             if let Some(exe) = v["executable"].as_str() {
                 let pkg = v["package_id"].as_str().unwrap_or("").to_string();
@@ -76,7 +109,11 @@ fn qemu(exe: &PathBuf, cpu: &str, tier: &str, filter: &[&str]) -> Result<(u64, u
     let mut cmd = Command::new("qemu-aarch64");
     cmd.args(["-cpu", cpu, "-L", SYSROOT]).arg(exe).args(filter);
     cmd.env("EDGELLM_EXPECT_TIER", tier);
-    let name = exe.file_name().and_then(|n| n.to_str()).unwrap_or("?").to_string();
+    let name = exe
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("?")
+        .to_string();
     eprintln!("== {cpu}: {name} {}", filter.join(" "));
     crate::run_counting(&mut cmd).with_context(|| format!("{name} under qemu -cpu {cpu}"))
 }
@@ -98,10 +135,17 @@ pub fn test_cross() -> Result<(u64, u64)> {
     // board CPU.
     let e2e = build_tests(&["edgellm-tests"])?;
     for (_, exe) in e2e.iter().filter(|(_, e)| {
-        e.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("reference-"))
+        e.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("reference-"))
     }) {
         for (cpu, tier) in [CPUS[0], CPUS[2]] {
-            let (p, f) = qemu(exe, cpu, tier, &["fast_path_matches_reference", "prompt_ids_match_reference"])?;
+            let (p, f) = qemu(
+                exe,
+                cpu,
+                tier,
+                &["fast_path_matches_reference", "prompt_ids_match_reference"],
+            )?;
             passed += p;
             failed += f;
         }

@@ -50,8 +50,16 @@ pub fn perplexity(args: PerplexityArgs) -> Result<()> {
         bail!("{} has fewer than 2 tokens", args.file.display());
     }
     let ctx = context_len(&args.model, &loaded, file.len(), args.ctx)?;
-    let path = if args.model.exact { NumericPath::Exact } else { NumericPath::Fast };
-    let mut session = Session::new(&loaded.model, kernels, SessionOptions { context: ctx, path })?;
+    let path = if args.model.exact {
+        NumericPath::Exact
+    } else {
+        NumericPath::Fast
+    };
+    let mut session = Session::new(
+        &loaded.model,
+        kernels,
+        SessionOptions { context: ctx, path },
+    )?;
     let pool = make_pool(&args.model)?;
     let bos = tok.add_bos().then(|| tok.bos_id()).flatten();
     let (mut total, mut count) = (0f64, 0usize);

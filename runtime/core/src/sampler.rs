@@ -205,41 +205,41 @@ impl Sampler {
 
     /// Checks every parameter's range.
     fn check_params(p: &SamplerParams) -> Result<(), SamplerError> {
-            let check = |name, ok: bool, expected, found| {
-                if ok {
-                    Ok(())
-                } else {
-                    Err(SamplerError::Parameter {
-                        name,
-                        expected,
-                        found,
-                    })
-                }
-            };
-            check(
-                "temperature",
-                p.temperature.is_finite() && p.temperature >= 0.0,
-                "finite and >= 0 (0 is greedy)",
-                p.temperature,
-            )?;
-            check(
-                "top_p",
-                p.top_p.is_finite() && p.top_p >= 0.0,
-                "finite and >= 0 (1 or more is off)",
-                p.top_p,
-            )?;
-            check(
-                "min_p",
-                p.min_p.is_finite() && (0.0..=1.0).contains(&p.min_p),
-                "in [0, 1] (0 is off)",
-                p.min_p,
-            )?;
-            check(
-                "repeat_penalty",
-                p.repeat_penalty.is_finite() && p.repeat_penalty > 0.0,
-                "finite and > 0 (1 is off)",
-                p.repeat_penalty,
-            )?;
+        let check = |name, ok: bool, expected, found| {
+            if ok {
+                Ok(())
+            } else {
+                Err(SamplerError::Parameter {
+                    name,
+                    expected,
+                    found,
+                })
+            }
+        };
+        check(
+            "temperature",
+            p.temperature.is_finite() && p.temperature >= 0.0,
+            "finite and >= 0 (0 is greedy)",
+            p.temperature,
+        )?;
+        check(
+            "top_p",
+            p.top_p.is_finite() && p.top_p >= 0.0,
+            "finite and >= 0 (1 or more is off)",
+            p.top_p,
+        )?;
+        check(
+            "min_p",
+            p.min_p.is_finite() && (0.0..=1.0).contains(&p.min_p),
+            "in [0, 1] (0 is off)",
+            p.min_p,
+        )?;
+        check(
+            "repeat_penalty",
+            p.repeat_penalty.is_finite() && p.repeat_penalty > 0.0,
+            "finite and > 0 (1 is off)",
+            p.repeat_penalty,
+        )?;
         Ok(())
     }
 

@@ -580,10 +580,16 @@ mod tests {
 
     #[test]
     fn stop_sequences_across_pieces() {
-        assert_eq!(run(&["END"], &["ab", "cE", "N", "Dxy"]), ("abc".into(), true));
+        assert_eq!(
+            run(&["END"], &["ab", "cE", "N", "Dxy"]),
+            ("abc".into(), true)
+        );
         assert_eq!(run(&["END"], &["ab", "cE", "N"]), ("abcEN".into(), false));
         assert_eq!(run(&[], &["a", "b"]), ("ab".into(), false));
-        assert_eq!(run(&["\n\n", "x"], &["hi\n", "\nthere"]), ("hi".into(), true));
+        assert_eq!(
+            run(&["\n\n", "x"], &["hi\n", "\nthere"]),
+            ("hi".into(), true)
+        );
         assert_eq!(run(&["é!"], &["caf", "é", "!"]), ("caf".into(), true));
     }
 

@@ -233,8 +233,9 @@ pub fn start(
                         path: cfg.path,
                     },
                 )?;
-                let sampler = Sampler::new(SamplerParams::default(), loaded.model.config.vocab_size)
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                let sampler =
+                    Sampler::new(SamplerParams::default(), loaded.model.config.vocab_size)
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
                 let pool = (cfg.make_pool)()?;
                 Ok((session, sampler, pool))
             })();

@@ -76,8 +76,7 @@ impl Metrics {
     }
 
     pub fn set_tokens_per_second(&self, v: f64) {
-        self.tokens_per_second
-            .store(v.to_bits(), Ordering::Relaxed);
+        self.tokens_per_second.store(v.to_bits(), Ordering::Relaxed);
     }
 
     /// Counts one answered request.
@@ -90,7 +89,9 @@ impl Metrics {
     pub fn render(&self, model: &str) -> String {
         let mut s = String::with_capacity(4096);
         let g = |v: &AtomicU64| v.load(Ordering::Relaxed);
-        s.push_str("# HELP edgellm_requests_total HTTP requests answered, by endpoint and status.\n");
+        s.push_str(
+            "# HELP edgellm_requests_total HTTP requests answered, by endpoint and status.\n",
+        );
         s.push_str("# TYPE edgellm_requests_total counter\n");
         {
             let map = self.requests.lock().unwrap_or_else(|e| e.into_inner());
@@ -150,15 +151,23 @@ impl Metrics {
             "# HELP edgellm_busy 1 while a request decodes.\n# TYPE edgellm_busy gauge\nedgellm_busy {}",
             g(&self.busy)
         );
-        s.push_str("# HELP edgellm_token_latency_seconds Time per generated token after the first.\n");
+        s.push_str(
+            "# HELP edgellm_token_latency_seconds Time per generated token after the first.\n",
+        );
         s.push_str("# TYPE edgellm_token_latency_seconds histogram\n");
         let mut cum = 0u64;
         for (i, b) in BUCKETS.iter().enumerate() {
             cum += g(&self.token_latency.counts[i]);
-            let _ = writeln!(s, "edgellm_token_latency_seconds_bucket{{le=\"{b}\"}} {cum}");
+            let _ = writeln!(
+                s,
+                "edgellm_token_latency_seconds_bucket{{le=\"{b}\"}} {cum}"
+            );
         }
         cum += g(&self.token_latency.counts[BUCKETS.len()]);
-        let _ = writeln!(s, "edgellm_token_latency_seconds_bucket{{le=\"+Inf\"}} {cum}");
+        let _ = writeln!(
+            s,
+            "edgellm_token_latency_seconds_bucket{{le=\"+Inf\"}} {cum}"
+        );
         let _ = writeln!(
             s,
             "edgellm_token_latency_seconds_sum {}",

@@ -216,7 +216,10 @@ pub async fn generate(
 }
 
 /// `POST /api/chat`.
-pub async fn chat(State(st): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
+pub async fn chat(
+    State(st): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let arrived = Instant::now();
     let result = (|| {
         let req: ChatRequest = api::parse_body(body, Dialect::Ollama)?;

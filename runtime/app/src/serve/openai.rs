@@ -62,7 +62,11 @@ impl Common {
             repeat_last_n: None,
             seed: self.seed,
             max_tokens,
-            stop: self.stop.take().map(OneOrMany::into_vec).unwrap_or_default(),
+            stop: self
+                .stop
+                .take()
+                .map(OneOrMany::into_vec)
+                .unwrap_or_default(),
         })
     }
 
@@ -208,7 +212,12 @@ pub async fn chat(
                 "choices": [{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish }],
             })
         };
-        if !sse(&sink, &chunk(json!({"role": "assistant", "content": ""}), None)).await {
+        if !sse(
+            &sink,
+            &chunk(json!({"role": "assistant", "content": ""}), None),
+        )
+        .await
+        {
             return;
         }
         let usage_chunk = |f: &Final| {
