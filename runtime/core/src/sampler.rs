@@ -633,6 +633,46 @@ mod tests {
         assert_ne!(first[0], first[1]);
     }
 
+    #[test]
+    fn set_params_equals_a_new_sampler() {
+        let mut rng = Rng::new(5);
+        let logits = random_logits(&mut rng, 3000);
+        let draw = |s: &mut Sampler| {
+            (0..100)
+                .map(|i| {
+                    let t = s.sample(&mut logits.clone());
+                    if i % 3 == 0 {
+                        s.accept(t);
+                    }
+                    t
+                })
+                .collect::<Vec<u32>>()
+        };
+        let mut reused = Sampler::new(SamplerParams::default(), 3000).unwrap();
+        draw(&mut reused);
+        for p in [
+            SamplerParams {
+                repeat_penalty: 1.3,
+                repeat_last_n: 8,
+                ..params(0.9, 40, 0.9, 0.05)
+            },
+            SamplerParams {
+                repeat_penalty: 1.1,
+                repeat_last_n: 128,
+                ..params(1.2, 0, 1.0, 0.0)
+            },
+        ] {
+            reused.set_params(p).unwrap();
+            let mut fresh = Sampler::new(p, 3000).unwrap();
+            assert_eq!(draw(&mut reused), draw(&mut fresh));
+        }
+        let bad = SamplerParams {
+            temperature: -1.0,
+            ..SamplerParams::default()
+        };
+        assert!(reused.set_params(bad).is_err());
+    }
+
     /// Tokens drawn with fixed parameters, seed and logits. The expected values were recorded on
     /// x86_64; any platform must reproduce them (integer generator, libm `expf`, fixed summation
     /// order).
