@@ -463,6 +463,19 @@ fn hostile_requests_get_4xx_and_the_server_keeps_serving() {
             400,
         ),
         case(
+            "JSON mode (OpenAI)",
+            chat(r#","response_format":{"type":"json_object"}"#),
+            400,
+        ),
+        case(
+            "tools (Ollama)",
+            post(
+                "/api/chat",
+                r#"{"messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function"}]}"#,
+            ),
+            400,
+        ),
+        case(
             "no messages",
             post("/v1/chat/completions", r#"{"messages":[]}"#),
             400,
@@ -635,6 +648,13 @@ fn hostile_requests_get_4xx_and_the_server_keeps_serving() {
     );
 }
 
+/// Ollama stream objects (one per token) in what a client has read so far.
+fn count_tokens(raw: &[u8]) -> usize {
+    String::from_utf8_lossy(raw)
+        .matches("\"done\":false")
+        .count()
+}
+
 /// One streaming client: the status and whether the stream ended properly.
 fn stream_client(port: u16, i: usize) -> (u16, bool, bool) {
     let body = if i.is_multiple_of(2) {
@@ -697,10 +717,8 @@ fn load_cancellation_and_drain() {
     let done = results.iter().filter(|r| r.0 == 200 && r.1).count();
     let busy = results.iter().filter(|r| r.0 == 503 && r.2).count();
     assert_eq!(done + busy, 32, "{results:?}");
-    assert!(
-        done >= 9,
-        "one decoding and 8 queued must be served: {results:?}"
-    );
+    // At least the 8 the queue holds (the one decoding may not have been taken off it yet).
+    assert!(done >= 8, "a queue of 8 must be served: {results:?}");
     assert!(busy >= 1, "a full queue must refuse: {results:?}");
     assert!(started.elapsed() < Duration::from_secs(300));
     assert_eq!(server.metric("edgellm_rejected_total", &[]), busy as f64);
@@ -730,9 +748,16 @@ fn load_cancellation_and_drain() {
         body.to_string().as_bytes(),
     ))
     .unwrap();
+    // Read until three tokens have arrived, then hang up.
+    let mut seen = Vec::new();
     let mut first = [0u8; 512];
-    let n = s.read(&mut first).unwrap();
-    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    while count_tokens(&seen) < 3 {
+        let n = s.read(&mut first).unwrap();
+        assert!(n > 0, "the stream ended early");
+        seen.extend_from_slice(&first[..n]);
+    }
+    assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 200"));
+    let seen_tokens = count_tokens(&seen) as f64;
     let _ = s.shutdown(Shutdown::Both);
     drop(s);
     let t = Instant::now();
@@ -753,12 +778,14 @@ fn load_cancellation_and_drain() {
         cancelled_before + 1.0
     );
     // Tokens the dropped request made: those before the disconnect was seen, plus at most one.
-    let dropped_tokens = server.metric("edgellm_generated_tokens_total", &[]) - tokens_before - 2.0;
+    let next_tokens = r.json()["usage"]["completion_tokens"].as_f64().unwrap();
+    let dropped_tokens =
+        server.metric("edgellm_generated_tokens_total", &[]) - tokens_before - next_tokens;
     eprintln!(
         "the dropped stream generated {dropped_tokens} tokens; the next request waited {waited:?}"
     );
     assert!(
-        dropped_tokens <= 8.0,
+        dropped_tokens >= seen_tokens && dropped_tokens <= seen_tokens + 8.0,
         "{dropped_tokens} tokens after the client left"
     );
 

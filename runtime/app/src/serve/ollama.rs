@@ -54,6 +54,8 @@ struct GenerateRequest {
     #[serde(default)]
     raw: bool,
     options: Option<Options>,
+    format: Option<Value>,
+    images: Option<Vec<Value>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -61,6 +63,7 @@ struct ChatMessage {
     role: String,
     #[serde(default)]
     content: String,
+    images: Option<Vec<Value>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -70,6 +73,31 @@ struct ChatRequest {
     messages: Vec<ChatMessage>,
     stream: Option<bool>,
     options: Option<Options>,
+    format: Option<Value>,
+    tools: Option<Vec<Value>>,
+}
+
+/// Refuses what a text-only model without constrained decoding cannot honour, rather than
+/// ignoring it: images, a structured `format`, tools.
+fn unsupported(
+    format: Option<&Value>,
+    images: bool,
+    tools: Option<&Vec<Value>>,
+) -> Result<(), ApiError> {
+    if images {
+        return Err(ApiError::bad_request(
+            "images are not supported: this model reads text",
+        ));
+    }
+    if format.is_some_and(|f| !(f.is_null() || f == "")) {
+        return Err(ApiError::bad_request(
+            "`format` (structured output) is not supported",
+        ));
+    }
+    if tools.is_some_and(|t| !t.is_empty()) {
+        return Err(ApiError::bad_request("`tools` are not supported"));
+    }
+    Ok(())
 }
 
 fn now() -> String {
@@ -184,6 +212,8 @@ pub async fn generate(
     let result = (|| {
         let req: GenerateRequest = api::parse_body(body, Dialect::Ollama)?;
         api::check_model(&st, req.model.as_deref())?;
+        let images = req.images.as_ref().is_some_and(|i| !i.is_empty());
+        unsupported(req.format.as_ref(), images, None)?;
         let prompt = req.prompt.unwrap_or_default();
         if prompt.is_empty() && req.system.is_none() {
             return Ok(None);
@@ -224,6 +254,11 @@ pub async fn chat(
     let result = (|| {
         let req: ChatRequest = api::parse_body(body, Dialect::Ollama)?;
         api::check_model(&st, req.model.as_deref())?;
+        let images = req
+            .messages
+            .iter()
+            .any(|m| m.images.as_ref().is_some_and(|i| !i.is_empty()));
+        unsupported(req.format.as_ref(), images, req.tools.as_ref())?;
         if req.messages.is_empty() {
             return Ok(None);
         }

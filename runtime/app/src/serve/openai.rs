@@ -38,12 +38,25 @@ struct Common {
     max_completion_tokens: Option<i64>,
     stop: Option<OneOrMany>,
     n: Option<u32>,
+    response_format: Option<Value>,
+    tools: Option<Vec<Value>>,
 }
 
 impl Common {
     fn sampling(&mut self) -> Result<Sampling, ApiError> {
         if self.n.unwrap_or(1) != 1 {
             return Err(ApiError::bad_request("only `n` = 1 is supported"));
+        }
+        // Refused rather than ignored: no constrained decoding, no tool calls.
+        if let Some(f) = &self.response_format {
+            if !(f.is_null() || f["type"] == "text") {
+                return Err(ApiError::bad_request(
+                    "`response_format` other than text is not supported",
+                ));
+            }
+        }
+        if self.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+            return Err(ApiError::bad_request("`tools` are not supported"));
         }
         let max_tokens = self.max_completion_tokens.or(self.max_tokens);
         if let Some(m) = max_tokens {
