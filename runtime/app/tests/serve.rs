@@ -829,3 +829,35 @@ fn load_cancellation_and_drain() {
     };
     assert!(status.success(), "exit status {status}");
 }
+
+#[test]
+fn idle_connections_are_capped() {
+    let Some(model) = smollm2_path() else { return };
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let server = Server::start(&model, &["--context", "128", "--max-connections", "2"]);
+    // The health check's connection has closed; take both slots with idle connections.
+    std::thread::sleep(Duration::from_millis(200));
+    let idle: Vec<TcpStream> = (0..2).map(|_| server.connect()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    // A third client connects (the kernel's backlog) but is not served while both are held.
+    let mut third = server.connect();
+    third
+        .set_read_timeout(Some(Duration::from_millis(700)))
+        .unwrap();
+    third
+        .write_all(&request_bytes("GET", "/health", &[], b""))
+        .unwrap();
+    let mut buf = [0u8; 256];
+    assert!(
+        third.read(&mut buf).is_err(),
+        "a third connection was served"
+    );
+    // One slot frees: the waiting client is answered.
+    drop(idle);
+    third
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut all = Vec::new();
+    let _ = third.read_to_end(&mut all);
+    assert_eq!(Reply::parse(&all).status, 200);
+}

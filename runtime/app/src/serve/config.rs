@@ -41,6 +41,9 @@ pub struct ServeArgs {
     /// Seconds SIGTERM waits for running requests before cancelling them (default 10).
     #[arg(long)]
     pub drain_seconds: Option<u64>,
+    /// Open connections at most; more wait to be accepted (default 64).
+    #[arg(long)]
+    pub max_connections: Option<usize>,
     /// Worker threads for the forward pass (default: the board's).
     #[arg(short, long)]
     pub threads: Option<usize>,
@@ -70,6 +73,7 @@ pub struct FileConfig {
     pub model_name: Option<String>,
     pub max_body: Option<usize>,
     pub drain_seconds: Option<u64>,
+    pub max_connections: Option<usize>,
     pub threads: Option<usize>,
     pub kernels: Option<String>,
     pub context: Option<usize>,
@@ -101,6 +105,7 @@ pub struct Settings {
     pub model_name: String,
     pub max_body: usize,
     pub drain_seconds: u64,
+    pub max_connections: usize,
 }
 
 impl Settings {
@@ -156,6 +161,7 @@ impl Settings {
             model_name,
             max_body: args.max_body.or(file.max_body).unwrap_or(1 << 20),
             drain_seconds: args.drain_seconds.or(file.drain_seconds).unwrap_or(10),
+            max_connections: args.max_connections.or(file.max_connections).unwrap_or(64),
         })
     }
 }

@@ -10,6 +10,7 @@
 mod api;
 pub mod config;
 mod engine;
+mod listener;
 mod metrics;
 mod ollama;
 mod openai;
@@ -377,6 +378,7 @@ async fn run_server(
     let graceful = async move {
         let _ = on_signal.wait_for(|v| *v).await;
     };
+    let listener = listener::Limited::new(listener, s.max_connections);
     let server = axum::serve(listener, router(state.clone(), s.max_body))
         .with_graceful_shutdown(graceful)
         .into_future();
