@@ -889,7 +889,7 @@ fn systemd_ready_watchdog_and_stopping() {
             ("WATCHDOG_USEC", "400000"),
         ],
     );
-    let mut next = || {
+    let next = || {
         let mut buf = [0u8; 256];
         let n = sock.recv(&mut buf).expect("a notification");
         String::from_utf8_lossy(&buf[..n]).into_owned()
