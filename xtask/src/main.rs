@@ -118,6 +118,9 @@ fn ci(no_qwen: bool, no_cross: bool) -> Result<()> {
         Some(fetch::model(fetch::ModelName::Qwen25Coder05b)?)
     };
 
+    // The official Python clients that tests/serve.rs drives `edgellm serve` with.
+    pip_install(&["openai", "ollama"])?;
+
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args([
         "clippy",
@@ -162,6 +165,25 @@ fn ci(no_qwen: bool, no_cross: bool) -> Result<()> {
         bail!("{failed} tests failed");
     }
     Ok(())
+}
+
+/// Installs Python packages with pip (retrying with `--break-system-packages` where the system
+/// Python is marked as externally managed).
+fn pip_install(packages: &[&str]) -> Result<()> {
+    let mut cmd = Command::new("python3");
+    cmd.args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+    ])
+    .args(packages);
+    if run(&mut cmd).is_ok() {
+        return Ok(());
+    }
+    cmd.arg("--break-system-packages");
+    run(&mut cmd)
 }
 
 /// Runs a `cargo test` command, echoing its output, and adds up its `test result:` lines.

@@ -58,6 +58,33 @@ pub fn generate(
     par: &dyn Parallel,
     prompt: &[u32],
     max_new: usize,
+    on_text: impl FnMut(&str) -> bool,
+) -> Result<Generation> {
+    generate_with_step(
+        session,
+        tokenizer,
+        sampler,
+        par,
+        prompt,
+        max_new,
+        |_| true,
+        on_text,
+    )
+}
+
+/// [`generate`] with a hook called before each token is sampled (`on_step(i)` for the `i`-th
+/// token, right after the prompt's or the previous token's forward pass): returning `false` stops
+/// with [`StopReason::Cancelled`] before that token. The service uses it to cancel a generation
+/// whose client went away within one token, and to time each step.
+#[allow(clippy::too_many_arguments)]
+pub fn generate_with_step(
+    session: &mut Session<'_, '_>,
+    tokenizer: &Tokenizer,
+    sampler: &mut Sampler,
+    par: &dyn Parallel,
+    prompt: &[u32],
+    max_new: usize,
+    mut on_step: impl FnMut(usize) -> bool,
     mut on_text: impl FnMut(&str) -> bool,
 ) -> Result<Generation> {
     if prompt.is_empty() {
@@ -89,6 +116,10 @@ pub fn generate(
     let mut stream = Utf8Stream::new();
     let mut step_start = Instant::now();
     for i in 0..max_new {
+        if !on_step(i) {
+            out.stop = StopReason::Cancelled;
+            break;
+        }
         let id = sampler.sample(session.logits());
         sampler.accept(id);
         out.ids.push(id);

@@ -8,6 +8,7 @@ mod load;
 mod perplexity;
 mod rt;
 mod run;
+mod serve;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
@@ -55,6 +56,8 @@ enum Command {
     Perplexity(perplexity::PerplexityArgs),
     /// Convert a GGUF file or Hugging Face directory into a model image (ternary, q4 or q8).
     Convert(convert::ConvertArgs),
+    /// Serve Ollama- and OpenAI-compatible HTTP APIs (binds 127.0.0.1:11434 by default).
+    Serve(serve::ServeArgs),
 }
 
 /// Options shared by every command that loads a model.
@@ -125,6 +128,7 @@ fn main() {
         Command::Bench(a) => bench::bench(a),
         Command::Perplexity(a) => perplexity::perplexity(a),
         Command::Convert(a) => convert::run(a),
+        Command::Serve(a) => serve::serve(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -189,6 +189,22 @@ impl Sampler {
         if vocab_size == 0 || u32::try_from(vocab_size).is_err() {
             return Err(SamplerError::VocabularySize { found: vocab_size });
         }
+        Sampler::check_params(&params)?;
+        Ok(Sampler {
+            params,
+            vocab: vocab_size,
+            idx: vec![0; vocab_size],
+            probs: vec![0.0; vocab_size],
+            seen: vec![0; vocab_size.div_ceil(64)],
+            recent: vec![0; params.repeat_last_n],
+            recent_len: 0,
+            recent_next: 0,
+            rng: Rng::new(params.seed),
+        })
+    }
+
+    /// Checks every parameter's range.
+    fn check_params(p: &SamplerParams) -> Result<(), SamplerError> {
         let check = |name, ok: bool, expected, found| {
             if ok {
                 Ok(())
@@ -200,7 +216,6 @@ impl Sampler {
                 })
             }
         };
-        let p = &params;
         check(
             "temperature",
             p.temperature.is_finite() && p.temperature >= 0.0,
@@ -225,17 +240,7 @@ impl Sampler {
             "finite and > 0 (1 is off)",
             p.repeat_penalty,
         )?;
-        Ok(Sampler {
-            params,
-            vocab: vocab_size,
-            idx: vec![0; vocab_size],
-            probs: vec![0.0; vocab_size],
-            seen: vec![0; vocab_size.div_ceil(64)],
-            recent: vec![0; params.repeat_last_n],
-            recent_len: 0,
-            recent_next: 0,
-            rng: Rng::new(params.seed),
-        })
+        Ok(())
     }
 
     /// The parameters this sampler was made with.
@@ -246,6 +251,21 @@ impl Sampler {
     /// The vocabulary size `sample` expects.
     pub fn vocab_size(&self) -> usize {
         self.vocab
+    }
+
+    /// Replaces the parameters (a new request on a long-lived sampler), checking them as
+    /// [`Sampler::new`] does, forgets the accepted tokens and restarts the generator from the new
+    /// seed. Allocates only when `repeat_last_n` grows beyond every earlier value.
+    pub fn set_params(&mut self, params: SamplerParams) -> Result<(), SamplerError> {
+        Sampler::check_params(&params)?;
+        if params.repeat_last_n > self.recent.len() {
+            self.recent.resize(params.repeat_last_n, 0);
+        }
+        self.recent.truncate(params.repeat_last_n);
+        self.params = params;
+        self.rng = Rng::new(params.seed);
+        self.reset();
+        Ok(())
     }
 
     /// Forgets the accepted tokens (a new conversation); the generator continues.
@@ -611,6 +631,46 @@ mod tests {
         let mut again = Rng::new(0);
         assert_eq!(first, [again.next_u64(), again.next_u64()]);
         assert_ne!(first[0], first[1]);
+    }
+
+    #[test]
+    fn set_params_equals_a_new_sampler() {
+        let mut rng = Rng::new(5);
+        let logits = random_logits(&mut rng, 3000);
+        let draw = |s: &mut Sampler| {
+            (0..100)
+                .map(|i| {
+                    let t = s.sample(&mut logits.clone());
+                    if i % 3 == 0 {
+                        s.accept(t);
+                    }
+                    t
+                })
+                .collect::<Vec<u32>>()
+        };
+        let mut reused = Sampler::new(SamplerParams::default(), 3000).unwrap();
+        draw(&mut reused);
+        for p in [
+            SamplerParams {
+                repeat_penalty: 1.3,
+                repeat_last_n: 8,
+                ..params(0.9, 40, 0.9, 0.05)
+            },
+            SamplerParams {
+                repeat_penalty: 1.1,
+                repeat_last_n: 128,
+                ..params(1.2, 0, 1.0, 0.0)
+            },
+        ] {
+            reused.set_params(p).unwrap();
+            let mut fresh = Sampler::new(p, 3000).unwrap();
+            assert_eq!(draw(&mut reused), draw(&mut fresh));
+        }
+        let bad = SamplerParams {
+            temperature: -1.0,
+            ..SamplerParams::default()
+        };
+        assert!(reused.set_params(bad).is_err());
     }
 
     /// Tokens drawn with fixed parameters, seed and logits. The expected values were recorded on

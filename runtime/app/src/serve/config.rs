@@ -1,0 +1,217 @@
+//! `edgellm serve`'s options: the command-line flags, the TOML config file
+//! (`/etc/edgellm/edgellm.toml` when present, or `--config FILE`), and the settings that result
+//! (a flag overrides the file, the file overrides the default).
+
+use crate::ModelArgs;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// The config file read when `--config` is not given and the file exists.
+pub const DEFAULT_CONFIG: &str = "/etc/edgellm/edgellm.toml";
+
+#[derive(Args, Clone, Debug, Default)]
+pub struct ServeArgs {
+    /// Model file (GGUF); may come from the config file instead.
+    #[arg(short, long)]
+    pub model: Option<PathBuf>,
+    /// Address to listen on (default 127.0.0.1: loopback only).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Port to listen on (default 11434, Ollama's).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// TOML config file (default: /etc/edgellm/edgellm.toml when it exists).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Require `Authorization: Bearer KEY` on every endpoint but /health (also settable with
+    /// EDGELLM_API_KEY).
+    #[arg(long)]
+    pub api_key: Option<String>,
+    /// Requests that may wait for the inference thread; one more is refused with 503 (default 8).
+    #[arg(long)]
+    pub queue: Option<usize>,
+    /// The name clients use for the model (default: the file name without `.gguf`).
+    #[arg(long)]
+    pub model_name: Option<String>,
+    /// Largest request body in bytes (default 1 MiB).
+    #[arg(long)]
+    pub max_body: Option<usize>,
+    /// Seconds SIGTERM waits for running requests before cancelling them (default 10).
+    #[arg(long)]
+    pub drain_seconds: Option<u64>,
+    /// Open connections at most; more wait to be accepted (default 64).
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Worker threads for the forward pass (default: the board's).
+    #[arg(short, long)]
+    pub threads: Option<usize>,
+    /// Kernel tier to force: scalar, avx2, neon, neon-dotprod.
+    #[arg(long)]
+    pub kernels: Option<String>,
+    /// Context length in tokens (default: the board's, at most the model's).
+    #[arg(short, long)]
+    pub context: Option<usize>,
+    /// Reference numeric path (dequantized weights, f32 activations).
+    #[arg(long)]
+    pub exact: bool,
+    /// Apply another board's defaults and memory budget.
+    #[arg(long)]
+    pub board: Option<String>,
+}
+
+/// The config file: every key optional, unknown keys refused (a typo should not pass silently).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub model: Option<PathBuf>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub api_key: Option<String>,
+    pub queue: Option<usize>,
+    pub model_name: Option<String>,
+    pub max_body: Option<usize>,
+    pub drain_seconds: Option<u64>,
+    pub max_connections: Option<usize>,
+    pub threads: Option<usize>,
+    pub kernels: Option<String>,
+    pub context: Option<usize>,
+    pub exact: Option<bool>,
+    pub board: Option<String>,
+}
+
+impl FileConfig {
+    /// Reads and parses `path`.
+    pub fn read(path: &Path) -> Result<FileConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the config file {}", path.display()))?;
+        FileConfig::parse(&text).with_context(|| format!("in the config file {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<FileConfig> {
+        Ok(toml::from_str(text)?)
+    }
+}
+
+/// The settings the service runs with.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub model: ModelArgs,
+    pub host: String,
+    pub port: u16,
+    pub api_key: Option<String>,
+    pub queue: usize,
+    pub model_name: String,
+    pub max_body: usize,
+    pub drain_seconds: u64,
+    pub max_connections: usize,
+}
+
+impl Settings {
+    /// Flags over the file (`--config`, else the default file if it exists) over the defaults.
+    pub fn resolve(args: ServeArgs) -> Result<Settings> {
+        let file = match &args.config {
+            Some(p) => FileConfig::read(p)?,
+            None if Path::new(DEFAULT_CONFIG).exists() => {
+                FileConfig::read(Path::new(DEFAULT_CONFIG))?
+            }
+            None => FileConfig::default(),
+        };
+        Settings::merge(args, file)
+    }
+
+    pub fn merge(args: ServeArgs, file: FileConfig) -> Result<Settings> {
+        let Some(model) = args.model.or(file.model) else {
+            bail!("no model: give --model PATH or `model = \"PATH\"` in the config file");
+        };
+        let queue = args.queue.or(file.queue).unwrap_or(8);
+        if queue == 0 {
+            bail!("the queue must hold at least one request (--queue 1 or more)");
+        }
+        let api_key = args
+            .api_key
+            .or(file.api_key)
+            .or_else(|| std::env::var("EDGELLM_API_KEY").ok())
+            .filter(|k| !k.is_empty());
+        let model_name = args.model_name.or(file.model_name).unwrap_or_else(|| {
+            model
+                .file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default()
+                .trim_end_matches(".gguf")
+                .to_string()
+        });
+        Ok(Settings {
+            model: ModelArgs {
+                model,
+                threads: args.threads.or(file.threads),
+                kernels: args.kernels.or(file.kernels),
+                context: args.context.or(file.context),
+                exact: args.exact || file.exact.unwrap_or(false),
+                board: args.board.or(file.board),
+                // Real-time settings: the board's defaults (on for real boards, off on the host).
+                cores: None,
+                rt: false,
+                no_rt: false,
+                rt_priority: None,
+                lock_memory: false,
+                no_lock_memory: false,
+                strict_rt: false,
+            },
+            host: args
+                .host
+                .or(file.host)
+                .unwrap_or_else(|| "127.0.0.1".into()),
+            port: args.port.or(file.port).unwrap_or(11434),
+            api_key,
+            queue,
+            model_name,
+            max_body: args.max_body.or(file.max_body).unwrap_or(1 << 20),
+            drain_seconds: args.drain_seconds.or(file.drain_seconds).unwrap_or(10),
+            max_connections: args.max_connections.or(file.max_connections).unwrap_or(64),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file() {
+        let file = FileConfig::parse(
+            "model = \"/m/a.gguf\"\nport = 9000\nqueue = 4\nhost = \"0.0.0.0\"\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            port: Some(9100),
+            ..ServeArgs::default()
+        };
+        let s = Settings::merge(args, file).unwrap();
+        assert_eq!(s.port, 9100);
+        assert_eq!(s.queue, 4);
+        assert_eq!(s.host, "0.0.0.0");
+        assert_eq!(s.model_name, "a");
+        assert_eq!(s.model.model, PathBuf::from("/m/a.gguf"));
+    }
+
+    #[test]
+    fn defaults_bind_loopback() {
+        let args = ServeArgs {
+            model: Some("x.gguf".into()),
+            ..ServeArgs::default()
+        };
+        let s = Settings::merge(args, FileConfig::default()).unwrap();
+        assert_eq!(s.host, "127.0.0.1");
+        assert_eq!(s.queue, 8);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_types_are_refused() {
+        assert!(FileConfig::parse("prot = 1\n").is_err());
+        assert!(FileConfig::parse("port = \"x\"\n").is_err());
+        let e = Settings::merge(ServeArgs::default(), FileConfig::default()).unwrap_err();
+        assert!(e.to_string().contains("--model"));
+    }
+}
