@@ -250,20 +250,28 @@ fn describe(loaded: &Loaded<'_>) -> (String, String, String) {
     (family, size, quant)
 }
 
-/// Resolves when SIGTERM or SIGINT arrives.
-async fn signalled() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("warning: cannot listen for SIGTERM: {e}");
-            std::future::pending::<()>().await;
-            return;
+/// SIGTERM and SIGINT handlers, installed before the service says it is ready: a signal that
+/// arrives any time after `READY=1` starts a drain instead of killing the process.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+        })
+    }
+
+    /// Resolves when SIGTERM or SIGINT arrives.
+    async fn recv(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }
 
@@ -351,6 +359,7 @@ async fn run_server(
         .await
         .with_context(|| format!("cannot listen on {}:{}", s.host, s.port))?;
     let addr = listener.local_addr()?;
+    let signals = Signals::install()?;
     eprintln!(
         "serving {} (context {}, queue {}) on http://{addr}{}",
         s.model_name,
@@ -371,7 +380,7 @@ async fn run_server(
     }
     let (sig_tx, sig_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        signalled().await;
+        signals.recv().await;
         let _ = sig_tx.send(true);
     });
     let mut on_signal = sig_rx.clone();
