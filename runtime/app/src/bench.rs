@@ -3,11 +3,10 @@
 
 use crate::budget::OVERHEAD_BYTES;
 use crate::load::{self, Loaded, ModelFile};
-use crate::run::{context_len, make_pool};
+use crate::run::{make_pool, new_session};
 use crate::ModelArgs;
 use anyhow::Result;
 use clap::Args;
-use edgellm_core::session::{NumericPath, Session, SessionOptions};
 use edgellm_hal::counters::{page_faults, peak_rss_bytes, CountingAlloc};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -106,17 +105,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let loaded = Loaded::new(file.gguf()?, &kernels)?;
     let cfg = &loaded.model.config;
     let need = args.prompt_tokens + args.gen_tokens;
-    let ctx = context_len(&args.model, &loaded, file_len, need)?;
-    let path = if args.model.exact {
-        NumericPath::Exact
-    } else {
-        NumericPath::Fast
-    };
-    let mut session = Session::new(
-        &loaded.model,
-        kernels,
-        SessionOptions { context: ctx, path },
-    )?;
+    let mut session = new_session(&args.model, &loaded, file_len, need, kernels)?;
     let pool = make_pool(&args.model)?;
     let threads = pool.threads;
     let board = args.model.board()?;
@@ -178,7 +167,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let (ttft_m, _) = mean_std(&ttft);
     let kernels = session.kernels().describe().to_string();
     let peer = if args.compare_llamacpp {
-        Some(run_llamacpp(&args, threads, ctx)?)
+        Some(run_llamacpp(&args, threads, session.context())?)
     } else {
         None
     };

@@ -5,11 +5,10 @@
 //! after the first of each window is scored: perplexity = exp(mean negative log-likelihood).
 
 use crate::load::{self, Loaded, ModelFile};
-use crate::run::{context_len, make_pool};
+use crate::run::{make_pool, new_session};
 use crate::ModelArgs;
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use edgellm_core::session::{NumericPath, Session, SessionOptions};
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -49,17 +48,7 @@ pub fn perplexity(args: PerplexityArgs) -> Result<()> {
     if ids.len() < 2 {
         bail!("{} has fewer than 2 tokens", args.file.display());
     }
-    let ctx = context_len(&args.model, &loaded, file.len(), args.ctx)?;
-    let path = if args.model.exact {
-        NumericPath::Exact
-    } else {
-        NumericPath::Fast
-    };
-    let mut session = Session::new(
-        &loaded.model,
-        kernels,
-        SessionOptions { context: ctx, path },
-    )?;
+    let mut session = new_session(&args.model, &loaded, file.len(), args.ctx, kernels)?;
     let pool = make_pool(&args.model)?;
     let bos = tok.add_bos().then(|| tok.bos_id()).flatten();
     let (mut total, mut count) = (0f64, 0usize);

@@ -103,6 +103,28 @@ pub fn context_len(
     Ok(ctx)
 }
 
+/// A session for `loaded` with the context `context_len` settles on and the numeric path the
+/// options ask for.
+pub fn new_session<'m, 'a>(
+    args: &ModelArgs,
+    loaded: &'m Loaded<'a>,
+    file_bytes: u64,
+    min: usize,
+    kernels: edgellm_kernels::Kernels,
+) -> Result<Session<'m, 'a>> {
+    let context = context_len(args, loaded, file_bytes, min)?;
+    let path = if args.exact {
+        NumericPath::Exact
+    } else {
+        NumericPath::Fast
+    };
+    Ok(Session::new(
+        &loaded.model,
+        kernels,
+        SessionOptions { context, path },
+    )?)
+}
+
 /// Prompt ids for `text`: through the chat template unless `raw`, with BOS when the model wants it.
 pub fn prompt_ids(loaded: &Loaded<'_>, text: &str, raw: bool) -> Result<Vec<u32>> {
     let tok = &loaded.tokenizer;
@@ -155,17 +177,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     eprintln!("kernels: {}", kernels.describe());
     let loaded = Loaded::new(file.gguf()?, &kernels)?;
     let ids = prompt_ids(&loaded, &prompt, args.raw)?;
-    let ctx = context_len(&args.model, &loaded, file.len(), 1)?;
-    let path = if args.model.exact {
-        NumericPath::Exact
-    } else {
-        NumericPath::Fast
-    };
-    let mut session = Session::new(
-        &loaded.model,
-        kernels,
-        SessionOptions { context: ctx, path },
-    )?;
+    let mut session = new_session(&args.model, &loaded, file.len(), 1, kernels)?;
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -249,17 +261,7 @@ pub fn logits(args: LogitsArgs) -> Result<()> {
     let kernels = load::kernels(args.model.kernels.as_deref())?;
     let loaded = Loaded::new(file.gguf()?, &kernels)?;
     let ids = prompt_ids(&loaded, &args.prompt, true)?;
-    let ctx = context_len(&args.model, &loaded, file.len(), ids.len())?;
-    let path = if args.model.exact {
-        NumericPath::Exact
-    } else {
-        NumericPath::Fast
-    };
-    let mut session = Session::new(
-        &loaded.model,
-        kernels,
-        SessionOptions { context: ctx, path },
-    )?;
+    let mut session = new_session(&args.model, &loaded, file.len(), ids.len(), kernels)?;
     let pool = make_pool(&args.model)?;
     if ids.is_empty() {
         anyhow::bail!("the prompt is empty");
