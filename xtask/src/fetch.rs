@@ -116,6 +116,8 @@ fn pip_download(requirement: &str, dir: &Path, sdist: bool) -> Result<PathBuf> {
         cmd.arg("--only-binary=:all:");
     }
     cmd.arg(requirement);
+    // pip's progress goes to stderr: stdout carries only the path this command prints.
+    cmd.stdout(std::io::stderr());
     eprintln!("fetching {requirement} from the package registry ...");
     let status = cmd
         .status()
