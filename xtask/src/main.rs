@@ -1,8 +1,12 @@
 //! `cargo xtask`: project automation — fetching the reference models and test vectors, and running
 //! the whole check suite exactly as CI does.
 
+mod build;
 mod cross;
+mod elf;
 mod fetch;
+mod package;
+mod unit;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -41,6 +45,20 @@ enum Cmd {
     /// Build the kernel and core test suites for aarch64 and run them under qemu with each board's
     /// CPU model (cortex-a53, cortex-a72, cortex-a76, neoverse-n1), plus the golden end-to-end test.
     TestCross,
+    /// Cross-compile the release binary for a board (CPU tuning, the board's glibc), check it
+    /// (ELF machine, GLIBC versions, `--version` under qemu) and write target/images/<board>/: a
+    /// tarball, a .deb with the systemd unit and config, and SHA256SUMS.
+    Build {
+        /// Board: pi-zero-2w, pi4, pi5, jetson-nano, jetson-orin, host.
+        #[arg(long)]
+        board: String,
+        /// A GGUF model to ship under /usr/share/edgellm/models/ (and name in the config).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Extra cargo features of the edgellm crate.
+        #[arg(long, value_delimiter = ',')]
+        features: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -55,6 +73,11 @@ fn main() -> Result<()> {
             println!("{}", dir.display());
         }
         Cmd::Ci { no_qwen, no_cross } => ci(no_qwen, no_cross)?,
+        Cmd::Build {
+            board,
+            model,
+            features,
+        } => build::build(&board, model.as_deref(), &features)?,
         Cmd::TestCross => {
             let model = fetch::model(fetch::ModelName::Smollm2135m)?;
             std::env::set_var("EDGELLM_MODEL", &model);

@@ -1,0 +1,222 @@
+//! `target/images/<board>/`: the board's tarball, its Debian package and `SHA256SUMS`.
+
+use crate::unit;
+use anyhow::{bail, Context, Result};
+use edgellm_board::Board;
+use sha2::{Digest, Sha256};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The package version (the workspace's).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+fn write(path: &Path, text: &[u8], mode: u32) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+fn copy(from: &Path, to: &Path, mode: u32) -> Result<()> {
+    let bytes = fs::read(from).with_context(|| format!("cannot read {}", from.display()))?;
+    write(to, &bytes, mode)
+}
+
+/// The README that goes into the tarball.
+fn readme(board: &Board, deb: &str) -> String {
+    format!(
+        "EdgeLLM {VERSION} for the {desc}\n\n\
+         Debian-based OS (Raspberry Pi OS, JetPack): copy {deb} to the board, then\n\
+         \x20   sudo apt install ./{deb}\n\
+         \x20   sudoedit {cfg}      # set model = \"/path/to/model.gguf\" unless one is packaged\n\
+         \x20   sudo systemctl restart edgellm\n\
+         \x20   systemctl status edgellm\n\n\
+         By hand: install edgellm as {bin}, edgellm.toml as {cfg},\n\
+         edgellm.service as {unit_path}, create the system user `edgellm`, then\n\
+         \x20   sudo systemctl daemon-reload && sudo systemctl enable --now edgellm\n",
+        desc = board.description,
+        cfg = unit::CONFIG_PATH,
+        bin = unit::BIN_PATH,
+        unit_path = unit::UNIT_PATH,
+    )
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    let bytes = fs::read(path)?;
+    Ok(format!("{:x}", Sha256::digest(&bytes)))
+}
+
+fn du_kib(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        let meta = e.metadata()?;
+        total += if meta.is_dir() {
+            du_kib(&e.path())?
+        } else {
+            meta.len().div_ceil(1024)
+        };
+    }
+    Ok(total)
+}
+
+fn tool(cmd: &mut Command) -> Result<String> {
+    eprintln!("$ {cmd:?}");
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Writes the tarball, the .deb and SHA256SUMS for `board` into `out`; returns the .deb's path.
+pub fn package(
+    board: &Board,
+    triple: &str,
+    exe: &Path,
+    model: Option<&Path>,
+    glibc: (u32, u32),
+    out: &Path,
+) -> Result<PathBuf> {
+    if out.exists() {
+        fs::remove_dir_all(out)?;
+    }
+    fs::create_dir_all(out)?;
+    let arch = if board.target_triple == "native" {
+        tool(Command::new("dpkg").arg("--print-architecture"))?
+            .trim()
+            .to_string()
+    } else {
+        unit::deb_arch(triple).to_string()
+    };
+    let model_name = model
+        .and_then(|m| m.file_name())
+        .map(|n| n.to_string_lossy().into_owned());
+    let config = unit::config(board, model_name.as_deref());
+    let service = unit::unit(board);
+    let deb_name = format!("edgellm_{VERSION}_{arch}.deb");
+
+    // The package tree.
+    let staging = out.join(".staging");
+    let root = staging.join("deb");
+    let rel = |p: &str| root.join(p.trim_start_matches('/'));
+    copy(exe, &rel(unit::BIN_PATH), 0o755)?;
+    // A stripped binary: the board does not need the symbols, and lintian asks for it.
+    let _ = tool(Command::new("llvm-strip").arg(rel(unit::BIN_PATH)))
+        .or_else(|_| tool(Command::new("aarch64-linux-gnu-strip").arg(rel(unit::BIN_PATH))))
+        .or_else(|_| {
+            tool(
+                Command::new("python3")
+                    .args(["-m", "ziglang", "objcopy", "--strip-all"])
+                    .arg(rel(unit::BIN_PATH))
+                    .arg(rel(unit::BIN_PATH)),
+            )
+        });
+    write(&rel(unit::CONFIG_PATH), config.as_bytes(), 0o644)?;
+    write(&rel(unit::UNIT_PATH), service.as_bytes(), 0o644)?;
+    if let (Some(m), Some(name)) = (model, &model_name) {
+        copy(m, &rel(&format!("{}/{name}", unit::MODEL_DIR)), 0o644)?;
+    }
+    let doc = rel("/usr/share/doc/edgellm");
+    write(&doc.join("copyright"), copyright().as_bytes(), 0o644)?;
+    let size = du_kib(&root)?;
+    let debian = root.join("DEBIAN");
+    write(
+        &debian.join("control"),
+        unit::control(board, VERSION, &arch, glibc, size).as_bytes(),
+        0o644,
+    )?;
+    write(
+        &debian.join("conffiles"),
+        format!("{}\n", unit::CONFIG_PATH).as_bytes(),
+        0o644,
+    )?;
+    for (name, text) in unit::maintainer_scripts() {
+        write(&debian.join(name), text.as_bytes(), 0o755)?;
+    }
+    for dir in walk_dirs(&root)? {
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))?;
+    }
+    let deb = out.join(&deb_name);
+    tool(
+        Command::new("dpkg-deb")
+            .args(["--build", "--root-owner-group", "-Zxz"])
+            .arg(&root)
+            .arg(&deb),
+    )?;
+
+    // The tarball: binary, unit, config, README (and the model when given).
+    let tar_dir_name = format!("edgellm-{VERSION}-{}", board.name);
+    let tar_dir = staging.join(&tar_dir_name);
+    copy(&rel(unit::BIN_PATH), &tar_dir.join("edgellm"), 0o755)?;
+    write(&tar_dir.join("edgellm.service"), service.as_bytes(), 0o644)?;
+    write(&tar_dir.join("edgellm.toml"), config.as_bytes(), 0o644)?;
+    write(
+        &tar_dir.join("README"),
+        readme(board, &deb_name).as_bytes(),
+        0o644,
+    )?;
+    if let (Some(m), Some(name)) = (model, &model_name) {
+        copy(m, &tar_dir.join(name), 0o644)?;
+    }
+    let tarball = out.join(format!("{tar_dir_name}.tar.gz"));
+    tool(
+        Command::new("tar")
+            .args(["--owner=0", "--group=0", "--numeric-owner", "-czf"])
+            .arg(&tarball)
+            .arg("-C")
+            .arg(&staging)
+            .arg(&tar_dir_name),
+    )?;
+    fs::remove_dir_all(&staging)?;
+
+    let mut sums = String::new();
+    for f in [&tarball, &deb] {
+        let name = f.file_name().unwrap_or_default().to_string_lossy();
+        sums.push_str(&format!("{}  {name}\n", sha256_file(f)?));
+    }
+    write(&out.join("SHA256SUMS"), sums.as_bytes(), 0o644)?;
+    println!("wrote {}:", out.display());
+    for f in [&tarball, &deb] {
+        println!(
+            "  {} ({} KiB)",
+            f.file_name().unwrap_or_default().to_string_lossy(),
+            fs::metadata(f)?.len().div_ceil(1024)
+        );
+    }
+    println!("  SHA256SUMS");
+    Ok(deb)
+}
+
+fn walk_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut dirs = vec![dir.to_path_buf()];
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            dirs.extend(walk_dirs(&e.path())?);
+        }
+    }
+    Ok(dirs)
+}
+
+fn copyright() -> String {
+    "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\
+     Upstream-Name: edgellm\n\
+     \n\
+     Files: *\n\
+     Copyright: EdgeLLM contributors\n\
+     License: Apache-2.0\n\
+     \x20On Debian systems the full text of the Apache License 2.0 is in\n\
+     \x20/usr/share/common-licenses/Apache-2.0.\n"
+        .to_string()
+}
