@@ -151,6 +151,22 @@ fn compile(board: &Board, triple: &str, features: &[String]) -> Result<PathBuf> 
     Ok(dir.join("edgellm"))
 }
 
+/// Fails when a binary needing GLIBC `max` would not start on the board's OS.
+pub fn within_floor(board: &Board, max: (u32, u32)) -> Result<()> {
+    let (fmaj, fmin) = board.glibc_floor;
+    if max > board.glibc_floor {
+        bail!(
+            "the binary needs GLIBC_{}.{} but the {} ships glibc {fmaj}.{fmin}: it would not start \
+             there (link with `cargo zigbuild --target {}.{fmaj}.{fmin}`)",
+            max.0,
+            max.1,
+            board.name,
+            board.target_triple
+        );
+    }
+    Ok(())
+}
+
 /// The checks a board binary must pass; returns the highest GLIBC version it needs.
 fn verify(board: &Board, exe: &Path) -> Result<(u32, u32)> {
     let bytes = std::fs::read(exe).with_context(|| format!("cannot read {}", exe.display()))?;
@@ -189,14 +205,8 @@ fn verify(board: &Board, exe: &Path) -> Result<(u32, u32)> {
     );
     if is_host(board) {
         println!("host build: runs where it was built; floor not enforced");
-    } else if max > board.glibc_floor {
-        bail!(
-            "{} needs GLIBC_{}.{} but the {} ships glibc {fmaj}.{fmin}: it would not start there",
-            exe.display(),
-            max.0,
-            max.1,
-            board.name
-        );
+    } else {
+        within_floor(board, max).with_context(|| exe.display().to_string())?;
     }
     let mut cmd = if is_host(board) {
         Command::new(exe)
@@ -242,4 +252,37 @@ pub fn build(name: &str, model: Option<&Path>, features: &[String]) -> Result<()
     let out = crate::root().join("target/images").join(board.name);
     crate::package::package(&board, &triple, &exe, model, glibc, &out)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glibc_floor_is_enforced() {
+        let nano = board("jetson-nano").unwrap();
+        assert!(within_floor(&nano, (2, 27)).is_ok());
+        assert!(within_floor(&nano, (2, 17)).is_ok());
+        let err = within_floor(&nano, (2, 34)).unwrap_err().to_string();
+        assert!(err.contains("GLIBC_2.34") && err.contains("2.27"), "{err}");
+        assert!(within_floor(&board("pi5").unwrap(), (2, 36)).is_ok());
+        assert!(within_floor(&board("jetson-orin").unwrap(), (2, 32)).is_err());
+    }
+
+    #[test]
+    fn boards_resolve_with_their_tuning() {
+        assert!(board("pi6").unwrap_err().to_string().contains("pi-zero-2w"));
+        assert_eq!(
+            rustflags(&board("pi-zero-2w").unwrap()),
+            "-C target-cpu=cortex-a53 -C target-feature=-aes,-sha2"
+        );
+        assert_eq!(
+            rustflags(&board("pi5").unwrap()),
+            "-C target-cpu=cortex-a76"
+        );
+        assert_eq!(rustflags(&board("host").unwrap()), "");
+        for b in BOARDS.iter().filter(|b| !is_host(b)) {
+            assert_eq!(triple(b), "aarch64-unknown-linux-gnu");
+        }
+    }
 }
