@@ -129,6 +129,12 @@ pub fn package(
     }
     let doc = rel("/usr/share/doc/edgellm");
     write(&doc.join("copyright"), copyright().as_bytes(), 0o644)?;
+    write(&doc.join("changelog"), changelog().as_bytes(), 0o644)?;
+    tool(
+        Command::new("gzip")
+            .args(["-9nf"])
+            .arg(doc.join("changelog")),
+    )?;
     let size = du_kib(&root)?;
     let debian = root.join("DEBIAN");
     write(
@@ -141,6 +147,14 @@ pub fn package(
         format!("{}\n", unit::CONFIG_PATH).as_bytes(),
         0o644,
     )?;
+    // md5sums of every file outside DEBIAN, as dpkg records them.
+    let files = tool(
+        Command::new("sh")
+            .arg("-c")
+            .arg("find . -path ./DEBIAN -prune -o -type f -printf '%P\\n' | LC_ALL=C sort | xargs md5sum")
+            .current_dir(&root),
+    )?;
+    write(&debian.join("md5sums"), files.as_bytes(), 0o644)?;
     for (name, text) in unit::maintainer_scripts() {
         write(&debian.join(name), text.as_bytes(), 0o755)?;
     }
@@ -214,9 +228,18 @@ fn copyright() -> String {
      Upstream-Name: edgellm\n\
      \n\
      Files: *\n\
-     Copyright: EdgeLLM contributors\n\
+     Copyright: 2026 EdgeLLM contributors\n\
      License: Apache-2.0\n\
      \x20On Debian systems the full text of the Apache License 2.0 is in\n\
      \x20/usr/share/common-licenses/Apache-2.0.\n"
         .to_string()
+}
+
+/// The Debian changelog of the (native) package: one entry for this version.
+fn changelog() -> String {
+    format!(
+        "edgellm ({VERSION}) stable; urgency=medium\n\n\
+         \x20 * Release {VERSION}.\n\n\
+         \x20-- EdgeLLM maintainers <edgellm@example.invalid>  Sun, 29 Nov 2026 00:00:00 +0000\n"
+    )
 }

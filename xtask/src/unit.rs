@@ -194,13 +194,13 @@ pub fn control(
          Section: misc\n\
          Priority: optional\n\
          Homepage: https://example.invalid/edgellm\n\
-         Description: small language model runtime and service for {}\n \
+         Description: small language model runtime and service ({})\n \
          EdgeLLM runs small language models (GGUF) on the CPU, and on Jetson boards on\n \
          the GPU, and serves them over Ollama- and OpenAI-compatible HTTP APIs as a\n \
          systemd service with real-time scheduling and locked memory.\n \
          .\n \
-         This build is tuned for the {} board.\n",
-        glibc.0, glibc.1, board.description, board.name
+         This build is tuned for the {}.\n",
+        glibc.0, glibc.1, board.name, board.description
     )
 }
 
@@ -248,10 +248,10 @@ pub fn maintainer_scripts() -> Vec<(&'static str, String)> {
          if [ -d /run/systemd/system ]; then\n\
          \tsystemctl --system daemon-reload >/dev/null || true\n\
          fi\n\
-         if [ \"$1\" = remove ] && [ -x /usr/bin/deb-systemd-helper ]; then\n\
+         if [ \"$1\" = remove ] && command -v deb-systemd-helper >/dev/null; then\n\
          \tdeb-systemd-helper mask edgellm.service >/dev/null || true\n\
          fi\n\
-         if [ \"$1\" = purge ] && [ -x /usr/bin/deb-systemd-helper ]; then\n\
+         if [ \"$1\" = purge ] && command -v deb-systemd-helper >/dev/null; then\n\
          \tdeb-systemd-helper purge edgellm.service >/dev/null || true\n\
          \tdeb-systemd-helper unmask edgellm.service >/dev/null || true\n\
          fi\n\
