@@ -199,7 +199,7 @@ pub fn control(
          the GPU, and serves them over Ollama- and OpenAI-compatible HTTP APIs as a\n \
          systemd service with real-time scheduling and locked memory.\n \
          .\n \
-         This build is tuned for the {}.\n",
+         Board: {}.\n",
         glibc.0, glibc.1, board.name, board.description
     )
 }
@@ -409,6 +409,13 @@ mod tests {
             .skip(1)
         {
             assert!(l.starts_with(' ') && l.len() > 1, "{l:?}");
+        }
+        // lintian: the synopsis and the extended description fit in 80 columns, for every board.
+        for b in BOARDS {
+            let c = control(b, "0.1.0", "arm64", (2, 31), 1);
+            for l in c.lines() {
+                assert!(l.len() <= 80, "{}: {l:?}", b.name);
+            }
         }
         assert_eq!(deb_arch("aarch64-unknown-linux-gnu"), "arm64");
         assert_eq!(deb_arch("x86_64-unknown-linux-gnu"), "amd64");
