@@ -52,6 +52,9 @@ pub fn unit(board: &Board) -> String {
     line("Documentation=man:edgellm(1)");
     line("After=network-online.target");
     line("Wants=network-online.target");
+    line("# Without a model (none packaged, none configured yet) it gives up after 5 quick failures.");
+    line("StartLimitIntervalSec=120");
+    line("StartLimitBurst=5");
     line("");
     line("[Service]");
     line("Type=notify");
