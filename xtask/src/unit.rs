@@ -49,7 +49,6 @@ pub fn unit(board: &Board) -> String {
         "Description=EdgeLLM language model service ({})",
         board.description
     ));
-    line("Documentation=man:edgellm(1)");
     line("After=network-online.target");
     line("Wants=network-online.target");
     line("# Without a model (none packaged, none configured yet) it gives up after 5 quick failures.");
