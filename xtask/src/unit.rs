@@ -431,6 +431,11 @@ mod tests {
         assert!(postinst.contains("deb-systemd-helper enable edgellm.service"));
         for (name, text) in &scripts {
             assert!(text.starts_with("#!/bin/sh\nset -e\n"), "{name}");
+            let syntax = Command::new("sh")
+                .args(["-n", "-c", text])
+                .status()
+                .unwrap();
+            assert!(syntax.success(), "{name}: sh -n fails");
             // systemctl only where systemd runs (not in a chroot or an image build).
             for l in text
                 .lines()
