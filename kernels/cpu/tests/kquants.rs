@@ -2,6 +2,7 @@
 //! format's reference (gguf-py fixtures in `tests/data`), scalar gemv against dequantize + dot, and
 //! the AVX2 kernels against the scalar specification on random shapes and named edge cases.
 
+mod common;
 use edgellm_kernels::scalar::kquants::{
     dequantize_q4_k, dequantize_q5_k, dequantize_q6_k, gemv_q4_k, gemv_q5_k, gemv_q6_k, QK_K,
 };
@@ -34,39 +35,7 @@ const COLS: [usize; 8] = [256, 512, 768, 1024, 1280, 1536, 1792, 2048];
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-/// Deterministic xorshift64* generator (no dev-dependencies needed).
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-    /// Uniform in [0, 1).
-    fn unit(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
-    }
-    fn bytes(&mut self, dst: &mut [u8]) {
-        for b in dst {
-            *b = self.next_u64() as u8;
-        }
-    }
-    /// A finite f16 bit pattern: random sign and mantissa, exponent field 1..=17 (about 6e-5 to 8).
-    fn sane_f16(&mut self) -> u16 {
-        let sign = (self.next_u64() as u16 & 1) << 15;
-        let exp = (1 + self.below(17) as u16) << 10;
-        let mant = self.next_u64() as u16 & 0x3FF;
-        sign | exp | mant
-    }
-}
+use common::Rng;
 
 /// Test-only copy of the activation quantization rule of `ActsQ8`: per group of 16 values,
 /// `d = amax / 127`, `q = round_ties_even(x * (1 / d))`, 0 when `amax == 0`, and the exact sum.
@@ -185,7 +154,7 @@ impl Kind {
     /// `rows` rows of `cols / 256` random super-blocks with finite f16 scales.
     fn random_weights(&self, rng: &mut Rng, rows: usize, cols: usize) -> Vec<u8> {
         let mut w = vec![0u8; rows * cols / QK_K * self.block_bytes];
-        rng.bytes(&mut w);
+        rng.fill_bytes(&mut w);
         for blk in w.chunks_exact_mut(self.block_bytes) {
             for &off in self.f16_fields {
                 blk[off..off + 2].copy_from_slice(&rng.sane_f16().to_le_bytes());
@@ -601,7 +570,7 @@ macro_rules! kquant_tests {
                 let mut rng = Rng::new(0x5EED_0004);
                 for cols in COLS {
                     let mut w = vec![0u8; 4 * cols / QK_K * kind.block_bytes];
-                    rng.bytes(&mut w);
+                    rng.fill_bytes(&mut w);
                     let acts = Acts::random(&mut rng, cols);
                     check_avx2(kind, $avx2, &w, &acts, 4, "random bytes");
                 }

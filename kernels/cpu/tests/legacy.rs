@@ -2,6 +2,7 @@
 //! scalar specification, and of the scalar dequantizers against the GGUF reference values in
 //! `tests/data` (made by `gen_legacy_fixture.py` with the `gguf` Python package).
 
+mod common;
 use edgellm_kernels::scalar;
 use edgellm_kernels::{
     ActsQ8, ActsQ8Mut, CpuFeatures, GgmlType, KernelError, Kernels, Tier, QK, QS,
@@ -34,36 +35,7 @@ fn act_q8_tol(row: &[f32], x: &[f32], acts: &ActsQ8<'_>) -> f32 {
 // ---------------------------------------------------------------------------------------------
 // Deterministic random data
 
-/// xorshift64*: small, seeded, reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-    fn unit(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
-    }
-    /// Roughly normal, mean 0, deviation `s`.
-    fn normal(&mut self, s: f32) -> f32 {
-        let u: f32 = (0..4).map(|_| self.unit()).sum::<f32>() - 2.0;
-        u * s * 1.7
-    }
-    fn fill_bytes(&mut self, b: &mut [u8]) {
-        for v in b {
-            *v = self.next_u64() as u8;
-        }
-    }
-}
+use common::Rng;
 
 /// How the f16 scales (`d`, `m`) of random blocks are chosen.
 #[derive(Clone, Copy, Debug)]

@@ -6,6 +6,7 @@
 //! Activations come from a private quantizer with one scale per 16 values, the [`ActsQ8`]
 //! contract the ternary kernels are written for.
 
+mod common;
 use edgellm_kernels::scalar::ternary as st;
 use edgellm_kernels::{ActsQ8, GgmlType};
 use half::f16;
@@ -18,31 +19,7 @@ type GemvFn = unsafe fn(&[u8], &ActsQ8<'_>, &mut [f32]);
 // ---------------------------------------------------------------------------------------------
 // Deterministic random data
 
-/// xorshift64*: small, seeded, reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-    fn unit(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
-    }
-    /// Roughly normal, mean 0, deviation `s`.
-    fn normal(&mut self, s: f32) -> f32 {
-        let u: f32 = (0..4).map(|_| self.unit()).sum::<f32>() - 2.0;
-        u * s * 1.7
-    }
-}
+use common::Rng;
 
 // ---------------------------------------------------------------------------------------------
 // Activations: one scale per 16 values
