@@ -38,6 +38,13 @@ pub struct BenchArgs {
     /// Python interpreter that has xllamacpp installed.
     #[arg(long, default_value = "python3")]
     pub python: String,
+    /// With --compare-llamacpp: run this llama.cpp build's `llama-bench` binary instead of
+    /// xllamacpp (e.g. a CUDA build).
+    #[arg(long, value_name = "PATH")]
+    pub llamacpp_bench: Option<PathBuf>,
+    /// With --llamacpp-bench: layers llama.cpp offloads to the GPU (`-ngl`).
+    #[arg(long, default_value_t = 0)]
+    pub llamacpp_ngl: usize,
 }
 
 /// llama.cpp's figures from the same command.
@@ -46,8 +53,52 @@ struct Peer {
     decode: (f64, f64),
 }
 
-/// Runs llama.cpp through xllamacpp with the same settings and returns its mean/stddev figures.
+/// Runs a llama.cpp build's `llama-bench` with the same settings (its JSON output has one entry
+/// for the prompt test and one for the generation test, with mean and stddev tokens/s).
+fn run_llama_bench(args: &BenchArgs, bin: &std::path::Path, threads: usize) -> Result<Peer> {
+    let model = args.llamacpp_model.as_ref().unwrap_or(&args.model.model);
+    let out = std::process::Command::new(bin)
+        .arg("-m")
+        .arg(model)
+        .args(["-p", &args.prompt_tokens.to_string()])
+        .args(["-n", &args.gen_tokens.to_string()])
+        .args(["-r", &args.reps.to_string()])
+        .args(["-t", &threads.to_string()])
+        .args(["-ngl", &args.llamacpp_ngl.to_string()])
+        .args(["-o", "json"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", bin.display()))?;
+    anyhow::ensure!(out.status.success(), "llama-bench failed ({})", out.status);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let mut peer = Peer {
+        prefill: (0.0, 0.0),
+        decode: (0.0, 0.0),
+    };
+    for t in v.as_array().into_iter().flatten() {
+        let fig = (
+            t["avg_ts"].as_f64().unwrap_or(0.0),
+            t["stddev_ts"].as_f64().unwrap_or(0.0),
+        );
+        if t["n_gen"].as_u64() == Some(0) {
+            peer.prefill = fig;
+        } else {
+            peer.decode = fig;
+        }
+    }
+    anyhow::ensure!(
+        peer.decode.0 > 0.0,
+        "llama-bench printed no generation timing"
+    );
+    Ok(peer)
+}
+
+/// Runs llama.cpp through xllamacpp (or `--llamacpp-bench`) with the same settings and returns
+/// its mean/stddev figures.
 fn run_llamacpp(args: &BenchArgs, threads: usize, ctx: usize) -> Result<Peer> {
+    if let Some(bin) = &args.llamacpp_bench {
+        return run_llama_bench(args, bin, threads);
+    }
     let out = std::process::Command::new(&args.python)
         .arg("-c")
         .arg(include_str!("llamacpp_bench.py"))
@@ -105,11 +156,6 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let loaded = Loaded::new(file.gguf()?, &kernels)?;
     let cfg = &loaded.model.config;
     let need = args.prompt_tokens + args.gen_tokens;
-    let mut session = new_session(&args.model, &loaded, file_len, need, kernels)?;
-    let pool = make_pool(&args.model)?;
-    let threads = pool.threads;
-    let board = args.model.board()?;
-
     // Synthetic prompt: deterministic ordinary tokens (no control tokens), like llama-bench.
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     let mut prompt = Vec::with_capacity(args.prompt_tokens);
@@ -122,6 +168,14 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             prompt.push(id);
         }
     }
+    let context = crate::run::context_len(&args.model, &loaded, file_len, need)?;
+    if let Some(engine) = crate::device::select(&args.model, &loaded, context)? {
+        return bench_gpu(&args, engine, &prompt);
+    }
+    let mut session = new_session(&args.model, &loaded, file_len, need, kernels)?;
+    let pool = make_pool(&args.model)?;
+    let threads = pool.threads;
+    let board = args.model.board()?;
 
     let mut pp = Vec::with_capacity(args.reps);
     let mut tg = Vec::with_capacity(args.reps);
@@ -287,4 +341,143 @@ fn argmax(v: &[f32]) -> u32 {
         }
     }
     best as u32
+}
+
+/// The GPU half of `bench`: the same repetitions, prompt and greedy decode, timed around the
+/// decode graph's replays (each step waits for its token on the host, as generation does).
+fn bench_gpu(args: &BenchArgs, mut engine: edgellm_cuda::GpuEngine, prompt: &[u32]) -> Result<()> {
+    let board = args.model.board()?;
+    let mut pp = Vec::with_capacity(args.reps);
+    let mut tg = Vec::with_capacity(args.reps);
+    let mut ttft = Vec::with_capacity(args.reps);
+    let mut lat = Vec::with_capacity(args.reps * args.gen_tokens);
+    let (mut decode_faults, mut decode_allocs) = (0u64, 0u64);
+    for rep in 0..=args.reps {
+        engine.reset()?;
+        let t0 = Instant::now();
+        engine.prefill(prompt)?;
+        engine.sampled()?;
+        let t_prefill = t0.elapsed().as_secs_f64();
+        let faults0 = page_faults().unwrap_or(0);
+        let allocs0 = CountingAlloc::stats();
+        let mut steps = Vec::with_capacity(args.gen_tokens);
+        let t1 = Instant::now();
+        let mut last = t1;
+        for _ in 0..args.gen_tokens {
+            engine.step()?;
+            engine.sampled()?;
+            let now = Instant::now();
+            steps.push((now - last).as_secs_f64());
+            last = now;
+        }
+        let t_gen = t1.elapsed().as_secs_f64();
+        let faults = page_faults().unwrap_or(0).saturating_sub(faults0);
+        let allocs = CountingAlloc::stats().since(&allocs0).heap_operations();
+        if rep == 0 {
+            continue;
+        }
+        decode_faults += faults;
+        decode_allocs += allocs;
+        pp.push(prompt.len() as f64 / t_prefill);
+        tg.push(args.gen_tokens as f64 / t_gen);
+        ttft.push(t_prefill * 1e3);
+        lat.extend(steps.iter().map(|s| s * 1e3));
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let (pp_m, pp_s) = mean_std(&pp);
+    let (tg_m, tg_s) = mean_std(&tg);
+    let (ttft_m, _) = mean_std(&ttft);
+    let peer = if args.compare_llamacpp {
+        Some(run_llamacpp(
+            args,
+            args.model.threads.unwrap_or(1),
+            engine.context(),
+        )?)
+    } else {
+        None
+    };
+    let desc = engine.describe();
+    if args.json {
+        let out = serde_json::json!({
+            "model": args.model.model.display().to_string(),
+            "board": board.name,
+            "device": "cuda",
+            "threads": 1,
+            "realtime": false,
+            "kernels": desc,
+            "n_prompt": args.prompt_tokens,
+            "n_gen": args.gen_tokens,
+            "reps": args.reps,
+            "prefill_tps": pp_m,
+            "prefill_tps_stddev": pp_s,
+            "decode_tps": tg_m,
+            "decode_tps_stddev": tg_s,
+            "ttft_ms": ttft_m,
+            "peak_rss_bytes": peak_rss_bytes().unwrap_or(0),
+            "decode_page_faults": decode_faults,
+            "decode_heap_allocations": decode_allocs,
+            "token_latency_ms": {
+                "p50": quantile(&lat, 0.50),
+                "p90": quantile(&lat, 0.90),
+                "p99": quantile(&lat, 0.99),
+                "p999": quantile(&lat, 0.999),
+                "max": lat.last().copied().unwrap_or(0.0),
+            },
+            "llamacpp": peer.as_ref().map(|p| serde_json::json!({
+                "prefill_tps": p.prefill.0,
+                "prefill_tps_stddev": p.prefill.1,
+                "decode_tps": p.decode.0,
+                "decode_tps_stddev": p.decode.1,
+                "decode_ratio": tg_m / p.decode.0,
+                "prefill_ratio": pp_m / p.prefill.0,
+            })),
+        });
+        println!("{out}");
+    } else {
+        println!("model    {}", args.model.model.display());
+        println!("board    {}   {desc}", board.name);
+        println!("{:<10} {:>14} {:>10}", "test", "tokens/s", "± stddev");
+        println!(
+            "{:<10} {:>14.1} {:>10.1}",
+            format!("pp{}", args.prompt_tokens),
+            pp_m,
+            pp_s
+        );
+        println!(
+            "{:<10} {:>14.1} {:>10.1}",
+            format!("tg{}", args.gen_tokens),
+            tg_m,
+            tg_s
+        );
+        if let Some(p) = &peer {
+            println!(
+                "{:<10} {:>14.1} {:>10.1}   llama.cpp; edgellm/llama.cpp = {:.2}x",
+                format!("pp{}", args.prompt_tokens),
+                p.prefill.0,
+                p.prefill.1,
+                pp_m / p.prefill.0
+            );
+            println!(
+                "{:<10} {:>14.1} {:>10.1}   llama.cpp; edgellm/llama.cpp = {:.2}x",
+                format!("tg{}", args.gen_tokens),
+                p.decode.0,
+                p.decode.1,
+                tg_m / p.decode.0
+            );
+        }
+        println!("time to first token {ttft_m:.2} ms");
+        println!(
+            "during {} decode steps: {decode_faults} page faults, {decode_allocs} heap allocations",
+            args.reps * args.gen_tokens
+        );
+        println!(
+            "token latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
+            quantile(&lat, 0.5),
+            quantile(&lat, 0.9),
+            quantile(&lat, 0.99),
+            quantile(&lat, 0.999),
+            lat.last().copied().unwrap_or(0.0)
+        );
+    }
+    Ok(())
 }

@@ -3,6 +3,7 @@
 mod bench;
 mod budget;
 mod chat;
+mod device;
 mod generate;
 mod load;
 mod perplexity;
@@ -106,6 +107,14 @@ pub struct ModelArgs {
     /// Make a refused SCHED_FIFO or memory lock fatal (default: one warning line, then go on).
     #[arg(long)]
     pub strict_rt: bool,
+    /// Where the forward pass runs: cpu, cuda, or auto (CUDA when the board has a GPU, the
+    /// binary was built with the `cuda` feature and a usable device is present; else the CPU).
+    /// `run` and `bench` use it; the other commands run on the CPU.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "cuda"])]
+    pub device: String,
+    /// KV cache type on the GPU: f16 or int8 (int8 attention scores by __dp4a).
+    #[arg(long, default_value = "f16", value_parser = ["f16", "int8"])]
+    pub kv_cache: String,
 }
 
 impl ModelArgs {

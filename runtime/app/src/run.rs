@@ -177,7 +177,6 @@ pub fn run(args: RunArgs) -> Result<()> {
     eprintln!("kernels: {}", kernels.describe());
     let loaded = Loaded::new(file.gguf()?, &kernels)?;
     let ids = prompt_ids(&loaded, &prompt, args.raw)?;
-    let mut session = new_session(&args.model, &loaded, file.len(), 1, kernels)?;
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -195,34 +194,53 @@ pub fn run(args: RunArgs) -> Result<()> {
     };
     let mut sampler =
         Sampler::new(params, loaded.model.config.vocab_size).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let pool = make_pool(&args.model)?;
     let mut text = String::new();
     let stdout = std::io::stdout();
     let mut lock = stdout.lock();
     let json = args.json;
-    let gen = generate(
-        &mut session,
-        &loaded.tokenizer,
-        &mut sampler,
-        pool.par(),
-        &ids,
-        args.n,
-        |piece| {
-            if json {
-                text.push_str(piece);
-            } else {
-                // A closed stdout (e.g. `| head`) ends generation quietly.
-                if lock
-                    .write_all(piece.as_bytes())
-                    .and_then(|_| lock.flush())
-                    .is_err()
-                {
-                    return false;
-                }
+    let on_text = |piece: &str| {
+        if json {
+            text.push_str(piece);
+        } else {
+            // A closed stdout (e.g. `| head`) ends generation quietly.
+            if lock
+                .write_all(piece.as_bytes())
+                .and_then(|_| lock.flush())
+                .is_err()
+            {
+                return false;
             }
-            true
-        },
-    )?;
+        }
+        true
+    };
+    let context = context_len(&args.model, &loaded, file.len(), 1)?;
+    let (gen, backend, device) = match crate::device::select(&args.model, &loaded, context)? {
+        Some(mut engine) => {
+            let g = crate::device::generate_gpu(
+                &mut engine,
+                &loaded.tokenizer,
+                &mut sampler,
+                &ids,
+                args.n,
+                on_text,
+            )?;
+            (g, engine.describe(), "cuda")
+        }
+        None => {
+            let mut session = new_session(&args.model, &loaded, file.len(), 1, kernels)?;
+            let pool = make_pool(&args.model)?;
+            let g = generate(
+                &mut session,
+                &loaded.tokenizer,
+                &mut sampler,
+                pool.par(),
+                &ids,
+                args.n,
+                on_text,
+            )?;
+            (g, session.kernels().describe().to_string(), "cpu")
+        }
+    };
     drop(lock);
     let n_tok = gen.token_s.len();
     let decode_s: f64 = gen.token_s.iter().sum();
@@ -235,7 +253,8 @@ pub fn run(args: RunArgs) -> Result<()> {
             "seed": seed,
             "prefill_tps": ids.len() as f64 / gen.prefill_s.max(1e-9),
             "decode_tps": if decode_s > 0.0 { n_tok as f64 / decode_s } else { 0.0 },
-            "kernels": session.kernels().describe().to_string(),
+            "device": device,
+            "kernels": backend,
         });
         println!("{out}");
     } else {

@@ -158,6 +158,9 @@ impl Settings {
                 lock_memory: false,
                 no_lock_memory: false,
                 strict_rt: false,
+                // The service decodes on the CPU (the GPU path serves `run` and `bench`).
+                device: "cpu".into(),
+                kv_cache: "f16".into(),
             },
             host: args
                 .host

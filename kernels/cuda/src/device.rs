@@ -1,0 +1,344 @@
+//! Opening a CUDA device: the driver and NVRTC are loaded at run time, the kernels compiled for
+//! the device's compute capability, and the kernel argument structs mirrored from `kernels.cu`.
+
+use crate::repack::Packed;
+use crate::CudaError;
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig,
+    PushKernelArg,
+};
+use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
+use std::sync::Arc;
+
+impl From<cudarc::driver::DriverError> for CudaError {
+    fn from(e: cudarc::driver::DriverError) -> Self {
+        CudaError::Driver(e.to_string())
+    }
+}
+
+/// The kernels of `kernels.cu`.
+pub(crate) struct Funcs {
+    pub gemv: CudaFunction,
+    pub quantize_acts: CudaFunction,
+    pub t2_isums: CudaFunction,
+    pub embed: CudaFunction,
+    pub attention: CudaFunction,
+    pub sample: CudaFunction,
+    pub advance: CudaFunction,
+}
+
+/// An opened CUDA device with the kernels compiled and loaded.
+pub struct Gpu {
+    pub(crate) ctx: Arc<CudaContext>,
+    pub(crate) stream: Arc<CudaStream>,
+    pub(crate) f: Funcs,
+    name: String,
+    cc: (i32, i32),
+    pub(crate) sms: usize,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl Gpu {
+    /// Opens device 0: loads the driver and NVRTC, compiles the kernels for its compute
+    /// capability. Fails, without panicking, when either library or the device is missing.
+    pub fn open() -> Result<Gpu, CudaError> {
+        // SAFETY: only tries to load the library; nothing is called through it here.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err(CudaError::Unavailable(
+                "no CUDA driver (libcuda.so) could be loaded".into(),
+            ));
+        }
+        // SAFETY: as above.
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            return Err(CudaError::Unavailable(
+                "no NVRTC library (libnvrtc.so, part of the CUDA toolkit) could be loaded".into(),
+            ));
+        }
+        let count = CudaContext::device_count()
+            .map_err(|e| CudaError::Unavailable(format!("the driver found no device ({e})")))?;
+        if count < 1 {
+            return Err(CudaError::Unavailable("the driver found no device".into()));
+        }
+        let ctx = CudaContext::new(0)?;
+        // One stream, so the per-buffer events cudarc records for multi-stream use are not
+        // needed (and would be host work on every launch).
+        // SAFETY: every buffer is used on the one stream below.
+        unsafe { ctx.disable_event_tracking() };
+        let cc = ctx.compute_capability()?;
+        if cc.0 * 10 + cc.1 < 61 {
+            return Err(CudaError::Unavailable(format!(
+                "compute capability {}.{} has no __dp4a (6.1 or newer needed)",
+                cc.0, cc.1
+            )));
+        }
+        let opts = CompileOptions {
+            fmad: Some(false),
+            options: vec![format!("--gpu-architecture=compute_{}{}", cc.0, cc.1)],
+            name: Some("edgellm_kernels.cu".into()),
+            ..Default::default()
+        };
+        let ptx = compile_ptx_with_opts(crate::KERNELS_SOURCE, opts)
+            .map_err(|e| CudaError::Driver(format!("NVRTC could not compile the kernels: {e}")))?;
+        let module = ctx.load_module(ptx)?;
+        let load = |n: &str| module.load_function(n);
+        let f = Funcs {
+            gemv: load("gemv")?,
+            quantize_acts: load("quantize_acts")?,
+            t2_isums: load("t2_isums")?,
+            embed: load("embed")?,
+            attention: load("attention")?,
+            sample: load("sample")?,
+            advance: load("advance")?,
+        };
+        let name = ctx.name()?;
+        let sms = ctx.attribute(
+            cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+        )? as usize;
+        // A stream of its own: graphs cannot be captured on the legacy default stream.
+        let stream = ctx.new_stream()?;
+        Ok(Gpu {
+            ctx,
+            stream,
+            f,
+            name,
+            cc,
+            sms,
+        })
+    }
+
+    /// One line naming the device, e.g. `NVIDIA H200 (sm_90, 132 SMs)`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} (sm_{}{}, {} SMs)",
+            self.name, self.cc.0, self.cc.1, self.sms
+        )
+    }
+
+    /// Free and total device memory in bytes.
+    pub fn memory(&self) -> Result<(usize, usize), CudaError> {
+        Ok(self.ctx.mem_get_info()?)
+    }
+
+    pub(crate) fn upload<T: DeviceRepr>(&self, v: &[T]) -> Result<CudaSlice<T>, CudaError> {
+        if v.is_empty() {
+            // A zero-length allocation has no address; keep one element so pointers stay valid.
+            // SAFETY: never read (the kernels check lengths), only its address is passed.
+            return Ok(unsafe { self.stream.alloc::<T>(1) }?);
+        }
+        Ok(self.stream.clone_htod(v)?)
+    }
+
+    pub(crate) fn zeros<T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+        &self,
+        n: usize,
+    ) -> Result<CudaSlice<T>, CudaError> {
+        Ok(self.stream.alloc_zeros::<T>(n.max(1))?)
+    }
+
+    /// The device address of a buffer (stable for its lifetime).
+    pub(crate) fn ptr<T>(&self, s: &CudaSlice<T>) -> u64 {
+        s.device_ptr(&self.stream).0
+    }
+
+    pub(crate) fn launch<A: DeviceRepr, B: DeviceRepr>(
+        &self,
+        f: &CudaFunction,
+        cfg: LaunchConfig,
+        a: &A,
+        b: &B,
+    ) -> Result<(), CudaError> {
+        let mut l = self.stream.launch_builder(f);
+        l.arg(a).arg(b);
+        // SAFETY: the argument structs mirror the kernels' parameter structs field for field
+        // (#[repr(C)], checked by size below), and every pointer in them is a live device buffer
+        // of the length the kernel reads (the callers build them from their own allocations).
+        unsafe { l.launch(cfg) }?;
+        Ok(())
+    }
+}
+
+/// A weight matrix on the device: its buffers and the `Mat` argument pointing at them.
+pub(crate) struct DevMat {
+    pub arg: MatArg,
+    _bufs: (
+        CudaSlice<u8>,
+        CudaSlice<f32>,
+        CudaSlice<f32>,
+        CudaSlice<f32>,
+    ),
+}
+
+impl DevMat {
+    pub fn upload(gpu: &Gpu, p: &Packed) -> Result<DevMat, CudaError> {
+        let qs = gpu.upload(&p.qs)?;
+        let d = gpu.upload(&p.d)?;
+        let m = gpu.upload(&p.m)?;
+        let rs = gpu.upload(&p.rs)?;
+        let arg = MatArg {
+            qs: gpu.ptr(&qs),
+            d: if p.d.is_empty() { 0 } else { gpu.ptr(&d) },
+            m: if p.m.is_empty() { 0 } else { gpu.ptr(&m) },
+            rs: if p.rs.is_empty() { 0 } else { gpu.ptr(&rs) },
+            stride: p.stride as i64,
+            fmt: p.format as i32,
+            rows: p.rows as i32,
+            cols: p.cols as i32,
+            pad: 0,
+        };
+        Ok(DevMat {
+            arg,
+            _bufs: (qs, d, m, rs),
+        })
+    }
+}
+
+/// `struct Mat` of kernels.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct MatArg {
+    pub qs: u64,
+    pub d: u64,
+    pub m: u64,
+    pub rs: u64,
+    pub stride: i64,
+    pub fmt: i32,
+    pub rows: i32,
+    pub cols: i32,
+    pub pad: i32,
+}
+
+/// `struct Job` of kernels.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct JobArg {
+    pub w: MatArg,
+    pub out: u64,
+    pub bias: u64,
+    pub mode: i32,
+    pub first_block: i32,
+}
+
+/// `struct Jobs` of kernels.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct JobsArg {
+    pub j: [JobArg; 3],
+    pub n: i32,
+    pub rows_per_block: i32,
+}
+
+/// `struct Prep` of kernels.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct PrepArg {
+    pub kind: i32,
+    pub n: i32,
+    pub x: u64,
+    pub x2: u64,
+    pub w: u64,
+    pub eps: f32,
+    pub pad: i32,
+    pub am: u64,
+    pub al: u64,
+    pub ao: u64,
+    pub nsplit: i32,
+    pub hd: i32,
+    pub qq: u64,
+    pub qd: u64,
+    pub qsum: u64,
+}
+
+/// `struct Attn` of kernels.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct AttnArg {
+    pub q: u64,
+    pub k: u64,
+    pub v: u64,
+    pub kc: u64,
+    pub vc: u64,
+    pub ks: u64,
+    pub vs: u64,
+    pub pos: u64,
+    pub om: u64,
+    pub ol: u64,
+    pub oo: u64,
+    pub n_heads: i32,
+    pub n_kv: i32,
+    pub hd: i32,
+    pub chunk: i32,
+    pub nsplit: i32,
+    pub int8_kv: i32,
+    pub rope_halves: i32,
+    pub theta: f32,
+}
+
+/// `struct Sample` of kernels.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct SampleArg {
+    pub temperature: f32,
+    pub top_k: i32,
+    pub top_p: f32,
+    pub min_p: f32,
+    pub seed: u64,
+}
+
+// SAFETY: plain #[repr(C)] structs of integers and floats, laid out as their kernels.cu
+// counterparts (sizes checked in the tests below).
+unsafe impl DeviceRepr for MatArg {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for JobsArg {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for PrepArg {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for AttnArg {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for SampleArg {}
+
+/// Threads per gemv block (8 warps).
+pub(crate) const GEMV_THREADS: u32 = 256;
+
+/// Shared memory a gemv block needs for an input of `n` values: f32 copy, scales, sums, int8.
+pub(crate) fn gemv_smem(n: usize) -> u32 {
+    (4 * n + 8 * (n / 16) + n) as u32
+}
+
+/// The grid for `jobs` (their row counts): every job gets `ceil(rows / rows_per_block)` blocks.
+/// Rows per block: enough blocks to fill the device a few times over, at least one row per warp.
+pub(crate) fn plan_jobs(gpu: &Gpu, jobs: &mut JobsArg) -> u32 {
+    let rows: usize = jobs.j[..jobs.n as usize]
+        .iter()
+        .map(|j| j.w.rows as usize)
+        .sum();
+    let warps = (GEMV_THREADS / 32) as usize;
+    let target_blocks = 4 * gpu.sms;
+    let rpb = rows.div_ceil(target_blocks).max(warps).div_ceil(warps) * warps;
+    jobs.rows_per_block = rpb as i32;
+    let mut first = 0;
+    for j in jobs.j[..jobs.n as usize].iter_mut() {
+        j.first_block = first;
+        first += (j.w.rows as usize).div_ceil(rpb) as i32;
+    }
+    first as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argument_structs_have_the_kernels_sizes() {
+        assert_eq!(std::mem::size_of::<MatArg>(), 56);
+        assert_eq!(std::mem::size_of::<JobArg>(), 80);
+        assert_eq!(std::mem::size_of::<JobsArg>(), 248);
+        assert_eq!(std::mem::size_of::<PrepArg>(), 96);
+        assert_eq!(std::mem::size_of::<AttnArg>(), 120);
+        assert_eq!(std::mem::size_of::<SampleArg>(), 24);
+    }
+}

@@ -1,0 +1,554 @@
+//! A model on the GPU: weights uploaded once, every buffer allocated up front, and the decode
+//! step captured in CUDA graphs that are replayed for every token.
+//!
+//! One step is 5 kernels per layer plus 3 (embedding, output layer, sampling):
+//!
+//! 1. `gemv` Q, K, V: each block normalizes `x` (RMSNorm) and quantizes it in shared memory,
+//!    then computes its rows of the three matrices (biases added);
+//! 2. `attention`: one block per (head, split of the positions); the block holding the current
+//!    position applies RoPE to the new key, stores key and value in the cache;
+//! 3. `gemv` O: each block combines the attention's splits, quantizes, adds its rows into `x`;
+//! 4. `gemv` gate and up (RMSNorm of `x` again in every block);
+//! 5. `gemv` down: SwiGLU of gate and up in every block, rows added into `x`.
+//!
+//! The position and the token live in device memory (`state`), so the graph never changes:
+//! the sampling kernel writes the next token and advances the position, and the next replay's
+//! embedding reads it. The host reads back 4 bytes per token.
+
+use crate::device::{
+    gemv_smem, plan_jobs, AttnArg, DevMat, Gpu, JobArg, JobsArg, MatArg, PrepArg, SampleArg,
+    GEMV_THREADS,
+};
+use crate::repack::repack;
+use crate::{CudaError, KvCache};
+use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+use cudarc::driver::{CudaGraph, CudaSlice, LaunchConfig, PushKernelArg};
+use edgellm_core::model::{Config, Model, RopeStyle};
+use edgellm_core::sampler::SamplerParams;
+
+const PREP_PLAIN: i32 = 0;
+const PREP_RMSNORM: i32 = 1;
+const PREP_SWIGLU: i32 = 2;
+const PREP_ATTN: i32 = 3;
+const OUT_STORE: i32 = 0;
+const OUT_ADD: i32 = 1;
+
+/// Largest input a gemv block prepares in shared memory (5.5 bytes per value).
+const MAX_INPUT: usize = 8192;
+
+/// The most candidates the device sampler keeps (`top_k` above this samples on the host).
+pub const DEVICE_TOP_K: usize = 64;
+
+struct LayerArgs {
+    wq: MatArg,
+    wk: MatArg,
+    wv: MatArg,
+    wo: MatArg,
+    gate: MatArg,
+    up: MatArg,
+    down: MatArg,
+    attn_norm: u64,
+    ffn_norm: u64,
+    bq: u64,
+    bk: u64,
+    bv: u64,
+}
+
+/// A model resident on the GPU with its KV cache and decode graphs.
+pub struct GpuEngine {
+    gpu: Gpu,
+    cfg: Config,
+    context: usize,
+    kv: KvCache,
+    _mats: Vec<DevMat>,
+    _vecs: Vec<CudaSlice<f32>>,
+    embed: MatArg,
+    layers: Vec<LayerArgs>,
+    out_norm: u64,
+    output: MatArg,
+    x: CudaSlice<f32>,
+    q: CudaSlice<f32>,
+    k: CudaSlice<f32>,
+    v: CudaSlice<f32>,
+    g: CudaSlice<f32>,
+    u: CudaSlice<f32>,
+    logits: CudaSlice<f32>,
+    am: CudaSlice<f32>,
+    al: CudaSlice<f32>,
+    ao: CudaSlice<f32>,
+    kc: CudaSlice<u8>,
+    vc: CudaSlice<u8>,
+    ks: CudaSlice<f32>,
+    vs: CudaSlice<f32>,
+    state: CudaSlice<i32>,
+    sample: CudaSlice<SampleArg>,
+    chunk: usize,
+    nsplit: usize,
+    step_graph: Option<CudaGraph>,
+    fill_graph: Option<CudaGraph>,
+    pos: usize,
+    host_sampling: bool,
+    weight_bytes: usize,
+}
+
+impl std::fmt::Debug for GpuEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+fn vec_arg(gpu: &Gpu, keep: &mut Vec<CudaSlice<f32>>, v: &[f32]) -> Result<u64, CudaError> {
+    if v.is_empty() {
+        return Ok(0);
+    }
+    let s = gpu.upload(v)?;
+    let p = gpu.ptr(&s);
+    keep.push(s);
+    Ok(p)
+}
+
+impl GpuEngine {
+    /// Uploads `model`, allocates a KV cache of `context` positions and every buffer, and
+    /// captures the decode graphs.
+    pub fn new(
+        gpu: Gpu,
+        model: &Model<'_>,
+        context: usize,
+        kv: KvCache,
+    ) -> Result<Self, CudaError> {
+        let cfg = model.config.clone();
+        let hd = cfg.head_dim;
+        if !hd.is_multiple_of(8) || hd > 256 || !cfg.n_heads.is_multiple_of(cfg.n_kv_heads) {
+            return Err(CudaError::Unsupported(format!(
+                "head size {hd} (the attention kernel takes multiples of 8 up to 256)"
+            )));
+        }
+        for n in [cfg.dim, cfg.q_dim(), cfg.ffn_dim] {
+            if n > MAX_INPUT || !n.is_multiple_of(32) {
+                return Err(CudaError::Unsupported(format!(
+                    "a matrix input of {n} values (at most {MAX_INPUT}, a multiple of 32)"
+                )));
+            }
+        }
+        if context == 0 {
+            return Err(CudaError::Unsupported("a context of 0 positions".into()));
+        }
+        let kv_dim = cfg.kv_dim();
+        let cache_bytes = 2 * cfg.n_layers * context * kv_dim * kv.bytes();
+        let weight_bytes = model.layers.iter().fold(0usize, |a, l| {
+            a + [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
+                .iter()
+                .map(|m| m.data.len())
+                .sum::<usize>()
+        }) + model.token_embd.data.len()
+            + if model.tied_output {
+                0
+            } else {
+                model.output.data.len()
+            };
+        let (free, _) = gpu.memory()?;
+        let need = cache_bytes + weight_bytes * 3 / 2 + (64 << 20);
+        if need > free {
+            return Err(CudaError::OutOfMemory(format!(
+                "the model and a {context}-position KV cache need about {} MiB, {} MiB are free",
+                need >> 20,
+                free >> 20
+            )));
+        }
+
+        let mut mats = Vec::new();
+        let mut vecs = Vec::new();
+        let mut up = |m: &edgellm_core::model::Matrix<'_>| -> Result<MatArg, CudaError> {
+            let p = repack(m).map_err(CudaError::Unsupported)?;
+            let d = DevMat::upload(&gpu, &p)?;
+            let a = d.arg;
+            mats.push(d);
+            Ok(a)
+        };
+        let embed = up(&model.token_embd)?;
+        let output = if model.tied_output {
+            embed
+        } else {
+            up(&model.output)?
+        };
+        let mut layers = Vec::with_capacity(cfg.n_layers);
+        for l in &model.layers {
+            layers.push((
+                up(&l.wq)?,
+                up(&l.wk)?,
+                up(&l.wv)?,
+                up(&l.wo)?,
+                up(&l.w_gate)?,
+                up(&l.w_up)?,
+                up(&l.w_down)?,
+            ));
+        }
+        let layers = layers
+            .into_iter()
+            .zip(&model.layers)
+            .map(|((wq, wk, wv, wo, gate, upm, down), l)| {
+                Ok(LayerArgs {
+                    wq,
+                    wk,
+                    wv,
+                    wo,
+                    gate,
+                    up: upm,
+                    down,
+                    attn_norm: vec_arg(&gpu, &mut vecs, &l.attn_norm)?,
+                    ffn_norm: vec_arg(&gpu, &mut vecs, &l.ffn_norm)?,
+                    bq: vec_arg(&gpu, &mut vecs, &l.bq)?,
+                    bk: vec_arg(&gpu, &mut vecs, &l.bk)?,
+                    bv: vec_arg(&gpu, &mut vecs, &l.bv)?,
+                })
+            })
+            .collect::<Result<Vec<_>, CudaError>>()?;
+        let out_norm = vec_arg(&gpu, &mut vecs, &model.output_norm)?;
+
+        let chunk = 128.max(hd.next_power_of_two());
+        let nsplit = context.div_ceil(chunk);
+        let nh = cfg.n_heads;
+        let mut e = GpuEngine {
+            x: gpu.zeros(cfg.dim)?,
+            q: gpu.zeros(cfg.q_dim())?,
+            k: gpu.zeros(kv_dim)?,
+            v: gpu.zeros(kv_dim)?,
+            g: gpu.zeros(cfg.ffn_dim)?,
+            u: gpu.zeros(cfg.ffn_dim)?,
+            logits: gpu.zeros(cfg.vocab_size)?,
+            am: gpu.zeros(nh * nsplit)?,
+            al: gpu.zeros(nh * nsplit)?,
+            ao: gpu.zeros(nh * nsplit * hd)?,
+            kc: gpu.zeros(cfg.n_layers * context * kv_dim * kv.bytes())?,
+            vc: gpu.zeros(cfg.n_layers * context * kv_dim * kv.bytes())?,
+            ks: gpu.zeros(cfg.n_layers * context * cfg.n_kv_heads)?,
+            vs: gpu.zeros(cfg.n_layers * context * cfg.n_kv_heads)?,
+            state: gpu.zeros(4)?,
+            sample: gpu.upload(&[SampleArg::default()])?,
+            gpu,
+            cfg,
+            context,
+            kv,
+            _mats: mats,
+            _vecs: vecs,
+            embed,
+            layers,
+            out_norm,
+            output,
+            chunk,
+            nsplit,
+            step_graph: None,
+            fill_graph: None,
+            pos: 0,
+            host_sampling: false,
+            weight_bytes,
+        };
+        e.set_sampling(&SamplerParams::greedy(), 0)?;
+        e.step_graph = Some(e.capture(true)?);
+        e.fill_graph = Some(e.capture(false)?);
+        Ok(e)
+    }
+
+    fn capture(&self, with_head: bool) -> Result<CudaGraph, CudaError> {
+        let s = &self.gpu.stream;
+        s.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
+        let r = self.enqueue(with_head);
+        let g = s.end_capture(CUgraphInstantiate_flags(0))?;
+        r?;
+        let g = g.ok_or_else(|| CudaError::Driver("stream capture produced no graph".into()))?;
+        g.upload()?;
+        Ok(g)
+    }
+
+    fn gemv(&self, jobs: &[(MatArg, u64, u64, i32)], prep: PrepArg) -> Result<(), CudaError> {
+        let mut ja = JobsArg {
+            n: jobs.len() as i32,
+            ..Default::default()
+        };
+        for (slot, &(w, out, bias, mode)) in ja.j.iter_mut().zip(jobs) {
+            *slot = JobArg {
+                w,
+                out,
+                bias,
+                mode,
+                first_block: 0,
+            };
+        }
+        let blocks = plan_jobs(&self.gpu, &mut ja);
+        let cfg = LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (GEMV_THREADS, 1, 1),
+            shared_mem_bytes: gemv_smem(prep.n as usize),
+        };
+        self.gpu.launch(&self.gpu.f.gemv, cfg, &ja, &prep)
+    }
+
+    /// Enqueues one decode step on the stream (captured into a graph, never run directly).
+    fn enqueue(&self, with_head: bool) -> Result<(), CudaError> {
+        let gpu = &self.gpu;
+        let c = &self.cfg;
+        let (x, q, k, v, g, u) = (
+            gpu.ptr(&self.x),
+            gpu.ptr(&self.q),
+            gpu.ptr(&self.k),
+            gpu.ptr(&self.v),
+            gpu.ptr(&self.g),
+            gpu.ptr(&self.u),
+        );
+        let (am, al, ao) = (gpu.ptr(&self.am), gpu.ptr(&self.al), gpu.ptr(&self.ao));
+        let state = gpu.ptr(&self.state);
+        {
+            let mut l = gpu.stream.launch_builder(&gpu.f.embed);
+            l.arg(&self.embed).arg(&state).arg(&x);
+            let cfg = LaunchConfig {
+                grid_dim: (c.dim.div_ceil(256) as u32, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: `embed` reads one row (index state[0] < vocab, written by the host or the
+            // sampler) of the embedding matrix and writes `dim` floats of `x`.
+            unsafe { l.launch(cfg) }?;
+        }
+        let kv_dim = c.kv_dim();
+        let layer_cache = self.context * kv_dim * self.kv.bytes();
+        let layer_scales = self.context * c.n_kv_heads * 4;
+        for (i, l) in self.layers.iter().enumerate() {
+            let norm = |w: u64| PrepArg {
+                kind: PREP_RMSNORM,
+                n: c.dim as i32,
+                x,
+                w,
+                eps: c.rms_eps,
+                ..Default::default()
+            };
+            self.gemv(
+                &[
+                    (l.wq, q, l.bq, OUT_STORE),
+                    (l.wk, k, l.bk, OUT_STORE),
+                    (l.wv, v, l.bv, OUT_STORE),
+                ],
+                norm(l.attn_norm),
+            )?;
+            let a = AttnArg {
+                q,
+                k,
+                v,
+                kc: gpu.ptr(&self.kc) + (i * layer_cache) as u64,
+                vc: gpu.ptr(&self.vc) + (i * layer_cache) as u64,
+                ks: gpu.ptr(&self.ks) + (i * layer_scales) as u64,
+                vs: gpu.ptr(&self.vs) + (i * layer_scales) as u64,
+                pos: state + 4,
+                om: am,
+                ol: al,
+                oo: ao,
+                n_heads: c.n_heads as i32,
+                n_kv: c.n_kv_heads as i32,
+                hd: c.head_dim as i32,
+                chunk: self.chunk as i32,
+                nsplit: self.nsplit as i32,
+                int8_kv: (self.kv == KvCache::Int8) as i32,
+                rope_halves: (c.rope_style == RopeStyle::Halves) as i32,
+                theta: c.rope_theta,
+            };
+            let mut lb = gpu.stream.launch_builder(&gpu.f.attention);
+            lb.arg(&a);
+            let cfg = LaunchConfig {
+                grid_dim: (c.n_heads as u32, self.nsplit as u32, 1),
+                block_dim: (self.chunk as u32, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: the cache, scratch and partial buffers were allocated for this
+            // configuration (context, heads, splits) in `new`.
+            unsafe { lb.launch(cfg) }?;
+            self.gemv(
+                &[(l.wo, x, 0, OUT_ADD)],
+                PrepArg {
+                    kind: PREP_ATTN,
+                    n: c.q_dim() as i32,
+                    am,
+                    al,
+                    ao,
+                    nsplit: self.nsplit as i32,
+                    hd: c.head_dim as i32,
+                    ..Default::default()
+                },
+            )?;
+            self.gemv(
+                &[(l.gate, g, 0, OUT_STORE), (l.up, u, 0, OUT_STORE)],
+                norm(l.ffn_norm),
+            )?;
+            self.gemv(
+                &[(l.down, x, 0, OUT_ADD)],
+                PrepArg {
+                    kind: PREP_SWIGLU,
+                    n: c.ffn_dim as i32,
+                    x: g,
+                    x2: u,
+                    ..Default::default()
+                },
+            )?;
+        }
+        if with_head {
+            let logits = gpu.ptr(&self.logits);
+            self.gemv(
+                &[(self.output, logits, 0, OUT_STORE)],
+                PrepArg {
+                    kind: PREP_RMSNORM,
+                    n: c.dim as i32,
+                    x,
+                    w: self.out_norm,
+                    eps: c.rms_eps,
+                    ..Default::default()
+                },
+            )?;
+            let sp = gpu.ptr(&self.sample);
+            let n = c.vocab_size as i32;
+            let mut l = gpu.stream.launch_builder(&gpu.f.sample);
+            l.arg(&logits).arg(&n).arg(&state).arg(&sp);
+            let cfg = LaunchConfig {
+                grid_dim: (1, 1, 1),
+                block_dim: (1024, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: reads `vocab` logits and one Sample struct, writes state[0..4].
+            unsafe { l.launch(cfg) }?;
+        } else {
+            let mut l = gpu.stream.launch_builder(&gpu.f.advance);
+            l.arg(&state);
+            // SAFETY: increments state[1].
+            unsafe { l.launch(LaunchConfig::for_num_elems(1)) }?;
+        }
+        let _ = PREP_PLAIN;
+        Ok(())
+    }
+
+    fn write_token(&mut self, token: u32) -> Result<(), CudaError> {
+        if token as usize >= self.cfg.vocab_size {
+            return Err(CudaError::Unsupported(format!(
+                "token {token} is outside the vocabulary ({})",
+                self.cfg.vocab_size
+            )));
+        }
+        let mut dst = self.state.slice_mut(0..1);
+        self.gpu.stream.memcpy_htod(&[token as i32], &mut dst)?;
+        Ok(())
+    }
+
+    fn check_room(&self, n: usize) -> Result<(), CudaError> {
+        if self.pos + n > self.context {
+            return Err(CudaError::Unsupported(format!(
+                "{} more positions do not fit in the context ({} of {} used)",
+                n, self.pos, self.context
+            )));
+        }
+        Ok(())
+    }
+
+    /// Runs `tokens` from the current position; the last one's logits are computed and the next
+    /// token sampled on the device ([`GpuEngine::sampled`]).
+    pub fn prefill(&mut self, tokens: &[u32]) -> Result<(), CudaError> {
+        self.check_room(tokens.len())?;
+        for (i, &t) in tokens.iter().enumerate() {
+            self.write_token(t)?;
+            let last = i + 1 == tokens.len();
+            let g = if last {
+                &self.step_graph
+            } else {
+                &self.fill_graph
+            };
+            g.as_ref().expect("captured in new").launch()?;
+            self.pos += 1;
+        }
+        Ok(())
+    }
+
+    /// Feeds the token the device sampled last and computes the next one.
+    pub fn step(&mut self) -> Result<(), CudaError> {
+        self.check_room(1)?;
+        self.step_graph
+            .as_ref()
+            .expect("captured in new")
+            .launch()?;
+        self.pos += 1;
+        Ok(())
+    }
+
+    /// Feeds `token` (chosen on the host) and computes the next logits and sample.
+    pub fn feed(&mut self, token: u32) -> Result<(), CudaError> {
+        self.check_room(1)?;
+        self.write_token(token)?;
+        self.step_graph
+            .as_ref()
+            .expect("captured in new")
+            .launch()?;
+        self.pos += 1;
+        Ok(())
+    }
+
+    /// The token the device sampled after the last step (waits for the step to finish).
+    pub fn sampled(&mut self) -> Result<u32, CudaError> {
+        let mut t = [0i32; 1];
+        self.gpu
+            .stream
+            .memcpy_dtoh(&self.state.slice(0..1), &mut t)?;
+        self.gpu.stream.synchronize()?;
+        Ok(t[0] as u32)
+    }
+
+    /// Copies the last step's logits to `out` (`vocab_size` values).
+    pub fn logits(&mut self, out: &mut [f32]) -> Result<(), CudaError> {
+        self.gpu.stream.memcpy_dtoh(&self.logits, out)?;
+        self.gpu.stream.synchronize()?;
+        Ok(())
+    }
+
+    /// Sets the device sampler from `p`. Returns `false` when `p` needs the host sampler
+    /// (a repetition penalty, or top-k off or above [`DEVICE_TOP_K`] with a temperature):
+    /// the caller then reads [`GpuEngine::logits`] and uses [`GpuEngine::feed`].
+    pub fn set_sampling(&mut self, p: &SamplerParams, seed: u64) -> Result<bool, CudaError> {
+        let greedy = p.temperature <= 0.0;
+        let device =
+            p.repeat_penalty == 1.0 && (greedy || (p.top_k >= 1 && p.top_k <= DEVICE_TOP_K));
+        let arg = SampleArg {
+            temperature: if greedy { 0.0 } else { p.temperature },
+            top_k: p.top_k.min(DEVICE_TOP_K) as i32,
+            top_p: p.top_p,
+            min_p: p.min_p,
+            seed,
+        };
+        self.gpu.stream.memcpy_htod(&[arg], &mut self.sample)?;
+        self.host_sampling = !device;
+        Ok(device)
+    }
+
+    /// Forgets every position.
+    pub fn reset(&mut self) -> Result<(), CudaError> {
+        self.gpu.stream.memcpy_htod(&[0i32; 4], &mut self.state)?;
+        self.pos = 0;
+        Ok(())
+    }
+
+    /// Positions in the KV cache.
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+
+    /// Capacity of the KV cache in positions.
+    pub fn context(&self) -> usize {
+        self.context
+    }
+
+    /// One line: device, KV cache type, weights and cache sizes.
+    pub fn describe(&self) -> String {
+        let kv = match self.kv {
+            KvCache::F16 => "f16",
+            KvCache::Int8 => "int8",
+        };
+        format!(
+            "cuda: {}, {:.1} MiB of weights, {kv} KV cache of {} positions, decode step in one CUDA graph",
+            self.gpu.describe(),
+            self.weight_bytes as f64 / (1 << 20) as f64,
+            self.context
+        )
+    }
+}

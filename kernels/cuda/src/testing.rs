@@ -1,0 +1,467 @@
+//! Single kernels run on their own, for the tests that hold them to the CPU specification
+//! (`tests/kernels.rs`) and for the GPU check script's benchmarks.
+
+use crate::device::{
+    gemv_smem, plan_jobs, AttnArg, DevMat, Gpu, JobArg, JobsArg, PrepArg, SampleArg, GEMV_THREADS,
+};
+use crate::repack::repack;
+use crate::{CudaError, KvCache};
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use edgellm_core::model::Matrix;
+use edgellm_core::sampler::SamplerParams;
+
+/// How the gemv kernel prepares its input in [`gemv`].
+#[derive(Clone, Copy, Debug)]
+pub enum Input<'a> {
+    /// `x` as is.
+    Plain(&'a [f32]),
+    /// `rmsnorm(x) * w`.
+    RmsNorm(&'a [f32], &'a [f32], f32),
+    /// `silu(gate) * up`.
+    SwiGlu(&'a [f32], &'a [f32]),
+}
+
+fn run_gemv(gpu: &Gpu, w: &Matrix<'_>, prep: PrepArg, rows: usize) -> Result<Vec<f32>, CudaError> {
+    let p = repack(w).map_err(CudaError::Unsupported)?;
+    let m = DevMat::upload(gpu, &p)?;
+    let out: CudaSlice<f32> = gpu.zeros(rows)?;
+    let mut jobs = JobsArg {
+        n: 1,
+        ..Default::default()
+    };
+    jobs.j[0] = JobArg {
+        w: m.arg,
+        out: gpu.ptr(&out),
+        ..Default::default()
+    };
+    let blocks = plan_jobs(gpu, &mut jobs);
+    let cfg = LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (GEMV_THREADS, 1, 1),
+        shared_mem_bytes: gemv_smem(prep.n as usize),
+    };
+    gpu.launch(&gpu.f.gemv, cfg, &jobs, &prep)?;
+    let r = gpu.stream.clone_dtoh(&out)?;
+    gpu.stream.synchronize()?;
+    Ok(r)
+}
+
+/// `W · input` by the fused gemv kernel (input prepared and quantized in shared memory).
+pub fn gemv(gpu: &Gpu, w: &Matrix<'_>, input: Input<'_>) -> Result<Vec<f32>, CudaError> {
+    let mut keep = Vec::new();
+    let mut up = |v: &[f32]| -> Result<u64, CudaError> {
+        let s = gpu.upload(v)?;
+        let p = gpu.ptr(&s);
+        keep.push(s);
+        Ok(p)
+    };
+    let prep = match input {
+        Input::Plain(x) => PrepArg {
+            kind: 0,
+            n: x.len() as i32,
+            x: up(x)?,
+            ..Default::default()
+        },
+        Input::RmsNorm(x, w, eps) => PrepArg {
+            kind: 1,
+            n: x.len() as i32,
+            x: up(x)?,
+            w: up(w)?,
+            eps,
+            ..Default::default()
+        },
+        Input::SwiGlu(g, u) => PrepArg {
+            kind: 2,
+            n: g.len() as i32,
+            x: up(g)?,
+            x2: up(u)?,
+            ..Default::default()
+        },
+    };
+    run_gemv(gpu, w, prep, w.rows)
+}
+
+/// Quantized activations: values, one scale and one integer sum per 16 values.
+pub type QuantizedActs = (Vec<i8>, Vec<f32>, Vec<i32>);
+
+/// The activation quantizer: `(qs, d, sums)`.
+pub fn quantize(gpu: &Gpu, x: &[f32]) -> Result<QuantizedActs, CudaError> {
+    let n = x.len();
+    let xd = gpu.upload(x)?;
+    let q: CudaSlice<i8> = gpu.zeros(n)?;
+    let d: CudaSlice<f32> = gpu.zeros(n / 16)?;
+    let s: CudaSlice<i32> = gpu.zeros(n / 16)?;
+    let mut l = gpu.stream.launch_builder(&gpu.f.quantize_acts);
+    let ni = n as i32;
+    l.arg(&xd).arg(&ni).arg(&q).arg(&d).arg(&s);
+    // SAFETY: the buffers hold n, n/16, n/16 values as the kernel expects.
+    unsafe { l.launch(LaunchConfig::for_num_elems((n / 16) as u32)) }?;
+    let r = (
+        gpu.stream.clone_dtoh(&q)?,
+        gpu.stream.clone_dtoh(&d)?,
+        gpu.stream.clone_dtoh(&s)?,
+    );
+    gpu.stream.synchronize()?;
+    Ok(r)
+}
+
+/// Integer partial sums of a T2 product: `isum[r][g]` for every row and group of 16.
+pub fn t2_isums(gpu: &Gpu, w: &Matrix<'_>, qs: &[i8], sums: &[i32]) -> Result<Vec<i32>, CudaError> {
+    let p = repack(w).map_err(CudaError::Unsupported)?;
+    let m = DevMat::upload(gpu, &p)?;
+    let q = gpu.upload(qs)?;
+    let s = gpu.upload(sums)?;
+    let out: CudaSlice<i32> = gpu.zeros(w.rows * (w.cols / 16))?;
+    let mut l = gpu.stream.launch_builder(&gpu.f.t2_isums);
+    l.arg(&m.arg).arg(&q).arg(&s).arg(&out);
+    // SAFETY: the matrix, acts and output sizes match (rows x cols/16 sums).
+    unsafe { l.launch(LaunchConfig::for_num_elems(w.rows as u32)) }?;
+    let r = gpu.stream.clone_dtoh(&out)?;
+    gpu.stream.synchronize()?;
+    Ok(r)
+}
+
+/// Row `token` of `w`, dequantized by the embedding kernel.
+pub fn embed(gpu: &Gpu, w: &Matrix<'_>, token: u32) -> Result<Vec<f32>, CudaError> {
+    let p = repack(w).map_err(CudaError::Unsupported)?;
+    let m = DevMat::upload(gpu, &p)?;
+    let t = gpu.upload(&[token as i32])?;
+    let x: CudaSlice<f32> = gpu.zeros(w.cols)?;
+    let mut l = gpu.stream.launch_builder(&gpu.f.embed);
+    l.arg(&m.arg).arg(&t).arg(&x);
+    // SAFETY: token < rows (checked by the caller's data), x holds cols floats.
+    unsafe { l.launch(LaunchConfig::for_num_elems(w.cols as u32)) }?;
+    let r = gpu.stream.clone_dtoh(&x)?;
+    gpu.stream.synchronize()?;
+    Ok(r)
+}
+
+/// Shapes of an attention test.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnShape {
+    pub n_heads: usize,
+    pub n_kv: usize,
+    pub head_dim: usize,
+    pub context: usize,
+    pub theta: f32,
+    pub halves: bool,
+}
+
+/// Decode attention, one position at a time from 0: step `t` takes `q[t]` ([n_heads*hd]),
+/// `k[t]`, `v[t]` ([n_kv*hd], before RoPE) and returns the combined head outputs
+/// ([n_heads*hd]) of every step. The cache is filled by the kernel itself.
+pub fn attention_steps(
+    gpu: &Gpu,
+    s: AttnShape,
+    kv: KvCache,
+    q: &[Vec<f32>],
+    k: &[Vec<f32>],
+    v: &[Vec<f32>],
+) -> Result<Vec<Vec<f32>>, CudaError> {
+    let hd = s.head_dim;
+    let chunk = 128.max(hd.next_power_of_two());
+    let nsplit = s.context.div_ceil(chunk);
+    let kv_dim = s.n_kv * hd;
+    let q_dim = s.n_heads * hd;
+    let kc: CudaSlice<u8> = gpu.zeros(s.context * kv_dim * kv.bytes())?;
+    let vc: CudaSlice<u8> = gpu.zeros(s.context * kv_dim * kv.bytes())?;
+    let ks: CudaSlice<f32> = gpu.zeros(s.context * s.n_kv)?;
+    let vs: CudaSlice<f32> = gpu.zeros(s.context * s.n_kv)?;
+    let am: CudaSlice<f32> = gpu.zeros(s.n_heads * nsplit)?;
+    let al: CudaSlice<f32> = gpu.zeros(s.n_heads * nsplit)?;
+    let ao: CudaSlice<f32> = gpu.zeros(s.n_heads * nsplit * hd)?;
+    let mut pos: CudaSlice<i32> = gpu.zeros(1)?;
+    let mut qd: CudaSlice<f32> = gpu.zeros(q_dim)?;
+    let mut kd: CudaSlice<f32> = gpu.zeros(kv_dim)?;
+    let mut vd: CudaSlice<f32> = gpu.zeros(kv_dim)?;
+    // Combination of the splits: the gemv kernel's ATTN input with an identity matrix.
+    let eye: Vec<u8> = (0..q_dim * q_dim)
+        .flat_map(|i| if i / q_dim == i % q_dim { 1.0f32 } else { 0.0 }.to_le_bytes())
+        .collect();
+    let id = Matrix {
+        name: "identity",
+        ty: edgellm_kernels::GgmlType::F32,
+        rows: q_dim,
+        cols: q_dim,
+        data: &eye,
+        row_scale: None,
+    };
+    let mut outs = Vec::new();
+    for t in 0..q.len() {
+        gpu.stream.memcpy_htod(&[t as i32], &mut pos)?;
+        gpu.stream.memcpy_htod(&q[t], &mut qd)?;
+        gpu.stream.memcpy_htod(&k[t], &mut kd)?;
+        gpu.stream.memcpy_htod(&v[t], &mut vd)?;
+        let a = AttnArg {
+            q: gpu.ptr(&qd),
+            k: gpu.ptr(&kd),
+            v: gpu.ptr(&vd),
+            kc: gpu.ptr(&kc),
+            vc: gpu.ptr(&vc),
+            ks: gpu.ptr(&ks),
+            vs: gpu.ptr(&vs),
+            pos: gpu.ptr(&pos),
+            om: gpu.ptr(&am),
+            ol: gpu.ptr(&al),
+            oo: gpu.ptr(&ao),
+            n_heads: s.n_heads as i32,
+            n_kv: s.n_kv as i32,
+            hd: hd as i32,
+            chunk: chunk as i32,
+            nsplit: nsplit as i32,
+            int8_kv: (kv == KvCache::Int8) as i32,
+            rope_halves: s.halves as i32,
+            theta: s.theta,
+        };
+        let mut l = gpu.stream.launch_builder(&gpu.f.attention);
+        l.arg(&a);
+        let cfg = LaunchConfig {
+            grid_dim: (s.n_heads as u32, nsplit as u32, 1),
+            block_dim: (chunk as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: every buffer was allocated above for these shapes.
+        unsafe { l.launch(cfg) }?;
+        let prep = PrepArg {
+            kind: 3,
+            n: q_dim as i32,
+            am: a.om,
+            al: a.ol,
+            ao: a.oo,
+            nsplit: nsplit as i32,
+            hd: hd as i32,
+            ..Default::default()
+        };
+        outs.push(run_gemv(gpu, &id, prep, q_dim)?);
+    }
+    Ok(outs)
+}
+
+/// The device sampler on `logits` with `params`; returns the token.
+pub fn sample(
+    gpu: &Gpu,
+    logits: &[f32],
+    params: &SamplerParams,
+    seed: u64,
+    counter: u64,
+) -> Result<u32, CudaError> {
+    let l = gpu.upload(logits)?;
+    let state = gpu.upload(&[0i32, 0, counter as u32 as i32, (counter >> 32) as i32])?;
+    let arg = SampleArg {
+        temperature: params.temperature,
+        top_k: params.top_k.min(64) as i32,
+        top_p: params.top_p,
+        min_p: params.min_p,
+        seed,
+    };
+    let sp = gpu.upload(&[arg])?;
+    let n = logits.len() as i32;
+    let mut b = gpu.stream.launch_builder(&gpu.f.sample);
+    b.arg(&l).arg(&n).arg(&state).arg(&sp);
+    let cfg = LaunchConfig {
+        grid_dim: (1, 1, 1),
+        block_dim: (1024, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: n logits, a 4-int state and one Sample struct, as the kernel reads.
+    unsafe { b.launch(cfg) }?;
+    let r = gpu.stream.clone_dtoh(&state)?;
+    gpu.stream.synchronize()?;
+    Ok(r[0] as u32)
+}
+
+/// Device-to-device copy bandwidth in bytes per second, counting bytes read plus bytes written
+/// (the STREAM "copy" convention), over `iters` copies of `bytes`.
+pub fn copy_bandwidth(gpu: &Gpu, bytes: usize, iters: usize) -> Result<f64, CudaError> {
+    let src: CudaSlice<u8> = gpu.zeros(bytes)?;
+    let mut dst: CudaSlice<u8> = gpu.zeros(bytes)?;
+    gpu.stream.memcpy_dtod(&src, &mut dst)?;
+    gpu.stream.synchronize()?;
+    let t = std::time::Instant::now();
+    for _ in 0..iters {
+        gpu.stream.memcpy_dtod(&src, &mut dst)?;
+    }
+    gpu.stream.synchronize()?;
+    Ok((2 * bytes * iters) as f64 / t.elapsed().as_secs_f64())
+}
+
+/// Weight bytes streamed per second by the gemv kernel on `copies` distinct copies of `w`
+/// (together larger than the L2 cache, so every launch reads from memory), with the input
+/// quantized once beforehand. Launches go back to back, `iters` of them.
+pub fn gemv_bandwidth(
+    gpu: &Gpu,
+    w: &Matrix<'_>,
+    copies: usize,
+    iters: usize,
+) -> Result<f64, CudaError> {
+    let p = repack(w).map_err(CudaError::Unsupported)?;
+    let mats = (0..copies)
+        .map(|_| DevMat::upload(gpu, &p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let n = w.cols;
+    let x: Vec<f32> = (0..n)
+        .map(|i| ((i * 7919) % 255) as f32 / 127.0 - 1.0)
+        .collect();
+    let xd = gpu.upload(&x)?;
+    let q: CudaSlice<i8> = gpu.zeros(n)?;
+    let d: CudaSlice<f32> = gpu.zeros(n / 16)?;
+    let s: CudaSlice<i32> = gpu.zeros(n / 16)?;
+    let mut l = gpu.stream.launch_builder(&gpu.f.quantize_acts);
+    let ni = n as i32;
+    l.arg(&xd).arg(&ni).arg(&q).arg(&d).arg(&s);
+    // SAFETY: the buffers hold n, n/16, n/16 values.
+    unsafe { l.launch(LaunchConfig::for_num_elems((n / 16) as u32)) }?;
+    let out: CudaSlice<f32> = gpu.zeros(w.rows)?;
+    let prep = PrepArg {
+        kind: 4,
+        n: n as i32,
+        qq: gpu.ptr(&q),
+        qd: gpu.ptr(&d),
+        qsum: gpu.ptr(&s),
+        ..Default::default()
+    };
+    let smem = gemv_smem(n);
+    if smem > 48 * 1024 {
+        gpu.f.gemv.set_attribute(
+            cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            smem as i32,
+        )?;
+    }
+    let launch = |m: &DevMat| -> Result<(), CudaError> {
+        let mut jobs = JobsArg {
+            n: 1,
+            ..Default::default()
+        };
+        jobs.j[0] = JobArg {
+            w: m.arg,
+            out: gpu.ptr(&out),
+            ..Default::default()
+        };
+        let blocks = plan_jobs(gpu, &mut jobs);
+        let cfg = LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (GEMV_THREADS, 1, 1),
+            shared_mem_bytes: smem,
+        };
+        gpu.launch(&gpu.f.gemv, cfg, &jobs, &prep)
+    };
+    for m in &mats {
+        launch(m)?;
+    }
+    gpu.stream.synchronize()?;
+    let t = std::time::Instant::now();
+    for i in 0..iters {
+        launch(&mats[i % copies])?;
+    }
+    gpu.stream.synchronize()?;
+    let bytes = p.qs.len() + 4 * (p.d.len() + p.m.len() + p.rs.len());
+    Ok((bytes * iters) as f64 / t.elapsed().as_secs_f64())
+}
+
+/// Seconds per decode-attention call (attention kernel and the combination of its splits) at
+/// position `ctx - 1` of a `ctx`-position cache, averaged over `iters` calls.
+pub fn attention_time(
+    gpu: &Gpu,
+    s: AttnShape,
+    kv: KvCache,
+    ctx: usize,
+    iters: usize,
+) -> Result<f64, CudaError> {
+    let hd = s.head_dim;
+    let chunk = 128.max(hd.next_power_of_two());
+    let nsplit = ctx.div_ceil(chunk);
+    let kv_dim = s.n_kv * hd;
+    let q_dim = s.n_heads * hd;
+    let kc: CudaSlice<u8> = gpu.zeros(ctx * kv_dim * kv.bytes())?;
+    let vc: CudaSlice<u8> = gpu.zeros(ctx * kv_dim * kv.bytes())?;
+    let ks: CudaSlice<f32> = gpu.upload(&vec![0.01f32; ctx * s.n_kv])?;
+    let vs: CudaSlice<f32> = gpu.upload(&vec![0.01f32; ctx * s.n_kv])?;
+    let am: CudaSlice<f32> = gpu.zeros(s.n_heads * nsplit)?;
+    let al: CudaSlice<f32> = gpu.zeros(s.n_heads * nsplit)?;
+    let ao: CudaSlice<f32> = gpu.zeros(s.n_heads * nsplit * hd)?;
+    let pos = gpu.upload(&[(ctx - 1) as i32])?;
+    let qv: Vec<f32> = (0..q_dim).map(|i| (i % 13) as f32 / 13.0).collect();
+    let kv_in: Vec<f32> = (0..kv_dim).map(|i| (i % 7) as f32 / 7.0).collect();
+    let qd = gpu.upload(&qv)?;
+    let kd = gpu.upload(&kv_in)?;
+    let vd = gpu.upload(&kv_in)?;
+    let out: CudaSlice<f32> = gpu.zeros(q_dim)?;
+    let eye: Vec<u8> = (0..q_dim * q_dim)
+        .flat_map(|i| if i / q_dim == i % q_dim { 1.0f32 } else { 0.0 }.to_le_bytes())
+        .collect();
+    let id = Matrix {
+        name: "identity",
+        ty: edgellm_kernels::GgmlType::F32,
+        rows: q_dim,
+        cols: q_dim,
+        data: &eye,
+        row_scale: None,
+    };
+    let idm = DevMat::upload(gpu, &repack(&id).map_err(CudaError::Unsupported)?)?;
+    let a = AttnArg {
+        q: gpu.ptr(&qd),
+        k: gpu.ptr(&kd),
+        v: gpu.ptr(&vd),
+        kc: gpu.ptr(&kc),
+        vc: gpu.ptr(&vc),
+        ks: gpu.ptr(&ks),
+        vs: gpu.ptr(&vs),
+        pos: gpu.ptr(&pos),
+        om: gpu.ptr(&am),
+        ol: gpu.ptr(&al),
+        oo: gpu.ptr(&ao),
+        n_heads: s.n_heads as i32,
+        n_kv: s.n_kv as i32,
+        hd: hd as i32,
+        chunk: chunk as i32,
+        nsplit: nsplit as i32,
+        int8_kv: (kv == KvCache::Int8) as i32,
+        rope_halves: s.halves as i32,
+        theta: s.theta,
+    };
+    let prep = PrepArg {
+        kind: 3,
+        n: q_dim as i32,
+        am: a.om,
+        al: a.ol,
+        ao: a.oo,
+        nsplit: nsplit as i32,
+        hd: hd as i32,
+        ..Default::default()
+    };
+    let mut jobs = JobsArg {
+        n: 1,
+        ..Default::default()
+    };
+    jobs.j[0] = JobArg {
+        w: idm.arg,
+        out: gpu.ptr(&out),
+        ..Default::default()
+    };
+    let blocks = plan_jobs(gpu, &mut jobs);
+    let run = || -> Result<(), CudaError> {
+        let mut l = gpu.stream.launch_builder(&gpu.f.attention);
+        l.arg(&a);
+        let cfg = LaunchConfig {
+            grid_dim: (s.n_heads as u32, nsplit as u32, 1),
+            block_dim: (chunk as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: every buffer was allocated above for these shapes.
+        unsafe { l.launch(cfg) }?;
+        let cfg = LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (GEMV_THREADS, 1, 1),
+            shared_mem_bytes: gemv_smem(q_dim),
+        };
+        gpu.launch(&gpu.f.gemv, cfg, &jobs, &prep)
+    };
+    run()?;
+    gpu.stream.synchronize()?;
+    let t = std::time::Instant::now();
+    for _ in 0..iters {
+        run()?;
+    }
+    gpu.stream.synchronize()?;
+    Ok(t.elapsed().as_secs_f64() / iters as f64)
+}

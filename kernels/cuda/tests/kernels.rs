@@ -1,0 +1,486 @@
+//! Every CUDA kernel against the CPU scalar specification. Without a usable GPU (CI), each test
+//! prints why it skipped and passes; `EDGELLM_REQUIRE_GPU=1` (the GPU check script) makes a
+//! missing GPU a failure.
+#![cfg(feature = "cuda")]
+
+use edgellm_core::model::Matrix;
+use edgellm_core::sampler::SamplerParams;
+use edgellm_cuda::testing::{self, AttnShape, Input};
+use edgellm_cuda::{Gpu, KvCache};
+use edgellm_kernels::{scalar, ActsQ8, ActsQ8Mut, GgmlType};
+use std::sync::OnceLock;
+
+/// Float results of the quantized products: |gpu - cpu| <= GEMV_TOL * Σ|terms| (the same block
+/// terms summed in another order).
+const GEMV_TOL: f32 = 1e-5;
+/// f16 KV cache against the f32 reference: |gpu - cpu| <= ATTN_F16_TOL * max |v|.
+const ATTN_F16_TOL: f32 = 4e-3;
+/// int8 KV cache (and int8 queries) against the f32 reference.
+const ATTN_INT8_TOL: f32 = 5e-2;
+
+fn gpu() -> Option<&'static Gpu> {
+    static GPU: OnceLock<Result<Gpu, String>> = OnceLock::new();
+    match GPU.get_or_init(|| Gpu::open().map_err(|e| e.to_string())) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            assert!(
+                std::env::var("EDGELLM_REQUIRE_GPU").as_deref() != Ok("1"),
+                "EDGELLM_REQUIRE_GPU=1 but {e}"
+            );
+            eprintln!("skipping CUDA test: {e}");
+            None
+        }
+    }
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32
+    }
+    fn normal(&mut self, s: f32) -> f32 {
+        ((0..4).map(|_| self.unit()).sum::<f32>() - 2.0) * s * 1.7
+    }
+    fn vec(&mut self, n: usize, s: f32) -> Vec<f32> {
+        (0..n).map(|_| self.normal(s)).collect()
+    }
+    fn f16(&mut self) -> [u8; 2] {
+        let v = half::f16::from_f32(0.001 + self.unit() * 0.05);
+        v.to_bits().to_le_bytes()
+    }
+}
+
+/// Random weights of type `ty`, `rows` x `cols`, with sane scales; T2 gets row scales.
+fn weights(rng: &mut Rng, ty: GgmlType, rows: usize, cols: usize) -> (Vec<u8>, Vec<u8>) {
+    let row_bytes = cols / ty.block_len() * ty.block_bytes();
+    let mut data: Vec<u8> = (0..rows * row_bytes).map(|_| rng.next() as u8).collect();
+    match ty {
+        GgmlType::Q8_0 | GgmlType::Q4_0 => {
+            for b in data.chunks_exact_mut(ty.block_bytes()) {
+                b[..2].copy_from_slice(&rng.f16());
+            }
+        }
+        GgmlType::Q4_1 => {
+            for b in data.chunks_exact_mut(20) {
+                b[..2].copy_from_slice(&rng.f16());
+                let m = half::f16::from_f32(-rng.unit() * 0.3)
+                    .to_bits()
+                    .to_le_bytes();
+                b[2..4].copy_from_slice(&m);
+            }
+        }
+        GgmlType::F16 => {
+            for v in data.chunks_exact_mut(2) {
+                v.copy_from_slice(&half::f16::from_f32(rng.normal(0.1)).to_bits().to_le_bytes());
+            }
+        }
+        GgmlType::F32 => {
+            for v in data.chunks_exact_mut(4) {
+                v.copy_from_slice(&rng.normal(0.1).to_le_bytes());
+            }
+        }
+        GgmlType::T2 => {
+            // Codes 0..=2 only, as the quantizer writes (code 3 is tested separately).
+            for b in data.iter_mut() {
+                let mut v = *b;
+                for s in 0..4 {
+                    if (v >> (2 * s)) & 3 == 3 {
+                        v &= !(1 << (2 * s));
+                    }
+                }
+                *b = v;
+            }
+        }
+        _ => unreachable!(),
+    }
+    let scales = (0..rows)
+        .flat_map(|_| (0.01 + rng.unit()).to_le_bytes())
+        .collect();
+    (data, scales)
+}
+
+fn matrix<'a>(ty: GgmlType, rows: usize, cols: usize, data: &'a [u8], rs: &'a [u8]) -> Matrix<'a> {
+    Matrix {
+        name: "w",
+        ty,
+        rows,
+        cols,
+        data,
+        row_scale: (ty == GgmlType::T2).then_some(rs),
+    }
+}
+
+fn cpu_quantize(x: &[f32]) -> (Vec<i8>, Vec<f32>, Vec<i32>) {
+    let n = x.len();
+    let (mut q, mut d, mut s) = (vec![0i8; n], vec![0f32; n / 16], vec![0i32; n / 16]);
+    scalar::quantize_acts(
+        x,
+        &mut ActsQ8Mut {
+            qs: &mut q,
+            d: &mut d,
+            sums: &mut s,
+        },
+    );
+    (q, d, s)
+}
+
+/// The CPU specification of `W · x` (int8 activations for quantized types), and Σ|terms| per
+/// row for the tolerance.
+fn cpu_gemv(w: &Matrix<'_>, x: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let (q, d, s) = cpu_quantize(x);
+    let acts = ActsQ8 {
+        qs: &q,
+        d: &d,
+        sums: &s,
+    };
+    let mut out = vec![0f32; w.rows];
+    match w.ty {
+        GgmlType::F32 | GgmlType::F16 => {
+            let mut row = vec![0f32; w.cols];
+            for (r, o) in out.iter_mut().enumerate() {
+                scalar::dequantize_row(w.ty, w.rows_data(r..r + 1), &mut row).unwrap();
+                *o = row.iter().zip(x).map(|(a, b)| a * b).sum();
+            }
+        }
+        GgmlType::Q8_0 => scalar::gemv_q8_0(w.data, &acts, &mut out),
+        GgmlType::Q4_0 => scalar::gemv_q4_0(w.data, &acts, &mut out),
+        GgmlType::Q4_1 => scalar::gemv_q4_1(w.data, &acts, &mut out),
+        GgmlType::T2 => scalar::ternary::gemv_t2(w.data, &acts, &mut out),
+        _ => unreachable!(),
+    }
+    w.apply_row_scale(0, &mut out);
+    // Magnitude of the terms: |W| · |x| with dequantized weights.
+    let mut row = vec![0f32; w.cols];
+    let mags = (0..w.rows)
+        .map(|r| {
+            scalar::dequantize_row(w.ty, w.rows_data(r..r + 1), &mut row).unwrap();
+            let m: f32 = row.iter().zip(x).map(|(a, b)| (a * b).abs()).sum();
+            let rs = w
+                .row_scale
+                .map(|s| f32::from_le_bytes(s[4 * r..4 * r + 4].try_into().unwrap()).abs())
+                .unwrap_or(1.0);
+            m * rs + 1e-6
+        })
+        .collect();
+    (out, mags)
+}
+
+#[test]
+fn quantizer_is_bit_exact() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng(11);
+    for n in [32, 64, 576, 1536, 4864] {
+        let mut x = rng.vec(n, 1.0);
+        x[..16].fill(0.0); // an all-zero group
+        x[16] = 1e-39; // a subnormal-only group
+        x[17..32].fill(0.0);
+        x[40] = 50.0; // an outlier
+        let want = cpu_quantize(&x);
+        let got = testing::quantize(gpu, &x).unwrap();
+        assert_eq!(got.0, want.0, "qs, n = {n}");
+        assert_eq!(got.2, want.2, "sums, n = {n}");
+        let same = got
+            .1
+            .iter()
+            .zip(&want.1)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "scales, n = {n}");
+    }
+}
+
+#[test]
+fn gemv_matches_the_cpu_specification_for_every_type() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng(3);
+    let shapes = [
+        (1, 64),
+        (7, 128),
+        (33, 576),
+        (70, 1536),
+        (9, 4864),
+        (5, 8192),
+    ];
+    for ty in [
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::T2,
+        GgmlType::F16,
+        GgmlType::F32,
+    ] {
+        for &(rows, cols) in &shapes {
+            let (data, rs) = weights(&mut rng, ty, rows, cols);
+            let w = matrix(ty, rows, cols, &data, &rs);
+            let x = rng.vec(cols, 1.0);
+            let (want, mag) = cpu_gemv(&w, &x);
+            let got = testing::gemv(gpu, &w, Input::Plain(&x)).unwrap();
+            for r in 0..rows {
+                let err = (got[r] - want[r]).abs();
+                assert!(
+                    err <= GEMV_TOL * mag[r],
+                    "{} {rows}x{cols} row {r}: gpu {} cpu {} (|terms| {})",
+                    ty.name(),
+                    got[r],
+                    want[r],
+                    mag[r]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn ternary_integer_sums_are_bit_exact_including_code_3() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng(5);
+    for &(rows, cols) in &[(3, 64), (17, 576), (40, 2560), (8, 8192)] {
+        // Any bytes, code 3 included: every kernel reads it as +2.
+        let data: Vec<u8> = (0..rows * cols / 4).map(|_| rng.next() as u8).collect();
+        let rs = vec![0u8; rows * 4];
+        let w = matrix(GgmlType::T2, rows, cols, &data, &rs);
+        let (q, _, s) = cpu_quantize(&rng.vec(cols, 1.0));
+        let got = testing::t2_isums(gpu, &w, &q, &s).unwrap();
+        let mut codes = vec![0f32; cols];
+        for r in 0..rows {
+            scalar::ternary::dequantize_t2(w.rows_data(r..r + 1), &mut codes);
+            for g in 0..cols / 16 {
+                let want: i32 = (0..16)
+                    .map(|i| codes[16 * g + i] as i32 * q[16 * g + i] as i32)
+                    .sum();
+                assert_eq!(
+                    got[r * (cols / 16) + g],
+                    want,
+                    "row {r} group {g} ({rows}x{cols})"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn embedding_rows_are_bit_exact() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng(9);
+    for ty in [
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::T2,
+        GgmlType::F16,
+        GgmlType::F32,
+    ] {
+        let (rows, cols) = (11, 576);
+        let (data, rs) = weights(&mut rng, ty, rows, cols);
+        let w = matrix(ty, rows, cols, &data, &rs);
+        for token in [0u32, 5, 10] {
+            let mut want = vec![0f32; cols];
+            scalar::dequantize_row(
+                ty,
+                w.rows_data(token as usize..token as usize + 1),
+                &mut want,
+            )
+            .unwrap();
+            if ty == GgmlType::T2 {
+                let s = f32::from_le_bytes(rs[4 * token as usize..][..4].try_into().unwrap());
+                want.iter_mut().for_each(|v| *v *= s);
+            }
+            let got = testing::embed(gpu, &w, token).unwrap();
+            let same = got
+                .iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{} token {token}", ty.name());
+        }
+    }
+}
+
+/// RMSNorm and SwiGLU inputs, through an F32 matrix (no quantization), against the CPU.
+#[test]
+fn fused_inputs_match_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng(21);
+    let (rows, n) = (24, 1536);
+    let (data, rs) = weights(&mut rng, GgmlType::F32, rows, n);
+    let w = matrix(GgmlType::F32, rows, n, &data, &rs);
+    let x = rng.vec(n, 2.0);
+    let nw = rng.vec(n, 1.0);
+    let mut normed = vec![0f32; n];
+    scalar::rmsnorm(&x, &nw, 1e-5, &mut normed);
+    let (want, mag) = cpu_gemv(&w, &normed);
+    let got = testing::gemv(gpu, &w, Input::RmsNorm(&x, &nw, 1e-5)).unwrap();
+    for r in 0..rows {
+        assert!(
+            (got[r] - want[r]).abs() <= 1e-4 * mag[r],
+            "rmsnorm row {r}: {} vs {}",
+            got[r],
+            want[r]
+        );
+    }
+    let u = rng.vec(n, 1.0);
+    let h: Vec<f32> = x
+        .iter()
+        .zip(&u)
+        .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
+        .collect();
+    let (want, mag) = cpu_gemv(&w, &h);
+    let got = testing::gemv(gpu, &w, Input::SwiGlu(&x, &u)).unwrap();
+    for r in 0..rows {
+        assert!(
+            (got[r] - want[r]).abs() <= 1e-4 * mag[r],
+            "swiglu row {r}: {} vs {}",
+            got[r],
+            want[r]
+        );
+    }
+}
+
+fn rope_ref(h: &mut [f32], pos: usize, theta: f32, halves: bool) {
+    let hd = h.len();
+    for i in 0..hd / 2 {
+        let inv = 1.0 / theta.powf((2 * i) as f32 / hd as f32);
+        let (s, c) = (pos as f32 * inv).sin_cos();
+        let (a, b) = if halves {
+            (i, i + hd / 2)
+        } else {
+            (2 * i, 2 * i + 1)
+        };
+        let (x0, x1) = (h[a], h[b]);
+        h[a] = x0 * c - x1 * s;
+        h[b] = x0 * s + x1 * c;
+    }
+}
+
+fn attention_case(gpu: &Gpu, shape: AttnShape, kv: KvCache, steps: usize, tol: f32) {
+    let mut rng = Rng(31 + steps as u64);
+    let hd = shape.head_dim;
+    let (qd, kvd) = (shape.n_heads * hd, shape.n_kv * hd);
+    let q: Vec<Vec<f32>> = (0..steps).map(|_| rng.vec(qd, 1.0)).collect();
+    let k: Vec<Vec<f32>> = (0..steps).map(|_| rng.vec(kvd, 1.0)).collect();
+    let v: Vec<Vec<f32>> = (0..steps).map(|_| rng.vec(kvd, 1.0)).collect();
+    let got = testing::attention_steps(gpu, shape, kv, &q, &k, &v).unwrap();
+    let mut keys: Vec<Vec<f32>> = Vec::new();
+    let vmax = v.iter().flatten().fold(0f32, |m, x| m.max(x.abs()));
+    for t in 0..steps {
+        let mut kt = k[t].clone();
+        kt.chunks_exact_mut(hd)
+            .for_each(|h| rope_ref(h, t, shape.theta, shape.halves));
+        keys.push(kt);
+        if t % 37 != 0 && t + 1 != steps {
+            continue;
+        }
+        for h in 0..shape.n_heads {
+            let kvh = h / (shape.n_heads / shape.n_kv);
+            let mut qh = q[t][h * hd..(h + 1) * hd].to_vec();
+            rope_ref(&mut qh, t, shape.theta, shape.halves);
+            let scores: Vec<f32> = (0..=t)
+                .map(|p| {
+                    qh.iter()
+                        .zip(&keys[p][kvh * hd..(kvh + 1) * hd])
+                        .map(|(a, b)| a * b)
+                        .sum::<f32>()
+                        / (hd as f32).sqrt()
+                })
+                .collect();
+            let m = scores.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            let e: Vec<f32> = scores.iter().map(|s| (s - m).exp()).collect();
+            let z: f32 = e.iter().sum();
+            for d in 0..hd {
+                let want: f32 = (0..=t).map(|p| e[p] / z * v[p][kvh * hd + d]).sum();
+                let g = got[t][h * hd + d];
+                assert!(
+                    (g - want).abs() <= tol * vmax,
+                    "{kv:?} step {t} head {h} dim {d}: gpu {g} cpu {want}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn decode_attention_matches_the_f32_reference() {
+    let Some(gpu) = gpu() else { return };
+    // SmolLM2's heads (9 query, 3 KV, 64 wide), several splits of 128 positions.
+    let smol = AttnShape {
+        n_heads: 9,
+        n_kv: 3,
+        head_dim: 64,
+        context: 400,
+        theta: 100000.0,
+        halves: false,
+    };
+    attention_case(gpu, smol, KvCache::F16, 300, ATTN_F16_TOL);
+    attention_case(gpu, smol, KvCache::Int8, 300, ATTN_INT8_TOL);
+    // BitNet-like heads (128 wide, NeoX pairs).
+    let wide = AttnShape {
+        n_heads: 4,
+        n_kv: 1,
+        head_dim: 128,
+        context: 160,
+        theta: 500000.0,
+        halves: true,
+    };
+    attention_case(gpu, wide, KvCache::F16, 150, ATTN_F16_TOL);
+    attention_case(gpu, wide, KvCache::Int8, 150, ATTN_INT8_TOL);
+}
+
+#[test]
+fn device_sampler_greedy_and_top_k() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng(41);
+    for n in [10, 1000, 49152, 151936] {
+        let mut logits = rng.vec(n, 3.0);
+        let greedy = SamplerParams::greedy();
+        let want = logits
+            .iter()
+            .enumerate()
+            .fold(
+                (0, f32::NEG_INFINITY),
+                |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+            )
+            .0 as u32;
+        assert_eq!(
+            testing::sample(gpu, &logits, &greedy, 0, 0).unwrap(),
+            want,
+            "greedy, n = {n}"
+        );
+        // A tie: the first index wins, as on the CPU.
+        let top = logits[want as usize];
+        logits[n - 1] = top;
+        assert_eq!(
+            testing::sample(gpu, &logits, &greedy, 0, 0).unwrap(),
+            want,
+            "tie, n = {n}"
+        );
+        // Top-k: always one of the k largest; top_k = 1 is greedy.
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+        let p = SamplerParams {
+            temperature: 1.5,
+            top_k: 8,
+            top_p: 1.0,
+            min_p: 0.0,
+            ..SamplerParams::default()
+        };
+        let mut seen = std::collections::HashSet::new();
+        for c in 0..64 {
+            let t = testing::sample(gpu, &logits, &p, 7, c).unwrap() as usize;
+            assert!(
+                order[..8.min(n)].contains(&t),
+                "top-k token {t} not among the 8 largest"
+            );
+            seen.insert(t);
+        }
+        assert!(
+            seen.len() > 1 || n < 2,
+            "64 draws at temperature 1.5 gave one token"
+        );
+        let one = SamplerParams { top_k: 1, ..p };
+        assert_eq!(testing::sample(gpu, &logits, &one, 7, 3).unwrap(), want);
+    }
+}

@@ -1,0 +1,150 @@
+//! Choosing where the forward pass runs (`--device`), and the generation loop on the GPU.
+
+use crate::generate::{Generation, StopReason};
+use crate::load::Loaded;
+use crate::ModelArgs;
+use anyhow::{bail, Result};
+use edgellm_core::sampler::Sampler;
+use edgellm_core::tokenizer::{Tokenizer, Utf8Stream};
+use edgellm_cuda::{CudaError, Gpu, GpuEngine, KvCache};
+use std::time::Instant;
+
+/// The model on the GPU when `--device` (and the board) say so and a device is usable; `None`
+/// for the CPU. `--device cuda` without a usable device is an error that says why; `auto` logs
+/// one line and falls back to the CPU.
+pub fn select(args: &ModelArgs, loaded: &Loaded<'_>, context: usize) -> Result<Option<GpuEngine>> {
+    let board = args.board()?;
+    let wanted = match args.device.as_str() {
+        "cpu" => return Ok(None),
+        "cuda" => true,
+        // Boards with a CUDA GPU, and the host (a workstation may have one).
+        _ => board.cuda_arch.is_some() || board.name == "host",
+    };
+    if !wanted {
+        return Ok(None);
+    }
+    let kv = if args.kv_cache == "int8" {
+        KvCache::Int8
+    } else {
+        KvCache::F16
+    };
+    let engine = Gpu::open().and_then(|gpu| GpuEngine::new(gpu, &loaded.model, context, kv));
+    match engine {
+        Ok(e) => {
+            eprintln!("device: {}", e.describe());
+            Ok(Some(e))
+        }
+        Err(e) if args.device == "cuda" => bail!("--device cuda: {e}"),
+        Err(CudaError::NotBuilt) => Ok(None),
+        Err(e) => {
+            eprintln!("device: cpu ({e})");
+            Ok(None)
+        }
+    }
+}
+
+/// [`crate::generate::generate`] on the GPU: the prompt runs through the decode graph, each
+/// next token is sampled on the device (or on the host when the sampler options need it: a
+/// repetition penalty, or top-k above what the device sampler keeps).
+pub fn generate_gpu(
+    engine: &mut GpuEngine,
+    tokenizer: &Tokenizer,
+    sampler: &mut Sampler,
+    prompt: &[u32],
+    max_new: usize,
+    mut on_text: impl FnMut(&str) -> bool,
+) -> Result<Generation> {
+    if prompt.is_empty() {
+        bail!("the prompt is empty: give at least one token");
+    }
+    let room = engine.context() - engine.pos();
+    if prompt.len() > room {
+        bail!(
+            "the prompt has {} tokens but only {room} fit in the context ({} positions): \
+             shorten it by {} tokens or raise --context",
+            prompt.len(),
+            engine.context(),
+            prompt.len() - room
+        );
+    }
+    let params = *sampler.params();
+    let on_device = engine.set_sampling(&params, params.seed)?;
+    let mut logits = if on_device {
+        Vec::new()
+    } else {
+        vec![0f32; sampler.vocab_size()]
+    };
+    let mut out = Generation {
+        ids: Vec::with_capacity(max_new),
+        stop: StopReason::Length,
+        prefill_s: 0.0,
+        token_s: Vec::with_capacity(max_new),
+        ttft_s: 0.0,
+    };
+    for &t in prompt {
+        sampler.accept(t);
+    }
+    let start = Instant::now();
+    engine.prefill(prompt)?;
+    let mut id = next(engine, sampler, &mut logits, on_device)?;
+    out.prefill_s = start.elapsed().as_secs_f64();
+    let mut stream = Utf8Stream::new();
+    let mut step_start = Instant::now();
+    for i in 0..max_new {
+        if i > 0 {
+            id = next(engine, sampler, &mut logits, on_device)?;
+            let now = Instant::now();
+            out.token_s.push((now - step_start).as_secs_f64());
+            step_start = now;
+        }
+        sampler.accept(id);
+        out.ids.push(id);
+        if i == 0 {
+            out.ttft_s = start.elapsed().as_secs_f64();
+        }
+        if tokenizer.is_end_of_generation(id) {
+            out.stop = StopReason::EndOfGeneration;
+            break;
+        }
+        if !tokenizer.is_control(id) {
+            let mut go_on = true;
+            stream.push_with(tokenizer.token_bytes(id), |piece| {
+                if go_on && !piece.is_empty() {
+                    go_on = on_text(piece);
+                }
+            });
+            if !go_on {
+                out.stop = StopReason::Cancelled;
+                break;
+            }
+        }
+        if i + 1 == max_new {
+            break;
+        }
+        if engine.pos() >= engine.context() {
+            out.stop = StopReason::Context;
+            break;
+        }
+        if on_device {
+            engine.step()?;
+        } else {
+            engine.feed(id)?;
+        }
+    }
+    Ok(out)
+}
+
+/// The token after the last step: the device's sample, or the host sampler on copied logits.
+fn next(
+    engine: &mut GpuEngine,
+    sampler: &mut Sampler,
+    logits: &mut [f32],
+    on_device: bool,
+) -> Result<u32> {
+    if on_device {
+        Ok(engine.sampled()?)
+    } else {
+        engine.logits(logits)?;
+        Ok(sampler.sample(logits))
+    }
+}
