@@ -48,6 +48,10 @@ enum Cmd {
         #[arg(long)]
         no_boards: bool,
     },
+    /// The board section of `ci` alone: pi-zero-2w, pi5 and jetson-orin built, their GLIBC needs
+    /// printed against the floors, greedy tokens under qemu compared with the host build, the
+    /// .deb and unit checked.
+    CiBoards,
     /// Build the kernel and core test suites for aarch64 and run them under qemu with each board's
     /// CPU model (cortex-a53, cortex-a72, cortex-a76, neoverse-n1), plus the golden end-to-end test.
     TestCross,
@@ -150,6 +154,15 @@ fn main() -> Result<()> {
             deb,
             ssh_options,
         } => deploy::deploy(&board, &host, deb.as_deref(), &ssh_options)?,
+        Cmd::CiBoards => {
+            apt_ensure(CI_PACKAGES)?;
+            let analyze = apt_ensure(&[("systemd-analyze", "systemd")]);
+            if let Err(e) = &analyze {
+                println!("note: systemd-analyze unavailable ({e:#}); the unit checks skip");
+            }
+            let model = fetch::model(fetch::ModelName::Smollm2135m)?;
+            ci_boards(&model, analyze.is_ok())?;
+        }
         Cmd::TestCross => {
             let model = fetch::model(fetch::ModelName::Smollm2135m)?;
             std::env::set_var("EDGELLM_MODEL", &model);
