@@ -733,8 +733,10 @@ fn install(
     match added {
         None => println!("user {}: already in the image", unit::USER),
         Some(new) => {
+            let mut written = Vec::new();
             for (i, (f, text)) in account_files.iter().zip(new).enumerate() {
                 let Some(text) = text else { continue };
+                written.push(*f);
                 let (mode, uid, gid) = fs.owner(f)?;
                 let host = scratch.join(format!("account-{i}"));
                 fs::write(&host, text)?;
@@ -748,7 +750,7 @@ fn install(
                 cmds.push(format!("sif {} uid {uid}", q(f)));
                 cmds.push(format!("sif {} gid {gid}", q(f)));
             }
-            println!("user {}: added to {}", unit::USER, account_files.join(", "));
+            println!("user {}: added to {}", unit::USER, written.join(", "));
         }
     }
     fs.script(&cmds, scratch)?;
