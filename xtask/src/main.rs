@@ -508,6 +508,20 @@ fn count(line: &str, word: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn token_differences_are_located() {
+        let d = super::ids_diff(&[7042, 30, 198], &[7042, 31, 198]);
+        assert!(
+            d.starts_with("first difference at token 1: host Some(30), board Some(31)"),
+            "{d}"
+        );
+        let d = super::ids_diff(&[1, 2, 3], &[1, 2]);
+        assert!(
+            d.starts_with("first difference at token 2: host Some(3), board None"),
+            "{d}"
+        );
+    }
+
+    #[test]
     fn counts_test_result_lines() {
         let l = "test result: FAILED. 55 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out";
         assert_eq!(super::count(l, "passed"), 55);
