@@ -108,7 +108,7 @@ fn ensure_tools(board: &Board, triple: &str) -> Result<()> {
 }
 
 /// The target directory cargo writes to.
-fn target_dir() -> PathBuf {
+pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .map(|p| {
@@ -237,8 +237,55 @@ fn verify(board: &Board, exe: &Path) -> Result<(u32, u32)> {
     Ok(max)
 }
 
+/// What `cargo xtask build` made for a board.
+pub struct Built {
+    /// The board binary (unstripped, in the target directory).
+    pub exe: PathBuf,
+    /// The highest GLIBC version it needs.
+    pub glibc: (u32, u32),
+    /// The Debian package.
+    pub deb: PathBuf,
+}
+
+/// Builds and checks the board's binary (the cross build, the ELF and GLIBC checks and
+/// `--version` under qemu); returns it with the highest GLIBC version it needs.
+pub fn board_binary(board: &Board, features: &[String]) -> Result<(PathBuf, (u32, u32))> {
+    let triple = triple(board);
+    ensure_tools(board, &triple)?;
+    let exe = compile(board, &triple, features)?;
+    let glibc = verify(board, &exe)?;
+    Ok((exe, glibc))
+}
+
+/// Checks a prebuilt binary for `board` without running it: an ELF for the board's machine that
+/// needs no newer glibc than the board's OS ships. Returns the highest GLIBC version it needs.
+pub fn check_prebuilt(board: &Board, exe: &Path) -> Result<(u32, u32)> {
+    let bytes = std::fs::read(exe).with_context(|| format!("cannot read {}", exe.display()))?;
+    let info =
+        elf::inspect(&bytes).with_context(|| format!("{} is not a usable ELF", exe.display()))?;
+    if !is_host(board) && info.machine != elf::EM_AARCH64 {
+        bail!(
+            "{}: ELF machine {} where the {} needs aarch64 ({})",
+            exe.display(),
+            info.machine,
+            board.name,
+            elf::EM_AARCH64
+        );
+    }
+    let max = info.max_glibc().unwrap_or((0, 0));
+    if !is_host(board) {
+        within_floor(board, max).with_context(|| exe.display().to_string())?;
+    }
+    Ok(max)
+}
+
+/// The directory `cargo xtask build --board` writes the board's files to.
+pub fn images_dir(board: &Board) -> PathBuf {
+    crate::root().join("target/images").join(board.name)
+}
+
 /// `cargo xtask build`.
-pub fn build(name: &str, model: Option<&Path>, features: &[String]) -> Result<()> {
+pub fn build(name: &str, model: Option<&Path>, features: &[String]) -> Result<Built> {
     let board = board(name)?;
     let triple = triple(&board);
     if let Some(m) = model {
@@ -246,12 +293,10 @@ pub fn build(name: &str, model: Option<&Path>, features: &[String]) -> Result<()
             bail!("--model {}: no such file", m.display());
         }
     }
-    ensure_tools(&board, &triple)?;
-    let exe = compile(&board, &triple, features)?;
-    let glibc = verify(&board, &exe)?;
-    let out = crate::root().join("target/images").join(board.name);
-    crate::package::package(&board, &triple, &exe, model, glibc, &out)?;
-    Ok(())
+    let (exe, glibc) = board_binary(&board, features)?;
+    let out = images_dir(&board);
+    let deb = crate::package::package(&board, &triple, &exe, model, glibc, &out)?;
+    Ok(Built { exe, glibc, deb })
 }
 
 #[cfg(test)]

@@ -3,8 +3,10 @@
 
 mod build;
 mod cross;
+mod deploy;
 mod elf;
 mod fetch;
+mod image;
 mod package;
 mod unit;
 
@@ -41,7 +43,15 @@ enum Cmd {
         /// Skip the aarch64 suites under qemu.
         #[arg(long)]
         no_cross: bool,
+        /// Skip the board builds (pi-zero-2w, pi5, jetson-orin: cross builds, GLIBC floors, the
+        /// model under qemu against the host, the .deb and unit checks).
+        #[arg(long)]
+        no_boards: bool,
     },
+    /// The board section of `ci` alone: pi-zero-2w, pi5 and jetson-orin built, their GLIBC needs
+    /// printed against the floors, greedy tokens under qemu compared with the host build, the
+    /// .deb and unit checked.
+    CiBoards,
     /// Build the kernel and core test suites for aarch64 and run them under qemu with each board's
     /// CPU model (cortex-a53, cortex-a72, cortex-a76, neoverse-n1), plus the golden end-to-end test.
     TestCross,
@@ -59,6 +69,45 @@ enum Cmd {
         #[arg(long, value_delimiter = ',')]
         features: Vec<String>,
     },
+    /// Install EdgeLLM into a copy of a Raspberry Pi OS image, without root: the package's files
+    /// and the `edgellm` user in the ext4 root (debugfs), the service enabled, `isolcpus=` on the
+    /// FAT partition's cmdline.txt (mtools); the root partition grows when the files need it.
+    Image {
+        /// Board: pi-zero-2w, pi4, pi5.
+        #[arg(long)]
+        board: String,
+        /// The Raspberry Pi OS image to start from (unpacked .img; it is not modified).
+        #[arg(long)]
+        base: PathBuf,
+        /// A GGUF model to install under /usr/share/edgellm/models/ (and name in the config).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Use this aarch64 binary instead of cross-building one.
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Extra cargo features of the edgellm crate (when building).
+        #[arg(long, value_delimiter = ',')]
+        features: Vec<String>,
+        /// The image to write.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Copy the board's .deb to a board with scp, install it with ssh (`sudo apt-get install`),
+    /// restart the service and show whether it is active.
+    Deploy {
+        /// Board the package was built for.
+        #[arg(long)]
+        board: String,
+        /// user@address of the board.
+        #[arg(long)]
+        host: String,
+        /// The package (default: the one in target/images/<board>/).
+        #[arg(long)]
+        deb: Option<PathBuf>,
+        /// An option for ssh and scp (`-o OPTION`), e.g. `Port=2222`; repeatable.
+        #[arg(long = "ssh-option")]
+        ssh_options: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -72,12 +121,48 @@ fn main() -> Result<()> {
             let dir = fetch::vocab()?;
             println!("{}", dir.display());
         }
-        Cmd::Ci { no_qwen, no_cross } => ci(no_qwen, no_cross)?,
+        Cmd::Ci {
+            no_qwen,
+            no_cross,
+            no_boards,
+        } => ci(no_qwen, no_cross, no_boards)?,
         Cmd::Build {
             board,
             model,
             features,
-        } => build::build(&board, model.as_deref(), &features)?,
+        } => {
+            build::build(&board, model.as_deref(), &features)?;
+        }
+        Cmd::Image {
+            board,
+            base,
+            model,
+            binary,
+            features,
+            output,
+        } => image::image(
+            &board,
+            &base,
+            model.as_deref(),
+            binary.as_deref(),
+            &features,
+            &output,
+        )?,
+        Cmd::Deploy {
+            board,
+            host,
+            deb,
+            ssh_options,
+        } => deploy::deploy(&board, &host, deb.as_deref(), &ssh_options)?,
+        Cmd::CiBoards => {
+            apt_ensure(CI_PACKAGES)?;
+            let analyze = apt_ensure(&[("systemd-analyze", "systemd")]);
+            if let Err(e) = &analyze {
+                println!("note: systemd-analyze unavailable ({e:#}); the unit checks skip");
+            }
+            let model = fetch::model(fetch::ModelName::Smollm2135m)?;
+            ci_boards(&model, analyze.is_ok())?;
+        }
         Cmd::TestCross => {
             let model = fetch::model(fetch::ModelName::Smollm2135m)?;
             std::env::set_var("EDGELLM_MODEL", &model);
@@ -125,7 +210,14 @@ const NO_STD_CRATES: &[&str] = &[
 ];
 const NO_STD_TARGETS: &[&str] = &["aarch64-unknown-none", "x86_64-unknown-none"];
 
-fn ci(no_qwen: bool, no_cross: bool) -> Result<()> {
+fn ci(no_qwen: bool, no_cross: bool, no_boards: bool) -> Result<()> {
+    // Debian tools: the image test builds and reads SD-card images (sfdisk, mkfs.vfat, mtools,
+    // e2fsprogs); the board section checks packages with lintian and runs binaries under qemu.
+    apt_ensure(CI_PACKAGES)?;
+    let analyze = apt_ensure(&[("systemd-analyze", "systemd")]);
+    if let Err(e) = &analyze {
+        println!("note: systemd-analyze unavailable ({e:#}); the unit checks skip");
+    }
     // Toolchain pieces: rustup components and bare-metal targets for the no_std builds.
     run(Command::new("rustup").args(["component", "add", "rustfmt", "clippy"]))?;
     let mut add = Command::new("rustup");
@@ -187,6 +279,176 @@ fn ci(no_qwen: bool, no_cross: bool) -> Result<()> {
     if failed > 0 {
         bail!("{failed} tests failed");
     }
+    if !no_boards {
+        ci_boards(&model, analyze.is_ok())?;
+    }
+    Ok(())
+}
+
+/// (a command or an absolute path that shows the package is installed, the Debian package).
+const CI_PACKAGES: &[(&str, &str)] = &[
+    ("sfdisk", "fdisk"),
+    ("mkfs.vfat", "dosfstools"),
+    ("mcopy", "mtools"),
+    ("debugfs", "e2fsprogs"),
+    ("lintian", "lintian"),
+    ("dpkg-deb", "dpkg"),
+    ("qemu-aarch64", "qemu-user"),
+    ("/usr/aarch64-linux-gnu/lib", "libc6-arm64-cross"),
+];
+
+/// Whether a command is on PATH (or in /usr/sbin, /sbin), or an absolute path exists.
+fn present(probe: &str) -> bool {
+    if probe.starts_with('/') {
+        return Path::new(probe).exists();
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .any(|d| d.join(probe).is_file())
+}
+
+/// Installs the Debian packages whose probe is missing (as root), or says what to install.
+fn apt_ensure(packages: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .filter(|(probe, _)| !present(probe))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    if !is_root {
+        bail!(
+            "missing Debian packages: sudo apt-get install {}",
+            missing.join(" ")
+        );
+    }
+    run(Command::new("apt-get").arg("update"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// The boards CI builds: the smallest Pi, the largest Pi, and the Jetson Orin.
+const CI_BOARDS: &[&str] = &["pi-zero-2w", "pi5", "jetson-orin"];
+/// The greedy generation every board binary must reproduce.
+const CI_PROMPT: &str = "The capital of France is";
+const CI_TOKENS: &str = "12";
+
+/// The token ids `edgellm run` generates for [`CI_PROMPT`] (greedy, raw prompt).
+fn greedy_ids(mut cmd: Command, model: &Path) -> Result<Vec<u64>> {
+    cmd.args(["run", "--model"])
+        .arg(model)
+        .args([
+            "--prompt", CI_PROMPT, "-n", CI_TOKENS, "--temp", "0", "--raw", "--json",
+        ])
+        .args(["--no-rt", "--no-lock-memory"]);
+    eprintln!("$ {cmd:?}");
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}{stdout}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let json: serde_json::Value = stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .with_context(|| format!("no JSON from {cmd:?}: {stdout}"))?;
+    let ids = json["ids"]
+        .as_array()
+        .context("no ids in the JSON output")?
+        .iter()
+        .map(|v| v.as_u64().context("a token id is not a number"))
+        .collect::<Result<Vec<_>>>()?;
+    println!(
+        "  ids {ids:?} = {:?} ({})",
+        json["text"].as_str().unwrap_or(""),
+        json["kernels"].as_str().unwrap_or("")
+    );
+    Ok(ids)
+}
+
+/// Where the position of the first difference is, for a failure message.
+fn ids_diff(host: &[u64], board: &[u64]) -> String {
+    let at = host
+        .iter()
+        .zip(board)
+        .position(|(a, b)| a != b)
+        .unwrap_or(host.len().min(board.len()));
+    format!(
+        "first difference at token {at}: host {:?}, board {:?} (host {host:?}, board {board:?})",
+        host.get(at),
+        board.get(at)
+    )
+}
+
+/// CI's board section: each board's release build (GLIBC printed against its floor), the real
+/// model under qemu with the board's CPU giving the host's greedy tokens, and the package checks.
+fn ci_boards(model: &Path, analyze: bool) -> Result<()> {
+    use std::time::Instant;
+    let start = Instant::now();
+    println!("== boards: {}", CI_BOARDS.join(", "));
+    run(cargo().args(["build", "--release", "-p", "edgellm"]))?;
+    let host_exe = build::target_dir().join("release/edgellm");
+    println!("host:");
+    let host = greedy_ids(Command::new(&host_exe), model)?;
+    let mut failures = Vec::new();
+    let mut summary = Vec::new();
+    for name in CI_BOARDS {
+        let board = build::board(name)?;
+        println!("== {name}");
+        let t = Instant::now();
+        let built = build::build(name, None, &[])?;
+        let build_s = t.elapsed().as_secs_f64();
+        let (fmaj, fmin) = board.glibc_floor;
+        println!(
+            "{name}: GLIBC {}.{} needed, floor {fmaj}.{fmin}: ok",
+            built.glibc.0, built.glibc.1
+        );
+        let t = Instant::now();
+        let mut qemu = Command::new("qemu-aarch64");
+        qemu.args(["-cpu", board.qemu_cpu, "-L", "/usr/aarch64-linux-gnu"])
+            .arg(&built.exe);
+        println!("{name} (qemu-aarch64 -cpu {}):", board.qemu_cpu);
+        let ids = greedy_ids(qemu, model)?;
+        let qemu_s = t.elapsed().as_secs_f64();
+        if ids == host {
+            println!(
+                "{name}: {} greedy tokens identical to the host's",
+                ids.len()
+            );
+        } else {
+            failures.push(format!("{name}: tokens differ: {}", ids_diff(&host, &ids)));
+        }
+        let score = package::check_deb(&board, &built.deb, analyze)?;
+        summary.push(format!(
+            "{name}: build {build_s:.0} s, qemu run {qemu_s:.0} s, GLIBC {}.{} <= {fmaj}.{fmin}, \
+             security exposure {}",
+            built.glibc.0,
+            built.glibc.1,
+            score.map_or("not measured (no systemd-analyze)".into(), |s| s
+                .to_string())
+        ));
+    }
+    for line in &summary {
+        println!("{line}");
+    }
+    println!("boards: {:.0} s", start.elapsed().as_secs_f64());
+    if !failures.is_empty() {
+        bail!("{}", failures.join("\n"));
+    }
     Ok(())
 }
 
@@ -245,6 +507,20 @@ fn count(line: &str, word: &str) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn token_differences_are_located() {
+        let d = super::ids_diff(&[7042, 30, 198], &[7042, 31, 198]);
+        assert!(
+            d.starts_with("first difference at token 1: host Some(30), board Some(31)"),
+            "{d}"
+        );
+        let d = super::ids_diff(&[1, 2, 3], &[1, 2]);
+        assert!(
+            d.starts_with("first difference at token 2: host Some(3), board None"),
+            "{d}"
+        );
+    }
+
     #[test]
     fn counts_test_result_lines() {
         let l = "test result: FAILED. 55 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out";

@@ -79,6 +79,51 @@ fn tool(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Writes the files the package installs under `root` (as they lie under `/` on the board): the
+/// stripped binary, the config with the board's defaults, the systemd unit, the model when given,
+/// and the Debian copyright and changelog. `cargo xtask image` copies the same tree into an SD
+/// card image.
+pub fn stage(board: &Board, exe: &Path, model: Option<&Path>, root: &Path) -> Result<()> {
+    let rel = |p: &str| root.join(p.trim_start_matches('/'));
+    let model_name = model
+        .and_then(|m| m.file_name())
+        .map(|n| n.to_string_lossy().into_owned());
+    let config = unit::config(board, model_name.as_deref());
+    let service = unit::unit(board);
+    copy(exe, &rel(unit::BIN_PATH), 0o755)?;
+    // A stripped binary: the board does not need the symbols, and lintian asks for it.
+    let _ = tool(Command::new("llvm-strip").arg(rel(unit::BIN_PATH)))
+        .or_else(|_| tool(Command::new("aarch64-linux-gnu-strip").arg(rel(unit::BIN_PATH))))
+        .or_else(|_| {
+            tool(
+                Command::new("python3")
+                    .args(["-m", "ziglang", "objcopy", "--strip-all"])
+                    .arg(rel(unit::BIN_PATH))
+                    .arg(rel(unit::BIN_PATH)),
+            )
+        });
+    write(&rel(unit::CONFIG_PATH), config.as_bytes(), 0o644)?;
+    write(&rel(unit::UNIT_PATH), service.as_bytes(), 0o644)?;
+    if let (Some(m), Some(name)) = (model, &model_name) {
+        let to = rel(&format!("{}/{name}", unit::MODEL_DIR));
+        fs::create_dir_all(to.parent().context("model path has a parent")?)?;
+        fs::copy(m, &to).with_context(|| format!("cannot copy {}", m.display()))?;
+        fs::set_permissions(&to, fs::Permissions::from_mode(0o644))?;
+    }
+    let doc = rel("/usr/share/doc/edgellm");
+    write(&doc.join("copyright"), copyright().as_bytes(), 0o644)?;
+    write(&doc.join("changelog"), changelog().as_bytes(), 0o644)?;
+    tool(
+        Command::new("gzip")
+            .args(["-9nf"])
+            .arg(doc.join("changelog")),
+    )?;
+    for dir in walk_dirs(root)? {
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))?;
+    }
+    Ok(())
+}
+
 /// Writes the tarball, the .deb and SHA256SUMS for `board` into `out`; returns the .deb's path.
 pub fn package(
     board: &Board,
@@ -110,31 +155,7 @@ pub fn package(
     let staging = out.join(".staging");
     let root = staging.join("deb");
     let rel = |p: &str| root.join(p.trim_start_matches('/'));
-    copy(exe, &rel(unit::BIN_PATH), 0o755)?;
-    // A stripped binary: the board does not need the symbols, and lintian asks for it.
-    let _ = tool(Command::new("llvm-strip").arg(rel(unit::BIN_PATH)))
-        .or_else(|_| tool(Command::new("aarch64-linux-gnu-strip").arg(rel(unit::BIN_PATH))))
-        .or_else(|_| {
-            tool(
-                Command::new("python3")
-                    .args(["-m", "ziglang", "objcopy", "--strip-all"])
-                    .arg(rel(unit::BIN_PATH))
-                    .arg(rel(unit::BIN_PATH)),
-            )
-        });
-    write(&rel(unit::CONFIG_PATH), config.as_bytes(), 0o644)?;
-    write(&rel(unit::UNIT_PATH), service.as_bytes(), 0o644)?;
-    if let (Some(m), Some(name)) = (model, &model_name) {
-        copy(m, &rel(&format!("{}/{name}", unit::MODEL_DIR)), 0o644)?;
-    }
-    let doc = rel("/usr/share/doc/edgellm");
-    write(&doc.join("copyright"), copyright().as_bytes(), 0o644)?;
-    write(&doc.join("changelog"), changelog().as_bytes(), 0o644)?;
-    tool(
-        Command::new("gzip")
-            .args(["-9nf"])
-            .arg(doc.join("changelog")),
-    )?;
+    stage(board, exe, model, &root)?;
     let size = du_kib(&root)?;
     let debian = root.join("DEBIAN");
     write(
@@ -242,4 +263,108 @@ fn changelog() -> String {
          \x20 * Release {VERSION}.\n\n\
          \x20-- EdgeLLM maintainers <edgellm@example.invalid>  Sun, 29 Nov 2026 00:00:00 +0000\n"
     )
+}
+
+/// The checks a board's .deb must pass in CI: `dpkg-deb --info` and `--contents` show the package
+/// and the files it installs, `lintian` finds no errors (its warnings are printed), and where
+/// systemd-analyze exists (`analyze`) the unit passes `verify` and `security --offline=true` rates
+/// it 2.5 or better. Returns the exposure score when measured.
+pub fn check_deb(board: &Board, deb: &Path, analyze: bool) -> Result<Option<f64>> {
+    let info = tool(Command::new("dpkg-deb").arg("--info").arg(deb))?;
+    let field = |k: &str| {
+        info.lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("{k}: ")))
+            .map(str::to_string)
+    };
+    let arch = field("Architecture").unwrap_or_default();
+    if field("Package").as_deref() != Some("edgellm") || field("Version").is_none() {
+        bail!(
+            "{}: dpkg-deb --info shows no edgellm package:\n{info}",
+            deb.display()
+        );
+    }
+    if board.target_triple != "native" && arch != "arm64" {
+        bail!("{}: Architecture {arch:?}, not arm64", deb.display());
+    }
+    let depends = field("Depends").unwrap_or_default();
+    println!(
+        "dpkg-deb --info: edgellm {} {arch}, Depends: {depends}, Installed-Size: {} KiB",
+        field("Version").unwrap_or_default(),
+        field("Installed-Size").unwrap_or_default()
+    );
+    for script in ["postinst", "prerm", "postrm", "conffiles", "md5sums"] {
+        if !info.contains(script) {
+            bail!("{}: no {script} in the control archive", deb.display());
+        }
+    }
+    let contents = tool(Command::new("dpkg-deb").arg("--contents").arg(deb))?;
+    let paths: Vec<&str> = contents
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .collect();
+    for want in [
+        unit::BIN_PATH,
+        unit::CONFIG_PATH,
+        unit::UNIT_PATH,
+        "/usr/share/doc/edgellm/copyright",
+    ] {
+        if !paths.iter().any(|p| p.trim_start_matches('.') == want) {
+            bail!("{}: dpkg-deb --contents has no {want}", deb.display());
+        }
+    }
+    let root_owned = contents.lines().all(|l| l.contains(" root/root "));
+    if !root_owned {
+        bail!(
+            "{}: files not owned by root/root:\n{contents}",
+            deb.display()
+        );
+    }
+    println!(
+        "dpkg-deb --contents: {} entries, all root/root",
+        paths.len()
+    );
+
+    let out = Command::new("lintian")
+        .args([
+            "--fail-on",
+            "error",
+            "--allow-root",
+            "--no-tag-display-limit",
+        ])
+        .arg(deb)
+        .output()
+        .context("cannot start lintian (sudo apt-get install lintian)")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("E: ")).collect();
+    let warnings: Vec<&str> = text.lines().filter(|l| l.starts_with("W: ")).collect();
+    for l in warnings.iter().chain(&errors) {
+        println!("  {l}");
+    }
+    println!(
+        "lintian: {} errors, {} warnings",
+        errors.len(),
+        warnings.len()
+    );
+    if !out.status.success() || !errors.is_empty() {
+        bail!(
+            "lintian finds errors in {}: {}{}",
+            deb.display(),
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    if !analyze {
+        println!("systemd-analyze: not installed here; verify and security skipped");
+        return Ok(None);
+    }
+    let dir = std::env::temp_dir().join(format!("edgellm-ci-unit-{}", std::process::id()));
+    let result = unit::analyze(board, &dir);
+    let _ = fs::remove_dir_all(&dir);
+    let (report, score) = result?;
+    println!("systemd-analyze verify: ok; security --offline=true: exposure {score}");
+    if score > 2.5 {
+        bail!("{}: exposure {score} > 2.5:\n{report}", board.name);
+    }
+    Ok(Some(score))
 }

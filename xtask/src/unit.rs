@@ -262,6 +262,46 @@ pub fn maintainer_scripts() -> Vec<(&'static str, String)> {
     vec![("postinst", postinst), ("prerm", prerm), ("postrm", postrm)]
 }
 
+/// Verifies `board`'s unit (with a stub binary at a root-relative ExecStart) and returns the
+/// security report and its exposure score.
+pub fn analyze(b: &Board, dir: &std::path::Path) -> anyhow::Result<(String, f64)> {
+    use std::os::unix::fs::PermissionsExt;
+    let root = dir.join(b.name);
+    let bin = root.join(BIN_PATH.trim_start_matches('/'));
+    std::fs::create_dir_all(bin.parent().unwrap())?;
+    std::fs::write(&bin, "#!/bin/sh\n")?;
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))?;
+    let unit_file = root.join("edgellm.service");
+    // Verify with the stub's real path; security reads the unit as shipped.
+    let u = unit(b);
+    std::fs::write(&unit_file, u.replace(BIN_PATH, &bin.to_string_lossy()))?;
+    let v = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&unit_file)
+        .output()?;
+    let msgs = String::from_utf8_lossy(&v.stderr).into_owned();
+    anyhow::ensure!(
+        v.status.success() && !msgs.contains("edgellm.service:"),
+        "{}: systemd-analyze verify: {msgs}",
+        b.name
+    );
+    std::fs::write(&unit_file, &u)?;
+    let s = std::process::Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(&unit_file)
+        .output()?;
+    let text =
+        String::from_utf8_lossy(&s.stdout).into_owned() + &String::from_utf8_lossy(&s.stderr);
+    let score = text
+        .lines()
+        .find_map(|l| l.split("Overall exposure level for ").nth(1))
+        .and_then(|l| l.split(": ").nth(1))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse::<f64>().ok())
+        .ok_or_else(|| anyhow::anyhow!("no exposure score in:\n{text}"))?;
+    Ok((text, score))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -466,45 +506,5 @@ mod tests {
             assert!(score <= 2.5, "{}: exposure {score} > 2.5\n{text}", b.name);
         }
         let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    /// Verifies `board`'s unit (with a stub binary at a root-relative ExecStart) and returns the
-    /// security report and its exposure score.
-    pub(crate) fn analyze(b: &Board, dir: &std::path::Path) -> anyhow::Result<(String, f64)> {
-        use std::os::unix::fs::PermissionsExt;
-        let root = dir.join(b.name);
-        let bin = root.join(BIN_PATH.trim_start_matches('/'));
-        std::fs::create_dir_all(bin.parent().unwrap())?;
-        std::fs::write(&bin, "#!/bin/sh\n")?;
-        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))?;
-        let unit_file = root.join("edgellm.service");
-        // Verify with the stub's real path; security reads the unit as shipped.
-        let u = unit(b);
-        std::fs::write(&unit_file, u.replace(BIN_PATH, &bin.to_string_lossy()))?;
-        let v = Command::new("systemd-analyze")
-            .args(["verify", "--man=no"])
-            .arg(&unit_file)
-            .output()?;
-        let msgs = String::from_utf8_lossy(&v.stderr).into_owned();
-        anyhow::ensure!(
-            v.status.success() && !msgs.contains("edgellm.service:"),
-            "{}: systemd-analyze verify: {msgs}",
-            b.name
-        );
-        std::fs::write(&unit_file, &u)?;
-        let s = Command::new("systemd-analyze")
-            .args(["security", "--offline=true", "--no-pager"])
-            .arg(&unit_file)
-            .output()?;
-        let text =
-            String::from_utf8_lossy(&s.stdout).into_owned() + &String::from_utf8_lossy(&s.stderr);
-        let score = text
-            .lines()
-            .find_map(|l| l.split("Overall exposure level for ").nth(1))
-            .and_then(|l| l.split(": ").nth(1))
-            .and_then(|l| l.split_whitespace().next())
-            .and_then(|n| n.parse::<f64>().ok())
-            .ok_or_else(|| anyhow::anyhow!("no exposure score in:\n{text}"))?;
-        Ok((text, score))
     }
 }
