@@ -1,75 +1,70 @@
 #!/usr/bin/env bash
-# Builds nothing in Rust: checks and times the CUDA backend on a GPU machine in one run.
+# Checks and times the CUDA backend on a GPU machine in one run (it builds no Rust: the machine
+# needs a CUDA driver, nvcc and cmake for llama.cpp, and Python with numpy).
 #
-#   xtask/scripts/gpu-check.sh --bins DIR --model IMAGE [--llama SRC] [--out DIR] [--stages LIST]
+#   xtask/scripts/gpu-check.sh --bins DIR --model IMAGE [--vocab GGUF] [--llama SRC] [--out DIR]
 #
-# DIR holds three x86-64 binaries built on a workstation (`cargo xtask gpu-bundle` makes them):
+# DIR holds three x86-64 binaries built on a workstation:
 #   edgellm            cargo build --release -p edgellm --features cuda
-#   cuda-kernel-tests  the edgellm-cuda test binary (cargo test -p edgellm-cuda --features cuda)
+#   cuda-kernel-tests  the edgellm-cuda test binary (cargo test -p edgellm-cuda --features cuda --no-run)
 #   gpu_bench          cargo build --release -p edgellm-cuda --features cuda --example gpu_bench
-# IMAGE is a converted SmolLM2 image (e.g. `edgellm convert ... --format q4 --head-format q4`).
-# SRC is a llama.cpp source tree (directory or .tar.xz); it is built with CUDA for the
-# side-by-side figures. Stages (default: all): kernels, kernel-bench, llama, e2e, bench.
+# IMAGE is a converted SmolLM2 image (`edgellm convert ... --format ternary --head-format q4`
+#   is 45 MB); the GPU's greedy tokens on the reference prompts are compared with the CPU's.
+# GGUF (optional) holds SmolLM2's tokenizer: a SmolLM2-135M-shaped file with random Q4_1 weights
+#   is generated from it (xtask/scripts/make_bitnet_tq2.py), and both EdgeLLM and llama.cpp
+#   decode and prefill it, side by side.
+# SRC is a llama.cpp source tree (directory or .tar.xz, with gguf-py), built here with CUDA in
+#   the background while the checks run.
 set -uo pipefail
 
-bins= model= llama= out=${OUT:-/tmp/gpu-check} stages=kernels,kernel-bench,llama,e2e,bench
+bins= model= vocab= llama= out=${OUT:-/tmp/gpu-check}
 while [ $# -gt 0 ]; do
     case $1 in
         --bins) bins=$2; shift 2 ;;
         --model) model=$2; shift 2 ;;
+        --vocab) vocab=$2; shift 2 ;;
         --llama) llama=$2; shift 2 ;;
         --out) out=$2; shift 2 ;;
-        --stages) stages=$2; shift 2 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
 [ -n "$bins" ] || { echo "--bins DIR is required" >&2; exit 2; }
 here=$(cd "$(dirname "$0")/../.." && pwd)
+work=$(mktemp -d)
 mkdir -p "$out"
 status=0
-has() { case ",$stages," in *",$1,"*) return 0 ;; esac; return 1; }
 fail() { echo "FAIL: $*"; status=1; }
 
 nvidia-smi -L || fail "no GPU visible"
 nvcc --version 2>/dev/null | tail -1
 
-if has kernels; then
-    echo "== CUDA kernels against the CPU specification"
-    EDGELLM_REQUIRE_GPU=1 "$bins/cuda-kernel-tests" --test-threads=1 2>&1 | tee "$out/kernel-tests.log" ||
-        fail "kernel tests"
-fi
-
-if has kernel-bench; then
-    echo "== kernel benchmarks"
-    "$bins/gpu_bench" 2>&1 | tee "$out/kernel-bench.jsonl" || fail "gpu_bench"
-fi
-
-llama_bench=
-if has llama && [ -n "$llama" ]; then
-    echo "== llama.cpp with CUDA"
-    dir=$llama
+# llama.cpp: unpack and build in the background.
+lsrc= build_pid=
+if [ -n "$llama" ]; then
+    lsrc=$llama
     if [ -f "$llama" ]; then
-        dir=$(dirname "$llama")/llama-src
-        mkdir -p "$dir" && tar -xJf "$llama" -C "$dir"
+        lsrc=$work/llama-src
+        mkdir -p "$lsrc" && tar -xJf "$llama" -C "$lsrc"
     fi
-    if [ ! -x "$dir/build/bin/llama-bench" ]; then
+    if [ ! -x "$lsrc/build/bin/llama-bench" ]; then
         cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)
-        (cd "$dir" &&
+        (cd "$lsrc" &&
             cmake -B build -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$cap" -DLLAMA_CURL=OFF \
                 -DLLAMA_BUILD_TESTS=OFF -DCMAKE_BUILD_TYPE=Release >"$out/llama-cmake.log" 2>&1 &&
-            cmake --build build -j"$(nproc)" --target llama-bench >"$out/llama-build.log" 2>&1) ||
-            fail "llama.cpp build (see llama-build.log)"
+            cmake --build build -j"$(nproc)" --target llama-bench >"$out/llama-build.log" 2>&1) &
+        build_pid=$!
     fi
-    [ -x "$dir/build/bin/llama-bench" ] && llama_bench=$dir/build/bin/llama-bench
-fi
-if [ -z "$llama_bench" ] && [ -n "$llama" ]; then
-    for c in "$llama/build/bin/llama-bench" "$(dirname "$llama")/llama-src/build/bin/llama-bench"; do
-        [ -x "$c" ] && llama_bench=$c && break
-    done
 fi
 
-if has e2e && [ -n "$model" ]; then
-    echo "== greedy tokens: GPU against CPU on the reference prompts"
+echo "== CUDA kernels against the CPU specification"
+EDGELLM_REQUIRE_GPU=1 "$bins/cuda-kernel-tests" --test-threads=1 2>&1 | tee "$out/kernel-tests.log" ||
+    fail "kernel tests"
+
+echo "== kernel benchmarks"
+"$bins/gpu_bench" 2>&1 | tee "$out/kernel-bench.jsonl" || fail "gpu_bench"
+
+if [ -n "$model" ]; then
+    echo "== greedy tokens: GPU against CPU on the reference prompts ($(basename "$model"))"
     ref="$here/tests/data/smollm2/reference.json"
     for name in capital chat_pi code; do
         text=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['prompts'][sys.argv[2]]['text'], end='')" "$ref" "$name")
@@ -92,18 +87,28 @@ for d in ("cuda", "cuda-int8"):
         sys.exit(1)
 PY
     done
+    head -3 "$out/e2e-capital-cuda.err"
+    echo "== EdgeLLM on the image"
+    EDGELLM_CUDA_PROFILE=1 "$bins/edgellm" bench --model "$model" --device cuda -p 512 -g 128 -r 3 2>&1 |
+        tee "$out/bench-image.txt"
 fi
 
-if has bench && [ -n "$model" ]; then
-    echo "== decode and prefill, side by side with llama.cpp on the same file"
+if [ -n "$vocab" ]; then
+    echo "== SmolLM2-135M shapes, random Q4_1 weights: EdgeLLM and llama.cpp on the same file"
+    rnd=$work/smollm2-random-q4_1.gguf
+    [ -n "$lsrc" ] && export PYTHONPATH=$lsrc/gguf-py
+    python3 "$here/xtask/scripts/make_bitnet_tq2.py" --shapes smollm2-135m --type q4_1 \
+        --vocab "$vocab" -o "$rnd" >"$out/make-random.log" 2>&1 || fail "random model (make-random.log)"
+    [ -n "$build_pid" ] && { wait "$build_pid" || fail "llama.cpp build (llama-build.log)"; }
     peer=()
-    [ -n "$llama_bench" ] && peer=(--compare-llamacpp --llamacpp-bench "$llama_bench" --llamacpp-ngl 99)
+    [ -x "$lsrc/build/bin/llama-bench" ] &&
+        peer=(--compare-llamacpp --llamacpp-bench "$lsrc/build/bin/llama-bench" --llamacpp-ngl 99)
     for kv in f16 int8; do
-        "$bins/edgellm" bench --model "$model" --device cuda --kv-cache "$kv" -p 512 -g 128 -r 5 \
-            "${peer[@]}" --json 2>"$out/bench-$kv.err" | tee "$out/bench-$kv.json" || fail "bench $kv"
+        "$bins/edgellm" bench --model "$rnd" --device cuda --kv-cache "$kv" -p 512 -g 128 -r 5 \
+            "${peer[@]}" 2>"$out/bench-$kv.err" | tee "$out/bench-$kv.txt" || fail "bench $kv"
     done
-    "$bins/edgellm" bench --model "$model" --device cuda -p 512 -g 128 -r 3 2>&1 | tail -8
 fi
 
+rm -rf "$work"
 [ $status -eq 0 ] && echo "gpu-check: all passed" || echo "gpu-check: FAILED"
 exit $status

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write a llama-architecture GGUF in the shapes of BitNet b1.58 2B-4T with random weights.
+"""Write a llama-architecture GGUF in the shapes of BitNet b1.58 2B-4T (or SmolLM2-135M) with random weights.
 
 Every linear layer of the blocks (attn_q/k/v/output, ffn_gate/up/down) is TQ2_0, token_embd and
 output are Q8_0 (or F16 with --embd-type f16), the norms are F32 and equal to 1. The weights are
@@ -9,6 +9,10 @@ speed, with both EdgeLLM and llama.cpp reading the very same bytes. The tokenize
 
     pip install gguf numpy
     python3 xtask/scripts/make_bitnet_tq2.py -o /tmp/bitnet-2b-tq2_0.gguf
+
+With `--shapes smollm2-135m --type q4_1 --vocab <a SmolLM2 GGUF>` it writes SmolLM2-135M's shapes
+(tied output, no output.weight) with Q4_1 linear layers: the file the CUDA benchmarks run through
+both engines.
 
 Tensors are generated, quantized and written one at a time, so memory stays around the size of
 the largest tensor (output: 128256 x 2560).
@@ -28,17 +32,16 @@ try:
 except ImportError:
     sys.exit("needs the gguf package: python3 -m pip install gguf numpy")
 
-# BitNet b1.58 2B-4T
-DIM = 2560
-N_LAYERS = 30
-FFN = 6912
-N_HEADS = 20
-N_KV_HEADS = 5
-HEAD_DIM = 128
-VOCAB = 128256
-ROPE_THETA = 500000.0
-RMS_EPS = 1e-5
-CONTEXT = 4096
+SHAPES = {
+    # BitNet b1.58 2B-4T
+    "bitnet-2b": dict(DIM=2560, N_LAYERS=30, FFN=6912, N_HEADS=20, N_KV_HEADS=5, HEAD_DIM=128,
+                      VOCAB=128256, ROPE_THETA=500000.0, RMS_EPS=1e-5, CONTEXT=4096, TIED=False),
+    # SmolLM2-135M(-Instruct)
+    "smollm2-135m": dict(DIM=576, N_LAYERS=30, FFN=1536, N_HEADS=9, N_KV_HEADS=3, HEAD_DIM=64,
+                         VOCAB=49152, ROPE_THETA=100000.0, RMS_EPS=1e-5, CONTEXT=8192, TIED=True),
+}
+globals().update(SHAPES["bitnet-2b"])
+LINEAR = None  # set in main
 
 DEFAULT_VOCAB = Path.home() / ".cache/edgellm/vocab/ggml-vocab-llama-bpe.gguf"
 
@@ -60,8 +63,10 @@ def tensor_plan(embd_type):
             (b + "ffn_up.weight", FFN, DIM, QT.TQ2_0),
             (b + "ffn_down.weight", DIM, FFN, QT.TQ2_0),
         ]
-    plan += [("output_norm.weight", 1, DIM, QT.F32), ("output.weight", VOCAB, DIM, embd_type)]
-    return plan
+    plan += [("output_norm.weight", 1, DIM, QT.F32)]
+    if not TIED:
+        plan += [("output.weight", VOCAB, DIM, embd_type)]
+    return [(n, r, c, LINEAR if t == QT.TQ2_0 else t) for n, r, c, t in plan]
 
 
 def make_tensor(index, rows, cols, qtype, seed, std):
@@ -82,9 +87,30 @@ def nbytes(rows, cols, qtype):
     return rows * cols // block * size
 
 
+class _Field:
+    """A reader field's value, with gguf-py versions before `ReaderField.contents()` too."""
+
+    def __init__(self, field):
+        self.f = field
+
+    def contents(self):
+        f = self.f
+        if hasattr(f, "contents"):
+            return f.contents()
+        T = gguf.GGUFValueType
+        item = f.types[-1]
+        if f.types[0] == T.ARRAY:
+            if item == T.STRING:
+                return [bytes(f.parts[i]).decode("utf-8") for i in f.data]
+            return [f.parts[i].tolist()[0] for i in f.data]
+        if item == T.STRING:
+            return bytes(f.parts[f.data[0]]).decode("utf-8")
+        return f.parts[f.data[0]].tolist()[0]
+
+
 def copy_tokenizer(writer, vocab_path):
     r = gguf.GGUFReader(vocab_path)
-    f = r.fields
+    f = {k: _Field(v) for k, v in r.fields.items()}
     tokens = f["tokenizer.ggml.tokens"].contents()
     if len(tokens) != VOCAB:
         sys.exit(f"{vocab_path}: {len(tokens)} tokens, expected {VOCAB}")
@@ -107,14 +133,20 @@ def main():
     ap.add_argument("--vocab", default=str(DEFAULT_VOCAB), help="GGUF to copy the tokenizer from")
     ap.add_argument("--embd-type", choices=["q8_0", "f16"], default="q8_0",
                     help="type of token_embd and output (default q8_0)")
+    ap.add_argument("--shapes", choices=sorted(SHAPES), default="bitnet-2b")
+    ap.add_argument("--type", choices=["tq2_0", "q4_0", "q4_1", "q8_0"], default="tq2_0",
+                    help="type of the linear layers (default tq2_0)")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--std", type=float, default=0.02)
     args = ap.parse_args()
+    global LINEAR
+    globals().update(SHAPES[args.shapes])
+    LINEAR = {"tq2_0": QT.TQ2_0, "q4_0": QT.Q4_0, "q4_1": QT.Q4_1, "q8_0": QT.Q8_0}[args.type]
     embd_type = QT.Q8_0 if args.embd_type == "q8_0" else QT.F16
 
     t0 = time.time()
     w = gguf.GGUFWriter(args.output, "llama")
-    w.add_name("bitnet-b1.58-2B-4T-shapes-random-tq2_0")
+    w.add_name(f"{args.shapes}-shapes-random-{args.type}")
     w.add_context_length(CONTEXT)
     w.add_embedding_length(DIM)
     w.add_block_count(N_LAYERS)
@@ -125,7 +157,8 @@ def main():
     w.add_rope_freq_base(ROPE_THETA)
     w.add_layer_norm_rms_eps(RMS_EPS)
     w.add_vocab_size(VOCAB)
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_TQ2_0)
+    w.add_file_type({QT.TQ2_0: gguf.LlamaFileType.MOSTLY_TQ2_0, QT.Q4_0: gguf.LlamaFileType.MOSTLY_Q4_0,
+                     QT.Q4_1: gguf.LlamaFileType.MOSTLY_Q4_1, QT.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0}[LINEAR])
     copy_tokenizer(w, args.vocab)
 
     plan = tensor_plan(embd_type)

@@ -118,9 +118,9 @@ impl GpuEngine {
     ) -> Result<Self, CudaError> {
         let cfg = model.config.clone();
         let hd = cfg.head_dim;
-        if !hd.is_multiple_of(8) || hd > 256 || !cfg.n_heads.is_multiple_of(cfg.n_kv_heads) {
+        if !hd.is_multiple_of(16) || hd > 256 || !cfg.n_heads.is_multiple_of(cfg.n_kv_heads) {
             return Err(CudaError::Unsupported(format!(
-                "head size {hd} (the attention kernel takes multiples of 8 up to 256)"
+                "head size {hd} (the attention kernel takes multiples of 16 up to 256)"
             )));
         }
         for n in [cfg.dim, cfg.q_dim(), cfg.ffn_dim] {
@@ -283,8 +283,17 @@ impl GpuEngine {
         self.gpu.launch(&self.gpu.f.gemv, cfg, &ja, &prep)
     }
 
-    /// Enqueues one decode step on the stream (captured into a graph, never run directly).
+    /// Enqueues one decode step on the stream (captured into a graph; run directly only by
+    /// [`GpuEngine::profile`], which passes `mark` to time each kernel).
     fn enqueue(&self, with_head: bool) -> Result<(), CudaError> {
+        self.enqueue_marked(with_head, &mut |_| Ok(()))
+    }
+
+    fn enqueue_marked(
+        &self,
+        with_head: bool,
+        mark: &mut dyn FnMut(&'static str) -> Result<(), CudaError>,
+    ) -> Result<(), CudaError> {
         let gpu = &self.gpu;
         let c = &self.cfg;
         let (x, q, k, v, g, u) = (
@@ -309,6 +318,7 @@ impl GpuEngine {
             // sampler) of the embedding matrix and writes `dim` floats of `x`.
             unsafe { l.launch(cfg) }?;
         }
+        mark("embed")?;
         let kv_dim = c.kv_dim();
         let layer_cache = self.context * kv_dim * self.kv.bytes();
         let layer_scales = self.context * c.n_kv_heads * 4;
@@ -329,6 +339,7 @@ impl GpuEngine {
                 ],
                 norm(l.attn_norm),
             )?;
+            mark("gemv qkv")?;
             let a = AttnArg {
                 q,
                 k,
@@ -360,6 +371,7 @@ impl GpuEngine {
             // SAFETY: the cache, scratch and partial buffers were allocated for this
             // configuration (context, heads, splits) in `new`.
             unsafe { lb.launch(cfg) }?;
+            mark("attention")?;
             self.gemv(
                 &[(l.wo, x, 0, OUT_ADD)],
                 PrepArg {
@@ -373,10 +385,12 @@ impl GpuEngine {
                     ..Default::default()
                 },
             )?;
+            mark("gemv o")?;
             self.gemv(
                 &[(l.gate, g, 0, OUT_STORE), (l.up, u, 0, OUT_STORE)],
                 norm(l.ffn_norm),
             )?;
+            mark("gemv gate/up")?;
             self.gemv(
                 &[(l.down, x, 0, OUT_ADD)],
                 PrepArg {
@@ -387,6 +401,7 @@ impl GpuEngine {
                     ..Default::default()
                 },
             )?;
+            mark("gemv down")?;
         }
         if with_head {
             let logits = gpu.ptr(&self.logits);
@@ -401,6 +416,7 @@ impl GpuEngine {
                     ..Default::default()
                 },
             )?;
+            mark("gemv output")?;
             let sp = gpu.ptr(&self.sample);
             let n = c.vocab_size as i32;
             let mut l = gpu.stream.launch_builder(&gpu.f.sample);
@@ -412,6 +428,7 @@ impl GpuEngine {
             };
             // SAFETY: reads `vocab` logits and one Sample struct, writes state[0..4].
             unsafe { l.launch(cfg) }?;
+            mark("sample")?;
         } else {
             let mut l = gpu.stream.launch_builder(&gpu.f.advance);
             l.arg(&state);
@@ -420,6 +437,34 @@ impl GpuEngine {
         }
         let _ = PREP_PLAIN;
         Ok(())
+    }
+
+    /// Runs one decode step kernel by kernel, waiting for each, and returns the seconds spent
+    /// in each kind of kernel (host round trips included: a diagnostic, not a benchmark), plus
+    /// the wall time of one replay of the whole graph for comparison. Advances the position.
+    pub fn profile(&mut self) -> Result<Vec<(&'static str, f64)>, CudaError> {
+        self.check_room(2)?;
+        let mut times: Vec<(&'static str, f64)> = Vec::new();
+        let stream = self.gpu.stream.clone();
+        stream.synchronize()?;
+        let mut last = std::time::Instant::now();
+        self.enqueue_marked(true, &mut |name| {
+            stream.synchronize()?;
+            let now = std::time::Instant::now();
+            let dt = (now - last).as_secs_f64();
+            last = now;
+            match times.iter_mut().find(|(n, _)| *n == name) {
+                Some(t) => t.1 += dt,
+                None => times.push((name, dt)),
+            }
+            Ok(())
+        })?;
+        self.pos += 1;
+        let t = std::time::Instant::now();
+        self.step()?;
+        self.sampled()?;
+        times.push(("whole graph replay", t.elapsed().as_secs_f64()));
+        Ok(times)
     }
 
     fn write_token(&mut self, token: u32) -> Result<(), CudaError> {

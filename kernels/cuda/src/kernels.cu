@@ -203,38 +203,39 @@ __device__ float row_dot(const Mat& w, int r, const float* xs, const i8* aq, con
                          const int* as) {
     int lane = threadIdx.x & 31;
     const u8* row = w.qs + (long long)r * w.stride;
-    const int* a = (const int*)aq;
     float acc = 0.0f;
+    // Lanes take consecutive 16-value groups (or 32-value blocks for 4-bit), so a warp's weight
+    // loads are contiguous and its 16-byte shared-memory activation loads hit distinct banks.
+    const int4* a4 = (const int4*)aq;
     if (w.fmt == FMT_Q8_0) {
-        int nb = w.cols / 32;
-        const float* dr = w.d + (long long)r * nb;
-        for (int b = lane; b < nb; b += 32) {
-            const int4* p = (const int4*)(row + b * 32);
-            int4 q0 = p[0], q1 = p[1];
-            const int* ab = a + b * 8;
-            int s0 = __dp4a(q0.x, ab[0], 0);
-            s0 = __dp4a(q0.y, ab[1], s0);
-            s0 = __dp4a(q0.z, ab[2], s0);
-            s0 = __dp4a(q0.w, ab[3], s0);
-            int s1 = __dp4a(q1.x, ab[4], 0);
-            s1 = __dp4a(q1.y, ab[5], s1);
-            s1 = __dp4a(q1.z, ab[6], s1);
-            s1 = __dp4a(q1.w, ab[7], s1);
-            float dw = dr[b];
-            acc += (dw * ad[2 * b]) * (float)s0 + (dw * ad[2 * b + 1]) * (float)s1;
+        int ng = w.cols / 16;
+        const float* dr = w.d + (long long)r * (w.cols / 32);
+#pragma unroll 4
+        for (int g = lane; g < ng; g += 32) {
+            int4 q = *(const int4*)(row + g * 16);
+            int4 av = a4[g];
+            int s = __dp4a(q.x, av.x, 0);
+            s = __dp4a(q.y, av.y, s);
+            s = __dp4a(q.z, av.z, s);
+            s = __dp4a(q.w, av.w, s);
+            acc += (dr[g >> 1] * ad[g]) * (float)s;
         }
     } else if (w.fmt == FMT_Q4_0 || w.fmt == FMT_Q4_1) {
         int nb = w.cols / 32;
         const float* dr = w.d + (long long)r * nb;
+#pragma unroll 2
         for (int b = lane; b < nb; b += 32) {
             int4 q = *(const int4*)(row + b * 16);
-            const int* ab = a + b * 8;
-            int qw[4] = {q.x, q.y, q.z, q.w};
-            int s0 = 0, s1 = 0;
-            for (int k = 0; k < 4; k++) {
-                s0 = __dp4a(qw[k] & 0x0F0F0F0F, ab[k], s0);
-                s1 = __dp4a((qw[k] >> 4) & 0x0F0F0F0F, ab[4 + k], s1);
-            }
+            int4 a0 = a4[2 * b], a1 = a4[2 * b + 1];
+            const int m = 0x0F0F0F0F;
+            int s0 = __dp4a(q.x & m, a0.x, 0);
+            s0 = __dp4a(q.y & m, a0.y, s0);
+            s0 = __dp4a(q.z & m, a0.z, s0);
+            s0 = __dp4a(q.w & m, a0.w, s0);
+            int s1 = __dp4a((q.x >> 4) & m, a1.x, 0);
+            s1 = __dp4a((q.y >> 4) & m, a1.y, s1);
+            s1 = __dp4a((q.z >> 4) & m, a1.z, s1);
+            s1 = __dp4a((q.w >> 4) & m, a1.w, s1);
             float dw = dr[b], da0 = ad[2 * b], da1 = ad[2 * b + 1];
             if (w.fmt == FMT_Q4_0) {
                 s0 -= 8 * as[2 * b];
@@ -247,18 +248,19 @@ __device__ float row_dot(const Mat& w, int r, const float* xs, const i8* aq, con
             }
         }
     } else if (w.fmt == FMT_T2) {
-        int nb = w.cols / 64;
-        for (int b = lane; b < nb; b += 32) {
-            int4 q = *(const int4*)(row + b * 16);
-            int qw[4] = {q.x, q.y, q.z, q.w};
-            for (int k = 0; k < 4; k++) {
-                int g = 4 * b + k;
-                const int* ag = a + g * 4;
-                int s = 0;
-                for (int t = 0; t < 4; t++) s = __dp4a((qw[k] >> (2 * t)) & 0x03030303, ag[t], s);
-                s -= as[g];
-                acc += (float)s * ad[g];
-            }
+        // Group g of a row is its 32-bit word g (see scalar/ternary.rs): shifting by 2t and
+        // masking gives elements 4t..4t+3 of the group, one byte each.
+        const int m = 0x03030303;
+        int ng = w.cols / 16;
+        const int* rw = (const int*)row;
+        for (int g = lane; g < ng; g += 32) {
+            int word = rw[g];
+            int4 av = a4[g];
+            int s = __dp4a(word & m, av.x, 0);
+            s = __dp4a((word >> 2) & m, av.y, s);
+            s = __dp4a((word >> 4) & m, av.z, s);
+            s = __dp4a((word >> 6) & m, av.w, s);
+            acc += (float)(s - as[g]) * ad[g];
         }
     } else if (w.fmt == FMT_F16) {
         const u16* h = (const u16*)row;
@@ -279,11 +281,51 @@ __device__ float row_dot(const Mat& w, int r, const float* xs, const i8* aq, con
     return acc;
 }
 
+// T2 rows r .. r + T2_ROWS of a matrix by one warp at once: each lane reads its group's
+// activations from shared memory once for all the rows, and has one 4-byte load per row in
+// flight. Rows past `nr` repeat the last one and are not written.
+#define T2_ROWS 4
+__device__ void t2_rows(const Mat& w, int r, int nr, const i8* aq, const float* ad, const int* as,
+                        float* y) {
+    int lane = threadIdx.x & 31;
+    const int m = 0x03030303;
+    int ng = w.cols / 16;
+    const int4* a4 = (const int4*)aq;
+    const int* rw[T2_ROWS];
+#pragma unroll
+    for (int k = 0; k < T2_ROWS; k++) rw[k] = (const int*)(w.qs + (long long)(r + min(k, nr - 1)) * w.stride);
+    float acc[T2_ROWS];
+#pragma unroll
+    for (int k = 0; k < T2_ROWS; k++) acc[k] = 0.0f;
+#pragma unroll 2
+    for (int g = lane; g < ng; g += 32) {
+        int word[T2_ROWS];
+#pragma unroll
+        for (int k = 0; k < T2_ROWS; k++) word[k] = rw[k][g];
+        int4 av = a4[g];
+        float d = ad[g];
+        int sm = as[g];
+#pragma unroll
+        for (int k = 0; k < T2_ROWS; k++) {
+            int s = __dp4a(word[k] & m, av.x, 0);
+            s = __dp4a((word[k] >> 2) & m, av.y, s);
+            s = __dp4a((word[k] >> 4) & m, av.z, s);
+            s = __dp4a((word[k] >> 6) & m, av.w, s);
+            acc[k] += (float)(s - sm) * d;
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < T2_ROWS; k++) {
+        float v = warp_sum(acc[k]);
+        y[k] = w.rs ? v * w.rs[r + min(k, nr - 1)] : v;
+    }
+}
+
 // Matrix-vector products of up to MAX_JOBS matrices that share one input, which every block
 // prepares for itself in shared memory (a normalization, a SwiGLU, the combination of the
 // attention's partial results, or a plain copy) and quantizes to int8. Block b works on the job
 // whose block range holds b, `rows_per_block` rows of it, one row per warp at a time.
-extern "C" __global__ void gemv(Jobs jobs, Prep prep) {
+extern "C" __global__ void gemv(const __grid_constant__ Jobs jobs, const __grid_constant__ Prep prep) {
     extern __shared__ __align__(16) unsigned char smem[];
     __shared__ float scratch[32];
     int n = prep.n;
@@ -298,6 +340,23 @@ extern "C" __global__ void gemv(Jobs jobs, Prep prep) {
     int r0 = ((int)blockIdx.x - job.first_block) * jobs.rows_per_block;
     int r1 = min(r0 + jobs.rows_per_block, job.w.rows);
     int warps = blockDim.x >> 5, wid = threadIdx.x >> 5;
+    if (job.w.fmt == FMT_T2) {
+        for (int r = r0 + wid * T2_ROWS; r < r1; r += warps * T2_ROWS) {
+            int nr = min(T2_ROWS, r1 - r);
+            float y[T2_ROWS];
+            t2_rows(job.w, r, nr, aq, ad, as, y);
+            if ((threadIdx.x & 31) == 0)
+                for (int k = 0; k < nr; k++) {
+                    float v = y[k];
+                    if (job.bias) v += job.bias[r + k];
+                    if (job.mode == OUT_ADD)
+                        job.out[r + k] += v;
+                    else
+                        job.out[r + k] = v;
+                }
+        }
+        return;
+    }
     for (int r = r0 + wid; r < r1; r += warps) {
         float y = row_dot(job.w, r, xs, aq, ad, as);
         if ((threadIdx.x & 31) == 0) {
@@ -497,10 +556,16 @@ extern "C" __global__ void attention(Attn p) {
     if (t < end) {
         long long row = (long long)t * kv_dim + kvh * hd;
         if (p.int8_kv) {
-            const int* kr = t == pos ? (const int*)kq : (const int*)(p.kc + row);
-            const int* qw = (const int*)qq;
+            const int4* kr = t == pos ? (const int4*)kq : (const int4*)(p.kc + row);
+            const int4* qw = (const int4*)qq;
             int s = 0;
-            for (int w = 0; w < hd / 4; w++) s = __dp4a(kr[w], qw[w], s);
+            for (int w = 0; w < hd / 16; w++) {
+                int4 kv = kr[w], qv = qw[w];
+                s = __dp4a(kv.x, qv.x, s);
+                s = __dp4a(kv.y, qv.y, s);
+                s = __dp4a(kv.z, qv.z, s);
+                s = __dp4a(kv.w, qv.w, s);
+            }
             float kd = t == pos ? kscale_new : p.ks[(long long)t * p.n_kv + kvh];
             score = ((float)s * (qscale * kd)) * scale;
         } else {

@@ -175,7 +175,7 @@ fn cpu_gemv(w: &Matrix<'_>, x: &[f32]) -> (Vec<f32>, Vec<f32>) {
 fn quantizer_is_bit_exact() {
     let Some(gpu) = gpu() else { return };
     let mut rng = Rng(11);
-    for n in [32, 64, 576, 1536, 4864] {
+    for n in [64, 576, 1536, 4864] {
         let mut x = rng.vec(n, 1.0);
         x[..16].fill(0.0); // an all-zero group
         x[16] = 1e-39; // a subnormal-only group

@@ -347,6 +347,13 @@ fn argmax(v: &[f32]) -> u32 {
 /// decode graph's replays (each step waits for its token on the host, as generation does).
 fn bench_gpu(args: &BenchArgs, mut engine: edgellm_cuda::GpuEngine, prompt: &[u32]) -> Result<()> {
     let board = args.model.board()?;
+    if std::env::var_os("EDGELLM_CUDA_PROFILE").is_some() {
+        engine.reset()?;
+        engine.prefill(&prompt[..1])?;
+        for (name, s) in engine.profile()? {
+            eprintln!("profile: {name:<20} {:9.1} us", s * 1e6);
+        }
+    }
     let mut pp = Vec::with_capacity(args.reps);
     let mut tg = Vec::with_capacity(args.reps);
     let mut ttft = Vec::with_capacity(args.reps);
