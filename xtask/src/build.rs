@@ -125,6 +125,11 @@ pub fn target_dir() -> PathBuf {
 fn compile(board: &Board, triple: &str, features: &[String]) -> Result<PathBuf> {
     let mut cmd = crate::cargo();
     let mut feats = vec![format!("board-{}", board.name)];
+    // Boards with a CUDA GPU get the CUDA backend (loaded at run time: no CUDA is needed to
+    // build, and the binary falls back to the CPU where no driver is found).
+    if board.cuda_arch.is_some() {
+        feats.push("cuda".into());
+    }
     feats.extend(features.iter().cloned());
     if is_host(board) {
         cmd.args(["build", "--release"]);

@@ -245,6 +245,19 @@ fn ci(no_qwen: bool, no_cross: bool, no_boards: bool) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    run(cargo().args([
+        "clippy",
+        "-p",
+        "edgellm-cuda",
+        "-p",
+        "edgellm",
+        "--features",
+        "edgellm/cuda",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     for target in NO_STD_TARGETS {
         let mut build = cargo();
         build.args([
@@ -268,6 +281,19 @@ fn ci(no_qwen: bool, no_cross: bool, no_boards: bool) -> Result<()> {
         test.env("EDGELLM_QWEN_MODEL", q);
     }
     let (mut passed, mut failed) = run_counting(&mut test)?;
+    // The CUDA backend's tests: built with the `cuda` feature, they skip (saying why) on a
+    // machine without a GPU; the GPU check script runs them on one.
+    let (p, f) = run_counting(cargo().args([
+        "test",
+        "--release",
+        "--no-fail-fast",
+        "-p",
+        "edgellm-cuda",
+        "--features",
+        "cuda",
+    ]))?;
+    passed += p;
+    failed += f;
     if !no_cross {
         std::env::set_var("EDGELLM_MODEL", &model);
         let (p, f) = cross::test_cross()?;

@@ -316,10 +316,11 @@ pub(crate) fn plan_jobs(gpu: &Gpu, jobs: &mut JobsArg) -> u32 {
         .iter()
         .map(|j| j.w.rows as usize)
         .sum();
-    // Rows per block: a multiple of 32 (8 warps, up to 4 rows each at once), enough blocks to
-    // fill the device a few times over.
+    // Rows per block: at least one per warp, enough blocks to fill the device a few times over
+    // (the warps of a block split its rows).
+    let warps = (GEMV_THREADS / 32) as usize;
     let target_blocks = 4 * gpu.sms;
-    let rpb = rows.div_ceil(target_blocks).div_ceil(32).max(1) * 32;
+    let rpb = rows.div_ceil(target_blocks).div_ceil(warps).max(1) * warps;
     jobs.rows_per_block = rpb as i32;
     let mut first = 0;
     for j in jobs.j[..jobs.n as usize].iter_mut() {

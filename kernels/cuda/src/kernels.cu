@@ -339,13 +339,18 @@ extern "C" __global__ void gemv(const __grid_constant__ Jobs jobs, const __grid_
     const Job& job = jobs.j[j];
     int r0 = ((int)blockIdx.x - job.first_block) * jobs.rows_per_block;
     int r1 = min(r0 + jobs.rows_per_block, job.w.rows);
+    // Each warp takes a contiguous share of the block's rows: ternary rows up to T2_ROWS at
+    // once, the other types one at a time.
     int warps = blockDim.x >> 5, wid = threadIdx.x >> 5;
+    int per = (r1 - r0 + warps - 1) / warps;
+    int w0 = r0 + wid * per, w1 = min(w0 + per, r1);
+    bool lead = (threadIdx.x & 31) == 0;
     if (job.w.fmt == FMT_T2) {
-        for (int r = r0 + wid * T2_ROWS; r < r1; r += warps * T2_ROWS) {
-            int nr = min(T2_ROWS, r1 - r);
+        for (int r = w0; r < w1; r += T2_ROWS) {
+            int nr = min(T2_ROWS, w1 - r);
             float y[T2_ROWS];
             t2_rows(job.w, r, nr, aq, ad, as, y);
-            if ((threadIdx.x & 31) == 0)
+            if (lead)
                 for (int k = 0; k < nr; k++) {
                     float v = y[k];
                     if (job.bias) v += job.bias[r + k];
@@ -357,9 +362,9 @@ extern "C" __global__ void gemv(const __grid_constant__ Jobs jobs, const __grid_
         }
         return;
     }
-    for (int r = r0 + wid; r < r1; r += warps) {
+    for (int r = w0; r < w1; r++) {
         float y = row_dot(job.w, r, xs, aq, ad, as);
-        if ((threadIdx.x & 31) == 0) {
+        if (lead) {
             if (job.bias) y += job.bias[r];
             if (job.mode == OUT_ADD)
                 job.out[r] += y;
