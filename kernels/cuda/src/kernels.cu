@@ -564,6 +564,7 @@ extern "C" __global__ void attention(Attn p) {
             const int4* kr = t == pos ? (const int4*)kq : (const int4*)(p.kc + row);
             const int4* qw = (const int4*)qq;
             int s = 0;
+#pragma unroll 4
             for (int w = 0; w < hd / 16; w++) {
                 int4 kv = kr[w], qv = qw[w];
                 s = __dp4a(kv.x, qv.x, s);
@@ -579,6 +580,7 @@ extern "C" __global__ void attention(Attn p) {
                 for (int e = 0; e < hd; e++) s += q[e] * knew[e];
             } else {
                 const int4* kr = (const int4*)((const u16*)p.kc + row);
+#pragma unroll 8
                 for (int w = 0; w < hd / 8; w++) {
                     int4 v = kr[w];
                     u32 u[4] = {(u32)v.x, (u32)v.y, (u32)v.z, (u32)v.w};
@@ -601,6 +603,8 @@ extern "C" __global__ void attention(Attn p) {
     int dim = threadIdx.x % hd, sl = threadIdx.x / hd;
     float acc = 0.0f;
     if (sl < slices) {
+        // Unrolled so that several positions' loads are in flight at once.
+#pragma unroll 8
         for (int i = sl; i < end - start; i += slices) {
             int tp = start + i;
             float vv;
