@@ -819,7 +819,10 @@ fn dispatch_gemm_matches_gemv_per_token() {
     use edgellm_kernels::{CpuFeatures, Kernels, Tier};
     let f = CpuFeatures::detect();
     let mut rng = Rng::new(120);
-    for tier in Tier::ALL.into_iter().filter(|&t| f.missing_for(t).is_none()) {
+    for tier in Tier::ALL
+        .into_iter()
+        .filter(|&t| f.missing_for(t).is_none())
+    {
         let k = Kernels::with_tier(tier, &f).unwrap();
         for ty in [Ty::T2, Ty::Tq1, Ty::Tq2] {
             for (nb, rows, cols) in [(1, 3, 256), (5, 7, 512), (16, 33, 1280)] {
@@ -852,6 +855,22 @@ fn dispatch_gemm_matches_gemv_per_token() {
 /// The scalar gemm is the scalar gemv once per token, bit for bit (on every machine).
 #[test]
 fn scalar_gemm_is_gemv_per_token() {
-    check_gemm("scalar_gemm_t2", Ty::T2, st::gemm_t2, WKind::RandomBytes, ActKind::Typical, Scale::Typical, 110);
-    check_gemm("scalar_gemm_tq2_0", Ty::Tq2, st::gemm_tq2_0, WKind::RandomBytes, ActKind::Typical, Scale::Typical, 111);
+    check_gemm(
+        "scalar_gemm_t2",
+        Ty::T2,
+        st::gemm_t2,
+        WKind::RandomBytes,
+        ActKind::Typical,
+        Scale::Typical,
+        110,
+    );
+    check_gemm(
+        "scalar_gemm_tq2_0",
+        Ty::Tq2,
+        st::gemm_tq2_0,
+        WKind::RandomBytes,
+        ActKind::Typical,
+        Scale::Typical,
+        111,
+    );
 }

@@ -34,7 +34,8 @@ use core::arch::asm;
 use crate::acts::ActsQ8;
 use crate::scalar::f16_bits_to_f32;
 use crate::scalar::ternary::{
-    check_gemm, check_gemv_ternary, token_acts, QK_K, QS, T2_BLOCK, T2_BYTES, TQ1_0_BYTES, TQ2_0_BYTES,
+    check_gemm, check_gemv_ternary, token_acts, QK_K, QS, T2_BLOCK, T2_BYTES, TQ1_0_BYTES,
+    TQ2_0_BYTES,
 };
 
 /// `acc + Σ` of each four consecutive `a[i] * b[i]` (i8), per i32 lane: one `sdot`.

@@ -354,7 +354,12 @@ pub fn gemv_tq1_0(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
 }
 
 /// Checks the shape of a gemm of `nb` tokens and returns `(cols, rows)` per token.
-pub(crate) fn check_gemm(acts: &ActsQ8<'_>, nb: usize, out_len: usize, name: &str) -> (usize, usize) {
+pub(crate) fn check_gemm(
+    acts: &ActsQ8<'_>,
+    nb: usize,
+    out_len: usize,
+    name: &str,
+) -> (usize, usize) {
     assert!(nb > 0, "gemm {name}: no tokens");
     let n = acts.qs.len();
     assert!(

@@ -589,8 +589,10 @@ pub unsafe fn avx2_gemv_t2_lut(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
 
 /// Tokens per block of the gemm (their window operands live in a stack buffer).
 const GEMM_TOKENS: usize = 8;
+/// Tokens per inner pass of the gemm (running sums in registers); divides [`GEMM_TOKENS`].
+const GEMM_SUB: usize = 4;
 /// Rows per block of the gemm (their running sums live in a stack buffer).
-const GEMM_ROWS: usize = 16;
+const GEMM_ROWS: usize = 32;
 /// Windows per column panel of the gemm (1024 columns).
 const GEMM_PANEL: usize = 8;
 
@@ -671,35 +673,43 @@ unsafe fn gemm<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f
                     // SAFETY: `r0 + r < rows`, and the shape check proved `w` holds `rows`
                     // rows of `row_bytes`.
                     let p = unsafe { base.add((r0 + r) * row_bytes) };
-                    for j in 0..wn {
-                        let win = w0 + j;
-                        // SAFETY: window `win` of the row is inside it: T2 bytes `32 win ..`
-                        // (16 when the row ends with half a window), TQ2_0 half `win % 2` of block
-                        // `win / 2` with its scale in the block's last two bytes.
-                        let (c, dw) = unsafe {
-                            if K == T2 {
-                                (codes2(p.add(32 * win), (win + 1) * WIN > cols), None)
-                            } else {
-                                let q = p.add((win / 2) * bb);
-                                (
-                                    codes_tq2_grouped(q.add(32 * (win % 2))),
-                                    Some(tq_scale(q.add(bb - 2))),
-                                )
-                            }
-                        };
-                        for (a, bt) in acc_r[..tn].iter_mut().zip(&buf[..tn]) {
-                            let wv = &bt[j];
-                            // The T2 arrangement: each group's products in its own lanes.
-                            let isum = window_isum::<T2>(c, wv);
-                            let t = match dw {
-                                None => _mm256_mul_ps(_mm256_cvtepi32_ps(isum), wv.d),
-                                Some(dw) => _mm256_mul_ps(
-                                    _mm256_mul_ps(dw, wv.d),
-                                    _mm256_cvtepi32_ps(isum),
-                                ),
+                    // Four tokens at a time, their running sums in registers (a short last group
+                    // computes stale buffer entries whose sums are never written out).
+                    for s0 in (0..tn).step_by(GEMM_SUB) {
+                        let mut a: [__m256; GEMM_SUB] = core::array::from_fn(|u| acc_r[s0 + u]);
+                        // `j` indexes the window in every token's row of `buf`.
+                        #[allow(clippy::needless_range_loop)]
+                        for j in 0..wn {
+                            let win = w0 + j;
+                            // SAFETY: window `win` of the row is inside it: T2 bytes `32 win ..`
+                            // (16 when the row ends with half a window), TQ2_0 half `win % 2` of
+                            // block `win / 2` with its scale in the block's last two bytes.
+                            let (c, dw) = unsafe {
+                                if K == T2 {
+                                    (codes2(p.add(32 * win), (win + 1) * WIN > cols), None)
+                                } else {
+                                    let q = p.add((win / 2) * bb);
+                                    (
+                                        codes_tq2_grouped(q.add(32 * (win % 2))),
+                                        Some(tq_scale(q.add(bb - 2))),
+                                    )
+                                }
                             };
-                            *a = _mm256_add_ps(*a, t);
+                            for (u, au) in a.iter_mut().enumerate() {
+                                let wv = &buf[s0 + u][j];
+                                // The T2 arrangement: each group's products in its own lanes.
+                                let isum = window_isum::<T2>(c, wv);
+                                let t = match dw {
+                                    None => _mm256_mul_ps(_mm256_cvtepi32_ps(isum), wv.d),
+                                    Some(dw) => _mm256_mul_ps(
+                                        _mm256_mul_ps(dw, wv.d),
+                                        _mm256_cvtepi32_ps(isum),
+                                    ),
+                                };
+                                *au = _mm256_add_ps(*au, t);
+                            }
                         }
+                        acc_r[s0..s0 + GEMM_SUB].copy_from_slice(&a);
                     }
                 }
             }
