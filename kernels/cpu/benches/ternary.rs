@@ -7,12 +7,16 @@
 //! 128 MB of copies ("cycled", weights from memory); each time is the fastest of many short
 //! samples, so that a busy machine disturbs the numbers less. `FILTER` keeps only the
 //! kernels whose name contains it.
+//!
+//! Then, per tier, the prefill pattern: a 32-row tile (in cache) times a chunk of 16 tokens,
+//! as `Kernels::gemm` (each weight unpacked once for several tokens) and as 16 gemvs, in
+//! microseconds and weight-token products per nanosecond.
 
 use std::hint::black_box;
 use std::time::Instant;
 
 use edgellm_kernels::scalar::ternary as st;
-use edgellm_kernels::ActsQ8;
+use edgellm_kernels::{ActsQ8, CpuFeatures, GgmlType, Kernels, Tier};
 
 /// Values per activation scale group.
 const QS: usize = 16;
@@ -190,6 +194,62 @@ fn main() {
                 gb / hot,
                 cycled * 1e6,
                 gb / cycled
+            );
+        }
+    }
+    bench_gemm(filter.as_deref());
+}
+
+/// The prefill tile: 32 rows x 2560 columns times 16 tokens, gemm against 16 gemvs.
+fn bench_gemm(filter: Option<&str>) {
+    let f = CpuFeatures::detect();
+    let (rows, cols, nb) = (32, 2560, 16);
+    println!();
+    println!(
+        "{:>24} {:>14} {:>10} {:>9} | {:>10} {:>9}",
+        "gemm (tile x tokens)", "shape", "gemm us", "MAC/ns", "16 gemv us", "MAC/ns"
+    );
+    for tier in Tier::ALL {
+        let Ok(k) = Kernels::with_tier(tier, &f) else {
+            continue;
+        };
+        for (ty, name) in [(GgmlType::T2, "T2"), (GgmlType::TQ2_0, "TQ2_0")] {
+            let label = format!("{}_gemm_{}", tier.name(), name.to_lowercase());
+            if filter.is_some_and(|s| !label.contains(s)) {
+                continue;
+            }
+            let mut rng = Rng(0x0BAD_5EED_1234_5678);
+            let w = weights(&mut rng, name, rows, cols);
+            let acts = Acts::new(&mut rng, nb * cols);
+            let x = vec![0.0f32; nb * cols];
+            let mut out = vec![0.0f32; nb * rows];
+            let g = cols / QS;
+            let t_gemm = time(|| k.gemm(ty, black_box(&w), &x, &acts.view(), nb, &mut out));
+            let t_gemv = time(|| {
+                for t in 0..nb {
+                    let a = ActsQ8 {
+                        qs: &acts.qs[t * cols..(t + 1) * cols],
+                        d: &acts.d[t * g..(t + 1) * g],
+                        sums: &acts.sums[t * g..(t + 1) * g],
+                    };
+                    let xt = &x[t * cols..(t + 1) * cols];
+                    k.gemv(
+                        ty,
+                        black_box(&w),
+                        xt,
+                        &a,
+                        &mut out[t * rows..(t + 1) * rows],
+                    );
+                }
+            });
+            let macs = (rows * cols * nb) as f64;
+            println!(
+                "{label:>24} {:>14} {:>10.1} {:>9.2} | {:>10.1} {:>9.2}",
+                format!("{rows}x{cols}x{nb}"),
+                t_gemm * 1e6,
+                macs / t_gemm / 1e9,
+                t_gemv * 1e6,
+                macs / t_gemv / 1e9
             );
         }
     }

@@ -240,6 +240,9 @@ impl CpuFeatures {
 pub type GemvQ8Fn = unsafe fn(&[u8], &ActsQ8<'_>, &mut [f32]);
 /// float-weight gemv on f32 activations: `(weights, x, out)`.
 pub type GemvF32wFn = unsafe fn(&[u8], &[f32], &mut [f32]);
+/// int8-activation gemm of `nb` tokens: `(weights, activations, nb, out)`, the signature of every
+/// `gemm_<type>` (layout in [`crate::scalar::ternary`]).
+pub type GemmQ8Fn = unsafe fn(&[u8], &ActsQ8<'_>, usize, &mut [f32]);
 type QuantizeFn = unsafe fn(&[f32], &mut ActsQ8Mut<'_>);
 type DotFn = unsafe fn(&[f32], &[f32]) -> f32;
 type AxpyFn = unsafe fn(f32, &[f32], &mut [f32]);
@@ -312,6 +315,9 @@ struct Table {
     t2: Option<Entry>,
     tq1_0: Option<Entry>,
     tq2_0: Option<Entry>,
+    /// Small-batch products; other types run one gemv per token.
+    gemm_t2: GemmQ8Fn,
+    gemm_tq2_0: GemmQ8Fn,
 }
 
 impl Table {
@@ -355,6 +361,8 @@ const SCALAR: Table = Table {
     t2: q8(Tier::Scalar, scalar::ternary::gemv_t2),
     tq1_0: q8(Tier::Scalar, scalar::ternary::gemv_tq1_0),
     tq2_0: q8(Tier::Scalar, scalar::ternary::gemv_tq2_0),
+    gemm_t2: scalar::ternary::gemm_t2,
+    gemm_tq2_0: scalar::ternary::gemm_tq2_0,
 };
 
 /// The AVX2 table: AVX2 kernels where they exist, the scalar ones elsewhere.
@@ -380,6 +388,8 @@ fn avx2_table() -> Table {
     t.t2 = q8(Tier::Avx2, x86::ternary::avx2_gemv_t2);
     t.tq1_0 = q8(Tier::Avx2, x86::ternary::avx2_gemv_tq1_0);
     t.tq2_0 = q8(Tier::Avx2, x86::ternary::avx2_gemv_tq2_0);
+    t.gemm_t2 = x86::ternary::avx2_gemm_t2;
+    t.gemm_tq2_0 = x86::ternary::avx2_gemm_tq2_0;
     t
 }
 
@@ -404,6 +414,8 @@ fn neon_table() -> Table {
     t.t2 = q8(Tier::Neon, arm::ternary::neon_gemv_t2);
     t.tq1_0 = q8(Tier::Neon, arm::ternary::neon_gemv_tq1_0);
     t.tq2_0 = q8(Tier::Neon, arm::ternary::neon_gemv_tq2_0);
+    t.gemm_t2 = arm::ternary::neon_gemm_t2;
+    t.gemm_tq2_0 = arm::ternary::neon_gemm_tq2_0;
     t
 }
 
@@ -415,6 +427,8 @@ fn dotprod_table() -> Table {
     t.t2 = q8(Tier::NeonDotprod, arm::ternary::neon_dotprod_gemv_t2);
     t.tq1_0 = q8(Tier::NeonDotprod, arm::ternary::neon_dotprod_gemv_tq1_0);
     t.tq2_0 = q8(Tier::NeonDotprod, arm::ternary::neon_dotprod_gemv_tq2_0);
+    t.gemm_t2 = arm::ternary::neon_dotprod_gemm_t2;
+    t.gemm_tq2_0 = arm::ternary::neon_dotprod_gemm_tq2_0;
     t
 }
 
@@ -514,6 +528,42 @@ impl Kernels {
             // SAFETY: as above.
             Gemv::F32w(f) => unsafe { f(w, x, out) },
         }
+    }
+
+    /// [`Self::gemv`] for `nb` tokens: `x` holds `nb` rows of `n` values and `acts` their
+    /// quantizations (`nb * n` values; may be empty for float types), `out` holds `nb` rows of
+    /// results, `out[t * rows + r]`. Every result has the bits [`Self::gemv`] gives for its token;
+    /// T2 and TQ2_0 unpack each weight once for several tokens, other types run one gemv per
+    /// token. Panics like [`Self::gemv`].
+    pub fn gemm(
+        &self,
+        ty: GgmlType,
+        w: &[u8],
+        x: &[f32],
+        acts: &ActsQ8<'_>,
+        nb: usize,
+        out: &mut [f32],
+    ) {
+        let f = match ty {
+            GgmlType::T2 => self.table.gemm_t2,
+            GgmlType::TQ2_0 => self.table.gemm_tq2_0,
+            _ => {
+                assert!(nb > 0 && x.len().is_multiple_of(nb) && out.len().is_multiple_of(nb));
+                let (n, rows) = (x.len() / nb, out.len() / nb);
+                for t in 0..nb {
+                    let a = if acts.is_empty() {
+                        *acts
+                    } else {
+                        scalar::ternary::token_acts(acts, n, t)
+                    };
+                    let xt = &x[t * n..(t + 1) * n];
+                    self.gemv(ty, w, xt, &a, &mut out[t * rows..(t + 1) * rows]);
+                }
+                return;
+            }
+        };
+        // SAFETY: table invariant (module docs): these entries come from the table's tier.
+        unsafe { f(w, acts, nb, out) }
     }
 
     /// The reference product (`--exact`): [`scalar::gemv_exact`], the same on every tier.

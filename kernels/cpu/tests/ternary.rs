@@ -638,3 +638,239 @@ fn dequantize_tq2_0_matches_gguf() {
         assert_eq!(g.to_bits(), w.to_bits(), "TQ2_0 value {i}: {g} vs gguf {w}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Small-batch products (gemm): several tokens against the same rows
+
+type GemmFn = unsafe fn(&[u8], &ActsQ8<'_>, usize, &mut [f32]);
+
+impl Ty {
+    fn gemm_spec(self) -> GemmFn {
+        match self {
+            Ty::T2 => st::gemm_t2,
+            Ty::Tq2 => st::gemm_tq2_0,
+            Ty::Tq1 => unreachable!("TQ1_0 has no gemm of its own"),
+        }
+    }
+}
+
+/// `nb` tokens of activations, one after the other, as a gemm reads them.
+fn batch_acts(rng: &mut Rng, nb: usize, cols: usize, ak: ActKind) -> Acts {
+    let mut all = Acts {
+        qs: Vec::new(),
+        d: Vec::new(),
+        sums: Vec::new(),
+    };
+    for _ in 0..nb {
+        let a = Acts::quantize(&random_x(rng, cols, ak));
+        all.qs.extend(a.qs);
+        all.d.extend(a.d);
+        all.sums.extend(a.sums);
+    }
+    all
+}
+
+/// Gemm shapes `(nb, rows, cols)`: token counts around the SIMD token blocks (4 and 8) and the
+/// prefill chunk (16), rows around the row blocks (4, 16, 32), columns across the column panels
+/// (1024) and, for T2, ending with half a window; plus random ones.
+fn gemm_shapes(rng: &mut Rng, ty: Ty) -> Vec<(usize, usize, usize)> {
+    let bl = ty.block_len();
+    let mut v = vec![
+        (1, 1, bl),
+        (2, 0, bl),
+        (3, 2, 0),
+        (4, 5, 2 * bl),
+        (8, 17, 5 * bl),
+        (9, 33, 1024 + bl),
+        (16, 32, 2560),
+        (17, 3, 2048 + bl),
+    ];
+    if ty == Ty::T2 {
+        v.extend([(5, 7, 576), (16, 4, 1536), (12, 9, 64)]);
+    }
+    for _ in 0..16 {
+        v.push((
+            1 + rng.below(20),
+            1 + rng.below(40),
+            bl * (1 + rng.below(4096 / bl)),
+        ));
+    }
+    v
+}
+
+/// `f` and the scalar gemm give the bits of the scalar gemv for every token.
+fn check_gemm(name: &str, ty: Ty, f: GemmFn, wk: WKind, ak: ActKind, s: Scale, seed: u64) {
+    let mut rng = Rng::new(seed);
+    for (nb, rows, cols) in gemm_shapes(&mut rng, ty) {
+        let w = random_rows(&mut rng, ty, rows, cols, wk, s);
+        let acts = batch_acts(&mut rng, nb, cols, ak);
+        let mut want = vec![f32::NAN; nb * rows];
+        for (t, o) in want.chunks_exact_mut(rows.max(1)).enumerate() {
+            let g = cols / QS;
+            let at = ActsQ8 {
+                qs: &acts.qs[t * cols..(t + 1) * cols],
+                d: &acts.d[t * g..(t + 1) * g],
+                sums: &acts.sums[t * g..(t + 1) * g],
+            };
+            // SAFETY: the scalar kernel has no CPU requirement.
+            unsafe { (ty.spec())(&w, &at, o) };
+        }
+        let mut spec = vec![f32::NAN; nb * rows];
+        let mut got = vec![f32::NAN; nb * rows];
+        // SAFETY: the scalar kernel has no CPU requirement; the caller of `check_gemm` checked
+        // that this CPU has the features `f` needs.
+        unsafe {
+            (ty.gemm_spec())(&w, &acts.view(), nb, &mut spec);
+            f(&w, &acts.view(), nb, &mut got);
+        }
+        assert_eq!(
+            bits(&spec),
+            bits(&want),
+            "scalar gemm differs from one gemv per token: {nb} tokens, {rows}x{cols}"
+        );
+        assert_eq!(
+            bits(&got),
+            bits(&want),
+            "{name} differs from the spec: {nb} tokens, {rows}x{cols}, {wk:?} weights, {ak:?} \
+             acts, {s:?} scales"
+        );
+    }
+}
+
+macro_rules! gemm_kernel_tests {
+    ($($name:ident: $ty:expr, $f:path, $arch:literal, $available:expr;)*) => {$(
+        #[cfg(target_arch = $arch)]
+        mod $name {
+            use super::*;
+            const NAME: &str = stringify!($name);
+
+            fn available() -> bool {
+                $available
+            }
+            fn check(wk: WKind, ak: ActKind, s: Scale, seed: u64) {
+                if !available() {
+                    eprintln!("{NAME}: this CPU lacks the features, skipped");
+                    return;
+                }
+                check_gemm(NAME, $ty, $f, wk, ak, s, seed);
+            }
+
+            #[test]
+            fn random_bit_exact() {
+                check(WKind::Random, ActKind::Typical, Scale::Typical, 101);
+                check(WKind::RandomBytes, ActKind::Typical, Scale::Typical, 102);
+            }
+            #[test]
+            fn extremes() {
+                check(WKind::AllMinus, ActKind::AllMax, Scale::Max, 103);
+                check(WKind::AllPlus, ActKind::AtMax, Scale::Typical, 104);
+                check(WKind::RandomBytes, ActKind::AtMax, Scale::Max, 105);
+                check(WKind::AllZero, ActKind::Zero, Scale::Typical, 106);
+            }
+            #[test]
+            fn outliers_and_scales() {
+                check(WKind::Random, ActKind::OutlierGroup, Scale::Typical, 107);
+                check(WKind::Random, ActKind::Typical, Scale::Subnormal, 108);
+                check(WKind::Random, ActKind::Typical, Scale::Negative, 109);
+            }
+            #[test]
+            #[should_panic(expected = "weight bytes")]
+            fn checks_weight_length() {
+                if !available() {
+                    panic!("weight bytes (skipped: features missing)");
+                }
+                let acts = batch_acts(&mut Rng::new(1), 3, 256, ActKind::Typical);
+                let bytes = $ty.block_bytes() * (256 / $ty.block_len()) * 2 - 1;
+                // SAFETY: `available()` checked the features.
+                unsafe { $f(&vec![0; bytes], &acts.view(), 3, &mut [0.0; 6]) };
+            }
+            #[test]
+            #[should_panic(expected = "whole token rows")]
+            fn checks_token_rows() {
+                if !available() {
+                    panic!("whole token rows (skipped: features missing)");
+                }
+                let acts = batch_acts(&mut Rng::new(2), 3, 256, ActKind::Typical);
+                let bytes = $ty.block_bytes() * (256 / $ty.block_len()) * 2;
+                // SAFETY: `available()` checked the features.
+                unsafe { $f(&vec![0; bytes], &acts.view(), 3, &mut [0.0; 5]) };
+            }
+        }
+    )*};
+}
+
+gemm_kernel_tests! {
+    avx2_gemm_t2: Ty::T2, edgellm_kernels::x86::ternary::avx2_gemm_t2, "x86_64", has_avx2();
+    avx2_gemm_tq2_0: Ty::Tq2, edgellm_kernels::x86::ternary::avx2_gemm_tq2_0, "x86_64",
+        has_avx2();
+    neon_gemm_t2: Ty::T2, edgellm_kernels::aarch64::ternary::neon_gemm_t2, "aarch64", has_neon();
+    neon_gemm_tq2_0: Ty::Tq2, edgellm_kernels::aarch64::ternary::neon_gemm_tq2_0, "aarch64",
+        has_neon();
+    neon_dotprod_gemm_t2: Ty::T2, edgellm_kernels::aarch64::ternary::neon_dotprod_gemm_t2,
+        "aarch64", has_dotprod();
+    neon_dotprod_gemm_tq2_0: Ty::Tq2, edgellm_kernels::aarch64::ternary::neon_dotprod_gemm_tq2_0,
+        "aarch64", has_dotprod();
+}
+
+/// `Kernels::gemm` of every tier this CPU has gives, for every ternary type (TQ1_0 through its
+/// one-gemv-per-token default), the bits of the scalar gemv per token.
+#[test]
+fn dispatch_gemm_matches_gemv_per_token() {
+    use edgellm_kernels::{CpuFeatures, Kernels, Tier};
+    let f = CpuFeatures::detect();
+    let mut rng = Rng::new(120);
+    for tier in Tier::ALL
+        .into_iter()
+        .filter(|&t| f.missing_for(t).is_none())
+    {
+        let k = Kernels::with_tier(tier, &f).unwrap();
+        for ty in [Ty::T2, Ty::Tq1, Ty::Tq2] {
+            for (nb, rows, cols) in [(1, 3, 256), (5, 7, 512), (16, 33, 1280)] {
+                let w = random_rows(&mut rng, ty, rows, cols, WKind::Random, Scale::Typical);
+                let acts = batch_acts(&mut rng, nb, cols, ActKind::Typical);
+                let x = vec![0.0f32; nb * cols];
+                let mut got = vec![f32::NAN; nb * rows];
+                k.gemm(ty.ggml(), &w, &x, &acts.view(), nb, &mut got);
+                let g = cols / QS;
+                for t in 0..nb {
+                    let at = ActsQ8 {
+                        qs: &acts.qs[t * cols..(t + 1) * cols],
+                        d: &acts.d[t * g..(t + 1) * g],
+                        sums: &acts.sums[t * g..(t + 1) * g],
+                    };
+                    let mut want = vec![f32::NAN; rows];
+                    // SAFETY: the scalar kernel has no CPU requirement.
+                    unsafe { (ty.spec())(&w, &at, &mut want) };
+                    assert_eq!(
+                        bits(&got[t * rows..(t + 1) * rows]),
+                        bits(&want),
+                        "{tier} {ty:?} token {t} of {nb}, {rows}x{cols}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The scalar gemm is the scalar gemv once per token, bit for bit (on every machine).
+#[test]
+fn scalar_gemm_is_gemv_per_token() {
+    check_gemm(
+        "scalar_gemm_t2",
+        Ty::T2,
+        st::gemm_t2,
+        WKind::RandomBytes,
+        ActKind::Typical,
+        Scale::Typical,
+        110,
+    );
+    check_gemm(
+        "scalar_gemm_tq2_0",
+        Ty::Tq2,
+        st::gemm_tq2_0,
+        WKind::RandomBytes,
+        ActKind::Typical,
+        Scale::Typical,
+        111,
+    );
+}

@@ -563,8 +563,9 @@ fn prefault(arena: &mut [Line]) {
 
 /// Matrix products through the kernels: `nb` token rows against each weight matrix, split over
 /// the workers by weight rows. With several tokens, each worker walks its rows in tiles small
-/// enough to stay in cache and multiplies every token by a tile before moving on, so the weights
-/// are read from memory once per step.
+/// enough to stay in cache and multiplies every token by a tile with one `Kernels::gemm` before
+/// moving on, so the weights are read from memory once per step (and, for the types with a gemm
+/// kernel, unpacked once per tile for several tokens).
 struct MatMul<'s, 'k> {
     k: &'k Kernels,
     par: &'k dyn Parallel,
@@ -641,7 +642,14 @@ impl MatMul<'_, '_> {
                 }
                 let k = self.k;
                 let threads = self.par.threads();
+                let batch = ActsQ8 {
+                    qs: &acts.qs[..nb * n],
+                    d: &acts.d[..nb * g],
+                    sums: &acts.sums[..nb * g],
+                };
                 let work = |worker: usize| {
+                    // One tile's products for every token of the step, `[nb, tile rows]`.
+                    let mut tile_out = [0f32; TILE_ROWS * PREFILL_CHUNK];
                     for (w, out) in work_items.iter().flatten() {
                         let mine = split_range(w.rows, threads, worker, ROW_ALIGN);
                         let tile = if nb == 1 {
@@ -652,6 +660,10 @@ impl MatMul<'_, '_> {
                         let mut r0 = mine.start;
                         while r0 < mine.end {
                             let r = r0..(r0 + tile).min(mine.end);
+                            let tile_out = &mut tile_out[..if nb > 1 { nb * r.len() } else { 0 }];
+                            if nb > 1 {
+                                k.gemm(w.ty, w.rows_data(r.clone()), x, &batch, nb, tile_out);
+                            }
                             for t in 0..nb {
                                 let a = ActsQ8 {
                                     qs: &acts.qs[t * n..(t + 1) * n],
@@ -664,7 +676,11 @@ impl MatMul<'_, '_> {
                                 // the output is borrowed from `jobs` until `run` returns.
                                 let out = unsafe { out.range(o + r.start..o + r.end) };
                                 let xt = &x[t * n..(t + 1) * n];
-                                k.gemv(w.ty, w.rows_data(r.clone()), xt, &a, out);
+                                if nb > 1 {
+                                    out.copy_from_slice(&tile_out[t * r.len()..(t + 1) * r.len()]);
+                                } else {
+                                    k.gemv(w.ty, w.rows_data(r.clone()), xt, &a, out);
+                                }
                                 if t < sink_rows && needs_q8(w.ty) {
                                     let ra = ActsQ8 {
                                         qs: &resid_acts.qs[t * n..(t + 1) * n],

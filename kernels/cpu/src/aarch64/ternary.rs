@@ -34,7 +34,8 @@ use core::arch::asm;
 use crate::acts::ActsQ8;
 use crate::scalar::f16_bits_to_f32;
 use crate::scalar::ternary::{
-    check_gemv_ternary, QK_K, QS, T2_BLOCK, T2_BYTES, TQ1_0_BYTES, TQ2_0_BYTES,
+    check_gemm, check_gemv_ternary, token_acts, QK_K, QS, T2_BLOCK, T2_BYTES, TQ1_0_BYTES,
+    TQ2_0_BYTES,
 };
 
 /// `acc + Σ` of each four consecutive `a[i] * b[i]` (i8), per i32 lane: one `sdot`.
@@ -551,4 +552,194 @@ gemv_tq1_0! {
     ///
     /// The CPU must have NEON and the dot-product extension (`dotprod`).
     neon_dotprod_gemv_tq1_0, "neon,dotprod", group_sums4_dot
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small-batch product (gemm): several tokens per weight unpacked
+
+/// Tokens per pass of the gemm: each step's codes are unpacked once and used for all of them.
+const GEMM_TOKENS: usize = 4;
+
+/// Checks a gemm's shapes (every token as its gemv would) and returns `(cols, rows, row_bytes)`.
+fn check_gemm_ternary(
+    w: &[u8],
+    acts: &ActsQ8<'_>,
+    nb: usize,
+    out_len: usize,
+    block_len: usize,
+    block_bytes: usize,
+    name: &str,
+) -> (usize, usize, usize) {
+    let (cols, rows) = check_gemm(acts, nb, out_len, name);
+    let mut row_bytes = 0;
+    for t in 0..nb {
+        let at = token_acts(acts, cols, t);
+        row_bytes = check_gemv_ternary(w, &at, rows, block_len, block_bytes, name);
+    }
+    (cols, rows, row_bytes)
+}
+
+/// Defines a T2 gemm entry point with target features `$feat` and four-group sums `$sums`:
+/// per row and block of [`GEMM_TOKENS`] tokens, each 16-byte block is unpacked once and
+/// multiplied with the activations of every token of the block (a short last block repeats its
+/// last token and drops the extra results).
+macro_rules! gemm_t2 {
+    ($(#[$doc:meta])* $name:ident, $feat:literal, $sums:ident) => {
+        $(#[$doc])*
+        #[target_feature(enable = $feat)]
+        pub unsafe fn $name(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f32]) {
+            let (cols, rows, row_bytes) =
+                check_gemm_ternary(w, acts, nb, out.len(), T2_BLOCK, T2_BYTES, "T2");
+            if rows == 0 || row_bytes == 0 {
+                out.fill(0.0);
+                return;
+            }
+            let m3 = vdupq_n_u8(3);
+            for t0 in (0..nb).step_by(GEMM_TOKENS) {
+                let tn = (nb - t0).min(GEMM_TOKENS);
+                let at: [ActsQ8<'_>; GEMM_TOKENS] =
+                    core::array::from_fn(|t| token_acts(acts, cols, (t0 + t).min(nb - 1)));
+                for (r, row) in w.chunks_exact(row_bytes).enumerate() {
+                    let mut acc = [[vdupq_n_f32(0.0); 2]; GEMM_TOKENS];
+                    for (b, blk) in row.chunks_exact(T2_BYTES).enumerate() {
+                        // SAFETY: `blk` is 16 bytes.
+                        let v = unsafe { vld1q_u8(blk.as_ptr()) };
+                        let c = [
+                            vandq_u8(v, m3),
+                            vandq_u8(vshrq_n_u8::<2>(v), m3),
+                            vandq_u8(vshrq_n_u8::<4>(v), m3),
+                            vshrq_n_u8::<6>(v),
+                        ];
+                        for (acc_t, a_t) in acc.iter_mut().zip(&at) {
+                            // SAFETY: block `b`'s 64 activations and groups `4b .. 4b + 4` of
+                            // the token exist (shape check); the entry point's contract covers
+                            // `$sums`' features.
+                            unsafe {
+                                let w4 = vld4q_s32(a_t.qs.as_ptr().add(T2_BLOCK * b).cast::<i32>());
+                                let a = [
+                                    vreinterpretq_s8_s32(w4.0),
+                                    vreinterpretq_s8_s32(w4.1),
+                                    vreinterpretq_s8_s32(w4.2),
+                                    vreinterpretq_s8_s32(w4.3),
+                                ];
+                                let s = $sums(c, a);
+                                update(acc_t, s, a_t, 4 * b, None);
+                            }
+                        }
+                    }
+                    for (t, acc_t) in acc.iter().enumerate().take(tn) {
+                        out[(t0 + t) * rows + r] = reduce8(acc_t[0], acc_t[1]);
+                    }
+                }
+            }
+        }
+    };
+}
+
+/// Defines a TQ2_0 gemm entry point, like [`gemm_t2!`].
+macro_rules! gemm_tq2_0 {
+    ($(#[$doc:meta])* $name:ident, $feat:literal, $sums:ident) => {
+        $(#[$doc])*
+        #[target_feature(enable = $feat)]
+        pub unsafe fn $name(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f32]) {
+            let (cols, rows, row_bytes) =
+                check_gemm_ternary(w, acts, nb, out.len(), QK_K, TQ2_0_BYTES, "TQ2_0");
+            if rows == 0 || row_bytes == 0 {
+                out.fill(0.0);
+                return;
+            }
+            let m3 = vdupq_n_u8(3);
+            let sh = |x: uint8x16_t, l: usize| match l {
+                0 => vandq_u8(x, m3),
+                1 => vandq_u8(vshrq_n_u8::<2>(x), m3),
+                2 => vandq_u8(vshrq_n_u8::<4>(x), m3),
+                _ => vshrq_n_u8::<6>(x),
+            };
+            for t0 in (0..nb).step_by(GEMM_TOKENS) {
+                let tn = (nb - t0).min(GEMM_TOKENS);
+                let at: [ActsQ8<'_>; GEMM_TOKENS] =
+                    core::array::from_fn(|t| token_acts(acts, cols, (t0 + t).min(nb - 1)));
+                for (r, row) in w.chunks_exact(row_bytes).enumerate() {
+                    let mut acc = [[vdupq_n_f32(0.0); 2]; GEMM_TOKENS];
+                    for (b, blk) in row.chunks_exact(TQ2_0_BYTES).enumerate() {
+                        let dw = f16_bits_to_f32(u16::from_le_bytes([blk[64], blk[65]]));
+                        for h in 0..2 {
+                            // SAFETY: bytes `32h .. 32h + 32` are inside the 66-byte block.
+                            let u = unsafe {
+                                [
+                                    vld1q_u8(blk.as_ptr().add(32 * h)),
+                                    vld1q_u8(blk.as_ptr().add(32 * h + 16)),
+                                ]
+                            };
+                            for m in 0..2 {
+                                // Groups g .. g + 4, as in the gemv.
+                                let g = 16 * b + 8 * h + 4 * m;
+                                let c = [
+                                    sh(u[0], 2 * m),
+                                    sh(u[1], 2 * m),
+                                    sh(u[0], 2 * m + 1),
+                                    sh(u[1], 2 * m + 1),
+                                ];
+                                for (acc_t, a_t) in acc.iter_mut().zip(&at) {
+                                    // SAFETY: groups `g .. g + 4` and their activations exist
+                                    // (shape check); the entry point's contract covers `$sums`'
+                                    // features.
+                                    unsafe {
+                                        let qa = a_t.qs.as_ptr();
+                                        let a = core::array::from_fn(|k| {
+                                            vld1q_s8(qa.add(QS * (g + k)))
+                                        });
+                                        let s = $sums(c, a);
+                                        update(acc_t, s, a_t, g, Some(dw));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    for (t, acc_t) in acc.iter().enumerate().take(tn) {
+                        out[(t0 + t) * rows + r] = reduce8(acc_t[0], acc_t[1]);
+                    }
+                }
+            }
+        }
+    };
+}
+
+gemm_t2! {
+    /// NEON [`crate::scalar::ternary::gemm_t2`], bit-exact with one [`neon_gemv_t2`] per token.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have NEON.
+    neon_gemm_t2, "neon", t2_sums_neon
+}
+
+gemm_t2! {
+    /// NEON dot-product [`crate::scalar::ternary::gemm_t2`], bit-exact with one
+    /// [`neon_dotprod_gemv_t2`] per token.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have NEON and the dot-product extension (`dotprod`).
+    neon_dotprod_gemm_t2, "neon,dotprod", t2_sums_dot
+}
+
+gemm_tq2_0! {
+    /// NEON [`crate::scalar::ternary::gemm_tq2_0`], bit-exact with one [`neon_gemv_tq2_0`] per
+    /// token.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have NEON.
+    neon_gemm_tq2_0, "neon", group_sums4_neon
+}
+
+gemm_tq2_0! {
+    /// NEON dot-product [`crate::scalar::ternary::gemm_tq2_0`], bit-exact with one
+    /// [`neon_dotprod_gemv_tq2_0`] per token.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have NEON and the dot-product extension (`dotprod`).
+    neon_dotprod_gemm_tq2_0, "neon,dotprod", group_sums4_dot
 }

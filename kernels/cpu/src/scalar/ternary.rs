@@ -55,6 +55,15 @@
 //! may add `+0.0` to the unused sums: `acc` is never `-0.0` (it starts at `+0.0`, and in
 //! round-to-nearest `x + y` is `-0.0` only when both are), so that changes nothing.
 //!
+//! # The small-batch product (gemm)
+//!
+//! `gemm_<type>(w, acts, nb, out)` multiplies the same rows by `nb` activation vectors: `acts`
+//! holds `nb` token rows one after the other (`acts.len() / nb` columns each, with their
+//! `d` and `sums` likewise), and `out` holds `nb` rows of `out.len() / nb` results,
+//! `out[t * rows + r]`. Its specification is `gemv_<type>` once per token: every result has the
+//! bits of the matching gemv, whatever the ISA, so prefill and decode agree exactly. SIMD versions
+//! unpack each weight once and apply it to several tokens.
+//!
 //! # Argument checks
 //!
 //! Every function panics (the SIMD kernels run the same checks) when `acts.len()` is not a
@@ -342,4 +351,61 @@ pub fn gemv_tq1_0(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
         |blk, g| core::array::from_fn(|m| tq1_trit(blk, 16 * g + m)),
         |blk| Some(f16_at(blk, 52)),
     );
+}
+
+/// Checks the shape of a gemm of `nb` tokens and returns `(cols, rows)` per token.
+pub(crate) fn check_gemm(
+    acts: &ActsQ8<'_>,
+    nb: usize,
+    out_len: usize,
+    name: &str,
+) -> (usize, usize) {
+    assert!(nb > 0, "gemm {name}: no tokens");
+    let n = acts.qs.len();
+    assert!(
+        n.is_multiple_of(nb) && out_len.is_multiple_of(nb),
+        "gemm {name}: {n} activations and {out_len} results are not {nb} whole token rows"
+    );
+    (n / nb, out_len / nb)
+}
+
+/// Token `t`'s activations of a gemm whose tokens have `cols` columns each.
+#[inline(always)]
+pub(crate) fn token_acts<'a>(acts: &ActsQ8<'a>, cols: usize, t: usize) -> ActsQ8<'a> {
+    let g = cols / QS;
+    ActsQ8 {
+        qs: &acts.qs[t * cols..(t + 1) * cols],
+        d: &acts.d[t * g..(t + 1) * g],
+        sums: &acts.sums[t * g..(t + 1) * g],
+    }
+}
+
+/// The specification of every gemm: `gemv` once per token (see the module docs).
+fn gemm_by_gemv(
+    w: &[u8],
+    acts: &ActsQ8<'_>,
+    nb: usize,
+    out: &mut [f32],
+    name: &str,
+    gemv: fn(&[u8], &ActsQ8<'_>, &mut [f32]),
+) {
+    let (cols, rows) = check_gemm(acts, nb, out.len(), name);
+    for (t, o) in out.chunks_exact_mut(rows.max(1)).enumerate().take(nb) {
+        gemv(w, &token_acts(acts, cols, t), o);
+    }
+    if rows == 0 {
+        // No rows: still check the weights against each token's shape.
+        gemv(w, &token_acts(acts, cols, 0), &mut []);
+    }
+}
+
+/// `out[t * rows + r] = Σ_c w[r][c] a_t[c]`, unscaled, for `nb` tokens of activations in `acts`
+/// and T2 weights `w`: [`gemv_t2`] once per token (see the module docs).
+pub fn gemm_t2(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f32]) {
+    gemm_by_gemv(w, acts, nb, out, "T2", gemv_t2);
+}
+
+/// [`gemv_tq2_0`] for `nb` tokens (see the module docs).
+pub fn gemm_tq2_0(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f32]) {
+    gemm_by_gemv(w, acts, nb, out, "TQ2_0", gemv_tq2_0);
 }

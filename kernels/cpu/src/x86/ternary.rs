@@ -66,6 +66,7 @@ fn reduce8(acc: __m256) -> f32 {
 
 /// One window's shared operands: activations (arranged per type), `sums` and `d` (in the lane
 /// order of [`group_sums`] for the type).
+#[derive(Clone, Copy)]
 struct Window {
     a: [__m256i; 4],
     sums: __m256i,
@@ -581,4 +582,174 @@ pub unsafe fn avx2_gemv_t2_lut(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
             *o = crate::scalar::ternary::reduce8(&a);
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small-batch product (gemm): several tokens per weight unpacked
+
+/// Tokens per block of the gemm (their window operands live in a stack buffer).
+const GEMM_TOKENS: usize = 8;
+/// Tokens per inner pass of the gemm (running sums in registers); divides [`GEMM_TOKENS`].
+const GEMM_SUB: usize = 4;
+/// Rows per block of the gemm (their running sums live in a stack buffer).
+const GEMM_ROWS: usize = 32;
+/// Windows per column panel of the gemm (1024 columns).
+const GEMM_PANEL: usize = 8;
+
+/// The TQ2_0 codes of the 32 bytes at `p` (one half of a block, 128 elements) arranged like the
+/// T2 window's activations: i32 lane `n` of vector `q` holds elements `16n + 4q .. 16n + 4q + 4`
+/// (group `n`), which are byte word `4 (n % 2) + q` of the half at shift `2 (n / 2)`.
+///
+/// # Safety
+///
+/// `p` must be valid for reading 32 bytes; the CPU must have AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn codes_tq2_grouped(p: *const u8) -> [__m256i; 4] {
+    // SAFETY: the caller guarantees the bytes.
+    let v = unsafe { _mm256_loadu_si256(p.cast()) };
+    let m = _mm256_set1_epi8(3);
+    let shifts = _mm256_setr_epi32(0, 0, 2, 2, 4, 4, 6, 6);
+    core::array::from_fn(|q| {
+        let q = q as i32;
+        let idx = _mm256_setr_epi32(q, 4 + q, q, 4 + q, q, 4 + q, q, 4 + q);
+        _mm256_and_si256(
+            _mm256_srlv_epi32(_mm256_permutevar8x32_epi32(v, idx), shifts),
+            m,
+        )
+    })
+}
+
+/// The shared gemm driver for T2 and TQ2_0 (see [`avx2_gemm_t2`]).
+///
+/// # Safety
+///
+/// The CPU must have AVX2, FMA and F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn gemm<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f32]) {
+    use crate::scalar::ternary::{check_gemm, token_acts};
+    let (bl, bb, name) = match K {
+        T2 => (T2_BLOCK, T2_BYTES, "T2"),
+        _ => (QK_K, TQ2_0_BYTES, "TQ2_0"),
+    };
+    let (cols, rows) = check_gemm(acts, nb, out.len(), name);
+    for t in 0..nb {
+        check_gemv_ternary(w, &token_acts(acts, cols, t), rows, bl, bb, name);
+    }
+    if rows == 0 || cols == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let row_bytes = cols / bl * bb;
+    let nwin = cols.div_ceil(WIN);
+    let base = w.as_ptr();
+    let zero = Window {
+        a: [_mm256_setzero_si256(); 4],
+        sums: _mm256_setzero_si256(),
+        d: _mm256_setzero_ps(),
+    };
+    let mut buf = [[zero; GEMM_PANEL]; GEMM_TOKENS];
+    let mut acc = [[_mm256_setzero_ps(); GEMM_TOKENS]; GEMM_ROWS];
+    for t0 in (0..nb).step_by(GEMM_TOKENS) {
+        let tn = (nb - t0).min(GEMM_TOKENS);
+        for r0 in (0..rows).step_by(GEMM_ROWS) {
+            let rn = (rows - r0).min(GEMM_ROWS);
+            for a in acc[..rn].iter_mut() {
+                a[..tn].fill(_mm256_setzero_ps());
+            }
+            for w0 in (0..nwin).step_by(GEMM_PANEL) {
+                let wn = (nwin - w0).min(GEMM_PANEL);
+                for (t, bt) in buf[..tn].iter_mut().enumerate() {
+                    let at = token_acts(acts, cols, t0 + t);
+                    for (j, b) in bt[..wn].iter_mut().enumerate() {
+                        let win = w0 + j;
+                        // SAFETY: the window's columns are inside the token's activations
+                        // (`win < nwin`; only T2 rows end with half a window).
+                        *b = unsafe { load_window::<T2>(&at, win, (win + 1) * WIN > cols) };
+                    }
+                }
+                for (r, acc_r) in acc[..rn].iter_mut().enumerate() {
+                    // SAFETY: `r0 + r < rows`, and the shape check proved `w` holds `rows`
+                    // rows of `row_bytes`.
+                    let p = unsafe { base.add((r0 + r) * row_bytes) };
+                    // Four tokens at a time, their running sums in registers (a short last group
+                    // computes stale buffer entries whose sums are never written out).
+                    for s0 in (0..tn).step_by(GEMM_SUB) {
+                        let mut a: [__m256; GEMM_SUB] = core::array::from_fn(|u| acc_r[s0 + u]);
+                        // `j` indexes the window in every token's row of `buf`.
+                        #[allow(clippy::needless_range_loop)]
+                        for j in 0..wn {
+                            let win = w0 + j;
+                            // SAFETY: window `win` of the row is inside it: T2 bytes `32 win ..`
+                            // (16 when the row ends with half a window), TQ2_0 half `win % 2` of
+                            // block `win / 2` with its scale in the block's last two bytes.
+                            let (c, dw) = unsafe {
+                                if K == T2 {
+                                    (codes2(p.add(32 * win), (win + 1) * WIN > cols), None)
+                                } else {
+                                    let q = p.add((win / 2) * bb);
+                                    (
+                                        codes_tq2_grouped(q.add(32 * (win % 2))),
+                                        Some(tq_scale(q.add(bb - 2))),
+                                    )
+                                }
+                            };
+                            for (u, au) in a.iter_mut().enumerate() {
+                                let wv = &buf[s0 + u][j];
+                                // The T2 arrangement: each group's products in its own lanes.
+                                let isum = window_isum::<T2>(c, wv);
+                                let t = match dw {
+                                    None => _mm256_mul_ps(_mm256_cvtepi32_ps(isum), wv.d),
+                                    Some(dw) => _mm256_mul_ps(
+                                        _mm256_mul_ps(dw, wv.d),
+                                        _mm256_cvtepi32_ps(isum),
+                                    ),
+                                };
+                                *au = _mm256_add_ps(*au, t);
+                            }
+                        }
+                        acc_r[s0..s0 + GEMM_SUB].copy_from_slice(&a);
+                    }
+                }
+            }
+            for (r, acc_r) in acc[..rn].iter().enumerate() {
+                for (t, &a) in acc_r[..tn].iter().enumerate() {
+                    out[(t0 + t) * rows + r0 + r] = reduce8(a);
+                }
+            }
+        }
+    }
+}
+
+/// AVX2 [`crate::scalar::ternary::gemm_t2`] (unscaled T2 product of several tokens), bit-exact
+/// with one [`avx2_gemv_t2`] per token.
+///
+/// Tokens are taken eight at a time and rows sixteen at a time; per column panel of eight
+/// windows the activations of those tokens are arranged once (as in the gemv) into a stack
+/// buffer, then each 32-byte window of a row is unpacked once and multiplied with every token
+/// of the block, whose running sums stay in a second stack buffer until the row block is done.
+///
+/// # Safety
+///
+/// The CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn avx2_gemm_t2(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f32]) {
+    // SAFETY: same features, guaranteed by the caller.
+    unsafe { gemm::<T2>(w, acts, nb, out) }
+}
+
+/// AVX2 [`crate::scalar::ternary::gemm_tq2_0`], bit-exact with one [`avx2_gemv_tq2_0`] per
+/// token. As [`avx2_gemm_t2`]; each half block's codes are spread over the lanes so that group
+/// `n` of the window lands in i32 lane `n` (a word permutation and a variable shift per vector),
+/// matching the T2 arrangement of the activations: the group sums come out in natural order
+/// with vertical adds only.
+///
+/// # Safety
+///
+/// The CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn avx2_gemm_tq2_0(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f32]) {
+    // SAFETY: same features, guaranteed by the caller.
+    unsafe { gemm::<TQ2_0>(w, acts, nb, out) }
 }
