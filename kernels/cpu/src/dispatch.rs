@@ -247,6 +247,14 @@ type QuantizeFn = unsafe fn(&[f32], &mut ActsQ8Mut<'_>);
 type DotFn = unsafe fn(&[f32], &[f32]) -> f32;
 type AxpyFn = unsafe fn(f32, &[f32], &mut [f32]);
 
+/// The attention kernels over an f16 KV cache (see [`scalar::attn`]), one tier for all three.
+#[derive(Clone, Copy)]
+struct Attn {
+    scores: unsafe fn(&[f32], &[u16], usize, f32, &mut [f32]),
+    softmax: unsafe fn(&mut [f32]) -> (f32, f32),
+    values: unsafe fn(&[f32], &[u16], usize, &mut [f32]),
+}
+
 /// A weight type's gemv kernel.
 #[derive(Clone, Copy)]
 enum Gemv {
@@ -301,6 +309,7 @@ struct Table {
     quantize_acts: (Tier, QuantizeFn),
     dot_f32: (Tier, DotFn),
     axpy_f32: (Tier, AxpyFn),
+    attn: (Tier, Attn),
     f32: Option<Entry>,
     f16: Option<Entry>,
     bf16: Option<Entry>,
@@ -347,6 +356,14 @@ const SCALAR: Table = Table {
     quantize_acts: (Tier::Scalar, scalar::quantize_acts),
     dot_f32: (Tier::Scalar, scalar::dot_f32),
     axpy_f32: (Tier::Scalar, scalar::axpy_f32),
+    attn: (
+        Tier::Scalar,
+        Attn {
+            scores: scalar::attn_scores_f16,
+            softmax: scalar::softmax_unnorm,
+            values: scalar::attn_values_f16,
+        },
+    ),
     f32: fw(Tier::Scalar, scalar::gemv_f32w_f32),
     f16: fw(Tier::Scalar, scalar::gemv_f32w_f16),
     bf16: fw(Tier::Scalar, scalar::gemv_f32w_bf16),
@@ -373,6 +390,14 @@ fn avx2_table() -> Table {
     t.quantize_acts = (Tier::Avx2, x86::avx2_quantize_acts);
     t.dot_f32 = (Tier::Avx2, x86::avx2_dot_f32);
     t.axpy_f32 = (Tier::Avx2, x86::avx2_axpy_f32);
+    t.attn = (
+        Tier::Avx2,
+        Attn {
+            scores: x86::avx2_attn_scores_f16,
+            softmax: x86::avx2_softmax_unnorm,
+            values: x86::avx2_attn_values_f16,
+        },
+    );
     t.f32 = fw(Tier::Avx2, x86::avx2_gemv_f32w_f32);
     t.f16 = fw(Tier::Avx2, x86::avx2_gemv_f32w_f16);
     t.bf16 = fw(Tier::Avx2, x86::avx2_gemv_f32w_bf16);
@@ -402,6 +427,14 @@ fn neon_table() -> Table {
     t.quantize_acts = (Tier::Neon, arm::neon_quantize_acts);
     t.dot_f32 = (Tier::Neon, arm::neon_dot_f32);
     t.axpy_f32 = (Tier::Neon, arm::neon_axpy_f32);
+    t.attn = (
+        Tier::Neon,
+        Attn {
+            scores: arm::neon_attn_scores_f16,
+            softmax: arm::neon_softmax_unnorm,
+            values: arm::neon_attn_values_f16,
+        },
+    );
     t.f32 = fw(Tier::Neon, arm::neon_gemv_f32w_f32);
     // F16 stays scalar until an `fp16` conversion kernel lands.
     t.bf16 = fw(Tier::Neon, arm::neon_gemv_f32w_bf16);
@@ -611,6 +644,38 @@ impl Kernels {
     /// Softmax in place ([`scalar::softmax_inplace`] on every tier for now).
     pub fn softmax_inplace(&self, x: &mut [f32]) {
         scalar::softmax_inplace(x)
+    }
+
+    /// The tier of the attention kernels below.
+    pub const fn attn_tier(&self) -> Tier {
+        self.table.attn.0
+    }
+
+    /// [`scalar::attn_scores_f16`]: scores `[g, n]` of queries `q` `[g, hd]` against f16 keys
+    /// `[n, hd]`, times `scale`. Panics on bad shapes.
+    pub fn attn_scores_f16(
+        &self,
+        q: &[f32],
+        keys: &[u16],
+        hd: usize,
+        scale: f32,
+        scores: &mut [f32],
+    ) {
+        // SAFETY: table invariant (module docs).
+        unsafe { (self.table.attn.1.scores)(q, keys, hd, scale, scores) }
+    }
+
+    /// [`scalar::softmax_unnorm`]: `x[i] = exp(x[i] - max)`; returns `(max, Σ x[i])`.
+    pub fn softmax_unnorm(&self, x: &mut [f32]) -> (f32, f32) {
+        // SAFETY: table invariant (module docs).
+        unsafe { (self.table.attn.1.softmax)(x) }
+    }
+
+    /// [`scalar::attn_values_f16`]: `out` `[g, hd]` = weights `[g, n]` times f16 values
+    /// `[n, hd]`. Panics on bad shapes.
+    pub fn attn_values_f16(&self, weights: &[f32], values: &[u16], hd: usize, out: &mut [f32]) {
+        // SAFETY: table invariant (module docs).
+        unsafe { (self.table.attn.1.values)(weights, values, hd, out) }
     }
 }
 

@@ -250,6 +250,8 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             "decode_heap_allocations": decode_allocs,
             "model_bytes": file_len,
             "arena_bytes": session.arena_bytes(),
+            "kv_cache_bytes": session.plan().kv_bytes(),
+            "kv_cache_type": session.plan().kv_type().name(),
             "overhead_bytes": OVERHEAD_BYTES,
             "expected_bytes": expected,
             "token_latency_ms": {
@@ -312,13 +314,16 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             args.reps * args.gen_tokens
         );
         let mib = |b: u64| b as f64 / 1048576.0;
+        let plan = session.plan();
         println!(
-            "memory: peak RSS {:.1} MiB; budgeted {:.1} MiB = model file {:.1} + arena with KV \
-             cache {:.1} + overhead {:.1}",
+            "memory: peak RSS {:.1} MiB; budgeted {:.1} MiB = model file {:.1} + {} KV cache {:.1} \
+             + other buffers {:.1} + overhead {:.1}",
             mib(peak_rss_bytes().unwrap_or(0)),
             mib(expected),
             mib(file_len),
-            mib(session.arena_bytes() as u64),
+            plan.kv_type().name(),
+            mib(plan.kv_bytes() as u64),
+            mib((session.arena_bytes() - plan.kv_bytes()) as u64),
             mib(OVERHEAD_BYTES)
         );
         println!(

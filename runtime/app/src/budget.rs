@@ -5,7 +5,7 @@
 use anyhow::{bail, Result};
 use edgellm_board::Board;
 use edgellm_core::model::Config;
-use edgellm_core::session::ArenaPlan;
+use edgellm_core::session::{ArenaPlan, KvType, NumericPath};
 
 /// Allowance for everything that is not the model or the arena: code, stacks, sampler scratch,
 /// tokenizer tables, allocator slack.
@@ -15,7 +15,11 @@ pub const OVERHEAD_BYTES: u64 = 16 << 20;
 #[derive(Clone, Copy, Debug)]
 pub struct MemoryNeed {
     pub model_bytes: u64,
+    /// The whole arena, KV cache included.
     pub arena_bytes: u64,
+    /// The KV cache's share of the arena.
+    pub kv_bytes: u64,
+    pub kv_type: KvType,
     pub overhead_bytes: u64,
 }
 
@@ -29,18 +33,23 @@ fn mib(b: u64) -> f64 {
     b as f64 / (1u64 << 20) as f64
 }
 
-/// Checks that `cfg` at `context` tokens fits `board`'s budget (and `available`, the memory the
-/// machine has free, when known). On failure the error says what would fit.
+/// Checks that `cfg` at `context` tokens on numeric path `path` (which sets the KV cache type)
+/// fits `board`'s budget (and `available`, the memory the machine has free, when known). On
+/// failure the error says what would fit.
 pub fn check(
     board: &Board,
     available: Option<u64>,
     model_bytes: u64,
     cfg: &Config,
     context: usize,
+    path: NumericPath,
 ) -> Result<MemoryNeed> {
+    let plan = ArenaPlan::new(cfg, context, path);
     let need = MemoryNeed {
         model_bytes,
-        arena_bytes: ArenaPlan::new(cfg, context).bytes() as u64,
+        arena_bytes: plan.bytes() as u64,
+        kv_bytes: plan.kv_bytes() as u64,
+        kv_type: plan.kv_type(),
         overhead_bytes: OVERHEAD_BYTES,
     };
     let (limit, what) = match available {
@@ -56,8 +65,9 @@ pub fn check(
         return Ok(need);
     }
     // The arena grows with the context: find the largest context that fits (binary search).
-    let fits_at =
-        |c: usize| model_bytes + ArenaPlan::new(cfg, c).bytes() as u64 + OVERHEAD_BYTES <= limit;
+    let fits_at = |c: usize| {
+        model_bytes + ArenaPlan::new(cfg, c, path).bytes() as u64 + OVERHEAD_BYTES <= limit
+    };
     let advice = if fits_at(1) {
         let (mut lo, mut hi) = (1usize, context);
         while hi - lo > 1 {
@@ -74,11 +84,13 @@ pub fn check(
         "the model alone does not fit: use a smaller format (edgellm convert --format q4 or ternary) or a smaller model".to_string()
     };
     bail!(
-        "the model needs {:.1} MiB (model {:.1} MiB + KV cache and buffers for {context} tokens {:.1} MiB + overhead {:.1} MiB) \
+        "the model needs {:.1} MiB (model {:.1} MiB + {} KV cache for {context} tokens {:.1} MiB + other buffers {:.1} MiB + overhead {:.1} MiB) \
          but {what} is {:.1} MiB, {:.1} MiB short: {advice}",
         mib(need.total()),
         mib(need.model_bytes),
-        mib(need.arena_bytes),
+        need.kv_type.name(),
+        mib(need.kv_bytes),
+        mib(need.arena_bytes - need.kv_bytes),
         mib(need.overhead_bytes),
         mib(limit),
         mib(need.total() - limit),
@@ -89,6 +101,8 @@ pub fn check(
 mod tests {
     use super::*;
     use edgellm_core::model::{Arch, RopeStyle};
+
+    const F: NumericPath = NumericPath::Fast;
 
     fn smollm2() -> Config {
         Config {
@@ -111,8 +125,8 @@ mod tests {
     fn pi_zero_refuses_a_long_context_and_says_what_fits() {
         let b = crate::boards::by_name("pi-zero-2w").unwrap();
         let model = 98_362_432;
-        assert!(check(&b, None, model, &smollm2(), 1024).is_ok());
-        let err = check(&b, None, model, &smollm2(), 8192)
+        assert!(check(&b, None, model, &smollm2(), 1024, F).is_ok());
+        let err = check(&b, None, model, &smollm2(), 16384, F)
             .unwrap_err()
             .to_string();
         assert!(
@@ -129,14 +143,36 @@ mod tests {
             .unwrap()
             .parse()
             .unwrap();
-        assert!(check(&b, None, model, &smollm2(), fits).is_ok());
-        assert!(check(&b, None, model, &smollm2(), fits + 1).is_err());
+        assert!(check(&b, None, model, &smollm2(), fits, F).is_ok());
+        assert!(check(&b, None, model, &smollm2(), fits + 1, F).is_err());
+    }
+
+    #[test]
+    fn kv_cache_term_follows_the_numeric_path() {
+        let b = crate::boards::by_name("host").unwrap();
+        // 30 layers x 1024 positions x 192 key (and as many value) values.
+        let values = 2 * 30 * 1024 * 192;
+        let fast = check(&b, None, 1, &smollm2(), 1024, F).unwrap();
+        assert_eq!((fast.kv_type, fast.kv_bytes), (KvType::F16, 2 * values));
+        let exact = check(&b, None, 1, &smollm2(), 1024, NumericPath::Exact).unwrap();
+        assert_eq!((exact.kv_type, exact.kv_bytes), (KvType::F32, 4 * values));
+        assert_eq!(
+            exact.arena_bytes - fast.arena_bytes,
+            exact.kv_bytes - fast.kv_bytes
+        );
+        let err = check(&b, Some(100 << 20), 98_362_432, &smollm2(), 8192, F)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("f16 KV cache for 8192 tokens 180.0 MiB"),
+            "{err}"
+        );
     }
 
     #[test]
     fn available_memory_lowers_the_limit() {
         let b = crate::boards::by_name("host").unwrap();
-        let err = check(&b, Some(50 << 20), 98_362_432, &smollm2(), 512)
+        let err = check(&b, Some(50 << 20), 98_362_432, &smollm2(), 512, F)
             .unwrap_err()
             .to_string();
         assert!(

@@ -99,8 +99,17 @@ pub fn context_len(
         .unwrap_or(board.default_context.min(cfg.train_context))
         .max(min);
     let available = edgellm_hal::memory::available_memory_bytes().ok();
-    crate::budget::check(&board, available, file_bytes, cfg, ctx)?;
+    crate::budget::check(&board, available, file_bytes, cfg, ctx, numeric_path(args))?;
     Ok(ctx)
+}
+
+/// The numeric path the options ask for.
+pub fn numeric_path(args: &ModelArgs) -> NumericPath {
+    if args.exact {
+        NumericPath::Exact
+    } else {
+        NumericPath::Fast
+    }
 }
 
 /// A session for `loaded` with the context `context_len` settles on and the numeric path the
@@ -113,11 +122,7 @@ pub fn new_session<'m, 'a>(
     kernels: edgellm_kernels::Kernels,
 ) -> Result<Session<'m, 'a>> {
     let context = context_len(args, loaded, file_bytes, min)?;
-    let path = if args.exact {
-        NumericPath::Exact
-    } else {
-        NumericPath::Fast
-    };
+    let path = numeric_path(args);
     Ok(Session::new(
         &loaded.model,
         kernels,

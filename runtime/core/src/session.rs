@@ -24,6 +24,40 @@ pub enum NumericPath {
     Exact,
 }
 
+/// How the KV cache stores keys and values: f16 on the fast path (half the bytes attention reads
+/// per token), f32 on the exact path (the reference).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvType {
+    F32,
+    F16,
+}
+
+impl KvType {
+    /// The cache type of a numeric path.
+    pub const fn for_path(path: NumericPath) -> KvType {
+        match path {
+            NumericPath::Fast => KvType::F16,
+            NumericPath::Exact => KvType::F32,
+        }
+    }
+
+    /// Bytes per cached value.
+    pub const fn bytes(self) -> usize {
+        match self {
+            KvType::F32 => 4,
+            KvType::F16 => 2,
+        }
+    }
+
+    /// `f32` or `f16`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            KvType::F32 => "f32",
+            KvType::F16 => "f16",
+        }
+    }
+}
+
 /// Options fixed when a session is created.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SessionOptions {
@@ -90,6 +124,7 @@ pub struct ArenaPlan {
     vocab: usize,
     n_heads: usize,
     head_dim: usize,
+    kv: KvType,
     context: usize,
     n_layers: usize,
     max_cols: usize,
@@ -102,8 +137,9 @@ fn lines<T>(n: usize) -> usize {
 }
 
 impl ArenaPlan {
-    /// The plan for `model` with `context` positions.
-    pub fn new(c: &crate::model::Config, context: usize) -> ArenaPlan {
+    /// The plan for `model` with `context` positions on numeric path `path` (which sets the KV
+    /// cache type, [`KvType::for_path`]).
+    pub fn new(c: &crate::model::Config, context: usize, path: NumericPath) -> ArenaPlan {
         ArenaPlan {
             dim: c.dim,
             q_dim: c.q_dim(),
@@ -112,6 +148,7 @@ impl ArenaPlan {
             vocab: c.vocab_size,
             n_heads: c.n_heads,
             head_dim: c.head_dim,
+            kv: KvType::for_path(path),
             context,
             n_layers: c.n_layers,
             max_cols: c.dim.max(c.q_dim()).max(c.ffn_dim),
@@ -120,24 +157,40 @@ impl ArenaPlan {
     }
 
     /// The f32 buffers in arena order, with their lengths.
-    fn f32_sizes(&self) -> [usize; 13] {
-        let kv = self.n_layers * self.context * self.kv_dim;
+    fn f32_sizes(&self) -> [usize; 15] {
         let b = self.batch;
         [
-            b * self.dim,                 // x
-            b * self.dim.max(self.q_dim), // xb
-            b * self.dim,                 // xb2
-            b * self.q_dim,               // q
-            b * self.ffn_dim,             // hb
-            b * self.ffn_dim,             // hb2
-            self.n_heads * self.context,  // att
-            self.vocab,                   // logits
-            b * self.head_dim / 2,        // rope cos
-            b * self.head_dim / 2,        // rope sin
-            self.max_cols,                // row scratch (exact path)
-            kv,                           // key cache
-            kv,                           // value cache
+            b * self.dim,                   // x
+            b * self.dim.max(self.q_dim),   // xb
+            b * self.dim,                   // xb2
+            b * self.q_dim,                 // q
+            b * self.kv_dim,                // new keys
+            b * self.kv_dim,                // new values
+            b * self.ffn_dim,               // hb
+            b * self.ffn_dim,               // hb2
+            self.n_heads * self.context,    // att
+            self.vocab,                     // logits
+            b * self.head_dim / 2,          // rope cos
+            b * self.head_dim / 2,          // rope sin
+            self.max_cols,                  // row scratch (exact path)
+            ATTN_SPLITS * self.q_dim,       // attention partial outputs
+            ATTN_SPLITS * 2 * self.n_heads, // attention partial maxima and sums
         ]
+    }
+
+    /// Values in the key cache (and in the value cache): [n_layers, n_kv_heads, context, head_dim].
+    fn kv_values(&self) -> usize {
+        self.n_layers * self.context * self.kv_dim
+    }
+
+    /// The KV cache's element type.
+    pub fn kv_type(&self) -> KvType {
+        self.kv
+    }
+
+    /// Bytes of the KV cache (keys and values) in the arena.
+    pub fn kv_bytes(&self) -> usize {
+        2 * lines::<u8>(self.kv_values() * self.kv.bytes()) * 64
     }
 
     fn act_values(&self) -> usize {
@@ -150,7 +203,7 @@ impl ArenaPlan {
         let groups = self.act_values() / ACT_GROUP;
         let acts = lines::<i8>(self.act_values()) + lines::<f32>(groups) + lines::<i32>(groups);
         // Two activation sets (value and residual) and the residual's f32 scratch.
-        (f + 2 * acts + lines::<f32>(self.act_values())) * 64
+        (f + 2 * acts + lines::<f32>(self.act_values())) * 64 + self.kv_bytes()
     }
 }
 
@@ -165,6 +218,9 @@ struct Bufs<'s> {
     xb2: &'s mut [f32],
     /// Queries of all heads, [nb, q_dim].
     q: &'s mut [f32],
+    /// Keys and values of the step's tokens before they enter the cache, [nb, kv_dim] each.
+    k_new: &'s mut [f32],
+    v_new: &'s mut [f32],
     /// Gate and up projections, [nb, ffn_dim] each.
     hb: &'s mut [f32],
     hb2: &'s mut [f32],
@@ -177,15 +233,60 @@ struct Bufs<'s> {
     sin: &'s mut [f32],
     /// One dequantized weight row (exact path), [max_cols].
     row: &'s mut [f32],
-    /// KV cache, [n_layers, context, kv_dim] each.
-    key_cache: &'s mut [f32],
-    value_cache: &'s mut [f32],
+    /// Per attention worker: unnormalized outputs [ATTN_SPLITS, q_dim], and score maxima and
+    /// sums [ATTN_SPLITS, 2, n_heads] (fast path).
+    attn_o: &'s mut [f32],
+    attn_ml: &'s mut [f32],
+    /// KV cache.
+    kv: KvCache<'s>,
     /// Quantized activations, [nb, max_cols] values and [nb, max_cols / ACT_GROUP] scales and sums.
     acts: ActsQ8Mut<'s>,
     /// The same for the quantization residual of token rows that need refinement.
     resid_acts: ActsQ8Mut<'s>,
     /// The residual x - dequantized(x), [nb, max_cols].
     resid: &'s mut [f32],
+}
+
+/// The KV cache: keys and values, [n_layers, n_kv_heads, context, head_dim] each, so the rows of
+/// one KV head are contiguous.
+enum KvCache<'s> {
+    F32 {
+        k: &'s mut [f32],
+        v: &'s mut [f32],
+    },
+    /// IEEE f16 bits.
+    F16 {
+        k: &'s mut [u16],
+        v: &'s mut [u16],
+    },
+}
+
+impl KvCache<'_> {
+    /// Writes the keys and values of positions `pos..pos + nb` ([nb, kv_dim] each) into layer `l`.
+    fn append(&mut self, plan: &ArenaPlan, l: usize, pos: usize, k_new: &[f32], v_new: &[f32]) {
+        let (hd, context) = (plan.head_dim, plan.context);
+        let heads = plan.kv_dim / hd;
+        for (t, (kt, vt)) in k_new
+            .chunks_exact(plan.kv_dim)
+            .zip(v_new.chunks_exact(plan.kv_dim))
+            .enumerate()
+        {
+            for h in 0..heads {
+                let at = ((l * heads + h) * context + pos + t) * hd;
+                let (src_k, src_v) = (&kt[h * hd..(h + 1) * hd], &vt[h * hd..(h + 1) * hd]);
+                match self {
+                    KvCache::F32 { k, v } => {
+                        k[at..at + hd].copy_from_slice(src_k);
+                        v[at..at + hd].copy_from_slice(src_v);
+                    }
+                    KvCache::F16 { k, v } => {
+                        scalar::f32_to_f16_row(src_k, &mut k[at..at + hd]);
+                        scalar::f32_to_f16_row(src_v, &mut v[at..at + hd]);
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn take<'s, T: bytemuck::Pod>(rest: &mut &'s mut [Line], n: usize) -> &'s mut [T] {
@@ -208,15 +309,28 @@ impl<'s> Bufs<'s> {
         let xb = take(&mut rest, s[1]);
         let xb2 = take(&mut rest, s[2]);
         let q = take(&mut rest, s[3]);
-        let hb = take(&mut rest, s[4]);
-        let hb2 = take(&mut rest, s[5]);
-        let att = take(&mut rest, s[6]);
-        let logits = take(&mut rest, s[7]);
-        let cos = take(&mut rest, s[8]);
-        let sin = take(&mut rest, s[9]);
-        let row = take(&mut rest, s[10]);
-        let key_cache = take(&mut rest, s[11]);
-        let value_cache = take(&mut rest, s[12]);
+        let k_new = take(&mut rest, s[4]);
+        let v_new = take(&mut rest, s[5]);
+        let hb = take(&mut rest, s[6]);
+        let hb2 = take(&mut rest, s[7]);
+        let att = take(&mut rest, s[8]);
+        let logits = take(&mut rest, s[9]);
+        let cos = take(&mut rest, s[10]);
+        let sin = take(&mut rest, s[11]);
+        let row = take(&mut rest, s[12]);
+        let attn_o = take(&mut rest, s[13]);
+        let attn_ml = take(&mut rest, s[14]);
+        let n = plan.kv_values();
+        let kv = match plan.kv {
+            KvType::F32 => KvCache::F32 {
+                k: take(&mut rest, n),
+                v: take(&mut rest, n),
+            },
+            KvType::F16 => KvCache::F16 {
+                k: take(&mut rest, n),
+                v: take(&mut rest, n),
+            },
+        };
         let groups = plan.act_values() / ACT_GROUP;
         let acts = ActsQ8Mut {
             qs: take(&mut rest, plan.act_values()),
@@ -234,6 +348,8 @@ impl<'s> Bufs<'s> {
             xb,
             xb2,
             q,
+            k_new,
+            v_new,
             hb,
             hb2,
             att,
@@ -241,8 +357,9 @@ impl<'s> Bufs<'s> {
             cos,
             sin,
             row,
-            key_cache,
-            value_cache,
+            attn_o,
+            attn_ml,
+            kv,
             acts,
             resid_acts,
             resid,
@@ -304,7 +421,7 @@ impl<'m, 'a> Session<'m, 'a> {
                 requested: options.context,
             });
         }
-        let plan = ArenaPlan::new(&model.config, options.context);
+        let plan = ArenaPlan::new(&model.config, options.context, options.path);
         let mut arena = vec![Line([0; 64]); plan.bytes() / 64];
         prefault(&mut arena);
         Ok(Session {
@@ -320,6 +437,11 @@ impl<'m, 'a> Session<'m, 'a> {
     /// Bytes of the arena (activations, KV cache, logits).
     pub fn arena_bytes(&self) -> usize {
         self.arena.len() * 64
+    }
+
+    /// The arena's layout plan (sizes of the KV cache and the other buffers).
+    pub fn plan(&self) -> &ArenaPlan {
+        &self.plan
     }
 
     /// The arena's bytes, e.g. to prefault or lock them.
@@ -467,17 +589,14 @@ impl<'m, 'a> Session<'m, 'a> {
         }
 
         let cache_layer = plan.context * kv_dim;
+        let (k_new, v_new) = (&mut b.k_new[..nb * kv_dim], &mut b.v_new[..nb * kv_dim]);
+        let mut kv = b.kv;
         for (l, layer) in model.layers.iter().enumerate() {
             // Attention block.
             // xb[nb, dim] = rmsnorm(x) * attn_norm
             let xb = &mut b.xb[..nb * dim];
             rmsnorm_rows(k, xb, x, &layer.attn_norm, cfg.rms_eps);
-            // q[nb, q_dim] = xb·wq (+bq); k, v[nb, kv_dim] go straight into the cache rows of
-            // positions pos..pos+nb.
-            let kc = &mut b.key_cache[l * cache_layer..(l + 1) * cache_layer];
-            let vc = &mut b.value_cache[l * cache_layer..(l + 1) * cache_layer];
-            let k_new = &mut kc[pos * kv_dim..(pos + nb) * kv_dim];
-            let v_new = &mut vc[pos * kv_dim..(pos + nb) * kv_dim];
+            // q[nb, q_dim] = xb·wq (+bq); k_new, v_new[nb, kv_dim] likewise.
             mm.run(
                 xb,
                 dim,
@@ -503,22 +622,40 @@ impl<'m, 'a> Session<'m, 'a> {
                     rope(h, cos, sin, cfg.rope_style);
                 }
             }
-            // Grouped-query attention of each token over positions 0..=its own (causal), heads
-            // split across workers. att[n_heads, seq] scores; xb[nb, q_dim] = head outputs.
+            // The cache takes the keys and values of positions pos..pos+nb (f16 on the fast path).
+            kv.append(&plan, l, pos, k_new, v_new);
+            // Grouped-query attention of each token over positions 0..=its own (causal).
+            // xb[nb, q_dim] = head outputs.
             let xb = &mut b.xb[..nb * q_dim];
+            let layer_kv = l * cache_layer..(l + 1) * cache_layer;
             for t in 0..nb {
-                attention(
-                    par,
-                    k,
+                let (qt, ot) = (
                     &q[t * q_dim..(t + 1) * q_dim],
-                    kc,
-                    vc,
-                    b.att,
                     &mut xb[t * q_dim..(t + 1) * q_dim],
-                    cfg,
-                    pos + t + 1,
-                    plan.context,
                 );
+                let seq = pos + t + 1;
+                match &kv {
+                    KvCache::F32 { k: kc, v: vc } => {
+                        let (kc, vc) = (&kc[layer_kv.clone()], &vc[layer_kv.clone()]);
+                        attention_f32(par, k, qt, kc, vc, b.att, ot, cfg, seq, plan.context);
+                    }
+                    KvCache::F16 { k: kc, v: vc } => {
+                        let cache = (&kc[layer_kv.clone()], &vc[layer_kv.clone()]);
+                        let partial = (&mut *b.attn_o, &mut *b.attn_ml);
+                        attention_f16(
+                            par,
+                            k,
+                            qt,
+                            cache,
+                            b.att,
+                            partial,
+                            ot,
+                            cfg,
+                            seq,
+                            plan.context,
+                        );
+                    }
+                }
             }
             // xb2[nb, dim] = xb·wo; x += xb2
             mm.run(xb, q_dim, &mut [(&layer.wo, &mut *xb2)]);
@@ -753,9 +890,18 @@ fn rope(h: &mut [f32], cos: &[f32], sin: &[f32], style: RopeStyle) {
     }
 }
 
-/// Attention of every query head over positions `0..seq` of one layer's cache.
+/// Workers that share the attention of one token (by position ranges) on the fast path: the arena
+/// holds one partial result per worker. More threads than this leave the rest idle in attention.
+const ATTN_SPLITS: usize = 16;
+
+/// Positions per unit of the split: a multiple of the kernels' 4-position tile.
+const ATTN_POS_ALIGN: usize = 4;
+
+/// Attention of every query head over positions `0..seq` of one layer's f32 cache
+/// ([n_kv_heads, context, head_dim]): the exact path, one head per worker, one `dot_f32` per
+/// (head, position) and one `axpy_f32` per (head, position).
 #[allow(clippy::too_many_arguments)]
-fn attention(
+fn attention_f32(
     par: &dyn Parallel,
     k: &Kernels,
     q: &[f32],
@@ -768,7 +914,6 @@ fn attention(
     context: usize,
 ) {
     let hd = cfg.head_dim;
-    let kv_dim = cfg.kv_dim();
     let group = cfg.n_heads / cfg.n_kv_heads;
     let scale = 1.0 / libm::sqrtf(hd as f32);
     let att_out = SharedOut::new(att);
@@ -782,18 +927,111 @@ fn attention(
             // SAFETY: as above.
             let o = unsafe { head_out.range(h * hd..(h + 1) * hd) };
             let qh = &q[h * hd..(h + 1) * hd];
-            let kvh = h / group;
+            let base = (h / group) * context * hd;
             for (t, s) in scores.iter_mut().enumerate() {
-                let kr = &key_cache[t * kv_dim + kvh * hd..t * kv_dim + (kvh + 1) * hd];
+                let kr = &key_cache[base + t * hd..base + (t + 1) * hd];
                 *s = k.dot_f32(qh, kr) * scale;
             }
             k.softmax_inplace(scores);
             o.fill(0.0);
             for (t, &a) in scores.iter().enumerate() {
-                let vr = &value_cache[t * kv_dim + kvh * hd..t * kv_dim + (kvh + 1) * hd];
+                let vr = &value_cache[base + t * hd..base + (t + 1) * hd];
                 k.axpy_f32(a, vr, o);
             }
         }
     };
     par.run(&work);
+}
+
+/// Attention of every query head over positions `0..seq` of one layer's f16 cache
+/// ([n_kv_heads, context, head_dim]): the fast path. The positions are split between the
+/// workers; each worker runs, per KV head, the scores of all the group's query heads against its
+/// key rows (each row read once for the group), their unnormalized softmax and the weighted sum
+/// of its value rows, into its own partial output. The partial outputs are then combined:
+/// `out_h = Σ_w e^(m_w - M) o_w / Σ_w e^(m_w - M) l_w` with `m_w`, `l_w` worker `w`'s maximum
+/// score and sum of exponentials, `M = max_w m_w`.
+#[allow(clippy::too_many_arguments)]
+fn attention_f16(
+    par: &dyn Parallel,
+    k: &Kernels,
+    q: &[f32],
+    (key_cache, value_cache): (&[u16], &[u16]),
+    att: &mut [f32],
+    (part_o, part_ml): (&mut [f32], &mut [f32]),
+    out: &mut [f32],
+    cfg: &crate::model::Config,
+    seq: usize,
+    context: usize,
+) {
+    let (hd, n_heads, q_dim) = (cfg.head_dim, cfg.n_heads, cfg.q_dim());
+    let group = n_heads / cfg.n_kv_heads;
+    let scale = 1.0 / libm::sqrtf(hd as f32);
+    let splits = par.threads().clamp(1, ATTN_SPLITS);
+    let att_out = SharedOut::new(att);
+    let o_out = SharedOut::new(part_o);
+    let ml_out = SharedOut::new(part_ml);
+    let work = |w: usize| {
+        if w >= splits {
+            return;
+        }
+        let r = split_range(seq, splits, w, ATTN_POS_ALIGN);
+        let n = r.len();
+        // SAFETY: worker `w` alone uses partial slot `w` of `part_o` and `part_ml`.
+        let o = unsafe { o_out.range(w * q_dim..(w + 1) * q_dim) };
+        // SAFETY: as above.
+        let ml = unsafe { ml_out.range(w * 2 * n_heads..(w + 1) * 2 * n_heads) };
+        let (maxes, sums) = ml.split_at_mut(n_heads);
+        if n == 0 {
+            maxes.fill(f32::NEG_INFINITY);
+            sums.fill(0.0);
+            return;
+        }
+        // Scores [n_heads, n] of this worker's positions, in its own part of `att`: the position
+        // ranges are disjoint, so these parts are too.
+        // SAFETY: `n_heads * r.end <= n_heads * seq <= att.len()`, disjoint between workers.
+        let s = unsafe { att_out.range(n_heads * r.start..n_heads * r.end) };
+        for (kvh, ((sg, og), (mg, lg))) in s
+            .chunks_exact_mut(group * n)
+            .zip(o.chunks_exact_mut(group * hd))
+            .zip(
+                maxes
+                    .chunks_exact_mut(group)
+                    .zip(sums.chunks_exact_mut(group)),
+            )
+            .enumerate()
+        {
+            let rows = (kvh * context + r.start) * hd..(kvh * context + r.end) * hd;
+            let qg = &q[kvh * group * hd..(kvh + 1) * group * hd];
+            k.attn_scores_f16(qg, &key_cache[rows.clone()], hd, scale, sg);
+            for ((row, m), l) in sg.chunks_exact_mut(n).zip(mg).zip(lg) {
+                (*m, *l) = k.softmax_unnorm(row);
+            }
+            k.attn_values_f16(sg, &value_cache[rows], hd, og);
+        }
+    };
+    par.run(&work);
+    for (h, oh) in out.chunks_exact_mut(hd).enumerate() {
+        let slot = |w: usize| {
+            (
+                part_ml[w * 2 * n_heads + h],
+                part_ml[w * 2 * n_heads + n_heads + h],
+            )
+        };
+        let m = (0..splits)
+            .map(|w| slot(w).0)
+            .fold(f32::NEG_INFINITY, f32::max);
+        let mut l = 0.0f32;
+        oh.fill(0.0);
+        for w in 0..splits {
+            let (mw, lw) = slot(w);
+            if lw == 0.0 {
+                continue; // an empty range
+            }
+            let c = libm::expf(mw - m);
+            l += c * lw;
+            k.axpy_f32(c, &part_o[w * q_dim + h * hd..w * q_dim + (h + 1) * hd], oh);
+        }
+        let inv = 1.0 / l;
+        oh.iter_mut().for_each(|v| *v *= inv);
+    }
 }

@@ -4,9 +4,11 @@
 //! is that the CPU has NEON; the dispatch table calls them after checking. They check slice
 //! shapes themselves. The `neon-dotprod` tier uses these kernels until `sdot` kernels land.
 
+pub mod attn;
 pub mod float;
 pub mod legacy;
 pub mod ternary;
 
+pub use attn::*;
 pub use float::*;
 pub use legacy::*;

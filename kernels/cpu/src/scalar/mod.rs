@@ -11,12 +11,14 @@
 //! Every kernel panics with a message on inconsistent slice lengths; none allocates.
 //! The exact evaluation order of each sum is documented in [`legacy`] and [`float`].
 
+pub mod attn;
 pub mod float;
 pub mod kquants;
 pub mod legacy;
 pub mod quantize;
 pub mod ternary;
 
+pub use attn::*;
 pub use float::*;
 pub use legacy::*;
 

@@ -4,10 +4,12 @@
 //! condition is that the CPU has those features; the dispatch table calls them after checking.
 //! They check slice shapes themselves (panicking like the scalar kernels), so any slices are sound.
 
+pub mod attn;
 pub mod float;
 pub mod kquants;
 pub mod legacy;
 pub mod ternary;
 
+pub use attn::*;
 pub use float::*;
 pub use legacy::*;

@@ -1,0 +1,107 @@
+//! Micro benchmark of the f16 attention kernels on SmolLM2-135M shapes (3 query heads per KV
+//! head, head size 64), every tier this CPU has.
+//!
+//! `cargo bench -p edgellm-kernels --bench attn` prints, for 64, 576 and 2048 cached positions,
+//! the time of one KV group's scores, unnormalized softmax (three rows) and weighted values, hot
+//! in cache, and the time of the attention of one SmolLM2 decode step (30 layers x 3 KV heads)
+//! cycling through a full-size cache so the rows come from memory.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use edgellm_kernels::{CpuFeatures, Kernels, Tier};
+
+const G: usize = 3;
+const HD: usize = 64;
+const KV_HEADS: usize = 3;
+const LAYERS: usize = 30;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    /// f16 bits of a value in about [-2, 2].
+    fn f16(&mut self) -> u16 {
+        (self.next() as u16 & 0x83FF) | 0x3800
+    }
+}
+
+/// Median seconds of `reps` runs of `f`.
+fn time(reps: usize, mut f: impl FnMut()) -> f64 {
+    let mut t: Vec<f64> = (0..reps)
+        .map(|_| {
+            let t0 = Instant::now();
+            f();
+            t0.elapsed().as_secs_f64()
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[reps / 2]
+}
+
+fn main() {
+    let f = CpuFeatures::detect();
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let q: Vec<f32> = (0..G * HD).map(|i| (i % 17) as f32 / 17.0 - 0.5).collect();
+    for tier in Tier::ALL {
+        let Ok(k) = Kernels::with_tier(tier, &f) else {
+            continue;
+        };
+        for n in [64usize, 576, 2048] {
+            let keys: Vec<u16> = (0..n * HD).map(|_| rng.f16()).collect();
+            let values: Vec<u16> = (0..n * HD).map(|_| rng.f16()).collect();
+            let mut s = vec![0f32; G * n];
+            let mut o = vec![0f32; G * HD];
+            let scale = 0.125;
+            let ts = time(201, || {
+                k.attn_scores_f16(black_box(&q), black_box(&keys), HD, scale, &mut s)
+            });
+            let tx = time(201, || {
+                for row in s.chunks_mut(n) {
+                    black_box(k.softmax_unnorm(row));
+                }
+            });
+            let tv = time(201, || {
+                k.attn_values_f16(black_box(&s), black_box(&values), HD, &mut o)
+            });
+            println!(
+                "{:<7} n={n:<5} scores {:7.2} us  softmax {:7.2} us  values {:7.2} us",
+                tier.name(),
+                ts * 1e6,
+                tx * 1e6,
+                tv * 1e6
+            );
+        }
+        // One decode step's attention at 576 positions over a 2048-position cache per layer.
+        let (n, ctx) = (576, 2048);
+        let cache: Vec<u16> = (0..LAYERS * KV_HEADS * ctx * HD)
+            .map(|_| rng.f16())
+            .collect();
+        let vcache = cache.clone();
+        let mut s = vec![0f32; G * n];
+        let mut o = vec![0f32; G * HD];
+        let t = time(21, || {
+            for l in 0..LAYERS {
+                for h in 0..KV_HEADS {
+                    let at = (l * KV_HEADS + h) * ctx * HD;
+                    let rows = at..at + n * HD;
+                    k.attn_scores_f16(&q, &cache[rows.clone()], HD, 0.125, &mut s);
+                    for row in s.chunks_mut(n) {
+                        k.softmax_unnorm(row);
+                    }
+                    k.attn_values_f16(&s, &vcache[rows], HD, &mut o);
+                }
+            }
+            black_box(&o);
+        });
+        println!(
+            "{:<7} one decode step's attention, 30 layers x 3 KV heads x {n} positions: {:.3} ms",
+            tier.name(),
+            t * 1e3
+        );
+    }
+}

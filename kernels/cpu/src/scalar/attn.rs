@@ -1,0 +1,118 @@
+//! Scalar attention kernels over an f16 KV cache: the specification of the AVX2 and NEON versions.
+//!
+//! One call covers one KV head of one layer (its `g` query heads, a grouped-query "group") over a
+//! range of `n` cached positions, so the forward pass makes a handful of calls per KV head instead
+//! of one per (head, position). Layouts, all row-major and contiguous:
+//! - `q`: the group's queries, `[g, hd]` f32;
+//! - `keys`, `values`: the cached rows of one KV head, `[n, hd]` f16 bits (IEEE binary16);
+//! - `scores` / `weights`: `[g, n]` f32, one row per query head;
+//! - `out`: `[g, hd]` f32.
+//!
+//! Specification of every sum: sequential, index 0 first, one rounding per multiply and one per
+//! add (no fused multiply-add). SIMD versions reorder the sums and use a polynomial `exp`; they are
+//! checked within named tolerances.
+
+use crate::scalar::f16_bits_to_f32;
+
+/// Checks the shapes shared by the attention kernels and returns `(g, n)`: query heads and
+/// positions.
+fn shape(q_len: usize, kv_len: usize, hd: usize, name: &str) -> (usize, usize) {
+    assert!(hd > 0, "{name}: head dimension is 0");
+    assert!(
+        q_len.is_multiple_of(hd) && kv_len.is_multiple_of(hd),
+        "{name}: {q_len} query values and {kv_len} cached values are not whole rows of {hd}"
+    );
+    (q_len / hd, kv_len / hd)
+}
+
+/// Checks the shapes of [`attn_scores_f16`] (and its SIMD versions); returns `(g, n)`.
+pub(crate) fn check_scores(q: &[f32], keys: &[u16], hd: usize, scores: &[f32]) -> (usize, usize) {
+    let (g, n) = shape(q.len(), keys.len(), hd, "attn_scores_f16");
+    assert!(
+        Some(scores.len()) == g.checked_mul(n),
+        "attn_scores_f16: {g} heads x {n} positions need {} scores, got {}",
+        g.saturating_mul(n),
+        scores.len()
+    );
+    (g, n)
+}
+
+/// Checks the shapes of [`attn_values_f16`] (and its SIMD versions); returns `(g, n)`.
+pub(crate) fn check_values(
+    weights: &[f32],
+    values: &[u16],
+    hd: usize,
+    out: &[f32],
+) -> (usize, usize) {
+    let (g, n) = shape(out.len(), values.len(), hd, "attn_values_f16");
+    assert!(
+        Some(weights.len()) == g.checked_mul(n),
+        "attn_values_f16: {g} heads x {n} positions need {} weights, got {}",
+        g.saturating_mul(n),
+        weights.len()
+    );
+    (g, n)
+}
+
+/// Attention scores of `g` query heads against `n` cached keys:
+/// `scores[h * n + t] = (Σ_i q[h * hd + i] * keys[t * hd + i]) * scale`.
+///
+/// Panics unless `q` is `[g, hd]`, `keys` is `[n, hd]` and `scores` is `[g, n]`.
+pub fn attn_scores_f16(q: &[f32], keys: &[u16], hd: usize, scale: f32, scores: &mut [f32]) {
+    let (_, n) = check_scores(q, keys, hd, scores);
+    if n == 0 {
+        return;
+    }
+    for (qh, row) in q.chunks_exact(hd).zip(scores.chunks_exact_mut(n)) {
+        for (s, k) in row.iter_mut().zip(keys.chunks_exact(hd)) {
+            let mut acc = 0.0f32;
+            for (&qv, &kv) in qh.iter().zip(k) {
+                acc += qv * f16_bits_to_f32(kv);
+            }
+            *s = acc * scale;
+        }
+    }
+}
+
+/// The unnormalized softmax of a block of scores: `x[i] = exp(x[i] - m)` with `m = max x`, and
+/// returns `(m, Σ x[i])` (after the update, summed sequentially). Blocks of one row computed
+/// apart (e.g. by different workers) combine as `Σ_b exp(m_b - M) · …` with `M = max_b m_b`.
+///
+/// An empty block returns `(-inf, 0)` and writes nothing.
+pub fn softmax_unnorm(x: &mut [f32]) -> (f32, f32) {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sum = 0.0f32;
+    for v in x.iter_mut() {
+        *v = libm::expf(*v - max);
+        sum += *v;
+    }
+    (max, sum)
+}
+
+/// Weighted sum of `n` cached value rows for `g` query heads:
+/// `out[h * hd + i] = Σ_t weights[h * n + t] * values[t * hd + i]` (overwriting `out`).
+///
+/// Panics unless `out` is `[g, hd]`, `values` is `[n, hd]` and `weights` is `[g, n]`.
+pub fn attn_values_f16(weights: &[f32], values: &[u16], hd: usize, out: &mut [f32]) {
+    let (_, n) = check_values(weights, values, hd, out);
+    out.fill(0.0);
+    if n == 0 {
+        return;
+    }
+    for (wh, oh) in weights.chunks_exact(n).zip(out.chunks_exact_mut(hd)) {
+        for (&w, v) in wh.iter().zip(values.chunks_exact(hd)) {
+            for (o, &vv) in oh.iter_mut().zip(v) {
+                *o += w * f16_bits_to_f32(vv);
+            }
+        }
+    }
+}
+
+/// Rounds `src` to f16 bits (IEEE round to nearest even; values beyond ±65504 become ±inf):
+/// how new keys and values enter an f16 cache.
+pub fn f32_to_f16_row(src: &[f32], dst: &mut [u16]) {
+    assert_eq!(src.len(), dst.len(), "f32_to_f16_row: lengths differ");
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = half::f16::from_f32(s).to_bits();
+    }
+}

@@ -1,0 +1,408 @@
+//! Tests of the attention kernels over an f16 KV cache (`attn_scores_f16`, `softmax_unnorm`,
+//! `attn_values_f16`) of every tier this machine can run against the scalar specification, on
+//! random shapes with tails in every dimension, and of the specification itself against f64.
+
+mod common;
+use common::Rng;
+use edgellm_kernels::scalar;
+use edgellm_kernels::{CpuFeatures, Kernels, Tier};
+use half::f16;
+
+// ---------------------------------------------------------------------------------------------
+// Named tolerances
+
+/// Two evaluations of the same n-term float sum in different orders (each with at most n
+/// roundings of relative size `eps`) differ by at most `2 n eps Σ|terms|`; we use that bound.
+fn sum_order_tol(n: usize, abs_terms: f32) -> f32 {
+    2.0 * n.max(1) as f32 * f32::EPSILON * abs_terms + f32::MIN_POSITIVE
+}
+
+/// Relative error allowed between the SIMD `exp` (Cephes polynomial) and `libm::expf`, both
+/// within about 1 ulp of the true value; measured at most 1.4 eps apart over [-87, 0].
+const EXP_REL_TOL: f32 = 4.0 * f32::EPSILON;
+
+/// Below `ln(f32::MIN_POSITIVE)` the SIMD `exp` gives 0 where `libm::expf` gives a subnormal.
+const EXP_ABS_TOL: f32 = f32::MIN_POSITIVE;
+
+// ---------------------------------------------------------------------------------------------
+// Data
+
+/// Every kernel set this machine can run (always includes scalar).
+fn tiers() -> Vec<Kernels> {
+    let f = CpuFeatures::detect();
+    Tier::ALL
+        .into_iter()
+        .filter_map(|t| Kernels::with_tier(t, &f).ok())
+        .collect()
+}
+
+/// How cached f16 values are chosen.
+#[derive(Clone, Copy, Debug)]
+enum Cache {
+    /// Roughly normal, deviation 1 (what RoPE'd keys and values look like).
+    Typical,
+    /// Every value +0.
+    Zero,
+    /// f16 subnormals of both signs.
+    Subnormal,
+    /// Magnitudes near the largest f16, 65504.
+    Large,
+}
+
+fn cache_bits(rng: &mut Rng, n: usize, c: Cache) -> Vec<u16> {
+    (0..n)
+        .map(|_| {
+            let sign = (rng.below(2) as u16) << 15;
+            match c {
+                Cache::Typical => f16::from_f32(rng.normal(1.0)).to_bits(),
+                Cache::Zero => 0,
+                Cache::Subnormal => sign | (1 + rng.below(0x3FF) as u16),
+                Cache::Large => sign | (0x7800 + rng.below(0x3FF) as u16),
+            }
+        })
+        .collect()
+}
+
+fn normal(rng: &mut Rng, n: usize, s: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.normal(s)).collect()
+}
+
+fn widen(v: &[u16]) -> Vec<f32> {
+    v.iter().map(|&b| f16::from_bits(b).to_f32()).collect()
+}
+
+/// (g heads, head dimension, positions): the shapes of SmolLM2 (3 heads per KV head, 64) and
+/// Qwen2.5-0.5B (7, 64), head sizes with tails of every width below 8 and 32, position counts
+/// around the 4-position tile, and random ones.
+fn shapes(rng: &mut Rng) -> Vec<(usize, usize, usize)> {
+    let mut v = vec![
+        (3, 64, 576),
+        (7, 64, 300),
+        (1, 128, 33),
+        (4, 128, 9),
+        (2, 64, 0),
+        (3, 1, 5),
+        (5, 8, 4),
+        (3, 36, 7),
+        (6, 40, 8),
+        (2, 72, 3),
+        (1, 100, 1),
+        (8, 96, 13),
+    ];
+    for _ in 0..40 {
+        v.push((1 + rng.below(9), 1 + rng.below(140), rng.below(70)));
+    }
+    v
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scores and weighted values: every tier within the sum-order tolerance of the spec
+
+fn check_scores(c: Cache, seed: u64) {
+    let mut rng = Rng::new(seed);
+    for (g, hd, n) in shapes(&mut rng) {
+        let q = normal(&mut rng, g * hd, 1.0);
+        let keys = cache_bits(&mut rng, n * hd, c);
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut want = vec![f32::NAN; g * n];
+        scalar::attn_scores_f16(&q, &keys, hd, scale, &mut want);
+        let k32 = widen(&keys);
+        for k in tiers() {
+            let mut got = vec![f32::NAN; g * n];
+            k.attn_scores_f16(&q, &keys, hd, scale, &mut got);
+            for h in 0..g {
+                for t in 0..n {
+                    let abs: f32 = (0..hd)
+                        .map(|i| (q[h * hd + i] * k32[t * hd + i]).abs())
+                        .sum();
+                    let tol = sum_order_tol(hd, abs) * scale;
+                    let (a, b) = (got[h * n + t], want[h * n + t]);
+                    assert!(
+                        (a - b).abs() <= tol,
+                        "attn_scores_f16 tier {}: g={g} hd={hd} n={n} {c:?}: head {h} position \
+                         {t}: {a} vs spec {b} (tolerance {tol})",
+                        k.tier()
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn check_values(c: Cache, seed: u64) {
+    let mut rng = Rng::new(seed);
+    for (g, hd, n) in shapes(&mut rng) {
+        // Softmax-like weights: positive, summing to about 1 per head.
+        let weights: Vec<f32> = (0..g * n)
+            .map(|_| rng.unit() * 2.0 / n.max(1) as f32)
+            .collect();
+        let values = cache_bits(&mut rng, n * hd, c);
+        let mut want = vec![f32::NAN; g * hd];
+        scalar::attn_values_f16(&weights, &values, hd, &mut want);
+        let v32 = widen(&values);
+        for k in tiers() {
+            let mut got = vec![f32::NAN; g * hd];
+            k.attn_values_f16(&weights, &values, hd, &mut got);
+            for h in 0..g {
+                for i in 0..hd {
+                    let abs: f32 = (0..n)
+                        .map(|t| (weights[h * n + t] * v32[t * hd + i]).abs())
+                        .sum();
+                    let tol = sum_order_tol(n, abs);
+                    let (a, b) = (got[h * hd + i], want[h * hd + i]);
+                    assert!(
+                        (a - b).abs() <= tol,
+                        "attn_values_f16 tier {}: g={g} hd={hd} n={n} {c:?}: head {h} dim {i}: \
+                         {a} vs spec {b} (tolerance {tol})",
+                        k.tier()
+                    );
+                }
+            }
+        }
+    }
+}
+
+macro_rules! attn_tests {
+    ($($name:ident: $cache:expr, $seed:literal;)*) => {$(
+        mod $name {
+            use super::*;
+
+            #[test]
+            fn scores_within_tolerance() {
+                check_scores($cache, $seed);
+            }
+
+            #[test]
+            fn values_within_tolerance() {
+                check_values($cache, $seed + 1000);
+            }
+        }
+    )*};
+}
+
+attn_tests! {
+    typical: Cache::Typical, 1;
+    zero: Cache::Zero, 2;
+    subnormal: Cache::Subnormal, 3;
+    large: Cache::Large, 4;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Softmax blocks: the maximum exact, `exp` and the sum within tolerance
+
+fn check_softmax(x: &[f32], what: &str) {
+    let mut want = x.to_vec();
+    let (wm, ws) = scalar::softmax_unnorm(&mut want);
+    for k in tiers() {
+        let mut got = x.to_vec();
+        let (gm, gs) = k.softmax_unnorm(&mut got);
+        let tier = k.tier();
+        assert_eq!(gm.to_bits(), wm.to_bits(), "{what} tier {tier}: max");
+        for (i, (&a, &b)) in got.iter().zip(&want).enumerate() {
+            let tol = EXP_REL_TOL * b + EXP_ABS_TOL;
+            assert!(
+                (a - b).abs() <= tol,
+                "{what} tier {tier}: exp at {i} (x = {}): {a} vs spec {b} (tolerance {tol})",
+                x[i]
+            );
+        }
+        let tol = sum_order_tol(x.len(), ws) + EXP_REL_TOL * ws + x.len() as f32 * EXP_ABS_TOL;
+        assert!(
+            (gs - ws).abs() <= tol,
+            "{what} tier {tier}: sum {gs} vs spec {ws} (tolerance {tol})"
+        );
+    }
+}
+
+#[test]
+fn softmax_unnorm_within_tolerance() {
+    let mut rng = Rng::new(20);
+    for n in (0..40).chain([63, 64, 65, 300, 577]) {
+        for s in [0.1f32, 3.0, 30.0] {
+            let x = normal(&mut rng, n, s);
+            check_softmax(&x, &format!("softmax n={n} deviation {s}"));
+        }
+    }
+}
+
+#[test]
+fn softmax_unnorm_edge_cases() {
+    check_softmax(&[], "empty");
+    check_softmax(&[5.0], "one value");
+    check_softmax(&[-3.0; 19], "all equal");
+    // Differences from the maximum across the whole range, down to where exp underflows.
+    let spread: Vec<f32> = (0..200).map(|i| -(i as f32) * 0.52).collect();
+    check_softmax(&spread, "spread to -103");
+    let huge: Vec<f32> = (0..37)
+        .map(|i| if i % 5 == 0 { 1e30 } else { -1e30 })
+        .collect();
+    check_softmax(&huge, "huge magnitudes");
+    let mut empty: [f32; 0] = [];
+    for k in tiers() {
+        assert_eq!(k.softmax_unnorm(&mut empty), (f32::NEG_INFINITY, 0.0));
+    }
+}
+
+#[test]
+fn simd_exp_within_tolerance_of_f64() {
+    // Dense sweep of [-90, 0] through softmax blocks whose maximum is 0.
+    let mut x: Vec<f32> = (0..=90_000).map(|i| -(i as f32) * 1e-3).collect();
+    let xs = x.clone();
+    for k in tiers() {
+        x.copy_from_slice(&xs);
+        let (m, _) = k.softmax_unnorm(&mut x);
+        assert_eq!(m, 0.0);
+        for (&e, &v) in x.iter().zip(&xs) {
+            let want = (v as f64).exp();
+            let err = (e as f64 - want).abs();
+            // Each of libm and the polynomial is within about 1 ulp of the truth.
+            let tol = (EXP_REL_TOL as f64 / 2.0) * want + EXP_ABS_TOL as f64;
+            assert!(
+                err <= tol,
+                "exp({v}) tier {}: {e} vs {want} (tolerance {tol:e})",
+                k.tier()
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The specification against f64, and blocks that combine
+
+#[test]
+fn split_blocks_combine_to_the_whole_attention() {
+    let mut rng = Rng::new(30);
+    let (g, hd, n) = (3, 64, 203);
+    let q = normal(&mut rng, g * hd, 1.0);
+    let keys = cache_bits(&mut rng, n * hd, Cache::Typical);
+    let values = cache_bits(&mut rng, n * hd, Cache::Typical);
+    let scale = 1.0 / (hd as f32).sqrt();
+    let (k32, v32) = (widen(&keys), widen(&values));
+    // f64 reference: softmax(q·k * scale)·v per head.
+    let mut want = vec![0f64; g * hd];
+    for h in 0..g {
+        let s: Vec<f64> = (0..n)
+            .map(|t| {
+                (0..hd)
+                    .map(|i| q[h * hd + i] as f64 * k32[t * hd + i] as f64)
+                    .sum::<f64>()
+                    * scale as f64
+            })
+            .collect();
+        let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let z: f64 = s.iter().map(|v| (v - m).exp()).sum();
+        for t in 0..n {
+            let p = (s[t] - m).exp() / z;
+            for i in 0..hd {
+                want[h * hd + i] += p * v32[t * hd + i] as f64;
+            }
+        }
+    }
+    for k in tiers() {
+        for cut in [n, 1, 64, 100, 202] {
+            // Blocks 0..cut and cut..n, combined with their maxima and sums.
+            let mut parts = Vec::new();
+            for r in [0..cut, cut..n] {
+                let len = r.len();
+                let mut sc = vec![0f32; g * len];
+                k.attn_scores_f16(&q, &keys[r.start * hd..r.end * hd], hd, scale, &mut sc);
+                let ml: Vec<(f32, f32)> = sc
+                    .chunks_mut(len.max(1))
+                    .map(|row| k.softmax_unnorm(row))
+                    .collect();
+                let mut o = vec![f32::NAN; g * hd];
+                k.attn_values_f16(&sc, &values[r.start * hd..r.end * hd], hd, &mut o);
+                parts.push((ml, o, len));
+            }
+            for h in 0..g {
+                let big = parts
+                    .iter()
+                    .filter(|p| p.2 > 0)
+                    .map(|p| p.0[h].0)
+                    .fold(f32::NEG_INFINITY, f32::max);
+                let mut l = 0f32;
+                let mut o = vec![0f32; hd];
+                for (ml, po, len) in &parts {
+                    if *len == 0 {
+                        continue;
+                    }
+                    let c = (ml[h].0 - big).exp();
+                    l += c * ml[h].1;
+                    for i in 0..hd {
+                        o[i] += c * po[h * hd + i];
+                    }
+                }
+                for i in 0..hd {
+                    let got = o[i] / l;
+                    let w = want[h * hd + i];
+                    // f16 inputs are exact in f64; the f32 sums of ~200 terms of size ~1 and the
+                    // exp keep the result within 1e-5 of the f64 value.
+                    assert!(
+                        (got as f64 - w).abs() <= 1e-5,
+                        "tier {} cut {cut}: head {h} dim {i}: {got} vs f64 {w}",
+                        k.tier()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_shapes_panic_on_every_tier() {
+    for k in tiers() {
+        let q = [0f32; 128];
+        let keys = [0u16; 192];
+        type Case<'a> = (&'static str, Box<dyn Fn() + 'a>);
+        let cases: [Case<'_>; 5] = [
+            (
+                "hd 0",
+                Box::new(|| k.attn_scores_f16(&q, &keys, 0, 1.0, &mut [0.0; 6])),
+            ),
+            (
+                "q not whole rows",
+                Box::new(|| k.attn_scores_f16(&q[..100], &keys, 64, 1.0, &mut [0.0; 6])),
+            ),
+            (
+                "scores too short",
+                Box::new(|| k.attn_scores_f16(&q, &keys, 64, 1.0, &mut [0.0; 5])),
+            ),
+            (
+                "weights too long",
+                Box::new(|| k.attn_values_f16(&[0.0; 7], &keys, 64, &mut [0.0; 128])),
+            ),
+            (
+                "values not whole rows",
+                Box::new(|| k.attn_values_f16(&[0.0; 6], &keys[..190], 64, &mut [0.0; 128])),
+            ),
+        ];
+        for (what, f) in cases {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+            assert!(r.is_err(), "tier {}: {what} did not panic", k.tier());
+        }
+    }
+}
+
+#[test]
+fn f32_to_f16_rounds_to_nearest_even() {
+    let one = 1.0f32;
+    let ulp = 2f32.powi(-10); // f16 spacing at 1
+    let cases = [
+        (one + ulp / 2.0, one),                   // tie, rounds to even (1.0)
+        (one + 3.0 * ulp / 2.0, one + 2.0 * ulp), // tie, rounds to even (1 + 2 ulp)
+        (one + ulp * 0.51, one + ulp),
+        (65504.0, 65504.0),
+        (65519.0, 65504.0),
+        (65520.0, f32::INFINITY), // halfway to the next binade rounds away: overflow
+        (-0.0, -0.0),
+        (1e-8, 0.0),
+        (6e-8, 5.960_464_5e-8), // the smallest f16 subnormal
+    ];
+    let src: Vec<f32> = cases.iter().map(|c| c.0).collect();
+    let mut dst = vec![0u16; src.len()];
+    scalar::f32_to_f16_row(&src, &mut dst);
+    for ((x, want), &b) in cases.iter().zip(&dst) {
+        let got = f16::from_bits(b).to_f32();
+        assert_eq!(got.to_bits(), want.to_bits(), "{x} -> {got}, want {want}");
+    }
+}
