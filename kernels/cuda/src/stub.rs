@@ -59,6 +59,10 @@ impl GpuEngine {
         Err(CudaError::NotBuilt)
     }
     /// Unreachable without the `cuda` feature.
+    pub fn profile(&mut self) -> Result<Vec<(&'static str, f64)>, CudaError> {
+        Err(CudaError::NotBuilt)
+    }
+    /// Unreachable without the `cuda` feature.
     pub fn reset(&mut self) -> Result<(), CudaError> {
         Err(CudaError::NotBuilt)
     }
