@@ -139,6 +139,61 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
+/// `token_latency_ms` of the JSON output, from sorted per-token latencies in ms.
+fn latency_json(lat: &[f64]) -> serde_json::Value {
+    serde_json::json!({
+        "p50": quantile(lat, 0.50),
+        "p90": quantile(lat, 0.90),
+        "p99": quantile(lat, 0.99),
+        "p999": quantile(lat, 0.999),
+        "max": lat.last().copied().unwrap_or(0.0),
+    })
+}
+
+/// The `llamacpp` object of the JSON output.
+fn peer_json(args: &BenchArgs, p: &Peer, pp_m: f64, tg_m: f64) -> serde_json::Value {
+    serde_json::json!({
+        "model": args.llamacpp_model.as_ref().unwrap_or(&args.model.model).display().to_string(),
+        "prefill_tps": p.prefill.0,
+        "prefill_tps_stddev": p.prefill.1,
+        "decode_tps": p.decode.0,
+        "decode_tps_stddev": p.decode.1,
+        "decode_ratio": tg_m / p.decode.0,
+        "prefill_ratio": pp_m / p.prefill.0,
+    })
+}
+
+/// The tokens/s rows of the table: ours, then llama.cpp's with the ratio.
+fn print_rates(args: &BenchArgs, pp: (f64, f64), tg: (f64, f64), peer: Option<&Peer>) {
+    let pp_name = format!("pp{}", args.prompt_tokens);
+    let tg_name = format!("tg{}", args.gen_tokens);
+    println!("{:<10} {:>14} {:>10}", "test", "tokens/s", "± stddev");
+    println!("{pp_name:<10} {:>14.1} {:>10.1}", pp.0, pp.1);
+    println!("{tg_name:<10} {:>14.1} {:>10.1}", tg.0, tg.1);
+    if let Some(p) = peer {
+        for (name, theirs, ours) in [(&pp_name, p.prefill, pp.0), (&tg_name, p.decode, tg.0)] {
+            println!(
+                "{name:<10} {:>14.1} {:>10.1}   llama.cpp; edgellm/llama.cpp = {:.2}x",
+                theirs.0,
+                theirs.1,
+                ours / theirs.0
+            );
+        }
+    }
+}
+
+/// The per-token latency line of the table.
+fn print_latency(lat: &[f64]) {
+    println!(
+        "token latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
+        quantile(lat, 0.5),
+        quantile(lat, 0.9),
+        quantile(lat, 0.99),
+        quantile(lat, 0.999),
+        lat.last().copied().unwrap_or(0.0)
+    );
+}
+
 /// The value at quantile `q` of sorted `v` (nearest rank).
 fn quantile(sorted: &[f64], q: f64) -> f64 {
     let idx = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
@@ -254,22 +309,8 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             "kv_cache_type": session.plan().kv_type().name(),
             "overhead_bytes": OVERHEAD_BYTES,
             "expected_bytes": expected,
-            "token_latency_ms": {
-                "p50": quantile(&lat, 0.50),
-                "p90": quantile(&lat, 0.90),
-                "p99": quantile(&lat, 0.99),
-                "p999": quantile(&lat, 0.999),
-                "max": lat.last().copied().unwrap_or(0.0),
-            },
-            "llamacpp": peer.as_ref().map(|p| serde_json::json!({
-                "model": args.llamacpp_model.as_ref().unwrap_or(&args.model.model).display().to_string(),
-                "prefill_tps": p.prefill.0,
-                "prefill_tps_stddev": p.prefill.1,
-                "decode_tps": p.decode.0,
-                "decode_tps_stddev": p.decode.1,
-                "decode_ratio": tg_m / p.decode.0,
-                "prefill_ratio": pp_m / p.prefill.0,
-            })),
+            "token_latency_ms": latency_json(&lat),
+            "llamacpp": peer.as_ref().map(|p| peer_json(&args, p, pp_m, tg_m)),
         });
         println!("{out}");
     } else {
@@ -279,35 +320,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             board.name
         );
         println!("exec     {}", pool.describe());
-        println!("{:<10} {:>14} {:>10}", "test", "tokens/s", "± stddev");
-        println!(
-            "{:<10} {:>14.1} {:>10.1}",
-            format!("pp{}", args.prompt_tokens),
-            pp_m,
-            pp_s
-        );
-        println!(
-            "{:<10} {:>14.1} {:>10.1}",
-            format!("tg{}", args.gen_tokens),
-            tg_m,
-            tg_s
-        );
-        if let Some(p) = &peer {
-            println!(
-                "{:<10} {:>14.1} {:>10.1}   llama.cpp; edgellm/llama.cpp = {:.2}x",
-                format!("pp{}", args.prompt_tokens),
-                p.prefill.0,
-                p.prefill.1,
-                pp_m / p.prefill.0
-            );
-            println!(
-                "{:<10} {:>14.1} {:>10.1}   llama.cpp; edgellm/llama.cpp = {:.2}x",
-                format!("tg{}", args.gen_tokens),
-                p.decode.0,
-                p.decode.1,
-                tg_m / p.decode.0
-            );
-        }
+        print_rates(&args, (pp_m, pp_s), (tg_m, tg_s), peer.as_ref());
         println!("time to first token {ttft_m:.2} ms");
         println!(
             "during {} decode steps: {decode_faults} page faults, {decode_allocs} heap allocations",
@@ -326,14 +339,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             mib((session.arena_bytes() - plan.kv_bytes()) as u64),
             mib(OVERHEAD_BYTES)
         );
-        println!(
-            "token latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
-            quantile(&lat, 0.5),
-            quantile(&lat, 0.9),
-            quantile(&lat, 0.99),
-            quantile(&lat, 0.999),
-            lat.last().copied().unwrap_or(0.0)
-        );
+        print_latency(&lat);
     }
     Ok(())
 }
@@ -428,68 +434,20 @@ fn bench_gpu(args: &BenchArgs, mut engine: edgellm_cuda::GpuEngine, prompt: &[u3
             "peak_rss_bytes": peak_rss_bytes().unwrap_or(0),
             "decode_page_faults": decode_faults,
             "decode_heap_allocations": decode_allocs,
-            "token_latency_ms": {
-                "p50": quantile(&lat, 0.50),
-                "p90": quantile(&lat, 0.90),
-                "p99": quantile(&lat, 0.99),
-                "p999": quantile(&lat, 0.999),
-                "max": lat.last().copied().unwrap_or(0.0),
-            },
-            "llamacpp": peer.as_ref().map(|p| serde_json::json!({
-                "prefill_tps": p.prefill.0,
-                "prefill_tps_stddev": p.prefill.1,
-                "decode_tps": p.decode.0,
-                "decode_tps_stddev": p.decode.1,
-                "decode_ratio": tg_m / p.decode.0,
-                "prefill_ratio": pp_m / p.prefill.0,
-            })),
+            "token_latency_ms": latency_json(&lat),
+            "llamacpp": peer.as_ref().map(|p| peer_json(args, p, pp_m, tg_m)),
         });
         println!("{out}");
     } else {
         println!("model    {}", args.model.model.display());
         println!("board    {}   {desc}", board.name);
-        println!("{:<10} {:>14} {:>10}", "test", "tokens/s", "± stddev");
-        println!(
-            "{:<10} {:>14.1} {:>10.1}",
-            format!("pp{}", args.prompt_tokens),
-            pp_m,
-            pp_s
-        );
-        println!(
-            "{:<10} {:>14.1} {:>10.1}",
-            format!("tg{}", args.gen_tokens),
-            tg_m,
-            tg_s
-        );
-        if let Some(p) = &peer {
-            println!(
-                "{:<10} {:>14.1} {:>10.1}   llama.cpp; edgellm/llama.cpp = {:.2}x",
-                format!("pp{}", args.prompt_tokens),
-                p.prefill.0,
-                p.prefill.1,
-                pp_m / p.prefill.0
-            );
-            println!(
-                "{:<10} {:>14.1} {:>10.1}   llama.cpp; edgellm/llama.cpp = {:.2}x",
-                format!("tg{}", args.gen_tokens),
-                p.decode.0,
-                p.decode.1,
-                tg_m / p.decode.0
-            );
-        }
+        print_rates(args, (pp_m, pp_s), (tg_m, tg_s), peer.as_ref());
         println!("time to first token {ttft_m:.2} ms");
         println!(
             "during {} decode steps: {decode_faults} page faults, {decode_allocs} heap allocations",
             args.reps * args.gen_tokens
         );
-        println!(
-            "token latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
-            quantile(&lat, 0.5),
-            quantile(&lat, 0.9),
-            quantile(&lat, 0.99),
-            quantile(&lat, 0.999),
-            lat.last().copied().unwrap_or(0.0)
-        );
+        print_latency(&lat);
     }
     Ok(())
 }
