@@ -379,8 +379,13 @@ async fn run_server(
         tokio::spawn(systemd::watchdog(period, started, heartbeat));
     }
     let (sig_tx, sig_rx) = tokio::sync::watch::channel(false);
+    let sig_st = state.clone();
     tokio::spawn(async move {
         signals.recv().await;
+        // Before anything is woken: with no connection open the server future can finish at
+        // once, and the drain below would then never run.
+        sig_st.draining.store(true, Ordering::Release);
+        systemd::notify("STOPPING=1");
         let _ = sig_tx.send(true);
     });
     let mut on_signal = sig_rx.clone();
@@ -392,13 +397,10 @@ async fn run_server(
         .with_graceful_shutdown(graceful)
         .into_future();
     let mut on_signal = sig_rx.clone();
-    let drain_st = state.clone();
     let drain = async move {
         if on_signal.wait_for(|v| *v).await.is_err() {
             std::future::pending::<()>().await;
         }
-        drain_st.draining.store(true, Ordering::Release);
-        systemd::notify("STOPPING=1");
         eprintln!(
             "draining: finishing running requests (at most {} s)",
             s.drain_seconds
