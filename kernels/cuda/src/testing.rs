@@ -147,55 +147,52 @@ pub struct AttnShape {
     pub halves: bool,
 }
 
-/// Decode attention, one position at a time from 0: step `t` takes `q[t]` ([n_heads*hd]),
-/// `k[t]`, `v[t]` ([n_kv*hd], before RoPE) and returns the combined head outputs
-/// ([n_heads*hd]) of every step. The cache is filled by the kernel itself.
-pub fn attention_steps(
-    gpu: &Gpu,
-    s: AttnShape,
-    kv: KvCache,
-    q: &[Vec<f32>],
-    k: &[Vec<f32>],
-    v: &[Vec<f32>],
-) -> Result<Vec<Vec<f32>>, CudaError> {
-    let hd = s.head_dim;
-    let chunk = 128.max(hd.next_power_of_two());
-    let nsplit = s.context.div_ceil(chunk);
-    let kv_dim = s.n_kv * hd;
-    let q_dim = s.n_heads * hd;
-    let kc: CudaSlice<u8> = gpu.zeros(s.context * kv_dim * kv.bytes())?;
-    let vc: CudaSlice<u8> = gpu.zeros(s.context * kv_dim * kv.bytes())?;
-    let ks: CudaSlice<f32> = gpu.zeros(s.context * s.n_kv)?;
-    let vs: CudaSlice<f32> = gpu.zeros(s.context * s.n_kv)?;
-    let am: CudaSlice<f32> = gpu.zeros(s.n_heads * nsplit)?;
-    let al: CudaSlice<f32> = gpu.zeros(s.n_heads * nsplit)?;
-    let ao: CudaSlice<f32> = gpu.zeros(s.n_heads * nsplit * hd)?;
-    let mut pos: CudaSlice<i32> = gpu.zeros(1)?;
-    let mut qd: CudaSlice<f32> = gpu.zeros(q_dim)?;
-    let mut kd: CudaSlice<f32> = gpu.zeros(kv_dim)?;
-    let mut vd: CudaSlice<f32> = gpu.zeros(kv_dim)?;
-    // Combination of the splits: the gemv kernel's ATTN input with an identity matrix.
-    let eye: Vec<u8> = (0..q_dim * q_dim)
-        .flat_map(|i| if i / q_dim == i % q_dim { 1.0f32 } else { 0.0 }.to_le_bytes())
-        .collect();
-    let id = Matrix {
-        name: "identity",
-        ty: edgellm_kernels::GgmlType::F32,
-        rows: q_dim,
-        cols: q_dim,
-        data: &eye,
-        row_scale: None,
-    };
-    let mut outs = Vec::new();
-    for t in 0..q.len() {
-        gpu.stream.memcpy_htod(&[t as i32], &mut pos)?;
-        gpu.stream.memcpy_htod(&q[t], &mut qd)?;
-        gpu.stream.memcpy_htod(&k[t], &mut kd)?;
-        gpu.stream.memcpy_htod(&v[t], &mut vd)?;
-        let a = AttnArg {
-            q: gpu.ptr(&qd),
-            k: gpu.ptr(&kd),
-            v: gpu.ptr(&vd),
+/// The buffers and arguments of one attention kernel over a `ctx`-position cache of one layer,
+/// and the identity matrix whose gemv combines the kernel's splits (the gemv kernel's ATTN
+/// input, as the O projection does in a decode step).
+struct AttnRig {
+    arg: AttnArg,
+    cfg: LaunchConfig,
+    prep: PrepArg,
+    identity: Vec<u8>,
+    pos: CudaSlice<i32>,
+    q: CudaSlice<f32>,
+    k: CudaSlice<f32>,
+    v: CudaSlice<f32>,
+    _bufs: (CudaSlice<u8>, CudaSlice<u8>, [CudaSlice<f32>; 5]),
+}
+
+impl AttnRig {
+    /// Zeroed buffers; the cache scales start at `scale`.
+    fn new(
+        gpu: &Gpu,
+        s: AttnShape,
+        kv: KvCache,
+        ctx: usize,
+        scale: f32,
+    ) -> Result<Self, CudaError> {
+        let hd = s.head_dim;
+        let chunk = 128.max(hd.next_power_of_two());
+        let nsplit = ctx.div_ceil(chunk);
+        let kv_dim = s.n_kv * hd;
+        let q_dim = s.n_heads * hd;
+        let kc: CudaSlice<u8> = gpu.zeros(ctx * kv_dim * kv.bytes())?;
+        let vc: CudaSlice<u8> = gpu.zeros(ctx * kv_dim * kv.bytes())?;
+        let ks = gpu.upload(&vec![scale; ctx * s.n_kv])?;
+        let vs = gpu.upload(&vec![scale; ctx * s.n_kv])?;
+        let am: CudaSlice<f32> = gpu.zeros(s.n_heads * nsplit)?;
+        let al: CudaSlice<f32> = gpu.zeros(s.n_heads * nsplit)?;
+        let ao: CudaSlice<f32> = gpu.zeros(s.n_heads * nsplit * hd)?;
+        let (pos, q, k, v) = (
+            gpu.zeros(1)?,
+            gpu.zeros(q_dim)?,
+            gpu.zeros(kv_dim)?,
+            gpu.zeros(kv_dim)?,
+        );
+        let arg = AttnArg {
+            q: gpu.ptr(&q),
+            k: gpu.ptr(&k),
+            v: gpu.ptr(&v),
             kc: gpu.ptr(&kc),
             vc: gpu.ptr(&vc),
             ks: gpu.ptr(&ks),
@@ -213,26 +210,93 @@ pub fn attention_steps(
             rope_halves: s.halves as i32,
             theta: s.theta,
         };
-        let mut l = gpu.stream.launch_builder(&gpu.f.attention);
-        l.arg(&a);
+        let prep = PrepArg {
+            kind: 3,
+            n: q_dim as i32,
+            am: arg.om,
+            al: arg.ol,
+            ao: arg.oo,
+            nsplit: nsplit as i32,
+            hd: hd as i32,
+            ..Default::default()
+        };
         let cfg = LaunchConfig {
             grid_dim: (s.n_heads as u32, nsplit as u32, 1),
             block_dim: (chunk as u32, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: every buffer was allocated above for these shapes.
-        unsafe { l.launch(cfg) }?;
-        let prep = PrepArg {
-            kind: 3,
-            n: q_dim as i32,
-            am: a.om,
-            al: a.ol,
-            ao: a.oo,
-            nsplit: nsplit as i32,
-            hd: hd as i32,
-            ..Default::default()
+        let identity = (0..q_dim * q_dim)
+            .flat_map(|i| if i / q_dim == i % q_dim { 1.0f32 } else { 0.0 }.to_le_bytes())
+            .collect();
+        Ok(AttnRig {
+            arg,
+            cfg,
+            prep,
+            identity,
+            pos,
+            q,
+            k,
+            v,
+            _bufs: (kc, vc, [ks, vs, am, al, ao]),
+        })
+    }
+
+    /// Sets the position and this step's query, key and value.
+    fn set(
+        &mut self,
+        gpu: &Gpu,
+        pos: usize,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+    ) -> Result<(), CudaError> {
+        gpu.stream.memcpy_htod(&[pos as i32], &mut self.pos)?;
+        gpu.stream.memcpy_htod(q, &mut self.q)?;
+        gpu.stream.memcpy_htod(k, &mut self.k)?;
+        gpu.stream.memcpy_htod(v, &mut self.v)?;
+        Ok(())
+    }
+
+    fn launch(&self, gpu: &Gpu) -> Result<(), CudaError> {
+        let mut l = gpu.stream.launch_builder(&gpu.f.attention);
+        l.arg(&self.arg);
+        // SAFETY: every buffer of `arg` was allocated in `new` for these shapes.
+        unsafe { l.launch(self.cfg) }?;
+        Ok(())
+    }
+
+    /// The combined head outputs of the last launch.
+    fn combine(&self, gpu: &Gpu) -> Result<Vec<f32>, CudaError> {
+        let q_dim = self.prep.n as usize;
+        let id = Matrix {
+            name: "identity",
+            ty: edgellm_kernels::GgmlType::F32,
+            rows: q_dim,
+            cols: q_dim,
+            data: &self.identity,
+            row_scale: None,
         };
-        outs.push(run_gemv(gpu, &id, prep, q_dim)?);
+        run_gemv(gpu, &id, self.prep, q_dim)
+    }
+}
+
+/// Decode attention, one position at a time from 0: step `t` takes `q[t]` ([n_heads*hd]),
+/// `k[t]`, `v[t]` ([n_kv*hd], before RoPE) and returns the combined head outputs
+/// ([n_heads*hd]) of every step. The cache is filled by the kernel itself.
+pub fn attention_steps(
+    gpu: &Gpu,
+    s: AttnShape,
+    kv: KvCache,
+    q: &[Vec<f32>],
+    k: &[Vec<f32>],
+    v: &[Vec<f32>],
+) -> Result<Vec<Vec<f32>>, CudaError> {
+    let mut rig = AttnRig::new(gpu, s, kv, s.context, 0.0)?;
+    let mut outs = Vec::new();
+    for t in 0..q.len() {
+        rig.set(gpu, t, &q[t], &k[t], &v[t])?;
+        rig.launch(gpu)?;
+        outs.push(rig.combine(gpu)?);
     }
     Ok(outs)
 }
@@ -368,102 +432,20 @@ pub fn attention_time(
     ctx: usize,
     iters: usize,
 ) -> Result<f64, CudaError> {
-    let hd = s.head_dim;
-    let chunk = 128.max(hd.next_power_of_two());
-    let nsplit = ctx.div_ceil(chunk);
-    let kv_dim = s.n_kv * hd;
-    let q_dim = s.n_heads * hd;
-    let kc: CudaSlice<u8> = gpu.zeros(ctx * kv_dim * kv.bytes())?;
-    let vc: CudaSlice<u8> = gpu.zeros(ctx * kv_dim * kv.bytes())?;
-    let ks: CudaSlice<f32> = gpu.upload(&vec![0.01f32; ctx * s.n_kv])?;
-    let vs: CudaSlice<f32> = gpu.upload(&vec![0.01f32; ctx * s.n_kv])?;
-    let am: CudaSlice<f32> = gpu.zeros(s.n_heads * nsplit)?;
-    let al: CudaSlice<f32> = gpu.zeros(s.n_heads * nsplit)?;
-    let ao: CudaSlice<f32> = gpu.zeros(s.n_heads * nsplit * hd)?;
-    let pos = gpu.upload(&[(ctx - 1) as i32])?;
-    let qv: Vec<f32> = (0..q_dim).map(|i| (i % 13) as f32 / 13.0).collect();
-    let kv_in: Vec<f32> = (0..kv_dim).map(|i| (i % 7) as f32 / 7.0).collect();
-    let qd = gpu.upload(&qv)?;
-    let kd = gpu.upload(&kv_in)?;
-    let vd = gpu.upload(&kv_in)?;
-    let out: CudaSlice<f32> = gpu.zeros(q_dim)?;
-    let eye: Vec<u8> = (0..q_dim * q_dim)
-        .flat_map(|i| if i / q_dim == i % q_dim { 1.0f32 } else { 0.0 }.to_le_bytes())
+    let mut rig = AttnRig::new(gpu, s, kv, ctx, 0.01)?;
+    let qv: Vec<f32> = (0..s.n_heads * s.head_dim)
+        .map(|i| (i % 13) as f32 / 13.0)
         .collect();
-    let id = Matrix {
-        name: "identity",
-        ty: edgellm_kernels::GgmlType::F32,
-        rows: q_dim,
-        cols: q_dim,
-        data: &eye,
-        row_scale: None,
-    };
-    let idm = DevMat::upload(gpu, &repack(&id).map_err(CudaError::Unsupported)?)?;
-    let a = AttnArg {
-        q: gpu.ptr(&qd),
-        k: gpu.ptr(&kd),
-        v: gpu.ptr(&vd),
-        kc: gpu.ptr(&kc),
-        vc: gpu.ptr(&vc),
-        ks: gpu.ptr(&ks),
-        vs: gpu.ptr(&vs),
-        pos: gpu.ptr(&pos),
-        om: gpu.ptr(&am),
-        ol: gpu.ptr(&al),
-        oo: gpu.ptr(&ao),
-        n_heads: s.n_heads as i32,
-        n_kv: s.n_kv as i32,
-        hd: hd as i32,
-        chunk: chunk as i32,
-        nsplit: nsplit as i32,
-        int8_kv: (kv == KvCache::Int8) as i32,
-        rope_halves: s.halves as i32,
-        theta: s.theta,
-    };
-    let prep = PrepArg {
-        kind: 3,
-        n: q_dim as i32,
-        am: a.om,
-        al: a.ol,
-        ao: a.oo,
-        nsplit: nsplit as i32,
-        hd: hd as i32,
-        ..Default::default()
-    };
-    let mut jobs = JobsArg {
-        n: 1,
-        ..Default::default()
-    };
-    jobs.j[0] = JobArg {
-        w: idm.arg,
-        out: gpu.ptr(&out),
-        ..Default::default()
-    };
-    let blocks = plan_jobs(gpu, &mut jobs);
-    let run = || -> Result<(), CudaError> {
-        let mut l = gpu.stream.launch_builder(&gpu.f.attention);
-        l.arg(&a);
-        let cfg = LaunchConfig {
-            grid_dim: (s.n_heads as u32, nsplit as u32, 1),
-            block_dim: (chunk as u32, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: every buffer was allocated above for these shapes.
-        unsafe { l.launch(cfg) }?;
-        Ok(())
-    };
+    let kv_in: Vec<f32> = (0..s.n_kv * s.head_dim)
+        .map(|i| (i % 7) as f32 / 7.0)
+        .collect();
+    rig.set(gpu, ctx - 1, &qv, &kv_in, &kv_in)?;
     // Once with the combination, to check the pipeline runs end to end.
-    run()?;
-    let cfg = LaunchConfig {
-        grid_dim: (blocks, 1, 1),
-        block_dim: (GEMV_THREADS, 1, 1),
-        shared_mem_bytes: gemv_smem(q_dim),
-    };
-    gpu.launch(&gpu.f.gemv, cfg, &jobs, &prep)?;
-    gpu.stream.synchronize()?;
+    rig.launch(gpu)?;
+    rig.combine(gpu)?;
     let t = std::time::Instant::now();
     for _ in 0..iters {
-        run()?;
+        rig.launch(gpu)?;
     }
     gpu.stream.synchronize()?;
     Ok(t.elapsed().as_secs_f64() / iters as f64)
