@@ -19,6 +19,9 @@ impl From<cudarc::driver::DriverError> for CudaError {
 /// The kernels of `kernels.cu`.
 pub(crate) struct Funcs {
     pub gemv: CudaFunction,
+    pub prep: CudaFunction,
+    pub gemm: CudaFunction,
+    pub kv_store: CudaFunction,
     pub quantize_acts: CudaFunction,
     pub t2_isums: CudaFunction,
     pub embed: CudaFunction,
@@ -35,6 +38,8 @@ pub struct Gpu {
     name: String,
     cc: (i32, i32),
     pub(crate) sms: usize,
+    /// The most dynamic shared memory one block may use (after opting in).
+    pub(crate) smem_optin: usize,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -88,6 +93,9 @@ impl Gpu {
         let load = |n: &str| module.load_function(n);
         let f = Funcs {
             gemv: load("gemv")?,
+            prep: load("prep")?,
+            gemm: load("gemm")?,
+            kv_store: load("kv_store")?,
             quantize_acts: load("quantize_acts")?,
             t2_isums: load("t2_isums")?,
             embed: load("embed")?,
@@ -99,6 +107,15 @@ impl Gpu {
         let sms = ctx.attribute(
             cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
         )? as usize;
+        let smem_optin = ctx.attribute(
+            cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+        )?
+        .max(48 << 10) as usize;
+        // The prefill gemm stages GEMM_TOKENS tokens' inputs: let it use what the device allows.
+        f.gemm.set_attribute(
+            cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            smem_optin as i32,
+        )?;
         // A stream of its own: graphs cannot be captured on the legacy default stream.
         let stream = ctx.new_stream()?;
         Ok(Gpu {
@@ -108,6 +125,7 @@ impl Gpu {
             name,
             cc,
             sms,
+            smem_optin,
         })
     }
 
@@ -276,6 +294,34 @@ pub(crate) struct AttnArg {
     pub int8_kv: i32,
     pub rope_halves: i32,
     pub theta: f32,
+    pub q_stride: i32,
+    pub kv_stride: i32,
+    pub stored: i32,
+    pub pad: i32,
+}
+
+/// `struct PrepOut` of kernels.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct PrepOutArg {
+    pub xs: u64,
+    pub q: u64,
+    pub d: u64,
+    pub s: u64,
+    pub x_stride: i32,
+    pub attn_stride: i32,
+}
+
+/// `struct Acts` of kernels.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct ActsArg {
+    pub xs: u64,
+    pub q: u64,
+    pub d: u64,
+    pub s: u64,
+    pub n: i32,
+    pub ntok: i32,
 }
 
 /// `struct Sample` of kernels.cu.
@@ -300,6 +346,10 @@ unsafe impl DeviceRepr for PrepArg {}
 unsafe impl DeviceRepr for AttnArg {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for SampleArg {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for PrepOutArg {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for ActsArg {}
 
 /// Threads per gemv block (8 warps).
 pub(crate) const GEMV_THREADS: u32 = 256;
@@ -307,6 +357,35 @@ pub(crate) const GEMV_THREADS: u32 = 256;
 /// Shared memory a gemv block needs for an input of `n` values: f32 copy, scales, sums, int8.
 pub(crate) fn gemv_smem(n: usize) -> u32 {
     (4 * n + 8 * (n / 16) + n) as u32
+}
+
+/// Tokens per prefill gemm block (`GEMM_TOKENS` of kernels.cu).
+pub(crate) const GEMM_TOKENS: usize = 16;
+
+/// Shared memory a prefill gemm block needs for inputs of `n` values: int8, scales, sums.
+pub(crate) fn gemm_smem(n: usize) -> usize {
+    GEMM_TOKENS * (n + 8 * (n / 16))
+}
+
+/// The grid's x extent for the prefill gemm of `jobs`: 4 rows per warp when that still gives
+/// every SM a few blocks over the `tiles` token tiles, else 1.
+pub(crate) fn plan_gemm(gpu: &Gpu, jobs: &mut JobsArg, tiles: usize) -> u32 {
+    let rows: usize = jobs.j[..jobs.n as usize]
+        .iter()
+        .map(|j| j.w.rows as usize)
+        .sum();
+    let warps = (GEMV_THREADS / 32) as usize;
+    let mut rpb = 4 * warps;
+    if rows.div_ceil(rpb) * tiles < 4 * gpu.sms {
+        rpb = warps;
+    }
+    jobs.rows_per_block = rpb as i32;
+    let mut first = 0;
+    for j in jobs.j[..jobs.n as usize].iter_mut() {
+        j.first_block = first;
+        first += (j.w.rows as usize).div_ceil(rpb) as i32;
+    }
+    first as u32
 }
 
 /// The grid for `jobs` (their row counts): every job gets `ceil(rows / rows_per_block)` blocks.
@@ -340,7 +419,9 @@ mod tests {
         assert_eq!(std::mem::size_of::<JobArg>(), 80);
         assert_eq!(std::mem::size_of::<JobsArg>(), 248);
         assert_eq!(std::mem::size_of::<PrepArg>(), 96);
-        assert_eq!(std::mem::size_of::<AttnArg>(), 120);
+        assert_eq!(std::mem::size_of::<AttnArg>(), 136);
+        assert_eq!(std::mem::size_of::<PrepOutArg>(), 40);
+        assert_eq!(std::mem::size_of::<ActsArg>(), 40);
         assert_eq!(std::mem::size_of::<SampleArg>(), 24);
     }
 }

@@ -14,10 +14,17 @@
 //! The position and the token live in device memory (`state`), so the graph never changes:
 //! the sampling kernel writes the next token and advances the position, and the next replay's
 //! embedding reads it. The host reads back 4 bytes per token.
+//!
+//! A prompt is prefilled in batches of up to [`GpuEngine::prefill_batch`] tokens that go through
+//! each layer together: `prep` builds every token's input, `gemm` reads each weight row once per
+//! tile of 16 tokens, `kv_store` writes the batch's keys and values, and `attention` runs one
+//! grid over every (head, split, token). Each product is summed in the same order as the decode
+//! gemv's, so a batched prefill leaves the same KV cache and logits, bit for bit, as feeding the
+//! tokens one at a time (tested).
 
 use crate::device::{
-    gemv_smem, plan_jobs, AttnArg, DevMat, Gpu, JobArg, JobsArg, MatArg, PrepArg, SampleArg,
-    GEMV_THREADS,
+    gemm_smem, gemv_smem, plan_gemm, plan_jobs, ActsArg, AttnArg, DevMat, Gpu, JobArg, JobsArg,
+    MatArg, PrepArg, PrepOutArg, SampleArg, GEMM_TOKENS, GEMV_THREADS,
 };
 use crate::repack::repack;
 use crate::{CudaError, KvCache};
@@ -35,6 +42,11 @@ const OUT_ADD: i32 = 1;
 
 /// Largest input a gemv block prepares in shared memory (5.5 bytes per value).
 const MAX_INPUT: usize = 8192;
+
+/// The most tokens one prefill batch takes.
+const MAX_BATCH: usize = 512;
+/// Device memory the prefill batch buffers may use.
+const BATCH_BYTES: usize = 256 << 20;
 
 /// The most candidates the device sampler keeps (`top_k` above this samples on the host).
 pub const DEVICE_TOP_K: usize = 64;
@@ -86,9 +98,90 @@ pub struct GpuEngine {
     nsplit: usize,
     step_graph: Option<CudaGraph>,
     fill_graph: Option<CudaGraph>,
+    head_graph: Option<CudaGraph>,
+    batch: Batch,
     pos: usize,
     host_sampling: bool,
     weight_bytes: usize,
+}
+
+/// The graphs captured at load.
+#[derive(Clone, Copy)]
+enum Graph {
+    /// Embedding, every layer, output layer and sampling.
+    Step,
+    /// Embedding and every layer (prompt positions whose logits nobody needs).
+    Fill,
+    /// Output layer and sampling of `x` (after a batched prefill).
+    Head,
+}
+
+/// Buffers of a prefill batch: `cap` tokens of every activation (0: prefill token by token,
+/// `why` says why).
+struct Batch {
+    cap: usize,
+    limit: usize,
+    why: String,
+    tok: CudaSlice<i32>,
+    host_tok: Vec<i32>,
+    x: CudaSlice<f32>,
+    q: CudaSlice<f32>,
+    k: CudaSlice<f32>,
+    v: CudaSlice<f32>,
+    g: CudaSlice<f32>,
+    u: CudaSlice<f32>,
+    xs: CudaSlice<f32>,
+    aq: CudaSlice<i8>,
+    ad: CudaSlice<f32>,
+    asum: CudaSlice<i32>,
+    am: CudaSlice<f32>,
+    al: CudaSlice<f32>,
+    ao: CudaSlice<f32>,
+}
+
+impl Batch {
+    /// Tokens per batch for `cfg` within [`BATCH_BYTES`], and the bytes per token.
+    fn size(cfg: &Config, nsplit: usize) -> (usize, usize) {
+        let maxn = cfg.dim.max(cfg.q_dim()).max(cfg.ffn_dim);
+        let per_token = 4 * (cfg.dim + cfg.q_dim() + 2 * cfg.kv_dim() + 2 * cfg.ffn_dim + maxn)
+            + maxn
+            + 8 * (maxn / 16)
+            + 4 * cfg.n_heads * nsplit * (2 + cfg.head_dim)
+            + 4;
+        let cap = (BATCH_BYTES / per_token).min(MAX_BATCH) / GEMM_TOKENS * GEMM_TOKENS;
+        (cap, per_token)
+    }
+
+    fn new(
+        gpu: &Gpu,
+        cfg: &Config,
+        nsplit: usize,
+        cap: usize,
+        why: String,
+    ) -> Result<Self, CudaError> {
+        let maxn = cfg.dim.max(cfg.q_dim()).max(cfg.ffn_dim);
+        let nh = cfg.n_heads;
+        Ok(Batch {
+            cap,
+            limit: cap,
+            why,
+            tok: gpu.zeros(cap)?,
+            host_tok: Vec::with_capacity(cap),
+            x: gpu.zeros(cap * cfg.dim)?,
+            q: gpu.zeros(cap * cfg.q_dim())?,
+            k: gpu.zeros(cap * cfg.kv_dim())?,
+            v: gpu.zeros(cap * cfg.kv_dim())?,
+            g: gpu.zeros(cap * cfg.ffn_dim)?,
+            u: gpu.zeros(cap * cfg.ffn_dim)?,
+            xs: gpu.zeros(cap * maxn)?,
+            aq: gpu.zeros(cap * maxn)?,
+            ad: gpu.zeros(cap * maxn / 16)?,
+            asum: gpu.zeros(cap * maxn / 16)?,
+            am: gpu.zeros(cap * nh * nsplit)?,
+            al: gpu.zeros(cap * nh * nsplit)?,
+            ao: gpu.zeros(cap * nh * nsplit * cfg.head_dim)?,
+        })
+    }
 }
 
 impl std::fmt::Debug for GpuEngine {
@@ -146,8 +239,23 @@ impl GpuEngine {
             } else {
                 model.output.data.len()
             };
+        let chunk = 128.max(hd.next_power_of_two());
+        let nsplit = context.div_ceil(chunk);
+        let maxn = cfg.dim.max(cfg.q_dim()).max(cfg.ffn_dim);
+        let (mut cap, per_token) = Batch::size(&cfg, nsplit);
+        let mut why = String::new();
+        if gemm_smem(maxn) > gpu.smem_optin {
+            why = format!(
+                "an input of {maxn} values needs {} KiB of shared memory per block, the device allows {}",
+                gemm_smem(maxn) >> 10,
+                gpu.smem_optin >> 10
+            );
+            cap = 0;
+        } else if cap == 0 {
+            why = format!("one token's prefill buffers need {per_token} bytes");
+        }
         let (free, _) = gpu.memory()?;
-        let need = cache_bytes + weight_bytes * 3 / 2 + (64 << 20);
+        let need = cache_bytes + weight_bytes * 3 / 2 + cap * per_token + (64 << 20);
         if need > free {
             return Err(CudaError::OutOfMemory(format!(
                 "the model and a {context}-position KV cache need about {} MiB, {} MiB are free",
@@ -204,9 +312,7 @@ impl GpuEngine {
             })
             .collect::<Result<Vec<_>, CudaError>>()?;
         let out_norm = vec_arg(&gpu, &mut vecs, &model.output_norm)?;
-
-        let chunk = 128.max(hd.next_power_of_two());
-        let nsplit = context.div_ceil(chunk);
+        let batch = Batch::new(&gpu, &cfg, nsplit, cap, why)?;
         let nh = cfg.n_heads;
         let mut e = GpuEngine {
             x: gpu.zeros(cfg.dim)?,
@@ -239,20 +345,27 @@ impl GpuEngine {
             nsplit,
             step_graph: None,
             fill_graph: None,
+            head_graph: None,
+            batch,
             pos: 0,
             host_sampling: false,
             weight_bytes,
         };
         e.set_sampling(&SamplerParams::greedy(), 0)?;
-        e.step_graph = Some(e.capture(true)?);
-        e.fill_graph = Some(e.capture(false)?);
+        e.step_graph = Some(e.capture(Graph::Step)?);
+        e.fill_graph = Some(e.capture(Graph::Fill)?);
+        e.head_graph = Some(e.capture(Graph::Head)?);
         Ok(e)
     }
 
-    fn capture(&self, with_head: bool) -> Result<CudaGraph, CudaError> {
+    fn capture(&self, which: Graph) -> Result<CudaGraph, CudaError> {
         let s = &self.gpu.stream;
         s.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
-        let r = self.enqueue(with_head);
+        let r = match which {
+            Graph::Step => self.enqueue(true),
+            Graph::Fill => self.enqueue(false),
+            Graph::Head => self.enqueue_head(&mut |_| Ok(())),
+        };
         let g = s.end_capture(CUgraphInstantiate_flags(0))?;
         r?;
         let g = g.ok_or_else(|| CudaError::Driver("stream capture produced no graph".into()))?;
@@ -360,6 +473,7 @@ impl GpuEngine {
                 int8_kv: (self.kv == KvCache::Int8) as i32,
                 rope_halves: (c.rope_style == RopeStyle::Halves) as i32,
                 theta: c.rope_theta,
+                ..Default::default()
             };
             let mut lb = gpu.stream.launch_builder(&gpu.f.attention);
             lb.arg(&a);
@@ -404,31 +518,7 @@ impl GpuEngine {
             mark("gemv down")?;
         }
         if with_head {
-            let logits = gpu.ptr(&self.logits);
-            self.gemv(
-                &[(self.output, logits, 0, OUT_STORE)],
-                PrepArg {
-                    kind: PREP_RMSNORM,
-                    n: c.dim as i32,
-                    x,
-                    w: self.out_norm,
-                    eps: c.rms_eps,
-                    ..Default::default()
-                },
-            )?;
-            mark("gemv output")?;
-            let sp = gpu.ptr(&self.sample);
-            let n = c.vocab_size as i32;
-            let mut l = gpu.stream.launch_builder(&gpu.f.sample);
-            l.arg(&logits).arg(&n).arg(&state).arg(&sp);
-            let cfg = LaunchConfig {
-                grid_dim: (1, 1, 1),
-                block_dim: (1024, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            // SAFETY: reads `vocab` logits and one Sample struct, writes state[0..4].
-            unsafe { l.launch(cfg) }?;
-            mark("sample")?;
+            self.enqueue_head(mark)?;
         } else {
             let mut l = gpu.stream.launch_builder(&gpu.f.advance);
             l.arg(&state);
@@ -437,6 +527,43 @@ impl GpuEngine {
         }
         let _ = PREP_PLAIN;
         Ok(())
+    }
+
+    /// Enqueues the output layer (RMSNorm of `x`) and the sampler, which writes the next token
+    /// and advances the position.
+    fn enqueue_head(
+        &self,
+        mark: &mut dyn FnMut(&'static str) -> Result<(), CudaError>,
+    ) -> Result<(), CudaError> {
+        let gpu = &self.gpu;
+        let c = &self.cfg;
+        let x = gpu.ptr(&self.x);
+        let state = gpu.ptr(&self.state);
+        let logits = gpu.ptr(&self.logits);
+        self.gemv(
+            &[(self.output, logits, 0, OUT_STORE)],
+            PrepArg {
+                kind: PREP_RMSNORM,
+                n: c.dim as i32,
+                x,
+                w: self.out_norm,
+                eps: c.rms_eps,
+                ..Default::default()
+            },
+        )?;
+        mark("gemv output")?;
+        let sp = gpu.ptr(&self.sample);
+        let n = c.vocab_size as i32;
+        let mut l = gpu.stream.launch_builder(&gpu.f.sample);
+        l.arg(&logits).arg(&n).arg(&state).arg(&sp);
+        let cfg = LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (1024, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: reads `vocab` logits and one Sample struct, writes state[0..4].
+        unsafe { l.launch(cfg) }?;
+        mark("sample")
     }
 
     /// Runs one decode step kernel by kernel, waiting for each, and returns the seconds spent
@@ -490,9 +617,61 @@ impl GpuEngine {
     }
 
     /// Runs `tokens` from the current position; the last one's logits are computed and the next
-    /// token sampled on the device ([`GpuEngine::sampled`]).
+    /// token sampled on the device ([`GpuEngine::sampled`]). Batched (see the module comment)
+    /// unless the engine has no batch buffers or there is one token.
     pub fn prefill(&mut self, tokens: &[u32]) -> Result<(), CudaError> {
         self.check_room(tokens.len())?;
+        self.check_tokens(tokens)?;
+        if self.batch.limit == 0 || tokens.len() < 2 {
+            return self.prefill_sequential(tokens);
+        }
+        let n = tokens.len().div_ceil(self.batch.limit);
+        for (i, chunk) in tokens.chunks(self.batch.limit).enumerate() {
+            self.run_batch(chunk, i + 1 == n, &mut |_| Ok(()))?;
+        }
+        Ok(())
+    }
+
+    /// Prefills `tokens` (at most one batch) from position 0 kernel by kernel, waiting for
+    /// each, and returns the seconds spent in each kind of kernel (a diagnostic, like
+    /// [`GpuEngine::profile`]).
+    pub fn profile_prefill(
+        &mut self,
+        tokens: &[u32],
+    ) -> Result<Vec<(&'static str, f64)>, CudaError> {
+        self.reset()?;
+        self.check_room(tokens.len())?;
+        self.check_tokens(tokens)?;
+        if tokens.len() > self.batch.limit {
+            return Err(CudaError::Unsupported(format!(
+                "{} tokens do not fit one prefill batch ({})",
+                tokens.len(),
+                self.batch.limit
+            )));
+        }
+        let mut times: Vec<(&'static str, f64)> = Vec::new();
+        let stream = self.gpu.stream.clone();
+        stream.synchronize()?;
+        let mut last = std::time::Instant::now();
+        self.run_batch(tokens, true, &mut |name| {
+            stream.synchronize()?;
+            let now = std::time::Instant::now();
+            let dt = (now - last).as_secs_f64();
+            last = now;
+            match times.iter_mut().find(|(n, _)| *n == name) {
+                Some(t) => t.1 += dt,
+                None => times.push((name, dt)),
+            }
+            Ok(())
+        })?;
+        Ok(times)
+    }
+
+    /// [`GpuEngine::prefill`] one token at a time through the decode graphs (the reference the
+    /// batched prefill is tested against).
+    pub fn prefill_sequential(&mut self, tokens: &[u32]) -> Result<(), CudaError> {
+        self.check_room(tokens.len())?;
+        self.check_tokens(tokens)?;
         for (i, &t) in tokens.iter().enumerate() {
             self.write_token(t)?;
             let last = i + 1 == tokens.len();
@@ -504,6 +683,262 @@ impl GpuEngine {
             g.as_ref().expect("captured in new").launch()?;
             self.pos += 1;
         }
+        Ok(())
+    }
+
+    /// Most tokens one prefill batch takes (0: prefill runs token by token).
+    pub fn prefill_batch(&self) -> usize {
+        self.batch.limit
+    }
+
+    /// Limits prefill batches to `n` tokens (at most the buffers' capacity; 0: token by token).
+    pub fn set_prefill_batch(&mut self, n: usize) {
+        self.batch.limit = n.min(self.batch.cap);
+    }
+
+    fn check_tokens(&self, tokens: &[u32]) -> Result<(), CudaError> {
+        match tokens.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
+            Some(t) => Err(CudaError::Unsupported(format!(
+                "token {t} is outside the vocabulary ({})",
+                self.cfg.vocab_size
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    fn write_pos(&mut self, pos: usize) -> Result<(), CudaError> {
+        let mut dst = self.state.slice_mut(1..2);
+        self.gpu.stream.memcpy_htod(&[pos as i32], &mut dst)?;
+        Ok(())
+    }
+
+    /// `prep`: every token's input to the next gemm, in the batch activation buffers.
+    fn prep_batch(
+        &self,
+        prep: PrepArg,
+        x_stride: usize,
+        attn_stride: usize,
+        t: usize,
+    ) -> Result<ActsArg, CudaError> {
+        let gpu = &self.gpu;
+        let b = &self.batch;
+        let out = PrepOutArg {
+            xs: gpu.ptr(&b.xs),
+            q: gpu.ptr(&b.aq),
+            d: gpu.ptr(&b.ad),
+            s: gpu.ptr(&b.asum),
+            x_stride: x_stride as i32,
+            attn_stride: attn_stride as i32,
+        };
+        let cfg = LaunchConfig {
+            grid_dim: (t as u32, 1, 1),
+            block_dim: (GEMV_THREADS, 1, 1),
+            shared_mem_bytes: gemv_smem(prep.n as usize),
+        };
+        gpu.launch(&gpu.f.prep, cfg, &prep, &out)?;
+        Ok(ActsArg {
+            xs: out.xs,
+            q: out.q,
+            d: out.d,
+            s: out.s,
+            n: prep.n,
+            ntok: t as i32,
+        })
+    }
+
+    fn gemm(&self, jobs: &[(MatArg, u64, u64, i32)], acts: ActsArg) -> Result<(), CudaError> {
+        let mut ja = JobsArg {
+            n: jobs.len() as i32,
+            ..Default::default()
+        };
+        for (slot, &(w, out, bias, mode)) in ja.j.iter_mut().zip(jobs) {
+            *slot = JobArg {
+                w,
+                out,
+                bias,
+                mode,
+                first_block: 0,
+            };
+        }
+        let tiles = (acts.ntok as usize).div_ceil(GEMM_TOKENS);
+        let blocks = plan_gemm(&self.gpu, &mut ja, tiles);
+        let cfg = LaunchConfig {
+            grid_dim: (blocks, tiles as u32, 1),
+            block_dim: (GEMV_THREADS, 1, 1),
+            shared_mem_bytes: gemm_smem(acts.n as usize) as u32,
+        };
+        self.gpu.launch(&self.gpu.f.gemm, cfg, &ja, &acts)
+    }
+
+    /// Prefills `tokens` (at most the batch capacity) together; after the `last` batch, the
+    /// output layer and the sampler run on the last token.
+    fn run_batch(
+        &mut self,
+        tokens: &[u32],
+        last: bool,
+        mark: &mut dyn FnMut(&'static str) -> Result<(), CudaError>,
+    ) -> Result<(), CudaError> {
+        let t = tokens.len();
+        debug_assert!(t <= self.batch.cap);
+        self.batch.host_tok.clear();
+        self.batch.host_tok.extend(tokens.iter().map(|&x| x as i32));
+        {
+            let mut dst = self.batch.tok.slice_mut(0..t);
+            self.gpu
+                .stream
+                .memcpy_htod(&self.batch.host_tok[..], &mut dst)?;
+        }
+        self.write_pos(self.pos)?;
+        let gpu = &self.gpu;
+        let c = &self.cfg;
+        let b = &self.batch;
+        let (x, q, k, v, g, u) = (
+            gpu.ptr(&b.x),
+            gpu.ptr(&b.q),
+            gpu.ptr(&b.k),
+            gpu.ptr(&b.v),
+            gpu.ptr(&b.g),
+            gpu.ptr(&b.u),
+        );
+        let state = gpu.ptr(&self.state);
+        {
+            let tok = gpu.ptr(&b.tok);
+            let mut l = gpu.stream.launch_builder(&gpu.f.embed);
+            l.arg(&self.embed).arg(&tok).arg(&x);
+            let cfg = LaunchConfig {
+                grid_dim: (c.dim.div_ceil(256) as u32, t as u32, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: `embed` reads t token ids (checked < vocab) and writes t rows of `dim`
+            // floats of the batch's x (capacity `cap` >= t rows).
+            unsafe { l.launch(cfg) }?;
+        }
+        mark("embed")?;
+        // Splits that hold any of the batch's positions: the attention grid and the combination
+        // in `prep` use only these (the others would be empty and change nothing).
+        let nsplit = (self.pos + t).div_ceil(self.chunk);
+        let kv_dim = c.kv_dim();
+        let layer_cache = self.context * kv_dim * self.kv.bytes();
+        let layer_scales = self.context * c.n_kv_heads * 4;
+        let norm = |w: u64| PrepArg {
+            kind: PREP_RMSNORM,
+            n: c.dim as i32,
+            x,
+            w,
+            eps: c.rms_eps,
+            ..Default::default()
+        };
+        for (i, l) in self.layers.iter().enumerate() {
+            let a = self.prep_batch(norm(l.attn_norm), c.dim, 0, t)?;
+            mark("prep")?;
+            self.gemm(
+                &[
+                    (l.wq, q, l.bq, OUT_STORE),
+                    (l.wk, k, l.bk, OUT_STORE),
+                    (l.wv, v, l.bv, OUT_STORE),
+                ],
+                a,
+            )?;
+            mark("gemm qkv")?;
+            let arg = AttnArg {
+                q,
+                k,
+                v,
+                kc: gpu.ptr(&self.kc) + (i * layer_cache) as u64,
+                vc: gpu.ptr(&self.vc) + (i * layer_cache) as u64,
+                ks: gpu.ptr(&self.ks) + (i * layer_scales) as u64,
+                vs: gpu.ptr(&self.vs) + (i * layer_scales) as u64,
+                pos: state + 4,
+                om: gpu.ptr(&b.am),
+                ol: gpu.ptr(&b.al),
+                oo: gpu.ptr(&b.ao),
+                n_heads: c.n_heads as i32,
+                n_kv: c.n_kv_heads as i32,
+                hd: c.head_dim as i32,
+                chunk: self.chunk as i32,
+                nsplit: nsplit as i32,
+                int8_kv: (self.kv == KvCache::Int8) as i32,
+                rope_halves: (c.rope_style == RopeStyle::Halves) as i32,
+                theta: c.rope_theta,
+                q_stride: c.q_dim() as i32,
+                kv_stride: kv_dim as i32,
+                stored: 1,
+                pad: 0,
+            };
+            let mut lb = gpu.stream.launch_builder(&gpu.f.kv_store);
+            lb.arg(&arg);
+            let cfg = LaunchConfig {
+                grid_dim: (c.n_kv_heads as u32, t as u32, 1),
+                block_dim: (self.chunk as u32, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: writes positions pos..pos + t (checked to fit the context) of this layer's
+            // cache from t rows of the batch's k and v.
+            unsafe { lb.launch(cfg) }?;
+            mark("kv store")?;
+            let mut lb = gpu.stream.launch_builder(&gpu.f.attention);
+            lb.arg(&arg);
+            let cfg = LaunchConfig {
+                grid_dim: (c.n_heads as u32, nsplit as u32, t as u32),
+                block_dim: (self.chunk as u32, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: reads positions up to pos + t - 1 of the cache and t rows of q; writes
+            // t * n_heads * nsplit partial results (the buffers hold `cap` times the context's
+            // splits).
+            unsafe { lb.launch(cfg) }?;
+            mark("attention")?;
+            let attn_stride = c.n_heads * nsplit;
+            let a = self.prep_batch(
+                PrepArg {
+                    kind: PREP_ATTN,
+                    n: c.q_dim() as i32,
+                    am: gpu.ptr(&b.am),
+                    al: gpu.ptr(&b.al),
+                    ao: gpu.ptr(&b.ao),
+                    nsplit: nsplit as i32,
+                    hd: c.head_dim as i32,
+                    ..Default::default()
+                },
+                0,
+                attn_stride,
+                t,
+            )?;
+            mark("prep")?;
+            self.gemm(&[(l.wo, x, 0, OUT_ADD)], a)?;
+            mark("gemm o")?;
+            let a = self.prep_batch(norm(l.ffn_norm), c.dim, 0, t)?;
+            mark("prep")?;
+            self.gemm(&[(l.gate, g, 0, OUT_STORE), (l.up, u, 0, OUT_STORE)], a)?;
+            mark("gemm gate/up")?;
+            let a = self.prep_batch(
+                PrepArg {
+                    kind: PREP_SWIGLU,
+                    n: c.ffn_dim as i32,
+                    x: g,
+                    x2: u,
+                    ..Default::default()
+                },
+                c.ffn_dim,
+                0,
+                t,
+            )?;
+            mark("prep")?;
+            self.gemm(&[(l.down, x, 0, OUT_ADD)], a)?;
+            mark("gemm down")?;
+        }
+        if last {
+            let src = self.batch.x.slice((t - 1) * c.dim..t * c.dim);
+            self.gpu.stream.memcpy_dtod(&src, &mut self.x)?;
+            self.write_pos(self.pos + t - 1)?;
+            self.head_graph
+                .as_ref()
+                .expect("captured in new")
+                .launch()?;
+            mark("output and sample")?;
+        }
+        self.pos += t;
         Ok(())
     }
 
@@ -589,8 +1024,15 @@ impl GpuEngine {
             KvCache::F16 => "f16",
             KvCache::Int8 => "int8",
         };
+        let prefill = if self.batch.limit > 0 {
+            format!("prefill in batches of up to {} tokens", self.batch.limit)
+        } else if self.batch.cap > 0 {
+            "prefill token by token".to_string()
+        } else {
+            format!("prefill token by token ({})", self.batch.why)
+        };
         format!(
-            "cuda: {}, {:.1} MiB of weights, {kv} KV cache of {} positions, decode step in one CUDA graph",
+            "cuda: {}, {:.1} MiB of weights, {kv} KV cache of {} positions, decode step in one CUDA graph, {prefill}",
             self.gpu.describe(),
             self.weight_bytes as f64 / (1 << 20) as f64,
             self.context

@@ -45,6 +45,15 @@ __device__ __forceinline__ u16 f32_to_f16(float f) {
     return h;
 }
 
+__device__ __forceinline__ int4 int4_of(int x, int y, int z, int w) {
+    int4 r;
+    r.x = x;
+    r.y = y;
+    r.z = z;
+    r.w = w;
+    return r;
+}
+
 __device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
 
 __device__ __forceinline__ float warp_sum(float v) {
@@ -198,6 +207,61 @@ __device__ void prepare(const Prep& p, float* xs, i8* aq, float* ad, int* as, fl
     __syncthreads();
 }
 
+// One block's term of a product, shared by the decode gemv and the prefill gemm so that both
+// compute every (row, token) product with the same float operations in the same order.
+__device__ __forceinline__ float q8_term(int4 q, int4 av, float dw, float da) {
+    int s = __dp4a(q.x, av.x, 0);
+    s = __dp4a(q.y, av.y, s);
+    s = __dp4a(q.z, av.z, s);
+    s = __dp4a(q.w, av.w, s);
+    return (dw * da) * (float)s;
+}
+
+// A 4-bit block: lo/hi are its low and high nibbles (values 0..15, one per byte).
+__device__ __forceinline__ float q4_term(int4 lo, int4 hi, int4 a0, int4 a1, float dw, float da0,
+                                         float da1, int as0, int as1, float mw, bool q4_0) {
+    int s0 = __dp4a(lo.x, a0.x, 0);
+    s0 = __dp4a(lo.y, a0.y, s0);
+    s0 = __dp4a(lo.z, a0.z, s0);
+    s0 = __dp4a(lo.w, a0.w, s0);
+    int s1 = __dp4a(hi.x, a1.x, 0);
+    s1 = __dp4a(hi.y, a1.y, s1);
+    s1 = __dp4a(hi.z, a1.z, s1);
+    s1 = __dp4a(hi.w, a1.w, s1);
+    if (q4_0) {
+        s0 -= 8 * as0;
+        s1 -= 8 * as1;
+        return (dw * da0) * (float)s0 + (dw * da1) * (float)s1;
+    }
+    return ((dw * da0) * (float)s0 + (dw * da1) * (float)s1) +
+           mw * (da0 * (float)as0 + da1 * (float)as1);
+}
+
+__device__ __forceinline__ int4 q4_lo(int4 q) {
+    const int m = 0x0F0F0F0F;
+    return int4_of(q.x & m, q.y & m, q.z & m, q.w & m);
+}
+
+__device__ __forceinline__ int4 q4_hi(int4 q) {
+    const int m = 0x0F0F0F0F;
+    return int4_of((q.x >> 4) & m, (q.y >> 4) & m, (q.z >> 4) & m, (q.w >> 4) & m);
+}
+
+// A ternary group's codes (0..2, one per byte) from its 32-bit word: byte lanes 4t..4t+3 of
+// the group are bits 2t..2t+1 of each byte.
+__device__ __forceinline__ int4 t2_codes(int word) {
+    const int m = 0x03030303;
+    return int4_of(word & m, (word >> 2) & m, (word >> 4) & m, (word >> 6) & m);
+}
+
+__device__ __forceinline__ float t2_term(int4 c, int4 av, float d, int sm) {
+    int s = __dp4a(c.x, av.x, 0);
+    s = __dp4a(c.y, av.y, s);
+    s = __dp4a(c.z, av.z, s);
+    s = __dp4a(c.w, av.w, s);
+    return (float)(s - sm) * d;
+}
+
 // Σ_c W[r][c] a[c] for one row, computed by one warp; the result is valid in every lane.
 __device__ float row_dot(const Mat& w, int r, const float* xs, const i8* aq, const float* ad,
                          const int* as) {
@@ -211,57 +275,23 @@ __device__ float row_dot(const Mat& w, int r, const float* xs, const i8* aq, con
         int ng = w.cols / 16;
         const float* dr = w.d + (long long)r * (w.cols / 32);
 #pragma unroll 4
-        for (int g = lane; g < ng; g += 32) {
-            int4 q = *(const int4*)(row + g * 16);
-            int4 av = a4[g];
-            int s = __dp4a(q.x, av.x, 0);
-            s = __dp4a(q.y, av.y, s);
-            s = __dp4a(q.z, av.z, s);
-            s = __dp4a(q.w, av.w, s);
-            acc += (dr[g >> 1] * ad[g]) * (float)s;
-        }
+        for (int g = lane; g < ng; g += 32)
+            acc += q8_term(*(const int4*)(row + g * 16), a4[g], dr[g >> 1], ad[g]);
     } else if (w.fmt == FMT_Q4_0 || w.fmt == FMT_Q4_1) {
         int nb = w.cols / 32;
         const float* dr = w.d + (long long)r * nb;
+        bool q40 = w.fmt == FMT_Q4_0;
 #pragma unroll 2
         for (int b = lane; b < nb; b += 32) {
             int4 q = *(const int4*)(row + b * 16);
-            int4 a0 = a4[2 * b], a1 = a4[2 * b + 1];
-            const int m = 0x0F0F0F0F;
-            int s0 = __dp4a(q.x & m, a0.x, 0);
-            s0 = __dp4a(q.y & m, a0.y, s0);
-            s0 = __dp4a(q.z & m, a0.z, s0);
-            s0 = __dp4a(q.w & m, a0.w, s0);
-            int s1 = __dp4a((q.x >> 4) & m, a1.x, 0);
-            s1 = __dp4a((q.y >> 4) & m, a1.y, s1);
-            s1 = __dp4a((q.z >> 4) & m, a1.z, s1);
-            s1 = __dp4a((q.w >> 4) & m, a1.w, s1);
-            float dw = dr[b], da0 = ad[2 * b], da1 = ad[2 * b + 1];
-            if (w.fmt == FMT_Q4_0) {
-                s0 -= 8 * as[2 * b];
-                s1 -= 8 * as[2 * b + 1];
-                acc += (dw * da0) * (float)s0 + (dw * da1) * (float)s1;
-            } else {
-                float mw = w.m[(long long)r * nb + b];
-                acc += ((dw * da0) * (float)s0 + (dw * da1) * (float)s1) +
-                       mw * (da0 * (float)as[2 * b] + da1 * (float)as[2 * b + 1]);
-            }
+            float mw = q40 ? 0.0f : w.m[(long long)r * nb + b];
+            acc += q4_term(q4_lo(q), q4_hi(q), a4[2 * b], a4[2 * b + 1], dr[b], ad[2 * b],
+                           ad[2 * b + 1], as[2 * b], as[2 * b + 1], mw, q40);
         }
     } else if (w.fmt == FMT_T2) {
-        // Group g of a row is its 32-bit word g (see scalar/ternary.rs): shifting by 2t and
-        // masking gives elements 4t..4t+3 of the group, one byte each.
-        const int m = 0x03030303;
         int ng = w.cols / 16;
         const int* rw = (const int*)row;
-        for (int g = lane; g < ng; g += 32) {
-            int word = rw[g];
-            int4 av = a4[g];
-            int s = __dp4a(word & m, av.x, 0);
-            s = __dp4a((word >> 2) & m, av.y, s);
-            s = __dp4a((word >> 4) & m, av.z, s);
-            s = __dp4a((word >> 6) & m, av.w, s);
-            acc += (float)(s - as[g]) * ad[g];
-        }
+        for (int g = lane; g < ng; g += 32) acc += t2_term(t2_codes(rw[g]), a4[g], ad[g], as[g]);
     } else if (w.fmt == FMT_F16) {
         const u16* h = (const u16*)row;
         for (int c = lane * 8; c < w.cols; c += 256) {
@@ -285,10 +315,9 @@ __device__ float row_dot(const Mat& w, int r, const float* xs, const i8* aq, con
 // activations from shared memory once for all the rows, and has one 4-byte load per row in
 // flight. Rows past `nr` repeat the last one and are not written.
 #define T2_ROWS 4
-__device__ void t2_rows(const Mat& w, int r, int nr, const i8* aq, const float* ad, const int* as,
+__device__ __forceinline__ void t2_rows(const Mat& w, int r, int nr, const i8* aq, const float* ad, const int* as,
                         float* y) {
     int lane = threadIdx.x & 31;
-    const int m = 0x03030303;
     int ng = w.cols / 16;
     const int4* a4 = (const int4*)aq;
     const int* rw[T2_ROWS];
@@ -306,13 +335,7 @@ __device__ void t2_rows(const Mat& w, int r, int nr, const i8* aq, const float* 
         float d = ad[g];
         int sm = as[g];
 #pragma unroll
-        for (int k = 0; k < T2_ROWS; k++) {
-            int s = __dp4a(word[k] & m, av.x, 0);
-            s = __dp4a((word[k] >> 2) & m, av.y, s);
-            s = __dp4a((word[k] >> 4) & m, av.z, s);
-            s = __dp4a((word[k] >> 6) & m, av.w, s);
-            acc[k] += (float)(s - sm) * d;
-        }
+        for (int k = 0; k < T2_ROWS; k++) acc[k] += t2_term(t2_codes(word[k]), av, d, sm);
     }
 #pragma unroll
     for (int k = 0; k < T2_ROWS; k++) {
@@ -374,6 +397,253 @@ extern "C" __global__ void gemv(const __grid_constant__ Jobs jobs, const __grid_
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Batched prefill. The prompt's tokens go through each layer together: `prep` builds every
+// token's input (the same `prepare` as the gemv, one block per token) into global memory, and
+// `gemm` multiplies a tile of GEMM_TOKENS tokens by each weight row it reads. Every (row, token)
+// product is summed exactly as the gemv sums it (lane l takes blocks l, l + 32, ...; one warp
+// reduction), so a prompt prefilled in a batch leaves the same KV cache, bit for bit, as one fed
+// token by token.
+
+#define GEMM_TOKENS 16
+
+// Where `prep` writes each token's prepared input, and the strides of its per-token inputs.
+struct PrepOut {
+    float* xs;         // [tokens][n] f32 input (read by the f16/f32 weight types)
+    i8* q;             // [tokens][n]
+    float* d;          // [tokens][n / 16]
+    int* s;            // [tokens][n / 16]
+    int x_stride;      // floats between tokens in x and x2
+    int attn_stride;   // (head, split) entries between tokens in am/al (ao: times hd)
+};
+
+extern "C" __global__ void prep(const __grid_constant__ Prep p, const __grid_constant__ PrepOut o) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    __shared__ float scratch[32];
+    int n = p.n, t = blockIdx.x;
+    float* xs = (float*)smem;
+    float* ad = xs + n;
+    int* as = (int*)(ad + n / QS);
+    i8* aq = (i8*)(as + n / QS);
+    Prep mine = p;
+    long long xo = (long long)t * o.x_stride, ao = (long long)t * o.attn_stride;
+    if (p.x) mine.x = p.x + xo;
+    if (p.x2) mine.x2 = p.x2 + xo;
+    if (p.am) {
+        mine.am = p.am + ao;
+        mine.al = p.al + ao;
+        mine.ao = p.ao + ao * p.hd;
+    }
+    prepare(mine, xs, aq, ad, as, scratch);
+    float* gx = o.xs + (long long)t * n;
+    int* gq = (int*)(o.q + (long long)t * n);
+    for (int i = threadIdx.x; i < n; i += blockDim.x) gx[i] = xs[i];
+    for (int i = threadIdx.x; i < n / 4; i += blockDim.x) gq[i] = ((const int*)aq)[i];
+    for (int g = threadIdx.x; g < n / QS; g += blockDim.x) {
+        o.d[(long long)t * (n / QS) + g] = ad[g];
+        o.s[(long long)t * (n / QS) + g] = as[g];
+    }
+}
+
+// Prepared inputs of `ntok` tokens (the outputs of `prep`).
+struct Acts {
+    const float* xs;
+    const i8* q;
+    const float* d;
+    const int* s;
+    int n;
+    int ntok;
+};
+
+// acc[k][t] += row rows[k] · token t's input, for GEMM_ROWS rows at once (sharing each token's
+// activation loads) and the GEMM_TOKENS tokens staged in shared memory.
+#define GEMM_ROWS 2
+__device__ __forceinline__ void gemm_rows(const Mat& w, const int* rows, const Acts& a, int t0,
+                                          const i8* aq, const float* ad, const int* as,
+                                          float (*acc)[GEMM_TOKENS]) {
+    int lane = threadIdx.x & 31;
+    int n = a.n, ng = n / QS;
+    const u8* row[GEMM_ROWS];
+#pragma unroll
+    for (int k = 0; k < GEMM_ROWS; k++) row[k] = w.qs + (long long)rows[k] * w.stride;
+    if (w.fmt == FMT_Q8_0) {
+        for (int g = lane; g < ng; g += 32) {
+            int4 q[GEMM_ROWS];
+            float dw[GEMM_ROWS];
+#pragma unroll
+            for (int k = 0; k < GEMM_ROWS; k++) {
+                q[k] = *(const int4*)(row[k] + g * 16);
+                dw[k] = w.d[(long long)rows[k] * (w.cols / 32) + (g >> 1)];
+            }
+#pragma unroll
+            for (int t = 0; t < GEMM_TOKENS; t++) {
+                int4 av = ((const int4*)(aq + t * n))[g];
+                float da = ad[t * ng + g];
+#pragma unroll
+                for (int k = 0; k < GEMM_ROWS; k++) acc[k][t] += q8_term(q[k], av, dw[k], da);
+            }
+        }
+    } else if (w.fmt == FMT_Q4_0 || w.fmt == FMT_Q4_1) {
+        int nb = w.cols / 32;
+        bool q40 = w.fmt == FMT_Q4_0;
+        for (int b = lane; b < nb; b += 32) {
+            int4 lo[GEMM_ROWS], hi[GEMM_ROWS];
+            float dw[GEMM_ROWS], mw[GEMM_ROWS];
+#pragma unroll
+            for (int k = 0; k < GEMM_ROWS; k++) {
+                int4 q = *(const int4*)(row[k] + b * 16);
+                lo[k] = q4_lo(q);
+                hi[k] = q4_hi(q);
+                dw[k] = w.d[(long long)rows[k] * nb + b];
+                mw[k] = q40 ? 0.0f : w.m[(long long)rows[k] * nb + b];
+            }
+#pragma unroll
+            for (int t = 0; t < GEMM_TOKENS; t++) {
+                const int4* a4 = (const int4*)(aq + t * n);
+                int4 a0 = a4[2 * b], a1 = a4[2 * b + 1];
+                float2 d = *(const float2*)(ad + t * ng + 2 * b);
+                int2 sm = *(const int2*)(as + t * ng + 2 * b);
+#pragma unroll
+                for (int k = 0; k < GEMM_ROWS; k++)
+                    acc[k][t] += q4_term(lo[k], hi[k], a0, a1, dw[k], d.x, d.y, sm.x, sm.y,
+                                         mw[k], q40);
+            }
+        }
+    } else if (w.fmt == FMT_T2) {
+        for (int g = lane; g < ng; g += 32) {
+            int4 c[GEMM_ROWS];
+#pragma unroll
+            for (int k = 0; k < GEMM_ROWS; k++) c[k] = t2_codes(((const int*)row[k])[g]);
+#pragma unroll
+            for (int t = 0; t < GEMM_TOKENS; t++) {
+                int4 av = ((const int4*)(aq + t * n))[g];
+                float d = ad[t * ng + g];
+                int sm = as[t * ng + g];
+#pragma unroll
+                for (int k = 0; k < GEMM_ROWS; k++) acc[k][t] += t2_term(c[k], av, d, sm);
+            }
+        }
+    } else if (w.fmt == FMT_F16) {
+#pragma unroll
+        for (int k = 0; k < GEMM_ROWS; k++) {
+            const u16* h = (const u16*)row[k];
+            for (int c = lane * 8; c < w.cols; c += 256) {
+                int4 v = *(const int4*)(h + c);
+                u32 u[4] = {(u32)v.x, (u32)v.y, (u32)v.z, (u32)v.w};
+#pragma unroll
+                for (int t = 0; t < GEMM_TOKENS; t++) {
+                    const float* xs = a.xs + (long long)min(t0 + t, a.ntok - 1) * n;
+                    float s = acc[k][t];
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        s += f16_to_f32((u16)(u[e] & 0xffff)) * xs[c + 2 * e];
+                        s += f16_to_f32((u16)(u[e] >> 16)) * xs[c + 2 * e + 1];
+                    }
+                    acc[k][t] = s;
+                }
+            }
+        }
+    } else {
+#pragma unroll
+        for (int k = 0; k < GEMM_ROWS; k++) {
+            const float* f = (const float*)row[k];
+            for (int c = lane; c < w.cols; c += 32) {
+                float wv = f[c];
+#pragma unroll
+                for (int t = 0; t < GEMM_TOKENS; t++)
+                    acc[k][t] += wv * a.xs[(long long)min(t0 + t, a.ntok - 1) * n + c];
+            }
+        }
+    }
+}
+
+// One halving step of `warp_sum16`: keep M of the 2M values (the upper ones in lanes with bit
+// 2M set), add the partner lane's copy of the kept ones.
+template <int M>
+__device__ __forceinline__ void warp_halve(float* v, int lane) {
+    bool up = (lane & (2 * M)) != 0;
+#pragma unroll
+    for (int j = 0; j < M; j++) {
+        float send = up ? v[j] : v[j + M];
+        float keep = up ? v[j + M] : v[j];
+        v[j] = keep + __shfl_xor_sync(0xffffffffu, send, 2 * M);
+    }
+}
+
+// The warp sums of 16 values per lane in 16 shuffles (not 80): lane l returns the sum of
+// v[l >> 1]. Every sum is added up in the same tree as `warp_sum` (lane pairs 16 apart, then
+// 8, 4, 2, 1), so it is the same float bit for bit.
+__device__ __forceinline__ float warp_sum16(float* v) {
+    int lane = threadIdx.x & 31;
+    warp_halve<8>(v, lane);
+    warp_halve<4>(v, lane);
+    warp_halve<2>(v, lane);
+    warp_halve<1>(v, lane);
+    return v[0] + __shfl_xor_sync(0xffffffffu, v[0], 1);
+}
+
+// Y[t] = W · input[t] (+ bias; stored or added) for up to MAX_JOBS matrices sharing one input.
+// blockIdx.x picks the job and its rows as in `gemv`; blockIdx.y the tile of GEMM_TOKENS tokens,
+// whose int8 inputs and scales the block stages in shared memory. Output row r of token t is
+// out[t * rows + r].
+extern "C" __global__ void gemm(const __grid_constant__ Jobs jobs, const __grid_constant__ Acts a) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    int n = a.n, ng = n / QS;
+    int t0 = blockIdx.y * GEMM_TOKENS;
+    int nt = min(GEMM_TOKENS, a.ntok - t0);
+    i8* aq = (i8*)smem;
+    float* ad = (float*)(aq + GEMM_TOKENS * n);
+    int* as = (int*)(ad + GEMM_TOKENS * ng);
+    {
+        const int4* src = (const int4*)(a.q + (long long)t0 * n);
+        int4* dst = (int4*)aq;
+        int per = n / 16;
+        for (int i = threadIdx.x; i < GEMM_TOKENS * per; i += blockDim.x)
+            dst[i] = i / per < nt ? src[i] : int4_of(0, 0, 0, 0);
+        for (int i = threadIdx.x; i < GEMM_TOKENS * ng; i += blockDim.x) {
+            bool in = i / ng < nt;
+            ad[i] = in ? a.d[(long long)t0 * ng + i] : 0.0f;
+            as[i] = in ? a.s[(long long)t0 * ng + i] : 0;
+        }
+    }
+    __syncthreads();
+    int j = 0;
+    while (j + 1 < jobs.n && (int)blockIdx.x >= jobs.j[j + 1].first_block) j++;
+    const Job& job = jobs.j[j];
+    int r0 = ((int)blockIdx.x - job.first_block) * jobs.rows_per_block;
+    int r1 = min(r0 + jobs.rows_per_block, job.w.rows);
+    int warps = blockDim.x >> 5, wid = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int per = (r1 - r0 + warps - 1) / warps;
+    int w0 = r0 + wid * per, w1 = min(w0 + per, r1);
+    int tok = lane >> 1;
+    for (int r = w0; r < w1; r += GEMM_ROWS) {
+        // Rows past w1 repeat the last one and are not written.
+        int rows[GEMM_ROWS];
+        float acc[GEMM_ROWS][GEMM_TOKENS];
+#pragma unroll
+        for (int k = 0; k < GEMM_ROWS; k++) {
+            rows[k] = min(r + k, w1 - 1);
+#pragma unroll
+            for (int t = 0; t < GEMM_TOKENS; t++) acc[k][t] = 0.0f;
+        }
+        gemm_rows(job.w, rows, a, t0, aq, ad, as, acc);
+#pragma unroll
+        for (int k = 0; k < GEMM_ROWS; k++) {
+            float y = warp_sum16(acc[k]);
+            if (r + k < w1 && (lane & 1) == 0 && tok < nt) {
+                int rr = r + k;
+                if (job.w.rs) y *= job.w.rs[rr];
+                if (job.bias) y += job.bias[rr];
+                float* o = job.out + (long long)(t0 + tok) * job.w.rows + rr;
+                if (job.mode == OUT_ADD)
+                    *o += y;
+                else
+                    *o = y;
+            }
+        }
+    }
+}
+
 // Standalone quantizer (tests, and inputs of large matrices shared by many blocks).
 extern "C" __global__ void quantize_acts(const float* x, int n, i8* q, float* d, int* s) {
     int g = blockIdx.x * blockDim.x + threadIdx.x;
@@ -395,11 +665,13 @@ extern "C" __global__ void t2_isums(Mat w, const i8* aq, const int* as, int* isu
     }
 }
 
-// x[e] = row `*tok` of the embedding matrix, dequantized.
+// x[e] = row `*tok` of the embedding matrix, dequantized; blockIdx.y indexes a batch of tokens
+// (x holds `cols` values per token).
 extern "C" __global__ void embed(Mat w, const int* tok, float* x) {
     int e = blockIdx.x * blockDim.x + threadIdx.x;
     if (e >= w.cols) return;
-    long long t = tok[0];
+    long long t = tok[blockIdx.y];
+    x += (long long)blockIdx.y * w.cols;
     const u8* row = w.qs + t * w.stride;
     float v;
     if (w.fmt == FMT_Q8_0) {
@@ -443,6 +715,13 @@ struct Attn {
     int int8_kv;
     int rope_halves;    // 1: pairs (i, i + hd/2) (NeoX); 0: adjacent pairs
     float theta;
+    // Prefill batches: blockIdx.z is the token, at position pos[0] + blockIdx.z, whose query is
+    // q + z * q_stride (key and value: k, v + z * kv_stride); `stored`: the keys and values of
+    // the batch are already in the cache (written by `kv_store`).
+    int q_stride;
+    int kv_stride;
+    int stored;
+    int pad;
 };
 
 __device__ void rope_inplace(float* h, int hd, int pos, float theta, int halves) {
@@ -458,10 +737,82 @@ __device__ void rope_inplace(float* h, int hd, int pos, float theta, int halves)
     }
 }
 
+// This step's key (RoPE applied) and value of KV head `kvh` at `pos`, in the form the cache holds
+// them: int8 in kq/vq with scales sc[0], sc[1], or rounded through f16 in knew/vnew. Written to
+// the cache when `store`. Used by the decode attention and by `kv_store`, so both write the
+// same bytes.
+__device__ void kv_new(const Attn& p, int kvh, int pos, const float* k, const float* v,
+                       float* knew, float* vnew, i8* kq, i8* vq, float* sc, bool store) {
+    int hd = p.hd;
+    for (int e = threadIdx.x; e < hd; e += blockDim.x) {
+        knew[e] = k[kvh * hd + e];
+        vnew[e] = v[kvh * hd + e];
+    }
+    __syncthreads();
+    rope_inplace(knew, hd, pos, p.theta, p.rope_halves);
+    __syncthreads();
+    long long row = (long long)pos * p.n_kv * hd + kvh * hd;
+    if (p.int8_kv) {
+        // One scale per head vector: d = amax / 127, q = rint(x / d).
+        if (threadIdx.x < 32) {
+            float ak = 0.0f, av = 0.0f;
+            for (int e = threadIdx.x; e < hd; e += 32) {
+                ak = fmaxf(ak, fabsf(knew[e]));
+                av = fmaxf(av, fabsf(vnew[e]));
+            }
+            ak = warp_max(ak);
+            av = warp_max(av);
+            if (threadIdx.x == 0) {
+                sc[0] = ak / 127.0f;
+                sc[1] = av / 127.0f;
+            }
+        }
+        __syncthreads();
+        float ik = sc[0] > 0.0f ? 1.0f / sc[0] : 0.0f;
+        float iv = sc[1] > 0.0f ? 1.0f / sc[1] : 0.0f;
+        for (int e = threadIdx.x; e < hd; e += blockDim.x) {
+            kq[e] = (i8)__float2int_rn(knew[e] * ik);
+            vq[e] = (i8)__float2int_rn(vnew[e] * iv);
+            if (store) {
+                p.kc[row + e] = (u8)kq[e];
+                p.vc[row + e] = (u8)vq[e];
+            }
+        }
+        if (store && threadIdx.x == 0) {
+            p.ks[(long long)pos * p.n_kv + kvh] = sc[0];
+            p.vs[(long long)pos * p.n_kv + kvh] = sc[1];
+        }
+    } else {
+        for (int e = threadIdx.x; e < hd; e += blockDim.x) {
+            u16 kh = f32_to_f16(knew[e]), vh = f32_to_f16(vnew[e]);
+            knew[e] = f16_to_f32(kh);
+            vnew[e] = f16_to_f32(vh);
+            if (store) {
+                ((u16*)p.kc)[row + e] = kh;
+                ((u16*)p.vc)[row + e] = vh;
+            }
+        }
+    }
+    __syncthreads();
+}
+
+// Prefill: RoPE and cache store of a batch's keys and values, one block per (KV head, token).
+extern "C" __global__ void kv_store(Attn p) {
+    __shared__ float knew[256];
+    __shared__ float vnew[256];
+    __shared__ __align__(16) i8 kq[256];
+    __shared__ __align__(16) i8 vq[256];
+    __shared__ float sc[2];
+    int z = blockIdx.y;
+    kv_new(p, blockIdx.x, p.pos[0] + z, p.k + (long long)z * p.kv_stride,
+           p.v + (long long)z * p.kv_stride, knew, vnew, kq, vq, sc, true);
+}
+
 // One (head, split) of decode attention over positions 0..=pos (flash-decoding: each split
 // writes its max, sum of exponentials and unnormalized output; the next gemv combines them).
 // The block whose split holds `pos` applies RoPE to this step's key, stores key and value in the
 // cache (int8 with a scale per position and head, or f16), and uses the stored form itself.
+// In a prefill batch (gridDim.z tokens, `stored`), every key is read from the cache.
 extern "C" __global__ void attention(Attn p) {
     __shared__ float q[256];
     __shared__ float knew[256];
@@ -472,15 +823,17 @@ extern "C" __global__ void attention(Attn p) {
     __shared__ float probs[1024];
     __shared__ float part[1024];
     __shared__ float scratch[32];
-    __shared__ float qscale, kscale_new, vscale_new;
-    int h = blockIdx.x, sp = blockIdx.y, hd = p.hd;
+    __shared__ float sc[2];
+    __shared__ float qscale;
+    int h = blockIdx.x, sp = blockIdx.y, z = blockIdx.z, hd = p.hd;
     int kvh = h / (p.n_heads / p.n_kv);
     int kv_dim = p.n_kv * hd;
-    int pos = p.pos[0];
+    int pos = p.pos[0] + z;
     int start = sp * p.chunk, end = min(start + p.chunk, pos + 1);
-    float* om = p.om + h * p.nsplit + sp;
-    float* ol = p.ol + h * p.nsplit + sp;
-    float* oo = p.oo + ((long long)h * p.nsplit + sp) * hd;
+    long long part_idx = ((long long)z * p.n_heads + h) * p.nsplit + sp;
+    float* om = p.om + part_idx;
+    float* ol = p.ol + part_idx;
+    float* oo = p.oo + part_idx * hd;
     if (start >= end) {
         if (threadIdx.x == 0) {
             *om = neg_inf();
@@ -489,71 +842,29 @@ extern "C" __global__ void attention(Attn p) {
         for (int e = threadIdx.x; e < hd; e += blockDim.x) oo[e] = 0.0f;
         return;
     }
-    for (int e = threadIdx.x; e < hd; e += blockDim.x) q[e] = p.q[h * hd + e];
-    bool has_new = pos < end;
-    if (has_new)
-        for (int e = threadIdx.x; e < hd; e += blockDim.x) {
-            knew[e] = p.k[kvh * hd + e];
-            vnew[e] = p.v[kvh * hd + e];
-        }
+    const float* qin = p.q + (long long)z * p.q_stride;
+    for (int e = threadIdx.x; e < hd; e += blockDim.x) q[e] = qin[h * hd + e];
+    bool has_new = !p.stored && pos < end;
+    if (has_new) {
+        bool writer = (h % (p.n_heads / p.n_kv)) == 0;
+        kv_new(p, kvh, pos, p.k, p.v, knew, vnew, kq, vq, sc, writer);
+    }
     __syncthreads();
     rope_inplace(q, hd, pos, p.theta, p.rope_halves);
-    if (has_new) rope_inplace(knew, hd, pos, p.theta, p.rope_halves);
     __syncthreads();
-    bool writer = has_new && (h % (p.n_heads / p.n_kv)) == 0;
-    long long row_new = (long long)pos * kv_dim + kvh * hd;
     if (p.int8_kv) {
-        // One scale per head vector: d = amax / 127, q = rint(x / d).
         if (threadIdx.x < 32) {
-            int lane = threadIdx.x;
-            float aq = 0.0f, ak = 0.0f, av = 0.0f;
-            for (int e = lane; e < hd; e += 32) {
-                aq = fmaxf(aq, fabsf(q[e]));
-                if (has_new) {
-                    ak = fmaxf(ak, fabsf(knew[e]));
-                    av = fmaxf(av, fabsf(vnew[e]));
-                }
-            }
+            float aq = 0.0f;
+            for (int e = threadIdx.x; e < hd; e += 32) aq = fmaxf(aq, fabsf(q[e]));
             aq = warp_max(aq);
-            ak = warp_max(ak);
-            av = warp_max(av);
-            if (lane == 0) {
-                qscale = aq / 127.0f;
-                kscale_new = ak / 127.0f;
-                vscale_new = av / 127.0f;
-            }
+            if (threadIdx.x == 0) qscale = aq / 127.0f;
         }
         __syncthreads();
         float iq = qscale > 0.0f ? 1.0f / qscale : 0.0f;
-        float ik = kscale_new > 0.0f ? 1.0f / kscale_new : 0.0f;
-        float iv = vscale_new > 0.0f ? 1.0f / vscale_new : 0.0f;
-        for (int e = threadIdx.x; e < hd; e += blockDim.x) {
-            qq[e] = (i8)__float2int_rn(q[e] * iq);
-            if (has_new) {
-                kq[e] = (i8)__float2int_rn(knew[e] * ik);
-                vq[e] = (i8)__float2int_rn(vnew[e] * iv);
-                if (writer) {
-                    p.kc[row_new + e] = (u8)kq[e];
-                    p.vc[row_new + e] = (u8)vq[e];
-                }
-            }
-        }
-        if (writer && threadIdx.x == 0) {
-            p.ks[(long long)pos * p.n_kv + kvh] = kscale_new;
-            p.vs[(long long)pos * p.n_kv + kvh] = vscale_new;
-        }
-    } else if (has_new) {
-        for (int e = threadIdx.x; e < hd; e += blockDim.x) {
-            u16 kh = f32_to_f16(knew[e]), vh = f32_to_f16(vnew[e]);
-            knew[e] = f16_to_f32(kh);
-            vnew[e] = f16_to_f32(vh);
-            if (writer) {
-                ((u16*)p.kc)[row_new + e] = kh;
-                ((u16*)p.vc)[row_new + e] = vh;
-            }
-        }
+        for (int e = threadIdx.x; e < hd; e += blockDim.x) qq[e] = (i8)__float2int_rn(q[e] * iq);
     }
     __syncthreads();
+    float kscale_new = sc[0], vscale_new = sc[1];
     float scale = 1.0f / sqrtf((float)hd);
     // Scores: one position per thread.
     int t = start + threadIdx.x;
@@ -561,7 +872,7 @@ extern "C" __global__ void attention(Attn p) {
     if (t < end) {
         long long row = (long long)t * kv_dim + kvh * hd;
         if (p.int8_kv) {
-            const int4* kr = t == pos ? (const int4*)kq : (const int4*)(p.kc + row);
+            const int4* kr = has_new && t == pos ? (const int4*)kq : (const int4*)(p.kc + row);
             const int4* qw = (const int4*)qq;
             int s = 0;
 #pragma unroll 4
@@ -572,11 +883,11 @@ extern "C" __global__ void attention(Attn p) {
                 s = __dp4a(kv.z, qv.z, s);
                 s = __dp4a(kv.w, qv.w, s);
             }
-            float kd = t == pos ? kscale_new : p.ks[(long long)t * p.n_kv + kvh];
+            float kd = has_new && t == pos ? kscale_new : p.ks[(long long)t * p.n_kv + kvh];
             score = ((float)s * (qscale * kd)) * scale;
         } else {
             float s = 0.0f;
-            if (t == pos) {
+            if (has_new && t == pos) {
                 for (int e = 0; e < hd; e++) s += q[e] * knew[e];
             } else {
                 const int4* kr = (const int4*)((const u16*)p.kc + row);
@@ -609,11 +920,11 @@ extern "C" __global__ void attention(Attn p) {
             int tp = start + i;
             float vv;
             if (p.int8_kv) {
-                vv = tp == pos ? (float)vq[dim] * vscale_new
+                vv = has_new && tp == pos ? (float)vq[dim] * vscale_new
                                : (float)(i8)p.vc[(long long)tp * kv_dim + kvh * hd + dim] *
                                      p.vs[(long long)tp * p.n_kv + kvh];
             } else {
-                vv = tp == pos ? vnew[dim]
+                vv = has_new && tp == pos ? vnew[dim]
                                : f16_to_f32(((const u16*)p.vc)[(long long)tp * kv_dim + kvh * hd + dim]);
             }
             acc += probs[i] * vv;

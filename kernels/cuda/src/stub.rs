@@ -63,6 +63,23 @@ impl GpuEngine {
         Err(CudaError::NotBuilt)
     }
     /// Unreachable without the `cuda` feature.
+    pub fn profile_prefill(
+        &mut self,
+        _tokens: &[u32],
+    ) -> Result<Vec<(&'static str, f64)>, CudaError> {
+        Err(CudaError::NotBuilt)
+    }
+    /// Unreachable without the `cuda` feature.
+    pub fn prefill_sequential(&mut self, _tokens: &[u32]) -> Result<(), CudaError> {
+        Err(CudaError::NotBuilt)
+    }
+    /// Unreachable without the `cuda` feature.
+    pub fn prefill_batch(&self) -> usize {
+        0
+    }
+    /// Unreachable without the `cuda` feature.
+    pub fn set_prefill_batch(&mut self, _n: usize) {}
+    /// Unreachable without the `cuda` feature.
     pub fn reset(&mut self) -> Result<(), CudaError> {
         Err(CudaError::NotBuilt)
     }

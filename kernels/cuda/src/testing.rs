@@ -209,6 +209,7 @@ impl AttnRig {
             int8_kv: (kv == KvCache::Int8) as i32,
             rope_halves: s.halves as i32,
             theta: s.theta,
+            ..Default::default()
         };
         let prep = PrepArg {
             kind: 3,

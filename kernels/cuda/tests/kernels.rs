@@ -484,3 +484,182 @@ fn device_sampler_greedy_and_top_k() {
         assert_eq!(testing::sample(gpu, &logits, &one, 7, 3).unwrap(), want);
     }
 }
+
+/// Random weights for a small model in every type the GPU takes, and the model borrowing them.
+struct RandomModel {
+    mats: Vec<(GgmlType, usize, usize, Vec<u8>, Vec<u8>)>,
+    cfg: edgellm_core::model::Config,
+    norms: Vec<Vec<f32>>,
+    biases: Vec<f32>,
+}
+
+impl RandomModel {
+    fn new(rng: &mut Rng, halves: bool) -> RandomModel {
+        use edgellm_core::model::{Arch, Config, RopeStyle};
+        let cfg = Config {
+            arch: Arch::Llama,
+            n_layers: 3,
+            dim: 256,
+            n_heads: 4,
+            n_kv_heads: 2,
+            head_dim: 64,
+            ffn_dim: 512,
+            vocab_size: 300,
+            train_context: 4096,
+            rope_theta: 10000.0,
+            rope_style: if halves {
+                RopeStyle::Halves
+            } else {
+                RopeStyle::Adjacent
+            },
+            rms_eps: 1e-5,
+        };
+        let (d, q, kv, f) = (cfg.dim, cfg.q_dim(), cfg.kv_dim(), cfg.ffn_dim);
+        // Per layer: q, k, v, o, gate, up, down.
+        let layer_types = [
+            [GgmlType::Q4_1; 7],
+            [GgmlType::T2; 7],
+            [
+                GgmlType::Q8_0,
+                GgmlType::Q8_0,
+                GgmlType::F16,
+                GgmlType::Q4_0,
+                GgmlType::Q4_0,
+                GgmlType::F32,
+                GgmlType::Q8_0,
+            ],
+        ];
+        let mut mats = Vec::new();
+        let mut add = |rng: &mut Rng, ty, rows, cols| {
+            let (data, rs) = weights(rng, ty, rows, cols);
+            mats.push((ty, rows, cols, data, rs));
+        };
+        add(rng, GgmlType::Q8_0, cfg.vocab_size, d);
+        add(rng, GgmlType::F16, cfg.vocab_size, d);
+        for types in layer_types {
+            let shapes = [(q, d), (kv, d), (kv, d), (d, q), (f, d), (f, d), (d, f)];
+            for (ty, (rows, cols)) in types.into_iter().zip(shapes) {
+                add(rng, ty, rows, cols);
+            }
+        }
+        let norms = (0..2 * cfg.n_layers + 1)
+            .map(|_| (0..d).map(|_| 1.0 + rng.normal(0.1)).collect())
+            .collect();
+        let biases = rng.vec(q + 2 * kv, 0.2);
+        RandomModel {
+            mats,
+            cfg,
+            norms,
+            biases,
+        }
+    }
+
+    fn model(&self) -> edgellm_core::model::Model<'_> {
+        use edgellm_core::model::{Layer, Model};
+        let m = |i: usize| {
+            let (ty, rows, cols, data, rs) = &self.mats[i];
+            matrix(*ty, *rows, *cols, data, rs)
+        };
+        let (q, kv) = (self.cfg.q_dim(), self.cfg.kv_dim());
+        let layers = (0..self.cfg.n_layers)
+            .map(|l| {
+                let b = 2 + 7 * l;
+                // Biases on the ternary layer (as Qwen2 has them).
+                let bias = |r: std::ops::Range<usize>| {
+                    if l == 1 {
+                        self.biases[r].to_vec()
+                    } else {
+                        Vec::new()
+                    }
+                };
+                Layer {
+                    attn_norm: self.norms[2 * l].clone(),
+                    wq: m(b),
+                    wk: m(b + 1),
+                    wv: m(b + 2),
+                    bq: bias(0..q),
+                    bk: bias(q..q + kv),
+                    bv: bias(q + kv..q + 2 * kv),
+                    wo: m(b + 3),
+                    ffn_norm: self.norms[2 * l + 1].clone(),
+                    w_gate: m(b + 4),
+                    w_up: m(b + 5),
+                    w_down: m(b + 6),
+                }
+            })
+            .collect();
+        Model {
+            config: self.cfg.clone(),
+            token_embd: m(0),
+            layers,
+            output_norm: self.norms[2 * self.cfg.n_layers].clone(),
+            output: m(1),
+            tied_output: false,
+        }
+    }
+}
+
+/// Prefills `prompts` one after another (batches of `batch` tokens; 0: token by token), then
+/// decodes `steps` tokens; returns every sampled token and the logits after each.
+fn run_engine(
+    e: &mut edgellm_cuda::GpuEngine,
+    batch: usize,
+    prompts: &[&[u32]],
+    steps: usize,
+) -> Vec<(u32, Vec<f32>)> {
+    e.reset().unwrap();
+    e.set_prefill_batch(batch);
+    let vocab = 300;
+    let mut out = Vec::new();
+    let read = |e: &mut edgellm_cuda::GpuEngine| {
+        let mut l = vec![0f32; vocab];
+        e.logits(&mut l).unwrap();
+        assert!(l.iter().all(|v| v.is_finite()), "non-finite logits");
+        (e.sampled().unwrap(), l)
+    };
+    for p in prompts {
+        e.prefill(p).unwrap();
+        out.push(read(e));
+    }
+    for _ in 0..steps {
+        e.step().unwrap();
+        out.push(read(e));
+    }
+    out
+}
+
+#[test]
+fn batched_prefill_equals_token_by_token_bit_for_bit() {
+    if gpu().is_none() {
+        return;
+    }
+    let mut rng = Rng(77);
+    for (halves, kv) in [(false, KvCache::F16), (true, KvCache::Int8)] {
+        let rm = RandomModel::new(&mut rng, halves);
+        let model = rm.model();
+        let mut e = edgellm_cuda::GpuEngine::new(Gpu::open().unwrap(), &model, 200, kv).unwrap();
+        assert!(e.prefill_batch() >= 16, "{}", e.describe());
+        // 41 tokens (batches of 16, 16, 9), then 7 more starting mid-split, then a 130-token
+        // prompt that crosses the 128-position attention split.
+        let a: Vec<u32> = (0..41).map(|_| (rng.next() % 300) as u32).collect();
+        let b: Vec<u32> = (0..7).map(|_| (rng.next() % 300) as u32).collect();
+        let c: Vec<u32> = (0..130).map(|_| (rng.next() % 300) as u32).collect();
+        let prompts: [&[u32]; 3] = [&a, &b, &c];
+        let want = run_engine(&mut e, 0, &prompts, 5);
+        for batch in [16, 48, 512] {
+            let got = run_engine(&mut e, batch, &prompts, 5);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(g.0, w.0, "{kv:?} batch {batch}: token {i}");
+                let same =
+                    g.1.iter()
+                        .zip(&w.1)
+                        .all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same, "{kv:?} batch {batch}: logits {i} differ");
+            }
+        }
+        // Out-of-range tokens are refused before anything runs.
+        e.reset().unwrap();
+        assert!(e.prefill(&[1, 300]).is_err());
+        assert_eq!(e.pos(), 0);
+    }
+}

@@ -364,6 +364,12 @@ fn bench_gpu(args: &BenchArgs, mut engine: edgellm_cuda::GpuEngine, prompt: &[u3
         for (name, s) in engine.profile()? {
             eprintln!("profile: {name:<20} {:9.1} us", s * 1e6);
         }
+        if prompt.len() <= engine.prefill_batch() {
+            engine.profile_prefill(prompt)?;
+            for (name, s) in engine.profile_prefill(prompt)? {
+                eprintln!("profile prefill: {name:<20} {:9.1} us", s * 1e6);
+            }
+        }
     }
     let mut pp = Vec::with_capacity(args.reps);
     let mut tg = Vec::with_capacity(args.reps);
