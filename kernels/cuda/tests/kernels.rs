@@ -485,9 +485,12 @@ fn device_sampler_greedy_and_top_k() {
     }
 }
 
+/// A matrix's type, rows, columns, blocks and row scales.
+type RandomMatrix = (GgmlType, usize, usize, Vec<u8>, Vec<u8>);
+
 /// Random weights for a small model in every type the GPU takes, and the model borrowing them.
 struct RandomModel {
-    mats: Vec<(GgmlType, usize, usize, Vec<u8>, Vec<u8>)>,
+    mats: Vec<RandomMatrix>,
     cfg: edgellm_core::model::Config,
     norms: Vec<Vec<f32>>,
     biases: Vec<f32>,
