@@ -26,6 +26,7 @@ pub(crate) struct Funcs {
     pub t2_isums: CudaFunction,
     pub embed: CudaFunction,
     pub attention: CudaFunction,
+    pub attention_tile: CudaFunction,
     pub sample: CudaFunction,
     pub advance: CudaFunction,
 }
@@ -100,6 +101,7 @@ impl Gpu {
             t2_isums: load("t2_isums")?,
             embed: load("embed")?,
             attention: load("attention")?,
+            attention_tile: load("attention_tile")?,
             sample: load("sample")?,
             advance: load("advance")?,
         };
@@ -113,6 +115,10 @@ impl Gpu {
         .max(48 << 10) as usize;
         // The prefill gemm stages GEMM_TOKENS tokens' inputs: let it use what the device allows.
         f.gemm.set_attribute(
+            cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            smem_optin as i32,
+        )?;
+        f.attention_tile.set_attribute(
             cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
             smem_optin as i32,
         )?;
@@ -297,7 +303,7 @@ pub(crate) struct AttnArg {
     pub q_stride: i32,
     pub kv_stride: i32,
     pub stored: i32,
-    pub pad: i32,
+    pub ntok: i32,
 }
 
 /// `struct PrepOut` of kernels.cu.
@@ -359,12 +365,22 @@ pub(crate) fn gemv_smem(n: usize) -> u32 {
     (4 * n + 8 * (n / 16) + n) as u32
 }
 
+/// Queries (one per warp) per `attention_tile` block (`ATTN_WARPS` of kernels.cu).
+pub(crate) const ATTN_WARPS: usize = 8;
+
+/// Shared memory of an `attention_tile` block: one split's keys and values (and int8 scales),
+/// and per warp its query (f32 and int8) and probabilities.
+pub(crate) fn attention_tile_smem(chunk: usize, hd: usize, kv_bytes: usize) -> usize {
+    2 * chunk * hd * kv_bytes + 8 * chunk + ATTN_WARPS * 4 * (hd + hd / 4 + chunk)
+}
+
 /// Tokens per prefill gemm block (`GEMM_TOKENS` of kernels.cu).
 pub(crate) const GEMM_TOKENS: usize = 16;
 
-/// Shared memory a prefill gemm block needs for inputs of `n` values: int8, scales, sums.
+/// Shared memory a prefill gemm block needs for inputs of `n` values: int8, scales, sums, and
+/// the Q4_1 offset terms.
 pub(crate) fn gemm_smem(n: usize) -> usize {
-    GEMM_TOKENS * (n + 8 * (n / 16))
+    GEMM_TOKENS * (n + 8 * (n / 16) + 4 * (n / 32))
 }
 
 /// The grid's x extent for the prefill gemm of `jobs`: 4 rows per warp when that still gives

@@ -23,8 +23,8 @@
 //! tokens one at a time (tested).
 
 use crate::device::{
-    gemm_smem, gemv_smem, plan_gemm, plan_jobs, ActsArg, AttnArg, DevMat, Gpu, JobArg, JobsArg,
-    MatArg, PrepArg, PrepOutArg, SampleArg, GEMM_TOKENS, GEMV_THREADS,
+    attention_tile_smem, gemm_smem, gemv_smem, plan_gemm, plan_jobs, ActsArg, AttnArg, DevMat, Gpu,
+    JobArg, JobsArg, MatArg, PrepArg, PrepOutArg, SampleArg, ATTN_WARPS, GEMM_TOKENS, GEMV_THREADS,
 };
 use crate::repack::repack;
 use crate::{CudaError, KvCache};
@@ -121,6 +121,8 @@ enum Graph {
 struct Batch {
     cap: usize,
     limit: usize,
+    /// Whether prefill attention may stage K/V tiles (`attention_tile`).
+    tiles: bool,
     why: String,
     tok: CudaSlice<i32>,
     host_tok: Vec<i32>,
@@ -164,6 +166,7 @@ impl Batch {
         Ok(Batch {
             cap,
             limit: cap,
+            tiles: true,
             why,
             tok: gpu.zeros(cap)?,
             host_tok: Vec::with_capacity(cap),
@@ -696,6 +699,13 @@ impl GpuEngine {
         self.batch.limit = n.min(self.batch.cap);
     }
 
+    /// Whether prefill attention stages each split's keys and values in shared memory for
+    /// several queries (the default, where they fit) or runs one block per query (the two give
+    /// the same results; tested).
+    pub fn set_attention_tiles(&mut self, on: bool) {
+        self.batch.tiles = on;
+    }
+
     fn check_tokens(&self, tokens: &[u32]) -> Result<(), CudaError> {
         match tokens.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
             Some(t) => Err(CudaError::Unsupported(format!(
@@ -864,7 +874,7 @@ impl GpuEngine {
                 q_stride: c.q_dim() as i32,
                 kv_stride: kv_dim as i32,
                 stored: 1,
-                pad: 0,
+                ntok: t as i32,
             };
             let mut lb = gpu.stream.launch_builder(&gpu.f.kv_store);
             lb.arg(&arg);
@@ -877,16 +887,31 @@ impl GpuEngine {
             // cache from t rows of the batch's k and v.
             unsafe { lb.launch(cfg) }?;
             mark("kv store")?;
-            let mut lb = gpu.stream.launch_builder(&gpu.f.attention);
+            // Each split's keys and values staged once for ATTN_QUERIES queries when the tile
+            // fits in shared memory, else one block per (head, split, token).
+            let tile = attention_tile_smem(self.chunk, c.head_dim, self.kv.bytes());
+            let tiled = b.tiles && tile <= gpu.smem_optin;
+            let (f, z, threads, smem) = if tiled {
+                let warps = ATTN_WARPS as u32;
+                (
+                    &gpu.f.attention_tile,
+                    t.div_ceil(ATTN_WARPS),
+                    32 * warps,
+                    tile,
+                )
+            } else {
+                (&gpu.f.attention, t, self.chunk as u32, 0)
+            };
+            let mut lb = gpu.stream.launch_builder(f);
             lb.arg(&arg);
             let cfg = LaunchConfig {
-                grid_dim: (c.n_heads as u32, nsplit as u32, t as u32),
-                block_dim: (self.chunk as u32, 1, 1),
-                shared_mem_bytes: 0,
+                grid_dim: (c.n_heads as u32, nsplit as u32, z as u32),
+                block_dim: (threads, 1, 1),
+                shared_mem_bytes: smem as u32,
             };
             // SAFETY: reads positions up to pos + t - 1 of the cache and t rows of q; writes
             // t * n_heads * nsplit partial results (the buffers hold `cap` times the context's
-            // splits).
+            // splits); the tile kernel's shared memory holds `chunk` positions of K and V.
             unsafe { lb.launch(cfg) }?;
             mark("attention")?;
             let attn_stride = c.n_heads * nsplit;

@@ -209,17 +209,30 @@ __device__ void prepare(const Prep& p, float* xs, i8* aq, float* ad, int* as, fl
 
 // One block's term of a product, shared by the decode gemv and the prefill gemm so that both
 // compute every (row, token) product with the same float operations in the same order.
+// (float)s, exactly, for |s| < 2^22 (every integer sum below is far smaller), in two full-rate
+// instructions: int-to-float conversions run at a fraction of the rate of float arithmetic.
+__device__ __forceinline__ float i2f(int s) {
+    return __int_as_float(s + 0x4B400000) - 12582912.0f;
+}
+
 __device__ __forceinline__ float q8_term(int4 q, int4 av, float dw, float da) {
     int s = __dp4a(q.x, av.x, 0);
     s = __dp4a(q.y, av.y, s);
     s = __dp4a(q.z, av.z, s);
     s = __dp4a(q.w, av.w, s);
-    return (dw * da) * (float)s;
+    return (dw * da) * i2f(s);
 }
 
-// A 4-bit block: lo/hi are its low and high nibbles (values 0..15, one per byte).
+// The activation side of a Q4_1 block's offset term: da0 * Σa (first 16) + da1 * Σa (last 16).
+__device__ __forceinline__ float q4_1_acts(float da0, float da1, int as0, int as1) {
+    return da0 * i2f(as0) + da1 * i2f(as1);
+}
+
+// A 4-bit block: lo/hi are its low and high nibbles (values 0..15, one per byte); `ma` is
+// q4_1_acts of the block's activations (Q4_1 only).
 __device__ __forceinline__ float q4_term(int4 lo, int4 hi, int4 a0, int4 a1, float dw, float da0,
-                                         float da1, int as0, int as1, float mw, bool q4_0) {
+                                         float da1, int as0, int as1, float mw, float ma,
+                                         bool q4_0) {
     int s0 = __dp4a(lo.x, a0.x, 0);
     s0 = __dp4a(lo.y, a0.y, s0);
     s0 = __dp4a(lo.z, a0.z, s0);
@@ -231,10 +244,9 @@ __device__ __forceinline__ float q4_term(int4 lo, int4 hi, int4 a0, int4 a1, flo
     if (q4_0) {
         s0 -= 8 * as0;
         s1 -= 8 * as1;
-        return (dw * da0) * (float)s0 + (dw * da1) * (float)s1;
+        return (dw * da0) * i2f(s0) + (dw * da1) * i2f(s1);
     }
-    return ((dw * da0) * (float)s0 + (dw * da1) * (float)s1) +
-           mw * (da0 * (float)as0 + da1 * (float)as1);
+    return ((dw * da0) * i2f(s0) + (dw * da1) * i2f(s1)) + mw * ma;
 }
 
 __device__ __forceinline__ int4 q4_lo(int4 q) {
@@ -259,7 +271,7 @@ __device__ __forceinline__ float t2_term(int4 c, int4 av, float d, int sm) {
     s = __dp4a(c.y, av.y, s);
     s = __dp4a(c.z, av.z, s);
     s = __dp4a(c.w, av.w, s);
-    return (float)(s - sm) * d;
+    return i2f(s - sm) * d;
 }
 
 // Σ_c W[r][c] a[c] for one row, computed by one warp; the result is valid in every lane.
@@ -285,8 +297,9 @@ __device__ float row_dot(const Mat& w, int r, const float* xs, const i8* aq, con
         for (int b = lane; b < nb; b += 32) {
             int4 q = *(const int4*)(row + b * 16);
             float mw = q40 ? 0.0f : w.m[(long long)r * nb + b];
+            float ma = q40 ? 0.0f : q4_1_acts(ad[2 * b], ad[2 * b + 1], as[2 * b], as[2 * b + 1]);
             acc += q4_term(q4_lo(q), q4_hi(q), a4[2 * b], a4[2 * b + 1], dr[b], ad[2 * b],
-                           ad[2 * b + 1], as[2 * b], as[2 * b + 1], mw, q40);
+                           ad[2 * b + 1], as[2 * b], as[2 * b + 1], mw, ma, q40);
         }
     } else if (w.fmt == FMT_T2) {
         int ng = w.cols / 16;
@@ -311,12 +324,13 @@ __device__ float row_dot(const Mat& w, int r, const float* xs, const i8* aq, con
     return acc;
 }
 
-// T2 rows r .. r + T2_ROWS of a matrix by one warp at once: each lane reads its group's
-// activations from shared memory once for all the rows, and has one 4-byte load per row in
-// flight. Rows past `nr` repeat the last one and are not written.
-#define T2_ROWS 4
-__device__ __forceinline__ void t2_rows(const Mat& w, int r, int nr, const i8* aq, const float* ad, const int* as,
-                        float* y) {
+// T2 rows r .. r + nr (nr <= T2_ROWS) of a matrix by one warp at once: each lane reads its
+// group's activations from shared memory once for all the rows, and has a load of every row (of
+// several groups: the loop is unrolled) in flight, which large matrices need to keep the memory
+// busy. Rows past `nr` are neither loaded nor written.
+#define T2_ROWS 8
+__device__ __forceinline__ void t2_rows(const Mat& w, int r, int nr, const i8* aq, const float* ad,
+                                        const int* as, float* y) {
     int lane = threadIdx.x & 31;
     int ng = w.cols / 16;
     const int4* a4 = (const int4*)aq;
@@ -326,16 +340,17 @@ __device__ __forceinline__ void t2_rows(const Mat& w, int r, int nr, const i8* a
     float acc[T2_ROWS];
 #pragma unroll
     for (int k = 0; k < T2_ROWS; k++) acc[k] = 0.0f;
-#pragma unroll 2
+#pragma unroll 4
     for (int g = lane; g < ng; g += 32) {
         int word[T2_ROWS];
 #pragma unroll
-        for (int k = 0; k < T2_ROWS; k++) word[k] = rw[k][g];
+        for (int k = 0; k < T2_ROWS; k++) word[k] = k < nr ? rw[k][g] : 0;
         int4 av = a4[g];
         float d = ad[g];
         int sm = as[g];
 #pragma unroll
-        for (int k = 0; k < T2_ROWS; k++) acc[k] += t2_term(t2_codes(word[k]), av, d, sm);
+        for (int k = 0; k < T2_ROWS; k++)
+            if (k < nr) acc[k] += t2_term(t2_codes(word[k]), av, d, sm);
     }
 #pragma unroll
     for (int k = 0; k < T2_ROWS; k++) {
@@ -460,7 +475,7 @@ struct Acts {
 #define GEMM_ROWS 2
 __device__ __forceinline__ void gemm_rows(const Mat& w, const int* rows, const Acts& a, int t0,
                                           const i8* aq, const float* ad, const int* as,
-                                          float (*acc)[GEMM_TOKENS]) {
+                                          const float* ama, float (*acc)[GEMM_TOKENS]) {
     int lane = threadIdx.x & 31;
     int n = a.n, ng = n / QS;
     const u8* row[GEMM_ROWS];
@@ -503,10 +518,11 @@ __device__ __forceinline__ void gemm_rows(const Mat& w, const int* rows, const A
                 int4 a0 = a4[2 * b], a1 = a4[2 * b + 1];
                 float2 d = *(const float2*)(ad + t * ng + 2 * b);
                 int2 sm = *(const int2*)(as + t * ng + 2 * b);
+                float ma = ama[t * (n / 32) + b];
 #pragma unroll
                 for (int k = 0; k < GEMM_ROWS; k++)
                     acc[k][t] += q4_term(lo[k], hi[k], a0, a1, dw[k], d.x, d.y, sm.x, sm.y,
-                                         mw[k], q40);
+                                         mw[k], ma, q40);
             }
         }
     } else if (w.fmt == FMT_T2) {
@@ -594,6 +610,7 @@ extern "C" __global__ void gemm(const __grid_constant__ Jobs jobs, const __grid_
     i8* aq = (i8*)smem;
     float* ad = (float*)(aq + GEMM_TOKENS * n);
     int* as = (int*)(ad + GEMM_TOKENS * ng);
+    float* ama = (float*)(as + GEMM_TOKENS * ng);  // q4_1_acts per (token, 32-value block)
     {
         const int4* src = (const int4*)(a.q + (long long)t0 * n);
         int4* dst = (int4*)aq;
@@ -606,6 +623,9 @@ extern "C" __global__ void gemm(const __grid_constant__ Jobs jobs, const __grid_
             as[i] = in ? a.s[(long long)t0 * ng + i] : 0;
         }
     }
+    __syncthreads();
+    for (int i = threadIdx.x; i < GEMM_TOKENS * (n / 32); i += blockDim.x)
+        ama[i] = q4_1_acts(ad[2 * i], ad[2 * i + 1], as[2 * i], as[2 * i + 1]);
     __syncthreads();
     int j = 0;
     while (j + 1 < jobs.n && (int)blockIdx.x >= jobs.j[j + 1].first_block) j++;
@@ -626,7 +646,7 @@ extern "C" __global__ void gemm(const __grid_constant__ Jobs jobs, const __grid_
 #pragma unroll
             for (int t = 0; t < GEMM_TOKENS; t++) acc[k][t] = 0.0f;
         }
-        gemm_rows(job.w, rows, a, t0, aq, ad, as, acc);
+        gemm_rows(job.w, rows, a, t0, aq, ad, as, ama, acc);
 #pragma unroll
         for (int k = 0; k < GEMM_ROWS; k++) {
             float y = warp_sum16(acc[k]);
@@ -721,7 +741,7 @@ struct Attn {
     int q_stride;
     int kv_stride;
     int stored;
-    int pad;
+    int ntok;           // attention_tile: tokens in the batch
 };
 
 __device__ void rope_inplace(float* h, int hd, int pos, float theta, int halves) {
@@ -808,47 +828,25 @@ extern "C" __global__ void kv_store(Attn p) {
            p.v + (long long)z * p.kv_stride, knew, vnew, kq, vq, sc, true);
 }
 
-// One (head, split) of decode attention over positions 0..=pos (flash-decoding: each split
-// writes its max, sum of exponentials and unnormalized output; the next gemv combines them).
-// The block whose split holds `pos` applies RoPE to this step's key, stores key and value in the
-// cache (int8 with a scale per position and head, or f16), and uses the stored form itself.
-// In a prefill batch (gridDim.z tokens, `stored`), every key is read from the cache.
-extern "C" __global__ void attention(Attn p) {
-    __shared__ float q[256];
-    __shared__ float knew[256];
-    __shared__ float vnew[256];
-    __shared__ __align__(16) i8 qq[256];
-    __shared__ __align__(16) i8 kq[256];
-    __shared__ __align__(16) i8 vq[256];
-    __shared__ float probs[1024];
-    __shared__ float part[1024];
-    __shared__ float scratch[32];
-    __shared__ float sc[2];
-    __shared__ float qscale;
-    int h = blockIdx.x, sp = blockIdx.y, z = blockIdx.z, hd = p.hd;
-    int kvh = h / (p.n_heads / p.n_kv);
-    int kv_dim = p.n_kv * hd;
-    int pos = p.pos[0] + z;
-    int start = sp * p.chunk, end = min(start + p.chunk, pos + 1);
-    long long part_idx = ((long long)z * p.n_heads + h) * p.nsplit + sp;
-    float* om = p.om + part_idx;
-    float* ol = p.ol + part_idx;
-    float* oo = p.oo + part_idx * hd;
-    if (start >= end) {
-        if (threadIdx.x == 0) {
-            *om = neg_inf();
-            *ol = 0.0f;
-        }
-        for (int e = threadIdx.x; e < hd; e += blockDim.x) oo[e] = 0.0f;
-        return;
-    }
-    const float* qin = p.q + (long long)z * p.q_stride;
+// Where one KV head's cached keys and values are read from: the cache itself (first = 0,
+// stride = n_kv * hd values per position) or a tile of it staged in shared memory (first = the
+// tile's first position, stride = hd).
+struct KvRows {
+    const u8* k;      // this head's values of position `first` (int8 or f16)
+    const u8* v;
+    const float* ks;  // int8: scale of position `first`
+    const float* vs;
+    int first;
+    int stride;       // values between positions
+    int sstride;      // scales between positions
+};
+
+// A query in shared memory: this token's head `h` (RoPE at `pos` applied) and, for the int8
+// cache, its int8 form and scale.
+__device__ void load_query(const Attn& p, const float* qin, int h, int pos, float* q, i8* qq,
+                           float* qscale) {
+    int hd = p.hd;
     for (int e = threadIdx.x; e < hd; e += blockDim.x) q[e] = qin[h * hd + e];
-    bool has_new = !p.stored && pos < end;
-    if (has_new) {
-        bool writer = (h % (p.n_heads / p.n_kv)) == 0;
-        kv_new(p, kvh, pos, p.k, p.v, knew, vnew, kq, vq, sc, writer);
-    }
     __syncthreads();
     rope_inplace(q, hd, pos, p.theta, p.rope_halves);
     __syncthreads();
@@ -857,22 +855,41 @@ extern "C" __global__ void attention(Attn p) {
             float aq = 0.0f;
             for (int e = threadIdx.x; e < hd; e += 32) aq = fmaxf(aq, fabsf(q[e]));
             aq = warp_max(aq);
-            if (threadIdx.x == 0) qscale = aq / 127.0f;
+            if (threadIdx.x == 0) *qscale = aq / 127.0f;
         }
         __syncthreads();
-        float iq = qscale > 0.0f ? 1.0f / qscale : 0.0f;
+        float iq = *qscale > 0.0f ? 1.0f / *qscale : 0.0f;
         for (int e = threadIdx.x; e < hd; e += blockDim.x) qq[e] = (i8)__float2int_rn(q[e] * iq);
     }
     __syncthreads();
-    float kscale_new = sc[0], vscale_new = sc[1];
+}
+
+// Per-block scratch of `attend`.
+struct AttnSmem {
+    float probs[1024];
+    float part[1024];
+    float scratch[32];
+};
+
+// Attention of one query over positions start..end of one split (one position per thread):
+// writes the split's max score, sum of exponentials and unnormalized output. With `has_new`,
+// position `pos` comes from this step's key and value in shared memory (kq/knew, vq/vnew and
+// the scales `kd_new`, `vd_new`) instead of the cache. Shared by the decode and prefill kernels,
+// so that both compute every score and sum in the same order.
+__device__ void attend(const Attn& p, const KvRows& src, int pos, int start, int end, bool has_new,
+                       const float* q, const i8* qq, float qscale, const float* knew,
+                       const i8* kq, float kd_new, const float* vnew, const i8* vq, float vd_new,
+                       AttnSmem& sm, float* om, float* ol, float* oo) {
+    int hd = p.hd;
     float scale = 1.0f / sqrtf((float)hd);
     // Scores: one position per thread.
     int t = start + threadIdx.x;
     float score = neg_inf();
     if (t < end) {
-        long long row = (long long)t * kv_dim + kvh * hd;
+        long long row = (long long)(t - src.first) * src.stride;
+        bool fresh = has_new && t == pos;
         if (p.int8_kv) {
-            const int4* kr = has_new && t == pos ? (const int4*)kq : (const int4*)(p.kc + row);
+            const int4* kr = fresh ? (const int4*)kq : (const int4*)(src.k + row);
             const int4* qw = (const int4*)qq;
             int s = 0;
 #pragma unroll 4
@@ -883,14 +900,14 @@ extern "C" __global__ void attention(Attn p) {
                 s = __dp4a(kv.z, qv.z, s);
                 s = __dp4a(kv.w, qv.w, s);
             }
-            float kd = has_new && t == pos ? kscale_new : p.ks[(long long)t * p.n_kv + kvh];
+            float kd = fresh ? kd_new : src.ks[(long long)(t - src.first) * src.sstride];
             score = ((float)s * (qscale * kd)) * scale;
         } else {
             float s = 0.0f;
-            if (has_new && t == pos) {
+            if (fresh) {
                 for (int e = 0; e < hd; e++) s += q[e] * knew[e];
             } else {
-                const int4* kr = (const int4*)((const u16*)p.kc + row);
+                const int4* kr = (const int4*)((const u16*)src.k + row);
 #pragma unroll 8
                 for (int w = 0; w < hd / 8; w++) {
                     int4 v = kr[w];
@@ -904,10 +921,10 @@ extern "C" __global__ void attention(Attn p) {
             score = s * scale;
         }
     }
-    float mx = block_max(score, scratch);
+    float mx = block_max(score, sm.scratch);
     float e = t < end ? expf(score - mx) : 0.0f;
-    float den = block_sum(e, scratch);
-    probs[threadIdx.x] = e;
+    float den = block_sum(e, sm.scratch);
+    sm.probs[threadIdx.x] = e;
     __syncthreads();
     // Output: thread (dim e, slice s) sums its slice of positions; slices combined below.
     int slices = blockDim.x / hd;
@@ -918,26 +935,263 @@ extern "C" __global__ void attention(Attn p) {
 #pragma unroll 8
         for (int i = sl; i < end - start; i += slices) {
             int tp = start + i;
+            bool fresh = has_new && tp == pos;
+            long long at = (long long)(tp - src.first) * src.stride + dim;
             float vv;
             if (p.int8_kv) {
-                vv = has_new && tp == pos ? (float)vq[dim] * vscale_new
-                               : (float)(i8)p.vc[(long long)tp * kv_dim + kvh * hd + dim] *
-                                     p.vs[(long long)tp * p.n_kv + kvh];
+                vv = fresh ? (float)vq[dim] * vd_new
+                           : (float)(i8)src.v[at] * src.vs[(long long)(tp - src.first) * src.sstride];
             } else {
-                vv = has_new && tp == pos ? vnew[dim]
-                               : f16_to_f32(((const u16*)p.vc)[(long long)tp * kv_dim + kvh * hd + dim]);
+                vv = fresh ? vnew[dim] : f16_to_f32(((const u16*)src.v)[at]);
             }
-            acc += probs[i] * vv;
+            acc += sm.probs[i] * vv;
         }
     }
-    part[threadIdx.x] = acc;
+    sm.part[threadIdx.x] = acc;
     __syncthreads();
     if (threadIdx.x < hd) {
         float o = 0.0f;
-        for (int s = 0; s < slices; s++) o += part[s * hd + threadIdx.x];
+        for (int s = 0; s < slices; s++) o += sm.part[s * hd + threadIdx.x];
         oo[threadIdx.x] = o;
     }
     if (threadIdx.x == 0) {
+        *om = mx;
+        *ol = den;
+    }
+    __syncthreads();
+}
+
+__device__ void attend_empty(float* om, float* ol, float* oo, int hd) {
+    if (threadIdx.x == 0) {
+        *om = neg_inf();
+        *ol = 0.0f;
+    }
+    for (int e = threadIdx.x; e < hd; e += blockDim.x) oo[e] = 0.0f;
+}
+
+// The cache of KV head `kvh` as a KvRows.
+__device__ KvRows cache_rows(const Attn& p, int kvh) {
+    int kv_dim = p.n_kv * p.hd, eb = p.int8_kv ? 1 : 2;
+    KvRows r;
+    r.k = p.kc + (long long)kvh * p.hd * eb;
+    r.v = p.vc + (long long)kvh * p.hd * eb;
+    r.ks = p.ks + kvh;
+    r.vs = p.vs + kvh;
+    r.first = 0;
+    r.stride = kv_dim;
+    r.sstride = p.n_kv;
+    return r;
+}
+
+// One (head, split) of decode attention over positions 0..=pos (flash-decoding: each split
+// writes its max, sum of exponentials and unnormalized output; the next gemv combines them).
+// The block whose split holds `pos` applies RoPE to this step's key, stores key and value in the
+// cache (int8 with a scale per position and head, or f16), and uses the stored form itself.
+// In a prefill batch (gridDim.z tokens, `stored`), every key is read from the cache.
+extern "C" __global__ void attention(Attn p) {
+    __shared__ float q[256];
+    __shared__ float knew[256];
+    __shared__ float vnew[256];
+    __shared__ __align__(16) i8 qq[256];
+    __shared__ __align__(16) i8 kq[256];
+    __shared__ __align__(16) i8 vq[256];
+    __shared__ AttnSmem sm;
+    __shared__ float sc[2];
+    __shared__ float qscale;
+    int h = blockIdx.x, sp = blockIdx.y, z = blockIdx.z, hd = p.hd;
+    int kvh = h / (p.n_heads / p.n_kv);
+    int pos = p.pos[0] + z;
+    int start = sp * p.chunk, end = min(start + p.chunk, pos + 1);
+    long long part_idx = ((long long)z * p.n_heads + h) * p.nsplit + sp;
+    float* om = p.om + part_idx;
+    float* ol = p.ol + part_idx;
+    float* oo = p.oo + part_idx * hd;
+    if (start >= end) {
+        attend_empty(om, ol, oo, hd);
+        return;
+    }
+    bool has_new = !p.stored && pos < end;
+    if (has_new) {
+        bool writer = (h % (p.n_heads / p.n_kv)) == 0;
+        kv_new(p, kvh, pos, p.k, p.v, knew, vnew, kq, vq, sc, writer);
+    }
+    load_query(p, p.q + (long long)z * p.q_stride, h, pos, q, qq, &qscale);
+    attend(p, cache_rows(p, kvh), pos, start, end, has_new, q, qq, qscale, knew, kq, sc[0], vnew,
+           vq, sc[1], sm, om, ol, oo);
+}
+
+// Prefill attention: one warp per query, ATTN_WARPS consecutive tokens per block (blockIdx.z
+// tiles the batch of `ntok`), over one (head, split) whose keys and values the block stages in
+// shared memory once. Each warp computes exactly what `attention`'s block computes for its
+// query (thread t's score is lane t % 32's value t / 32; the block reductions become the same
+// trees of warp sums), without block barriers, so the queries run side by side.
+#define ATTN_WARPS 8
+extern "C" __global__ void attention_tile(Attn p) {
+    extern __shared__ __align__(16) unsigned char tile[];
+    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+    int h = blockIdx.x, sp = blockIdx.y, hd = p.hd, chunk = p.chunk;
+    int kvh = h / (p.n_heads / p.n_kv);
+    int eb = p.int8_kv ? 1 : 2;
+    int z0 = blockIdx.z * ATTN_WARPS, zn = min(ATTN_WARPS, p.ntok - z0);
+    int pos0 = p.pos[0] + z0;
+    int start = sp * chunk;
+    int kend = min(start + chunk, pos0 + zn);
+    const u8* tk = tile;
+    const u8* tv = tile + chunk * hd * eb;
+    float* tks = (float*)(tile + 2 * chunk * hd * eb);
+    float* tvs = tks + chunk;
+    if (start < kend) {
+        // Stage positions start..kend of this KV head: values, then (int8) scales.
+        KvRows c = cache_rows(p, kvh);
+        int per = hd * eb / 16;
+        for (int i = threadIdx.x; i < (kend - start) * per; i += blockDim.x) {
+            int t = start + i / per, w = i % per;
+            long long at = (long long)t * c.stride * eb;
+            ((int4*)tk)[i] = ((const int4*)(c.k + at))[w];
+            ((int4*)tv)[i] = ((const int4*)(c.v + at))[w];
+        }
+        if (p.int8_kv)
+            for (int i = threadIdx.x; i < kend - start; i += blockDim.x) {
+                tks[i] = c.ks[(long long)(start + i) * c.sstride];
+                tvs[i] = c.vs[(long long)(start + i) * c.sstride];
+            }
+    }
+    __syncthreads();
+    if (wid >= zn) return;
+    float* q = (float*)(tile + 2 * chunk * hd * eb + 8 * chunk) + wid * (hd + hd / 4 + chunk);
+    i8* qq = (i8*)(q + hd);
+    float* probs = q + hd + hd / 4;
+    int z = z0 + wid, pos = pos0 + wid;
+    int end = min(start + chunk, pos + 1);
+    long long part_idx = ((long long)z * p.n_heads + h) * p.nsplit + sp;
+    float* om = p.om + part_idx;
+    float* ol = p.ol + part_idx;
+    float* oo = p.oo + part_idx * hd;
+    if (start >= end) {
+        if (lane == 0) {
+            *om = neg_inf();
+            *ol = 0.0f;
+        }
+        for (int e = lane; e < hd; e += 32) oo[e] = 0.0f;
+        return;
+    }
+    // The query, as load_query makes it.
+    const float* qin = p.q + (long long)z * p.q_stride + h * hd;
+    for (int e = lane; e < hd; e += 32) q[e] = qin[e];
+    __syncwarp();
+    {
+        int half = hd / 2;
+        for (int i = lane; i < half; i += 32) {
+            float inv_freq = 1.0f / powf(p.theta, (float)(2 * i) / (float)hd);
+            float angle = (float)pos * inv_freq;
+            float c = cosf(angle), sn = sinf(angle);
+            int ia = p.rope_halves ? i : 2 * i, ib = p.rope_halves ? i + half : 2 * i + 1;
+            float x0 = q[ia], x1 = q[ib];
+            q[ia] = x0 * c - x1 * sn;
+            q[ib] = x0 * sn + x1 * c;
+        }
+    }
+    __syncwarp();
+    float qscale = 0.0f;
+    if (p.int8_kv) {
+        float aq = 0.0f;
+        for (int e = lane; e < hd; e += 32) aq = fmaxf(aq, fabsf(q[e]));
+        qscale = warp_max(aq) / 127.0f;
+        float iq = qscale > 0.0f ? 1.0f / qscale : 0.0f;
+        for (int e = lane; e < hd; e += 32) qq[e] = (i8)__float2int_rn(q[e] * iq);
+        __syncwarp();
+    }
+    // Scores of positions start + 32 j + lane (the block's thread 32 j + lane).
+    float scale = 1.0f / sqrtf((float)hd);
+    int nj = chunk / 32;
+    float sc[8];
+    float mloc = neg_inf();
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        sc[j] = neg_inf();
+        int t = start + 32 * j + lane;
+        if (j < nj && t < end) {
+            int row = (t - start) * hd;
+            if (p.int8_kv) {
+                const int4* kr = (const int4*)(tk + row);
+                const int4* qw = (const int4*)qq;
+                int s = 0;
+                for (int w = 0; w < hd / 16; w++) {
+                    int4 kv = kr[w], qv = qw[w];
+                    s = __dp4a(kv.x, qv.x, s);
+                    s = __dp4a(kv.y, qv.y, s);
+                    s = __dp4a(kv.z, qv.z, s);
+                    s = __dp4a(kv.w, qv.w, s);
+                }
+                sc[j] = ((float)s * (qscale * tks[t - start])) * scale;
+            } else {
+                const int4* kr = (const int4*)((const u16*)tk + row);
+                float s = 0.0f;
+                for (int w = 0; w < hd / 8; w++) {
+                    int4 v = kr[w];
+                    u32 u[4] = {(u32)v.x, (u32)v.y, (u32)v.z, (u32)v.w};
+#pragma unroll
+                    for (int k = 0; k < 4; k++) {
+                        s += q[w * 8 + 2 * k] * f16_to_f32((u16)(u[k] & 0xffff));
+                        s += q[w * 8 + 2 * k + 1] * f16_to_f32((u16)(u[k] >> 16));
+                    }
+                }
+                sc[j] = s * scale;
+            }
+        }
+        mloc = fmaxf(mloc, sc[j]);
+    }
+    float mx = warp_max(mloc);
+    // block_sum: a warp sum per 32 positions, then the warp sum of those (lane j holds j's).
+    float mine = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        if (j < nj) {
+            int t = start + 32 * j + lane;
+            float e = t < end ? expf(sc[j] - mx) : 0.0f;
+            probs[32 * j + lane] = e;
+            float ws = warp_sum(e);
+            if (lane == j) mine = ws;
+        }
+    }
+    float den = warp_sum(mine);
+    __syncwarp();
+    // Values: the block's thread (dim, slice) is this lane's accumulator (m, s) for dim
+    // lane + 32 m; at most 8 accumulators (dims per lane times slices is at most 8).
+    int slices = chunk / hd;
+    int dims = (hd + 31) / 32;
+    int cnt = end - start;
+    float acc[8];
+    int am[8], as_[8];
+#pragma unroll
+    for (int x = 0; x < 8; x++) {
+        acc[x] = 0.0f;
+        am[x] = x / slices;
+        as_[x] = x % slices;
+    }
+    for (int i0 = 0; i0 < cnt; i0 += slices) {
+#pragma unroll
+        for (int x = 0; x < 8; x++) {
+            int i = i0 + as_[x], dim = lane + 32 * am[x];
+            if (x < dims * slices && i < cnt && dim < hd) {
+                float vv = p.int8_kv ? (float)(i8)tv[i * hd + dim] * tvs[i]
+                                     : f16_to_f32(((const u16*)tv)[i * hd + dim]);
+                acc[x] += probs[i] * vv;
+            }
+        }
+    }
+#pragma unroll
+    for (int m = 0; m < 8; m++) {
+        int dim = lane + 32 * m;
+        if (m < dims && dim < hd) {
+            float o = 0.0f;
+#pragma unroll
+            for (int x = 0; x < 8; x++)
+                if (am[x] == m && x < dims * slices) o += acc[x];
+            oo[dim] = o;
+        }
+    }
+    if (lane == 0) {
         *om = mx;
         *ol = den;
     }

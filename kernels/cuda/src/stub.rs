@@ -80,6 +80,8 @@ impl GpuEngine {
     /// Unreachable without the `cuda` feature.
     pub fn set_prefill_batch(&mut self, _n: usize) {}
     /// Unreachable without the `cuda` feature.
+    pub fn set_attention_tiles(&mut self, _on: bool) {}
+    /// Unreachable without the `cuda` feature.
     pub fn reset(&mut self) -> Result<(), CudaError> {
         Err(CudaError::NotBuilt)
     }

@@ -649,15 +649,19 @@ fn batched_prefill_equals_token_by_token_bit_for_bit() {
         let c: Vec<u32> = (0..130).map(|_| (rng.next() % 300) as u32).collect();
         let prompts: [&[u32]; 3] = [&a, &b, &c];
         let want = run_engine(&mut e, 0, &prompts, 5);
-        for batch in [16, 48, 512] {
+        for (batch, tiles) in [(16, true), (48, true), (512, true), (48, false)] {
+            e.set_attention_tiles(tiles);
             let got = run_engine(&mut e, batch, &prompts, 5);
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert_eq!(g.0, w.0, "{kv:?} batch {batch}: token {i}");
+                assert_eq!(g.0, w.0, "{kv:?} batch {batch} tiles {tiles}: token {i}");
                 let same =
                     g.1.iter()
                         .zip(&w.1)
                         .all(|(x, y)| x.to_bits() == y.to_bits());
-                assert!(same, "{kv:?} batch {batch}: logits {i} differ");
+                assert!(
+                    same,
+                    "{kv:?} batch {batch} tiles {tiles}: logits {i} differ"
+                );
             }
         }
         // Out-of-range tokens are refused before anything runs.
