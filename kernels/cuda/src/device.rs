@@ -368,10 +368,10 @@ pub(crate) fn gemv_smem(n: usize) -> u32 {
 /// Queries (one per warp) per `attention_tile` block (`ATTN_WARPS` of kernels.cu).
 pub(crate) const ATTN_WARPS: usize = 8;
 
-/// Shared memory of an `attention_tile` block: one split's keys and values (and int8 scales),
-/// and per warp its query (f32 and int8) and probabilities.
+/// Shared memory of an `attention_tile` block: one split's keys (rows padded by 16 bytes) and
+/// values (and int8 scales), and per warp its query (f32 and int8) and probabilities.
 pub(crate) fn attention_tile_smem(chunk: usize, hd: usize, kv_bytes: usize) -> usize {
-    2 * chunk * hd * kv_bytes + 8 * chunk + ATTN_WARPS * 4 * (hd + hd / 4 + chunk)
+    chunk * (2 * hd * kv_bytes + 16) + 8 * chunk + ATTN_WARPS * 4 * (hd + hd / 4 + chunk)
 }
 
 /// Tokens per prefill gemm block (`GEMM_TOKENS` of kernels.cu).

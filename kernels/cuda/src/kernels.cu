@@ -324,11 +324,10 @@ __device__ float row_dot(const Mat& w, int r, const float* xs, const i8* aq, con
     return acc;
 }
 
-// T2 rows r .. r + nr (nr <= T2_ROWS) of a matrix by one warp at once: each lane reads its
-// group's activations from shared memory once for all the rows, and has a load of every row (of
-// several groups: the loop is unrolled) in flight, which large matrices need to keep the memory
-// busy. Rows past `nr` are neither loaded nor written.
-#define T2_ROWS 8
+// T2 rows r .. r + T2_ROWS of a matrix by one warp at once: each lane reads its group's
+// activations from shared memory once for all the rows, and has one 4-byte load per row in
+// flight. Rows past `nr` repeat the last one and are not written.
+#define T2_ROWS 4
 __device__ __forceinline__ void t2_rows(const Mat& w, int r, int nr, const i8* aq, const float* ad,
                                         const int* as, float* y) {
     int lane = threadIdx.x & 31;
@@ -340,17 +339,16 @@ __device__ __forceinline__ void t2_rows(const Mat& w, int r, int nr, const i8* a
     float acc[T2_ROWS];
 #pragma unroll
     for (int k = 0; k < T2_ROWS; k++) acc[k] = 0.0f;
-#pragma unroll 4
+#pragma unroll 2
     for (int g = lane; g < ng; g += 32) {
         int word[T2_ROWS];
 #pragma unroll
-        for (int k = 0; k < T2_ROWS; k++) word[k] = k < nr ? rw[k][g] : 0;
+        for (int k = 0; k < T2_ROWS; k++) word[k] = rw[k][g];
         int4 av = a4[g];
         float d = ad[g];
         int sm = as[g];
 #pragma unroll
-        for (int k = 0; k < T2_ROWS; k++)
-            if (k < nr) acc[k] += t2_term(t2_codes(word[k]), av, d, sm);
+        for (int k = 0; k < T2_ROWS; k++) acc[k] += t2_term(t2_codes(word[k]), av, d, sm);
     }
 #pragma unroll
     for (int k = 0; k < T2_ROWS; k++) {
@@ -1036,9 +1034,12 @@ extern "C" __global__ void attention_tile(Attn p) {
     int pos0 = p.pos[0] + z0;
     int start = sp * chunk;
     int kend = min(start + chunk, pos0 + zn);
+    // Key rows are padded by 16 bytes: lane l reads row l, and unpadded rows of 64 or 128 bytes
+    // would put every lane's load in the same shared-memory banks.
+    int krow = hd * eb + 16;
     const u8* tk = tile;
-    const u8* tv = tile + chunk * hd * eb;
-    float* tks = (float*)(tile + 2 * chunk * hd * eb);
+    const u8* tv = tile + chunk * krow;
+    float* tks = (float*)(tv + chunk * hd * eb);
     float* tvs = tks + chunk;
     if (start < kend) {
         // Stage positions start..kend of this KV head: values, then (int8) scales.
@@ -1047,7 +1048,7 @@ extern "C" __global__ void attention_tile(Attn p) {
         for (int i = threadIdx.x; i < (kend - start) * per; i += blockDim.x) {
             int t = start + i / per, w = i % per;
             long long at = (long long)t * c.stride * eb;
-            ((int4*)tk)[i] = ((const int4*)(c.k + at))[w];
+            ((int4*)tk)[(i / per) * (per + 1) + w] = ((const int4*)(c.k + at))[w];
             ((int4*)tv)[i] = ((const int4*)(c.v + at))[w];
         }
         if (p.int8_kv)
@@ -1058,7 +1059,7 @@ extern "C" __global__ void attention_tile(Attn p) {
     }
     __syncthreads();
     if (wid >= zn) return;
-    float* q = (float*)(tile + 2 * chunk * hd * eb + 8 * chunk) + wid * (hd + hd / 4 + chunk);
+    float* q = (float*)(tvs + chunk) + wid * (hd + hd / 4 + chunk);
     i8* qq = (i8*)(q + hd);
     float* probs = q + hd + hd / 4;
     int z = z0 + wid, pos = pos0 + wid;
@@ -1111,7 +1112,7 @@ extern "C" __global__ void attention_tile(Attn p) {
         sc[j] = neg_inf();
         int t = start + 32 * j + lane;
         if (j < nj && t < end) {
-            int row = (t - start) * hd;
+            int row = (t - start) * krow;
             if (p.int8_kv) {
                 const int4* kr = (const int4*)(tk + row);
                 const int4* qw = (const int4*)qq;
@@ -1125,7 +1126,7 @@ extern "C" __global__ void attention_tile(Attn p) {
                 }
                 sc[j] = ((float)s * (qscale * tks[t - start])) * scale;
             } else {
-                const int4* kr = (const int4*)((const u16*)tk + row);
+                const int4* kr = (const int4*)(tk + row);
                 float s = 0.0f;
                 for (int w = 0; w < hd / 8; w++) {
                     int4 v = kr[w];
@@ -1156,41 +1157,39 @@ extern "C" __global__ void attention_tile(Attn p) {
     }
     float den = warp_sum(mine);
     __syncwarp();
-    // Values: the block's thread (dim, slice) is this lane's accumulator (m, s) for dim
-    // lane + 32 m; at most 8 accumulators (dims per lane times slices is at most 8).
+    // Values: the block's thread (dim, slice s) sums positions s, s + slices, ... in order, and
+    // the slices' sums are added in order; here lane l does that for dims l + 32 m, one slice
+    // after another (at most 8 dims per lane: hd <= 256).
     int slices = chunk / hd;
     int dims = (hd + 31) / 32;
     int cnt = end - start;
-    float acc[8];
-    int am[8], as_[8];
+    float o[8];
 #pragma unroll
-    for (int x = 0; x < 8; x++) {
-        acc[x] = 0.0f;
-        am[x] = x / slices;
-        as_[x] = x % slices;
-    }
-    for (int i0 = 0; i0 < cnt; i0 += slices) {
+    for (int m = 0; m < 8; m++) o[m] = 0.0f;
+    for (int sl = 0; sl < slices; sl++) {
+        float acc[8];
 #pragma unroll
-        for (int x = 0; x < 8; x++) {
-            int i = i0 + as_[x], dim = lane + 32 * am[x];
-            if (x < dims * slices && i < cnt && dim < hd) {
-                float vv = p.int8_kv ? (float)(i8)tv[i * hd + dim] * tvs[i]
-                                     : f16_to_f32(((const u16*)tv)[i * hd + dim]);
-                acc[x] += probs[i] * vv;
+        for (int m = 0; m < 8; m++) acc[m] = 0.0f;
+#pragma unroll 4
+        for (int i = sl; i < cnt; i += slices) {
+            float pr = probs[i];
+            int at = i * hd + lane;
+            float vs = p.int8_kv ? tvs[i] : 0.0f;
+#pragma unroll
+            for (int m = 0; m < 8; m++) {
+                if (m < dims && lane + 32 * m < hd) {
+                    float vv = p.int8_kv ? (float)(i8)tv[at + 32 * m] * vs
+                                         : f16_to_f32(((const u16*)tv)[at + 32 * m]);
+                    acc[m] += pr * vv;
+                }
             }
         }
+#pragma unroll
+        for (int m = 0; m < 8; m++) o[m] += acc[m];
     }
 #pragma unroll
-    for (int m = 0; m < 8; m++) {
-        int dim = lane + 32 * m;
-        if (m < dims && dim < hd) {
-            float o = 0.0f;
-#pragma unroll
-            for (int x = 0; x < 8; x++)
-                if (am[x] == m && x < dims * slices) o += acc[x];
-            oo[dim] = o;
-        }
-    }
+    for (int m = 0; m < 8; m++)
+        if (m < dims && lane + 32 * m < hd) oo[lane + 32 * m] = o[m];
     if (lane == 0) {
         *om = mx;
         *ol = den;
