@@ -365,6 +365,18 @@ pub(crate) fn gemv_smem(n: usize) -> u32 {
     (4 * n + 8 * (n / 16) + n) as u32
 }
 
+/// Shared memory of a gemv launch with input `prep` (none when the input is already prepared).
+pub(crate) fn gemv_smem_for(prep: &PrepArg) -> u32 {
+    if prep.kind == PREP_INT8 {
+        0
+    } else {
+        gemv_smem(prep.n as usize)
+    }
+}
+
+/// `PREP_INT8` of kernels.cu: the gemv's input is already prepared in global memory.
+pub(crate) const PREP_INT8: i32 = 4;
+
 /// Queries (one per warp) per `attention_tile` block (`ATTN_WARPS` of kernels.cu).
 pub(crate) const ATTN_WARPS: usize = 8;
 

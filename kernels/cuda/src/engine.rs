@@ -23,8 +23,9 @@
 //! tokens one at a time (tested).
 
 use crate::device::{
-    attention_tile_smem, gemm_smem, gemv_smem, plan_gemm, plan_jobs, ActsArg, AttnArg, DevMat, Gpu,
-    JobArg, JobsArg, MatArg, PrepArg, PrepOutArg, SampleArg, ATTN_WARPS, GEMM_TOKENS, GEMV_THREADS,
+    attention_tile_smem, gemm_smem, gemv_smem, gemv_smem_for, plan_gemm, plan_jobs, ActsArg,
+    AttnArg, DevMat, Gpu, JobArg, JobsArg, MatArg, PrepArg, PrepOutArg, SampleArg, ATTN_WARPS,
+    GEMM_TOKENS, GEMV_THREADS, PREP_INT8,
 };
 use crate::repack::repack;
 use crate::{CudaError, KvCache};
@@ -42,6 +43,10 @@ const OUT_ADD: i32 = 1;
 
 /// Largest input a gemv block prepares in shared memory (5.5 bytes per value).
 const MAX_INPUT: usize = 8192;
+
+/// Decode gemv inputs of at least this many values are prepared once per step by one block
+/// (large models); smaller ones by every gemv block in its shared memory (fewer launches).
+pub const SHARED_INPUT_MIN: usize = 2048;
 
 /// The most tokens one prefill batch takes.
 const MAX_BATCH: usize = 512;
@@ -100,6 +105,11 @@ pub struct GpuEngine {
     fill_graph: Option<CudaGraph>,
     head_graph: Option<CudaGraph>,
     batch: Batch,
+    shared_from: usize,
+    sx: CudaSlice<f32>,
+    sq: CudaSlice<i8>,
+    sd: CudaSlice<f32>,
+    ss: CudaSlice<i32>,
     pos: usize,
     host_sampling: bool,
     weight_bytes: usize,
@@ -317,6 +327,7 @@ impl GpuEngine {
         let out_norm = vec_arg(&gpu, &mut vecs, &model.output_norm)?;
         let batch = Batch::new(&gpu, &cfg, nsplit, cap, why)?;
         let nh = cfg.n_heads;
+        let maxn = cfg.dim.max(cfg.q_dim()).max(cfg.ffn_dim);
         let mut e = GpuEngine {
             x: gpu.zeros(cfg.dim)?,
             q: gpu.zeros(cfg.q_dim())?,
@@ -334,6 +345,10 @@ impl GpuEngine {
             vs: gpu.zeros(cfg.n_layers * context * cfg.n_kv_heads)?,
             state: gpu.zeros(4)?,
             sample: gpu.upload(&[SampleArg::default()])?,
+            sx: gpu.zeros(maxn)?,
+            sq: gpu.zeros(maxn)?,
+            sd: gpu.zeros(maxn / 16)?,
+            ss: gpu.zeros(maxn / 16)?,
             gpu,
             cfg,
             context,
@@ -350,6 +365,7 @@ impl GpuEngine {
             fill_graph: None,
             head_graph: None,
             batch,
+            shared_from: SHARED_INPUT_MIN,
             pos: 0,
             host_sampling: false,
             weight_bytes,
@@ -390,13 +406,53 @@ impl GpuEngine {
                 first_block: 0,
             };
         }
+        let mut prep = prep;
+        if prep.n as usize >= self.shared_from && prep.kind != PREP_INT8 {
+            // A large input: prepared once by one block (the same `prepare`, so the same
+            // values) instead of by every gemv block, which then start on their weights at once.
+            let gpu = &self.gpu;
+            let out = PrepOutArg {
+                xs: gpu.ptr(&self.sx),
+                q: gpu.ptr(&self.sq),
+                d: gpu.ptr(&self.sd),
+                s: gpu.ptr(&self.ss),
+                x_stride: 0,
+                attn_stride: 0,
+            };
+            let cfg = LaunchConfig {
+                grid_dim: (1, 1, 1),
+                block_dim: (GEMV_THREADS, 1, 1),
+                shared_mem_bytes: gemv_smem(prep.n as usize),
+            };
+            gpu.launch(&gpu.f.prep, cfg, &prep, &out)?;
+            prep = PrepArg {
+                kind: PREP_INT8,
+                n: prep.n,
+                x: out.xs,
+                qq: out.q,
+                qd: out.d,
+                qsum: out.s,
+                ..Default::default()
+            };
+        }
         let blocks = plan_jobs(&self.gpu, &mut ja);
         let cfg = LaunchConfig {
             grid_dim: (blocks, 1, 1),
             block_dim: (GEMV_THREADS, 1, 1),
-            shared_mem_bytes: gemv_smem(prep.n as usize),
+            shared_mem_bytes: gemv_smem_for(&prep),
         };
         self.gpu.launch(&self.gpu.f.gemv, cfg, &ja, &prep)
+    }
+
+    /// Decode gemvs whose input has at least `n` values get it prepared once, by one block,
+    /// instead of by each of their blocks (default [`SHARED_INPUT_MIN`]; the results are the
+    /// same). Recaptures the decode graphs.
+    pub fn set_shared_input_from(&mut self, n: usize) -> Result<(), CudaError> {
+        self.shared_from = n;
+        self.step_graph = Some(self.capture(Graph::Step)?);
+        self.fill_graph = Some(self.capture(Graph::Fill)?);
+        self.head_graph = Some(self.capture(Graph::Head)?);
+        Ok(())
     }
 
     /// Enqueues one decode step on the stream (captured into a graph; run directly only by

@@ -151,7 +151,8 @@ struct Prep {
     const float* ao;   // [n_heads][nsplit][hd] unnormalized outputs
     int nsplit;
     int hd;
-    // INT8: activations already quantized (qs [n], d and sums [n / 16]).
+    // INT8 (gemv only): input already prepared in global memory: x the f32 values, qq the int8
+    // values [n], qd and qsum the scales and sums [n / 16].
     const i8* qq;
     const float* qd;
     const int* qsum;
@@ -162,17 +163,6 @@ __device__ __forceinline__ float silu(float g) { return g / (1.0f + expf(-g)); }
 // Fills xs[n] (f32 input), aq[n] (int8), ad/as[n / 16] in shared memory.
 __device__ void prepare(const Prep& p, float* xs, i8* aq, float* ad, int* as, float* scratch) {
     int n = p.n;
-    if (p.kind == PREP_INT8) {
-        const int* src = (const int*)p.qq;
-        int* dst = (int*)aq;
-        for (int i = threadIdx.x; i < n / 4; i += blockDim.x) dst[i] = src[i];
-        for (int g = threadIdx.x; g < n / QS; g += blockDim.x) {
-            ad[g] = p.qd[g];
-            as[g] = p.qsum[g];
-        }
-        __syncthreads();
-        return;
-    }
     if (p.kind == PREP_RMSNORM) {
         float ss = 0.0f;
         for (int i = threadIdx.x; i < n; i += blockDim.x) ss += p.x[i] * p.x[i];
@@ -365,11 +355,28 @@ extern "C" __global__ void gemv(const __grid_constant__ Jobs jobs, const __grid_
     extern __shared__ __align__(16) unsigned char smem[];
     __shared__ float scratch[32];
     int n = prep.n;
-    float* xs = (float*)smem;
-    float* ad = xs + n;
-    int* as = (int*)(ad + n / QS);
-    i8* aq = (i8*)(as + n / QS);
-    prepare(prep, xs, aq, ad, as, scratch);
+    const float* xs;
+    const i8* aq;
+    const float* ad;
+    const int* as;
+    if (prep.kind == PREP_INT8) {
+        // Prepared once in global memory (by `prep` or `quantize_acts`) and read in place: the
+        // block starts on its weights at once and needs no shared memory.
+        xs = prep.x;
+        aq = prep.qq;
+        ad = prep.qd;
+        as = prep.qsum;
+    } else {
+        float* sx = (float*)smem;
+        float* sd = sx + n;
+        int* ss = (int*)(sd + n / QS);
+        i8* sq = (i8*)(ss + n / QS);
+        prepare(prep, sx, sq, sd, ss, scratch);
+        xs = sx;
+        aq = sq;
+        ad = sd;
+        as = ss;
+    }
     int j = 0;
     while (j + 1 < jobs.n && (int)blockIdx.x >= jobs.j[j + 1].first_block) j++;
     const Job& job = jobs.j[j];

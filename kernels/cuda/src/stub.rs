@@ -82,6 +82,10 @@ impl GpuEngine {
     /// Unreachable without the `cuda` feature.
     pub fn set_attention_tiles(&mut self, _on: bool) {}
     /// Unreachable without the `cuda` feature.
+    pub fn set_shared_input_from(&mut self, _n: usize) -> Result<(), CudaError> {
+        Err(CudaError::NotBuilt)
+    }
+    /// Unreachable without the `cuda` feature.
     pub fn reset(&mut self) -> Result<(), CudaError> {
         Err(CudaError::NotBuilt)
     }

@@ -2,7 +2,8 @@
 //! (`tests/kernels.rs`) and for the GPU check script's benchmarks.
 
 use crate::device::{
-    gemv_smem, plan_jobs, AttnArg, DevMat, Gpu, JobArg, JobsArg, PrepArg, SampleArg, GEMV_THREADS,
+    gemv_smem, gemv_smem_for, plan_jobs, AttnArg, DevMat, Gpu, JobArg, JobsArg, PrepArg, SampleArg,
+    GEMV_THREADS, PREP_INT8,
 };
 use crate::repack::repack;
 use crate::{CudaError, KvCache};
@@ -378,20 +379,15 @@ pub fn gemv_bandwidth(
     unsafe { l.launch(LaunchConfig::for_num_elems((n / 16) as u32)) }?;
     let out: CudaSlice<f32> = gpu.zeros(w.rows)?;
     let prep = PrepArg {
-        kind: 4,
+        kind: PREP_INT8,
         n: n as i32,
+        x: gpu.ptr(&xd),
         qq: gpu.ptr(&q),
         qd: gpu.ptr(&d),
         qsum: gpu.ptr(&s),
         ..Default::default()
     };
-    let smem = gemv_smem(n);
-    if smem > 48 * 1024 {
-        gpu.f.gemv.set_attribute(
-            cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            smem as i32,
-        )?;
-    }
+    let smem = gemv_smem_for(&prep);
     let launch = |m: &DevMat| -> Result<(), CudaError> {
         let mut jobs = JobsArg {
             n: 1,

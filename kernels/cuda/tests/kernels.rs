@@ -648,9 +648,13 @@ fn batched_prefill_equals_token_by_token_bit_for_bit() {
         let b: Vec<u32> = (0..7).map(|_| (rng.next() % 300) as u32).collect();
         let c: Vec<u32> = (0..130).map(|_| (rng.next() % 300) as u32).collect();
         let prompts: [&[u32]; 3] = [&a, &b, &c];
+        e.set_shared_input_from(usize::MAX).unwrap();
         let want = run_engine(&mut e, 0, &prompts, 5);
-        for (batch, tiles) in [(16, true), (48, true), (512, true), (48, false)] {
+        for (batch, tiles) in [(16, true), (48, true), (512, true), (48, false), (0, true)] {
             e.set_attention_tiles(tiles);
+            // Batch 0 (token by token) with every decode input prepared once, by one block.
+            e.set_shared_input_from(if batch == 0 { 0 } else { usize::MAX })
+                .unwrap();
             let got = run_engine(&mut e, batch, &prompts, 5);
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert_eq!(g.0, w.0, "{kv:?} batch {batch} tiles {tiles}: token {i}");
