@@ -376,15 +376,17 @@ fn bench_gpu(args: &BenchArgs, mut engine: edgellm_cuda::GpuEngine, prompt: &[u3
     let mut ttft = Vec::with_capacity(args.reps);
     let mut lat = Vec::with_capacity(args.reps * args.gen_tokens);
     let (mut decode_faults, mut decode_allocs) = (0u64, 0u64);
+    // Allocated once, outside the counted window: the counters measure the engine only.
+    let mut steps = Vec::with_capacity(args.gen_tokens);
     for rep in 0..=args.reps {
         engine.reset()?;
         let t0 = Instant::now();
         engine.prefill(prompt)?;
         engine.sampled()?;
         let t_prefill = t0.elapsed().as_secs_f64();
+        steps.clear();
         let faults0 = page_faults().unwrap_or(0);
         let allocs0 = CountingAlloc::stats();
-        let mut steps = Vec::with_capacity(args.gen_tokens);
         let t1 = Instant::now();
         let mut last = t1;
         for _ in 0..args.gen_tokens {
