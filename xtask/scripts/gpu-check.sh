@@ -88,6 +88,38 @@ for d in ("cuda", "cuda-int8"):
 PY
     done
     head -3 "$out/e2e-capital-cuda.err"
+    echo "== serve on the GPU: the Ollama and OpenAI APIs, greedy, against run"
+    port=18734
+    "$bins/edgellm" serve --model "$model" --device cuda --port $port --model-name m \
+        >"$out/serve.log" 2>&1 &
+    spid=$!
+    prompt="The capital of France is"
+    "$bins/edgellm" run --model "$model" --prompt "$prompt" --raw --temp 0 -n 16 --json \
+        --device cuda >"$out/serve-run.json" 2>/dev/null || fail "run for the serve check"
+    python3 - "$port" "$prompt" "$out/serve-run.json" <<'PY' || fail "serve on the GPU"
+import json, sys, time, urllib.request
+port, prompt, run = sys.argv[1], sys.argv[2], json.load(open(sys.argv[3]))["text"]
+base = f"http://127.0.0.1:{port}"
+for _ in range(300):
+    try:
+        urllib.request.urlopen(base + "/health", timeout=1)
+        break
+    except Exception:
+        time.sleep(0.2)
+def post(path, body):
+    req = urllib.request.Request(base + path, data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    return json.load(urllib.request.urlopen(req, timeout=120))
+a = post("/api/generate", {"model": "m", "prompt": prompt, "raw": True, "stream": False,
+                           "options": {"temperature": 0, "num_predict": 16}})["response"]
+b = post("/v1/completions", {"model": "m", "prompt": prompt, "max_tokens": 16,
+                             "temperature": 0})["choices"][0]["text"]
+print(f"ollama {a!r}\nopenai {b!r}\nrun    {run!r}")
+sys.exit(0 if a and a == b == run else 1)
+PY
+    kill $spid 2>/dev/null
+    wait $spid
+    grep "^device" "$out/serve.log" || fail "serve did not say which device it runs on"
     echo "== EdgeLLM on the image"
     EDGELLM_CUDA_PROFILE=1 "$bins/edgellm" bench --model "$model" --device cuda -p 512 -g 128 -r 3 2>&1 |
         tee "$out/bench-image.txt"

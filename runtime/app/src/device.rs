@@ -43,15 +43,17 @@ pub fn select(args: &ModelArgs, loaded: &Loaded<'_>, context: usize) -> Result<O
     }
 }
 
-/// [`crate::generate::generate`] on the GPU: the prompt runs through the decode graph, each
+/// [`crate::generate::generate_with_step`] on the GPU: the prompt is prefilled in batches, each
 /// next token is sampled on the device (or on the host when the sampler options need it: a
-/// repetition penalty, or top-k above what the device sampler keeps).
+/// repetition penalty, or top-k above what the device sampler keeps). `on_step(i)` runs when
+/// token `i` is known; returning `false` cancels.
 pub fn generate_gpu(
     engine: &mut GpuEngine,
     tokenizer: &Tokenizer,
     sampler: &mut Sampler,
     prompt: &[u32],
     max_new: usize,
+    mut on_step: impl FnMut(usize) -> bool,
     mut on_text: impl FnMut(&str) -> bool,
 ) -> Result<Generation> {
     if prompt.is_empty() {
@@ -96,6 +98,10 @@ pub fn generate_gpu(
             let now = Instant::now();
             out.token_s.push((now - step_start).as_secs_f64());
             step_start = now;
+        }
+        if !on_step(i) {
+            out.stop = StopReason::Cancelled;
+            break;
         }
         sampler.accept(id);
         out.ids.push(id);

@@ -109,7 +109,7 @@ pub struct ModelArgs {
     pub strict_rt: bool,
     /// Where the forward pass runs: cpu, cuda, or auto (CUDA when the board has a GPU, the
     /// binary was built with the `cuda` feature and a usable device is present; else the CPU).
-    /// `run` and `bench` use it; the other commands run on the CPU.
+    /// `run`, `bench` and `serve` use it; the other commands run on the CPU.
     #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "cuda"])]
     pub device: String,
     /// KV cache type on the GPU: f16 or int8 (int8 attention scores by __dp4a).

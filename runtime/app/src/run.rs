@@ -227,6 +227,7 @@ pub fn run(args: RunArgs) -> Result<()> {
                 &mut sampler,
                 &ids,
                 args.n,
+                |_| true,
                 on_text,
             )?;
             (g, engine.describe(), "cuda")

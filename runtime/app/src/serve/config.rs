@@ -59,6 +59,13 @@ pub struct ServeArgs {
     /// Apply another board's defaults and memory budget.
     #[arg(long)]
     pub board: Option<String>,
+    /// Where the forward pass runs: auto (CUDA on boards with a GPU and on the host, when the
+    /// binary has the `cuda` feature and a usable device is present; else the CPU), cpu, cuda.
+    #[arg(long, value_parser = ["auto", "cpu", "cuda"])]
+    pub device: Option<String>,
+    /// KV cache type on the GPU: f16 or int8.
+    #[arg(long, value_parser = ["f16", "int8"])]
+    pub kv_cache: Option<String>,
 }
 
 /// The config file: every key optional, unknown keys refused (a typo should not pass silently).
@@ -79,6 +86,8 @@ pub struct FileConfig {
     pub context: Option<usize>,
     pub exact: Option<bool>,
     pub board: Option<String>,
+    pub device: Option<String>,
+    pub kv_cache: Option<String>,
 }
 
 impl FileConfig {
@@ -125,6 +134,16 @@ impl Settings {
         let Some(model) = args.model.or(file.model) else {
             bail!("no model: give --model PATH or `model = \"PATH\"` in the config file");
         };
+        if let Some(d) = file.device.as_deref() {
+            if !["auto", "cpu", "cuda"].contains(&d) {
+                bail!("device = \"{d}\": expected \"auto\", \"cpu\" or \"cuda\"");
+            }
+        }
+        if let Some(k) = file.kv_cache.as_deref() {
+            if !["f16", "int8"].contains(&k) {
+                bail!("kv_cache = \"{k}\": expected \"f16\" or \"int8\"");
+            }
+        }
         let queue = args.queue.or(file.queue).unwrap_or(8);
         if queue == 0 {
             bail!("the queue must hold at least one request (--queue 1 or more)");
@@ -158,9 +177,11 @@ impl Settings {
                 lock_memory: false,
                 no_lock_memory: false,
                 strict_rt: false,
-                // The service decodes on the CPU (the GPU path serves `run` and `bench`).
-                device: "cpu".into(),
-                kv_cache: "f16".into(),
+                device: args.device.or(file.device).unwrap_or_else(|| "auto".into()),
+                kv_cache: args
+                    .kv_cache
+                    .or(file.kv_cache)
+                    .unwrap_or_else(|| "f16".into()),
             },
             host: args
                 .host
@@ -216,5 +237,29 @@ mod tests {
         assert!(FileConfig::parse("port = \"x\"\n").is_err());
         let e = Settings::merge(ServeArgs::default(), FileConfig::default()).unwrap_err();
         assert!(e.to_string().contains("--model"));
+    }
+
+    #[test]
+    fn device_defaults_to_auto_and_the_file_value_is_checked() {
+        let args = || ServeArgs {
+            model: Some("x.gguf".into()),
+            ..ServeArgs::default()
+        };
+        let s = Settings::merge(args(), FileConfig::default()).unwrap();
+        assert_eq!(
+            (s.model.device.as_str(), s.model.kv_cache.as_str()),
+            ("auto", "f16")
+        );
+        let file = FileConfig::parse("device = \"cpu\"\nkv_cache = \"int8\"\n").unwrap();
+        let s = Settings::merge(args(), file).unwrap();
+        assert_eq!(
+            (s.model.device.as_str(), s.model.kv_cache.as_str()),
+            ("cpu", "int8")
+        );
+        let file = FileConfig::parse("device = \"gpu\"\n").unwrap();
+        let e = Settings::merge(args(), file).unwrap_err().to_string();
+        assert!(e.contains("\"cuda\""), "{e}");
+        let file = FileConfig::parse("kv_cache = \"q4\"\n").unwrap();
+        assert!(Settings::merge(args(), file).is_err());
     }
 }

@@ -16,6 +16,7 @@ use anyhow::Result;
 use edgellm_core::parallel::Parallel;
 use edgellm_core::sampler::{Sampler, SamplerParams};
 use edgellm_core::session::{NumericPath, Session, SessionOptions};
+use edgellm_cuda::GpuEngine;
 use edgellm_hal::counters::CountingAlloc;
 use edgellm_kernels::Kernels;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -203,6 +204,17 @@ pub struct EngineConfig {
     /// Builds the inference workers (pinned and real-time as the model options say) on the
     /// inference thread itself, so the calling thread is worker 0.
     pub make_pool: Box<dyn FnOnce() -> Result<crate::rt::Exec> + Send>,
+    /// Opens the GPU engine when `--device` and the board say so and a device is usable, on
+    /// the inference thread (which then owns the CUDA context); `None`: the CPU.
+    pub make_gpu: Box<dyn FnOnce() -> Result<Option<GpuEngine>> + Send>,
+}
+
+/// Where the inference thread runs the model (one value, on that thread's stack, for its
+/// whole life: the variants' sizes do not matter).
+#[allow(clippy::large_enum_variant)]
+enum Backend<'a> {
+    Cpu(Session<'a, 'a>),
+    Gpu(GpuEngine),
 }
 
 /// Starts the inference thread; returns its handle and the thread, which ends once every
@@ -227,21 +239,24 @@ pub fn start(
         .spawn(move || {
             let loaded = cfg.loaded;
             let setup = (|| -> Result<_> {
-                let session = Session::new(
-                    &loaded.model,
-                    cfg.kernels,
-                    SessionOptions {
-                        context: cfg.context,
-                        path: cfg.path,
-                    },
-                )?;
+                let backend = match (cfg.make_gpu)()? {
+                    Some(engine) => Backend::Gpu(engine),
+                    None => Backend::Cpu(Session::new(
+                        &loaded.model,
+                        cfg.kernels,
+                        SessionOptions {
+                            context: cfg.context,
+                            path: cfg.path,
+                        },
+                    )?),
+                };
                 let sampler =
                     Sampler::new(SamplerParams::default(), loaded.model.config.vocab_size)
                         .map_err(|e| anyhow::anyhow!("{e}"))?;
                 let pool = (cfg.make_pool)()?;
-                Ok((session, sampler, pool))
+                Ok((backend, sampler, pool))
             })();
-            let (mut session, mut sampler, pool) = match setup {
+            let (mut backend, mut sampler, pool) = match setup {
                 Ok(s) => {
                     let _ = ready_tx.send(Ok(()));
                     s
@@ -258,7 +273,7 @@ pub fn start(
                 heartbeat_ms,
                 epoch,
             };
-            worker.serve(&mut session, &mut sampler, pool.par(), jobs_rx);
+            worker.serve(&mut backend, &mut sampler, pool.par(), jobs_rx);
         })?;
     match ready_rx.recv() {
         Ok(Ok(())) => Ok((handle, thread)),
@@ -283,7 +298,7 @@ impl Worker {
 
     fn serve(
         &self,
-        session: &mut Session<'_, '_>,
+        backend: &mut Backend<'_>,
         sampler: &mut Sampler,
         par: &dyn Parallel,
         jobs: Receiver<Job>,
@@ -304,7 +319,7 @@ impl Worker {
                 continue;
             }
             self.metrics.busy.store(1, Ordering::Relaxed);
-            let ev = match self.run(session, sampler, par, &job) {
+            let ev = match self.run(backend, sampler, par, &job) {
                 Ok(s) => Event::Done(s),
                 Err(e) => Event::Failed(format!("{e:#}")),
             };
@@ -316,7 +331,7 @@ impl Worker {
 
     fn run(
         &self,
-        session: &mut Session<'_, '_>,
+        backend: &mut Backend<'_>,
         sampler: &mut Sampler,
         par: &dyn Parallel,
         job: &Job,
@@ -325,36 +340,55 @@ impl Worker {
         sampler
             .set_params(job.params)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        session.reset();
         let m = &*self.metrics;
         let mut last = Instant::now();
         let mut decode_start = last;
         let mut allocs_before = CountingAlloc::thread_stats();
-        let gen = generate_with_step(
-            session,
-            &self.loaded.tokenizer,
-            sampler,
-            par,
-            &job.prompt,
-            job.max_new,
-            |i| {
-                let now = Instant::now();
-                if i == 0 {
-                    decode_start = now;
-                    allocs_before = CountingAlloc::thread_stats();
-                } else {
-                    m.token_latency.observe((now - last).as_secs_f64());
-                }
-                last = now;
-                self.beat();
-                !(job.cancel.load(Ordering::Acquire) || self.cancel_all.load(Ordering::Acquire))
-            },
-            |text| {
-                let sent = for_each_piece(text, |p| job.events.try_send(Event::Text(p)).is_ok());
-                job.wake.notify_one();
-                sent
-            },
-        )?;
+        let on_step = |i: usize| {
+            let now = Instant::now();
+            if i == 0 {
+                decode_start = now;
+                allocs_before = CountingAlloc::thread_stats();
+            } else {
+                m.token_latency.observe((now - last).as_secs_f64());
+            }
+            last = now;
+            self.beat();
+            !(job.cancel.load(Ordering::Acquire) || self.cancel_all.load(Ordering::Acquire))
+        };
+        let on_text = |text: &str| {
+            let sent = for_each_piece(text, |p| job.events.try_send(Event::Text(p)).is_ok());
+            job.wake.notify_one();
+            sent
+        };
+        let tokenizer = &self.loaded.tokenizer;
+        let gen = match backend {
+            Backend::Cpu(session) => {
+                session.reset();
+                generate_with_step(
+                    session,
+                    tokenizer,
+                    sampler,
+                    par,
+                    &job.prompt,
+                    job.max_new,
+                    on_step,
+                    on_text,
+                )?
+            }
+            Backend::Gpu(engine) => {
+                engine.reset()?;
+                crate::device::generate_gpu(
+                    engine,
+                    tokenizer,
+                    sampler,
+                    &job.prompt,
+                    job.max_new,
+                    on_step,
+                    on_text,
+                )?
+            }
+        };
         let heap = CountingAlloc::thread_stats().since(&allocs_before);
         m.decode_heap_ops
             .fetch_add(heap.heap_operations(), Ordering::Relaxed);

@@ -292,6 +292,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     };
     let metrics = Arc::new(Metrics::new());
     let model_args = s.model.clone();
+    let gpu_args = s.model.clone();
     let (engine, thread) = engine::start(
         EngineConfig {
             loaded,
@@ -300,6 +301,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             path,
             queue: s.queue,
             make_pool: Box::new(move || crate::run::make_pool(&model_args)),
+            make_gpu: Box::new(move || crate::device::select(&gpu_args, loaded, context)),
         },
         metrics.clone(),
         started,
