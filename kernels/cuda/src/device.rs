@@ -275,6 +275,9 @@ pub(crate) struct PrepArg {
     pub qq: u64,
     pub qd: u64,
     pub qsum: u64,
+    pub pos: u64,
+    pub chunk: i32,
+    pub tok: i32,
 }
 
 /// `struct Attn` of kernels.cu.
@@ -446,7 +449,7 @@ mod tests {
         assert_eq!(std::mem::size_of::<MatArg>(), 56);
         assert_eq!(std::mem::size_of::<JobArg>(), 80);
         assert_eq!(std::mem::size_of::<JobsArg>(), 248);
-        assert_eq!(std::mem::size_of::<PrepArg>(), 96);
+        assert_eq!(std::mem::size_of::<PrepArg>(), 112);
         assert_eq!(std::mem::size_of::<AttnArg>(), 136);
         assert_eq!(std::mem::size_of::<PrepOutArg>(), 40);
         assert_eq!(std::mem::size_of::<ActsArg>(), 40);

@@ -555,6 +555,8 @@ impl GpuEngine {
                     ao,
                     nsplit: self.nsplit as i32,
                     hd: c.head_dim as i32,
+                    pos: state + 4,
+                    chunk: self.chunk as i32,
                     ..Default::default()
                 },
             )?;
@@ -980,6 +982,8 @@ impl GpuEngine {
                     ao: gpu.ptr(&b.ao),
                     nsplit: nsplit as i32,
                     hd: c.head_dim as i32,
+                    pos: state + 4,
+                    chunk: self.chunk as i32,
                     ..Default::default()
                 },
                 0,

@@ -156,6 +156,12 @@ struct Prep {
     const i8* qq;
     const float* qd;
     const int* qsum;
+    // ATTN: the position (pos[0] + tok) whose splits are combined, so that only the splits
+    // holding positions up to it are read (the others are empty and change nothing); pos null:
+    // all nsplit.
+    const int* pos;
+    int chunk;
+    int tok;
 };
 
 __device__ __forceinline__ float silu(float g) { return g / (1.0f + expf(-g)); }
@@ -172,18 +178,23 @@ __device__ void prepare(const Prep& p, float* xs, i8* aq, float* ad, int* as, fl
     } else if (p.kind == PREP_SWIGLU) {
         for (int i = threadIdx.x; i < n; i += blockDim.x) xs[i] = silu(p.x[i]) * p.x2[i];
     } else if (p.kind == PREP_ATTN) {
+        int ns = p.pos ? min(p.nsplit, (p.pos[0] + p.tok) / p.chunk + 1) : p.nsplit;
         for (int i = threadIdx.x; i < n; i += blockDim.x) {
             int h = i / p.hd, e = i % p.hd;
             const float* m = p.am + h * p.nsplit;
             const float* l = p.al + h * p.nsplit;
+            const float* o = p.ao + (long long)h * p.nsplit * p.hd + e;
             float mx = neg_inf();
-            for (int s = 0; s < p.nsplit; s++) mx = fmaxf(mx, m[s]);
+            for (int s = 0; s < ns; s++) mx = fmaxf(mx, m[s]);
             float den = 0.0f, num = 0.0f;
-            for (int s = 0; s < p.nsplit; s++) {
-                if (l[s] > 0.0f) {
-                    float f = expf(m[s] - mx);
-                    den += l[s] * f;
-                    num += p.ao[(h * p.nsplit + s) * p.hd + e] * f;
+            // Every load ahead of the test, so that the unrolled loads are in flight together.
+#pragma unroll 4
+            for (int s = 0; s < ns; s++) {
+                float ls = l[s], ms = m[s], os = o[s * p.hd];
+                if (ls > 0.0f) {
+                    float f = expf(ms - mx);
+                    den += ls * f;
+                    num += os * f;
                 }
             }
             xs[i] = num / den;
@@ -453,6 +464,7 @@ extern "C" __global__ void prep(const __grid_constant__ Prep p, const __grid_con
         mine.am = p.am + ao;
         mine.al = p.al + ao;
         mine.ao = p.ao + ao * p.hd;
+        mine.tok = p.tok + t;
     }
     prepare(mine, xs, aq, ad, as, scratch);
     float* gx = o.xs + (long long)t * n;
