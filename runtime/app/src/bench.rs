@@ -359,8 +359,9 @@ fn argmax(v: &[f32]) -> u32 {
 fn bench_gpu(args: &BenchArgs, mut engine: edgellm_cuda::GpuEngine, prompt: &[u32]) -> Result<()> {
     let board = args.model.board()?;
     if std::env::var_os("EDGELLM_CUDA_PROFILE").is_some() {
+        // At the position decoding starts from, as the timed steps below.
         engine.reset()?;
-        engine.prefill(&prompt[..1])?;
+        engine.prefill(prompt)?;
         for (name, s) in engine.profile()? {
             eprintln!("profile: {name:<20} {:9.1} us", s * 1e6);
         }
