@@ -118,6 +118,10 @@ impl Gpu {
             cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
             smem_optin as i32,
         )?;
+        f.attention.set_attribute(
+            cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            (smem_optin - ATTN_STATIC_SMEM) as i32,
+        )?;
         f.attention_tile.set_attribute(
             cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
             smem_optin as i32,
@@ -307,6 +311,8 @@ pub(crate) struct AttnArg {
     pub kv_stride: i32,
     pub stored: i32,
     pub ntok: i32,
+    pub tile: i32,
+    pub pad: i32,
 }
 
 /// `struct PrepOut` of kernels.cu.
@@ -380,6 +386,14 @@ pub(crate) fn gemv_smem_for(prep: &PrepArg) -> u32 {
 /// `PREP_INT8` of kernels.cu: the gemv's input is already prepared in global memory.
 pub(crate) const PREP_INT8: i32 = 4;
 
+/// Shared memory `attention` declares statically (rounded up), besides its staged rows.
+pub(crate) const ATTN_STATIC_SMEM: usize = 16 << 10;
+
+/// Shared memory `attention` stages one split's rows in (`stage_rows` of kernels.cu).
+pub(crate) fn attention_rows_smem(chunk: usize, hd: usize, kv_bytes: usize) -> usize {
+    chunk * (2 * hd * kv_bytes + 16) + 8 * chunk
+}
+
 /// Queries (one per warp) per `attention_tile` block (`ATTN_WARPS` of kernels.cu).
 pub(crate) const ATTN_WARPS: usize = 8;
 
@@ -450,7 +464,7 @@ mod tests {
         assert_eq!(std::mem::size_of::<JobArg>(), 80);
         assert_eq!(std::mem::size_of::<JobsArg>(), 248);
         assert_eq!(std::mem::size_of::<PrepArg>(), 112);
-        assert_eq!(std::mem::size_of::<AttnArg>(), 136);
+        assert_eq!(std::mem::size_of::<AttnArg>(), 144);
         assert_eq!(std::mem::size_of::<PrepOutArg>(), 40);
         assert_eq!(std::mem::size_of::<ActsArg>(), 40);
         assert_eq!(std::mem::size_of::<SampleArg>(), 24);

@@ -23,9 +23,9 @@
 //! tokens one at a time (tested).
 
 use crate::device::{
-    attention_tile_smem, gemm_smem, gemv_smem, gemv_smem_for, plan_gemm, plan_jobs, ActsArg,
-    AttnArg, DevMat, Gpu, JobArg, JobsArg, MatArg, PrepArg, PrepOutArg, SampleArg, ATTN_WARPS,
-    GEMM_TOKENS, GEMV_THREADS, PREP_INT8,
+    attention_rows_smem, attention_tile_smem, gemm_smem, gemv_smem, gemv_smem_for, plan_gemm,
+    plan_jobs, ActsArg, AttnArg, DevMat, Gpu, JobArg, JobsArg, MatArg, PrepArg, PrepOutArg,
+    SampleArg, ATTN_STATIC_SMEM, ATTN_WARPS, GEMM_TOKENS, GEMV_THREADS, PREP_INT8,
 };
 use crate::repack::repack;
 use crate::{CudaError, KvCache};
@@ -106,6 +106,9 @@ pub struct GpuEngine {
     head_graph: Option<CudaGraph>,
     batch: Batch,
     shared_from: usize,
+    /// Shared memory of a decode attention block that stages its split's rows (0: they do not
+    /// fit, the block reads the cache in place).
+    rows_smem: usize,
     sx: CudaSlice<f32>,
     sq: CudaSlice<i8>,
     sd: CudaSlice<f32>,
@@ -328,6 +331,10 @@ impl GpuEngine {
         let batch = Batch::new(&gpu, &cfg, nsplit, cap, why)?;
         let nh = cfg.n_heads;
         let maxn = cfg.dim.max(cfg.q_dim()).max(cfg.ffn_dim);
+        let rows_smem = match attention_rows_smem(chunk, hd, kv.bytes()) {
+            r if r + ATTN_STATIC_SMEM <= gpu.smem_optin => r,
+            _ => 0,
+        };
         let mut e = GpuEngine {
             x: gpu.zeros(cfg.dim)?,
             q: gpu.zeros(cfg.q_dim())?,
@@ -366,6 +373,7 @@ impl GpuEngine {
             head_graph: None,
             batch,
             shared_from: SHARED_INPUT_MIN,
+            rows_smem,
             pos: 0,
             host_sampling: false,
             weight_bytes,
@@ -534,12 +542,14 @@ impl GpuEngine {
                 theta: c.rope_theta,
                 ..Default::default()
             };
+            let mut a = a;
+            a.tile = (self.rows_smem > 0) as i32;
             let mut lb = gpu.stream.launch_builder(&gpu.f.attention);
             lb.arg(&a);
             let cfg = LaunchConfig {
                 grid_dim: (c.n_heads as u32, self.nsplit as u32, 1),
                 block_dim: (self.chunk as u32, 1, 1),
-                shared_mem_bytes: 0,
+                shared_mem_bytes: self.rows_smem as u32,
             };
             // SAFETY: the cache, scratch and partial buffers were allocated for this
             // configuration (context, heads, splits) in `new`.
@@ -933,6 +943,7 @@ impl GpuEngine {
                 kv_stride: kv_dim as i32,
                 stored: 1,
                 ntok: t as i32,
+                ..Default::default()
             };
             let mut lb = gpu.stream.launch_builder(&gpu.f.kv_store);
             lb.arg(&arg);
@@ -958,7 +969,11 @@ impl GpuEngine {
                     tile,
                 )
             } else {
-                (&gpu.f.attention, t, self.chunk as u32, 0)
+                (&gpu.f.attention, t, self.chunk as u32, self.rows_smem)
+            };
+            let arg = AttnArg {
+                tile: (!tiled && self.rows_smem > 0) as i32,
+                ..arg
             };
             let mut lb = gpu.stream.launch_builder(f);
             lb.arg(&arg);

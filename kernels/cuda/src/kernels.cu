@@ -759,6 +759,8 @@ struct Attn {
     int kv_stride;
     int stored;
     int ntok;           // attention_tile: tokens in the batch
+    int tile;           // attention: stage each split's rows in shared memory (stage_rows)
+    int pad;
 };
 
 __device__ void rope_inplace(float* h, int hd, int pos, float theta, int halves) {
@@ -854,7 +856,8 @@ struct KvRows {
     const float* ks;  // int8: scale of position `first`
     const float* vs;
     int first;
-    int stride;       // values between positions
+    int stride;       // key values between positions
+    int vstride;      // value values between positions
     int sstride;      // scales between positions
 };
 
@@ -953,7 +956,7 @@ __device__ void attend(const Attn& p, const KvRows& src, int pos, int start, int
         for (int i = sl; i < end - start; i += slices) {
             int tp = start + i;
             bool fresh = has_new && tp == pos;
-            long long at = (long long)(tp - src.first) * src.stride + dim;
+            long long at = (long long)(tp - src.first) * src.vstride + dim;
             float vv;
             if (p.int8_kv) {
                 vv = fresh ? (float)vq[dim] * vd_new
@@ -996,7 +999,45 @@ __device__ KvRows cache_rows(const Attn& p, int kvh) {
     r.vs = p.vs + kvh;
     r.first = 0;
     r.stride = kv_dim;
+    r.vstride = kv_dim;
     r.sstride = p.n_kv;
+    return r;
+}
+
+// Stages positions start..end of KV head `kvh` in shared memory (`tile`, ATTN_TILE_BYTES of
+// kernels.cu's caller: keys with rows padded by 16 bytes so that a thread per row reads distinct
+// banks, then values, then int8 scales), all loads of the block issued together, and returns
+// the rows there. The new position's row may be stale (its writer is another block): `attend`
+// uses this step's own key and value for it.
+__device__ KvRows stage_rows(const Attn& p, int kvh, int start, int end, unsigned char* tile) {
+    int hd = p.hd, eb = p.int8_kv ? 1 : 2, krow = hd * eb + 16;
+    KvRows c = cache_rows(p, kvh);
+    unsigned char* tk = tile;
+    unsigned char* tv = tile + p.chunk * krow;
+    float* tks = (float*)(tv + p.chunk * hd * eb);
+    float* tvs = tks + p.chunk;
+    int per = hd * eb / 16;
+    for (int i = threadIdx.x; i < (end - start) * per; i += blockDim.x) {
+        int r = i / per, w = i % per;
+        long long at = (long long)(start + r) * c.stride * eb;
+        ((int4*)tk)[r * (per + 1) + w] = ((const int4*)(c.k + at))[w];
+        ((int4*)tv)[i] = ((const int4*)(c.v + at))[w];
+    }
+    if (p.int8_kv)
+        for (int i = threadIdx.x; i < end - start; i += blockDim.x) {
+            tks[i] = c.ks[(long long)(start + i) * c.sstride];
+            tvs[i] = c.vs[(long long)(start + i) * c.sstride];
+        }
+    __syncthreads();
+    KvRows r;
+    r.k = tk;
+    r.v = tv;
+    r.ks = tks;
+    r.vs = tvs;
+    r.first = start;
+    r.stride = krow / eb;
+    r.vstride = hd;
+    r.sstride = 1;
     return r;
 }
 
@@ -1006,6 +1047,7 @@ __device__ KvRows cache_rows(const Attn& p, int kvh) {
 // cache (int8 with a scale per position and head, or f16), and uses the stored form itself.
 // In a prefill batch (gridDim.z tokens, `stored`), every key is read from the cache.
 extern "C" __global__ void attention(Attn p) {
+    extern __shared__ __align__(16) unsigned char tile[];
     __shared__ float q[256];
     __shared__ float knew[256];
     __shared__ float vnew[256];
@@ -1033,8 +1075,9 @@ extern "C" __global__ void attention(Attn p) {
         kv_new(p, kvh, pos, p.k, p.v, knew, vnew, kq, vq, sc, writer);
     }
     load_query(p, p.q + (long long)z * p.q_stride, h, pos, q, qq, &qscale);
-    attend(p, cache_rows(p, kvh), pos, start, end, has_new, q, qq, qscale, knew, kq, sc[0], vnew,
-           vq, sc[1], sm, om, ol, oo);
+    KvRows src = p.tile ? stage_rows(p, kvh, start, end, tile) : cache_rows(p, kvh);
+    attend(p, src, pos, start, end, has_new, q, qq, qscale, knew, kq, sc[0], vnew, vq, sc[1], sm,
+           om, ol, oo);
 }
 
 // Prefill attention: one warp per query, ATTN_WARPS consecutive tokens per block (blockIdx.z

@@ -2,8 +2,8 @@
 //! (`tests/kernels.rs`) and for the GPU check script's benchmarks.
 
 use crate::device::{
-    gemv_smem, gemv_smem_for, plan_jobs, AttnArg, DevMat, Gpu, JobArg, JobsArg, PrepArg, SampleArg,
-    GEMV_THREADS, PREP_INT8,
+    attention_rows_smem, gemv_smem, gemv_smem_for, plan_jobs, AttnArg, DevMat, Gpu, JobArg,
+    JobsArg, PrepArg, SampleArg, ATTN_STATIC_SMEM, GEMV_THREADS, PREP_INT8,
 };
 use crate::repack::repack;
 use crate::{CudaError, KvCache};
@@ -171,6 +171,7 @@ impl AttnRig {
         kv: KvCache,
         ctx: usize,
         scale: f32,
+        tiled: bool,
     ) -> Result<Self, CudaError> {
         let hd = s.head_dim;
         let chunk = 128.max(hd.next_power_of_two());
@@ -222,10 +223,15 @@ impl AttnRig {
             hd: hd as i32,
             ..Default::default()
         };
+        // Each split's rows staged in shared memory where they fit, as the engine does.
+        let rows = attention_rows_smem(chunk, hd, kv.bytes());
+        let tiled = tiled && rows + ATTN_STATIC_SMEM <= gpu.smem_optin;
+        let mut arg = arg;
+        arg.tile = tiled as i32;
         let cfg = LaunchConfig {
             grid_dim: (s.n_heads as u32, nsplit as u32, 1),
             block_dim: (chunk as u32, 1, 1),
-            shared_mem_bytes: 0,
+            shared_mem_bytes: if tiled { rows as u32 } else { 0 },
         };
         let identity = (0..q_dim * q_dim)
             .flat_map(|i| if i / q_dim == i % q_dim { 1.0f32 } else { 0.0 }.to_le_bytes())
@@ -284,7 +290,8 @@ impl AttnRig {
 
 /// Decode attention, one position at a time from 0: step `t` takes `q[t]` ([n_heads*hd]),
 /// `k[t]`, `v[t]` ([n_kv*hd], before RoPE) and returns the combined head outputs
-/// ([n_heads*hd]) of every step. The cache is filled by the kernel itself.
+/// ([n_heads*hd]) of every step. The cache is filled by the kernel itself. `tiled`: each split's
+/// rows are staged in shared memory (where they fit), else read from the cache in place.
 pub fn attention_steps(
     gpu: &Gpu,
     s: AttnShape,
@@ -292,8 +299,9 @@ pub fn attention_steps(
     q: &[Vec<f32>],
     k: &[Vec<f32>],
     v: &[Vec<f32>],
+    tiled: bool,
 ) -> Result<Vec<Vec<f32>>, CudaError> {
-    let mut rig = AttnRig::new(gpu, s, kv, s.context, 0.0)?;
+    let mut rig = AttnRig::new(gpu, s, kv, s.context, 0.0, tiled)?;
     let mut outs = Vec::new();
     for t in 0..q.len() {
         rig.set(gpu, t, &q[t], &k[t], &v[t])?;
@@ -429,7 +437,7 @@ pub fn attention_time(
     ctx: usize,
     iters: usize,
 ) -> Result<f64, CudaError> {
-    let mut rig = AttnRig::new(gpu, s, kv, ctx, 0.01)?;
+    let mut rig = AttnRig::new(gpu, s, kv, ctx, 0.01, true)?;
     let qv: Vec<f32> = (0..s.n_heads * s.head_dim)
         .map(|i| (i % 13) as f32 / 13.0)
         .collect();

@@ -363,7 +363,15 @@ fn attention_case(gpu: &Gpu, shape: AttnShape, kv: KvCache, steps: usize, tol: f
     let q: Vec<Vec<f32>> = (0..steps).map(|_| rng.vec(qd, 1.0)).collect();
     let k: Vec<Vec<f32>> = (0..steps).map(|_| rng.vec(kvd, 1.0)).collect();
     let v: Vec<Vec<f32>> = (0..steps).map(|_| rng.vec(kvd, 1.0)).collect();
-    let got = testing::attention_steps(gpu, shape, kv, &q, &k, &v).unwrap();
+    let got = testing::attention_steps(gpu, shape, kv, &q, &k, &v, true).unwrap();
+    // Rows staged in shared memory or read from the cache in place: the same sums, bit for bit.
+    let direct = testing::attention_steps(gpu, shape, kv, &q, &k, &v, false).unwrap();
+    let same = got
+        .iter()
+        .flatten()
+        .zip(direct.iter().flatten())
+        .all(|(a, b)| a.to_bits() == b.to_bits());
+    assert!(same, "{kv:?}: staged and in-place attention differ");
     let mut keys: Vec<Vec<f32>> = Vec::new();
     let vmax = v.iter().flatten().fold(0f32, |m, x| m.max(x.abs()));
     for t in 0..steps {
