@@ -415,36 +415,55 @@ pub(crate) fn gemm_smem(n: usize) -> usize {
 /// The grid's x extent for the prefill gemm of `jobs`: 4 rows per warp when that still gives
 /// every SM a few blocks over the `tiles` token tiles, else 1.
 pub(crate) fn plan_gemm(gpu: &Gpu, jobs: &mut JobsArg, tiles: usize) -> u32 {
-    let rows: usize = jobs.j[..jobs.n as usize]
-        .iter()
-        .map(|j| j.w.rows as usize)
-        .sum();
     let warps = (GEMV_THREADS / 32) as usize;
-    let mut rpb = 4 * warps;
-    if rows.div_ceil(rpb) * tiles < 4 * gpu.sms {
-        rpb = warps;
-    }
-    jobs.rows_per_block = rpb as i32;
-    let mut first = 0;
-    for j in jobs.j[..jobs.n as usize].iter_mut() {
-        j.first_block = first;
-        first += (j.w.rows as usize).div_ceil(rpb) as i32;
-    }
-    first as u32
+    let rpb = if total_rows(jobs).div_ceil(4 * warps) * tiles < 4 * gpu.sms {
+        warps
+    } else {
+        4 * warps
+    };
+    assign_blocks(jobs, rpb)
 }
 
 /// The grid for `jobs` (their row counts): every job gets `ceil(rows / rows_per_block)` blocks.
 /// Rows per block: enough blocks to fill the device a few times over, at least one row per warp.
 pub(crate) fn plan_jobs(gpu: &Gpu, jobs: &mut JobsArg) -> u32 {
-    let rows: usize = jobs.j[..jobs.n as usize]
+    // The warps of a block split its rows.
+    let warps = (GEMV_THREADS / 32) as usize;
+    let rpb = total_rows(jobs)
+        .div_ceil(4 * gpu.sms)
+        .div_ceil(warps)
+        .max(1)
+        * warps;
+    assign_blocks(jobs, rpb)
+}
+
+/// The Jobs argument for `jobs`: (matrix, output, bias, OUT_STORE or OUT_ADD) each.
+pub(crate) fn jobs_arg(jobs: &[(MatArg, u64, u64, i32)]) -> JobsArg {
+    let mut ja = JobsArg {
+        n: jobs.len() as i32,
+        ..Default::default()
+    };
+    for (slot, &(w, out, bias, mode)) in ja.j.iter_mut().zip(jobs) {
+        *slot = JobArg {
+            w,
+            out,
+            bias,
+            mode,
+            first_block: 0,
+        };
+    }
+    ja
+}
+
+fn total_rows(jobs: &JobsArg) -> usize {
+    jobs.j[..jobs.n as usize]
         .iter()
         .map(|j| j.w.rows as usize)
-        .sum();
-    // Rows per block: at least one per warp, enough blocks to fill the device a few times over
-    // (the warps of a block split its rows).
-    let warps = (GEMV_THREADS / 32) as usize;
-    let target_blocks = 4 * gpu.sms;
-    let rpb = rows.div_ceil(target_blocks).div_ceil(warps).max(1) * warps;
+        .sum()
+}
+
+/// Sets `rpb` rows per block and each job's first block; returns the number of blocks.
+fn assign_blocks(jobs: &mut JobsArg, rpb: usize) -> u32 {
     jobs.rows_per_block = rpb as i32;
     let mut first = 0;
     for j in jobs.j[..jobs.n as usize].iter_mut() {
@@ -457,6 +476,25 @@ pub(crate) fn plan_jobs(gpu: &Gpu, jobs: &mut JobsArg) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_job_gets_consecutive_blocks_covering_its_rows() {
+        let m = |rows| MatArg {
+            rows,
+            ..Default::default()
+        };
+        let mut ja = jobs_arg(&[(m(576), 1, 0, 0), (m(192), 2, 3, 1), (m(1), 4, 0, 0)]);
+        assert_eq!(
+            (ja.n, ja.j[1].out, ja.j[1].bias, ja.j[1].mode),
+            (3, 2, 3, 1)
+        );
+        assert_eq!(total_rows(&ja), 769);
+        let blocks = assign_blocks(&mut ja, 64);
+        assert_eq!(ja.rows_per_block, 64);
+        let firsts: Vec<i32> = ja.j[..3].iter().map(|j| j.first_block).collect();
+        assert_eq!(firsts, [0, 9, 12]);
+        assert_eq!(blocks, 13);
+    }
 
     #[test]
     fn argument_structs_have_the_kernels_sizes() {

@@ -23,9 +23,9 @@
 //! tokens one at a time (tested).
 
 use crate::device::{
-    attention_rows_smem, attention_tile_smem, gemm_smem, gemv_smem, gemv_smem_for, plan_gemm,
-    plan_jobs, ActsArg, AttnArg, DevMat, Gpu, JobArg, JobsArg, MatArg, PrepArg, PrepOutArg,
-    SampleArg, ATTN_STATIC_SMEM, ATTN_WARPS, GEMM_TOKENS, GEMV_THREADS, PREP_INT8,
+    attention_rows_smem, attention_tile_smem, gemm_smem, gemv_smem, gemv_smem_for, jobs_arg,
+    plan_gemm, plan_jobs, ActsArg, AttnArg, DevMat, Gpu, MatArg, PrepArg, PrepOutArg, SampleArg,
+    ATTN_STATIC_SMEM, ATTN_WARPS, GEMM_TOKENS, GEMV_THREADS, PREP_INT8,
 };
 use crate::repack::repack;
 use crate::{CudaError, KvCache};
@@ -401,19 +401,7 @@ impl GpuEngine {
     }
 
     fn gemv(&self, jobs: &[(MatArg, u64, u64, i32)], prep: PrepArg) -> Result<(), CudaError> {
-        let mut ja = JobsArg {
-            n: jobs.len() as i32,
-            ..Default::default()
-        };
-        for (slot, &(w, out, bias, mode)) in ja.j.iter_mut().zip(jobs) {
-            *slot = JobArg {
-                w,
-                out,
-                bias,
-                mode,
-                first_block: 0,
-            };
-        }
+        let mut ja = jobs_arg(jobs);
         let mut prep = prep;
         if prep.n as usize >= self.shared_from && prep.kind != PREP_INT8 {
             // A large input: prepared once by one block (the same `prepare`, so the same
@@ -825,19 +813,7 @@ impl GpuEngine {
     }
 
     fn gemm(&self, jobs: &[(MatArg, u64, u64, i32)], acts: ActsArg) -> Result<(), CudaError> {
-        let mut ja = JobsArg {
-            n: jobs.len() as i32,
-            ..Default::default()
-        };
-        for (slot, &(w, out, bias, mode)) in ja.j.iter_mut().zip(jobs) {
-            *slot = JobArg {
-                w,
-                out,
-                bias,
-                mode,
-                first_block: 0,
-            };
-        }
+        let mut ja = jobs_arg(jobs);
         let tiles = (acts.ntok as usize).div_ceil(GEMM_TOKENS);
         let blocks = plan_gemm(&self.gpu, &mut ja, tiles);
         let cfg = LaunchConfig {

@@ -2,8 +2,8 @@
 //! (`tests/kernels.rs`) and for the GPU check script's benchmarks.
 
 use crate::device::{
-    attention_rows_smem, gemv_smem, gemv_smem_for, plan_jobs, AttnArg, DevMat, Gpu, JobArg,
-    JobsArg, PrepArg, SampleArg, ATTN_STATIC_SMEM, GEMV_THREADS, PREP_INT8,
+    attention_rows_smem, gemv_smem, gemv_smem_for, jobs_arg, plan_jobs, AttnArg, DevMat, Gpu,
+    PrepArg, SampleArg, ATTN_STATIC_SMEM, GEMV_THREADS, PREP_INT8,
 };
 use crate::repack::repack;
 use crate::{CudaError, KvCache};
@@ -26,15 +26,7 @@ fn run_gemv(gpu: &Gpu, w: &Matrix<'_>, prep: PrepArg, rows: usize) -> Result<Vec
     let p = repack(w).map_err(CudaError::Unsupported)?;
     let m = DevMat::upload(gpu, &p)?;
     let out: CudaSlice<f32> = gpu.zeros(rows)?;
-    let mut jobs = JobsArg {
-        n: 1,
-        ..Default::default()
-    };
-    jobs.j[0] = JobArg {
-        w: m.arg,
-        out: gpu.ptr(&out),
-        ..Default::default()
-    };
+    let mut jobs = jobs_arg(&[(m.arg, gpu.ptr(&out), 0, 0)]);
     let blocks = plan_jobs(gpu, &mut jobs);
     let cfg = LaunchConfig {
         grid_dim: (blocks, 1, 1),
@@ -397,15 +389,7 @@ pub fn gemv_bandwidth(
     };
     let smem = gemv_smem_for(&prep);
     let launch = |m: &DevMat| -> Result<(), CudaError> {
-        let mut jobs = JobsArg {
-            n: 1,
-            ..Default::default()
-        };
-        jobs.j[0] = JobArg {
-            w: m.arg,
-            out: gpu.ptr(&out),
-            ..Default::default()
-        };
+        let mut jobs = jobs_arg(&[(m.arg, gpu.ptr(&out), 0, 0)]);
         let blocks = plan_jobs(gpu, &mut jobs);
         let cfg = LaunchConfig {
             grid_dim: (blocks, 1, 1),
