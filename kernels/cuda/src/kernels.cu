@@ -1004,8 +1004,8 @@ __device__ KvRows cache_rows(const Attn& p, int kvh) {
     return r;
 }
 
-// Stages positions start..end of KV head `kvh` in shared memory (`tile`, ATTN_TILE_BYTES of
-// kernels.cu's caller: keys with rows padded by 16 bytes so that a thread per row reads distinct
+// Stages positions start..end of KV head `kvh` in shared memory (`tile`, sized on the host by
+// attention_rows_smem: keys with rows padded by 16 bytes so that a thread per row reads distinct
 // banks, then values, then int8 scales), all loads of the block issued together, and returns
 // the rows there. The new position's row may be stale (its writer is another block): `attend`
 // uses this step's own key and value for it.
