@@ -376,6 +376,12 @@ fn has_avx2() -> bool {
         && std::is_x86_feature_detected!("f16c")
 }
 
+/// The AVX-VNNI kernels must never run on a CPU without `avxvnni` (they skip there).
+#[cfg(target_arch = "x86_64")]
+fn has_avxvnni() -> bool {
+    has_avx2() && std::is_x86_feature_detected!("avxvnni")
+}
+
 #[cfg(target_arch = "aarch64")]
 fn has_neon() -> bool {
     std::arch::is_aarch64_feature_detected!("neon")
@@ -392,6 +398,10 @@ simd_kernel_tests! {
     avx2_gemv_t2_lut: Ty::T2, edgellm_kernels::x86::ternary::avx2_gemv_t2_lut, "x86_64", has_avx2();
     avx2_gemv_tq1_0: Ty::Tq1, edgellm_kernels::x86::ternary::avx2_gemv_tq1_0, "x86_64", has_avx2();
     avx2_gemv_tq2_0: Ty::Tq2, edgellm_kernels::x86::ternary::avx2_gemv_tq2_0, "x86_64", has_avx2();
+    avxvnni_gemv_t2: Ty::T2, edgellm_kernels::x86::vnni::avxvnni_gemv_t2, "x86_64",
+        has_avxvnni();
+    avxvnni_gemv_tq2_0: Ty::Tq2, edgellm_kernels::x86::vnni::avxvnni_gemv_tq2_0, "x86_64",
+        has_avxvnni();
     neon_gemv_t2: Ty::T2, edgellm_kernels::aarch64::ternary::neon_gemv_t2, "aarch64", has_neon();
     neon_gemv_t2_lut: Ty::T2, edgellm_kernels::aarch64::ternary::neon_gemv_t2_lut, "aarch64",
         has_neon();

@@ -1,0 +1,303 @@
+//! AVX-VNNI kernels for x86-64 (AVX2 + FMA + F16C + AVX-VNNI), bit-exact with [`crate::scalar`].
+//!
+//! `vpdpbusd` (VEX encoding, `_mm256_dpbusd_avx_epi32`) multiplies unsigned bytes with signed
+//! bytes and adds each four adjacent products to an i32 lane, without saturation: one instruction
+//! where AVX2 needs `vpmaddubsw` (u8·i8 pairs into i16) and `vpmaddwd` by ones (i16 pairs into
+//! i32), with no i16 intermediate to bound. Every kernel here is a
+//! `#[target_feature(enable = "avx2,fma,f16c,avxvnni")] unsafe fn` whose only safety condition is
+//! that the CPU has those features; the `avx-vnni` dispatch tier calls them after checking. They
+//! check slice shapes themselves (panicking like the scalar kernels), so any slices are sound.
+//!
+//! # Ternary (T2, TQ2_0)
+//!
+//! The AVX2 ternary kernels' structure (see [`super::ternary`]): windows of 128 columns (eight
+//! activation groups of 16), four rows per pass sharing the window's operands, the 2-bit codes
+//! `c` (0..=3, unsigned) cut out of 32 weight bytes by shifts and masks. Here the four code
+//! vectors of a window are arranged so that i32 lane `n` of every one holds four codes of the
+//! same group, against activations arranged alike once per window; a chain of four `vpdpbusd`
+//! starting from `−sums` then leaves `isum = Σ c·a − Σ a = Σ (c − 1)·a` of the eight groups in the
+//! eight lanes, exact (at most `16 * 3 * 127` in magnitude), with no horizontal adds.
+//!
+//! - T2: the codes at shift `2s` of two blocks already hold, in lane `n`, elements `4s .. 4s + 4`
+//!   of group `n`; the activations are the AVX2 kernel's transposed window.
+//! - TQ2_0: in one 32-byte half of a block the codes at shift `2l` hold group `2l` in the low
+//!   128-bit lane and `2l + 1` in the high one (four i32 words of four codes each). Code vector
+//!   `q` takes the bytes with their words rotated by `q` within each 128-bit lane (`vpshufd`), then
+//!   shifts word `k` of each lane by `2k` (`vpsrlvd`) and masks: lane `k` holds elements
+//!   `4 ((k + q) % 4) ..` of group `2k` (low lane) or `2k + 1` (high lane). The activations get
+//!   the matching arrangement once per window (each 32-column vector `k` rotated by `k`, then a
+//!   4x4 word transpose), so the group sums come out in the lane order `0 2 4 6 1 3 5 7`, the
+//!   order of the AVX2 TQ2_0 kernel: sums and scales are permuted alike and the eight running sums
+//!   are put back in order before the final reduction.
+//!
+//! The float steps are the specification's, as in the AVX2 kernels; rows that are not a multiple
+//! of four repeat the last row in the final pass and drop the extra results.
+
+use core::arch::x86_64::*;
+use core::mem::MaybeUninit;
+
+use super::ternary::{
+    codes2, load_window, reduce8, tq_scale, Window, PREFETCH_PASSES, ROWS, T2, WIN,
+};
+use crate::acts::ActsQ8;
+use crate::scalar::ternary::{check_gemv_ternary, QK_K, T2_BLOCK, T2_BYTES, TQ2_0_BYTES};
+
+const TQ2_0: u8 = 1;
+
+/// `s + Σ_l dpbusd(c[l], a[l])`: four chained `vpdpbusd`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+fn dot4(s: __m256i, c: [__m256i; 4], a: &[__m256i; 4]) -> __m256i {
+    let s = _mm256_dpbusd_avx_epi32(s, c[0], a[0]);
+    let s = _mm256_dpbusd_avx_epi32(s, c[1], a[1]);
+    let s = _mm256_dpbusd_avx_epi32(s, c[2], a[2]);
+    _mm256_dpbusd_avx_epi32(s, c[3], a[3])
+}
+
+/// The 4x4 transpose of the i32 words of each 128-bit lane of `r`: word `k` of result `q` is word
+/// `q` of `r[k]`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn transpose4(r: [__m256i; 4]) -> [__m256i; 4] {
+    let t0 = _mm256_unpacklo_epi32(r[0], r[1]);
+    let t1 = _mm256_unpackhi_epi32(r[0], r[1]);
+    let t2 = _mm256_unpacklo_epi32(r[2], r[3]);
+    let t3 = _mm256_unpackhi_epi32(r[2], r[3]);
+    [
+        _mm256_unpacklo_epi64(t0, t2),
+        _mm256_unpackhi_epi64(t0, t2),
+        _mm256_unpacklo_epi64(t1, t3),
+        _mm256_unpackhi_epi64(t1, t3),
+    ]
+}
+
+/// Word `k` of each 128-bit lane of the result is word `(k + Q) % 4` of the same lane of `v`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn rotate<const Q: i32>(v: __m256i) -> __m256i {
+    match Q {
+        0 => v,
+        1 => _mm256_shuffle_epi32::<0b00_11_10_01>(v),
+        2 => _mm256_shuffle_epi32::<0b01_00_11_10>(v),
+        _ => _mm256_shuffle_epi32::<0b10_01_00_11>(v),
+    }
+}
+
+/// The operands of TQ2_0 window `win` (columns `128 win ..`) in the arrangement of the module
+/// docs, with `sums` negated.
+///
+/// # Safety
+///
+/// `acts` must hold the columns of the window (checked by the caller's shape check); the CPU
+/// must have AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load_window_tq2(acts: &ActsQ8<'_>, win: usize) -> Window {
+    let (c0, g0) = (win * WIN, win * 8);
+    let perm = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+    // SAFETY: the caller guarantees the window's columns, and with them its groups, lie inside
+    // `acts`.
+    unsafe {
+        let qa = acts.qs.as_ptr();
+        let a: [__m256i; 4] =
+            core::array::from_fn(|k| _mm256_loadu_si256(qa.add(c0 + 32 * k).cast()));
+        let sums = _mm256_loadu_si256(acts.sums.as_ptr().add(g0).cast());
+        Window {
+            a: transpose4([
+                a[0],
+                rotate::<1>(a[1]),
+                rotate::<2>(a[2]),
+                rotate::<3>(a[3]),
+            ]),
+            sums: _mm256_sub_epi32(
+                _mm256_setzero_si256(),
+                _mm256_permutevar8x32_epi32(sums, perm),
+            ),
+            d: _mm256_permutevar8x32_ps(_mm256_loadu_ps(acts.d.as_ptr().add(g0)), perm),
+        }
+    }
+}
+
+/// The TQ2_0 codes of the 32 bytes at `p` (one half of a block) in the arrangement of the module
+/// docs.
+///
+/// # Safety
+///
+/// `p` must be valid for reading 32 bytes; the CPU must have AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn codes_tq2(p: *const u8) -> [__m256i; 4] {
+    // SAFETY: the caller guarantees the bytes.
+    let v = unsafe { _mm256_loadu_si256(p.cast()) };
+    let m = _mm256_set1_epi8(3);
+    let sh = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+    let f = |r: __m256i| _mm256_and_si256(_mm256_srlv_epi32(r, sh), m);
+    [
+        f(v),
+        f(rotate::<1>(v)),
+        f(rotate::<2>(v)),
+        f(rotate::<3>(v)),
+    ]
+}
+
+/// Windows per column panel of the gemv (8192 columns): their arranged operands are kept in a
+/// stack buffer (192 bytes each), made once per call when the row fits in one panel, once per
+/// pass of rows otherwise.
+const PANEL: usize = 64;
+
+/// The operands of window `win` for type `K`, arranged as in the module docs, `sums` negated.
+///
+/// # Safety
+///
+/// `win < cols.div_ceil(WIN)` for the `cols = acts.qs.len()` the caller's shape check accepted;
+/// the CPU must have AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn window<const K: u8>(acts: &ActsQ8<'_>, win: usize) -> Window {
+    // SAFETY: the window's columns are inside `acts` (only T2 rows end with half a window).
+    unsafe {
+        if K == T2 {
+            let mut wv = load_window::<T2>(acts, win, (win + 1) * WIN > acts.qs.len());
+            wv.sums = _mm256_sub_epi32(_mm256_setzero_si256(), wv.sums);
+            wv
+        } else {
+            load_window_tq2(acts, win)
+        }
+    }
+}
+
+/// The shared ternary gemv driver (see the module docs).
+///
+/// # Safety
+///
+/// The CPU must have AVX2, FMA, F16C and AVX-VNNI.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+unsafe fn gemv_ternary<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
+    let (bl, bb, name) = match K {
+        T2 => (T2_BLOCK, T2_BYTES, "T2"),
+        _ => (QK_K, TQ2_0_BYTES, "TQ2_0"),
+    };
+    let row_bytes = check_gemv_ternary(w, acts, out.len(), bl, bb, name);
+    let rows = out.len();
+    if rows == 0 || row_bytes == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let cols = acts.qs.len();
+    let nwin = cols.div_ceil(WIN);
+    let base = w.as_ptr();
+    let last = rows - 1;
+    let mut buf = [const { MaybeUninit::<Window>::uninit() }; PANEL];
+    let single = nwin <= PANEL;
+    if single {
+        for (win, b) in buf[..nwin].iter_mut().enumerate() {
+            // SAFETY: `win < nwin`.
+            b.write(unsafe { window::<K>(acts, win) });
+        }
+    }
+    let mut r = 0;
+    while r < rows {
+        // SAFETY: every row index is at most `last`, and the shape check proved `w` holds
+        // `rows * row_bytes` bytes, so each pointer starts a whole row inside `w`.
+        let p: [*const u8; ROWS] =
+            core::array::from_fn(|i| unsafe { base.add((r + i).min(last) * row_bytes) });
+        // The rows PREFETCH_PASSES passes ahead, clamped to the last row.
+        // SAFETY: as above.
+        let pf: [*const u8; ROWS] = core::array::from_fn(|i| unsafe {
+            base.add((r + ROWS * PREFETCH_PASSES + i).min(last) * row_bytes)
+        });
+        let mut acc = [_mm256_setzero_ps(); ROWS];
+        for w0 in (0..nwin).step_by(PANEL) {
+            let wn = (nwin - w0).min(PANEL);
+            if !single {
+                for (j, b) in buf[..wn].iter_mut().enumerate() {
+                    // SAFETY: `w0 + j < nwin`.
+                    b.write(unsafe { window::<K>(acts, w0 + j) });
+                }
+            }
+            // SAFETY: entries `..wn` were written above (or before the row loop when `single`).
+            let wins = unsafe { core::slice::from_raw_parts(buf.as_ptr().cast::<Window>(), wn) };
+            if K == T2 {
+                for (j, wv) in wins.iter().enumerate() {
+                    let win = w0 + j;
+                    let half = (win + 1) * WIN > cols;
+                    if win % 2 == 0 {
+                        // One 64-byte line covers two windows.
+                        for &q in &pf {
+                            // SAFETY: bytes `32 win ..` of a row are inside it.
+                            _mm_prefetch::<_MM_HINT_T0>(unsafe { q.add(32 * win) }.cast());
+                        }
+                    }
+                    for i in 0..ROWS {
+                        // SAFETY: window `win` of a row is bytes `32 win .. 32 win + 32` (16 when
+                        // `half`), inside the row.
+                        let c = unsafe { codes2(p[i].add(32 * win), half) };
+                        let isum = dot4(wv.sums, c, &wv.a);
+                        let t = _mm256_mul_ps(_mm256_cvtepi32_ps(isum), wv.d);
+                        acc[i] = _mm256_add_ps(acc[i], t);
+                    }
+                }
+            } else {
+                // Whole blocks: two windows each (`PANEL` is even).
+                for (j, pair) in wins.chunks_exact(2).enumerate() {
+                    let off = ((w0 / 2) + j) * bb;
+                    for &q in &pf {
+                        // SAFETY: `off + 64 < off + bb`: inside the block, inside the row. A block
+                        // spans exactly two lines (it starts at an even offset in its line);
+                        // this fetches the second, the first being the previous block's second.
+                        _mm_prefetch::<_MM_HINT_T0>(unsafe { q.add(off + 64) }.cast());
+                    }
+                    for i in 0..ROWS {
+                        // SAFETY: the block (with its f16 scale in its last two bytes) is
+                        // inside the row.
+                        let (q, dw) = unsafe {
+                            let q = p[i].add(off);
+                            (q, tq_scale(q.add(bb - 2)))
+                        };
+                        for (h, wv) in pair.iter().enumerate() {
+                            // SAFETY: half `h` of the block is its bytes `32 h .. 32 h + 32`.
+                            let c = unsafe { codes_tq2(q.add(32 * h)) };
+                            let isum = dot4(wv.sums, c, &wv.a);
+                            let t =
+                                _mm256_mul_ps(_mm256_mul_ps(dw, wv.d), _mm256_cvtepi32_ps(isum));
+                            acc[i] = _mm256_add_ps(acc[i], t);
+                        }
+                    }
+                }
+            }
+        }
+        let n = (rows - r).min(ROWS);
+        for i in 0..n {
+            let a = if K == T2 {
+                acc[i]
+            } else {
+                _mm256_permutevar8x32_ps(acc[i], _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+            };
+            out[r + i] = reduce8(a);
+        }
+        r += ROWS;
+    }
+}
+
+/// AVX-VNNI [`crate::scalar::ternary::gemv_t2`] (unscaled T2 product), bit-exact.
+///
+/// # Safety
+///
+/// The CPU must have AVX2, FMA, F16C and AVX-VNNI (the features of the `avx-vnni` tier).
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+pub unsafe fn avxvnni_gemv_t2(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
+    // SAFETY: same features, guaranteed by the caller.
+    unsafe { gemv_ternary::<T2>(w, acts, out) }
+}
+
+/// AVX-VNNI [`crate::scalar::ternary::gemv_tq2_0`], bit-exact.
+///
+/// # Safety
+///
+/// The CPU must have AVX2, FMA, F16C and AVX-VNNI (the features of the `avx-vnni` tier).
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+pub unsafe fn avxvnni_gemv_tq2_0(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
+    // SAFETY: same features, guaranteed by the caller.
+    unsafe { gemv_ternary::<TQ2_0>(w, acts, out) }
+}
