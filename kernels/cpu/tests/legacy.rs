@@ -682,11 +682,8 @@ fn detect_picks_the_best_available_tier() {
         let d = k.describe().to_string();
         if std::is_x86_feature_detected!("avxvnni") {
             assert_eq!(k.tier(), Tier::AvxVnni);
-            assert!(d.starts_with("avx-vnni: "), "{d}");
-            assert!(
-                d.contains("; avx2: q4_0 q4_1 q5_0 q5_1 q8_0 f16 f32 bf16"),
-                "{d}"
-            );
+            assert!(d.starts_with("avx-vnni: q4_0 q4_1 t2 tq2_0; "), "{d}");
+            assert!(d.contains("; avx2: q5_0 q5_1 q8_0 f16 f32 bf16"), "{d}");
         } else {
             assert_eq!(k.tier(), Tier::Avx2);
             assert!(
@@ -849,6 +846,7 @@ fn assumed_features_enable_a_tier() {
             let k = Kernels::with_tier(Tier::AvxVnni, &v).unwrap();
             assert_eq!(k.kernel_tier(GgmlType::T2), Some(Tier::AvxVnni));
             assert_eq!(k.kernel_tier(GgmlType::TQ2_0), Some(Tier::AvxVnni));
+            assert_eq!(k.kernel_tier(GgmlType::Q4_1), Some(Tier::AvxVnni));
             assert_eq!(k.kernel_tier(GgmlType::F16), Some(Tier::Avx2));
         }
     }

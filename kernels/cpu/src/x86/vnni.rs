@@ -36,10 +36,14 @@
 use core::arch::x86_64::*;
 use core::mem::MaybeUninit;
 
+use super::legacy::{
+    block_bytes, hsum8_groups, nibbles, scales8, type_name, PREFETCH_GROUPS, Q4_0, Q4_1,
+};
 use super::ternary::{
     codes2, load_window, reduce8, tq_scale, Window, PREFETCH_PASSES, ROWS, T2, WIN,
 };
-use crate::acts::ActsQ8;
+use crate::acts::{ActsQ8, QK};
+use crate::scalar::legacy::check_gemv;
 use crate::scalar::ternary::{check_gemv_ternary, QK_K, T2_BLOCK, T2_BYTES, TQ2_0_BYTES};
 
 const TQ2_0: u8 = 1;
@@ -300,4 +304,123 @@ pub unsafe fn avxvnni_gemv_t2(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
 pub unsafe fn avxvnni_gemv_tq2_0(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
     // SAFETY: same features, guaranteed by the caller.
     unsafe { gemv_ternary::<TQ2_0>(w, acts, out) }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Legacy block types (Q4_0, Q4_1)
+
+/// Eight i32 partial sums whose total is the block's unsigned-weight dot with `a` (as
+/// [`super::legacy`]'s AVX2 block dot, in one `vpdpbusd` instead of `vpmaddubsw` and `vpmaddwd`):
+/// lanes 0-3 group 0, lanes 4-7 group 1.
+///
+/// # Safety
+///
+/// `blk` must be valid for reading one block of type `K`; the CPU must have AVX2 and AVX-VNNI.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+unsafe fn block_dot<const K: u8>(blk: *const u8, a: __m256i) -> __m256i {
+    let z = _mm256_setzero_si256();
+    match K {
+        // SAFETY: bytes 2..18 of the block.
+        Q4_0 => _mm256_dpbusd_avx_epi32(z, unsafe { nibbles(blk.add(2)) }, a),
+        // SAFETY: bytes 4..20 of the block.
+        _ => _mm256_dpbusd_avx_epi32(z, unsafe { nibbles(blk.add(4)) }, a),
+    }
+}
+
+/// The legacy gemv driver: the AVX2 driver of [`super::legacy`] (eight rows per pass, the same
+/// reduction and float steps) with [`block_dot`].
+///
+/// # Safety
+///
+/// The CPU must have AVX2, FMA, F16C and AVX-VNNI.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+unsafe fn gemv_legacy<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
+    let bb = block_bytes(K);
+    let (nb, row_bytes) = check_gemv(w, acts, out.len(), bb, type_name(K));
+    let rows = out.len();
+    if rows == 0 || row_bytes == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let base = w.as_ptr();
+    let last = rows - 1;
+    let mut r = 0;
+    while r < rows {
+        // SAFETY: every row index is at most `last`, and `check_gemv` proved `w` holds
+        // `rows * row_bytes` bytes, so each pointer starts a whole row inside `w`.
+        let p: [*const u8; 8] =
+            core::array::from_fn(|i| unsafe { base.add((r + i).min(last) * row_bytes) });
+        let mut acc = _mm256_setzero_ps();
+        // Prefetch the group of rows PREFETCH_GROUPS ahead, in step with this group's progress.
+        let ahead = (r + 8 * PREFETCH_GROUPS) * row_bytes;
+        for b in 0..nb {
+            let pf = ahead + b * 8 * bb;
+            if pf + 8 * bb <= w.len() {
+                for line in 0..(8 * bb).div_ceil(64) {
+                    // SAFETY: `pf + 64 * line < pf + 8 * bb <= w.len()`: inside `w`.
+                    _mm_prefetch::<_MM_HINT_T0>(unsafe { base.add(pf + 64 * line) }.cast());
+                }
+            }
+            // SAFETY: `check_gemv` proved `acts.qs` holds `nb * QK` values.
+            let a = unsafe { _mm256_loadu_si256(acts.qs.as_ptr().add(b * QK).cast()) };
+            let (da0, da1) = (acts.d[2 * b], acts.d[2 * b + 1]);
+            let (sa0, sa1) = (acts.sums[2 * b], acts.sums[2 * b + 1]);
+            let off = b * bb;
+            // SAFETY: block `b` of each row lies inside its row (`b < nb`).
+            let s: [__m256i; 8] =
+                core::array::from_fn(|i| unsafe { block_dot::<K>(p[i].add(off), a) });
+            let (mut i0, mut i1) = hsum8_groups(s);
+            if K == Q4_0 {
+                i0 = _mm256_sub_epi32(i0, _mm256_set1_epi32(sa0.wrapping_mul(8)));
+                i1 = _mm256_sub_epi32(i1, _mm256_set1_epi32(sa1.wrapping_mul(8)));
+            }
+            // SAFETY: every block type here starts with at least 4 bytes (`d`, then `m` or data).
+            let (dw, mw) = unsafe { scales8(&p, off) };
+            let mut t = _mm256_add_ps(
+                _mm256_mul_ps(
+                    _mm256_mul_ps(dw, _mm256_set1_ps(da0)),
+                    _mm256_cvtepi32_ps(i0),
+                ),
+                _mm256_mul_ps(
+                    _mm256_mul_ps(dw, _mm256_set1_ps(da1)),
+                    _mm256_cvtepi32_ps(i1),
+                ),
+            );
+            if K == Q4_1 {
+                let c = _mm256_set1_ps(da0 * sa0 as f32 + da1 * sa1 as f32);
+                t = _mm256_add_ps(t, _mm256_mul_ps(mw, c));
+            }
+            acc = _mm256_add_ps(acc, t);
+        }
+        let mut tmp = [0.0f32; 8];
+        // SAFETY: `tmp` has room for eight f32.
+        unsafe { _mm256_storeu_ps(tmp.as_mut_ptr(), acc) };
+        let n = (rows - r).min(8);
+        out[r..r + n].copy_from_slice(&tmp[..n]);
+        r += 8;
+    }
+}
+
+/// AVX-VNNI [`crate::scalar::gemv_q4_0`], bit-exact.
+///
+/// # Safety
+///
+/// The CPU must have AVX2, FMA, F16C and AVX-VNNI (the features of the `avx-vnni` tier).
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+pub unsafe fn avxvnni_gemv_q4_0(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
+    // SAFETY: same features, guaranteed by the caller.
+    unsafe { gemv_legacy::<Q4_0>(w, acts, out) }
+}
+
+/// AVX-VNNI [`crate::scalar::gemv_q4_1`], bit-exact.
+///
+/// # Safety
+///
+/// The CPU must have AVX2, FMA, F16C and AVX-VNNI (the features of the `avx-vnni` tier).
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+pub unsafe fn avxvnni_gemv_q4_1(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
+    // SAFETY: same features, guaranteed by the caller.
+    unsafe { gemv_legacy::<Q4_1>(w, acts, out) }
 }
