@@ -452,6 +452,8 @@ fn avxvnni_table() -> Table {
     let mut t = avx2_table();
     t.t2 = q8(Tier::AvxVnni, vnni::avxvnni_gemv_t2);
     t.tq2_0 = q8(Tier::AvxVnni, vnni::avxvnni_gemv_tq2_0);
+    t.gemm_t2 = vnni::avxvnni_gemm_t2;
+    t.gemm_tq2_0 = vnni::avxvnni_gemm_tq2_0;
     t.q4_0 = q8(Tier::AvxVnni, vnni::avxvnni_gemv_q4_0);
     t.q4_1 = q8(Tier::AvxVnni, vnni::avxvnni_gemv_q4_1);
     t

@@ -813,6 +813,10 @@ gemm_kernel_tests! {
     avx2_gemm_t2: Ty::T2, edgellm_kernels::x86::ternary::avx2_gemm_t2, "x86_64", has_avx2();
     avx2_gemm_tq2_0: Ty::Tq2, edgellm_kernels::x86::ternary::avx2_gemm_tq2_0, "x86_64",
         has_avx2();
+    avxvnni_gemm_t2: Ty::T2, edgellm_kernels::x86::vnni::avxvnni_gemm_t2, "x86_64",
+        has_avxvnni();
+    avxvnni_gemm_tq2_0: Ty::Tq2, edgellm_kernels::x86::vnni::avxvnni_gemm_tq2_0, "x86_64",
+        has_avxvnni();
     neon_gemm_t2: Ty::T2, edgellm_kernels::aarch64::ternary::neon_gemm_t2, "aarch64", has_neon();
     neon_gemm_tq2_0: Ty::Tq2, edgellm_kernels::aarch64::ternary::neon_gemm_tq2_0, "aarch64",
         has_neon();

@@ -588,13 +588,13 @@ pub unsafe fn avx2_gemv_t2_lut(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
 // Small-batch product (gemm): several tokens per weight unpacked
 
 /// Tokens per block of the gemm (their window operands live in a stack buffer).
-const GEMM_TOKENS: usize = 8;
+pub(crate) const GEMM_TOKENS: usize = 8;
 /// Tokens per inner pass of the gemm (running sums in registers); divides [`GEMM_TOKENS`].
-const GEMM_SUB: usize = 4;
+pub(crate) const GEMM_SUB: usize = 4;
 /// Rows per block of the gemm (their running sums live in a stack buffer).
-const GEMM_ROWS: usize = 32;
+pub(crate) const GEMM_ROWS: usize = 32;
 /// Windows per column panel of the gemm (1024 columns).
-const GEMM_PANEL: usize = 8;
+pub(crate) const GEMM_PANEL: usize = 8;
 
 /// The TQ2_0 codes of the 32 bytes at `p` (one half of a block, 128 elements) arranged like the
 /// T2 window's activations: i32 lane `n` of vector `q` holds elements `16n + 4q .. 16n + 4q + 4`
@@ -605,7 +605,7 @@ const GEMM_PANEL: usize = 8;
 /// `p` must be valid for reading 32 bytes; the CPU must have AVX2.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn codes_tq2_grouped(p: *const u8) -> [__m256i; 4] {
+pub(crate) unsafe fn codes_tq2_grouped(p: *const u8) -> [__m256i; 4] {
     // SAFETY: the caller guarantees the bytes.
     let v = unsafe { _mm256_loadu_si256(p.cast()) };
     let m = _mm256_set1_epi8(3);

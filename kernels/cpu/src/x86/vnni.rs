@@ -22,9 +22,11 @@
 //!   of group `n`; the activations are the AVX2 kernel's transposed window.
 //! - TQ2_0: in one 32-byte half of a block the codes at shift `2l` hold group `2l` in the low
 //!   128-bit lane and `2l + 1` in the high one (four i32 words of four codes each). Code vector
-//!   `q` takes the bytes with their words rotated by `q` within each 128-bit lane (`vpshufd`), then
-//!   shifts word `k` of each lane by `2k` (`vpsrlvd`) and masks: lane `k` holds elements
-//!   `4 ((k + q) % 4) ..` of group `2k` (low lane) or `2k + 1` (high lane). The activations get
+//!   `q` takes the bytes with their words rotated by `q` within each 128-bit lane (`vpshufd`) and
+//!   keeps bits `2k .. 2k + 2` of word `k` of each lane: lane `k` holds `4^k c` for elements
+//!   `4 ((k + q) % 4) ..` of group `2k` (low lane) or `2k + 1` (high lane). The chain starts from
+//!   `−4^k sums` in lane `k` and one arithmetic shift right by `2k` (exact: every term is a
+//!   multiple of `4^k`, and `4^k |isum|` stays below `2^20`) gives `isum`. The activations get
 //!   the matching arrangement once per window (each 32-column vector `k` rotated by `k`, then a
 //!   4x4 word transpose), so the group sums come out in the lane order `0 2 4 6 1 3 5 7`, the
 //!   order of the AVX2 TQ2_0 kernel: sums and scales are permuted alike and the eight running sums
@@ -40,7 +42,8 @@ use super::legacy::{
     block_bytes, hsum8_groups, nibbles, scales8, type_name, PREFETCH_GROUPS, Q4_0, Q4_1,
 };
 use super::ternary::{
-    codes2, load_window, reduce8, tq_scale, Window, PREFETCH_PASSES, ROWS, T2, WIN,
+    codes2, codes_tq2_grouped, load_window, reduce8, tq_scale, Window, GEMM_PANEL, GEMM_ROWS,
+    GEMM_SUB, GEMM_TOKENS, PREFETCH_PASSES, ROWS, T2, WIN,
 };
 use crate::acts::{ActsQ8, QK};
 use crate::scalar::legacy::check_gemv;
@@ -113,9 +116,10 @@ unsafe fn load_window_tq2(acts: &ActsQ8<'_>, win: usize) -> Window {
                 rotate::<2>(a[2]),
                 rotate::<3>(a[3]),
             ]),
+            // Scaled like the codes: lane k (of each 128-bit lane) by 4^k.
             sums: _mm256_sub_epi32(
                 _mm256_setzero_si256(),
-                _mm256_permutevar8x32_epi32(sums, perm),
+                _mm256_sllv_epi32(_mm256_permutevar8x32_epi32(sums, perm), tq2_shifts()),
             ),
             d: _mm256_permutevar8x32_ps(_mm256_loadu_ps(acts.d.as_ptr().add(g0)), perm),
         }
@@ -133,15 +137,28 @@ unsafe fn load_window_tq2(acts: &ActsQ8<'_>, win: usize) -> Window {
 unsafe fn codes_tq2(p: *const u8) -> [__m256i; 4] {
     // SAFETY: the caller guarantees the bytes.
     let v = unsafe { _mm256_loadu_si256(p.cast()) };
-    let m = _mm256_set1_epi8(3);
-    let sh = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
-    let f = |r: __m256i| _mm256_and_si256(_mm256_srlv_epi32(r, sh), m);
+    // Word k of each 128-bit lane keeps the codes at bits 2k: `4^k c`, at most 192 (unsigned).
+    let (m0, m1, m2, m3) = (
+        0x0303_0303,
+        0x0C0C_0C0C,
+        0x3030_3030,
+        0xC0C0_C0C0_u32 as i32,
+    );
+    let m = _mm256_setr_epi32(m0, m1, m2, m3, m0, m1, m2, m3);
+    let f = |r: __m256i| _mm256_and_si256(r, m);
     [
         f(v),
         f(rotate::<1>(v)),
         f(rotate::<2>(v)),
         f(rotate::<3>(v)),
     ]
+}
+
+/// The bit shift of the codes that i32 lane `k` of each 128-bit lane holds (TQ2_0).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn tq2_shifts() -> __m256i {
+    _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6)
 }
 
 /// Windows per column panel of the gemv (8192 columns): their arranged operands are kept in a
@@ -262,7 +279,7 @@ unsafe fn gemv_ternary<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]
                         for (h, wv) in pair.iter().enumerate() {
                             // SAFETY: half `h` of the block is its bytes `32 h .. 32 h + 32`.
                             let c = unsafe { codes_tq2(q.add(32 * h)) };
-                            let isum = dot4(wv.sums, c, &wv.a);
+                            let isum = _mm256_srav_epi32(dot4(wv.sums, c, &wv.a), tq2_shifts());
                             let t =
                                 _mm256_mul_ps(_mm256_mul_ps(dw, wv.d), _mm256_cvtepi32_ps(isum));
                             acc[i] = _mm256_add_ps(acc[i], t);
@@ -304,6 +321,134 @@ pub unsafe fn avxvnni_gemv_t2(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
 pub unsafe fn avxvnni_gemv_tq2_0(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
     // SAFETY: same features, guaranteed by the caller.
     unsafe { gemv_ternary::<TQ2_0>(w, acts, out) }
+}
+
+/// The ternary gemm driver: the AVX2 one of [`super::ternary`] (tokens eight at a time, rows 32
+/// at a time, column panels of eight windows whose activations are arranged once per token into
+/// a stack buffer, each weight window unpacked once for four tokens at a time) with the group
+/// sums of [`dot4`]. TQ2_0's codes take the T2 arrangement there (one group per lane), so both
+/// types share the T2 activation windows.
+///
+/// # Safety
+///
+/// The CPU must have AVX2, FMA, F16C and AVX-VNNI.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+unsafe fn gemm_ternary<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f32]) {
+    use crate::scalar::ternary::{check_gemm, token_acts};
+    let (bl, bb, name) = match K {
+        T2 => (T2_BLOCK, T2_BYTES, "T2"),
+        _ => (QK_K, TQ2_0_BYTES, "TQ2_0"),
+    };
+    let (cols, rows) = check_gemm(acts, nb, out.len(), name);
+    for t in 0..nb {
+        check_gemv_ternary(w, &token_acts(acts, cols, t), rows, bl, bb, name);
+    }
+    if rows == 0 || cols == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let row_bytes = cols / bl * bb;
+    let nwin = cols.div_ceil(WIN);
+    let base = w.as_ptr();
+    let zero = Window {
+        a: [_mm256_setzero_si256(); 4],
+        sums: _mm256_setzero_si256(),
+        d: _mm256_setzero_ps(),
+    };
+    let mut buf = [[zero; GEMM_PANEL]; GEMM_TOKENS];
+    let mut acc = [[_mm256_setzero_ps(); GEMM_TOKENS]; GEMM_ROWS];
+    for t0 in (0..nb).step_by(GEMM_TOKENS) {
+        let tn = (nb - t0).min(GEMM_TOKENS);
+        for r0 in (0..rows).step_by(GEMM_ROWS) {
+            let rn = (rows - r0).min(GEMM_ROWS);
+            for a in acc[..rn].iter_mut() {
+                a[..tn].fill(_mm256_setzero_ps());
+            }
+            for w0 in (0..nwin).step_by(GEMM_PANEL) {
+                let wn = (nwin - w0).min(GEMM_PANEL);
+                for (t, bt) in buf[..tn].iter_mut().enumerate() {
+                    let at = token_acts(acts, cols, t0 + t);
+                    for (j, b) in bt[..wn].iter_mut().enumerate() {
+                        // SAFETY: `w0 + j < nwin` for the token's activations, whose shape
+                        // was checked above.
+                        *b = unsafe { window::<T2>(&at, w0 + j) };
+                    }
+                }
+                for (r, acc_r) in acc[..rn].iter_mut().enumerate() {
+                    // SAFETY: `r0 + r < rows`, and the shape check proved `w` holds `rows`
+                    // rows of `row_bytes`.
+                    let p = unsafe { base.add((r0 + r) * row_bytes) };
+                    // Four tokens at a time, their running sums in registers (a short last group
+                    // computes stale buffer entries whose sums are never written out).
+                    for s0 in (0..tn).step_by(GEMM_SUB) {
+                        let mut a: [__m256; GEMM_SUB] = core::array::from_fn(|u| acc_r[s0 + u]);
+                        // `j` indexes the window in every token's row of `buf`.
+                        #[allow(clippy::needless_range_loop)]
+                        for j in 0..wn {
+                            let win = w0 + j;
+                            // SAFETY: window `win` of the row is inside it: T2 bytes `32 win ..`
+                            // (16 when the row ends with half a window), TQ2_0 half `win % 2` of
+                            // block `win / 2` with its scale in the block's last two bytes.
+                            let (c, dw) = unsafe {
+                                if K == T2 {
+                                    (codes2(p.add(32 * win), (win + 1) * WIN > cols), None)
+                                } else {
+                                    let q = p.add((win / 2) * bb);
+                                    (
+                                        codes_tq2_grouped(q.add(32 * (win % 2))),
+                                        Some(tq_scale(q.add(bb - 2))),
+                                    )
+                                }
+                            };
+                            for (u, au) in a.iter_mut().enumerate() {
+                                let wv = &buf[s0 + u][j];
+                                let isum = dot4(wv.sums, c, &wv.a);
+                                let t = match dw {
+                                    None => _mm256_mul_ps(_mm256_cvtepi32_ps(isum), wv.d),
+                                    Some(dw) => _mm256_mul_ps(
+                                        _mm256_mul_ps(dw, wv.d),
+                                        _mm256_cvtepi32_ps(isum),
+                                    ),
+                                };
+                                *au = _mm256_add_ps(*au, t);
+                            }
+                        }
+                        acc_r[s0..s0 + GEMM_SUB].copy_from_slice(&a);
+                    }
+                }
+            }
+            for (r, acc_r) in acc[..rn].iter().enumerate() {
+                for (t, &a) in acc_r[..tn].iter().enumerate() {
+                    out[(t0 + t) * rows + r0 + r] = reduce8(a);
+                }
+            }
+        }
+    }
+}
+
+/// AVX-VNNI [`crate::scalar::ternary::gemm_t2`], bit-exact with one [`avxvnni_gemv_t2`] per
+/// token.
+///
+/// # Safety
+///
+/// The CPU must have AVX2, FMA, F16C and AVX-VNNI (the features of the `avx-vnni` tier).
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+pub unsafe fn avxvnni_gemm_t2(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f32]) {
+    // SAFETY: same features, guaranteed by the caller.
+    unsafe { gemm_ternary::<T2>(w, acts, nb, out) }
+}
+
+/// AVX-VNNI [`crate::scalar::ternary::gemm_tq2_0`], bit-exact with one [`avxvnni_gemv_tq2_0`]
+/// per token.
+///
+/// # Safety
+///
+/// The CPU must have AVX2, FMA, F16C and AVX-VNNI (the features of the `avx-vnni` tier).
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+pub unsafe fn avxvnni_gemm_tq2_0(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f32]) {
+    // SAFETY: same features, guaranteed by the caller.
+    unsafe { gemm_ternary::<TQ2_0>(w, acts, nb, out) }
 }
 
 // ---------------------------------------------------------------------------------------------
