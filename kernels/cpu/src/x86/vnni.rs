@@ -264,10 +264,14 @@ unsafe fn gemv_ternary<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]
                 for (j, pair) in wins.chunks_exact(2).enumerate() {
                     let off = ((w0 / 2) + j) * bb;
                     for &q in &pf {
-                        // SAFETY: `off + 64 < off + bb`: inside the block, inside the row. A block
-                        // spans exactly two lines (it starts at an even offset in its line);
-                        // this fetches the second, the first being the previous block's second.
-                        _mm_prefetch::<_MM_HINT_T0>(unsafe { q.add(off + 64) }.cast());
+                        // The two 64-byte lines the block spans (it starts at an even offset in
+                        // its line, so `off + 64` is in the second).
+                        // SAFETY: `off` and `off + 64 < off + bb` are inside the block, inside
+                        // the row.
+                        unsafe {
+                            _mm_prefetch::<_MM_HINT_T0>(q.add(off).cast());
+                            _mm_prefetch::<_MM_HINT_T0>(q.add(off + 64).cast());
+                        }
                     }
                     for i in 0..ROWS {
                         // SAFETY: the block (with its f16 scale in its last two bytes) is
