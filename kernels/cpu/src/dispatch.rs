@@ -456,6 +456,8 @@ fn avxvnni_table() -> Table {
     t.gemm_tq2_0 = vnni::avxvnni_gemm_tq2_0;
     t.q4_0 = q8(Tier::AvxVnni, vnni::avxvnni_gemv_q4_0);
     t.q4_1 = q8(Tier::AvxVnni, vnni::avxvnni_gemv_q4_1);
+    t.q5_0 = q8(Tier::AvxVnni, vnni::avxvnni_gemv_q5_0);
+    t.q5_1 = q8(Tier::AvxVnni, vnni::avxvnni_gemv_q5_1);
     t
 }
 

@@ -39,7 +39,8 @@ use core::arch::x86_64::*;
 use core::mem::MaybeUninit;
 
 use super::legacy::{
-    block_bytes, hsum8_groups, nibbles, scales8, type_name, PREFETCH_GROUPS, Q4_0, Q4_1,
+    block_bytes, high_bits, hsum8_groups, nibbles, scales8, type_name, PREFETCH_GROUPS, Q4_0, Q4_1,
+    Q5_0, Q5_1,
 };
 use super::ternary::{
     codes2, codes_tq2_grouped, load_window, reduce8, tq_scale, Window, GEMM_PANEL, GEMM_ROWS,
@@ -456,7 +457,7 @@ pub unsafe fn avxvnni_gemm_tq2_0(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &m
 }
 
 // ---------------------------------------------------------------------------------------------
-// Legacy block types (Q4_0, Q4_1)
+// Legacy block types (Q4_0, Q4_1, Q5_0, Q5_1)
 
 /// Eight i32 partial sums whose total is the block's unsigned-weight dot with `a` (as
 /// [`super::legacy`]'s AVX2 block dot, in one `vpdpbusd` instead of `vpmaddubsw` and `vpmaddwd`):
@@ -473,7 +474,21 @@ unsafe fn block_dot<const K: u8>(blk: *const u8, a: __m256i) -> __m256i {
         // SAFETY: bytes 2..18 of the block.
         Q4_0 => _mm256_dpbusd_avx_epi32(z, unsafe { nibbles(blk.add(2)) }, a),
         // SAFETY: bytes 4..20 of the block.
-        _ => _mm256_dpbusd_avx_epi32(z, unsafe { nibbles(blk.add(4)) }, a),
+        Q4_1 => _mm256_dpbusd_avx_epi32(z, unsafe { nibbles(blk.add(4)) }, a),
+        Q5_0 => {
+            // SAFETY: bytes 2..6 of the block.
+            let qh = unsafe { blk.add(2).cast::<u32>().read_unaligned() };
+            // SAFETY: bytes 6..22 of the block.
+            let q = _mm256_or_si256(unsafe { nibbles(blk.add(6)) }, high_bits(u32::from_le(qh)));
+            _mm256_dpbusd_avx_epi32(z, q, a)
+        }
+        _ => {
+            // SAFETY: bytes 4..8 of the block.
+            let qh = unsafe { blk.add(4).cast::<u32>().read_unaligned() };
+            // SAFETY: bytes 8..24 of the block.
+            let q = _mm256_or_si256(unsafe { nibbles(blk.add(8)) }, high_bits(u32::from_le(qh)));
+            _mm256_dpbusd_avx_epi32(z, q, a)
+        }
     }
 }
 
@@ -521,9 +536,14 @@ unsafe fn gemv_legacy<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32])
             let s: [__m256i; 8] =
                 core::array::from_fn(|i| unsafe { block_dot::<K>(p[i].add(off), a) });
             let (mut i0, mut i1) = hsum8_groups(s);
-            if K == Q4_0 {
-                i0 = _mm256_sub_epi32(i0, _mm256_set1_epi32(sa0.wrapping_mul(8)));
-                i1 = _mm256_sub_epi32(i1, _mm256_set1_epi32(sa1.wrapping_mul(8)));
+            let offset = match K {
+                Q4_0 => 8,
+                Q5_0 => 16,
+                _ => 0,
+            };
+            if offset != 0 {
+                i0 = _mm256_sub_epi32(i0, _mm256_set1_epi32(sa0.wrapping_mul(offset)));
+                i1 = _mm256_sub_epi32(i1, _mm256_set1_epi32(sa1.wrapping_mul(offset)));
             }
             // SAFETY: every block type here starts with at least 4 bytes (`d`, then `m` or data).
             let (dw, mw) = unsafe { scales8(&p, off) };
@@ -537,7 +557,7 @@ unsafe fn gemv_legacy<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32])
                     _mm256_cvtepi32_ps(i1),
                 ),
             );
-            if K == Q4_1 {
+            if K == Q4_1 || K == Q5_1 {
                 let c = _mm256_set1_ps(da0 * sa0 as f32 + da1 * sa1 as f32);
                 t = _mm256_add_ps(t, _mm256_mul_ps(mw, c));
             }
@@ -572,4 +592,26 @@ pub unsafe fn avxvnni_gemv_q4_0(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
 pub unsafe fn avxvnni_gemv_q4_1(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
     // SAFETY: same features, guaranteed by the caller.
     unsafe { gemv_legacy::<Q4_1>(w, acts, out) }
+}
+
+/// AVX-VNNI [`crate::scalar::gemv_q5_0`], bit-exact.
+///
+/// # Safety
+///
+/// The CPU must have AVX2, FMA, F16C and AVX-VNNI (the features of the `avx-vnni` tier).
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+pub unsafe fn avxvnni_gemv_q5_0(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
+    // SAFETY: same features, guaranteed by the caller.
+    unsafe { gemv_legacy::<Q5_0>(w, acts, out) }
+}
+
+/// AVX-VNNI [`crate::scalar::gemv_q5_1`], bit-exact.
+///
+/// # Safety
+///
+/// The CPU must have AVX2, FMA, F16C and AVX-VNNI (the features of the `avx-vnni` tier).
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+pub unsafe fn avxvnni_gemv_q5_1(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
+    // SAFETY: same features, guaranteed by the caller.
+    unsafe { gemv_legacy::<Q5_1>(w, acts, out) }
 }
