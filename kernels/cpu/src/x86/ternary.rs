@@ -40,7 +40,7 @@ pub(crate) const PREFETCH_PASSES: usize = 2;
 pub(crate) const WIN: usize = 8 * QS;
 
 pub(crate) const T2: u8 = 0;
-const TQ2_0: u8 = 1;
+pub(crate) const TQ2_0: u8 = 1;
 const TQ1_0: u8 = 2;
 
 /// The exact sums `Σ c·a` of eight groups from the four `vpmaddubsw` results of a window, in

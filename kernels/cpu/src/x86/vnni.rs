@@ -14,7 +14,8 @@
 //! activation groups of 16), four rows per pass sharing the window's operands, the 2-bit codes
 //! `c` (0..=3, unsigned) cut out of 32 weight bytes by shifts and masks. Here the four code
 //! vectors of a window are arranged so that i32 lane `n` of every one holds four codes of the
-//! same group, against activations arranged alike once per window; a chain of four `vpdpbusd`
+//! same group, against activations arranged alike (once per call, into a stack buffer of up to 64
+//! windows; once per pass of rows for longer rows); a chain of four `vpdpbusd`
 //! starting from `−sums` then leaves `isum = Σ c·a − Σ a = Σ (c − 1)·a` of the eight groups in the
 //! eight lanes, exact (at most `16 * 3 * 127` in magnitude), with no horizontal adds.
 //!
@@ -33,7 +34,14 @@
 //!   are put back in order before the final reduction.
 //!
 //! The float steps are the specification's, as in the AVX2 kernels; rows that are not a multiple
-//! of four repeat the last row in the final pass and drop the extra results.
+//! of four repeat the last row in the final pass and drop the extra results. The gemm is the AVX2
+//! one with these group sums (TQ2_0 codes in the T2 arrangement there, as in the AVX2 gemm).
+//!
+//! # Legacy types (Q4_0, Q4_1, Q5_0, Q5_1)
+//!
+//! The AVX2 driver of [`super::legacy`] (eight rows per pass, the same horizontal reduction and
+//! float steps) with one `vpdpbusd` per row and block. Q8_0 gained nothing measurable this way and
+//! keeps its AVX2 kernel.
 
 use core::arch::x86_64::*;
 use core::mem::MaybeUninit;
@@ -44,13 +52,11 @@ use super::legacy::{
 };
 use super::ternary::{
     codes2, codes_tq2_grouped, load_window, reduce8, tq_scale, Window, GEMM_PANEL, GEMM_ROWS,
-    GEMM_SUB, GEMM_TOKENS, PREFETCH_PASSES, ROWS, T2, WIN,
+    GEMM_SUB, GEMM_TOKENS, PREFETCH_PASSES, ROWS, T2, TQ2_0, WIN,
 };
 use crate::acts::{ActsQ8, QK};
 use crate::scalar::legacy::check_gemv;
 use crate::scalar::ternary::{check_gemv_ternary, QK_K, T2_BLOCK, T2_BYTES, TQ2_0_BYTES};
-
-const TQ2_0: u8 = 1;
 
 /// `s + Σ_l dpbusd(c[l], a[l])`: four chained `vpdpbusd`.
 #[inline]
