@@ -272,8 +272,12 @@ fn shapes(rng: &mut Rng, ty: Ty) -> Vec<(usize, usize)> {
     ];
     if ty == Ty::T2 {
         v.extend([(2, 576), (7, 1536), (3, 2560), (2, 6912)]);
+        // Past 8192 columns (the AVX-VNNI kernels' activation panel), ending in half a window.
+        v.extend([(5, 8256), (2, 16448)]);
     } else {
         v.extend([(2, 1536), (3, 2560), (2, 6912)]);
+        // Past 8192 columns (the AVX-VNNI kernels' activation panel).
+        v.extend([(5, 8448), (2, 16640)]);
     }
     for _ in 0..24 {
         v.push((1 + rng.below(13), bl * (1 + rng.below(4096 / bl))));
