@@ -126,6 +126,16 @@ fn kernels() -> Vec<(&'static str, &'static str, GemvFn)> {
         v.push(("avx2_gemv_tq2_0", "TQ2_0", x::avx2_gemv_tq2_0));
         v.push(("avx2_gemv_tq1_0", "TQ1_0", x::avx2_gemv_tq1_0));
     }
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("fma")
+        && std::is_x86_feature_detected!("f16c")
+        && std::is_x86_feature_detected!("avxvnni")
+    {
+        use edgellm_kernels::x86::vnni as x;
+        v.push(("avxvnni_gemv_t2", "T2", x::avxvnni_gemv_t2));
+        v.push(("avxvnni_gemv_tq2_0", "TQ2_0", x::avxvnni_gemv_tq2_0));
+    }
     #[cfg(target_arch = "aarch64")]
     {
         use edgellm_kernels::aarch64::ternary as a;

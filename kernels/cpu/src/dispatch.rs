@@ -19,6 +19,8 @@ pub enum Tier {
     Scalar,
     /// x86-64 with AVX2, FMA and F16C.
     Avx2,
+    /// x86-64 with AVX2, FMA, F16C and AVX-VNNI (`vpdpbusd` in VEX encoding).
+    AvxVnni,
     /// aarch64 Advanced SIMD (ARMv8.0).
     Neon,
     /// aarch64 Advanced SIMD with the dot-product extension (ARMv8.2 `sdot`).
@@ -27,13 +29,21 @@ pub enum Tier {
 
 impl Tier {
     /// Every tier, lowest first.
-    pub const ALL: [Tier; 4] = [Tier::Scalar, Tier::Avx2, Tier::Neon, Tier::NeonDotprod];
+    pub const ALL: [Tier; 5] = [
+        Tier::Scalar,
+        Tier::Avx2,
+        Tier::AvxVnni,
+        Tier::Neon,
+        Tier::NeonDotprod,
+    ];
 
-    /// The name used on the command line and in logs: `scalar`, `avx2`, `neon`, `neon-dotprod`.
+    /// The name used on the command line and in logs: `scalar`, `avx2`, `avx-vnni`, `neon`,
+    /// `neon-dotprod`.
     pub const fn name(self) -> &'static str {
         match self {
             Tier::Scalar => "scalar",
             Tier::Avx2 => "avx2",
+            Tier::AvxVnni => "avx-vnni",
             Tier::Neon => "neon",
             Tier::NeonDotprod => "neon-dotprod",
         }
@@ -67,7 +77,7 @@ pub enum KernelError {
         /// What it needs that is missing, in words.
         missing: &'static str,
     },
-    /// A tier name that is not one of `scalar`, `avx2`, `neon`, `neon-dotprod`.
+    /// A tier name that is not one of `scalar`, `avx2`, `avx-vnni`, `neon`, `neon-dotprod`.
     UnknownTier,
     /// No kernel for this tensor type.
     UnsupportedType(GgmlType),
@@ -84,7 +94,10 @@ impl fmt::Display for KernelError {
                  or leave the tier unset to use the best one this CPU has"
             ),
             KernelError::UnknownTier => {
-                f.write_str("unknown kernel tier: expected one of scalar, avx2, neon, neon-dotprod")
+                f.write_str(
+                    "unknown kernel tier: expected one of scalar, avx2, avx-vnni, neon, \
+                     neon-dotprod",
+                )
             }
             KernelError::UnsupportedType(ty) => write!(
                 f,
@@ -114,6 +127,8 @@ pub enum CpuFeature {
     Fma,
     /// x86 F16C (f16 <-> f32 conversion).
     F16c,
+    /// x86 AVX-VNNI (the VEX-encoded `vpdpbusd`; not the AVX-512 form).
+    AvxVnni,
     /// aarch64 Advanced SIMD.
     Neon,
     /// aarch64 dot product (`sdot`/`udot`).
@@ -126,6 +141,7 @@ pub struct CpuFeatures {
     avx2: bool,
     fma: bool,
     f16c: bool,
+    avxvnni: bool,
     neon: bool,
     dotprod: bool,
 }
@@ -137,6 +153,7 @@ impl CpuFeatures {
             avx2: false,
             fma: false,
             f16c: false,
+            avxvnni: false,
             neon: false,
             dotprod: false,
         }
@@ -153,6 +170,7 @@ impl CpuFeatures {
             f.avx2 = std::is_x86_feature_detected!("avx2");
             f.fma = std::is_x86_feature_detected!("fma");
             f.f16c = std::is_x86_feature_detected!("f16c");
+            f.avxvnni = std::is_x86_feature_detected!("avxvnni");
         }
         #[cfg(all(feature = "std", target_arch = "aarch64"))]
         {
@@ -164,6 +182,7 @@ impl CpuFeatures {
             f.avx2 = cfg!(target_feature = "avx2");
             f.fma = cfg!(target_feature = "fma");
             f.f16c = cfg!(target_feature = "f16c");
+            f.avxvnni = cfg!(target_feature = "avxvnni");
             f.neon = cfg!(target_feature = "neon");
             f.dotprod = cfg!(target_feature = "dotprod");
         }
@@ -182,6 +201,7 @@ impl CpuFeatures {
             CpuFeature::Avx2 => self.avx2 = true,
             CpuFeature::Fma => self.fma = true,
             CpuFeature::F16c => self.f16c = true,
+            CpuFeature::AvxVnni => self.avxvnni = true,
             CpuFeature::Neon => self.neon = true,
             CpuFeature::Dotprod => self.dotprod = true,
         }
@@ -194,6 +214,7 @@ impl CpuFeatures {
             CpuFeature::Avx2 => self.avx2,
             CpuFeature::Fma => self.fma,
             CpuFeature::F16c => self.f16c,
+            CpuFeature::AvxVnni => self.avxvnni,
             CpuFeature::Neon => self.neon,
             CpuFeature::Dotprod => self.dotprod,
         }
@@ -203,13 +224,17 @@ impl CpuFeatures {
     pub const fn missing_for(&self, tier: Tier) -> Option<&'static str> {
         match tier {
             Tier::Scalar => None,
-            Tier::Avx2 if !X86_SIMD => Some(
+            Tier::Avx2 | Tier::AvxVnni if !X86_SIMD => Some(
                 "an x86-64 build with the SSE2 float ABI (this build is soft-float or for another \
                  architecture)",
             ),
             Tier::Avx2 if !(self.avx2 && self.fma && self.f16c) => {
                 Some("AVX2, FMA and F16C, which this CPU does not report")
             }
+            Tier::AvxVnni if !(self.avx2 && self.fma && self.f16c && self.avxvnni) => Some(
+                "AVX2, FMA, F16C and AVX-VNNI (`avxvnni`, the VEX-encoded `vpdpbusd`), which this \
+                 CPU does not all report",
+            ),
             Tier::Neon | Tier::NeonDotprod if !ARM_SIMD => Some(
                 "an aarch64 build with Advanced SIMD (this build is soft-float or for another \
                  architecture)",
@@ -224,7 +249,9 @@ impl CpuFeatures {
 
     /// The best tier these features allow.
     pub const fn best_tier(&self) -> Tier {
-        if self.missing_for(Tier::Avx2).is_none() {
+        if self.missing_for(Tier::AvxVnni).is_none() {
+            Tier::AvxVnni
+        } else if self.missing_for(Tier::Avx2).is_none() {
             Tier::Avx2
         } else if self.missing_for(Tier::NeonDotprod).is_none() {
             Tier::NeonDotprod
@@ -418,6 +445,22 @@ fn avx2_table() -> Table {
     t
 }
 
+/// The AVX-VNNI table: the AVX2 table with `vpdpbusd` kernels where they pay.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+fn avxvnni_table() -> Table {
+    use crate::x86::vnni;
+    let mut t = avx2_table();
+    t.t2 = q8(Tier::AvxVnni, vnni::avxvnni_gemv_t2);
+    t.tq2_0 = q8(Tier::AvxVnni, vnni::avxvnni_gemv_tq2_0);
+    t.gemm_t2 = vnni::avxvnni_gemm_t2;
+    t.gemm_tq2_0 = vnni::avxvnni_gemm_tq2_0;
+    t.q4_0 = q8(Tier::AvxVnni, vnni::avxvnni_gemv_q4_0);
+    t.q4_1 = q8(Tier::AvxVnni, vnni::avxvnni_gemv_q4_1);
+    t.q5_0 = q8(Tier::AvxVnni, vnni::avxvnni_gemv_q5_0);
+    t.q5_1 = q8(Tier::AvxVnni, vnni::avxvnni_gemv_q5_1);
+    t
+}
+
 /// The NEON table (also used by `neon-dotprod` until `sdot` kernels land): NEON kernels where
 /// they exist, the scalar ones elsewhere.
 #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
@@ -505,6 +548,8 @@ impl Kernels {
             Tier::Scalar => SCALAR,
             #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
             Tier::Avx2 => avx2_table(),
+            #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+            Tier::AvxVnni => avxvnni_table(),
             #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
             Tier::Neon => neon_table(),
             #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]

@@ -679,21 +679,28 @@ fn detect_picks_the_best_available_tier() {
         && std::is_x86_feature_detected!("fma")
         && std::is_x86_feature_detected!("f16c")
     {
-        assert_eq!(k.tier(), Tier::Avx2);
-        assert!(
-            k.describe()
-                .to_string()
-                .starts_with("avx2: q4_0 q4_1 q5_0 q5_1 q8_0 f16 f32 bf16"),
-            "{}",
-            k.describe()
-        );
+        let d = k.describe().to_string();
+        if std::is_x86_feature_detected!("avxvnni") {
+            assert_eq!(k.tier(), Tier::AvxVnni);
+            assert!(
+                d.starts_with("avx-vnni: q4_0 q4_1 q5_0 q5_1 t2 tq2_0; "),
+                "{d}"
+            );
+            assert!(d.contains("; avx2: q8_0 f16 f32 bf16"), "{d}");
+        } else {
+            assert_eq!(k.tier(), Tier::Avx2);
+            assert!(
+                d.starts_with("avx2: q4_0 q4_1 q5_0 q5_1 q8_0 f16 f32 bf16"),
+                "{d}"
+            );
+        }
     }
 }
 
 #[test]
 fn refuses_tiers_the_cpu_lacks() {
     let none = CpuFeatures::none();
-    for t in [Tier::Avx2, Tier::Neon, Tier::NeonDotprod] {
+    for t in [Tier::Avx2, Tier::AvxVnni, Tier::Neon, Tier::NeonDotprod] {
         let e = Kernels::with_tier(t, &none).unwrap_err();
         let msg = e.to_string();
         assert!(msg.contains(t.name()) && msg.contains("needs"), "{msg}");
@@ -830,5 +837,20 @@ fn assumed_features_enable_a_tier() {
         // SAFETY: as above.
         let partial = unsafe { CpuFeatures::none().assume(CpuFeature::Avx2) };
         assert!(Kernels::with_tier(Tier::Avx2, &partial).is_err());
+        // Without AVX-VNNI the `avx-vnni` tier is refused, naming what is missing.
+        let e = Kernels::with_tier(Tier::AvxVnni, &f)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("avx-vnni") && e.contains("AVX-VNNI"), "{e}");
+        if std::is_x86_feature_detected!("avxvnni") {
+            // SAFETY: AVX-VNNI was just detected on this CPU.
+            let v = unsafe { f.assume(CpuFeature::AvxVnni) };
+            assert_eq!(v.best_tier(), Tier::AvxVnni);
+            let k = Kernels::with_tier(Tier::AvxVnni, &v).unwrap();
+            assert_eq!(k.kernel_tier(GgmlType::T2), Some(Tier::AvxVnni));
+            assert_eq!(k.kernel_tier(GgmlType::TQ2_0), Some(Tier::AvxVnni));
+            assert_eq!(k.kernel_tier(GgmlType::Q4_1), Some(Tier::AvxVnni));
+            assert_eq!(k.kernel_tier(GgmlType::F16), Some(Tier::Avx2));
+        }
     }
 }

@@ -272,8 +272,12 @@ fn shapes(rng: &mut Rng, ty: Ty) -> Vec<(usize, usize)> {
     ];
     if ty == Ty::T2 {
         v.extend([(2, 576), (7, 1536), (3, 2560), (2, 6912)]);
+        // Past 8192 columns (the AVX-VNNI kernels' activation panel), ending in half a window.
+        v.extend([(5, 8256), (2, 16448)]);
     } else {
         v.extend([(2, 1536), (3, 2560), (2, 6912)]);
+        // Past 8192 columns (the AVX-VNNI kernels' activation panel).
+        v.extend([(5, 8448), (2, 16640)]);
     }
     for _ in 0..24 {
         v.push((1 + rng.below(13), bl * (1 + rng.below(4096 / bl))));
@@ -376,6 +380,12 @@ fn has_avx2() -> bool {
         && std::is_x86_feature_detected!("f16c")
 }
 
+/// The AVX-VNNI kernels must never run on a CPU without `avxvnni` (they skip there).
+#[cfg(target_arch = "x86_64")]
+fn has_avxvnni() -> bool {
+    has_avx2() && std::is_x86_feature_detected!("avxvnni")
+}
+
 #[cfg(target_arch = "aarch64")]
 fn has_neon() -> bool {
     std::arch::is_aarch64_feature_detected!("neon")
@@ -392,6 +402,10 @@ simd_kernel_tests! {
     avx2_gemv_t2_lut: Ty::T2, edgellm_kernels::x86::ternary::avx2_gemv_t2_lut, "x86_64", has_avx2();
     avx2_gemv_tq1_0: Ty::Tq1, edgellm_kernels::x86::ternary::avx2_gemv_tq1_0, "x86_64", has_avx2();
     avx2_gemv_tq2_0: Ty::Tq2, edgellm_kernels::x86::ternary::avx2_gemv_tq2_0, "x86_64", has_avx2();
+    avxvnni_gemv_t2: Ty::T2, edgellm_kernels::x86::vnni::avxvnni_gemv_t2, "x86_64",
+        has_avxvnni();
+    avxvnni_gemv_tq2_0: Ty::Tq2, edgellm_kernels::x86::vnni::avxvnni_gemv_tq2_0, "x86_64",
+        has_avxvnni();
     neon_gemv_t2: Ty::T2, edgellm_kernels::aarch64::ternary::neon_gemv_t2, "aarch64", has_neon();
     neon_gemv_t2_lut: Ty::T2, edgellm_kernels::aarch64::ternary::neon_gemv_t2_lut, "aarch64",
         has_neon();
@@ -803,6 +817,10 @@ gemm_kernel_tests! {
     avx2_gemm_t2: Ty::T2, edgellm_kernels::x86::ternary::avx2_gemm_t2, "x86_64", has_avx2();
     avx2_gemm_tq2_0: Ty::Tq2, edgellm_kernels::x86::ternary::avx2_gemm_tq2_0, "x86_64",
         has_avx2();
+    avxvnni_gemm_t2: Ty::T2, edgellm_kernels::x86::vnni::avxvnni_gemm_t2, "x86_64",
+        has_avxvnni();
+    avxvnni_gemm_tq2_0: Ty::Tq2, edgellm_kernels::x86::vnni::avxvnni_gemm_tq2_0, "x86_64",
+        has_avxvnni();
     neon_gemm_t2: Ty::T2, edgellm_kernels::aarch64::ternary::neon_gemm_t2, "aarch64", has_neon();
     neon_gemm_tq2_0: Ty::Tq2, edgellm_kernels::aarch64::ternary::neon_gemm_tq2_0, "aarch64",
         has_neon();

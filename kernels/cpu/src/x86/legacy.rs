@@ -21,16 +21,16 @@ use core::arch::x86_64::*;
 use crate::acts::{ActsQ8, ActsQ8Mut, QK};
 use crate::scalar::legacy::{check_acts, check_gemv};
 
-const Q4_0: u8 = 0;
-const Q4_1: u8 = 1;
-const Q5_0: u8 = 2;
-const Q5_1: u8 = 3;
-const Q8_0: u8 = 4;
+pub(crate) const Q4_0: u8 = 0;
+pub(crate) const Q4_1: u8 = 1;
+pub(crate) const Q5_0: u8 = 2;
+pub(crate) const Q5_1: u8 = 3;
+pub(crate) const Q8_0: u8 = 4;
 
 /// How many groups of eight rows ahead the gemv prefetches.
-const PREFETCH_GROUPS: usize = 2;
+pub(crate) const PREFETCH_GROUPS: usize = 2;
 
-const fn block_bytes(k: u8) -> usize {
+pub(crate) const fn block_bytes(k: u8) -> usize {
     match k {
         Q4_0 => 18,
         Q4_1 => 20,
@@ -40,7 +40,7 @@ const fn block_bytes(k: u8) -> usize {
     }
 }
 
-const fn type_name(k: u8) -> &'static str {
+pub(crate) const fn type_name(k: u8) -> &'static str {
     match k {
         Q4_0 => "Q4_0",
         Q4_1 => "Q4_1",
@@ -58,7 +58,7 @@ const fn type_name(k: u8) -> &'static str {
 /// `qs` must be valid for reading 16 bytes; the CPU must have AVX2.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn nibbles(qs: *const u8) -> __m256i {
+pub(crate) unsafe fn nibbles(qs: *const u8) -> __m256i {
     // SAFETY: the caller guarantees 16 readable bytes; loadu has no alignment requirement.
     let v = unsafe { _mm256_broadcastsi128_si256(_mm_loadu_si128(qs.cast())) };
     let shifted = _mm256_srlv_epi64(v, _mm256_setr_epi64x(0, 0, 4, 4));
@@ -68,7 +68,7 @@ unsafe fn nibbles(qs: *const u8) -> __m256i {
 /// Byte `j` is `0x10` where bit `j` of `qh` is set, else 0.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn high_bits(qh: u32) -> __m256i {
+pub(crate) fn high_bits(qh: u32) -> __m256i {
     let v = _mm256_set1_epi32(qh as i32);
     let idx = _mm256_setr_epi64x(
         0,
@@ -124,7 +124,7 @@ unsafe fn block_dot<const K: u8>(blk: *const u8, a: __m256i) -> __m256i {
 /// (lanes 0-3 group 0, lanes 4-7 group 1); returns `(isum0, isum1)` with lane `i` for row `i`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn hsum8_groups(s: [__m256i; 8]) -> (__m256i, __m256i) {
+pub(crate) fn hsum8_groups(s: [__m256i; 8]) -> (__m256i, __m256i) {
     // x = [g0 of rows 0..4 | g1 of rows 0..4], y likewise for rows 4..8.
     let x = _mm256_hadd_epi32(_mm256_hadd_epi32(s[0], s[1]), _mm256_hadd_epi32(s[2], s[3]));
     let y = _mm256_hadd_epi32(_mm256_hadd_epi32(s[4], s[5]), _mm256_hadd_epi32(s[6], s[7]));
@@ -144,7 +144,7 @@ fn hsum8_groups(s: [__m256i; 8]) -> (__m256i, __m256i) {
 /// Each `p[i] + off` must be valid for reading 4 bytes; the CPU must have AVX2 and F16C.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn scales8(p: &[*const u8; 8], off: usize) -> (__m256, __m256) {
+pub(crate) unsafe fn scales8(p: &[*const u8; 8], off: usize) -> (__m256, __m256) {
     // SAFETY: the caller guarantees 4 readable bytes at each `p[i] + off`.
     let ld = |i: usize| unsafe { _mm256_set1_epi32(p[i].add(off).cast::<i32>().read_unaligned()) };
     // Lanes hold rows 0 1 4 5 2 3 6 7, so that the f16 -> f32 conversion of each half

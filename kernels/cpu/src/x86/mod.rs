@@ -3,12 +3,14 @@
 //! Every kernel is a `#[target_feature(enable = "avx2,fma,f16c")] unsafe fn` whose only safety
 //! condition is that the CPU has those features; the dispatch table calls them after checking.
 //! They check slice shapes themselves (panicking like the scalar kernels), so any slices are sound.
+//! [`vnni`] holds the kernels of the `avx-vnni` tier, which also need AVX-VNNI.
 
 pub mod attn;
 pub mod float;
 pub mod kquants;
 pub mod legacy;
 pub mod ternary;
+pub mod vnni;
 
 pub use attn::*;
 pub use float::*;

@@ -33,14 +33,14 @@ use crate::scalar::ternary::{
 };
 
 /// Rows per pass.
-const ROWS: usize = 4;
+pub(crate) const ROWS: usize = 4;
 /// How many passes ahead the gemv prefetches.
-const PREFETCH_PASSES: usize = 2;
+pub(crate) const PREFETCH_PASSES: usize = 2;
 /// Columns per window: eight activation groups.
-const WIN: usize = 8 * QS;
+pub(crate) const WIN: usize = 8 * QS;
 
-const T2: u8 = 0;
-const TQ2_0: u8 = 1;
+pub(crate) const T2: u8 = 0;
+pub(crate) const TQ2_0: u8 = 1;
 const TQ1_0: u8 = 2;
 
 /// The exact sums `Σ c·a` of eight groups from the four `vpmaddubsw` results of a window, in
@@ -56,7 +56,7 @@ fn group_sums(p: [__m256i; 4]) -> __m256i {
 /// The specification's final reduction of eight running sums in natural lane order.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn reduce8(acc: __m256) -> f32 {
+pub(crate) fn reduce8(acc: __m256) -> f32 {
     // [a0+a4, a1+a5, a2+a6, a3+a7]
     let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
     // [(a0+a4)+(a2+a6), (a1+a5)+(a3+a7), ..]
@@ -67,10 +67,10 @@ fn reduce8(acc: __m256) -> f32 {
 /// One window's shared operands: activations (arranged per type), `sums` and `d` (in the lane
 /// order of [`group_sums`] for the type).
 #[derive(Clone, Copy)]
-struct Window {
-    a: [__m256i; 4],
-    sums: __m256i,
-    d: __m256,
+pub(crate) struct Window {
+    pub(crate) a: [__m256i; 4],
+    pub(crate) sums: __m256i,
+    pub(crate) d: __m256,
 }
 
 /// Loads the operands of window `win` (columns `128 win ..`; only the first 64 exist when
@@ -82,7 +82,7 @@ struct Window {
 /// must have AVX2.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn load_window<const K: u8>(acts: &ActsQ8<'_>, win: usize, half: bool) -> Window {
+pub(crate) unsafe fn load_window<const K: u8>(acts: &ActsQ8<'_>, win: usize, half: bool) -> Window {
     let qa = acts.qs.as_ptr();
     let c0 = win * WIN;
     let g0 = win * 8;
@@ -147,7 +147,7 @@ unsafe fn load_window<const K: u8>(acts: &ActsQ8<'_>, win: usize, half: bool) ->
 /// `p` must be valid for reading 32 bytes (16 when `half`); the CPU must have AVX2.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn codes2(p: *const u8, half: bool) -> [__m256i; 4] {
+pub(crate) unsafe fn codes2(p: *const u8, half: bool) -> [__m256i; 4] {
     // SAFETY: the caller guarantees the bytes.
     let v = unsafe {
         if half {
@@ -340,7 +340,7 @@ unsafe fn gemv<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
 /// `p` must be valid for reading 2 bytes; the CPU must have AVX2 and F16C.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tq_scale(p: *const u8) -> __m256 {
+pub(crate) unsafe fn tq_scale(p: *const u8) -> __m256 {
     // SAFETY: the caller guarantees 2 readable bytes.
     let bits = unsafe { p.cast::<u16>().read_unaligned() };
     let v = _mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le(bits) as i32));
@@ -588,13 +588,13 @@ pub unsafe fn avx2_gemv_t2_lut(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
 // Small-batch product (gemm): several tokens per weight unpacked
 
 /// Tokens per block of the gemm (their window operands live in a stack buffer).
-const GEMM_TOKENS: usize = 8;
+pub(crate) const GEMM_TOKENS: usize = 8;
 /// Tokens per inner pass of the gemm (running sums in registers); divides [`GEMM_TOKENS`].
-const GEMM_SUB: usize = 4;
+pub(crate) const GEMM_SUB: usize = 4;
 /// Rows per block of the gemm (their running sums live in a stack buffer).
-const GEMM_ROWS: usize = 32;
+pub(crate) const GEMM_ROWS: usize = 32;
 /// Windows per column panel of the gemm (1024 columns).
-const GEMM_PANEL: usize = 8;
+pub(crate) const GEMM_PANEL: usize = 8;
 
 /// The TQ2_0 codes of the 32 bytes at `p` (one half of a block, 128 elements) arranged like the
 /// T2 window's activations: i32 lane `n` of vector `q` holds elements `16n + 4q .. 16n + 4q + 4`
@@ -605,7 +605,7 @@ const GEMM_PANEL: usize = 8;
 /// `p` must be valid for reading 32 bytes; the CPU must have AVX2.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn codes_tq2_grouped(p: *const u8) -> [__m256i; 4] {
+pub(crate) unsafe fn codes_tq2_grouped(p: *const u8) -> [__m256i; 4] {
     // SAFETY: the caller guarantees the bytes.
     let v = unsafe { _mm256_loadu_si256(p.cast()) };
     let m = _mm256_set1_epi8(3);
