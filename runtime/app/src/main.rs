@@ -70,7 +70,7 @@ pub struct ModelArgs {
     /// Worker threads for the forward pass (default: the board's).
     #[arg(short, long)]
     pub threads: Option<usize>,
-    /// Kernel tier to force: scalar, avx2, neon, neon-dotprod (default: the best the CPU has;
+    /// Kernel tier to force: scalar, avx2, avx-vnni, neon, neon-dotprod (default: the best the CPU has;
     /// also settable with EDGELLM_KERNELS).
     #[arg(long)]
     pub kernels: Option<String>,
