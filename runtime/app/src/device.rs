@@ -1,11 +1,11 @@
 //! Choosing where the forward pass runs (`--device`), and the generation loop on the GPU.
 
-use crate::generate::{Generation, StopReason};
+use crate::generate::{Emitter, Generation, StopReason};
 use crate::load::Loaded;
 use crate::ModelArgs;
 use anyhow::{bail, Result};
 use edgellm_core::sampler::Sampler;
-use edgellm_core::tokenizer::{Tokenizer, Utf8Stream};
+use edgellm_core::tokenizer::Tokenizer;
 use edgellm_cuda::{CudaError, Gpu, GpuEngine, KvCache};
 use std::time::Instant;
 
@@ -54,34 +54,15 @@ pub fn generate_gpu(
     prompt: &[u32],
     max_new: usize,
     mut on_step: impl FnMut(usize) -> bool,
-    mut on_text: impl FnMut(&str) -> bool,
+    on_text: impl FnMut(&str) -> bool,
 ) -> Result<Generation> {
-    if prompt.is_empty() {
-        bail!("the prompt is empty: give at least one token");
-    }
-    let room = engine.context() - engine.pos();
-    if prompt.len() > room {
-        bail!(
-            "the prompt has {} tokens but only {room} fit in the context ({} positions): \
-             shorten it by {} tokens or raise --context",
-            prompt.len(),
-            engine.context(),
-            prompt.len() - room
-        );
-    }
+    let mut out = Generation::start(prompt, engine.pos(), engine.context(), max_new)?;
     let params = *sampler.params();
     let on_device = engine.set_sampling(&params, params.seed)?;
     let mut logits = if on_device {
         Vec::new()
     } else {
         vec![0f32; sampler.vocab_size()]
-    };
-    let mut out = Generation {
-        ids: Vec::with_capacity(max_new),
-        stop: StopReason::Length,
-        prefill_s: 0.0,
-        token_s: Vec::with_capacity(max_new),
-        ttft_s: 0.0,
     };
     for &t in prompt {
         sampler.accept(t);
@@ -90,7 +71,7 @@ pub fn generate_gpu(
     engine.prefill(prompt)?;
     let mut id = next(engine, sampler, &mut logits, on_device)?;
     out.prefill_s = start.elapsed().as_secs_f64();
-    let mut stream = Utf8Stream::new();
+    let mut emit = Emitter::new(tokenizer, max_new, start, on_text);
     let mut step_start = Instant::now();
     for i in 0..max_new {
         if i > 0 {
@@ -103,28 +84,8 @@ pub fn generate_gpu(
             out.stop = StopReason::Cancelled;
             break;
         }
-        sampler.accept(id);
-        out.ids.push(id);
-        if i == 0 {
-            out.ttft_s = start.elapsed().as_secs_f64();
-        }
-        if tokenizer.is_end_of_generation(id) {
-            out.stop = StopReason::EndOfGeneration;
-            break;
-        }
-        if !tokenizer.is_control(id) {
-            let mut go_on = true;
-            stream.push_with(tokenizer.token_bytes(id), |piece| {
-                if go_on && !piece.is_empty() {
-                    go_on = on_text(piece);
-                }
-            });
-            if !go_on {
-                out.stop = StopReason::Cancelled;
-                break;
-            }
-        }
-        if i + 1 == max_new {
+        if let Some(stop) = emit.take(&mut out, sampler, id, i) {
+            out.stop = stop;
             break;
         }
         if engine.pos() >= engine.context() {

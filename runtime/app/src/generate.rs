@@ -49,6 +49,97 @@ pub struct Generation {
     pub ttft_s: f64,
 }
 
+impl Generation {
+    /// An empty generation of up to `max_new` tokens (every buffer reserved) for `prompt`, which
+    /// must be non-empty and fit in the context (`context` positions, `pos` used).
+    pub(crate) fn start(
+        prompt: &[u32],
+        pos: usize,
+        context: usize,
+        max_new: usize,
+    ) -> Result<Generation> {
+        if prompt.is_empty() {
+            bail!("the prompt is empty: give at least one token");
+        }
+        let room = context - pos;
+        if prompt.len() > room {
+            bail!(
+                "the prompt has {} tokens but only {room} fit in the context ({context} positions): \
+                 shorten it by {} tokens or raise --context",
+                prompt.len(),
+                prompt.len() - room
+            );
+        }
+        Ok(Generation {
+            ids: Vec::with_capacity(max_new),
+            stop: StopReason::Length,
+            prefill_s: 0.0,
+            token_s: Vec::with_capacity(max_new),
+            ttft_s: 0.0,
+        })
+    }
+}
+
+/// What the CPU and GPU loops do with each sampled token: record it, stream its text.
+pub(crate) struct Emitter<'t, F> {
+    tokenizer: &'t Tokenizer,
+    stream: Utf8Stream,
+    max_new: usize,
+    start: Instant,
+    on_text: F,
+}
+
+impl<'t, F: FnMut(&str) -> bool> Emitter<'t, F> {
+    pub(crate) fn new(
+        tokenizer: &'t Tokenizer,
+        max_new: usize,
+        start: Instant,
+        on_text: F,
+    ) -> Self {
+        Emitter {
+            tokenizer,
+            stream: Utf8Stream::new(),
+            max_new,
+            start,
+            on_text,
+        }
+    }
+
+    /// Takes `id`, the `i`-th generated token: the sampler sees it, `out` records it (and the
+    /// time to the first), its text goes to `on_text`. Returns why generation stops after it, if
+    /// it does: an end-of-generation token, `on_text` refusing, or the last token allowed.
+    pub(crate) fn take(
+        &mut self,
+        out: &mut Generation,
+        sampler: &mut Sampler,
+        id: u32,
+        i: usize,
+    ) -> Option<StopReason> {
+        sampler.accept(id);
+        out.ids.push(id);
+        if i == 0 {
+            out.ttft_s = self.start.elapsed().as_secs_f64();
+        }
+        if self.tokenizer.is_end_of_generation(id) {
+            return Some(StopReason::EndOfGeneration);
+        }
+        if !self.tokenizer.is_control(id) {
+            let mut go_on = true;
+            let on_text = &mut self.on_text;
+            self.stream
+                .push_with(self.tokenizer.token_bytes(id), |piece| {
+                    if go_on && !piece.is_empty() {
+                        go_on = on_text(piece);
+                    }
+                });
+            if !go_on {
+                return Some(StopReason::Cancelled);
+            }
+        }
+        (i + 1 == self.max_new).then_some(StopReason::Length)
+    }
+}
+
 /// Runs `prompt` through `session` and generates up to `max_new` tokens. `on_text` receives the text
 /// of each token as soon as it forms valid UTF-8 and returns `false` to stop.
 pub fn generate(
@@ -85,35 +176,16 @@ pub fn generate_with_step(
     prompt: &[u32],
     max_new: usize,
     mut on_step: impl FnMut(usize) -> bool,
-    mut on_text: impl FnMut(&str) -> bool,
+    on_text: impl FnMut(&str) -> bool,
 ) -> Result<Generation> {
-    if prompt.is_empty() {
-        bail!("the prompt is empty: give at least one token");
-    }
-    let room = session.context() - session.pos();
-    if prompt.len() > room {
-        bail!(
-            "the prompt has {} tokens but only {room} fit in the context ({} positions): \
-             shorten it by {} tokens or raise --context",
-            prompt.len(),
-            session.context(),
-            prompt.len() - room
-        );
-    }
-    let mut out = Generation {
-        ids: Vec::with_capacity(max_new),
-        stop: StopReason::Length,
-        prefill_s: 0.0,
-        token_s: Vec::with_capacity(max_new),
-        ttft_s: 0.0,
-    };
+    let mut out = Generation::start(prompt, session.pos(), session.context(), max_new)?;
     for &t in prompt {
         sampler.accept(t);
     }
     let start = Instant::now();
     session.prefill(prompt, par)?;
     out.prefill_s = start.elapsed().as_secs_f64();
-    let mut stream = Utf8Stream::new();
+    let mut emit = Emitter::new(tokenizer, max_new, start, on_text);
     let mut step_start = Instant::now();
     for i in 0..max_new {
         if !on_step(i) {
@@ -121,28 +193,8 @@ pub fn generate_with_step(
             break;
         }
         let id = sampler.sample(session.logits());
-        sampler.accept(id);
-        out.ids.push(id);
-        if i == 0 {
-            out.ttft_s = start.elapsed().as_secs_f64();
-        }
-        if tokenizer.is_end_of_generation(id) {
-            out.stop = StopReason::EndOfGeneration;
-            break;
-        }
-        if !tokenizer.is_control(id) {
-            let mut go_on = true;
-            stream.push_with(tokenizer.token_bytes(id), |piece| {
-                if go_on && !piece.is_empty() {
-                    go_on = on_text(piece);
-                }
-            });
-            if !go_on {
-                out.stop = StopReason::Cancelled;
-                break;
-            }
-        }
-        if i + 1 == max_new {
+        if let Some(stop) = emit.take(&mut out, sampler, id, i) {
+            out.stop = stop;
             break;
         }
         if session.pos() >= session.context() {
