@@ -385,6 +385,30 @@ impl GpuEngine {
         Ok(e)
     }
 
+    /// The attention arguments of layer `i` that every launch shares: its caches, the position
+    /// in `state`, the shapes and RoPE (the caller adds buffers, splits and batch fields).
+    fn layer_attn(&self, i: usize) -> AttnArg {
+        let (gpu, c) = (&self.gpu, &self.cfg);
+        let layer_cache = (i * self.context * c.kv_dim() * self.kv.bytes()) as u64;
+        let layer_scales = (i * self.context * c.n_kv_heads * 4) as u64;
+        AttnArg {
+            kc: gpu.ptr(&self.kc) + layer_cache,
+            vc: gpu.ptr(&self.vc) + layer_cache,
+            ks: gpu.ptr(&self.ks) + layer_scales,
+            vs: gpu.ptr(&self.vs) + layer_scales,
+            pos: gpu.ptr(&self.state) + 4,
+            n_heads: c.n_heads as i32,
+            n_kv: c.n_kv_heads as i32,
+            hd: c.head_dim as i32,
+            chunk: self.chunk as i32,
+            nsplit: self.nsplit as i32,
+            int8_kv: (self.kv == KvCache::Int8) as i32,
+            rope_halves: (c.rope_style == RopeStyle::Halves) as i32,
+            theta: c.rope_theta,
+            ..Default::default()
+        }
+    }
+
     fn capture(&self, which: Graph) -> Result<CudaGraph, CudaError> {
         let s = &self.gpu.stream;
         s.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
@@ -487,9 +511,6 @@ impl GpuEngine {
             unsafe { l.launch(cfg) }?;
         }
         mark("embed")?;
-        let kv_dim = c.kv_dim();
-        let layer_cache = self.context * kv_dim * self.kv.bytes();
-        let layer_scales = self.context * c.n_kv_heads * 4;
         for (i, l) in self.layers.iter().enumerate() {
             let norm = |w: u64| PrepArg {
                 kind: PREP_RMSNORM,
@@ -512,23 +533,10 @@ impl GpuEngine {
                 q,
                 k,
                 v,
-                kc: gpu.ptr(&self.kc) + (i * layer_cache) as u64,
-                vc: gpu.ptr(&self.vc) + (i * layer_cache) as u64,
-                ks: gpu.ptr(&self.ks) + (i * layer_scales) as u64,
-                vs: gpu.ptr(&self.vs) + (i * layer_scales) as u64,
-                pos: state + 4,
                 om: am,
                 ol: al,
                 oo: ao,
-                n_heads: c.n_heads as i32,
-                n_kv: c.n_kv_heads as i32,
-                hd: c.head_dim as i32,
-                chunk: self.chunk as i32,
-                nsplit: self.nsplit as i32,
-                int8_kv: (self.kv == KvCache::Int8) as i32,
-                rope_halves: (c.rope_style == RopeStyle::Halves) as i32,
-                theta: c.rope_theta,
-                ..Default::default()
+                ..self.layer_attn(i)
             };
             let mut a = a;
             a.tile = (self.rows_smem > 0) as i32;
@@ -873,8 +881,6 @@ impl GpuEngine {
         // in `prep` use only these (the others would be empty and change nothing).
         let nsplit = (self.pos + t).div_ceil(self.chunk);
         let kv_dim = c.kv_dim();
-        let layer_cache = self.context * kv_dim * self.kv.bytes();
-        let layer_scales = self.context * c.n_kv_heads * 4;
         let norm = |w: u64| PrepArg {
             kind: PREP_RMSNORM,
             n: c.dim as i32,
@@ -899,27 +905,15 @@ impl GpuEngine {
                 q,
                 k,
                 v,
-                kc: gpu.ptr(&self.kc) + (i * layer_cache) as u64,
-                vc: gpu.ptr(&self.vc) + (i * layer_cache) as u64,
-                ks: gpu.ptr(&self.ks) + (i * layer_scales) as u64,
-                vs: gpu.ptr(&self.vs) + (i * layer_scales) as u64,
-                pos: state + 4,
                 om: gpu.ptr(&b.am),
                 ol: gpu.ptr(&b.al),
                 oo: gpu.ptr(&b.ao),
-                n_heads: c.n_heads as i32,
-                n_kv: c.n_kv_heads as i32,
-                hd: c.head_dim as i32,
-                chunk: self.chunk as i32,
                 nsplit: nsplit as i32,
-                int8_kv: (self.kv == KvCache::Int8) as i32,
-                rope_halves: (c.rope_style == RopeStyle::Halves) as i32,
-                theta: c.rope_theta,
                 q_stride: c.q_dim() as i32,
                 kv_stride: kv_dim as i32,
                 stored: 1,
                 ntok: t as i32,
-                ..Default::default()
+                ..self.layer_attn(i)
             };
             let mut lb = gpu.stream.launch_builder(&gpu.f.kv_store);
             lb.arg(&arg);
