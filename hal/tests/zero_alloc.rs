@@ -1,8 +1,8 @@
 //! The zero-heap invariant on the hot path: the sampler and the thread pool allocate nothing once
 //! created, checked with the counting global allocator.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use edgellm_core::parallel::Parallel;
 use edgellm_core::sampler::{Rng, Sampler, SamplerParams};
@@ -75,25 +75,63 @@ fn sampler_allocates_nothing_per_token() {
     }
 }
 
+/// The job index each thread ran in one `pool.run`, as (kernel thread id, that thread's heap
+/// operations so far). With work sharing any thread may run any index (the caller takes the
+/// index of a worker that has not started), so counts are compared per thread, not per index.
+type Record = [(AtomicU64, AtomicU64); 3];
+
+/// The caller's index waits (up to a second) until the other indices have started, so that the
+/// workers run them rather than the caller taking them all.
+fn record(pool: &ThreadPool, into: &Record) {
+    let others = pool.threads() - 1;
+    let started = AtomicUsize::new(0);
+    pool.run(&|i| {
+        let ops = CountingAlloc::thread_stats().heap_operations();
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() } as u64;
+        into[i].0.store(tid, Ordering::Relaxed);
+        into[i].1.store(ops, Ordering::Relaxed);
+        if i == 0 {
+            let t0 = Instant::now();
+            while started.load(Ordering::Acquire) < others && t0.elapsed() < Duration::from_secs(1)
+            {
+                std::hint::spin_loop();
+            }
+        } else {
+            started.fetch_add(1, Ordering::Release);
+        }
+    })
+}
+
 #[test]
 fn pool_run_allocates_nothing() {
+    // SAFETY: gettid has no preconditions.
+    let caller_tid = unsafe { libc::gettid() } as u64;
     // Three threads is more than some CI machines have cores: also checks progress when
     // oversubscribed.
     for threads in [2usize, 3] {
         let pool = ThreadPool::new(threads, None).unwrap();
         // Warm up: the first job on a thread may touch lazily initialised state.
         pool.run(&|_| {});
-        // Each worker records its own thread's allocation count; the caller's is measured around
-        // the loop. Between the first and the last record nothing may change.
-        let first: [AtomicU64; 3] = Default::default();
-        let last: [AtomicU64; 3] = Default::default();
-        let record = |into: &[AtomicU64; 3]| {
-            pool.run(&|i| {
-                let ops = CountingAlloc::thread_stats().heap_operations();
-                into[i].store(ops, Ordering::Relaxed);
-            })
-        };
-        record(&first);
+        // Each thread that runs a job index records its own allocation count; the caller's is
+        // also measured around the loop. Between the first and the last record nothing may
+        // change on any thread.
+        let first: Record = Default::default();
+        let last: Record = Default::default();
+        // Workers that went to sleep after the warm-up let the caller run every index: record
+        // until one of them runs its own (a few empty runs in between wake them up).
+        for _ in 0..100 {
+            record(&pool, &first);
+            if first[..threads]
+                .iter()
+                .any(|(t, _)| t.load(Ordering::Relaxed) != caller_tid)
+            {
+                break;
+            }
+            for _ in 0..100 {
+                pool.run(&|_| {});
+            }
+        }
         let before = CountingAlloc::thread_stats();
         let sum = AtomicU64::new(0);
         let runs = 2000u64;
@@ -104,18 +142,30 @@ fn pool_run_allocates_nothing() {
             });
         }
         let per_run = start.elapsed().as_secs_f64() * 1e6 / runs as f64;
-        record(&last);
+        // The same worker must appear in both records for its count to be compared: on a busy
+        // machine the caller may run a slow worker's index, so record again until one does.
+        let mut workers_compared = 0;
+        for _ in 0..100 {
+            record(&pool, &last);
+            for (ft, fo) in &first[..threads] {
+                for (lt, lo) in &last[..threads] {
+                    let (ft, lt) = (ft.load(Ordering::Relaxed), lt.load(Ordering::Relaxed));
+                    if ft == lt {
+                        let (a, b) = (fo.load(Ordering::Relaxed), lo.load(Ordering::Relaxed));
+                        assert_eq!(a, b, "thread {ft} allocated (caller {caller_tid})");
+                        workers_compared += (ft != caller_tid) as usize;
+                    }
+                }
+            }
+            if workers_compared > 0 {
+                break;
+            }
+        }
         let caller = CountingAlloc::thread_stats().since(&before);
         // Printing allocates when the harness captures output: only after measuring.
         eprintln!("pool of {threads}: {per_run:.2} us per empty run");
         assert_eq!(caller.heap_operations(), 0, "the caller allocated");
-        for i in 0..threads {
-            let (a, b) = (
-                first[i].load(Ordering::Relaxed),
-                last[i].load(Ordering::Relaxed),
-            );
-            assert_eq!(a, b, "worker {i} allocated");
-        }
+        assert!(workers_compared > 0, "no worker ran a job in both records");
         let t = threads as u64;
         assert_eq!(
             sum.load(Ordering::Relaxed),
