@@ -30,7 +30,7 @@ use crate::device::{
 use crate::repack::repack;
 use crate::{CudaError, KvCache};
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
-use cudarc::driver::{CudaGraph, CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaGraph, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
 use edgellm_core::model::{Config, Model, RopeStyle};
 use edgellm_core::sampler::SamplerParams;
 
@@ -214,6 +214,32 @@ fn vec_arg(gpu: &Gpu, keep: &mut Vec<CudaSlice<f32>>, v: &[f32]) -> Result<u64, 
     let p = gpu.ptr(&s);
     keep.push(s);
     Ok(p)
+}
+
+/// A mark that waits for the stream and adds the time since the previous mark to its name.
+type Mark<'a> = dyn FnMut(&'static str) -> Result<(), CudaError> + 'a;
+
+/// Runs `enqueue` with such a mark after every kernel, and returns each name's total seconds
+/// (host round trips included: a diagnostic, not a benchmark).
+fn time_marks(
+    stream: &CudaStream,
+    enqueue: impl FnOnce(&mut Mark<'_>) -> Result<(), CudaError>,
+) -> Result<Vec<(&'static str, f64)>, CudaError> {
+    let mut times: Vec<(&'static str, f64)> = Vec::new();
+    stream.synchronize()?;
+    let mut last = std::time::Instant::now();
+    enqueue(&mut |name| {
+        stream.synchronize()?;
+        let now = std::time::Instant::now();
+        let dt = (now - last).as_secs_f64();
+        last = now;
+        match times.iter_mut().find(|(n, _)| *n == name) {
+            Some(t) => t.1 += dt,
+            None => times.push((name, dt)),
+        }
+        Ok(())
+    })?;
+    Ok(times)
 }
 
 impl GpuEngine {
@@ -481,11 +507,7 @@ impl GpuEngine {
         self.enqueue_marked(with_head, &mut |_| Ok(()))
     }
 
-    fn enqueue_marked(
-        &self,
-        with_head: bool,
-        mark: &mut dyn FnMut(&'static str) -> Result<(), CudaError>,
-    ) -> Result<(), CudaError> {
+    fn enqueue_marked(&self, with_head: bool, mark: &mut Mark<'_>) -> Result<(), CudaError> {
         let gpu = &self.gpu;
         let c = &self.cfg;
         let (x, q, k, v, g, u) = (
@@ -598,10 +620,7 @@ impl GpuEngine {
 
     /// Enqueues the output layer (RMSNorm of `x`) and the sampler, which writes the next token
     /// and advances the position.
-    fn enqueue_head(
-        &self,
-        mark: &mut dyn FnMut(&'static str) -> Result<(), CudaError>,
-    ) -> Result<(), CudaError> {
+    fn enqueue_head(&self, mark: &mut Mark<'_>) -> Result<(), CudaError> {
         let gpu = &self.gpu;
         let c = &self.cfg;
         let x = gpu.ptr(&self.x);
@@ -638,21 +657,8 @@ impl GpuEngine {
     /// the wall time of one replay of the whole graph for comparison. Advances the position.
     pub fn profile(&mut self) -> Result<Vec<(&'static str, f64)>, CudaError> {
         self.check_room(2)?;
-        let mut times: Vec<(&'static str, f64)> = Vec::new();
         let stream = self.gpu.stream.clone();
-        stream.synchronize()?;
-        let mut last = std::time::Instant::now();
-        self.enqueue_marked(true, &mut |name| {
-            stream.synchronize()?;
-            let now = std::time::Instant::now();
-            let dt = (now - last).as_secs_f64();
-            last = now;
-            match times.iter_mut().find(|(n, _)| *n == name) {
-                Some(t) => t.1 += dt,
-                None => times.push((name, dt)),
-            }
-            Ok(())
-        })?;
+        let mut times = time_marks(&stream, |mark| self.enqueue_marked(true, mark))?;
         self.pos += 1;
         let t = std::time::Instant::now();
         self.step()?;
@@ -716,22 +722,8 @@ impl GpuEngine {
                 self.batch.limit
             )));
         }
-        let mut times: Vec<(&'static str, f64)> = Vec::new();
         let stream = self.gpu.stream.clone();
-        stream.synchronize()?;
-        let mut last = std::time::Instant::now();
-        self.run_batch(tokens, true, &mut |name| {
-            stream.synchronize()?;
-            let now = std::time::Instant::now();
-            let dt = (now - last).as_secs_f64();
-            last = now;
-            match times.iter_mut().find(|(n, _)| *n == name) {
-                Some(t) => t.1 += dt,
-                None => times.push((name, dt)),
-            }
-            Ok(())
-        })?;
-        Ok(times)
+        time_marks(&stream, |mark| self.run_batch(tokens, true, mark))
     }
 
     /// [`GpuEngine::prefill`] one token at a time through the decode graphs (the reference the
@@ -838,7 +830,7 @@ impl GpuEngine {
         &mut self,
         tokens: &[u32],
         last: bool,
-        mark: &mut dyn FnMut(&'static str) -> Result<(), CudaError>,
+        mark: &mut Mark<'_>,
     ) -> Result<(), CudaError> {
         let t = tokens.len();
         debug_assert!(t <= self.batch.cap);
