@@ -29,6 +29,7 @@ pub(crate) struct Funcs {
     pub attention_tile: CudaFunction,
     pub sample: CudaFunction,
     pub advance: CudaFunction,
+    pub decode_persistent: CudaFunction,
 }
 
 /// An opened CUDA device with the kernels compiled and loaded.
@@ -41,6 +42,8 @@ pub struct Gpu {
     pub(crate) sms: usize,
     /// The most dynamic shared memory one block may use (after opting in).
     pub(crate) smem_optin: usize,
+    /// Whether the device runs cooperative launches (every block resident at once).
+    pub(crate) cooperative: bool,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -104,6 +107,7 @@ impl Gpu {
             attention_tile: load("attention_tile")?,
             sample: load("sample")?,
             advance: load("advance")?,
+            decode_persistent: load("decode_persistent")?,
         };
         let name = ctx.name()?;
         let sms = ctx.attribute(
@@ -122,10 +126,17 @@ impl Gpu {
             cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
             (smem_optin - ATTN_STATIC_SMEM) as i32,
         )?;
+        f.decode_persistent.set_attribute(
+            cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            (smem_optin - ATTN_STATIC_SMEM) as i32,
+        )?;
         f.attention_tile.set_attribute(
             cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
             smem_optin as i32,
         )?;
+        let cooperative = ctx.attribute(
+            cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COOPERATIVE_LAUNCH,
+        )? != 0;
         // A stream of its own: graphs cannot be captured on the legacy default stream.
         let stream = ctx.new_stream()?;
         Ok(Gpu {
@@ -136,6 +147,7 @@ impl Gpu {
             cc,
             sms,
             smem_optin,
+            cooperative,
         })
     }
 
@@ -350,6 +362,47 @@ pub(crate) struct SampleArg {
     pub seed: u64,
 }
 
+/// `struct Phase` of kernels.cu: one gemv of the persistent decode kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct PhaseArg {
+    pub jobs: JobsArg,
+    pub prep: PrepArg,
+}
+
+/// `struct PLayer` of kernels.cu: one layer's decode kernels' arguments.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct PLayerArg {
+    pub qkv: PhaseArg,
+    pub attn: AttnArg,
+    pub o: PhaseArg,
+    pub gu: PhaseArg,
+    pub down: PhaseArg,
+}
+
+/// `struct Persist` of kernels.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct PersistArg {
+    pub layers: u64,
+    pub embed: MatArg,
+    pub head: PhaseArg,
+    pub x: u64,
+    pub logits: u64,
+    pub sample: u64,
+    pub state: u64,
+    pub bar: u64,
+    pub times: u64,
+    pub best_v: u64,
+    pub best_i: u64,
+    pub n_layers: i32,
+    pub vocab: i32,
+    pub with_head: i32,
+    pub barriers: i32,
+    pub pad: i32,
+}
+
 // SAFETY: plain #[repr(C)] structs of integers and floats, laid out as their kernels.cu
 // counterparts (sizes checked in the tests below).
 unsafe impl DeviceRepr for MatArg {}
@@ -365,6 +418,10 @@ unsafe impl DeviceRepr for SampleArg {}
 unsafe impl DeviceRepr for PrepOutArg {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for ActsArg {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for PLayerArg {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for PersistArg {}
 
 /// Threads per gemv block (8 warps).
 pub(crate) const GEMV_THREADS: u32 = 256;
@@ -386,13 +443,17 @@ pub(crate) fn gemv_smem_for(prep: &PrepArg) -> u32 {
 /// `PREP_INT8` of kernels.cu: the gemv's input is already prepared in global memory.
 pub(crate) const PREP_INT8: i32 = 4;
 
-/// Shared memory `attention` declares statically (rounded up), besides its staged rows.
+/// Shared memory `attention` (and `decode_persistent`) declares statically (rounded up), besides
+/// its staged rows.
 pub(crate) const ATTN_STATIC_SMEM: usize = 16 << 10;
 
 /// Shared memory `attention` stages one split's rows in (`stage_rows` of kernels.cu).
 pub(crate) fn attention_rows_smem(chunk: usize, hd: usize, kv_bytes: usize) -> usize {
     chunk * (2 * hd * kv_bytes + 16) + 8 * chunk
 }
+
+/// Threads of a decode attention block (`ATTN_THREADS` of kernels.cu).
+pub(crate) const ATTN_THREADS: u32 = 256;
 
 /// Queries (one per warp) per `attention_tile` block (`ATTN_WARPS` of kernels.cu).
 pub(crate) const ATTN_WARPS: usize = 8;
@@ -506,5 +567,8 @@ mod tests {
         assert_eq!(std::mem::size_of::<PrepOutArg>(), 40);
         assert_eq!(std::mem::size_of::<ActsArg>(), 40);
         assert_eq!(std::mem::size_of::<SampleArg>(), 24);
+        assert_eq!(std::mem::size_of::<PhaseArg>(), 360);
+        assert_eq!(std::mem::size_of::<PLayerArg>(), 1584);
+        assert_eq!(std::mem::size_of::<PersistArg>(), 512);
     }
 }

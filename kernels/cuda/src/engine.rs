@@ -15,6 +15,13 @@
 //! the sampling kernel writes the next token and advances the position, and the next replay's
 //! embedding reads it. The host reads back 4 bytes per token.
 //!
+//! The same step can run as one persistent kernel (`decode_persistent`, turned on with
+//! [`GpuEngine::set_persistent`]): as many blocks as the device holds at once go through the
+//! step's phases (the five kernels' work, each calling the same device functions) separated by
+//! grid barriers, and give the same values bit for bit (tested). It saves the launches, but on
+//! an H200 its phases are slower than the kernels (fewer warps in flight per phase), so the
+//! graph stays the default; `EDGELLM_CUDA_PROFILE` times its phases.
+//!
 //! A prompt is prefilled in batches of up to [`GpuEngine::prefill_batch`] tokens that go through
 //! each layer together: `prep` builds every token's input, `gemm` reads each weight row once per
 //! tile of 16 tokens, `kv_store` writes the batch's keys and values, and `attention` runs one
@@ -24,8 +31,9 @@
 
 use crate::device::{
     attention_rows_smem, attention_tile_smem, gemm_smem, gemv_smem, gemv_smem_for, jobs_arg,
-    plan_gemm, plan_jobs, ActsArg, AttnArg, DevMat, Gpu, MatArg, PrepArg, PrepOutArg, SampleArg,
-    ATTN_STATIC_SMEM, ATTN_WARPS, GEMM_TOKENS, GEMV_THREADS, PREP_INT8,
+    plan_gemm, plan_jobs, ActsArg, AttnArg, DevMat, Gpu, MatArg, PLayerArg, PersistArg, PhaseArg,
+    PrepArg, PrepOutArg, SampleArg, ATTN_STATIC_SMEM, ATTN_THREADS, ATTN_WARPS, GEMM_TOKENS,
+    GEMV_THREADS, PREP_INT8,
 };
 use crate::repack::repack;
 use crate::{CudaError, KvCache};
@@ -34,7 +42,6 @@ use cudarc::driver::{CudaGraph, CudaSlice, CudaStream, LaunchConfig, PushKernelA
 use edgellm_core::model::{Config, Model, RopeStyle};
 use edgellm_core::sampler::SamplerParams;
 
-const PREP_PLAIN: i32 = 0;
 const PREP_RMSNORM: i32 = 1;
 const PREP_SWIGLU: i32 = 2;
 const PREP_ATTN: i32 = 3;
@@ -47,6 +54,10 @@ const MAX_INPUT: usize = 8192;
 /// Decode gemv inputs of at least this many values are prepared once per step by one block
 /// (large models); smaller ones by every gemv block in its shared memory (fewer launches).
 pub const SHARED_INPUT_MIN: usize = 2048;
+
+/// Blocks per SM of the persistent decode kernel when it is turned on (at most what fits; one
+/// measured fastest on an H200).
+pub const PERSIST_BLOCKS_PER_SM: usize = 1;
 
 /// The most tokens one prefill batch takes.
 const MAX_BATCH: usize = 512;
@@ -103,6 +114,10 @@ pub struct GpuEngine {
     nsplit: usize,
     step_graph: Option<CudaGraph>,
     fill_graph: Option<CudaGraph>,
+    /// The persistent decode kernel's arguments, when the device can run it.
+    persist: Result<Persistent, String>,
+    /// Whether decode steps run the persistent kernel (else the graphs).
+    use_persist: bool,
     head_graph: Option<CudaGraph>,
     batch: Batch,
     shared_from: usize,
@@ -116,6 +131,20 @@ pub struct GpuEngine {
     pos: usize,
     host_sampling: bool,
     weight_bytes: usize,
+}
+
+/// The persistent decode kernel (`decode_persistent`): its layer table in device memory, its
+/// grid barrier, its launch shape and arguments (with and without the output layer).
+struct Persistent {
+    _bufs: (
+        CudaSlice<PLayerArg>,
+        CudaSlice<u32>,
+        CudaSlice<f32>,
+        CudaSlice<i32>,
+    ),
+    cfg: LaunchConfig,
+    step: PersistArg,
+    fill: PersistArg,
 }
 
 /// The graphs captured at load.
@@ -396,6 +425,8 @@ impl GpuEngine {
             nsplit,
             step_graph: None,
             fill_graph: None,
+            persist: Err(String::new()),
+            use_persist: false,
             head_graph: None,
             batch,
             shared_from: SHARED_INPUT_MIN,
@@ -407,6 +438,7 @@ impl GpuEngine {
         e.set_sampling(&SamplerParams::greedy(), 0)?;
         e.step_graph = Some(e.capture(Graph::Step)?);
         e.fill_graph = Some(e.capture(Graph::Fill)?);
+        e.persist = e.persistent(PERSIST_BLOCKS_PER_SM)?;
         e.head_graph = Some(e.capture(Graph::Head)?);
         Ok(e)
     }
@@ -435,6 +467,235 @@ impl GpuEngine {
         }
     }
 
+    /// Sets up the persistent decode kernel with at most `per_sm` blocks per SM, or says why
+    /// the device cannot run it.
+    fn persistent(&self, per_sm: usize) -> Result<Result<Persistent, String>, CudaError> {
+        let gpu = &self.gpu;
+        if !gpu.cooperative {
+            return Ok(Err("the device has no cooperative launch".into()));
+        }
+        let maxn = self.cfg.dim.max(self.cfg.q_dim()).max(self.cfg.ffn_dim);
+        let smem = (gemv_smem(maxn) as usize).max(self.rows_smem);
+        if smem + ATTN_STATIC_SMEM > gpu.smem_optin {
+            return Ok(Err(format!(
+                "a block would need {} KiB of shared memory",
+                (smem + ATTN_STATIC_SMEM) >> 10
+            )));
+        }
+        let threads = ATTN_THREADS;
+        let fits = gpu
+            .f
+            .decode_persistent
+            .occupancy_max_active_blocks_per_multiprocessor(threads, smem, None)?
+            as usize;
+        if fits == 0 {
+            return Ok(Err("no block of it fits on an SM".into()));
+        }
+        let blocks = (gpu.sms * fits.min(per_sm).max(1)) as u32;
+        let plans: Vec<PLayerArg> = (0..self.layers.len()).map(|i| self.layer_plan(i)).collect();
+        let layers = gpu.upload(&plans)?;
+        let bar = gpu.zeros::<u32>(1)?;
+        let best_v = gpu.zeros::<f32>(blocks as usize)?;
+        let best_i = gpu.zeros::<i32>(blocks as usize)?;
+        let step = PersistArg {
+            layers: gpu.ptr(&layers),
+            embed: self.embed,
+            head: self.head_phase(),
+            x: gpu.ptr(&self.x),
+            logits: gpu.ptr(&self.logits),
+            sample: gpu.ptr(&self.sample),
+            state: gpu.ptr(&self.state),
+            bar: gpu.ptr(&bar),
+            best_v: gpu.ptr(&best_v),
+            best_i: gpu.ptr(&best_i),
+            n_layers: self.layers.len() as i32,
+            vocab: self.cfg.vocab_size as i32,
+            with_head: 1,
+            ..Default::default()
+        };
+        Ok(Ok(Persistent {
+            _bufs: (layers, bar, best_v, best_i),
+            cfg: LaunchConfig {
+                grid_dim: (blocks, 1, 1),
+                block_dim: (threads, 1, 1),
+                shared_mem_bytes: smem as u32,
+            },
+            step,
+            fill: PersistArg {
+                with_head: 0,
+                ..step
+            },
+        }))
+    }
+
+    /// Runs decode steps in the persistent kernel with at most `per_sm` blocks per SM (0: in
+    /// the graphs of kernels, the default). Both compute the same values (tested); an error says
+    /// why the device cannot run the persistent kernel.
+    pub fn set_persistent(&mut self, per_sm: usize) -> Result<(), CudaError> {
+        if per_sm == 0 {
+            self.use_persist = false;
+            return Ok(());
+        }
+        self.persist = self.persistent(per_sm)?;
+        match &self.persist {
+            Ok(_) => {
+                self.use_persist = true;
+                Ok(())
+            }
+            Err(why) => Err(CudaError::Unsupported(format!(
+                "the persistent decode kernel: {why}"
+            ))),
+        }
+    }
+
+    /// Launches one decode step (with the output layer and sampling, or only advancing the
+    /// position) on the stream.
+    fn launch_step(&self, with_head: bool) -> Result<(), CudaError> {
+        match (&self.persist, self.use_persist) {
+            (Ok(p), true) => self.launch_persistent(p, if with_head { &p.step } else { &p.fill }),
+            _ => {
+                let g = if with_head {
+                    &self.step_graph
+                } else {
+                    &self.fill_graph
+                };
+                g.as_ref().expect("captured in new").launch()?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Launches the persistent kernel with `arg` (no heap allocation: the launch is made
+    /// through the driver call itself, its one argument pointer on the stack).
+    fn launch_persistent(&self, p: &Persistent, arg: &PersistArg) -> Result<(), CudaError> {
+        let gpu = &self.gpu;
+        gpu.ctx.bind_to_thread()?;
+        let stream = gpu.stream.cu_stream();
+        // SAFETY: zeroes the barrier's arrival count (4 bytes of a live 4-byte buffer).
+        unsafe { cudarc::driver::result::memset_d8_async(arg.bar, 0, 4, stream) }?;
+        let mut params = [arg as *const PersistArg as *mut std::ffi::c_void];
+        let c = &p.cfg;
+        // SAFETY: `arg` mirrors `struct Persist` and points at this engine's buffers and layer
+        // table (built by `layer_plan`, as for the graph's kernels); it outlives the call, which
+        // copies the parameters. The cooperative launch makes every block resident at once, as
+        // the kernel's grid barrier needs.
+        unsafe {
+            cudarc::driver::result::launch_cooperative_kernel(
+                gpu.f.decode_persistent.cu_function(),
+                c.grid_dim,
+                c.block_dim,
+                c.shared_mem_bytes,
+                stream,
+                &mut params,
+            )
+        }?;
+        Ok(())
+    }
+
+    /// Profiles the persistent kernel: one step with block 0 timing every phase (preparing the
+    /// input, its rows, waiting at the barrier), and the cost of one grid barrier alone (1000 in
+    /// a launch). Advances the position by 1.
+    fn profile_persistent(&mut self) -> Result<Vec<(&'static str, f64)>, CudaError> {
+        let Ok(p) = &self.persist else {
+            return Ok(Vec::new());
+        };
+        let nl = self.layers.len();
+        // Phases: embed, 5 per layer, output layer, sampling.
+        let phases = 3 + 5 * nl;
+        let times = self.gpu.zeros::<i64>(3 * phases)?;
+        let clock_khz =
+            self.gpu.ctx.attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_CLOCK_RATE,
+            )? as f64;
+        let arg = PersistArg {
+            times: self.gpu.ptr(&times),
+            ..p.step
+        };
+        self.launch_persistent(p, &arg)?;
+        let mut t = vec![0i64; 3 * phases];
+        self.gpu.stream.memcpy_dtoh(&times, &mut t)?;
+        self.gpu.stream.synchronize()?;
+        self.pos += 1;
+        let secs = |a: usize, b: usize| (t[b] - t[a]) as f64 / (clock_khz * 1e3);
+        // Phase ph runs from stamp 3 ph to 3 ph + 2 (its input ready at 3 ph + 1 for a gemv),
+        // then waits until 3 (ph + 1).
+        let mut out = vec![("persistent: embed", secs(0, 3))];
+        let names = [
+            [
+                "persistent: qkv input",
+                "persistent: qkv rows",
+                "persistent: qkv barrier",
+            ],
+            ["persistent: attention", "", "persistent: attention barrier"],
+            [
+                "persistent: o input",
+                "persistent: o rows",
+                "persistent: o barrier",
+            ],
+            [
+                "persistent: gate/up input",
+                "persistent: gate/up rows",
+                "persistent: gate/up barrier",
+            ],
+            [
+                "persistent: down input",
+                "persistent: down rows",
+                "persistent: down barrier",
+            ],
+        ];
+        for (j, n) in names.iter().enumerate() {
+            let (mut a, mut b, mut c) = (0.0, 0.0, 0.0);
+            for l in 0..nl {
+                let ph = 1 + 5 * l + j;
+                if j == 1 {
+                    a += secs(3 * ph, 3 * ph + 2);
+                } else {
+                    a += secs(3 * ph, 3 * ph + 1);
+                    b += secs(3 * ph + 1, 3 * ph + 2);
+                }
+                c += secs(3 * ph + 2, 3 * ph + 3);
+            }
+            out.push((n[0], a));
+            if j != 1 {
+                out.push((n[1], b));
+            }
+            out.push((n[2], c));
+        }
+        let ph = 1 + 5 * nl;
+        out.push(("persistent: output", secs(3 * ph, 3 * ph + 3)));
+        out.push(("persistent: sample", secs(3 * ph + 3, 3 * ph + 5)));
+        let arg = PersistArg {
+            barriers: 1000,
+            ..p.step
+        };
+        self.gpu.stream.synchronize()?;
+        let t0 = std::time::Instant::now();
+        self.launch_persistent(p, &arg)?;
+        self.gpu.stream.synchronize()?;
+        out.push((
+            "persistent: one barrier",
+            t0.elapsed().as_secs_f64() / 1000.0,
+        ));
+        Ok(out)
+    }
+
+    /// The persistent kernel's registers per thread, local memory per thread (spills) and
+    /// blocks per SM that fit, or why it does not run.
+    pub fn persistent_info(&self) -> Result<String, CudaError> {
+        use cudarc::driver::sys::CUfunction_attribute as A;
+        let f = &self.gpu.f.decode_persistent;
+        let regs = f.get_attribute(A::CU_FUNC_ATTRIBUTE_NUM_REGS)?;
+        let local = f.get_attribute(A::CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES)?;
+        let stat = f.get_attribute(A::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)?;
+        Ok(match &self.persist {
+            Ok(p) => format!(
+                "persistent kernel: {regs} registers and {local} bytes of local memory per thread, {} + {} bytes of shared memory per block, {} blocks of {}",
+                stat, p.cfg.shared_mem_bytes, p.cfg.grid_dim.0, p.cfg.block_dim.0
+            ),
+            Err(why) => format!("persistent kernel: {regs} registers; not used: {why}"),
+        })
+    }
+
     fn capture(&self, which: Graph) -> Result<CudaGraph, CudaError> {
         let s = &self.gpu.stream;
         s.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
@@ -450,9 +711,9 @@ impl GpuEngine {
         Ok(g)
     }
 
-    fn gemv(&self, jobs: &[(MatArg, u64, u64, i32)], prep: PrepArg) -> Result<(), CudaError> {
-        let mut ja = jobs_arg(jobs);
-        let mut prep = prep;
+    fn gemv(&self, ph: &PhaseArg) -> Result<(), CudaError> {
+        let mut ja = ph.jobs;
+        let mut prep = ph.prep;
         if prep.n as usize >= self.shared_from && prep.kind != PREP_INT8 {
             // A large input: prepared once by one block (the same `prepare`, so the same
             // values) instead of by every gemv block, which then start on their weights at once.
@@ -507,9 +768,12 @@ impl GpuEngine {
         self.enqueue_marked(with_head, &mut |_| Ok(()))
     }
 
-    fn enqueue_marked(&self, with_head: bool, mark: &mut Mark<'_>) -> Result<(), CudaError> {
+    /// The arguments of layer `i`'s five decode kernels (see the module comment), which the
+    /// graph launches one by one and the persistent kernel runs as phases.
+    fn layer_plan(&self, i: usize) -> PLayerArg {
         let gpu = &self.gpu;
         let c = &self.cfg;
+        let l = &self.layers[i];
         let (x, q, k, v, g, u) = (
             gpu.ptr(&self.x),
             gpu.ptr(&self.q),
@@ -519,10 +783,92 @@ impl GpuEngine {
             gpu.ptr(&self.u),
         );
         let (am, al, ao) = (gpu.ptr(&self.am), gpu.ptr(&self.al), gpu.ptr(&self.ao));
+        let norm = |w: u64| PrepArg {
+            kind: PREP_RMSNORM,
+            n: c.dim as i32,
+            x,
+            w,
+            eps: c.rms_eps,
+            ..Default::default()
+        };
+        let phase = |jobs: &[(MatArg, u64, u64, i32)], prep| PhaseArg {
+            jobs: jobs_arg(jobs),
+            prep,
+        };
+        PLayerArg {
+            qkv: phase(
+                &[
+                    (l.wq, q, l.bq, OUT_STORE),
+                    (l.wk, k, l.bk, OUT_STORE),
+                    (l.wv, v, l.bv, OUT_STORE),
+                ],
+                norm(l.attn_norm),
+            ),
+            attn: AttnArg {
+                q,
+                k,
+                v,
+                om: am,
+                ol: al,
+                oo: ao,
+                tile: (self.rows_smem > 0) as i32,
+                ..self.layer_attn(i)
+            },
+            o: phase(
+                &[(l.wo, x, 0, OUT_ADD)],
+                PrepArg {
+                    kind: PREP_ATTN,
+                    n: c.q_dim() as i32,
+                    am,
+                    al,
+                    ao,
+                    nsplit: self.nsplit as i32,
+                    hd: c.head_dim as i32,
+                    pos: gpu.ptr(&self.state) + 4,
+                    chunk: self.chunk as i32,
+                    ..Default::default()
+                },
+            ),
+            gu: phase(
+                &[(l.gate, g, 0, OUT_STORE), (l.up, u, 0, OUT_STORE)],
+                norm(l.ffn_norm),
+            ),
+            down: phase(
+                &[(l.down, x, 0, OUT_ADD)],
+                PrepArg {
+                    kind: PREP_SWIGLU,
+                    n: c.ffn_dim as i32,
+                    x: g,
+                    x2: u,
+                    ..Default::default()
+                },
+            ),
+        }
+    }
+
+    /// The output layer's gemv: RMSNorm of `x`, logits stored.
+    fn head_phase(&self) -> PhaseArg {
+        let gpu = &self.gpu;
+        PhaseArg {
+            jobs: jobs_arg(&[(self.output, gpu.ptr(&self.logits), 0, OUT_STORE)]),
+            prep: PrepArg {
+                kind: PREP_RMSNORM,
+                n: self.cfg.dim as i32,
+                x: gpu.ptr(&self.x),
+                w: self.out_norm,
+                eps: self.cfg.rms_eps,
+                ..Default::default()
+            },
+        }
+    }
+
+    fn enqueue_marked(&self, with_head: bool, mark: &mut Mark<'_>) -> Result<(), CudaError> {
+        let gpu = &self.gpu;
+        let c = &self.cfg;
         let state = gpu.ptr(&self.state);
         {
             let mut l = gpu.stream.launch_builder(&gpu.f.embed);
-            l.arg(&self.embed).arg(&state).arg(&x);
+            l.arg(&self.embed).arg(&state).arg(&self.x);
             let cfg = LaunchConfig {
                 grid_dim: (c.dim.div_ceil(256) as u32, 1, 1),
                 block_dim: (256, 1, 1),
@@ -533,77 +879,26 @@ impl GpuEngine {
             unsafe { l.launch(cfg) }?;
         }
         mark("embed")?;
-        for (i, l) in self.layers.iter().enumerate() {
-            let norm = |w: u64| PrepArg {
-                kind: PREP_RMSNORM,
-                n: c.dim as i32,
-                x,
-                w,
-                eps: c.rms_eps,
-                ..Default::default()
-            };
-            self.gemv(
-                &[
-                    (l.wq, q, l.bq, OUT_STORE),
-                    (l.wk, k, l.bk, OUT_STORE),
-                    (l.wv, v, l.bv, OUT_STORE),
-                ],
-                norm(l.attn_norm),
-            )?;
+        for i in 0..self.layers.len() {
+            let l = self.layer_plan(i);
+            self.gemv(&l.qkv)?;
             mark("gemv qkv")?;
-            let a = AttnArg {
-                q,
-                k,
-                v,
-                om: am,
-                ol: al,
-                oo: ao,
-                ..self.layer_attn(i)
-            };
-            let mut a = a;
-            a.tile = (self.rows_smem > 0) as i32;
             let mut lb = gpu.stream.launch_builder(&gpu.f.attention);
-            lb.arg(&a);
+            lb.arg(&l.attn);
             let cfg = LaunchConfig {
                 grid_dim: (c.n_heads as u32, self.nsplit as u32, 1),
-                block_dim: (self.chunk as u32, 1, 1),
+                block_dim: (ATTN_THREADS, 1, 1),
                 shared_mem_bytes: self.rows_smem as u32,
             };
             // SAFETY: the cache, scratch and partial buffers were allocated for this
             // configuration (context, heads, splits) in `new`.
             unsafe { lb.launch(cfg) }?;
             mark("attention")?;
-            self.gemv(
-                &[(l.wo, x, 0, OUT_ADD)],
-                PrepArg {
-                    kind: PREP_ATTN,
-                    n: c.q_dim() as i32,
-                    am,
-                    al,
-                    ao,
-                    nsplit: self.nsplit as i32,
-                    hd: c.head_dim as i32,
-                    pos: state + 4,
-                    chunk: self.chunk as i32,
-                    ..Default::default()
-                },
-            )?;
+            self.gemv(&l.o)?;
             mark("gemv o")?;
-            self.gemv(
-                &[(l.gate, g, 0, OUT_STORE), (l.up, u, 0, OUT_STORE)],
-                norm(l.ffn_norm),
-            )?;
+            self.gemv(&l.gu)?;
             mark("gemv gate/up")?;
-            self.gemv(
-                &[(l.down, x, 0, OUT_ADD)],
-                PrepArg {
-                    kind: PREP_SWIGLU,
-                    n: c.ffn_dim as i32,
-                    x: g,
-                    x2: u,
-                    ..Default::default()
-                },
-            )?;
+            self.gemv(&l.down)?;
             mark("gemv down")?;
         }
         if with_head {
@@ -614,7 +909,6 @@ impl GpuEngine {
             // SAFETY: increments state[1].
             unsafe { l.launch(LaunchConfig::for_num_elems(1)) }?;
         }
-        let _ = PREP_PLAIN;
         Ok(())
     }
 
@@ -622,24 +916,12 @@ impl GpuEngine {
     /// and advances the position.
     fn enqueue_head(&self, mark: &mut Mark<'_>) -> Result<(), CudaError> {
         let gpu = &self.gpu;
-        let c = &self.cfg;
-        let x = gpu.ptr(&self.x);
+        self.gemv(&self.head_phase())?;
+        mark("gemv output")?;
         let state = gpu.ptr(&self.state);
         let logits = gpu.ptr(&self.logits);
-        self.gemv(
-            &[(self.output, logits, 0, OUT_STORE)],
-            PrepArg {
-                kind: PREP_RMSNORM,
-                n: c.dim as i32,
-                x,
-                w: self.out_norm,
-                eps: c.rms_eps,
-                ..Default::default()
-            },
-        )?;
-        mark("gemv output")?;
         let sp = gpu.ptr(&self.sample);
-        let n = c.vocab_size as i32;
+        let n = self.cfg.vocab_size as i32;
         let mut l = gpu.stream.launch_builder(&gpu.f.sample);
         l.arg(&logits).arg(&n).arg(&state).arg(&sp);
         let cfg = LaunchConfig {
@@ -654,16 +936,30 @@ impl GpuEngine {
 
     /// Runs one decode step kernel by kernel, waiting for each, and returns the seconds spent
     /// in each kind of kernel (host round trips included: a diagnostic, not a benchmark), plus
-    /// the wall time of one replay of the whole graph for comparison. Advances the position.
+    /// the wall time of one replay of the whole graph and (where the device runs it) of one
+    /// persistent-kernel step for comparison, and the persistent kernel's phases. Advances the
+    /// position by 4.
     pub fn profile(&mut self) -> Result<Vec<(&'static str, f64)>, CudaError> {
-        self.check_room(2)?;
+        self.check_room(4)?;
         let stream = self.gpu.stream.clone();
         let mut times = time_marks(&stream, |mark| self.enqueue_marked(true, mark))?;
         self.pos += 1;
-        let t = std::time::Instant::now();
-        self.step()?;
-        self.sampled()?;
-        times.push(("whole graph replay", t.elapsed().as_secs_f64()));
+        let keep = self.use_persist;
+        for (name, persist) in [
+            ("whole graph replay", false),
+            ("persistent kernel step", true),
+        ] {
+            self.use_persist = persist;
+            if persist && self.persist.is_err() {
+                continue;
+            }
+            let t = std::time::Instant::now();
+            self.step()?;
+            self.sampled()?;
+            times.push((name, t.elapsed().as_secs_f64()));
+        }
+        self.use_persist = keep;
+        times.extend(self.profile_persistent()?);
         Ok(times)
     }
 
@@ -734,12 +1030,7 @@ impl GpuEngine {
         for (i, &t) in tokens.iter().enumerate() {
             self.write_token(t)?;
             let last = i + 1 == tokens.len();
-            let g = if last {
-                &self.step_graph
-            } else {
-                &self.fill_graph
-            };
-            g.as_ref().expect("captured in new").launch()?;
+            self.launch_step(last)?;
             self.pos += 1;
         }
         Ok(())
@@ -931,7 +1222,7 @@ impl GpuEngine {
                     tile,
                 )
             } else {
-                (&gpu.f.attention, t, self.chunk as u32, self.rows_smem)
+                (&gpu.f.attention, t, ATTN_THREADS, self.rows_smem)
             };
             let arg = AttnArg {
                 tile: (!tiled && self.rows_smem > 0) as i32,
@@ -1007,10 +1298,7 @@ impl GpuEngine {
     /// Feeds the token the device sampled last and computes the next one.
     pub fn step(&mut self) -> Result<(), CudaError> {
         self.check_room(1)?;
-        self.step_graph
-            .as_ref()
-            .expect("captured in new")
-            .launch()?;
+        self.launch_step(true)?;
         self.pos += 1;
         Ok(())
     }
@@ -1019,10 +1307,7 @@ impl GpuEngine {
     pub fn feed(&mut self, token: u32) -> Result<(), CudaError> {
         self.check_room(1)?;
         self.write_token(token)?;
-        self.step_graph
-            .as_ref()
-            .expect("captured in new")
-            .launch()?;
+        self.launch_step(true)?;
         self.pos += 1;
         Ok(())
     }
@@ -1093,8 +1378,18 @@ impl GpuEngine {
         } else {
             format!("prefill token by token ({})", self.batch.why)
         };
+        let step = match (&self.persist, self.use_persist) {
+            (Ok(p), true) => format!(
+                "decode step in one persistent kernel ({} blocks of {})",
+                p.cfg.grid_dim.0, p.cfg.block_dim.0
+            ),
+            (Err(why), _) if !why.is_empty() => {
+                format!("decode step in one CUDA graph (no persistent kernel: {why})")
+            }
+            _ => "decode step in one CUDA graph".to_string(),
+        };
         format!(
-            "cuda: {}, {:.1} MiB of weights, {kv} KV cache of {} positions, decode step in one CUDA graph, {prefill}",
+            "cuda: {}, {:.1} MiB of weights, {kv} KV cache of {} positions, {step}, {prefill}",
             self.gpu.describe(),
             self.weight_bytes as f64 / (1 << 20) as f64,
             self.context

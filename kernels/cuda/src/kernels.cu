@@ -166,41 +166,92 @@ struct Prep {
 
 __device__ __forceinline__ float silu(float g) { return g / (1.0f + expf(-g)); }
 
-// Fills xs[n] (f32 input), aq[n] (int8), ad/as[n / 16] in shared memory.
-__device__ void prepare(const Prep& p, float* xs, i8* aq, float* ad, int* as, float* scratch) {
+// Fills xs[n] (f32 input), aq[n] (int8), ad/as[n / 16] in shared memory. Each thread loads
+// PREP_UNROLL values (or splits) at once before using them, so that a block waits for one round
+// of loads per PREP_UNROLL values a thread takes, not one per value.
+#define PREP_UNROLL 4
+__device__ void prepare(const Prep& p, float* xs, i8* aq, float* ad, int* as) {
     int n = p.n;
+    const float* x = p.x;
     if (p.kind == PREP_RMSNORM) {
+        // Every warp sums all n squares (lane l takes l, l + 32, ... in order), so the sum is the
+        // same whatever the block size, with no block barrier.
+        int lane = threadIdx.x & 31;
         float ss = 0.0f;
-        for (int i = threadIdx.x; i < n; i += blockDim.x) ss += p.x[i] * p.x[i];
-        ss = block_sum(ss, scratch);
+        for (int i0 = lane; i0 < n; i0 += 32 * 2 * PREP_UNROLL) {
+            float v[2 * PREP_UNROLL];
+#pragma unroll
+            for (int k = 0; k < 2 * PREP_UNROLL; k++) v[k] = i0 + 32 * k < n ? x[i0 + 32 * k] : 0.0f;
+#pragma unroll
+            for (int k = 0; k < 2 * PREP_UNROLL; k++)
+                if (i0 + 32 * k < n) ss += v[k] * v[k];
+        }
+        ss = warp_sum(ss);
         float s = 1.0f / sqrtf(ss / (float)n + p.eps);
-        for (int i = threadIdx.x; i < n; i += blockDim.x) xs[i] = (p.x[i] * s) * p.w[i];
-    } else if (p.kind == PREP_SWIGLU) {
-        for (int i = threadIdx.x; i < n; i += blockDim.x) xs[i] = silu(p.x[i]) * p.x2[i];
+        const float* w = p.w;
+        for (int i0 = threadIdx.x; i0 < n; i0 += PREP_UNROLL * blockDim.x) {
+            float a[PREP_UNROLL], b[PREP_UNROLL];
+#pragma unroll
+            for (int k = 0; k < PREP_UNROLL; k++) {
+                int i = i0 + k * blockDim.x;
+                a[k] = i < n ? x[i] : 0.0f;
+                b[k] = i < n ? w[i] : 0.0f;
+            }
+#pragma unroll
+            for (int k = 0; k < PREP_UNROLL; k++) {
+                int i = i0 + k * blockDim.x;
+                if (i < n) xs[i] = (a[k] * s) * b[k];
+            }
+        }
     } else if (p.kind == PREP_ATTN) {
+        // One warp per head: the splits' weights are the same for every value of the head.
         int ns = p.pos ? min(p.nsplit, (p.pos[0] + p.tok) / p.chunk + 1) : p.nsplit;
-        for (int i = threadIdx.x; i < n; i += blockDim.x) {
-            int h = i / p.hd, e = i % p.hd;
+        int hd = p.hd, lane = threadIdx.x & 31;
+        for (int h = threadIdx.x >> 5; h < n / hd; h += blockDim.x >> 5) {
             const float* m = p.am + h * p.nsplit;
             const float* l = p.al + h * p.nsplit;
-            const float* o = p.ao + (long long)h * p.nsplit * p.hd + e;
+            const float* o = p.ao + (long long)h * p.nsplit * hd;
             float mx = neg_inf();
-            for (int s = 0; s < ns; s++) mx = fmaxf(mx, m[s]);
-            float den = 0.0f, num = 0.0f;
-            // Every load ahead of the test, so that the unrolled loads are in flight together.
-#pragma unroll 4
-            for (int s = 0; s < ns; s++) {
-                float ls = l[s], ms = m[s], os = o[s * p.hd];
+            for (int sp = lane; sp < ns; sp += 32) mx = fmaxf(mx, m[sp]);
+            mx = warp_max(mx);
+            // Value lane + 32 j of the head (hd <= 256), summed over the splits in order.
+            float den = 0.0f, num[8];
+#pragma unroll
+            for (int j = 0; j < 8; j++) num[j] = 0.0f;
+#pragma unroll 2
+            for (int sp = 0; sp < ns; sp++) {
+                float ls = l[sp], ms = m[sp], os[8];
+#pragma unroll
+                for (int j = 0; j < 8; j++) os[j] = lane + 32 * j < hd ? o[sp * hd + lane + 32 * j] : 0.0f;
                 if (ls > 0.0f) {
                     float f = expf(ms - mx);
                     den += ls * f;
-                    num += os * f;
+#pragma unroll
+                    for (int j = 0; j < 8; j++) num[j] += os[j] * f;
                 }
             }
-            xs[i] = num / den;
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+                if (lane + 32 * j < hd) xs[h * hd + lane + 32 * j] = num[j] / den;
         }
     } else {
-        for (int i = threadIdx.x; i < n; i += blockDim.x) xs[i] = p.x[i];
+        // SWIGLU: silu(gate) * up; PLAIN: a copy.
+        bool swiglu = p.kind == PREP_SWIGLU;
+        const float* x2 = p.x2;
+        for (int i0 = threadIdx.x; i0 < n; i0 += PREP_UNROLL * blockDim.x) {
+            float a[PREP_UNROLL], b[PREP_UNROLL];
+#pragma unroll
+            for (int k = 0; k < PREP_UNROLL; k++) {
+                int i = i0 + k * blockDim.x;
+                a[k] = i < n ? x[i] : 0.0f;
+                b[k] = i < n && swiglu ? x2[i] : 0.0f;
+            }
+#pragma unroll
+            for (int k = 0; k < PREP_UNROLL; k++) {
+                int i = i0 + k * blockDim.x;
+                if (i < n) xs[i] = swiglu ? silu(a[k]) * b[k] : a[k];
+            }
+        }
     }
     __syncthreads();
     for (int g = threadIdx.x; g < n / QS; g += blockDim.x)
@@ -358,13 +409,34 @@ __device__ __forceinline__ void t2_rows(const Mat& w, int r, int nr, const i8* a
     }
 }
 
+// Rows r .. r + nr of a job (nr <= T2_ROWS for a ternary matrix, 1 otherwise) by one warp:
+// the products, plus the bias, stored into or added to the output by lane 0.
+__device__ __forceinline__ void job_rows(const Job& job, int r, int nr, const float* xs,
+                                         const i8* aq, const float* ad, const int* as) {
+    float y[T2_ROWS];
+    if (job.w.fmt == FMT_T2)
+        t2_rows(job.w, r, nr, aq, ad, as, y);
+    else
+        y[0] = row_dot(job.w, r, xs, aq, ad, as);
+    if ((threadIdx.x & 31) != 0) return;
+#pragma unroll
+    for (int k = 0; k < T2_ROWS; k++) {
+        if (k >= nr) break;
+        float v = y[k];
+        if (job.bias) v += job.bias[r + k];
+        if (job.mode == OUT_ADD)
+            job.out[r + k] += v;
+        else
+            job.out[r + k] = v;
+    }
+}
+
 // Matrix-vector products of up to MAX_JOBS matrices that share one input, which every block
 // prepares for itself in shared memory (a normalization, a SwiGLU, the combination of the
 // attention's partial results, or a plain copy) and quantizes to int8. Block b works on the job
 // whose block range holds b, `rows_per_block` rows of it, one row per warp at a time.
 extern "C" __global__ void gemv(const __grid_constant__ Jobs jobs, const __grid_constant__ Prep prep) {
     extern __shared__ __align__(16) unsigned char smem[];
-    __shared__ float scratch[32];
     int n = prep.n;
     const float* xs;
     const i8* aq;
@@ -382,7 +454,7 @@ extern "C" __global__ void gemv(const __grid_constant__ Jobs jobs, const __grid_
         float* sd = sx + n;
         int* ss = (int*)(sd + n / QS);
         i8* sq = (i8*)(ss + n / QS);
-        prepare(prep, sx, sq, sd, ss, scratch);
+        prepare(prep, sx, sq, sd, ss);
         xs = sx;
         aq = sq;
         ad = sd;
@@ -398,34 +470,8 @@ extern "C" __global__ void gemv(const __grid_constant__ Jobs jobs, const __grid_
     int warps = blockDim.x >> 5, wid = threadIdx.x >> 5;
     int per = (r1 - r0 + warps - 1) / warps;
     int w0 = r0 + wid * per, w1 = min(w0 + per, r1);
-    bool lead = (threadIdx.x & 31) == 0;
-    if (job.w.fmt == FMT_T2) {
-        for (int r = w0; r < w1; r += T2_ROWS) {
-            int nr = min(T2_ROWS, w1 - r);
-            float y[T2_ROWS];
-            t2_rows(job.w, r, nr, aq, ad, as, y);
-            if (lead)
-                for (int k = 0; k < nr; k++) {
-                    float v = y[k];
-                    if (job.bias) v += job.bias[r + k];
-                    if (job.mode == OUT_ADD)
-                        job.out[r + k] += v;
-                    else
-                        job.out[r + k] = v;
-                }
-        }
-        return;
-    }
-    for (int r = w0; r < w1; r++) {
-        float y = row_dot(job.w, r, xs, aq, ad, as);
-        if (lead) {
-            if (job.bias) y += job.bias[r];
-            if (job.mode == OUT_ADD)
-                job.out[r] += y;
-            else
-                job.out[r] = y;
-        }
-    }
+    int unit = job.w.fmt == FMT_T2 ? T2_ROWS : 1;
+    for (int r = w0; r < w1; r += unit) job_rows(job, r, min(unit, w1 - r), xs, aq, ad, as);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -450,7 +496,6 @@ struct PrepOut {
 
 extern "C" __global__ void prep(const __grid_constant__ Prep p, const __grid_constant__ PrepOut o) {
     extern __shared__ __align__(16) unsigned char smem[];
-    __shared__ float scratch[32];
     int n = p.n, t = blockIdx.x;
     float* xs = (float*)smem;
     float* ad = xs + n;
@@ -466,7 +511,7 @@ extern "C" __global__ void prep(const __grid_constant__ Prep p, const __grid_con
         mine.ao = p.ao + ao * p.hd;
         mine.tok = p.tok + t;
     }
-    prepare(mine, xs, aq, ad, as, scratch);
+    prepare(mine, xs, aq, ad, as);
     float* gx = o.xs + (long long)t * n;
     int* gq = (int*)(o.q + (long long)t * n);
     for (int i = threadIdx.x; i < n; i += blockDim.x) gx[i] = xs[i];
@@ -702,13 +747,8 @@ extern "C" __global__ void t2_isums(Mat w, const i8* aq, const int* as, int* isu
     }
 }
 
-// x[e] = row `*tok` of the embedding matrix, dequantized; blockIdx.y indexes a batch of tokens
-// (x holds `cols` values per token).
-extern "C" __global__ void embed(Mat w, const int* tok, float* x) {
-    int e = blockIdx.x * blockDim.x + threadIdx.x;
-    if (e >= w.cols) return;
-    long long t = tok[blockIdx.y];
-    x += (long long)blockIdx.y * w.cols;
+// Value e of row t of the embedding matrix, dequantized.
+__device__ float embed_value(const Mat& w, long long t, int e) {
     const u8* row = w.qs + t * w.stride;
     float v;
     if (w.fmt == FMT_Q8_0) {
@@ -729,8 +769,20 @@ extern "C" __global__ void embed(Mat w, const int* tok, float* x) {
         v = ((const float*)row)[e];
     }
     if (w.rs) v *= w.rs[t];
-    x[e] = v;
+    return v;
 }
+
+// x[e] = row `*tok` of the embedding matrix, dequantized; blockIdx.y indexes a batch of tokens
+// (x holds `cols` values per token).
+extern "C" __global__ void embed(Mat w, const int* tok, float* x) {
+    int e = blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= w.cols) return;
+    x[(long long)blockIdx.y * w.cols + e] = embed_value(w, tok[blockIdx.y], e);
+}
+
+// Threads of a decode attention block: at least the split's `chunk` positions (one score per
+// thread); the value sums are split over ATTN_THREADS / hd slices of positions.
+#define ATTN_THREADS 256
 
 struct Attn {
     const float* q;     // [n_heads * hd] this step's queries (before RoPE)
@@ -747,7 +799,7 @@ struct Attn {
     int n_heads;
     int n_kv;
     int hd;
-    int chunk;          // positions per split (== blockDim.x)
+    int chunk;          // positions per split (<= blockDim.x, which is ATTN_THREADS)
     int nsplit;
     int int8_kv;
     int rope_halves;    // 1: pairs (i, i + hd/2) (NeoX); 0: adjacent pairs
@@ -1041,23 +1093,27 @@ __device__ KvRows stage_rows(const Attn& p, int kvh, int start, int end, unsigne
     return r;
 }
 
-// One (head, split) of decode attention over positions 0..=pos (flash-decoding: each split
+// Shared memory of one decode attention block, besides the staged rows.
+struct AttnScratch {
+    float q[256];
+    float knew[256];
+    float vnew[256];
+    __align__(16) i8 qq[256];
+    __align__(16) i8 kq[256];
+    __align__(16) i8 vq[256];
+    AttnSmem sm;
+    float sc[2];
+    float qscale;
+};
+
+// One (head h, split sp, batch token z) of decode attention over positions 0..=pos (flash-decoding: each split
 // writes its max, sum of exponentials and unnormalized output; the next gemv combines them).
 // The block whose split holds `pos` applies RoPE to this step's key, stores key and value in the
 // cache (int8 with a scale per position and head, or f16), and uses the stored form itself.
 // In a prefill batch (gridDim.z tokens, `stored`), every key is read from the cache.
-extern "C" __global__ void attention(Attn p) {
-    extern __shared__ __align__(16) unsigned char tile[];
-    __shared__ float q[256];
-    __shared__ float knew[256];
-    __shared__ float vnew[256];
-    __shared__ __align__(16) i8 qq[256];
-    __shared__ __align__(16) i8 kq[256];
-    __shared__ __align__(16) i8 vq[256];
-    __shared__ AttnSmem sm;
-    __shared__ float sc[2];
-    __shared__ float qscale;
-    int h = blockIdx.x, sp = blockIdx.y, z = blockIdx.z, hd = p.hd;
+__device__ void attention_block(const Attn& p, int h, int sp, int z, unsigned char* tile,
+                                AttnScratch& s) {
+    int hd = p.hd;
     int kvh = h / (p.n_heads / p.n_kv);
     int pos = p.pos[0] + z;
     int start = sp * p.chunk, end = min(start + p.chunk, pos + 1);
@@ -1072,12 +1128,18 @@ extern "C" __global__ void attention(Attn p) {
     bool has_new = !p.stored && pos < end;
     if (has_new) {
         bool writer = (h % (p.n_heads / p.n_kv)) == 0;
-        kv_new(p, kvh, pos, p.k, p.v, knew, vnew, kq, vq, sc, writer);
+        kv_new(p, kvh, pos, p.k, p.v, s.knew, s.vnew, s.kq, s.vq, s.sc, writer);
     }
-    load_query(p, p.q + (long long)z * p.q_stride, h, pos, q, qq, &qscale);
+    load_query(p, p.q + (long long)z * p.q_stride, h, pos, s.q, s.qq, &s.qscale);
     KvRows src = p.tile ? stage_rows(p, kvh, start, end, tile) : cache_rows(p, kvh);
-    attend(p, src, pos, start, end, has_new, q, qq, qscale, knew, kq, sc[0], vnew, vq, sc[1], sm,
-           om, ol, oo);
+    attend(p, src, pos, start, end, has_new, s.q, s.qq, s.qscale, s.knew, s.kq, s.sc[0], s.vnew,
+           s.vq, s.sc[1], s.sm, om, ol, oo);
+}
+
+extern "C" __global__ void attention(Attn p) {
+    extern __shared__ __align__(16) unsigned char tile[];
+    __shared__ AttnScratch s;
+    attention_block(p, blockIdx.x, blockIdx.y, blockIdx.z, tile, s);
 }
 
 // Prefill attention: one warp per query, ATTN_WARPS consecutive tokens per block (blockIdx.z
@@ -1222,7 +1284,7 @@ extern "C" __global__ void attention_tile(Attn p) {
     // Values: the block's thread (dim, slice s) sums positions s, s + slices, ... in order, and
     // the slices' sums are added in order; here lane l does that for dims l + 32 m, one slice
     // after another (at most 8 dims per lane: hd <= 256).
-    int slices = chunk / hd;
+    int slices = ATTN_THREADS / hd;
     int dims = (hd + 31) / 32;
     int cnt = end - start;
     float o[8];
@@ -1276,8 +1338,9 @@ __device__ __forceinline__ u64 splitmix64(u64 x) {
 // Picks the next token on the device and advances the position: greedy (the first index of the
 // largest logit) or top-k / temperature / top-p / min-p sampling with a counter-based generator.
 // `state[0]` is the token (written here, read by the next step's embedding), `state[1]` the
-// position, `state[2..4]` the sampling counter. One block of 1024 threads.
-extern "C" __global__ void sample(const float* logits, int n, int* state, const Sample* sp) {
+// position, `state[2..4]` the sampling counter. Run by one block (of any size: the choice is the
+// same).
+__device__ void sample_block(const float* logits, int n, int* state, const Sample* sp) {
     __shared__ float best_v[32];
     __shared__ int best_i[32];
     __shared__ float top_v[64];
@@ -1369,12 +1432,262 @@ extern "C" __global__ void sample(const float* logits, int n, int* state, const 
                 }
             }
         }
-        state[0] = chosen;
+        // Every logit NaN leaves no candidate: token 0, so the next embedding stays in range.
+        state[0] = chosen == 0x7fffffff ? 0 : chosen;
         state[1] += 1;
     }
+}
+
+extern "C" __global__ void sample(const float* logits, int n, int* state, const Sample* sp) {
+    sample_block(logits, n, state, sp);
 }
 
 // Advances the position without sampling (prompt positions whose logits nobody needs).
 extern "C" __global__ void advance(int* state) {
     if (threadIdx.x == 0 && blockIdx.x == 0) state[1] += 1;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Persistent decode: the whole step (embedding, every layer, output layer, sampling) in one
+// launch of as many blocks as the device runs at once. The blocks go through the step's phases
+// together, separated by grid barriers, and each phase calls the device functions the separate
+// kernels call, so a step computes the same values, bit for bit, as the graph of kernels
+// (tested). What it saves is the launch and drain of ~150 kernels per token.
+
+// One gemv phase: the jobs and how their shared input is prepared.
+struct Phase {
+    Jobs jobs;
+    Prep prep;
+};
+
+// One layer's phases (the arguments of the graph's five kernels).
+struct PLayer {
+    Phase qkv;
+    Attn attn;
+    Phase o;
+    Phase gu;
+    Phase down;
+};
+
+struct Persist {
+    const PLayer* layers;  // [n_layers], in device memory
+    Mat embed;
+    Phase head;
+    float* x;
+    float* logits;
+    const Sample* sample;
+    int* state;
+    unsigned* bar;         // the grid barrier's count of arrivals, zeroed before each launch
+    long long* times;      // null, or block 0's clock64() stamps (profiling; see stamp)
+    float* best_v;         // [gridDim.x]: each block's largest logit (greedy sampling)
+    int* best_i;           // [gridDim.x]: its index (the lowest among equals)
+    int n_layers;
+    int vocab;
+    int with_head;         // 0: advance the position without the output layer and sampling
+    int barriers;          // > 0: only run this many grid barriers (measuring them)
+    int pad;
+};
+
+__device__ __forceinline__ unsigned ld_acquire(const unsigned* a) {
+#if __CUDA_ARCH__ >= 700
+    unsigned v;
+    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(a) : "memory");
+    return v;
+#else
+    unsigned v = *(const volatile unsigned*)a;
+    __threadfence();
+    return v;
+#endif
+}
+
+// Profiling: block 0 records clock64() at point `sub` of phase `ph` (0: start, 1: input
+// prepared, 2: arrived at the closing barrier) in times[3 ph + sub].
+__device__ __forceinline__ void stamp(const Persist& p, int ph, int sub) {
+    if (p.times && blockIdx.x == 0 && threadIdx.x == 0) p.times[3 * ph + sub] = clock64();
+}
+
+// Barrier k (1, 2, ... within the launch): waits until every block of the grid has arrived, so
+// that what any block wrote before it is visible to every block after it. bar counts arrivals
+// since the launch, and barrier k waits for k times the grid. Needs every block resident at once
+// (a cooperative launch).
+__device__ void grid_sync(const Persist& p, int& k) {
+    __syncthreads();
+    stamp(p, k, 2);
+    k++;
+    if (threadIdx.x == 0) {
+        __threadfence();
+        atomicAdd(p.bar, 1u);
+        unsigned target = (unsigned)k * gridDim.x;
+        while (ld_acquire(p.bar) < target) {
+        }
+    }
+    __syncthreads();
+    stamp(p, k, 0);
+}
+
+// The rows of unit u of a phase (T2_ROWS rows of a ternary matrix, one row otherwise; the jobs'
+// units one after another): its job j, first row r and row count nr. False past the last unit.
+__device__ __forceinline__ bool phase_unit(const Jobs& jobs, int u, int& j, int& r, int& nr) {
+    for (j = 0; j < jobs.n; j++) {
+        int unit = jobs.j[j].w.fmt == FMT_T2 ? T2_ROWS : 1;
+        int nu = (jobs.j[j].w.rows + unit - 1) / unit;
+        if (u < nu) {
+            r = u * unit;
+            nr = min(unit, jobs.j[j].w.rows - r);
+            return true;
+        }
+        u -= nu;
+    }
+    return false;
+}
+
+// A gemv phase over the whole grid: unit u (see phase_unit) to warp u mod the grid's warps. A
+// block with no unit skips the input's preparation. With `best` (the output layer under greedy
+// sampling), each block also leaves the largest of its outputs and its index in best_v/best_i.
+__device__ void phase_gemv(const Phase& ph, unsigned char* smem, const Persist* best,
+                           const Persist& p, int k) {
+    __shared__ float wbest_v[32];
+    __shared__ int wbest_i[32];
+    int warps = blockDim.x >> 5, wid = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int j, r, nr;
+    if (!phase_unit(ph.jobs, blockIdx.x * warps, j, r, nr)) {
+        if (best && threadIdx.x == 0) {
+            best->best_v[blockIdx.x] = neg_inf();
+            best->best_i[blockIdx.x] = 0x7fffffff;
+        }
+        return;
+    }
+    int n = ph.prep.n;
+    float* xs = (float*)smem;
+    float* ad = xs + n;
+    int* as = (int*)(ad + n / QS);
+    i8* aq = (i8*)(as + n / QS);
+    prepare(ph.prep, xs, aq, ad, as);
+    stamp(p, k, 1);
+    float bv = neg_inf();
+    int bi = 0x7fffffff;
+    for (int u = blockIdx.x * warps + wid; phase_unit(ph.jobs, u, j, r, nr); u += gridDim.x * warps) {
+        const Job& job = ph.jobs.j[j];
+        job_rows(job, r, nr, xs, aq, ad, as);
+        if (best && lane == 0)
+            for (int k = 0; k < nr; k++) {
+                float v = job.out[r + k];
+                if (v > bv || (v == bv && r + k < bi)) {
+                    bv = v;
+                    bi = r + k;
+                }
+            }
+    }
+    if (!best) return;
+    if (lane == 0) {
+        wbest_v[wid] = bv;
+        wbest_i[wid] = bi;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int w = 1; w < warps; w++)
+            if (wbest_v[w] > bv || (wbest_v[w] == bv && wbest_i[w] < bi)) {
+                bv = wbest_v[w];
+                bi = wbest_i[w];
+            }
+        best->best_v[blockIdx.x] = bv;
+        best->best_i[blockIdx.x] = bi;
+    }
+}
+
+// Greedy sampling from the blocks' candidates (by block 0): the first index of the largest
+// logit, as sample_block picks it; writes the token and advances the position.
+__device__ void pick_greedy(const Persist& p) {
+    __shared__ float wv[32];
+    __shared__ int wi[32];
+    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+    float bv = neg_inf();
+    int bi = 0x7fffffff;
+    for (int b = threadIdx.x; b < (int)gridDim.x; b += blockDim.x) {
+        float v = p.best_v[b];
+        int i = p.best_i[b];
+        if (v > bv || (v == bv && i < bi)) {
+            bv = v;
+            bi = i;
+        }
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+        int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        if (ov > bv || (ov == bv && oi < bi)) {
+            bv = ov;
+            bi = oi;
+        }
+    }
+    if (lane == 0) {
+        wv[wid] = bv;
+        wi[wid] = bi;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int w = 1; w < (int)(blockDim.x >> 5); w++)
+            if (wv[w] > bv || (wv[w] == bv && wi[w] < bi)) {
+                bv = wv[w];
+                bi = wi[w];
+            }
+        // Every logit NaN: token 0, as sample_block picks then.
+        p.state[0] = bi == 0x7fffffff ? 0 : bi;
+        p.state[1] += 1;
+    }
+}
+
+// The decode attention over the grid: one (head, split) per block at a time, for the splits
+// that hold positions up to the current one (the combination reads no other).
+__device__ void phase_attention(const Attn& p, unsigned char* tile, AttnScratch& s) {
+    int active = p.pos[0] / p.chunk + 1;
+    for (int b = blockIdx.x; b < p.n_heads * active; b += gridDim.x) {
+        attention_block(p, b / active, b % active, 0, tile, s);
+        __syncthreads();
+    }
+}
+
+// One decode step, in blocks of ATTN_THREADS (the attention's block).
+extern "C" __global__ void decode_persistent(const __grid_constant__ Persist p) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    __shared__ AttnScratch as;
+    int k = 0;
+    stamp(p, 0, 0);
+    if (p.barriers > 0) {
+        for (int i = 0; i < p.barriers; i++) grid_sync(p, k);
+        return;
+    }
+    {
+        long long tok = p.state[0];
+        for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < p.embed.cols;
+             e += gridDim.x * blockDim.x)
+            p.x[e] = embed_value(p.embed, tok, e);
+    }
+    grid_sync(p, k);
+    for (int i = 0; i < p.n_layers; i++) {
+        const PLayer& l = p.layers[i];
+        phase_gemv(l.qkv, smem, nullptr, p, k);
+        grid_sync(p, k);
+        phase_attention(l.attn, smem, as);
+        grid_sync(p, k);
+        phase_gemv(l.o, smem, nullptr, p, k);
+        grid_sync(p, k);
+        phase_gemv(l.gu, smem, nullptr, p, k);
+        grid_sync(p, k);
+        phase_gemv(l.down, smem, nullptr, p, k);
+        grid_sync(p, k);
+    }
+    if (p.with_head) {
+        bool greedy = p.sample->temperature <= 0.0f;
+        phase_gemv(p.head, smem, greedy ? &p : nullptr, p, k);
+        grid_sync(p, k);
+        if (blockIdx.x == 0) {
+            if (greedy)
+                pick_greedy(p);
+            else
+                sample_block(p.logits, p.vocab, p.state, p.sample);
+        }
+    } else if (blockIdx.x == 0 && threadIdx.x == 0) {
+        p.state[1] += 1;
+    }
+    stamp(p, k, 2);
 }

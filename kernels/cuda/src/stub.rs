@@ -81,6 +81,15 @@ impl GpuEngine {
     pub fn set_prefill_batch(&mut self, _n: usize) {}
     /// Unreachable without the `cuda` feature.
     pub fn set_attention_tiles(&mut self, _on: bool) {}
+
+    /// Unreachable without the `cuda` feature.
+    pub fn persistent_info(&self) -> Result<String, CudaError> {
+        Err(CudaError::NotBuilt)
+    }
+    /// Unreachable without the `cuda` feature.
+    pub fn set_persistent(&mut self, _per_sm: usize) -> Result<(), CudaError> {
+        Err(CudaError::NotBuilt)
+    }
     /// Unreachable without the `cuda` feature.
     pub fn set_shared_input_from(&mut self, _n: usize) -> Result<(), CudaError> {
         Err(CudaError::NotBuilt)

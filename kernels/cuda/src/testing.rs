@@ -3,7 +3,7 @@
 
 use crate::device::{
     attention_rows_smem, gemv_smem, gemv_smem_for, jobs_arg, plan_jobs, AttnArg, DevMat, Gpu,
-    PrepArg, SampleArg, ATTN_STATIC_SMEM, GEMV_THREADS, PREP_INT8,
+    PrepArg, SampleArg, ATTN_STATIC_SMEM, ATTN_THREADS, GEMV_THREADS, PREP_INT8,
 };
 use crate::repack::repack;
 use crate::{CudaError, KvCache};
@@ -222,7 +222,7 @@ impl AttnRig {
         arg.tile = tiled as i32;
         let cfg = LaunchConfig {
             grid_dim: (s.n_heads as u32, nsplit as u32, 1),
-            block_dim: (chunk as u32, 1, 1),
+            block_dim: (ATTN_THREADS, 1, 1),
             shared_mem_bytes: if tiled { rows as u32 } else { 0 },
         };
         let identity = (0..q_dim * q_dim)

@@ -682,3 +682,53 @@ fn batched_prefill_equals_token_by_token_bit_for_bit() {
         assert_eq!(e.pos(), 0);
     }
 }
+
+#[test]
+fn persistent_decode_equals_the_graph_bit_for_bit() {
+    if gpu().is_none() {
+        return;
+    }
+    let mut rng = Rng(91);
+    for (halves, kv) in [(false, KvCache::F16), (true, KvCache::Int8)] {
+        let rm = RandomModel::new(&mut rng, halves);
+        let model = rm.model();
+        let mut e = edgellm_cuda::GpuEngine::new(Gpu::open().unwrap(), &model, 200, kv).unwrap();
+        let a: Vec<u32> = (0..9).map(|_| (rng.next() % 300) as u32).collect();
+        let b: Vec<u32> = (0..120).map(|_| (rng.next() % 300) as u32).collect();
+        let prompts: [&[u32]; 2] = [&a, &b];
+        // Decoding from position 129 to 150 crosses the 128-position attention split.
+        for (sampling, seed) in [(SamplerParams::greedy(), 0), (top_k_params(), 5)] {
+            e.set_sampling(&sampling, seed).unwrap();
+            e.set_persistent(0).unwrap();
+            let want = run_engine(&mut e, 16, &prompts, 22);
+            // Batch 0: the prompts go token by token through the persistent kernel too (the
+            // variant without the output layer for all but their last token).
+            for (per_sm, batch) in [(1, 16), (4, 16), (2, 0)] {
+                e.set_persistent(per_sm).unwrap();
+                assert!(
+                    e.describe().contains("persistent kernel"),
+                    "{}",
+                    e.describe()
+                );
+                let got = run_engine(&mut e, batch, &prompts, 22);
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert_eq!(g.0, w.0, "{kv:?} {per_sm}/SM batch {batch}: token {i}");
+                    let same =
+                        g.1.iter()
+                            .zip(&w.1)
+                            .all(|(x, y)| x.to_bits() == y.to_bits());
+                    assert!(same, "{kv:?} {per_sm}/SM batch {batch}: logits {i} differ");
+                }
+            }
+        }
+    }
+}
+
+fn top_k_params() -> SamplerParams {
+    SamplerParams {
+        temperature: 0.8,
+        top_k: 40,
+        top_p: 0.95,
+        ..SamplerParams::greedy()
+    }
+}

@@ -362,6 +362,7 @@ fn bench_gpu(args: &BenchArgs, mut engine: edgellm_cuda::GpuEngine, prompt: &[u3
         // At the position decoding starts from, as the timed steps below.
         engine.reset()?;
         engine.prefill(prompt)?;
+        eprintln!("profile: {}", engine.persistent_info()?);
         for (name, s) in engine.profile()? {
             eprintln!("profile: {name:<20} {:9.1} us", s * 1e6);
         }

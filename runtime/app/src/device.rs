@@ -28,7 +28,18 @@ pub fn select(args: &ModelArgs, loaded: &Loaded<'_>, context: usize) -> Result<O
     } else {
         KvCache::F16
     };
-    let engine = Gpu::open().and_then(|gpu| GpuEngine::new(gpu, &loaded.model, context, kv));
+    let engine = Gpu::open().and_then(|gpu| {
+        let mut e = GpuEngine::new(gpu, &loaded.model, context, kv)?;
+        // EDGELLM_CUDA_PERSIST=N: decode steps in the persistent kernel with at most N blocks
+        // per SM instead of the graph of kernels (the same results; for measuring it).
+        if let Some(n) = std::env::var("EDGELLM_CUDA_PERSIST")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            e.set_persistent(n)?;
+        }
+        Ok(e)
+    });
     match engine {
         Ok(e) => {
             eprintln!("device: {}", e.describe());
