@@ -139,6 +139,9 @@ if [ -n "$vocab" ]; then
         "$bins/edgellm" bench --model "$rnd" --device cuda --kv-cache "$kv" -p 512 -g 128 -r 5 \
             "${peer[@]}" 2>"$out/bench-$kv.err" | tee "$out/bench-$kv.txt" || fail "bench $kv"
     done
+    echo "== the same decode in the persistent kernel (EDGELLM_CUDA_PERSIST=1), with its phase profile"
+    EDGELLM_CUDA_PERSIST=1 EDGELLM_CUDA_PROFILE=1 "$bins/edgellm" bench --model "$rnd" --device cuda \
+        -p 512 -g 128 -r 5 2>&1 | tee "$out/bench-persistent.txt" || fail "bench persistent"
 fi
 
 rm -rf "$work"

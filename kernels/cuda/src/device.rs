@@ -19,6 +19,7 @@ impl From<cudarc::driver::DriverError> for CudaError {
 /// The kernels of `kernels.cu`.
 pub(crate) struct Funcs {
     pub gemv: CudaFunction,
+    pub gemv_prepared: CudaFunction,
     pub prep: CudaFunction,
     pub gemm: CudaFunction,
     pub kv_store: CudaFunction,
@@ -97,6 +98,7 @@ impl Gpu {
         let load = |n: &str| module.load_function(n);
         let f = Funcs {
             gemv: load("gemv")?,
+            gemv_prepared: load("gemv_prepared")?,
             prep: load("prep")?,
             gemm: load("gemm")?,
             kv_store: load("kv_store")?,
@@ -183,6 +185,16 @@ impl Gpu {
     /// The device address of a buffer (stable for its lifetime).
     pub(crate) fn ptr<T>(&self, s: &CudaSlice<T>) -> u64 {
         s.device_ptr(&self.stream).0
+    }
+
+    /// The gemv kernel for `prep`: `gemv_prepared` for an input prepared beforehand
+    /// (PREP_INT8), else `gemv`.
+    pub(crate) fn gemv_fn(&self, prep: &PrepArg) -> &CudaFunction {
+        if prep.kind == PREP_INT8 {
+            &self.f.gemv_prepared
+        } else {
+            &self.f.gemv
+        }
     }
 
     pub(crate) fn launch<A: DeviceRepr, B: DeviceRepr>(

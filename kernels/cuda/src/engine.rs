@@ -748,7 +748,7 @@ impl GpuEngine {
             block_dim: (GEMV_THREADS, 1, 1),
             shared_mem_bytes: gemv_smem_for(&prep),
         };
-        self.gpu.launch(&self.gpu.f.gemv, cfg, &ja, &prep)
+        self.gpu.launch(self.gpu.gemv_fn(&prep), cfg, &ja, &prep)
     }
 
     /// Decode gemvs whose input has at least `n` values get it prepared once, by one block,

@@ -170,26 +170,41 @@ __device__ __forceinline__ float silu(float g) { return g / (1.0f + expf(-g)); }
 // PREP_UNROLL values (or splits) at once before using them, so that a block waits for one round
 // of loads per PREP_UNROLL values a thread takes, not one per value.
 #define PREP_UNROLL 4
+// Squares in flight per lane while RMSNorm sums them.
+#define RMS_UNROLL 24
 __device__ void prepare(const Prep& p, float* xs, i8* aq, float* ad, int* as) {
     int n = p.n;
     const float* x = p.x;
     if (p.kind == PREP_RMSNORM) {
         // Every warp sums all n squares (lane l takes l, l + 32, ... in order), so the sum is the
-        // same whatever the block size, with no block barrier.
+        // same whatever the block size, with no block barrier. The thread's first values of x
+        // and w are loaded with the first squares, in the same round.
+        const float* w = p.w;
         int lane = threadIdx.x & 31;
+        float a0[PREP_UNROLL], b0[PREP_UNROLL];
+#pragma unroll
+        for (int k = 0; k < PREP_UNROLL; k++) {
+            int i = threadIdx.x + k * blockDim.x;
+            a0[k] = i < n ? x[i] : 0.0f;
+            b0[k] = i < n ? w[i] : 0.0f;
+        }
         float ss = 0.0f;
-        for (int i0 = lane; i0 < n; i0 += 32 * 2 * PREP_UNROLL) {
-            float v[2 * PREP_UNROLL];
+        for (int i0 = lane; i0 < n; i0 += 32 * RMS_UNROLL) {
+            float v[RMS_UNROLL];
 #pragma unroll
-            for (int k = 0; k < 2 * PREP_UNROLL; k++) v[k] = i0 + 32 * k < n ? x[i0 + 32 * k] : 0.0f;
+            for (int k = 0; k < RMS_UNROLL; k++) v[k] = i0 + 32 * k < n ? x[i0 + 32 * k] : 0.0f;
 #pragma unroll
-            for (int k = 0; k < 2 * PREP_UNROLL; k++)
+            for (int k = 0; k < RMS_UNROLL; k++)
                 if (i0 + 32 * k < n) ss += v[k] * v[k];
         }
         ss = warp_sum(ss);
         float s = 1.0f / sqrtf(ss / (float)n + p.eps);
-        const float* w = p.w;
-        for (int i0 = threadIdx.x; i0 < n; i0 += PREP_UNROLL * blockDim.x) {
+#pragma unroll
+        for (int k = 0; k < PREP_UNROLL; k++) {
+            int i = threadIdx.x + k * blockDim.x;
+            if (i < n) xs[i] = (a0[k] * s) * b0[k];
+        }
+        for (int i0 = threadIdx.x + PREP_UNROLL * blockDim.x; i0 < n; i0 += PREP_UNROLL * blockDim.x) {
             float a[PREP_UNROLL], b[PREP_UNROLL];
 #pragma unroll
             for (int k = 0; k < PREP_UNROLL; k++) {
@@ -411,10 +426,13 @@ __device__ __forceinline__ void t2_rows(const Mat& w, int r, int nr, const i8* a
 
 // Rows r .. r + nr of a job (nr <= T2_ROWS for a ternary matrix, 1 otherwise) by one warp:
 // the products, plus the bias, stored into or added to the output by lane 0.
+// Instantiated apart for ternary matrices (T2 = true) and the others, so that a loop over one
+// kind holds only its own code (and registers).
+template <bool T2>
 __device__ __forceinline__ void job_rows(const Job& job, int r, int nr, const float* xs,
                                          const i8* aq, const float* ad, const int* as) {
     float y[T2_ROWS];
-    if (job.w.fmt == FMT_T2)
+    if (T2)
         t2_rows(job.w, r, nr, aq, ad, as, y);
     else
         y[0] = row_dot(job.w, r, xs, aq, ad, as);
@@ -431,47 +449,59 @@ __device__ __forceinline__ void job_rows(const Job& job, int r, int nr, const fl
     }
 }
 
-// Matrix-vector products of up to MAX_JOBS matrices that share one input, which every block
-// prepares for itself in shared memory (a normalization, a SwiGLU, the combination of the
-// attention's partial results, or a plain copy) and quantizes to int8. Block b works on the job
-// whose block range holds b, `rows_per_block` rows of it, one row per warp at a time.
-extern "C" __global__ void gemv(const __grid_constant__ Jobs jobs, const __grid_constant__ Prep prep) {
-    extern __shared__ __align__(16) unsigned char smem[];
-    int n = prep.n;
-    const float* xs;
-    const i8* aq;
-    const float* ad;
-    const int* as;
-    if (prep.kind == PREP_INT8) {
-        // Prepared once in global memory (by `prep` or `quantize_acts`) and read in place: the
-        // block starts on its weights at once and needs no shared memory.
-        xs = prep.x;
-        aq = prep.qq;
-        ad = prep.qd;
-        as = prep.qsum;
-    } else {
-        float* sx = (float*)smem;
-        float* sd = sx + n;
-        int* ss = (int*)(sd + n / QS);
-        i8* sq = (i8*)(ss + n / QS);
-        prepare(prep, sx, sq, sd, ss);
-        xs = sx;
-        aq = sq;
-        ad = sd;
-        as = ss;
-    }
+// The rows of a gemv block: the job whose block range holds blockIdx.x, `rows_per_block` rows of
+// it, each warp a contiguous share (ternary rows up to T2_ROWS at once, the others one at a time).
+__device__ __forceinline__ void gemv_rows(const Jobs& jobs, const float* xs, const i8* aq,
+                                          const float* ad, const int* as) {
     int j = 0;
     while (j + 1 < jobs.n && (int)blockIdx.x >= jobs.j[j + 1].first_block) j++;
     const Job& job = jobs.j[j];
     int r0 = ((int)blockIdx.x - job.first_block) * jobs.rows_per_block;
     int r1 = min(r0 + jobs.rows_per_block, job.w.rows);
-    // Each warp takes a contiguous share of the block's rows: ternary rows up to T2_ROWS at
-    // once, the other types one at a time.
     int warps = blockDim.x >> 5, wid = threadIdx.x >> 5;
     int per = (r1 - r0 + warps - 1) / warps;
     int w0 = r0 + wid * per, w1 = min(w0 + per, r1);
-    int unit = job.w.fmt == FMT_T2 ? T2_ROWS : 1;
-    for (int r = w0; r < w1; r += unit) job_rows(job, r, min(unit, w1 - r), xs, aq, ad, as);
+    bool lead = (threadIdx.x & 31) == 0;
+    if (job.w.fmt == FMT_T2) {
+        for (int r = w0; r < w1; r += T2_ROWS) {
+            int nr = min(T2_ROWS, w1 - r);
+            float y[T2_ROWS];
+            t2_rows(job.w, r, nr, aq, ad, as, y);
+            if (lead)
+                for (int k = 0; k < nr; k++) {
+                    float v = y[k];
+                    if (job.bias) v += job.bias[r + k];
+                    if (job.mode == OUT_ADD)
+                        job.out[r + k] += v;
+                    else
+                        job.out[r + k] = v;
+                }
+        }
+        return;
+    }
+    for (int r = w0; r < w1; r++) job_rows<false>(job, r, 1, xs, aq, ad, as);
+}
+
+// Matrix-vector products of up to MAX_JOBS matrices that share one input, which every block
+// prepares for itself in shared memory (a normalization, a SwiGLU, the combination of the
+// attention's partial results, or a plain copy) and quantizes to int8.
+extern "C" __global__ void gemv(const __grid_constant__ Jobs jobs, const __grid_constant__ Prep prep) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    int n = prep.n;
+    float* sx = (float*)smem;
+    float* sd = sx + n;
+    int* ss = (int*)(sd + n / QS);
+    i8* sq = (i8*)(ss + n / QS);
+    prepare(prep, sx, sq, sd, ss);
+    gemv_rows(jobs, sx, sq, sd, ss);
+}
+
+// The same products of an input prepared once in global memory (PREP_INT8: by `prep` or
+// `quantize_acts`), read in place: the blocks start on their weights at once, and the kernel
+// holds no preparation code (fewer registers, more blocks in flight).
+extern "C" __global__ void gemv_prepared(const __grid_constant__ Jobs jobs,
+                                         const __grid_constant__ Prep prep) {
+    gemv_rows(jobs, prep.x, prep.qq, prep.qd, prep.qsum);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -815,50 +845,47 @@ struct Attn {
     int pad;
 };
 
-__device__ void rope_inplace(float* h, int hd, int pos, float theta, int halves) {
+// RoPE at `pos` of a and, when not null, b (a query and a key of the same position: the same
+// angles).
+__device__ void rope_pair(float* a, float* b, int hd, int pos, float theta, int halves) {
     int half = hd / 2;
     for (int i = threadIdx.x; i < half; i += blockDim.x) {
         float inv_freq = 1.0f / powf(theta, (float)(2 * i) / (float)hd);
         float angle = (float)pos * inv_freq;
         float c = cosf(angle), s = sinf(angle);
-        int a = halves ? i : 2 * i, b = halves ? i + half : 2 * i + 1;
-        float x0 = h[a], x1 = h[b];
-        h[a] = x0 * c - x1 * s;
-        h[b] = x0 * s + x1 * c;
+        int ia = halves ? i : 2 * i, ib = halves ? i + half : 2 * i + 1;
+        float x0 = a[ia], x1 = a[ib];
+        a[ia] = x0 * c - x1 * s;
+        a[ib] = x0 * s + x1 * c;
+        if (b) {
+            x0 = b[ia];
+            x1 = b[ib];
+            b[ia] = x0 * c - x1 * s;
+            b[ib] = x0 * s + x1 * c;
+        }
     }
 }
 
-// This step's key (RoPE applied) and value of KV head `kvh` at `pos`, in the form the cache holds
-// them: int8 in kq/vq with scales sc[0], sc[1], or rounded through f16 in knew/vnew. Written to
-// the cache when `store`. Used by the decode attention and by `kv_store`, so both write the
-// same bytes.
-__device__ void kv_new(const Attn& p, int kvh, int pos, const float* k, const float* v,
-                       float* knew, float* vnew, i8* kq, i8* vq, float* sc, bool store) {
+__device__ void rope_inplace(float* h, int hd, int pos, float theta, int halves) {
+    rope_pair(h, nullptr, hd, pos, theta, halves);
+}
+
+// The int8 scale of a head vector, d = amax / 127, computed by one warp (every lane gets it).
+__device__ __forceinline__ float int8_scale(const float* x, int hd) {
+    float a = 0.0f;
+    for (int e = threadIdx.x & 31; e < hd; e += 32) a = fmaxf(a, fabsf(x[e]));
+    return warp_max(a) / 127.0f;
+}
+
+// The cached form of this step's key and value of KV head `kvh` (RoPE applied, in knew/vnew):
+// int8 in kq/vq with the scales in sc[0], sc[1] (set by the caller with int8_scale), or rounded
+// through f16 in knew/vnew. Written to the cache at `pos` when `store`. No block barrier.
+__device__ void kv_cached(const Attn& p, int kvh, int pos, float* knew, float* vnew, i8* kq,
+                          i8* vq, const float* sc, bool store) {
     int hd = p.hd;
-    for (int e = threadIdx.x; e < hd; e += blockDim.x) {
-        knew[e] = k[kvh * hd + e];
-        vnew[e] = v[kvh * hd + e];
-    }
-    __syncthreads();
-    rope_inplace(knew, hd, pos, p.theta, p.rope_halves);
-    __syncthreads();
     long long row = (long long)pos * p.n_kv * hd + kvh * hd;
     if (p.int8_kv) {
-        // One scale per head vector: d = amax / 127, q = rint(x / d).
-        if (threadIdx.x < 32) {
-            float ak = 0.0f, av = 0.0f;
-            for (int e = threadIdx.x; e < hd; e += 32) {
-                ak = fmaxf(ak, fabsf(knew[e]));
-                av = fmaxf(av, fabsf(vnew[e]));
-            }
-            ak = warp_max(ak);
-            av = warp_max(av);
-            if (threadIdx.x == 0) {
-                sc[0] = ak / 127.0f;
-                sc[1] = av / 127.0f;
-            }
-        }
-        __syncthreads();
+        // One scale per head vector: q = rint(x / d).
         float ik = sc[0] > 0.0f ? 1.0f / sc[0] : 0.0f;
         float iv = sc[1] > 0.0f ? 1.0f / sc[1] : 0.0f;
         for (int e = threadIdx.x; e < hd; e += blockDim.x) {
@@ -884,6 +911,32 @@ __device__ void kv_new(const Attn& p, int kvh, int pos, const float* k, const fl
             }
         }
     }
+}
+
+// This step's key (RoPE applied) and value of KV head `kvh` at `pos`, in the form the cache holds
+// them (kv_cached), written to the cache when `store`. Used by `kv_store`; the decode attention
+// runs the same steps interleaved with its query's, so both write the same bytes.
+__device__ void kv_new(const Attn& p, int kvh, int pos, const float* k, const float* v,
+                       float* knew, float* vnew, i8* kq, i8* vq, float* sc, bool store) {
+    int hd = p.hd;
+    for (int e = threadIdx.x; e < hd; e += blockDim.x) {
+        knew[e] = k[kvh * hd + e];
+        vnew[e] = v[kvh * hd + e];
+    }
+    __syncthreads();
+    rope_inplace(knew, hd, pos, p.theta, p.rope_halves);
+    __syncthreads();
+    if (p.int8_kv) {
+        if (threadIdx.x < 32) {
+            float dk = int8_scale(knew, hd), dv = int8_scale(vnew, hd);
+            if (threadIdx.x == 0) {
+                sc[0] = dk;
+                sc[1] = dv;
+            }
+        }
+        __syncthreads();
+    }
+    kv_cached(p, kvh, pos, knew, vnew, kq, vq, sc, store);
     __syncthreads();
 }
 
@@ -912,29 +965,6 @@ struct KvRows {
     int vstride;      // value values between positions
     int sstride;      // scales between positions
 };
-
-// A query in shared memory: this token's head `h` (RoPE at `pos` applied) and, for the int8
-// cache, its int8 form and scale.
-__device__ void load_query(const Attn& p, const float* qin, int h, int pos, float* q, i8* qq,
-                           float* qscale) {
-    int hd = p.hd;
-    for (int e = threadIdx.x; e < hd; e += blockDim.x) q[e] = qin[h * hd + e];
-    __syncthreads();
-    rope_inplace(q, hd, pos, p.theta, p.rope_halves);
-    __syncthreads();
-    if (p.int8_kv) {
-        if (threadIdx.x < 32) {
-            float aq = 0.0f;
-            for (int e = threadIdx.x; e < hd; e += 32) aq = fmaxf(aq, fabsf(q[e]));
-            aq = warp_max(aq);
-            if (threadIdx.x == 0) *qscale = aq / 127.0f;
-        }
-        __syncthreads();
-        float iq = *qscale > 0.0f ? 1.0f / *qscale : 0.0f;
-        for (int e = threadIdx.x; e < hd; e += blockDim.x) qq[e] = (i8)__float2int_rn(q[e] * iq);
-    }
-    __syncthreads();
-}
 
 // Per-block scratch of `attend`.
 struct AttnSmem {
@@ -1080,7 +1110,6 @@ __device__ KvRows stage_rows(const Attn& p, int kvh, int start, int end, unsigne
             tks[i] = c.ks[(long long)(start + i) * c.sstride];
             tvs[i] = c.vs[(long long)(start + i) * c.sstride];
         }
-    __syncthreads();
     KvRows r;
     r.k = tk;
     r.v = tv;
@@ -1126,12 +1155,42 @@ __device__ void attention_block(const Attn& p, int h, int sp, int z, unsigned ch
         return;
     }
     bool has_new = !p.stored && pos < end;
+    // Every global load at once: the query, this step's key and value (in the split holding
+    // pos) and the split's cached rows; then RoPE of the query and key with the same angles,
+    // then their int8 forms (the key's and value's as kv_new makes them), in three barriers.
+    const float* qin = p.q + (long long)z * p.q_stride + h * hd;
+    for (int e = threadIdx.x; e < hd; e += blockDim.x) {
+        s.q[e] = qin[e];
+        if (has_new) {
+            s.knew[e] = p.k[kvh * hd + e];
+            s.vnew[e] = p.v[kvh * hd + e];
+        }
+    }
+    KvRows src = p.tile ? stage_rows(p, kvh, start, end, tile) : cache_rows(p, kvh);
+    __syncthreads();
+    rope_pair(s.q, has_new ? s.knew : nullptr, hd, pos, p.theta, p.rope_halves);
+    __syncthreads();
+    if (p.int8_kv) {
+        int w = threadIdx.x >> 5;
+        if (w == 0) {
+            float d = int8_scale(s.q, hd);
+            if (threadIdx.x == 0) s.qscale = d;
+        } else if (w == 1 && has_new) {
+            float dk = int8_scale(s.knew, hd), dv = int8_scale(s.vnew, hd);
+            if ((threadIdx.x & 31) == 0) {
+                s.sc[0] = dk;
+                s.sc[1] = dv;
+            }
+        }
+        __syncthreads();
+        float iq = s.qscale > 0.0f ? 1.0f / s.qscale : 0.0f;
+        for (int e = threadIdx.x; e < hd; e += blockDim.x) s.qq[e] = (i8)__float2int_rn(s.q[e] * iq);
+    }
     if (has_new) {
         bool writer = (h % (p.n_heads / p.n_kv)) == 0;
-        kv_new(p, kvh, pos, p.k, p.v, s.knew, s.vnew, s.kq, s.vq, s.sc, writer);
+        kv_cached(p, kvh, pos, s.knew, s.vnew, s.kq, s.vq, s.sc, writer);
     }
-    load_query(p, p.q + (long long)z * p.q_stride, h, pos, s.q, s.qq, &s.qscale);
-    KvRows src = p.tile ? stage_rows(p, kvh, start, end, tile) : cache_rows(p, kvh);
+    __syncthreads();
     attend(p, src, pos, start, end, has_new, s.q, s.qq, s.qscale, s.knew, s.kq, s.sc[0], s.vnew,
            s.vq, s.sc[1], s.sm, om, ol, oo);
 }
@@ -1568,7 +1627,10 @@ __device__ void phase_gemv(const Phase& ph, unsigned char* smem, const Persist* 
     int bi = 0x7fffffff;
     for (int u = blockIdx.x * warps + wid; phase_unit(ph.jobs, u, j, r, nr); u += gridDim.x * warps) {
         const Job& job = ph.jobs.j[j];
-        job_rows(job, r, nr, xs, aq, ad, as);
+        if (job.w.fmt == FMT_T2)
+            job_rows<true>(job, r, nr, xs, aq, ad, as);
+        else
+            job_rows<false>(job, r, nr, xs, aq, ad, as);
         if (best && lane == 0)
             for (int k = 0; k < nr; k++) {
                 float v = job.out[r + k];

@@ -33,7 +33,7 @@ fn run_gemv(gpu: &Gpu, w: &Matrix<'_>, prep: PrepArg, rows: usize) -> Result<Vec
         block_dim: (GEMV_THREADS, 1, 1),
         shared_mem_bytes: gemv_smem(prep.n as usize),
     };
-    gpu.launch(&gpu.f.gemv, cfg, &jobs, &prep)?;
+    gpu.launch(gpu.gemv_fn(&prep), cfg, &jobs, &prep)?;
     let r = gpu.stream.clone_dtoh(&out)?;
     gpu.stream.synchronize()?;
     Ok(r)
@@ -396,7 +396,7 @@ pub fn gemv_bandwidth(
             block_dim: (GEMV_THREADS, 1, 1),
             shared_mem_bytes: smem,
         };
-        gpu.launch(&gpu.f.gemv, cfg, &jobs, &prep)
+        gpu.launch(gpu.gemv_fn(&prep), cfg, &jobs, &prep)
     };
     for m in &mats {
         launch(m)?;
