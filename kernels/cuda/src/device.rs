@@ -536,7 +536,7 @@ fn total_rows(jobs: &JobsArg) -> usize {
 }
 
 /// Sets `rpb` rows per block and each job's first block; returns the number of blocks.
-fn assign_blocks(jobs: &mut JobsArg, rpb: usize) -> u32 {
+pub(crate) fn assign_blocks(jobs: &mut JobsArg, rpb: usize) -> u32 {
     jobs.rows_per_block = rpb as i32;
     let mut first = 0;
     for j in jobs.j[..jobs.n as usize].iter_mut() {

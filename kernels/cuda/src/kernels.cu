@@ -391,54 +391,113 @@ __device__ float row_dot(const Mat& w, int r, const float* xs, const i8* aq, con
     return acc;
 }
 
-// T2 rows r .. r + T2_ROWS of a matrix by one warp at once: each lane reads its group's
+// T2 rows r .. r + WARP_ROWS of a matrix by one warp at once: each lane reads its group's
 // activations from shared memory once for all the rows, and has one 4-byte load per row in
 // flight. Rows past `nr` repeat the last one and are not written.
-#define T2_ROWS 4
+#define WARP_ROWS 4
 __device__ __forceinline__ void t2_rows(const Mat& w, int r, int nr, const i8* aq, const float* ad,
                                         const int* as, float* y) {
     int lane = threadIdx.x & 31;
     int ng = w.cols / 16;
     const int4* a4 = (const int4*)aq;
-    const int* rw[T2_ROWS];
+    const int* rw[WARP_ROWS];
 #pragma unroll
-    for (int k = 0; k < T2_ROWS; k++) rw[k] = (const int*)(w.qs + (long long)(r + min(k, nr - 1)) * w.stride);
-    float acc[T2_ROWS];
+    for (int k = 0; k < WARP_ROWS; k++) rw[k] = (const int*)(w.qs + (long long)(r + min(k, nr - 1)) * w.stride);
+    float acc[WARP_ROWS];
 #pragma unroll
-    for (int k = 0; k < T2_ROWS; k++) acc[k] = 0.0f;
+    for (int k = 0; k < WARP_ROWS; k++) acc[k] = 0.0f;
 #pragma unroll 2
     for (int g = lane; g < ng; g += 32) {
-        int word[T2_ROWS];
+        int word[WARP_ROWS];
 #pragma unroll
-        for (int k = 0; k < T2_ROWS; k++) word[k] = rw[k][g];
+        for (int k = 0; k < WARP_ROWS; k++) word[k] = rw[k][g];
         int4 av = a4[g];
         float d = ad[g];
         int sm = as[g];
 #pragma unroll
-        for (int k = 0; k < T2_ROWS; k++) acc[k] += t2_term(t2_codes(word[k]), av, d, sm);
+        for (int k = 0; k < WARP_ROWS; k++) acc[k] += t2_term(t2_codes(word[k]), av, d, sm);
     }
 #pragma unroll
-    for (int k = 0; k < T2_ROWS; k++) {
+    for (int k = 0; k < WARP_ROWS; k++) {
         float v = warp_sum(acc[k]);
         y[k] = w.rs ? v * w.rs[r + min(k, nr - 1)] : v;
     }
 }
 
-// Rows r .. r + nr of a job (nr <= T2_ROWS for a ternary matrix, 1 otherwise) by one warp:
-// the products, plus the bias, stored into or added to the output by lane 0.
-// Instantiated apart for ternary matrices (T2 = true) and the others, so that a loop over one
-// kind holds only its own code (and registers).
-template <bool T2>
+// Q8_0, Q4_0 or Q4_1 rows r .. r + nr (nr <= WARP_ROWS) by one warp at once, each summed exactly
+// as row_dot sums it, with the rows' weight loads in flight together. Rows past `nr` repeat the
+// last one and are not written.
+__device__ __forceinline__ void quant_rows(const Mat& w, int r, int nr, const i8* aq,
+                                           const float* ad, const int* as, float* y) {
+    int lane = threadIdx.x & 31;
+    const int4* a4 = (const int4*)aq;
+    long long rr[WARP_ROWS];
+    float acc[WARP_ROWS];
+#pragma unroll
+    for (int k = 0; k < WARP_ROWS; k++) {
+        rr[k] = r + min(k, nr - 1);
+        acc[k] = 0.0f;
+    }
+    int nb = w.cols / 32;
+    if (w.fmt == FMT_Q8_0) {
+#pragma unroll 2
+        for (int g = lane; g < w.cols / 16; g += 32) {
+            int4 av = a4[g];
+            float da = ad[g];
+#pragma unroll
+            for (int k = 0; k < WARP_ROWS; k++)
+                acc[k] += q8_term(*(const int4*)(w.qs + rr[k] * w.stride + g * 16), av,
+                                  w.d[rr[k] * nb + (g >> 1)], da);
+        }
+    } else {
+        bool q40 = w.fmt == FMT_Q4_0;
+#pragma unroll 2
+        for (int b = lane; b < nb; b += 32) {
+            float ma = q40 ? 0.0f : q4_1_acts(ad[2 * b], ad[2 * b + 1], as[2 * b], as[2 * b + 1]);
+#pragma unroll
+            for (int k = 0; k < WARP_ROWS; k++) {
+                int4 q = *(const int4*)(w.qs + rr[k] * w.stride + b * 16);
+                float mw = q40 ? 0.0f : w.m[rr[k] * nb + b];
+                acc[k] += q4_term(q4_lo(q), q4_hi(q), a4[2 * b], a4[2 * b + 1], w.d[rr[k] * nb + b],
+                                  ad[2 * b], ad[2 * b + 1], as[2 * b], as[2 * b + 1], mw, ma, q40);
+            }
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < WARP_ROWS; k++) {
+        float v = warp_sum(acc[k]);
+        y[k] = w.rs ? v * w.rs[rr[k]] : v;
+    }
+}
+
+// How a warp multiplies a matrix's rows: ROWS_T2 and ROWS_QUANT WARP_ROWS rows at a time
+// (t2_rows, quant_rows), ROWS_ONE one (row_dot: f16, f32).
+#define ROWS_T2 0
+#define ROWS_QUANT 1
+#define ROWS_ONE 2
+
+__device__ __forceinline__ int rows_kind(int fmt) {
+    return fmt == FMT_T2 ? ROWS_T2
+           : (fmt == FMT_Q8_0 || fmt == FMT_Q4_0 || fmt == FMT_Q4_1) ? ROWS_QUANT
+                                                                      : ROWS_ONE;
+}
+
+// Rows r .. r + nr of a job (nr <= WARP_ROWS, or 1 for ROWS_ONE) by one warp: the products,
+// plus the bias, stored into or added to the output by lane 0. Instantiated apart for each
+// rows_kind, so that a loop over one kind holds only its own code (and registers).
+template <int KIND>
 __device__ __forceinline__ void job_rows(const Job& job, int r, int nr, const float* xs,
                                          const i8* aq, const float* ad, const int* as) {
-    float y[T2_ROWS];
-    if (T2)
+    float y[WARP_ROWS];
+    if (KIND == ROWS_T2)
         t2_rows(job.w, r, nr, aq, ad, as, y);
+    else if (KIND == ROWS_QUANT)
+        quant_rows(job.w, r, nr, aq, ad, as, y);
     else
         y[0] = row_dot(job.w, r, xs, aq, ad, as);
     if ((threadIdx.x & 31) != 0) return;
 #pragma unroll
-    for (int k = 0; k < T2_ROWS; k++) {
+    for (int k = 0; k < WARP_ROWS; k++) {
         if (k >= nr) break;
         float v = y[k];
         if (job.bias) v += job.bias[r + k];
@@ -450,7 +509,10 @@ __device__ __forceinline__ void job_rows(const Job& job, int r, int nr, const fl
 }
 
 // The rows of a gemv block: the job whose block range holds blockIdx.x, `rows_per_block` rows of
-// it, each warp a contiguous share (ternary rows up to T2_ROWS at once, the others one at a time).
+// it, each warp a contiguous share (WARP_ROWS rows at once where rows_kind allows).
+// MULTI: quantized rows WARP_ROWS at a time where a warp has many (else one at a time, which
+// needs fewer registers: the gemv of a prepared input, streaming large matrices, leaves it out).
+template <bool MULTI>
 __device__ __forceinline__ void gemv_rows(const Jobs& jobs, const float* xs, const i8* aq,
                                           const float* ad, const int* as) {
     int j = 0;
@@ -461,25 +523,17 @@ __device__ __forceinline__ void gemv_rows(const Jobs& jobs, const float* xs, con
     int warps = blockDim.x >> 5, wid = threadIdx.x >> 5;
     int per = (r1 - r0 + warps - 1) / warps;
     int w0 = r0 + wid * per, w1 = min(w0 + per, r1);
-    bool lead = (threadIdx.x & 31) == 0;
-    if (job.w.fmt == FMT_T2) {
-        for (int r = w0; r < w1; r += T2_ROWS) {
-            int nr = min(T2_ROWS, w1 - r);
-            float y[T2_ROWS];
-            t2_rows(job.w, r, nr, aq, ad, as, y);
-            if (lead)
-                for (int k = 0; k < nr; k++) {
-                    float v = y[k];
-                    if (job.bias) v += job.bias[r + k];
-                    if (job.mode == OUT_ADD)
-                        job.out[r + k] += v;
-                    else
-                        job.out[r + k] = v;
-                }
-        }
-        return;
-    }
-    for (int r = w0; r < w1; r++) job_rows<false>(job, r, 1, xs, aq, ad, as);
+    int kind = rows_kind(job.w.fmt);
+    if (kind == ROWS_T2)
+        for (int r = w0; r < w1; r += WARP_ROWS)
+            job_rows<ROWS_T2>(job, r, min(WARP_ROWS, w1 - r), xs, aq, ad, as);
+    else if (MULTI && kind == ROWS_QUANT && w1 - w0 >= 2 * WARP_ROWS)
+        // Many rows per warp (an output layer): several rows' loads in flight. With few, row_dot
+        // keeps more of one row's loads in flight.
+        for (int r = w0; r < w1; r += WARP_ROWS)
+            job_rows<ROWS_QUANT>(job, r, min(WARP_ROWS, w1 - r), xs, aq, ad, as);
+    else
+        for (int r = w0; r < w1; r++) job_rows<ROWS_ONE>(job, r, 1, xs, aq, ad, as);
 }
 
 // Matrix-vector products of up to MAX_JOBS matrices that share one input, which every block
@@ -493,7 +547,7 @@ extern "C" __global__ void gemv(const __grid_constant__ Jobs jobs, const __grid_
     int* ss = (int*)(sd + n / QS);
     i8* sq = (i8*)(ss + n / QS);
     prepare(prep, sx, sq, sd, ss);
-    gemv_rows(jobs, sx, sq, sd, ss);
+    gemv_rows<true>(jobs, sx, sq, sd, ss);
 }
 
 // The same products of an input prepared once in global memory (PREP_INT8: by `prep` or
@@ -501,7 +555,7 @@ extern "C" __global__ void gemv(const __grid_constant__ Jobs jobs, const __grid_
 // holds no preparation code (fewer registers, more blocks in flight).
 extern "C" __global__ void gemv_prepared(const __grid_constant__ Jobs jobs,
                                          const __grid_constant__ Prep prep) {
-    gemv_rows(jobs, prep.x, prep.qq, prep.qd, prep.qsum);
+    gemv_rows<false>(jobs, prep.x, prep.qq, prep.qd, prep.qsum);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1086,6 +1140,36 @@ __device__ KvRows cache_rows(const Attn& p, int kvh) {
     return r;
 }
 
+// Copies `rows` positions from `start` of a cache (`per` 16-byte words of keys and of values
+// each) to shared memory: keys to tk with rows padded by one word, values to tv unpadded. Each
+// thread loads STAGE_UNROLL words of each before storing any, so that the block waits for one
+// round of loads per STAGE_UNROLL words a thread copies.
+#define STAGE_UNROLL 4
+__device__ __forceinline__ void copy_rows(const KvRows& c, int start, int rows, int per, int eb,
+                                          u8* tk, u8* tv) {
+    int total = rows * per;
+    for (int i0 = threadIdx.x; i0 < total; i0 += STAGE_UNROLL * blockDim.x) {
+        int4 kk[STAGE_UNROLL], vv[STAGE_UNROLL];
+#pragma unroll
+        for (int u = 0; u < STAGE_UNROLL; u++) {
+            int i = i0 + u * blockDim.x;
+            if (i < total) {
+                long long at = (long long)(start + i / per) * c.stride * eb;
+                kk[u] = ((const int4*)(c.k + at))[i % per];
+                vv[u] = ((const int4*)(c.v + at))[i % per];
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < STAGE_UNROLL; u++) {
+            int i = i0 + u * blockDim.x;
+            if (i < total) {
+                ((int4*)tk)[(i / per) * (per + 1) + i % per] = kk[u];
+                ((int4*)tv)[i] = vv[u];
+            }
+        }
+    }
+}
+
 // Stages positions start..end of KV head `kvh` in shared memory (`tile`, sized on the host by
 // attention_rows_smem: keys with rows padded by 16 bytes so that a thread per row reads distinct
 // banks, then values, then int8 scales), all loads of the block issued together, and returns
@@ -1098,13 +1182,7 @@ __device__ KvRows stage_rows(const Attn& p, int kvh, int start, int end, unsigne
     unsigned char* tv = tile + p.chunk * krow;
     float* tks = (float*)(tv + p.chunk * hd * eb);
     float* tvs = tks + p.chunk;
-    int per = hd * eb / 16;
-    for (int i = threadIdx.x; i < (end - start) * per; i += blockDim.x) {
-        int r = i / per, w = i % per;
-        long long at = (long long)(start + r) * c.stride * eb;
-        ((int4*)tk)[r * (per + 1) + w] = ((const int4*)(c.k + at))[w];
-        ((int4*)tv)[i] = ((const int4*)(c.v + at))[w];
-    }
+    copy_rows(c, start, end - start, hd * eb / 16, eb, tk, tv);
     if (p.int8_kv)
         for (int i = threadIdx.x; i < end - start; i += blockDim.x) {
             tks[i] = c.ks[(long long)(start + i) * c.sstride];
@@ -1399,6 +1477,7 @@ __device__ __forceinline__ u64 splitmix64(u64 x) {
 // `state[0]` is the token (written here, read by the next step's embedding), `state[1]` the
 // position, `state[2..4]` the sampling counter. Run by one block (of any size: the choice is the
 // same).
+#define SCAN_UNROLL 8
 __device__ void sample_block(const float* logits, int n, int* state, const Sample* sp) {
     __shared__ float best_v[32];
     __shared__ int best_i[32];
@@ -1413,12 +1492,23 @@ __device__ void sample_block(const float* logits, int n, int* state, const Sampl
         // The largest (value, lowest index) strictly after (prev_v, prev_i) in that order.
         float bv = neg_inf();
         int bi = 0x7fffffff;
-        for (int i = threadIdx.x; i < n; i += blockDim.x) {
-            float v = logits[i];
-            bool after = v < prev_v || (v == prev_v && i > prev_i);
-            if (after && (v > bv || (v == bv && i < bi))) {
-                bv = v;
-                bi = i;
+        // SCAN_UNROLL logits per thread loaded at once, then compared in index order.
+        for (int i0 = threadIdx.x; i0 < n; i0 += SCAN_UNROLL * blockDim.x) {
+            float vs[SCAN_UNROLL];
+#pragma unroll
+            for (int u = 0; u < SCAN_UNROLL; u++) {
+                int i = i0 + u * blockDim.x;
+                vs[u] = i < n ? logits[i] : neg_inf();
+            }
+#pragma unroll
+            for (int u = 0; u < SCAN_UNROLL; u++) {
+                int i = i0 + u * blockDim.x;
+                float v = vs[u];
+                bool after = v < prev_v || (v == prev_v && i > prev_i);
+                if (i < n && after && (v > bv || (v == bv && i < bi))) {
+                    bv = v;
+                    bi = i;
+                }
             }
         }
         for (int o = 16; o > 0; o >>= 1) {
@@ -1584,11 +1674,11 @@ __device__ void grid_sync(const Persist& p, int& k) {
     stamp(p, k, 0);
 }
 
-// The rows of unit u of a phase (T2_ROWS rows of a ternary matrix, one row otherwise; the jobs'
+// The rows of unit u of a phase (WARP_ROWS rows of a ternary matrix, one otherwise: the jobs'
 // units one after another): its job j, first row r and row count nr. False past the last unit.
 __device__ __forceinline__ bool phase_unit(const Jobs& jobs, int u, int& j, int& r, int& nr) {
     for (j = 0; j < jobs.n; j++) {
-        int unit = jobs.j[j].w.fmt == FMT_T2 ? T2_ROWS : 1;
+        int unit = rows_kind(jobs.j[j].w.fmt) == ROWS_T2 ? WARP_ROWS : 1;
         int nu = (jobs.j[j].w.rows + unit - 1) / unit;
         if (u < nu) {
             r = u * unit;
@@ -1627,10 +1717,10 @@ __device__ void phase_gemv(const Phase& ph, unsigned char* smem, const Persist* 
     int bi = 0x7fffffff;
     for (int u = blockIdx.x * warps + wid; phase_unit(ph.jobs, u, j, r, nr); u += gridDim.x * warps) {
         const Job& job = ph.jobs.j[j];
-        if (job.w.fmt == FMT_T2)
-            job_rows<true>(job, r, nr, xs, aq, ad, as);
+        if (rows_kind(job.w.fmt) == ROWS_T2)
+            job_rows<ROWS_T2>(job, r, nr, xs, aq, ad, as);
         else
-            job_rows<false>(job, r, nr, xs, aq, ad, as);
+            job_rows<ROWS_ONE>(job, r, nr, xs, aq, ad, as);
         if (best && lane == 0)
             for (int k = 0; k < nr; k++) {
                 float v = job.out[r + k];

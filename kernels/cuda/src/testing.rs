@@ -2,8 +2,8 @@
 //! (`tests/kernels.rs`) and for the GPU check script's benchmarks.
 
 use crate::device::{
-    attention_rows_smem, gemv_smem, gemv_smem_for, jobs_arg, plan_jobs, AttnArg, DevMat, Gpu,
-    PrepArg, SampleArg, ATTN_STATIC_SMEM, ATTN_THREADS, GEMV_THREADS, PREP_INT8,
+    assign_blocks, attention_rows_smem, gemv_smem, gemv_smem_for, jobs_arg, plan_jobs, AttnArg,
+    DevMat, Gpu, PrepArg, SampleArg, ATTN_STATIC_SMEM, ATTN_THREADS, GEMV_THREADS, PREP_INT8,
 };
 use crate::repack::repack;
 use crate::{CudaError, KvCache};
@@ -22,12 +22,22 @@ pub enum Input<'a> {
     SwiGlu(&'a [f32], &'a [f32]),
 }
 
-fn run_gemv(gpu: &Gpu, w: &Matrix<'_>, prep: PrepArg, rows: usize) -> Result<Vec<f32>, CudaError> {
+/// Runs the gemv of `w` with `prep`, `rows_per_block` rows per block (None: as the engine plans).
+fn run_gemv(
+    gpu: &Gpu,
+    w: &Matrix<'_>,
+    prep: PrepArg,
+    rows: usize,
+    rows_per_block: Option<usize>,
+) -> Result<Vec<f32>, CudaError> {
     let p = repack(w).map_err(CudaError::Unsupported)?;
     let m = DevMat::upload(gpu, &p)?;
     let out: CudaSlice<f32> = gpu.zeros(rows)?;
     let mut jobs = jobs_arg(&[(m.arg, gpu.ptr(&out), 0, 0)]);
-    let blocks = plan_jobs(gpu, &mut jobs);
+    let blocks = match rows_per_block {
+        Some(n) => assign_blocks(&mut jobs, n),
+        None => plan_jobs(gpu, &mut jobs),
+    };
     let cfg = LaunchConfig {
         grid_dim: (blocks, 1, 1),
         block_dim: (GEMV_THREADS, 1, 1),
@@ -71,7 +81,25 @@ pub fn gemv(gpu: &Gpu, w: &Matrix<'_>, input: Input<'_>) -> Result<Vec<f32>, Cud
             ..Default::default()
         },
     };
-    run_gemv(gpu, w, prep, w.rows)
+    run_gemv(gpu, w, prep, w.rows, None)
+}
+
+/// `W · x` by the gemv kernel with `rows_per_block` rows per block (a warp takes
+/// `rows_per_block / 8` of them), for comparing how a warp walks its rows.
+pub fn gemv_rows_per_block(
+    gpu: &Gpu,
+    w: &Matrix<'_>,
+    x: &[f32],
+    rows_per_block: usize,
+) -> Result<Vec<f32>, CudaError> {
+    let xs = gpu.upload(x)?;
+    let prep = PrepArg {
+        kind: 0,
+        n: x.len() as i32,
+        x: gpu.ptr(&xs),
+        ..Default::default()
+    };
+    run_gemv(gpu, w, prep, w.rows, Some(rows_per_block))
 }
 
 /// Quantized activations: values, one scale and one integer sum per 16 values.
@@ -276,7 +304,7 @@ impl AttnRig {
             data: &self.identity,
             row_scale: None,
         };
-        run_gemv(gpu, &id, self.prep, q_dim)
+        run_gemv(gpu, &id, self.prep, q_dim, None)
     }
 }
 

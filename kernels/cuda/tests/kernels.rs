@@ -236,6 +236,32 @@ fn gemv_matches_the_cpu_specification_for_every_type() {
 }
 
 #[test]
+fn several_rows_per_warp_give_the_one_row_sums_bit_for_bit() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng(5);
+    for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::T2] {
+        for (rows, cols) in [(211, 576), (64, 1536)] {
+            let (data, rs) = weights(&mut rng, ty, rows, cols);
+            let w = matrix(ty, rows, cols, &data, &rs);
+            let x = rng.vec(cols, 1.0);
+            // 8 rows per block of 8 warps: one row per warp; 104: 13 per warp, in groups.
+            let one = testing::gemv_rows_per_block(gpu, &w, &x, 8).unwrap();
+            let many = testing::gemv_rows_per_block(gpu, &w, &x, 104).unwrap();
+            for r in 0..rows {
+                assert_eq!(
+                    one[r].to_bits(),
+                    many[r].to_bits(),
+                    "{} {rows}x{cols} row {r}: {} vs {}",
+                    ty.name(),
+                    one[r],
+                    many[r]
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn ternary_integer_sums_are_bit_exact_including_code_3() {
     let Some(gpu) = gpu() else { return };
     let mut rng = Rng(5);
