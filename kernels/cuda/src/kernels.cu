@@ -1140,36 +1140,6 @@ __device__ KvRows cache_rows(const Attn& p, int kvh) {
     return r;
 }
 
-// Copies `rows` positions from `start` of a cache (`per` 16-byte words of keys and of values
-// each) to shared memory: keys to tk with rows padded by one word, values to tv unpadded. Each
-// thread loads STAGE_UNROLL words of each before storing any, so that the block waits for one
-// round of loads per STAGE_UNROLL words a thread copies.
-#define STAGE_UNROLL 4
-__device__ __forceinline__ void copy_rows(const KvRows& c, int start, int rows, int per, int eb,
-                                          u8* tk, u8* tv) {
-    int total = rows * per;
-    for (int i0 = threadIdx.x; i0 < total; i0 += STAGE_UNROLL * blockDim.x) {
-        int4 kk[STAGE_UNROLL], vv[STAGE_UNROLL];
-#pragma unroll
-        for (int u = 0; u < STAGE_UNROLL; u++) {
-            int i = i0 + u * blockDim.x;
-            if (i < total) {
-                long long at = (long long)(start + i / per) * c.stride * eb;
-                kk[u] = ((const int4*)(c.k + at))[i % per];
-                vv[u] = ((const int4*)(c.v + at))[i % per];
-            }
-        }
-#pragma unroll
-        for (int u = 0; u < STAGE_UNROLL; u++) {
-            int i = i0 + u * blockDim.x;
-            if (i < total) {
-                ((int4*)tk)[(i / per) * (per + 1) + i % per] = kk[u];
-                ((int4*)tv)[i] = vv[u];
-            }
-        }
-    }
-}
-
 // Stages positions start..end of KV head `kvh` in shared memory (`tile`, sized on the host by
 // attention_rows_smem: keys with rows padded by 16 bytes so that a thread per row reads distinct
 // banks, then values, then int8 scales), all loads of the block issued together, and returns
@@ -1182,7 +1152,13 @@ __device__ KvRows stage_rows(const Attn& p, int kvh, int start, int end, unsigne
     unsigned char* tv = tile + p.chunk * krow;
     float* tks = (float*)(tv + p.chunk * hd * eb);
     float* tvs = tks + p.chunk;
-    copy_rows(c, start, end - start, hd * eb / 16, eb, tk, tv);
+    int per = hd * eb / 16;
+    for (int i = threadIdx.x; i < (end - start) * per; i += blockDim.x) {
+        int r = i / per, w = i % per;
+        long long at = (long long)(start + r) * c.stride * eb;
+        ((int4*)tk)[r * (per + 1) + w] = ((const int4*)(c.k + at))[w];
+        ((int4*)tv)[i] = ((const int4*)(c.v + at))[w];
+    }
     if (p.int8_kv)
         for (int i = threadIdx.x; i < end - start; i += blockDim.x) {
             tks[i] = c.ks[(long long)(start + i) * c.sstride];
