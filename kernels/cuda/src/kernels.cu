@@ -1577,7 +1577,9 @@ extern "C" __global__ void advance(int* state) {
 // launch of as many blocks as the device runs at once. The blocks go through the step's phases
 // together, separated by grid barriers, and each phase calls the device functions the separate
 // kernels call, so a step computes the same values, bit for bit, as the graph of kernels
-// (tested). What it saves is the launch and drain of ~150 kernels per token.
+// (tested). It saves the launch and drain of ~150 kernels per token, but on an H200 its phases
+// take longer than the kernels (one block per SM runs fewer warps than a kernel's grid), so it is
+// opt-in (README).
 
 // One gemv phase: the jobs and how their shared input is prepared.
 struct Phase {
