@@ -1,13 +1,13 @@
 //! Invariant: after a session is created, prefill chunks and decode steps allocate nothing.
 //! A counting global allocator watches 64 decode steps (forward pass and sampling) and a prefill
-//! chunk, on one thread and on a pool of two. One test per binary, so no other test's allocations
-//! are counted.
+//! chunk, on one thread and on a pool of two (f16 and int8 KV caches). One test per binary, so
+//! no other test's allocations are counted.
 
 use edgellm_core::gguf::Gguf;
 use edgellm_core::model::Model;
 use edgellm_core::parallel::{Parallel, Serial};
 use edgellm_core::sampler::{Sampler, SamplerParams};
-use edgellm_core::session::{NumericPath, Session, SessionOptions};
+use edgellm_core::session::{KvType, NumericPath, Session, SessionOptions};
 use edgellm_hal::counters::CountingAlloc;
 use edgellm_hal::pool::ThreadPool;
 use edgellm_kernels::Kernels;
@@ -15,9 +15,15 @@ use edgellm_kernels::Kernels;
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc::new();
 
-fn check(model: &Model<'_>, kernels: &Kernels, par: &dyn Parallel, path: NumericPath, label: &str) {
+fn check(
+    model: &Model<'_>,
+    kernels: &Kernels,
+    par: &dyn Parallel,
+    (path, kv): (NumericPath, KvType),
+    label: &str,
+) {
     let opts = SessionOptions { context: 256, path };
-    let mut session = Session::new(model, *kernels, opts).unwrap();
+    let mut session = Session::with_kv(model, *kernels, opts, kv).unwrap();
     let params = SamplerParams {
         temperature: 0.7,
         seed: 7,
@@ -56,8 +62,12 @@ fn decode_and_prefill_allocate_nothing() {
     let g = Gguf::parse(&map).unwrap();
     let kernels = Kernels::detect();
     let model = Model::from_gguf(&g, &kernels).unwrap();
-    check(&model, &kernels, &Serial, NumericPath::Fast, "1 thread");
+    let fast = (NumericPath::Fast, KvType::F16);
+    check(&model, &kernels, &Serial, fast, "1 thread");
     let pool = ThreadPool::new(2, None).unwrap();
-    check(&model, &kernels, &pool, NumericPath::Fast, "2 threads");
-    check(&model, &kernels, &Serial, NumericPath::Exact, "exact path");
+    check(&model, &kernels, &pool, fast, "2 threads");
+    let int8 = (NumericPath::Fast, KvType::Int8);
+    check(&model, &kernels, &pool, int8, "2 threads, int8 KV cache");
+    let exact = (NumericPath::Exact, KvType::F32);
+    check(&model, &kernels, &Serial, exact, "exact path");
 }

@@ -274,12 +274,14 @@ type QuantizeFn = unsafe fn(&[f32], &mut ActsQ8Mut<'_>);
 type DotFn = unsafe fn(&[f32], &[f32]) -> f32;
 type AxpyFn = unsafe fn(f32, &[f32], &mut [f32]);
 
-/// The attention kernels over an f16 KV cache (see [`scalar::attn`]), one tier for all three.
+/// The attention kernels over an f16 or int8 KV cache (see [`scalar::attn`]), one tier for all.
 #[derive(Clone, Copy)]
 struct Attn {
     scores: unsafe fn(&[f32], &[u16], usize, f32, &mut [f32]),
     softmax: unsafe fn(&mut [f32]) -> (f32, f32),
     values: unsafe fn(&[f32], &[u16], usize, &mut [f32]),
+    scores_i8: unsafe fn(&[f32], &[i8], usize, f32, &mut [f32]),
+    values_i8: unsafe fn(&[f32], &[i8], usize, &mut [f32]),
 }
 
 /// A weight type's gemv kernel.
@@ -389,6 +391,8 @@ const SCALAR: Table = Table {
             scores: scalar::attn_scores_f16,
             softmax: scalar::softmax_unnorm,
             values: scalar::attn_values_f16,
+            scores_i8: scalar::attn_scores_i8,
+            values_i8: scalar::attn_values_i8,
         },
     ),
     f32: fw(Tier::Scalar, scalar::gemv_f32w_f32),
@@ -423,6 +427,8 @@ fn avx2_table() -> Table {
             scores: x86::avx2_attn_scores_f16,
             softmax: x86::avx2_softmax_unnorm,
             values: x86::avx2_attn_values_f16,
+            scores_i8: x86::avx2_attn_scores_i8,
+            values_i8: x86::avx2_attn_values_i8,
         },
     );
     t.f32 = fw(Tier::Avx2, x86::avx2_gemv_f32w_f32);
@@ -476,6 +482,8 @@ fn neon_table() -> Table {
             scores: arm::neon_attn_scores_f16,
             softmax: arm::neon_softmax_unnorm,
             values: arm::neon_attn_values_f16,
+            scores_i8: arm::neon_attn_scores_i8,
+            values_i8: arm::neon_attn_values_i8,
         },
     );
     t.f32 = fw(Tier::Neon, arm::neon_gemv_f32w_f32);
@@ -721,6 +729,27 @@ impl Kernels {
     pub fn attn_values_f16(&self, weights: &[f32], values: &[u16], hd: usize, out: &mut [f32]) {
         // SAFETY: table invariant (module docs).
         unsafe { (self.table.attn.1.values)(weights, values, hd, out) }
+    }
+
+    /// [`scalar::attn_scores_i8`]: [`Kernels::attn_scores_f16`] against int8 keys (their row
+    /// scales left to the caller). Panics on bad shapes.
+    pub fn attn_scores_i8(
+        &self,
+        q: &[f32],
+        keys: &[i8],
+        hd: usize,
+        scale: f32,
+        scores: &mut [f32],
+    ) {
+        // SAFETY: table invariant (module docs).
+        unsafe { (self.table.attn.1.scores_i8)(q, keys, hd, scale, scores) }
+    }
+
+    /// [`scalar::attn_values_i8`]: [`Kernels::attn_values_f16`] over int8 values (their row
+    /// scales folded into `weights` by the caller). Panics on bad shapes.
+    pub fn attn_values_i8(&self, weights: &[f32], values: &[i8], hd: usize, out: &mut [f32]) {
+        // SAFETY: table invariant (module docs).
+        unsafe { (self.table.attn.1.values_i8)(weights, values, hd, out) }
     }
 }
 

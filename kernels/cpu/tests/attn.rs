@@ -1,6 +1,7 @@
-//! Tests of the attention kernels over an f16 KV cache (`attn_scores_f16`, `softmax_unnorm`,
-//! `attn_values_f16`) of every tier this machine can run against the scalar specification, on
-//! random shapes with tails in every dimension, and of the specification itself against f64.
+//! Tests of the attention kernels over an f16 or int8 KV cache (`attn_scores_f16`,
+//! `softmax_unnorm`, `attn_values_f16`, `attn_scores_i8`, `attn_values_i8`) of every tier this
+//! machine can run against the scalar specification, on random shapes with tails in every
+//! dimension, and of the specification itself against f64.
 
 mod common;
 use common::Rng;
@@ -185,6 +186,106 @@ attn_tests! {
     zero: Cache::Zero, 2;
     subnormal: Cache::Subnormal, 3;
     large: Cache::Large, 4;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The int8 cache: the same kernels over int8 rows (every value of -128..=127 drawn)
+
+fn int8_rows(rng: &mut Rng, n: usize) -> Vec<i8> {
+    (0..n)
+        .map(|_| (rng.below(256) as i32 - 128) as i8)
+        .collect()
+}
+
+#[test]
+fn int8_scores_within_tolerance() {
+    let mut rng = Rng::new(11);
+    for (g, hd, n) in shapes(&mut rng) {
+        let q = normal(&mut rng, g * hd, 1.0);
+        let keys = int8_rows(&mut rng, n * hd);
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut want = vec![f32::NAN; g * n];
+        scalar::attn_scores_i8(&q, &keys, hd, scale, &mut want);
+        for k in tiers() {
+            let mut got = vec![f32::NAN; g * n];
+            k.attn_scores_i8(&q, &keys, hd, scale, &mut got);
+            for h in 0..g {
+                for t in 0..n {
+                    let abs: f32 = (0..hd)
+                        .map(|i| (q[h * hd + i] * keys[t * hd + i] as f32).abs())
+                        .sum();
+                    let tol = sum_order_tol(hd, abs) * scale;
+                    let (a, b) = (got[h * n + t], want[h * n + t]);
+                    assert!(
+                        (a - b).abs() <= tol,
+                        "attn_scores_i8 tier {}: g={g} hd={hd} n={n}: head {h} position {t}: \
+                         {a} vs spec {b} (tolerance {tol})",
+                        k.tier()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn int8_values_within_tolerance() {
+    let mut rng = Rng::new(12);
+    for (g, hd, n) in shapes(&mut rng) {
+        let weights: Vec<f32> = (0..g * n)
+            .map(|_| rng.unit() * 2.0 / n.max(1) as f32)
+            .collect();
+        let values = int8_rows(&mut rng, n * hd);
+        let mut want = vec![f32::NAN; g * hd];
+        scalar::attn_values_i8(&weights, &values, hd, &mut want);
+        for k in tiers() {
+            let mut got = vec![f32::NAN; g * hd];
+            k.attn_values_i8(&weights, &values, hd, &mut got);
+            for h in 0..g {
+                for i in 0..hd {
+                    let abs: f32 = (0..n)
+                        .map(|t| (weights[h * n + t] * values[t * hd + i] as f32).abs())
+                        .sum();
+                    let tol = sum_order_tol(n, abs);
+                    let (a, b) = (got[h * hd + i], want[h * hd + i]);
+                    assert!(
+                        (a - b).abs() <= tol,
+                        "attn_values_i8 tier {}: g={g} hd={hd} n={n}: head {h} dim {i}: {a} vs \
+                         spec {b} (tolerance {tol})",
+                        k.tier()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn int8_rows_round_to_nearest_within_half_a_step() {
+    let mut rng = Rng::new(13);
+    for hd in [1, 7, 64, 128] {
+        let x = normal(&mut rng, hd, 3.0);
+        let mut q = vec![0i8; hd];
+        let d = scalar::quantize_row_i8(&x, &mut q);
+        let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert_eq!(d, amax / 127.0);
+        for (&xi, &qi) in x.iter().zip(&q) {
+            assert!(
+                (xi - qi as f32 * d).abs() <= d * 0.5 * (1.0 + 1e-5),
+                "hd {hd}: {xi} -> {qi} x {d}"
+            );
+        }
+        // The largest magnitude maps to +-127.
+        assert!(q.iter().any(|&v| v.abs() == 127), "hd {hd}: {q:?}");
+    }
+    // A row of zeros: scale 0, values 0.
+    let mut q = [5i8; 4];
+    assert_eq!(scalar::quantize_row_i8(&[0.0; 4], &mut q), 0.0);
+    assert_eq!(q, [0; 4]);
+    // Ties go to even: 0.5 and 2.5 steps.
+    let mut q = [0i8; 3];
+    scalar::quantize_row_i8(&[127.0, 0.5, 2.5], &mut q);
+    assert_eq!(q, [127, 0, 2]);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -33,18 +33,28 @@ fn mib(b: u64) -> f64 {
     b as f64 / (1u64 << 20) as f64
 }
 
-/// Checks that `cfg` at `context` tokens on numeric path `path` (which sets the KV cache type)
-/// fits `board`'s budget (and `available`, the memory the machine has free, when known). On
-/// failure the error says what would fit.
+/// The arena plan of `cfg` at `context` tokens with a `kv` cache (f32: the exact path).
+fn plan_for(cfg: &Config, context: usize, kv: KvType) -> ArenaPlan {
+    let path = if kv == KvType::F32 {
+        NumericPath::Exact
+    } else {
+        NumericPath::Fast
+    };
+    ArenaPlan::new(cfg, context, path).with_kv(kv)
+}
+
+/// Checks that `cfg` at `context` tokens with a `kv` KV cache (f32 on the exact path) fits
+/// `board`'s budget (and `available`, the memory the machine has free, when known). On failure
+/// the error says what would fit.
 pub fn check(
     board: &Board,
     available: Option<u64>,
     model_bytes: u64,
     cfg: &Config,
     context: usize,
-    path: NumericPath,
+    kv: KvType,
 ) -> Result<MemoryNeed> {
-    let plan = ArenaPlan::new(cfg, context, path);
+    let plan = plan_for(cfg, context, kv);
     let need = MemoryNeed {
         model_bytes,
         arena_bytes: plan.bytes() as u64,
@@ -65,9 +75,8 @@ pub fn check(
         return Ok(need);
     }
     // The arena grows with the context: find the largest context that fits (binary search).
-    let fits_at = |c: usize| {
-        model_bytes + ArenaPlan::new(cfg, c, path).bytes() as u64 + OVERHEAD_BYTES <= limit
-    };
+    let fits_at =
+        |c: usize| model_bytes + plan_for(cfg, c, kv).bytes() as u64 + OVERHEAD_BYTES <= limit;
     let advice = if fits_at(1) {
         let (mut lo, mut hi) = (1usize, context);
         while hi - lo > 1 {
@@ -102,7 +111,7 @@ mod tests {
     use super::*;
     use edgellm_core::model::{Arch, RopeStyle};
 
-    const F: NumericPath = NumericPath::Fast;
+    const F: KvType = KvType::F16;
 
     fn smollm2() -> Config {
         Config {
@@ -148,17 +157,28 @@ mod tests {
     }
 
     #[test]
-    fn kv_cache_term_follows_the_numeric_path() {
+    fn kv_cache_term_follows_its_type() {
         let b = crate::boards::by_name("host").unwrap();
         // 30 layers x 1024 positions x 192 key (and as many value) values.
         let values = 2 * 30 * 1024 * 192;
         let fast = check(&b, None, 1, &smollm2(), 1024, F).unwrap();
         assert_eq!((fast.kv_type, fast.kv_bytes), (KvType::F16, 2 * values));
-        let exact = check(&b, None, 1, &smollm2(), 1024, NumericPath::Exact).unwrap();
+        let exact = check(&b, None, 1, &smollm2(), 1024, KvType::F32).unwrap();
         assert_eq!((exact.kv_type, exact.kv_bytes), (KvType::F32, 4 * values));
         assert_eq!(
             exact.arena_bytes - fast.arena_bytes,
             exact.kv_bytes - fast.kv_bytes
+        );
+        // int8: one byte per value and one f32 scale per (layer, KV head, position) row.
+        let int8 = check(&b, None, 1, &smollm2(), 1024, KvType::Int8).unwrap();
+        let rows = 2 * 30 * 3 * 1024;
+        assert_eq!(
+            (int8.kv_type, int8.kv_bytes),
+            (KvType::Int8, values + 4 * rows)
+        );
+        assert_eq!(
+            fast.arena_bytes - int8.arena_bytes,
+            fast.kv_bytes - int8.kv_bytes
         );
         let err = check(&b, Some(100 << 20), 98_362_432, &smollm2(), 8192, F)
             .unwrap_err()

@@ -112,7 +112,9 @@ pub struct ModelArgs {
     /// `run`, `bench` and `serve` use it; the other commands run on the CPU.
     #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "cuda"])]
     pub device: String,
-    /// KV cache type on the GPU: f16 or int8 (int8 attention scores by __dp4a).
+    /// KV cache type: f16 or int8 (one scale per position and head: half the bytes attention
+    /// reads per token; on the GPU the int8 scores use __dp4a). The exact path (`--exact`)
+    /// keeps an f32 cache.
     #[arg(long, default_value = "f16", value_parser = ["f16", "int8"])]
     pub kv_cache: String,
 }

@@ -8,7 +8,7 @@ use crate::ModelArgs;
 use anyhow::{Context, Result};
 use clap::Args;
 use edgellm_core::sampler::{Sampler, SamplerParams};
-use edgellm_core::session::{NumericPath, Session, SessionOptions};
+use edgellm_core::session::{KvType, NumericPath, Session, SessionOptions};
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
@@ -99,7 +99,7 @@ pub fn context_len(
         .unwrap_or(board.default_context.min(cfg.train_context))
         .max(min);
     let available = edgellm_hal::memory::available_memory_bytes().ok();
-    crate::budget::check(&board, available, file_bytes, cfg, ctx, numeric_path(args))?;
+    crate::budget::check(&board, available, file_bytes, cfg, ctx, kv_type(args))?;
     Ok(ctx)
 }
 
@@ -109,6 +109,15 @@ pub fn numeric_path(args: &ModelArgs) -> NumericPath {
         NumericPath::Exact
     } else {
         NumericPath::Fast
+    }
+}
+
+/// The CPU's KV cache type: f32 on the exact path, else `--kv-cache` (f16 or int8).
+pub fn kv_type(args: &ModelArgs) -> KvType {
+    match (args.exact, args.kv_cache.as_str()) {
+        (true, _) => KvType::F32,
+        (false, "int8") => KvType::Int8,
+        _ => KvType::F16,
     }
 }
 
@@ -123,10 +132,11 @@ pub fn new_session<'m, 'a>(
 ) -> Result<Session<'m, 'a>> {
     let context = context_len(args, loaded, file_bytes, min)?;
     let path = numeric_path(args);
-    Ok(Session::new(
+    Ok(Session::with_kv(
         &loaded.model,
         kernels,
         SessionOptions { context, path },
+        kv_type(args),
     )?)
 }
 

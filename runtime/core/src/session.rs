@@ -25,11 +25,14 @@ pub enum NumericPath {
 }
 
 /// How the KV cache stores keys and values: f16 on the fast path (half the bytes attention reads
-/// per token), f32 on the exact path (the reference).
+/// per token), f32 on the exact path (the reference), or int8 with one f32 scale per (position,
+/// KV head) row on the fast path when asked for ([`Session::with_kv`]: a quarter of the f32
+/// bytes, so the time attention adds per token grows half as fast with the context as with f16).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KvType {
     F32,
     F16,
+    Int8,
 }
 
 impl KvType {
@@ -46,14 +49,16 @@ impl KvType {
         match self {
             KvType::F32 => 4,
             KvType::F16 => 2,
+            KvType::Int8 => 1,
         }
     }
 
-    /// `f32` or `f16`.
+    /// `f32`, `f16` or `int8`.
     pub const fn name(self) -> &'static str {
         match self {
             KvType::F32 => "f32",
             KvType::F16 => "f16",
+            KvType::Int8 => "int8",
         }
     }
 }
@@ -156,6 +161,15 @@ impl ArenaPlan {
         }
     }
 
+    /// The same plan with a KV cache of type `kv` (int8 only on the fast path: the exact path
+    /// keeps its f32 cache).
+    pub fn with_kv(mut self, kv: KvType) -> ArenaPlan {
+        if self.kv != KvType::F32 {
+            self.kv = kv;
+        }
+        self
+    }
+
     /// The f32 buffers in arena order, with their lengths.
     fn f32_sizes(&self) -> [usize; 15] {
         let b = self.batch;
@@ -188,9 +202,20 @@ impl ArenaPlan {
         self.kv
     }
 
-    /// Bytes of the KV cache (keys and values) in the arena.
+    /// Rows of the key cache (and of the value cache): [n_layers, n_kv_heads, context]; an int8
+    /// cache keeps one scale per row.
+    fn kv_rows(&self) -> usize {
+        self.kv_values() / self.head_dim
+    }
+
+    /// Bytes of the KV cache (keys and values, and an int8 cache's scales) in the arena.
     pub fn kv_bytes(&self) -> usize {
-        2 * lines::<u8>(self.kv_values() * self.kv.bytes()) * 64
+        let scales = if self.kv == KvType::Int8 {
+            lines::<f32>(self.kv_rows())
+        } else {
+            0
+        };
+        2 * (lines::<u8>(self.kv_values() * self.kv.bytes()) + scales) * 64
     }
 
     fn act_values(&self) -> usize {
@@ -259,6 +284,13 @@ enum KvCache<'s> {
         k: &'s mut [u16],
         v: &'s mut [u16],
     },
+    /// int8 rows (`scalar::quantize_row_i8`) and their scales, [n_layers, n_kv_heads, context].
+    Int8 {
+        k: &'s mut [i8],
+        v: &'s mut [i8],
+        ks: &'s mut [f32],
+        vs: &'s mut [f32],
+    },
 }
 
 impl KvCache<'_> {
@@ -282,6 +314,10 @@ impl KvCache<'_> {
                     KvCache::F16 { k, v } => {
                         scalar::f32_to_f16_row(src_k, &mut k[at..at + hd]);
                         scalar::f32_to_f16_row(src_v, &mut v[at..at + hd]);
+                    }
+                    KvCache::Int8 { k, v, ks, vs } => {
+                        ks[at / hd] = scalar::quantize_row_i8(src_k, &mut k[at..at + hd]);
+                        vs[at / hd] = scalar::quantize_row_i8(src_v, &mut v[at..at + hd]);
                     }
                 }
             }
@@ -329,6 +365,12 @@ impl<'s> Bufs<'s> {
             KvType::F16 => KvCache::F16 {
                 k: take(&mut rest, n),
                 v: take(&mut rest, n),
+            },
+            KvType::Int8 => KvCache::Int8 {
+                k: take(&mut rest, n),
+                v: take(&mut rest, n),
+                ks: take(&mut rest, plan.kv_rows()),
+                vs: take(&mut rest, plan.kv_rows()),
             },
         };
         let groups = plan.act_values() / ACT_GROUP;
@@ -411,17 +453,29 @@ pub struct Session<'m, 'a> {
 
 impl<'m, 'a> Session<'m, 'a> {
     /// Creates a session, allocating its whole arena now (the only allocation it ever makes).
+    /// The KV cache is the numeric path's ([`KvType::for_path`]).
     pub fn new(
         model: &'m Model<'a>,
         kernels: Kernels,
         options: SessionOptions,
+    ) -> Result<Self, SessionError> {
+        Self::with_kv(model, kernels, options, KvType::for_path(options.path))
+    }
+
+    /// [`Session::new`] with a KV cache of type `kv` on the fast path (the exact path keeps its
+    /// f32 cache, [`ArenaPlan::with_kv`]).
+    pub fn with_kv(
+        model: &'m Model<'a>,
+        kernels: Kernels,
+        options: SessionOptions,
+        kv: KvType,
     ) -> Result<Self, SessionError> {
         if options.context == 0 || options.context > 1 << 20 {
             return Err(SessionError::BadContext {
                 requested: options.context,
             });
         }
-        let plan = ArenaPlan::new(&model.config, options.context, options.path);
+        let plan = ArenaPlan::new(&model.config, options.context, options.path).with_kv(kv);
         let mut arena = vec![Line([0; 64]); plan.bytes() / 64];
         prefault(&mut arena);
         Ok(Session {
@@ -622,7 +676,8 @@ impl<'m, 'a> Session<'m, 'a> {
                     rope(h, cos, sin, cfg.rope_style);
                 }
             }
-            // The cache takes the keys and values of positions pos..pos+nb (f16 on the fast path).
+            // The cache takes the keys and values of positions pos..pos+nb (f16 or int8 on the fast
+            // path).
             kv.append(&plan, l, pos, k_new, v_new);
             // Grouped-query attention of each token over positions 0..=its own (causal).
             // xb[nb, q_dim] = head outputs.
@@ -640,9 +695,36 @@ impl<'m, 'a> Session<'m, 'a> {
                         attention_f32(par, k, qt, kc, vc, b.att, ot, cfg, seq, plan.context);
                     }
                     KvCache::F16 { k: kc, v: vc } => {
-                        let cache = (&kc[layer_kv.clone()], &vc[layer_kv.clone()]);
+                        let cache = FastCache::F16(&kc[layer_kv.clone()], &vc[layer_kv.clone()]);
                         let partial = (&mut *b.attn_o, &mut *b.attn_ml);
-                        attention_f16(
+                        attention_fast(
+                            par,
+                            k,
+                            qt,
+                            cache,
+                            b.att,
+                            partial,
+                            ot,
+                            cfg,
+                            seq,
+                            plan.context,
+                        );
+                    }
+                    KvCache::Int8 {
+                        k: kc,
+                        v: vc,
+                        ks,
+                        vs,
+                    } => {
+                        let rows = layer_kv.start / hd..layer_kv.end / hd;
+                        let cache = FastCache::Int8 {
+                            k: &kc[layer_kv.clone()],
+                            v: &vc[layer_kv.clone()],
+                            ks: &ks[rows.clone()],
+                            vs: &vs[rows],
+                        };
+                        let partial = (&mut *b.attn_o, &mut *b.attn_ml);
+                        attention_fast(
                             par,
                             k,
                             qt,
@@ -943,19 +1025,33 @@ fn attention_f32(
     par.run(&work);
 }
 
-/// Attention of every query head over positions `0..seq` of one layer's f16 cache
-/// ([n_kv_heads, context, head_dim]): the fast path. The positions are split between the
+/// One layer's cache on the fast path: f16 rows, or int8 rows with their scales
+/// ([n_kv_heads, context]).
+#[derive(Clone, Copy)]
+enum FastCache<'c> {
+    F16(&'c [u16], &'c [u16]),
+    Int8 {
+        k: &'c [i8],
+        v: &'c [i8],
+        ks: &'c [f32],
+        vs: &'c [f32],
+    },
+}
+
+/// Attention of every query head over positions `0..seq` of one layer's f16 or int8 cache
+/// ([n_kv_heads, context, head_dim]): the fast path. An int8 cache's key scales multiply the
+/// scores, and its value scales the softmax weights before the weighted sum. The positions are split between the
 /// workers; each worker runs, per KV head, the scores of all the group's query heads against its
 /// key rows (each row read once for the group), their unnormalized softmax and the weighted sum
 /// of its value rows, into its own partial output. The partial outputs are then combined:
 /// `out_h = Σ_w e^(m_w - M) o_w / Σ_w e^(m_w - M) l_w` with `m_w`, `l_w` worker `w`'s maximum
 /// score and sum of exponentials, `M = max_w m_w`.
 #[allow(clippy::too_many_arguments)]
-fn attention_f16(
+fn attention_fast(
     par: &dyn Parallel,
     k: &Kernels,
     q: &[f32],
-    (key_cache, value_cache): (&[u16], &[u16]),
+    cache: FastCache<'_>,
     att: &mut [f32],
     (part_o, part_ml): (&mut [f32], &mut [f32]),
     out: &mut [f32],
@@ -1000,13 +1096,34 @@ fn attention_f16(
             )
             .enumerate()
         {
-            let rows = (kvh * context + r.start) * hd..(kvh * context + r.end) * hd;
+            let at = kvh * context + r.start..kvh * context + r.end;
+            let rows = at.start * hd..at.end * hd;
             let qg = &q[kvh * group * hd..(kvh + 1) * group * hd];
-            k.attn_scores_f16(qg, &key_cache[rows.clone()], hd, scale, sg);
+            match cache {
+                FastCache::F16(kc, _) => k.attn_scores_f16(qg, &kc[rows.clone()], hd, scale, sg),
+                FastCache::Int8 { k: kc, ks, .. } => {
+                    k.attn_scores_i8(qg, &kc[rows.clone()], hd, scale, sg);
+                    for row in sg.chunks_exact_mut(n) {
+                        row.iter_mut()
+                            .zip(&ks[at.clone()])
+                            .for_each(|(s, d)| *s *= d);
+                    }
+                }
+            }
             for ((row, m), l) in sg.chunks_exact_mut(n).zip(mg).zip(lg) {
                 (*m, *l) = k.softmax_unnorm(row);
             }
-            k.attn_values_f16(sg, &value_cache[rows], hd, og);
+            match cache {
+                FastCache::F16(_, vc) => k.attn_values_f16(sg, &vc[rows], hd, og),
+                FastCache::Int8 { v: vc, vs, .. } => {
+                    for row in sg.chunks_exact_mut(n) {
+                        row.iter_mut()
+                            .zip(&vs[at.clone()])
+                            .for_each(|(w, d)| *w *= d);
+                    }
+                    k.attn_values_i8(sg, &vc[rows], hd, og);
+                }
+            }
         }
     };
     par.run(&work);

@@ -1,5 +1,6 @@
-//! AVX2 attention kernels over an f16 KV cache: [`crate::scalar::attn`] with F16C conversions,
-//! FMA sums and a polynomial `exp`.
+//! AVX2 attention kernels over an f16 or int8 KV cache: [`crate::scalar::attn`] with F16C (or
+//! int8 widening) conversions, FMA sums and a polynomial `exp`. The tiles are written once for
+//! both element types: `E` is the bytes per cached value (2: f16 bits, 1: int8).
 //!
 //! Scores: a tile of up to 3 query heads x 4 positions keeps 12 accumulators in registers, so each
 //! key row is converted once for all heads of its group; four accumulators reduce together into
@@ -19,16 +20,39 @@ use crate::scalar::f16_bits_to_f32;
 /// Query heads per tile.
 const HEADS: usize = 3;
 
-/// Eight f16 values at `p`, as f32.
+/// Eight cached values at `p` (f16 bits when `E == 2`, int8 when `E == 1`), as f32.
 ///
 /// # Safety
 ///
-/// `p..p + 8` must be readable; the CPU must have AVX2, FMA and F16C.
+/// `8 * E` bytes from `p` must be readable; the CPU must have AVX2, FMA and F16C.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn cvt8(p: *const u16) -> __m256 {
-    // SAFETY: the caller guarantees 8 readable values; the load is unaligned.
-    unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
+unsafe fn cvt8<const E: usize>(p: *const u8) -> __m256 {
+    // SAFETY: the caller guarantees 8 readable values; the loads are unaligned.
+    unsafe {
+        if E == 2 {
+            _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
+        } else {
+            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p.cast())))
+        }
+    }
+}
+
+/// The cached value at `p` (as [`cvt8`]), as f32.
+///
+/// # Safety
+///
+/// `E` bytes from `p` must be readable.
+#[inline]
+unsafe fn cvt1<const E: usize>(p: *const u8) -> f32 {
+    // SAFETY: the caller guarantees the bytes.
+    unsafe {
+        if E == 2 {
+            f16_bits_to_f32(p.cast::<u16>().read_unaligned())
+        } else {
+            *p as i8 as f32
+        }
+    }
 }
 
 /// Sum of the eight lanes.
@@ -57,9 +81,9 @@ fn hsum4(a: __m256, b: __m256, c: __m256, d: __m256) -> __m128 {
 /// `h < H`, `p < P`; the CPU must have AVX2, FMA and F16C.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn scores_tile<const H: usize, const P: usize>(
+unsafe fn scores_tile<const E: usize, const H: usize, const P: usize>(
     q: *const f32,
-    keys: *const u16,
+    keys: *const u8,
     hd: usize,
     scale: f32,
     out: *mut f32,
@@ -71,7 +95,7 @@ unsafe fn scores_tile<const H: usize, const P: usize>(
         let mut k = [_mm256_setzero_ps(); P];
         for (p, kv) in k.iter_mut().enumerate() {
             // SAFETY: row `p < P` has `hd` values and `i + 8 <= hd`.
-            *kv = unsafe { cvt8(keys.add(p * hd + i)) };
+            *kv = unsafe { cvt8::<E>(keys.add((p * hd + i) * E)) };
         }
         for (h, acc_h) in acc.iter_mut().enumerate() {
             // SAFETY: row `h < H` of `q` has `hd` values and `i + 8 <= hd`.
@@ -96,7 +120,7 @@ unsafe fn scores_tile<const H: usize, const P: usize>(
         for (p, sp) in s.iter_mut().enumerate() {
             for j in i..hd {
                 // SAFETY: `j < hd`, rows `h < H` and `p < P` exist.
-                *sp += unsafe { *q.add(h * hd + j) * f16_bits_to_f32(*keys.add(p * hd + j)) };
+                *sp += unsafe { *q.add(h * hd + j) * cvt1::<E>(keys.add((p * hd + j) * E)) };
             }
             // SAFETY: the caller guarantees `out[h * n + p]` is writable.
             unsafe { *out.add(h * n + p) = *sp * scale };
@@ -110,9 +134,9 @@ unsafe fn scores_tile<const H: usize, const P: usize>(
 ///
 /// As [`scores_tile`] with `P = n`.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn scores_heads<const H: usize>(
+unsafe fn scores_heads<const E: usize, const H: usize>(
     q: *const f32,
-    keys: *const u16,
+    keys: *const u8,
     hd: usize,
     scale: f32,
     out: *mut f32,
@@ -121,13 +145,46 @@ unsafe fn scores_heads<const H: usize>(
     let mut t = 0;
     while t + 4 <= n {
         // SAFETY: positions `t..t + 4` are below `n`.
-        unsafe { scores_tile::<H, 4>(q, keys.add(t * hd), hd, scale, out.add(t), n) };
+        unsafe { scores_tile::<E, H, 4>(q, keys.add(t * hd * E), hd, scale, out.add(t), n) };
         t += 4;
     }
     while t < n {
         // SAFETY: `t < n`.
-        unsafe { scores_tile::<H, 1>(q, keys.add(t * hd), hd, scale, out.add(t), n) };
+        unsafe { scores_tile::<E, H, 1>(q, keys.add(t * hd * E), hd, scale, out.add(t), n) };
         t += 1;
+    }
+}
+
+/// Scores of every head of `q` against `n` keys of `E` bytes per value at `kp`.
+///
+/// # Safety
+///
+/// The shapes were checked by `check_scores` (`kp` holds `n` rows); the CPU must have AVX2, FMA
+/// and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn scores<const E: usize>(
+    q: &[f32],
+    kp: *const u8,
+    (g, n): (usize, usize),
+    hd: usize,
+    scale: f32,
+    scores: &mut [f32],
+) {
+    let (qp, op) = (q.as_ptr(), scores.as_mut_ptr());
+    let mut h = 0;
+    while h < g {
+        let hh = (g - h).min(HEADS);
+        // SAFETY: the checked shapes: heads `h..h + hh` of `q` and of `scores` exist, and the
+        // keys hold `n` rows.
+        unsafe {
+            let (qh, oh) = (qp.add(h * hd), op.add(h * n));
+            match hh {
+                3 => scores_heads::<E, 3>(qh, kp, hd, scale, oh, n),
+                2 => scores_heads::<E, 2>(qh, kp, hd, scale, oh, n),
+                _ => scores_heads::<E, 1>(qh, kp, hd, scale, oh, n),
+            }
+        }
+        h += hh;
     }
 }
 
@@ -142,25 +199,23 @@ pub unsafe fn avx2_attn_scores_f16(
     keys: &[u16],
     hd: usize,
     scale: f32,
-    scores: &mut [f32],
+    out: &mut [f32],
 ) {
-    let (g, n) = check_scores(q, keys, hd, scores);
-    let (qp, kp, op) = (q.as_ptr(), keys.as_ptr(), scores.as_mut_ptr());
-    let mut h = 0;
-    while h < g {
-        let hh = (g - h).min(HEADS);
-        // SAFETY: `check_scores` proved the shapes: heads `h..h + hh` of `q` and of `scores`
-        // exist, and `keys` holds `n` rows.
-        unsafe {
-            let (qh, oh) = (qp.add(h * hd), op.add(h * n));
-            match hh {
-                3 => scores_heads::<3>(qh, kp, hd, scale, oh, n),
-                2 => scores_heads::<2>(qh, kp, hd, scale, oh, n),
-                _ => scores_heads::<1>(qh, kp, hd, scale, oh, n),
-            }
-        }
-        h += hh;
-    }
+    let gn = check_scores(q, keys.len(), hd, out);
+    // SAFETY: shapes checked; same features.
+    unsafe { scores::<2>(q, keys.as_ptr().cast(), gn, hd, scale, out) }
+}
+
+/// AVX2 [`crate::scalar::attn_scores_i8`] (float tolerance).
+///
+/// # Safety
+///
+/// The CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn avx2_attn_scores_i8(q: &[f32], keys: &[i8], hd: usize, scale: f32, out: &mut [f32]) {
+    let gn = check_scores(q, keys.len(), hd, out);
+    // SAFETY: shapes checked; same features.
+    unsafe { scores::<1>(q, keys.as_ptr().cast(), gn, hd, scale, out) }
 }
 
 /// `e^x` lane by lane (module docs); 0 below -87.3.
@@ -262,10 +317,10 @@ pub unsafe fn avx2_softmax_unnorm(x: &mut [f32]) -> (f32, f32) {
 /// the column it points at; the CPU must have AVX2, FMA and F16C.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn values_tile<const H: usize, const V: usize>(
+unsafe fn values_tile<const E: usize, const H: usize, const V: usize>(
     w: *const f32,
     n: usize,
-    v: *const u16,
+    v: *const u8,
     hd: usize,
     out: *mut f32,
 ) {
@@ -274,7 +329,7 @@ unsafe fn values_tile<const H: usize, const V: usize>(
         let mut vv = [_mm256_setzero_ps(); V];
         for (c, x) in vv.iter_mut().enumerate() {
             // SAFETY: row `t < n`, columns `8c..8c + 8` of the tile are readable.
-            *x = unsafe { cvt8(v.add(t * hd + 8 * c)) };
+            *x = unsafe { cvt8::<E>(v.add((t * hd + 8 * c) * E)) };
         }
         for (h, acc_h) in acc.iter_mut().enumerate() {
             // SAFETY: weight row `h < H` has `n` values.
@@ -299,22 +354,22 @@ unsafe fn values_tile<const H: usize, const V: usize>(
 /// `w` holds `H` rows of `n` weights, `v` `n` rows of `hd` values, `out` `H` rows of `hd`
 /// writable values; the CPU must have AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn values_heads<const H: usize>(
+unsafe fn values_heads<const E: usize, const H: usize>(
     w: *const f32,
     n: usize,
-    v: *const u16,
+    v: *const u8,
     hd: usize,
     out: *mut f32,
 ) {
     let mut i = 0;
     while i + 32 <= hd {
         // SAFETY: columns `i..i + 32` are within `hd`.
-        unsafe { values_tile::<H, 4>(w, n, v.add(i), hd, out.add(i)) };
+        unsafe { values_tile::<E, H, 4>(w, n, v.add(i * E), hd, out.add(i)) };
         i += 32;
     }
     while i + 8 <= hd {
         // SAFETY: columns `i..i + 8` are within `hd`.
-        unsafe { values_tile::<H, 1>(w, n, v.add(i), hd, out.add(i)) };
+        unsafe { values_tile::<E, H, 1>(w, n, v.add(i * E), hd, out.add(i)) };
         i += 8;
     }
     for j in i..hd {
@@ -322,11 +377,43 @@ unsafe fn values_heads<const H: usize>(
             let mut acc = 0.0f32;
             for t in 0..n {
                 // SAFETY: `h < H`, `t < n`, `j < hd`.
-                acc += unsafe { *w.add(h * n + t) * f16_bits_to_f32(*v.add(t * hd + j)) };
+                acc += unsafe { *w.add(h * n + t) * cvt1::<E>(v.add((t * hd + j) * E)) };
             }
             // SAFETY: as above.
             unsafe { *out.add(h * hd + j) = acc };
         }
+    }
+}
+
+/// Weighted values of every head over `n` value rows of `E` bytes per value at `vp`.
+///
+/// # Safety
+///
+/// The shapes were checked by `check_values` (`vp` holds `n` rows); the CPU must have AVX2, FMA
+/// and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn values<const E: usize>(
+    weights: &[f32],
+    vp: *const u8,
+    (g, n): (usize, usize),
+    hd: usize,
+    out: &mut [f32],
+) {
+    let (wp, op) = (weights.as_ptr(), out.as_mut_ptr());
+    let mut h = 0;
+    while h < g {
+        let hh = (g - h).min(HEADS);
+        // SAFETY: the checked shapes: heads `h..h + hh` of `weights` and `out` exist, and the
+        // values hold `n` rows.
+        unsafe {
+            let (wh, oh) = (wp.add(h * n), op.add(h * hd));
+            match hh {
+                3 => values_heads::<E, 3>(wh, n, vp, hd, oh),
+                2 => values_heads::<E, 2>(wh, n, vp, hd, oh),
+                _ => values_heads::<E, 1>(wh, n, vp, hd, oh),
+            }
+        }
+        h += hh;
     }
 }
 
@@ -336,22 +423,20 @@ unsafe fn values_heads<const H: usize>(
 ///
 /// The CPU must have AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn avx2_attn_values_f16(weights: &[f32], values: &[u16], hd: usize, out: &mut [f32]) {
-    let (g, n) = check_values(weights, values, hd, out);
-    let (wp, vp, op) = (weights.as_ptr(), values.as_ptr(), out.as_mut_ptr());
-    let mut h = 0;
-    while h < g {
-        let hh = (g - h).min(HEADS);
-        // SAFETY: `check_values` proved the shapes: heads `h..h + hh` of `weights` and `out`
-        // exist, and `values` holds `n` rows.
-        unsafe {
-            let (wh, oh) = (wp.add(h * n), op.add(h * hd));
-            match hh {
-                3 => values_heads::<3>(wh, n, vp, hd, oh),
-                2 => values_heads::<2>(wh, n, vp, hd, oh),
-                _ => values_heads::<1>(wh, n, vp, hd, oh),
-            }
-        }
-        h += hh;
-    }
+pub unsafe fn avx2_attn_values_f16(weights: &[f32], vals: &[u16], hd: usize, out: &mut [f32]) {
+    let gn = check_values(weights, vals.len(), hd, out);
+    // SAFETY: shapes checked; same features.
+    unsafe { values::<2>(weights, vals.as_ptr().cast(), gn, hd, out) }
+}
+
+/// AVX2 [`crate::scalar::attn_values_i8`] (float tolerance).
+///
+/// # Safety
+///
+/// The CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn avx2_attn_values_i8(weights: &[f32], vals: &[i8], hd: usize, out: &mut [f32]) {
+    let gn = check_values(weights, vals.len(), hd, out);
+    // SAFETY: shapes checked; same features.
+    unsafe { values::<1>(weights, vals.as_ptr().cast(), gn, hd, out) }
 }

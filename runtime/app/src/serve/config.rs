@@ -63,7 +63,7 @@ pub struct ServeArgs {
     /// binary has the `cuda` feature and a usable device is present; else the CPU), cpu, cuda.
     #[arg(long, value_parser = ["auto", "cpu", "cuda"])]
     pub device: Option<String>,
-    /// KV cache type on the GPU: f16 or int8.
+    /// KV cache type: f16 or int8 (one scale per position and KV head).
     #[arg(long, value_parser = ["f16", "int8"])]
     pub kv_cache: Option<String>,
 }

@@ -15,7 +15,7 @@ use crate::load::Loaded;
 use anyhow::Result;
 use edgellm_core::parallel::Parallel;
 use edgellm_core::sampler::{Sampler, SamplerParams};
-use edgellm_core::session::{NumericPath, Session, SessionOptions};
+use edgellm_core::session::{KvType, NumericPath, Session, SessionOptions};
 use edgellm_cuda::GpuEngine;
 use edgellm_hal::counters::CountingAlloc;
 use edgellm_kernels::Kernels;
@@ -200,6 +200,8 @@ pub struct EngineConfig {
     pub kernels: Kernels,
     pub context: usize,
     pub path: NumericPath,
+    /// The CPU session's KV cache type.
+    pub kv: KvType,
     pub queue: usize,
     /// Builds the inference workers (pinned and real-time as the model options say) on the
     /// inference thread itself, so the calling thread is worker 0.
@@ -241,13 +243,14 @@ pub fn start(
             let setup = (|| -> Result<_> {
                 let backend = match (cfg.make_gpu)()? {
                     Some(engine) => Backend::Gpu(engine),
-                    None => Backend::Cpu(Session::new(
+                    None => Backend::Cpu(Session::with_kv(
                         &loaded.model,
                         cfg.kernels,
                         SessionOptions {
                             context: cfg.context,
                             path: cfg.path,
                         },
+                        cfg.kv,
                     )?),
                 };
                 let sampler =

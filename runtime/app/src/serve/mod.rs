@@ -299,6 +299,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             kernels,
             context,
             path,
+            kv: crate::run::kv_type(&s.model),
             queue: s.queue,
             make_pool: Box::new(move || crate::run::make_pool(&model_args)),
             make_gpu: Box::new(move || crate::device::select(&gpu_args, loaded, context)),
