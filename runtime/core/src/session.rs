@@ -689,26 +689,14 @@ impl<'m, 'a> Session<'m, 'a> {
                     &mut xb[t * q_dim..(t + 1) * q_dim],
                 );
                 let seq = pos + t + 1;
-                match &kv {
+                let cache = match &kv {
                     KvCache::F32 { k: kc, v: vc } => {
                         let (kc, vc) = (&kc[layer_kv.clone()], &vc[layer_kv.clone()]);
                         attention_f32(par, k, qt, kc, vc, b.att, ot, cfg, seq, plan.context);
+                        continue;
                     }
                     KvCache::F16 { k: kc, v: vc } => {
-                        let cache = FastCache::F16(&kc[layer_kv.clone()], &vc[layer_kv.clone()]);
-                        let partial = (&mut *b.attn_o, &mut *b.attn_ml);
-                        attention_fast(
-                            par,
-                            k,
-                            qt,
-                            cache,
-                            b.att,
-                            partial,
-                            ot,
-                            cfg,
-                            seq,
-                            plan.context,
-                        );
+                        FastCache::F16(&kc[layer_kv.clone()], &vc[layer_kv.clone()])
                     }
                     KvCache::Int8 {
                         k: kc,
@@ -717,27 +705,27 @@ impl<'m, 'a> Session<'m, 'a> {
                         vs,
                     } => {
                         let rows = layer_kv.start / hd..layer_kv.end / hd;
-                        let cache = FastCache::Int8 {
+                        FastCache::Int8 {
                             k: &kc[layer_kv.clone()],
                             v: &vc[layer_kv.clone()],
                             ks: &ks[rows.clone()],
                             vs: &vs[rows],
-                        };
-                        let partial = (&mut *b.attn_o, &mut *b.attn_ml);
-                        attention_fast(
-                            par,
-                            k,
-                            qt,
-                            cache,
-                            b.att,
-                            partial,
-                            ot,
-                            cfg,
-                            seq,
-                            plan.context,
-                        );
+                        }
                     }
-                }
+                };
+                let partial = (&mut *b.attn_o, &mut *b.attn_ml);
+                attention_fast(
+                    par,
+                    k,
+                    qt,
+                    cache,
+                    b.att,
+                    partial,
+                    ot,
+                    cfg,
+                    seq,
+                    plan.context,
+                );
             }
             // xb2[nb, dim] = xb·wo; x += xb2
             mm.run(xb, q_dim, &mut [(&layer.wo, &mut *xb2)]);
