@@ -92,6 +92,15 @@ pub fn check(
     } else {
         "the model alone does not fit: use a smaller format (edgellm convert --format q4 or ternary) or a smaller model".to_string()
     };
+    // An f16 cache that an int8 one (half the bytes) would replace within the limit.
+    let int8_fits = kv == KvType::F16
+        && model_bytes + plan_for(cfg, context, KvType::Int8).bytes() as u64 + OVERHEAD_BYTES
+            <= limit;
+    let advice = if int8_fits {
+        format!("an int8 KV cache fits {context} tokens (--kv-cache int8); or {advice}")
+    } else {
+        advice
+    };
     bail!(
         "the model needs {:.1} MiB (model {:.1} MiB + {} KV cache for {context} tokens {:.1} MiB + other buffers {:.1} MiB + overhead {:.1} MiB) \
          but {what} is {:.1} MiB, {:.1} MiB short: {advice}",
@@ -153,7 +162,17 @@ mod tests {
             .parse()
             .unwrap();
         assert!(check(&b, None, model, &smollm2(), fits, F).is_ok());
-        assert!(check(&b, None, model, &smollm2(), fits + 1, F).is_err());
+        let err = check(&b, None, model, &smollm2(), fits + 1, F)
+            .unwrap_err()
+            .to_string();
+        // Just past the f16 limit, the int8 cache fits, and the message says so; it really does.
+        assert!(err.contains("--kv-cache int8"), "{err}");
+        assert!(check(&b, None, model, &smollm2(), fits + 1, KvType::Int8).is_ok());
+        // Far past it, int8 does not help and is not offered.
+        let err = check(&b, None, model, &smollm2(), 32768, F)
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("--kv-cache int8"), "{err}");
     }
 
     #[test]
