@@ -47,6 +47,16 @@ pub struct Gpu {
     pub(crate) cooperative: bool,
 }
 
+/// Where a launch through [`Gpu::launch_ex`] may start: only after the work before it on the
+/// stream has finished, or as a programmatic dependent launch (compute capability 9.0 and newer):
+/// as soon as the kernel before it lets it (`grid_next` in kernels.cu), its blocks reading
+/// weights until `grid_wait` returns.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Start {
+    AfterPrevious,
+    Overlapped,
+}
+
 impl std::fmt::Debug for Gpu {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.describe())
@@ -153,6 +163,11 @@ impl Gpu {
         })
     }
 
+    /// Whether the device runs programmatic dependent launches ([`Start::Overlapped`]).
+    pub(crate) fn overlaps_launches(&self) -> bool {
+        self.cc.0 >= 9
+    }
+
     /// One line naming the device, e.g. `NVIDIA H200 (sm_90, 132 SMs)`.
     pub fn describe(&self) -> String {
         format!(
@@ -195,6 +210,69 @@ impl Gpu {
         } else {
             &self.f.gemv
         }
+    }
+
+    /// Launches `f` on the stream with `args`, a pointer to each of its parameters' values in
+    /// order, starting as `start` says. The launch goes straight to the driver (no allocation).
+    ///
+    /// # Safety
+    ///
+    /// `args` must match the kernel's parameters in number, type and order, every value must
+    /// live until the call returns (the driver copies them), and every device pointer in them
+    /// must be valid for what the kernel does with it. [`Start::Overlapped`] needs
+    /// [`Gpu::overlaps_launches`], and a kernel that calls `grid_wait` before touching anything
+    /// an earlier kernel writes.
+    pub(crate) unsafe fn launch_ex(
+        &self,
+        f: &CudaFunction,
+        cfg: LaunchConfig,
+        args: &[*const std::ffi::c_void],
+        start: Start,
+    ) -> Result<(), CudaError> {
+        use cudarc::driver::sys;
+        self.ctx.bind_to_thread()?;
+        // SAFETY: an all-zero launch attribute value is valid (plain integers and padding).
+        let mut value: sys::CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
+        value.programmaticStreamSerializationAllowed = 1;
+        let mut attr = sys::CUlaunchAttribute {
+            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+            pad: [0; 4],
+            value,
+        };
+        let overlapped = start == Start::Overlapped;
+        let conf = sys::CUlaunchConfig {
+            gridDimX: cfg.grid_dim.0,
+            gridDimY: cfg.grid_dim.1,
+            gridDimZ: cfg.grid_dim.2,
+            blockDimX: cfg.block_dim.0,
+            blockDimY: cfg.block_dim.1,
+            blockDimZ: cfg.block_dim.2,
+            sharedMemBytes: cfg.shared_mem_bytes,
+            hStream: self.stream.cu_stream(),
+            attrs: if overlapped {
+                &mut attr
+            } else {
+                std::ptr::null_mut()
+            },
+            numAttrs: overlapped as u32,
+        };
+        let mut params: [*mut std::ffi::c_void; 4] = [std::ptr::null_mut(); 4];
+        assert!(args.len() <= params.len(), "at most 4 kernel parameters");
+        for (p, a) in params.iter_mut().zip(args) {
+            *p = a.cast_mut();
+        }
+        // SAFETY: the configuration and its one attribute live on this stack frame through the
+        // call; the caller guarantees the parameters.
+        unsafe {
+            sys::cuLaunchKernelEx(
+                &conf,
+                f.cu_function(),
+                params.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        }
+        .result()?;
+        Ok(())
     }
 
     pub(crate) fn launch<A: DeviceRepr, B: DeviceRepr>(

@@ -32,7 +32,7 @@
 use crate::device::{
     attention_rows_smem, attention_tile_smem, gemm_smem, gemv_smem, gemv_smem_for, jobs_arg,
     plan_gemm, plan_jobs, ActsArg, AttnArg, DevMat, Gpu, MatArg, PLayerArg, PersistArg, PhaseArg,
-    PrepArg, PrepOutArg, SampleArg, ATTN_STATIC_SMEM, ATTN_THREADS, ATTN_WARPS, GEMM_TOKENS,
+    PrepArg, PrepOutArg, SampleArg, Start, ATTN_STATIC_SMEM, ATTN_THREADS, ATTN_WARPS, GEMM_TOKENS,
     GEMV_THREADS, PREP_INT8,
 };
 use crate::repack::repack;
@@ -121,6 +121,9 @@ pub struct GpuEngine {
     head_graph: Option<CudaGraph>,
     batch: Batch,
     shared_from: usize,
+    /// Whether each decode kernel after the first starts as a programmatic dependent launch
+    /// (overlapping the one before it; compute capability 9.0 and newer).
+    overlap: bool,
     /// Shared memory of a decode attention block that stages its split's rows (0: they do not
     /// fit, the block reads the cache in place).
     rows_smem: usize,
@@ -250,6 +253,11 @@ type Mark<'a> = dyn FnMut(&'static str) -> Result<(), CudaError> + 'a;
 
 /// Runs `enqueue` with such a mark after every kernel, and returns each name's total seconds
 /// (host round trips included: a diagnostic, not a benchmark).
+/// A kernel parameter's address, as [`Gpu::launch_ex`] takes it.
+fn arg<T>(v: &T) -> *const std::ffi::c_void {
+    (v as *const T).cast()
+}
+
 fn time_marks(
     stream: &CudaStream,
     enqueue: impl FnOnce(&mut Mark<'_>) -> Result<(), CudaError>,
@@ -390,6 +398,7 @@ impl GpuEngine {
             r if r + ATTN_STATIC_SMEM <= gpu.smem_optin => r,
             _ => 0,
         };
+        let gpu_overlaps = gpu.overlaps_launches();
         let mut e = GpuEngine {
             x: gpu.zeros(cfg.dim)?,
             q: gpu.zeros(cfg.q_dim())?,
@@ -430,6 +439,7 @@ impl GpuEngine {
             head_graph: None,
             batch,
             shared_from: SHARED_INPUT_MIN,
+            overlap: gpu_overlaps,
             rows_smem,
             pos: 0,
             host_sampling: false,
@@ -702,7 +712,7 @@ impl GpuEngine {
         let r = match which {
             Graph::Step => self.enqueue(true),
             Graph::Fill => self.enqueue(false),
-            Graph::Head => self.enqueue_head(&mut |_| Ok(())),
+            Graph::Head => self.enqueue_head(true, &mut |_| Ok(())),
         };
         let g = s.end_capture(CUgraphInstantiate_flags(0))?;
         r?;
@@ -711,7 +721,40 @@ impl GpuEngine {
         Ok(g)
     }
 
-    fn gemv(&self, ph: &PhaseArg) -> Result<(), CudaError> {
+    /// How a decode kernel starts: the step's first after everything before it, the others
+    /// overlapping the kernel before them where [`GpuEngine::set_overlap`] allows.
+    fn start(&self, first: bool) -> Start {
+        if self.overlap && !first {
+            Start::Overlapped
+        } else {
+            Start::AfterPrevious
+        }
+    }
+
+    /// Decode kernels after the first start before the kernel before them finishes (programmatic
+    /// dependent launches: their blocks prefetch weights and stage cached rows, then wait for
+    /// it), where the device runs them (compute capability 9.0 and newer; the default there).
+    /// The results are the same. Recaptures the decode graphs.
+    pub fn set_overlap(&mut self, on: bool) -> Result<(), CudaError> {
+        self.overlap = on && self.gpu.overlaps_launches();
+        self.recapture()
+    }
+
+    /// Whether decode kernels overlap (see [`GpuEngine::set_overlap`]).
+    pub fn overlap(&self) -> bool {
+        self.overlap
+    }
+
+    fn recapture(&mut self) -> Result<(), CudaError> {
+        self.step_graph = Some(self.capture(Graph::Step)?);
+        self.fill_graph = Some(self.capture(Graph::Fill)?);
+        self.head_graph = Some(self.capture(Graph::Head)?);
+        Ok(())
+    }
+
+    /// Enqueues the gemv of phase `ph` (with the kernel preparing its input first, for a large
+    /// input); `first`: it is the first kernel of what is captured.
+    fn gemv(&self, ph: &PhaseArg, first: bool) -> Result<(), CudaError> {
         let mut ja = ph.jobs;
         let mut prep = ph.prep;
         if prep.n as usize >= self.shared_from && prep.kind != PREP_INT8 {
@@ -731,7 +774,16 @@ impl GpuEngine {
                 block_dim: (GEMV_THREADS, 1, 1),
                 shared_mem_bytes: gemv_smem(prep.n as usize),
             };
-            gpu.launch(&gpu.f.prep, cfg, &prep, &out)?;
+            // SAFETY: `prep` reads the input `prep` describes and writes n values (and their
+            // scales and sums) into the engine's shared-input buffers, sized for the largest.
+            unsafe {
+                gpu.launch_ex(
+                    &gpu.f.prep,
+                    cfg,
+                    &[arg(&prep), arg(&out)],
+                    self.start(first),
+                )
+            }?;
             prep = PrepArg {
                 kind: PREP_INT8,
                 n: prep.n,
@@ -748,7 +800,18 @@ impl GpuEngine {
             block_dim: (GEMV_THREADS, 1, 1),
             shared_mem_bytes: gemv_smem_for(&prep),
         };
-        self.gpu.launch(self.gpu.gemv_fn(&prep), cfg, &ja, &prep)
+        let start = if prep.kind == PREP_INT8 && ph.prep.kind != PREP_INT8 {
+            // After its own `prep` kernel.
+            self.start(false)
+        } else {
+            self.start(first)
+        };
+        // SAFETY: the jobs' matrices and outputs are this engine's buffers, and the input is
+        // what `prep` describes (the layer plan's buffers, or the shared input just prepared).
+        unsafe {
+            self.gpu
+                .launch_ex(self.gpu.gemv_fn(&prep), cfg, &[arg(&ja), arg(&prep)], start)
+        }
     }
 
     /// Decode gemvs whose input has at least `n` values get it prepared once, by one block,
@@ -756,10 +819,7 @@ impl GpuEngine {
     /// same). Recaptures the decode graphs.
     pub fn set_shared_input_from(&mut self, n: usize) -> Result<(), CudaError> {
         self.shared_from = n;
-        self.step_graph = Some(self.capture(Graph::Step)?);
-        self.fill_graph = Some(self.capture(Graph::Fill)?);
-        self.head_graph = Some(self.capture(Graph::Head)?);
-        Ok(())
+        self.recapture()
     }
 
     /// Enqueues one decode step on the stream (captured into a graph; run directly only by
@@ -866,25 +926,27 @@ impl GpuEngine {
         let gpu = &self.gpu;
         let c = &self.cfg;
         let state = gpu.ptr(&self.state);
-        {
-            let mut l = gpu.stream.launch_builder(&gpu.f.embed);
-            l.arg(&self.embed).arg(&state).arg(&self.x);
-            let cfg = LaunchConfig {
-                grid_dim: (c.dim.div_ceil(256) as u32, 1, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            // SAFETY: `embed` reads one row (index state[0] < vocab, written by the host or the
-            // sampler) of the embedding matrix and writes `dim` floats of `x`.
-            unsafe { l.launch(cfg) }?;
-        }
+        let x = gpu.ptr(&self.x);
+        let cfg = LaunchConfig {
+            grid_dim: (c.dim.div_ceil(256) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: `embed` reads one row (index state[0] < vocab, written by the host or the
+        // sampler) of the embedding matrix and writes `dim` floats of `x`.
+        unsafe {
+            gpu.launch_ex(
+                &gpu.f.embed,
+                cfg,
+                &[arg(&self.embed), arg(&state), arg(&x)],
+                self.start(true),
+            )
+        }?;
         mark("embed")?;
         for i in 0..self.layers.len() {
             let l = self.layer_plan(i);
-            self.gemv(&l.qkv)?;
+            self.gemv(&l.qkv, false)?;
             mark("gemv qkv")?;
-            let mut lb = gpu.stream.launch_builder(&gpu.f.attention);
-            lb.arg(&l.attn);
             let cfg = LaunchConfig {
                 grid_dim: (c.n_heads as u32, self.nsplit as u32, 1),
                 block_dim: (ATTN_THREADS, 1, 1),
@@ -892,45 +954,55 @@ impl GpuEngine {
             };
             // SAFETY: the cache, scratch and partial buffers were allocated for this
             // configuration (context, heads, splits) in `new`.
-            unsafe { lb.launch(cfg) }?;
+            unsafe { gpu.launch_ex(&gpu.f.attention, cfg, &[arg(&l.attn)], self.start(false)) }?;
             mark("attention")?;
-            self.gemv(&l.o)?;
+            self.gemv(&l.o, false)?;
             mark("gemv o")?;
-            self.gemv(&l.gu)?;
+            self.gemv(&l.gu, false)?;
             mark("gemv gate/up")?;
-            self.gemv(&l.down)?;
+            self.gemv(&l.down, false)?;
             mark("gemv down")?;
         }
         if with_head {
-            self.enqueue_head(mark)?;
+            self.enqueue_head(false, mark)?;
         } else {
-            let mut l = gpu.stream.launch_builder(&gpu.f.advance);
-            l.arg(&state);
             // SAFETY: increments state[1].
-            unsafe { l.launch(LaunchConfig::for_num_elems(1)) }?;
+            unsafe {
+                gpu.launch_ex(
+                    &gpu.f.advance,
+                    LaunchConfig::for_num_elems(1),
+                    &[arg(&state)],
+                    self.start(false),
+                )
+            }?;
         }
         Ok(())
     }
 
     /// Enqueues the output layer (RMSNorm of `x`) and the sampler, which writes the next token
     /// and advances the position.
-    fn enqueue_head(&self, mark: &mut Mark<'_>) -> Result<(), CudaError> {
+    fn enqueue_head(&self, first: bool, mark: &mut Mark<'_>) -> Result<(), CudaError> {
         let gpu = &self.gpu;
-        self.gemv(&self.head_phase())?;
+        self.gemv(&self.head_phase(), first)?;
         mark("gemv output")?;
         let state = gpu.ptr(&self.state);
         let logits = gpu.ptr(&self.logits);
         let sp = gpu.ptr(&self.sample);
         let n = self.cfg.vocab_size as i32;
-        let mut l = gpu.stream.launch_builder(&gpu.f.sample);
-        l.arg(&logits).arg(&n).arg(&state).arg(&sp);
         let cfg = LaunchConfig {
             grid_dim: (1, 1, 1),
             block_dim: (1024, 1, 1),
             shared_mem_bytes: 0,
         };
         // SAFETY: reads `vocab` logits and one Sample struct, writes state[0..4].
-        unsafe { l.launch(cfg) }?;
+        unsafe {
+            gpu.launch_ex(
+                &gpu.f.sample,
+                cfg,
+                &[arg(&logits), arg(&n), arg(&state), arg(&sp)],
+                self.start(false),
+            )
+        }?;
         mark("sample")
     }
 
@@ -1385,6 +1457,10 @@ impl GpuEngine {
             ),
             (Err(why), _) if !why.is_empty() => {
                 format!("decode step in one CUDA graph (no persistent kernel: {why})")
+            }
+            _ if self.overlap => {
+                "decode step in one CUDA graph (kernels overlapped: programmatic dependent launches)"
+                    .to_string()
             }
             _ => "decode step in one CUDA graph".to_string(),
         };

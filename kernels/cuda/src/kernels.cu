@@ -56,6 +56,35 @@ __device__ __forceinline__ int4 int4_of(int x, int y, int z, int w) {
 
 __device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
 
+// Programmatic dependent launch (compute capability 9.0 and newer; the host asks for it only
+// there): a kernel of the decode step may start while the one before it still runs. Before
+// grid_wait() it may only read what no kernel of the step writes (weights, cache rows of earlier
+// positions, the position itself) and write nothing; grid_wait() returns once the kernels before
+// it have finished and their writes are visible. Every such kernel calls grid_wait() in every
+// block, so each one's end implies the end of all before it. grid_next() lets the next kernel
+// start. Both are no-ops in a kernel launched otherwise.
+__device__ __forceinline__ void grid_wait() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void grid_next() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// Asks the L2 cache to fetch the `bytes` bytes at `p` (every 128-byte line of them), the lines
+// spread over the block's threads.
+__device__ __forceinline__ void prefetch_l2(const void* p, long long bytes) {
+    if (!p || bytes <= 0) return;
+    unsigned long long end = (unsigned long long)p + bytes;
+    for (unsigned long long a = ((unsigned long long)p & ~127ull) + threadIdx.x * 128ull; a < end;
+         a += blockDim.x * 128ull)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(a));
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
@@ -508,6 +537,29 @@ __device__ __forceinline__ void job_rows(const Job& job, int r, int nr, const fl
     }
 }
 
+// The job j whose block range holds blockIdx.x, and the rows r0 .. r1 of it this block takes.
+__device__ __forceinline__ void block_rows(const Jobs& jobs, int& j, int& r0, int& r1) {
+    j = 0;
+    while (j + 1 < jobs.n && (int)blockIdx.x >= jobs.j[j + 1].first_block) j++;
+    const Job& job = jobs.j[j];
+    r0 = ((int)blockIdx.x - job.first_block) * jobs.rows_per_block;
+    r1 = min(r0 + jobs.rows_per_block, job.w.rows);
+}
+
+// Prefetches the weights of a gemv block's rows (quantized bytes, block scales and minimums)
+// into L2: issued before anything else, their loads overlap the input's preparation and, with a
+// programmatic dependent launch, the kernel before.
+__device__ void prefetch_block_rows(const Jobs& jobs) {
+    int j, r0, r1;
+    block_rows(jobs, j, r0, r1);
+    const Mat& w = jobs.j[j].w;
+    if (r1 <= r0) return;
+    long long nb = w.cols / 32, nr = r1 - r0;
+    prefetch_l2(w.qs + r0 * w.stride, nr * w.stride);
+    if (w.d) prefetch_l2(w.d + r0 * nb, nr * nb * 4);
+    if (w.m) prefetch_l2(w.m + r0 * nb, nr * nb * 4);
+}
+
 // The rows of a gemv block: the job whose block range holds blockIdx.x, `rows_per_block` rows of
 // it, each warp a contiguous share (WARP_ROWS rows at once where rows_kind allows).
 // MULTI: quantized rows WARP_ROWS at a time where a warp has many (else one at a time, which
@@ -515,11 +567,9 @@ __device__ __forceinline__ void job_rows(const Job& job, int r, int nr, const fl
 template <bool MULTI>
 __device__ __forceinline__ void gemv_rows(const Jobs& jobs, const float* xs, const i8* aq,
                                           const float* ad, const int* as) {
-    int j = 0;
-    while (j + 1 < jobs.n && (int)blockIdx.x >= jobs.j[j + 1].first_block) j++;
+    int j, r0, r1;
+    block_rows(jobs, j, r0, r1);
     const Job& job = jobs.j[j];
-    int r0 = ((int)blockIdx.x - job.first_block) * jobs.rows_per_block;
-    int r1 = min(r0 + jobs.rows_per_block, job.w.rows);
     int warps = blockDim.x >> 5, wid = threadIdx.x >> 5;
     int per = (r1 - r0 + warps - 1) / warps;
     int w0 = r0 + wid * per, w1 = min(w0 + per, r1);
@@ -546,6 +596,9 @@ extern "C" __global__ void gemv(const __grid_constant__ Jobs jobs, const __grid_
     float* sd = sx + n;
     int* ss = (int*)(sd + n / QS);
     i8* sq = (i8*)(ss + n / QS);
+    prefetch_block_rows(jobs);
+    grid_wait();
+    grid_next();
     prepare(prep, sx, sq, sd, ss);
     gemv_rows<true>(jobs, sx, sq, sd, ss);
 }
@@ -555,6 +608,9 @@ extern "C" __global__ void gemv(const __grid_constant__ Jobs jobs, const __grid_
 // holds no preparation code (fewer registers, more blocks in flight).
 extern "C" __global__ void gemv_prepared(const __grid_constant__ Jobs jobs,
                                          const __grid_constant__ Prep prep) {
+    prefetch_block_rows(jobs);
+    grid_wait();
+    grid_next();
     gemv_rows<false>(jobs, prep.x, prep.qq, prep.qd, prep.qsum);
 }
 
@@ -585,6 +641,8 @@ extern "C" __global__ void prep(const __grid_constant__ Prep p, const __grid_con
     float* ad = xs + n;
     int* as = (int*)(ad + n / QS);
     i8* aq = (i8*)(as + n / QS);
+    grid_wait();
+    grid_next();
     Prep mine = p;
     long long xo = (long long)t * o.x_stride, ao = (long long)t * o.attn_stride;
     if (p.x) mine.x = p.x + xo;
@@ -859,6 +917,8 @@ __device__ float embed_value(const Mat& w, long long t, int e) {
 // x[e] = row `*tok` of the embedding matrix, dequantized; blockIdx.y indexes a batch of tokens
 // (x holds `cols` values per token).
 extern "C" __global__ void embed(Mat w, const int* tok, float* x) {
+    grid_wait();
+    grid_next();
     int e = blockIdx.x * blockDim.x + threadIdx.x;
     if (e >= w.cols) return;
     x[(long long)blockIdx.y * w.cols + e] = embed_value(w, tok[blockIdx.y], e);
@@ -1205,13 +1265,20 @@ __device__ void attention_block(const Attn& p, int h, int sp, int z, unsigned ch
     float* ol = p.ol + part_idx;
     float* oo = p.oo + part_idx * hd;
     if (start >= end) {
+        grid_wait();
+        grid_next();
         attend_empty(om, ol, oo, hd);
         return;
     }
     bool has_new = !p.stored && pos < end;
-    // Every global load at once: the query, this step's key and value (in the split holding
-    // pos) and the split's cached rows; then RoPE of the query and key with the same angles,
-    // then their int8 forms (the key's and value's as kv_new makes them), in three barriers.
+    // Every global load at once: the split's cached rows (written by earlier steps: staged
+    // before grid_wait, while the kernel before may still run), then the query and this step's
+    // key and value (in the split holding pos); then RoPE of the query and key with the same
+    // angles, then their int8 forms (the key's and value's as kv_new makes them), in three
+    // barriers.
+    KvRows src = p.tile ? stage_rows(p, kvh, start, end, tile) : cache_rows(p, kvh);
+    grid_wait();
+    grid_next();
     const float* qin = p.q + (long long)z * p.q_stride + h * hd;
     for (int e = threadIdx.x; e < hd; e += blockDim.x) {
         s.q[e] = qin[e];
@@ -1220,7 +1287,6 @@ __device__ void attention_block(const Attn& p, int h, int sp, int z, unsigned ch
             s.vnew[e] = p.v[kvh * hd + e];
         }
     }
-    KvRows src = p.tile ? stage_rows(p, kvh, start, end, tile) : cache_rows(p, kvh);
     __syncthreads();
     rope_pair(s.q, has_new ? s.knew : nullptr, hd, pos, p.theta, p.rope_halves);
     __syncthreads();
@@ -1564,11 +1630,15 @@ __device__ void sample_block(const float* logits, int n, int* state, const Sampl
 }
 
 extern "C" __global__ void sample(const float* logits, int n, int* state, const Sample* sp) {
+    grid_wait();
+    grid_next();
     sample_block(logits, n, state, sp);
 }
 
 // Advances the position without sampling (prompt positions whose logits nobody needs).
 extern "C" __global__ void advance(int* state) {
+    grid_wait();
+    grid_next();
     if (threadIdx.x == 0 && blockIdx.x == 0) state[1] += 1;
 }
 

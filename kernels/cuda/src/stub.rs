@@ -91,6 +91,14 @@ impl GpuEngine {
         Err(CudaError::NotBuilt)
     }
     /// Unreachable without the `cuda` feature.
+    pub fn set_overlap(&mut self, _on: bool) -> Result<(), CudaError> {
+        Err(CudaError::NotBuilt)
+    }
+    /// Unreachable without the `cuda` feature.
+    pub fn overlap(&self) -> bool {
+        false
+    }
+    /// Unreachable without the `cuda` feature.
     pub fn set_shared_input_from(&mut self, _n: usize) -> Result<(), CudaError> {
         Err(CudaError::NotBuilt)
     }

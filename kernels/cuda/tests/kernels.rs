@@ -750,6 +750,51 @@ fn persistent_decode_equals_the_graph_bit_for_bit() {
     }
 }
 
+#[test]
+fn overlapped_decode_kernels_give_the_graph_results_bit_for_bit() {
+    if gpu().is_none() {
+        return;
+    }
+    let mut rng = Rng(57);
+    for (halves, kv) in [(false, KvCache::F16), (true, KvCache::Int8)] {
+        let rm = RandomModel::new(&mut rng, halves);
+        let model = rm.model();
+        let mut e = edgellm_cuda::GpuEngine::new(Gpu::open().unwrap(), &model, 200, kv).unwrap();
+        let a: Vec<u32> = (0..9).map(|_| (rng.next() % 300) as u32).collect();
+        let b: Vec<u32> = (0..120).map(|_| (rng.next() % 300) as u32).collect();
+        let prompts: [&[u32]; 2] = [&a, &b];
+        for (sampling, seed) in [(SamplerParams::greedy(), 0), (top_k_params(), 5)] {
+            e.set_sampling(&sampling, seed).unwrap();
+            // Inputs of 64 values or more prepared once by their own kernel, too (so `prep`
+            // and `gemv_prepared` run overlapped as well).
+            for shared_from in [usize::MAX, 64] {
+                e.set_shared_input_from(shared_from).unwrap();
+                e.set_overlap(false).unwrap();
+                assert!(!e.describe().contains("overlapped"), "{}", e.describe());
+                let want = run_engine(&mut e, 16, &prompts, 22);
+                e.set_overlap(true).unwrap();
+                if !e.overlap() {
+                    eprintln!("skipped: the device runs no programmatic dependent launches");
+                    return;
+                }
+                assert!(e.describe().contains("overlapped"), "{}", e.describe());
+                // Batch 0: the prompts go token by token through the overlapped graphs too.
+                for batch in [16, 0] {
+                    let got = run_engine(&mut e, batch, &prompts, 22);
+                    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                        assert_eq!(g.0, w.0, "{kv:?} batch {batch}: token {i}");
+                        let same =
+                            g.1.iter()
+                                .zip(&w.1)
+                                .all(|(x, y)| x.to_bits() == y.to_bits());
+                        assert!(same, "{kv:?} batch {batch}: logits {i} differ");
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn top_k_params() -> SamplerParams {
     SamplerParams {
         temperature: 0.8,

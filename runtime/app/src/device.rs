@@ -38,6 +38,11 @@ pub fn select(args: &ModelArgs, loaded: &Loaded<'_>, context: usize) -> Result<O
         {
             e.set_persistent(n)?;
         }
+        // EDGELLM_CUDA_OVERLAP=0: every decode kernel waits for the one before it to finish
+        // (the same results; for measuring what overlapping them gains).
+        if std::env::var("EDGELLM_CUDA_OVERLAP").is_ok_and(|v| v == "0") {
+            e.set_overlap(false)?;
+        }
         Ok(e)
     });
     match engine {
