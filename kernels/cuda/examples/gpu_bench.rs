@@ -50,6 +50,16 @@ fn main() {
             bw / copy
         );
     }
+    // What a kernel boundary costs in a graph of 150 (a SmolLM2 decode step has 153).
+    for blocks in [1, 132, 528] {
+        let serial = testing::kernel_boundary(&gpu, 150, blocks, false, 50).expect("boundary");
+        let overlapped = testing::kernel_boundary(&gpu, 150, blocks, true, 50).expect("boundary");
+        println!(
+            "{{\"bench\": \"kernel_boundary\", \"blocks\": {blocks}, \"serial_us\": {:.2}, \"overlapped_us\": {}}}",
+            serial.unwrap_or(f64::NAN) * 1e6,
+            overlapped.map_or("null".to_string(), |s| format!("{:.2}", s * 1e6))
+        );
+    }
     let smol = AttnShape {
         n_heads: 9,
         n_kv: 3,

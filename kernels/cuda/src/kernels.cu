@@ -193,12 +193,44 @@ struct Prep {
     int tok;
 };
 
+// quantize_group for the n / QS groups of xs in shared memory, by warps: a half warp per group,
+// one value per lane (consecutive lanes read consecutive values: no bank conflicts), the
+// group's largest magnitude and its sum by shuffles. The same operations on each value as
+// quantize_group, so the same bytes, scales and sums.
+__device__ void quantize_groups(const float* xs, i8* aq, float* ad, int* as, int n) {
+    int lane = threadIdx.x & 31, i = lane & (QS - 1), ng = n / QS;
+    for (int g0 = (threadIdx.x >> 5) * 2; g0 < ng; g0 += (blockDim.x >> 5) * 2) {
+        int g = g0 + (lane >> 4);
+        bool live = g < ng;
+        float x = live ? xs[g * QS + i] : 0.0f;
+        float amax = fabsf(x);
+        for (int o = QS / 2; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+        float dd = amax / 127.0f;
+        int v = 0;
+        if (dd >= 1.17549435e-38f)
+            v = __float2int_rn(x * (1.0f / dd));
+        else
+            dd = 0.0f;
+        int sum = v;
+        for (int o = QS / 2; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+        if (live) {
+            aq[g * QS + i] = (i8)v;
+            if (i == 0) {
+                ad[g] = dd;
+                as[g] = sum;
+            }
+        }
+    }
+}
+
 __device__ __forceinline__ float silu(float g) { return g / (1.0f + expf(-g)); }
 
 // Fills xs[n] (f32 input), aq[n] (int8), ad/as[n / 16] in shared memory. Each thread loads
 // PREP_UNROLL values (or splits) at once before using them, so that a block waits for one round
 // of loads per PREP_UNROLL values a thread takes, not one per value.
 #define PREP_UNROLL 4
+// Attention splits whose partial results PREP_ATTN loads in one round.
+#define ATTN_COMBINE 8
 // Squares in flight per lane while RMSNorm sums them.
 #define RMS_UNROLL 24
 __device__ void prepare(const Prep& p, float* xs, i8* aq, float* ad, int* as) {
@@ -248,35 +280,46 @@ __device__ void prepare(const Prep& p, float* xs, i8* aq, float* ad, int* as) {
             }
         }
     } else if (p.kind == PREP_ATTN) {
-        // One warp per head: the splits' weights are the same for every value of the head.
+        // Thread t takes values t, t + blockDim.x, ... of the heads' n values. For each it
+        // loads the first ATTN_COMBINE splits' maxima, sums and outputs in one round, then
+        // combines the splits in order (the same operations and order for every value of a
+        // head); splits past ATTN_COMBINE (long contexts) are read one at a time.
         int ns = p.pos ? min(p.nsplit, (p.pos[0] + p.tok) / p.chunk + 1) : p.nsplit;
-        int hd = p.hd, lane = threadIdx.x & 31;
-        for (int h = threadIdx.x >> 5; h < n / hd; h += blockDim.x >> 5) {
+        int hd = p.hd;
+        for (int i = threadIdx.x; i < n; i += blockDim.x) {
+            int h = i / hd, e = i - h * hd;
             const float* m = p.am + h * p.nsplit;
             const float* l = p.al + h * p.nsplit;
-            const float* o = p.ao + (long long)h * p.nsplit * hd;
+            const float* o = p.ao + (long long)h * p.nsplit * hd + e;
+            float ms[ATTN_COMBINE], ls[ATTN_COMBINE], os[ATTN_COMBINE];
+#pragma unroll
+            for (int k = 0; k < ATTN_COMBINE; k++) {
+                ms[k] = k < ns ? m[k] : neg_inf();
+                ls[k] = k < ns ? l[k] : 0.0f;
+                os[k] = k < ns ? o[k * hd] : 0.0f;
+            }
             float mx = neg_inf();
-            for (int sp = lane; sp < ns; sp += 32) mx = fmaxf(mx, m[sp]);
-            mx = warp_max(mx);
-            // Value lane + 32 j of the head (hd <= 256), summed over the splits in order.
-            float den = 0.0f, num[8];
 #pragma unroll
-            for (int j = 0; j < 8; j++) num[j] = 0.0f;
-#pragma unroll 2
-            for (int sp = 0; sp < ns; sp++) {
-                float ls = l[sp], ms = m[sp], os[8];
+            for (int k = 0; k < ATTN_COMBINE; k++) mx = fmaxf(mx, ms[k]);
+            for (int sp = ATTN_COMBINE; sp < ns; sp++) mx = fmaxf(mx, m[sp]);
+            float den = 0.0f, num = 0.0f;
 #pragma unroll
-                for (int j = 0; j < 8; j++) os[j] = lane + 32 * j < hd ? o[sp * hd + lane + 32 * j] : 0.0f;
-                if (ls > 0.0f) {
-                    float f = expf(ms - mx);
-                    den += ls * f;
-#pragma unroll
-                    for (int j = 0; j < 8; j++) num[j] += os[j] * f;
+            for (int k = 0; k < ATTN_COMBINE; k++) {
+                if (ls[k] > 0.0f) {
+                    float f = expf(ms[k] - mx);
+                    den += ls[k] * f;
+                    num += os[k] * f;
                 }
             }
-#pragma unroll
-            for (int j = 0; j < 8; j++)
-                if (lane + 32 * j < hd) xs[h * hd + lane + 32 * j] = num[j] / den;
+            for (int sp = ATTN_COMBINE; sp < ns; sp++) {
+                float lv = l[sp];
+                if (lv > 0.0f) {
+                    float f = expf(m[sp] - mx);
+                    den += lv * f;
+                    num += o[sp * hd] * f;
+                }
+            }
+            xs[i] = num / den;
         }
     } else {
         // SWIGLU: silu(gate) * up; PLAIN: a copy.
@@ -298,8 +341,7 @@ __device__ void prepare(const Prep& p, float* xs, i8* aq, float* ad, int* as) {
         }
     }
     __syncthreads();
-    for (int g = threadIdx.x; g < n / QS; g += blockDim.x)
-        quantize_group(xs + g * QS, aq + g * QS, ad + g, as + g);
+    quantize_groups(xs, aq, ad, as, n);
     __syncthreads();
 }
 

@@ -3,7 +3,8 @@
 
 use crate::device::{
     assign_blocks, attention_rows_smem, gemv_smem, gemv_smem_for, jobs_arg, plan_jobs, AttnArg,
-    DevMat, Gpu, PrepArg, SampleArg, ATTN_STATIC_SMEM, ATTN_THREADS, GEMV_THREADS, PREP_INT8,
+    DevMat, Gpu, PrepArg, PrepOutArg, SampleArg, Start, ATTN_STATIC_SMEM, ATTN_THREADS,
+    GEMV_THREADS, PREP_INT8,
 };
 use crate::repack::repack;
 use crate::{CudaError, KvCache};
@@ -117,6 +118,43 @@ pub fn quantize(gpu: &Gpu, x: &[f32]) -> Result<QuantizedActs, CudaError> {
     l.arg(&xd).arg(&ni).arg(&q).arg(&d).arg(&s);
     // SAFETY: the buffers hold n, n/16, n/16 values as the kernel expects.
     unsafe { l.launch(LaunchConfig::for_num_elems((n / 16) as u32)) }?;
+    let r = (
+        gpu.stream.clone_dtoh(&q)?,
+        gpu.stream.clone_dtoh(&d)?,
+        gpu.stream.clone_dtoh(&s)?,
+    );
+    gpu.stream.synchronize()?;
+    Ok(r)
+}
+
+/// The same quantizer as every gemv block and the prefill's `prep` run it, on the input in
+/// shared memory (`prep` with a plain copy, one block): `(qs, d, sums)`.
+pub fn quantize_in_block(gpu: &Gpu, x: &[f32]) -> Result<QuantizedActs, CudaError> {
+    let n = x.len();
+    let xd = gpu.upload(x)?;
+    let xs: CudaSlice<f32> = gpu.zeros(n)?;
+    let q: CudaSlice<i8> = gpu.zeros(n)?;
+    let d: CudaSlice<f32> = gpu.zeros(n / 16)?;
+    let s: CudaSlice<i32> = gpu.zeros(n / 16)?;
+    let prep = PrepArg {
+        n: n as i32,
+        x: gpu.ptr(&xd),
+        ..Default::default()
+    };
+    let out = PrepOutArg {
+        xs: gpu.ptr(&xs),
+        q: gpu.ptr(&q),
+        d: gpu.ptr(&d),
+        s: gpu.ptr(&s),
+        x_stride: 0,
+        attn_stride: 0,
+    };
+    let cfg = LaunchConfig {
+        grid_dim: (1, 1, 1),
+        block_dim: (GEMV_THREADS, 1, 1),
+        shared_mem_bytes: gemv_smem(n),
+    };
+    gpu.launch(&gpu.f.prep, cfg, &prep, &out)?;
     let r = (
         gpu.stream.clone_dtoh(&q)?,
         gpu.stream.clone_dtoh(&d)?,
@@ -466,4 +504,66 @@ pub fn attention_time(
     }
     gpu.stream.synchronize()?;
     Ok(t.elapsed().as_secs_f64() / iters as f64)
+}
+
+/// Seconds per kernel of a CUDA graph of `n` dependent launches of the `advance` kernel over
+/// `blocks` blocks of 256 threads (one thread increments a counter; the rest only wait and
+/// exit), replayed `reps` times: the cost of a kernel boundary in a decode graph, with each
+/// kernel started after the one before it or (`overlapped`, where the device runs it) as a
+/// programmatic dependent launch. `None` when `overlapped` is asked of a device without it.
+pub fn kernel_boundary(
+    gpu: &Gpu,
+    n: usize,
+    blocks: u32,
+    overlapped: bool,
+    reps: usize,
+) -> Result<Option<f64>, CudaError> {
+    use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+    if overlapped && !gpu.overlaps_launches() {
+        return Ok(None);
+    }
+    let state: CudaSlice<i32> = gpu.zeros(4)?;
+    let p = gpu.ptr(&state);
+    let cfg = LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let s = &gpu.stream;
+    s.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
+    let mut r = Ok(());
+    for i in 0..n {
+        let start = if overlapped && i > 0 {
+            Start::Overlapped
+        } else {
+            Start::AfterPrevious
+        };
+        // SAFETY: `advance` increments state[1] of the 4-int buffer.
+        r = unsafe { gpu.launch_ex(&gpu.f.advance, cfg, &[(&p as *const u64).cast()], start) };
+        if r.is_err() {
+            break;
+        }
+    }
+    let g = s.end_capture(CUgraphInstantiate_flags(0))?;
+    r?;
+    let g = g.ok_or_else(|| CudaError::Driver("stream capture produced no graph".into()))?;
+    g.upload()?;
+    g.launch()?;
+    s.synchronize()?;
+    let t = std::time::Instant::now();
+    for _ in 0..reps {
+        g.launch()?;
+    }
+    s.synchronize()?;
+    let secs = t.elapsed().as_secs_f64() / (reps * n) as f64;
+    let count = s.clone_dtoh(&state)?;
+    s.synchronize()?;
+    if count[1] as usize != n * (reps + 1) {
+        return Err(CudaError::Driver(format!(
+            "kernel_boundary: the counter reads {} after {} kernels",
+            count[1],
+            n * (reps + 1)
+        )));
+    }
+    Ok(Some(secs))
 }

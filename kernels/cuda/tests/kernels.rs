@@ -175,22 +175,27 @@ fn cpu_gemv(w: &Matrix<'_>, x: &[f32]) -> (Vec<f32>, Vec<f32>) {
 fn quantizer_is_bit_exact() {
     let Some(gpu) = gpu() else { return };
     let mut rng = Rng(11);
-    for n in [64, 576, 1536, 4864] {
+    for n in [64, 96, 576, 1536, 4864] {
         let mut x = rng.vec(n, 1.0);
         x[..16].fill(0.0); // an all-zero group
         x[16] = 1e-39; // a subnormal-only group
         x[17..32].fill(0.0);
         x[40] = 50.0; // an outlier
         let want = cpu_quantize(&x);
-        let got = testing::quantize(gpu, &x).unwrap();
-        assert_eq!(got.0, want.0, "qs, n = {n}");
-        assert_eq!(got.2, want.2, "sums, n = {n}");
-        let same = got
-            .1
-            .iter()
-            .zip(&want.1)
-            .all(|(a, b)| a.to_bits() == b.to_bits());
-        assert!(same, "scales, n = {n}");
+        // The kernel over global memory, and the one inside every gemv block (shared memory).
+        for (how, got) in [
+            ("quantize_acts", testing::quantize(gpu, &x).unwrap()),
+            ("in a block", testing::quantize_in_block(gpu, &x).unwrap()),
+        ] {
+            assert_eq!(got.0, want.0, "{how}: qs, n = {n}");
+            assert_eq!(got.2, want.2, "{how}: sums, n = {n}");
+            let same = got
+                .1
+                .iter()
+                .zip(&want.1)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{how}: scales, n = {n}");
+        }
     }
 }
 
