@@ -1188,7 +1188,26 @@ __device__ void attend(const Attn& p, const KvRows& src, int pos, int start, int
     int slices = blockDim.x / hd;
     int dim = threadIdx.x % hd, sl = threadIdx.x / hd;
     float acc = 0.0f;
-    if (sl < slices) {
+    if (sl < slices && !has_new) {
+        // Every position from src: the same products, added in the same order, as below, with
+        // a pointer stepped per position. Unrolled so that several loads are in flight at once.
+        long long first = (long long)(start + sl - src.first);
+        long long vstep = (long long)slices * src.vstride, sstep = (long long)slices * src.sstride;
+        int n = end - start;
+        if (p.int8_kv) {
+            const i8* vp = (const i8*)src.v + first * src.vstride + dim;
+            const float* sp = src.vs + first * src.sstride;
+#pragma unroll 8
+            for (int i = sl; i < n; i += slices, vp += vstep, sp += sstep) {
+                float vv = (float)*vp * *sp;
+                acc += sm.probs[i] * vv;
+            }
+        } else {
+            const u16* vp = (const u16*)src.v + first * src.vstride + dim;
+#pragma unroll 8
+            for (int i = sl; i < n; i += slices, vp += vstep) acc += sm.probs[i] * f16_to_f32(*vp);
+        }
+    } else if (sl < slices) {
         // Unrolled so that several positions' loads are in flight at once.
 #pragma unroll 8
         for (int i = sl; i < end - start; i += slices) {
@@ -1278,6 +1297,33 @@ __device__ KvRows stage_rows(const Attn& p, int kvh, int start, int end, unsigne
     return r;
 }
 
+// Writes this step's key and value of position `pos` (as kv_cached made them: int8 in kq/vq with
+// the scales sc[0], sc[1], or f16-rounded in knew/vnew) into its row of the staged rows `rows`
+// (stage_rows). No block barrier.
+__device__ void stage_new_row(const Attn& p, const KvRows& rows, int pos, const float* knew,
+                              const float* vnew, const i8* kq, const i8* vq, const float* sc) {
+    int hd = p.hd, r = pos - rows.first;
+    if (p.int8_kv) {
+        i8* k = (i8*)rows.k + (long long)r * rows.stride;
+        i8* v = (i8*)rows.v + (long long)r * rows.vstride;
+        for (int e = threadIdx.x; e < hd; e += blockDim.x) {
+            k[e] = kq[e];
+            v[e] = vq[e];
+        }
+        if (threadIdx.x == 0) {
+            ((float*)rows.ks)[r * rows.sstride] = sc[0];
+            ((float*)rows.vs)[r * rows.sstride] = sc[1];
+        }
+    } else {
+        u16* k = (u16*)rows.k + (long long)r * rows.stride;
+        u16* v = (u16*)rows.v + (long long)r * rows.vstride;
+        for (int e = threadIdx.x; e < hd; e += blockDim.x) {
+            k[e] = f32_to_f16(knew[e]);
+            v[e] = f32_to_f16(vnew[e]);
+        }
+    }
+}
+
 // Shared memory of one decode attention block, besides the staged rows.
 struct AttnScratch {
     float q[256];
@@ -1352,8 +1398,17 @@ __device__ void attention_block(const Attn& p, int h, int sp, int z, unsigned ch
         bool writer = (h % (p.n_heads / p.n_kv)) == 0;
         kv_cached(p, kvh, pos, s.knew, s.vnew, s.kq, s.vq, s.sc, writer);
     }
+    bool fresh = has_new;
+    if (has_new && p.tile) {
+        // The staged row of pos is stale (its writer is another block): put this step's key and
+        // value there, in the cache's form, so that `attend` reads every position alike (the
+        // same values as from s.knew/s.kq and s.vnew/s.vq, so the same sums).
+        __syncthreads();
+        stage_new_row(p, src, pos, s.knew, s.vnew, s.kq, s.vq, s.sc);
+        fresh = false;
+    }
     __syncthreads();
-    attend(p, src, pos, start, end, has_new, s.q, s.qq, s.qscale, s.knew, s.kq, s.sc[0], s.vnew,
+    attend(p, src, pos, start, end, fresh, s.q, s.qq, s.qscale, s.knew, s.kq, s.sc[0], s.vnew,
            s.vq, s.sc[1], s.sm, om, ol, oo);
 }
 
