@@ -193,29 +193,41 @@ struct Prep {
     int tok;
 };
 
-// quantize_group for the n / QS groups of xs in shared memory, by warps: a half warp per group,
-// one value per lane (consecutive lanes read consecutive values: no bank conflicts), the
-// group's largest magnitude and its sum by shuffles. The same operations on each value as
-// quantize_group, so the same bytes, scales and sums.
+// quantize_group for the n / QS groups of xs in shared memory, by warps: QS / 4 lanes per group
+// (8 groups per warp at once), each lane 4 consecutive values (a warp reads 512 consecutive
+// bytes: no bank conflicts); the group's largest magnitude and its sum by shuffles. The same
+// operations on each value as quantize_group, so the same bytes, scales and sums.
 __device__ void quantize_groups(const float* xs, i8* aq, float* ad, int* as, int n) {
-    int lane = threadIdx.x & 31, i = lane & (QS - 1), ng = n / QS;
-    for (int g0 = (threadIdx.x >> 5) * 2; g0 < ng; g0 += (blockDim.x >> 5) * 2) {
-        int g = g0 + (lane >> 4);
+    const int lanes = QS / 4;
+    int lane = threadIdx.x & 31, j = lane % lanes, ng = n / QS, per_warp = 32 / lanes;
+    for (int g0 = (threadIdx.x >> 5) * per_warp; g0 < ng; g0 += (blockDim.x >> 5) * per_warp) {
+        int g = g0 + lane / lanes;
         bool live = g < ng;
-        float x = live ? xs[g * QS + i] : 0.0f;
-        float amax = fabsf(x);
-        for (int o = QS / 2; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-        float dd = amax / 127.0f;
-        int v = 0;
-        if (dd >= 1.17549435e-38f)
-            v = __float2int_rn(x * (1.0f / dd));
-        else
-            dd = 0.0f;
-        int sum = v;
-        for (int o = QS / 2; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+        float4 x;
         if (live) {
-            aq[g * QS + i] = (i8)v;
-            if (i == 0) {
+            x = ((const float4*)(xs + g * QS))[j];
+        } else {
+            x.x = x.y = x.z = x.w = 0.0f;
+        }
+        float amax = fmaxf(fmaxf(fabsf(x.x), fabsf(x.y)), fmaxf(fabsf(x.z), fabsf(x.w)));
+        for (int o = lanes / 2; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+        float dd = amax / 127.0f;
+        int v0 = 0, v1 = 0, v2 = 0, v3 = 0;
+        if (dd >= 1.17549435e-38f) {
+            float id = 1.0f / dd;
+            v0 = __float2int_rn(x.x * id);
+            v1 = __float2int_rn(x.y * id);
+            v2 = __float2int_rn(x.z * id);
+            v3 = __float2int_rn(x.w * id);
+        } else {
+            dd = 0.0f;
+        }
+        int sum = v0 + v1 + v2 + v3;
+        for (int o = lanes / 2; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+        if (live) {
+            ((int*)(aq + g * QS))[j] =
+                (v0 & 0xff) | ((v1 & 0xff) << 8) | ((v2 & 0xff) << 16) | ((v3 & 0xff) << 24);
+            if (j == 0) {
                 ad[g] = dd;
                 as[g] = sum;
             }
