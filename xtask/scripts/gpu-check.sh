@@ -142,6 +142,9 @@ if [ -n "$vocab" ]; then
     echo "== the same decode in the persistent kernel (EDGELLM_CUDA_PERSIST=1), with its phase profile"
     EDGELLM_CUDA_PERSIST=1 EDGELLM_CUDA_PROFILE=1 "$bins/edgellm" bench --model "$rnd" --device cuda \
         -p 512 -g 128 -r 5 2>&1 | tee "$out/bench-persistent.txt" || fail "bench persistent"
+    echo "== the same decode with every kernel started after the one before it (EDGELLM_CUDA_OVERLAP=0)"
+    EDGELLM_CUDA_OVERLAP=0 "$bins/edgellm" bench --model "$rnd" --device cuda -p 512 -g 128 -r 5 \
+        2>&1 | tee "$out/bench-serial.txt" || fail "bench without overlapped launches"
 fi
 
 rm -rf "$work"
