@@ -476,7 +476,7 @@ __device__ float row_dot(const Mat& w, int r, const float* xs, const i8* aq, con
 
 // T2 rows r .. r + WARP_ROWS of a matrix by one warp at once: each lane reads its group's
 // activations from shared memory once for all the rows, and has one 4-byte load per row in
-// flight. Rows past `nr` repeat the last one and are not written.
+// flight. Rows past `nr` are skipped (their pointers repeat the last row's).
 #define WARP_ROWS 4
 __device__ __forceinline__ void t2_rows(const Mat& w, int r, int nr, const i8* aq, const float* ad,
                                         const int* as, float* y) {
@@ -492,13 +492,15 @@ __device__ __forceinline__ void t2_rows(const Mat& w, int r, int nr, const i8* a
 #pragma unroll 2
     for (int g = lane; g < ng; g += 32) {
         int word[WARP_ROWS];
+        // Rows past nr (the same for the whole warp) are neither loaded nor summed.
 #pragma unroll
-        for (int k = 0; k < WARP_ROWS; k++) word[k] = rw[k][g];
+        for (int k = 0; k < WARP_ROWS; k++) word[k] = k < nr ? rw[k][g] : 0;
         int4 av = a4[g];
         float d = ad[g];
         int sm = as[g];
 #pragma unroll
-        for (int k = 0; k < WARP_ROWS; k++) acc[k] += t2_term(t2_codes(word[k]), av, d, sm);
+        for (int k = 0; k < WARP_ROWS; k++)
+            if (k < nr) acc[k] += t2_term(t2_codes(word[k]), av, d, sm);
     }
 #pragma unroll
     for (int k = 0; k < WARP_ROWS; k++) {
