@@ -457,6 +457,7 @@ fn avxvnni_table() -> Table {
     use crate::x86::vnni;
     let mut t = avx2_table();
     t.t2 = q8(Tier::AvxVnni, vnni::avxvnni_gemv_t2);
+    t.tq1_0 = q8(Tier::AvxVnni, vnni::avxvnni_gemv_tq1_0);
     t.tq2_0 = q8(Tier::AvxVnni, vnni::avxvnni_gemv_tq2_0);
     t.gemm_t2 = vnni::avxvnni_gemm_t2;
     t.gemm_tq2_0 = vnni::avxvnni_gemm_tq2_0;

@@ -683,7 +683,7 @@ fn detect_picks_the_best_available_tier() {
         if std::is_x86_feature_detected!("avxvnni") {
             assert_eq!(k.tier(), Tier::AvxVnni);
             assert!(
-                d.starts_with("avx-vnni: q4_0 q4_1 q5_0 q5_1 t2 tq2_0; "),
+                d.starts_with("avx-vnni: q4_0 q4_1 q5_0 q5_1 t2 tq1_0 tq2_0; "),
                 "{d}"
             );
             assert!(d.contains("; avx2: q8_0 f16 f32 bf16"), "{d}");

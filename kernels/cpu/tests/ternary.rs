@@ -406,6 +406,8 @@ simd_kernel_tests! {
         has_avxvnni();
     avxvnni_gemv_tq2_0: Ty::Tq2, edgellm_kernels::x86::vnni::avxvnni_gemv_tq2_0, "x86_64",
         has_avxvnni();
+    avxvnni_gemv_tq1_0: Ty::Tq1, edgellm_kernels::x86::vnni::avxvnni_gemv_tq1_0, "x86_64",
+        has_avxvnni();
     neon_gemv_t2: Ty::T2, edgellm_kernels::aarch64::ternary::neon_gemv_t2, "aarch64", has_neon();
     neon_gemv_t2_lut: Ty::T2, edgellm_kernels::aarch64::ternary::neon_gemv_t2_lut, "aarch64",
         has_neon();

@@ -1,6 +1,6 @@
-//! AVX2 ternary kernels (T2, TQ2_0), bit-exact with [`crate::scalar::ternary`].
+//! AVX2 ternary kernels (T2, TQ2_0, TQ1_0), bit-exact with [`crate::scalar::ternary`].
 //!
-//! Both types are walked in windows of 128 columns, eight activation groups of 16, four rows per
+//! All types are walked in windows of 128 columns, eight activation groups of 16, four rows per
 //! pass sharing the window's activations, sums and scales. Per row and window the 2-bit codes
 //! `c` (0..=3) come out of 32 weight bytes with one shift and one mask per 32 codes; `vpmaddubsw`
 //! multiplies them (unsigned) with the int8 activations into i16 pair sums (at most
@@ -20,7 +20,22 @@
 //! window's sums and scales are permuted alike and the running sums are put back in order
 //! before the final reduction.
 //!
-//! Like the other AVX2 kernels these need AVX2, FMA and F16C (F16C converts the TQ2_0 scales).
+//! TQ1_0 (llama.cpp's base-3 layout, see [`crate::scalar::ternary`]): TQ2_0's windows, lane
+//! order and float steps, but a whole block (two windows) per row at a time (`gemv_tq1!`),
+//! decoded once into eight pairs of digit vectors in natural element order (`tq1_block`). The
+//! digit `(3 q) >> 8` of a byte `q = b · 3^n mod 256` is the high byte of the 16-bit product
+//! `3 q`, whose low byte `3 q mod 256` is the `q` of the next digit: one `vpmaddubsw` by 3 of the
+//! low byte of each 16-bit lane (at the first power, of the low or the high byte of `b`) turns 16
+//! elements (one parity) of one power into their digits, in the odd bytes, and the bytes of the
+//! next power, in the even ones. So `qs[0..32]` costs one instruction per 16 digits, with no
+//! compares; `qs[32..48]` and `qh` one more, a product by the power of each 128-bit lane (of each
+//! 32-bit word for `qh`). The activations are arranged to match once per call (per panel of
+//! `TQ1_PANEL` windows for long rows): each element's activation in the odd byte of its 16-bit
+//! lane, zero in the even byte, so that `vpmaddubsw` of a digit vector by them gives one exact
+//! product `trit·a` per lane; the products of the two parities are added into pair sums and
+//! reduced as TQ2_0's, minus `sums`.
+//!
+//! Like the other AVX2 kernels these need AVX2, FMA and F16C (F16C converts the TQ scales).
 //!
 //! A row count that is not a multiple of four repeats the last row in the final pass and drops
 //! the extra results.
@@ -28,9 +43,7 @@
 use core::arch::x86_64::*;
 
 use crate::acts::ActsQ8;
-use crate::scalar::ternary::{
-    check_gemv_ternary, QK_K, QS, T2_BLOCK, T2_BYTES, TQ1_0_BYTES, TQ2_0_BYTES,
-};
+use crate::scalar::ternary::{check_gemv_ternary, QK_K, QS, T2_BLOCK, T2_BYTES, TQ2_0_BYTES};
 
 /// Rows per pass.
 pub(crate) const ROWS: usize = 4;
@@ -41,7 +54,6 @@ pub(crate) const WIN: usize = 8 * QS;
 
 pub(crate) const T2: u8 = 0;
 pub(crate) const TQ2_0: u8 = 1;
-const TQ1_0: u8 = 2;
 
 /// The exact sums `Σ c·a` of eight groups from the four `vpmaddubsw` results of a window, in
 /// the lane order described in the module docs (each 128-bit lane of `p[i]` holds one group).
@@ -165,67 +177,129 @@ pub(crate) unsafe fn codes2(p: *const u8, half: bool) -> [__m256i; 4] {
     ]
 }
 
-/// `3 q mod 256` per byte.
+/// `c0 · (low byte) + c1 · (high byte)` of each 16-bit lane of `v`, for the 16-bit lanes `c0 +
+/// 256 c1` of `c` (`vpmaddubsw`): with one of `c0`, `c1` zero and the other at most 127, an
+/// exact product of one byte.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn times3(q: __m256i) -> __m256i {
-    _mm256_add_epi8(q, _mm256_add_epi8(q, q))
+fn mul_byte(v: __m256i, c: __m256i) -> __m256i {
+    _mm256_maddubs_epi16(v, c)
 }
 
-/// The base-3 digit `(3 q) >> 8` of each byte `q` (already multiplied by its power of 3):
-/// `(q >= 86) + (q >= 171)`, with unsigned compares done as signed ones on `q ^ 0x80`.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn trit(q: __m256i) -> __m256i {
-    let s = _mm256_xor_si256(q, _mm256_set1_epi8(0x80u8 as i8));
-    // q > 85 and q > 170: 85 ^ 0x80 and 170 ^ 0x80 as i8 are -43 and 42.
-    let ge86 = _mm256_cmpgt_epi8(s, _mm256_set1_epi8(-43));
-    let ge171 = _mm256_cmpgt_epi8(s, _mm256_set1_epi8(42));
-    _mm256_sub_epi8(_mm256_sub_epi8(_mm256_setzero_si256(), ge86), ge171)
-}
-
-/// The TQ1_0 codes of the eight groups of window `second` (0: groups 0..8, 1: groups 8..16) of
-/// the block at `blk`, arranged as TQ2_0's (`[group 2l | group 2l + 1]` in code vector `l`).
+/// The TQ1_0 block at `blk` as eight pairs of digit vectors, in natural element order: pair `v`
+/// covers elements `32 v .. 32 v + 32`; its first vector holds in byte `2i + 1` the digit of
+/// element `32 v + 2i`, its second the digit of element `32 v + 2i + 1` (the even bytes hold
+/// junk, to be multiplied by zero).
+///
+/// Every 16-bit lane is `3 q` for one byte `q = b · 3^n mod 256` (the byte `b` and digit `n` of
+/// its element): its high byte is the digit `(3 q) >> 8`, its low byte `3 q mod 256`, the `q` of
+/// the next digit. So one [`mul_byte`] by 3 of the low bytes per 16 elements gives both the
+/// digits of `qs[0..32]` at one power and the bytes for the next. For `qs[32..48]` and `qh`,
+/// one [`mul_byte`] per lane and parity by the power of each 128-bit lane (of each 32-bit word
+/// for `qh`) gives the bytes `q`, a second one the digits.
 ///
 /// # Safety
 ///
-/// `blk` must be valid for reading one TQ1_0 block (54 bytes); the CPU must have AVX2.
+/// `blk` must be valid for reading bytes `0..52` of one TQ1_0 block; the CPU must have AVX2.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn codes_tq1(blk: *const u8, second: bool) -> [__m256i; 4] {
-    // SAFETY: bytes 0..32 of the block.
-    let q0 = unsafe { _mm256_loadu_si256(blk.cast()) };
-    let q1 = times3(q0);
-    let q2 = times3(q1);
-    let q3 = times3(q2);
-    if !second {
-        // Digit n of qs[0..32]: elements 32n .. 32n + 32, groups 2n and 2n + 1.
-        return [trit(q0), trit(q1), trit(q2), trit(q3)];
-    }
-    let q4 = times3(q3);
-    // SAFETY: bytes 32..48 (qs[32..48]) and 48..52 (qh) of the block.
-    let (x, qh) = unsafe {
+pub(crate) unsafe fn tq1_block(blk: *const u8) -> [[__m256i; 2]; 8] {
+    // SAFETY: bytes 0..32 (qs[0..32]), 32..48 (qs[32..48]) and 48..52 (qh) of the block.
+    let (q, r, h) = unsafe {
         (
-            _mm_loadu_si128(blk.add(32).cast()),
-            blk.add(48).cast::<i32>().read_unaligned(),
+            _mm256_loadu_si256(blk.cast()),
+            _mm256_broadcastsi128_si256(_mm_loadu_si128(blk.add(32).cast())),
+            _mm256_broadcastd_epi32(_mm_loadu_si32(blk.add(48))),
         )
     };
-    // Digits n, n + 1 of qs[32..48]: groups 10 + n, 11 + n.
-    let x3 = _mm_add_epi8(x, _mm_add_epi8(x, x));
-    let y01 = _mm256_set_m128i(x3, x);
-    let y23 = times3(times3(y01));
-    let y4 = times3(_mm256_permute2x128_si256::<0x11>(y23, y23));
-    // qh: element 240 + 4n + j is digit n of qh[j]: the four bytes times 1, 3, 9, 27.
-    let h1 = _mm256_set1_epi32(qh);
-    let h3 = times3(h1);
-    let h9 = times3(h3);
-    let h27 = times3(h9);
-    let h = _mm256_blend_epi32::<0b1000_1000>(
-        _mm256_blend_epi32::<0b0100_0100>(_mm256_blend_epi32::<0b0010_0010>(h1, h3), h9),
-        h27,
+    // Multipliers of the low (`e`) or high (`o`) byte of each 16-bit lane.
+    let e = |c: [i16; 8], d: [i16; 8]| {
+        _mm256_setr_epi16(
+            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], d[0], d[1], d[2], d[3], d[4], d[5],
+            d[6], d[7],
+        )
+    };
+    let o = |c: [i16; 8], d: [i16; 8]| _mm256_slli_epi16::<8>(e(c, d));
+    let (e3, o3) = (_mm256_set1_epi16(3), _mm256_set1_epi16(3 << 8));
+    // Digits n of qs[0..32]: elements 32n .. 32n + 32.
+    let mut x = [[e3; 2]; 8];
+    x[0] = [mul_byte(q, e3), mul_byte(q, o3)];
+    for n in 1..5 {
+        x[n] = [mul_byte(x[n - 1][0], e3), mul_byte(x[n - 1][1], e3)];
+    }
+    // Two 128-bit lanes of qs[32..48] (or qh) at the powers `lo`, `hi`: the bytes, then the
+    // digits.
+    let digits = |v: __m256i, lo: [i16; 8], hi: [i16; 8]| {
+        [
+            mul_byte(mul_byte(v, e(lo, hi)), e3),
+            mul_byte(mul_byte(v, o(lo, hi)), e3),
+        ]
+    };
+    // Elements 160 + 16n + m: digit n of qs[32 + m].
+    x[5] = digits(r, [1; 8], [3; 8]);
+    x[6] = digits(r, [9; 8], [27; 8]);
+    // Elements 224 .. 240 (digit 4 of qs[32..48]), then 240 + 4n + j: digit n of qh[j], from
+    // qh repeated in the four words of the high lane.
+    x[7] = digits(
+        _mm256_blend_epi32::<0xF0>(r, h),
+        [81; 8],
+        [1, 1, 3, 3, 9, 9, 27, 27],
     );
-    let g1415 = _mm256_permute2x128_si256::<0x20>(y4, h);
-    [trit(q4), trit(y01), trit(y23), trit(g1415)]
+    x
+}
+
+/// The TQ1_0 operands of window `win` (columns `128 win ..`) for [`tq1_isum`]: the activations
+/// of each vector of [`tq1_block`] (per 32 columns, the even elements moved to the odd bytes,
+/// and the odd elements, each with zero even bytes), and `sums`, `d` in the TQ2_0 lane order.
+#[derive(Clone, Copy)]
+pub(crate) struct Tq1Window {
+    pub(crate) a: [[__m256i; 2]; 4],
+    pub(crate) sums: __m256i,
+    pub(crate) d: __m256,
+}
+
+/// The operands of TQ1_0 window `win` (see [`Tq1Window`]).
+///
+/// # Safety
+///
+/// `acts` must hold the columns of the window (checked by the caller's shape check); the CPU
+/// must have AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn load_window_tq1(acts: &ActsQ8<'_>, win: usize) -> Tq1Window {
+    // SAFETY: the caller guarantees the window's columns lie inside `acts`.
+    let wv = unsafe { load_window::<TQ2_0>(acts, win, false) };
+    Tq1Window {
+        a: tq1_acts(&wv.a),
+        sums: wv.sums,
+        d: wv.d,
+    }
+}
+
+/// The activations of four natural 32-column vectors `a` arranged for the digit vectors of
+/// [`tq1_block`]: even elements shifted into the odd bytes, odd elements kept there, zeros in
+/// the even bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn tq1_acts(a: &[__m256i; 4]) -> [[__m256i; 2]; 4] {
+    let hi = _mm256_set1_epi16(0xFF00u16 as i16);
+    core::array::from_fn(|k| [_mm256_slli_epi16::<8>(a[k]), _mm256_and_si256(a[k], hi)])
+}
+
+/// The exact `isum` of the eight groups of one TQ1_0 window (four pairs of [`tq1_block`]) in
+/// the TQ2_0 lane order: per pair, two `vpmaddubsw` of the digit vectors by the arranged
+/// activations (one product per 16-bit lane) and an add give the pair sums of `trit·a`,
+/// reduced by [`group_sums`]; minus `sums`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn tq1_isum(x: &[[__m256i; 2]], win: &Tq1Window) -> __m256i {
+    let p: [__m256i; 4] = core::array::from_fn(|l| {
+        _mm256_add_epi16(
+            _mm256_maddubs_epi16(x[l][0], win.a[l][0]),
+            _mm256_maddubs_epi16(x[l][1], win.a[l][1]),
+        )
+    });
+    _mm256_sub_epi32(group_sums(p), win.sums)
 }
 
 /// The exact `isum` of the window's eight groups of one row from its codes `c` (arranged for
@@ -254,7 +328,6 @@ fn window_isum<const K: u8>(c: [__m256i; 4], win: &Window) -> __m256i {
 unsafe fn gemv<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
     let (bl, bb, name) = match K {
         T2 => (T2_BLOCK, T2_BYTES, "T2"),
-        TQ1_0 => (QK_K, TQ1_0_BYTES, "TQ1_0"),
         _ => (QK_K, TQ2_0_BYTES, "TQ2_0"),
     };
     let row_bytes = check_gemv_ternary(w, acts, out.len(), bl, bb, name);
@@ -304,15 +377,13 @@ unsafe fn gemv<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
                     acc[i] = _mm256_add_ps(acc[i], t);
                 } else {
                     // SAFETY: block `win / 2` (with its f16 scale in its last two bytes) is
-                    // inside the row; for TQ2_0 half `win % 2` of it is bytes `32 (win % 2) ..`.
+                    // inside the row; half `win % 2` of it is bytes `32 (win % 2) ..`.
                     let (c, dw) = unsafe {
                         let q = p[i].add((win / 2) * bb);
-                        let c = if K == TQ1_0 {
-                            codes_tq1(q, win % 2 == 1)
-                        } else {
-                            codes2(q.add(32 * (win % 2)), false)
-                        };
-                        (c, tq_scale(q.add(bb - 2)))
+                        (
+                            codes2(q.add(32 * (win % 2)), false),
+                            tq_scale(q.add(bb - 2)),
+                        )
                     };
                     let isum = window_isum::<K>(c, &wv);
                     let t = _mm256_mul_ps(_mm256_mul_ps(dw, wv.d), _mm256_cvtepi32_ps(isum));
@@ -358,9 +429,149 @@ pub unsafe fn avx2_gemv_t2(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
     unsafe { gemv::<T2>(w, acts, out) }
 }
 
-/// AVX2 [`crate::scalar::ternary::gemv_tq1_0`], bit-exact: the base-3 digits are decoded by
-/// multiplying bytes by 3 (mod 256, two byte adds per digit) and comparing with 86 and 171,
-/// then the windows are those of TQ2_0.
+/// Windows per column panel of the TQ1_0 gemvs (8192 columns): their arranged operands are
+/// kept in a stack buffer, made once per call when the row fits in one panel, once per pass of
+/// rows otherwise.
+pub(crate) const TQ1_PANEL: usize = 64;
+
+/// `s`, at an address the optimizer knows nothing about each time this runs (an empty `asm!`
+/// with side effects, which is not hoisted out of loops).
+#[inline(always)]
+pub(crate) fn launder<T>(s: &[T]) -> &[T] {
+    let mut a = s.as_ptr().addr();
+    // SAFETY: the assembly is empty: it names the address's register and changes nothing.
+    unsafe {
+        core::arch::asm!("/* {a} */", a = inout(reg) a, options(nomem, nostack, preserves_flags));
+    }
+    // SAFETY: `a` is still the address of `s`'s `s.len()` values (with its provenance), borrowed
+    // as long as `s`.
+    unsafe { core::slice::from_raw_parts(s.as_ptr().with_addr(a), s.len()) }
+}
+
+/// Defines a TQ1_0 gemv driver `$name` for the target features `$features`, with `$isum` (the
+/// exact `isum` of a window, in the TQ2_0 lane order, from its four pairs of [`tq1_block`] and
+/// its [`Tq1Window`]): as [`gemv`] for TQ2_0 (four rows per pass, the same lane order and float
+/// steps), but a whole block (two windows) per row at a time, so that its digits are decoded
+/// once and its scale converted once, with the window operands made once per panel of
+/// [`TQ1_PANEL`] windows (once per call when the row fits in one).
+macro_rules! gemv_tq1 {
+    ($(#[$doc:meta])* $name:ident, $features:literal, $isum:path) => {
+        $(#[$doc])*
+        ///
+        /// # Safety
+        ///
+        /// The CPU must have the features named in its `target_feature` attribute.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn $name(
+            w: &[u8],
+            acts: &$crate::acts::ActsQ8<'_>,
+            out: &mut [f32],
+        ) {
+            use core::arch::x86_64::*;
+            use core::mem::MaybeUninit;
+            use $crate::scalar::ternary::{check_gemv_ternary, QK_K, TQ1_0_BYTES};
+            use $crate::x86::ternary::{
+                launder, load_window_tq1, reduce8, tq1_block, tq_scale, Tq1Window,
+                PREFETCH_PASSES, ROWS, TQ1_PANEL, WIN,
+            };
+            let bb = TQ1_0_BYTES;
+            let row_bytes = check_gemv_ternary(w, acts, out.len(), QK_K, bb, "TQ1_0");
+            let rows = out.len();
+            if rows == 0 || row_bytes == 0 {
+                out.fill(0.0);
+                return;
+            }
+            let nwin = acts.qs.len() / WIN;
+            let base = w.as_ptr();
+            let last = rows - 1;
+            let mut buf = [const { MaybeUninit::<Tq1Window>::uninit() }; TQ1_PANEL];
+            let single = nwin <= TQ1_PANEL;
+            if single {
+                for (win, b) in buf[..nwin].iter_mut().enumerate() {
+                    // SAFETY: `win < nwin`.
+                    b.write(unsafe { load_window_tq1(acts, win) });
+                }
+            }
+            let mut r = 0;
+            while r < rows {
+                let p: [*const u8; ROWS] = core::array::from_fn(|i| {
+                    // SAFETY: every row index is at most `last`, and the shape check proved `w`
+                    // holds `rows * row_bytes` bytes, so each pointer starts a row inside `w`.
+                    unsafe { base.add((r + i).min(last) * row_bytes) }
+                });
+                // The rows PREFETCH_PASSES passes ahead, clamped to the last row.
+                let pf: [*const u8; ROWS] = core::array::from_fn(|i| {
+                    // SAFETY: as above.
+                    unsafe { base.add((r + ROWS * PREFETCH_PASSES + i).min(last) * row_bytes) }
+                });
+                let mut acc = [_mm256_setzero_ps(); ROWS];
+                for w0 in (0..nwin).step_by(TQ1_PANEL) {
+                    let wn = (nwin - w0).min(TQ1_PANEL);
+                    if !single {
+                        for (j, b) in buf[..wn].iter_mut().enumerate() {
+                            // SAFETY: `w0 + j < nwin`.
+                            b.write(unsafe { load_window_tq1(acts, w0 + j) });
+                        }
+                    }
+                    let wins = {
+                        let b = buf.as_ptr().cast::<Tq1Window>();
+                        // SAFETY: entries `..wn` were written above (or before the row loop when
+                        // `single`).
+                        unsafe { core::slice::from_raw_parts(b, wn) }
+                    };
+                    // Whole blocks: two windows each (`TQ1_PANEL` and `nwin` are even).
+                    for (j, pair) in wins.chunks_exact(2).enumerate() {
+                        let off = (w0 / 2 + j) * bb;
+                        for &q in &pf {
+                            // The line of the block's first byte: blocks are shorter than a
+                            // 64-byte line, so every line of the rows holds a block's start.
+                            // SAFETY: `off` is inside the row.
+                            _mm_prefetch::<_MM_HINT_T0>(unsafe { q.add(off) }.cast());
+                        }
+                        for i in 0..ROWS {
+                            // The window operands, read in every row (hoisted out of the loop,
+                            // they would be copied to the stack for want of registers).
+                            let pair = launder(pair);
+                            // SAFETY: the block (with its f16 scale in bytes 52..54) is inside
+                            // the row.
+                            let (x, dw) = unsafe {
+                                let q = p[i].add(off);
+                                (tq1_block(q), tq_scale(q.add(bb - 2)))
+                            };
+                            for (h, wv) in pair.iter().enumerate() {
+                                let isum = $isum(&x[4 * h..4 * h + 4], wv);
+                                let t = _mm256_mul_ps(
+                                    _mm256_mul_ps(dw, wv.d),
+                                    _mm256_cvtepi32_ps(isum),
+                                );
+                                acc[i] = _mm256_add_ps(acc[i], t);
+                            }
+                        }
+                    }
+                }
+                let n = (rows - r).min(ROWS);
+                for i in 0..n {
+                    let a =
+                        _mm256_permutevar8x32_ps(acc[i], _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+                    out[r + i] = reduce8(a);
+                }
+                r += ROWS;
+            }
+        }
+    };
+}
+pub(crate) use gemv_tq1;
+
+gemv_tq1! {
+    /// The AVX2 TQ1_0 gemv driver (see [`gemv_tq1!`]).
+    gemv_tq1_avx2, "avx2,fma,f16c", tq1_isum
+}
+
+/// AVX2 [`crate::scalar::ternary::gemv_tq1_0`], bit-exact: each block is decoded once per row
+/// into digit vectors in natural element order by byte products (`vpmaddubsw`, `tq1_block`),
+/// whose halves are the two windows; their products with the activations are exact 16-bit sums
+/// reduced in the TQ2_0 lane order (`tq1_isum`).
 ///
 /// # Safety
 ///
@@ -368,7 +579,7 @@ pub unsafe fn avx2_gemv_t2(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn avx2_gemv_tq1_0(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
     // SAFETY: same features, guaranteed by the caller.
-    unsafe { gemv::<TQ1_0>(w, acts, out) }
+    unsafe { gemv_tq1_avx2(w, acts, out) }
 }
 
 /// AVX2 [`crate::scalar::ternary::gemv_tq2_0`], bit-exact.

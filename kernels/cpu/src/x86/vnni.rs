@@ -8,7 +8,7 @@
 //! that the CPU has those features; the `avx-vnni` dispatch tier calls them after checking. They
 //! check slice shapes themselves (panicking like the scalar kernels), so any slices are sound.
 //!
-//! # Ternary (T2, TQ2_0)
+//! # Ternary (T2, TQ2_0, TQ1_0)
 //!
 //! The AVX2 ternary kernels' structure (see [`super::ternary`]): windows of 128 columns (eight
 //! activation groups of 16), four rows per pass sharing the window's operands, the 2-bit codes
@@ -32,6 +32,13 @@
 //!   4x4 word transpose), so the group sums come out in the lane order `0 2 4 6 1 3 5 7`, the
 //!   order of the AVX2 TQ2_0 kernel: sums and scales are permuted alike and the eight running sums
 //!   are put back in order before the final reduction.
+//! - TQ1_0: the AVX2 kernel (its driver `gemv_tq1!`, its digit vectors and arranged
+//!   activations: digits and activations in the odd bytes, zeros in the even ones) with
+//!   `vpdpbusd`: the even and the odd elements of 32 columns go into one accumulator, whose
+//!   128-bit lanes then hold four partial sums of the two groups of those columns; a `vphaddd`
+//!   tree of the window's four accumulators leaves the eight group sums in the TQ2_0 lane order,
+//!   minus `sums`. The decoding (one `vpmaddubsw` per 16 digits) is the AVX2 kernel's, so this
+//!   gains less over AVX2 than the 2-bit types do.
 //!
 //! The float steps are the specification's, as in the AVX2 kernels; rows that are not a multiple
 //! of four repeat the last row in the final pass and drop the extra results. The gemm is the AVX2
@@ -51,8 +58,8 @@ use super::legacy::{
     Q5_0, Q5_1,
 };
 use super::ternary::{
-    codes2, codes_tq2_grouped, load_window, reduce8, tq_scale, Window, GEMM_PANEL, GEMM_ROWS,
-    GEMM_SUB, GEMM_TOKENS, PREFETCH_PASSES, ROWS, T2, TQ2_0, WIN,
+    codes2, codes_tq2_grouped, gemv_tq1, load_window, reduce8, tq_scale, Tq1Window, Window,
+    GEMM_PANEL, GEMM_ROWS, GEMM_SUB, GEMM_TOKENS, PREFETCH_PASSES, ROWS, T2, TQ2_0, WIN,
 };
 use crate::acts::{ActsQ8, QK};
 use crate::scalar::legacy::check_gemv;
@@ -332,6 +339,37 @@ pub unsafe fn avxvnni_gemv_t2(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
 pub unsafe fn avxvnni_gemv_tq2_0(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
     // SAFETY: same features, guaranteed by the caller.
     unsafe { gemv_ternary::<TQ2_0>(w, acts, out) }
+}
+
+/// The exact `isum` of one TQ1_0 window from its four pairs of digit vectors
+/// ([`super::ternary::tq1_block`]) and its operands, in the lane order `0 2 4 6 1 3 5 7`
+/// (module docs): per pair, two `vpdpbusd` (two products `trit·a` per i32 lane each), then a
+/// `vphaddd` tree.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+fn tq1_isum(x: &[[__m256i; 2]], wv: &Tq1Window) -> __m256i {
+    let p: [__m256i; 4] = core::array::from_fn(|k| {
+        let s = _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), x[k][0], wv.a[k][0]);
+        _mm256_dpbusd_avx_epi32(s, x[k][1], wv.a[k][1])
+    });
+    let sums = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
+    _mm256_sub_epi32(sums, wv.sums)
+}
+
+gemv_tq1! {
+    /// The AVX-VNNI TQ1_0 gemv driver (see [`super::ternary::gemv_tq1!`]).
+    gemv_tq1_vnni, "avx2,fma,f16c,avxvnni", tq1_isum
+}
+
+/// AVX-VNNI [`crate::scalar::ternary::gemv_tq1_0`], bit-exact.
+///
+/// # Safety
+///
+/// The CPU must have AVX2, FMA, F16C and AVX-VNNI (the features of the `avx-vnni` tier).
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+pub unsafe fn avxvnni_gemv_tq1_0(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
+    // SAFETY: same features, guaranteed by the caller.
+    unsafe { gemv_tq1_vnni(w, acts, out) }
 }
 
 /// The ternary gemm driver: the AVX2 one of [`super::ternary`] (tokens eight at a time, rows 32
