@@ -1,12 +1,13 @@
 //! Invariant: after warm-up, decoding takes no page fault: the arena (KV cache included) is
 //! prefaulted when the session is created and the weights are resident after the first pass.
 //! Measured with getrusage over 64 decode steps, for the decoding thread alone and for the whole
-//! process with a pool of two workers. One test per binary, so no other test's faults are counted.
+//! process with a pool of two workers (with the arena advised to use huge pages, as the app does).
+//! One test per binary, so no other test's faults are counted.
 
 use edgellm_core::gguf::Gguf;
 use edgellm_core::model::Model;
 use edgellm_core::parallel::{Parallel, Serial};
-use edgellm_core::session::{NumericPath, Session, SessionOptions};
+use edgellm_core::session::{KvType, NumericPath, Session, SessionOptions};
 use edgellm_hal::counters::{page_faults, thread_page_faults};
 use edgellm_hal::pool::ThreadPool;
 use edgellm_kernels::Kernels;
@@ -50,7 +51,8 @@ fn decode_takes_no_page_faults() {
     );
 
     let pool = ThreadPool::new(2, None).unwrap();
-    let mut session = Session::new(&model, kernels, opts).unwrap();
+    let advise = |arena: &mut [u8]| edgellm_hal::memory::advise_huge_pages(arena).unwrap();
+    let mut session = Session::with_kv_advised(&model, kernels, opts, KvType::F16, advise).unwrap();
     decode(&mut session, &pool, 4);
     let before = page_faults().unwrap();
     decode(&mut session, &pool, 64);

@@ -281,6 +281,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         None
     };
     let expected = file_len + session.arena_bytes() as u64 + OVERHEAD_BYTES;
+    let huge = edgellm_hal::memory::anon_huge_page_bytes().unwrap_or(0);
     if args.json {
         let out = serde_json::json!({
             "model": args.model.model.display().to_string(),
@@ -305,6 +306,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             "decode_heap_allocations": decode_allocs,
             "model_bytes": file_len,
             "arena_bytes": session.arena_bytes(),
+            "huge_page_bytes": huge,
             "kv_cache_bytes": session.plan().kv_bytes(),
             "kv_cache_type": session.plan().kv_type().name(),
             "overhead_bytes": OVERHEAD_BYTES,
@@ -338,6 +340,10 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             mib(plan.kv_bytes() as u64),
             mib((session.arena_bytes() - plan.kv_bytes()) as u64),
             mib(OVERHEAD_BYTES)
+        );
+        println!(
+            "memory: {:.1} MiB in transparent huge pages (the arena asks for them)",
+            mib(huge)
         );
         print_latency(&lat);
     }

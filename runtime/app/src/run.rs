@@ -132,12 +132,23 @@ pub fn new_session<'m, 'a>(
 ) -> Result<Session<'m, 'a>> {
     let context = context_len(args, loaded, file_bytes, min)?;
     let path = numeric_path(args);
-    Ok(Session::with_kv(
+    Ok(Session::with_kv_advised(
         &loaded.model,
         kernels,
         SessionOptions { context, path },
         kv_type(args),
+        advise_arena,
     )?)
+}
+
+/// Asks for transparent huge pages for a session's arena (the KV cache is walked every token:
+/// one TLB entry per 2 MiB instead of per 4 KiB). Best effort: where the system does not allow
+/// them, the arena keeps normal pages; `bench` reports the huge pages the process holds.
+pub fn advise_arena(arena: &mut [u8]) {
+    #[cfg(target_os = "linux")]
+    let _ = edgellm_hal::memory::advise_huge_pages(arena);
+    #[cfg(not(target_os = "linux"))]
+    let _ = arena;
 }
 
 /// Prompt ids for `text`: through the chat template unless `raw`, with BOS when the model wants it.

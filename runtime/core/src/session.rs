@@ -441,12 +441,36 @@ impl SharedOut {
 /// Rows per work unit: a multiple of every kernel's row tile, so no tile is split between workers.
 const ROW_ALIGN: usize = 4;
 
+/// The session's one allocation: zeroed bytes with `lines` 64-byte-aligned [`Line`]s inside. A
+/// large zeroed allocation of bytes comes from the operating system untouched (a zeroed one of
+/// `Line`s, aligned to 64, would be cleared byte by byte), so the pages can still be advised
+/// (e.g. huge pages) before they are first faulted in.
+struct Arena {
+    bytes: Vec<u8>,
+    lines: usize,
+}
+
+impl Arena {
+    fn zeroed(lines: usize) -> Arena {
+        Arena {
+            bytes: vec![0u8; lines * 64 + 63],
+            lines,
+        }
+    }
+
+    fn lines(&mut self) -> &mut [Line] {
+        // At most 63 bytes come before the first 64-byte boundary, so `lines` Lines follow it.
+        let (_, body, _) = bytemuck::pod_align_to_mut::<u8, Line>(&mut self.bytes);
+        &mut body[..self.lines]
+    }
+}
+
 /// A running conversation with a model: position, KV cache and scratch buffers.
 pub struct Session<'m, 'a> {
     model: &'m Model<'a>,
     kernels: Kernels,
     plan: ArenaPlan,
-    arena: Vec<Line>,
+    arena: Arena,
     pos: usize,
     path: NumericPath,
 }
@@ -470,14 +494,27 @@ impl<'m, 'a> Session<'m, 'a> {
         options: SessionOptions,
         kv: KvType,
     ) -> Result<Self, SessionError> {
+        Self::with_kv_advised(model, kernels, options, kv, |_| {})
+    }
+
+    /// [`Session::with_kv`], calling `advise` on the arena's bytes once it is allocated and
+    /// before its pages are faulted in (e.g. to ask the operating system for huge pages).
+    pub fn with_kv_advised(
+        model: &'m Model<'a>,
+        kernels: Kernels,
+        options: SessionOptions,
+        kv: KvType,
+        advise: fn(&mut [u8]),
+    ) -> Result<Self, SessionError> {
         if options.context == 0 || options.context > 1 << 20 {
             return Err(SessionError::BadContext {
                 requested: options.context,
             });
         }
         let plan = ArenaPlan::new(&model.config, options.context, options.path).with_kv(kv);
-        let mut arena = vec![Line([0; 64]); plan.bytes() / 64];
-        prefault(&mut arena);
+        let mut arena = Arena::zeroed(plan.bytes() / 64);
+        advise(bytemuck::cast_slice_mut(arena.lines()));
+        prefault(arena.lines());
         Ok(Session {
             model,
             kernels,
@@ -490,7 +527,7 @@ impl<'m, 'a> Session<'m, 'a> {
 
     /// Bytes of the arena (activations, KV cache, logits).
     pub fn arena_bytes(&self) -> usize {
-        self.arena.len() * 64
+        self.arena.lines * 64
     }
 
     /// The arena's layout plan (sizes of the KV cache and the other buffers).
@@ -500,7 +537,7 @@ impl<'m, 'a> Session<'m, 'a> {
 
     /// The arena's bytes, e.g. to prefault or lock them.
     pub fn arena_mut(&mut self) -> &mut [u8] {
-        bytemuck::cast_slice_mut(&mut self.arena)
+        bytemuck::cast_slice_mut(self.arena.lines())
     }
 
     /// Number of positions already in the KV cache.
@@ -536,7 +573,7 @@ impl<'m, 'a> Session<'m, 'a> {
     /// Logits of the last position computed, [vocab].
     pub fn logits(&mut self) -> &mut [f32] {
         let plan = self.plan;
-        Bufs::carve(&plan, &mut self.arena).logits
+        Bufs::carve(&plan, self.arena.lines()).logits
     }
 
     /// Runs the prompt `tokens` through the model, [`PREFILL_CHUNK`] tokens per pass over the
@@ -596,7 +633,7 @@ impl<'m, 'a> Session<'m, 'a> {
         let path = self.path;
         let plan = self.plan;
         let pos = self.pos;
-        let b = Bufs::carve(&plan, &mut self.arena);
+        let b = Bufs::carve(&plan, self.arena.lines());
         let (dim, q_dim, kv_dim, hd, ffn) = (
             cfg.dim,
             cfg.q_dim(),

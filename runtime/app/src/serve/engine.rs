@@ -243,7 +243,7 @@ pub fn start(
             let setup = (|| -> Result<_> {
                 let backend = match (cfg.make_gpu)()? {
                     Some(engine) => Backend::Gpu(engine),
-                    None => Backend::Cpu(Session::with_kv(
+                    None => Backend::Cpu(Session::with_kv_advised(
                         &loaded.model,
                         cfg.kernels,
                         SessionOptions {
@@ -251,6 +251,7 @@ pub fn start(
                             path: cfg.path,
                         },
                         cfg.kv,
+                        crate::run::advise_arena,
                     )?),
                 };
                 let sampler =
