@@ -1,8 +1,7 @@
 //! Tests of the attention kernels over an f16 or int8 KV cache (`attn_scores_f16`,
 //! `softmax_unnorm`, `attn_values_f16`, `attn_scores_i8`, `attn_values_i8`) of every tier this
 //! machine can run against the scalar specification, on random shapes with tails in every
-//! dimension, and of the specification itself against f64; and of `swiglu`, which shares the
-//! SIMD `exp`.
+//! dimension, and of the specification itself against f64.
 
 mod common;
 use common::Rng;
@@ -507,79 +506,4 @@ fn f32_to_f16_rounds_to_nearest_even() {
         let got = f16::from_bits(b).to_f32();
         assert_eq!(got.to_bits(), want.to_bits(), "{x} -> {got}, want {want}");
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// SwiGLU: `silu(g) * u` with the SIMD `exp`, within tolerance
-
-/// Where the SIMD `silu` is 0 and the specification's is not, the specification's is at most
-/// 88.73 / e^88.37 (below 4e-37) in magnitude.
-const SILU_ABS_TOL: f32 = 4e-37;
-
-fn check_swiglu(g: &[f32], u: &[f32], what: &str) {
-    let mut want = g.to_vec();
-    scalar::swiglu(&mut want, u);
-    for k in tiers() {
-        let mut got = g.to_vec();
-        k.swiglu(&mut got, u);
-        let tier = k.tier();
-        for (i, (&a, &b)) in got.iter().zip(&want).enumerate() {
-            if b.is_nan() || b.is_infinite() {
-                assert!(
-                    a.to_bits() == b.to_bits() || a.is_nan() && b.is_nan(),
-                    "{what} tier {tier}: at {i} (g = {}): {a}, spec {b}",
-                    g[i]
-                );
-                continue;
-            }
-            // The exp's relative error passes through 1 / (1 + e) at most as is; then one
-            // division and one product, rounded alike.
-            let tol = (EXP_REL_TOL + 2.0 * f32::EPSILON) * b.abs() + SILU_ABS_TOL * u[i].abs();
-            assert!(
-                (a - b).abs() <= tol,
-                "{what} tier {tier}: at {i} (g = {}, u = {}): {a} vs spec {b} (tolerance {tol})",
-                g[i],
-                u[i]
-            );
-        }
-    }
-}
-
-#[test]
-fn swiglu_within_tolerance() {
-    let mut rng = Rng::new(31);
-    for n in (0..20).chain([31, 32, 33, 576, 1537]) {
-        for s in [0.1f32, 3.0, 30.0] {
-            let g = normal(&mut rng, n, s);
-            let u = normal(&mut rng, n, 2.0);
-            check_swiglu(&g, &u, &format!("swiglu n={n} deviation {s}"));
-        }
-    }
-    // Where exp over- and underflows, zeros of both signs, NaN and +inf.
-    let g = [
-        0.0,
-        -0.0,
-        1e-30,
-        -1e-30,
-        87.0,
-        -87.0,
-        88.3,
-        -88.3,
-        88.5,
-        -88.5,
-        88.8,
-        -88.8,
-        89.0,
-        -89.0,
-        100.0,
-        -100.0,
-        1e30,
-        -1e30,
-        f32::NAN,
-        f32::INFINITY,
-        5.0,
-        -5.0,
-    ];
-    let u: Vec<f32> = (0..g.len()).map(|i| [1.0, -3.0, 0.5, 1e4][i % 4]).collect();
-    check_swiglu(&g, &u, "edge values");
 }

@@ -227,7 +227,7 @@ pub unsafe fn neon_attn_scores_i8(q: &[f32], keys: &[i8], hd: usize, scale: f32,
 /// `e^x` lane by lane (module docs); 0 below -87.3.
 #[inline]
 #[target_feature(enable = "neon")]
-pub(crate) fn exp4(x: float32x4_t) -> float32x4_t {
+fn exp4(x: float32x4_t) -> float32x4_t {
     let lo = vdupq_n_f32(-87.336_55);
     let underflow = vcltq_f32(x, lo);
     let x = vminq_f32(vmaxq_f32(x, lo), vdupq_n_f32(88.376_26));

@@ -129,35 +129,6 @@ pub unsafe fn neon_dot_f32(a: &[f32], b: &[f32]) -> f32 {
     unsafe { row_dot::<F32>(a.as_ptr().cast(), b) }
 }
 
-/// NEON [`crate::scalar::swiglu`]: `g = g / (1 + e^-g) * u` with the polynomial `exp` of
-/// [`super::attn`], within a tolerance of the specification's `libm::expf`. Below -88.37, where
-/// that `exp` stops growing, `silu` is 0 (the specification: 0 from -88.73, a value below 4e-37
-/// between); `g = -inf` gives 0 where the specification gives NaN.
-///
-/// # Safety
-///
-/// The CPU must have NEON.
-#[target_feature(enable = "neon")]
-pub unsafe fn neon_swiglu(g: &mut [f32], u: &[f32]) {
-    assert_eq!(g.len(), u.len(), "swiglu: lengths differ");
-    let n = g.len();
-    let (one, lo) = (vdupq_n_f32(1.0), vdupq_n_f32(-88.376_26));
-    let mut i = 0;
-    while i + 4 <= n {
-        // SAFETY: `i + 4 <= n` for both slices.
-        unsafe {
-            let gp = g.as_mut_ptr().add(i);
-            let x = vld1q_f32(gp);
-            let e = super::attn::exp4(vnegq_f32(x));
-            let s = vdivq_f32(x, vaddq_f32(one, e));
-            let s = vreinterpretq_f32_u32(vbicq_u32(vreinterpretq_u32_f32(s), vcltq_f32(x, lo)));
-            vst1q_f32(gp, vmulq_f32(s, vld1q_f32(u.as_ptr().add(i))));
-        }
-        i += 4;
-    }
-    crate::scalar::swiglu(&mut g[i..], &u[i..]);
-}
-
 /// NEON [`crate::scalar::axpy_f32`]: `y += a * x`, bit-exact (separate multiply and add).
 ///
 /// # Safety

@@ -221,7 +221,7 @@ pub unsafe fn avx2_attn_scores_i8(q: &[f32], keys: &[i8], hd: usize, scale: f32,
 /// `e^x` lane by lane (module docs); 0 below -87.3.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) fn exp8(x: __m256) -> __m256 {
+fn exp8(x: __m256) -> __m256 {
     let lo = _mm256_set1_ps(-87.336_55);
     let underflow = _mm256_cmp_ps::<_CMP_LT_OQ>(x, lo);
     let x = _mm256_min_ps(_mm256_max_ps(x, lo), _mm256_set1_ps(88.376_26));

@@ -163,36 +163,6 @@ pub unsafe fn avx2_dot_f32(a: &[f32], b: &[f32]) -> f32 {
     unsafe { row_dot::<F32>(a.as_ptr().cast(), b) }
 }
 
-/// AVX2 [`crate::scalar::swiglu`]: `g = g / (1 + e^-g) * u` with the polynomial `exp` of
-/// [`super::attn`], within a tolerance of the specification's `libm::expf`. Below -88.37, where
-/// that `exp` stops growing, `silu` is 0 (the specification: 0 from -88.73, a value below 4e-37
-/// between); `g = -inf` gives 0 where the specification gives NaN.
-///
-/// # Safety
-///
-/// The CPU must have AVX2, FMA and F16C.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn avx2_swiglu(g: &mut [f32], u: &[f32]) {
-    assert_eq!(g.len(), u.len(), "swiglu: lengths differ");
-    let n = g.len();
-    let (one, sign) = (_mm256_set1_ps(1.0), _mm256_set1_ps(-0.0));
-    let lo = _mm256_set1_ps(-88.376_26);
-    let mut i = 0;
-    while i + 8 <= n {
-        // SAFETY: `i + 8 <= n` for both slices.
-        unsafe {
-            let gp = g.as_mut_ptr().add(i);
-            let x = _mm256_loadu_ps(gp);
-            let e = super::attn::exp8(_mm256_xor_ps(x, sign));
-            let s = _mm256_div_ps(x, _mm256_add_ps(one, e));
-            let s = _mm256_andnot_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(x, lo), s);
-            _mm256_storeu_ps(gp, _mm256_mul_ps(s, _mm256_loadu_ps(u.as_ptr().add(i))));
-        }
-        i += 8;
-    }
-    crate::scalar::swiglu(&mut g[i..], &u[i..]);
-}
-
 /// AVX2 [`crate::scalar::axpy_f32`]: `y += a * x`, bit-exact (separate multiply and add).
 ///
 /// # Safety
