@@ -273,6 +273,7 @@ pub type GemmQ8Fn = unsafe fn(&[u8], &ActsQ8<'_>, usize, &mut [f32]);
 type QuantizeFn = unsafe fn(&[f32], &mut ActsQ8Mut<'_>);
 type DotFn = unsafe fn(&[f32], &[f32]) -> f32;
 type AxpyFn = unsafe fn(f32, &[f32], &mut [f32]);
+type SwigluFn = unsafe fn(&mut [f32], &[f32]);
 
 /// The attention kernels over an f16 or int8 KV cache (see [`scalar::attn`]), one tier for all.
 #[derive(Clone, Copy)]
@@ -338,6 +339,7 @@ struct Table {
     quantize_acts: (Tier, QuantizeFn),
     dot_f32: (Tier, DotFn),
     axpy_f32: (Tier, AxpyFn),
+    swiglu: (Tier, SwigluFn),
     attn: (Tier, Attn),
     f32: Option<Entry>,
     f16: Option<Entry>,
@@ -385,6 +387,7 @@ const SCALAR: Table = Table {
     quantize_acts: (Tier::Scalar, scalar::quantize_acts),
     dot_f32: (Tier::Scalar, scalar::dot_f32),
     axpy_f32: (Tier::Scalar, scalar::axpy_f32),
+    swiglu: (Tier::Scalar, scalar::swiglu),
     attn: (
         Tier::Scalar,
         Attn {
@@ -421,6 +424,7 @@ fn avx2_table() -> Table {
     t.quantize_acts = (Tier::Avx2, x86::avx2_quantize_acts);
     t.dot_f32 = (Tier::Avx2, x86::avx2_dot_f32);
     t.axpy_f32 = (Tier::Avx2, x86::avx2_axpy_f32);
+    t.swiglu = (Tier::Avx2, x86::avx2_swiglu);
     t.attn = (
         Tier::Avx2,
         Attn {
@@ -477,6 +481,7 @@ fn neon_table() -> Table {
     t.quantize_acts = (Tier::Neon, arm::neon_quantize_acts);
     t.dot_f32 = (Tier::Neon, arm::neon_dot_f32);
     t.axpy_f32 = (Tier::Neon, arm::neon_axpy_f32);
+    t.swiglu = (Tier::Neon, arm::neon_swiglu);
     t.attn = (
         Tier::Neon,
         Attn {
@@ -688,6 +693,13 @@ impl Kernels {
     pub fn axpy_f32(&self, a: f32, x: &[f32], y: &mut [f32]) {
         // SAFETY: table invariant (module docs).
         unsafe { (self.table.axpy_f32.1)(a, x, y) }
+    }
+
+    /// [`scalar::swiglu`]: `g = silu(g) * u` in place, bit-exact on every tier (the SIMD ones
+    /// port `libm::expf` lane by lane). Panics if the lengths differ.
+    pub fn swiglu(&self, g: &mut [f32], u: &[f32]) {
+        // SAFETY: table invariant (module docs).
+        unsafe { (self.table.swiglu.1)(g, u) }
     }
 
     /// RMS normalization ([`scalar::rmsnorm`] on every tier for now).

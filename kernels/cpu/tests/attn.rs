@@ -1,7 +1,8 @@
 //! Tests of the attention kernels over an f16 or int8 KV cache (`attn_scores_f16`,
 //! `softmax_unnorm`, `attn_values_f16`, `attn_scores_i8`, `attn_values_i8`) of every tier this
 //! machine can run against the scalar specification, on random shapes with tails in every
-//! dimension, and of the specification itself against f64.
+//! dimension, and of the specification itself against f64; and of `swiglu`, which shares the
+//! SIMD `exp`.
 
 mod common;
 use common::Rng;
@@ -505,5 +506,96 @@ fn f32_to_f16_rounds_to_nearest_even() {
     for ((x, want), &b) in cases.iter().zip(&dst) {
         let got = f16::from_bits(b).to_f32();
         assert_eq!(got.to_bits(), want.to_bits(), "{x} -> {got}, want {want}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SwiGLU: bit-exact with the specification (`libm::expf`) on every tier
+
+fn check_swiglu(g: &[f32], u: &[f32], what: &str) {
+    let mut want = g.to_vec();
+    scalar::swiglu(&mut want, u);
+    for k in tiers() {
+        let mut got = g.to_vec();
+        k.swiglu(&mut got, u);
+        let tier = k.tier();
+        for (i, (&a, &b)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                a.to_bits() == b.to_bits() || a.is_nan() && b.is_nan(),
+                "{what} tier {tier}: at {i} (g = {:e}, u = {}): {a:e} vs spec {b:e}",
+                g[i],
+                u[i]
+            );
+        }
+    }
+}
+
+#[test]
+fn swiglu_is_bit_exact() {
+    let mut rng = Rng::new(31);
+    for n in (0..20).chain([31, 32, 33, 576, 1537]) {
+        for s in [0.1f32, 3.0, 30.0] {
+            let g = normal(&mut rng, n, s);
+            let u = normal(&mut rng, n, 2.0);
+            check_swiglu(&g, &u, &format!("swiglu n={n} deviation {s}"));
+        }
+    }
+    // Where exp over- and underflows, the edges of its argument ranges, zeros of both signs,
+    // subnormals, NaN and infinities.
+    let g = [
+        0.0,
+        -0.0,
+        1e-30,
+        -1e-30,
+        1e-40,
+        -1e-40,
+        6.1e-5,
+        -6.1e-5,
+        6.2e-5,
+        -6.2e-5,
+        0.3465,
+        -0.3465,
+        0.3466,
+        -0.3466,
+        1.0397,
+        -1.0397,
+        1.0398,
+        -1.0398,
+        87.0,
+        -87.0,
+        87.3365,
+        -87.3365,
+        87.3366,
+        -87.3366,
+        88.5,
+        -88.5,
+        88.8,
+        -88.8,
+        100.0,
+        -100.0,
+        104.0,
+        -104.0,
+        1e30,
+        -1e30,
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        5.0,
+        -5.0,
+    ];
+    let u: Vec<f32> = (0..g.len()).map(|i| [1.0, -3.0, 0.5, 1e4][i % 4]).collect();
+    check_swiglu(&g, &u, "edge values");
+}
+
+#[test]
+fn swiglu_is_bit_exact_over_a_sweep_of_every_magnitude() {
+    // Every 127th bit pattern of f32 (34 million values: all exponents, both signs), in slices
+    // of 4096, against one `u`.
+    let all: Vec<f32> = (0..=u32::MAX / 127)
+        .map(|i| f32::from_bits(i * 127))
+        .collect();
+    let u = vec![1.5f32; 4096];
+    for g in all.chunks(4096) {
+        check_swiglu(g, &u[..g.len()], "sweep");
     }
 }

@@ -776,9 +776,7 @@ impl<'m, 'a> Session<'m, 'a> {
                 dim,
                 &mut [(&layer.w_gate, &mut *hb), (&layer.w_up, &mut *hb2)],
             );
-            for (g, u) in hb.iter_mut().zip(hb2.iter()) {
-                *g = silu(*g) * u;
-            }
+            k.swiglu(hb, hb2);
             mm.run(hb, ffn, &mut [(&layer.w_down, &mut *xb2)]);
             add_in_place(x, xb2);
         }
@@ -977,10 +975,6 @@ fn add_in_place(x: &mut [f32], y: &[f32]) {
     for (a, b) in x.iter_mut().zip(y) {
         *a += b;
     }
-}
-
-fn silu(x: f32) -> f32 {
-    x / (1.0 + libm::expf(-x))
 }
 
 /// Rotates one head in place by the angles in `cos`/`sin`, pairing dimensions as `style` says.

@@ -129,6 +129,85 @@ pub unsafe fn neon_dot_f32(a: &[f32], b: &[f32]) -> f32 {
     unsafe { row_dot::<F32>(a.as_ptr().cast(), b) }
 }
 
+/// `e^x` in four lanes, bit for bit `libm::expf` (see the AVX2 `expf8_libm`), for lanes with
+/// `2^-14 < |x| < 87.33655`; `None` when a lane is outside, left to `libm::expf`.
+#[inline]
+#[target_feature(enable = "neon")]
+fn expf4_libm(x: float32x4_t) -> Option<float32x4_t> {
+    let bits = vreinterpretq_u32_f32(x);
+    let hx = vandq_u32(bits, vdupq_n_u32(0x7fff_ffff));
+    let inside = vandq_u32(
+        vcgtq_u32(hx, vdupq_n_u32(0x3900_0000)),
+        vcltq_u32(hx, vdupq_n_u32(0x42ae_ac50)),
+    );
+    if vminvq_u32(inside) == 0 {
+        return None;
+    }
+    let neg = vreinterpretq_s32_u32(vcgeq_u32(bits, vdupq_n_u32(0x8000_0000)));
+    let half = vbslq_f32(
+        vreinterpretq_u32_s32(neg),
+        vdupq_n_f32(-0.5),
+        vdupq_n_f32(0.5),
+    );
+    let k_big = vcvtq_s32_f32(vaddq_f32(
+        vmulq_f32(vdupq_n_f32(f32::from_bits(0x3fb8_aa3b)), x),
+        half,
+    ));
+    let k_mid = vorrq_s32(neg, vdupq_n_s32(1));
+    let big = vcgtq_u32(hx, vdupq_n_u32(0x3f85_1592));
+    let mid = vreinterpretq_s32_u32(vcgtq_u32(hx, vdupq_n_u32(0x3eb1_7218)));
+    let k = vandq_s32(mid, vbslq_s32(big, k_big, k_mid));
+    let kf = vcvtq_f32_s32(k);
+    let hi = vsubq_f32(x, vmulq_f32(kf, vdupq_n_f32(6.931_457_5e-1)));
+    let lo = vmulq_f32(kf, vdupq_n_f32(1.428_606_8e-6));
+    let r = vsubq_f32(hi, lo);
+    let rr = vmulq_f32(r, r);
+    let p = vaddq_f32(
+        vdupq_n_f32(1.666_662_5e-1),
+        vmulq_f32(rr, vdupq_n_f32(-2.766_733_3e-3)),
+    );
+    let c = vsubq_f32(r, vmulq_f32(rr, p));
+    let q = vdivq_f32(vmulq_f32(r, c), vsubq_f32(vdupq_n_f32(2.0), c));
+    let y = vaddq_f32(vdupq_n_f32(1.0), vaddq_f32(vsubq_f32(q, lo), hi));
+    let pow2 = vreinterpretq_f32_s32(vshlq_n_s32::<23>(vaddq_s32(k, vdupq_n_s32(127))));
+    Some(vmulq_f32(y, pow2))
+}
+
+/// NEON [`crate::scalar::swiglu`], bit-exact: `e^-g` by [`expf4_libm`] (four values whose `|g|`
+/// lies in its range at a time, the others by `libm::expf`), then the specification's division
+/// and product.
+///
+/// # Safety
+///
+/// The CPU must have NEON.
+#[target_feature(enable = "neon")]
+pub unsafe fn neon_swiglu(g: &mut [f32], u: &[f32]) {
+    assert_eq!(g.len(), u.len(), "swiglu: lengths differ");
+    let n = g.len();
+    let one = vdupq_n_f32(1.0);
+    let mut i = 0;
+    while i + 4 <= n {
+        // SAFETY: `i + 4 <= n` for both slices.
+        let done = unsafe {
+            let gp = g.as_mut_ptr().add(i);
+            let x = vld1q_f32(gp);
+            match expf4_libm(vnegq_f32(x)) {
+                Some(e) => {
+                    let s = vdivq_f32(x, vaddq_f32(one, e));
+                    vst1q_f32(gp, vmulq_f32(s, vld1q_f32(u.as_ptr().add(i))));
+                    true
+                }
+                None => false,
+            }
+        };
+        if !done {
+            crate::scalar::swiglu(&mut g[i..i + 4], &u[i..i + 4]);
+        }
+        i += 4;
+    }
+    crate::scalar::swiglu(&mut g[i..], &u[i..]);
+}
+
 /// NEON [`crate::scalar::axpy_f32`]: `y += a * x`, bit-exact (separate multiply and add).
 ///
 /// # Safety

@@ -122,6 +122,15 @@ pub fn axpy_f32(a: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
+/// SwiGLU in place: `g[i] = silu(g[i]) * u[i]`, `silu(x) = x / (1 + e^-x)` with `libm::expf`.
+/// Panics if the lengths differ.
+pub fn swiglu(g: &mut [f32], u: &[f32]) {
+    assert_eq!(g.len(), u.len(), "swiglu: lengths differ");
+    for (g, &u) in g.iter_mut().zip(u) {
+        *g = *g / (1.0 + libm::expf(-*g)) * u;
+    }
+}
+
 /// RMS normalization: `out[i] = (x[i] * s) * weight[i]` with `s = 1 / sqrt(Σ x² / n + eps)`.
 /// Panics if the lengths differ.
 pub fn rmsnorm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {

@@ -163,6 +163,94 @@ pub unsafe fn avx2_dot_f32(a: &[f32], b: &[f32]) -> f32 {
     unsafe { row_dot::<F32>(a.as_ptr().cast(), b) }
 }
 
+/// `e^x` in eight lanes, bit for bit `libm::expf` (FreeBSD's `expf`: `k = round(x / ln 2)`, `x -
+/// k ln2_hi - k ln2_lo`, a rational approximation, times `2^k`), for lanes with `2^-14 < |x| <
+/// 87.33655`; `None` when a lane is outside (tiny, huge, NaN or infinite), left to `libm::expf`.
+/// Every operation is the scalar code's, unfused, in its order, with its constants (`1 / ln 2` is
+/// `0x3fb8aa3b`, `ln 2` split into `6.9314575e-1` and `1.4286068e-6`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn expf8_libm(x: __m256) -> Option<__m256> {
+    let bits = _mm256_castps_si256(x);
+    let hx = _mm256_and_si256(bits, _mm256_set1_epi32(0x7fff_ffff));
+    // 0x3900_0000 < hx < 0x42ae_ac50 in every lane (signed compares: hx is non-negative).
+    let inside = _mm256_and_si256(
+        _mm256_cmpgt_epi32(hx, _mm256_set1_epi32(0x3900_0000)),
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(0x42ae_ac50), hx),
+    );
+    if _mm256_movemask_ps(_mm256_castsi256_ps(inside)) != 0xff {
+        return None;
+    }
+    let neg = _mm256_srai_epi32::<31>(bits); // -1 where the sign bit is set
+                                             // |x| > 1.5 ln 2: k = (x / ln 2 ± 0.5) truncated; 0.5 ln 2 < |x|: k = ±1; else k = 0.
+    let half = _mm256_blendv_ps(
+        _mm256_set1_ps(0.5),
+        _mm256_set1_ps(-0.5),
+        _mm256_castsi256_ps(neg),
+    );
+    let k_big = _mm256_cvttps_epi32(_mm256_add_ps(
+        _mm256_mul_ps(_mm256_set1_ps(f32::from_bits(0x3fb8_aa3b)), x),
+        half,
+    ));
+    let k_mid = _mm256_or_si256(neg, _mm256_set1_epi32(1)); // 1, or -1 where negative
+    let big = _mm256_cmpgt_epi32(hx, _mm256_set1_epi32(0x3f85_1592));
+    let mid = _mm256_cmpgt_epi32(hx, _mm256_set1_epi32(0x3eb1_7218));
+    let k = _mm256_and_si256(mid, _mm256_blendv_epi8(k_mid, k_big, big));
+    let kf = _mm256_cvtepi32_ps(k);
+    let hi = _mm256_sub_ps(x, _mm256_mul_ps(kf, _mm256_set1_ps(6.931_457_5e-1)));
+    let lo = _mm256_mul_ps(kf, _mm256_set1_ps(1.428_606_8e-6));
+    let r = _mm256_sub_ps(hi, lo);
+    let rr = _mm256_mul_ps(r, r);
+    let p = _mm256_add_ps(
+        _mm256_set1_ps(1.666_662_5e-1),
+        _mm256_mul_ps(rr, _mm256_set1_ps(-2.766_733_3e-3)),
+    );
+    let c = _mm256_sub_ps(r, _mm256_mul_ps(rr, p));
+    let q = _mm256_div_ps(_mm256_mul_ps(r, c), _mm256_sub_ps(_mm256_set1_ps(2.0), c));
+    let y = _mm256_add_ps(_mm256_set1_ps(1.0), _mm256_add_ps(_mm256_sub_ps(q, lo), hi));
+    // 2^k is a normal float for every k here (|k| <= 126).
+    let pow2 = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
+        k,
+        _mm256_set1_epi32(127),
+    )));
+    Some(_mm256_mul_ps(y, pow2))
+}
+
+/// AVX2 [`crate::scalar::swiglu`], bit-exact: `e^-g` by [`expf8_libm`] (eight values whose
+/// `|g|` lies in its range at a time, the others by `libm::expf`), then the specification's
+/// division and product.
+///
+/// # Safety
+///
+/// The CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn avx2_swiglu(g: &mut [f32], u: &[f32]) {
+    assert_eq!(g.len(), u.len(), "swiglu: lengths differ");
+    let n = g.len();
+    let (one, sign) = (_mm256_set1_ps(1.0), _mm256_set1_ps(-0.0));
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: `i + 8 <= n` for both slices.
+        let done = unsafe {
+            let gp = g.as_mut_ptr().add(i);
+            let x = _mm256_loadu_ps(gp);
+            match expf8_libm(_mm256_xor_ps(x, sign)) {
+                Some(e) => {
+                    let s = _mm256_div_ps(x, _mm256_add_ps(one, e));
+                    _mm256_storeu_ps(gp, _mm256_mul_ps(s, _mm256_loadu_ps(u.as_ptr().add(i))));
+                    true
+                }
+                None => false,
+            }
+        };
+        if !done {
+            crate::scalar::swiglu(&mut g[i..i + 8], &u[i..i + 8]);
+        }
+        i += 8;
+    }
+    crate::scalar::swiglu(&mut g[i..], &u[i..]);
+}
+
 /// AVX2 [`crate::scalar::axpy_f32`]: `y += a * x`, bit-exact (separate multiply and add).
 ///
 /// # Safety
