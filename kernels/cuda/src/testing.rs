@@ -118,10 +118,20 @@ pub fn quantize(gpu: &Gpu, x: &[f32]) -> Result<QuantizedActs, CudaError> {
     l.arg(&xd).arg(&ni).arg(&q).arg(&d).arg(&s);
     // SAFETY: the buffers hold n, n/16, n/16 values as the kernel expects.
     unsafe { l.launch(LaunchConfig::for_num_elems((n / 16) as u32)) }?;
+    read_acts(gpu, &q, &d, &s)
+}
+
+/// Quantized activations copied back from the device.
+fn read_acts(
+    gpu: &Gpu,
+    q: &CudaSlice<i8>,
+    d: &CudaSlice<f32>,
+    s: &CudaSlice<i32>,
+) -> Result<QuantizedActs, CudaError> {
     let r = (
-        gpu.stream.clone_dtoh(&q)?,
-        gpu.stream.clone_dtoh(&d)?,
-        gpu.stream.clone_dtoh(&s)?,
+        gpu.stream.clone_dtoh(q)?,
+        gpu.stream.clone_dtoh(d)?,
+        gpu.stream.clone_dtoh(s)?,
     );
     gpu.stream.synchronize()?;
     Ok(r)
@@ -155,13 +165,7 @@ pub fn quantize_in_block(gpu: &Gpu, x: &[f32]) -> Result<QuantizedActs, CudaErro
         shared_mem_bytes: gemv_smem(n),
     };
     gpu.launch(&gpu.f.prep, cfg, &prep, &out)?;
-    let r = (
-        gpu.stream.clone_dtoh(&q)?,
-        gpu.stream.clone_dtoh(&d)?,
-        gpu.stream.clone_dtoh(&s)?,
-    );
-    gpu.stream.synchronize()?;
-    Ok(r)
+    read_acts(gpu, &q, &d, &s)
 }
 
 /// Integer partial sums of a T2 product: `isum[r][g]` for every row and group of 16.

@@ -714,24 +714,47 @@ fn batched_prefill_equals_token_by_token_bit_for_bit() {
     }
 }
 
-#[test]
-fn persistent_decode_equals_the_graph_bit_for_bit() {
-    if gpu().is_none() {
-        return;
-    }
-    let mut rng = Rng(91);
+/// For an f16 and an int8 cache (the second with NeoX RoPE), an engine over a random model
+/// (context 200) and two prompts, of 9 and 120 tokens: `f(engine, prompts, cache type)`.
+fn with_random_engines(
+    seed: u64,
+    mut f: impl FnMut(&mut edgellm_cuda::GpuEngine, &[&[u32]], KvCache),
+) {
+    let mut rng = Rng(seed);
     for (halves, kv) in [(false, KvCache::F16), (true, KvCache::Int8)] {
         let rm = RandomModel::new(&mut rng, halves);
         let model = rm.model();
         let mut e = edgellm_cuda::GpuEngine::new(Gpu::open().unwrap(), &model, 200, kv).unwrap();
         let a: Vec<u32> = (0..9).map(|_| (rng.next() % 300) as u32).collect();
         let b: Vec<u32> = (0..120).map(|_| (rng.next() % 300) as u32).collect();
-        let prompts: [&[u32]; 2] = [&a, &b];
+        f(&mut e, &[&a, &b], kv);
+    }
+}
+
+/// Asserts that two runs of [`run_engine`] gave the same tokens and bit-identical logits.
+fn assert_same_steps(got: &[(u32, Vec<f32>)], want: &[(u32, Vec<f32>)], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: steps");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(g.0, w.0, "{what}: token {i}");
+        let same =
+            g.1.iter()
+                .zip(&w.1)
+                .all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(same, "{what}: logits {i} differ");
+    }
+}
+
+#[test]
+fn persistent_decode_equals_the_graph_bit_for_bit() {
+    if gpu().is_none() {
+        return;
+    }
+    with_random_engines(91, |e, prompts, kv| {
         // Decoding from position 129 to 150 crosses the 128-position attention split.
         for (sampling, seed) in [(SamplerParams::greedy(), 0), (top_k_params(), 5)] {
             e.set_sampling(&sampling, seed).unwrap();
             e.set_persistent(0).unwrap();
-            let want = run_engine(&mut e, 16, &prompts, 22);
+            let want = run_engine(e, 16, prompts, 22);
             // Batch 0: the prompts go token by token through the persistent kernel too (the
             // variant without the output layer for all but their last token).
             for (per_sm, batch) in [(1, 16), (4, 16), (2, 0)] {
@@ -741,18 +764,11 @@ fn persistent_decode_equals_the_graph_bit_for_bit() {
                     "{}",
                     e.describe()
                 );
-                let got = run_engine(&mut e, batch, &prompts, 22);
-                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                    assert_eq!(g.0, w.0, "{kv:?} {per_sm}/SM batch {batch}: token {i}");
-                    let same =
-                        g.1.iter()
-                            .zip(&w.1)
-                            .all(|(x, y)| x.to_bits() == y.to_bits());
-                    assert!(same, "{kv:?} {per_sm}/SM batch {batch}: logits {i} differ");
-                }
+                let got = run_engine(e, batch, prompts, 22);
+                assert_same_steps(&got, &want, &format!("{kv:?} {per_sm}/SM batch {batch}"));
             }
         }
-    }
+    });
 }
 
 #[test]
@@ -760,14 +776,7 @@ fn overlapped_decode_kernels_give_the_graph_results_bit_for_bit() {
     if gpu().is_none() {
         return;
     }
-    let mut rng = Rng(57);
-    for (halves, kv) in [(false, KvCache::F16), (true, KvCache::Int8)] {
-        let rm = RandomModel::new(&mut rng, halves);
-        let model = rm.model();
-        let mut e = edgellm_cuda::GpuEngine::new(Gpu::open().unwrap(), &model, 200, kv).unwrap();
-        let a: Vec<u32> = (0..9).map(|_| (rng.next() % 300) as u32).collect();
-        let b: Vec<u32> = (0..120).map(|_| (rng.next() % 300) as u32).collect();
-        let prompts: [&[u32]; 2] = [&a, &b];
+    with_random_engines(57, |e, prompts, kv| {
         for (sampling, seed) in [(SamplerParams::greedy(), 0), (top_k_params(), 5)] {
             e.set_sampling(&sampling, seed).unwrap();
             // Inputs of 64 values or more prepared once by their own kernel, too (so `prep`
@@ -776,7 +785,7 @@ fn overlapped_decode_kernels_give_the_graph_results_bit_for_bit() {
                 e.set_shared_input_from(shared_from).unwrap();
                 e.set_overlap(false).unwrap();
                 assert!(!e.describe().contains("overlapped"), "{}", e.describe());
-                let want = run_engine(&mut e, 16, &prompts, 22);
+                let want = run_engine(e, 16, prompts, 22);
                 e.set_overlap(true).unwrap();
                 if !e.overlap() {
                     eprintln!("skipped: the device runs no programmatic dependent launches");
@@ -785,19 +794,12 @@ fn overlapped_decode_kernels_give_the_graph_results_bit_for_bit() {
                 assert!(e.describe().contains("overlapped"), "{}", e.describe());
                 // Batch 0: the prompts go token by token through the overlapped graphs too.
                 for batch in [16, 0] {
-                    let got = run_engine(&mut e, batch, &prompts, 22);
-                    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                        assert_eq!(g.0, w.0, "{kv:?} batch {batch}: token {i}");
-                        let same =
-                            g.1.iter()
-                                .zip(&w.1)
-                                .all(|(x, y)| x.to_bits() == y.to_bits());
-                        assert!(same, "{kv:?} batch {batch}: logits {i} differ");
-                    }
+                    let got = run_engine(e, batch, prompts, 22);
+                    assert_same_steps(&got, &want, &format!("{kv:?} batch {batch}"));
                 }
             }
         }
-    }
+    });
 }
 
 fn top_k_params() -> SamplerParams {
