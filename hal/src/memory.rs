@@ -88,34 +88,11 @@ pub fn advise_huge_pages(buf: &mut [u8]) -> Result<(), HalError> {
     Ok(())
 }
 
-/// `AnonHugePages` from the text of `/proc/self/smaps_rollup` (or `/proc/meminfo`), in bytes.
-pub fn parse_anon_huge_pages(text: &str) -> Option<u64> {
+/// The value of the `key:` line of a `/proc` file's text (`/proc/meminfo`,
+/// `/proc/self/smaps_rollup`) in bytes: a number followed by `kB`, or by nothing.
+fn proc_field_bytes(text: &str, key: &str) -> Option<u64> {
     text.lines().find_map(|line| {
-        let rest = line.strip_prefix("AnonHugePages:")?;
-        let mut words = rest.split_ascii_whitespace();
-        let value: u64 = words.next()?.parse().ok()?;
-        match words.next() {
-            Some("kB") => value.checked_mul(1024),
-            _ => None,
-        }
-    })
-}
-
-/// Bytes of this process's anonymous memory backed by transparent huge pages.
-pub fn anon_huge_page_bytes() -> Result<u64, HalError> {
-    let text = fs::read_to_string("/proc/self/smaps_rollup").map_err(|e| HalError::Os {
-        what: "reading /proc/self/smaps_rollup",
-        errno: e.raw_os_error().unwrap_or(0),
-    })?;
-    parse_anon_huge_pages(&text).ok_or(HalError::Parse {
-        what: "AnonHugePages in /proc/self/smaps_rollup",
-    })
-}
-
-/// `MemAvailable` from the text of `/proc/meminfo`, in bytes.
-pub fn parse_meminfo_available(text: &str) -> Option<u64> {
-    text.lines().find_map(|line| {
-        let rest = line.strip_prefix("MemAvailable:")?;
+        let rest = line.strip_prefix(key)?.strip_prefix(':')?;
         let mut words = rest.split_ascii_whitespace();
         let value: u64 = words.next()?.parse().ok()?;
         let scale = match words.next() {
@@ -127,15 +104,48 @@ pub fn parse_meminfo_available(text: &str) -> Option<u64> {
     })
 }
 
-/// Memory available to start new programs without swapping (`MemAvailable` in `/proc/meminfo`).
-pub fn available_memory_bytes() -> Result<u64, HalError> {
-    let text = fs::read_to_string("/proc/meminfo").map_err(|e| HalError::Os {
-        what: "reading /proc/meminfo",
+/// [`proc_field_bytes`] of the file at `path`; the errors name `path` and `key` (`what`).
+fn read_proc_field(
+    path: &str,
+    key: &str,
+    reading: &'static str,
+    what: &'static str,
+) -> Result<u64, HalError> {
+    let text = fs::read_to_string(path).map_err(|e| HalError::Os {
+        what: reading,
         errno: e.raw_os_error().unwrap_or(0),
     })?;
-    parse_meminfo_available(&text).ok_or(HalError::Parse {
-        what: "MemAvailable in /proc/meminfo",
-    })
+    proc_field_bytes(&text, key).ok_or(HalError::Parse { what })
+}
+
+/// `AnonHugePages` from the text of `/proc/self/smaps_rollup` (or `/proc/meminfo`), in bytes.
+pub fn parse_anon_huge_pages(text: &str) -> Option<u64> {
+    proc_field_bytes(text, "AnonHugePages")
+}
+
+/// Bytes of this process's anonymous memory backed by transparent huge pages.
+pub fn anon_huge_page_bytes() -> Result<u64, HalError> {
+    read_proc_field(
+        "/proc/self/smaps_rollup",
+        "AnonHugePages",
+        "reading /proc/self/smaps_rollup",
+        "AnonHugePages in /proc/self/smaps_rollup",
+    )
+}
+
+/// `MemAvailable` from the text of `/proc/meminfo`, in bytes.
+pub fn parse_meminfo_available(text: &str) -> Option<u64> {
+    proc_field_bytes(text, "MemAvailable")
+}
+
+/// Memory available to start new programs without swapping (`MemAvailable` in `/proc/meminfo`).
+pub fn available_memory_bytes() -> Result<u64, HalError> {
+    read_proc_field(
+        "/proc/meminfo",
+        "MemAvailable",
+        "reading /proc/meminfo",
+        "MemAvailable in /proc/meminfo",
+    )
 }
 
 #[cfg(test)]
