@@ -42,13 +42,20 @@ fn main() {
         };
         // Enough copies to exceed the L2 cache (at least 256 MiB in all).
         let copies = (256usize << 20).div_ceil(data.len()).max(2);
-        let bw = testing::gemv_bandwidth(&gpu, &w, copies, 400).expect("gemv");
-        println!(
-            "{{\"bench\": \"gemv\", \"type\": \"{}\", \"rows\": {rows}, \"cols\": {cols}, \"gbps\": {:.1}, \"of_copy\": {:.3}}}",
-            ty.name(),
-            bw / 1e9,
-            bw / copy
-        );
+        // Launched one after another, and overlapped as the decode step launches them.
+        for overlapped in [false, true] {
+            let Some(bw) =
+                testing::gemv_bandwidth(&gpu, &w, copies, 400, overlapped).expect("gemv")
+            else {
+                continue;
+            };
+            println!(
+                "{{\"bench\": \"gemv\", \"type\": \"{}\", \"rows\": {rows}, \"cols\": {cols}, \"overlapped\": {overlapped}, \"gbps\": {:.1}, \"of_copy\": {:.3}}}",
+                ty.name(),
+                bw / 1e9,
+                bw / copy
+            );
+        }
     }
     // What a kernel boundary costs in a graph of 150 (a SmolLM2 decode step has 153).
     for blocks in [1, 132, 528] {

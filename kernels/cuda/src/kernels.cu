@@ -416,6 +416,21 @@ __device__ __forceinline__ int4 t2_codes(int word) {
     return int4_of(word & m, (word >> 2) & m, (word >> 4) & m, (word >> 6) & m);
 }
 
+// Groups per interleaved T2 chunk (repack.rs): in a whole chunk, group 32 j + l is word 4 l + j
+// of the chunk, so lane l loads its four groups l, l + 32, l + 64, l + 96 as one int4; the groups
+// past a row's last whole chunk keep their natural order.
+#define T2_CHUNK 128
+
+// The word of a T2 row of ng groups that holds group g.
+__device__ __forceinline__ int t2_pos(int g, int ng) {
+    int whole = ng & ~(T2_CHUNK - 1);
+    return g >= whole ? g : (g & ~(T2_CHUNK - 1)) | ((g & 31) << 2) | ((g >> 5) & 3);
+}
+
+__device__ __forceinline__ int int4_at(int4 v, int j) {
+    return j == 0 ? v.x : j == 1 ? v.y : j == 2 ? v.z : v.w;
+}
+
 __device__ __forceinline__ float t2_term(int4 c, int4 av, float d, int sm) {
     int s = __dp4a(c.x, av.x, 0);
     s = __dp4a(c.y, av.y, s);
@@ -424,7 +439,8 @@ __device__ __forceinline__ float t2_term(int4 c, int4 av, float d, int sm) {
     return i2f(s - sm) * d;
 }
 
-// Σ_c W[r][c] a[c] for one row, computed by one warp; the result is valid in every lane.
+// Σ_c W[r][c] a[c] for one row of any type but T2 (t2_rows), computed by one warp; the result is
+// valid in every lane.
 __device__ float row_dot(const Mat& w, int r, const float* xs, const i8* aq, const float* ad,
                          const int* as) {
     int lane = threadIdx.x & 31;
@@ -451,10 +467,6 @@ __device__ float row_dot(const Mat& w, int r, const float* xs, const i8* aq, con
             acc += q4_term(q4_lo(q), q4_hi(q), a4[2 * b], a4[2 * b + 1], dr[b], ad[2 * b],
                            ad[2 * b + 1], as[2 * b], as[2 * b + 1], mw, ma, q40);
         }
-    } else if (w.fmt == FMT_T2) {
-        int ng = w.cols / 16;
-        const int* rw = (const int*)row;
-        for (int g = lane; g < ng; g += 32) acc += t2_term(t2_codes(rw[g]), a4[g], ad[g], as[g]);
     } else if (w.fmt == FMT_F16) {
         const u16* h = (const u16*)row;
         for (int c = lane * 8; c < w.cols; c += 256) {
@@ -474,14 +486,16 @@ __device__ float row_dot(const Mat& w, int r, const float* xs, const i8* aq, con
     return acc;
 }
 
-// T2 rows r .. r + WARP_ROWS of a matrix by one warp at once: each lane reads its group's
-// activations from shared memory once for all the rows, and has one 4-byte load per row in
-// flight. Rows past `nr` are skipped (their pointers repeat the last row's).
+// T2 rows r .. r + WARP_ROWS of a matrix by one warp at once: each lane reads its groups'
+// activations from shared memory once for all the rows; in whole chunks one 16-byte load per
+// row brings the lane's four groups (l, l + 32, l + 64, l + 96: the order of the one-group loop
+// of the partial chunk, so the sums are the same). Rows past `nr` are skipped (their pointers
+// repeat the last row's).
 #define WARP_ROWS 4
 __device__ __forceinline__ void t2_rows(const Mat& w, int r, int nr, const i8* aq, const float* ad,
                                         const int* as, float* y) {
     int lane = threadIdx.x & 31;
-    int ng = w.cols / 16;
+    int ng = w.cols / 16, whole = ng & ~(T2_CHUNK - 1);
     const int4* a4 = (const int4*)aq;
     const int* rw[WARP_ROWS];
 #pragma unroll
@@ -490,9 +504,26 @@ __device__ __forceinline__ void t2_rows(const Mat& w, int r, int nr, const i8* a
 #pragma unroll
     for (int k = 0; k < WARP_ROWS; k++) acc[k] = 0.0f;
 #pragma unroll 2
-    for (int g = lane; g < ng; g += 32) {
-        int word[WARP_ROWS];
+    for (int c = 0; c < whole; c += T2_CHUNK) {
+        int4 words[WARP_ROWS];
         // Rows past nr (the same for the whole warp) are neither loaded nor summed.
+#pragma unroll
+        for (int k = 0; k < WARP_ROWS; k++)
+            words[k] = k < nr ? ((const int4*)(rw[k] + c))[lane] : int4_of(0, 0, 0, 0);
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            int g = c + lane + 32 * j;
+            int4 av = a4[g];
+            float d = ad[g];
+            int sm = as[g];
+#pragma unroll
+            for (int k = 0; k < WARP_ROWS; k++)
+                if (k < nr) acc[k] += t2_term(t2_codes(int4_at(words[k], j)), av, d, sm);
+        }
+    }
+#pragma unroll 2
+    for (int g = whole + lane; g < ng; g += 32) {
+        int word[WARP_ROWS];
 #pragma unroll
         for (int k = 0; k < WARP_ROWS; k++) word[k] = k < nr ? rw[k][g] : 0;
         int4 av = a4[g];
@@ -789,7 +820,7 @@ __device__ __forceinline__ void gemm_rows(const Mat& w, const int* rows, const A
         for (int g = lane; g < ng; g += 32) {
             int4 c[GEMM_ROWS];
 #pragma unroll
-            for (int k = 0; k < GEMM_ROWS; k++) c[k] = t2_codes(((const int*)row[k])[g]);
+            for (int k = 0; k < GEMM_ROWS; k++) c[k] = t2_codes(((const int*)row[k])[t2_pos(g, ng)]);
 #pragma unroll
             for (int t = 0; t < GEMM_TOKENS; t++) {
                 int4 av = ((const int4*)(aq + t * n))[g];
@@ -938,7 +969,7 @@ extern "C" __global__ void t2_isums(Mat w, const i8* aq, const int* as, int* isu
     const int* a = (const int*)aq;
     int ng = w.cols / QS;
     for (int g = 0; g < ng; g++) {
-        int word = *(const int*)(row + g * 4);
+        int word = ((const int*)row)[t2_pos(g, ng)];
         int s = 0;
         for (int t = 0; t < 4; t++) s = __dp4a((word >> (2 * t)) & 0x03030303, a[g * 4 + t], s);
         isum[(long long)r * ng + g] = s - as[g];
@@ -958,8 +989,8 @@ __device__ float embed_value(const Mat& w, long long t, int e) {
         float d = w.d[t * (w.cols / 32) + b];
         v = w.fmt == FMT_Q4_0 ? (float)(q - 8) * d : (float)q * d + w.m[t * (w.cols / 32) + b];
     } else if (w.fmt == FMT_T2) {
-        int b = e / 64, k = (e % 64) / 16, i = e % 16;
-        u8 byte = row[b * 16 + 4 * k + (i % 4)];
+        int i = e % 16;
+        u8 byte = row[4 * t2_pos(e / 16, w.cols / 16) + (i % 4)];
         v = (float)((int)((byte >> (2 * (i / 4))) & 3) - 1);
     } else if (w.fmt == FMT_F16) {
         v = f16_to_f32(((const u16*)row)[e]);

@@ -11,11 +11,17 @@
 //! | Q8_0  | 32 int8 per block          | scale             | -                 | -            |
 //! | Q4_0  | the block's 16 nibble bytes | scale            | -                 | -            |
 //! | Q4_1  | the block's 16 nibble bytes | scale            | minimum           | -            |
-//! | T2    | the 16 code bytes per 64   | -                 | -                 | row scale    |
+//! | T2    | the 4 code bytes per 16, interleaved | -       | -                 | row scale    |
 //! | F16   | the values                 | -                 | -                 | -            |
 //! | F32, BF16 | f32 values             | -                 | -                 | -            |
 //!
 //! Rows are padded to a multiple of 16 bytes (`stride`).
+//!
+//! T2 keeps the CPU's 4-byte word per group of 16 values, but in each whole chunk of
+//! [`T2_CHUNK`] groups (2048 values) the words are interleaved ([`t2_word_pos`]): lane `l` of a
+//! warp finds the groups `l`, `l + 32`, `l + 64`, `l + 96` it sums, in that order, in one
+//! 16-byte word at `4 l`, so a warp streams 512 bytes of a row per load. The groups of a row's
+//! last partial chunk keep their natural order (lanes read them one word at a time).
 
 use edgellm_core::model::Matrix;
 use edgellm_kernels::GgmlType;
@@ -44,6 +50,21 @@ pub struct Packed {
     pub d: Vec<f32>,
     pub m: Vec<f32>,
     pub rs: Vec<f32>,
+}
+
+/// Groups of 16 values per interleaved T2 chunk: four per lane of a warp.
+pub const T2_CHUNK: usize = 128;
+
+/// The word (4 bytes, 16 values) of a T2 row of `ng` groups that holds group `g`: in a whole
+/// chunk, group `32 j + l` at word `4 l + j`; past the last whole chunk, group `g` at word `g`.
+/// (`t2_pos` of kernels.cu.)
+pub fn t2_word_pos(g: usize, ng: usize) -> usize {
+    let whole = ng / T2_CHUNK * T2_CHUNK;
+    if g >= whole {
+        return g;
+    }
+    let (c, i) = (g / T2_CHUNK, g % T2_CHUNK);
+    c * T2_CHUNK + (i % 32) * 4 + i / 32
 }
 
 fn f16_at(b: &[u8], i: usize) -> f32 {
@@ -116,7 +137,14 @@ pub fn repack(w: &Matrix<'_>) -> Result<Packed, String> {
                     dst[b * 16..b * 16 + 16].copy_from_slice(&blk[4..20]);
                 }
             }
-            Format::T2 | Format::F16 => dst.copy_from_slice(src),
+            Format::T2 => {
+                let ng = cols / 16;
+                for (g, word) in src.chunks_exact(4).enumerate() {
+                    let at = 4 * t2_word_pos(g, ng);
+                    dst[at..at + 4].copy_from_slice(word);
+                }
+            }
+            Format::F16 => dst.copy_from_slice(src),
             Format::F32 => {
                 if w.ty == GgmlType::BF16 {
                     for (c, v) in src.chunks_exact(2).enumerate() {
@@ -161,8 +189,8 @@ mod tests {
                     }
                 }
                 Format::T2 => {
-                    let (b, k, i) = (e / 64, (e % 64) / 16, e % 16);
-                    let byte = row[b * 16 + 4 * k + i % 4];
+                    let (g, i) = (e / 16, e % 16);
+                    let byte = row[4 * t2_word_pos(g, p.cols / 16) + i % 4];
                     ((byte >> (2 * (i / 4))) & 3) as f32 - 1.0
                 }
                 Format::F16 => f16_at(row, 2 * e),
@@ -192,8 +220,8 @@ mod tests {
     /// Every supported type: the packed layout dequantizes to exactly the CPU's values.
     #[test]
     fn packed_rows_dequantize_like_the_cpu() {
-        let (rows, cols) = (5, 192);
-        for ty in [
+        let rows = 5;
+        let types = [
             GgmlType::Q8_0,
             GgmlType::Q4_0,
             GgmlType::Q4_1,
@@ -201,7 +229,9 @@ mod tests {
             GgmlType::F16,
             GgmlType::BF16,
             GgmlType::F32,
-        ] {
+        ];
+        // 192 columns: only a partial T2 chunk; 4288: two whole chunks and a partial one.
+        for (cols, ty) in [192, 4288].into_iter().flat_map(|c| types.map(|t| (c, t))) {
             let row_bytes = cols / ty.block_len() * ty.block_bytes();
             let mut data = random_bytes(rows * row_bytes, 7);
             // Keep f16/bf16/f32 scales and values finite: clear the top exponent bit.
@@ -247,7 +277,7 @@ mod tests {
                     .iter()
                     .zip(&want)
                     .all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(same, "{}: row {r} differs", ty.name());
+                assert!(same, "{} x {cols}: row {r} differs", ty.name());
             }
         }
     }

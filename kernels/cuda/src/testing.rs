@@ -3,7 +3,7 @@
 
 use crate::device::{
     assign_blocks, attention_rows_smem, gemv_smem, gemv_smem_for, jobs_arg, plan_jobs, AttnArg,
-    DevMat, Gpu, PrepArg, PrepOutArg, SampleArg, Start, ATTN_STATIC_SMEM, ATTN_THREADS,
+    DevMat, Gpu, JobsArg, PrepArg, PrepOutArg, SampleArg, Start, ATTN_STATIC_SMEM, ATTN_THREADS,
     GEMV_THREADS, PREP_INT8,
 };
 use crate::repack::repack;
@@ -423,13 +423,20 @@ pub fn copy_bandwidth(gpu: &Gpu, bytes: usize, iters: usize) -> Result<f64, Cuda
 
 /// Weight bytes streamed per second by the gemv kernel on `copies` distinct copies of `w`
 /// (together larger than the L2 cache, so every launch reads from memory), with the input
-/// quantized once beforehand. Launches go back to back, `iters` of them.
+/// quantized once beforehand. Launches go back to back, `iters` of them, each started after the
+/// one before or (`overlapped`, as the decode step launches them where the device can) as a
+/// programmatic dependent launch, whose blocks prefetch their rows while the previous launch
+/// drains. `None` when `overlapped` is asked of a device without it.
 pub fn gemv_bandwidth(
     gpu: &Gpu,
     w: &Matrix<'_>,
     copies: usize,
     iters: usize,
-) -> Result<f64, CudaError> {
+    overlapped: bool,
+) -> Result<Option<f64>, CudaError> {
+    if overlapped && !gpu.overlaps_launches() {
+        return Ok(None);
+    }
     let p = repack(w).map_err(CudaError::Unsupported)?;
     let mats = (0..copies)
         .map(|_| DevMat::upload(gpu, &p))
@@ -458,7 +465,7 @@ pub fn gemv_bandwidth(
         ..Default::default()
     };
     let smem = gemv_smem_for(&prep);
-    let launch = |m: &DevMat| -> Result<(), CudaError> {
+    let launch = |m: &DevMat, start: Start| -> Result<(), CudaError> {
         let mut jobs = jobs_arg(&[(m.arg, gpu.ptr(&out), 0, 0)]);
         let blocks = plan_jobs(gpu, &mut jobs);
         let cfg = LaunchConfig {
@@ -466,19 +473,33 @@ pub fn gemv_bandwidth(
             block_dim: (GEMV_THREADS, 1, 1),
             shared_mem_bytes: smem,
         };
-        gpu.launch(gpu.gemv_fn(&prep), cfg, &jobs, &prep)
+        let args: [*const std::ffi::c_void; 2] = [
+            (&jobs as *const JobsArg).cast(),
+            (&prep as *const PrepArg).cast(),
+        ];
+        // SAFETY: `jobs` and `prep` are the gemv kernels' two parameters, live through the
+        // call; their pointers are the buffers above, of the lengths they name. The gemv calls
+        // grid_wait before writing its output, the only buffer the launches share.
+        unsafe { gpu.launch_ex(gpu.gemv_fn(&prep), cfg, &args, start) }
     };
-    for m in &mats {
-        launch(m)?;
+    let start = |i: usize| {
+        if overlapped && i > 0 {
+            Start::Overlapped
+        } else {
+            Start::AfterPrevious
+        }
+    };
+    for (i, m) in mats.iter().enumerate() {
+        launch(m, start(i))?;
     }
     gpu.stream.synchronize()?;
     let t = std::time::Instant::now();
     for i in 0..iters {
-        launch(&mats[i % copies])?;
+        launch(&mats[i % copies], start(i))?;
     }
     gpu.stream.synchronize()?;
     let bytes = p.qs.len() + 4 * (p.d.len() + p.m.len() + p.rs.len());
-    Ok((bytes * iters) as f64 / t.elapsed().as_secs_f64())
+    Ok(Some((bytes * iters) as f64 / t.elapsed().as_secs_f64()))
 }
 
 /// Seconds per call of the decode attention kernel at position `ctx - 1` of a `ctx`-position

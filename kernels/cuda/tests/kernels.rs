@@ -245,7 +245,8 @@ fn several_rows_per_warp_give_the_one_row_sums_bit_for_bit() {
     let Some(gpu) = gpu() else { return };
     let mut rng = Rng(5);
     for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::T2] {
-        for (rows, cols) in [(211, 576), (64, 1536)] {
+        // 4864 columns: T2 rows of two whole interleaved chunks and a partial one.
+        for (rows, cols) in [(211, 576), (64, 1536), (40, 4864)] {
             let (data, rs) = weights(&mut rng, ty, rows, cols);
             let w = matrix(ty, rows, cols, &data, &rs);
             let x = rng.vec(cols, 1.0);
@@ -306,27 +307,29 @@ fn embedding_rows_are_bit_exact() {
         GgmlType::F16,
         GgmlType::F32,
     ] {
-        let (rows, cols) = (11, 576);
-        let (data, rs) = weights(&mut rng, ty, rows, cols);
-        let w = matrix(ty, rows, cols, &data, &rs);
-        for token in [0u32, 5, 10] {
-            let mut want = vec![0f32; cols];
-            scalar::dequantize_row(
-                ty,
-                w.rows_data(token as usize..token as usize + 1),
-                &mut want,
-            )
-            .unwrap();
-            if ty == GgmlType::T2 {
-                let s = f32::from_le_bytes(rs[4 * token as usize..][..4].try_into().unwrap());
-                want.iter_mut().for_each(|v| *v *= s);
+        for cols in [576, 4864] {
+            let rows = 11;
+            let (data, rs) = weights(&mut rng, ty, rows, cols);
+            let w = matrix(ty, rows, cols, &data, &rs);
+            for token in [0u32, 5, 10] {
+                let mut want = vec![0f32; cols];
+                scalar::dequantize_row(
+                    ty,
+                    w.rows_data(token as usize..token as usize + 1),
+                    &mut want,
+                )
+                .unwrap();
+                if ty == GgmlType::T2 {
+                    let s = f32::from_le_bytes(rs[4 * token as usize..][..4].try_into().unwrap());
+                    want.iter_mut().for_each(|v| *v *= s);
+                }
+                let got = testing::embed(gpu, &w, token).unwrap();
+                let same = got
+                    .iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{} x {cols} token {token}", ty.name());
             }
-            let got = testing::embed(gpu, &w, token).unwrap();
-            let same = got
-                .iter()
-                .zip(&want)
-                .all(|(a, b)| a.to_bits() == b.to_bits());
-            assert!(same, "{} token {token}", ty.name());
         }
     }
 }
@@ -545,7 +548,9 @@ impl RandomModel {
             n_heads: 4,
             n_kv_heads: 2,
             head_dim: 64,
-            ffn_dim: 512,
+            // 2304: the ternary layer's down projection has a whole interleaved T2 chunk
+            // (2048 columns) and a partial one, read by the gemv and the prefill gemm alike.
+            ffn_dim: 2304,
             vocab_size: 300,
             train_context: 4096,
             rope_theta: 10000.0,
