@@ -20,6 +20,7 @@ impl From<cudarc::driver::DriverError> for CudaError {
 pub(crate) struct Funcs {
     pub gemv: CudaFunction,
     pub gemv_prepared: CudaFunction,
+    pub gemv_prepared_t2: CudaFunction,
     pub prep: CudaFunction,
     pub gemm: CudaFunction,
     pub kv_store: CudaFunction,
@@ -45,6 +46,8 @@ pub struct Gpu {
     pub(crate) smem_optin: usize,
     /// Whether the device runs cooperative launches (every block resident at once).
     pub(crate) cooperative: bool,
+    /// Blocks of `gemv_prepared_t2` an SM holds at once.
+    pub(crate) t2_blocks_per_sm: usize,
 }
 
 /// Where a launch through [`Gpu::launch_ex`] may start: only after the work before it on the
@@ -113,6 +116,7 @@ impl Gpu {
         let f = Funcs {
             gemv: load("gemv")?,
             gemv_prepared: load("gemv_prepared")?,
+            gemv_prepared_t2: load("gemv_prepared_t2")?,
             prep: load("prep")?,
             gemm: load("gemm")?,
             kv_store: load("kv_store")?,
@@ -153,6 +157,11 @@ impl Gpu {
         let cooperative = ctx.attribute(
             cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COOPERATIVE_LAUNCH,
         )? != 0;
+        let t2_blocks_per_sm = (f
+            .gemv_prepared_t2
+            .occupancy_max_active_blocks_per_multiprocessor(GEMV_THREADS, 0, None)?
+            as usize)
+            .max(1);
         // A stream of its own: graphs cannot be captured on the legacy default stream.
         let stream = ctx.new_stream()?;
         Ok(Gpu {
@@ -164,6 +173,7 @@ impl Gpu {
             sms,
             smem_optin,
             cooperative,
+            t2_blocks_per_sm,
         })
     }
 
@@ -206,13 +216,16 @@ impl Gpu {
         s.device_ptr(&self.stream).0
     }
 
-    /// The gemv kernel for `prep`: `gemv_prepared` for an input prepared beforehand
-    /// (PREP_INT8), else `gemv`.
-    pub(crate) fn gemv_fn(&self, prep: &PrepArg) -> &CudaFunction {
-        if prep.kind == PREP_INT8 {
-            &self.f.gemv_prepared
-        } else {
+    /// The gemv kernel for `jobs` with input `prep`: for an input prepared beforehand
+    /// (PREP_INT8), `gemv_prepared_t2` when every job is T2, else `gemv_prepared`; `gemv` for
+    /// one each block prepares.
+    pub(crate) fn gemv_fn(&self, jobs: &JobsArg, prep: &PrepArg) -> &CudaFunction {
+        if prep.kind != PREP_INT8 {
             &self.f.gemv
+        } else if t2_only(jobs) {
+            &self.f.gemv_prepared_t2
+        } else {
+            &self.f.gemv_prepared
         }
     }
 
@@ -579,16 +592,29 @@ pub(crate) fn plan_gemm(gpu: &Gpu, jobs: &mut JobsArg, tiles: usize) -> u32 {
     assign_blocks(jobs, rpb)
 }
 
-/// The grid for `jobs` (their row counts): every job gets `ceil(rows / rows_per_block)` blocks.
-/// Rows per block: enough blocks to fill the device a few times over, at least one row per warp.
-pub(crate) fn plan_jobs(gpu: &Gpu, jobs: &mut JobsArg) -> u32 {
+/// Whether every job of `jobs` is a T2 matrix.
+pub(crate) fn t2_only(jobs: &JobsArg) -> bool {
+    jobs.j[..jobs.n as usize]
+        .iter()
+        .all(|j| j.w.fmt == crate::repack::Format::T2 as i32)
+}
+
+/// The grid for `jobs` (their row counts) with input `prep`: every job gets
+/// `ceil(rows / rows_per_block)` blocks. Rows per block: enough blocks to fill the device a few
+/// times over, at least one row per warp; for `gemv_prepared_t2`, at most the blocks its SMs hold
+/// at once, and whole passes of `WARP_ROWS` (4) rows per warp (its loop for full passes is the
+/// fast one).
+pub(crate) fn plan_jobs(gpu: &Gpu, jobs: &mut JobsArg, prep: &PrepArg) -> u32 {
     // The warps of a block split its rows.
     let warps = (GEMV_THREADS / 32) as usize;
+    let t2 = prep.kind == PREP_INT8 && t2_only(jobs);
+    let per_sm = if t2 { gpu.t2_blocks_per_sm } else { 4 };
+    let unit = if t2 { warps * 4 } else { warps };
     let rpb = total_rows(jobs)
-        .div_ceil(4 * gpu.sms)
-        .div_ceil(warps)
+        .div_ceil(per_sm * gpu.sms)
+        .div_ceil(unit)
         .max(1)
-        * warps;
+        * unit;
     assign_blocks(jobs, rpb)
 }
 

@@ -794,7 +794,7 @@ impl GpuEngine {
                 ..Default::default()
             };
         }
-        let blocks = plan_jobs(&self.gpu, &mut ja);
+        let blocks = plan_jobs(&self.gpu, &mut ja, &prep);
         let cfg = LaunchConfig {
             grid_dim: (blocks, 1, 1),
             block_dim: (GEMV_THREADS, 1, 1),
@@ -809,8 +809,12 @@ impl GpuEngine {
         // SAFETY: the jobs' matrices and outputs are this engine's buffers, and the input is
         // what `prep` describes (the layer plan's buffers, or the shared input just prepared).
         unsafe {
-            self.gpu
-                .launch_ex(self.gpu.gemv_fn(&prep), cfg, &[arg(&ja), arg(&prep)], start)
+            self.gpu.launch_ex(
+                self.gpu.gemv_fn(&ja, &prep),
+                cfg,
+                &[arg(&ja), arg(&prep)],
+                start,
+            )
         }
     }
 

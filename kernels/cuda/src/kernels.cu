@@ -486,14 +486,46 @@ __device__ float row_dot(const Mat& w, int r, const float* xs, const i8* aq, con
     return acc;
 }
 
-// T2 rows r .. r + WARP_ROWS of a matrix by one warp at once: each lane reads its groups'
-// activations from shared memory once for all the rows; in whole chunks one 16-byte load per
-// row brings the lane's four groups (l, l + 32, l + 64, l + 96: the order of the one-group loop
-// of the partial chunk, so the sums are the same). Rows past `nr` are skipped (their pointers
-// repeat the last row's).
+// A 16-byte load that streams past L1 (no allocation there, read-only path): weights read once,
+// so that L1 keeps the activations every row of a block reads.
+__device__ __forceinline__ int4 ld_stream(const int4* p) {
+    int4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.s32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    return v;
+}
+
+// Rows a warp multiplies at once (T2 and quantized types).
 #define WARP_ROWS 4
+
+// The sums of one whole T2 chunk c of up to WARP_ROWS rows into acc: words[k] holds row k's
+// 16-byte word of lane l (groups c + l + 32 j, j = 0..3), summed in that order.
+__device__ __forceinline__ void t2_chunk(const int4* words, int c, int nr, const int4* a4,
+                                         const float* ad, const int* as, float* acc) {
+    int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        int g = c + lane + 32 * j;
+        int4 av = a4[g];
+        float d = ad[g];
+        int sm = as[g];
+#pragma unroll
+        for (int k = 0; k < WARP_ROWS; k++)
+            if (k < nr) acc[k] += t2_term(t2_codes(int4_at(words[k], j)), av, d, sm);
+    }
+}
+
+// T2 rows r .. r + WARP_ROWS of a matrix by one warp at once: each lane reads its groups'
+// activations once for all the rows; in whole chunks one 16-byte load per row brings the lane's
+// four groups (l, l + 32, l + 64, l + 96: the order of the one-group loop of the partial chunk,
+// so the sums are the same). Rows past `nr` are skipped (their pointers repeat the last row's).
+// FULL: whole chunks of WARP_ROWS rows take a loop of their own, with no per-row tests (more
+// code and registers, for the T2-only gemv), whose loads stream past L1 when `cold` (the block's
+// rows were not prefetched into L2: prefetch_block_rows).
+template <bool FULL>
 __device__ __forceinline__ void t2_rows(const Mat& w, int r, int nr, const i8* aq, const float* ad,
-                                        const int* as, float* y) {
+                                        const int* as, float* y, bool cold = false) {
     int lane = threadIdx.x & 31;
     int ng = w.cols / 16, whole = ng & ~(T2_CHUNK - 1);
     const int4* a4 = (const int4*)aq;
@@ -503,22 +535,26 @@ __device__ __forceinline__ void t2_rows(const Mat& w, int r, int nr, const i8* a
     float acc[WARP_ROWS];
 #pragma unroll
     for (int k = 0; k < WARP_ROWS; k++) acc[k] = 0.0f;
-#pragma unroll 2
-    for (int c = 0; c < whole; c += T2_CHUNK) {
-        int4 words[WARP_ROWS];
-        // Rows past nr (the same for the whole warp) are neither loaded nor summed.
+    if (FULL && nr == WARP_ROWS) {
+#pragma unroll 1
+        for (int c = 0; c < whole; c += T2_CHUNK) {
+            int4 words[WARP_ROWS];
 #pragma unroll
-        for (int k = 0; k < WARP_ROWS; k++)
-            words[k] = k < nr ? ((const int4*)(rw[k] + c))[lane] : int4_of(0, 0, 0, 0);
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            int g = c + lane + 32 * j;
-            int4 av = a4[g];
-            float d = ad[g];
-            int sm = as[g];
+            for (int k = 0; k < WARP_ROWS; k++) {
+                const int4* p = (const int4*)(rw[k] + c) + lane;
+                words[k] = cold ? ld_stream(p) : *p;
+            }
+            t2_chunk(words, c, WARP_ROWS, a4, ad, as, acc);
+        }
+    } else {
+#pragma unroll 1
+        for (int c = 0; c < whole; c += T2_CHUNK) {
+            int4 words[WARP_ROWS];
+            // Rows past nr (the same for the whole warp) are neither loaded nor summed.
 #pragma unroll
             for (int k = 0; k < WARP_ROWS; k++)
-                if (k < nr) acc[k] += t2_term(t2_codes(int4_at(words[k], j)), av, d, sm);
+                words[k] = k < nr ? ((const int4*)(rw[k] + c))[lane] : int4_of(0, 0, 0, 0);
+            t2_chunk(words, c, nr, a4, ad, as, acc);
         }
     }
 #pragma unroll 2
@@ -587,10 +623,12 @@ __device__ __forceinline__ void quant_rows(const Mat& w, int r, int nr, const i8
 }
 
 // How a warp multiplies a matrix's rows: ROWS_T2 and ROWS_QUANT WARP_ROWS rows at a time
-// (t2_rows, quant_rows), ROWS_ONE one (row_dot: f16, f32).
+// (t2_rows, quant_rows), ROWS_ONE one (row_dot: f16, f32); ROWS_T2_FULL is ROWS_T2 with
+// t2_rows' loop for full rows (gemv_prepared_t2).
 #define ROWS_T2 0
 #define ROWS_QUANT 1
 #define ROWS_ONE 2
+#define ROWS_T2_FULL 3
 
 __device__ __forceinline__ int rows_kind(int fmt) {
     return fmt == FMT_T2 ? ROWS_T2
@@ -601,12 +639,14 @@ __device__ __forceinline__ int rows_kind(int fmt) {
 // Rows r .. r + nr of a job (nr <= WARP_ROWS, or 1 for ROWS_ONE) by one warp: the products,
 // plus the bias, stored into or added to the output by lane 0. Instantiated apart for each
 // rows_kind, so that a loop over one kind holds only its own code (and registers).
+// `cold`: the rows were not prefetched (ROWS_T2_FULL streams them past L1).
 template <int KIND>
 __device__ __forceinline__ void job_rows(const Job& job, int r, int nr, const float* xs,
-                                         const i8* aq, const float* ad, const int* as) {
+                                         const i8* aq, const float* ad, const int* as,
+                                         bool cold = false) {
     float y[WARP_ROWS];
-    if (KIND == ROWS_T2)
-        t2_rows(job.w, r, nr, aq, ad, as, y);
+    if (KIND == ROWS_T2 || KIND == ROWS_T2_FULL)
+        t2_rows<KIND == ROWS_T2_FULL>(job.w, r, nr, aq, ad, as, y, cold);
     else if (KIND == ROWS_QUANT)
         quant_rows(job.w, r, nr, aq, ad, as, y);
     else
@@ -633,6 +673,15 @@ __device__ __forceinline__ void block_rows(const Jobs& jobs, int& j, int& r0, in
     r1 = min(r0 + jobs.rows_per_block, job.w.rows);
 }
 
+// A gemv block prefetches its rows into L2 only when they take at most this many bytes, so a
+// grid of a few blocks per SM prefetches well under the L2 cache's size: a matrix larger than it
+// is streamed by the loads themselves, and not fetched twice.
+#define BLOCK_PREFETCH_MAX (64 << 10)
+
+__device__ __forceinline__ bool block_prefetched(const Mat& w, int r0, int r1) {
+    return (long long)(r1 - r0) * w.stride <= BLOCK_PREFETCH_MAX;
+}
+
 // Prefetches the weights of a gemv block's rows (quantized bytes, block scales and minimums)
 // into L2: issued before anything else, their loads overlap the input's preparation and, with a
 // programmatic dependent launch, the kernel before.
@@ -642,6 +691,7 @@ __device__ void prefetch_block_rows(const Jobs& jobs) {
     const Mat& w = jobs.j[j].w;
     if (r1 <= r0) return;
     long long nb = w.cols / 32, nr = r1 - r0;
+    if (!block_prefetched(w, r0, r1)) return;
     prefetch_l2(w.qs + r0 * w.stride, nr * w.stride);
     if (w.d) prefetch_l2(w.d + r0 * nb, nr * nb * 4);
     if (w.m) prefetch_l2(w.m + r0 * nb, nr * nb * 4);
@@ -651,7 +701,8 @@ __device__ void prefetch_block_rows(const Jobs& jobs) {
 // it, each warp a contiguous share (WARP_ROWS rows at once where rows_kind allows).
 // MULTI: quantized rows WARP_ROWS at a time where a warp has many (else one at a time, which
 // needs fewer registers: the gemv of a prepared input, streaming large matrices, leaves it out).
-template <bool MULTI>
+// T2_ONLY: every job is T2 (gemv_prepared_t2).
+template <bool MULTI, bool T2_ONLY = false>
 __device__ __forceinline__ void gemv_rows(const Jobs& jobs, const float* xs, const i8* aq,
                                           const float* ad, const int* as) {
     int j, r0, r1;
@@ -661,16 +712,21 @@ __device__ __forceinline__ void gemv_rows(const Jobs& jobs, const float* xs, con
     int per = (r1 - r0 + warps - 1) / warps;
     int w0 = r0 + wid * per, w1 = min(w0 + per, r1);
     int kind = rows_kind(job.w.fmt);
-    if (kind == ROWS_T2)
+    if (T2_ONLY) {
+        bool cold = !block_prefetched(job.w, r0, r1);
+        for (int r = w0; r < w1; r += WARP_ROWS)
+            job_rows<ROWS_T2_FULL>(job, r, min(WARP_ROWS, w1 - r), xs, aq, ad, as, cold);
+    } else if (kind == ROWS_T2) {
         for (int r = w0; r < w1; r += WARP_ROWS)
             job_rows<ROWS_T2>(job, r, min(WARP_ROWS, w1 - r), xs, aq, ad, as);
-    else if (MULTI && kind == ROWS_QUANT && w1 - w0 >= 2 * WARP_ROWS)
+    } else if (MULTI && kind == ROWS_QUANT && w1 - w0 >= 2 * WARP_ROWS) {
         // Many rows per warp (an output layer): several rows' loads in flight. With few, row_dot
         // keeps more of one row's loads in flight.
         for (int r = w0; r < w1; r += WARP_ROWS)
             job_rows<ROWS_QUANT>(job, r, min(WARP_ROWS, w1 - r), xs, aq, ad, as);
-    else
+    } else {
         for (int r = w0; r < w1; r++) job_rows<ROWS_ONE>(job, r, 1, xs, aq, ad, as);
+    }
 }
 
 // Matrix-vector products of up to MAX_JOBS matrices that share one input, which every block
@@ -699,6 +755,17 @@ extern "C" __global__ void gemv_prepared(const __grid_constant__ Jobs jobs,
     grid_wait();
     grid_next();
     gemv_rows<false>(jobs, prep.x, prep.qq, prep.qd, prep.qsum);
+}
+
+// gemv_prepared of T2 jobs only: with no other type's code, its registers go to keeping a warp's
+// rows' loads and activations in flight, at the cost of occupancy that the other types need
+// (hence a kernel of its own).
+extern "C" __global__ void gemv_prepared_t2(const __grid_constant__ Jobs jobs,
+                                            const __grid_constant__ Prep prep) {
+    prefetch_block_rows(jobs);
+    grid_wait();
+    grid_next();
+    gemv_rows<false, true>(jobs, prep.x, prep.qq, prep.qd, prep.qsum);
 }
 
 // ---------------------------------------------------------------------------------------------

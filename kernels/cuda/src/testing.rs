@@ -21,6 +21,8 @@ pub enum Input<'a> {
     RmsNorm(&'a [f32], &'a [f32], f32),
     /// `silu(gate) * up`.
     SwiGlu(&'a [f32], &'a [f32]),
+    /// `x` quantized beforehand by `quantize_acts`, read in place by `gemv_prepared`.
+    Prepared(&'a [f32]),
 }
 
 /// Runs the gemv of `w` with `prep`, `rows_per_block` rows per block (None: as the engine plans).
@@ -37,14 +39,14 @@ fn run_gemv(
     let mut jobs = jobs_arg(&[(m.arg, gpu.ptr(&out), 0, 0)]);
     let blocks = match rows_per_block {
         Some(n) => assign_blocks(&mut jobs, n),
-        None => plan_jobs(gpu, &mut jobs),
+        None => plan_jobs(gpu, &mut jobs, &prep),
     };
     let cfg = LaunchConfig {
         grid_dim: (blocks, 1, 1),
         block_dim: (GEMV_THREADS, 1, 1),
-        shared_mem_bytes: gemv_smem(prep.n as usize),
+        shared_mem_bytes: gemv_smem_for(&prep),
     };
-    gpu.launch(gpu.gemv_fn(&prep), cfg, &jobs, &prep)?;
+    gpu.launch(gpu.gemv_fn(&jobs, &prep), cfg, &jobs, &prep)?;
     let r = gpu.stream.clone_dtoh(&out)?;
     gpu.stream.synchronize()?;
     Ok(r)
@@ -81,8 +83,48 @@ pub fn gemv(gpu: &Gpu, w: &Matrix<'_>, input: Input<'_>) -> Result<Vec<f32>, Cud
             x2: up(u)?,
             ..Default::default()
         },
+        Input::Prepared(x) => {
+            let (xd, q, d, s) = quantize_on_device(gpu, x)?;
+            let prep = PrepArg {
+                kind: PREP_INT8,
+                n: x.len() as i32,
+                x: gpu.ptr(&xd),
+                qq: gpu.ptr(&q),
+                qd: gpu.ptr(&d),
+                qsum: gpu.ptr(&s),
+                ..Default::default()
+            };
+            return run_gemv(gpu, w, prep, w.rows, None);
+        }
     };
     run_gemv(gpu, w, prep, w.rows, None)
+}
+
+/// `x` on the device and its quantization by `quantize_acts`: values, scales, sums.
+#[allow(clippy::type_complexity)]
+fn quantize_on_device(
+    gpu: &Gpu,
+    x: &[f32],
+) -> Result<
+    (
+        CudaSlice<f32>,
+        CudaSlice<i8>,
+        CudaSlice<f32>,
+        CudaSlice<i32>,
+    ),
+    CudaError,
+> {
+    let n = x.len();
+    let xd = gpu.upload(x)?;
+    let q: CudaSlice<i8> = gpu.zeros(n)?;
+    let d: CudaSlice<f32> = gpu.zeros(n / 16)?;
+    let s: CudaSlice<i32> = gpu.zeros(n / 16)?;
+    let mut l = gpu.stream.launch_builder(&gpu.f.quantize_acts);
+    let ni = n as i32;
+    l.arg(&xd).arg(&ni).arg(&q).arg(&d).arg(&s);
+    // SAFETY: the buffers hold n, n/16, n/16 values.
+    unsafe { l.launch(LaunchConfig::for_num_elems((n / 16) as u32)) }?;
+    Ok((xd, q, d, s))
 }
 
 /// `W · x` by the gemv kernel with `rows_per_block` rows per block (a warp takes
@@ -108,16 +150,7 @@ pub type QuantizedActs = (Vec<i8>, Vec<f32>, Vec<i32>);
 
 /// The activation quantizer: `(qs, d, sums)`.
 pub fn quantize(gpu: &Gpu, x: &[f32]) -> Result<QuantizedActs, CudaError> {
-    let n = x.len();
-    let xd = gpu.upload(x)?;
-    let q: CudaSlice<i8> = gpu.zeros(n)?;
-    let d: CudaSlice<f32> = gpu.zeros(n / 16)?;
-    let s: CudaSlice<i32> = gpu.zeros(n / 16)?;
-    let mut l = gpu.stream.launch_builder(&gpu.f.quantize_acts);
-    let ni = n as i32;
-    l.arg(&xd).arg(&ni).arg(&q).arg(&d).arg(&s);
-    // SAFETY: the buffers hold n, n/16, n/16 values as the kernel expects.
-    unsafe { l.launch(LaunchConfig::for_num_elems((n / 16) as u32)) }?;
+    let (_, q, d, s) = quantize_on_device(gpu, x)?;
     read_acts(gpu, &q, &d, &s)
 }
 
@@ -445,15 +478,7 @@ pub fn gemv_bandwidth(
     let x: Vec<f32> = (0..n)
         .map(|i| ((i * 7919) % 255) as f32 / 127.0 - 1.0)
         .collect();
-    let xd = gpu.upload(&x)?;
-    let q: CudaSlice<i8> = gpu.zeros(n)?;
-    let d: CudaSlice<f32> = gpu.zeros(n / 16)?;
-    let s: CudaSlice<i32> = gpu.zeros(n / 16)?;
-    let mut l = gpu.stream.launch_builder(&gpu.f.quantize_acts);
-    let ni = n as i32;
-    l.arg(&xd).arg(&ni).arg(&q).arg(&d).arg(&s);
-    // SAFETY: the buffers hold n, n/16, n/16 values.
-    unsafe { l.launch(LaunchConfig::for_num_elems((n / 16) as u32)) }?;
+    let (xd, q, d, s) = quantize_on_device(gpu, &x)?;
     let out: CudaSlice<f32> = gpu.zeros(w.rows)?;
     let prep = PrepArg {
         kind: PREP_INT8,
@@ -464,14 +489,13 @@ pub fn gemv_bandwidth(
         qsum: gpu.ptr(&s),
         ..Default::default()
     };
-    let smem = gemv_smem_for(&prep);
     let launch = |m: &DevMat, start: Start| -> Result<(), CudaError> {
         let mut jobs = jobs_arg(&[(m.arg, gpu.ptr(&out), 0, 0)]);
-        let blocks = plan_jobs(gpu, &mut jobs);
+        let blocks = plan_jobs(gpu, &mut jobs, &prep);
         let cfg = LaunchConfig {
             grid_dim: (blocks, 1, 1),
             block_dim: (GEMV_THREADS, 1, 1),
-            shared_mem_bytes: smem,
+            shared_mem_bytes: gemv_smem_for(&prep),
         };
         let args: [*const std::ffi::c_void; 2] = [
             (&jobs as *const JobsArg).cast(),
@@ -480,7 +504,7 @@ pub fn gemv_bandwidth(
         // SAFETY: `jobs` and `prep` are the gemv kernels' two parameters, live through the
         // call; their pointers are the buffers above, of the lengths they name. The gemv calls
         // grid_wait before writing its output, the only buffer the launches share.
-        unsafe { gpu.launch_ex(gpu.gemv_fn(&prep), cfg, &args, start) }
+        unsafe { gpu.launch_ex(gpu.gemv_fn(&jobs, &prep), cfg, &args, start) }
     };
     let start = |i: usize| {
         if overlapped && i > 0 {

@@ -267,6 +267,49 @@ fn several_rows_per_warp_give_the_one_row_sums_bit_for_bit() {
     }
 }
 
+/// T2 rows of whole interleaved chunks give the same sums bit for bit from an input prepared in
+/// global memory (`gemv_prepared_t2`, whose warps take full passes of four rows in a loop of
+/// their own) as from one each block prepares (`gemv`), and the CPU's within the tolerance.
+#[test]
+fn prepared_and_block_prepared_ternary_rows_agree_bit_for_bit() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng(13);
+    // As planned on an H200 (32 rows per block up to 12672 rows, then 64): 7 rows, one per warp;
+    // 9008 and 9016, four per warp and a last block of two or three per warp; 17000, eight per
+    // warp and a last block of five (four, then one). 2304 and 4864 columns: one or two whole
+    // chunks and a partial one; 8192: four whole chunks.
+    for (rows, cols) in [
+        (7, 2304),
+        (9008, 2304),
+        (9016, 2304),
+        (17000, 2304),
+        (700, 4864),
+        (40, 8192),
+    ] {
+        let (data, rs) = weights(&mut rng, GgmlType::T2, rows, cols);
+        let w = matrix(GgmlType::T2, rows, cols, &data, &rs);
+        let x = rng.vec(cols, 1.0);
+        let plain = testing::gemv(gpu, &w, Input::Plain(&x)).unwrap();
+        let prepared = testing::gemv(gpu, &w, Input::Prepared(&x)).unwrap();
+        let (want, mag) = cpu_gemv(&w, &x);
+        for r in 0..rows {
+            assert_eq!(
+                plain[r].to_bits(),
+                prepared[r].to_bits(),
+                "{rows}x{cols} row {r}: {} vs {}",
+                plain[r],
+                prepared[r]
+            );
+            assert!(
+                (prepared[r] - want[r]).abs() <= GEMV_TOL * mag[r],
+                "{rows}x{cols} row {r}: gpu {} cpu {}",
+                prepared[r],
+                want[r]
+            );
+        }
+    }
+}
+
 #[test]
 fn ternary_integer_sums_are_bit_exact_including_code_3() {
     let Some(gpu) = gpu() else { return };
