@@ -33,7 +33,11 @@
 //! `TQ1_PANEL` windows for long rows): each element's activation in the odd byte of its 16-bit
 //! lane, zero in the even byte, so that `vpmaddubsw` of a digit vector by them gives one exact
 //! product `trit·a` per lane; the products of the two parities are added into pair sums and
-//! reduced as TQ2_0's, minus `sums`.
+//! reduced as TQ2_0's, minus `sums`. A driver may instead decode `qs[32..48]` as digits 0 | 2
+//! and 1 | 3 in a chain (one product by the lane powers, then `vpmaddubsw` by 3 twice: one
+//! instruction per parity fewer), with the activations of that window arranged alike; its groups
+//! then come out with lanes 2 and 5 swapped, which one `vpermd` of the `isum` undoes (the
+//! AVX-VNNI driver does, where the multiplier ports are the limit; here it does not pay).
 //!
 //! Like the other AVX2 kernels these need AVX2, FMA and F16C (F16C converts the TQ scales).
 //!
@@ -198,12 +202,17 @@ fn mul_byte(v: __m256i, c: __m256i) -> __m256i {
 /// one [`mul_byte`] per lane and parity by the power of each 128-bit lane (of each 32-bit word
 /// for `qh`) gives the bytes `q`, a second one the digits.
 ///
+/// With `SPLIT`, pairs 5 and 6 hold instead digits 0 | 2 and 1 | 3 of `qs[32..48]` (elements
+/// `160 .. 176 | 192 .. 208`, then `176 .. 192 | 208 .. 224`): one product by the powers 1 | 9
+/// and two [`mul_byte`] by 3 in a chain, one [`mul_byte`] per parity fewer (see
+/// [`load_window_tq1`] and [`gemv_tq1!`] for the matching operands and lane order).
+///
 /// # Safety
 ///
 /// `blk` must be valid for reading bytes `0..52` of one TQ1_0 block; the CPU must have AVX2.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn tq1_block(blk: *const u8) -> [[__m256i; 2]; 8] {
+pub(crate) unsafe fn tq1_block<const SPLIT: bool>(blk: *const u8) -> [[__m256i; 2]; 8] {
     // SAFETY: bytes 0..32 (qs[0..32]), 32..48 (qs[32..48]) and 48..52 (qh) of the block.
     let (q, r, h) = unsafe {
         (
@@ -236,8 +245,18 @@ pub(crate) unsafe fn tq1_block(blk: *const u8) -> [[__m256i; 2]; 8] {
         ]
     };
     // Elements 160 + 16n + m: digit n of qs[32 + m].
-    x[5] = digits(r, [1; 8], [3; 8]);
-    x[6] = digits(r, [9; 8], [27; 8]);
+    if SPLIT {
+        // Digits 0 | 2, then 1 | 3.
+        let p = [
+            mul_byte(r, e([1; 8], [9; 8])),
+            mul_byte(r, o([1; 8], [9; 8])),
+        ];
+        x[5] = [mul_byte(p[0], e3), mul_byte(p[1], e3)];
+        x[6] = [mul_byte(x[5][0], e3), mul_byte(x[5][1], e3)];
+    } else {
+        x[5] = digits(r, [1; 8], [3; 8]);
+        x[6] = digits(r, [9; 8], [27; 8]);
+    }
     // Elements 224 .. 240 (digit 4 of qs[32..48]), then 240 + 4n + j: digit n of qh[j], from
     // qh repeated in the four words of the high lane.
     x[7] = digits(
@@ -258,7 +277,19 @@ pub(crate) struct Tq1Window {
     pub(crate) d: __m256,
 }
 
-/// The operands of TQ1_0 window `win` (see [`Tq1Window`]).
+/// The word permutation that swaps i32 lanes 2 and 5 (its own inverse): with `SPLIT`, the
+/// second window of a block yields its groups in the lane order `0 2 3 6 1 4 5 7` (pairs 5 and 6
+/// of [`tq1_block`] hold groups 10 | 12 and 11 | 13), which this puts back in the TQ2_0 order.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn tq1_swap() -> __m256i {
+    _mm256_setr_epi32(0, 1, 5, 3, 4, 2, 6, 7)
+}
+
+/// The operands of TQ1_0 window `win` (see [`Tq1Window`]) for [`tq1_block`] with `SPLIT`
+/// alike: then, in the second window of a block, the 128-bit halves of its columns `32..96` are
+/// rearranged like the digits (`32..48 | 64..80`, then `48..64 | 80..96`) and `sums` swapped by
+/// [`tq1_swap`].
 ///
 /// # Safety
 ///
@@ -266,12 +297,25 @@ pub(crate) struct Tq1Window {
 /// must have AVX2.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn load_window_tq1(acts: &ActsQ8<'_>, win: usize) -> Tq1Window {
+pub(crate) unsafe fn load_window_tq1<const SPLIT: bool>(
+    acts: &ActsQ8<'_>,
+    win: usize,
+) -> Tq1Window {
     // SAFETY: the caller guarantees the window's columns lie inside `acts`.
-    let wv = unsafe { load_window::<TQ2_0>(acts, win, false) };
+    let mut wv = unsafe { load_window::<TQ2_0>(acts, win, false) };
+    let split = SPLIT && win % 2 == 1;
+    if split {
+        let (a1, a2) = (wv.a[1], wv.a[2]);
+        wv.a[1] = _mm256_permute2x128_si256::<0x20>(a1, a2);
+        wv.a[2] = _mm256_permute2x128_si256::<0x31>(a1, a2);
+    }
     Tq1Window {
         a: tq1_acts(&wv.a),
-        sums: wv.sums,
+        sums: if split {
+            _mm256_permutevar8x32_epi32(wv.sums, tq1_swap())
+        } else {
+            wv.sums
+        },
         d: wv.d,
     }
 }
@@ -450,12 +494,13 @@ pub(crate) fn launder<T>(s: &[T]) -> &[T] {
 
 /// Defines a TQ1_0 gemv driver `$name` for the target features `$features`, with `$isum` (the
 /// exact `isum` of a window, in the TQ2_0 lane order, from its four pairs of [`tq1_block`] and
-/// its [`Tq1Window`]): as [`gemv`] for TQ2_0 (four rows per pass, the same lane order and float
+/// its [`Tq1Window`]) and `$split` (the `SPLIT` of [`tq1_block`] and [`load_window_tq1`]; when
+/// true, the second window's `isum` is put back in order by [`tq1_swap`]): as [`gemv`] for TQ2_0 (four rows per pass, the same lane order and float
 /// steps), but a whole block (two windows) per row at a time, so that its digits are decoded
 /// once and its scale converted once, with the window operands made once per panel of
 /// [`TQ1_PANEL`] windows (once per call when the row fits in one).
 macro_rules! gemv_tq1 {
-    ($(#[$doc:meta])* $name:ident, $features:literal, $isum:path) => {
+    ($(#[$doc:meta])* $name:ident, $features:literal, $isum:path, $split:literal) => {
         $(#[$doc])*
         ///
         /// # Safety
@@ -472,7 +517,7 @@ macro_rules! gemv_tq1 {
             use core::mem::MaybeUninit;
             use $crate::scalar::ternary::{check_gemv_ternary, QK_K, TQ1_0_BYTES};
             use $crate::x86::ternary::{
-                launder, load_window_tq1, reduce8, tq1_block, tq_scale, Tq1Window,
+                launder, load_window_tq1, reduce8, tq1_block, tq1_swap, tq_scale, Tq1Window,
                 PREFETCH_PASSES, ROWS, TQ1_PANEL, WIN,
             };
             let bb = TQ1_0_BYTES;
@@ -490,7 +535,7 @@ macro_rules! gemv_tq1 {
             if single {
                 for (win, b) in buf[..nwin].iter_mut().enumerate() {
                     // SAFETY: `win < nwin`.
-                    b.write(unsafe { load_window_tq1(acts, win) });
+                    b.write(unsafe { load_window_tq1::<$split>(acts, win) });
                 }
             }
             let mut r = 0;
@@ -511,7 +556,7 @@ macro_rules! gemv_tq1 {
                     if !single {
                         for (j, b) in buf[..wn].iter_mut().enumerate() {
                             // SAFETY: `w0 + j < nwin`.
-                            b.write(unsafe { load_window_tq1(acts, w0 + j) });
+                            b.write(unsafe { load_window_tq1::<$split>(acts, w0 + j) });
                         }
                     }
                     let wins = {
@@ -537,10 +582,13 @@ macro_rules! gemv_tq1 {
                             // the row.
                             let (x, dw) = unsafe {
                                 let q = p[i].add(off);
-                                (tq1_block(q), tq_scale(q.add(bb - 2)))
+                                (tq1_block::<$split>(q), tq_scale(q.add(bb - 2)))
                             };
                             for (h, wv) in pair.iter().enumerate() {
-                                let isum = $isum(&x[4 * h..4 * h + 4], wv);
+                                let mut isum = $isum(&x[4 * h..4 * h + 4], wv);
+                                if $split && h == 1 {
+                                    isum = _mm256_permutevar8x32_epi32(isum, tq1_swap());
+                                }
                                 let t = _mm256_mul_ps(
                                     _mm256_mul_ps(dw, wv.d),
                                     _mm256_cvtepi32_ps(isum),
@@ -565,7 +613,7 @@ pub(crate) use gemv_tq1;
 
 gemv_tq1! {
     /// The AVX2 TQ1_0 gemv driver (see [`gemv_tq1!`]).
-    gemv_tq1_avx2, "avx2,fma,f16c", tq1_isum
+    gemv_tq1_avx2, "avx2,fma,f16c", tq1_isum, false
 }
 
 /// AVX2 [`crate::scalar::ternary::gemv_tq1_0`], bit-exact: each block is decoded once per row

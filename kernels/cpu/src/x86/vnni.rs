@@ -35,10 +35,13 @@
 //! - TQ1_0: the AVX2 kernel (its driver `gemv_tq1!`, its digit vectors and arranged
 //!   activations: digits and activations in the odd bytes, zeros in the even ones) with
 //!   `vpdpbusd`: the even and the odd elements of 32 columns go into one accumulator, whose
-//!   128-bit lanes then hold four partial sums of the two groups of those columns; a `vphaddd`
-//!   tree of the window's four accumulators leaves the eight group sums in the TQ2_0 lane order,
-//!   minus `sums`. The decoding (one `vpmaddubsw` per 16 digits) is the AVX2 kernel's, so this
-//!   gains less over AVX2 than the 2-bit types do.
+//!   128-bit lanes then hold four partial sums of the two groups of those columns (each at most
+//!   `4 * 2 * 127` in magnitude); the window's four accumulators are packed to i16 in pairs
+//!   (`vpackssdw`, exact), and one `vphaddw` and one `vpmaddwd` by ones leave the eight group
+//!   sums in the TQ2_0 lane order, minus `sums`. The decoding (one `vpmaddubsw` per 16 digits) is
+//!   the AVX2 kernel's, with `qs[32..48]` as digits 0 | 2 and 1 | 3 (`tq1_block` with `SPLIT`:
+//!   two `vpmaddubsw` fewer per block for one `vpermd`), so this gains less over AVX2 than the
+//!   2-bit types do.
 //!
 //! The float steps are the specification's, as in the AVX2 kernels; rows that are not a multiple
 //! of four repeat the last row in the final pass and drop the extra results. The gemm is the AVX2
@@ -343,8 +346,9 @@ pub unsafe fn avxvnni_gemv_tq2_0(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
 
 /// The exact `isum` of one TQ1_0 window from its four pairs of digit vectors
 /// ([`super::ternary::tq1_block`]) and its operands, in the lane order `0 2 4 6 1 3 5 7`
-/// (module docs): per pair, two `vpdpbusd` (two products `trit·a` per i32 lane each), then a
-/// `vphaddd` tree.
+/// (module docs; in the second window of a block, lanes 2 and 5 swapped, as `SPLIT` arranges
+/// them): per pair, two `vpdpbusd` (two products `trit·a` per i32 lane each), then
+/// `vpackssdw`, `vphaddw` and `vpmaddwd` by ones.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
 fn tq1_isum(x: &[[__m256i; 2]], wv: &Tq1Window) -> __m256i {
@@ -352,13 +356,17 @@ fn tq1_isum(x: &[[__m256i; 2]], wv: &Tq1Window) -> __m256i {
         let s = _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), x[k][0], wv.a[k][0]);
         _mm256_dpbusd_avx_epi32(s, x[k][1], wv.a[k][1])
     });
-    let sums = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
+    let h = _mm256_hadd_epi16(
+        _mm256_packs_epi32(p[0], p[1]),
+        _mm256_packs_epi32(p[2], p[3]),
+    );
+    let sums = _mm256_madd_epi16(h, _mm256_set1_epi16(1));
     _mm256_sub_epi32(sums, wv.sums)
 }
 
 gemv_tq1! {
     /// The AVX-VNNI TQ1_0 gemv driver (see [`super::ternary::gemv_tq1!`]).
-    gemv_tq1_vnni, "avx2,fma,f16c,avxvnni", tq1_isum
+    gemv_tq1_vnni, "avx2,fma,f16c,avxvnni", tq1_isum, true
 }
 
 /// AVX-VNNI [`crate::scalar::ternary::gemv_tq1_0`], bit-exact.
