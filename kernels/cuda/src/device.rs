@@ -23,6 +23,7 @@ pub(crate) struct Funcs {
     pub gemv_prepared_t2: CudaFunction,
     pub prep: CudaFunction,
     pub gemm: CudaFunction,
+    pub gemm_t2: CudaFunction,
     pub kv_store: CudaFunction,
     pub quantize_acts: CudaFunction,
     pub t2_isums: CudaFunction,
@@ -119,6 +120,7 @@ impl Gpu {
             gemv_prepared_t2: load("gemv_prepared_t2")?,
             prep: load("prep")?,
             gemm: load("gemm")?,
+            gemm_t2: load("gemm_t2")?,
             kv_store: load("kv_store")?,
             quantize_acts: load("quantize_acts")?,
             t2_isums: load("t2_isums")?,
@@ -138,10 +140,12 @@ impl Gpu {
         )?
         .max(48 << 10) as usize;
         // The prefill gemm stages GEMM_TOKENS tokens' inputs: let it use what the device allows.
-        f.gemm.set_attribute(
-            cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            smem_optin as i32,
-        )?;
+        for gemm in [&f.gemm, &f.gemm_t2] {
+            gemm.set_attribute(
+                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                smem_optin as i32,
+            )?;
+        }
         f.attention.set_attribute(
             cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
             (smem_optin - ATTN_STATIC_SMEM) as i32,

@@ -35,7 +35,7 @@ use crate::device::{
     PrepArg, PrepOutArg, SampleArg, Start, ATTN_STATIC_SMEM, ATTN_THREADS, ATTN_WARPS, GEMM_TOKENS,
     GEMV_THREADS, PREP_INT8,
 };
-use crate::repack::repack;
+use crate::repack::{repack, Format};
 use crate::{CudaError, KvCache};
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{CudaGraph, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
@@ -1179,16 +1179,35 @@ impl GpuEngine {
         })
     }
 
+    /// The prefill products of `jobs` (at most MAX_JOBS): T2 matrices by `gemm_t2`, the others by
+    /// `gemm`, so a list that mixes them takes two launches.
     fn gemm(&self, jobs: &[(MatArg, u64, u64, i32)], acts: ActsArg) -> Result<(), CudaError> {
-        let mut ja = jobs_arg(jobs);
         let tiles = (acts.ntok as usize).div_ceil(GEMM_TOKENS);
-        let blocks = plan_gemm(&self.gpu, &mut ja, tiles);
-        let cfg = LaunchConfig {
+        let cfg = |blocks| LaunchConfig {
             grid_dim: (blocks, tiles as u32, 1),
             block_dim: (GEMV_THREADS, 1, 1),
             shared_mem_bytes: gemm_smem(acts.n as usize) as u32,
         };
-        self.gpu.launch(&self.gpu.f.gemm, cfg, &ja, &acts)
+        for t2 in [false, true] {
+            let mut part = [(MatArg::default(), 0, 0, 0); 3];
+            let mut n = 0;
+            for j in jobs.iter().filter(|j| (j.0.fmt == Format::T2 as i32) == t2) {
+                part[n] = *j;
+                n += 1;
+            }
+            if n == 0 {
+                continue;
+            }
+            let mut ja = jobs_arg(&part[..n]);
+            let blocks = plan_gemm(&self.gpu, &mut ja, tiles);
+            let f = if t2 {
+                &self.gpu.f.gemm_t2
+            } else {
+                &self.gpu.f.gemm
+            };
+            self.gpu.launch(f, cfg(blocks), &ja, &acts)?;
+        }
+        Ok(())
     }
 
     /// Prefills `tokens` (at most the batch capacity) together; after the `last` batch, the

@@ -829,8 +829,11 @@ struct Acts {
 };
 
 // acc[k][t] += row rows[k] · token t's input, for GEMM_ROWS rows at once (sharing each token's
-// activation loads) and the GEMM_TOKENS tokens staged in shared memory.
+// activation loads) and the GEMM_TOKENS tokens staged in shared memory. T2: the matrix is T2
+// (gemm_t2), else any other type (gemm): apart, so that neither kernel's registers are set by
+// the other's code.
 #define GEMM_ROWS 2
+template <bool T2>
 __device__ __forceinline__ void gemm_rows(const Mat& w, const int* rows, const Acts& a, int t0,
                                           const i8* aq, const float* ad, const int* as,
                                           const float* ama, float (*acc)[GEMM_TOKENS]) {
@@ -839,7 +842,21 @@ __device__ __forceinline__ void gemm_rows(const Mat& w, const int* rows, const A
     const u8* row[GEMM_ROWS];
 #pragma unroll
     for (int k = 0; k < GEMM_ROWS; k++) row[k] = w.qs + (long long)rows[k] * w.stride;
-    if (w.fmt == FMT_Q8_0) {
+    if (T2) {
+        for (int g = lane; g < ng; g += 32) {
+            int4 c[GEMM_ROWS];
+#pragma unroll
+            for (int k = 0; k < GEMM_ROWS; k++) c[k] = t2_codes(((const int*)row[k])[t2_pos(g, ng)]);
+#pragma unroll
+            for (int t = 0; t < GEMM_TOKENS; t++) {
+                int4 av = ((const int4*)(aq + t * n))[g];
+                float d = ad[t * ng + g];
+                int sm = as[t * ng + g];
+#pragma unroll
+                for (int k = 0; k < GEMM_ROWS; k++) acc[k][t] += t2_term(c[k], av, d, sm);
+            }
+        }
+    } else if (w.fmt == FMT_Q8_0) {
         for (int g = lane; g < ng; g += 32) {
             int4 q[GEMM_ROWS];
             float dw[GEMM_ROWS];
@@ -881,20 +898,6 @@ __device__ __forceinline__ void gemm_rows(const Mat& w, const int* rows, const A
                 for (int k = 0; k < GEMM_ROWS; k++)
                     acc[k][t] += q4_term(lo[k], hi[k], a0, a1, dw[k], d.x, d.y, sm.x, sm.y,
                                          mw[k], ma, q40);
-            }
-        }
-    } else if (w.fmt == FMT_T2) {
-        for (int g = lane; g < ng; g += 32) {
-            int4 c[GEMM_ROWS];
-#pragma unroll
-            for (int k = 0; k < GEMM_ROWS; k++) c[k] = t2_codes(((const int*)row[k])[t2_pos(g, ng)]);
-#pragma unroll
-            for (int t = 0; t < GEMM_TOKENS; t++) {
-                int4 av = ((const int4*)(aq + t * n))[g];
-                float d = ad[t * ng + g];
-                int sm = as[t * ng + g];
-#pragma unroll
-                for (int k = 0; k < GEMM_ROWS; k++) acc[k][t] += t2_term(c[k], av, d, sm);
             }
         }
     } else if (w.fmt == FMT_F16) {
@@ -959,8 +962,9 @@ __device__ __forceinline__ float warp_sum16(float* v) {
 // Y[t] = W · input[t] (+ bias; stored or added) for up to MAX_JOBS matrices sharing one input.
 // blockIdx.x picks the job and its rows as in `gemv`; blockIdx.y the tile of GEMM_TOKENS tokens,
 // whose int8 inputs and scales the block stages in shared memory. Output row r of token t is
-// out[t * rows + r].
-extern "C" __global__ void gemm(const __grid_constant__ Jobs jobs, const __grid_constant__ Acts a) {
+// out[t * rows + r]. T2: every job is T2 (gemm_t2); else none is (gemm).
+template <bool T2>
+__device__ __forceinline__ void gemm_body(const Jobs& jobs, const Acts& a) {
     extern __shared__ __align__(16) unsigned char smem[];
     int n = a.n, ng = n / QS;
     int t0 = blockIdx.y * GEMM_TOKENS;
@@ -1004,7 +1008,7 @@ extern "C" __global__ void gemm(const __grid_constant__ Jobs jobs, const __grid_
 #pragma unroll
             for (int t = 0; t < GEMM_TOKENS; t++) acc[k][t] = 0.0f;
         }
-        gemm_rows(job.w, rows, a, t0, aq, ad, as, ama, acc);
+        gemm_rows<T2>(job.w, rows, a, t0, aq, ad, as, ama, acc);
 #pragma unroll
         for (int k = 0; k < GEMM_ROWS; k++) {
             float y = warp_sum16(acc[k]);
@@ -1020,6 +1024,15 @@ extern "C" __global__ void gemm(const __grid_constant__ Jobs jobs, const __grid_
             }
         }
     }
+}
+
+extern "C" __global__ void gemm(const __grid_constant__ Jobs jobs, const __grid_constant__ Acts a) {
+    gemm_body<false>(jobs, a);
+}
+
+extern "C" __global__ void gemm_t2(const __grid_constant__ Jobs jobs,
+                                   const __grid_constant__ Acts a) {
+    gemm_body<true>(jobs, a);
 }
 
 // Standalone quantizer (tests, and inputs of large matrices shared by many blocks).

@@ -606,9 +606,12 @@ impl RandomModel {
         };
         let (d, q, kv, f) = (cfg.dim, cfg.q_dim(), cfg.kv_dim(), cfg.ffn_dim);
         // Per layer: q, k, v, o, gate, up, down.
+        // The ternary layer's v projection is Q8_0: its prefill gemm takes two launches (T2
+        // and the rest), its gemv one.
+        let t = GgmlType::T2;
         let layer_types = [
             [GgmlType::Q4_1; 7],
-            [GgmlType::T2; 7],
+            [t, t, GgmlType::Q8_0, t, t, t, t],
             [
                 GgmlType::Q8_0,
                 GgmlType::Q8_0,
