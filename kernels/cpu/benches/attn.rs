@@ -85,20 +85,20 @@ fn main() {
         let vcache = cache.clone();
         let mut s = vec![0f32; G * n];
         let mut o = vec![0f32; G * HD];
-        let t = time(21, || {
-            for l in 0..LAYERS {
-                for h in 0..KV_HEADS {
-                    let at = (l * KV_HEADS + h) * ctx * HD;
-                    let rows = at..at + n * HD;
-                    k.attn_scores_f16(&q, &cache[rows.clone()], HD, 0.125, &mut s);
-                    for row in s.chunks_mut(n) {
-                        k.softmax_unnorm(row);
-                    }
-                    k.attn_values_f16(&s, &vcache[rows], HD, &mut o);
+        // Layer l's attention: every KV head's scores, softmax and weighted values.
+        let mut layer = |l: usize| {
+            for h in 0..KV_HEADS {
+                let at = (l * KV_HEADS + h) * ctx * HD;
+                let rows = at..at + n * HD;
+                k.attn_scores_f16(&q, &cache[rows.clone()], HD, 0.125, &mut s);
+                for row in s.chunks_mut(n) {
+                    k.softmax_unnorm(row);
                 }
+                k.attn_values_f16(&s, &vcache[rows], HD, &mut o);
             }
             black_box(&o);
-        });
+        };
+        let t = time(21, || (0..LAYERS).for_each(&mut layer));
         println!(
             "{:<7} one decode step's attention, 30 layers x 3 KV heads x {n} positions: {:.3} ms",
             tier.name(),
@@ -118,18 +118,9 @@ fn main() {
                     let w = &weights[l * per_layer..(l + 1) * per_layer];
                     sink = sink.wrapping_add(w.iter().fold(0u64, |a, &x| a.wrapping_add(x)));
                     let t0 = Instant::now();
-                    for h in 0..KV_HEADS {
-                        let at = (l * KV_HEADS + h) * ctx * HD;
-                        let rows = at..at + n * HD;
-                        k.attn_scores_f16(&q, &cache[rows.clone()], HD, 0.125, &mut s);
-                        for row in s.chunks_mut(n) {
-                            k.softmax_unnorm(row);
-                        }
-                        k.attn_values_f16(&s, &vcache[rows], HD, &mut o);
-                    }
+                    layer(l);
                     att += t0.elapsed().as_secs_f64();
                 }
-                black_box(&o);
                 att
             })
             .collect();
