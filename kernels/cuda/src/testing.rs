@@ -506,24 +506,27 @@ pub fn gemv_bandwidth(
         // grid_wait before writing its output, the only buffer the launches share.
         unsafe { gpu.launch_ex(gpu.gemv_fn(&jobs, &prep), cfg, &args, start) }
     };
-    let start = |i: usize| {
-        if overlapped && i > 0 {
-            Start::Overlapped
-        } else {
-            Start::AfterPrevious
-        }
-    };
     for (i, m) in mats.iter().enumerate() {
-        launch(m, start(i))?;
+        launch(m, series_start(overlapped, i))?;
     }
     gpu.stream.synchronize()?;
     let t = std::time::Instant::now();
     for i in 0..iters {
-        launch(&mats[i % copies], start(i))?;
+        launch(&mats[i % copies], series_start(overlapped, i))?;
     }
     gpu.stream.synchronize()?;
     let bytes = p.qs.len() + 4 * (p.d.len() + p.m.len() + p.rs.len());
     Ok(Some((bytes * iters) as f64 / t.elapsed().as_secs_f64()))
+}
+
+/// How launch `i` of a series starts: after the one before it, or (`overlapped`) every launch
+/// but the first as a programmatic dependent launch.
+fn series_start(overlapped: bool, i: usize) -> Start {
+    if overlapped && i > 0 {
+        Start::Overlapped
+    } else {
+        Start::AfterPrevious
+    }
 }
 
 /// Seconds per call of the decode attention kernel at position `ctx - 1` of a `ctx`-position
@@ -582,11 +585,7 @@ pub fn kernel_boundary(
     s.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
     let mut r = Ok(());
     for i in 0..n {
-        let start = if overlapped && i > 0 {
-            Start::Overlapped
-        } else {
-            Start::AfterPrevious
-        };
+        let start = series_start(overlapped, i);
         // SAFETY: `advance` increments state[1] of the 4-int buffer.
         r = unsafe { gpu.launch_ex(&gpu.f.advance, cfg, &[(&p as *const u64).cast()], start) };
         if r.is_err() {
