@@ -226,7 +226,7 @@ impl Gpu {
     pub(crate) fn gemv_fn(&self, jobs: &JobsArg, prep: &PrepArg) -> &CudaFunction {
         if prep.kind != PREP_INT8 {
             &self.f.gemv
-        } else if t2_only(jobs) {
+        } else if runs_t2_gemv(jobs, prep) {
             &self.f.gemv_prepared_t2
         } else {
             &self.f.gemv_prepared
@@ -596,11 +596,13 @@ pub(crate) fn plan_gemm(gpu: &Gpu, jobs: &mut JobsArg, tiles: usize) -> u32 {
     assign_blocks(jobs, rpb)
 }
 
-/// Whether every job of `jobs` is a T2 matrix.
-pub(crate) fn t2_only(jobs: &JobsArg) -> bool {
-    jobs.j[..jobs.n as usize]
-        .iter()
-        .all(|j| j.w.fmt == crate::repack::Format::T2 as i32)
+/// Whether the gemv of `jobs` with input `prep` runs in `gemv_prepared_t2`: a prepared input and
+/// every job a T2 matrix.
+fn runs_t2_gemv(jobs: &JobsArg, prep: &PrepArg) -> bool {
+    prep.kind == PREP_INT8
+        && jobs.j[..jobs.n as usize]
+            .iter()
+            .all(|j| j.w.fmt == crate::repack::Format::T2 as i32)
 }
 
 /// The grid for `jobs` (their row counts) with input `prep`: every job gets
@@ -611,7 +613,7 @@ pub(crate) fn t2_only(jobs: &JobsArg) -> bool {
 pub(crate) fn plan_jobs(gpu: &Gpu, jobs: &mut JobsArg, prep: &PrepArg) -> u32 {
     // The warps of a block split its rows.
     let warps = (GEMV_THREADS / 32) as usize;
-    let t2 = prep.kind == PREP_INT8 && t2_only(jobs);
+    let t2 = runs_t2_gemv(jobs, prep);
     let per_sm = if t2 { gpu.t2_blocks_per_sm } else { 4 };
     let unit = if t2 { warps * 4 } else { warps };
     let rpb = total_rows(jobs)
