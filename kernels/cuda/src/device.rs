@@ -47,7 +47,10 @@ pub struct Gpu {
     pub(crate) smem_optin: usize,
     /// Whether the device runs cooperative launches (every block resident at once).
     pub(crate) cooperative: bool,
-    /// Blocks of `gemv_prepared_t2` an SM holds at once.
+    /// Blocks of `gemv` (with the shared memory of the largest input it prepares),
+    /// `gemv_prepared` and `gemv_prepared_t2` an SM holds at once.
+    pub(crate) gemv_blocks_per_sm: usize,
+    pub(crate) prepared_blocks_per_sm: usize,
     pub(crate) t2_blocks_per_sm: usize,
 }
 
@@ -161,11 +164,17 @@ impl Gpu {
         let cooperative = ctx.attribute(
             cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COOPERATIVE_LAUNCH,
         )? != 0;
-        let t2_blocks_per_sm = (f
-            .gemv_prepared_t2
-            .occupancy_max_active_blocks_per_multiprocessor(GEMV_THREADS, 0, None)?
-            as usize)
-            .max(1);
+        let per_sm = |f: &CudaFunction, smem: u32| -> Result<usize, CudaError> {
+            Ok((f.occupancy_max_active_blocks_per_multiprocessor(
+                GEMV_THREADS,
+                smem as usize,
+                None,
+            )? as usize)
+                .max(1))
+        };
+        let gemv_blocks_per_sm = per_sm(&f.gemv, gemv_smem(MAX_INPUT))?;
+        let prepared_blocks_per_sm = per_sm(&f.gemv_prepared, 0)?;
+        let t2_blocks_per_sm = per_sm(&f.gemv_prepared_t2, 0)?;
         // A stream of its own: graphs cannot be captured on the legacy default stream.
         let stream = ctx.new_stream()?;
         Ok(Gpu {
@@ -177,6 +186,8 @@ impl Gpu {
             sms,
             smem_optin,
             cooperative,
+            gemv_blocks_per_sm,
+            prepared_blocks_per_sm,
             t2_blocks_per_sm,
         })
     }
@@ -542,6 +553,9 @@ pub(crate) fn gemv_smem(n: usize) -> u32 {
     (4 * n + 8 * (n / 16) + n) as u32
 }
 
+/// Largest input a gemv block prepares in shared memory (5.5 bytes per value).
+pub(crate) const MAX_INPUT: usize = 8192;
+
 /// Shared memory of a gemv launch with input `prep` (none when the input is already prepared).
 pub(crate) fn gemv_smem_for(prep: &PrepArg) -> u32 {
     if prep.kind == PREP_INT8 {
@@ -606,15 +620,21 @@ fn runs_t2_gemv(jobs: &JobsArg, prep: &PrepArg) -> bool {
 }
 
 /// The grid for `jobs` (their row counts) with input `prep`: every job gets
-/// `ceil(rows / rows_per_block)` blocks. Rows per block: enough blocks to fill the device a few
-/// times over, at least one row per warp; for `gemv_prepared_t2`, at most the blocks its SMs hold
-/// at once, and whole passes of `WARP_ROWS` (4) rows per warp (its loop for full passes is the
-/// fast one).
+/// `ceil(rows / rows_per_block)` blocks. Rows per block: about as many blocks as the SMs hold at
+/// once of the kernel that runs them (one wave: a second would wait for the first), at least one
+/// row per warp; for `gemv_prepared_t2`, whole passes of `WARP_ROWS` (4) rows per warp (its loop
+/// for full passes is the fast one).
 pub(crate) fn plan_jobs(gpu: &Gpu, jobs: &mut JobsArg, prep: &PrepArg) -> u32 {
     // The warps of a block split its rows.
     let warps = (GEMV_THREADS / 32) as usize;
     let t2 = runs_t2_gemv(jobs, prep);
-    let per_sm = if t2 { gpu.t2_blocks_per_sm } else { 4 };
+    let per_sm = if prep.kind != PREP_INT8 {
+        gpu.gemv_blocks_per_sm
+    } else if t2 {
+        gpu.t2_blocks_per_sm
+    } else {
+        gpu.prepared_blocks_per_sm
+    };
     let unit = if t2 { warps * 4 } else { warps };
     let rpb = total_rows(jobs)
         .div_ceil(per_sm * gpu.sms)

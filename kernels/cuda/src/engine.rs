@@ -33,7 +33,7 @@ use crate::device::{
     attention_rows_smem, attention_tile_smem, gemm_smem, gemv_smem, gemv_smem_for, jobs_arg,
     plan_gemm, plan_jobs, ActsArg, AttnArg, DevMat, Gpu, MatArg, PLayerArg, PersistArg, PhaseArg,
     PrepArg, PrepOutArg, SampleArg, Start, ATTN_STATIC_SMEM, ATTN_THREADS, ATTN_WARPS, GEMM_TOKENS,
-    GEMV_THREADS, PREP_INT8,
+    GEMV_THREADS, MAX_INPUT, PREP_INT8,
 };
 use crate::repack::{repack, Format};
 use crate::{CudaError, KvCache};
@@ -47,9 +47,6 @@ const PREP_SWIGLU: i32 = 2;
 const PREP_ATTN: i32 = 3;
 const OUT_STORE: i32 = 0;
 const OUT_ADD: i32 = 1;
-
-/// Largest input a gemv block prepares in shared memory (5.5 bytes per value).
-const MAX_INPUT: usize = 8192;
 
 /// Decode gemv inputs of at least this many values are prepared once per step by one block
 /// (large models); smaller ones by every gemv block in its shared memory (fewer launches).
