@@ -42,7 +42,8 @@ fn main() {
         };
         // Enough copies to exceed the L2 cache (at least 256 MiB in all).
         let copies = (256usize << 20).div_ceil(data.len()).max(2);
-        // Launched one after another, and overlapped as the decode step launches them.
+        // In one CUDA graph, launched one after another and overlapped, as the decode step
+        // launches them.
         for overlapped in [false, true] {
             let Some(bw) =
                 testing::gemv_bandwidth(&gpu, &w, copies, 400, overlapped).expect("gemv")

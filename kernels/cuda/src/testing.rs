@@ -456,10 +456,11 @@ pub fn copy_bandwidth(gpu: &Gpu, bytes: usize, iters: usize) -> Result<f64, Cuda
 
 /// Weight bytes streamed per second by the gemv kernel on `copies` distinct copies of `w`
 /// (together larger than the L2 cache, so every launch reads from memory), with the input
-/// quantized once beforehand. Launches go back to back, `iters` of them, each started after the
-/// one before or (`overlapped`, as the decode step launches them where the device can) as a
-/// programmatic dependent launch, whose blocks prefetch their rows while the previous launch
-/// drains. `None` when `overlapped` is asked of a device without it.
+/// quantized once beforehand. `iters` launches go back to back in one CUDA graph (as in the
+/// decode step), each started after the one before or (`overlapped`, as the decode step launches
+/// them where the device can) as a programmatic dependent launch, whose blocks prefetch their
+/// rows while the previous launch drains. `None` when `overlapped` is asked of a device without
+/// it.
 pub fn gemv_bandwidth(
     gpu: &Gpu,
     w: &Matrix<'_>,
@@ -506,17 +507,44 @@ pub fn gemv_bandwidth(
         // grid_wait before writing its output, the only buffer the launches share.
         unsafe { gpu.launch_ex(gpu.gemv_fn(&jobs, &prep), cfg, &args, start) }
     };
-    for (i, m) in mats.iter().enumerate() {
-        launch(m, series_start(overlapped, i))?;
-    }
-    gpu.stream.synchronize()?;
-    let t = std::time::Instant::now();
-    for i in 0..iters {
-        launch(&mats[i % copies], series_start(overlapped, i))?;
-    }
-    gpu.stream.synchronize()?;
+    let secs = time_series(gpu, iters, 3, |i| {
+        launch(&mats[i % copies], series_start(overlapped, i))
+    })?;
     let bytes = p.qs.len() + 4 * (p.d.len() + p.m.len() + p.rs.len());
-    Ok(Some((bytes * iters) as f64 / t.elapsed().as_secs_f64()))
+    Ok(Some(bytes as f64 / secs))
+}
+
+/// Seconds per launch of a series of `n` launches (`launch(i)` enqueues the i-th) captured in
+/// one CUDA graph, as the decode step is, so that the host's launch rate does not limit them:
+/// the graph is replayed once to warm up, then `reps` times, timed.
+fn time_series(
+    gpu: &Gpu,
+    n: usize,
+    reps: usize,
+    mut launch: impl FnMut(usize) -> Result<(), CudaError>,
+) -> Result<f64, CudaError> {
+    use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+    let s = &gpu.stream;
+    s.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
+    let mut r = Ok(());
+    for i in 0..n {
+        r = launch(i);
+        if r.is_err() {
+            break;
+        }
+    }
+    let g = s.end_capture(CUgraphInstantiate_flags(0))?;
+    r?;
+    let g = g.ok_or_else(|| CudaError::Driver("stream capture produced no graph".into()))?;
+    g.upload()?;
+    g.launch()?;
+    s.synchronize()?;
+    let t = std::time::Instant::now();
+    for _ in 0..reps {
+        g.launch()?;
+    }
+    s.synchronize()?;
+    Ok(t.elapsed().as_secs_f64() / (reps * n) as f64)
 }
 
 /// How launch `i` of a series starts: after the one before it, or (`overlapped`) every launch
@@ -570,7 +598,6 @@ pub fn kernel_boundary(
     overlapped: bool,
     reps: usize,
 ) -> Result<Option<f64>, CudaError> {
-    use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
     if overlapped && !gpu.overlaps_launches() {
         return Ok(None);
     }
@@ -581,29 +608,18 @@ pub fn kernel_boundary(
         block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
     };
-    let s = &gpu.stream;
-    s.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
-    let mut r = Ok(());
-    for i in 0..n {
-        let start = series_start(overlapped, i);
+    let secs = time_series(gpu, n, reps, |i| {
         // SAFETY: `advance` increments state[1] of the 4-int buffer.
-        r = unsafe { gpu.launch_ex(&gpu.f.advance, cfg, &[(&p as *const u64).cast()], start) };
-        if r.is_err() {
-            break;
+        unsafe {
+            gpu.launch_ex(
+                &gpu.f.advance,
+                cfg,
+                &[(&p as *const u64).cast()],
+                series_start(overlapped, i),
+            )
         }
-    }
-    let g = s.end_capture(CUgraphInstantiate_flags(0))?;
-    r?;
-    let g = g.ok_or_else(|| CudaError::Driver("stream capture produced no graph".into()))?;
-    g.upload()?;
-    g.launch()?;
-    s.synchronize()?;
-    let t = std::time::Instant::now();
-    for _ in 0..reps {
-        g.launch()?;
-    }
-    s.synchronize()?;
-    let secs = t.elapsed().as_secs_f64() / (reps * n) as f64;
+    })?;
+    let s = &gpu.stream;
     let count = s.clone_dtoh(&state)?;
     s.synchronize()?;
     if count[1] as usize != n * (reps + 1) {
