@@ -42,6 +42,15 @@ fn main() {
         };
         // Enough copies to exceed the L2 cache (at least 256 MiB in all).
         let copies = (256usize << 20).div_ceil(data.len()).max(2);
+        // What a kernel that only reads gets from a buffer of the matrix's size, launched the
+        // same way: the ceiling any gemv of this size can reach.
+        let read = testing::read_bandwidth(&gpu, data.len(), copies, 400).expect("read");
+        println!(
+            "{{\"bench\": \"stream_read\", \"bytes\": {}, \"gbps\": {:.1}, \"of_copy\": {:.3}}}",
+            data.len(),
+            read / 1e9,
+            read / copy
+        );
         // In one CUDA graph, launched one after another and overlapped, as the decode step
         // launches them.
         for overlapped in [false, true] {
@@ -51,10 +60,11 @@ fn main() {
                 continue;
             };
             println!(
-                "{{\"bench\": \"gemv\", \"type\": \"{}\", \"rows\": {rows}, \"cols\": {cols}, \"overlapped\": {overlapped}, \"gbps\": {:.1}, \"of_copy\": {:.3}}}",
+                "{{\"bench\": \"gemv\", \"type\": \"{}\", \"rows\": {rows}, \"cols\": {cols}, \"overlapped\": {overlapped}, \"gbps\": {:.1}, \"of_copy\": {:.3}, \"of_read\": {:.3}}}",
                 ty.name(),
                 bw / 1e9,
-                bw / copy
+                bw / copy,
+                bw / read
             );
         }
     }

@@ -21,6 +21,7 @@ pub(crate) struct Funcs {
     pub gemv: CudaFunction,
     pub gemv_prepared: CudaFunction,
     pub gemv_prepared_t2: CudaFunction,
+    pub gemv_prepared_t2_narrow: CudaFunction,
     pub prep: CudaFunction,
     pub gemm: CudaFunction,
     pub gemm_t2: CudaFunction,
@@ -32,6 +33,7 @@ pub(crate) struct Funcs {
     pub attention_tile: CudaFunction,
     pub sample: CudaFunction,
     pub advance: CudaFunction,
+    pub stream_read: CudaFunction,
     pub decode_persistent: CudaFunction,
 }
 
@@ -48,10 +50,11 @@ pub struct Gpu {
     /// Whether the device runs cooperative launches (every block resident at once).
     pub(crate) cooperative: bool,
     /// Blocks of `gemv` (with the shared memory of the largest input it prepares),
-    /// `gemv_prepared` and `gemv_prepared_t2` an SM holds at once.
+    /// `gemv_prepared`, `gemv_prepared_t2` and `gemv_prepared_t2_narrow` an SM holds at once.
     pub(crate) gemv_blocks_per_sm: usize,
     pub(crate) prepared_blocks_per_sm: usize,
     pub(crate) t2_blocks_per_sm: usize,
+    pub(crate) t2_narrow_blocks_per_sm: usize,
 }
 
 /// Where a launch through [`Gpu::launch_ex`] may start: only after the work before it on the
@@ -121,6 +124,7 @@ impl Gpu {
             gemv: load("gemv")?,
             gemv_prepared: load("gemv_prepared")?,
             gemv_prepared_t2: load("gemv_prepared_t2")?,
+            gemv_prepared_t2_narrow: load("gemv_prepared_t2_narrow")?,
             prep: load("prep")?,
             gemm: load("gemm")?,
             gemm_t2: load("gemm_t2")?,
@@ -132,6 +136,7 @@ impl Gpu {
             attention_tile: load("attention_tile")?,
             sample: load("sample")?,
             advance: load("advance")?,
+            stream_read: load("stream_read")?,
             decode_persistent: load("decode_persistent")?,
         };
         let name = ctx.name()?;
@@ -175,6 +180,7 @@ impl Gpu {
         let gemv_blocks_per_sm = per_sm(&f.gemv, gemv_smem(MAX_INPUT))?;
         let prepared_blocks_per_sm = per_sm(&f.gemv_prepared, 0)?;
         let t2_blocks_per_sm = per_sm(&f.gemv_prepared_t2, 0)?;
+        let t2_narrow_blocks_per_sm = per_sm(&f.gemv_prepared_t2_narrow, 0)?;
         // A stream of its own: graphs cannot be captured on the legacy default stream.
         let stream = ctx.new_stream()?;
         Ok(Gpu {
@@ -189,6 +195,7 @@ impl Gpu {
             gemv_blocks_per_sm,
             prepared_blocks_per_sm,
             t2_blocks_per_sm,
+            t2_narrow_blocks_per_sm,
         })
     }
 
@@ -232,15 +239,17 @@ impl Gpu {
     }
 
     /// The gemv kernel for `jobs` with input `prep`: for an input prepared beforehand
-    /// (PREP_INT8), `gemv_prepared_t2` when every job is T2, else `gemv_prepared`; `gemv` for
-    /// one each block prepares.
+    /// (PREP_INT8), `gemv_prepared_t2` or `gemv_prepared_t2_narrow` when every job is T2
+    /// ([`t2_gemv`]), else `gemv_prepared`; `gemv` for one each block prepares.
     pub(crate) fn gemv_fn(&self, jobs: &JobsArg, prep: &PrepArg) -> &CudaFunction {
         if prep.kind != PREP_INT8 {
             &self.f.gemv
-        } else if runs_t2_gemv(jobs, prep) {
-            &self.f.gemv_prepared_t2
         } else {
-            &self.f.gemv_prepared
+            match t2_gemv(self, jobs, prep) {
+                Some(T2Gemv::Four) => &self.f.gemv_prepared_t2,
+                Some(T2Gemv::Two) => &self.f.gemv_prepared_t2_narrow,
+                None => &self.f.gemv_prepared,
+            }
         }
     }
 
@@ -610,32 +619,65 @@ pub(crate) fn plan_gemm(gpu: &Gpu, jobs: &mut JobsArg, tiles: usize) -> u32 {
     assign_blocks(jobs, rpb)
 }
 
-/// Whether the gemv of `jobs` with input `prep` runs in `gemv_prepared_t2`: a prepared input and
-/// every job a T2 matrix.
-fn runs_t2_gemv(jobs: &JobsArg, prep: &PrepArg) -> bool {
-    prep.kind == PREP_INT8
-        && jobs.j[..jobs.n as usize]
-            .iter()
-            .all(|j| j.w.fmt == crate::repack::Format::T2 as i32)
+/// The two T2-only gemv kernels: warps taking passes of four rows (`gemv_prepared_t2`) or of two
+/// (`gemv_prepared_t2_narrow`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum T2Gemv {
+    Four,
+    Two,
+}
+
+impl T2Gemv {
+    fn rows_per_pass(self) -> usize {
+        match self {
+            T2Gemv::Four => 4,
+            T2Gemv::Two => 2,
+        }
+    }
+}
+
+/// Columns from which `gemv_prepared_t2_narrow` may run a matrix: its loop takes four whole
+/// interleaved chunks (4 x 128 groups of 16) at once.
+const T2_NARROW_MIN_COLS: i32 = 4 * 128 * 16;
+
+/// Which T2-only kernel runs the gemv of `jobs` with input `prep`, if any: it needs a prepared
+/// input and every job a T2 matrix. Passes of two rows when passes of four would keep at most
+/// half a wave of warps busy and every matrix is wide enough for its loop (on an H200, 8192 x
+/// 8192 goes from 37% to 47-53% of the copy bandwidth; 16384 x 16384 is faster in passes of
+/// four).
+pub(crate) fn t2_gemv(gpu: &Gpu, jobs: &JobsArg, prep: &PrepArg) -> Option<T2Gemv> {
+    let js = &jobs.j[..jobs.n as usize];
+    if prep.kind != PREP_INT8 || !js.iter().all(|j| j.w.fmt == crate::repack::Format::T2 as i32)
+    {
+        return None;
+    }
+    let warps = (GEMV_THREADS / 32) as usize;
+    let passes = js.iter().map(|j| (j.w.rows as usize).div_ceil(4)).sum::<usize>();
+    let wave = gpu.sms * gpu.t2_blocks_per_sm * warps;
+    let wide = js.iter().all(|j| j.w.cols >= T2_NARROW_MIN_COLS);
+    Some(if wide && 2 * passes <= wave {
+        T2Gemv::Two
+    } else {
+        T2Gemv::Four
+    })
 }
 
 /// The grid for `jobs` (their row counts) with input `prep`: every job gets
 /// `ceil(rows / rows_per_block)` blocks. Rows per block: about as many blocks as the SMs hold at
 /// once of the kernel that runs them (one wave: a second would wait for the first), at least one
-/// row per warp; for `gemv_prepared_t2`, whole passes of `WARP_ROWS` (4) rows per warp (its loop
-/// for full passes is the fast one).
+/// row per warp; for the T2-only kernels, whole passes of their four or two rows per warp (their
+/// loop for full passes is the fast one).
 pub(crate) fn plan_jobs(gpu: &Gpu, jobs: &mut JobsArg, prep: &PrepArg) -> u32 {
     // The warps of a block split its rows.
     let warps = (GEMV_THREADS / 32) as usize;
-    let t2 = runs_t2_gemv(jobs, prep);
-    let per_sm = if prep.kind != PREP_INT8 {
-        gpu.gemv_blocks_per_sm
-    } else if t2 {
-        gpu.t2_blocks_per_sm
-    } else {
-        gpu.prepared_blocks_per_sm
+    let t2 = t2_gemv(gpu, jobs, prep);
+    let per_sm = match (prep.kind != PREP_INT8, t2) {
+        (true, _) => gpu.gemv_blocks_per_sm,
+        (false, Some(T2Gemv::Four)) => gpu.t2_blocks_per_sm,
+        (false, Some(T2Gemv::Two)) => gpu.t2_narrow_blocks_per_sm,
+        (false, None) => gpu.prepared_blocks_per_sm,
     };
-    let unit = if t2 { warps * 4 } else { warps };
+    let unit = warps * t2.map_or(1, T2Gemv::rows_per_pass);
     let rpb = total_rows(jobs)
         .div_ceil(per_sm * gpu.sms)
         .div_ceil(unit)

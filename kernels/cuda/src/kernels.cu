@@ -520,10 +520,11 @@ __device__ __forceinline__ void t2_chunk(const int4* words, int c, int nr, const
 // activations once for all the rows; in whole chunks one 16-byte load per row brings the lane's
 // four groups (l, l + 32, l + 64, l + 96: the order of the one-group loop of the partial chunk,
 // so the sums are the same). Rows past `nr` are skipped (their pointers repeat the last row's).
-// FULL: whole chunks of WARP_ROWS rows take a loop of their own, with no per-row tests (more
-// code and registers, for the T2-only gemv), whose loads stream past L1 when `cold` (the block's
-// rows were not prefetched into L2: prefetch_block_rows).
-template <bool FULL>
+// FULL: whole chunks of R rows (R <= WARP_ROWS) take a loop of their own, with no per-row tests
+// (more code and registers, for the T2-only gemv), which issues U chunks' loads together and
+// whose loads stream past L1 when `cold` (the block's rows were not prefetched into L2:
+// prefetch_block_rows).
+template <bool FULL, int R = WARP_ROWS, int U = 1>
 __device__ __forceinline__ void t2_rows(const Mat& w, int r, int nr, const i8* aq, const float* ad,
                                         const int* as, float* y, bool cold = false) {
     int lane = threadIdx.x & 31;
@@ -535,16 +536,33 @@ __device__ __forceinline__ void t2_rows(const Mat& w, int r, int nr, const i8* a
     float acc[WARP_ROWS];
 #pragma unroll
     for (int k = 0; k < WARP_ROWS; k++) acc[k] = 0.0f;
-    if (FULL && nr == WARP_ROWS) {
+    if (FULL && nr == R) {
+        // U chunks' loads are issued together, then summed chunk after chunk (the
+        // order of the loop below, so the sums do not change).
+        int c = 0;
 #pragma unroll 1
-        for (int c = 0; c < whole; c += T2_CHUNK) {
+        for (; c + U * T2_CHUNK <= whole; c += U * T2_CHUNK) {
+            int4 words[U][WARP_ROWS];
+#pragma unroll
+            for (int u = 0; u < U; u++)
+#pragma unroll
+                for (int k = 0; k < R; k++) {
+                    const int4* p = (const int4*)(rw[k] + c + u * T2_CHUNK) + lane;
+                    words[u][k] = cold ? ld_stream(p) : *p;
+                }
+#pragma unroll
+            for (int u = 0; u < U; u++)
+                t2_chunk(words[u], c + u * T2_CHUNK, R, a4, ad, as, acc);
+        }
+#pragma unroll 1
+        for (; c < whole; c += T2_CHUNK) {
             int4 words[WARP_ROWS];
 #pragma unroll
-            for (int k = 0; k < WARP_ROWS; k++) {
+            for (int k = 0; k < R; k++) {
                 const int4* p = (const int4*)(rw[k] + c) + lane;
                 words[k] = cold ? ld_stream(p) : *p;
             }
-            t2_chunk(words, c, WARP_ROWS, a4, ad, as, acc);
+            t2_chunk(words, c, R, a4, ad, as, acc);
         }
     } else {
 #pragma unroll 1
@@ -640,13 +658,13 @@ __device__ __forceinline__ int rows_kind(int fmt) {
 // plus the bias, stored into or added to the output by lane 0. Instantiated apart for each
 // rows_kind, so that a loop over one kind holds only its own code (and registers).
 // `cold`: the rows were not prefetched (ROWS_T2_FULL streams them past L1).
-template <int KIND>
+template <int KIND, int R = WARP_ROWS, int U = 1>
 __device__ __forceinline__ void job_rows(const Job& job, int r, int nr, const float* xs,
                                          const i8* aq, const float* ad, const int* as,
                                          bool cold = false) {
     float y[WARP_ROWS];
     if (KIND == ROWS_T2 || KIND == ROWS_T2_FULL)
-        t2_rows<KIND == ROWS_T2_FULL>(job.w, r, nr, aq, ad, as, y, cold);
+        t2_rows<KIND == ROWS_T2_FULL, R, U>(job.w, r, nr, aq, ad, as, y, cold);
     else if (KIND == ROWS_QUANT)
         quant_rows(job.w, r, nr, aq, ad, as, y);
     else
@@ -701,8 +719,9 @@ __device__ void prefetch_block_rows(const Jobs& jobs) {
 // it, each warp a contiguous share (WARP_ROWS rows at once where rows_kind allows).
 // MULTI: quantized rows WARP_ROWS at a time where a warp has many (else one at a time, which
 // needs fewer registers: the gemv of a prepared input, streaming large matrices, leaves it out).
-// T2_ONLY: every job is T2 (gemv_prepared_t2).
-template <bool MULTI, bool T2_ONLY = false>
+// T2_ONLY: every job is T2 (gemv_prepared_t2), each warp taking R rows at a time and issuing the
+// loads of U chunks of them together.
+template <bool MULTI, bool T2_ONLY = false, int R = WARP_ROWS, int U = 1>
 __device__ __forceinline__ void gemv_rows(const Jobs& jobs, const float* xs, const i8* aq,
                                           const float* ad, const int* as) {
     int j, r0, r1;
@@ -714,8 +733,8 @@ __device__ __forceinline__ void gemv_rows(const Jobs& jobs, const float* xs, con
     int kind = rows_kind(job.w.fmt);
     if (T2_ONLY) {
         bool cold = !block_prefetched(job.w, r0, r1);
-        for (int r = w0; r < w1; r += WARP_ROWS)
-            job_rows<ROWS_T2_FULL>(job, r, min(WARP_ROWS, w1 - r), xs, aq, ad, as, cold);
+        for (int r = w0; r < w1; r += R)
+            job_rows<ROWS_T2_FULL, R, U>(job, r, min(R, w1 - r), xs, aq, ad, as, cold);
     } else if (kind == ROWS_T2) {
         for (int r = w0; r < w1; r += WARP_ROWS)
             job_rows<ROWS_T2>(job, r, min(WARP_ROWS, w1 - r), xs, aq, ad, as);
@@ -771,6 +790,22 @@ extern "C" __global__ void gemv_prepared_t2(const __grid_constant__ Jobs jobs,
     grid_wait();
     grid_next();
     gemv_rows<false, true>(jobs, prep.x, prep.qq, prep.qd, prep.qsum);
+}
+
+// gemv_prepared_t2 for matrices whose passes of four rows would fill less than half a wave of
+// warps (e.g. 8192 rows on an H200's 132 SMs): warps take two rows at a time, so twice as many
+// warps stream the matrix, and issue four chunks' loads together. Same sums, bit for bit.
+// On an H200, 8192 x 8192: 37% -> 47-53% of the copy bandwidth; at 16384 x 16384 the four-row
+// kernel stays faster (81-83% against 74-75%).
+#define T2_NARROW_ROWS 2
+#define T2_NARROW_UNROLL 4
+extern "C" __global__ void gemv_prepared_t2_narrow(const __grid_constant__ Jobs jobs,
+                                                   const __grid_constant__ Prep prep) {
+    prefetch_block_rows(jobs);
+    grid_wait();
+    grid_next();
+    gemv_rows<false, true, T2_NARROW_ROWS, T2_NARROW_UNROLL>(jobs, prep.x, prep.qq, prep.qd,
+                                                             prep.qsum);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1860,6 +1895,27 @@ extern "C" __global__ void sample(const float* logits, int n, int* state, const 
     grid_wait();
     grid_next();
     sample_block(logits, n, state, sp);
+}
+
+// Reads n 16-byte words and nothing else (each block leaves the xor of what it read in
+// out[blockIdx.x]): the read bandwidth a single launch of a plain streaming kernel reaches on a
+// buffer of that size, against which the gemv benchmarks' figures can be read.
+extern "C" __global__ void stream_read(const int4* p, long long n, int* out) {
+    int acc = 0;
+    long long stride = (long long)gridDim.x * blockDim.x;
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    for (; i + 3 * stride < n; i += 4 * stride) {
+        int4 a = ld_stream(p + i), b = ld_stream(p + i + stride);
+        int4 c = ld_stream(p + i + 2 * stride), d = ld_stream(p + i + 3 * stride);
+        acc ^= a.x ^ a.y ^ a.z ^ a.w ^ b.x ^ b.y ^ b.z ^ b.w;
+        acc ^= c.x ^ c.y ^ c.z ^ c.w ^ d.x ^ d.y ^ d.z ^ d.w;
+    }
+    for (; i < n; i += stride) {
+        int4 a = ld_stream(p + i);
+        acc ^= a.x ^ a.y ^ a.z ^ a.w;
+    }
+    for (int o = 16; o > 0; o >>= 1) acc ^= __shfl_xor_sync(0xffffffffu, acc, o);
+    if ((threadIdx.x & 31) == 0) atomicXor(out + blockIdx.x, acc);
 }
 
 // Advances the position without sampling (prompt positions whose logits nobody needs).

@@ -631,3 +631,41 @@ pub fn kernel_boundary(
     }
     Ok(Some(secs))
 }
+
+/// Bytes per second that `stream_read` (a kernel that only reads) takes from `copies` distinct
+/// buffers of `bytes` (together larger than the L2 cache), one launch per buffer, `iters`
+/// launches one after another in one CUDA graph, as `gemv_bandwidth` times the gemv: what one
+/// launch of a plain streaming kernel reaches on a buffer of that size.
+pub fn read_bandwidth(
+    gpu: &Gpu,
+    bytes: usize,
+    copies: usize,
+    iters: usize,
+) -> Result<f64, CudaError> {
+    let words = bytes / 16;
+    let data: Vec<u8> = (0..words * 16).map(|i| (i * 2654435761) as u8).collect();
+    let bufs = (0..copies)
+        .map(|_| gpu.upload(&data))
+        .collect::<Result<Vec<CudaSlice<u8>>, _>>()?;
+    let blocks = 8 * gpu.sms as u32;
+    let out: CudaSlice<i32> = gpu.zeros(blocks as usize)?;
+    let o = gpu.ptr(&out);
+    let n = words as i64;
+    let ptrs: Vec<u64> = bufs.iter().map(|b| gpu.ptr(b)).collect();
+    let cfg = LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let secs = time_series(gpu, iters, 3, |i| {
+        let args: [*const std::ffi::c_void; 3] = [
+            (&ptrs[i % copies] as *const u64).cast(),
+            (&n as *const i64).cast(),
+            (&o as *const u64).cast(),
+        ];
+        // SAFETY: `stream_read` reads `n` 16-byte words of the buffer and xors one int per block
+        // into `out`, which holds `blocks` ints.
+        unsafe { gpu.launch_ex(&gpu.f.stream_read, cfg, &args, Start::AfterPrevious) }
+    })?;
+    Ok((words * 16) as f64 / secs)
+}
