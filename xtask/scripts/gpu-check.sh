@@ -37,6 +37,7 @@ fail() { echo "FAIL: $*"; status=1; }
 
 nvidia-smi -L || fail "no GPU visible"
 nvcc --version 2>/dev/null | tail -1
+cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)
 
 # llama.cpp: unpack and build in the background.
 lsrc= build_pid=
@@ -47,7 +48,6 @@ if [ -n "$llama" ]; then
         mkdir -p "$lsrc" && tar -xJf "$llama" -C "$lsrc"
     fi
     if [ ! -x "$lsrc/build/bin/llama-bench" ]; then
-        cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)
         (cd "$lsrc" &&
             cmake -B build -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$cap" -DLLAMA_CURL=OFF \
                 -DLLAMA_BUILD_TESTS=OFF -DCMAKE_BUILD_TYPE=Release >"$out/llama-cmake.log" 2>&1 &&
@@ -129,6 +129,14 @@ fi
 
 echo "== kernel benchmarks"
 "$bins/gpu_bench" 2>&1 | tee "$out/kernel-bench.jsonl" || fail "gpu_bench"
+
+echo "== what one dependent decode phase costs inside a single launch (kernels/cuda/bench/phase_cost.cu)"
+if nvcc -O3 -arch=sm_"$cap" -o "$work/phase_cost" "$here/kernels/cuda/bench/phase_cost.cu" \
+    >"$out/phase-cost-build.log" 2>&1; then
+    "$work/phase_cost" | tee "$out/phase-cost.jsonl" || fail "phase_cost"
+else
+    fail "phase_cost build (phase-cost-build.log)"
+fi
 
 if [ -n "$model" ]; then
     echo "== EdgeLLM on the image"

@@ -647,12 +647,18 @@ const T2_NARROW_MIN_COLS: i32 = 4 * 128 * 16;
 /// four).
 pub(crate) fn t2_gemv(gpu: &Gpu, jobs: &JobsArg, prep: &PrepArg) -> Option<T2Gemv> {
     let js = &jobs.j[..jobs.n as usize];
-    if prep.kind != PREP_INT8 || !js.iter().all(|j| j.w.fmt == crate::repack::Format::T2 as i32)
+    if prep.kind != PREP_INT8
+        || !js
+            .iter()
+            .all(|j| j.w.fmt == crate::repack::Format::T2 as i32)
     {
         return None;
     }
     let warps = (GEMV_THREADS / 32) as usize;
-    let passes = js.iter().map(|j| (j.w.rows as usize).div_ceil(4)).sum::<usize>();
+    let passes = js
+        .iter()
+        .map(|j| (j.w.rows as usize).div_ceil(4))
+        .sum::<usize>();
     let wave = gpu.sms * gpu.t2_blocks_per_sm * warps;
     let wide = js.iter().all(|j| j.w.cols >= T2_NARROW_MIN_COLS);
     Some(if wide && 2 * passes <= wave {
