@@ -37,13 +37,17 @@ pub enum GgmlType {
     TQ1_0,
     TQ2_0,
     MXFP4,
+    /// bitnet.cpp's ternary type (GGUF id 36): 2-bit codes over the whole tensor, four to a byte,
+    /// then one f32 scale for the tensor in a 32-byte trailer (layout in `scalar::ternary`).
+    /// Read by the converter only.
+    I2_S,
     /// EdgeLLM's ternary type (not a ggml type): 64 weights in {-1, 0, +1} as 2-bit codes in 16
     /// bytes, no scale in the block (layout in `scalar::ternary`).
     T2,
 }
 
 /// Every type this table knows, in GGUF id order.
-pub const ALL_TYPES: [GgmlType; 33] = [
+pub const ALL_TYPES: [GgmlType; 34] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::Q4_0,
@@ -75,6 +79,7 @@ pub const ALL_TYPES: [GgmlType; 33] = [
     GgmlType::BF16,
     GgmlType::TQ1_0,
     GgmlType::TQ2_0,
+    GgmlType::I2_S,
     GgmlType::MXFP4,
     GgmlType::T2,
 ];
@@ -120,6 +125,7 @@ impl GgmlType {
             BF16 => 30,
             TQ1_0 => 34,
             TQ2_0 => 35,
+            I2_S => 36,
             MXFP4 => 39,
             // Ours, outside ggml's range.
             T2 => 1000,
@@ -161,6 +167,7 @@ impl GgmlType {
             BF16 => "BF16",
             TQ1_0 => "TQ1_0",
             TQ2_0 => "TQ2_0",
+            I2_S => "I2_S",
             MXFP4 => "MXFP4",
             T2 => "T2",
         }
@@ -173,6 +180,7 @@ impl GgmlType {
             F32 | F16 | BF16 | I8 | I16 | I32 | I64 | F64 => 1,
             Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 | IQ4_NL | MXFP4 => 32,
             T2 => 64,
+            I2_S => 128,
             _ => 256,
         }
     }
@@ -212,6 +220,7 @@ impl GgmlType {
             IQ1_M => 56,
             TQ1_0 => 54,
             TQ2_0 => 66,
+            I2_S => 32,
             MXFP4 => 17,
             T2 => 16,
         }
@@ -225,6 +234,30 @@ impl GgmlType {
             return None;
         }
         (n / bl).checked_mul(self.block_bytes() as u64)
+    }
+
+    /// Bytes a tensor of this type stores after its blocks: I2_S's 32-byte trailer (its f32
+    /// scale, then padding); 0 for every other type.
+    pub const fn trailer_bytes(self) -> usize {
+        match self {
+            GgmlType::I2_S => 32,
+            _ => 0,
+        }
+    }
+
+    /// Bytes of a whole tensor of `n` elements in a GGUF file: [`Self::bytes_for`] plus
+    /// [`Self::trailer_bytes`].
+    pub const fn tensor_bytes(self, n: u64) -> Option<u64> {
+        match self.bytes_for(n) {
+            Some(b) => b.checked_add(self.trailer_bytes() as u64),
+            None => None,
+        }
+    }
+
+    /// Whether the block structure of this type runs over the whole tensor rather than each row
+    /// (I2_S): its rows need not be whole blocks, only the tensor.
+    pub const fn blocks_span_rows(self) -> bool {
+        matches!(self, GgmlType::I2_S)
     }
 
     /// Whether this runtime can compute with tensors of this type (dequantize and multiply).
@@ -274,5 +307,13 @@ mod tests {
         assert_eq!(GgmlType::Q4_1.bytes_for(576), Some(18 * 20));
         assert_eq!(GgmlType::Q4_K.bytes_for(576), None);
         assert_eq!(GgmlType::F32.bytes_for(u64::MAX), None);
+        // 2560 x 6912 ternary weights: 2 bits each, then the 32-byte trailer.
+        assert_eq!(
+            GgmlType::I2_S.tensor_bytes(2560 * 6912),
+            Some(2560 * 6912 / 4 + 32)
+        );
+        assert_eq!(GgmlType::Q8_0.tensor_bytes(64), Some(68));
+        assert_eq!(GgmlType::from_id(36), Some(GgmlType::I2_S));
+        assert!(!GgmlType::I2_S.is_supported());
     }
 }

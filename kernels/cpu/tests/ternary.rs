@@ -563,6 +563,29 @@ fn quantize_t2_row_round_trip() {
 }
 
 #[test]
+fn quantize_t2_row_keeps_a_ternary_rows_magnitude() {
+    // A row already ternary (a ternary model's weights: zeros and one magnitude, any sign) is
+    // re-encoded exactly; absmean would have scaled it by its share of nonzero weights.
+    let mut rng = Rng::new(52);
+    for m in [0.7f32, 0.013, 3.0e-3] {
+        let x: Vec<f32> = (0..640).map(|_| (rng.below(3) as f32 - 1.0) * m).collect();
+        let mut blocks = vec![0u8; 160];
+        let s = st::quantize_t2_row(&x, &mut blocks);
+        assert_eq!(s, m);
+        let mut w = vec![0.0; 640];
+        st::dequantize_t2(&blocks, &mut w);
+        let back: Vec<f32> = w.iter().map(|v| v * s).collect();
+        assert_eq!(back, x, "m = {m}");
+    }
+    // One value of another magnitude: absmean again.
+    let mut x = vec![0.5f32; 64];
+    x[3] = -0.25;
+    let mut blocks = [0u8; 16];
+    let s = st::quantize_t2_row(&x, &mut blocks);
+    assert_eq!(s, (63.0 * 0.5 + 0.25) / 64.0);
+}
+
+#[test]
 fn quantize_t2_row_ties_and_zero() {
     // [a, -a, t, -t, 0, ...] with a = 63/64, t = 1/64: the absmean is exactly 2/64 = 1/32, so
     // t / s = 0.5 is a tie and rounds to 0 (even), a / s = 31.5 clamps to 1.
@@ -893,4 +916,70 @@ fn scalar_gemm_is_gemv_per_token() {
         Scale::Typical,
         111,
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// I2_S (bitnet.cpp)
+
+/// Encodes weights `t` (each -1, 0 or +1) as an I2_S tensor with blocks of `g` bytes, walking the
+/// bytes: byte `p` of block `b` holds, from its high bits down, the codes of elements
+/// `4 g b + p`, `+ g`, `+ 2g`, `+ 3g`; then the trailer with `scale`.
+fn i2_s_bytes(t: &[f32], g: usize, scale: f32) -> Vec<u8> {
+    let mut out = Vec::new();
+    for blk in t.chunks(4 * g) {
+        for p in 0..g {
+            let code = |k: usize| (blk[p + k * g] + 1.0) as u8;
+            out.push(code(0) << 6 | code(1) << 4 | code(2) << 2 | code(3));
+        }
+    }
+    out.extend_from_slice(&scale.to_le_bytes());
+    out.extend_from_slice(&[0; 28]);
+    out
+}
+
+#[test]
+fn i2_s_layouts_dequantize_as_bitnet_cpp_packs_them() {
+    // A named case: x86 byte 0 = 0b10_01_00_10 is elements 0, 32, 64, 96 = +1, 0, -1, +1.
+    let mut data = vec![0x55u8; 32];
+    data[0] = 0b10_01_00_10;
+    data.extend_from_slice(&2.5f32.to_le_bytes());
+    data.extend_from_slice(&[0; 28]);
+    let mut w = vec![f32::NAN; 128];
+    assert_eq!(
+        st::dequantize_i2_s(&data, &mut w, st::I2sLayout::X86).unwrap(),
+        2.5
+    );
+    assert_eq!([w[0], w[32], w[64], w[96]], [2.5, 0.0, -2.5, 2.5]);
+    assert!(w
+        .iter()
+        .enumerate()
+        .all(|(i, &v)| [0, 32, 64, 96].contains(&i) || v == 0.0));
+    // Random tensors, both layouts, rows that are not whole blocks (3 x 192 = 576 weights is
+    // 4.5 x86 blocks: a tensor of 6 such rows, 27 blocks).
+    let mut rng = Rng::new(53);
+    for (layout, g) in [(st::I2sLayout::X86, 32), (st::I2sLayout::Arm, 16)] {
+        let t: Vec<f32> = (0..6 * 576).map(|_| rng.below(3) as f32 - 1.0).collect();
+        let data = i2_s_bytes(&t, g, 0.0625);
+        let mut w = vec![f32::NAN; t.len()];
+        assert_eq!(st::dequantize_i2_s(&data, &mut w, layout).unwrap(), 0.0625);
+        let want: Vec<f32> = t.iter().map(|v| v * 0.0625).collect();
+        assert_eq!(w, want, "{layout:?}");
+    }
+}
+
+#[test]
+fn i2_s_refuses_bad_tensors() {
+    let t = vec![0.0f32; 256];
+    let ok = i2_s_bytes(&t, 32, 1.0);
+    let mut w = vec![0.0; 256];
+    assert!(st::dequantize_i2_s(&ok, &mut w, st::I2sLayout::X86).is_ok());
+    // Short of the trailer.
+    assert!(st::dequantize_i2_s(&ok[..ok.len() - 1], &mut w, st::I2sLayout::X86).is_err());
+    // Not whole blocks.
+    assert!(st::dequantize_i2_s(&ok, &mut w[..192], st::I2sLayout::X86).is_err());
+    // A scale that is not finite.
+    for bad in [f32::NAN, f32::INFINITY] {
+        let data = i2_s_bytes(&t, 32, bad);
+        assert!(st::dequantize_i2_s(&data, &mut w, st::I2sLayout::X86).is_err());
+    }
 }

@@ -4,7 +4,10 @@
 //! transformer written in this file computes; LoRA merges against W + (alpha/r)·B·A; T2 images;
 //! and clear errors for malformed inputs.
 
-use edgellm::convert::{convert, verify_image, ConvertArgs, Format, HeadFormat, ImageError};
+use edgellm::convert::writer::{GgufWriter, Meta, TensorSpec};
+use edgellm::convert::{
+    convert, verify_image, ConvertArgs, Format, HeadFormat, I2sLayoutArg, ImageError,
+};
 use edgellm_core::gguf::Gguf;
 use edgellm_core::model::Model;
 use edgellm_core::parallel::Serial;
@@ -32,6 +35,7 @@ fn args(input: &Path, output: &Path, format: Format, head: HeadFormat) -> Conver
         format,
         head_format: head,
         lora: None,
+        i2s_layout: I2sLayoutArg::X86,
         quiet: true,
     }
 }
@@ -1101,5 +1105,153 @@ fn smollm2_vocabulary_survives_a_hugging_face_round_trip() {
     }
     let kernels = Kernels::detect();
     Model::from_gguf(&g, &kernels).expect("image loads");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// bitnet.cpp's I2_S.
+
+/// Encodes ternary `t` as an I2_S tensor in the x86 layout (blocks of 128 weights in 32 bytes:
+/// byte `p` of a block holds elements `p`, `p + 32`, `p + 64`, `p + 96` from its high bits
+/// down, code = weight + 1), then the 32-byte trailer with `scale`.
+fn i2_s_tensor(t: &[f32], scale: f32) -> Vec<u8> {
+    let mut out = Vec::new();
+    for blk in t.chunks(128) {
+        for p in 0..32 {
+            let c = |k: usize| (blk[p + 32 * k] + 1.0) as u8;
+            out.push(c(0) << 6 | c(1) << 4 | c(2) << 2 | c(3));
+        }
+    }
+    out.extend_from_slice(&scale.to_le_bytes());
+    out.extend_from_slice(&[0; 28]);
+    out
+}
+
+/// A ternary model in a bitnet.cpp I2_S file converts to T2 without loss: every weight of the
+/// image (code times row scale) is the file's `scale * (c - 1)`, and the image equals, tensor for
+/// tensor, the one converted from an F32 file of the same values.
+#[test]
+fn i2_s_model_converts_to_ternary_exactly() {
+    let dir = scratch("i2s");
+    let w = tiny_weights(false, true, 5);
+    let hf = dir.join("hf");
+    write_hf(&hf, &w, false, true, |_| {});
+    let base = dir.join("f16.gguf");
+    convert(&args(&hf, &base, Format::F16, HeadFormat::F16)).unwrap();
+    let bytes = std::fs::read(&base).unwrap();
+    let g = Gguf::parse(&bytes).unwrap();
+    let linear = |name: &str| {
+        name.starts_with("blk.")
+            && [
+                "attn_q",
+                "attn_k",
+                "attn_v",
+                "attn_output",
+                "ffn_gate",
+                "ffn_up",
+                "ffn_down",
+            ]
+            .iter()
+            .any(|m| name.ends_with(&format!(".{m}.weight")))
+    };
+    // Each linear weight made ternary with a per-tensor scale (its mean magnitude), written as
+    // I2_S in one file and as F32 in another; every other tensor as F32 in both.
+    let mut ternary: BTreeMap<String, (Vec<f32>, f32)> = BTreeMap::new();
+    for t in g.tensors().iter().filter(|t| linear(t.name)) {
+        let v = values(&g, t.name);
+        let s = v.iter().map(|x| x.abs()).sum::<f32>() / v.len() as f32;
+        let tv: Vec<f32> = v.iter().map(|x| (x / s).round().clamp(-1.0, 1.0)).collect();
+        ternary.insert(t.name.to_string(), (tv, s));
+    }
+    assert_eq!(ternary.len(), 7 * LAYERS);
+    let write = |path: &Path, i2s: bool| {
+        let mut wr = GgufWriter::new();
+        for (k, v) in g.metadata() {
+            if !k.starts_with("edgellm.") {
+                wr.set(k, Meta::from_value(v));
+            }
+        }
+        let mut data = Vec::new();
+        for t in g.tensors() {
+            let (ty, bytes) = match ternary.get(t.name) {
+                Some((tv, s)) if i2s => (GgmlType::I2_S, i2_s_tensor(tv, *s)),
+                Some((tv, s)) => (
+                    GgmlType::F32,
+                    tv.iter().flat_map(|x| (x * s).to_le_bytes()).collect(),
+                ),
+                None => (
+                    GgmlType::F32,
+                    values(&g, t.name)
+                        .iter()
+                        .flat_map(|x| x.to_le_bytes())
+                        .collect(),
+                ),
+            };
+            wr.add_tensor(TensorSpec {
+                name: t.name.to_string(),
+                dims: t.shape().to_vec(),
+                type_id: ty.id(),
+                size: bytes.len() as u64,
+            })
+            .unwrap();
+            data.push(bytes);
+        }
+        wr.write(path, |i, _| Ok(data[i].clone()), |_, _| {})
+            .unwrap();
+    };
+    let (i2s_in, f32_in) = (dir.join("i2s.gguf"), dir.join("f32.gguf"));
+    write(&i2s_in, true);
+    write(&f32_in, false);
+    let in_bytes = std::fs::read(&i2s_in).unwrap();
+    let parsed = Gguf::parse(&in_bytes).unwrap();
+    assert_eq!(
+        parsed.tensor("blk.0.ffn_down.weight").unwrap().ty,
+        GgmlType::I2_S
+    );
+
+    let (from_i2s, from_f32) = (dir.join("a.gguf"), dir.join("b.gguf"));
+    convert(&args(&i2s_in, &from_i2s, Format::Ternary, HeadFormat::F16)).unwrap();
+    convert(&args(&f32_in, &from_f32, Format::Ternary, HeadFormat::F16)).unwrap();
+    let (a_bytes, b_bytes) = (
+        std::fs::read(&from_i2s).unwrap(),
+        std::fs::read(&from_f32).unwrap(),
+    );
+    let (a, b) = (
+        Gguf::parse(&a_bytes).unwrap(),
+        Gguf::parse(&b_bytes).unwrap(),
+    );
+    verify_image(&a).unwrap();
+    for (name, (tv, s)) in &ternary {
+        let t = a.tensor(name).unwrap();
+        assert_eq!(t.ty, GgmlType::T2, "{name}");
+        let cols = t.dims[0] as usize;
+        let codes = values(&a, name);
+        let scales = values(&a, &format!("{name}.scale"));
+        for (i, want) in tv.iter().enumerate() {
+            assert_eq!(codes[i] * scales[i / cols], want * s, "{name} element {i}");
+        }
+    }
+    for t in b.tensors() {
+        assert_eq!(
+            a.tensor(t.name).map(|x| x.data),
+            Some(t.data),
+            "{}: the I2_S and F32 inputs give other bytes",
+            t.name
+        );
+    }
+    let kernels = Kernels::detect();
+    Model::from_gguf(&a, &kernels).expect("image loads");
+
+    // The ARM layout reads the same bytes in another order: other weights.
+    let arm = dir.join("arm.gguf");
+    let mut a_args = args(&i2s_in, &arm, Format::Ternary, HeadFormat::F16);
+    a_args.i2s_layout = I2sLayoutArg::Arm;
+    convert(&a_args).unwrap();
+    let arm_bytes = std::fs::read(&arm).unwrap();
+    let c = Gguf::parse(&arm_bytes).unwrap();
+    assert_ne!(
+        c.tensor("blk.0.ffn_down.weight").unwrap().data,
+        a.tensor("blk.0.ffn_down.weight").unwrap().data
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

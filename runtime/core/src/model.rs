@@ -182,11 +182,22 @@ impl core::fmt::Display for ModelError {
             } => {
                 write!(f, "tensor {name} has shape {found}, expected {expected}")
             }
-            ModelError::UnsupportedType { name, ty } => write!(
-                f,
-                "tensor {name} has type {ty}, which this runtime cannot compute with \
-                 (supported: F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K Q5_K Q6_K T2 TQ1_0 TQ2_0)"
-            ),
+            ModelError::UnsupportedType { name, ty } => {
+                write!(
+                    f,
+                    "tensor {name} has type {ty}, which this runtime cannot compute with \
+                     (supported: F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K Q5_K Q6_K T2 TQ1_0 \
+                     TQ2_0)"
+                )?;
+                if *ty == GgmlType::I2_S {
+                    write!(
+                        f,
+                        "; `edgellm convert MODEL -o IMAGE --format ternary` turns bitnet.cpp's \
+                         I2_S into T2 without loss"
+                    )?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -438,4 +449,25 @@ fn vector(g: &Gguf<'_>, name: &str, n: usize) -> Result<Vec<f32>, ModelError> {
         ty: t.ty,
     })?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::string::ToString;
+
+    #[test]
+    fn an_i2_s_tensor_is_refused_with_the_way_to_convert_it() {
+        let e = ModelError::UnsupportedType {
+            name: "blk.0.attn_q.weight".into(),
+            ty: GgmlType::I2_S,
+        };
+        let m = e.to_string();
+        assert!(m.contains("type I2_S") && m.contains("edgellm convert"), "{m}");
+        let e = ModelError::UnsupportedType {
+            name: "w".into(),
+            ty: GgmlType::IQ2_XS,
+        };
+        assert!(!e.to_string().contains("convert"));
+    }
 }

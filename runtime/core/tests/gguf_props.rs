@@ -162,7 +162,7 @@ fn walk(g: &Gguf<'_>) -> u64 {
     }
     for t in g.tensors() {
         assert!(std::ptr::eq(g.tensor(t.name).unwrap(), t));
-        assert_eq!(Some(t.data.len() as u64), t.ty.bytes_for(t.n_elements()));
+        assert_eq!(Some(t.data.len() as u64), t.ty.tensor_bytes(t.n_elements()));
         assert_eq!(t.offset % g.alignment as u64, 0);
         sum = t
             .data

@@ -22,6 +22,12 @@
 //!   weight `trit - 1`. Element `32n + m` (`n` in `0..5`, `m` in `0..32`) comes from `qs[m]`,
 //!   element `160 + 16n + m` (`n` in `0..5`, `m` in `0..16`) from `qs[32 + m]`, element
 //!   `240 + 4n + j` (`n` in `0..4`, `j` in `0..4`) from `qh[j]`; its value is `d * (trit - 1)`.
+//! - **I2_S** (bitnet.cpp; read by the converter, see [`dequantize_i2_s`]): 2-bit codes `c`
+//!   (weight `c - 1`) over the whole tensor in blocks of `4 G` weights in `G` bytes: element
+//!   `4 G b + G k + p` (`k` in `0..4`, `p` in `0..G`) is in byte `G b + p` at bits `6 - 2k`.
+//!   `G` is 32 in files written by bitnet.cpp's x86 builds (the published models), 16 in those
+//!   of its ARM builds; the file does not say which ([`I2sLayout`]). After the `n / 4` bytes of
+//!   codes, a 32-byte trailer starts with the tensor's one f32 scale: weight `scale * (c - 1)`.
 //!
 //! A 2-bit code 3 is never written by [`quantize_t2_row`] (nor by llama.cpp for TQ2_0); every
 //! kernel reads it as `+2` (`c - 1`, as TQ2_0's reference dequantizer does), so any bytes give the
@@ -73,6 +79,7 @@
 use crate::acts::ActsQ8;
 pub(crate) use crate::acts::QS;
 use crate::scalar::f16_at;
+use crate::KernelError;
 /// Weights per T2 block.
 pub const T2_BLOCK: usize = 64;
 /// Bytes per T2 block.
@@ -152,14 +159,78 @@ pub(crate) fn trit(b: u8, n: usize) -> i32 {
     ((b.wrapping_mul(POW3[n]) as u16 * 3) >> 8) as i32
 }
 
+/// How the I2_S tensor of a file packs its codes (see the module docs): bitnet.cpp writes blocks
+/// of 128 weights in 32 bytes when built for x86 and of 64 in 16 bytes when built for ARM, and
+/// records neither in the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum I2sLayout {
+    /// Blocks of 128 weights (bitnet.cpp built for x86; the published models).
+    X86,
+    /// Blocks of 64 weights (bitnet.cpp built for ARM).
+    Arm,
+}
+
+impl I2sLayout {
+    /// Bytes per block (`G` in the module docs); a block holds four times as many weights.
+    pub const fn block_bytes(self) -> usize {
+        match self {
+            I2sLayout::X86 => 32,
+            I2sLayout::Arm => 16,
+        }
+    }
+}
+
+/// Dequantizes a whole I2_S tensor: `data` is its bytes as the file stores them (`n / 4` bytes
+/// of codes, then the 32-byte trailer whose first four bytes are the f32 scale), `dst` its `n`
+/// weights, `scale * (c - 1)` each. Returns the scale.
+///
+/// Errors: `n` not a whole number of `layout`'s blocks, `data` not `n / 4 + 32` bytes, or a
+/// scale that is not finite.
+pub fn dequantize_i2_s(
+    data: &[u8],
+    dst: &mut [f32],
+    layout: I2sLayout,
+) -> Result<f32, KernelError> {
+    let n = dst.len();
+    let g = layout.block_bytes();
+    if !n.is_multiple_of(4 * g) {
+        return Err(KernelError::BadShape(
+            "I2_S: the tensor is not a whole number of blocks",
+        ));
+    }
+    if data.len() != n / 4 + 32 {
+        return Err(KernelError::BadShape(
+            "I2_S: the tensor's bytes are not its codes and a 32-byte trailer",
+        ));
+    }
+    let (codes, trailer) = data.split_at(n / 4);
+    let scale = f32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]);
+    if !scale.is_finite() {
+        return Err(KernelError::BadShape(
+            "I2_S: the tensor's scale is not finite",
+        ));
+    }
+    for (blk, out) in codes.chunks_exact(g).zip(dst.chunks_exact_mut(4 * g)) {
+        for (k, part) in out.chunks_exact_mut(g).enumerate() {
+            for (p, v) in part.iter_mut().enumerate() {
+                let c = (blk[p] >> (6 - 2 * k)) & 3;
+                *v = scale * (c as f32 - 1.0);
+            }
+        }
+    }
+    Ok(scale)
+}
+
 /// Quantizes one row `src` (a multiple of 64 values) to T2 blocks in `dst` and returns the row
 /// scale `s`, so that `src[i] ≈ s * w_i`.
 ///
 /// The BitNet b1.58 "absmean" rule: `s = (Σ |src[i]|) / n`, the sum taken in f32 in index
 /// order; `w_i = clamp(round_ties_even(src[i] / s), -1, 1)`, so `|src[i]| <= s / 2` gives 0
-/// (an exact half goes to 0, the even neighbour). If `s` is zero, subnormal or not finite, every
-/// weight is 0 and the scale returned is `0.0`. Non-finite inputs give unspecified weights, never
-/// a panic.
+/// (an exact half goes to 0, the even neighbour). A row that is already ternary (every nonzero
+/// value of one magnitude `m`, as in a ternary model's file) takes `s = m` instead and is kept
+/// exactly (absmean would scale it by its share of nonzero weights). If `s` is zero, subnormal or
+/// not finite, every weight is 0 and the scale returned is `0.0`. Non-finite inputs give
+/// unspecified weights, never a panic.
 ///
 /// Panics if `src.len()` is not a multiple of 64 or `dst.len()` is not `src.len() / 4`.
 pub fn quantize_t2_row(src: &[f32], dst: &mut [u8]) -> f32 {
@@ -174,8 +245,13 @@ pub fn quantize_t2_row(src: &[f32], dst: &mut [u8]) -> f32 {
         n / T2_BLOCK * T2_BYTES,
         dst.len()
     );
-    let sum = src.iter().fold(0.0f32, |s, v| s + v.abs());
-    let s = if n == 0 { 0.0 } else { sum / n as f32 };
+    let magnitude = src.iter().find(|v| **v != 0.0).map(|v| v.abs());
+    let ternary = magnitude.filter(|&m| src.iter().all(|v| *v == 0.0 || v.abs() == m));
+    let s = match ternary {
+        Some(m) => m,
+        None if n == 0 => 0.0,
+        None => src.iter().fold(0.0f32, |s, v| s + v.abs()) / n as f32,
+    };
     let ok = s.is_finite() && s >= f32::MIN_POSITIVE;
     for (blk, xs) in dst
         .chunks_exact_mut(T2_BYTES)

@@ -96,9 +96,30 @@ pub struct ConvertArgs {
     /// A PEFT LoRA adapter directory (adapter_config.json, adapter_model.safetensors) to merge.
     #[arg(long)]
     pub lora: Option<PathBuf>,
+    /// How the input's I2_S tensors (bitnet.cpp) pack their codes, which the file does not
+    /// record: `x86` (blocks of 128 weights, written by bitnet.cpp built for x86, as the published
+    /// models are) or `arm` (blocks of 64, written by bitnet.cpp built for ARM).
+    #[arg(long, value_enum, default_value = "x86")]
+    pub i2s_layout: I2sLayoutArg,
     /// No progress bar and no summary.
     #[arg(short, long)]
     pub quiet: bool,
+}
+
+/// `--i2s-layout`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum I2sLayoutArg {
+    X86,
+    Arm,
+}
+
+impl From<I2sLayoutArg> for edgellm_kernels::scalar::ternary::I2sLayout {
+    fn from(a: I2sLayoutArg) -> Self {
+        match a {
+            I2sLayoutArg::X86 => Self::X86,
+            I2sLayoutArg::Arm => Self::Arm,
+        }
+    }
 }
 
 /// Element type of an output tensor.
@@ -299,7 +320,7 @@ pub fn convert(args: &ConvertArgs) -> Result<Summary> {
         gguf_map = map_file(input)?;
         gguf = Gguf::parse(&gguf_map)
             .map_err(|e| anyhow::anyhow!("{} is not a valid GGUF file: {e}", input.display()))?;
-        source::from_gguf(&gguf)?
+        source::from_gguf(&gguf, args.i2s_layout.into())?
     };
     let adapter_dir;
     let adapter = match &args.lora {

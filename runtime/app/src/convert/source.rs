@@ -3,7 +3,8 @@
 
 use anyhow::{bail, Context, Result};
 use edgellm_core::gguf::{Gguf, TensorInfo};
-use edgellm_kernels::scalar;
+use edgellm_kernels::scalar::{self, ternary::I2sLayout};
+use edgellm_kernels::GgmlType;
 use safetensors::Dtype;
 
 use super::writer::Meta;
@@ -22,7 +23,12 @@ pub enum Permute {
 /// Where a tensor's values are.
 pub enum Data<'a> {
     Gguf(TensorInfo<'a>),
-    Safetensors { dtype: Dtype, bytes: &'a [u8] },
+    /// A bitnet.cpp I2_S tensor, whose file does not say how it packs its codes.
+    I2s(TensorInfo<'a>, I2sLayout),
+    Safetensors {
+        dtype: Dtype,
+        bytes: &'a [u8],
+    },
 }
 
 /// One tensor of the input, named and shaped as in the output.
@@ -54,6 +60,10 @@ impl Source<'_> {
         match &t.data {
             Data::Gguf(info) => scalar::dequantize_row(info.ty, info.data, &mut out)
                 .map_err(|e| anyhow::anyhow!("tensor {}: cannot dequantize: {e}", t.name))?,
+            Data::I2s(info, layout) => {
+                scalar::ternary::dequantize_i2_s(info.data, &mut out, *layout)
+                    .map_err(|e| anyhow::anyhow!("tensor {}: {e}", t.name))?;
+            }
             Data::Safetensors { dtype, bytes } => {
                 safetensors_to_f32(*dtype, bytes, &mut out).with_context(|| t.name.clone())?
             }
@@ -161,8 +171,9 @@ pub fn hf_to_gguf(name: &str) -> Option<String> {
     Some(format!("{base}.{suffix}"))
 }
 
-/// The source view of a parsed GGUF file: all its metadata and tensors.
-pub fn from_gguf<'a>(g: &Gguf<'a>) -> Result<Source<'a>> {
+/// The source view of a parsed GGUF file: all its metadata and tensors. I2_S tensors are read
+/// with blocks of `i2s` (the file does not record them).
+pub fn from_gguf<'a>(g: &Gguf<'a>, i2s: I2sLayout) -> Result<Source<'a>> {
     let arch = g.architecture().unwrap_or("");
     let heads = g
         .get_u64(&format!("{arch}.attention.head_count"))
@@ -173,10 +184,19 @@ pub fn from_gguf<'a>(g: &Gguf<'a>) -> Result<Source<'a>> {
         .unwrap_or(heads);
     let mut tensors = Vec::with_capacity(g.tensors().len());
     for t in g.tensors() {
-        if !t.ty.is_supported() {
+        if t.ty == GgmlType::T2 {
+            bail!(
+                "tensor {} is T2: the input is already an EdgeLLM image; convert from the model \
+                 it was made from",
+                t.name
+            );
+        }
+        let i2s_tensor = t.ty == GgmlType::I2_S;
+        if !t.ty.is_supported() && !i2s_tensor {
             bail!(
                 "tensor {} has type {}, which this converter cannot read \
-                 (supported: F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K Q5_K Q6_K)",
+                 (supported: F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K Q5_K Q6_K TQ1_0 TQ2_0 \
+                 I2_S)",
                 t.name,
                 t.ty
             );
@@ -203,7 +223,11 @@ pub fn from_gguf<'a>(g: &Gguf<'a>) -> Result<Source<'a>> {
             name: t.name.to_string(),
             hf_module: gguf_to_hf(t.name).map(|(m, _)| m),
             dims: t.shape().to_vec(),
-            data: Data::Gguf(*t),
+            data: if i2s_tensor {
+                Data::I2s(*t, i2s)
+            } else {
+                Data::Gguf(*t)
+            },
             permute,
         });
     }

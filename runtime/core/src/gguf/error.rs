@@ -161,7 +161,8 @@ pub enum GgufError {
         /// The id found.
         id: u32,
     },
-    /// A tensor whose row length (`dims[0]`) is not a whole number of blocks of its type.
+    /// A tensor whose row length (`dims[0]`) is not a whole number of blocks of its type (for
+    /// I2_S, whose blocks run over the whole tensor, its element count).
     RowNotWholeBlocks {
         /// Tensor name.
         tensor: String,
@@ -299,7 +300,8 @@ impl fmt::Display for GgufError {
             ),
             RowNotWholeBlocks { tensor, ty, row_len, block_len } => write!(
                 f,
-                "tensor `{tensor}`: row length {row_len} is not a whole number of {ty} blocks of {block_len} elements"
+                "tensor `{tensor}`: {} {row_len} is not a whole number of {ty} blocks of {block_len} elements",
+                if *ty == GgmlType::I2_S { "element count" } else { "row length" }
             ),
             MisalignedTensor { tensor, offset, alignment } => write!(
                 f,

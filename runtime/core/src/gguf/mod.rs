@@ -85,7 +85,8 @@ pub struct TensorInfo<'a> {
     pub ty: GgmlType,
     /// Offset of the tensor's bytes from the start of the data section.
     pub offset: u64,
-    /// The tensor's bytes: exactly `ty.bytes_for(n_elements())` of them.
+    /// The tensor's bytes: exactly `ty.tensor_bytes(n_elements())` of them (the blocks, then for
+    /// I2_S its 32-byte trailer).
     pub data: &'a [u8],
 }
 
@@ -531,15 +532,21 @@ impl<'a> Parser<'a> {
                 .try_fold(1u64, |n, &d| n.checked_mul(d))
                 .ok_or_else(too_large)?;
             let block_len = ty.block_len();
-            if dims[0] % block_len as u64 != 0 {
+            // I2_S's blocks run over the whole tensor: only the tensor must be whole blocks.
+            let blocked = if ty.blocks_span_rows() {
+                n_elements
+            } else {
+                dims[0]
+            };
+            if blocked % block_len as u64 != 0 {
                 return Err(GgufError::RowNotWholeBlocks {
                     tensor: shown(name),
                     ty,
-                    row_len: dims[0],
+                    row_len: blocked,
                     block_len,
                 });
             }
-            let size = ty.bytes_for(n_elements).ok_or_else(too_large)?;
+            let size = ty.tensor_bytes(n_elements).ok_or_else(too_large)?;
             if offset % alignment as u64 != 0 {
                 return Err(GgufError::MisalignedTensor {
                     tensor: shown(name),

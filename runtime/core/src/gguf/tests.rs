@@ -200,19 +200,27 @@ fn tensors_of_several_types_with_custom_alignment() {
             .tensor("b.q4_1", &[64, 2], GgmlType::Q4_1)
             .tensor("c.q8_0", &[32], GgmlType::Q8_0)
             .tensor("d.f16", &[4, 2, 3, 2], GgmlType::F16)
-            .tensor("e.q4_k", &[256, 2], GgmlType::Q4_K);
+            .tensor("e.q4_k", &[256, 2], GgmlType::Q4_K)
+            // Rows of 576 are not whole I2_S blocks of 128, the tensor is (288 of them).
+            .tensor("f.i2_s", &[576, 64], GgmlType::I2_S);
         let (bytes, layout) = b.build_with_layout();
         let g = Gguf::parse(&bytes).unwrap();
         assert_eq!(g.alignment, align as usize);
         assert_eq!(g.data_offset, layout.data_offset);
         assert_eq!(g.data_offset % align as usize, 0);
-        assert_eq!(g.tensors().len(), 5);
+        assert_eq!(g.tensors().len(), 6);
         let names: Vec<&str> = g.tensors().iter().map(|t| t.name).collect();
-        assert_eq!(names, ["a.f32", "b.q4_1", "c.q8_0", "d.f16", "e.q4_k"]);
+        assert_eq!(
+            names,
+            ["a.f32", "b.q4_1", "c.q8_0", "d.f16", "e.q4_k", "f.i2_s"]
+        );
         for (t, &(start, end)) in g.tensors().iter().zip(&layout.tensor_ranges) {
             assert_eq!(t.data, &bytes[start..end], "{}", t.name);
             assert_eq!(t.offset % align as u64, 0);
-            assert_eq!(t.data.len() as u64, t.ty.bytes_for(t.n_elements()).unwrap());
+            assert_eq!(
+                t.data.len() as u64,
+                t.ty.tensor_bytes(t.n_elements()).unwrap()
+            );
         }
         let d = g.tensor("d.f16").unwrap();
         assert_eq!(d.dims, [4, 2, 3, 2]);
@@ -226,6 +234,8 @@ fn tensors_of_several_types_with_custom_alignment() {
         assert_eq!(c.data.len(), 34);
         assert_eq!(g.tensor("b.q4_1").unwrap().data.len(), 2 * 2 * 20);
         assert_eq!(g.tensor("e.q4_k").unwrap().data.len(), 2 * 144);
+        // Two bits per weight, then the 32-byte trailer that holds the scale.
+        assert_eq!(g.tensor("f.i2_s").unwrap().data.len(), 576 * 64 / 4 + 32);
         assert!(g.tensor("nope").is_none());
         assert_eq!(g.data().len(), bytes.len() - g.data_offset);
     }
@@ -485,4 +495,24 @@ fn table_sizes_are_limited() {
         "{e:?}"
     );
     assert!(e.to_string().contains("more than the 65536"), "{e}");
+}
+
+#[test]
+fn an_i2_s_tensor_must_be_whole_blocks_of_128() {
+    let bytes = Builder::new(3)
+        .tensor("w", &[96, 3], GgmlType::I2_S)
+        .build();
+    let e = Gguf::parse(&bytes).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            GgufError::RowNotWholeBlocks {
+                row_len: 288,
+                block_len: 128,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("element count 288"), "{e}");
 }

@@ -175,7 +175,7 @@ impl Builder {
     pub fn tensor_size(spec: &TensorSpec) -> usize {
         let n: u64 = spec.dims.iter().fold(1u64, |a, &d| a.saturating_mul(d));
         GgmlType::from_id(spec.ty)
-            .and_then(|t| t.bytes_for(n))
+            .and_then(|t| t.tensor_bytes(n))
             .map(|b| b as usize)
             .unwrap_or(0)
     }
