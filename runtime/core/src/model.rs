@@ -463,7 +463,10 @@ mod tests {
             ty: GgmlType::I2_S,
         };
         let m = e.to_string();
-        assert!(m.contains("type I2_S") && m.contains("edgellm convert"), "{m}");
+        assert!(
+            m.contains("type I2_S") && m.contains("edgellm convert"),
+            "{m}"
+        );
         let e = ModelError::UnsupportedType {
             name: "w".into(),
             ty: GgmlType::IQ2_XS,

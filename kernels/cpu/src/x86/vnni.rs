@@ -576,7 +576,7 @@ unsafe fn gemv_legacy<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32])
             if pf + 8 * bb <= w.len() {
                 for line in 0..(8 * bb).div_ceil(64) {
                     // SAFETY: `pf + 64 * line < pf + 8 * bb <= w.len()`: inside `w`.
-                    _mm_prefetch::<_MM_HINT_T0>(unsafe { base.add(pf + 64 * line) }.cast());
+                    _mm_prefetch::<_MM_HINT_T1>(unsafe { base.add(pf + 64 * line) }.cast());
                 }
             }
             // SAFETY: `check_gemv` proved `acts.qs` holds `nb * QK` values.
