@@ -205,7 +205,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         args.prompt_tokens > 0 && args.gen_tokens > 0 && args.reps > 0,
         "-p, -g and -r must be at least 1"
     );
-    let file = ModelFile::open(&args.model.model)?;
+    let file = ModelFile::load(&args.model.model, args.model.no_mmap)?;
     let file_len = file.len();
     let kernels = load::kernels(args.model.kernels.as_deref())?;
     let loaded = Loaded::new(file.gguf()?, &kernels)?;

@@ -80,6 +80,11 @@ pub struct ModelArgs {
     /// Reference numeric path: dequantized weights and f32 activations (slow, for checking).
     #[arg(long)]
     pub exact: bool,
+    /// Read the model into memory backed by transparent huge pages instead of mapping the file:
+    /// fewer TLB misses, so a faster decode where the weights stream from memory, for reading
+    /// the whole file at start.
+    #[arg(long)]
+    pub no_mmap: bool,
     /// Apply another board's defaults and memory budget (default: the board this binary was
     /// built for).
     #[arg(long)]

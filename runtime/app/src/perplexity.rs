@@ -39,7 +39,7 @@ pub fn perplexity(args: PerplexityArgs) -> Result<()> {
     }
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
-    let file = ModelFile::open(&args.model.model)?;
+    let file = ModelFile::load(&args.model.model, args.model.no_mmap)?;
     let kernels = load::kernels(args.model.kernels.as_deref())?;
     let loaded = Loaded::new(file.gguf()?, &kernels)?;
     let tok = &loaded.tokenizer;

@@ -59,8 +59,8 @@ fn chat_template_reproduces_reference_prompt() {
 fn greedy_run_is_deterministic_and_independent_of_threads() {
     let Some(model) = smollm2_path() else { return };
     let m = model.to_str().unwrap();
-    let run = |threads: &str| {
-        let out = ok(&edgellm(&[
+    let run = |extra: &[&str]| {
+        let mut a = vec![
             "run",
             "-m",
             m,
@@ -72,9 +72,9 @@ fn greedy_run_is_deterministic_and_independent_of_threads() {
             "-n",
             "16",
             "--json",
-            "-t",
-            threads,
-        ]));
+        ];
+        a.extend_from_slice(extra);
+        let out = ok(&edgellm(&a));
         let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
         (
             v["prompt_ids"].clone(),
@@ -82,12 +82,15 @@ fn greedy_run_is_deterministic_and_independent_of_threads() {
             v["text"].as_str().unwrap().to_string(),
         )
     };
-    let (p1, ids1, text1) = run("1");
-    let (_, ids2, _) = run("2");
+    let (p1, ids1, text1) = run(&["-t", "1"]);
+    let (_, ids2, _) = run(&["-t", "2"]);
     assert_eq!(
         ids1, ids2,
         "1 and 2 threads must give the same greedy tokens"
     );
+    // The model read into memory instead of mapped: the same bytes, the same tokens.
+    let (_, ids3, _) = run(&["-t", "1", "--no-mmap"]);
+    assert_eq!(ids1, ids3, "--no-mmap must give the same greedy tokens");
     let r = reference("capital");
     assert_eq!(
         serde_json::from_value::<Vec<u32>>(p1).unwrap(),

@@ -56,6 +56,9 @@ pub struct ServeArgs {
     /// Reference numeric path (dequantized weights, f32 activations).
     #[arg(long)]
     pub exact: bool,
+    /// Read the model into memory backed by transparent huge pages instead of mapping the file.
+    #[arg(long)]
+    pub no_mmap: bool,
     /// Apply another board's defaults and memory budget.
     #[arg(long)]
     pub board: Option<String>,
@@ -85,6 +88,7 @@ pub struct FileConfig {
     pub kernels: Option<String>,
     pub context: Option<usize>,
     pub exact: Option<bool>,
+    pub no_mmap: Option<bool>,
     pub board: Option<String>,
     pub device: Option<String>,
     pub kv_cache: Option<String>,
@@ -168,6 +172,7 @@ impl Settings {
                 kernels: args.kernels.or(file.kernels),
                 context: args.context.or(file.context),
                 exact: args.exact || file.exact.unwrap_or(false),
+                no_mmap: args.no_mmap || file.no_mmap.unwrap_or(false),
                 board: args.board.or(file.board),
                 // Real-time settings: the board's defaults (on for real boards, off on the host).
                 cores: None,
