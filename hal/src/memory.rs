@@ -88,6 +88,23 @@ pub fn advise_huge_pages(buf: &mut [u8]) -> Result<(), HalError> {
     Ok(())
 }
 
+/// Tells the kernel that the page cache need not keep `file`'s pages
+/// (`posix_fadvise(POSIX_FADV_DONTNEED)`): after a file has been read into memory of the
+/// process's own, its cached copy would only take memory that a small board needs.
+pub fn drop_file_cache(file: &std::fs::File) -> Result<(), HalError> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is open for as long as `file` is borrowed; the advice does not change
+    // the file's contents.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if rc != 0 {
+        return Err(HalError::Os {
+            what: "posix_fadvise(POSIX_FADV_DONTNEED)",
+            errno: rc,
+        });
+    }
+    Ok(())
+}
+
 /// The value of the `key:` line of a `/proc` file's text (`/proc/meminfo`,
 /// `/proc/self/smaps_rollup`) in bytes: a number followed by `kB`, or by nothing.
 fn proc_field_bytes(text: &str, key: &str) -> Option<u64> {

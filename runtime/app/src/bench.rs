@@ -2,7 +2,7 @@
 //! real forward pass with synthetic prompt tokens, like llama-bench.
 
 use crate::budget::OVERHEAD_BYTES;
-use crate::load::{self, Loaded, ModelFile};
+use crate::load::{self, Loaded};
 use crate::run::{make_pool, new_session};
 use crate::ModelArgs;
 use anyhow::Result;
@@ -205,7 +205,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         args.prompt_tokens > 0 && args.gen_tokens > 0 && args.reps > 0,
         "-p, -g and -r must be at least 1"
     );
-    let file = ModelFile::load(&args.model.model, args.model.no_mmap)?;
+    let file = load::open_model(&args.model)?;
     let file_len = file.len();
     let kernels = load::kernels(args.model.kernels.as_deref())?;
     let loaded = Loaded::new(file.gguf()?, &kernels)?;

@@ -28,7 +28,7 @@ impl ModelFile {
     }
 
     /// Reads `path` into anonymous memory that asks for transparent huge pages
-    /// (`MADV_HUGEPAGE`), then makes it read-only. The kernels then walk the weights with far
+    /// (`MADV_HUGEPAGE`), then makes it read-only and lets the page cache drop the file. The kernels then walk the weights with far
     /// fewer TLB misses than through the file's 4 KiB pages (file-backed huge pages need a kernel
     /// option most systems lack); the cost is reading the whole file at start, and memory that
     /// the page cache cannot share with other processes. Where huge pages are not available the
@@ -48,10 +48,11 @@ impl ModelFile {
         let mut buf = memmap2::MmapMut::map_anon(len)
             .with_context(|| format!("cannot allocate {len} bytes for the model"))?;
         // Advice only: without transparent huge pages the buffer keeps normal pages.
-        #[cfg(target_os = "linux")]
-        let _ = buf.advise(memmap2::Advice::HugePage);
+        let _ = edgellm_hal::memory::advise_huge_pages(&mut buf);
         file.read_exact(&mut buf)
             .with_context(|| format!("cannot read {}", path.display()))?;
+        // The file's pages in the page cache are a second copy; let the kernel drop them.
+        let _ = edgellm_hal::memory::drop_file_cache(&file);
         let map = buf
             .make_read_only()
             .context("cannot make the model's memory read-only")?;
@@ -76,6 +77,15 @@ impl ModelFile {
     pub fn gguf(&self) -> Result<Gguf<'_>> {
         Gguf::parse(&self.map).map_err(|e| anyhow::anyhow!("not a valid GGUF file: {e}"))
     }
+}
+
+/// Opens the model of `args`: read into memory or mapped, as [`crate::rt::model_in_memory`]
+/// decides from the flags and the board.
+pub fn open_model(args: &crate::ModelArgs) -> Result<ModelFile> {
+    ModelFile::load(
+        &args.model,
+        crate::rt::model_in_memory(args, &args.board()?),
+    )
 }
 
 /// Chooses the kernel set: `forced` (flag), else `EDGELLM_KERNELS`, else the best the CPU has.

@@ -81,10 +81,13 @@ pub struct ModelArgs {
     #[arg(long)]
     pub exact: bool,
     /// Read the model into memory backed by transparent huge pages instead of mapping the file:
-    /// fewer TLB misses, so a faster decode where the weights stream from memory, for reading
-    /// the whole file at start.
-    #[arg(long)]
+    /// fewer TLB misses, so a faster decode, for reading the whole file at start (default when
+    /// memory is locked, as with --rt).
+    #[arg(long, overrides_with = "mmap")]
     pub no_mmap: bool,
+    /// Map the model file, even when memory is locked.
+    #[arg(long, overrides_with = "no_mmap")]
+    pub mmap: bool,
     /// Apply another board's defaults and memory budget (default: the board this binary was
     /// built for).
     #[arg(long)]

@@ -4,7 +4,7 @@
 //! The text is tokenized as is (no template), split into windows of `--ctx` tokens, and every token
 //! after the first of each window is scored: perplexity = exp(mean negative log-likelihood).
 
-use crate::load::{self, Loaded, ModelFile};
+use crate::load::{self, Loaded};
 use crate::run::{make_pool, new_session};
 use crate::ModelArgs;
 use anyhow::{bail, Context, Result};
@@ -39,7 +39,7 @@ pub fn perplexity(args: PerplexityArgs) -> Result<()> {
     }
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
-    let file = ModelFile::load(&args.model.model, args.model.no_mmap)?;
+    let file = load::open_model(&args.model)?;
     let kernels = load::kernels(args.model.kernels.as_deref())?;
     let loaded = Loaded::new(file.gguf()?, &kernels)?;
     let tok = &loaded.tokenizer;

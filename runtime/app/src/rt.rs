@@ -30,6 +30,36 @@ fn list(cores: &[usize]) -> String {
         .join(",")
 }
 
+/// Whether the inference threads run under SCHED_FIFO: `--rt`, `--no-rt`, else on for every
+/// board but `host`.
+fn realtime_on(args: &ModelArgs, board: &Board) -> bool {
+    if args.rt {
+        true
+    } else if args.no_rt {
+        false
+    } else {
+        board.name != "host"
+    }
+}
+
+/// Whether memory is locked: `--lock-memory`, else with SCHED_FIFO unless `--no-lock-memory`.
+pub fn locks_memory(args: &ModelArgs, board: &Board) -> bool {
+    args.lock_memory || (realtime_on(args, board) && !args.no_lock_memory)
+}
+
+/// Whether the model file is read into memory rather than mapped: `--no-mmap`, `--mmap`, else
+/// when memory is locked (every page of the file is then resident from the start anyway, and in
+/// huge pages the weights cost fewer TLB misses).
+pub fn model_in_memory(args: &ModelArgs, board: &Board) -> bool {
+    if args.no_mmap {
+        true
+    } else if args.mmap {
+        false
+    } else {
+        locks_memory(args, board)
+    }
+}
+
 /// Resolves the flags against `board` on a machine whose process may use `allowed` CPUs.
 pub fn plan(args: &ModelArgs, board: &Board, allowed: &[usize]) -> Result<Plan> {
     let threads = args
@@ -93,20 +123,14 @@ pub fn plan(args: &ModelArgs, board: &Board, allowed: &[usize]) -> Result<Plan> 
             }
         }
     };
-    let rt_on = if args.rt {
-        true
-    } else if args.no_rt {
-        false
-    } else {
-        board.name != "host"
-    };
+    let rt_on = realtime_on(args, board);
     let realtime = rt_on.then(|| args.rt_priority.unwrap_or(board.rt_priority));
     if let Some(p) = args.rt_priority {
         if !(1..=99).contains(&p) {
             bail!("--rt-priority {p}: SCHED_FIFO priorities go from 1 to 99");
         }
     }
-    let lock_memory = args.lock_memory || (rt_on && !args.no_lock_memory);
+    let lock_memory = locks_memory(args, board);
     Ok(Plan {
         threads,
         cores,
@@ -282,6 +306,23 @@ mod tests {
         assert!(!p.lock_memory);
         let p = plan(&args(&["--rt", "--strict-rt"]), &board("host"), &[0]).unwrap();
         assert!(p.lock_memory && p.strict && p.realtime == Some(50));
+    }
+
+    #[test]
+    fn the_model_is_read_into_memory_when_memory_is_locked() {
+        let in_mem = |extra: &[&str], b: &str| model_in_memory(&args(extra), &board(b));
+        // Mapped on the host, read on the real boards (whose memory is locked).
+        assert!(!in_mem(&[], "host"));
+        assert!(in_mem(&[], "pi4"));
+        assert!(in_mem(&["--rt"], "host"));
+        assert!(in_mem(&["--lock-memory"], "host"));
+        assert!(!in_mem(&["--no-lock-memory"], "pi4"));
+        assert!(!in_mem(&["--no-rt"], "pi5"));
+        // The flags decide over the default, the last one given wins.
+        assert!(!in_mem(&["--rt", "--mmap"], "host"));
+        assert!(in_mem(&["--no-mmap"], "host"));
+        assert!(in_mem(&["--mmap", "--no-mmap"], "pi4"));
+        assert!(!in_mem(&["--no-mmap", "--mmap"], "pi4"));
     }
 
     #[test]

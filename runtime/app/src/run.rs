@@ -198,7 +198,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             s
         }
     };
-    let file = ModelFile::load(&args.model.model, args.model.no_mmap)?;
+    let file = load::open_model(&args.model)?;
     let kernels = load::kernels(args.model.kernels.as_deref())?;
     eprintln!("kernels: {}", kernels.describe());
     let loaded = Loaded::new(file.gguf()?, &kernels)?;
@@ -303,7 +303,7 @@ pub fn run(args: RunArgs) -> Result<()> {
 }
 
 pub fn logits(args: LogitsArgs) -> Result<()> {
-    let file = ModelFile::load(&args.model.model, args.model.no_mmap)?;
+    let file = load::open_model(&args.model)?;
     let kernels = load::kernels(args.model.kernels.as_deref())?;
     let loaded = Loaded::new(file.gguf()?, &kernels)?;
     let ids = prompt_ids(&loaded, &args.prompt, true)?;

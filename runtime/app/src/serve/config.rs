@@ -56,9 +56,13 @@ pub struct ServeArgs {
     /// Reference numeric path (dequantized weights, f32 activations).
     #[arg(long)]
     pub exact: bool,
-    /// Read the model into memory backed by transparent huge pages instead of mapping the file.
-    #[arg(long)]
+    /// Read the model into memory backed by transparent huge pages instead of mapping the file
+    /// (default when memory is locked: on the real boards).
+    #[arg(long, overrides_with = "mmap")]
     pub no_mmap: bool,
+    /// Map the model file, even when memory is locked.
+    #[arg(long, overrides_with = "no_mmap")]
+    pub mmap: bool,
     /// Apply another board's defaults and memory budget.
     #[arg(long)]
     pub board: Option<String>,
@@ -88,7 +92,7 @@ pub struct FileConfig {
     pub kernels: Option<String>,
     pub context: Option<usize>,
     pub exact: Option<bool>,
-    pub no_mmap: Option<bool>,
+    pub mmap: Option<bool>,
     pub board: Option<String>,
     pub device: Option<String>,
     pub kv_cache: Option<String>,
@@ -172,7 +176,8 @@ impl Settings {
                 kernels: args.kernels.or(file.kernels),
                 context: args.context.or(file.context),
                 exact: args.exact || file.exact.unwrap_or(false),
-                no_mmap: args.no_mmap || file.no_mmap.unwrap_or(false),
+                no_mmap: args.no_mmap || (!args.mmap && file.mmap == Some(false)),
+                mmap: args.mmap || (!args.no_mmap && file.mmap == Some(true)),
                 board: args.board.or(file.board),
                 // Real-time settings: the board's defaults (on for real boards, off on the host).
                 cores: None,
@@ -223,6 +228,27 @@ mod tests {
         assert_eq!(s.host, "0.0.0.0");
         assert_eq!(s.model_name, "a");
         assert_eq!(s.model.model, PathBuf::from("/m/a.gguf"));
+    }
+
+    #[test]
+    fn the_mmap_key_and_its_flags() {
+        let parse = |text: &str| FileConfig::parse(text).unwrap();
+        let args = || ServeArgs {
+            model: Some("x.gguf".into()),
+            ..ServeArgs::default()
+        };
+        let s = Settings::merge(args(), parse("mmap = false")).unwrap();
+        assert!(s.model.no_mmap && !s.model.mmap);
+        let s = Settings::merge(args(), parse("mmap = true")).unwrap();
+        assert!(!s.model.no_mmap && s.model.mmap);
+        let s = Settings::merge(args(), parse("")).unwrap();
+        assert!(!s.model.no_mmap && !s.model.mmap, "unset: the board decides");
+        let flag = ServeArgs {
+            mmap: true,
+            ..args()
+        };
+        let s = Settings::merge(flag, parse("mmap = false")).unwrap();
+        assert!(!s.model.no_mmap && s.model.mmap, "the flag wins over the file");
     }
 
     #[test]

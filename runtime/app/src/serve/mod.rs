@@ -279,8 +279,7 @@ impl Signals {
 pub fn serve(args: ServeArgs) -> Result<()> {
     let s = Settings::resolve(args)?;
     let started = Instant::now();
-    let file: &'static ModelFile =
-        Box::leak(Box::new(ModelFile::load(&s.model.model, s.model.no_mmap)?));
+    let file: &'static ModelFile = Box::leak(Box::new(load::open_model(&s.model)?));
     let kernels = load::kernels(s.model.kernels.as_deref())?;
     eprintln!("kernels: {}", kernels.describe());
     let loaded: &'static Loaded<'static> =
