@@ -285,6 +285,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     if args.json {
         let out = serde_json::json!({
             "model": args.model.model.display().to_string(),
+            "model_in_memory": file.in_memory(),
             "board": board.name,
             "device": "cpu",
             "threads": threads,
@@ -316,7 +317,15 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         });
         println!("{out}");
     } else {
-        println!("model    {}", args.model.model.display());
+        println!(
+            "model    {} ({})",
+            args.model.model.display(),
+            if file.in_memory() {
+                "read into memory"
+            } else {
+                "mapped"
+            }
+        );
         println!(
             "board    {}   threads {threads}   kernels {kernels}",
             board.name
@@ -342,7 +351,8 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             mib(OVERHEAD_BYTES)
         );
         println!(
-            "memory: {:.1} MiB in transparent huge pages (the arena asks for them)",
+            "memory: {:.1} MiB in transparent huge pages (the arena asks for them, and the model \
+             when it is read into memory)",
             mib(huge)
         );
         print_latency(&lat);

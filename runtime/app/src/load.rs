@@ -12,6 +12,7 @@ use std::path::Path;
 /// A model file's bytes: the file memory-mapped (the default), or read into memory.
 pub struct ModelFile {
     map: Mmap,
+    in_memory: bool,
 }
 
 impl ModelFile {
@@ -24,7 +25,10 @@ impl ModelFile {
         // loader has). Every byte is validated by the GGUF parser before use.
         let map = unsafe { Mmap::map(&file) }
             .with_context(|| format!("cannot memory-map {}", path.display()))?;
-        Ok(ModelFile { map })
+        Ok(ModelFile {
+            map,
+            in_memory: false,
+        })
     }
 
     /// Reads `path` into anonymous memory that asks for transparent huge pages
@@ -56,7 +60,10 @@ impl ModelFile {
         let map = buf
             .make_read_only()
             .context("cannot make the model's memory read-only")?;
-        Ok(ModelFile { map })
+        Ok(ModelFile {
+            map,
+            in_memory: true,
+        })
     }
 
     /// [`Self::read`] when `in_memory`, else [`Self::open`].
@@ -66,6 +73,11 @@ impl ModelFile {
         } else {
             Self::open(path)
         }
+    }
+
+    /// Whether the file was read into memory ([`Self::read`]) rather than mapped.
+    pub fn in_memory(&self) -> bool {
+        self.in_memory
     }
 
     /// Bytes of the file.

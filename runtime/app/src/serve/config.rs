@@ -242,13 +242,19 @@ mod tests {
         let s = Settings::merge(args(), parse("mmap = true")).unwrap();
         assert!(!s.model.no_mmap && s.model.mmap);
         let s = Settings::merge(args(), parse("")).unwrap();
-        assert!(!s.model.no_mmap && !s.model.mmap, "unset: the board decides");
+        assert!(
+            !s.model.no_mmap && !s.model.mmap,
+            "unset: the board decides"
+        );
         let flag = ServeArgs {
             mmap: true,
             ..args()
         };
         let s = Settings::merge(flag, parse("mmap = false")).unwrap();
-        assert!(!s.model.no_mmap && s.model.mmap, "the flag wins over the file");
+        assert!(
+            !s.model.no_mmap && s.model.mmap,
+            "the flag wins over the file"
+        );
     }
 
     #[test]
