@@ -92,12 +92,21 @@ impl ModelFile {
 }
 
 /// Opens the model of `args`: read into memory or mapped, as [`crate::rt::model_in_memory`]
-/// decides from the flags and the board.
+/// decides from the flags and the board. A file larger than the board's budget or the memory
+/// the machine has available is mapped even then: reading it would exhaust memory before the
+/// budget check (`budget::check`) could refuse it and say what would fit.
 pub fn open_model(args: &crate::ModelArgs) -> Result<ModelFile> {
-    ModelFile::load(
-        &args.model,
-        crate::rt::model_in_memory(args, &args.board()?),
-    )
+    let board = args.board()?;
+    let mut in_memory = crate::rt::model_in_memory(args, &board);
+    if in_memory {
+        let len = std::fs::metadata(&args.model).map_or(0, |m| m.len());
+        let limit = match edgellm_hal::memory::available_memory_bytes() {
+            Ok(a) => a.min(board.memory_budget_bytes),
+            Err(_) => board.memory_budget_bytes,
+        };
+        in_memory = len <= limit;
+    }
+    ModelFile::load(&args.model, in_memory)
 }
 
 /// Chooses the kernel set: `forced` (flag), else `EDGELLM_KERNELS`, else the best the CPU has.
@@ -266,6 +275,41 @@ mod tests {
             .err()
             .expect("an empty file is refused");
         assert!(e.to_string().contains("is empty"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_model_larger_than_the_budget_is_mapped_for_the_check_to_refuse() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct T {
+            #[command(flatten)]
+            m: crate::ModelArgs,
+        }
+        let dir = std::env::temp_dir().join(format!("edgellm-budget-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (small, large) = (dir.join("small.bin"), dir.join("large.bin"));
+        std::fs::write(&small, [1u8; 4096]).unwrap();
+        // A sparse file past the Pi Zero 2 W's budget: no disk and no memory spent.
+        let f = File::create(&large).unwrap();
+        f.set_len(
+            crate::boards::by_name("pi-zero-2w")
+                .unwrap()
+                .memory_budget_bytes
+                + 1,
+        )
+        .unwrap();
+        let open = |path: &Path| {
+            let p = path.to_str().unwrap();
+            let a =
+                T::try_parse_from(["t", "-m", p, "--board", "pi-zero-2w", "--no-mmap"]).unwrap();
+            open_model(&a.m).unwrap()
+        };
+        assert!(open(&small).in_memory());
+        assert!(
+            !open(&large).in_memory(),
+            "mapped, so that the budget check can refuse it"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
