@@ -9,7 +9,7 @@ use memmap2::Mmap;
 use std::fs::File;
 use std::path::Path;
 
-/// A model file's bytes: the file memory-mapped (the default), or read into memory.
+/// A model file's bytes: the file memory-mapped, or read into memory ([`open_model`] chooses).
 pub struct ModelFile {
     map: Mmap,
     in_memory: bool,
@@ -32,11 +32,11 @@ impl ModelFile {
     }
 
     /// Reads `path` into anonymous memory that asks for transparent huge pages
-    /// (`MADV_HUGEPAGE`), then makes it read-only and lets the page cache drop the file. The kernels then walk the weights with far
-    /// fewer TLB misses than through the file's 4 KiB pages (file-backed huge pages need a kernel
-    /// option most systems lack); the cost is reading the whole file at start, and memory that
-    /// the page cache cannot share with other processes. Where huge pages are not available the
-    /// memory is in normal pages.
+    /// (`MADV_HUGEPAGE`), then makes it read-only and lets the page cache drop the file. The
+    /// kernels then walk the weights with far fewer TLB misses than through the file's 4 KiB
+    /// pages (file-backed huge pages need a kernel option most systems lack); the cost is reading
+    /// the whole file at start, and memory that the page cache cannot share with other
+    /// processes. Where huge pages are not available the memory is in normal pages.
     pub fn read(path: &Path) -> Result<ModelFile> {
         use std::io::Read;
         let mut file =
