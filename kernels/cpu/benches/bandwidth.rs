@@ -2,7 +2,7 @@
 //! machine's streaming-read bandwidth measured in the same run on the same buffers.
 //!
 //! `cargo bench -p edgellm-kernels --bench bandwidth [TIER] [TYPE]` prints, for the best tier
-//! this CPU has (or `TIER`: scalar, avx2, avx-vnni, neon,
+//! this CPU has (or `TIER`: scalar, avx2, avx-vnni, avx512, neon,
 //! neon-dotprod) and every weight type (or only
 //! `TYPE`, e.g. `TQ2_0`), the gemv's weight bytes per second on BitNet-2B shapes (6912x2560 and
 //! 2560x6912) when the weights come from memory: each call takes the next of copies filling

@@ -135,6 +135,15 @@ fn kernels() -> Vec<(&'static str, &'static str, GemvFn)> {
         use edgellm_kernels::x86::vnni as x;
         v.push(("avxvnni_gemv_t2", "T2", x::avxvnni_gemv_t2));
         v.push(("avxvnni_gemv_tq2_0", "TQ2_0", x::avxvnni_gemv_tq2_0));
+        v.push(("avxvnni_gemv_tq1_0", "TQ1_0", x::avxvnni_gemv_tq1_0));
+    }
+    #[cfg(target_arch = "x86_64")]
+    if edgellm_kernels::CpuFeatures::detect()
+        .missing_for(Tier::Avx512)
+        .is_none()
+    {
+        use edgellm_kernels::x86::avx512 as x;
+        v.push(("avx512_gemv_tq1_0", "TQ1_0", x::avx512_gemv_tq1_0));
     }
     #[cfg(target_arch = "aarch64")]
     {

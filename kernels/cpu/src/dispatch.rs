@@ -21,6 +21,9 @@ pub enum Tier {
     Avx2,
     /// x86-64 with AVX2, FMA, F16C and AVX-VNNI (`vpdpbusd` in VEX encoding).
     AvxVnni,
+    /// x86-64 with AVX2, FMA, F16C and AVX-512 F, BW, VL and VNNI: 512-bit kernels where they
+    /// pay, the best 256-bit ones (AVX-VNNI where the CPU has it) elsewhere.
+    Avx512,
     /// aarch64 Advanced SIMD (ARMv8.0).
     Neon,
     /// aarch64 Advanced SIMD with the dot-product extension (ARMv8.2 `sdot`).
@@ -29,21 +32,23 @@ pub enum Tier {
 
 impl Tier {
     /// Every tier, lowest first.
-    pub const ALL: [Tier; 5] = [
+    pub const ALL: [Tier; 6] = [
         Tier::Scalar,
         Tier::Avx2,
         Tier::AvxVnni,
+        Tier::Avx512,
         Tier::Neon,
         Tier::NeonDotprod,
     ];
 
-    /// The name used on the command line and in logs: `scalar`, `avx2`, `avx-vnni`, `neon`,
-    /// `neon-dotprod`.
+    /// The name used on the command line and in logs: `scalar`, `avx2`, `avx-vnni`, `avx512`,
+    /// `neon`, `neon-dotprod`.
     pub const fn name(self) -> &'static str {
         match self {
             Tier::Scalar => "scalar",
             Tier::Avx2 => "avx2",
             Tier::AvxVnni => "avx-vnni",
+            Tier::Avx512 => "avx512",
             Tier::Neon => "neon",
             Tier::NeonDotprod => "neon-dotprod",
         }
@@ -77,7 +82,8 @@ pub enum KernelError {
         /// What it needs that is missing, in words.
         missing: &'static str,
     },
-    /// A tier name that is not one of `scalar`, `avx2`, `avx-vnni`, `neon`, `neon-dotprod`.
+    /// A tier name that is not one of `scalar`, `avx2`, `avx-vnni`, `avx512`, `neon`,
+    /// `neon-dotprod`.
     UnknownTier,
     /// No kernel for this tensor type.
     UnsupportedType(GgmlType),
@@ -95,7 +101,7 @@ impl fmt::Display for KernelError {
             ),
             KernelError::UnknownTier => {
                 f.write_str(
-                    "unknown kernel tier: expected one of scalar, avx2, avx-vnni, neon, \
+                    "unknown kernel tier: expected one of scalar, avx2, avx-vnni, avx512, neon, \
                      neon-dotprod",
                 )
             }
@@ -129,6 +135,14 @@ pub enum CpuFeature {
     F16c,
     /// x86 AVX-VNNI (the VEX-encoded `vpdpbusd`; not the AVX-512 form).
     AvxVnni,
+    /// x86 AVX-512 Foundation.
+    Avx512f,
+    /// x86 AVX-512 byte and word instructions.
+    Avx512bw,
+    /// x86 AVX-512 vector length extensions (EVEX forms of 128- and 256-bit instructions).
+    Avx512vl,
+    /// x86 AVX-512 VNNI (the EVEX-encoded `vpdpbusd`).
+    Avx512vnni,
     /// aarch64 Advanced SIMD.
     Neon,
     /// aarch64 dot product (`sdot`/`udot`).
@@ -142,6 +156,10 @@ pub struct CpuFeatures {
     fma: bool,
     f16c: bool,
     avxvnni: bool,
+    avx512f: bool,
+    avx512bw: bool,
+    avx512vl: bool,
+    avx512vnni: bool,
     neon: bool,
     dotprod: bool,
 }
@@ -154,6 +172,10 @@ impl CpuFeatures {
             fma: false,
             f16c: false,
             avxvnni: false,
+            avx512f: false,
+            avx512bw: false,
+            avx512vl: false,
+            avx512vnni: false,
             neon: false,
             dotprod: false,
         }
@@ -171,6 +193,10 @@ impl CpuFeatures {
             f.fma = std::is_x86_feature_detected!("fma");
             f.f16c = std::is_x86_feature_detected!("f16c");
             f.avxvnni = std::is_x86_feature_detected!("avxvnni");
+            f.avx512f = std::is_x86_feature_detected!("avx512f");
+            f.avx512bw = std::is_x86_feature_detected!("avx512bw");
+            f.avx512vl = std::is_x86_feature_detected!("avx512vl");
+            f.avx512vnni = std::is_x86_feature_detected!("avx512vnni");
         }
         #[cfg(all(feature = "std", target_arch = "aarch64"))]
         {
@@ -183,6 +209,10 @@ impl CpuFeatures {
             f.fma = cfg!(target_feature = "fma");
             f.f16c = cfg!(target_feature = "f16c");
             f.avxvnni = cfg!(target_feature = "avxvnni");
+            f.avx512f = cfg!(target_feature = "avx512f");
+            f.avx512bw = cfg!(target_feature = "avx512bw");
+            f.avx512vl = cfg!(target_feature = "avx512vl");
+            f.avx512vnni = cfg!(target_feature = "avx512vnni");
             f.neon = cfg!(target_feature = "neon");
             f.dotprod = cfg!(target_feature = "dotprod");
         }
@@ -202,6 +232,10 @@ impl CpuFeatures {
             CpuFeature::Fma => self.fma = true,
             CpuFeature::F16c => self.f16c = true,
             CpuFeature::AvxVnni => self.avxvnni = true,
+            CpuFeature::Avx512f => self.avx512f = true,
+            CpuFeature::Avx512bw => self.avx512bw = true,
+            CpuFeature::Avx512vl => self.avx512vl = true,
+            CpuFeature::Avx512vnni => self.avx512vnni = true,
             CpuFeature::Neon => self.neon = true,
             CpuFeature::Dotprod => self.dotprod = true,
         }
@@ -215,6 +249,10 @@ impl CpuFeatures {
             CpuFeature::Fma => self.fma,
             CpuFeature::F16c => self.f16c,
             CpuFeature::AvxVnni => self.avxvnni,
+            CpuFeature::Avx512f => self.avx512f,
+            CpuFeature::Avx512bw => self.avx512bw,
+            CpuFeature::Avx512vl => self.avx512vl,
+            CpuFeature::Avx512vnni => self.avx512vnni,
             CpuFeature::Neon => self.neon,
             CpuFeature::Dotprod => self.dotprod,
         }
@@ -224,7 +262,7 @@ impl CpuFeatures {
     pub const fn missing_for(&self, tier: Tier) -> Option<&'static str> {
         match tier {
             Tier::Scalar => None,
-            Tier::Avx2 | Tier::AvxVnni if !X86_SIMD => Some(
+            Tier::Avx2 | Tier::AvxVnni | Tier::Avx512 if !X86_SIMD => Some(
                 "an x86-64 build with the SSE2 float ABI (this build is soft-float or for another \
                  architecture)",
             ),
@@ -235,6 +273,20 @@ impl CpuFeatures {
                 "AVX2, FMA, F16C and AVX-VNNI (`avxvnni`, the VEX-encoded `vpdpbusd`), which this \
                  CPU does not all report",
             ),
+            Tier::Avx512
+                if !(self.avx2
+                    && self.fma
+                    && self.f16c
+                    && self.avx512f
+                    && self.avx512bw
+                    && self.avx512vl
+                    && self.avx512vnni) =>
+            {
+                Some(
+                    "AVX2, FMA, F16C and AVX-512 F, BW, VL and VNNI, which this CPU does not all \
+                     report",
+                )
+            }
             Tier::Neon | Tier::NeonDotprod if !ARM_SIMD => Some(
                 "an aarch64 build with Advanced SIMD (this build is soft-float or for another \
                  architecture)",
@@ -249,7 +301,9 @@ impl CpuFeatures {
 
     /// The best tier these features allow.
     pub const fn best_tier(&self) -> Tier {
-        if self.missing_for(Tier::AvxVnni).is_none() {
+        if self.missing_for(Tier::Avx512).is_none() {
+            Tier::Avx512
+        } else if self.missing_for(Tier::AvxVnni).is_none() {
             Tier::AvxVnni
         } else if self.missing_for(Tier::Avx2).is_none() {
             Tier::Avx2
@@ -472,6 +526,21 @@ fn avxvnni_table() -> Table {
     t
 }
 
+/// The AVX-512 table: the AVX-VNNI table where the CPU has AVX-VNNI (else the AVX2 one), with
+/// the 512-bit kernels where they pay: TQ1_0, whose 256-bit kernels are bound by the multiply
+/// ports (the others are bound by memory, and measured no faster in 512 bits).
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+fn avx512_table(features: &CpuFeatures) -> Table {
+    use crate::x86::avx512;
+    let mut t = if features.missing_for(Tier::AvxVnni).is_none() {
+        avxvnni_table()
+    } else {
+        avx2_table()
+    };
+    t.tq1_0 = q8(Tier::Avx512, avx512::avx512_gemv_tq1_0);
+    t
+}
+
 /// The NEON table (also used by `neon-dotprod` until `sdot` kernels land): NEON kernels where
 /// they exist, the scalar ones elsewhere.
 #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
@@ -564,6 +633,8 @@ impl Kernels {
             Tier::Avx2 => avx2_table(),
             #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
             Tier::AvxVnni => avxvnni_table(),
+            #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+            Tier::Avx512 => avx512_table(features),
             #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
             Tier::Neon => neon_table(),
             #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]

@@ -680,7 +680,21 @@ fn detect_picks_the_best_available_tier() {
         && std::is_x86_feature_detected!("f16c")
     {
         let d = k.describe().to_string();
-        if std::is_x86_feature_detected!("avxvnni") {
+        let avx512 = std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vl")
+            && std::is_x86_feature_detected!("avx512vnni");
+        if avx512 {
+            assert_eq!(k.tier(), Tier::Avx512);
+            assert!(d.starts_with("avx512: tq1_0; "), "{d}");
+            if std::is_x86_feature_detected!("avxvnni") {
+                assert!(
+                    d.contains("; avx-vnni: q4_0 q4_1 q5_0 q5_1 t2 tq2_0; "),
+                    "{d}"
+                );
+            }
+            assert!(d.contains("avx2: "), "{d}");
+        } else if std::is_x86_feature_detected!("avxvnni") {
             assert_eq!(k.tier(), Tier::AvxVnni);
             assert!(
                 d.starts_with("avx-vnni: q4_0 q4_1 q5_0 q5_1 t2 tq1_0 tq2_0; "),
@@ -700,7 +714,13 @@ fn detect_picks_the_best_available_tier() {
 #[test]
 fn refuses_tiers_the_cpu_lacks() {
     let none = CpuFeatures::none();
-    for t in [Tier::Avx2, Tier::AvxVnni, Tier::Neon, Tier::NeonDotprod] {
+    for t in [
+        Tier::Avx2,
+        Tier::AvxVnni,
+        Tier::Avx512,
+        Tier::Neon,
+        Tier::NeonDotprod,
+    ] {
         let e = Kernels::with_tier(t, &none).unwrap_err();
         let msg = e.to_string();
         assert!(msg.contains(t.name()) && msg.contains("needs"), "{msg}");
@@ -851,6 +871,39 @@ fn assumed_features_enable_a_tier() {
             assert_eq!(k.kernel_tier(GgmlType::TQ2_0), Some(Tier::AvxVnni));
             assert_eq!(k.kernel_tier(GgmlType::Q4_1), Some(Tier::AvxVnni));
             assert_eq!(k.kernel_tier(GgmlType::F16), Some(Tier::Avx2));
+        }
+        // Without AVX-512 the `avx512` tier is refused, naming what is missing.
+        let e = Kernels::with_tier(Tier::Avx512, &f)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("avx512") && e.contains("AVX-512"), "{e}");
+        if std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vl")
+            && std::is_x86_feature_detected!("avx512vnni")
+        {
+            // SAFETY: the AVX-512 features were just detected on this CPU.
+            let v = unsafe {
+                f.assume(CpuFeature::Avx512f)
+                    .assume(CpuFeature::Avx512bw)
+                    .assume(CpuFeature::Avx512vl)
+                    .assume(CpuFeature::Avx512vnni)
+            };
+            assert_eq!(v.best_tier(), Tier::Avx512);
+            // Without AVX-VNNI the other entries are the AVX2 kernels ...
+            let k = Kernels::with_tier(Tier::Avx512, &v).unwrap();
+            assert_eq!(k.kernel_tier(GgmlType::TQ1_0), Some(Tier::Avx512));
+            assert_eq!(k.kernel_tier(GgmlType::T2), Some(Tier::Avx2));
+            assert_eq!(k.kernel_tier(GgmlType::Q4_1), Some(Tier::Avx2));
+            if std::is_x86_feature_detected!("avxvnni") {
+                // ... and with it, the AVX-VNNI ones.
+                // SAFETY: AVX-VNNI was just detected on this CPU.
+                let w = unsafe { v.assume(CpuFeature::AvxVnni) };
+                let k = Kernels::with_tier(Tier::Avx512, &w).unwrap();
+                assert_eq!(k.kernel_tier(GgmlType::TQ1_0), Some(Tier::Avx512));
+                assert_eq!(k.kernel_tier(GgmlType::T2), Some(Tier::AvxVnni));
+                assert_eq!(k.kernel_tier(GgmlType::F16), Some(Tier::Avx2));
+            }
         }
     }
 }

@@ -386,6 +386,16 @@ fn has_avxvnni() -> bool {
     has_avx2() && std::is_x86_feature_detected!("avxvnni")
 }
 
+/// The AVX-512 kernels must never run on a CPU without AVX-512 F, BW, VL and VNNI.
+#[cfg(target_arch = "x86_64")]
+fn has_avx512() -> bool {
+    has_avx2()
+        && std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("avx512bw")
+        && std::is_x86_feature_detected!("avx512vl")
+        && std::is_x86_feature_detected!("avx512vnni")
+}
+
 #[cfg(target_arch = "aarch64")]
 fn has_neon() -> bool {
     std::arch::is_aarch64_feature_detected!("neon")
@@ -408,6 +418,8 @@ simd_kernel_tests! {
         has_avxvnni();
     avxvnni_gemv_tq1_0: Ty::Tq1, edgellm_kernels::x86::vnni::avxvnni_gemv_tq1_0, "x86_64",
         has_avxvnni();
+    avx512_gemv_tq1_0: Ty::Tq1, edgellm_kernels::x86::avx512::avx512_gemv_tq1_0, "x86_64",
+        has_avx512();
     neon_gemv_t2: Ty::T2, edgellm_kernels::aarch64::ternary::neon_gemv_t2, "aarch64", has_neon();
     neon_gemv_t2_lut: Ty::T2, edgellm_kernels::aarch64::ternary::neon_gemv_t2_lut, "aarch64",
         has_neon();

@@ -70,8 +70,8 @@ pub struct ModelArgs {
     /// Worker threads for the forward pass (default: the board's).
     #[arg(short, long)]
     pub threads: Option<usize>,
-    /// Kernel tier to force: scalar, avx2, avx-vnni, neon, neon-dotprod (default: the best the CPU has;
-    /// also settable with EDGELLM_KERNELS).
+    /// Kernel tier to force: scalar, avx2, avx-vnni, avx512, neon, neon-dotprod (default: the best
+    /// the CPU has; also settable with EDGELLM_KERNELS).
     #[arg(long)]
     pub kernels: Option<String>,
     /// Context length in tokens (default: the board's, at most the model's).

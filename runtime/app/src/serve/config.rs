@@ -47,7 +47,7 @@ pub struct ServeArgs {
     /// Worker threads for the forward pass (default: the board's).
     #[arg(short, long)]
     pub threads: Option<usize>,
-    /// Kernel tier to force: scalar, avx2, avx-vnni, neon, neon-dotprod.
+    /// Kernel tier to force: scalar, avx2, avx-vnni, avx512, neon, neon-dotprod.
     #[arg(long)]
     pub kernels: Option<String>,
     /// Context length in tokens (default: the board's, at most the model's).

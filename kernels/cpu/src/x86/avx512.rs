@@ -1,0 +1,245 @@
+//! AVX-512 kernels (the `avx512` tier): AVX-512 F, BW, VL and VNNI on top of the AVX2 tier's
+//! features. Only the kernels that AVX-512 makes faster live here; every other entry of the
+//! tier is the best 256-bit one the CPU has (see [`crate::dispatch`]).
+//!
+//! TQ1_0 is the one type whose 256-bit kernels are bound by the vector multiply ports rather
+//! than by memory: decoding base-3 digits takes one `vpmaddubsw` per 16 digits
+//! ([`super::ternary::tq1_block`]). Here each 512-bit vector holds the same 256-bit layout for
+//! two rows at once (row `r` in the low half, row `r + 1` in the high half), so every decode
+//! and product instruction does the work of two: the digit vectors, lane order, activation
+//! arrangement (`SPLIT`, as the AVX-VNNI kernel) and float steps are those of the 256-bit
+//! kernels, each half of a vector reproducing one row of the specification bit for bit. The
+//! products are `vpdpbusd` (two `trit·a` per i32 lane), and the eight group sums of each half
+//! come out of a 4x4 transpose-and-add of 32-bit words within each 128-bit lane, in the TQ2_0
+//! lane order `0 2 4 6 1 3 5 7`.
+//!
+//! Every kernel is a `#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,
+//! avx512vnni")] unsafe fn` whose only safety condition is that the CPU has those features.
+
+use core::arch::x86_64::*;
+use core::mem::MaybeUninit;
+
+use super::ternary::{
+    launder, load_window_tq1, reduce8, Tq1Window, PREFETCH_PASSES, ROWS, TQ1_PANEL, WIN,
+};
+use crate::acts::ActsQ8;
+use crate::scalar::ternary::{check_gemv_ternary, QK_K, TQ1_0_BYTES};
+
+/// `lo` in the low 256 bits, `hi` in the high ones.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn halves(lo: __m256i, hi: __m256i) -> __m512i {
+    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
+}
+
+/// The 256-bit vector at `p` in both halves (a load).
+///
+/// # Safety
+///
+/// `p` must be valid for reading 32 bytes; the CPU must have AVX-512 F.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn both(p: *const __m256i) -> __m512i {
+    // SAFETY: the caller guarantees 32 readable bytes.
+    _mm512_broadcast_i64x4(unsafe { _mm256_loadu_si256(p) })
+}
+
+/// The TQ1_0 blocks at `a` (row `r`) and `b` (row `r + 1`) as eight pairs of digit vectors:
+/// each half is [`super::ternary::tq1_block`]`::<true>` of its block.
+///
+/// # Safety
+///
+/// `a` and `b` must each be valid for reading bytes `0..52` of one TQ1_0 block; the CPU must
+/// have the features of this module.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn tq1_blocks(a: *const u8, b: *const u8) -> [[__m512i; 2]; 8] {
+    // SAFETY: bytes 0..32 (qs[0..32]), 32..48 (qs[32..48]) and 48..52 (qh) of each block.
+    let (q, r, h) = unsafe {
+        let qh = |p: *const u8| p.add(48).cast::<i32>().read_unaligned();
+        (
+            halves(_mm256_loadu_si256(a.cast()), _mm256_loadu_si256(b.cast())),
+            _mm512_mask_broadcast_i32x4(
+                _mm512_broadcast_i32x4(_mm_loadu_si128(a.add(32).cast())),
+                0xFF00,
+                _mm_loadu_si128(b.add(32).cast()),
+            ),
+            _mm512_mask_set1_epi32(_mm512_set1_epi32(qh(a)), 0xFF00, qh(b)),
+        )
+    };
+    // Multipliers of the low (`e`) or high (`o`) byte of each 16-bit lane, alike in both halves.
+    let e = |c: [i16; 8], d: [i16; 8]| {
+        _mm512_broadcast_i64x4(_mm256_setr_epi16(
+            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], d[0], d[1], d[2], d[3], d[4], d[5],
+            d[6], d[7],
+        ))
+    };
+    let o = |c: [i16; 8], d: [i16; 8]| _mm512_slli_epi16::<8>(e(c, d));
+    let mul = |v: __m512i, c: __m512i| _mm512_maddubs_epi16(v, c);
+    let (e3, o3) = (_mm512_set1_epi16(3), _mm512_set1_epi16(3 << 8));
+    let mut x = [[e3; 2]; 8];
+    x[0] = [mul(q, e3), mul(q, o3)];
+    for n in 1..5 {
+        x[n] = [mul(x[n - 1][0], e3), mul(x[n - 1][1], e3)];
+    }
+    // qs[32..48]: digits 0 | 2, then 1 | 3 (`SPLIT`).
+    let p = [mul(r, e([1; 8], [9; 8])), mul(r, o([1; 8], [9; 8]))];
+    x[5] = [mul(p[0], e3), mul(p[1], e3)];
+    x[6] = [mul(x[5][0], e3), mul(x[5][1], e3)];
+    // Digit 4 of qs[32..48] in the low 128 bits of each half, qh in the high ones.
+    let t = _mm512_mask_blend_epi32(0xF0F0, r, h);
+    let (lo, hi) = ([81; 8], [1, 1, 3, 3, 9, 9, 27, 27]);
+    x[7] = [mul(mul(t, e(lo, hi)), e3), mul(mul(t, o(lo, hi)), e3)];
+    x
+}
+
+/// The exact `isum` of one TQ1_0 window of two rows (four pairs of [`tq1_blocks`], the window's
+/// arranged activations `a` and sums `sums` in the TQ2_0 lane order, as 256-bit operands used
+/// in both halves): per pair two `vpdpbusd`, then the four results' 32-bit words added within
+/// each 128-bit lane by `vpackssdw` and `vpmaddwd`.
+///
+/// # Safety
+///
+/// The CPU must have the features of this module.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn tq1_isum2(x: &[[__m512i; 2]], wv: &Tq1Window) -> __m512i {
+    let p: [__m512i; 4] = core::array::from_fn(|k| {
+        // SAFETY: `wv.a[k]` are two readable 256-bit vectors.
+        let (a0, a1) = unsafe { (both(&wv.a[k][0]), both(&wv.a[k][1])) };
+        let s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), x[k][0], a0);
+        _mm512_dpbusd_epi32(s, x[k][1], a1)
+    });
+    // Each i32 lane holds at most four products (|sum| <= 4 * 2 * 127), so the saturating
+    // packs are exact: two rounds of `vpackssdw` and `vpmaddwd` by ones add the four lanes of
+    // each 128-bit lane, in the order p[0], p[1], p[2], p[3].
+    let ones = _mm512_set1_epi16(1);
+    let h = |a: __m512i, b: __m512i| _mm512_madd_epi16(_mm512_packs_epi32(a, b), ones);
+    let s = h(h(p[0], p[1]), h(p[2], p[3]));
+    // SAFETY: `wv.sums` is a readable 256-bit vector.
+    _mm512_sub_epi32(s, unsafe { both(&wv.sums) })
+}
+
+/// The f16 scales at `a` and `b` as f32, each in eight lanes of its half.
+///
+/// # Safety
+///
+/// `a` and `b` must be valid for reading 2 bytes; the CPU must have the features of this module.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn tq_scales(a: *const u8, b: *const u8) -> __m512 {
+    // SAFETY: the caller guarantees the bytes.
+    let (a, b) = unsafe {
+        (
+            u16::from_le(a.cast::<u16>().read_unaligned()),
+            u16::from_le(b.cast::<u16>().read_unaligned()),
+        )
+    };
+    let v = _mm_cvtph_ps(_mm_cvtsi32_si128(a as i32 | (b as i32) << 16));
+    let idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(v))
+}
+
+/// AVX-512 [`crate::scalar::ternary::gemv_tq1_0`], bit-exact: the AVX-VNNI kernel's steps on
+/// two rows per vector (module docs), four rows per pass, a whole block per row at a time, the
+/// window operands made once per panel of [`TQ1_PANEL`] windows.
+///
+/// # Safety
+///
+/// The CPU must have AVX2, FMA, F16C and AVX-512 F, BW, VL and VNNI (the features of the
+/// `avx512` tier).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn avx512_gemv_tq1_0(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
+    const PAIRS: usize = ROWS / 2;
+    let bb = TQ1_0_BYTES;
+    let row_bytes = check_gemv_ternary(w, acts, out.len(), QK_K, bb, "TQ1_0");
+    let rows = out.len();
+    if rows == 0 || row_bytes == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let nwin = acts.qs.len() / WIN;
+    let base = w.as_ptr();
+    let last = rows - 1;
+    let mut buf = [const { MaybeUninit::<Tq1Window>::uninit() }; TQ1_PANEL];
+    let single = nwin <= TQ1_PANEL;
+    if single {
+        for (win, b) in buf[..nwin].iter_mut().enumerate() {
+            // SAFETY: `win < nwin`.
+            b.write(unsafe { load_window_tq1::<true>(acts, win) });
+        }
+    }
+    // Swaps i32 lanes 2 and 5 of each half (`super::ternary::tq1_swap`, twice).
+    let swap = _mm512_setr_epi32(0, 1, 5, 3, 4, 2, 6, 7, 8, 9, 13, 11, 12, 10, 14, 15);
+    let mut r = 0;
+    while r < rows {
+        let p: [*const u8; ROWS] = core::array::from_fn(|i| {
+            // SAFETY: every row index is at most `last`, and the shape check proved `w` holds
+            // `rows * row_bytes` bytes, so each pointer starts a row inside `w`.
+            unsafe { base.add((r + i).min(last) * row_bytes) }
+        });
+        // The rows PREFETCH_PASSES passes ahead, clamped to the last row.
+        let pf: [*const u8; ROWS] = core::array::from_fn(|i| {
+            // SAFETY: as above.
+            unsafe { base.add((r + ROWS * PREFETCH_PASSES + i).min(last) * row_bytes) }
+        });
+        let mut acc = [_mm512_setzero_ps(); PAIRS];
+        for w0 in (0..nwin).step_by(TQ1_PANEL) {
+            let wn = (nwin - w0).min(TQ1_PANEL);
+            if !single {
+                for (j, b) in buf[..wn].iter_mut().enumerate() {
+                    // SAFETY: `w0 + j < nwin`.
+                    b.write(unsafe { load_window_tq1::<true>(acts, w0 + j) });
+                }
+            }
+            let wins = {
+                let b = buf.as_ptr().cast::<Tq1Window>();
+                // SAFETY: entries `..wn` were written above (or before the row loop when
+                // `single`).
+                unsafe { core::slice::from_raw_parts(b, wn) }
+            };
+            // Whole blocks: two windows each (`TQ1_PANEL` and `nwin` are even).
+            for (j, pair) in wins.chunks_exact(2).enumerate() {
+                let off = (w0 / 2 + j) * bb;
+                for &q in &pf {
+                    // SAFETY: `off` is inside the row.
+                    _mm_prefetch::<_MM_HINT_T0>(unsafe { q.add(off) }.cast());
+                }
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    let pair = launder(pair);
+                    // SAFETY: both blocks (with their f16 scales in bytes 52..54) are inside
+                    // their rows.
+                    let (x, dw) = unsafe {
+                        let (a, b) = (p[2 * i].add(off), p[2 * i + 1].add(off));
+                        (tq1_blocks(a, b), tq_scales(a.add(bb - 2), b.add(bb - 2)))
+                    };
+                    for (h, wv) in pair.iter().enumerate() {
+                        // SAFETY: the CPU has this module's features.
+                        let mut isum = unsafe { tq1_isum2(&x[4 * h..4 * h + 4], wv) };
+                        if h == 1 {
+                            isum = _mm512_permutexvar_epi32(swap, isum);
+                        }
+                        // SAFETY: `wv.d` is a readable 256-bit vector.
+                        let d = _mm512_castsi512_ps(unsafe {
+                            both((&raw const wv.d).cast::<__m256i>())
+                        });
+                        let t = _mm512_mul_ps(_mm512_mul_ps(dw, d), _mm512_cvtepi32_ps(isum));
+                        *acc = _mm512_add_ps(*acc, t);
+                    }
+                }
+            }
+        }
+        let n = (rows - r).min(ROWS);
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        for i in 0..n {
+            let a = acc[i / 2];
+            let half = if i % 2 == 0 {
+                _mm512_castps512_ps256(a)
+            } else {
+                _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(a)))
+            };
+            out[r + i] = reduce8(_mm256_permutevar8x32_ps(half, order));
+        }
+        r += ROWS;
+    }
+}
