@@ -134,14 +134,14 @@ def main():
     ap.add_argument("--embd-type", choices=["q8_0", "f16"], default="q8_0",
                     help="type of token_embd and output (default q8_0)")
     ap.add_argument("--shapes", choices=sorted(SHAPES), default="bitnet-2b")
-    ap.add_argument("--type", choices=["tq2_0", "q4_0", "q4_1", "q8_0"], default="tq2_0",
+    ap.add_argument("--type", choices=["tq2_0", "tq1_0", "q4_0", "q4_1", "q8_0"], default="tq2_0",
                     help="type of the linear layers (default tq2_0)")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--std", type=float, default=0.02)
     args = ap.parse_args()
     global LINEAR
     globals().update(SHAPES[args.shapes])
-    LINEAR = {"tq2_0": QT.TQ2_0, "q4_0": QT.Q4_0, "q4_1": QT.Q4_1, "q8_0": QT.Q8_0}[args.type]
+    LINEAR = {"tq2_0": QT.TQ2_0, "tq1_0": QT.TQ1_0, "q4_0": QT.Q4_0, "q4_1": QT.Q4_1, "q8_0": QT.Q8_0}[args.type]
     embd_type = QT.Q8_0 if args.embd_type == "q8_0" else QT.F16
 
     t0 = time.time()
@@ -157,7 +157,8 @@ def main():
     w.add_rope_freq_base(ROPE_THETA)
     w.add_layer_norm_rms_eps(RMS_EPS)
     w.add_vocab_size(VOCAB)
-    w.add_file_type({QT.TQ2_0: gguf.LlamaFileType.MOSTLY_TQ2_0, QT.Q4_0: gguf.LlamaFileType.MOSTLY_Q4_0,
+    w.add_file_type({QT.TQ2_0: gguf.LlamaFileType.MOSTLY_TQ2_0, QT.TQ1_0: gguf.LlamaFileType.MOSTLY_TQ1_0,
+                     QT.Q4_0: gguf.LlamaFileType.MOSTLY_Q4_0,
                      QT.Q4_1: gguf.LlamaFileType.MOSTLY_Q4_1, QT.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0}[LINEAR])
     copy_tokenizer(w, args.vocab)
 

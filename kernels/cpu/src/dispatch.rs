@@ -528,8 +528,7 @@ fn avxvnni_table() -> Table {
 
 /// The AVX-512 table: the AVX-VNNI table where the CPU has AVX-VNNI (else the AVX2 one), with
 /// the 512-bit kernels where they pay: TQ1_0, whose 256-bit kernels are bound by the multiply
-/// ports, and attention (scores and weighted values, bound by their multiply-adds when the cache
-/// is in cache); the other gemv kernels are bound by memory at 256 bits.
+/// ports (the others are bound by memory, and measured no faster in 512 bits).
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 fn avx512_table(features: &CpuFeatures) -> Table {
     use crate::x86::avx512;
@@ -539,16 +538,6 @@ fn avx512_table(features: &CpuFeatures) -> Table {
         avx2_table()
     };
     t.tq1_0 = q8(Tier::Avx512, avx512::avx512_gemv_tq1_0);
-    t.attn = (
-        Tier::Avx512,
-        Attn {
-            scores: avx512::avx512_attn_scores_f16,
-            softmax: t.attn.1.softmax,
-            values: avx512::avx512_attn_values_f16,
-            scores_i8: avx512::avx512_attn_scores_i8,
-            values_i8: avx512::avx512_attn_values_i8,
-        },
-    );
     t
 }
 
