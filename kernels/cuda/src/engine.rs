@@ -39,7 +39,7 @@ use crate::repack::{repack, Format};
 use crate::{CudaError, KvCache};
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{CudaGraph, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
-use edgellm_core::model::{Config, Model, RopeStyle};
+use edgellm_core::model::{Arch, Config, Model, RopeStyle};
 use edgellm_core::sampler::SamplerParams;
 
 const PREP_RMSNORM: i32 = 1;
@@ -286,6 +286,13 @@ impl GpuEngine {
         kv: KvCache,
     ) -> Result<Self, CudaError> {
         let cfg = model.config.clone();
+        if cfg.arch == Arch::Bitnet {
+            return Err(CudaError::Unsupported(
+                "the bitnet-b1.58 architecture (sub-norms and a squared-ReLU gate); it runs on \
+                 the CPU"
+                    .into(),
+            ));
+        }
         let hd = cfg.head_dim;
         if !hd.is_multiple_of(16) || hd > 256 || !cfg.n_heads.is_multiple_of(cfg.n_kv_heads) {
             return Err(CudaError::Unsupported(format!(

@@ -593,7 +593,7 @@ struct RandomModel {
 
 impl RandomModel {
     fn new(rng: &mut Rng, halves: bool) -> RandomModel {
-        use edgellm_core::model::{Arch, Config, RopeStyle};
+        use edgellm_core::model::{Arch, Config, FfnAct, RopeStyle};
         let cfg = Config {
             arch: Arch::Llama,
             n_layers: 3,
@@ -613,6 +613,7 @@ impl RandomModel {
                 RopeStyle::Adjacent
             },
             rms_eps: 1e-5,
+            ffn_act: FfnAct::Silu,
         };
         let (d, q, kv, f) = (cfg.dim, cfg.q_dim(), cfg.kv_dim(), cfg.ffn_dim);
         // Per layer: q, k, v, o, gate, up, down.
@@ -688,6 +689,8 @@ impl RandomModel {
                     w_gate: m(b + 4),
                     w_up: m(b + 5),
                     w_down: m(b + 6),
+                    attn_sub_norm: Vec::new(),
+                    ffn_sub_norm: Vec::new(),
                 }
             })
             .collect();

@@ -118,7 +118,7 @@ pub fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use edgellm_core::model::{Arch, RopeStyle};
+    use edgellm_core::model::{Arch, FfnAct, RopeStyle};
 
     const F: KvType = KvType::F16;
 
@@ -136,6 +136,7 @@ mod tests {
             rope_theta: 100000.0,
             rope_style: RopeStyle::Adjacent,
             rms_eps: 1e-5,
+            ffn_act: FfnAct::Silu,
         }
     }
 

@@ -465,9 +465,12 @@ fn rope_hf(x: &mut [f32], pos: usize) {
     }
 }
 
-/// The logits of the last of `tokens`, computed the Hugging Face way from `w`.
+/// The logits of the last of `tokens`, computed the Hugging Face way from `w` (a BitNet model
+/// when `w` has the sub-norms: `modeling_bitnet.py`'s RMS norm of the heads' outputs before
+/// `o_proj` and of `relu(gate)² * up` before `down_proj`).
 fn reference_forward(w: &Weights, qwen: bool, tied: bool, tokens: &[u32]) -> Vec<f32> {
     let g = |n: &str| &w[n].1;
+    let bitnet = w.contains_key("model.layers.0.mlp.ffn_sub_norm.weight");
     let bias = |n: &str, v: &mut Vec<f32>| {
         if qwen {
             for (x, b) in v.iter_mut().zip(g(n)) {
@@ -516,16 +519,28 @@ fn reference_forward(w: &Weights, qwen: bool, tied: bool, tokens: &[u32]) -> Vec
                     }
                 }
             }
+            if bitnet {
+                att = rmsnorm(&att, g(&p("self_attn.attn_sub_norm.weight")));
+            }
             let o = matvec(g(&p("self_attn.o_proj.weight")), &att);
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
             let h = rmsnorm(&x, g(&p("post_attention_layernorm.weight")));
             let gate = matvec(g(&p("mlp.gate_proj.weight")), &h);
             let up = matvec(g(&p("mlp.up_proj.weight")), &h);
-            let act: Vec<f32> = gate
+            let mut act: Vec<f32> = gate
                 .iter()
                 .zip(&up)
-                .map(|(a, b)| a / (1.0 + (-a).exp()) * b)
+                .map(|(a, b)| {
+                    if bitnet {
+                        a.max(0.0).powi(2) * b
+                    } else {
+                        a / (1.0 + (-a).exp()) * b
+                    }
+                })
                 .collect();
+            if bitnet {
+                act = rmsnorm(&act, g(&p("mlp.ffn_sub_norm.weight")));
+            }
             let d = matvec(g(&p("mlp.down_proj.weight")), &act);
             x.iter_mut().zip(&d).for_each(|(a, b)| *a += b);
         }
@@ -612,6 +627,96 @@ fn tiny_llama_from_hugging_face_computes_the_reference() {
 #[test]
 fn tiny_qwen2_from_hugging_face_computes_the_reference() {
     check_tiny(true, false);
+}
+
+/// A tiny BitNet b1.58 model (tied embeddings, sub-norms, relu² gate) from a Hugging Face
+/// directory: its F16 image computes the reference to float rounding; its ternary image computes
+/// the reference with every linear layer ternarized by one absmean scale per tensor (BitNet's
+/// training rule), and so does the ternary image of its F16 image (the GGUF input path).
+#[test]
+fn tiny_bitnet_from_hugging_face_computes_the_reference() {
+    let dir = scratch("tiny-bitnet");
+    let mut w = tiny_weights(false, true, 3);
+    let mut r = Rng(77);
+    for l in 0..LAYERS {
+        for (name, n) in [
+            (
+                format!("model.layers.{l}.self_attn.attn_sub_norm.weight"),
+                HIDDEN,
+            ),
+            (format!("model.layers.{l}.mlp.ffn_sub_norm.weight"), FFN),
+        ] {
+            let v = r.vec(n, 0.2).iter().map(|x| x + 1.0).collect();
+            w.insert(name, (vec![n], v));
+        }
+    }
+    let hf = dir.join("hf");
+    write_hf(&hf, &w, false, true, |c| {
+        c["architectures"] = serde_json::json!(["BitNetForCausalLM"]);
+        c["hidden_act"] = "relu2".into();
+    });
+    let tokens = [5u32, 257, 40, 258];
+
+    let f16 = dir.join("f16.gguf");
+    convert(&args(&hf, &f16, Format::F16, HeadFormat::F16)).expect("convert f16");
+    let bytes = std::fs::read(&f16).unwrap();
+    let g = Gguf::parse(&bytes).unwrap();
+    verify_image(&g).unwrap();
+    assert_eq!(g.architecture(), Some("bitnet-b1.58"));
+    assert!(g.tensor("output.weight").is_none(), "tied");
+    assert_eq!(
+        g.tensor("blk.1.ffn_sub_norm.weight").map(|t| t.ty),
+        Some(GgmlType::F32)
+    );
+    let want = reference_forward(&w, false, true, &tokens);
+    let got = image_forward(&g, &tokens, NumericPath::Exact);
+    let err = max_rel(&got, &want);
+    eprintln!("tiny-bitnet f16: max error {err:.2e}");
+    assert!(err < 1e-4, "tiny-bitnet f16: logits differ by {err}");
+    // Without the sub-norms and with SiLU (a llama reading of the same weights) it differs.
+    let mut plain = w.clone();
+    plain.retain(|k, _| !k.contains("sub_norm"));
+    let other = reference_forward(&plain, false, true, &tokens);
+    assert!(max_rel(&other, &want) > 1e-2);
+
+    // The reference with each linear layer ternarized, one absmean scale per tensor (the
+    // embedding, tied to the output, is the F16 head).
+    let mut wt = w.clone();
+    for (name, (shape, v)) in wt.iter_mut() {
+        if shape.len() == 2 && !name.contains("embed") {
+            let s = v.iter().map(|x| x.abs()).sum::<f32>() / v.len() as f32;
+            for x in v.iter_mut() {
+                *x = s * (*x / s).round_ties_even().clamp(-1.0, 1.0);
+            }
+        }
+    }
+    let want_t = reference_forward(&wt, false, true, &tokens);
+    for (name, input) in [("hf", &hf), ("f16 image", &f16)] {
+        let out = dir.join(format!("t2-{}.gguf", name.replace(' ', "-")));
+        convert(&args(input, &out, Format::Ternary, HeadFormat::F16)).expect("convert ternary");
+        let bytes = std::fs::read(&out).unwrap();
+        let g = Gguf::parse(&bytes).unwrap();
+        verify_image(&g).unwrap();
+        assert_eq!(g.tensor("blk.0.ffn_up.weight").unwrap().ty, GgmlType::T2);
+        let scales = values(&g, "blk.0.ffn_up.weight.scale");
+        assert!(
+            scales.iter().all(|&s| s == scales[0]),
+            "one scale per tensor"
+        );
+        let got = image_forward(&g, &tokens, NumericPath::Exact);
+        let err = max_rel(&got, &want_t);
+        eprintln!("tiny-bitnet ternary from {name}: max error {err:.2e}");
+        assert!(
+            err < 1e-4,
+            "tiny-bitnet ternary from {name}: logits differ by {err}"
+        );
+        let fast = image_forward(&g, &tokens, NumericPath::Fast);
+        let c = cosine(&fast, &want_t);
+        assert!(
+            c > 0.999,
+            "tiny-bitnet ternary from {name}, fast path: cosine {c}"
+        );
+    }
 }
 
 /// GGUF's llama RoPE: rotates adjacent pairs `(x[2i], x[2i+1])`.

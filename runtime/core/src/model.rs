@@ -21,6 +21,11 @@ pub enum Arch {
     Llama,
     /// Qwen2 / Qwen2.5: q/k/v biases, RoPE rotates the two halves of each head (NeoX layout).
     Qwen2,
+    /// BitNet b1.58 (bitnet.cpp's `bitnet-b1.58`, formerly `bitnet-25`): llama blocks with an RMS
+    /// norm before each output projection (`attn_sub_norm` on the heads' outputs, `ffn_sub_norm`
+    /// on the gated product), a squared-ReLU gate instead of SiLU, RoPE on the two halves of each
+    /// head (no q/k permutation).
+    Bitnet,
 }
 
 impl Arch {
@@ -29,8 +34,18 @@ impl Arch {
         match self {
             Arch::Llama => "llama",
             Arch::Qwen2 => "qwen2",
+            Arch::Bitnet => "bitnet-b1.58",
         }
     }
+}
+
+/// The gate of the feed-forward block: `act(x·w_gate) * (x·w_up)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FfnAct {
+    /// `silu(g) * u` (SwiGLU).
+    Silu,
+    /// `max(g, 0)² * u` (BitNet b1.58).
+    Relu2,
 }
 
 /// How RoPE pairs the dimensions of a head.
@@ -60,6 +75,7 @@ pub struct Config {
     pub rope_theta: f32,
     pub rope_style: RopeStyle,
     pub rms_eps: f32,
+    pub ffn_act: FfnAct,
 }
 
 impl Config {
@@ -126,6 +142,10 @@ pub struct Layer<'a> {
     pub w_gate: Matrix<'a>,
     pub w_up: Matrix<'a>,
     pub w_down: Matrix<'a>,
+    /// RMS norm weights of the heads' outputs before `wo` and of the gated product before
+    /// `w_down` (BitNet), empty otherwise.
+    pub attn_sub_norm: Vec<f32>,
+    pub ffn_sub_norm: Vec<f32>,
 }
 
 /// A loaded model: configuration and weights borrowed from the file's bytes.
@@ -169,7 +189,8 @@ impl core::fmt::Display for ModelError {
             ModelError::UnsupportedArch(a) => {
                 write!(
                     f,
-                    "unsupported architecture {a:?}: this runtime runs llama and qwen2"
+                    "unsupported architecture {a:?}: this runtime runs llama, qwen2 and \
+                     bitnet-b1.58"
                 )
             }
             ModelError::MissingKey(k) => write!(f, "metadata key {k} is missing or not a number"),
@@ -211,13 +232,16 @@ const MAX_LAYERS: usize = 512;
 const MAX_VOCAB: usize = 1 << 22;
 
 impl<'a> Model<'a> {
-    /// Reads the configuration and every weight of a llama or qwen2 model from a parsed GGUF file,
+    /// Reads the configuration and every weight of a llama, qwen2 or bitnet-b1.58 model from a
+    /// parsed GGUF file,
     /// checking each tensor's shape and type against `kernels`.
     pub fn from_gguf(g: &Gguf<'a>, kernels: &Kernels) -> Result<Model<'a>, ModelError> {
         let arch_name = g.architecture().unwrap_or("");
         let arch = match arch_name {
             "llama" => Arch::Llama,
             "qwen2" => Arch::Qwen2,
+            // bitnet.cpp's name for BitNet b1.58 2B-4T; its first published file said bitnet-25.
+            "bitnet-b1.58" | "bitnet-25" => Arch::Bitnet,
             other => return Err(ModelError::UnsupportedArch(other.into())),
         };
         let key = |k: &str| format!("{arch_name}.{k}");
@@ -292,10 +316,21 @@ impl<'a> Model<'a> {
             rope_theta,
             rope_style: match arch {
                 Arch::Llama => RopeStyle::Adjacent,
-                Arch::Qwen2 => RopeStyle::Halves,
+                Arch::Qwen2 | Arch::Bitnet => RopeStyle::Halves,
             },
             rms_eps,
+            ffn_act: match arch {
+                Arch::Bitnet => FfnAct::Relu2,
+                Arch::Llama | Arch::Qwen2 => FfnAct::Silu,
+            },
         };
+        if arch == Arch::Bitnet && config.q_dim() != dim {
+            return bad(format!(
+                "a bitnet-b1.58 model needs head_count x head size = embedding_length, got {} x \
+                 {head_dim} and {dim}",
+                n_heads
+            ));
+        }
         let (q_dim, kv_dim) = (config.q_dim(), config.kv_dim());
 
         let mut layers = Vec::with_capacity(n_layers);
@@ -305,7 +340,7 @@ impl<'a> Model<'a> {
             let bias = |t: &str, n| -> Result<Vec<f32>, ModelError> {
                 match arch {
                     Arch::Qwen2 => vector(g, &name(t), n),
-                    Arch::Llama => match g.tensor(&name(t)) {
+                    Arch::Llama | Arch::Bitnet => match g.tensor(&name(t)) {
                         Some(_) => vector(g, &name(t), n),
                         None => Ok(Vec::new()),
                     },
@@ -324,6 +359,14 @@ impl<'a> Model<'a> {
                 w_gate: m("ffn_gate.weight", ffn_dim, dim)?,
                 w_up: m("ffn_up.weight", ffn_dim, dim)?,
                 w_down: m("ffn_down.weight", dim, ffn_dim)?,
+                attn_sub_norm: match arch {
+                    Arch::Bitnet => vector(g, &name("attn_sub_norm.weight"), q_dim)?,
+                    Arch::Llama | Arch::Qwen2 => Vec::new(),
+                },
+                ffn_sub_norm: match arch {
+                    Arch::Bitnet => vector(g, &name("ffn_sub_norm.weight"), ffn_dim)?,
+                    Arch::Llama | Arch::Qwen2 => Vec::new(),
+                },
             });
         }
         let output_norm = vector(g, "output_norm.weight", dim)?;

@@ -11,7 +11,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use crate::kernels::{scalar, ActsQ8, ActsQ8Mut, GgmlType, Kernels};
-use crate::model::{Matrix, Model, RopeStyle};
+use crate::model::{FfnAct, Matrix, Model, RopeStyle};
 use crate::parallel::{split_range, Parallel};
 
 /// Which numeric path the forward pass takes.
@@ -764,11 +764,20 @@ impl<'m, 'a> Session<'m, 'a> {
                     plan.context,
                 );
             }
-            // xb2[nb, dim] = xb·wo; x += xb2
-            mm.run(xb, q_dim, &mut [(&layer.wo, &mut *xb2)]);
-            add_in_place(x, xb2);
+            if layer.attn_sub_norm.is_empty() {
+                // xb2[nb, dim] = xb·wo; x += xb2
+                mm.run(xb, q_dim, &mut [(&layer.wo, &mut *xb2)]);
+                add_in_place(x, xb2);
+            } else {
+                // BitNet (q_dim == dim, checked at load): xb2 = rmsnorm(xb) * attn_sub_norm,
+                // xb = xb2·wo; x += xb
+                rmsnorm_rows(k, xb2, xb, &layer.attn_sub_norm, cfg.rms_eps);
+                mm.run(xb2, q_dim, &mut [(&layer.wo, &mut *xb)]);
+                add_in_place(x, xb);
+            }
 
-            // Feed-forward block: x += (silu(xb·w_gate) * (xb·w_up))·w_down, xb = rmsnorm(x).
+            // Feed-forward block: x += (act(xb·w_gate) * (xb·w_up))·w_down, xb = rmsnorm(x),
+            // act = silu (or relu², then an RMS norm of the product, for BitNet).
             let xb = &mut b.xb[..nb * dim];
             rmsnorm_rows(k, xb, x, &layer.ffn_norm, cfg.rms_eps);
             mm.run(
@@ -776,8 +785,16 @@ impl<'m, 'a> Session<'m, 'a> {
                 dim,
                 &mut [(&layer.w_gate, &mut *hb), (&layer.w_up, &mut *hb2)],
             );
-            k.swiglu(hb, hb2);
-            mm.run(hb, ffn, &mut [(&layer.w_down, &mut *xb2)]);
+            match cfg.ffn_act {
+                FfnAct::Silu => k.swiglu(hb, hb2),
+                FfnAct::Relu2 => relu2_gate(hb, hb2),
+            }
+            if layer.ffn_sub_norm.is_empty() {
+                mm.run(hb, ffn, &mut [(&layer.w_down, &mut *xb2)]);
+            } else {
+                rmsnorm_rows(k, hb2, hb, &layer.ffn_sub_norm, cfg.rms_eps);
+                mm.run(hb2, ffn, &mut [(&layer.w_down, &mut *xb2)]);
+            }
             add_in_place(x, xb2);
         }
 
@@ -960,6 +977,14 @@ fn rmsnorm_rows(k: &Kernels, out: &mut [f32], x: &[f32], weight: &[f32], eps: f3
     let n = weight.len();
     for (o, xt) in out.chunks_exact_mut(n).zip(x.chunks_exact(n)) {
         k.rmsnorm(xt, weight, eps, o);
+    }
+}
+
+/// `g[i] = max(g[i], 0)² * u[i]`: BitNet b1.58's gate.
+fn relu2_gate(g: &mut [f32], u: &[f32]) {
+    for (g, &u) in g.iter_mut().zip(u) {
+        let r = g.max(0.0);
+        *g = r * r * u;
     }
 }
 

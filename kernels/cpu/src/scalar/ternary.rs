@@ -234,6 +234,27 @@ pub fn dequantize_i2_s(
 ///
 /// Panics if `src.len()` is not a multiple of 64 or `dst.len()` is not `src.len() / 4`.
 pub fn quantize_t2_row(src: &[f32], dst: &mut [u8]) -> f32 {
+    quantize_t2_row_with(src, dst, t2_scale(src))
+}
+
+/// The scale [`quantize_t2_row`] takes for `values` (any number of them: a row, or a whole
+/// tensor for BitNet's one scale per tensor): the magnitude shared by every nonzero value if
+/// there is one, else the absmean `(Σ |v|) / n` summed in f32 in index order; `0.0` for no values.
+pub fn t2_scale(values: &[f32]) -> f32 {
+    let n = values.len();
+    let magnitude = values.iter().find(|v| **v != 0.0).map(|v| v.abs());
+    let ternary = magnitude.filter(|&m| values.iter().all(|v| *v == 0.0 || v.abs() == m));
+    match ternary {
+        Some(m) => m,
+        None if n == 0 => 0.0,
+        None => values.iter().fold(0.0f32, |s, v| s + v.abs()) / n as f32,
+    }
+}
+
+/// [`quantize_t2_row`] with the scale `s` given (see [`t2_scale`]): `w_i = clamp(round_ties_even(
+/// src[i] / s), -1, 1)`; if `s` is zero, subnormal or not finite every weight is 0 and `0.0` is
+/// returned, else `s`. Same panics.
+pub fn quantize_t2_row_with(src: &[f32], dst: &mut [u8], s: f32) -> f32 {
     let n = src.len();
     assert!(
         n.is_multiple_of(T2_BLOCK),
@@ -245,13 +266,6 @@ pub fn quantize_t2_row(src: &[f32], dst: &mut [u8]) -> f32 {
         n / T2_BLOCK * T2_BYTES,
         dst.len()
     );
-    let magnitude = src.iter().find(|v| **v != 0.0).map(|v| v.abs());
-    let ternary = magnitude.filter(|&m| src.iter().all(|v| *v == 0.0 || v.abs() == m));
-    let s = match ternary {
-        Some(m) => m,
-        None if n == 0 => 0.0,
-        None => src.iter().fold(0.0f32, |s, v| s + v.abs()) / n as f32,
-    };
     let ok = s.is_finite() && s >= f32::MIN_POSITIVE;
     for (blk, xs) in dst
         .chunks_exact_mut(T2_BYTES)

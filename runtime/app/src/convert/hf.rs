@@ -1,4 +1,4 @@
-//! Hugging Face input: `config.json` (Llama / Qwen2) mapped to GGUF hyper-parameter keys,
+//! Hugging Face input: `config.json` (Llama / Qwen2 / BitNet) mapped to GGUF hyper-parameter keys,
 //! `*.safetensors` mapped to GGUF tensor names and checked against the config, and
 //! `tokenizer.json` + `tokenizer_config.json` turned into GGUF's gpt2-style byte-level BPE keys.
 
@@ -31,6 +31,7 @@ struct Config {
     bos_token_id: Option<Json>,
     eos_token_id: Option<Json>,
     rope_scaling: Option<Json>,
+    hidden_act: Option<String>,
 }
 
 /// A Hugging Face model directory, its safetensors files mapped.
@@ -111,9 +112,11 @@ impl HfDir {
         {
             Some("LlamaForCausalLM") => "llama",
             Some("Qwen2ForCausalLM") => "qwen2",
+            // BitNet b1.58 2B-4T, under bitnet.cpp's architecture name.
+            Some("BitNetForCausalLM") => "bitnet-b1.58",
             Some(other) => bail!(
                 "config.json: architecture {other} is not supported \
-                 (supported: LlamaForCausalLM, Qwen2ForCausalLM)"
+                 (supported: LlamaForCausalLM, Qwen2ForCausalLM, BitNetForCausalLM)"
             ),
             None => bail!("config.json: missing key `architectures`"),
         };
@@ -134,6 +137,20 @@ impl HfDir {
                 "config.json: {heads} attention heads, {kv_heads} key/value heads and head \
                  dimension {head_dim} are inconsistent"
             );
+        }
+        if arch == "bitnet-b1.58" {
+            if let Some(act) = c.hidden_act.as_deref().filter(|a| *a != "relu2") {
+                bail!(
+                    "config.json: a BitNet model with hidden_act {act:?} is not supported (only \
+                     relu2, as BitNet b1.58 2B-4T)"
+                );
+            }
+            if heads * head_dim != hidden {
+                bail!(
+                    "config.json: BitNet's attn_sub_norm needs num_attention_heads x head_dim = \
+                     hidden_size, got {heads} x {head_dim} and {hidden}"
+                );
+            }
         }
         Ok(Dims {
             arch,
@@ -225,6 +242,12 @@ impl HfDir {
                 }
                 "output_norm.weight" | "attn_norm.weight" | "ffn_norm.weight" => {
                     (vec![d.hidden], "[hidden_size]")
+                }
+                "attn_sub_norm.weight" if d.arch == "bitnet-b1.58" => {
+                    (vec![d.hidden], "[hidden_size]")
+                }
+                "ffn_sub_norm.weight" if d.arch == "bitnet-b1.58" => {
+                    (vec![d.ffn], "[intermediate_size]")
                 }
                 "attn_q.weight" => (
                     vec![q_rows, d.hidden],
@@ -349,6 +372,11 @@ impl HfDir {
             }
             if d.arch == "qwen2" {
                 for p in ["attn_q.bias", "attn_k.bias", "attn_v.bias"] {
+                    needed.push(format!("blk.{l}.{p}"));
+                }
+            }
+            if d.arch == "bitnet-b1.58" {
+                for p in ["attn_sub_norm.weight", "ffn_sub_norm.weight"] {
                     needed.push(format!("blk.{l}.{p}"));
                 }
             }
@@ -515,10 +543,12 @@ fn part_rank(part: &str) -> usize {
         "attn_k.bias",
         "attn_v.weight",
         "attn_v.bias",
+        "attn_sub_norm.weight",
         "attn_output.weight",
         "ffn_norm.weight",
         "ffn_gate.weight",
         "ffn_up.weight",
+        "ffn_sub_norm.weight",
         "ffn_down.weight",
     ]
     .iter()

@@ -331,6 +331,11 @@ pub fn convert(args: &ConvertArgs) -> Result<Summary> {
         None => None,
     };
 
+    // BitNet b1.58 was trained with one ternary scale per tensor: keep that rule.
+    let per_tensor_t2 = src.meta.iter().any(|(k, v)| {
+        k == "general.architecture"
+            && matches!(v, Meta::Str(a) if a == "bitnet-b1.58" || a == "bitnet-25")
+    });
     // Metadata: the source's, then the image keys.
     let mut w = GgufWriter::new();
     for (k, v) in src.meta.drain(..) {
@@ -446,7 +451,7 @@ pub fn convert(args: &ConvertArgs) -> Result<Summary> {
             if let Permute::ToGguf(heads) = t.permute {
                 values = source::permute_rows(&values, t.dims[0] as usize, heads);
             }
-            let (bytes, scales) = encode(job.ty, &values, t.dims[0] as usize);
+            let (bytes, scales) = encode(job.ty, &values, t.dims[0] as usize, per_tensor_t2);
             pending_scales = scales;
             Ok(bytes)
         },
@@ -464,8 +469,14 @@ pub fn convert(args: &ConvertArgs) -> Result<Summary> {
     })
 }
 
-/// Encodes f32 `values` (rows of `row_len`) as `ty`; T2 also returns the per-row scales.
-fn encode(ty: OutType, values: &[f32], row_len: usize) -> (Vec<u8>, Option<Vec<f32>>) {
+/// Encodes f32 `values` (rows of `row_len`) as `ty`; T2 also returns the per-row scales (all
+/// equal with `per_tensor_t2`).
+fn encode(
+    ty: OutType,
+    values: &[f32],
+    row_len: usize,
+    per_tensor_t2: bool,
+) -> (Vec<u8>, Option<Vec<f32>>) {
     let n = values.len() as u64;
     let mut out = vec![0u8; ty.bytes(n) as usize];
     match ty {
@@ -482,7 +493,12 @@ fn encode(ty: OutType, values: &[f32], row_len: usize) -> (Vec<u8>, Option<Vec<f
         OutType::Q8_0 => quantize_row_q8_0(values, &mut out),
         OutType::Q4_0 => quantize_row_q4_0(values, &mut out),
         OutType::T2 => {
-            let (q, s) = ternary::quantize_t2(values, values.len() / row_len, row_len);
+            let rows = values.len() / row_len;
+            let (q, s) = if per_tensor_t2 {
+                ternary::quantize_t2_per_tensor(values, rows, row_len)
+            } else {
+                ternary::quantize_t2(values, rows, row_len)
+            };
             return (q, Some(s));
         }
     }

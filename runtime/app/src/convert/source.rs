@@ -118,7 +118,7 @@ pub fn permute_rows(x: &[f32], row_len: usize, heads: usize) -> Vec<f32> {
 }
 
 /// The Hugging Face module (without `.weight`) for a GGUF tensor name, and the reverse.
-const NAME_MAP: [(&str, &str); 11] = [
+const NAME_MAP: [(&str, &str); 13] = [
     ("attn_norm", "input_layernorm"),
     ("attn_q", "self_attn.q_proj"),
     ("attn_k", "self_attn.k_proj"),
@@ -130,6 +130,8 @@ const NAME_MAP: [(&str, &str); 11] = [
     ("ffn_down", "mlp.down_proj"),
     ("attn_q_norm", "self_attn.q_norm"),
     ("attn_k_norm", "self_attn.k_norm"),
+    ("attn_sub_norm", "self_attn.attn_sub_norm"),
+    ("ffn_sub_norm", "mlp.ffn_sub_norm"),
 ];
 
 /// `blk.3.attn_q.weight` → (`model.layers.3.self_attn.q_proj`, `weight`).

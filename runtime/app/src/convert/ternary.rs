@@ -2,7 +2,7 @@
 //! 16-byte block of 2-bit codes (layout: `edgellm_kernels::scalar::ternary`), one absmean scale
 //! per row in a companion F32 tensor `<weight name>.scale`.
 
-use edgellm_kernels::scalar::ternary::quantize_t2_row;
+use edgellm_kernels::scalar::ternary::{quantize_t2_row, quantize_t2_row_with, t2_scale};
 use edgellm_kernels::GgmlType;
 
 /// GGUF type id of T2.
@@ -23,6 +23,20 @@ pub fn quantize_t2(values: &[f32], rows: usize, cols: usize) -> (Vec<u8>, Vec<f3
     {
         scales.push(quantize_t2_row(src, dst));
     }
+    (out, scales)
+}
+
+/// [`quantize_t2`] with one scale for the whole tensor ([`t2_scale`] of all its values), as
+/// BitNet b1.58 was trained: every row gets the same scale.
+pub fn quantize_t2_per_tensor(values: &[f32], rows: usize, cols: usize) -> (Vec<u8>, Vec<f32>) {
+    let row_bytes = cols / T2_BLOCK_LEN * T2_BLOCK_BYTES;
+    let mut out = vec![0u8; rows * row_bytes];
+    let s = t2_scale(values);
+    let scales = values
+        .chunks_exact(cols)
+        .zip(out.chunks_exact_mut(row_bytes))
+        .map(|(src, dst)| quantize_t2_row_with(src, dst, s))
+        .collect();
     (out, scales)
 }
 
@@ -48,6 +62,13 @@ mod tests {
             let want = (w / s[0]).round_ties_even().clamp(-1.0, 1.0);
             assert_eq!(b, want, "weight {i}");
         }
+        // One scale per tensor: the absmean of both rows, for each.
+        let two: Vec<f32> = (0..128).map(|i| if i < 64 { 1.0 } else { 3.0 }).collect();
+        let (q, s) = quantize_t2_per_tensor(&two, 2, 64);
+        assert_eq!(s, [2.0, 2.0]);
+        dequantize_t2(&q, &mut back);
+        assert!(back[..64].iter().all(|&v| v == 0.0), "1 / 2 rounds to 0");
+        assert!(back[64..].iter().all(|&v| v == 1.0), "3 / 2 clamps to 1");
         let (q, s) = quantize_t2(&[0.0; 64], 1, 64);
         assert_eq!(s, [0.0]);
         dequantize_t2(&q, &mut back[..64]);
