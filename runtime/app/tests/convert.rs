@@ -719,6 +719,63 @@ fn tiny_bitnet_from_hugging_face_computes_the_reference() {
     }
 }
 
+/// The tiny BitNet model of `tests/data/bitnet-tiny`, written and run by Hugging Face
+/// transformers (`xtask/scripts/bitnet_reference.py`; its `config.json` in transformers 5's form,
+/// `rope_theta` inside `rope_parameters`): the F16 image computes transformers' logits on the exact
+/// path, and the fast path comes close.
+#[test]
+fn tiny_bitnet_matches_hugging_face_transformers() {
+    let fixture = edgellm_tests::data_dir().join("bitnet-tiny");
+    let dir = scratch("bitnet-transformers");
+    let hf = dir.join("hf");
+    std::fs::create_dir_all(&hf).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture.join(f), hf.join(f)).unwrap();
+    }
+    std::fs::write(hf.join("tokenizer.json"), tokenizer_json().to_string()).unwrap();
+    let reference: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture.join("logits.json")).unwrap()).unwrap();
+
+    let out = dir.join("f16.gguf");
+    convert(&args(&hf, &out, Format::F16, HeadFormat::F16)).expect("convert f16");
+    let bytes = std::fs::read(&out).unwrap();
+    let g = Gguf::parse(&bytes).unwrap();
+    verify_image(&g).unwrap();
+    assert_eq!(g.architecture(), Some("bitnet-b1.58"));
+    assert_eq!(g.get_f32("bitnet-b1.58.rope.freq_base"), Some(500_000.0));
+    let seqs = reference["sequences"].as_array().unwrap();
+    let logits = reference["logits"].as_array().unwrap();
+    assert_eq!(seqs.len(), logits.len());
+    for (seq, want) in seqs.iter().zip(logits) {
+        let tokens: Vec<u32> = seq
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_u64().unwrap() as u32)
+            .collect();
+        let want: Vec<f32> = want
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        let got = image_forward(&g, &tokens, NumericPath::Exact);
+        let err = max_rel(&got, &want);
+        eprintln!(
+            "bitnet vs transformers, {} tokens: max error {err:.2e}",
+            tokens.len()
+        );
+        assert!(
+            err < 1e-4,
+            "{} tokens: logits differ by {err}",
+            tokens.len()
+        );
+        let fast = image_forward(&g, &tokens, NumericPath::Fast);
+        let c = cosine(&fast, &want);
+        assert!(c > 0.999, "{} tokens, fast path: cosine {c}", tokens.len());
+    }
+}
+
 /// GGUF's llama RoPE: rotates adjacent pairs `(x[2i], x[2i+1])`.
 fn rope_adjacent(x: &mut [f32], pos: usize) {
     for h in x.chunks_exact_mut(HEAD_DIM) {

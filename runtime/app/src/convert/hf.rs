@@ -31,7 +31,31 @@ struct Config {
     bos_token_id: Option<Json>,
     eos_token_id: Option<Json>,
     rope_scaling: Option<Json>,
+    /// transformers 5's home of `rope_theta` (and of the scaling type).
+    rope_parameters: Option<Json>,
     hidden_act: Option<String>,
+}
+
+impl Config {
+    /// `rope_theta`, top-level (transformers 4) or in `rope_parameters` (transformers 5).
+    fn rope_theta(&self) -> Option<f64> {
+        self.rope_theta.or_else(|| {
+            self.rope_parameters
+                .as_ref()
+                .and_then(|p| p.get("rope_theta"))
+                .and_then(Json::as_f64)
+        })
+    }
+
+    /// Whether the config asks for a RoPE scaling, which images do not carry.
+    fn scales_rope(&self) -> bool {
+        self.rope_scaling.as_ref().is_some_and(|v| !v.is_null())
+            || self.rope_parameters.as_ref().is_some_and(|p| {
+                p.get("rope_type")
+                    .and_then(Json::as_str)
+                    .is_some_and(|t| t != "default")
+            })
+    }
 }
 
 /// A Hugging Face model directory, its safetensors files mapped.
@@ -172,8 +196,8 @@ impl HfDir {
         let eps = c
             .rms_norm_eps
             .context("config.json: missing key `rms_norm_eps`")?;
-        if c.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
-            eprintln!("warning: config.json's rope_scaling is not carried into the image");
+        if c.scales_rope() {
+            eprintln!("warning: config.json's rope scaling is not carried into the image");
         }
         let a = d.arch;
         let name = self
@@ -202,7 +226,7 @@ impl HfDir {
             ),
             (
                 format!("{a}.rope.freq_base"),
-                Meta::F32(c.rope_theta.unwrap_or(10_000.0) as f32),
+                Meta::F32(c.rope_theta().unwrap_or(10_000.0) as f32),
             ),
             (
                 format!("{a}.attention.layer_norm_rms_epsilon"),
