@@ -46,8 +46,10 @@ LINEAR = None  # set in main
 DEFAULT_VOCAB = Path.home() / ".cache/edgellm/vocab/ggml-vocab-llama-bpe.gguf"
 
 
-def tensor_plan(embd_type):
-    """(name, rows, cols, type) in file order; rows = output features, cols = input features."""
+def tensor_plan(embd_type, bitnet=False):
+    """(name, rows, cols, type) in file order; rows = output features, cols = input features.
+
+    With `bitnet`, the bitnet-b1.58 architecture's sub-norms (equal to 1) and tied embeddings."""
     kv = N_KV_HEADS * HEAD_DIM
     plan = [("token_embd.weight", VOCAB, DIM, embd_type)]
     for i in range(N_LAYERS):
@@ -57,14 +59,22 @@ def tensor_plan(embd_type):
             (b + "attn_q.weight", N_HEADS * HEAD_DIM, DIM, QT.TQ2_0),
             (b + "attn_k.weight", kv, DIM, QT.TQ2_0),
             (b + "attn_v.weight", kv, DIM, QT.TQ2_0),
+        ]
+        if bitnet:
+            plan += [(b + "attn_sub_norm.weight", 1, DIM, QT.F32)]
+        plan += [
             (b + "attn_output.weight", DIM, N_HEADS * HEAD_DIM, QT.TQ2_0),
             (b + "ffn_norm.weight", 1, DIM, QT.F32),
             (b + "ffn_gate.weight", FFN, DIM, QT.TQ2_0),
             (b + "ffn_up.weight", FFN, DIM, QT.TQ2_0),
+        ]
+        if bitnet:
+            plan += [(b + "ffn_sub_norm.weight", 1, FFN, QT.F32)]
+        plan += [
             (b + "ffn_down.weight", DIM, FFN, QT.TQ2_0),
         ]
     plan += [("output_norm.weight", 1, DIM, QT.F32)]
-    if not TIED:
+    if not (TIED or bitnet):
         plan += [("output.weight", VOCAB, DIM, embd_type)]
     return [(n, r, c, LINEAR if t == QT.TQ2_0 else t) for n, r, c, t in plan]
 
@@ -136,6 +146,9 @@ def main():
     ap.add_argument("--shapes", choices=sorted(SHAPES), default="bitnet-2b")
     ap.add_argument("--type", choices=["tq2_0", "tq1_0", "q4_0", "q4_1", "q8_0"], default="tq2_0",
                     help="type of the linear layers (default tq2_0)")
+    ap.add_argument("--arch", choices=["llama", "bitnet-b1.58"], default="llama",
+                    help="llama (default; llama.cpp runs it) or bitnet.cpp's bitnet-b1.58 (sub-norms, "
+                         "squared-ReLU gate, tied embeddings)")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--std", type=float, default=0.02)
     args = ap.parse_args()
@@ -145,7 +158,7 @@ def main():
     embd_type = QT.Q8_0 if args.embd_type == "q8_0" else QT.F16
 
     t0 = time.time()
-    w = gguf.GGUFWriter(args.output, "llama")
+    w = gguf.GGUFWriter(args.output, args.arch)
     w.add_name(f"{args.shapes}-shapes-random-{args.type}")
     w.add_context_length(CONTEXT)
     w.add_embedding_length(DIM)
@@ -162,7 +175,7 @@ def main():
                      QT.Q4_1: gguf.LlamaFileType.MOSTLY_Q4_1, QT.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0}[LINEAR])
     copy_tokenizer(w, args.vocab)
 
-    plan = tensor_plan(embd_type)
+    plan = tensor_plan(embd_type, bitnet=args.arch == "bitnet-b1.58")
     for name, rows, cols, qt in plan:
         n = nbytes(rows, cols, qt)
         if qt == QT.F32:
