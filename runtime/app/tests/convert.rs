@@ -1,8 +1,9 @@
 //! `edgellm convert` end to end: the real SmolLM2 model to Q8_0 and Q4_0 images that parse,
 //! verify and generate the reference's greedy tokens; tiny Hugging Face directories built here
-//! (llama with q/k permutation, qwen2 with biases) whose images compute what an independent f32
-//! transformer written in this file computes; LoRA merges against W + (alpha/r)·B·A; T2 images;
-//! and clear errors for malformed inputs.
+//! (llama with q/k permutation, qwen2 with biases, BitNet b1.58 with sub-norms) whose images
+//! compute what an independent f32 transformer written in this file computes; a tiny BitNet model
+//! against Hugging Face transformers' own logits; I2_S inputs (llama and bitnet-b1.58); LoRA merges
+//! against W + (alpha/r)·B·A; T2 images; and clear errors for malformed inputs.
 
 use edgellm::convert::writer::{GgufWriter, Meta, TensorSpec};
 use edgellm::convert::{
@@ -629,15 +630,10 @@ fn tiny_qwen2_from_hugging_face_computes_the_reference() {
     check_tiny(true, false);
 }
 
-/// A tiny BitNet b1.58 model (tied embeddings, sub-norms, relu² gate) from a Hugging Face
-/// directory: its F16 image computes the reference to float rounding; its ternary image computes
-/// the reference with every linear layer ternarized by one absmean scale per tensor (BitNet's
-/// training rule), and so does the ternary image of its F16 image (the GGUF input path).
-#[test]
-fn tiny_bitnet_from_hugging_face_computes_the_reference() {
-    let dir = scratch("tiny-bitnet");
-    let mut w = tiny_weights(false, true, 3);
-    let mut r = Rng(77);
+/// The tiny llama model of `seed` with BitNet's sub-norms added (tied embeddings).
+fn tiny_bitnet_weights(seed: u64) -> Weights {
+    let mut w = tiny_weights(false, true, seed);
+    let mut r = Rng(seed.wrapping_mul(31) + 77);
     for l in 0..LAYERS {
         for (name, n) in [
             (
@@ -650,11 +646,27 @@ fn tiny_bitnet_from_hugging_face_computes_the_reference() {
             w.insert(name, (vec![n], v));
         }
     }
-    let hf = dir.join("hf");
-    write_hf(&hf, &w, false, true, |c| {
+    w
+}
+
+/// A Hugging Face `BitNetForCausalLM` directory for `w`.
+fn write_bitnet_hf(dir: &Path, w: &Weights) {
+    write_hf(dir, w, false, true, |c| {
         c["architectures"] = serde_json::json!(["BitNetForCausalLM"]);
         c["hidden_act"] = "relu2".into();
     });
+}
+
+/// A tiny BitNet b1.58 model (tied embeddings, sub-norms, relu² gate) from a Hugging Face
+/// directory: its F16 image computes the reference to float rounding; its ternary image computes
+/// the reference with every linear layer ternarized by one absmean scale per tensor (BitNet's
+/// training rule), and so does the ternary image of its F16 image (the GGUF input path).
+#[test]
+fn tiny_bitnet_from_hugging_face_computes_the_reference() {
+    let dir = scratch("tiny-bitnet");
+    let w = tiny_bitnet_weights(3);
+    let hf = dir.join("hf");
+    write_bitnet_hf(&hf, &w);
     let tokens = [5u32, 257, 40, 258];
 
     let f16 = dir.join("f16.gguf");
@@ -1294,10 +1306,24 @@ fn i2_s_tensor(t: &[f32], scale: f32) -> Vec<u8> {
 /// tensor, the one converted from an F32 file of the same values.
 #[test]
 fn i2_s_model_converts_to_ternary_exactly() {
-    let dir = scratch("i2s");
-    let w = tiny_weights(false, true, 5);
+    check_i2_s(false);
+}
+
+/// As bitnet.cpp publishes BitNet b1.58 2B-4T: the `bitnet-b1.58` architecture with I2_S
+/// weights (and a tied embedding).
+#[test]
+fn i2_s_bitnet_model_converts_to_ternary_exactly() {
+    check_i2_s(true);
+}
+
+fn check_i2_s(bitnet: bool) {
+    let dir = scratch(if bitnet { "i2s-bitnet" } else { "i2s" });
     let hf = dir.join("hf");
-    write_hf(&hf, &w, false, true, |_| {});
+    if bitnet {
+        write_bitnet_hf(&hf, &tiny_bitnet_weights(6));
+    } else {
+        write_hf(&hf, &tiny_weights(false, true, 5), false, true, |_| {});
+    }
     let base = dir.join("f16.gguf");
     convert(&args(&hf, &base, Format::F16, HeadFormat::F16)).unwrap();
     let bytes = std::fs::read(&base).unwrap();
@@ -1402,7 +1428,18 @@ fn i2_s_model_converts_to_ternary_exactly() {
         );
     }
     let kernels = Kernels::detect();
-    Model::from_gguf(&a, &kernels).expect("image loads");
+    let m = Model::from_gguf(&a, &kernels).expect("image loads");
+    assert_eq!(
+        m.config.arch.name(),
+        if bitnet { "bitnet-b1.58" } else { "llama" }
+    );
+    // The image computes what the F32 input (the same ternary weights as floats) computes.
+    let tokens = [5u32, 257, 40];
+    let f32_bytes = std::fs::read(&f32_in).unwrap();
+    let f32_model = Gguf::parse(&f32_bytes).unwrap();
+    let want = image_forward(&f32_model, &tokens, NumericPath::Exact);
+    let got = image_forward(&a, &tokens, NumericPath::Exact);
+    assert!(max_rel(&got, &want) < 1e-5, "{}", max_rel(&got, &want));
 
     // The ARM layout reads the same bytes in another order: other weights.
     let arm = dir.join("arm.gguf");
