@@ -2,7 +2,7 @@
 //! 16-byte block of 2-bit codes (layout: `edgellm_kernels::scalar::ternary`), one absmean scale
 //! per row in a companion F32 tensor `<weight name>.scale`.
 
-use edgellm_kernels::scalar::ternary::{quantize_t2_row, quantize_t2_row_with, t2_scale};
+use edgellm_kernels::scalar::ternary::{quantize_t2_row, quantize_t2_row_with};
 use edgellm_kernels::GgmlType;
 
 /// GGUF type id of T2.
@@ -26,12 +26,22 @@ pub fn quantize_t2(values: &[f32], rows: usize, cols: usize) -> (Vec<u8>, Vec<f3
     (out, scales)
 }
 
-/// [`quantize_t2`] with one scale for the whole tensor ([`t2_scale`] of all its values), as
-/// BitNet b1.58 was trained: every row gets the same scale.
+/// [`quantize_t2`] with one scale for the whole tensor, as BitNet b1.58 was trained: every row
+/// gets the same scale: the rule of `edgellm_kernels::scalar::ternary::t2_scale` over all the
+/// values, but with the absmean summed in f64 (a tensor has millions of values: an f32 running sum
+/// would drop most of their low bits).
 pub fn quantize_t2_per_tensor(values: &[f32], rows: usize, cols: usize) -> (Vec<u8>, Vec<f32>) {
     let row_bytes = cols / T2_BLOCK_LEN * T2_BLOCK_BYTES;
     let mut out = vec![0u8; rows * row_bytes];
-    let s = t2_scale(values);
+    let magnitude = values.iter().find(|v| **v != 0.0).map(|v| v.abs());
+    let s = match magnitude {
+        // Exactly ternary (every nonzero value of one magnitude): keep that magnitude.
+        Some(m) if values.iter().all(|v| *v == 0.0 || v.abs() == m) => m,
+        Some(_) => {
+            (values.iter().map(|v| f64::from(v.abs())).sum::<f64>() / values.len() as f64) as f32
+        }
+        None => 0.0,
+    };
     let scales = values
         .chunks_exact(cols)
         .zip(out.chunks_exact_mut(row_bytes))
@@ -69,6 +79,11 @@ mod tests {
         dequantize_t2(&q, &mut back);
         assert!(back[..64].iter().all(|&v| v == 0.0), "1 / 2 rounds to 0");
         assert!(back[64..].iter().all(|&v| v == 1.0), "3 / 2 clamps to 1");
+        // The absmean is summed in f64: in f32, 2^24 + 1 is 2^24, so the 63 ones would vanish.
+        let mut big = vec![1.0f32; 64];
+        big[0] = 16_777_216.0;
+        let (_, s) = quantize_t2_per_tensor(&big, 1, 64);
+        assert_eq!(s, [((16_777_216.0f64 + 63.0) / 64.0) as f32]);
         let (q, s) = quantize_t2(&[0.0; 64], 1, 64);
         assert_eq!(s, [0.0]);
         dequantize_t2(&q, &mut back[..64]);
