@@ -425,6 +425,8 @@ pub(crate) struct PrepArg {
     pub pos: u64,
     pub chunk: i32,
     pub tok: i32,
+    /// Post-norm weights (BitNet's sub-norms), 0 for none.
+    pub w2: u64,
 }
 
 /// `struct Attn` of kernels.cu.

@@ -7,9 +7,11 @@
 //!    then computes its rows of the three matrices (biases added);
 //! 2. `attention`: one block per (head, split of the positions); the block holding the current
 //!    position applies RoPE to the new key, stores key and value in the cache;
-//! 3. `gemv` O: each block combines the attention's splits, quantizes, adds its rows into `x`;
+//! 3. `gemv` O: each block combines the attention's splits (BitNet: then RMS-normalizes them by
+//!    `attn_sub_norm`), quantizes, adds its rows into `x`;
 //! 4. `gemv` gate and up (RMSNorm of `x` again in every block);
-//! 5. `gemv` down: SwiGLU of gate and up in every block, rows added into `x`.
+//! 5. `gemv` down: SwiGLU of gate and up in every block (BitNet: `relu(gate)² * up`, then
+//!    RMS-normalized by `ffn_sub_norm`), rows added into `x`.
 //!
 //! The position and the token live in device memory (`state`), so the graph never changes:
 //! the sampling kernel writes the next token and advances the position, and the next replay's
@@ -39,12 +41,13 @@ use crate::repack::{repack, Format};
 use crate::{CudaError, KvCache};
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{CudaGraph, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
-use edgellm_core::model::{Arch, Config, Model, RopeStyle};
+use edgellm_core::model::{Config, FfnAct, Model, RopeStyle};
 use edgellm_core::sampler::SamplerParams;
 
 const PREP_RMSNORM: i32 = 1;
 const PREP_SWIGLU: i32 = 2;
 const PREP_ATTN: i32 = 3;
+const PREP_RELU2: i32 = 5;
 const OUT_STORE: i32 = 0;
 const OUT_ADD: i32 = 1;
 
@@ -77,6 +80,10 @@ struct LayerArgs {
     bq: u64,
     bk: u64,
     bv: u64,
+    /// BitNet's sub-norms (0 for none): of the heads' outputs before `wo`, of the gated product
+    /// before `down`.
+    attn_sub_norm: u64,
+    ffn_sub_norm: u64,
 }
 
 /// A model resident on the GPU with its KV cache and decode graphs.
@@ -235,6 +242,14 @@ impl std::fmt::Debug for GpuEngine {
     }
 }
 
+/// The prep kind of the feed-forward gate: SwiGLU, or BitNet's squared ReLU.
+fn gate_kind(c: &Config) -> i32 {
+    match c.ffn_act {
+        FfnAct::Silu => PREP_SWIGLU,
+        FfnAct::Relu2 => PREP_RELU2,
+    }
+}
+
 fn vec_arg(gpu: &Gpu, keep: &mut Vec<CudaSlice<f32>>, v: &[f32]) -> Result<u64, CudaError> {
     if v.is_empty() {
         return Ok(0);
@@ -286,13 +301,6 @@ impl GpuEngine {
         kv: KvCache,
     ) -> Result<Self, CudaError> {
         let cfg = model.config.clone();
-        if cfg.arch == Arch::Bitnet {
-            return Err(CudaError::Unsupported(
-                "the bitnet-b1.58 architecture (sub-norms and a squared-ReLU gate); it runs on \
-                 the CPU"
-                    .into(),
-            ));
-        }
         let hd = cfg.head_dim;
         if !hd.is_multiple_of(16) || hd > 256 || !cfg.n_heads.is_multiple_of(cfg.n_kv_heads) {
             return Err(CudaError::Unsupported(format!(
@@ -391,6 +399,8 @@ impl GpuEngine {
                     bq: vec_arg(&gpu, &mut vecs, &l.bq)?,
                     bk: vec_arg(&gpu, &mut vecs, &l.bk)?,
                     bv: vec_arg(&gpu, &mut vecs, &l.bv)?,
+                    attn_sub_norm: vec_arg(&gpu, &mut vecs, &l.attn_sub_norm)?,
+                    ffn_sub_norm: vec_arg(&gpu, &mut vecs, &l.ffn_sub_norm)?,
                 })
             })
             .collect::<Result<Vec<_>, CudaError>>()?;
@@ -894,6 +904,8 @@ impl GpuEngine {
                     hd: c.head_dim as i32,
                     pos: gpu.ptr(&self.state) + 4,
                     chunk: self.chunk as i32,
+                    w2: l.attn_sub_norm,
+                    eps: c.rms_eps,
                     ..Default::default()
                 },
             ),
@@ -904,10 +916,12 @@ impl GpuEngine {
             down: phase(
                 &[(l.down, x, 0, OUT_ADD)],
                 PrepArg {
-                    kind: PREP_SWIGLU,
+                    kind: gate_kind(c),
                     n: c.ffn_dim as i32,
                     x: g,
                     x2: u,
+                    w2: l.ffn_sub_norm,
+                    eps: c.rms_eps,
                     ..Default::default()
                 },
             ),
@@ -1351,6 +1365,8 @@ impl GpuEngine {
                     hd: c.head_dim as i32,
                     pos: state + 4,
                     chunk: self.chunk as i32,
+                    w2: l.attn_sub_norm,
+                    eps: c.rms_eps,
                     ..Default::default()
                 },
                 0,
@@ -1366,10 +1382,12 @@ impl GpuEngine {
             mark("gemm gate/up")?;
             let a = self.prep_batch(
                 PrepArg {
-                    kind: PREP_SWIGLU,
+                    kind: gate_kind(c),
                     n: c.ffn_dim as i32,
                     x: g,
                     x2: u,
+                    w2: l.ffn_sub_norm,
+                    eps: c.rms_eps,
                     ..Default::default()
                 },
                 c.ffn_dim,

@@ -27,6 +27,7 @@ typedef unsigned long long u64;
 #define PREP_SWIGLU 2
 #define PREP_ATTN 3
 #define PREP_INT8 4
+#define PREP_RELU2 5
 
 #define OUT_STORE 0
 #define OUT_ADD 1
@@ -191,6 +192,9 @@ struct Prep {
     const int* pos;
     int chunk;
     int tok;
+    // ATTN, SWIGLU, RELU2: when not null, the values are then RMS-normalized (with eps) and
+    // multiplied by w2 (BitNet's sub-norms).
+    const float* w2;
 };
 
 // quantize_group for the n / QS groups of xs in shared memory, by warps: QS / 4 lanes per group
@@ -245,6 +249,8 @@ __device__ __forceinline__ float silu(float g) { return g / (1.0f + expf(-g)); }
 #define ATTN_COMBINE 8
 // Squares in flight per lane while RMSNorm sums them.
 #define RMS_UNROLL 24
+// Running sums per lane, and weights loaded at once, of the post-norm (Prep::w2).
+#define POST_UNROLL 8
 __device__ void prepare(const Prep& p, float* xs, i8* aq, float* ad, int* as) {
     int n = p.n;
     const float* x = p.x;
@@ -334,8 +340,9 @@ __device__ void prepare(const Prep& p, float* xs, i8* aq, float* ad, int* as) {
             xs[i] = num / den;
         }
     } else {
-        // SWIGLU: silu(gate) * up; PLAIN: a copy.
-        bool swiglu = p.kind == PREP_SWIGLU;
+        // SWIGLU: silu(gate) * up; RELU2: max(gate, 0)² * up; PLAIN: a copy.
+        bool relu2 = p.kind == PREP_RELU2;
+        bool swiglu = p.kind == PREP_SWIGLU || relu2;
         const float* x2 = p.x2;
         for (int i0 = threadIdx.x; i0 < n; i0 += PREP_UNROLL * blockDim.x) {
             float a[PREP_UNROLL], b[PREP_UNROLL];
@@ -348,11 +355,64 @@ __device__ void prepare(const Prep& p, float* xs, i8* aq, float* ad, int* as) {
 #pragma unroll
             for (int k = 0; k < PREP_UNROLL; k++) {
                 int i = i0 + k * blockDim.x;
-                if (i < n) xs[i] = swiglu ? silu(a[k]) * b[k] : a[k];
+                if (i < n) {
+                    float r = fmaxf(a[k], 0.0f);
+                    xs[i] = relu2 ? (r * r) * b[k] : swiglu ? silu(a[k]) * b[k] : a[k];
+                }
             }
         }
     }
     __syncthreads();
+    if (p.w2) {
+        // Every warp sums all n squares in the same order whatever the block size (lane l
+        // takes l, l + 32, ... into POST_UNROLL running sums), then every thread rescales its
+        // values once all warps have read them. The thread's first weights are loaded before
+        // the sums, the rest POST_UNROLL at a time.
+        const float* w2 = p.w2;
+        int lane = threadIdx.x & 31;
+        float w0[POST_UNROLL];
+#pragma unroll
+        for (int k = 0; k < POST_UNROLL; k++) {
+            int i = threadIdx.x + k * blockDim.x;
+            w0[k] = i < n ? w2[i] : 0.0f;
+        }
+        float acc[POST_UNROLL];
+#pragma unroll
+        for (int k = 0; k < POST_UNROLL; k++) acc[k] = 0.0f;
+        for (int i0 = lane; i0 < n; i0 += 32 * POST_UNROLL) {
+#pragma unroll
+            for (int k = 0; k < POST_UNROLL; k++) {
+                int i = i0 + 32 * k;
+                if (i < n) acc[k] += xs[i] * xs[i];
+            }
+        }
+        float ss = 0.0f;
+#pragma unroll
+        for (int k = 0; k < POST_UNROLL; k++) ss += acc[k];
+        ss = warp_sum(ss);
+        float s = 1.0f / sqrtf(ss / (float)n + p.eps);
+        __syncthreads();
+#pragma unroll
+        for (int k = 0; k < POST_UNROLL; k++) {
+            int i = threadIdx.x + k * blockDim.x;
+            if (i < n) xs[i] = (xs[i] * s) * w0[k];
+        }
+        for (int i0 = threadIdx.x + POST_UNROLL * blockDim.x; i0 < n;
+             i0 += POST_UNROLL * blockDim.x) {
+            float wv[POST_UNROLL];
+#pragma unroll
+            for (int k = 0; k < POST_UNROLL; k++) {
+                int i = i0 + k * blockDim.x;
+                wv[k] = i < n ? w2[i] : 0.0f;
+            }
+#pragma unroll
+            for (int k = 0; k < POST_UNROLL; k++) {
+                int i = i0 + k * blockDim.x;
+                if (i < n) xs[i] = (xs[i] * s) * wv[k];
+            }
+        }
+        __syncthreads();
+    }
     quantize_groups(xs, aq, ad, as, n);
     __syncthreads();
 }

@@ -589,6 +589,8 @@ struct RandomModel {
     cfg: edgellm_core::model::Config,
     norms: Vec<Vec<f32>>,
     biases: Vec<f32>,
+    /// BitNet's sub-norms per layer (attention, feed-forward), empty for other models.
+    sub_norms: Vec<(Vec<f32>, Vec<f32>)>,
 }
 
 impl RandomModel {
@@ -655,7 +657,26 @@ impl RandomModel {
             cfg,
             norms,
             biases,
+            sub_norms: Vec::new(),
         }
+    }
+
+    /// The same shapes as a BitNet b1.58 model: sub-norms, the squared-ReLU gate, NeoX RoPE.
+    fn bitnet(rng: &mut Rng) -> RandomModel {
+        use edgellm_core::model::{Arch, FfnAct};
+        let mut m = RandomModel::new(rng, true);
+        m.cfg.arch = Arch::Bitnet;
+        m.cfg.ffn_act = FfnAct::Relu2;
+        let (q, f) = (m.cfg.q_dim(), m.cfg.ffn_dim);
+        m.sub_norms = (0..m.cfg.n_layers)
+            .map(|_| {
+                (
+                    (0..q).map(|_| 1.0 + rng.normal(0.1)).collect(),
+                    (0..f).map(|_| 1.0 + rng.normal(0.1)).collect(),
+                )
+            })
+            .collect();
+        m
     }
 
     fn model(&self) -> edgellm_core::model::Model<'_> {
@@ -689,8 +710,8 @@ impl RandomModel {
                     w_gate: m(b + 4),
                     w_up: m(b + 5),
                     w_down: m(b + 6),
-                    attn_sub_norm: Vec::new(),
-                    ffn_sub_norm: Vec::new(),
+                    attn_sub_norm: self.sub_norms.get(l).map_or(Vec::new(), |s| s.0.clone()),
+                    ffn_sub_norm: self.sub_norms.get(l).map_or(Vec::new(), |s| s.1.clone()),
                 }
             })
             .collect();
@@ -864,6 +885,67 @@ fn overlapped_decode_kernels_give_the_graph_results_bit_for_bit() {
             }
         }
     });
+}
+
+/// A BitNet model (sub-norms, squared-ReLU gate) on the GPU: prefill batches and the persistent
+/// kernel give the token-by-token graph's results bit for bit, and every step's logits are
+/// those of the CPU's fast path within float tolerance (cosine), with the same greedy tokens.
+#[test]
+fn bitnet_model_matches_the_cpu() {
+    use edgellm_core::parallel::Serial;
+    use edgellm_core::session::{NumericPath, Session, SessionOptions};
+    if gpu().is_none() {
+        return;
+    }
+    let mut rng = Rng(123);
+    let rm = RandomModel::bitnet(&mut rng);
+    let model = rm.model();
+    let mut e =
+        edgellm_cuda::GpuEngine::new(Gpu::open().unwrap(), &model, 200, KvCache::F16).unwrap();
+    e.set_sampling(&SamplerParams::greedy(), 0).unwrap();
+    let prompt: Vec<u32> = (0..40).map(|_| (rng.next() % 300) as u32).collect();
+    let want = run_engine(&mut e, 0, &[&prompt], 8);
+    assert_same_steps(
+        &run_engine(&mut e, 16, &[&prompt], 8),
+        &want,
+        "bitnet batch 16",
+    );
+    e.set_persistent(1).unwrap();
+    assert_same_steps(
+        &run_engine(&mut e, 16, &[&prompt], 8),
+        &want,
+        "bitnet persistent",
+    );
+    e.set_persistent(0).unwrap();
+
+    let kernels = edgellm_kernels::Kernels::detect();
+    let opts = SessionOptions {
+        context: 200,
+        path: NumericPath::Fast,
+    };
+    let mut s = Session::new(&model, kernels, opts).unwrap();
+    let mut cpu = vec![s.prefill(&prompt, &Serial).unwrap().to_vec()];
+    for (tok, _) in &want[..want.len() - 1] {
+        cpu.push(s.forward(*tok, &Serial).unwrap().to_vec());
+    }
+    for (i, ((tok, g), c)) in want.iter().zip(&cpu).enumerate() {
+        let dot: f64 = g
+            .iter()
+            .zip(c)
+            .map(|(a, b)| (*a as f64) * (*b as f64))
+            .sum();
+        let na: f64 = g.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
+        let nb: f64 = c.iter().map(|b| (*b as f64).powi(2)).sum::<f64>().sqrt();
+        let cos = dot / (na * nb);
+        eprintln!("bitnet step {i}: GPU against CPU cosine {cos:.6}");
+        assert!(cos > 0.999, "step {i}: cosine {cos}");
+        let argmax = c
+            .iter()
+            .enumerate()
+            .fold((0, f32::MIN), |m, (j, &v)| if v > m.1 { (j, v) } else { m })
+            .0;
+        assert_eq!(*tok as usize, argmax, "step {i}: greedy token");
+    }
 }
 
 fn top_k_params() -> SamplerParams {
