@@ -758,13 +758,13 @@ mod tests {
         assert_eq!(std::mem::size_of::<MatArg>(), 56);
         assert_eq!(std::mem::size_of::<JobArg>(), 80);
         assert_eq!(std::mem::size_of::<JobsArg>(), 248);
-        assert_eq!(std::mem::size_of::<PrepArg>(), 112);
+        assert_eq!(std::mem::size_of::<PrepArg>(), 120);
         assert_eq!(std::mem::size_of::<AttnArg>(), 144);
         assert_eq!(std::mem::size_of::<PrepOutArg>(), 40);
         assert_eq!(std::mem::size_of::<ActsArg>(), 40);
         assert_eq!(std::mem::size_of::<SampleArg>(), 24);
-        assert_eq!(std::mem::size_of::<PhaseArg>(), 360);
-        assert_eq!(std::mem::size_of::<PLayerArg>(), 1584);
-        assert_eq!(std::mem::size_of::<PersistArg>(), 512);
+        assert_eq!(std::mem::size_of::<PhaseArg>(), 368);
+        assert_eq!(std::mem::size_of::<PLayerArg>(), 1616);
+        assert_eq!(std::mem::size_of::<PersistArg>(), 520);
     }
 }
