@@ -5,7 +5,7 @@ use crate::budget::OVERHEAD_BYTES;
 use crate::load::{self, Loaded};
 use crate::run::{make_pool, new_session};
 use crate::ModelArgs;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 use edgellm_hal::counters::{page_faults, peak_rss_bytes, CountingAlloc};
 use std::path::PathBuf;
@@ -45,12 +45,52 @@ pub struct BenchArgs {
     /// With --llamacpp-bench: layers llama.cpp offloads to the GPU (`-ngl`).
     #[arg(long, default_value_t = 0)]
     pub llamacpp_ngl: usize,
+    /// Also write every timed decode step's latency to this file, as CSV lines `rep,position,ms`
+    /// (for plotting latency against the context position).
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
+}
+
+/// Writes `--trace`: `lat` holds the timed steps' latencies in ms, repetition after repetition,
+/// `gen_tokens` per repetition; step `i` of a repetition decodes at position `prompt_tokens + i`.
+fn write_trace(args: &BenchArgs, lat: &[f64]) -> Result<()> {
+    let Some(path) = &args.trace else {
+        return Ok(());
+    };
+    let mut csv = String::from("rep,position,ms\n");
+    for (i, ms) in lat.iter().enumerate() {
+        let (rep, step) = (i / args.gen_tokens, i % args.gen_tokens);
+        csv.push_str(&format!(
+            "{},{},{ms:.4}\n",
+            rep + 1,
+            args.prompt_tokens + step
+        ));
+    }
+    std::fs::write(path, csv).with_context(|| format!("writing the trace {}", path.display()))
 }
 
 /// llama.cpp's figures from the same command.
 struct Peer {
     prefill: (f64, f64),
     decode: (f64, f64),
+}
+
+/// llama.cpp's name for the KV cache type `bench` runs with: its `q8_0` (one scale per 32
+/// values) for `--kv-cache int8`, so both engines read an 8-bit cache; else its default, f16.
+fn llamacpp_kv_type(model: &crate::ModelArgs) -> &'static str {
+    match crate::run::kv_type(model) {
+        edgellm_core::session::KvType::Int8 => "q8_0",
+        _ => "f16",
+    }
+}
+
+/// `llama-bench`'s arguments for [`llamacpp_kv_type`] (a quantized V cache needs its flash
+/// attention).
+fn llama_bench_kv_args(model: &crate::ModelArgs) -> Vec<&'static str> {
+    match llamacpp_kv_type(model) {
+        "f16" => Vec::new(),
+        t => vec!["-ctk", t, "-ctv", t, "-fa", "1"],
+    }
 }
 
 /// Runs a llama.cpp build's `llama-bench` with the same settings (its JSON output has one entry
@@ -65,6 +105,7 @@ fn run_llama_bench(args: &BenchArgs, bin: &std::path::Path, threads: usize) -> R
         .args(["-r", &args.reps.to_string()])
         .args(["-t", &threads.to_string()])
         .args(["-ngl", &args.llamacpp_ngl.to_string()])
+        .args(llama_bench_kv_args(&args.model))
         .args(["-o", "json"])
         .stderr(std::process::Stdio::null())
         .output()
@@ -104,6 +145,7 @@ fn run_llamacpp(args: &BenchArgs, threads: usize, ctx: usize) -> Result<Peer> {
         .arg(include_str!("llamacpp_bench.py"))
         .arg(args.llamacpp_model.as_ref().unwrap_or(&args.model.model))
         .args([threads, args.prompt_tokens, args.gen_tokens, args.reps, ctx].map(|v| v.to_string()))
+        .arg(llamacpp_kv_type(&args.model))
         .stderr(std::process::Stdio::null())
         .output()
         .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", args.python))?;
@@ -158,6 +200,7 @@ fn peer_json(args: &BenchArgs, p: &Peer, pp_m: f64, tg_m: f64) -> serde_json::Va
         "prefill_tps_stddev": p.prefill.1,
         "decode_tps": p.decode.0,
         "decode_tps_stddev": p.decode.1,
+        "kv_cache_type": llamacpp_kv_type(&args.model),
         "decode_ratio": tg_m / p.decode.0,
         "prefill_ratio": pp_m / p.prefill.0,
     })
@@ -171,9 +214,13 @@ fn print_rates(args: &BenchArgs, pp: (f64, f64), tg: (f64, f64), peer: Option<&P
     println!("{pp_name:<10} {:>14.1} {:>10.1}", pp.0, pp.1);
     println!("{tg_name:<10} {:>14.1} {:>10.1}", tg.0, tg.1);
     if let Some(p) = peer {
+        let kv = match llamacpp_kv_type(&args.model) {
+            "f16" => String::new(),
+            t => format!(" ({t} KV cache)"),
+        };
         for (name, theirs, ours) in [(&pp_name, p.prefill, pp.0), (&tg_name, p.decode, tg.0)] {
             println!(
-                "{name:<10} {:>14.1} {:>10.1}   llama.cpp; edgellm/llama.cpp = {:.2}x",
+                "{name:<10} {:>14.1} {:>10.1}   llama.cpp{kv}; edgellm/llama.cpp = {:.2}x",
                 theirs.0,
                 theirs.1,
                 ours / theirs.0
@@ -270,6 +317,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         ttft.push(first * 1e3);
         lat.extend(steps.iter().map(|s| s * 1e3));
     }
+    write_trace(&args, &lat)?;
     lat.sort_by(|a, b| a.total_cmp(b));
     let (pp_m, pp_s) = mean_std(&pp);
     let (tg_m, tg_s) = mean_std(&tg);
@@ -427,6 +475,7 @@ fn bench_gpu(args: &BenchArgs, mut engine: edgellm_cuda::GpuEngine, prompt: &[u3
         ttft.push(t_prefill * 1e3);
         lat.extend(steps.iter().map(|s| s * 1e3));
     }
+    write_trace(args, &lat)?;
     lat.sort_by(|a, b| a.total_cmp(b));
     let (pp_m, pp_s) = mean_std(&pp);
     let (tg_m, tg_s) = mean_std(&tg);

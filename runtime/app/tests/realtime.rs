@@ -1,7 +1,7 @@
 //! `edgellm bench --rt` on the real model: it reports real-time scheduling exactly when the kernel
 //! grants SCHED_FIFO to this process, the cores it pinned to, and a decode with no heap allocation
 //! and no page fault; without the privilege it warns once per problem and goes on, and
-//! `--strict-rt` makes that fatal.
+//! `--strict-rt` makes that fatal. Also `--trace`, the per-step latencies behind the quantiles.
 
 use edgellm_tests::smollm2_path;
 use std::process::{Command, Output};
@@ -102,6 +102,52 @@ fn bench_without_rt_on_host_is_not_realtime() {
     assert_eq!(v["memory_locked"], false);
     assert_eq!(v["threads"], 2);
     check_decode_is_clean(&v);
+}
+
+/// `--trace` writes one `rep,position,ms` line per timed decode step, repetition after
+/// repetition, each step at the position it decodes; the int8 cache is reported as such.
+#[test]
+fn bench_trace_has_every_timed_step() {
+    let Some(model) = smollm2_path() else { return };
+    let trace = std::env::temp_dir().join(format!("edgellm-trace-{}.csv", std::process::id()));
+    let mut args = bench_args(model.to_str().unwrap(), &["-t", "1", "--kv-cache", "int8"]);
+    let reps = args.iter().position(|a| a == "-r").unwrap() + 1;
+    args[reps] = "2".into();
+    let out = Command::new(env!("CARGO_BIN_EXE_edgellm"))
+        .args(args)
+        .arg("--trace")
+        .arg(&trace)
+        .output()
+        .unwrap();
+    let v = json(&out);
+    assert_eq!(v["kv_cache_type"], "int8", "{v}");
+    check_decode_is_clean(&v);
+    let text = std::fs::read_to_string(&trace).unwrap();
+    std::fs::remove_file(&trace).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("rep,position,ms"));
+    let rows: Vec<(u32, u32, f64)> = lines
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            assert_eq!(f.len(), 3, "{l}");
+            (
+                f[0].parse().unwrap(),
+                f[1].parse().unwrap(),
+                f[2].parse().unwrap(),
+            )
+        })
+        .collect();
+    let want: Vec<(u32, u32)> = (1..=2).flat_map(|r| (8..16).map(move |p| (r, p))).collect();
+    let got: Vec<(u32, u32)> = rows.iter().map(|&(r, p, _)| (r, p)).collect();
+    assert_eq!(got, want);
+    // The slowest traced step is the quantiles' maximum (printed to 3 decimals, traced to 4).
+    let max = rows.iter().map(|r| r.2).fold(0.0, f64::max);
+    let reported = v["token_latency_ms"]["max"].as_f64().unwrap();
+    assert!(rows.iter().all(|r| r.2 > 0.0));
+    assert!(
+        (max - reported).abs() < 1e-3,
+        "trace max {max} vs reported {reported}"
+    );
 }
 
 /// Without any capability and with RLIMIT_RTPRIO 0 (root dropping its privileges through
