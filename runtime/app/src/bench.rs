@@ -241,6 +241,86 @@ fn print_latency(lat: &[f64]) {
     );
 }
 
+/// How decode latency splits into growth with the context and jitter around it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Trend {
+    /// Least-squares slope of latency against position, in ms per position (the attention
+    /// reading one more cached row per layer and KV head each step).
+    slope_ms: f64,
+    /// Nearest-rank 99th percentile and maximum of each step's latency divided by the fitted
+    /// latency at its position: the tail that the context length does not explain.
+    jitter_p99: f64,
+    jitter_max: f64,
+}
+
+/// [`Trend`] of `lat`, the timed steps in ms, `gen` per repetition, each one position after the
+/// one before. The line is fitted to the median over repetitions at each position, so a spike
+/// in one repetition moves it little. `None` below 4 steps per repetition.
+fn trend(lat: &[f64], gen: usize) -> Option<Trend> {
+    if gen < 4 || lat.len() < gen {
+        return None;
+    }
+    let reps = lat.len() / gen;
+    let med: Vec<f64> = (0..gen)
+        .map(|i| {
+            let mut v: Vec<f64> = (0..reps).map(|r| lat[r * gen + i]).collect();
+            v.sort_by(f64::total_cmp);
+            v[(v.len() - 1) / 2]
+        })
+        .collect();
+    let n = gen as f64;
+    let mx = (gen - 1) as f64 / 2.0;
+    let my = med.iter().sum::<f64>() / n;
+    let (mut sxy, mut sxx) = (0.0, 0.0);
+    for (i, y) in med.iter().enumerate() {
+        let dx = i as f64 - mx;
+        sxy += dx * (y - my);
+        sxx += dx * dx;
+    }
+    let slope = sxy / sxx;
+    let fit = |i: usize| my + slope * (i as f64 - mx);
+    let mut ratio: Vec<f64> = lat[..reps * gen]
+        .iter()
+        .enumerate()
+        .map(|(k, y)| y / fit(k % gen))
+        .collect();
+    if ratio.iter().any(|r| !r.is_finite() || *r <= 0.0) {
+        return None;
+    }
+    ratio.sort_by(f64::total_cmp);
+    Some(Trend {
+        slope_ms: slope,
+        jitter_p99: quantile(&ratio, 0.99),
+        jitter_max: ratio[ratio.len() - 1],
+    })
+}
+
+/// The `token_latency_trend` object of the JSON output.
+fn trend_json(t: Option<Trend>) -> serde_json::Value {
+    match t {
+        Some(t) => serde_json::json!({
+            "growth_us_per_position": t.slope_ms * 1e3,
+            "jitter_p99": t.jitter_p99,
+            "jitter_max": t.jitter_max,
+        }),
+        None => serde_json::Value::Null,
+    }
+}
+
+/// The trend line of the table.
+fn print_trend(t: Option<Trend>, gen: usize) {
+    if let Some(t) = t {
+        println!(
+            "token latency trend: {:+.2} us per position ({:+.3} ms over the {gen} steps); \
+             jitter over that line: p99 {:.3}x, max {:.3}x",
+            t.slope_ms * 1e3,
+            t.slope_ms * (gen - 1) as f64,
+            t.jitter_p99,
+            t.jitter_max
+        );
+    }
+}
+
 /// The value at quantile `q` of sorted `v` (nearest rank).
 fn quantile(sorted: &[f64], q: f64) -> f64 {
     let idx = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
@@ -318,6 +398,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         lat.extend(steps.iter().map(|s| s * 1e3));
     }
     write_trace(&args, &lat)?;
+    let lat_trend = trend(&lat, args.gen_tokens);
     lat.sort_by(|a, b| a.total_cmp(b));
     let (pp_m, pp_s) = mean_std(&pp);
     let (tg_m, tg_s) = mean_std(&tg);
@@ -361,6 +442,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             "overhead_bytes": OVERHEAD_BYTES,
             "expected_bytes": expected,
             "token_latency_ms": latency_json(&lat),
+            "token_latency_trend": trend_json(lat_trend),
             "llamacpp": peer.as_ref().map(|p| peer_json(&args, p, pp_m, tg_m)),
         });
         println!("{out}");
@@ -404,6 +486,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             mib(huge)
         );
         print_latency(&lat);
+        print_trend(lat_trend, args.gen_tokens);
     }
     Ok(())
 }
@@ -476,6 +559,7 @@ fn bench_gpu(args: &BenchArgs, mut engine: edgellm_cuda::GpuEngine, prompt: &[u3
         lat.extend(steps.iter().map(|s| s * 1e3));
     }
     write_trace(args, &lat)?;
+    let lat_trend = trend(&lat, args.gen_tokens);
     lat.sort_by(|a, b| a.total_cmp(b));
     let (pp_m, pp_s) = mean_std(&pp);
     let (tg_m, tg_s) = mean_std(&tg);
@@ -510,6 +594,7 @@ fn bench_gpu(args: &BenchArgs, mut engine: edgellm_cuda::GpuEngine, prompt: &[u3
             "decode_page_faults": decode_faults,
             "decode_heap_allocations": decode_allocs,
             "token_latency_ms": latency_json(&lat),
+            "token_latency_trend": trend_json(lat_trend),
             "llamacpp": peer.as_ref().map(|p| peer_json(args, p, pp_m, tg_m)),
         });
         println!("{out}");
@@ -523,6 +608,30 @@ fn bench_gpu(args: &BenchArgs, mut engine: edgellm_cuda::GpuEngine, prompt: &[u3
             args.reps * args.gen_tokens
         );
         print_latency(&lat);
+        print_trend(lat_trend, args.gen_tokens);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trend_separates_growth_from_jitter() {
+        // Two repetitions of 100 steps growing by 0.01 ms per position from 5 ms, one spike of
+        // 2x in the second: the median per position keeps the line, the spike is the jitter.
+        let line = |i: usize| 5.0 + 0.01 * i as f64;
+        let mut lat: Vec<f64> = (0..200).map(|k| line(k % 100)).collect();
+        lat[150] *= 2.0;
+        let t = trend(&lat, 100).unwrap();
+        assert!((t.slope_ms - 0.01).abs() < 1e-9, "{t:?}");
+        assert!((t.jitter_max - 2.0).abs() < 1e-9, "{t:?}");
+        assert!((t.jitter_p99 - 1.0).abs() < 1e-9, "{t:?}");
+        // Flat latencies: no growth, no jitter.
+        let t = trend(&[3.0; 64], 32).unwrap();
+        assert_eq!((t.slope_ms, t.jitter_p99, t.jitter_max), (0.0, 1.0, 1.0));
+        // Too few steps to fit a line.
+        assert_eq!(trend(&[1.0, 2.0, 3.0], 3), None);
+    }
 }

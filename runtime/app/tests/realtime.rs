@@ -148,6 +148,13 @@ fn bench_trace_has_every_timed_step() {
         (max - reported).abs() < 1e-3,
         "trace max {max} vs reported {reported}"
     );
+    // The trend splits the same steps into growth with the position and jitter around it.
+    let trend = &v["token_latency_trend"];
+    let p99 = trend["jitter_p99"].as_f64().unwrap();
+    let jmax = trend["jitter_max"].as_f64().unwrap();
+    assert!(0.0 < p99 && p99 <= jmax, "{trend}");
+    let growth = trend["growth_us_per_position"].as_f64().unwrap();
+    assert!(growth.is_finite(), "{trend}");
 }
 
 /// Without any capability and with RLIMIT_RTPRIO 0 (root dropping its privileges through
