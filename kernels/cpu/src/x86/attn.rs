@@ -151,6 +151,10 @@ unsafe fn scores_heads<const E: usize, const H: usize>(
     out: *mut f32,
     n: usize,
 ) {
+    // The first KV_AHEAD rows, which the loop's prefetches do not cover.
+    for l in (0..n.min(KV_AHEAD) * hd * E).step_by(64) {
+        _mm_prefetch::<_MM_HINT_T0>(keys.wrapping_add(l).cast());
+    }
     let mut t = 0;
     while t + 4 <= n {
         // The key rows KV_AHEAD positions on (a hint: no access, so any address will do).
@@ -339,6 +343,10 @@ unsafe fn values_tile<const E: usize, const H: usize, const V: usize>(
     out: *mut f32,
 ) {
     let mut acc = [[_mm256_setzero_ps(); V]; H];
+    // This tile's part of the first KV_AHEAD rows, which the loop's prefetches do not cover.
+    for t in 0..n.min(KV_AHEAD) {
+        _mm_prefetch::<_MM_HINT_T0>(v.wrapping_add(t * hd * E).cast());
+    }
     for t in 0..n {
         // This tile's part of the value row KV_AHEAD positions on (a hint, as in scores_heads).
         _mm_prefetch::<_MM_HINT_T0>(v.wrapping_add((t + KV_AHEAD) * hd * E).cast());
