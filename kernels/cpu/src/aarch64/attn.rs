@@ -229,8 +229,14 @@ pub unsafe fn neon_attn_scores_i8(q: &[f32], keys: &[i8], hd: usize, scale: f32,
 #[target_feature(enable = "neon")]
 fn exp4(x: float32x4_t) -> float32x4_t {
     let lo = vdupq_n_f32(-87.336_55);
-    let underflow = vcltq_f32(x, lo);
-    let x = vminq_f32(vmaxq_f32(x, lo), vdupq_n_f32(88.376_26));
+    // At `lo` itself (just below ln(f32::MIN_POSITIVE)) e^x is already subnormal: 0 as well.
+    let underflow = vcleq_f32(x, lo);
+    // Lanes that underflow compute e^0 and are zeroed at the end, so no lane rounds to a
+    // subnormal (as in the AVX2 `exp8`, where that costs a microcode assist).
+    let x = vminq_f32(
+        vreinterpretq_f32_u32(vbicq_u32(vreinterpretq_u32_f32(x), underflow)),
+        vdupq_n_f32(88.376_26),
+    );
     let n = vrndnq_f32(vmulq_n_f32(x, core::f32::consts::LOG2_E));
     let r = vfmsq_f32(x, n, vdupq_n_f32(0.693_359_4));
     let r = vfmsq_f32(r, n, vdupq_n_f32(-2.121_944_4e-4));
