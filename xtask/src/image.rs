@@ -5,9 +5,9 @@
 //!
 //! What goes in: the package tree of [`crate::package::stage`] (binary, config, unit, docs and the
 //! model when given), the `multi-user.target.wants` link that `systemctl enable` would make, the
-//! `edgellm` system user, and `isolcpus=` for the board's inference cores on `cmdline.txt`'s one
-//! line. The root partition and its file system grow when the files do not fit, and `e2fsck -fn`
-//! must find the result clean. The output is written to a temporary file beside `-o` and renamed
+//! `edgellm` system user, and `isolcpus=` for the board's inference cores (`irqaffinity=` for its
+//! system cores) on `cmdline.txt`'s one line. The root partition and its file system grow when the
+//! files do not fit, and `e2fsck -fn` must find the result clean. The output is written to a temporary file beside `-o` and renamed
 //! only when everything succeeded.
 //!
 //! The user is written into the image's `/etc/passwd`, `/etc/group`, `/etc/shadow` and
@@ -224,10 +224,12 @@ fn checked(cmd: &mut Command) -> Result<String> {
     Ok(stdout)
 }
 
-/// `cmdline.txt` with `isolcpus=` set to `cores`, on one line: an earlier `isolcpus=` is replaced,
+/// `cmdline.txt` with `isolcpus=` set to the board's inference cores (no other task is scheduled
+/// there) and `irqaffinity=` to its system cores (device interrupts are delivered there, not to
+/// an inference core in the middle of a token), on one line: earlier values of both are replaced,
 /// every other parameter kept in order. The firmware reads only the first line, so a file with
 /// more than one non-empty line is refused.
-pub fn edit_cmdline(text: &str, cores: &[usize]) -> Result<String> {
+pub fn edit_cmdline(text: &str, inference: &[usize], system: &[usize]) -> Result<String> {
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     ensure!(!lines.is_empty(), "cmdline.txt is empty");
     ensure!(
@@ -235,13 +237,19 @@ pub fn edit_cmdline(text: &str, cores: &[usize]) -> Result<String> {
         "cmdline.txt has {} lines; the firmware reads only the first: join them and try again",
         lines.len()
     );
-    let cpus: Vec<String> = cores.iter().map(|c| c.to_string()).collect();
-    let mut params: Vec<&str> = lines[0]
+    let list = |cores: &[usize]| {
+        let cpus: Vec<String> = cores.iter().map(|c| c.to_string()).collect();
+        cpus.join(",")
+    };
+    let mut params: Vec<String> = lines[0]
         .split_whitespace()
-        .filter(|p| !p.starts_with("isolcpus="))
+        .filter(|p| !p.starts_with("isolcpus=") && !p.starts_with("irqaffinity="))
+        .map(str::to_string)
         .collect();
-    let isol = format!("isolcpus={}", cpus.join(","));
-    params.push(&isol);
+    params.push(format!("isolcpus={}", list(inference)));
+    if !system.is_empty() {
+        params.push(format!("irqaffinity={}", list(system)));
+    }
     Ok(format!("{}\n", params.join(" ")))
 }
 
@@ -763,7 +771,7 @@ fn install(
             .env("MTOOLS_SKIP_CHECK", "1"),
     )
     .context("cannot read cmdline.txt from the boot partition")?;
-    let edited = edit_cmdline(&cmdline, board.cores.inference)?;
+    let edited = edit_cmdline(&cmdline, board.cores.inference, board.cores.system)?;
     let host = scratch.join("cmdline.txt");
     fs::write(&host, &edited)?;
     checked(
@@ -835,18 +843,32 @@ mod tests {
     }
 
     #[test]
-    fn cmdline_gets_isolcpus_once_on_one_line() {
+    fn cmdline_gets_isolcpus_and_irqaffinity_once_on_one_line() {
         let base = "console=serial0,115200 console=tty1 root=PARTUUID=1234abcd-02 rootwait\n";
-        let once = edit_cmdline(base, &[2, 3]).unwrap();
+        let once = edit_cmdline(base, &[2, 3], &[0, 1]).unwrap();
         assert_eq!(
             once,
-            "console=serial0,115200 console=tty1 root=PARTUUID=1234abcd-02 rootwait isolcpus=2,3\n"
+            "console=serial0,115200 console=tty1 root=PARTUUID=1234abcd-02 rootwait isolcpus=2,3 \
+             irqaffinity=0,1\n"
         );
-        assert_eq!(edit_cmdline(&once, &[2, 3]).unwrap(), once);
-        let replaced = edit_cmdline("root=/dev/mmcblk0p2 isolcpus=1 quiet\r\n\n", &[3]).unwrap();
-        assert_eq!(replaced, "root=/dev/mmcblk0p2 quiet isolcpus=3\n");
-        assert!(edit_cmdline("a=1\nb=2\n", &[2]).is_err());
-        assert!(edit_cmdline("\n", &[2]).is_err());
+        assert_eq!(edit_cmdline(&once, &[2, 3], &[0, 1]).unwrap(), once);
+        let replaced = edit_cmdline(
+            "root=/dev/mmcblk0p2 irqaffinity=3 isolcpus=1 quiet\r\n\n",
+            &[3],
+            &[0, 1, 2],
+        )
+        .unwrap();
+        assert_eq!(
+            replaced,
+            "root=/dev/mmcblk0p2 quiet isolcpus=3 irqaffinity=0,1,2\n"
+        );
+        // No system cores listed: interrupts are left where the kernel puts them.
+        assert_eq!(
+            edit_cmdline("quiet irqaffinity=1\n", &[1], &[]).unwrap(),
+            "quiet isolcpus=1\n"
+        );
+        assert!(edit_cmdline("a=1\nb=2\n", &[2], &[0]).is_err());
+        assert!(edit_cmdline("\n", &[2], &[0]).is_err());
     }
 
     #[test]

@@ -70,8 +70,8 @@ enum Cmd {
         features: Vec<String>,
     },
     /// Install EdgeLLM into a copy of a Raspberry Pi OS image, without root: the package's files
-    /// and the `edgellm` user in the ext4 root (debugfs), the service enabled, `isolcpus=` on the
-    /// FAT partition's cmdline.txt (mtools); the root partition grows when the files need it.
+    /// and the `edgellm` user in the ext4 root (debugfs), the service enabled, `isolcpus=` and
+    /// `irqaffinity=` on the FAT partition's cmdline.txt (mtools); the root partition grows when the files need it.
     Image {
         /// Board: pi-zero-2w, pi4, pi5.
         #[arg(long)]

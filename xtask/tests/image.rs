@@ -416,8 +416,11 @@ fn image_installs_the_service_into_a_raspberry_pi_os_image() {
     assert_eq!(img.stat("/etc/shadow"), ("regular".into(), 0o640, 0, 42));
     assert!(img.text("/etc/gshadow", &dir).ends_with("\nedgellm:!::\n"));
     assert_eq!(img.stat("/etc/passwd"), ("regular".into(), 0o644, 0, 0));
-    // cmdline.txt: one line, the Pi 5's inference cores isolated.
-    assert_eq!(img.cmdline(), format!("{CMDLINE} isolcpus=2,3\n"));
+    // cmdline.txt: one line, the Pi 5's inference cores isolated, interrupts on its system cores.
+    assert_eq!(
+        img.cmdline(),
+        format!("{CMDLINE} isolcpus=2,3 irqaffinity=0,1\n")
+    );
     assert!(img.e2fsck_clean().contains("rootfs: "));
 
     // Again, on its own output and without a model: nothing is duplicated, nothing grows.
@@ -432,7 +435,10 @@ fn image_installs_the_service_into_a_raspberry_pi_os_image() {
         String::from_utf8_lossy(&run.stderr)
     );
     let img2 = Image::new(&again);
-    assert_eq!(img2.cmdline(), format!("{CMDLINE} isolcpus=2,3\n"));
+    assert_eq!(
+        img2.cmdline(),
+        format!("{CMDLINE} isolcpus=2,3 irqaffinity=0,1\n")
+    );
     assert_eq!(img2.text("/etc/passwd", &dir), passwd);
     let config = img2.text("/etc/edgellm/edgellm.toml", &dir);
     assert!(config.contains("board = \"pi-zero-2w\"") && config.contains("# model = "));
