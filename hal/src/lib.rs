@@ -9,6 +9,7 @@
 //! - [`counters`]: page faults, peak RSS and [`counters::CountingAlloc`], the counting global
 //!   allocator the zero-heap tests and the bench install.
 //! - [`cpu`]: [`cpu::CpuInfo::detect`]: online CPUs, core model, kernel-relevant features.
+//! - [`irq`]: the device interrupts the kernel delivers to given cores.
 //! - [`memory`]: `mlockall`, prefaulting, available memory.
 //! - [`realtime`]: SCHED_FIFO for the calling thread, and reading back a thread's policy, priority,
 //!   affinity and last CPU.
@@ -22,6 +23,8 @@ use core::fmt;
 pub mod counters;
 #[cfg(all(feature = "std", target_os = "linux"))]
 pub mod cpu;
+#[cfg(all(feature = "std", target_os = "linux"))]
+pub mod irq;
 #[cfg(all(feature = "std", target_os = "linux"))]
 pub mod memory;
 #[cfg(all(feature = "std", target_os = "linux"))]

@@ -183,12 +183,61 @@ impl Exec {
     }
 }
 
+/// The note for device interrupts that the kernel may deliver to the real-time inference `cores`
+/// (each stops a token in its middle), or `None` when there are none; `allowed` are the CPUs the
+/// process may use.
+fn irq_note(cores: &[usize], allowed: &[usize]) -> Option<String> {
+    irq_note_for(&edgellm_hal::irq::device_irqs_on(cores)?, cores, allowed)
+}
+
+/// [`irq_note`] for the interrupts `irqs`.
+fn irq_note_for(
+    irqs: &[edgellm_hal::irq::DeviceIrq],
+    cores: &[usize],
+    allowed: &[usize],
+) -> Option<String> {
+    if irqs.is_empty() {
+        return None;
+    }
+    let mut named: Vec<String> = irqs
+        .iter()
+        .take(4)
+        .map(|d| format!("{} {}", d.irq, d.name))
+        .collect();
+    if irqs.len() > 4 {
+        named.push(format!("{} more", irqs.len() - 4));
+    }
+    let others: Vec<usize> = allowed
+        .iter()
+        .copied()
+        .filter(|c| !cores.contains(c))
+        .collect();
+    let fix = if others.is_empty() {
+        "every core runs inference here, so they cannot be moved off".to_string()
+    } else {
+        format!(
+            "irqaffinity={} on the kernel command line (or /proc/irq/N/smp_affinity_list) keeps \
+             them on the other cores",
+            list(&others)
+        )
+    };
+    Some(format!(
+        "{} device interrupts can be delivered to inference core(s) {} (irq {}); each stops a \
+         token in its middle: {fix}",
+        irqs.len(),
+        list(cores),
+        named.join(", ")
+    ))
+}
+
 /// Applies `plan`: locks memory, then starts the pool with its cores and priority. Privilege
 /// problems are errors under `strict`, otherwise one warning line on stderr each.
 pub fn apply(plan: &Plan) -> Result<Exec> {
     if let Some(n) = &plan.note {
         eprintln!("note: {n}");
     }
+    // Before the pool pins this thread.
+    let allowed = edgellm_hal::cpu::allowed_cpus().unwrap_or_default();
     let mut memory_locked = false;
     if plan.lock_memory {
         match edgellm_hal::memory::lock_all() {
@@ -220,6 +269,11 @@ pub fn apply(plan: &Plan) -> Result<Exec> {
             period / 1000,
             (period - runtime) / 1000
         );
+    }
+    if let (true, Some(cores)) = (realtime, &plan.cores) {
+        if let Some(n) = irq_note(cores, &allowed) {
+            eprintln!("note: {n}");
+        }
     }
     Ok(Exec {
         threads: plan.threads,
@@ -339,5 +393,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("1 to 99"), "{e}");
+    }
+
+    #[test]
+    fn irq_note_names_the_interrupts_and_the_fix() {
+        use edgellm_hal::irq::DeviceIrq;
+        let irq = |irq, name: &str| DeviceIrq {
+            irq,
+            count: 7,
+            name: name.into(),
+        };
+        assert_eq!(irq_note_for(&[], &[2, 3], &[0, 1, 2, 3]), None);
+        let two = [irq(40, "mailbox"), irq(56, "eth0")];
+        let n = irq_note_for(&two, &[2, 3], &[0, 1, 2, 3]).unwrap();
+        assert!(n.starts_with("2 device interrupts"), "{n}");
+        assert!(n.contains("core(s) 2,3 (irq 40 mailbox, 56 eth0)"), "{n}");
+        assert!(n.contains("irqaffinity=0,1 "), "{n}");
+        let six: Vec<DeviceIrq> = (0..6).map(|i| irq(30 + i, "dev")).collect();
+        let n = irq_note_for(&six, &[0, 1], &[0, 1]).unwrap();
+        assert!(n.contains("33 dev, 2 more)"), "{n}");
+        assert!(n.contains("cannot be moved off"), "{n}");
     }
 }
