@@ -693,6 +693,12 @@ impl Kernels {
         }
     }
 
+    /// Whether [`Self::gemm`] of `ty` unpacks each weight once for several tokens (T2 and
+    /// TQ2_0); for every other type it is one [`Self::gemv`] per token.
+    pub fn gemm_batches(&self, ty: GgmlType) -> bool {
+        matches!(ty, GgmlType::T2 | GgmlType::TQ2_0)
+    }
+
     /// [`Self::gemv`] for `nb` tokens: `x` holds `nb` rows of `n` values and `acts` their
     /// quantizations (`nb * n` values; may be empty for float types), `out` holds `nb` rows of
     /// results, `out[t * rows + r]`. Every result has the bits [`Self::gemv`] gives for its token;

@@ -917,16 +917,21 @@ impl MatMul<'_, '_> {
                     let mut tile_out = [0f32; TILE_ROWS * PREFILL_CHUNK];
                     for (w, out) in work_items.iter().flatten() {
                         let mine = split_range(w.rows, threads, worker, ROW_ALIGN);
-                        let tile = if nb == 1 {
-                            mine.len().max(1)
-                        } else {
+                        // Tiles of rows times every token where the kernels unpack each weight
+                        // once for several tokens; else one gemv per token over all of this
+                        // worker's rows (which then stay in the caches from token to token, and
+                        // whose activations each kernel arranges once per call).
+                        let batched = nb > 1 && k.gemm_batches(w.ty);
+                        let tile = if batched {
                             TILE_ROWS
+                        } else {
+                            mine.len().max(1)
                         };
                         let mut r0 = mine.start;
                         while r0 < mine.end {
                             let r = r0..(r0 + tile).min(mine.end);
-                            let tile_out = &mut tile_out[..if nb > 1 { nb * r.len() } else { 0 }];
-                            if nb > 1 {
+                            let tile_out = &mut tile_out[..if batched { nb * r.len() } else { 0 }];
+                            if batched {
                                 k.gemm(w.ty, w.rows_data(r.clone()), x, &batch, nb, tile_out);
                             }
                             for t in 0..nb {
@@ -941,7 +946,7 @@ impl MatMul<'_, '_> {
                                 // the output is borrowed from `jobs` until `run` returns.
                                 let out = unsafe { out.range(o + r.start..o + r.end) };
                                 let xt = &x[t * n..(t + 1) * n];
-                                if nb > 1 {
+                                if batched {
                                     out.copy_from_slice(&tile_out[t * r.len()..(t + 1) * r.len()]);
                                 } else {
                                     k.gemv(w.ty, w.rows_data(r.clone()), xt, &a, out);
