@@ -412,6 +412,9 @@ struct Table {
     /// Small-batch products; other types run one gemv per token.
     gemm_t2: GemmQ8Fn,
     gemm_tq2_0: GemmQ8Fn,
+    /// Batched 4-bit products where the tier has them.
+    gemm_q4_0: Option<GemmQ8Fn>,
+    gemm_q4_1: Option<GemmQ8Fn>,
 }
 
 impl Table {
@@ -468,6 +471,8 @@ const SCALAR: Table = Table {
     tq2_0: q8(Tier::Scalar, scalar::ternary::gemv_tq2_0),
     gemm_t2: scalar::ternary::gemm_t2,
     gemm_tq2_0: scalar::ternary::gemm_tq2_0,
+    gemm_q4_0: None,
+    gemm_q4_1: None,
 };
 
 /// The AVX2 table: AVX2 kernels where they exist, the scalar ones elsewhere.
@@ -519,6 +524,8 @@ fn avxvnni_table() -> Table {
     t.tq2_0 = q8(Tier::AvxVnni, vnni::avxvnni_gemv_tq2_0);
     t.gemm_t2 = vnni::avxvnni_gemm_t2;
     t.gemm_tq2_0 = vnni::avxvnni_gemm_tq2_0;
+    t.gemm_q4_0 = Some(crate::x86::vnni_gemm::avxvnni_gemm_q4_0);
+    t.gemm_q4_1 = Some(crate::x86::vnni_gemm::avxvnni_gemm_q4_1);
     t.q4_0 = q8(Tier::AvxVnni, vnni::avxvnni_gemv_q4_0);
     t.q4_1 = q8(Tier::AvxVnni, vnni::avxvnni_gemv_q4_1);
     t.q5_0 = q8(Tier::AvxVnni, vnni::avxvnni_gemv_q5_0);
@@ -694,16 +701,23 @@ impl Kernels {
     }
 
     /// Whether [`Self::gemm`] of `ty` unpacks each weight once for several tokens (T2 and
-    /// TQ2_0); for every other type it is one [`Self::gemv`] per token.
+    /// TQ2_0, and Q4_0 and Q4_1 on the `avx-vnni` kernels); for every other type it is one
+    /// [`Self::gemv`] per token.
     pub fn gemm_batches(&self, ty: GgmlType) -> bool {
-        matches!(ty, GgmlType::T2 | GgmlType::TQ2_0)
+        match ty {
+            GgmlType::T2 | GgmlType::TQ2_0 => true,
+            GgmlType::Q4_0 => self.table.gemm_q4_0.is_some(),
+            GgmlType::Q4_1 => self.table.gemm_q4_1.is_some(),
+            _ => false,
+        }
     }
 
     /// [`Self::gemv`] for `nb` tokens: `x` holds `nb` rows of `n` values and `acts` their
     /// quantizations (`nb * n` values; may be empty for float types), `out` holds `nb` rows of
     /// results, `out[t * rows + r]`. Every result has the bits [`Self::gemv`] gives for its token;
-    /// T2 and TQ2_0 unpack each weight once for several tokens, other types run one gemv per
-    /// token. Panics like [`Self::gemv`].
+    /// T2 and TQ2_0 (and Q4_0 and Q4_1 on the `avx-vnni` kernels, see [`Self::gemm_batches`])
+    /// unpack each weight once for several tokens, other types run one gemv per token. Panics
+    /// like [`Self::gemv`].
     pub fn gemm(
         &self,
         ty: GgmlType,
@@ -713,10 +727,16 @@ impl Kernels {
         nb: usize,
         out: &mut [f32],
     ) {
-        let f = match ty {
-            GgmlType::T2 => self.table.gemm_t2,
-            GgmlType::TQ2_0 => self.table.gemm_tq2_0,
-            _ => {
+        let batched = match ty {
+            GgmlType::T2 => Some(self.table.gemm_t2),
+            GgmlType::TQ2_0 => Some(self.table.gemm_tq2_0),
+            GgmlType::Q4_0 => self.table.gemm_q4_0,
+            GgmlType::Q4_1 => self.table.gemm_q4_1,
+            _ => None,
+        };
+        let f = match batched {
+            Some(f) => f,
+            None => {
                 assert!(nb > 0 && x.len().is_multiple_of(nb) && out.len().is_multiple_of(nb));
                 let (n, rows) = (x.len() / nb, out.len() / nb);
                 for t in 0..nb {

@@ -239,6 +239,45 @@ fn check_gemv_q8(ty: GgmlType, s: Scales, q: Quants, a: Acts, seed: u64) {
     }
 }
 
+/// `Kernels::gemm` of `nb` tokens on every tier gives, bit for bit, the spec's gemv of each
+/// token (the batched 4-bit kernels put eight tokens in a vector and arrange 1024 columns at a
+/// time: token counts around 8 and rows of more than 1024 columns are in the shapes).
+fn check_gemm_q8(ty: GgmlType, s: Scales, q: Quants, a: Acts, seed: u64) {
+    let spec = Kernels::scalar();
+    let mut rng = Rng::new(seed ^ ty.id() as u64 ^ 0x6e6d);
+    let mut shapes = shapes(&mut rng);
+    shapes.extend([(5, 2048), (3, 1056), (2, 4096)]);
+    for (i, (rows, cols)) in shapes.into_iter().enumerate() {
+        let nb = [1, 2, 7, 8, 9, 16, 17][i % 7];
+        let w = random_rows(&mut rng, ty, rows, cols, s, q);
+        let x = random_x(&mut rng, nb * cols, a);
+        let acts = OwnedActs::quantize(&spec, &x);
+        let g = cols / QS;
+        let mut want = vec![f32::NAN; nb * rows];
+        for t in 0..nb {
+            let at = ActsQ8 {
+                qs: &acts.qs[t * cols..(t + 1) * cols],
+                d: &acts.d[t * g..(t + 1) * g],
+                sums: &acts.sums[t * g..(t + 1) * g],
+            };
+            let xt = &x[t * cols..(t + 1) * cols];
+            spec.gemv(ty, &w, xt, &at, &mut want[t * rows..(t + 1) * rows]);
+        }
+        for k in tiers() {
+            let mut got = vec![f32::NAN; nb * rows];
+            k.gemm(ty, &w, &x, &acts.view(), nb, &mut got);
+            assert_eq!(
+                bits(&got),
+                bits(&want),
+                "{ty} gemm of {nb} tokens on tier {} (batched: {}) differs from the spec: \
+                 {rows}x{cols}, {s:?} scales, {q:?} quants, {a:?} acts",
+                k.tier(),
+                k.gemm_batches(ty)
+            );
+        }
+    }
+}
+
 fn check_gemv_vs_exact(ty: GgmlType, seed: u64) {
     let mut rng = Rng::new(seed ^ ty.id() as u64);
     for k in tiers() {
@@ -308,6 +347,13 @@ macro_rules! gemv_q8_tests {
             #[test]
             fn close_to_exact_path() {
                 check_gemv_vs_exact(TY, 12);
+            }
+            #[test]
+            fn gemm_is_gemv_per_token() {
+                check_gemm_q8(TY, Scales::Typical, Quants::Random, Acts::Typical, 13);
+                check_gemm_q8(TY, Scales::Max, Quants::Extremes, Acts::Large, 14);
+                check_gemm_q8(TY, Scales::Subnormal, Quants::Random, Acts::Ties, 15);
+                check_gemm_q8(TY, Scales::Negative, Quants::AllOnes, Acts::Tiny, 16);
             }
         }
     )*};

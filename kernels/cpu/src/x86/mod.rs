@@ -3,7 +3,7 @@
 //! Every kernel is a `#[target_feature(enable = "avx2,fma,f16c")] unsafe fn` whose only safety
 //! condition is that the CPU has those features; the dispatch table calls them after checking.
 //! They check slice shapes themselves (panicking like the scalar kernels), so any slices are sound.
-//! [`vnni`] holds the kernels of the `avx-vnni` tier, which also need AVX-VNNI, and [`avx512`]
+//! [`vnni`] and [`vnni_gemm`] hold the kernels of the `avx-vnni` tier, which also need AVX-VNNI, and [`avx512`]
 //! those of the `avx512` tier, which also need AVX-512 F, BW, VL and VNNI.
 
 pub mod attn;
@@ -13,6 +13,7 @@ pub mod kquants;
 pub mod legacy;
 pub mod ternary;
 pub mod vnni;
+pub mod vnni_gemm;
 
 pub use attn::*;
 pub use float::*;

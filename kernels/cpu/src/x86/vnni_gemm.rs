@@ -1,0 +1,224 @@
+//! AVX-VNNI gemm of the 4-bit legacy types (Q4_0, Q4_1) for prefill: eight tokens per vector.
+//!
+//! A gemv multiplies one token's activations by each weight block, so every block costs its
+//! unpacking and its float steps once per token. Here the lanes of a vector are eight tokens: a
+//! row's block is unpacked once, four of its columns are broadcast to every lane, and `vpdpbusd`
+//! multiplies them with the same four columns of each token's activations (arranged once per
+//! panel of [`PANEL_BLOCKS`] blocks, token-interleaved). The two 16-column group sums of a block
+//! then come out one per lane with no horizontal adds, and the float steps of the specification
+//! ([`crate::scalar::gemv_q4_0`], [`crate::scalar::gemv_q4_1`]: `(dw * da0) * i0 + (dw * da1) * i1`,
+//! plus `mw * (da0 * sa0 + da1 * sa1)` for Q4_1, added to the row's running sum block after block)
+//! run lane by lane in the same order, unfused: every result has the bits the gemv gives its token.
+//! The running sums live in `out` between panels.
+
+use core::arch::x86_64::*;
+
+use crate::acts::{ActsQ8, QK, QS};
+use crate::scalar::legacy::{check_gemv, Q4_0_BYTES, Q4_1_BYTES};
+use crate::scalar::ternary::{check_gemm, token_acts};
+
+/// Tokens per vector.
+const LANES: usize = 8;
+
+/// Vectors of tokens per pass over the rows: each row's blocks are unpacked once for 16 tokens
+/// (a prefill chunk).
+const VECS: usize = 2;
+
+/// Blocks of 32 columns whose activations are arranged at a time (1024 columns: 16 KiB of
+/// arranged activations and 10 KiB of scales and sums on the stack for 16 tokens).
+const PANEL_BLOCKS: usize = 32;
+
+/// The 4-bit gemm; `Q41` selects Q4_1 (scale, minimum, nibbles) over Q4_0 (scale, nibbles - 8).
+///
+/// # Safety
+///
+/// The CPU must have AVX2, FMA, F16C and AVX-VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+unsafe fn gemm_q4<const Q41: bool>(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f32]) {
+    let (name, bb, qs_at) = if Q41 {
+        ("Q4_1", Q4_1_BYTES, 4)
+    } else {
+        ("Q4_0", Q4_0_BYTES, 2)
+    };
+    let (cols, rows) = check_gemm(acts, nb, out.len(), name);
+    // Every token has the shape of the first (check_gemm), which gemv's own check covers.
+    let (nblk, row_bytes) = check_gemv(w, &token_acts(acts, cols, 0), rows, bb, name);
+    // The specification's running sums start at 0.0.
+    out.fill(0.0);
+    if rows == 0 || nblk == 0 {
+        return;
+    }
+    let groups = cols / QS;
+    let zero_i = _mm256_setzero_si256();
+    // Per vector of eight tokens: the arranged activations, `[block][k]` (columns 4k..4k + 4 of
+    // each token in its lane), the two groups' activation scales, and for Q4_0 each group's
+    // exact sum of activations (for the nibbles' offset of 8, taken from the values themselves)
+    // or for Q4_1 the offset term `da0 * sa0 + da1 * sa1` from `acts.sums`.
+    let mut a = [[zero_i; PANEL_BLOCKS * 8]; VECS];
+    let mut da = [[[_mm256_setzero_ps(); 2]; PANEL_BLOCKS]; VECS];
+    let mut sa = [[[zero_i; 2]; PANEL_BLOCKS]; VECS];
+    let mut off = [[_mm256_setzero_ps(); PANEL_BLOCKS]; VECS];
+    let mask = _mm_set1_epi8(0x0F);
+    for t0 in (0..nb).step_by(LANES * VECS) {
+        let tn = (nb - t0).min(LANES * VECS);
+        for p0 in (0..nblk).step_by(PANEL_BLOCKS) {
+            let pn = (nblk - p0).min(PANEL_BLOCKS);
+            for v in 0..VECS {
+                let vt = t0 + v * LANES;
+                let vn = (t0 + tn).saturating_sub(vt).min(LANES);
+                for j in 0..pn {
+                    let b = p0 + j;
+                    for k in 0..8 {
+                        let mut l = [0i32; LANES];
+                        for (t, l) in l.iter_mut().enumerate().take(vn) {
+                            let at = (vt + t) * cols + b * QK + 4 * k;
+                            let q = &acts.qs[at..at + 4];
+                            *l = i32::from_le_bytes([
+                                q[0] as u8, q[1] as u8, q[2] as u8, q[3] as u8,
+                            ]);
+                        }
+                        // SAFETY: `l` holds eight i32.
+                        a[v][j * 8 + k] = unsafe { _mm256_loadu_si256(l.as_ptr().cast()) };
+                    }
+                    for h in 0..2 {
+                        let (mut d, mut s) = ([0f32; LANES], [0i32; LANES]);
+                        for t in 0..vn {
+                            let g = (vt + t) * groups + 2 * b + h;
+                            d[t] = acts.d[g];
+                            s[t] = if Q41 {
+                                acts.sums[g]
+                            } else {
+                                let at = (vt + t) * cols + b * QK + h * QS;
+                                acts.qs[at..at + QS].iter().map(|&x| x as i32).sum()
+                            };
+                        }
+                        // SAFETY: `d` and `s` hold eight values each.
+                        unsafe {
+                            da[v][j][h] = _mm256_loadu_ps(d.as_ptr());
+                            sa[v][j][h] = _mm256_loadu_si256(s.as_ptr().cast());
+                        }
+                    }
+                    if Q41 {
+                        off[v][j] = _mm256_add_ps(
+                            _mm256_mul_ps(da[v][j][0], _mm256_cvtepi32_ps(sa[v][j][0])),
+                            _mm256_mul_ps(da[v][j][1], _mm256_cvtepi32_ps(sa[v][j][1])),
+                        );
+                    }
+                }
+            }
+            for r in 0..rows {
+                let row = &w[r * row_bytes..(r + 1) * row_bytes];
+                // The panel's blocks of this row unpacked (32 columns of unsigned nibbles each)
+                // with their scales, so that the products below broadcast their columns
+                // straight from memory.
+                let mut u = [0u8; PANEL_BLOCKS * QK];
+                let mut dw = [0f32; PANEL_BLOCKS];
+                let mut mw = [0f32; PANEL_BLOCKS];
+                for j in 0..pn {
+                    let blk = &row[(p0 + j) * bb..(p0 + j + 1) * bb];
+                    let f16 = |at: usize| {
+                        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes([
+                            blk[at],
+                            blk[at + 1],
+                        ])
+                            as i32)))
+                    };
+                    dw[j] = f16(0);
+                    if Q41 {
+                        mw[j] = f16(2);
+                    }
+                    // SAFETY: the block holds 16 bytes of nibbles at `qs_at`; `u` holds 32 bytes
+                    // from `j * QK`: columns 0..16 (low nibbles), then 16..32.
+                    unsafe {
+                        let q = _mm_loadu_si128(blk[qs_at..qs_at + 16].as_ptr().cast());
+                        let o = u.as_mut_ptr().add(j * QK);
+                        _mm_storeu_si128(o.cast(), _mm_and_si128(q, mask));
+                        _mm_storeu_si128(
+                            o.add(16).cast(),
+                            _mm_and_si128(_mm_srli_epi16::<4>(q), mask),
+                        );
+                    }
+                }
+                let mut acc = [0f32; LANES * VECS];
+                for (t, acc) in acc.iter_mut().enumerate().take(tn) {
+                    *acc = out[(t0 + t) * rows + r];
+                }
+                // SAFETY: `acc` holds `VECS` vectors of eight f32.
+                let mut accv: [__m256; VECS] = core::array::from_fn(|v| unsafe {
+                    _mm256_loadu_ps(acc.as_ptr().add(LANES * v))
+                });
+                for j in 0..pn {
+                    let mut i = [[zero_i; 2]; VECS];
+                    for h in 0..2 {
+                        for k in 0..4 {
+                            // SAFETY: `u` holds the 32 columns of block `j` from `j * QK`.
+                            let wv = unsafe {
+                                _mm256_broadcastd_epi32(_mm_loadu_si32(
+                                    u.as_ptr().add(j * QK + 16 * h + 4 * k),
+                                ))
+                            };
+                            for v in 0..VECS {
+                                i[v][h] =
+                                    _mm256_dpbusd_avx_epi32(i[v][h], wv, a[v][j * 8 + 4 * h + k]);
+                            }
+                        }
+                    }
+                    let d = _mm256_set1_ps(dw[j]);
+                    let m = _mm256_set1_ps(mw[j]);
+                    for v in 0..VECS {
+                        if !Q41 {
+                            // Σ (q - 8) a = Σ q a - 8 Σ a, exactly.
+                            for h in 0..2 {
+                                i[v][h] =
+                                    _mm256_sub_epi32(i[v][h], _mm256_slli_epi32::<3>(sa[v][j][h]));
+                            }
+                        }
+                        let mut term = _mm256_add_ps(
+                            _mm256_mul_ps(
+                                _mm256_mul_ps(d, da[v][j][0]),
+                                _mm256_cvtepi32_ps(i[v][0]),
+                            ),
+                            _mm256_mul_ps(
+                                _mm256_mul_ps(d, da[v][j][1]),
+                                _mm256_cvtepi32_ps(i[v][1]),
+                            ),
+                        );
+                        if Q41 {
+                            term = _mm256_add_ps(term, _mm256_mul_ps(m, off[v][j]));
+                        }
+                        accv[v] = _mm256_add_ps(accv[v], term);
+                    }
+                }
+                for (v, &x) in accv.iter().enumerate() {
+                    // SAFETY: `acc` holds `VECS` vectors of eight f32.
+                    unsafe { _mm256_storeu_ps(acc.as_mut_ptr().add(LANES * v), x) };
+                }
+                for (t, &x) in acc.iter().enumerate().take(tn) {
+                    out[(t0 + t) * rows + r] = x;
+                }
+            }
+        }
+    }
+}
+
+/// AVX-VNNI gemm of Q4_0 weights: [`crate::scalar::gemv_q4_0`] once per token, bit for bit.
+///
+/// # Safety
+///
+/// The CPU must have AVX2, FMA, F16C and AVX-VNNI (the features of the `avx-vnni` tier).
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+pub unsafe fn avxvnni_gemm_q4_0(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f32]) {
+    // SAFETY: same features, guaranteed by the caller.
+    unsafe { gemm_q4::<false>(w, acts, nb, out) }
+}
+
+/// AVX-VNNI gemm of Q4_1 weights: [`crate::scalar::gemv_q4_1`] once per token, bit for bit.
+///
+/// # Safety
+///
+/// The CPU must have AVX2, FMA, F16C and AVX-VNNI (the features of the `avx-vnni` tier).
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+pub unsafe fn avxvnni_gemm_q4_1(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f32]) {
+    // SAFETY: same features, guaranteed by the caller.
+    unsafe { gemm_q4::<true>(w, acts, nb, out) }
+}
