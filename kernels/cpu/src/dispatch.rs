@@ -412,9 +412,10 @@ struct Table {
     /// Small-batch products; other types run one gemv per token.
     gemm_t2: GemmQ8Fn,
     gemm_tq2_0: GemmQ8Fn,
-    /// Batched 4-bit products where the tier has them.
+    /// Batched Q4_0, Q4_1 and Q8_0 products where the tier has them.
     gemm_q4_0: Option<GemmQ8Fn>,
     gemm_q4_1: Option<GemmQ8Fn>,
+    gemm_q8_0: Option<GemmQ8Fn>,
 }
 
 impl Table {
@@ -473,6 +474,7 @@ const SCALAR: Table = Table {
     gemm_tq2_0: scalar::ternary::gemm_tq2_0,
     gemm_q4_0: None,
     gemm_q4_1: None,
+    gemm_q8_0: None,
 };
 
 /// The AVX2 table: AVX2 kernels where they exist, the scalar ones elsewhere.
@@ -526,6 +528,7 @@ fn avxvnni_table() -> Table {
     t.gemm_tq2_0 = vnni::avxvnni_gemm_tq2_0;
     t.gemm_q4_0 = Some(crate::x86::vnni_gemm::avxvnni_gemm_q4_0);
     t.gemm_q4_1 = Some(crate::x86::vnni_gemm::avxvnni_gemm_q4_1);
+    t.gemm_q8_0 = Some(crate::x86::vnni_gemm::avxvnni_gemm_q8_0);
     t.q4_0 = q8(Tier::AvxVnni, vnni::avxvnni_gemv_q4_0);
     t.q4_1 = q8(Tier::AvxVnni, vnni::avxvnni_gemv_q4_1);
     t.q5_0 = q8(Tier::AvxVnni, vnni::avxvnni_gemv_q5_0);
@@ -701,13 +704,14 @@ impl Kernels {
     }
 
     /// Whether [`Self::gemm`] of `ty` unpacks each weight once for several tokens (T2 and
-    /// TQ2_0, and Q4_0 and Q4_1 on the `avx-vnni` kernels); for every other type it is one
+    /// TQ2_0, and Q4_0, Q4_1 and Q8_0 on the `avx-vnni` kernels); for every other type it is one
     /// [`Self::gemv`] per token.
     pub fn gemm_batches(&self, ty: GgmlType) -> bool {
         match ty {
             GgmlType::T2 | GgmlType::TQ2_0 => true,
             GgmlType::Q4_0 => self.table.gemm_q4_0.is_some(),
             GgmlType::Q4_1 => self.table.gemm_q4_1.is_some(),
+            GgmlType::Q8_0 => self.table.gemm_q8_0.is_some(),
             _ => false,
         }
     }
@@ -715,7 +719,7 @@ impl Kernels {
     /// [`Self::gemv`] for `nb` tokens: `x` holds `nb` rows of `n` values and `acts` their
     /// quantizations (`nb * n` values; may be empty for float types), `out` holds `nb` rows of
     /// results, `out[t * rows + r]`. Every result has the bits [`Self::gemv`] gives for its token;
-    /// T2 and TQ2_0 (and Q4_0 and Q4_1 on the `avx-vnni` kernels, see [`Self::gemm_batches`])
+    /// T2 and TQ2_0 (and Q4_0, Q4_1, Q8_0 on the `avx-vnni` kernels, see [`Self::gemm_batches`])
     /// unpack each weight once for several tokens, other types run one gemv per token. Panics
     /// like [`Self::gemv`].
     pub fn gemm(
@@ -732,6 +736,7 @@ impl Kernels {
             GgmlType::TQ2_0 => Some(self.table.gemm_tq2_0),
             GgmlType::Q4_0 => self.table.gemm_q4_0,
             GgmlType::Q4_1 => self.table.gemm_q4_1,
+            GgmlType::Q8_0 => self.table.gemm_q8_0,
             _ => None,
         };
         let f = match batched {

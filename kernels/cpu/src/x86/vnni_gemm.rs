@@ -1,4 +1,4 @@
-//! AVX-VNNI gemm of the 4-bit legacy types (Q4_0, Q4_1) for prefill: eight tokens per vector.
+//! AVX-VNNI gemm of the legacy types Q4_0, Q4_1 and Q8_0 for prefill: eight tokens per vector.
 //!
 //! A gemv multiplies one token's activations by each weight block, so every block costs its
 //! unpacking and its float steps once per token. Here the lanes of a vector are eight tokens: a
@@ -6,15 +6,18 @@
 //! multiplies them with the same four columns of each token's activations (arranged once per
 //! panel of [`PANEL_BLOCKS`] blocks, token-interleaved). The two 16-column group sums of a block
 //! then come out one per lane with no horizontal adds, and the float steps of the specification
-//! ([`crate::scalar::gemv_q4_0`], [`crate::scalar::gemv_q4_1`]: `(dw * da0) * i0 + (dw * da1) * i1`,
-//! plus `mw * (da0 * sa0 + da1 * sa1)` for Q4_1, added to the row's running sum block after block)
+//! ([`crate::scalar::gemv_q4_0`], [`crate::scalar::gemv_q4_1`], [`crate::scalar::gemv_q8_0`]:
+//! `(dw * da0) * i0 + (dw * da1) * i1`, plus `mw * (da0 * sa0 + da1 * sa1)` for Q4_1, added to
+//! the row's running sum block after block)
 //! run lane by lane in the same order, unfused: every result has the bits the gemv gives its token.
-//! The running sums live in `out` between panels.
+//! The running sums live in `out` between panels. `vpdpbusd` takes unsigned weights: Q4_0's
+//! nibbles are `q - 8` and Q8_0's bytes are signed, so they enter as `q` and `q + 128`, and
+//! `8 Σ a` or `128 Σ a` (each group's exact sum of activations) comes off the integer sums.
 
 use core::arch::x86_64::*;
 
 use crate::acts::{ActsQ8, QK, QS};
-use crate::scalar::legacy::{check_gemv, Q4_0_BYTES, Q4_1_BYTES};
+use crate::scalar::legacy::{check_gemv, Q4_0_BYTES, Q4_1_BYTES, Q8_0_BYTES};
 use crate::scalar::ternary::{check_gemm, token_acts};
 
 /// Tokens per vector.
@@ -28,17 +31,24 @@ const VECS: usize = 2;
 /// arranged activations and 10 KiB of scales and sums on the stack for 16 tokens).
 const PANEL_BLOCKS: usize = 32;
 
-/// The 4-bit gemm; `Q41` selects Q4_1 (scale, minimum, nibbles) over Q4_0 (scale, nibbles - 8).
+/// [`gemm`]'s type: Q4_0 (scale, nibbles - 8).
+const Q40: u8 = 0;
+/// Q4_1 (scale, minimum, nibbles).
+const Q41: u8 = 1;
+/// Q8_0 (scale, signed bytes).
+const Q80: u8 = 2;
+
+/// The gemm of type `K` ([`Q40`], [`Q41`] or [`Q80`]).
 ///
 /// # Safety
 ///
 /// The CPU must have AVX2, FMA, F16C and AVX-VNNI.
 #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-unsafe fn gemm_q4<const Q41: bool>(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f32]) {
-    let (name, bb, qs_at) = if Q41 {
-        ("Q4_1", Q4_1_BYTES, 4)
-    } else {
-        ("Q4_0", Q4_0_BYTES, 2)
+unsafe fn gemm<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f32]) {
+    let (name, bb, qs_at) = match K {
+        Q41 => ("Q4_1", Q4_1_BYTES, 4),
+        Q80 => ("Q8_0", Q8_0_BYTES, 2),
+        _ => ("Q4_0", Q4_0_BYTES, 2),
     };
     let (cols, rows) = check_gemm(acts, nb, out.len(), name);
     // Every token has the shape of the first (check_gemm), which gemv's own check covers.
@@ -51,14 +61,15 @@ unsafe fn gemm_q4<const Q41: bool>(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: 
     let groups = cols / QS;
     let zero_i = _mm256_setzero_si256();
     // Per vector of eight tokens: the arranged activations, `[block][k]` (columns 4k..4k + 4 of
-    // each token in its lane), the two groups' activation scales, and for Q4_0 each group's
-    // exact sum of activations (for the nibbles' offset of 8, taken from the values themselves)
-    // or for Q4_1 the offset term `da0 * sa0 + da1 * sa1` from `acts.sums`.
+    // each token in its lane), the two groups' activation scales, and for Q4_0 and Q8_0 each
+    // group's exact sum of activations (for the weights' offset, taken from the values
+    // themselves) or for Q4_1 the offset term `da0 * sa0 + da1 * sa1` from `acts.sums`.
     let mut a = [[zero_i; PANEL_BLOCKS * 8]; VECS];
     let mut da = [[[_mm256_setzero_ps(); 2]; PANEL_BLOCKS]; VECS];
     let mut sa = [[[zero_i; 2]; PANEL_BLOCKS]; VECS];
     let mut off = [[_mm256_setzero_ps(); PANEL_BLOCKS]; VECS];
     let mask = _mm_set1_epi8(0x0F);
+    let flip = _mm256_set1_epi8(-128);
     for t0 in (0..nb).step_by(LANES * VECS) {
         let tn = (nb - t0).min(LANES * VECS);
         for p0 in (0..nblk).step_by(PANEL_BLOCKS) {
@@ -85,7 +96,7 @@ unsafe fn gemm_q4<const Q41: bool>(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: 
                         for t in 0..vn {
                             let g = (vt + t) * groups + 2 * b + h;
                             d[t] = acts.d[g];
-                            s[t] = if Q41 {
+                            s[t] = if K == Q41 {
                                 acts.sums[g]
                             } else {
                                 let at = (vt + t) * cols + b * QK + h * QS;
@@ -98,7 +109,7 @@ unsafe fn gemm_q4<const Q41: bool>(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: 
                             sa[v][j][h] = _mm256_loadu_si256(s.as_ptr().cast());
                         }
                     }
-                    if Q41 {
+                    if K == Q41 {
                         off[v][j] = _mm256_add_ps(
                             _mm256_mul_ps(da[v][j][0], _mm256_cvtepi32_ps(sa[v][j][0])),
                             _mm256_mul_ps(da[v][j][1], _mm256_cvtepi32_ps(sa[v][j][1])),
@@ -108,7 +119,7 @@ unsafe fn gemm_q4<const Q41: bool>(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: 
             }
             for r in 0..rows {
                 let row = &w[r * row_bytes..(r + 1) * row_bytes];
-                // The panel's blocks of this row unpacked (32 columns of unsigned nibbles each)
+                // The panel's blocks of this row unpacked (32 columns of unsigned bytes each)
                 // with their scales, so that the products below broadcast their columns
                 // straight from memory.
                 let mut u = [0u8; PANEL_BLOCKS * QK];
@@ -124,19 +135,27 @@ unsafe fn gemm_q4<const Q41: bool>(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: 
                             as i32)))
                     };
                     dw[j] = f16(0);
-                    if Q41 {
+                    if K == Q41 {
                         mw[j] = f16(2);
                     }
-                    // SAFETY: the block holds 16 bytes of nibbles at `qs_at`; `u` holds 32 bytes
-                    // from `j * QK`: columns 0..16 (low nibbles), then 16..32.
-                    unsafe {
-                        let q = _mm_loadu_si128(blk[qs_at..qs_at + 16].as_ptr().cast());
-                        let o = u.as_mut_ptr().add(j * QK);
-                        _mm_storeu_si128(o.cast(), _mm_and_si128(q, mask));
-                        _mm_storeu_si128(
-                            o.add(16).cast(),
-                            _mm_and_si128(_mm_srli_epi16::<4>(q), mask),
-                        );
+                    let o = u[j * QK..(j + 1) * QK].as_mut_ptr();
+                    if K == Q80 {
+                        // SAFETY: the block holds 32 bytes at `qs_at`, `u` 32 from `j * QK`.
+                        unsafe {
+                            let q = _mm256_loadu_si256(blk[qs_at..qs_at + QK].as_ptr().cast());
+                            _mm256_storeu_si256(o.cast(), _mm256_xor_si256(q, flip));
+                        }
+                    } else {
+                        // SAFETY: the block holds 16 bytes of nibbles at `qs_at`; `u` holds 32
+                        // bytes from `j * QK`: columns 0..16 (low nibbles), then 16..32.
+                        unsafe {
+                            let q = _mm_loadu_si128(blk[qs_at..qs_at + 16].as_ptr().cast());
+                            _mm_storeu_si128(o.cast(), _mm_and_si128(q, mask));
+                            _mm_storeu_si128(
+                                o.add(16).cast(),
+                                _mm_and_si128(_mm_srli_epi16::<4>(q), mask),
+                            );
+                        }
                     }
                 }
                 let mut acc = [0f32; LANES * VECS];
@@ -166,11 +185,16 @@ unsafe fn gemm_q4<const Q41: bool>(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: 
                     let d = _mm256_set1_ps(dw[j]);
                     let m = _mm256_set1_ps(mw[j]);
                     for v in 0..VECS {
-                        if !Q41 {
-                            // Σ (q - 8) a = Σ q a - 8 Σ a, exactly.
+                        if K != Q41 {
+                            // Σ (q - o) a = Σ q a - o Σ a, exactly: o = 8 for Q4_0's nibbles,
+                            // 128 for Q8_0's bytes (which entered as q + 128).
                             for h in 0..2 {
-                                i[v][h] =
-                                    _mm256_sub_epi32(i[v][h], _mm256_slli_epi32::<3>(sa[v][j][h]));
+                                let o = if K == Q80 {
+                                    _mm256_slli_epi32::<7>(sa[v][j][h])
+                                } else {
+                                    _mm256_slli_epi32::<3>(sa[v][j][h])
+                                };
+                                i[v][h] = _mm256_sub_epi32(i[v][h], o);
                             }
                         }
                         let mut term = _mm256_add_ps(
@@ -183,7 +207,7 @@ unsafe fn gemm_q4<const Q41: bool>(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: 
                                 _mm256_cvtepi32_ps(i[v][1]),
                             ),
                         );
-                        if Q41 {
+                        if K == Q41 {
                             term = _mm256_add_ps(term, _mm256_mul_ps(m, off[v][j]));
                         }
                         accv[v] = _mm256_add_ps(accv[v], term);
@@ -209,7 +233,7 @@ unsafe fn gemm_q4<const Q41: bool>(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: 
 #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
 pub unsafe fn avxvnni_gemm_q4_0(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f32]) {
     // SAFETY: same features, guaranteed by the caller.
-    unsafe { gemm_q4::<false>(w, acts, nb, out) }
+    unsafe { gemm::<Q40>(w, acts, nb, out) }
 }
 
 /// AVX-VNNI gemm of Q4_1 weights: [`crate::scalar::gemv_q4_1`] once per token, bit for bit.
@@ -220,5 +244,16 @@ pub unsafe fn avxvnni_gemm_q4_0(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mu
 #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
 pub unsafe fn avxvnni_gemm_q4_1(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f32]) {
     // SAFETY: same features, guaranteed by the caller.
-    unsafe { gemm_q4::<true>(w, acts, nb, out) }
+    unsafe { gemm::<Q41>(w, acts, nb, out) }
+}
+
+/// AVX-VNNI gemm of Q8_0 weights: [`crate::scalar::gemv_q8_0`] once per token, bit for bit.
+///
+/// # Safety
+///
+/// The CPU must have AVX2, FMA, F16C and AVX-VNNI (the features of the `avx-vnni` tier).
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+pub unsafe fn avxvnni_gemm_q8_0(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f32]) {
+    // SAFETY: same features, guaranteed by the caller.
+    unsafe { gemm::<Q80>(w, acts, nb, out) }
 }
