@@ -707,12 +707,18 @@ impl Kernels {
     /// TQ2_0, and Q4_0, Q4_1 and Q8_0 on the `avx-vnni` kernels); for every other type it is one
     /// [`Self::gemv`] per token.
     pub fn gemm_batches(&self, ty: GgmlType) -> bool {
+        self.batched_gemm(ty).is_some()
+    }
+
+    /// The table's batched gemm of `ty`, where it has one.
+    fn batched_gemm(&self, ty: GgmlType) -> Option<GemmQ8Fn> {
         match ty {
-            GgmlType::T2 | GgmlType::TQ2_0 => true,
-            GgmlType::Q4_0 => self.table.gemm_q4_0.is_some(),
-            GgmlType::Q4_1 => self.table.gemm_q4_1.is_some(),
-            GgmlType::Q8_0 => self.table.gemm_q8_0.is_some(),
-            _ => false,
+            GgmlType::T2 => Some(self.table.gemm_t2),
+            GgmlType::TQ2_0 => Some(self.table.gemm_tq2_0),
+            GgmlType::Q4_0 => self.table.gemm_q4_0,
+            GgmlType::Q4_1 => self.table.gemm_q4_1,
+            GgmlType::Q8_0 => self.table.gemm_q8_0,
+            _ => None,
         }
     }
 
@@ -731,15 +737,7 @@ impl Kernels {
         nb: usize,
         out: &mut [f32],
     ) {
-        let batched = match ty {
-            GgmlType::T2 => Some(self.table.gemm_t2),
-            GgmlType::TQ2_0 => Some(self.table.gemm_tq2_0),
-            GgmlType::Q4_0 => self.table.gemm_q4_0,
-            GgmlType::Q4_1 => self.table.gemm_q4_1,
-            GgmlType::Q8_0 => self.table.gemm_q8_0,
-            _ => None,
-        };
-        let f = match batched {
+        let f = match self.batched_gemm(ty) {
             Some(f) => f,
             None => {
                 assert!(nb > 0 && x.len().is_multiple_of(nb) && out.len().is_multiple_of(nb));
