@@ -73,6 +73,8 @@ fn write_trace(args: &BenchArgs, lat: &[f64]) -> Result<()> {
 struct Peer {
     prefill: (f64, f64),
     decode: (f64, f64),
+    /// Whether llama.cpp read the model into memory (`llama-bench -mmp 0`) rather than mapped it.
+    in_memory: bool,
 }
 
 /// llama.cpp's name for the KV cache type `bench` runs with: its `q8_0` (one scale per 32
@@ -93,9 +95,15 @@ fn llama_bench_kv_args(model: &crate::ModelArgs) -> Vec<&'static str> {
     }
 }
 
-/// Runs a llama.cpp build's `llama-bench` with the same settings (its JSON output has one entry
-/// for the prompt test and one for the generation test, with mean and stddev tokens/s).
-fn run_llama_bench(args: &BenchArgs, bin: &std::path::Path, threads: usize) -> Result<Peer> {
+/// Runs a llama.cpp build's `llama-bench` with the same settings, the model read into memory
+/// (`-mmp 0`) when ours is (its JSON output has one entry for the prompt test and one for the
+/// generation test, with mean and stddev tokens/s).
+fn run_llama_bench(
+    args: &BenchArgs,
+    bin: &std::path::Path,
+    threads: usize,
+    in_memory: bool,
+) -> Result<Peer> {
     let model = args.llamacpp_model.as_ref().unwrap_or(&args.model.model);
     let out = std::process::Command::new(bin)
         .arg("-m")
@@ -106,6 +114,7 @@ fn run_llama_bench(args: &BenchArgs, bin: &std::path::Path, threads: usize) -> R
         .args(["-t", &threads.to_string()])
         .args(["-ngl", &args.llamacpp_ngl.to_string()])
         .args(llama_bench_kv_args(&args.model))
+        .args(["-mmp", if in_memory { "0" } else { "1" }])
         .args(["-o", "json"])
         .stderr(std::process::Stdio::null())
         .output()
@@ -115,6 +124,7 @@ fn run_llama_bench(args: &BenchArgs, bin: &std::path::Path, threads: usize) -> R
     let mut peer = Peer {
         prefill: (0.0, 0.0),
         decode: (0.0, 0.0),
+        in_memory,
     };
     for t in v.as_array().into_iter().flatten() {
         let fig = (
@@ -135,10 +145,11 @@ fn run_llama_bench(args: &BenchArgs, bin: &std::path::Path, threads: usize) -> R
 }
 
 /// Runs llama.cpp through xllamacpp (or `--llamacpp-bench`) with the same settings and returns
-/// its mean/stddev figures.
-fn run_llamacpp(args: &BenchArgs, threads: usize, ctx: usize) -> Result<Peer> {
+/// its mean/stddev figures. `in_memory`: whether our model was read into memory; `llama-bench`
+/// then reads it too, while xllamacpp always maps it (it has no setting for that).
+fn run_llamacpp(args: &BenchArgs, threads: usize, ctx: usize, in_memory: bool) -> Result<Peer> {
     if let Some(bin) = &args.llamacpp_bench {
-        return run_llama_bench(args, bin, threads);
+        return run_llama_bench(args, bin, threads, in_memory);
     }
     let out = std::process::Command::new(&args.python)
         .arg("-c")
@@ -166,6 +177,7 @@ fn run_llamacpp(args: &BenchArgs, threads: usize, ctx: usize) -> Result<Peer> {
     Ok(Peer {
         prefill: mean_std(&pp),
         decode: mean_std(&tg),
+        in_memory: false,
     })
 }
 
@@ -201,6 +213,7 @@ fn peer_json(args: &BenchArgs, p: &Peer, pp_m: f64, tg_m: f64) -> serde_json::Va
         "decode_tps": p.decode.0,
         "decode_tps_stddev": p.decode.1,
         "kv_cache_type": llamacpp_kv_type(&args.model),
+        "model_in_memory": p.in_memory,
         "decode_ratio": tg_m / p.decode.0,
         "prefill_ratio": pp_m / p.prefill.0,
     })
@@ -216,8 +229,12 @@ fn print_rates(args: &BenchArgs, pp: (f64, f64), tg: (f64, f64), peer: Option<&P
     if let Some(p) = peer {
         let kv = match llamacpp_kv_type(&args.model) {
             "f16" => String::new(),
-            t => format!(" ({t} KV cache)"),
+            t => format!(", {t} KV cache"),
         };
+        let kv = format!(
+            " (model {}{kv})",
+            if p.in_memory { "in memory" } else { "mapped" }
+        );
         for (name, theirs, ours) in [(&pp_name, p.prefill, pp.0), (&tg_name, p.decode, tg.0)] {
             println!(
                 "{name:<10} {:>14.1} {:>10.1}   llama.cpp{kv}; edgellm/llama.cpp = {:.2}x",
@@ -405,7 +422,12 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let (ttft_m, _) = mean_std(&ttft);
     let kernels = session.kernels().describe().to_string();
     let peer = if args.compare_llamacpp {
-        Some(run_llamacpp(&args, threads, session.context())?)
+        Some(run_llamacpp(
+            &args,
+            threads,
+            session.context(),
+            file.in_memory(),
+        )?)
     } else {
         None
     };
@@ -565,10 +587,12 @@ fn bench_gpu(args: &BenchArgs, mut engine: edgellm_cuda::GpuEngine, prompt: &[u3
     let (tg_m, tg_s) = mean_std(&tg);
     let (ttft_m, _) = mean_std(&ttft);
     let peer = if args.compare_llamacpp {
+        // The weights live in GPU memory: how llama.cpp loads its file does not matter here.
         Some(run_llamacpp(
             args,
             args.model.threads.unwrap_or(1),
             engine.context(),
+            false,
         )?)
     } else {
         None

@@ -80,12 +80,12 @@ pub struct ModelArgs {
     /// Reference numeric path: dequantized weights and f32 activations (slow, for checking).
     #[arg(long)]
     pub exact: bool,
-    /// Read the model into memory backed by transparent huge pages instead of mapping the file:
-    /// fewer TLB misses, so a faster decode, for reading the whole file at start (default when
-    /// memory is locked, as with --rt).
+    /// Read the model into memory backed by transparent huge pages instead of mapping the file
+    /// (the default): fewer TLB misses, so a faster decode, for reading the whole file at start.
     #[arg(long, overrides_with = "mmap")]
     pub no_mmap: bool,
-    /// Map the model file, even when memory is locked.
+    /// Map the model file instead of reading it into memory: starts at once and shares the page
+    /// cache with other processes, but decodes slower (4 KiB pages).
     #[arg(long, overrides_with = "no_mmap")]
     pub mmap: bool,
     /// Apply another board's defaults and memory budget (default: the board this binary was

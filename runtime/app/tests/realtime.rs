@@ -212,3 +212,77 @@ extern "C" {
     #[link_name = "getuid"]
     fn libc_getuid() -> u32;
 }
+
+/// `--compare-llamacpp --llamacpp-bench PATH` runs that `llama-bench` with the same settings:
+/// threads, lengths, repetitions, the KV cache type, and the model read into memory (`-mmp 0`)
+/// exactly when ours is, and reports its figures and the ratios under `llamacpp`. A stand-in
+/// `llama-bench` records its arguments and prints fixed figures.
+#[test]
+fn llama_bench_runs_with_the_same_settings() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(model) = smollm2_path() else { return };
+    let dir = std::env::temp_dir().join(format!("edgellm-fake-llama-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (bin, log) = (dir.join("llama-bench"), dir.join("args"));
+    std::fs::write(
+        &bin,
+        format!(
+            "#!/bin/sh\necho \"$@\" > '{}'\necho '[{{\"n_prompt\": 8, \"n_gen\": 0, \
+             \"avg_ts\": 400.0, \"stddev_ts\": 4.0}}, {{\"n_prompt\": 0, \"n_gen\": 8, \
+             \"avg_ts\": 50.0, \"stddev_ts\": 0.5}}]'\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = bench_args(model.to_str().unwrap(), &["-t", "1"]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let out = Command::new(env!("CARGO_BIN_EXE_edgellm"))
+            .args(args)
+            .args(["--compare-llamacpp", "--llamacpp-bench"])
+            .arg(&bin)
+            .output()
+            .unwrap();
+        let v = json(&out);
+        let argv = std::fs::read_to_string(&log).unwrap();
+        let argv: Vec<String> = argv.split_whitespace().map(str::to_string).collect();
+        (v, argv)
+    };
+    let has = |argv: &[String], pair: [&str; 2]| {
+        argv.windows(2).any(|w| w[0] == pair[0] && w[1] == pair[1])
+    };
+
+    let (v, argv) = run(&[]);
+    for pair in [
+        ["-p", "8"],
+        ["-n", "8"],
+        ["-r", "1"],
+        ["-t", "1"],
+        ["-mmp", "0"],
+    ] {
+        assert!(has(&argv, pair), "{pair:?} missing from {argv:?}");
+    }
+    assert!(!argv.iter().any(|a| a == "-ctk"), "{argv:?}");
+    assert_eq!(v["model_in_memory"], true, "{v}");
+    let peer = &v["llamacpp"];
+    assert_eq!(peer["model_in_memory"], true, "{peer}");
+    assert_eq!(peer["decode_tps"], 50.0, "{peer}");
+    assert_eq!(peer["prefill_tps"], 400.0, "{peer}");
+    let ratio = v["decode_tps"].as_f64().unwrap() / 50.0;
+    assert!(
+        (peer["decode_ratio"].as_f64().unwrap() - ratio).abs() < 1e-9,
+        "{v}"
+    );
+
+    // A mapped model is compared with llama.cpp mapping its file; an int8 cache with its q8_0.
+    let (v, argv) = run(&["--mmap", "--kv-cache", "int8"]);
+    assert!(has(&argv, ["-mmp", "1"]), "{argv:?}");
+    for pair in [["-ctk", "q8_0"], ["-ctv", "q8_0"], ["-fa", "1"]] {
+        assert!(has(&argv, pair), "{pair:?} missing from {argv:?}");
+    }
+    assert_eq!(v["model_in_memory"], false, "{v}");
+    assert_eq!(v["llamacpp"]["model_in_memory"], false, "{v}");
+    assert_eq!(v["llamacpp"]["kv_cache_type"], "q8_0", "{v}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
