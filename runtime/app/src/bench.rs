@@ -103,9 +103,12 @@ fn run_llama_bench(
     bin: &std::path::Path,
     threads: usize,
     in_memory: bool,
+    cores: &[usize],
 ) -> Result<Peer> {
     let model = args.llamacpp_model.as_ref().unwrap_or(&args.model.model);
-    let out = std::process::Command::new(bin)
+    let mut cmd = std::process::Command::new(bin);
+    edgellm_hal::realtime::spawn_on_cores(&mut cmd, cores);
+    let out = cmd
         .arg("-m")
         .arg(model)
         .args(["-p", &args.prompt_tokens.to_string()])
@@ -146,12 +149,22 @@ fn run_llama_bench(
 
 /// Runs llama.cpp through xllamacpp (or `--llamacpp-bench`) with the same settings and returns
 /// its mean/stddev figures. `in_memory`: whether our model was read into memory; `llama-bench`
-/// then reads it too, while xllamacpp always maps it (it has no setting for that).
-fn run_llamacpp(args: &BenchArgs, threads: usize, ctx: usize, in_memory: bool) -> Result<Peer> {
+/// then reads it too, while xllamacpp always maps it (it has no setting for that). `cores`: the
+/// cores our threads were pinned to (empty: none); llama.cpp runs on the same set under the
+/// normal scheduler, not confined to the core of the (pinned, perhaps real-time) calling thread.
+fn run_llamacpp(
+    args: &BenchArgs,
+    threads: usize,
+    ctx: usize,
+    in_memory: bool,
+    cores: &[usize],
+) -> Result<Peer> {
     if let Some(bin) = &args.llamacpp_bench {
-        return run_llama_bench(args, bin, threads, in_memory);
+        return run_llama_bench(args, bin, threads, in_memory, cores);
     }
-    let out = std::process::Command::new(&args.python)
+    let mut cmd = std::process::Command::new(&args.python);
+    edgellm_hal::realtime::spawn_on_cores(&mut cmd, cores);
+    let out = cmd
         .arg("-c")
         .arg(include_str!("llamacpp_bench.py"))
         .arg(args.llamacpp_model.as_ref().unwrap_or(&args.model.model))
@@ -427,6 +440,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             threads,
             session.context(),
             file.in_memory(),
+            pool.cores.as_deref().unwrap_or(&[]),
         )?)
     } else {
         None
@@ -593,6 +607,7 @@ fn bench_gpu(args: &BenchArgs, mut engine: edgellm_cuda::GpuEngine, prompt: &[u3
             args.model.threads.unwrap_or(1),
             engine.context(),
             false,
+            &[],
         )?)
     } else {
         None

@@ -215,8 +215,10 @@ extern "C" {
 
 /// `--compare-llamacpp --llamacpp-bench PATH` runs that `llama-bench` with the same settings:
 /// threads, lengths, repetitions, the KV cache type, and the model read into memory (`-mmp 0`)
-/// exactly when ours is, and reports its figures and the ratios under `llamacpp`. A stand-in
-/// `llama-bench` records its arguments and prints fixed figures.
+/// exactly when ours is, on the cores ours was pinned to under the normal scheduler (not on the
+/// one core of the pinned, perhaps real-time, calling thread), and reports its figures and the
+/// ratios under `llamacpp`. A stand-in `llama-bench` records its arguments, allowed cores and
+/// scheduling policy, and prints fixed figures.
 #[test]
 fn llama_bench_runs_with_the_same_settings() {
     use std::os::unix::fs::PermissionsExt;
@@ -227,17 +229,20 @@ fn llama_bench_runs_with_the_same_settings() {
     std::fs::write(
         &bin,
         format!(
-            "#!/bin/sh\necho \"$@\" > '{}'\necho '[{{\"n_prompt\": 8, \"n_gen\": 0, \
+            "#!/bin/sh\necho \"$@\" > '{}'\n\
+             grep Cpus_allowed_list /proc/$$/status | cut -f2 > '{}.cpus'\n\
+             cut -d' ' -f41 /proc/$$/stat > '{}.policy'\necho '[{{\"n_prompt\": 8, \"n_gen\": 0, \
              \"avg_ts\": 400.0, \"stddev_ts\": 4.0}}, {{\"n_prompt\": 0, \"n_gen\": 8, \
              \"avg_ts\": 50.0, \"stddev_ts\": 0.5}}]'\n",
+            log.display(),
+            log.display(),
             log.display()
         ),
     )
     .unwrap();
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
     let run = |extra: &[&str]| {
-        let mut args = bench_args(model.to_str().unwrap(), &["-t", "1"]);
-        args.extend(extra.iter().map(|s| s.to_string()));
+        let args = bench_args(model.to_str().unwrap(), extra);
         let out = Command::new(env!("CARGO_BIN_EXE_edgellm"))
             .args(args)
             .args(["--compare-llamacpp", "--llamacpp-bench"])
@@ -253,7 +258,7 @@ fn llama_bench_runs_with_the_same_settings() {
         argv.windows(2).any(|w| w[0] == pair[0] && w[1] == pair[1])
     };
 
-    let (v, argv) = run(&[]);
+    let (v, argv) = run(&["-t", "1"]);
     for pair in [
         ["-p", "8"],
         ["-n", "8"],
@@ -276,7 +281,7 @@ fn llama_bench_runs_with_the_same_settings() {
     );
 
     // A mapped model is compared with llama.cpp mapping its file; an int8 cache with its q8_0.
-    let (v, argv) = run(&["--mmap", "--kv-cache", "int8"]);
+    let (v, argv) = run(&["-t", "1", "--mmap", "--kv-cache", "int8"]);
     assert!(has(&argv, ["-mmp", "1"]), "{argv:?}");
     for pair in [["-ctk", "q8_0"], ["-ctv", "q8_0"], ["-fa", "1"]] {
         assert!(has(&argv, pair), "{pair:?} missing from {argv:?}");
@@ -284,5 +289,26 @@ fn llama_bench_runs_with_the_same_settings() {
     assert_eq!(v["model_in_memory"], false, "{v}");
     assert_eq!(v["llamacpp"]["model_in_memory"], false, "{v}");
     assert_eq!(v["llamacpp"]["kv_cache_type"], "q8_0", "{v}");
+
+    // Pinned to two cores (at real-time priority where allowed): llama.cpp gets both cores and
+    // the normal policy (0), not the calling thread's single core and SCHED_FIFO (1).
+    let allowed = edgellm_hal::cpu::allowed_cpus().unwrap();
+    if allowed.len() >= 2 {
+        let cores = format!("{},{}", allowed[0], allowed[1]);
+        let (v, _) = run(&["-t", "2", "--cores", &cores, "--rt"]);
+        assert_eq!(v["threads"], 2, "{v}");
+        let read = |ext: &str| {
+            let p = format!("{}.{ext}", log.display());
+            std::fs::read_to_string(p).unwrap().trim().to_string()
+        };
+        let list = read("cpus");
+        let want = if allowed[1] == allowed[0] + 1 {
+            format!("{}-{}", allowed[0], allowed[1])
+        } else {
+            cores.clone()
+        };
+        assert_eq!(list, want, "llama.cpp's allowed cores");
+        assert_eq!(read("policy"), "0", "llama.cpp's scheduling policy");
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
