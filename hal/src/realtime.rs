@@ -260,6 +260,39 @@ pub fn thread_stat(tid: i32) -> Result<ThreadStat, HalError> {
     })
 }
 
+/// Makes the process `cmd` spawns start under SCHED_OTHER and, when `cores` is not empty, allowed
+/// on exactly those cores, instead of inheriting the spawning thread's real-time policy and its
+/// pinning to one core (so that a program compared with ours, run from a pinned real-time thread,
+/// gets the same cores and the normal scheduler rather than one core at real-time priority). A
+/// core past the size of a CPU set is left out.
+pub fn spawn_on_cores(cmd: &mut std::process::Command, cores: &[usize]) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: cpu_set_t is a plain bit array; all zeroes is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { core::mem::zeroed() };
+    let bits = 8 * core::mem::size_of::<libc::cpu_set_t>();
+    for &c in cores.iter().filter(|&&c| c < bits) {
+        // SAFETY: `c` is below the number of bits in `set`.
+        unsafe { libc::CPU_SET(c, &mut set) };
+    }
+    let pin = cores.iter().any(|&c| c < bits);
+    // SAFETY: the hook runs in the child between fork and exec, where only async-signal-safe
+    // calls are allowed: it makes two system calls on data prepared before the fork and
+    // allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            let param = libc::sched_param { sched_priority: 0 };
+            if libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if pin && libc::sched_setaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), &set) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,37 +349,4 @@ mod tests {
         );
         assert!(!msg.contains('\n'));
     }
-}
-
-/// Makes the process `cmd` spawns start under SCHED_OTHER and, when `cores` is not empty, allowed
-/// on exactly those cores, instead of inheriting the spawning thread's real-time policy and its
-/// pinning to one core (so that a program compared with ours, run from a pinned real-time thread,
-/// gets the same cores and the normal scheduler rather than one core at real-time priority). A
-/// core past the size of a CPU set is left out.
-pub fn spawn_on_cores(cmd: &mut std::process::Command, cores: &[usize]) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: cpu_set_t is a plain bit array; all zeroes is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { core::mem::zeroed() };
-    let bits = 8 * core::mem::size_of::<libc::cpu_set_t>();
-    for &c in cores.iter().filter(|&&c| c < bits) {
-        // SAFETY: `c` is below the number of bits in `set`.
-        unsafe { libc::CPU_SET(c, &mut set) };
-    }
-    let pin = cores.iter().any(|&c| c < bits);
-    // SAFETY: the hook runs in the child between fork and exec, where only async-signal-safe
-    // calls are allowed: it makes two system calls on data prepared before the fork and
-    // allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            let param = libc::sched_param { sched_priority: 0 };
-            if libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if pin && libc::sched_setaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), &set) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        })
-    };
 }
