@@ -57,10 +57,10 @@ pub struct ServeArgs {
     #[arg(long)]
     pub exact: bool,
     /// Read the model into memory backed by transparent huge pages instead of mapping the file
-    /// (default when memory is locked: on the real boards).
+    /// (the default).
     #[arg(long, overrides_with = "mmap")]
     pub no_mmap: bool,
-    /// Map the model file, even when memory is locked.
+    /// Map the model file instead of reading it into memory (starts at once, decodes slower).
     #[arg(long, overrides_with = "no_mmap")]
     pub mmap: bool,
     /// Apply another board's defaults and memory budget.
@@ -244,7 +244,7 @@ mod tests {
         let s = Settings::merge(args(), parse("")).unwrap();
         assert!(
             !s.model.no_mmap && !s.model.mmap,
-            "unset: the board decides"
+            "unset: the default (read into memory) applies"
         );
         let flag = ServeArgs {
             mmap: true,
