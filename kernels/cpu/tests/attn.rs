@@ -507,6 +507,28 @@ fn f32_to_f16_rounds_to_nearest_even() {
         let got = f16::from_bits(b).to_f32();
         assert_eq!(got.to_bits(), want.to_bits(), "{x} -> {got}, want {want}");
     }
+    // A whole row (converted several values at a time) rounds each value as `f16::from_f32`
+    // does, over every magnitude an f16 holds and past it, with a tail of odd length.
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let row: Vec<f32> = (0..1027)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let e = (state % 44) as i32 - 28; // 2^-28 .. 2^15
+            let m = 1.0 + (state >> 40) as f32 / (1u64 << 24) as f32;
+            if state & 1 == 0 {
+                m * 2f32.powi(e)
+            } else {
+                -m * 2f32.powi(e)
+            }
+        })
+        .collect();
+    let mut got = vec![0u16; row.len()];
+    scalar::f32_to_f16_row(&row, &mut got);
+    for (i, (&x, &b)) in row.iter().zip(&got).enumerate() {
+        assert_eq!(b, f16::from_f32(x).to_bits(), "at {i}: {x:e}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
