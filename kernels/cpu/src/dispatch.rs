@@ -537,8 +537,8 @@ fn avxvnni_table() -> Table {
 }
 
 /// The AVX-512 table: the AVX-VNNI table where the CPU has AVX-VNNI (else the AVX2 one), with
-/// the 512-bit kernels where they pay: TQ1_0, whose 256-bit kernels are bound by the multiply
-/// ports (the others are bound by memory, and measured no faster in 512 bits).
+/// the 512-bit kernels where they pay: TQ1_0 and T2, whose 256-bit kernels are bound by the
+/// vector ports (the others measured no faster in 512 bits).
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 fn avx512_table(features: &CpuFeatures) -> Table {
     use crate::x86::avx512;
@@ -548,6 +548,7 @@ fn avx512_table(features: &CpuFeatures) -> Table {
         avx2_table()
     };
     t.tq1_0 = q8(Tier::Avx512, avx512::avx512_gemv_tq1_0);
+    t.t2 = q8(Tier::Avx512, avx512::avx512_gemv_t2);
     t
 }
 

@@ -732,12 +732,9 @@ fn detect_picks_the_best_available_tier() {
             && std::is_x86_feature_detected!("avx512vnni");
         if avx512 {
             assert_eq!(k.tier(), Tier::Avx512);
-            assert!(d.starts_with("avx512: tq1_0; "), "{d}");
+            assert!(d.starts_with("avx512: t2 tq1_0; "), "{d}");
             if std::is_x86_feature_detected!("avxvnni") {
-                assert!(
-                    d.contains("; avx-vnni: q4_0 q4_1 q5_0 q5_1 t2 tq2_0; "),
-                    "{d}"
-                );
+                assert!(d.contains("; avx-vnni: q4_0 q4_1 q5_0 q5_1 tq2_0; "), "{d}");
             }
             assert!(d.contains("avx2: "), "{d}");
         } else if std::is_x86_feature_detected!("avxvnni") {
@@ -939,7 +936,7 @@ fn assumed_features_enable_a_tier() {
             // Without AVX-VNNI the other entries are the AVX2 kernels ...
             let k = Kernels::with_tier(Tier::Avx512, &v).unwrap();
             assert_eq!(k.kernel_tier(GgmlType::TQ1_0), Some(Tier::Avx512));
-            assert_eq!(k.kernel_tier(GgmlType::T2), Some(Tier::Avx2));
+            assert_eq!(k.kernel_tier(GgmlType::T2), Some(Tier::Avx512));
             assert_eq!(k.kernel_tier(GgmlType::Q4_1), Some(Tier::Avx2));
             if std::is_x86_feature_detected!("avxvnni") {
                 // ... and with it, the AVX-VNNI ones.
@@ -947,7 +944,8 @@ fn assumed_features_enable_a_tier() {
                 let w = unsafe { v.assume(CpuFeature::AvxVnni) };
                 let k = Kernels::with_tier(Tier::Avx512, &w).unwrap();
                 assert_eq!(k.kernel_tier(GgmlType::TQ1_0), Some(Tier::Avx512));
-                assert_eq!(k.kernel_tier(GgmlType::T2), Some(Tier::AvxVnni));
+                assert_eq!(k.kernel_tier(GgmlType::T2), Some(Tier::Avx512));
+                assert_eq!(k.kernel_tier(GgmlType::TQ2_0), Some(Tier::AvxVnni));
                 assert_eq!(k.kernel_tier(GgmlType::F16), Some(Tier::Avx2));
             }
         }

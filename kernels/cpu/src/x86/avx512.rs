@@ -13,6 +13,11 @@
 //! come out of a 4x4 transpose-and-add of 32-bit words within each 128-bit lane, in the TQ2_0
 //! lane order `0 2 4 6 1 3 5 7`.
 //!
+//! T2 takes the same two-rows-per-vector layout: each half holds one row's 2-bit codes of a
+//! window, cut out by the AVX-VNNI kernel's shifts and masks, and the window's arranged
+//! activations, negated sums and scales are used in both halves, so that every shift, mask,
+//! `vpdpbusd` and float step covers two rows.
+//!
 //! Every kernel is a `#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,
 //! avx512vnni")] unsafe fn` whose only safety condition is that the CPU has those features.
 
@@ -20,10 +25,11 @@ use core::arch::x86_64::*;
 use core::mem::MaybeUninit;
 
 use super::ternary::{
-    launder, load_window_tq1, reduce8, Tq1Window, PREFETCH_PASSES, ROWS, TQ1_PANEL, WIN,
+    launder, load_window_tq1, reduce8, Tq1Window, Window, PREFETCH_PASSES, ROWS, T2, TQ1_PANEL, WIN,
 };
+use super::vnni::{window, PANEL};
 use crate::acts::ActsQ8;
-use crate::scalar::ternary::{check_gemv_ternary, QK_K, TQ1_0_BYTES};
+use crate::scalar::ternary::{check_gemv_ternary, QK_K, T2_BLOCK, T2_BYTES, TQ1_0_BYTES};
 
 /// `lo` in the low 256 bits, `hi` in the high ones.
 #[inline]
@@ -241,5 +247,135 @@ pub unsafe fn avx512_gemv_tq1_0(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
             out[r + i] = reduce8(_mm256_permutevar8x32_ps(half, order));
         }
         r += ROWS;
+    }
+}
+
+/// The 2-bit codes of one T2 window of two rows (`a` in the low half, `b` in the high one), as
+/// [`super::ternary::codes2`] gives them for each: code vector `s` holds the codes at bit `2s`
+/// of every byte.
+///
+/// # Safety
+///
+/// `a` and `b` must be valid for reading 32 bytes (16 when `half`); the CPU must have the
+/// features of this module.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn codes2x2(a: *const u8, b: *const u8, half: bool) -> [__m512i; 4] {
+    // SAFETY: the caller guarantees the bytes.
+    let v = unsafe {
+        if half {
+            let lo = |p: *const u8| _mm256_castsi128_si256(_mm_loadu_si128(p.cast()));
+            // The upper 128 bits of each half are zero: no codes.
+            _mm512_maskz_mov_epi64(0x33, halves(lo(a), lo(b)))
+        } else {
+            halves(_mm256_loadu_si256(a.cast()), _mm256_loadu_si256(b.cast()))
+        }
+    };
+    let m = _mm512_set1_epi8(3);
+    [
+        _mm512_and_si512(v, m),
+        _mm512_and_si512(_mm512_srli_epi16::<2>(v), m),
+        _mm512_and_si512(_mm512_srli_epi16::<4>(v), m),
+        _mm512_and_si512(_mm512_srli_epi16::<6>(v), m),
+    ]
+}
+
+/// AVX-512 [`crate::scalar::ternary::gemv_t2`] (unscaled T2 product), bit-exact: the AVX-VNNI
+/// kernel's steps on two rows per vector (module docs), eight rows per pass, the window operands
+/// made once per panel of [`PANEL`] windows.
+///
+/// # Safety
+///
+/// The CPU must have AVX2, FMA, F16C and AVX-512 F, BW, VL and VNNI (the features of the
+/// `avx512` tier).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn avx512_gemv_t2(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
+    const PAIRS: usize = 4;
+    const R: usize = 2 * PAIRS;
+    let row_bytes = check_gemv_ternary(w, acts, out.len(), T2_BLOCK, T2_BYTES, "T2");
+    let rows = out.len();
+    if rows == 0 || row_bytes == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let cols = acts.qs.len();
+    let nwin = cols.div_ceil(WIN);
+    let base = w.as_ptr();
+    let last = rows - 1;
+    let mut buf = [const { MaybeUninit::<Window>::uninit() }; PANEL];
+    let single = nwin <= PANEL;
+    if single {
+        for (win, b) in buf[..nwin].iter_mut().enumerate() {
+            // SAFETY: `win < nwin`.
+            b.write(unsafe { window::<T2>(acts, win) });
+        }
+    }
+    let mut r = 0;
+    while r < rows {
+        let p: [*const u8; R] = core::array::from_fn(|i| {
+            // SAFETY: every row index is at most `last`, and the shape check proved `w` holds
+            // `rows * row_bytes` bytes, so each pointer starts a row inside `w`.
+            unsafe { base.add((r + i).min(last) * row_bytes) }
+        });
+        // The rows PREFETCH_PASSES passes (of ROWS rows) ahead, as the AVX-VNNI kernel.
+        let pf: [*const u8; R] = core::array::from_fn(|i| {
+            // SAFETY: as above.
+            unsafe { base.add((r + ROWS * PREFETCH_PASSES + i).min(last) * row_bytes) }
+        });
+        let mut acc = [_mm512_setzero_ps(); PAIRS];
+        for w0 in (0..nwin).step_by(PANEL) {
+            let wn = (nwin - w0).min(PANEL);
+            if !single {
+                for (j, b) in buf[..wn].iter_mut().enumerate() {
+                    // SAFETY: `w0 + j < nwin`.
+                    b.write(unsafe { window::<T2>(acts, w0 + j) });
+                }
+            }
+            // SAFETY: entries `..wn` were written above (or before the row loop when `single`).
+            let wins = unsafe { core::slice::from_raw_parts(buf.as_ptr().cast::<Window>(), wn) };
+            for (j, wv) in wins.iter().enumerate() {
+                let win = w0 + j;
+                let half = (win + 1) * WIN > cols;
+                if win % 2 == 0 {
+                    // One 64-byte line covers two windows.
+                    for &q in &pf {
+                        // SAFETY: bytes `32 win ..` of a row are inside it.
+                        _mm_prefetch::<_MM_HINT_T0>(unsafe { q.add(32 * win) }.cast());
+                    }
+                }
+                // SAFETY: `wv`'s fields are readable 256-bit vectors.
+                let (a, sums, d) = unsafe {
+                    (
+                        [0, 1, 2, 3].map(|k| both(&wv.a[k])),
+                        both(&wv.sums),
+                        _mm512_castsi512_ps(both((&raw const wv.d).cast::<__m256i>())),
+                    )
+                };
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    // SAFETY: window `win` of a row is bytes `32 win .. 32 win + 32` (16 when
+                    // `half`), inside the row.
+                    let c = unsafe {
+                        codes2x2(p[2 * i].add(32 * win), p[2 * i + 1].add(32 * win), half)
+                    };
+                    let s = _mm512_dpbusd_epi32(sums, c[0], a[0]);
+                    let s = _mm512_dpbusd_epi32(s, c[1], a[1]);
+                    let s = _mm512_dpbusd_epi32(s, c[2], a[2]);
+                    let isum = _mm512_dpbusd_epi32(s, c[3], a[3]);
+                    let t = _mm512_mul_ps(_mm512_cvtepi32_ps(isum), d);
+                    *acc = _mm512_add_ps(*acc, t);
+                }
+            }
+        }
+        let n = (rows - r).min(R);
+        for i in 0..n {
+            let a = acc[i / 2];
+            let half = if i % 2 == 0 {
+                _mm512_castps512_ps256(a)
+            } else {
+                _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(a)))
+            };
+            out[r + i] = reduce8(half);
+        }
+        r += R;
     }
 }

@@ -181,7 +181,7 @@ fn tq2_shifts() -> __m256i {
 /// Windows per column panel of the gemv (8192 columns): their arranged operands are kept in a
 /// stack buffer (192 bytes each), made once per call when the row fits in one panel, once per
 /// pass of rows otherwise.
-const PANEL: usize = 64;
+pub(crate) const PANEL: usize = 64;
 
 /// The operands of window `win` for type `K`, arranged as in the module docs, `sums` negated.
 ///
@@ -191,7 +191,7 @@ const PANEL: usize = 64;
 /// the CPU must have AVX2.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn window<const K: u8>(acts: &ActsQ8<'_>, win: usize) -> Window {
+pub(crate) unsafe fn window<const K: u8>(acts: &ActsQ8<'_>, win: usize) -> Window {
     // SAFETY: the window's columns are inside `acts` (only T2 rows end with half a window).
     unsafe {
         if K == T2 {
