@@ -197,7 +197,8 @@ fn bits(v: &[f32]) -> Vec<u32> {
 // ---------------------------------------------------------------------------------------------
 // Quantized gemv: every tier bit-exact with the scalar spec
 
-/// Shapes: fixed ones (the SmolLM2 dims, row counts around the 4-row step) and random ones.
+/// Shapes: fixed ones (the SmolLM2 dims, row counts around the 4-, 8- and 16-row steps of the
+/// SIMD kernels) and random ones.
 fn shapes(rng: &mut Rng) -> Vec<(usize, usize)> {
     let mut v = vec![
         (0, 32),
@@ -209,9 +210,13 @@ fn shapes(rng: &mut Rng) -> Vec<(usize, usize)> {
         (7, 1536),
         (9, 576),
         (3, 0),
+        (16, 64),
+        (17, 576),
+        (31, 96),
+        (40, 1536),
     ];
     for _ in 0..24 {
-        v.push((rng.below(14), QK * (1 + rng.below(48))));
+        v.push((rng.below(40), QK * (1 + rng.below(48))));
     }
     v
 }
