@@ -317,10 +317,10 @@ pub unsafe fn avx512_gemv_t2(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
             // `rows * row_bytes` bytes, so each pointer starts a row inside `w`.
             unsafe { base.add((r + i).min(last) * row_bytes) }
         });
-        // The rows PREFETCH_PASSES passes (of ROWS rows) ahead, as the AVX-VNNI kernel.
+        // The rows PREFETCH_PASSES passes ahead.
         let pf: [*const u8; R] = core::array::from_fn(|i| {
             // SAFETY: as above.
-            unsafe { base.add((r + ROWS * PREFETCH_PASSES + i).min(last) * row_bytes) }
+            unsafe { base.add((r + R * PREFETCH_PASSES + i).min(last) * row_bytes) }
         });
         let mut acc = [_mm512_setzero_ps(); PAIRS];
         for w0 in (0..nwin).step_by(PANEL) {
