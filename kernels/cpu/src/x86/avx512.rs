@@ -165,7 +165,6 @@ pub unsafe fn avx512_gemv_tq1_0(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
         return;
     }
     let nwin = acts.qs.len() / WIN;
-    let base = w.as_ptr();
     let last = rows - 1;
     let mut buf = [const { MaybeUninit::<Tq1Window>::uninit() }; TQ1_PANEL];
     let single = nwin <= TQ1_PANEL;
@@ -179,16 +178,9 @@ pub unsafe fn avx512_gemv_tq1_0(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
     let swap = _mm512_setr_epi32(0, 1, 5, 3, 4, 2, 6, 7, 8, 9, 13, 11, 12, 10, 14, 15);
     let mut r = 0;
     while r < rows {
-        let p: [*const u8; ROWS] = core::array::from_fn(|i| {
-            // SAFETY: every row index is at most `last`, and the shape check proved `w` holds
-            // `rows * row_bytes` bytes, so each pointer starts a row inside `w`.
-            unsafe { base.add((r + i).min(last) * row_bytes) }
-        });
+        let p: [*const u8; ROWS] = super::row_ptrs(w, r, last, row_bytes);
         // The rows PREFETCH_PASSES passes ahead, clamped to the last row.
-        let pf: [*const u8; ROWS] = core::array::from_fn(|i| {
-            // SAFETY: as above.
-            unsafe { base.add((r + ROWS * PREFETCH_PASSES + i).min(last) * row_bytes) }
-        });
+        let pf: [*const u8; ROWS] = super::row_ptrs(w, r + ROWS * PREFETCH_PASSES, last, row_bytes);
         let mut acc = [_mm512_setzero_ps(); PAIRS];
         for w0 in (0..nwin).step_by(TQ1_PANEL) {
             let wn = (nwin - w0).min(TQ1_PANEL);
@@ -300,7 +292,6 @@ pub unsafe fn avx512_gemv_t2(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
     }
     let cols = acts.qs.len();
     let nwin = cols.div_ceil(WIN);
-    let base = w.as_ptr();
     let last = rows - 1;
     let mut buf = [const { MaybeUninit::<Window>::uninit() }; PANEL];
     let single = nwin <= PANEL;
@@ -312,16 +303,9 @@ pub unsafe fn avx512_gemv_t2(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
     }
     let mut r = 0;
     while r < rows {
-        let p: [*const u8; R] = core::array::from_fn(|i| {
-            // SAFETY: every row index is at most `last`, and the shape check proved `w` holds
-            // `rows * row_bytes` bytes, so each pointer starts a row inside `w`.
-            unsafe { base.add((r + i).min(last) * row_bytes) }
-        });
-        // The rows PREFETCH_PASSES passes ahead.
-        let pf: [*const u8; R] = core::array::from_fn(|i| {
-            // SAFETY: as above.
-            unsafe { base.add((r + R * PREFETCH_PASSES + i).min(last) * row_bytes) }
-        });
+        let p: [*const u8; R] = super::row_ptrs(w, r, last, row_bytes);
+        // The rows PREFETCH_PASSES passes ahead, clamped to the last row.
+        let pf: [*const u8; R] = super::row_ptrs(w, r + R * PREFETCH_PASSES, last, row_bytes);
         let mut acc = [_mm512_setzero_ps(); PAIRS];
         for w0 in (0..nwin).step_by(PANEL) {
             let wn = (nwin - w0).min(PANEL);

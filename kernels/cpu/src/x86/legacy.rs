@@ -247,10 +247,7 @@ unsafe fn gemv<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
     let last = rows - 1;
     let mut r = 0;
     while r < rows {
-        // SAFETY: every row index is at most `last`, and `check_gemv` proved `w` holds
-        // `rows * row_bytes` bytes, so each pointer starts a whole row inside `w`.
-        let p: [*const u8; 8] =
-            core::array::from_fn(|i| unsafe { base.add((r + i).min(last) * row_bytes) });
+        let p: [*const u8; 8] = super::row_ptrs(w, r, last, row_bytes);
         let mut acc = _mm256_setzero_ps();
         // Prefetch the group of rows PREFETCH_GROUPS ahead, in step with this group's progress.
         let ahead = (r + 8 * PREFETCH_GROUPS) * row_bytes;

@@ -386,10 +386,7 @@ unsafe fn gemv<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
     let last = rows - 1;
     let mut r = 0;
     while r < rows {
-        // SAFETY: every row index is at most `last`, and the shape check proved `w` holds
-        // `rows * row_bytes` bytes, so each pointer starts a whole row inside `w`.
-        let p: [*const u8; ROWS] =
-            core::array::from_fn(|i| unsafe { base.add((r + i).min(last) * row_bytes) });
+        let p: [*const u8; ROWS] = super::row_ptrs(w, r, last, row_bytes);
         let mut acc = [_mm256_setzero_ps(); ROWS];
         for win in 0..nwin {
             // Only T2 rows can end with half a window (an odd number of 64-column blocks).
@@ -528,7 +525,6 @@ macro_rules! gemv_tq1 {
                 return;
             }
             let nwin = acts.qs.len() / WIN;
-            let base = w.as_ptr();
             let last = rows - 1;
             let mut buf = [const { MaybeUninit::<Tq1Window>::uninit() }; TQ1_PANEL];
             let single = nwin <= TQ1_PANEL;
@@ -540,16 +536,10 @@ macro_rules! gemv_tq1 {
             }
             let mut r = 0;
             while r < rows {
-                let p: [*const u8; ROWS] = core::array::from_fn(|i| {
-                    // SAFETY: every row index is at most `last`, and the shape check proved `w`
-                    // holds `rows * row_bytes` bytes, so each pointer starts a row inside `w`.
-                    unsafe { base.add((r + i).min(last) * row_bytes) }
-                });
+                let p: [*const u8; ROWS] = super::row_ptrs(w, r, last, row_bytes);
                 // The rows PREFETCH_PASSES passes ahead, clamped to the last row.
-                let pf: [*const u8; ROWS] = core::array::from_fn(|i| {
-                    // SAFETY: as above.
-                    unsafe { base.add((r + ROWS * PREFETCH_PASSES + i).min(last) * row_bytes) }
-                });
+                let pf: [*const u8; ROWS] =
+                    super::row_ptrs(w, r + ROWS * PREFETCH_PASSES, last, row_bytes);
                 let mut acc = [_mm256_setzero_ps(); ROWS];
                 for w0 in (0..nwin).step_by(TQ1_PANEL) {
                     let wn = (nwin - w0).min(TQ1_PANEL);

@@ -224,7 +224,6 @@ unsafe fn gemv_ternary<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]
     }
     let cols = acts.qs.len();
     let nwin = cols.div_ceil(WIN);
-    let base = w.as_ptr();
     let last = rows - 1;
     let mut buf = [const { MaybeUninit::<Window>::uninit() }; PANEL];
     let single = nwin <= PANEL;
@@ -236,15 +235,9 @@ unsafe fn gemv_ternary<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]
     }
     let mut r = 0;
     while r < rows {
-        // SAFETY: every row index is at most `last`, and the shape check proved `w` holds
-        // `rows * row_bytes` bytes, so each pointer starts a whole row inside `w`.
-        let p: [*const u8; ROWS] =
-            core::array::from_fn(|i| unsafe { base.add((r + i).min(last) * row_bytes) });
+        let p: [*const u8; ROWS] = super::row_ptrs(w, r, last, row_bytes);
         // The rows PREFETCH_PASSES passes ahead, clamped to the last row.
-        // SAFETY: as above.
-        let pf: [*const u8; ROWS] = core::array::from_fn(|i| unsafe {
-            base.add((r + ROWS * PREFETCH_PASSES + i).min(last) * row_bytes)
-        });
+        let pf: [*const u8; ROWS] = super::row_ptrs(w, r + ROWS * PREFETCH_PASSES, last, row_bytes);
         let mut acc = [_mm256_setzero_ps(); ROWS];
         for w0 in (0..nwin).step_by(PANEL) {
             let wn = (nwin - w0).min(PANEL);
@@ -564,10 +557,7 @@ unsafe fn gemv_legacy<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32])
     let last = rows - 1;
     let mut r = 0;
     while r < rows {
-        // SAFETY: every row index is at most `last`, and `check_gemv` proved `w` holds
-        // `rows * row_bytes` bytes, so each pointer starts a whole row inside `w`.
-        let p: [*const u8; 8] =
-            core::array::from_fn(|i| unsafe { base.add((r + i).min(last) * row_bytes) });
+        let p: [*const u8; 8] = super::row_ptrs(w, r, last, row_bytes);
         let mut acc = _mm256_setzero_ps();
         // Prefetch the group of rows PREFETCH_GROUPS ahead, in step with this group's progress.
         let ahead = (r + 8 * PREFETCH_GROUPS) * row_bytes;
