@@ -25,9 +25,9 @@ use core::arch::x86_64::*;
 use core::mem::MaybeUninit;
 
 use super::ternary::{
-    launder, load_window_tq1, reduce8, Tq1Window, Window, PREFETCH_PASSES, ROWS, T2, TQ1_PANEL, WIN,
+    launder, load_window_tq1, reduce8, Tq1Window, PREFETCH_PASSES, ROWS, T2, TQ1_PANEL, WIN,
 };
-use super::vnni::{window, PANEL};
+use super::vnni::{Panels, PANEL};
 use crate::acts::ActsQ8;
 use crate::scalar::ternary::{check_gemv_ternary, QK_K, T2_BLOCK, T2_BYTES, TQ1_0_BYTES};
 
@@ -293,14 +293,8 @@ pub unsafe fn avx512_gemv_t2(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
     let cols = acts.qs.len();
     let nwin = cols.div_ceil(WIN);
     let last = rows - 1;
-    let mut buf = [const { MaybeUninit::<Window>::uninit() }; PANEL];
-    let single = nwin <= PANEL;
-    if single {
-        for (win, b) in buf[..nwin].iter_mut().enumerate() {
-            // SAFETY: `win < nwin`.
-            b.write(unsafe { window::<T2>(acts, win) });
-        }
-    }
+    // SAFETY: the CPU has this function's features.
+    let mut panels = unsafe { Panels::<T2>::new(acts) };
     let mut r = 0;
     while r < rows {
         let p: [*const u8; R] = super::row_ptrs(w, r, last, row_bytes);
@@ -308,15 +302,8 @@ pub unsafe fn avx512_gemv_t2(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
         let pf: [*const u8; R] = super::row_ptrs(w, r + R * PREFETCH_PASSES, last, row_bytes);
         let mut acc = [_mm512_setzero_ps(); PAIRS];
         for w0 in (0..nwin).step_by(PANEL) {
-            let wn = (nwin - w0).min(PANEL);
-            if !single {
-                for (j, b) in buf[..wn].iter_mut().enumerate() {
-                    // SAFETY: `w0 + j < nwin`.
-                    b.write(unsafe { window::<T2>(acts, w0 + j) });
-                }
-            }
-            // SAFETY: entries `..wn` were written above (or before the row loop when `single`).
-            let wins = unsafe { core::slice::from_raw_parts(buf.as_ptr().cast::<Window>(), wn) };
+            // SAFETY: the CPU has this function's features.
+            let wins = unsafe { panels.get(w0) };
             for (j, wv) in wins.iter().enumerate() {
                 let win = w0 + j;
                 let half = (win + 1) * WIN > cols;

@@ -204,6 +204,60 @@ pub(crate) unsafe fn window<const K: u8>(acts: &ActsQ8<'_>, win: usize) -> Windo
     }
 }
 
+/// The arranged operands ([`window`]) of a gemv's activation windows, one panel of up to
+/// [`PANEL`] windows at a time in a stack buffer: made once, at [`Self::new`], when the row fits
+/// in one panel, else each time [`Self::get`] is asked for a panel (once per pass of rows).
+pub(crate) struct Panels<'a, 'b, const K: u8> {
+    acts: &'a ActsQ8<'b>,
+    nwin: usize,
+    buf: [MaybeUninit<Window>; PANEL],
+}
+
+impl<'a, 'b, const K: u8> Panels<'a, 'b, K> {
+    /// The panels of `acts`, whose length the caller's shape check accepted.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have AVX2, FMA and F16C.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) unsafe fn new(acts: &'a ActsQ8<'b>) -> Self {
+        let nwin = acts.qs.len().div_ceil(WIN);
+        let mut p = Panels {
+            acts,
+            nwin,
+            buf: [const { MaybeUninit::uninit() }; PANEL],
+        };
+        if nwin <= PANEL {
+            for (win, b) in p.buf[..nwin].iter_mut().enumerate() {
+                // SAFETY: `win < nwin`.
+                b.write(unsafe { window::<K>(acts, win) });
+            }
+        }
+        p
+    }
+
+    /// The operands of windows `w0 .. w0 + PANEL` (fewer in the last panel), `w0` a multiple
+    /// of [`PANEL`] below the window count.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have AVX2, FMA and F16C.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) unsafe fn get(&mut self, w0: usize) -> &[Window] {
+        let wn = (self.nwin - w0).min(PANEL);
+        if self.nwin > PANEL {
+            for (j, b) in self.buf[..wn].iter_mut().enumerate() {
+                // SAFETY: `w0 + j < nwin`.
+                b.write(unsafe { window::<K>(self.acts, w0 + j) });
+            }
+        }
+        // SAFETY: entries `..wn` were written above, or in `new` when there is one panel.
+        unsafe { core::slice::from_raw_parts(self.buf.as_ptr().cast::<Window>(), wn) }
+    }
+}
+
 /// The shared ternary gemv driver (see the module docs).
 ///
 /// # Safety
@@ -225,14 +279,8 @@ unsafe fn gemv_ternary<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]
     let cols = acts.qs.len();
     let nwin = cols.div_ceil(WIN);
     let last = rows - 1;
-    let mut buf = [const { MaybeUninit::<Window>::uninit() }; PANEL];
-    let single = nwin <= PANEL;
-    if single {
-        for (win, b) in buf[..nwin].iter_mut().enumerate() {
-            // SAFETY: `win < nwin`.
-            b.write(unsafe { window::<K>(acts, win) });
-        }
-    }
+    // SAFETY: the CPU has this function's features.
+    let mut panels = unsafe { Panels::<K>::new(acts) };
     let mut r = 0;
     while r < rows {
         let p: [*const u8; ROWS] = super::row_ptrs(w, r, last, row_bytes);
@@ -240,15 +288,8 @@ unsafe fn gemv_ternary<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]
         let pf: [*const u8; ROWS] = super::row_ptrs(w, r + ROWS * PREFETCH_PASSES, last, row_bytes);
         let mut acc = [_mm256_setzero_ps(); ROWS];
         for w0 in (0..nwin).step_by(PANEL) {
-            let wn = (nwin - w0).min(PANEL);
-            if !single {
-                for (j, b) in buf[..wn].iter_mut().enumerate() {
-                    // SAFETY: `w0 + j < nwin`.
-                    b.write(unsafe { window::<K>(acts, w0 + j) });
-                }
-            }
-            // SAFETY: entries `..wn` were written above (or before the row loop when `single`).
-            let wins = unsafe { core::slice::from_raw_parts(buf.as_ptr().cast::<Window>(), wn) };
+            // SAFETY: the CPU has this function's features.
+            let wins = unsafe { panels.get(w0) };
             if K == T2 {
                 for (j, wv) in wins.iter().enumerate() {
                     let win = w0 + j;
