@@ -337,16 +337,42 @@ pub unsafe fn avx512_gemv_t2(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
                 }
             }
         }
+        let sums = reduce8x8(acc);
         let n = (rows - r).min(R);
-        for i in 0..n {
-            let a = acc[i / 2];
-            let half = if i % 2 == 0 {
-                _mm512_castps512_ps256(a)
-            } else {
-                _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(a)))
-            };
-            out[r + i] = reduce8(half);
+        if n == R {
+            // SAFETY: `r + R <= rows`: eight f32 inside `out`.
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(r), sums) };
+        } else {
+            let mut tmp = [0f32; R];
+            // SAFETY: `tmp` holds eight f32.
+            unsafe { _mm256_storeu_ps(tmp.as_mut_ptr(), sums) };
+            out[r..r + n].copy_from_slice(&tmp[..n]);
         }
         r += R;
     }
+}
+
+/// [`reduce8`] of each 256-bit half of four accumulators at once: lane `i` of the result is the
+/// reduction of half `i % 2` of `acc[i / 2]`, with the same additions in the same order
+/// (`((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7))`), so bit for bit the same.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn reduce8x8(acc: [__m512; 4]) -> __m256 {
+    // Per 256-bit half h of a pair of accumulators: its 128-bit lanes 0 and 1 (elements 0..4
+    // and 4..8), four halves side by side; their sum holds s_j = a_j + a_{j + 4}.
+    let s = |x: __m512, y: __m512| {
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b10_00_10_00>(x, y),
+            _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y),
+        )
+    };
+    // Within each 128-bit lane: [s0 + s2, s1 + s3, ..], then (s0 + s2) + (s1 + s3) in word 0.
+    let t = |v: __m512| {
+        let v = _mm512_add_ps(v, _mm512_permute_ps::<0b01_00_11_10>(v));
+        _mm512_add_ps(v, _mm512_permute_ps::<0b10_11_00_01>(v))
+    };
+    let lo = t(s(acc[0], acc[1]));
+    let hi = t(s(acc[2], acc[3]));
+    let idx = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 0, 0, 0, 0, 0, 0, 0);
+    _mm512_castps512_ps256(_mm512_permutex2var_ps(lo, idx, hi))
 }
