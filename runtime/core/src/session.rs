@@ -913,8 +913,15 @@ impl MatMul<'_, '_> {
                     sums: &acts.sums[..nb * g],
                 };
                 let work = |worker: usize| {
-                    // One tile's products for every token of the step, `[nb, tile rows]`.
-                    let mut tile_out = [0f32; TILE_ROWS * PREFILL_CHUNK];
+                    // One tile's products for every token of the step, `[nb, tile rows]`:
+                    // only several tokens use it (a decode step does not zero it).
+                    let mut tile_store;
+                    let tile_out: &mut [f32] = if nb > 1 {
+                        tile_store = [0f32; TILE_ROWS * PREFILL_CHUNK];
+                        &mut tile_store
+                    } else {
+                        &mut []
+                    };
                     for (w, out) in work_items.iter().flatten() {
                         let mine = split_range(w.rows, threads, worker, ROW_ALIGN);
                         // Tiles of rows times every token where the kernels unpack each weight

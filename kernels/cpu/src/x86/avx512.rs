@@ -27,7 +27,7 @@ use core::mem::MaybeUninit;
 use super::ternary::{
     launder, load_window_tq1, reduce8, Tq1Window, PREFETCH_PASSES, ROWS, T2, TQ1_PANEL, WIN,
 };
-use super::vnni::{Panels, PANEL};
+use super::vnni::{PanelBuf, Panels, PANEL};
 use crate::acts::ActsQ8;
 use crate::scalar::ternary::{check_gemv_ternary, QK_K, T2_BLOCK, T2_BYTES, TQ1_0_BYTES};
 
@@ -293,8 +293,9 @@ pub unsafe fn avx512_gemv_t2(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
     let cols = acts.qs.len();
     let nwin = cols.div_ceil(WIN);
     let last = rows - 1;
+    let mut buf: PanelBuf = [const { MaybeUninit::uninit() }; PANEL];
     // SAFETY: the CPU has this function's features.
-    let mut panels = unsafe { Panels::<T2>::new(acts) };
+    let mut panels = unsafe { Panels::<T2>::new(acts, &mut buf) };
     let mut r = 0;
     while r < rows {
         let p: [*const u8; R] = super::row_ptrs(w, r, last, row_bytes);
@@ -337,17 +338,7 @@ pub unsafe fn avx512_gemv_t2(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
                 }
             }
         }
-        let sums = reduce8x8(acc);
-        let n = (rows - r).min(R);
-        if n == R {
-            // SAFETY: `r + R <= rows`: eight f32 inside `out`.
-            unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(r), sums) };
-        } else {
-            let mut tmp = [0f32; R];
-            // SAFETY: `tmp` holds eight f32.
-            unsafe { _mm256_storeu_ps(tmp.as_mut_ptr(), sums) };
-            out[r..r + n].copy_from_slice(&tmp[..n]);
-        }
+        super::store8(out, r, reduce8x8(acc));
         r += R;
     }
 }

@@ -274,11 +274,7 @@ unsafe fn gemv<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
             let t = unsafe { block_term8::<K>(&p, b * bb, a, &ba) };
             acc = _mm256_add_ps(acc, t);
         }
-        let mut tmp = [0.0f32; 8];
-        // SAFETY: `tmp` has room for eight f32.
-        unsafe { _mm256_storeu_ps(tmp.as_mut_ptr(), acc) };
-        let n = (rows - r).min(8);
-        out[r..r + n].copy_from_slice(&tmp[..n]);
+        super::store8(out, r, acc);
         r += 8;
     }
 }

@@ -34,6 +34,29 @@ pub(crate) fn row_ptrs<const N: usize>(
     core::array::from_fn(|i| w.as_ptr().wrapping_add((first + i).min(last) * row_bytes))
 }
 
+/// Stores the lanes of `v` to `out[r..]`, as many as fit (at most eight): one vector store for a
+/// full pass, a copy through a stack array for the last, partial one (a `copy_from_slice` of
+/// eight values per pass became a call to `memcpy` in the decode's hottest loops).
+///
+/// # Safety
+///
+/// The CPU must have AVX.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn store8(out: &mut [f32], r: usize, v: core::arch::x86_64::__m256) {
+    use core::arch::x86_64::_mm256_storeu_ps;
+    let n = out.len().saturating_sub(r).min(8);
+    if n == 8 {
+        // SAFETY: `r + 8 <= out.len()`: eight f32 inside `out`.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(r), v) };
+    } else {
+        let mut tmp = [0f32; 8];
+        // SAFETY: `tmp` holds eight f32.
+        unsafe { _mm256_storeu_ps(tmp.as_mut_ptr(), v) };
+        out[r..r + n].copy_from_slice(&tmp[..n]);
+    }
+}
+
 pub use attn::*;
 pub use float::*;
 pub use legacy::*;

@@ -207,11 +207,15 @@ pub(crate) unsafe fn window<const K: u8>(acts: &ActsQ8<'_>, win: usize) -> Windo
 /// The arranged operands ([`window`]) of a gemv's activation windows, one panel of up to
 /// [`PANEL`] windows at a time in a stack buffer: made once, at [`Self::new`], when the row fits
 /// in one panel, else each time [`Self::get`] is asked for a panel (once per pass of rows).
+/// The buffer is the caller's ([`PanelBuf`]), so that making a `Panels` moves no windows.
 pub(crate) struct Panels<'a, 'b, const K: u8> {
     acts: &'a ActsQ8<'b>,
     nwin: usize,
-    buf: [MaybeUninit<Window>; PANEL],
+    buf: &'a mut PanelBuf,
 }
+
+/// The stack buffer behind [`Panels`]: `[const { MaybeUninit::uninit() }; PANEL]`.
+pub(crate) type PanelBuf = [MaybeUninit<Window>; PANEL];
 
 impl<'a, 'b, const K: u8> Panels<'a, 'b, K> {
     /// The panels of `acts`, whose length the caller's shape check accepted.
@@ -221,13 +225,9 @@ impl<'a, 'b, const K: u8> Panels<'a, 'b, K> {
     /// The CPU must have AVX2, FMA and F16C.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(crate) unsafe fn new(acts: &'a ActsQ8<'b>) -> Self {
+    pub(crate) unsafe fn new(acts: &'a ActsQ8<'b>, buf: &'a mut PanelBuf) -> Self {
         let nwin = acts.qs.len().div_ceil(WIN);
-        let mut p = Panels {
-            acts,
-            nwin,
-            buf: [const { MaybeUninit::uninit() }; PANEL],
-        };
+        let p = Panels { acts, nwin, buf };
         if nwin <= PANEL {
             for (win, b) in p.buf[..nwin].iter_mut().enumerate() {
                 // SAFETY: `win < nwin`.
@@ -279,8 +279,9 @@ unsafe fn gemv_ternary<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]
     let cols = acts.qs.len();
     let nwin = cols.div_ceil(WIN);
     let last = rows - 1;
+    let mut buf: PanelBuf = [const { MaybeUninit::uninit() }; PANEL];
     // SAFETY: the CPU has this function's features.
-    let mut panels = unsafe { Panels::<K>::new(acts) };
+    let mut panels = unsafe { Panels::<K>::new(acts, &mut buf) };
     let mut r = 0;
     while r < rows {
         let p: [*const u8; ROWS] = super::row_ptrs(w, r, last, row_bytes);
@@ -646,11 +647,7 @@ unsafe fn gemv_legacy<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32])
             }
             acc = _mm256_add_ps(acc, t);
         }
-        let mut tmp = [0.0f32; 8];
-        // SAFETY: `tmp` has room for eight f32.
-        unsafe { _mm256_storeu_ps(tmp.as_mut_ptr(), acc) };
-        let n = (rows - r).min(8);
-        out[r..r + n].copy_from_slice(&tmp[..n]);
+        super::store8(out, r, acc);
         r += 8;
     }
 }
