@@ -197,6 +197,8 @@ fn main() {
         bench_shape(k, GgmlType::Q8_0, 49152, 576);
         bench_shape(k, GgmlType::Q4_0, 1536, 576);
         bench_shape(k, GgmlType::Q4_0, 49152, 576);
+        bench_shape(k, GgmlType::Q4W, 49152, 576);
+        bench_shape(k, GgmlType::Q4W, 1536, 576);
         bench_shape(k, GgmlType::Q5_0, 1536, 576);
         bench_shape(k, GgmlType::Q5_1, 1536, 576);
         bench_shape(k, GgmlType::F16, 1536, 576);

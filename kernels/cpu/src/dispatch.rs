@@ -370,7 +370,7 @@ const fn fw(tier: Tier, f: GemvF32wFn) -> Option<Entry> {
 }
 
 /// The weight types the table has a slot for, in the order `describe` lists them.
-const SLOT_TYPES: [GgmlType; 14] = [
+const SLOT_TYPES: [GgmlType; 15] = [
     GgmlType::Q4_0,
     GgmlType::Q4_1,
     GgmlType::Q5_0,
@@ -385,6 +385,7 @@ const SLOT_TYPES: [GgmlType; 14] = [
     GgmlType::T2,
     GgmlType::TQ1_0,
     GgmlType::TQ2_0,
+    GgmlType::Q4W,
 ];
 
 /// One function pointer per operation and weight type.
@@ -399,6 +400,7 @@ struct Table {
     f16: Option<Entry>,
     bf16: Option<Entry>,
     q4_0: Option<Entry>,
+    q4w: Option<Entry>,
     q4_1: Option<Entry>,
     q5_0: Option<Entry>,
     q5_1: Option<Entry>,
@@ -425,6 +427,7 @@ impl Table {
             GgmlType::F16 => self.f16,
             GgmlType::BF16 => self.bf16,
             GgmlType::Q4_0 => self.q4_0,
+            GgmlType::Q4W => self.q4w,
             GgmlType::Q4_1 => self.q4_1,
             GgmlType::Q5_0 => self.q5_0,
             GgmlType::Q5_1 => self.q5_1,
@@ -460,6 +463,7 @@ const SCALAR: Table = Table {
     f16: fw(Tier::Scalar, scalar::gemv_f32w_f16),
     bf16: fw(Tier::Scalar, scalar::gemv_f32w_bf16),
     q4_0: q8(Tier::Scalar, scalar::gemv_q4_0),
+    q4w: q8(Tier::Scalar, scalar::q4w::gemv_q4w),
     q4_1: q8(Tier::Scalar, scalar::gemv_q4_1),
     q5_0: q8(Tier::Scalar, scalar::gemv_q5_0),
     q5_1: q8(Tier::Scalar, scalar::gemv_q5_1),
@@ -500,6 +504,7 @@ fn avx2_table() -> Table {
     t.f16 = fw(Tier::Avx2, x86::avx2_gemv_f32w_f16);
     t.bf16 = fw(Tier::Avx2, x86::avx2_gemv_f32w_bf16);
     t.q4_0 = q8(Tier::Avx2, x86::avx2_gemv_q4_0);
+    t.q4w = q8(Tier::Avx2, x86::q4w::avx2_gemv_q4w);
     t.q4_1 = q8(Tier::Avx2, x86::avx2_gemv_q4_1);
     t.q5_0 = q8(Tier::Avx2, x86::avx2_gemv_q5_0);
     t.q5_1 = q8(Tier::Avx2, x86::avx2_gemv_q5_1);
@@ -530,6 +535,7 @@ fn avxvnni_table() -> Table {
     t.gemm_q4_1 = Some(crate::x86::vnni_gemm::avxvnni_gemm_q4_1);
     t.gemm_q8_0 = Some(crate::x86::vnni_gemm::avxvnni_gemm_q8_0);
     t.q4_0 = q8(Tier::AvxVnni, vnni::avxvnni_gemv_q4_0);
+    t.q4w = q8(Tier::AvxVnni, crate::x86::q4w::avxvnni_gemv_q4w);
     t.q4_1 = q8(Tier::AvxVnni, vnni::avxvnni_gemv_q4_1);
     t.q5_0 = q8(Tier::AvxVnni, vnni::avxvnni_gemv_q5_0);
     t.q5_1 = q8(Tier::AvxVnni, vnni::avxvnni_gemv_q5_1);
@@ -549,6 +555,7 @@ fn avx512_table(features: &CpuFeatures) -> Table {
     };
     t.tq1_0 = q8(Tier::Avx512, avx512::avx512_gemv_tq1_0);
     t.t2 = q8(Tier::Avx512, avx512::avx512_gemv_t2);
+    t.q4w = q8(Tier::Avx512, crate::x86::q4w::avx512_gemv_q4w);
     t
 }
 
@@ -576,6 +583,7 @@ fn neon_table() -> Table {
     // F16 stays scalar until an `fp16` conversion kernel lands.
     t.bf16 = fw(Tier::Neon, arm::neon_gemv_f32w_bf16);
     t.q4_0 = q8(Tier::Neon, arm::neon_gemv_q4_0);
+    t.q4w = q8(Tier::Neon, arm::q4w::neon_gemv_q4w);
     t.q4_1 = q8(Tier::Neon, arm::neon_gemv_q4_1);
     t.q5_0 = q8(Tier::Neon, arm::neon_gemv_q5_0);
     t.q5_1 = q8(Tier::Neon, arm::neon_gemv_q5_1);
@@ -595,6 +603,7 @@ fn dotprod_table() -> Table {
     use crate::aarch64 as arm;
     let mut t = neon_table();
     t.t2 = q8(Tier::NeonDotprod, arm::ternary::neon_dotprod_gemv_t2);
+    t.q4w = q8(Tier::NeonDotprod, arm::q4w::neon_dotprod_gemv_q4w);
     t.tq1_0 = q8(Tier::NeonDotprod, arm::ternary::neon_dotprod_gemv_tq1_0);
     t.tq2_0 = q8(Tier::NeonDotprod, arm::ternary::neon_dotprod_gemv_tq2_0);
     t.gemm_t2 = arm::ternary::neon_dotprod_gemm_t2;
@@ -882,6 +891,7 @@ fn lower(ty: GgmlType) -> &'static str {
         GgmlType::Q5_K => "q5_k",
         GgmlType::Q6_K => "q6_k",
         GgmlType::T2 => "t2",
+        GgmlType::Q4W => "q4w",
         GgmlType::TQ1_0 => "tq1_0",
         GgmlType::TQ2_0 => "tq2_0",
         _ => "?",

@@ -44,10 +44,14 @@ pub enum GgmlType {
     /// EdgeLLM's ternary type (not a ggml type): 64 weights in {-1, 0, +1} as 2-bit codes in 16
     /// bytes, no scale in the block (layout in `scalar::ternary`).
     T2,
+    /// EdgeLLM's 4-bit type (not a ggml type): Q4_0's values (one f16 scale per 32 weights,
+    /// 4-bit codes `q` for `d * (q - 8)`), 64 weights in 36 bytes, the codes arranged so that a
+    /// SIMD dot product leaves each half-group's sum in its own lane (layout in `scalar::q4w`).
+    Q4W,
 }
 
 /// Every type this table knows, in GGUF id order.
-pub const ALL_TYPES: [GgmlType; 34] = [
+pub const ALL_TYPES: [GgmlType; 35] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::Q4_0,
@@ -82,6 +86,7 @@ pub const ALL_TYPES: [GgmlType; 34] = [
     GgmlType::I2_S,
     GgmlType::MXFP4,
     GgmlType::T2,
+    GgmlType::Q4W,
 ];
 
 impl GgmlType {
@@ -129,6 +134,7 @@ impl GgmlType {
             MXFP4 => 39,
             // Ours, outside ggml's range.
             T2 => 1000,
+            Q4W => 1001,
         }
     }
 
@@ -170,6 +176,7 @@ impl GgmlType {
             I2_S => "I2_S",
             MXFP4 => "MXFP4",
             T2 => "T2",
+            Q4W => "Q4W",
         }
     }
 
@@ -179,7 +186,7 @@ impl GgmlType {
         match self {
             F32 | F16 | BF16 | I8 | I16 | I32 | I64 | F64 => 1,
             Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 | IQ4_NL | MXFP4 => 32,
-            T2 => 64,
+            T2 | Q4W => 64,
             I2_S => 128,
             _ => 256,
         }
@@ -223,6 +230,7 @@ impl GgmlType {
             I2_S => 32,
             MXFP4 => 17,
             T2 => 16,
+            Q4W => 36,
         }
     }
 
@@ -276,6 +284,7 @@ impl GgmlType {
                 | Q5_K
                 | Q6_K
                 | T2
+                | Q4W
                 | TQ1_0
                 | TQ2_0
         )
@@ -299,12 +308,16 @@ mod tests {
         }
         assert_eq!(GgmlType::from_id(4), None);
         assert_eq!(GgmlType::from_id(1000), Some(GgmlType::T2));
-        assert_eq!(GgmlType::from_id(1001), None);
+        assert_eq!(GgmlType::from_id(1001), Some(GgmlType::Q4W));
+        assert_eq!(GgmlType::from_id(1002), None);
     }
 
     #[test]
     fn sizes() {
         assert_eq!(GgmlType::Q4_1.bytes_for(576), Some(18 * 20));
+        // Q4W: the bytes of Q4_0, in blocks of 64.
+        assert_eq!(GgmlType::Q4W.bytes_for(576), GgmlType::Q4_0.bytes_for(576));
+        assert_eq!(GgmlType::Q4W.bytes_for(544), None);
         assert_eq!(GgmlType::Q4_K.bytes_for(576), None);
         assert_eq!(GgmlType::F32.bytes_for(u64::MAX), None);
         // 2560 x 6912 ternary weights: 2 bits each, then the 32-byte trailer.

@@ -737,7 +737,7 @@ fn detect_picks_the_best_available_tier() {
             && std::is_x86_feature_detected!("avx512vnni");
         if avx512 {
             assert_eq!(k.tier(), Tier::Avx512);
-            assert!(d.starts_with("avx512: t2 tq1_0; "), "{d}");
+            assert!(d.starts_with("avx512: t2 tq1_0 q4w; "), "{d}");
             if std::is_x86_feature_detected!("avxvnni") {
                 assert!(d.contains("; avx-vnni: q4_0 q4_1 q5_0 q5_1 tq2_0; "), "{d}");
             }
@@ -745,7 +745,7 @@ fn detect_picks_the_best_available_tier() {
         } else if std::is_x86_feature_detected!("avxvnni") {
             assert_eq!(k.tier(), Tier::AvxVnni);
             assert!(
-                d.starts_with("avx-vnni: q4_0 q4_1 q5_0 q5_1 t2 tq1_0 tq2_0; "),
+                d.starts_with("avx-vnni: q4_0 q4_1 q5_0 q5_1 t2 tq1_0 tq2_0 q4w; "),
                 "{d}"
             );
             assert!(d.contains("; avx2: q8_0 f16 f32 bf16"), "{d}");
@@ -796,6 +796,7 @@ fn supported_types_and_description() {
         GgmlType::Q5_0,
         GgmlType::Q5_1,
         GgmlType::Q8_0,
+        GgmlType::Q4W,
     ] {
         assert!(k.supports(ty), "{ty}");
         assert_eq!(k.kernel_tier(ty), Some(Tier::Scalar));

@@ -7,6 +7,7 @@
 pub mod attn;
 pub mod float;
 pub mod legacy;
+pub mod q4w;
 pub mod ternary;
 
 pub use attn::*;

@@ -45,7 +45,7 @@ use crate::scalar::ternary::{
 /// The CPU must have the dot-product extension.
 #[inline]
 #[target_feature(enable = "neon,dotprod")]
-unsafe fn sdot(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+pub(crate) unsafe fn sdot(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
     let mut acc = acc;
     // SAFETY: `sdot` reads and writes only these registers; the caller guarantees the CPU has it.
     unsafe {
@@ -127,7 +127,7 @@ unsafe fn t2_sums_dot(c: [uint8x16_t; 4], a: [int8x16_t; 4]) -> int32x4_t {
 /// The specification's final reduction of `acc[0..4]` (`lo`) and `acc[4..8]` (`hi`).
 #[inline]
 #[target_feature(enable = "neon")]
-fn reduce8(lo: float32x4_t, hi: float32x4_t) -> f32 {
+pub(crate) fn reduce8(lo: float32x4_t, hi: float32x4_t) -> f32 {
     // [a0+a4, a1+a5, a2+a6, a3+a7]
     let s = vaddq_f32(lo, hi);
     // [(a0+a4)+(a2+a6), (a1+a5)+(a3+a7)]

@@ -15,6 +15,7 @@ pub mod attn;
 pub mod float;
 pub mod kquants;
 pub mod legacy;
+pub mod q4w;
 pub mod quantize;
 pub mod ternary;
 
@@ -63,6 +64,7 @@ pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), K
         GgmlType::Q6_K => kquants::dequantize_q6_k(src, dst),
         // T2 rows dequantize to their unscaled codes (-1, 0, +1); the row scale is the caller's.
         GgmlType::T2 => ternary::dequantize_t2(src, dst),
+        GgmlType::Q4W => q4w::dequantize_q4w(src, dst),
         GgmlType::TQ1_0 => ternary::dequantize_tq1_0(src, dst),
         GgmlType::TQ2_0 => ternary::dequantize_tq2_0(src, dst),
         _ => return Err(KernelError::UnsupportedType(ty)),

@@ -348,7 +348,7 @@ pub unsafe fn avx512_gemv_t2(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
 /// (`((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7))`), so bit for bit the same.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn reduce8x8(acc: [__m512; 4]) -> __m256 {
+pub(crate) fn reduce8x8(acc: [__m512; 4]) -> __m256 {
     // Per 256-bit half h of a pair of accumulators: its 128-bit lanes 0 and 1 (elements 0..4
     // and 4..8), four halves side by side; their sum holds s_j = a_j + a_{j + 4}.
     let s = |x: __m512, y: __m512| {

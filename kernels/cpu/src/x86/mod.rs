@@ -11,6 +11,7 @@ pub mod avx512;
 pub mod float;
 pub mod kquants;
 pub mod legacy;
+pub mod q4w;
 pub mod ternary;
 pub mod vnni;
 pub mod vnni_gemm;

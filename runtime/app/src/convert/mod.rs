@@ -16,7 +16,9 @@ pub mod writer;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use edgellm_core::gguf::{Gguf, Value, ValueType};
+use edgellm_kernels::scalar::q4w::quantize_row_q4w;
 use edgellm_kernels::scalar::quantize::{quantize_row_q4_0, quantize_row_q8_0};
+use edgellm_kernels::GgmlType;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -129,6 +131,9 @@ pub enum OutType {
     F16,
     Q8_0,
     Q4_0,
+    /// Q4_0's numbers in the layout of EdgeLLM's gemv kernels (`scalar::q4w`), for rows of a
+    /// multiple of 64 values.
+    Q4W,
     T2,
 }
 
@@ -139,6 +144,7 @@ impl OutType {
             OutType::F16 => 1,
             OutType::Q4_0 => 2,
             OutType::Q8_0 => 8,
+            OutType::Q4W => GgmlType::Q4W.id(),
             OutType::T2 => ternary::T2_TYPE_ID,
         }
     }
@@ -148,6 +154,7 @@ impl OutType {
             OutType::F16 => (1, 2),
             OutType::Q8_0 => (32, 34),
             OutType::Q4_0 => (32, 18),
+            OutType::Q4W => (GgmlType::Q4W.block_len(), GgmlType::Q4W.block_bytes()),
             OutType::T2 => (ternary::T2_BLOCK_LEN, ternary::T2_BLOCK_BYTES),
         }
     }
@@ -279,12 +286,12 @@ fn out_type(name: &str, dims: &[u64], args: &ConvertArgs) -> (OutType, Option<St
         match args.head_format {
             HeadFormat::F16 => OutType::F16,
             HeadFormat::Q8 => OutType::Q8_0,
-            HeadFormat::Q4 => OutType::Q4_0,
+            HeadFormat::Q4 => OutType::Q4W,
         }
     } else {
         match args.format {
             Format::Ternary => OutType::T2,
-            Format::Q4 => OutType::Q4_0,
+            Format::Q4 => OutType::Q4W,
             Format::Q8 => OutType::Q8_0,
             Format::F16 => OutType::F16,
         }
@@ -292,8 +299,9 @@ fn out_type(name: &str, dims: &[u64], args: &ConvertArgs) -> (OutType, Option<St
     if want.fits(dims[0]) {
         return (want, None);
     }
-    let fallback = [OutType::Q8_0, OutType::F16]
+    let fallback = [OutType::Q4_0, OutType::Q8_0, OutType::F16]
         .into_iter()
+        .filter(|&t| want == OutType::Q4W || t != OutType::Q4_0)
         .find(|t| t.fits(dims[0]))
         .unwrap_or(OutType::F16);
     let note = format!(
@@ -492,6 +500,7 @@ fn encode(
         }
         OutType::Q8_0 => quantize_row_q8_0(values, &mut out),
         OutType::Q4_0 => quantize_row_q4_0(values, &mut out),
+        OutType::Q4W => quantize_row_q4w(values, &mut out),
         OutType::T2 => {
             let rows = values.len() / row_len;
             let (q, s) = if per_tensor_t2 {

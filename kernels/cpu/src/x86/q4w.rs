@@ -1,0 +1,348 @@
+//! x86 kernels of Q4W (layout and specification in [`crate::scalar::q4w`]), bit-exact:
+//! AVX2 (`avx2_gemv_q4w`), AVX-VNNI (`avxvnni_gemv_q4w`) and AVX-512 (`avx512_gemv_q4w`).
+//!
+//! The activations of each block are arranged once per call (per panel of [`PANEL`] blocks for
+//! longer rows) into the block's operands ([`Ops`]): the bytes of lane `j`'s low and high
+//! nibbles (`al`, `ah`: 32-bit words `4k + 2h` and `4k + 2h + 1` of the block's 64 activations,
+//! `k` the lane's group and `h` its half), `−8` times each lane's activation sum (`ns`: a code
+//! `q` stands for `q − 8`, so the integer chain starts there) and each lane's activation scale
+//! (`da`). Per row and block: one 32-byte load, a mask and a shift with mask for the two code
+//! vectors, two `vpdpbusd` (AVX2: two `vpmaddubsw`, an i16 add, at most `2 * 2 * 15 * 127`, and
+//! one `vpmaddwd` by ones) leaving the eight lane sums, and the float steps of the
+//! specification; the block's two f16 scales, broadcast as one 32-bit word, convert to the lane
+//! order `d0 d1 d0 d1 ..` the layout was made for. No horizontal adds until the row's end.
+//!
+//! AVX2 and AVX-VNNI: one row per 256-bit register, eight rows per pass, the eight running-sum
+//! registers reduced together at the end of the pass (the specification's tree, per row).
+//! AVX-512: two rows per register (the AVX-512 T2 kernel's layout: row `2i` in the low half,
+//! `2i + 1` in the high one, the block operands in both halves), eight rows per pass.
+//! A row count that is not a multiple of eight repeats the last row and drops the extra results.
+
+use core::arch::x86_64::*;
+use core::mem::MaybeUninit;
+
+use crate::acts::ActsQ8;
+use crate::scalar::q4w::{Q4W_BLOCK, Q4W_BYTES};
+use crate::scalar::ternary::check_gemv_ternary;
+
+/// Rows per pass.
+const R: usize = 8;
+/// Blocks whose operands a panel holds (4096 columns; 8 KiB of stack).
+const PANEL: usize = 64;
+/// How many passes ahead the rows are prefetched.
+const PREFETCH_PASSES: usize = 2;
+
+/// One block's activation operands (module docs).
+#[derive(Clone, Copy)]
+struct Ops {
+    al: __m256i,
+    ah: __m256i,
+    ns: __m256i,
+    da: __m256,
+}
+
+/// The operands of block `b`.
+///
+/// # Safety
+///
+/// Block `b` (columns `64 b .. 64 b + 64`, groups `4 b .. 4 b + 4`) must lie inside `acts`; the
+/// CPU must have AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn ops(acts: &ActsQ8<'_>, b: usize) -> Ops {
+    // SAFETY: the caller guarantees the block's 64 activations and 4 scales.
+    let (x0, x1, d) = unsafe {
+        let q = acts.qs.as_ptr().add(Q4W_BLOCK * b);
+        (
+            _mm256_loadu_si256(q.cast()),
+            _mm256_loadu_si256(q.add(32).cast()),
+            _mm_loadu_ps(acts.d.as_ptr().add(4 * b)),
+        )
+    };
+    // Lane j: word 4k + 2h (+ 1 for `ah`) of the 16, k = [0, 2, 1, 3][j % 4], h = j / 4. Words
+    // 0..8 are in x0 and 8..16 in x1: the odd lanes (groups 2 and 3) come from x1.
+    let lo = _mm256_setr_epi32(0, 0, 4, 4, 2, 2, 6, 6);
+    let hi = _mm256_add_epi32(lo, _mm256_set1_epi32(1));
+    let pick = |idx: __m256i| {
+        _mm256_blend_epi32::<0b1010_1010>(
+            _mm256_permutevar8x32_epi32(x0, idx),
+            _mm256_permutevar8x32_epi32(x1, idx),
+        )
+    };
+    let (al, ah) = (pick(lo), pick(hi));
+    // Lane sums of the eight activations, exact in i16 pairs and then i32.
+    let ones8 = _mm256_set1_epi8(1);
+    let pairs = _mm256_add_epi16(
+        _mm256_maddubs_epi16(ones8, al),
+        _mm256_maddubs_epi16(ones8, ah),
+    );
+    let sums = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+    Ops {
+        al,
+        ah,
+        ns: _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<3>(sums)),
+        da: _mm256_permutevar8x32_ps(
+            _mm256_castps128_ps256(d),
+            _mm256_setr_epi32(0, 2, 1, 3, 0, 2, 1, 3),
+        ),
+    }
+}
+
+/// The operands of a row's blocks, one panel of up to [`PANEL`] at a time (as the ternary
+/// kernels' `Panels`): made once when the row fits in one panel, else per pass and panel.
+struct Panel<'a, 'b> {
+    acts: &'a ActsQ8<'b>,
+    nb: usize,
+    buf: &'a mut [MaybeUninit<Ops>; PANEL],
+}
+
+impl<'a, 'b> Panel<'a, 'b> {
+    /// # Safety
+    ///
+    /// `acts` must have passed the gemv's shape check; the CPU must have AVX2.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn new(acts: &'a ActsQ8<'b>, buf: &'a mut [MaybeUninit<Ops>; PANEL]) -> Self {
+        let nb = acts.qs.len() / Q4W_BLOCK;
+        if nb <= PANEL {
+            for (b, o) in buf[..nb].iter_mut().enumerate() {
+                // SAFETY: `b < nb`.
+                o.write(unsafe { ops(acts, b) });
+            }
+        }
+        Panel { acts, nb, buf }
+    }
+
+    /// The operands of blocks `b0 .. b0 + PANEL` (fewer in the last panel).
+    ///
+    /// # Safety
+    ///
+    /// `b0 < nb`, a multiple of [`PANEL`]; the CPU must have AVX2.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn get(&mut self, b0: usize) -> &[Ops] {
+        let n = (self.nb - b0).min(PANEL);
+        if self.nb > PANEL {
+            for (j, o) in self.buf[..n].iter_mut().enumerate() {
+                // SAFETY: `b0 + j < nb`.
+                o.write(unsafe { ops(self.acts, b0 + j) });
+            }
+        }
+        // SAFETY: entries `..n` were written above, or in `new` when there is one panel.
+        unsafe { core::slice::from_raw_parts(self.buf.as_ptr().cast::<Ops>(), n) }
+    }
+}
+
+/// The two code vectors of the 32 bytes at `p`: low nibbles and high nibbles.
+///
+/// # Safety
+///
+/// `p` must be valid for reading 32 bytes; the CPU must have AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn codes(p: *const u8) -> (__m256i, __m256i) {
+    // SAFETY: the caller guarantees the bytes.
+    let v = unsafe { _mm256_loadu_si256(p.cast()) };
+    let m = _mm256_set1_epi8(0x0F);
+    (
+        _mm256_and_si256(v, m),
+        _mm256_and_si256(_mm256_srli_epi16::<4>(v), m),
+    )
+}
+
+/// The block's two f16 scales at `p` as f32 in the lane order `d0 d1 d0 d1 d0 d1 d0 d1`.
+///
+/// # Safety
+///
+/// `p` must be valid for reading 4 bytes; the CPU must have AVX2 and F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn scales(p: *const u8) -> __m256 {
+    // SAFETY: the caller guarantees the bytes.
+    let w = unsafe { p.cast::<i32>().read_unaligned() };
+    _mm256_cvtph_ps(_mm_set1_epi32(w))
+}
+
+/// The specification's reduction of each of eight rows' running sums, lane `i` for row `i`:
+/// the same additions in the same order as `reduce8` on each.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn reduce8x8(acc: &[__m256; R]) -> __m256 {
+    // [s_x | s_y] with s_j = a_j + a_{j + 4} of each row.
+    let s = |x: __m256, y: __m256| {
+        _mm256_add_ps(
+            _mm256_permute2f128_ps::<0x20>(x, y),
+            _mm256_permute2f128_ps::<0x31>(x, y),
+        )
+    };
+    // Every word of each 128-bit lane: (s0 + s2) + (s1 + s3).
+    let t = |v: __m256| {
+        let v = _mm256_add_ps(v, _mm256_permute_ps::<0b01_00_11_10>(v));
+        _mm256_add_ps(v, _mm256_permute_ps::<0b10_11_00_01>(v))
+    };
+    let t01 = t(s(acc[0], acc[1]));
+    let t23 = t(s(acc[2], acc[3]));
+    let t45 = t(s(acc[4], acc[5]));
+    let t67 = t(s(acc[6], acc[7]));
+    // [r0 r2 r0 r2 | r1 r3 r1 r3] and [r4 r6 .. | r5 r7 ..], then [r0 r2 r4 r6 | r1 r3 r5 r7].
+    let u = _mm256_unpacklo_ps(t01, t23);
+    let v = _mm256_unpacklo_ps(t45, t67);
+    let w = _mm256_shuffle_ps::<0b01_00_01_00>(u, v);
+    _mm256_permutevar8x32_ps(w, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+}
+
+/// Defines a 256-bit Q4W gemv driver `$name` for `$features`, with `$lanes(ns, lo, hi, ops)`
+/// giving the eight exact lane sums of a row's block.
+macro_rules! gemv_q4w_256 {
+    ($(#[$m:meta])* $name:ident, $features:literal, $lanes:ident) => {
+        $(#[$m])*
+        #[target_feature(enable = $features)]
+        pub unsafe fn $name(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
+            let row_bytes =
+                check_gemv_ternary(w, acts, out.len(), Q4W_BLOCK, Q4W_BYTES, "Q4W");
+            let rows = out.len();
+            if rows == 0 || row_bytes == 0 {
+                out.fill(0.0);
+                return;
+            }
+            let nb = acts.qs.len() / Q4W_BLOCK;
+            let last = rows - 1;
+            let mut buf = [const { MaybeUninit::uninit() }; PANEL];
+            // SAFETY: the shape check passed; the CPU has this function's features.
+            let mut panel = unsafe { Panel::new(acts, &mut buf) };
+            let mut r = 0;
+            while r < rows {
+                let p: [*const u8; R] = super::row_ptrs(w, r, last, row_bytes);
+                let pf: [*const u8; R] =
+                    super::row_ptrs(w, r + R * PREFETCH_PASSES, last, row_bytes);
+                let mut acc = [_mm256_setzero_ps(); R];
+                for b0 in (0..nb).step_by(PANEL) {
+                    // SAFETY: `b0 < nb`, a multiple of PANEL.
+                    let blocks = unsafe { panel.get(b0) };
+                    for (j, o) in blocks.iter().enumerate() {
+                        let off = (b0 + j) * Q4W_BYTES;
+                        for &q in &pf {
+                            // SAFETY: the block is inside its row.
+                            _mm_prefetch::<_MM_HINT_T0>(unsafe { q.add(off) }.cast());
+                        }
+                        for (i, acc) in acc.iter_mut().enumerate() {
+                            // SAFETY: block `b0 + j` of row `p[i]` is bytes `off .. off + 36`.
+                            let (lo, hi, dw) = unsafe {
+                                let blk = p[i].add(off);
+                                let (lo, hi) = codes(blk.add(4));
+                                (lo, hi, scales(blk))
+                            };
+                            let s = $lanes(lo, hi, o);
+                            let t = _mm256_mul_ps(_mm256_mul_ps(dw, o.da), _mm256_cvtepi32_ps(s));
+                            *acc = _mm256_add_ps(*acc, t);
+                        }
+                    }
+                }
+                super::store8(out, r, reduce8x8(&acc));
+                r += R;
+            }
+        }
+    };
+}
+
+/// The lane sums of one block with AVX2: `vpmaddubsw` of each code vector, an i16 add, one
+/// `vpmaddwd` by ones.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn lanes_avx2(lo: __m256i, hi: __m256i, o: &Ops) -> __m256i {
+    let pairs = _mm256_add_epi16(_mm256_maddubs_epi16(lo, o.al), _mm256_maddubs_epi16(hi, o.ah));
+    _mm256_add_epi32(o.ns, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+}
+
+/// The lane sums of one block with AVX-VNNI: two chained `vpdpbusd` from `ns`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+fn lanes_vnni(lo: __m256i, hi: __m256i, o: &Ops) -> __m256i {
+    _mm256_dpbusd_avx_epi32(_mm256_dpbusd_avx_epi32(o.ns, lo, o.al), hi, o.ah)
+}
+
+gemv_q4w_256! {
+    /// AVX2 [`crate::scalar::q4w::gemv_q4w`], bit-exact.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have AVX2, FMA and F16C.
+    avx2_gemv_q4w, "avx2,fma,f16c", lanes_avx2
+}
+
+gemv_q4w_256! {
+    /// AVX-VNNI [`crate::scalar::q4w::gemv_q4w`], bit-exact.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have AVX2, FMA, F16C and AVX-VNNI.
+    avxvnni_gemv_q4w, "avx2,fma,f16c,avxvnni", lanes_vnni
+}
+
+/// AVX-512 [`crate::scalar::q4w::gemv_q4w`], bit-exact: two rows per 512-bit register (module
+/// docs), eight rows per pass.
+///
+/// # Safety
+///
+/// The CPU must have AVX2, FMA, F16C and AVX-512 F, BW, VL and VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn avx512_gemv_q4w(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
+    const PAIRS: usize = R / 2;
+    let row_bytes = check_gemv_ternary(w, acts, out.len(), Q4W_BLOCK, Q4W_BYTES, "Q4W");
+    let rows = out.len();
+    if rows == 0 || row_bytes == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let nb = acts.qs.len() / Q4W_BLOCK;
+    let last = rows - 1;
+    let mut buf = [const { MaybeUninit::uninit() }; PANEL];
+    // SAFETY: the shape check passed; the CPU has this function's features.
+    let mut panel = unsafe { Panel::new(acts, &mut buf) };
+    let both = |v: __m256i| _mm512_broadcast_i64x4(v);
+    let m = _mm512_set1_epi8(0x0F);
+    let mut r = 0;
+    while r < rows {
+        let p: [*const u8; R] = super::row_ptrs(w, r, last, row_bytes);
+        let pf: [*const u8; R] = super::row_ptrs(w, r + R * PREFETCH_PASSES, last, row_bytes);
+        let mut acc = [_mm512_setzero_ps(); PAIRS];
+        for b0 in (0..nb).step_by(PANEL) {
+            // SAFETY: `b0 < nb`, a multiple of PANEL.
+            let blocks = unsafe { panel.get(b0) };
+            for (j, o) in blocks.iter().enumerate() {
+                let off = (b0 + j) * Q4W_BYTES;
+                for &q in &pf {
+                    // SAFETY: the block is inside its row.
+                    _mm_prefetch::<_MM_HINT_T0>(unsafe { q.add(off) }.cast());
+                }
+                let (al, ah, ns) = (both(o.al), both(o.ah), both(o.ns));
+                let da = _mm512_castsi512_ps(both(_mm256_castps_si256(o.da)));
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    // SAFETY: block `b0 + j` of rows `p[2i]` and `p[2i + 1]` is bytes
+                    // `off .. off + 36` of each.
+                    let (v, dw) = unsafe {
+                        let (a, b) = (p[2 * i].add(off), p[2 * i + 1].add(off));
+                        let v = _mm512_inserti64x4::<1>(
+                            _mm512_castsi256_si512(_mm256_loadu_si256(a.add(4).cast())),
+                            _mm256_loadu_si256(b.add(4).cast()),
+                        );
+                        let wa = a.cast::<i32>().read_unaligned();
+                        let wb = b.cast::<i32>().read_unaligned();
+                        let h = _mm256_blend_epi32::<0b1111_0000>(
+                            _mm256_set1_epi32(wa),
+                            _mm256_set1_epi32(wb),
+                        );
+                        (v, _mm512_cvtph_ps(h))
+                    };
+                    let lo = _mm512_and_si512(v, m);
+                    let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), m);
+                    let s = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(ns, lo, al), hi, ah);
+                    let t = _mm512_mul_ps(_mm512_mul_ps(dw, da), _mm512_cvtepi32_ps(s));
+                    *acc = _mm512_add_ps(*acc, t);
+                }
+            }
+        }
+        super::store8(out, r, super::avx512::reduce8x8(acc));
+        r += R;
+    }
+}
