@@ -140,7 +140,10 @@ fn shapes(rng: &mut Rng) -> Vec<(usize, usize)> {
         (2, 8256),
     ];
     for _ in 0..24 {
-        v.push((1 + rng.below(20), Q4W_BLOCK * (1 + rng.below(4096 / Q4W_BLOCK))));
+        v.push((
+            1 + rng.below(20),
+            Q4W_BLOCK * (1 + rng.below(4096 / Q4W_BLOCK)),
+        ));
     }
     v
 }

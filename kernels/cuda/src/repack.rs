@@ -10,6 +10,7 @@
 //! |-------|----------------------------|-------------------|-------------------|--------------|
 //! | Q8_0  | 32 int8 per block          | scale             | -                 | -            |
 //! | Q4_0  | the block's 16 nibble bytes | scale            | -                 | -            |
+//! | Q4W   | as Q4_0 (its blocks rewritten as Q4_0's first, without loss) | scale | - | -   |
 //! | Q4_1  | the block's 16 nibble bytes | scale            | minimum           | -            |
 //! | T2    | the 4 code bytes per 16, interleaved | -       | -                 | row scale    |
 //! | F16   | the values                 | -                 | -                 | -            |
@@ -24,6 +25,7 @@
 //! last partial chunk keep their natural order (lanes read them one word at a time).
 
 use edgellm_core::model::Matrix;
+use edgellm_kernels::scalar::q4w::q4_0_from_q4w;
 use edgellm_kernels::GgmlType;
 
 /// Kernel format codes (`FMT_*` in `kernels.cu`).
@@ -76,8 +78,8 @@ pub fn repack(w: &Matrix<'_>) -> Result<Packed, String> {
     let (rows, cols) = (w.rows, w.cols);
     let unsupported = || {
         format!(
-            "tensor {} has type {} ({} x {}); the GPU kernels read Q8_0, Q4_0, Q4_1, T2, F16, BF16 \
-             and F32 with rows a multiple of 32 values",
+            "tensor {} has type {} ({} x {}); the GPU kernels read Q8_0, Q4_0, Q4_1, F16, BF16 \
+             and F32 with rows a multiple of 32 values, T2 and Q4W with rows a multiple of 64",
             w.name,
             w.ty.name(),
             rows,
@@ -89,7 +91,9 @@ pub fn repack(w: &Matrix<'_>) -> Result<Packed, String> {
     }
     let (format, row_qs) = match w.ty {
         GgmlType::Q8_0 => (Format::Q8_0, cols),
+        // Q4W holds Q4_0's numbers (rearranged for the CPU kernels): repacked as Q4_0.
         GgmlType::Q4_0 => (Format::Q4_0, cols / 2),
+        GgmlType::Q4W if cols.is_multiple_of(64) => (Format::Q4_0, cols / 2),
         GgmlType::Q4_1 => (Format::Q4_1, cols / 2),
         GgmlType::T2 if cols.is_multiple_of(64) => (Format::T2, cols / 4),
         GgmlType::F16 => (Format::F16, cols * 2),
@@ -114,8 +118,17 @@ pub fn repack(w: &Matrix<'_>) -> Result<Packed, String> {
     if format == Format::Q4_1 {
         p.m.reserve(rows * blocks);
     }
+    let mut q4 = if w.ty == GgmlType::Q4W {
+        vec![0u8; blocks * 18]
+    } else {
+        Vec::new()
+    };
     for r in 0..rows {
-        let src = w.rows_data(r..r + 1);
+        let mut src = w.rows_data(r..r + 1);
+        if w.ty == GgmlType::Q4W {
+            q4_0_from_q4w(src, &mut q4);
+            src = &q4;
+        }
         let dst = &mut p.qs[r * stride..r * stride + row_qs];
         match format {
             Format::Q8_0 => {
@@ -224,6 +237,7 @@ mod tests {
         let types = [
             GgmlType::Q8_0,
             GgmlType::Q4_0,
+            GgmlType::Q4W,
             GgmlType::Q4_1,
             GgmlType::T2,
             GgmlType::F16,
@@ -239,6 +253,12 @@ mod tests {
                 GgmlType::Q8_0 | GgmlType::Q4_0 => {
                     for blk in data.chunks_exact_mut(ty.block_bytes()) {
                         blk[1] &= 0x3f;
+                    }
+                }
+                GgmlType::Q4W => {
+                    for blk in data.chunks_exact_mut(36) {
+                        blk[1] &= 0x3f;
+                        blk[3] &= 0x3f;
                     }
                 }
                 GgmlType::Q4_1 => {

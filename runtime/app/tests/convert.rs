@@ -175,8 +175,34 @@ fn smollm2_q4_and_ternary_images() {
     let g = Gguf::parse(&bytes).unwrap();
     verify_image(&g).unwrap();
     assert_eq!(g.tensor("token_embd.weight").unwrap().ty, GgmlType::F16);
-    assert_eq!(g.tensor("blk.0.attn_q.weight").unwrap().ty, GgmlType::Q4_0);
+    assert_eq!(g.tensor("blk.0.attn_q.weight").unwrap().ty, GgmlType::Q4W);
     eprintln!("q4 image (f16 head): {} bytes", s.file_bytes);
+    // The Q4W rows hold Q4_0's numbers for the source row: dequantize a Q4_1 row of the source,
+    // quantize it to Q4_0 and back, and compare with the image's row, bit for bit.
+    let src_bytes = std::fs::read(&model).unwrap();
+    let src = Gguf::parse(&src_bytes).unwrap();
+    let (st, it) = (
+        src.tensor("blk.0.ffn_up.weight").unwrap(),
+        g.tensor("blk.0.ffn_up.weight").unwrap(),
+    );
+    assert_eq!(it.ty, GgmlType::Q4W);
+    let cols = 576;
+    for r in [0, 1, 777, 1535] {
+        let sb = st.ty.bytes_for(cols as u64).unwrap() as usize;
+        let mut x = vec![0f32; cols];
+        scalar::dequantize_row(st.ty, &st.data[r * sb..(r + 1) * sb], &mut x).unwrap();
+        let mut q4 = vec![0u8; cols / 32 * 18];
+        scalar::quantize::quantize_row_q4_0(&x, &mut q4);
+        let (mut want, mut got) = (vec![0f32; cols], vec![0f32; cols]);
+        scalar::dequantize_q4_0(&q4, &mut want);
+        let ib = it.ty.bytes_for(cols as u64).unwrap() as usize;
+        scalar::dequantize_row(it.ty, &it.data[r * ib..(r + 1) * ib], &mut got).unwrap();
+        assert_eq!(
+            got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            "row {r} of blk.0.ffn_up.weight"
+        );
+    }
     let kernels = Kernels::detect();
     Model::from_gguf(&g, &kernels).expect("q4 image loads");
 

@@ -72,7 +72,10 @@ pub fn q4w_from_q4_0(src: &[u8], dst: &mut [u8]) {
         src.len(),
         dst.len()
     );
-    for (s, d) in src.chunks_exact(2 * Q4_0_BYTES).zip(dst.chunks_exact_mut(Q4W_BYTES)) {
+    for (s, d) in src
+        .chunks_exact(2 * Q4_0_BYTES)
+        .zip(dst.chunks_exact_mut(Q4W_BYTES))
+    {
         d[0..2].copy_from_slice(&s[0..2]);
         d[2..4].copy_from_slice(&s[Q4_0_BYTES..Q4_0_BYTES + 2]);
         d[4..].fill(0);
@@ -95,7 +98,10 @@ pub fn q4_0_from_q4w(src: &[u8], dst: &mut [u8]) {
         src.len(),
         dst.len()
     );
-    for (s, d) in src.chunks_exact(Q4W_BYTES).zip(dst.chunks_exact_mut(2 * Q4_0_BYTES)) {
+    for (s, d) in src
+        .chunks_exact(Q4W_BYTES)
+        .zip(dst.chunks_exact_mut(2 * Q4_0_BYTES))
+    {
         d[0..2].copy_from_slice(&s[0..2]);
         d[Q4_0_BYTES..Q4_0_BYTES + 2].copy_from_slice(&s[2..4]);
         d[2..Q4_0_BYTES].fill(0);
@@ -120,7 +126,10 @@ pub fn quantize_row_q4w(src: &[f32], dst: &mut [u8]) {
         dst.len()
     );
     let mut q4 = [0u8; 2 * Q4_0_BYTES];
-    for (x, d) in src.chunks_exact(Q4W_BLOCK).zip(dst.chunks_exact_mut(Q4W_BYTES)) {
+    for (x, d) in src
+        .chunks_exact(Q4W_BLOCK)
+        .zip(dst.chunks_exact_mut(Q4W_BYTES))
+    {
         quantize_row_q4_0(x, &mut q4);
         q4w_from_q4_0(&q4, d);
     }
@@ -135,7 +144,10 @@ pub fn dequantize_q4w(src: &[u8], dst: &mut [f32]) {
         src.len(),
         dst.len()
     );
-    for (blk, out) in src.chunks_exact(Q4W_BYTES).zip(dst.chunks_exact_mut(Q4W_BLOCK)) {
+    for (blk, out) in src
+        .chunks_exact(Q4W_BYTES)
+        .zip(dst.chunks_exact_mut(Q4W_BLOCK))
+    {
         let d = [f16_at(blk, 0), f16_at(blk, 2)];
         for (e, o) in out.iter_mut().enumerate() {
             let (at, shift) = q4w_position(e);
@@ -199,7 +211,9 @@ mod tests {
     fn q4_0_round_trip_is_lossless_and_dequantizes_alike() {
         let mut x = [0u64; 1];
         let mut rng = || {
-            x[0] = x[0].wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x[0] = x[0]
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (x[0] >> 33) as u8
         };
         let n = 5;
@@ -227,7 +241,9 @@ mod tests {
 
     #[test]
     fn quantize_matches_q4_0() {
-        let x: Vec<f32> = (0..128).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+        let x: Vec<f32> = (0..128)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
         let mut q4 = [0u8; 4 * Q4_0_BYTES];
         quantize_row_q4_0(&x, &mut q4);
         let mut w = [0u8; 2 * Q4W_BYTES];

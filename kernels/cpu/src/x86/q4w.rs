@@ -250,7 +250,10 @@ macro_rules! gemv_q4w_256 {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn lanes_avx2(lo: __m256i, hi: __m256i, o: &Ops) -> __m256i {
-    let pairs = _mm256_add_epi16(_mm256_maddubs_epi16(lo, o.al), _mm256_maddubs_epi16(hi, o.ah));
+    let pairs = _mm256_add_epi16(
+        _mm256_maddubs_epi16(lo, o.al),
+        _mm256_maddubs_epi16(hi, o.ah),
+    );
     _mm256_add_epi32(o.ns, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
 }
 

@@ -1,7 +1,8 @@
 //! `edgellm convert`: turns a GGUF file or a Hugging Face directory (optionally with a PEFT LoRA
 //! adapter merged in) into a deployable model image: a GGUF v3 file whose linear weights are
-//! ternary (T2), Q4_0, Q8_0 or F16, with the embedding / output layer at its own precision,
-//! the input's metadata carried over or synthesized, and a checksum per tensor.
+//! ternary (T2), Q4W (Q4_0's numbers in the kernels' layout), Q8_0 or F16, with the embedding /
+//! output layer at its own precision, the input's metadata carried over or synthesized, and a
+//! checksum per tensor.
 //!
 //! Pipeline, one tensor at a time: read the source values as f32 (dequantize a GGUF tensor,
 //! widen a safetensors one), merge the LoRA delta (in Hugging Face row order), permute llama's
@@ -41,7 +42,8 @@ pub const KEY_CHECKSUMS: &str = "edgellm.image.checksums";
 pub enum Format {
     /// T2: 2-bit ternary codes with one absmean scale per row (BitNet b1.58 style).
     Ternary,
-    /// Q4_0: 4.5 bits per weight.
+    /// Q4W: Q4_0's numbers (4.5 bits per weight) in the layout the gemv kernels stream; rows
+    /// that are not a multiple of 64 values fall back to Q4_0.
     Q4,
     /// Q8_0: 8.5 bits per weight.
     Q8,
@@ -67,7 +69,8 @@ pub enum HeadFormat {
     F16,
     /// Q8_0: 8.5 bits per weight.
     Q8,
-    /// Q4_0: 4.5 bits per weight.
+    /// Q4W: Q4_0's numbers (4.5 bits per weight) in the layout the gemv kernels stream; rows
+    /// that are not a multiple of 64 values fall back to Q4_0.
     Q4,
 }
 
@@ -352,11 +355,10 @@ pub fn convert(args: &ConvertArgs) -> Result<Summary> {
         }
     }
     match args.format {
-        // llama_ftype: MOSTLY_Q8_0 = 7, MOSTLY_Q4_0 = 2, MOSTLY_F16 = 1; none for T2.
+        // llama_ftype: MOSTLY_Q8_0 = 7, MOSTLY_F16 = 1; none for our own types (T2, Q4W).
         Format::Q8 => w.set("general.file_type", Meta::U32(7)),
-        Format::Q4 => w.set("general.file_type", Meta::U32(2)),
         Format::F16 => w.set("general.file_type", Meta::U32(1)),
-        Format::Ternary => w.remove("general.file_type"),
+        Format::Q4 | Format::Ternary => w.remove("general.file_type"),
     }
     w.set("general.quantization_version", Meta::U32(2));
     w.set(KEY_VERSION, Meta::U32(IMAGE_VERSION));
