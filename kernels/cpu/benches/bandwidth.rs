@@ -44,7 +44,7 @@ fn weights(rng: &mut Rng, ty: GgmlType, rows: usize, cols: usize) -> Vec<u8> {
             GgmlType::T2 => &[],
             GgmlType::TQ2_0 => &[64],
             GgmlType::TQ1_0 => &[52],
-            GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
+            GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q4W => &[0, 2],
             GgmlType::Q6_K => &[208],
             _ => &[0],
         };
@@ -110,6 +110,7 @@ fn main() {
         GgmlType::TQ2_0,
         GgmlType::TQ1_0,
         GgmlType::Q4_0,
+        GgmlType::Q4W,
         GgmlType::Q4_1,
         GgmlType::Q8_0,
         GgmlType::Q4_K,
