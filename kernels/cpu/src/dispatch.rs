@@ -556,6 +556,8 @@ fn avx512_table(features: &CpuFeatures) -> Table {
     t.tq1_0 = q8(Tier::Avx512, avx512::avx512_gemv_tq1_0);
     t.t2 = q8(Tier::Avx512, avx512::avx512_gemv_t2);
     t.q4w = q8(Tier::Avx512, crate::x86::q4w::avx512_gemv_q4w);
+    t.gemm_t2 = avx512::avx512_gemm_t2;
+    t.gemm_tq2_0 = avx512::avx512_gemm_tq2_0;
     t
 }
 

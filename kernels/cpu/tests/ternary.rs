@@ -860,6 +860,10 @@ gemm_kernel_tests! {
         has_avxvnni();
     avxvnni_gemm_tq2_0: Ty::Tq2, edgellm_kernels::x86::vnni::avxvnni_gemm_tq2_0, "x86_64",
         has_avxvnni();
+    avx512_gemm_t2: Ty::T2, edgellm_kernels::x86::avx512::avx512_gemm_t2, "x86_64",
+        has_avx512();
+    avx512_gemm_tq2_0: Ty::Tq2, edgellm_kernels::x86::avx512::avx512_gemm_tq2_0, "x86_64",
+        has_avx512();
     neon_gemm_t2: Ty::T2, edgellm_kernels::aarch64::ternary::neon_gemm_t2, "aarch64", has_neon();
     neon_gemm_tq2_0: Ty::Tq2, edgellm_kernels::aarch64::ternary::neon_gemm_tq2_0, "aarch64",
         has_neon();

@@ -25,11 +25,14 @@ use core::arch::x86_64::*;
 use core::mem::MaybeUninit;
 
 use super::ternary::{
-    launder, load_window_tq1, reduce8, Tq1Window, PREFETCH_PASSES, ROWS, T2, TQ1_PANEL, WIN,
+    launder, load_window_tq1, reduce8, Tq1Window, Window, GEMM_PANEL, GEMM_ROWS, GEMM_SUB,
+    GEMM_TOKENS, PREFETCH_PASSES, ROWS, T2, TQ1_PANEL, TQ2_0, WIN,
 };
-use super::vnni::{PanelBuf, Panels, PANEL};
+use super::vnni::{window, PanelBuf, Panels, PANEL};
 use crate::acts::ActsQ8;
-use crate::scalar::ternary::{check_gemv_ternary, QK_K, T2_BLOCK, T2_BYTES, TQ1_0_BYTES};
+use crate::scalar::ternary::{
+    check_gemv_ternary, QK_K, T2_BLOCK, T2_BYTES, TQ1_0_BYTES, TQ2_0_BYTES,
+};
 
 /// `lo` in the low 256 bits, `hi` in the high ones.
 #[inline]
@@ -366,4 +369,186 @@ pub(crate) fn reduce8x8(acc: [__m512; 4]) -> __m256 {
     let hi = t(s(acc[2], acc[3]));
     let idx = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 0, 0, 0, 0, 0, 0, 0);
     _mm512_castps512_ps256(_mm512_permutex2var_ps(lo, idx, hi))
+}
+
+/// The 2-bit codes of one TQ2_0 window half (32 bytes) of two rows (`a` in the low half, `b` in
+/// the high one), each half as [`super::ternary::codes_tq2_grouped`] gives them: in the T2
+/// arrangement, one group per 32-bit lane.
+///
+/// # Safety
+///
+/// `a` and `b` must be valid for reading 32 bytes; the CPU must have the features of this
+/// module.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn codes_tq2_grouped2(a: *const u8, b: *const u8) -> [__m512i; 4] {
+    // SAFETY: the caller guarantees the bytes.
+    let v = unsafe { halves(_mm256_loadu_si256(a.cast()), _mm256_loadu_si256(b.cast())) };
+    let m = _mm512_set1_epi8(3);
+    let shifts = _mm512_setr_epi32(0, 0, 2, 2, 4, 4, 6, 6, 0, 0, 2, 2, 4, 4, 6, 6);
+    core::array::from_fn(|q| {
+        let q = q as i32;
+        let (x, y) = (q, 4 + q);
+        let (z, u) = (8 + q, 12 + q);
+        let idx = _mm512_setr_epi32(x, y, x, y, x, y, x, y, z, u, z, u, z, u, z, u);
+        _mm512_and_si512(
+            _mm512_srlv_epi32(_mm512_permutexvar_epi32(idx, v), shifts),
+            m,
+        )
+    })
+}
+
+/// The shared 512-bit gemm driver for T2 and TQ2_0: the AVX-VNNI gemm's blocking (tokens
+/// [`GEMM_TOKENS`] at a time with their window operands in a stack buffer, rows
+/// [`GEMM_ROWS`] at a time, [`GEMM_SUB`] tokens' running sums in registers) with the gemv's
+/// two rows per vector: each window of two rows is unpacked once and multiplied with each
+/// token's operands broadcast to both halves. Bit-exact with one gemv per token.
+///
+/// # Safety
+///
+/// The CPU must have the features of this module.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn gemm_ternary<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f32]) {
+    use crate::scalar::ternary::{check_gemm, token_acts};
+    const PAIRS: usize = GEMM_ROWS / 2;
+    let (bl, bb, name) = match K {
+        T2 => (T2_BLOCK, T2_BYTES, "T2"),
+        _ => (QK_K, TQ2_0_BYTES, "TQ2_0"),
+    };
+    let (cols, rows) = check_gemm(acts, nb, out.len(), name);
+    for t in 0..nb {
+        check_gemv_ternary(w, &token_acts(acts, cols, t), rows, bl, bb, name);
+    }
+    if rows == 0 || cols == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let row_bytes = cols / bl * bb;
+    let nwin = cols.div_ceil(WIN);
+    let last = rows - 1;
+    let zero = Window {
+        a: [_mm256_setzero_si256(); 4],
+        sums: _mm256_setzero_si256(),
+        d: _mm256_setzero_ps(),
+    };
+    let mut buf = [[zero; GEMM_PANEL]; GEMM_TOKENS];
+    let mut acc = [[_mm512_setzero_ps(); GEMM_TOKENS]; PAIRS];
+    for t0 in (0..nb).step_by(GEMM_TOKENS) {
+        let tn = (nb - t0).min(GEMM_TOKENS);
+        for r0 in (0..rows).step_by(GEMM_ROWS) {
+            let rn = (rows - r0).min(GEMM_ROWS);
+            let pairs = rn.div_ceil(2);
+            for a in acc[..pairs].iter_mut() {
+                a[..tn].fill(_mm512_setzero_ps());
+            }
+            for w0 in (0..nwin).step_by(GEMM_PANEL) {
+                let wn = (nwin - w0).min(GEMM_PANEL);
+                for (t, bt) in buf[..tn].iter_mut().enumerate() {
+                    let at = token_acts(acts, cols, t0 + t);
+                    for (j, b) in bt[..wn].iter_mut().enumerate() {
+                        // SAFETY: `w0 + j < nwin` for the token's activations, whose shape was
+                        // checked above.
+                        *b = unsafe { window::<T2>(&at, w0 + j) };
+                    }
+                }
+                for (pr, acc_p) in acc[..pairs].iter_mut().enumerate() {
+                    // Rows `r0 + 2 pr` and the next one (the last row again past the end: its
+                    // results are dropped).
+                    let [pa, pb]: [*const u8; 2] = super::row_ptrs(w, r0 + 2 * pr, last, row_bytes);
+                    // Four tokens at a time, their running sums in registers (a short last group
+                    // computes stale buffer entries whose sums are never written out).
+                    for s0 in (0..tn).step_by(GEMM_SUB) {
+                        let mut a: [__m512; GEMM_SUB] = core::array::from_fn(|u| acc_p[s0 + u]);
+                        #[allow(clippy::needless_range_loop)]
+                        for j in 0..wn {
+                            let win = w0 + j;
+                            // SAFETY: window `win` of both rows is inside them: T2 bytes `32 win
+                            // ..` (16 when the row ends with half a window), TQ2_0 half
+                            // `win % 2` of block `win / 2` with its scale in the block's last
+                            // two bytes.
+                            let (c, dw) = unsafe {
+                                if K == T2 {
+                                    let half = (win + 1) * WIN > cols;
+                                    (codes2x2(pa.add(32 * win), pb.add(32 * win), half), None)
+                                } else {
+                                    let (qa, qb) = (pa.add((win / 2) * bb), pb.add((win / 2) * bb));
+                                    let h = 32 * (win % 2);
+                                    (
+                                        codes_tq2_grouped2(qa.add(h), qb.add(h)),
+                                        Some(tq_scales(qa.add(bb - 2), qb.add(bb - 2))),
+                                    )
+                                }
+                            };
+                            for (u, au) in a.iter_mut().enumerate() {
+                                let wv = &buf[s0 + u][j];
+                                // SAFETY: `wv`'s fields are readable 256-bit vectors.
+                                let (ops, sums, d) = unsafe {
+                                    (
+                                        [0, 1, 2, 3].map(|k| both(&wv.a[k])),
+                                        both(&wv.sums),
+                                        _mm512_castsi512_ps(both(
+                                            (&raw const wv.d).cast::<__m256i>(),
+                                        )),
+                                    )
+                                };
+                                let s = _mm512_dpbusd_epi32(sums, c[0], ops[0]);
+                                let s = _mm512_dpbusd_epi32(s, c[1], ops[1]);
+                                let s = _mm512_dpbusd_epi32(s, c[2], ops[2]);
+                                let isum = _mm512_dpbusd_epi32(s, c[3], ops[3]);
+                                let t = match dw {
+                                    None => _mm512_mul_ps(_mm512_cvtepi32_ps(isum), d),
+                                    Some(dw) => _mm512_mul_ps(
+                                        _mm512_mul_ps(dw, d),
+                                        _mm512_cvtepi32_ps(isum),
+                                    ),
+                                };
+                                *au = _mm512_add_ps(*au, t);
+                            }
+                        }
+                        acc_p[s0..s0 + GEMM_SUB].copy_from_slice(&a);
+                    }
+                }
+            }
+            for t in 0..tn {
+                let o = &mut out[(t0 + t) * rows..(t0 + t + 1) * rows];
+                for p4 in (0..pairs).step_by(4) {
+                    let v: [__m512; 4] = core::array::from_fn(|i| {
+                        if p4 + i < pairs {
+                            acc[p4 + i][t]
+                        } else {
+                            _mm512_setzero_ps()
+                        }
+                    });
+                    let r = r0 + 2 * p4;
+                    let o = &mut o[..(r0 + rn).max(r)];
+                    super::store8(o, r, reduce8x8(v));
+                }
+            }
+        }
+    }
+}
+
+/// AVX-512 [`crate::scalar::ternary::gemm_t2`], bit-exact with one [`avx512_gemv_t2`] per token.
+///
+/// # Safety
+///
+/// The CPU must have AVX2, FMA, F16C and AVX-512 F, BW, VL and VNNI (the features of the
+/// `avx512` tier).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn avx512_gemm_t2(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f32]) {
+    // SAFETY: same features, guaranteed by the caller.
+    unsafe { gemm_ternary::<T2>(w, acts, nb, out) }
+}
+
+/// AVX-512 [`crate::scalar::ternary::gemm_tq2_0`], bit-exact with one gemv per token.
+///
+/// # Safety
+///
+/// The CPU must have AVX2, FMA, F16C and AVX-512 F, BW, VL and VNNI (the features of the
+/// `avx512` tier).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn avx512_gemm_tq2_0(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f32]) {
+    // SAFETY: same features, guaranteed by the caller.
+    unsafe { gemm_ternary::<TQ2_0>(w, acts, nb, out) }
 }
