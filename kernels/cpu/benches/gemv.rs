@@ -127,6 +127,39 @@ fn bench_shape(k: &Kernels, ty: GgmlType, rows: usize, cols: usize) {
     );
 }
 
+/// The prefill tile as the session runs it: 32 rows times 16 tokens in one `Kernels::gemm`,
+/// against 16 gemvs, in multiply-adds per nanosecond.
+fn bench_gemm(k: &Kernels, ty: GgmlType, cols: usize) {
+    let (rows, nb) = (32, 16);
+    let mut rng = Rng(0x0BAD_5EED_1234_5678);
+    let w = weights(&mut rng, ty, rows, cols);
+    let acts = Acts::new(k, &mut rng, nb * cols);
+    let mut out = vec![0.0f32; nb * rows];
+    let g = cols / QS;
+    let gemm = time(|| k.gemm(ty, black_box(&w), &acts.x, &acts.view(), nb, &mut out));
+    let gemvs = time(|| {
+        for t in 0..nb {
+            let a = ActsQ8 {
+                qs: &acts.qs[t * cols..(t + 1) * cols],
+                d: &acts.d[t * g..(t + 1) * g],
+                sums: &acts.sums[t * g..(t + 1) * g],
+            };
+            let x = &acts.x[t * cols..(t + 1) * cols];
+            k.gemv(ty, black_box(&w), x, &a, &mut out[t * rows..(t + 1) * rows]);
+        }
+    });
+    let macs = (rows * cols * nb) as f64;
+    println!(
+        "{:>12} {:>5} gemm {rows}x{cols}x{nb} {:>8.1} us {:>6.1} MAC/ns | 16 gemvs {:>8.1} us {:>6.1} MAC/ns",
+        k.tier().name(),
+        ty.name(),
+        gemm * 1e6,
+        macs / gemm / 1e9,
+        gemvs * 1e6,
+        macs / gemvs / 1e9
+    );
+}
+
 /// All gemvs of one SmolLM2-135M decode step, plus the activation quantizations.
 fn bench_decode(k: &Kernels) {
     let mut rng = Rng(0x0DDB_A11C_AFE5_EED5);
@@ -199,6 +232,9 @@ fn main() {
         bench_shape(k, GgmlType::Q4_0, 49152, 576);
         bench_shape(k, GgmlType::Q4W, 49152, 576);
         bench_shape(k, GgmlType::Q4W, 1536, 576);
+        bench_gemm(k, GgmlType::Q4_0, 576);
+        bench_gemm(k, GgmlType::Q4W, 576);
+        bench_gemm(k, GgmlType::Q4W, 1536);
         bench_shape(k, GgmlType::Q5_0, 1536, 576);
         bench_shape(k, GgmlType::Q5_1, 1536, 576);
         bench_shape(k, GgmlType::F16, 1536, 576);

@@ -418,6 +418,7 @@ struct Table {
     gemm_q4_0: Option<GemmQ8Fn>,
     gemm_q4_1: Option<GemmQ8Fn>,
     gemm_q8_0: Option<GemmQ8Fn>,
+    gemm_q4w: Option<GemmQ8Fn>,
 }
 
 impl Table {
@@ -479,6 +480,7 @@ const SCALAR: Table = Table {
     gemm_q4_0: None,
     gemm_q4_1: None,
     gemm_q8_0: None,
+    gemm_q4w: None,
 };
 
 /// The AVX2 table: AVX2 kernels where they exist, the scalar ones elsewhere.
@@ -558,6 +560,7 @@ fn avx512_table(features: &CpuFeatures) -> Table {
     t.q4w = q8(Tier::Avx512, crate::x86::q4w::avx512_gemv_q4w);
     t.gemm_t2 = avx512::avx512_gemm_t2;
     t.gemm_tq2_0 = avx512::avx512_gemm_tq2_0;
+    t.gemm_q4w = Some(crate::x86::q4w::avx512_gemm_q4w);
     t
 }
 
@@ -730,6 +733,7 @@ impl Kernels {
             GgmlType::Q4_0 => self.table.gemm_q4_0,
             GgmlType::Q4_1 => self.table.gemm_q4_1,
             GgmlType::Q8_0 => self.table.gemm_q8_0,
+            GgmlType::Q4W => self.table.gemm_q4w,
             _ => None,
         }
     }

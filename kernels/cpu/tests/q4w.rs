@@ -344,3 +344,135 @@ fn spec_agrees_with_q4_0_product() {
         assert!((x - y).abs() <= 1e-4 * x.abs().max(1.0), "{x} vs {y}");
     }
 }
+
+type GemmFn = unsafe fn(&[u8], &ActsQ8<'_>, usize, &mut [f32]);
+
+/// `f` (a gemm: `nb` token rows of activations, `out[t * rows + r]`) gives the bits of the
+/// specification's gemv for every token, on shapes around its blocks (4 and 8 tokens, 16 and 32
+/// rows, 1024-column panels) and random ones.
+fn check_gemm(name: &str, f: GemmFn, wk: WKind, ak: ActKind, s: Scale, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let mut shapes = vec![
+        (1, 1, 64),
+        (2, 0, 64),
+        (3, 2, 0),
+        (4, 5, 128),
+        (8, 17, 320),
+        (9, 33, 1088),
+        (16, 32, 576),
+        (17, 3, 2112),
+        (5, 40, 1536),
+    ];
+    for _ in 0..16 {
+        shapes.push((
+            1 + rng.below(20),
+            1 + rng.below(40),
+            64 * (1 + rng.below(64)),
+        ));
+    }
+    for (nb, rows, cols) in shapes {
+        let w = random_rows(&mut rng, rows, cols, wk, s);
+        let x = random_x(&mut rng, nb * cols, ak);
+        let acts = Acts::quantize(&x);
+        let g = cols / QS;
+        let mut want = vec![f32::NAN; nb * rows];
+        for (t, o) in want.chunks_exact_mut(rows.max(1)).enumerate().take(nb) {
+            let at = ActsQ8 {
+                qs: &acts.qs[t * cols..(t + 1) * cols],
+                d: &acts.d[t * g..(t + 1) * g],
+                sums: &acts.sums[t * g..(t + 1) * g],
+            };
+            q::gemv_q4w(&w, &at, o);
+        }
+        let mut got = vec![f32::NAN; nb * rows];
+        // SAFETY: the caller checked that this CPU has the features `f` needs.
+        unsafe { f(&w, &acts.view(), nb, &mut got) };
+        assert_eq!(
+            bits(&got),
+            bits(&want),
+            "{name} differs from the gemv spec: {nb} tokens, {rows}x{cols}, {wk:?} weights, \
+             {ak:?} acts, {s:?} scales"
+        );
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512_gemm_q4w {
+    use super::*;
+
+    fn check(wk: WKind, ak: ActKind, s: Scale, seed: u64) {
+        if !has_avx512() {
+            eprintln!("avx512_gemm_q4w: this CPU lacks the features, skipped");
+            return;
+        }
+        check_gemm(
+            "avx512_gemm_q4w",
+            edgellm_kernels::x86::q4w::avx512_gemm_q4w,
+            wk,
+            ak,
+            s,
+            seed,
+        );
+    }
+
+    #[test]
+    fn random_bit_exact() {
+        check(WKind::Random, ActKind::Typical, Scale::Typical, 101);
+        check(WKind::Random, ActKind::OutlierGroup, Scale::Negative, 102);
+    }
+    #[test]
+    fn extremes() {
+        check(WKind::AllZero, ActKind::AtMax, Scale::Max, 103);
+        check(WKind::AllMax, ActKind::AtMax, Scale::Max, 104);
+        check(WKind::Random, ActKind::Zero, Scale::Subnormal, 105);
+    }
+    #[test]
+    #[should_panic(expected = "weight bytes")]
+    fn checks_weight_length() {
+        if !has_avx512() {
+            panic!("weight bytes (skipped: features missing)");
+        }
+        let acts = Acts::quantize(&[0.5; 3 * 256]);
+        let bytes = Q4W_BYTES * 4 * 2 - 1;
+        // SAFETY: the features were checked above.
+        unsafe {
+            edgellm_kernels::x86::q4w::avx512_gemm_q4w(
+                &vec![0; bytes],
+                &acts.view(),
+                3,
+                &mut [0.0; 6],
+            )
+        };
+    }
+}
+
+/// `Kernels::gemm` of Q4W on every tier this CPU has: batched where the tier has a gemm, one
+/// gemv per token elsewhere, the specification's bits either way.
+#[test]
+fn every_tier_gemm_matches_the_spec() {
+    use edgellm_kernels::{CpuFeatures, GgmlType, Kernels, Tier};
+    let f = CpuFeatures::detect();
+    let mut rng = Rng::new(7);
+    let (nb, rows, cols) = (11, 37, 576);
+    let w = random_rows(&mut rng, rows, cols, WKind::Random, Scale::Typical);
+    let x = random_x(&mut rng, nb * cols, ActKind::Typical);
+    let acts = Acts::quantize(&x);
+    let g = cols / QS;
+    let mut want = vec![0f32; nb * rows];
+    for (t, o) in want.chunks_exact_mut(rows).enumerate() {
+        let at = ActsQ8 {
+            qs: &acts.qs[t * cols..(t + 1) * cols],
+            d: &acts.d[t * g..(t + 1) * g],
+            sums: &acts.sums[t * g..(t + 1) * g],
+        };
+        q::gemv_q4w(&w, &at, o);
+    }
+    for k in Tier::ALL
+        .into_iter()
+        .filter_map(|t| Kernels::with_tier(t, &f).ok())
+    {
+        let mut got = vec![f32::NAN; nb * rows];
+        k.gemm(GgmlType::Q4W, &w, &x, &acts.view(), nb, &mut got);
+        assert_eq!(bits(&got), bits(&want), "{}", k.describe());
+    }
+}

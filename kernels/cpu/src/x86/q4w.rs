@@ -349,3 +349,133 @@ pub unsafe fn avx512_gemv_q4w(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
         r += R;
     }
 }
+
+/// Tokens per block of the gemm (their block operands live in a stack buffer).
+const GEMM_TOKENS: usize = 8;
+/// Tokens per inner pass of the gemm (running sums in registers).
+const GEMM_SUB: usize = 4;
+/// Rows per block of the gemm (their running sums live in a stack buffer).
+const GEMM_ROWS: usize = 32;
+/// Blocks per column panel of the gemm (1024 columns).
+const GEMM_PANEL: usize = 16;
+
+/// AVX-512 gemm of Q4W ([`crate::scalar::ternary`]'s gemm contract: `nb` token rows of
+/// activations, `out[t * rows + r]`), bit-exact with one [`avx512_gemv_q4w`] per token: tokens
+/// eight at a time with their block operands in a stack buffer, rows 32 at a time, two rows per
+/// vector; each block of two rows is unpacked once (codes and scales) and multiplied with the
+/// operands of four tokens at a time, broadcast to both halves, their running sums in registers.
+///
+/// # Safety
+///
+/// The CPU must have AVX2, FMA, F16C and AVX-512 F, BW, VL and VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn avx512_gemm_q4w(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f32]) {
+    use crate::scalar::ternary::{check_gemm, token_acts};
+    const PAIRS: usize = GEMM_ROWS / 2;
+    let (cols, rows) = check_gemm(acts, nb, out.len(), "Q4W");
+    for t in 0..nb {
+        check_gemv_ternary(
+            w,
+            &token_acts(acts, cols, t),
+            rows,
+            Q4W_BLOCK,
+            Q4W_BYTES,
+            "Q4W",
+        );
+    }
+    if rows == 0 || cols == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let row_bytes = cols / Q4W_BLOCK * Q4W_BYTES;
+    let nblk = cols / Q4W_BLOCK;
+    let last = rows - 1;
+    let zero = Ops {
+        al: _mm256_setzero_si256(),
+        ah: _mm256_setzero_si256(),
+        ns: _mm256_setzero_si256(),
+        da: _mm256_setzero_ps(),
+    };
+    let mut buf = [[zero; GEMM_PANEL]; GEMM_TOKENS];
+    let mut acc = [[_mm512_setzero_ps(); GEMM_TOKENS]; PAIRS];
+    let both = |v: __m256i| _mm512_broadcast_i64x4(v);
+    let m = _mm512_set1_epi8(0x0F);
+    for t0 in (0..nb).step_by(GEMM_TOKENS) {
+        let tn = (nb - t0).min(GEMM_TOKENS);
+        for r0 in (0..rows).step_by(GEMM_ROWS) {
+            let rn = (rows - r0).min(GEMM_ROWS);
+            let pairs = rn.div_ceil(2);
+            for a in acc[..pairs].iter_mut() {
+                a[..tn].fill(_mm512_setzero_ps());
+            }
+            for b0 in (0..nblk).step_by(GEMM_PANEL) {
+                let bn = (nblk - b0).min(GEMM_PANEL);
+                for (t, bt) in buf[..tn].iter_mut().enumerate() {
+                    let at = token_acts(acts, cols, t0 + t);
+                    for (j, o) in bt[..bn].iter_mut().enumerate() {
+                        // SAFETY: block `b0 + j` lies inside the token's activations (checked).
+                        *o = unsafe { ops(&at, b0 + j) };
+                    }
+                }
+                for (pr, acc_p) in acc[..pairs].iter_mut().enumerate() {
+                    // Rows `r0 + 2 pr` and the next (the last row again past the end: its
+                    // results are dropped).
+                    let [pa, pb]: [*const u8; 2] = super::row_ptrs(w, r0 + 2 * pr, last, row_bytes);
+                    for s0 in (0..tn).step_by(GEMM_SUB) {
+                        // A short last group computes stale buffer entries whose sums are never
+                        // written out.
+                        let mut a: [__m512; GEMM_SUB] = core::array::from_fn(|u| acc_p[s0 + u]);
+                        #[allow(clippy::needless_range_loop)]
+                        for j in 0..bn {
+                            let off = (b0 + j) * Q4W_BYTES;
+                            // SAFETY: block `b0 + j` of both rows is bytes `off .. off + 36`.
+                            let (lo, hi, dw) = unsafe {
+                                let (x, y) = (pa.add(off), pb.add(off));
+                                let v = _mm512_inserti64x4::<1>(
+                                    _mm512_castsi256_si512(_mm256_loadu_si256(x.add(4).cast())),
+                                    _mm256_loadu_si256(y.add(4).cast()),
+                                );
+                                let h = _mm256_blend_epi32::<0b1111_0000>(
+                                    _mm256_set1_epi32(x.cast::<i32>().read_unaligned()),
+                                    _mm256_set1_epi32(y.cast::<i32>().read_unaligned()),
+                                );
+                                (
+                                    _mm512_and_si512(v, m),
+                                    _mm512_and_si512(_mm512_srli_epi16::<4>(v), m),
+                                    _mm512_cvtph_ps(h),
+                                )
+                            };
+                            for (u, au) in a.iter_mut().enumerate() {
+                                let o = &buf[s0 + u][j];
+                                let s = _mm512_dpbusd_epi32(
+                                    _mm512_dpbusd_epi32(both(o.ns), lo, both(o.al)),
+                                    hi,
+                                    both(o.ah),
+                                );
+                                let da = _mm512_castsi512_ps(both(_mm256_castps_si256(o.da)));
+                                let t = _mm512_mul_ps(_mm512_mul_ps(dw, da), _mm512_cvtepi32_ps(s));
+                                *au = _mm512_add_ps(*au, t);
+                            }
+                        }
+                        acc_p[s0..s0 + GEMM_SUB].copy_from_slice(&a);
+                    }
+                }
+            }
+            for t in 0..tn {
+                let o = &mut out[(t0 + t) * rows..(t0 + t + 1) * rows];
+                for p4 in (0..pairs).step_by(4) {
+                    let v: [__m512; 4] = core::array::from_fn(|i| {
+                        if p4 + i < pairs {
+                            acc[p4 + i][t]
+                        } else {
+                            _mm512_setzero_ps()
+                        }
+                    });
+                    let r = r0 + 2 * p4;
+                    let o = &mut o[..(r0 + rn).max(r)];
+                    super::store8(o, r, super::avx512::reduce8x8(v));
+                }
+            }
+        }
+    }
+}
