@@ -37,11 +37,8 @@ pub(crate) fn row_ptrs<const N: usize>(
 
 /// Stores the lanes of `v` to `out[r..]`, as many as fit (at most eight): one vector store for a
 /// full pass, a copy through a stack array for the last, partial one (a `copy_from_slice` of
-/// eight values per pass became a call to `memcpy` in the decode's hottest loops).
-///
-/// # Safety
-///
-/// The CPU must have AVX.
+/// eight values per pass became a call to `memcpy` in the decode's hottest loops). Callable from
+/// the kernels, which have its target features.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) fn store8(out: &mut [f32], r: usize, v: core::arch::x86_64::__m256) {
