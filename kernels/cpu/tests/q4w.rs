@@ -3,53 +3,16 @@
 //! product of the dequantized weights and against Q4_0's product of the same numbers.
 
 mod common;
-use common::Rng;
+use common::{bits, scale_bits, Acts, Rng, Scale, QS};
+#[cfg(target_arch = "x86_64")]
+use common::{has_avx2, has_avx512, has_avxvnni};
+#[cfg(target_arch = "aarch64")]
+use common::{has_dotprod, has_neon};
 use edgellm_kernels::scalar::q4w::{self as q, Q4W_BLOCK, Q4W_BYTES};
 use edgellm_kernels::ActsQ8;
 use half::f16;
 
-/// Values per activation scale group.
-const QS: usize = 16;
-
 type GemvFn = unsafe fn(&[u8], &ActsQ8<'_>, &mut [f32]);
-
-/// Owned quantized activations, one scale per 16 values (the [`ActsQ8`] rule).
-struct Acts {
-    qs: Vec<i8>,
-    d: Vec<f32>,
-    sums: Vec<i32>,
-}
-
-impl Acts {
-    fn quantize(x: &[f32]) -> Acts {
-        let mut a = Acts {
-            qs: vec![0; x.len()],
-            d: vec![0.0; x.len() / QS],
-            sums: vec![0; x.len() / QS],
-        };
-        for (g, xg) in x.chunks_exact(QS).enumerate() {
-            let amax = xg.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            let d = amax / 127.0;
-            if d < f32::MIN_POSITIVE {
-                continue;
-            }
-            for (j, &v) in xg.iter().enumerate() {
-                let q = (v / d).round_ties_even() as i32;
-                a.qs[g * QS + j] = q as i8;
-                a.sums[g] += q;
-            }
-            a.d[g] = d;
-        }
-        a
-    }
-    fn view(&self) -> ActsQ8<'_> {
-        ActsQ8 {
-            qs: &self.qs,
-            d: &self.d,
-            sums: &self.sums,
-        }
-    }
-}
 
 #[derive(Clone, Copy, Debug)]
 enum ActKind {
@@ -69,25 +32,6 @@ enum WKind {
     AllZero,
     /// Every code 15 (weight `7 d`).
     AllMax,
-}
-
-#[derive(Clone, Copy, Debug)]
-enum Scale {
-    Typical,
-    Zero,
-    Negative,
-    Subnormal,
-    Max,
-}
-
-fn scale_bits(rng: &mut Rng, s: Scale) -> u16 {
-    match s {
-        Scale::Typical => f16::from_f32(rng.normal(0.05)).to_bits(),
-        Scale::Zero => 0,
-        Scale::Negative => f16::from_f32(-(rng.unit() * 0.1 + 1e-3)).to_bits(),
-        Scale::Subnormal => (1 + rng.below(0x3FF) as u16) | ((rng.below(2) as u16) << 15),
-        Scale::Max => 0x7BFF | ((rng.below(2) as u16) << 15),
-    }
 }
 
 fn random_x(rng: &mut Rng, n: usize, k: ActKind) -> Vec<f32> {
@@ -115,10 +59,6 @@ fn random_rows(rng: &mut Rng, rows: usize, cols: usize, k: WKind, s: Scale) -> V
         }
     }
     w
-}
-
-fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|x| x.to_bits()).collect()
 }
 
 /// Shapes: fixed ones (a single block, the SmolLM2 and BitNet-2B dims, past the 4096-column
@@ -223,37 +163,6 @@ macro_rules! simd_kernel_tests {
     )*};
 }
 
-#[cfg(target_arch = "x86_64")]
-fn has_avx2() -> bool {
-    std::is_x86_feature_detected!("avx2")
-        && std::is_x86_feature_detected!("fma")
-        && std::is_x86_feature_detected!("f16c")
-}
-
-#[cfg(target_arch = "x86_64")]
-fn has_avxvnni() -> bool {
-    has_avx2() && std::is_x86_feature_detected!("avxvnni")
-}
-
-#[cfg(target_arch = "x86_64")]
-fn has_avx512() -> bool {
-    has_avx2()
-        && std::is_x86_feature_detected!("avx512f")
-        && std::is_x86_feature_detected!("avx512bw")
-        && std::is_x86_feature_detected!("avx512vl")
-        && std::is_x86_feature_detected!("avx512vnni")
-}
-
-#[cfg(target_arch = "aarch64")]
-fn has_neon() -> bool {
-    std::arch::is_aarch64_feature_detected!("neon")
-}
-
-#[cfg(target_arch = "aarch64")]
-fn has_dotprod() -> bool {
-    has_neon() && std::arch::is_aarch64_feature_detected!("dotprod")
-}
-
 simd_kernel_tests! {
     avx2_gemv_q4w: edgellm_kernels::x86::q4w::avx2_gemv_q4w, "x86_64", has_avx2();
     avxvnni_gemv_q4w: edgellm_kernels::x86::q4w::avxvnni_gemv_q4w, "x86_64", has_avxvnni();
@@ -345,11 +254,13 @@ fn spec_agrees_with_q4_0_product() {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
 type GemmFn = unsafe fn(&[u8], &ActsQ8<'_>, usize, &mut [f32]);
 
 /// `f` (a gemm: `nb` token rows of activations, `out[t * rows + r]`) gives the bits of the
 /// specification's gemv for every token, on shapes around its blocks (4 and 8 tokens, 16 and 32
 /// rows, 1024-column panels) and random ones.
+#[cfg(target_arch = "x86_64")]
 fn check_gemm(name: &str, f: GemmFn, wk: WKind, ak: ActKind, s: Scale, seed: u64) {
     let mut rng = Rng::new(seed);
     let mut shapes = vec![

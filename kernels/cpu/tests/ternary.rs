@@ -11,59 +11,19 @@ use edgellm_kernels::scalar::ternary as st;
 use edgellm_kernels::{ActsQ8, GgmlType};
 use half::f16;
 
-/// Values per activation scale group.
-const QS: usize = 16;
-
 type GemvFn = unsafe fn(&[u8], &ActsQ8<'_>, &mut [f32]);
 
 // ---------------------------------------------------------------------------------------------
 // Deterministic random data
 
-use common::Rng;
+use common::{bits, scale_bits, Acts, Rng, Scale, QS};
+#[cfg(target_arch = "x86_64")]
+use common::{has_avx2, has_avx512, has_avxvnni};
+#[cfg(target_arch = "aarch64")]
+use common::{has_dotprod, has_neon};
 
 // ---------------------------------------------------------------------------------------------
 // Activations: one scale per 16 values
-
-/// Owned quantized activations.
-struct Acts {
-    qs: Vec<i8>,
-    d: Vec<f32>,
-    sums: Vec<i32>,
-}
-
-impl Acts {
-    /// The [`ActsQ8`] rule per group of 16: `d = amax / 127`, `q = round_ties_even(x / d)`.
-    fn quantize(x: &[f32]) -> Acts {
-        assert!(x.len().is_multiple_of(32));
-        let mut a = Acts {
-            qs: vec![0; x.len()],
-            d: vec![0.0; x.len() / QS],
-            sums: vec![0; x.len() / QS],
-        };
-        for (g, xg) in x.chunks_exact(QS).enumerate() {
-            let amax = xg.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            let d = amax / 127.0;
-            if d < f32::MIN_POSITIVE {
-                continue;
-            }
-            let id = 1.0 / d;
-            for (j, &v) in xg.iter().enumerate() {
-                let q = (v * id).round_ties_even() as i32;
-                a.qs[g * QS + j] = q as i8;
-                a.sums[g] += q;
-            }
-            a.d[g] = d;
-        }
-        a
-    }
-    fn view(&self) -> ActsQ8<'_> {
-        ActsQ8 {
-            qs: &self.qs,
-            d: &self.d,
-            sums: &self.sums,
-        }
-    }
-}
 
 /// How activations are chosen.
 #[derive(Clone, Copy, Debug)]
@@ -205,26 +165,6 @@ enum WKind {
     AllMinus,
 }
 
-/// How TQ block scales are chosen.
-#[derive(Clone, Copy, Debug)]
-enum Scale {
-    Typical,
-    Zero,
-    Negative,
-    Subnormal,
-    Max,
-}
-
-fn scale_bits(rng: &mut Rng, s: Scale) -> u16 {
-    match s {
-        Scale::Typical => f16::from_f32(rng.normal(0.05)).to_bits(),
-        Scale::Zero => 0,
-        Scale::Negative => f16::from_f32(-(rng.unit() * 0.1 + 1e-3)).to_bits(),
-        Scale::Subnormal => (1 + rng.below(0x3FF) as u16) | ((rng.below(2) as u16) << 15),
-        Scale::Max => 0x7BFF | ((rng.below(2) as u16) << 15),
-    }
-}
-
 fn random_rows(rng: &mut Rng, ty: Ty, rows: usize, cols: usize, k: WKind, s: Scale) -> Vec<u8> {
     let (bl, bb) = (ty.block_len(), ty.block_bytes());
     let nblocks = rows * cols / bl;
@@ -249,10 +189,6 @@ fn random_rows(rng: &mut Rng, ty: Ty, rows: usize, cols: usize, k: WKind, s: Sca
         }
     }
     w
-}
-
-fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|x| x.to_bits()).collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -371,40 +307,6 @@ macro_rules! simd_kernel_tests {
             }
         }
     )*};
-}
-
-#[cfg(target_arch = "x86_64")]
-fn has_avx2() -> bool {
-    std::is_x86_feature_detected!("avx2")
-        && std::is_x86_feature_detected!("fma")
-        && std::is_x86_feature_detected!("f16c")
-}
-
-/// The AVX-VNNI kernels must never run on a CPU without `avxvnni` (they skip there).
-#[cfg(target_arch = "x86_64")]
-fn has_avxvnni() -> bool {
-    has_avx2() && std::is_x86_feature_detected!("avxvnni")
-}
-
-/// The AVX-512 kernels must never run on a CPU without AVX-512 F, BW, VL and VNNI.
-#[cfg(target_arch = "x86_64")]
-fn has_avx512() -> bool {
-    has_avx2()
-        && std::is_x86_feature_detected!("avx512f")
-        && std::is_x86_feature_detected!("avx512bw")
-        && std::is_x86_feature_detected!("avx512vl")
-        && std::is_x86_feature_detected!("avx512vnni")
-}
-
-#[cfg(target_arch = "aarch64")]
-fn has_neon() -> bool {
-    std::arch::is_aarch64_feature_detected!("neon")
-}
-
-/// The dotprod kernels must never run on a CPU without `sdot` (e.g. under `qemu -cpu cortex-a53`).
-#[cfg(target_arch = "aarch64")]
-fn has_dotprod() -> bool {
-    has_neon() && std::arch::is_aarch64_feature_detected!("dotprod")
 }
 
 simd_kernel_tests! {

@@ -510,21 +510,36 @@ unsafe fn gemm_ternary<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out:
                     }
                 }
             }
-            for t in 0..tn {
-                let o = &mut out[(t0 + t) * rows..(t0 + t + 1) * rows];
-                for p4 in (0..pairs).step_by(4) {
-                    let v: [__m512; 4] = core::array::from_fn(|i| {
-                        if p4 + i < pairs {
-                            acc[p4 + i][t]
-                        } else {
-                            _mm512_setzero_ps()
-                        }
-                    });
-                    let r = r0 + 2 * p4;
-                    let o = &mut o[..(r0 + rn).max(r)];
-                    super::store8(o, r, reduce8x8(v));
+            store_tile(out, rows, (t0, tn), (r0, rn), &acc);
+        }
+    }
+}
+
+/// Writes a gemm tile's results: tokens `t0 .. t0 + tn`, rows `r0 .. r0 + rn` of `out` (`rows`
+/// results per token), from the running sums `acc[pair][token]` of rows `r0 + 2 pair` (low half)
+/// and the next (high half), each reduced as the specification does ([`reduce8x8`]).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(crate) fn store_tile<const T: usize>(
+    out: &mut [f32],
+    rows: usize,
+    (t0, tn): (usize, usize),
+    (r0, rn): (usize, usize),
+    acc: &[[__m512; T]],
+) {
+    let pairs = rn.div_ceil(2);
+    for t in 0..tn {
+        let o = &mut out[(t0 + t) * rows..(t0 + t + 1) * rows];
+        for p4 in (0..pairs).step_by(4) {
+            let v: [__m512; 4] = core::array::from_fn(|i| {
+                if p4 + i < pairs {
+                    acc[p4 + i][t]
+                } else {
+                    _mm512_setzero_ps()
                 }
-            }
+            });
+            let r = r0 + 2 * p4;
+            super::store8(&mut o[..r0 + rn], r, reduce8x8(v));
         }
     }
 }

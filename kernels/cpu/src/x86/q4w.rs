@@ -461,21 +461,7 @@ pub unsafe fn avx512_gemm_q4w(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut 
                     }
                 }
             }
-            for t in 0..tn {
-                let o = &mut out[(t0 + t) * rows..(t0 + t + 1) * rows];
-                for p4 in (0..pairs).step_by(4) {
-                    let v: [__m512; 4] = core::array::from_fn(|i| {
-                        if p4 + i < pairs {
-                            acc[p4 + i][t]
-                        } else {
-                            _mm512_setzero_ps()
-                        }
-                    });
-                    let r = r0 + 2 * p4;
-                    let o = &mut o[..(r0 + rn).max(r)];
-                    super::store8(o, r, super::avx512::reduce8x8(v));
-                }
-            }
+            super::avx512::store_tile(out, rows, (t0, tn), (r0, rn), &acc);
         }
     }
 }
