@@ -622,3 +622,61 @@ pub fn image_status(g: &Gguf<'_>) -> String {
         Err(e) => format!("{desc}: CHECKSUMS DO NOT VERIFY: {e}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(format: Format, head_format: HeadFormat) -> ConvertArgs {
+        ConvertArgs {
+            input: PathBuf::from("in.gguf"),
+            output: PathBuf::from("out.gguf"),
+            format,
+            head_format,
+            lora: None,
+            i2s_layout: I2sLayoutArg::X86,
+            quiet: true,
+        }
+    }
+
+    /// Rows that a format's blocks do not divide fall back, with a note: Q4W (64) to Q4_0 (32),
+    /// then Q8_0, then F16; no other format falls back to Q4_0.
+    #[test]
+    fn output_types_and_fallbacks() {
+        let q4 = args(Format::Q4, HeadFormat::Q4);
+        assert_eq!(
+            out_type("blk.0.ffn_up.weight", &[576, 1536], &q4),
+            (OutType::Q4W, None)
+        );
+        assert_eq!(
+            out_type("token_embd.weight", &[576, 49152], &q4),
+            (OutType::Q4W, None)
+        );
+        let (t, note) = out_type("blk.0.ffn_up.weight", &[96, 8], &q4);
+        assert_eq!(t, OutType::Q4_0);
+        assert!(note.unwrap().contains("written as Q4_0"));
+        assert_eq!(
+            out_type("blk.0.ffn_up.weight", &[48, 8], &q4).0,
+            OutType::F16
+        );
+        assert_eq!(
+            out_type("blk.0.attn_norm.weight", &[96], &q4),
+            (OutType::F32, None)
+        );
+        let t2 = args(Format::Ternary, HeadFormat::Q8);
+        assert_eq!(
+            out_type("blk.0.ffn_up.weight", &[96, 8], &t2).0,
+            OutType::Q8_0
+        );
+        assert_eq!(
+            out_type("output.weight", &[96, 8], &t2),
+            (OutType::Q8_0, None)
+        );
+        let q8 = args(Format::Q8, HeadFormat::Q4);
+        assert_eq!(out_type("output.weight", &[96, 8], &q8).0, OutType::Q4_0);
+        assert_eq!(
+            out_type("blk.0.ffn_up.weight", &[96, 8], &q8),
+            (OutType::Q8_0, None)
+        );
+    }
+}
