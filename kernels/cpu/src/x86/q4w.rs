@@ -1,5 +1,6 @@
 //! x86 kernels of Q4W (layout and specification in [`crate::scalar::q4w`]), bit-exact:
-//! AVX2 (`avx2_gemv_q4w`), AVX-VNNI (`avxvnni_gemv_q4w`) and AVX-512 (`avx512_gemv_q4w`).
+//! AVX2 (`avx2_gemv_q4w`), AVX-VNNI (`avxvnni_gemv_q4w`) and AVX-512 (`avx512_gemv_q4w`, and the
+//! batched `avx512_gemm_q4w` for prefill).
 //!
 //! The activations of each block are arranged once per call (per panel of [`PANEL`] blocks for
 //! longer rows) into the block's operands ([`Ops`]): the bytes of lane `j`'s low and high
