@@ -344,17 +344,50 @@ unsafe fn gemv_ternary<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]
                 }
             }
         }
+        if K != T2 {
+            let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+            for a in acc.iter_mut() {
+                *a = _mm256_permutevar8x32_ps(*a, order);
+            }
+        }
+        let sums = reduce8x4(&acc);
         let n = (rows - r).min(ROWS);
-        for i in 0..n {
-            let a = if K == T2 {
-                acc[i]
-            } else {
-                _mm256_permutevar8x32_ps(acc[i], _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
-            };
-            out[r + i] = reduce8(a);
+        if n == ROWS {
+            // SAFETY: `r + 4 <= rows`: four f32 inside `out`.
+            unsafe { _mm_storeu_ps(out.as_mut_ptr().add(r), sums) };
+        } else {
+            let mut tmp = [0f32; ROWS];
+            // SAFETY: `tmp` holds four f32.
+            unsafe { _mm_storeu_ps(tmp.as_mut_ptr(), sums) };
+            out[r..r + n].copy_from_slice(&tmp[..n]);
         }
         r += ROWS;
     }
+}
+
+/// [`reduce8`] of four rows' running sums at once, lane `i` for row `i`: the same additions in
+/// the same order (`((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7))`), so bit for bit the same.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn reduce8x4(acc: &[__m256; ROWS]) -> __m128 {
+    // [s_x | s_y] with s_j = a_j + a_{j + 4} of each row.
+    let s = |x: __m256, y: __m256| {
+        _mm256_add_ps(
+            _mm256_permute2f128_ps::<0x20>(x, y),
+            _mm256_permute2f128_ps::<0x31>(x, y),
+        )
+    };
+    // Every word of each 128-bit lane: (s0 + s2) + (s1 + s3).
+    let t = |v: __m256| {
+        let v = _mm256_add_ps(v, _mm256_permute_ps::<0b01_00_11_10>(v));
+        _mm256_add_ps(v, _mm256_permute_ps::<0b10_11_00_01>(v))
+    };
+    // [r0 r2 r0 r2 | r1 r3 r1 r3], then [r0 r1 r2 r3] in the low 128 bits.
+    let u = _mm256_unpacklo_ps(t(s(acc[0], acc[1])), t(s(acc[2], acc[3])));
+    _mm256_castps256_ps128(_mm256_permutevar8x32_ps(
+        u,
+        _mm256_setr_epi32(0, 4, 1, 5, 0, 0, 0, 0),
+    ))
 }
 
 /// AVX-VNNI [`crate::scalar::ternary::gemv_t2`] (unscaled T2 product), bit-exact.
