@@ -22,6 +22,7 @@
 use core::arch::x86_64::*;
 use core::mem::MaybeUninit;
 
+use super::ternary::reduce8_pair;
 use crate::acts::ActsQ8;
 use crate::scalar::q4w::{Q4W_BLOCK, Q4W_BYTES};
 use crate::scalar::ternary::check_gemv_ternary;
@@ -169,22 +170,10 @@ unsafe fn scales(p: *const u8) -> __m256 {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn reduce8x8(acc: &[__m256; R]) -> __m256 {
-    // [s_x | s_y] with s_j = a_j + a_{j + 4} of each row.
-    let s = |x: __m256, y: __m256| {
-        _mm256_add_ps(
-            _mm256_permute2f128_ps::<0x20>(x, y),
-            _mm256_permute2f128_ps::<0x31>(x, y),
-        )
-    };
-    // Every word of each 128-bit lane: (s0 + s2) + (s1 + s3).
-    let t = |v: __m256| {
-        let v = _mm256_add_ps(v, _mm256_permute_ps::<0b01_00_11_10>(v));
-        _mm256_add_ps(v, _mm256_permute_ps::<0b10_11_00_01>(v))
-    };
-    let t01 = t(s(acc[0], acc[1]));
-    let t23 = t(s(acc[2], acc[3]));
-    let t45 = t(s(acc[4], acc[5]));
-    let t67 = t(s(acc[6], acc[7]));
+    let t01 = reduce8_pair(acc[0], acc[1]);
+    let t23 = reduce8_pair(acc[2], acc[3]);
+    let t45 = reduce8_pair(acc[4], acc[5]);
+    let t67 = reduce8_pair(acc[6], acc[7]);
     // [r0 r2 r0 r2 | r1 r3 r1 r3] and [r4 r6 .. | r5 r7 ..], then [r0 r2 r4 r6 | r1 r3 r5 r7].
     let u = _mm256_unpacklo_ps(t01, t23);
     let v = _mm256_unpacklo_ps(t45, t67);

@@ -80,6 +80,22 @@ pub(crate) fn reduce8(acc: __m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps::<0b01>(t, t)))
 }
 
+/// [`reduce8`] of two rows' running sums `x` and `y` at once: every 32-bit word of the low
+/// 128-bit lane holds `x`'s reduction, every word of the high lane `y`'s, with the same additions
+/// in the same order (`((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7))`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn reduce8_pair(x: __m256, y: __m256) -> __m256 {
+    // [s_x | s_y] with s_j = a_j + a_{j + 4} of each row.
+    let s = _mm256_add_ps(
+        _mm256_permute2f128_ps::<0x20>(x, y),
+        _mm256_permute2f128_ps::<0x31>(x, y),
+    );
+    // Every word of each 128-bit lane: (s0 + s2) + (s1 + s3).
+    let t = _mm256_add_ps(s, _mm256_permute_ps::<0b01_00_11_10>(s));
+    _mm256_add_ps(t, _mm256_permute_ps::<0b10_11_00_01>(t))
+}
+
 /// One window's shared operands: activations (arranged per type), `sums` and `d` (in the lane
 /// order of [`group_sums`] for the type).
 #[derive(Clone, Copy)]

@@ -61,8 +61,8 @@ use super::legacy::{
     Q5_0, Q5_1,
 };
 use super::ternary::{
-    codes2, codes_tq2_grouped, gemv_tq1, load_window, reduce8, tq_scale, Tq1Window, Window,
-    GEMM_PANEL, GEMM_ROWS, GEMM_SUB, GEMM_TOKENS, PREFETCH_PASSES, ROWS, T2, TQ2_0, WIN,
+    codes2, codes_tq2_grouped, gemv_tq1, load_window, reduce8, reduce8_pair, tq_scale, Tq1Window,
+    Window, GEMM_PANEL, GEMM_ROWS, GEMM_SUB, GEMM_TOKENS, PREFETCH_PASSES, ROWS, T2, TQ2_0, WIN,
 };
 use crate::acts::{ActsQ8, QK};
 use crate::scalar::legacy::check_gemv;
@@ -370,20 +370,8 @@ unsafe fn gemv_ternary<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn reduce8x4(acc: &[__m256; ROWS]) -> __m128 {
-    // [s_x | s_y] with s_j = a_j + a_{j + 4} of each row.
-    let s = |x: __m256, y: __m256| {
-        _mm256_add_ps(
-            _mm256_permute2f128_ps::<0x20>(x, y),
-            _mm256_permute2f128_ps::<0x31>(x, y),
-        )
-    };
-    // Every word of each 128-bit lane: (s0 + s2) + (s1 + s3).
-    let t = |v: __m256| {
-        let v = _mm256_add_ps(v, _mm256_permute_ps::<0b01_00_11_10>(v));
-        _mm256_add_ps(v, _mm256_permute_ps::<0b10_11_00_01>(v))
-    };
     // [r0 r2 r0 r2 | r1 r3 r1 r3], then [r0 r1 r2 r3] in the low 128 bits.
-    let u = _mm256_unpacklo_ps(t(s(acc[0], acc[1])), t(s(acc[2], acc[3])));
+    let u = _mm256_unpacklo_ps(reduce8_pair(acc[0], acc[1]), reduce8_pair(acc[2], acc[3]));
     _mm256_castps256_ps128(_mm256_permutevar8x32_ps(
         u,
         _mm256_setr_epi32(0, 4, 1, 5, 0, 0, 0, 0),
