@@ -63,19 +63,27 @@ unsafe fn both(p: *const __m256i) -> __m512i {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn tq1_blocks(a: *const u8, b: *const u8) -> [[__m512i; 2]; 8] {
-    // SAFETY: bytes 0..32 (qs[0..32]), 32..48 (qs[32..48]) and 48..52 (qh) of each block.
-    let (q, r, h) = unsafe {
-        let qh = |p: *const u8| p.add(48).cast::<i32>().read_unaligned();
+    // SAFETY: bytes 0..32 (qs[0..32]) and 20..52 (qs[20..48] and qh) of each block.
+    let (q, v) = unsafe {
         (
             halves(_mm256_loadu_si256(a.cast()), _mm256_loadu_si256(b.cast())),
-            _mm512_mask_broadcast_i32x4(
-                _mm512_broadcast_i32x4(_mm_loadu_si128(a.add(32).cast())),
-                0xFF00,
-                _mm_loadu_si128(b.add(32).cast()),
+            halves(
+                _mm256_loadu_si256(a.add(20).cast()),
+                _mm256_loadu_si256(b.add(20).cast()),
             ),
-            _mm512_mask_set1_epi32(_mm512_set1_epi32(qh(a)), 0xFF00, qh(b)),
         )
     };
+    // 32-bit words 3..7 of each half of `v` are qs[32..48] and qh: `r` holds qs[32..48] in both
+    // 128-bit lanes of each half, `t` qs[32..48] in the low lane and qh in the four words of the
+    // high one.
+    let r = _mm512_permutexvar_epi32(
+        _mm512_setr_epi32(3, 4, 5, 6, 3, 4, 5, 6, 11, 12, 13, 14, 11, 12, 13, 14),
+        v,
+    );
+    let t = _mm512_permutexvar_epi32(
+        _mm512_setr_epi32(3, 4, 5, 6, 7, 7, 7, 7, 11, 12, 13, 14, 15, 15, 15, 15),
+        v,
+    );
     // Multipliers of the low (`e`) or high (`o`) byte of each 16-bit lane, alike in both halves.
     let e = |c: [i16; 8], d: [i16; 8]| {
         _mm512_broadcast_i64x4(_mm256_setr_epi16(
@@ -96,16 +104,16 @@ unsafe fn tq1_blocks(a: *const u8, b: *const u8) -> [[__m512i; 2]; 8] {
     x[5] = [mul(p[0], e3), mul(p[1], e3)];
     x[6] = [mul(x[5][0], e3), mul(x[5][1], e3)];
     // Digit 4 of qs[32..48] in the low 128 bits of each half, qh in the high ones.
-    let t = _mm512_mask_blend_epi32(0xF0F0, r, h);
     let (lo, hi) = ([81; 8], [1, 1, 3, 3, 9, 9, 27, 27]);
     x[7] = [mul(mul(t, e(lo, hi)), e3), mul(mul(t, o(lo, hi)), e3)];
     x
 }
 
 /// The exact `isum` of one TQ1_0 window of two rows (four pairs of [`tq1_blocks`], the window's
-/// arranged activations `a` and sums `sums` in the TQ2_0 lane order, as 256-bit operands used
-/// in both halves): per pair two `vpdpbusd`, then the four results' 32-bit words added within
-/// each 128-bit lane by `vpackssdw` and `vpmaddwd`.
+/// arranged activations `a` and negated sums `sums` in the TQ2_0 lane order (see
+/// [`tq1_window`]), as 256-bit operands used in both halves): per pair two `vpdpbusd`, then the
+/// four results' 32-bit words added within each 128-bit lane by `vpackssdw` and `vpmaddwd` (the
+/// last `vpmaddwd` as a `vpdpwssd` onto `-sums`).
 ///
 /// # Safety
 ///
@@ -124,9 +132,10 @@ unsafe fn tq1_isum2(x: &[[__m512i; 2]], wv: &Tq1Window) -> __m512i {
     // each 128-bit lane, in the order p[0], p[1], p[2], p[3].
     let ones = _mm512_set1_epi16(1);
     let h = |a: __m512i, b: __m512i| _mm512_madd_epi16(_mm512_packs_epi32(a, b), ones);
-    let s = h(h(p[0], p[1]), h(p[2], p[3]));
+    let s = _mm512_packs_epi32(h(p[0], p[1]), h(p[2], p[3]));
+    // The last round's pair sums added to `-sums` by `vpdpwssd`.
     // SAFETY: `wv.sums` is a readable 256-bit vector.
-    _mm512_sub_epi32(s, unsafe { both(&wv.sums) })
+    _mm512_dpwssd_epi32(unsafe { both(&wv.sums) }, s, ones)
 }
 
 /// The f16 scales at `a` and `b` as f32, each in eight lanes of its half.
@@ -147,6 +156,20 @@ unsafe fn tq_scales(a: *const u8, b: *const u8) -> __m512 {
     let v = _mm_cvtph_ps(_mm_cvtsi32_si128(a as i32 | (b as i32) << 16));
     let idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
     _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(v))
+}
+
+/// [`load_window_tq1`]`::<true>` with `sums` negated, as [`tq1_isum2`] takes them.
+///
+/// # Safety
+///
+/// As [`load_window_tq1`]; the CPU must have the features of this module.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn tq1_window(acts: &ActsQ8<'_>, win: usize) -> Tq1Window {
+    // SAFETY: as the caller's.
+    let mut wv = unsafe { load_window_tq1::<true>(acts, win) };
+    wv.sums = _mm256_sub_epi32(_mm256_setzero_si256(), wv.sums);
+    wv
 }
 
 /// AVX-512 [`crate::scalar::ternary::gemv_tq1_0`], bit-exact: the AVX-VNNI kernel's steps on
@@ -174,7 +197,7 @@ pub unsafe fn avx512_gemv_tq1_0(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
     if single {
         for (win, b) in buf[..nwin].iter_mut().enumerate() {
             // SAFETY: `win < nwin`.
-            b.write(unsafe { load_window_tq1::<true>(acts, win) });
+            b.write(unsafe { tq1_window(acts, win) });
         }
     }
     // Swaps i32 lanes 2 and 5 of each half (`super::ternary::tq1_swap`, twice).
@@ -190,7 +213,7 @@ pub unsafe fn avx512_gemv_tq1_0(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
             if !single {
                 for (j, b) in buf[..wn].iter_mut().enumerate() {
                     // SAFETY: `w0 + j < nwin`.
-                    b.write(unsafe { load_window_tq1::<true>(acts, w0 + j) });
+                    b.write(unsafe { tq1_window(acts, w0 + j) });
                 }
             }
             let wins = {
