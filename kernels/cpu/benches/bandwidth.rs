@@ -7,8 +7,9 @@
 //! `TYPE`, e.g. `TQ2_0`), the gemv's weight bytes per second on BitNet-2B shapes (6912x2560 and
 //! 2560x6912) when the weights come from memory: each call takes the next of copies filling
 //! 256 MB, so nothing is left in cache. `stream` is a plain read of the same copies in the same
-//! order (eight independent 64-bit sums per 64 bytes, which the compiler vectorizes), the
-//! bandwidth one thread can draw; `%` is the kernel's share of it. `cached` is the gemv's rate
+//! order (eight independent 64-bit sums per 64 bytes, which the compiler vectorizes), with or
+//! without a software prefetch 2 KiB ahead, whichever is faster: the bandwidth one thread can
+//! draw; `%` is the kernel's share of it. `cached` is the gemv's rate
 //! on one copy that stays in the caches: the kernel's own speed, which bounds `GB/s` when it is
 //! not far above `stream`. Every time is the fastest of
 //! many samples, so that a busy machine disturbs the figures less.
@@ -90,6 +91,28 @@ fn read_all(b: &[u8]) -> u64 {
     s.iter().fold(0, |a, &v| a ^ v)
 }
 
+/// [`read_all`] with a software prefetch of the line 2 KiB ahead, which on some cores draws more
+/// bandwidth than the hardware prefetchers alone (on x86; elsewhere the plain read).
+fn read_all_prefetched(b: &[u8]) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let mut s = [0u64; 8];
+        for (i, c) in b.chunks_exact(64).enumerate() {
+            // A prefetch is only a hint: an address past the end is never read.
+            let ahead = b.as_ptr().wrapping_add(64 * i + 2048);
+            // SAFETY: `_mm_prefetch` does not fault, whatever the address; SSE is part of x86-64.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead.cast()) };
+            for (i, s) in s.iter_mut().enumerate() {
+                *s = s.wrapping_add(u64::from_le_bytes(c[8 * i..8 * i + 8].try_into().unwrap()));
+            }
+        }
+        s.iter().fold(0, |a, &v| a ^ v)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    read_all(b)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -154,10 +177,15 @@ fn main() {
             };
             let mut out = vec![0.0f32; rows];
             let mut i = 0;
-            let stream = time(|| {
+            let plain = time(|| {
                 i = (i + 1) % cold.len();
                 black_box(read_all(black_box(&cold[i])));
             });
+            let prefetched = time(|| {
+                i = (i + 1) % cold.len();
+                black_box(read_all_prefetched(black_box(&cold[i])));
+            });
+            let stream = plain.min(prefetched);
             let gemv = time(|| {
                 i = (i + 1) % cold.len();
                 k.gemv(ty, black_box(&cold[i][..one.len()]), &x, &acts, &mut out)
