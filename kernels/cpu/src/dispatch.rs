@@ -396,6 +396,8 @@ struct Table {
     axpy_f32: (Tier, AxpyFn),
     swiglu: (Tier, SwigluFn),
     attn: (Tier, Attn),
+    /// Wider attention kernels that pay only beside wide gemvs ([`Kernels::for_weights`]).
+    attn_wide: Option<(Tier, Attn)>,
     f32: Option<Entry>,
     f16: Option<Entry>,
     bf16: Option<Entry>,
@@ -460,6 +462,7 @@ const SCALAR: Table = Table {
             values_i8: scalar::attn_values_i8,
         },
     ),
+    attn_wide: None,
     f32: fw(Tier::Scalar, scalar::gemv_f32w_f32),
     f16: fw(Tier::Scalar, scalar::gemv_f32w_f16),
     bf16: fw(Tier::Scalar, scalar::gemv_f32w_bf16),
@@ -546,7 +549,9 @@ fn avxvnni_table() -> Table {
 
 /// The AVX-512 table: the AVX-VNNI table where the CPU has AVX-VNNI (else the AVX2 one), with
 /// the 512-bit kernels where they pay: TQ1_0 and T2, whose 256-bit kernels are bound by the
-/// vector ports (the others measured no faster in 512 bits).
+/// vector ports (the others measured no faster in 512 bits), Q4W, and the prefill gemms; and
+/// 512-bit attention kernels held apart, for the models whose gemvs run 512-bit kernels
+/// ([`Kernels::for_weights`]).
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 fn avx512_table(features: &CpuFeatures) -> Table {
     use crate::x86::avx512;
@@ -561,6 +566,16 @@ fn avx512_table(features: &CpuFeatures) -> Table {
     t.gemm_t2 = avx512::avx512_gemm_t2;
     t.gemm_tq2_0 = avx512::avx512_gemm_tq2_0;
     t.gemm_q4w = Some(crate::x86::q4w::avx512_gemm_q4w);
+    t.attn_wide = Some((
+        Tier::Avx512,
+        Attn {
+            scores: crate::x86::avx512_attn::avx512_attn_scores_f16,
+            softmax: t.attn.1.softmax,
+            values: crate::x86::avx512_attn::avx512_attn_values_f16,
+            scores_i8: crate::x86::avx512_attn::avx512_attn_scores_i8,
+            values_i8: crate::x86::avx512_attn::avx512_attn_values_i8,
+        },
+    ));
     t
 }
 
@@ -685,8 +700,9 @@ impl Kernels {
         self.table.slot(ty).is_some()
     }
 
-    /// One line naming the kernel used per type, for the start-up log, e.g.
-    /// `avx2: q4_0 q4_1 q5_0 q5_1 q8_0 f16 f32 bf16; missing: q4_k q5_k q6_k; acts dot axpy: avx2`.
+    /// One line naming the kernel used per type, for the start-up log, e.g. `avx2: q4_0 q4_1
+    /// q5_0 q5_1 q8_0 f16 f32 bf16; missing: q4_k q5_k q6_k; acts dot axpy: avx2; attention:
+    /// avx2`.
     pub fn describe(&self) -> Describe {
         let mut d = Describe {
             buf: [0; 192],
@@ -828,6 +844,24 @@ impl Kernels {
         scalar::softmax_inplace(x)
     }
 
+    /// These kernels for a model whose weight matrices have the types `weights`: where any of
+    /// them runs a kernel of the `avx512` tier, the 512-bit attention kernels too. A core that
+    /// runs 512-bit multiply-adds lowers its clock for a while, which the gemvs of such a model
+    /// already pay and 512-bit attention then wins back; beside 256-bit gemvs it made a decode
+    /// slower (see `x86/avx512_attn.rs`). Otherwise the kernels unchanged.
+    #[must_use]
+    pub fn for_weights(mut self, weights: impl IntoIterator<Item = GgmlType>) -> Self {
+        if let Some(wide) = self.table.attn_wide {
+            if weights
+                .into_iter()
+                .any(|ty| self.kernel_tier(ty) == Some(wide.0))
+            {
+                self.table.attn = wide;
+            }
+        }
+        self
+    }
+
     /// The tier of the attention kernels below.
     pub const fn attn_tier(&self) -> Tier {
         self.table.attn.0
@@ -934,7 +968,8 @@ impl fmt::Display for DescribeArgs<'_> {
             }
             write!(f, " {}", lower(ty))?;
         }
-        write!(f, "; acts dot axpy: {}", k.table.quantize_acts.0)
+        write!(f, "; acts dot axpy: {}", k.table.quantize_acts.0)?;
+        write!(f, "; attention: {}", k.table.attn.0)
     }
 }
 

@@ -7,7 +7,7 @@
 mod common;
 use common::Rng;
 use edgellm_kernels::scalar;
-use edgellm_kernels::{CpuFeatures, Kernels, Tier};
+use edgellm_kernels::{CpuFeatures, GgmlType, Kernels, Tier};
 use half::f16;
 
 // ---------------------------------------------------------------------------------------------
@@ -29,13 +29,44 @@ const EXP_ABS_TOL: f32 = f32::MIN_POSITIVE;
 // ---------------------------------------------------------------------------------------------
 // Data
 
-/// Every kernel set this machine can run (always includes scalar).
+/// Every kernel set this machine can run (always includes scalar), and each one's set for a
+/// model with ternary weights where that changes its attention kernels
+/// ([`Kernels::for_weights`]).
 fn tiers() -> Vec<Kernels> {
     let f = CpuFeatures::detect();
-    Tier::ALL
+    let mut v = Vec::new();
+    for k in Tier::ALL
         .into_iter()
         .filter_map(|t| Kernels::with_tier(t, &f).ok())
-        .collect()
+    {
+        let wide = k.for_weights([GgmlType::T2]);
+        v.push(k);
+        if wide.attn_tier() != k.attn_tier() {
+            v.push(wide);
+        }
+    }
+    v
+}
+
+#[test]
+fn attention_kernels_follow_the_weight_types() {
+    let f = CpuFeatures::detect();
+    for k in Tier::ALL
+        .into_iter()
+        .filter_map(|t| Kernels::with_tier(t, &f).ok())
+    {
+        // 256-bit gemvs only (Q4_1, Q8_0 on every tier): the tier's own attention.
+        let plain = k.for_weights([GgmlType::Q4_1, GgmlType::Q8_0]);
+        assert_eq!(plain.attn_tier(), k.attn_tier(), "{}", k.tier());
+        // Ternary weights: 512-bit attention exactly where T2 runs a 512-bit gemv.
+        let t2 = k.for_weights([GgmlType::Q8_0, GgmlType::T2]);
+        if k.kernel_tier(GgmlType::T2) == Some(Tier::Avx512) {
+            assert_eq!(t2.attn_tier(), Tier::Avx512, "{}", k.tier());
+            assert!(t2.describe().to_string().ends_with("attention: avx512"));
+        } else {
+            assert_eq!(t2.attn_tier(), k.attn_tier(), "{}", k.tier());
+        }
+    }
 }
 
 /// How cached f16 values are chosen.

@@ -200,8 +200,10 @@ pub fn run(args: RunArgs) -> Result<()> {
     };
     let file = load::open_model(&args.model)?;
     let kernels = load::kernels(args.model.kernels.as_deref())?;
-    eprintln!("kernels: {}", kernels.describe());
     let loaded = Loaded::new(file.gguf()?, &kernels)?;
+    // What a session over this model runs (its attention kernels follow its weight types).
+    let kernels = kernels.for_weights(loaded.model.matmul_types());
+    eprintln!("kernels: {}", kernels.describe());
     let ids = prompt_ids(&loaded, &prompt, args.raw)?;
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()

@@ -232,6 +232,16 @@ const MAX_LAYERS: usize = 512;
 const MAX_VOCAB: usize = 1 << 22;
 
 impl<'a> Model<'a> {
+    /// The types of the matrices a forward pass multiplies by (every layer's and the output
+    /// layer's; not the embedding, whose rows are only looked up).
+    pub fn matmul_types(&self) -> impl Iterator<Item = GgmlType> + '_ {
+        self.layers
+            .iter()
+            .flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down])
+            .chain(core::iter::once(&self.output))
+            .map(|m| m.ty)
+    }
+
     /// Reads the configuration and every weight of a llama, qwen2 or bitnet-b1.58 model from a
     /// parsed GGUF file,
     /// checking each tensor's shape and type against `kernels`.

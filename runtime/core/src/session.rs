@@ -523,7 +523,7 @@ impl<'m, 'a> Session<'m, 'a> {
         prefault(arena.lines());
         Ok(Session {
             model,
-            kernels,
+            kernels: kernels.for_weights(model.matmul_types()),
             plan,
             arena,
             pos: 0,

@@ -27,7 +27,7 @@ const HEADS: usize = 3;
 /// Positions ahead whose cached rows the kernels prefetch into L1 (4 KiB of f16 keys at head
 /// size 64): in a decode the rows come from memory, between layers whose weights have just
 /// streamed through the caches, and the hardware prefetchers do not run ahead across 4 KiB pages.
-const KV_AHEAD: usize = 32;
+pub(crate) const KV_AHEAD: usize = 32;
 
 /// Eight cached values at `p` (f16 bits when `E == 2`, int8 when `E == 1`), as f32.
 ///

@@ -8,6 +8,7 @@
 
 pub mod attn;
 pub mod avx512;
+pub mod avx512_attn;
 pub mod float;
 pub mod kquants;
 pub mod legacy;

@@ -281,9 +281,11 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     let started = Instant::now();
     let file: &'static ModelFile = Box::leak(Box::new(load::open_model(&s.model)?));
     let kernels = load::kernels(s.model.kernels.as_deref())?;
-    eprintln!("kernels: {}", kernels.describe());
     let loaded: &'static Loaded<'static> =
         Box::leak(Box::new(Loaded::new(file.gguf()?, &kernels)?));
+    // What a session over this model runs (its attention kernels follow its weight types).
+    let kernels = kernels.for_weights(loaded.model.matmul_types());
+    eprintln!("kernels: {}", kernels.describe());
     let context = crate::run::context_len(&s.model, loaded, file.len(), 2)?;
     let path = if s.model.exact {
         NumericPath::Exact
