@@ -11,7 +11,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use edgellm_kernels::{CpuFeatures, Kernels, Tier};
+use edgellm_kernels::{CpuFeatures, GgmlType, Kernels, Tier};
 
 const G: usize = 3;
 const HD: usize = 64;
@@ -58,10 +58,22 @@ fn main() {
     let f = CpuFeatures::detect();
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let q: Vec<f32> = (0..G * HD).map(|i| (i % 17) as f32 / 17.0 - 0.5).collect();
-    for tier in Tier::ALL {
-        let Ok(k) = Kernels::with_tier(tier, &f) else {
-            continue;
-        };
+    // Every tier's kernels, and each one's set for a model with ternary weights where that
+    // changes its attention kernels (`Kernels::for_weights`), labelled tier/attention tier.
+    let sets: Vec<Kernels> = Tier::ALL
+        .into_iter()
+        .filter_map(|t| Kernels::with_tier(t, &f).ok())
+        .flat_map(|k| {
+            let wide = k.for_weights([GgmlType::T2]);
+            if wide.attn_tier() == k.attn_tier() {
+                vec![k]
+            } else {
+                vec![k, wide]
+            }
+        })
+        .collect();
+    for k in sets {
+        let tier = format!("{}/{}", k.tier().name(), k.attn_tier().name());
         for n in [64usize, 576, 2048] {
             let keys: Vec<u16> = (0..n * HD).map(|_| rng.f16()).collect();
             let values: Vec<u16> = (0..n * HD).map(|_| rng.f16()).collect();
@@ -101,9 +113,9 @@ fn main() {
                 k.attn_values_i8(black_box(&s), black_box(&values8), HD, &mut o)
             });
             println!(
-                "{:<7} n={n:<5} scores {:7.2} us  softmax {:7.2} us ({:7.2} us spread)  values \
+                "{:<16} n={n:<5} scores {:7.2} us  softmax {:7.2} us ({:7.2} us spread)  values \
                  {:7.2} us  (int8: scores {:7.2} us  values {:7.2} us)",
-                tier.name(),
+                tier,
                 ts * 1e6,
                 tx * 1e6,
                 tx_spread * 1e6,
@@ -149,8 +161,8 @@ fn main() {
             let kv = if int8 { "int8" } else { "f16" };
             let t = time(21, || (0..LAYERS).for_each(&mut layer));
             println!(
-                "{:<7} {kv:<4} one decode step's attention, 30 layers x 3 KV heads x {n} positions: {:.3} ms",
-                tier.name(),
+                "{:<16} {kv:<4} one decode step's attention, 30 layers x 3 KV heads x {n} positions: {:.3} ms",
+                tier,
                 t * 1e3
             );
             // The same step as a decode runs it: before each layer's attention, that layer's
@@ -176,8 +188,8 @@ fn main() {
             steps.sort_by(f64::total_cmp);
             black_box(sink);
             println!(
-                "{:<7} {kv:<4} the same, each layer's 3.2 MiB of weights read before its attention: {:.3} ms",
-                tier.name(),
+                "{:<16} {kv:<4} the same, each layer's 3.2 MiB of weights read before its attention: {:.3} ms",
+                tier,
                 steps[steps.len() / 2] * 1e3
             );
         }
