@@ -29,6 +29,16 @@ const HEADS: usize = 3;
 /// streamed through the caches, and the hardware prefetchers do not run ahead across 4 KiB pages.
 pub(crate) const KV_AHEAD: usize = 32;
 
+/// Prefetches into L1 the 64-byte lines from `p` on that start within `bytes` of it: a hint, which
+/// accesses nothing, so any address will do.
+#[inline(always)]
+pub(crate) fn prefetch_lines(p: *const u8, bytes: usize) {
+    for l in (0..bytes).step_by(64) {
+        // SAFETY: SSE is part of x86-64, and a prefetch never faults.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(l).cast()) };
+    }
+}
+
 /// Eight cached values at `p` (f16 bits when `E == 2`, int8 when `E == 1`), as f32.
 ///
 /// # Safety
@@ -152,16 +162,11 @@ unsafe fn scores_heads<const E: usize, const H: usize>(
     n: usize,
 ) {
     // The first KV_AHEAD rows, which the loop's prefetches do not cover.
-    for l in (0..n.min(KV_AHEAD) * hd * E).step_by(64) {
-        _mm_prefetch::<_MM_HINT_T0>(keys.wrapping_add(l).cast());
-    }
+    prefetch_lines(keys, n.min(KV_AHEAD) * hd * E);
     let mut t = 0;
     while t + 4 <= n {
         // The key rows KV_AHEAD positions on (a hint: no access, so any address will do).
-        let ahead = keys.wrapping_add((t + KV_AHEAD) * hd * E);
-        for l in (0..4 * hd * E).step_by(64) {
-            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(l).cast());
-        }
+        prefetch_lines(keys.wrapping_add((t + KV_AHEAD) * hd * E), 4 * hd * E);
         // SAFETY: positions `t..t + 4` are below `n`.
         unsafe { scores_tile::<E, H, 4>(q, keys.add(t * hd * E), hd, scale, out.add(t), n) };
         t += 4;
@@ -349,11 +354,11 @@ unsafe fn values_tile<const E: usize, const H: usize, const V: usize>(
     let mut acc = [[_mm256_setzero_ps(); V]; H];
     // This tile's part of the first KV_AHEAD rows, which the loop's prefetches do not cover.
     for t in 0..n.min(KV_AHEAD) {
-        _mm_prefetch::<_MM_HINT_T0>(v.wrapping_add(t * hd * E).cast());
+        prefetch_lines(v.wrapping_add(t * hd * E), 8 * V * E);
     }
     for t in 0..n {
         // This tile's part of the value row KV_AHEAD positions on (a hint, as in scores_heads).
-        _mm_prefetch::<_MM_HINT_T0>(v.wrapping_add((t + KV_AHEAD) * hd * E).cast());
+        prefetch_lines(v.wrapping_add((t + KV_AHEAD) * hd * E), 8 * V * E);
         let mut vv = [_mm256_setzero_ps(); V];
         for (c, x) in vv.iter_mut().enumerate() {
             // SAFETY: row `t < n`, columns `8c..8c + 8` of the tile are readable.

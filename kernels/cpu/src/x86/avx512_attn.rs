@@ -15,7 +15,7 @@
 
 use core::arch::x86_64::*;
 
-use super::attn::KV_AHEAD;
+use super::attn::{prefetch_lines, KV_AHEAD};
 use crate::scalar::attn::{check_scores, check_values};
 
 /// Query heads per tile.
@@ -135,16 +135,11 @@ unsafe fn scores_heads<const E: usize, const H: usize>(
     n: usize,
 ) {
     // The first KV_AHEAD rows, which the loop's prefetches do not cover.
-    for l in (0..n.min(KV_AHEAD) * hd * E).step_by(64) {
-        _mm_prefetch::<_MM_HINT_T0>(keys.wrapping_add(l).cast());
-    }
+    prefetch_lines(keys, n.min(KV_AHEAD) * hd * E);
     let mut t = 0;
     while t + 4 <= n {
         // The key rows KV_AHEAD positions on (a hint: no access, so any address will do).
-        let ahead = keys.wrapping_add((t + KV_AHEAD) * hd * E);
-        for l in (0..4 * hd * E).step_by(64) {
-            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(l).cast());
-        }
+        prefetch_lines(keys.wrapping_add((t + KV_AHEAD) * hd * E), 4 * hd * E);
         // SAFETY: positions `t..t + 4` are below `n`.
         unsafe { scores_tile::<E, H, 4>(q, keys.add(t * hd * E), hd, scale, out.add(t), n) };
         t += 4;
@@ -254,17 +249,11 @@ unsafe fn values_tile<const E: usize, const H: usize, const V: usize>(
     let mut acc = [[_mm512_setzero_ps(); V]; H];
     // This tile's part of the first KV_AHEAD rows, which the loop's prefetches do not cover.
     for t in 0..n.min(KV_AHEAD) {
-        let row = v.wrapping_add(t * hd * E);
-        for l in (0..16 * V * E).step_by(64) {
-            _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(l).cast());
-        }
+        prefetch_lines(v.wrapping_add(t * hd * E), 16 * V * E);
     }
     for t in 0..n {
         // This tile's part of the value row KV_AHEAD positions on (a hint, as in scores_heads).
-        let ahead = v.wrapping_add((t + KV_AHEAD) * hd * E);
-        for l in (0..16 * V * E).step_by(64) {
-            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(l).cast());
-        }
+        prefetch_lines(v.wrapping_add((t + KV_AHEAD) * hd * E), 16 * V * E);
         let mut vv = [_mm512_setzero_ps(); V];
         for (c, x) in vv.iter_mut().enumerate() {
             // SAFETY: row `t < n`, columns `16c..16c + 16` of the tile are readable.
