@@ -145,6 +145,7 @@ fn kernels() -> Vec<(&'static str, &'static str, GemvFn)> {
         use edgellm_kernels::x86::avx512 as x;
         v.push(("avx512_gemv_tq1_0", "TQ1_0", x::avx512_gemv_tq1_0));
         v.push(("avx512_gemv_t2", "T2", x::avx512_gemv_t2));
+        v.push(("avx512_gemv_tq2_0", "TQ2_0", x::avx512_gemv_tq2_0));
     }
     #[cfg(target_arch = "aarch64")]
     {

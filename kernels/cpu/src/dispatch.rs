@@ -548,8 +548,8 @@ fn avxvnni_table() -> Table {
 }
 
 /// The AVX-512 table: the AVX-VNNI table where the CPU has AVX-VNNI (else the AVX2 one), with
-/// the 512-bit kernels where they pay: TQ1_0 and T2, whose 256-bit kernels are bound by the
-/// vector ports (the others measured no faster in 512 bits), Q4W, and the prefill gemms; and
+/// the 512-bit kernels where they pay: TQ1_0, T2 and TQ2_0, whose 256-bit kernels are bound by
+/// the vector ports (the others measured no faster in 512 bits), Q4W, and the prefill gemms; and
 /// 512-bit attention kernels held apart, for the models whose gemvs run 512-bit kernels
 /// ([`Kernels::for_weights`]).
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
@@ -562,6 +562,7 @@ fn avx512_table(features: &CpuFeatures) -> Table {
     };
     t.tq1_0 = q8(Tier::Avx512, avx512::avx512_gemv_tq1_0);
     t.t2 = q8(Tier::Avx512, avx512::avx512_gemv_t2);
+    t.tq2_0 = q8(Tier::Avx512, avx512::avx512_gemv_tq2_0);
     t.q4w = q8(Tier::Avx512, crate::x86::q4w::avx512_gemv_q4w);
     t.gemm_t2 = avx512::avx512_gemm_t2;
     t.gemm_tq2_0 = avx512::avx512_gemm_tq2_0;

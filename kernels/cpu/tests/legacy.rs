@@ -737,9 +737,9 @@ fn detect_picks_the_best_available_tier() {
             && std::is_x86_feature_detected!("avx512vnni");
         if avx512 {
             assert_eq!(k.tier(), Tier::Avx512);
-            assert!(d.starts_with("avx512: t2 tq1_0 q4w; "), "{d}");
+            assert!(d.starts_with("avx512: t2 tq1_0 tq2_0 q4w; "), "{d}");
             if std::is_x86_feature_detected!("avxvnni") {
-                assert!(d.contains("; avx-vnni: q4_0 q4_1 q5_0 q5_1 tq2_0; "), "{d}");
+                assert!(d.contains("; avx-vnni: q4_0 q4_1 q5_0 q5_1; "), "{d}");
             }
             assert!(d.contains("avx2: "), "{d}");
         } else if std::is_x86_feature_detected!("avxvnni") {
@@ -951,7 +951,8 @@ fn assumed_features_enable_a_tier() {
                 let k = Kernels::with_tier(Tier::Avx512, &w).unwrap();
                 assert_eq!(k.kernel_tier(GgmlType::TQ1_0), Some(Tier::Avx512));
                 assert_eq!(k.kernel_tier(GgmlType::T2), Some(Tier::Avx512));
-                assert_eq!(k.kernel_tier(GgmlType::TQ2_0), Some(Tier::AvxVnni));
+                assert_eq!(k.kernel_tier(GgmlType::TQ2_0), Some(Tier::Avx512));
+                assert_eq!(k.kernel_tier(GgmlType::Q4_1), Some(Tier::AvxVnni));
                 assert_eq!(k.kernel_tier(GgmlType::F16), Some(Tier::Avx2));
             }
         }

@@ -324,6 +324,8 @@ simd_kernel_tests! {
         has_avx512();
     avx512_gemv_t2: Ty::T2, edgellm_kernels::x86::avx512::avx512_gemv_t2, "x86_64",
         has_avx512();
+    avx512_gemv_tq2_0: Ty::Tq2, edgellm_kernels::x86::avx512::avx512_gemv_tq2_0, "x86_64",
+        has_avx512();
     neon_gemv_t2: Ty::T2, edgellm_kernels::aarch64::ternary::neon_gemv_t2, "aarch64", has_neon();
     neon_gemv_t2_lut: Ty::T2, edgellm_kernels::aarch64::ternary::neon_gemv_t2_lut, "aarch64",
         has_neon();

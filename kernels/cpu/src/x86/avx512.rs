@@ -16,7 +16,9 @@
 //! T2 takes the same two-rows-per-vector layout: each half holds one row's 2-bit codes of a
 //! window, cut out by the AVX-VNNI kernel's shifts and masks, and the window's arranged
 //! activations, negated sums and scales are used in both halves, so that every shift, mask,
-//! `vpdpbusd` and float step covers two rows.
+//! `vpdpbusd` and float step covers two rows. TQ2_0 does the same with the AVX-VNNI kernel's
+//! TQ2_0 steps (word rotations within each 128-bit lane, masks, the shift by `2k` of lane `k`,
+//! the lane order `0 2 4 6 1 3 5 7`), each row's block scale in its half.
 //!
 //! Every kernel is a `#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,
 //! avx512vnni")] unsafe fn` whose only safety condition is that the CPU has those features.
@@ -364,6 +366,125 @@ pub unsafe fn avx512_gemv_t2(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
                 }
             }
         }
+        super::store8(out, r, reduce8x8(acc));
+        r += R;
+    }
+}
+
+/// The TQ2_0 codes of one block half (32 bytes) of two rows (`a` in the low half, `b` in the
+/// high one), each half arranged as [`super::vnni`]'s `codes_tq2` arranges them: code vector `q`
+/// holds the bytes with their 32-bit words rotated by `q` within each 128-bit lane, keeping bits
+/// `2k .. 2k + 2` of word `k` of each lane (`4^k c`).
+///
+/// # Safety
+///
+/// `a` and `b` must be valid for reading 32 bytes; the CPU must have the features of this
+/// module.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn codes_tq2x2(a: *const u8, b: *const u8) -> [__m512i; 4] {
+    // SAFETY: the caller guarantees the bytes.
+    let v = unsafe { halves(_mm256_loadu_si256(a.cast()), _mm256_loadu_si256(b.cast())) };
+    let (m0, m1, m2, m3) = (
+        0x0303_0303,
+        0x0C0C_0C0C,
+        0x3030_3030,
+        0xC0C0_C0C0_u32 as i32,
+    );
+    let m = _mm512_setr_epi32(
+        m0, m1, m2, m3, m0, m1, m2, m3, m0, m1, m2, m3, m0, m1, m2, m3,
+    );
+    let f = |r: __m512i| _mm512_and_si512(r, m);
+    [
+        f(v),
+        f(_mm512_shuffle_epi32::<0b00_11_10_01>(v)),
+        f(_mm512_shuffle_epi32::<0b01_00_11_10>(v)),
+        f(_mm512_shuffle_epi32::<0b10_01_00_11>(v)),
+    ]
+}
+
+/// AVX-512 [`crate::scalar::ternary::gemv_tq2_0`], bit-exact: the AVX-VNNI kernel's steps (its
+/// code and activation arrangement, lane order `0 2 4 6 1 3 5 7` and float steps) on two rows
+/// per vector (module docs), eight rows per pass, a whole block per row at a time, the window
+/// operands made once per panel of [`PANEL`] windows.
+///
+/// # Safety
+///
+/// The CPU must have AVX2, FMA, F16C and AVX-512 F, BW, VL and VNNI (the features of the
+/// `avx512` tier).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn avx512_gemv_tq2_0(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
+    const PAIRS: usize = 4;
+    const R: usize = 2 * PAIRS;
+    let bb = TQ2_0_BYTES;
+    let row_bytes = check_gemv_ternary(w, acts, out.len(), QK_K, bb, "TQ2_0");
+    let rows = out.len();
+    if rows == 0 || row_bytes == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let nwin = acts.qs.len().div_ceil(WIN);
+    let last = rows - 1;
+    let mut buf: PanelBuf = [const { MaybeUninit::uninit() }; PANEL];
+    // SAFETY: the CPU has this function's features.
+    let mut panels = unsafe { Panels::<TQ2_0>::new(acts, &mut buf) };
+    // The bit shift of the codes in i32 lane `k` of each 128-bit lane (`4^k`).
+    let shifts = _mm512_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6, 0, 2, 4, 6, 0, 2, 4, 6);
+    let mut r = 0;
+    while r < rows {
+        let p: [*const u8; R] = super::row_ptrs(w, r, last, row_bytes);
+        // The rows PREFETCH_PASSES passes ahead, clamped to the last row.
+        let pf: [*const u8; R] = super::row_ptrs(w, r + R * PREFETCH_PASSES, last, row_bytes);
+        let mut acc = [_mm512_setzero_ps(); PAIRS];
+        for w0 in (0..nwin).step_by(PANEL) {
+            // SAFETY: the CPU has this function's features.
+            let wins = unsafe { panels.get(w0) };
+            // Whole blocks: two windows each (`PANEL` is even, a TQ2_0 row whole blocks).
+            for (j, pair) in wins.chunks_exact(2).enumerate() {
+                let off = (w0 / 2 + j) * bb;
+                for &q in &pf {
+                    // The two 64-byte lines the block spans (it starts at an even offset in
+                    // its line, so `off + 64` is in the second).
+                    // SAFETY: `off` and `off + 64 < off + bb` are inside the block, inside the
+                    // row.
+                    unsafe {
+                        _mm_prefetch::<_MM_HINT_T0>(q.add(off).cast());
+                        _mm_prefetch::<_MM_HINT_T0>(q.add(off + 64).cast());
+                    }
+                }
+                // Each row pair's block scales, in the eight lanes of its row's half.
+                let dw: [__m512; PAIRS] = core::array::from_fn(|i| {
+                    // SAFETY: the f16 scale is the last two bytes of each block, inside its row.
+                    unsafe { tq_scales(p[2 * i].add(off + bb - 2), p[2 * i + 1].add(off + bb - 2)) }
+                });
+                for (h, wv) in pair.iter().enumerate() {
+                    // SAFETY: `wv`'s fields are readable 256-bit vectors.
+                    let (a, sums, d) = unsafe {
+                        (
+                            [0, 1, 2, 3].map(|k| both(&wv.a[k])),
+                            both(&wv.sums),
+                            _mm512_castsi512_ps(both((&raw const wv.d).cast::<__m256i>())),
+                        )
+                    };
+                    for (i, acc) in acc.iter_mut().enumerate() {
+                        // SAFETY: half `h` of the block is its bytes `32 h .. 32 h + 32`.
+                        let c = unsafe {
+                            let o = off + 32 * h;
+                            codes_tq2x2(p[2 * i].add(o), p[2 * i + 1].add(o))
+                        };
+                        let s = _mm512_dpbusd_epi32(sums, c[0], a[0]);
+                        let s = _mm512_dpbusd_epi32(s, c[1], a[1]);
+                        let s = _mm512_dpbusd_epi32(s, c[2], a[2]);
+                        let isum = _mm512_srav_epi32(_mm512_dpbusd_epi32(s, c[3], a[3]), shifts);
+                        let t = _mm512_mul_ps(_mm512_mul_ps(dw[i], d), _mm512_cvtepi32_ps(isum));
+                        *acc = _mm512_add_ps(*acc, t);
+                    }
+                }
+            }
+        }
+        // Back to the natural group order in each half, then the reduction of `reduce8`.
+        let order = _mm512_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15);
+        let acc = acc.map(|a| _mm512_permutexvar_ps(order, a));
         super::store8(out, r, reduce8x8(acc));
         r += R;
     }
