@@ -1480,3 +1480,106 @@ fn check_i2_s(bitnet: bool) {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `--head-format q6`: Q6_K where the rows are whole super-blocks of 256 values, Q8_0 (with a
+/// note) where they are not. A llama model 256 wide (the tiny model's metadata with its widths
+/// scaled, random weights) computes nearly the logits of its F16 image with a Q6_K embedding.
+#[test]
+fn q6_head_on_rows_of_256_and_its_fallback() {
+    let dir = scratch("q6-head");
+    let hf = dir.join("hf");
+    write_hf(&hf, &tiny_weights(false, true, 7), false, true, |_| {});
+    // Rows of 64 values: Q8_0, said once.
+    let small = dir.join("q6-64.gguf");
+    let s = convert(&args(&hf, &small, Format::Q8, HeadFormat::Q6)).unwrap();
+    assert_eq!(s.fallbacks.len(), 1, "{:?}", s.fallbacks);
+    assert!(s.fallbacks[0].contains("token_embd.weight") && s.fallbacks[0].contains("Q8_0"));
+    let bytes = std::fs::read(&small).unwrap();
+    let g = Gguf::parse(&bytes).unwrap();
+    assert_eq!(g.tensor("token_embd.weight").unwrap().ty, GgmlType::Q8_0);
+    assert_eq!(g.get_str("edgellm.image.head_format"), Some("q6"));
+
+    // The same metadata 256 wide: hidden 64 -> 256, the KV width 32 -> 128, head size 16 -> 64.
+    let base = dir.join("f16-64.gguf");
+    convert(&args(&hf, &base, Format::F16, HeadFormat::F16)).unwrap();
+    let base_bytes = std::fs::read(&base).unwrap();
+    let g = Gguf::parse(&base_bytes).unwrap();
+    let mut wr = GgufWriter::new();
+    for (k, v) in g.metadata() {
+        match *k {
+            "llama.embedding_length" => wr.set(k, Meta::U32(256)),
+            "llama.rope.dimension_count" => wr.set(k, Meta::U32(64)),
+            k if k.starts_with("edgellm.") => {}
+            _ => wr.set(k, Meta::from_value(v)),
+        }
+    }
+    let mut r = Rng(77);
+    let mut data = Vec::new();
+    for t in g.tensors() {
+        let dims: Vec<u64> = t
+            .shape()
+            .iter()
+            .map(|&d| match d {
+                64 => 256,
+                32 => 128,
+                d => d,
+            })
+            .collect();
+        let n: u64 = dims.iter().product();
+        let v: Vec<f32> = if dims.len() == 1 {
+            (0..n).map(|_| 1.0 + 0.2 * r.next()).collect()
+        } else {
+            r.vec(n as usize, 0.1)
+        };
+        wr.add_tensor(TensorSpec {
+            name: t.name.to_string(),
+            dims,
+            type_id: GgmlType::F32.id(),
+            size: 4 * n,
+        })
+        .unwrap();
+        data.push(v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>());
+    }
+    let wide = dir.join("wide-f32.gguf");
+    wr.write(&wide, |i, _| Ok(data[i].clone()), |_, _| {})
+        .unwrap();
+
+    let (f16_out, q6_out) = (dir.join("wide-f16.gguf"), dir.join("wide-q6.gguf"));
+    convert(&args(&wide, &f16_out, Format::F16, HeadFormat::F16)).unwrap();
+    let s = convert(&args(&wide, &q6_out, Format::F16, HeadFormat::Q6)).unwrap();
+    assert!(s.fallbacks.is_empty(), "{:?}", s.fallbacks);
+    let (fb, qb) = (
+        std::fs::read(&f16_out).unwrap(),
+        std::fs::read(&q6_out).unwrap(),
+    );
+    let (gf, gq) = (Gguf::parse(&fb).unwrap(), Gguf::parse(&qb).unwrap());
+    verify_image(&gq).unwrap();
+    let t = gq.tensor("token_embd.weight").unwrap();
+    assert_eq!((t.ty, t.shape()), (GgmlType::Q6_K, &[256u64, 260][..]));
+    // The embedding within six bits of the source; every other tensor as in the F16 image.
+    let (want, got) = (
+        values(&gf, "token_embd.weight"),
+        values(&gq, "token_embd.weight"),
+    );
+    let se: f32 = want.iter().zip(&got).map(|(a, b)| (a - b) * (a - b)).sum();
+    let sx: f32 = want.iter().map(|a| a * a).sum();
+    let rel = (se / sx).sqrt();
+    assert!(rel < 0.02, "Q6_K embedding: relative RMS error {rel}");
+    for t in gf
+        .tensors()
+        .iter()
+        .filter(|t| t.name != "token_embd.weight")
+    {
+        assert_eq!(gq.tensor(t.name).unwrap().data, t.data, "{}", t.name);
+    }
+    let tokens = [5u32, 257, 40, 258];
+    for path in [NumericPath::Exact, NumericPath::Fast] {
+        let (a, b) = (
+            image_forward(&gf, &tokens, path),
+            image_forward(&gq, &tokens, path),
+        );
+        let c = cosine(&b, &a);
+        eprintln!("q6 head {path:?}: cosine {c:.6}, embedding error {rel:.4}");
+        assert!(c > 0.999, "q6 head {path:?}: cosine {c}");
+    }
+}

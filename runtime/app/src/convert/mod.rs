@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use edgellm_core::gguf::{Gguf, Value, ValueType};
 use edgellm_kernels::scalar::q4w::quantize_row_q4w;
-use edgellm_kernels::scalar::quantize::{quantize_row_q4_0, quantize_row_q8_0};
+use edgellm_kernels::scalar::quantize::{quantize_row_q4_0, quantize_row_q6_k, quantize_row_q8_0};
 use edgellm_kernels::GgmlType;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
@@ -69,6 +69,9 @@ pub enum HeadFormat {
     F16,
     /// Q8_0: 8.5 bits per weight.
     Q8,
+    /// Q6_K: 6.56 bits per weight, for rows a multiple of 256 values (others fall back to Q8_0);
+    /// read by the CPU kernels only (the GPU path runs such a model on the CPU).
+    Q6,
     /// Q4W: Q4_0's numbers (4.5 bits per weight) in the layout the gemv kernels stream; rows
     /// that are not a multiple of 64 values fall back to Q4_0.
     Q4,
@@ -79,6 +82,7 @@ impl HeadFormat {
         match self {
             HeadFormat::F16 => "f16",
             HeadFormat::Q8 => "q8",
+            HeadFormat::Q6 => "q6",
             HeadFormat::Q4 => "q4",
         }
     }
@@ -127,12 +131,14 @@ impl From<I2sLayoutArg> for edgellm_kernels::scalar::ternary::I2sLayout {
     }
 }
 
-/// Element type of an output tensor.
+/// Element type of an output tensor (named as ggml names them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(non_camel_case_types)]
 pub enum OutType {
     F32,
     F16,
     Q8_0,
+    Q6_K,
     Q4_0,
     /// Q4_0's numbers in the layout of EdgeLLM's gemv kernels (`scalar::q4w`), for rows of a
     /// multiple of 64 values.
@@ -147,6 +153,7 @@ impl OutType {
             OutType::F16 => 1,
             OutType::Q4_0 => 2,
             OutType::Q8_0 => 8,
+            OutType::Q6_K => GgmlType::Q6_K.id(),
             OutType::Q4W => GgmlType::Q4W.id(),
             OutType::T2 => ternary::T2_TYPE_ID,
         }
@@ -156,6 +163,7 @@ impl OutType {
             OutType::F32 => (1, 4),
             OutType::F16 => (1, 2),
             OutType::Q8_0 => (32, 34),
+            OutType::Q6_K => (GgmlType::Q6_K.block_len(), GgmlType::Q6_K.block_bytes()),
             OutType::Q4_0 => (32, 18),
             OutType::Q4W => (GgmlType::Q4W.block_len(), GgmlType::Q4W.block_bytes()),
             OutType::T2 => (ternary::T2_BLOCK_LEN, ternary::T2_BLOCK_BYTES),
@@ -289,6 +297,7 @@ fn out_type(name: &str, dims: &[u64], args: &ConvertArgs) -> (OutType, Option<St
         match args.head_format {
             HeadFormat::F16 => OutType::F16,
             HeadFormat::Q8 => OutType::Q8_0,
+            HeadFormat::Q6 => OutType::Q6_K,
             HeadFormat::Q4 => OutType::Q4W,
         }
     } else {
@@ -501,6 +510,7 @@ fn encode(
             }
         }
         OutType::Q8_0 => quantize_row_q8_0(values, &mut out),
+        OutType::Q6_K => quantize_row_q6_k(values, &mut out),
         OutType::Q4_0 => quantize_row_q4_0(values, &mut out),
         OutType::Q4W => quantize_row_q4w(values, &mut out),
         OutType::T2 => {
@@ -640,7 +650,7 @@ mod tests {
     }
 
     /// Rows that a format's blocks do not divide fall back, with a note: Q4W (64) to Q4_0 (32),
-    /// then Q8_0, then F16; no other format falls back to Q4_0.
+    /// then Q8_0, then F16; Q6_K (256) to Q8_0, then F16; no other format falls back to Q4_0.
     #[test]
     fn output_types_and_fallbacks() {
         let q4 = args(Format::Q4, HeadFormat::Q4);
@@ -671,6 +681,18 @@ mod tests {
         assert_eq!(
             out_type("output.weight", &[96, 8], &t2),
             (OutType::Q8_0, None)
+        );
+        let q6 = args(Format::Q4, HeadFormat::Q6);
+        assert_eq!(
+            out_type("output.weight", &[2560, 128256], &q6),
+            (OutType::Q6_K, None)
+        );
+        let (t, note) = out_type("token_embd.weight", &[576, 49152], &q6);
+        assert_eq!(t, OutType::Q8_0);
+        assert!(note.unwrap().contains("written as Q8_0"));
+        assert_eq!(
+            out_type("blk.0.ffn_up.weight", &[2560, 6912], &q6),
+            (OutType::Q4W, None)
         );
         let q8 = args(Format::Q8, HeadFormat::Q4);
         assert_eq!(out_type("output.weight", &[96, 8], &q8).0, OutType::Q4_0);
