@@ -45,6 +45,12 @@ pub struct BenchArgs {
     /// With --llamacpp-bench: layers llama.cpp offloads to the GPU (`-ngl`).
     #[arg(long, default_value_t = 0)]
     pub llamacpp_ngl: usize,
+    /// With --compare-llamacpp: alternate the two engines this many times (each round: a warm-up
+    /// and `--reps` repetitions of ours, then llama.cpp with `--reps`), so that on a machine whose
+    /// speed drifts both sample the same stretches of time; the ratios are also given per round,
+    /// with their median.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub rounds: usize,
     /// Also write every timed decode step's latency to this file, as CSV lines `rep,position,ms`
     /// (for plotting latency against the context position).
     #[arg(long, value_name = "FILE")]
@@ -70,6 +76,7 @@ fn write_trace(args: &BenchArgs, lat: &[f64]) -> Result<()> {
 }
 
 /// llama.cpp's figures from the same command.
+#[derive(Clone, Copy)]
 struct Peer {
     prefill: (f64, f64),
     decode: (f64, f64),
@@ -206,6 +213,52 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
+/// One round of an alternating comparison: our mean prefill and decode tokens/s over the round's
+/// repetitions, and llama.cpp's figures from the run that followed.
+struct Round {
+    ours: (f64, f64),
+    peer: Peer,
+}
+
+impl Round {
+    fn ratios(&self) -> (f64, f64) {
+        (
+            self.ours.0 / self.peer.prefill.0,
+            self.ours.1 / self.peer.decode.0,
+        )
+    }
+}
+
+/// llama.cpp's figures over all rounds: one round's as llama.cpp reported them, else the mean
+/// and standard deviation of the rounds' means.
+fn peer_over(rounds: &[Round]) -> Option<Peer> {
+    let first = rounds.first()?;
+    if rounds.len() == 1 {
+        return Some(first.peer);
+    }
+    let pp: Vec<f64> = rounds.iter().map(|r| r.peer.prefill.0).collect();
+    let tg: Vec<f64> = rounds.iter().map(|r| r.peer.decode.0).collect();
+    Some(Peer {
+        prefill: mean_std(&pp),
+        decode: mean_std(&tg),
+        in_memory: first.peer.in_memory,
+    })
+}
+
+/// The median of `v` (the mean of the middle two for an even count); 0 for none.
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
 /// `token_latency_ms` of the JSON output, from sorted per-token latencies in ms.
 fn latency_json(lat: &[f64]) -> serde_json::Value {
     serde_json::json!({
@@ -217,8 +270,26 @@ fn latency_json(lat: &[f64]) -> serde_json::Value {
     })
 }
 
-/// The `llamacpp` object of the JSON output.
-fn peer_json(args: &BenchArgs, p: &Peer, pp_m: f64, tg_m: f64) -> serde_json::Value {
+/// The `llamacpp` object of the JSON output: llama.cpp's figures over all rounds, the ratios of
+/// the overall means, and each round's figures and ratios with the ratios' medians.
+fn peer_json(args: &BenchArgs, rounds: &[Round], pp_m: f64, tg_m: f64) -> serde_json::Value {
+    let Some(p) = peer_over(rounds) else {
+        return serde_json::Value::Null;
+    };
+    let per: Vec<serde_json::Value> = rounds
+        .iter()
+        .map(|r| {
+            let (pr, dr) = r.ratios();
+            serde_json::json!({
+                "prefill_tps": r.peer.prefill.0,
+                "decode_tps": r.peer.decode.0,
+                "edgellm_prefill_tps": r.ours.0,
+                "edgellm_decode_tps": r.ours.1,
+                "prefill_ratio": pr,
+                "decode_ratio": dr,
+            })
+        })
+        .collect();
     serde_json::json!({
         "model": args.llamacpp_model.as_ref().unwrap_or(&args.model.model).display().to_string(),
         "prefill_tps": p.prefill.0,
@@ -229,11 +300,17 @@ fn peer_json(args: &BenchArgs, p: &Peer, pp_m: f64, tg_m: f64) -> serde_json::Va
         "model_in_memory": p.in_memory,
         "decode_ratio": tg_m / p.decode.0,
         "prefill_ratio": pp_m / p.prefill.0,
+        "rounds": per,
+        "decode_ratio_median": median(rounds.iter().map(|r| r.ratios().1).collect()),
+        "prefill_ratio_median": median(rounds.iter().map(|r| r.ratios().0).collect()),
     })
 }
 
-/// The tokens/s rows of the table: ours, then llama.cpp's with the ratio.
-fn print_rates(args: &BenchArgs, pp: (f64, f64), tg: (f64, f64), peer: Option<&Peer>) {
+/// The tokens/s rows of the table: ours, then llama.cpp's with the ratio (and each round's ratios
+/// when there were several).
+fn print_rates(args: &BenchArgs, pp: (f64, f64), tg: (f64, f64), rounds: &[Round]) {
+    let peer = peer_over(rounds);
+    let peer = peer.as_ref();
     let pp_name = format!("pp{}", args.prompt_tokens);
     let tg_name = format!("tg{}", args.gen_tokens);
     println!("{:<10} {:>14} {:>10}", "test", "tokens/s", "± stddev");
@@ -254,6 +331,19 @@ fn print_rates(args: &BenchArgs, pp: (f64, f64), tg: (f64, f64), peer: Option<&P
                 theirs.0,
                 theirs.1,
                 ours / theirs.0
+            );
+        }
+        if rounds.len() > 1 {
+            let list = |f: fn(&Round) -> f64| {
+                let v: Vec<f64> = rounds.iter().map(f).collect();
+                let each: Vec<String> = v.iter().map(|r| format!("{r:.2}x")).collect();
+                format!("{} (median {:.2}x)", each.join(" "), median(v))
+            };
+            println!(
+                "rounds     {}: prefill {}, decode {}",
+                rounds.len(),
+                list(|r| r.ratios().0),
+                list(|r| r.ratios().1)
             );
         }
     }
@@ -359,8 +449,8 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 
 pub fn bench(args: BenchArgs) -> Result<()> {
     anyhow::ensure!(
-        args.prompt_tokens > 0 && args.gen_tokens > 0 && args.reps > 0,
-        "-p, -g and -r must be at least 1"
+        args.prompt_tokens > 0 && args.gen_tokens > 0 && args.reps > 0 && args.rounds > 0,
+        "-p, -g, -r and --rounds must be at least 1"
     );
     let file = load::open_model(&args.model)?;
     let file_len = file.len();
@@ -389,43 +479,68 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let threads = pool.threads;
     let board = args.model.board()?;
 
-    let mut pp = Vec::with_capacity(args.reps);
-    let mut tg = Vec::with_capacity(args.reps);
-    let mut ttft = Vec::with_capacity(args.reps);
-    let mut lat = Vec::with_capacity(args.reps * args.gen_tokens);
+    let n_rounds = if args.compare_llamacpp {
+        args.rounds
+    } else {
+        1
+    };
+    let total = args.reps * n_rounds;
+    let mut pp = Vec::with_capacity(total);
+    let mut tg = Vec::with_capacity(total);
+    let mut ttft = Vec::with_capacity(total);
+    let mut lat = Vec::with_capacity(total * args.gen_tokens);
     let (mut decode_faults, mut decode_allocs) = (0u64, 0u64);
-    // One warm-up repetition (page in the weights), not counted.
-    for rep in 0..=args.reps {
-        session.reset();
-        let t0 = Instant::now();
-        session.prefill(&prompt, pool.par())?;
-        let t_prefill = t0.elapsed().as_secs_f64();
-        let mut tok = argmax(session.logits());
-        let first = t0.elapsed().as_secs_f64();
-        let mut steps = Vec::with_capacity(args.gen_tokens);
-        let faults0 = page_faults().unwrap_or(0);
-        let allocs0 = CountingAlloc::stats();
-        let t1 = Instant::now();
-        let mut last = t1;
-        for _ in 0..args.gen_tokens {
-            session.forward(tok, pool.par())?;
-            tok = argmax(session.logits());
-            let now = Instant::now();
-            steps.push((now - last).as_secs_f64());
-            last = now;
+    let mut rounds = Vec::with_capacity(n_rounds);
+    for _ in 0..n_rounds {
+        let round_start = tg.len();
+        // One warm-up repetition (page in the weights, or bring them back after llama.cpp ran), not
+        // counted.
+        for rep in 0..=args.reps {
+            session.reset();
+            let t0 = Instant::now();
+            session.prefill(&prompt, pool.par())?;
+            let t_prefill = t0.elapsed().as_secs_f64();
+            let mut tok = argmax(session.logits());
+            let first = t0.elapsed().as_secs_f64();
+            let mut steps = Vec::with_capacity(args.gen_tokens);
+            let faults0 = page_faults().unwrap_or(0);
+            let allocs0 = CountingAlloc::stats();
+            let t1 = Instant::now();
+            let mut last = t1;
+            for _ in 0..args.gen_tokens {
+                session.forward(tok, pool.par())?;
+                tok = argmax(session.logits());
+                let now = Instant::now();
+                steps.push((now - last).as_secs_f64());
+                last = now;
+            }
+            let t_gen = t1.elapsed().as_secs_f64();
+            let faults = page_faults().unwrap_or(0).saturating_sub(faults0);
+            let allocs = CountingAlloc::stats().since(&allocs0).heap_operations();
+            if rep == 0 {
+                continue;
+            }
+            decode_faults += faults;
+            decode_allocs += allocs;
+            pp.push(args.prompt_tokens as f64 / t_prefill);
+            tg.push(args.gen_tokens as f64 / t_gen);
+            ttft.push(first * 1e3);
+            lat.extend(steps.iter().map(|s| s * 1e3));
         }
-        let t_gen = t1.elapsed().as_secs_f64();
-        let faults = page_faults().unwrap_or(0).saturating_sub(faults0);
-        let allocs = CountingAlloc::stats().since(&allocs0).heap_operations();
-        if rep == 0 {
-            continue;
+        if args.compare_llamacpp {
+            let peer = run_llamacpp(
+                &args,
+                threads,
+                session.context(),
+                file.in_memory(),
+                pool.cores.as_deref().unwrap_or(&[]),
+            )?;
+            let ours = (
+                mean_std(&pp[round_start..]).0,
+                mean_std(&tg[round_start..]).0,
+            );
+            rounds.push(Round { ours, peer });
         }
-        decode_faults += faults;
-        decode_allocs += allocs;
-        pp.push(args.prompt_tokens as f64 / t_prefill);
-        tg.push(args.gen_tokens as f64 / t_gen);
-        ttft.push(first * 1e3);
-        lat.extend(steps.iter().map(|s| s * 1e3));
     }
     write_trace(&args, &lat)?;
     let lat_trend = trend(&lat, args.gen_tokens);
@@ -434,17 +549,6 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let (tg_m, tg_s) = mean_std(&tg);
     let (ttft_m, _) = mean_std(&ttft);
     let kernels = session.kernels().describe().to_string();
-    let peer = if args.compare_llamacpp {
-        Some(run_llamacpp(
-            &args,
-            threads,
-            session.context(),
-            file.in_memory(),
-            pool.cores.as_deref().unwrap_or(&[]),
-        )?)
-    } else {
-        None
-    };
     let expected = file_len + session.arena_bytes() as u64 + OVERHEAD_BYTES;
     let huge = edgellm_hal::memory::anon_huge_page_bytes().unwrap_or(0);
     if args.json {
@@ -479,7 +583,8 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             "expected_bytes": expected,
             "token_latency_ms": latency_json(&lat),
             "token_latency_trend": trend_json(lat_trend),
-            "llamacpp": peer.as_ref().map(|p| peer_json(&args, p, pp_m, tg_m)),
+            "rounds": n_rounds,
+            "llamacpp": peer_json(&args, &rounds, pp_m, tg_m),
         });
         println!("{out}");
     } else {
@@ -497,11 +602,11 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             board.name
         );
         println!("exec     {}", pool.describe());
-        print_rates(&args, (pp_m, pp_s), (tg_m, tg_s), peer.as_ref());
+        print_rates(&args, (pp_m, pp_s), (tg_m, tg_s), &rounds);
         println!("time to first token {ttft_m:.2} ms");
         println!(
             "during {} decode steps: {decode_faults} page faults, {decode_allocs} heap allocations",
-            args.reps * args.gen_tokens
+            total * args.gen_tokens
         );
         let mib = |b: u64| b as f64 / 1048576.0;
         let plan = session.plan();
@@ -556,43 +661,68 @@ fn bench_gpu(args: &BenchArgs, mut engine: edgellm_cuda::GpuEngine, prompt: &[u3
             }
         }
     }
-    let mut pp = Vec::with_capacity(args.reps);
-    let mut tg = Vec::with_capacity(args.reps);
-    let mut ttft = Vec::with_capacity(args.reps);
-    let mut lat = Vec::with_capacity(args.reps * args.gen_tokens);
+    let n_rounds = if args.compare_llamacpp {
+        args.rounds
+    } else {
+        1
+    };
+    let total = args.reps * n_rounds;
+    let mut pp = Vec::with_capacity(total);
+    let mut tg = Vec::with_capacity(total);
+    let mut ttft = Vec::with_capacity(total);
+    let mut lat = Vec::with_capacity(total * args.gen_tokens);
     let (mut decode_faults, mut decode_allocs) = (0u64, 0u64);
     // Allocated once, outside the counted window: the counters measure the engine only.
     let mut steps = Vec::with_capacity(args.gen_tokens);
-    for rep in 0..=args.reps {
-        engine.reset()?;
-        let t0 = Instant::now();
-        engine.prefill(prompt)?;
-        engine.sampled()?;
-        let t_prefill = t0.elapsed().as_secs_f64();
-        steps.clear();
-        let faults0 = page_faults().unwrap_or(0);
-        let allocs0 = CountingAlloc::stats();
-        let t1 = Instant::now();
-        let mut last = t1;
-        for _ in 0..args.gen_tokens {
-            engine.step()?;
+    let mut rounds = Vec::with_capacity(n_rounds);
+    for _ in 0..n_rounds {
+        let round_start = tg.len();
+        for rep in 0..=args.reps {
+            engine.reset()?;
+            let t0 = Instant::now();
+            engine.prefill(prompt)?;
             engine.sampled()?;
-            let now = Instant::now();
-            steps.push((now - last).as_secs_f64());
-            last = now;
+            let t_prefill = t0.elapsed().as_secs_f64();
+            steps.clear();
+            let faults0 = page_faults().unwrap_or(0);
+            let allocs0 = CountingAlloc::stats();
+            let t1 = Instant::now();
+            let mut last = t1;
+            for _ in 0..args.gen_tokens {
+                engine.step()?;
+                engine.sampled()?;
+                let now = Instant::now();
+                steps.push((now - last).as_secs_f64());
+                last = now;
+            }
+            let t_gen = t1.elapsed().as_secs_f64();
+            let faults = page_faults().unwrap_or(0).saturating_sub(faults0);
+            let allocs = CountingAlloc::stats().since(&allocs0).heap_operations();
+            if rep == 0 {
+                continue;
+            }
+            decode_faults += faults;
+            decode_allocs += allocs;
+            pp.push(prompt.len() as f64 / t_prefill);
+            tg.push(args.gen_tokens as f64 / t_gen);
+            ttft.push(t_prefill * 1e3);
+            lat.extend(steps.iter().map(|s| s * 1e3));
         }
-        let t_gen = t1.elapsed().as_secs_f64();
-        let faults = page_faults().unwrap_or(0).saturating_sub(faults0);
-        let allocs = CountingAlloc::stats().since(&allocs0).heap_operations();
-        if rep == 0 {
-            continue;
+        if args.compare_llamacpp {
+            // The weights live in GPU memory: how llama.cpp loads its file does not matter here.
+            let peer = run_llamacpp(
+                args,
+                args.model.threads.unwrap_or(1),
+                engine.context(),
+                false,
+                &[],
+            )?;
+            let ours = (
+                mean_std(&pp[round_start..]).0,
+                mean_std(&tg[round_start..]).0,
+            );
+            rounds.push(Round { ours, peer });
         }
-        decode_faults += faults;
-        decode_allocs += allocs;
-        pp.push(prompt.len() as f64 / t_prefill);
-        tg.push(args.gen_tokens as f64 / t_gen);
-        ttft.push(t_prefill * 1e3);
-        lat.extend(steps.iter().map(|s| s * 1e3));
     }
     write_trace(args, &lat)?;
     let lat_trend = trend(&lat, args.gen_tokens);
@@ -600,18 +730,6 @@ fn bench_gpu(args: &BenchArgs, mut engine: edgellm_cuda::GpuEngine, prompt: &[u3
     let (pp_m, pp_s) = mean_std(&pp);
     let (tg_m, tg_s) = mean_std(&tg);
     let (ttft_m, _) = mean_std(&ttft);
-    let peer = if args.compare_llamacpp {
-        // The weights live in GPU memory: how llama.cpp loads its file does not matter here.
-        Some(run_llamacpp(
-            args,
-            args.model.threads.unwrap_or(1),
-            engine.context(),
-            false,
-            &[],
-        )?)
-    } else {
-        None
-    };
     let desc = engine.describe();
     if args.json {
         let out = serde_json::json!({
@@ -634,17 +752,18 @@ fn bench_gpu(args: &BenchArgs, mut engine: edgellm_cuda::GpuEngine, prompt: &[u3
             "decode_heap_allocations": decode_allocs,
             "token_latency_ms": latency_json(&lat),
             "token_latency_trend": trend_json(lat_trend),
-            "llamacpp": peer.as_ref().map(|p| peer_json(args, p, pp_m, tg_m)),
+            "rounds": n_rounds,
+            "llamacpp": peer_json(args, &rounds, pp_m, tg_m),
         });
         println!("{out}");
     } else {
         println!("model    {}", args.model.model.display());
         println!("board    {}   {desc}", board.name);
-        print_rates(args, (pp_m, pp_s), (tg_m, tg_s), peer.as_ref());
+        print_rates(args, (pp_m, pp_s), (tg_m, tg_s), &rounds);
         println!("time to first token {ttft_m:.2} ms");
         println!(
             "during {} decode steps: {decode_faults} page faults, {decode_allocs} heap allocations",
-            args.reps * args.gen_tokens
+            total * args.gen_tokens
         );
         print_latency(&lat);
         print_trend(lat_trend, args.gen_tokens);
@@ -655,6 +774,13 @@ fn bench_gpu(args: &BenchArgs, mut engine: edgellm_cuda::GpuEngine, prompt: &[u3
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn median_of_odd_even_and_no_values() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(vec![]), 0.0);
+    }
 
     #[test]
     fn trend_separates_growth_from_jitter() {

@@ -229,11 +229,12 @@ fn llama_bench_runs_with_the_same_settings() {
     std::fs::write(
         &bin,
         format!(
-            "#!/bin/sh\necho \"$@\" > '{}'\n\
+            "#!/bin/sh\necho \"$@\" > '{}'\necho run >> '{}.count'\n\
              grep Cpus_allowed_list /proc/$$/status | cut -f2 > '{}.cpus'\n\
              cut -d' ' -f41 /proc/$$/stat > '{}.policy'\necho '[{{\"n_prompt\": 8, \"n_gen\": 0, \
              \"avg_ts\": 400.0, \"stddev_ts\": 4.0}}, {{\"n_prompt\": 0, \"n_gen\": 8, \
              \"avg_ts\": 50.0, \"stddev_ts\": 0.5}}]'\n",
+            log.display(),
             log.display(),
             log.display(),
             log.display()
@@ -310,5 +311,30 @@ fn llama_bench_runs_with_the_same_settings() {
         assert_eq!(list, want, "llama.cpp's allowed cores");
         assert_eq!(read("policy"), "0", "llama.cpp's scheduling policy");
     }
+
+    // `--rounds 3`: llama.cpp runs three times, after each of our rounds; each round's figures
+    // and ratios, and their medians, come under `llamacpp`.
+    let count = dir.join("args.count");
+    let _ = std::fs::remove_file(&count);
+    let (v, _) = run(&["-t", "1", "--rounds", "3"]);
+    assert_eq!(std::fs::read_to_string(&count).unwrap().lines().count(), 3);
+    assert_eq!(v["rounds"], 3, "{v}");
+    let peer = &v["llamacpp"];
+    let rounds = peer["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 3, "{peer}");
+    let mut ratios: Vec<f64> = rounds
+        .iter()
+        .map(|r| {
+            assert_eq!(r["decode_tps"], 50.0, "{r}");
+            let ours = r["edgellm_decode_tps"].as_f64().unwrap();
+            let ratio = r["decode_ratio"].as_f64().unwrap();
+            assert!((ratio - ours / 50.0).abs() < 1e-9, "{r}");
+            ratio
+        })
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    assert_eq!(peer["decode_ratio_median"].as_f64().unwrap(), ratios[1]);
+    assert_eq!(peer["decode_tps"], 50.0, "{peer}");
+    assert_eq!(peer["decode_tps_stddev"], 0.0, "{peer}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
