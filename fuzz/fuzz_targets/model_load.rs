@@ -31,7 +31,11 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(t) = Tokenizer::from_gguf(&g) {
         let mut ids = Vec::new();
-        t.encode("Hello, world! <|im_start|>user 123 \u{e9}\u{4e2d}", true, &mut ids);
+        t.encode(
+            "Hello, world! <|im_start|>user 123 \u{e9}\u{4e2d}",
+            true,
+            &mut ids,
+        );
         for &id in &ids {
             assert!((id as usize) < t.vocab_size());
             let _ = t.token_bytes(id);
