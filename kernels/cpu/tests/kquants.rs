@@ -727,3 +727,105 @@ fn real_rows_avx2_matches_scalar() {
         check_avx2(&Q6_K, avx2_gemv_q6_k, q6, &acts, 2, "real Q6_K rows");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// NEON Q6_K (the `neon` and `neon-dotprod` tiers): bit for bit the scalar specification.
+// ---------------------------------------------------------------------------------------------
+
+#[cfg(target_arch = "aarch64")]
+type NeonGemvFn = unsafe fn(&[u8], &ActsQ8<'_>, &mut [f32]);
+
+/// The NEON Q6_K kernels this CPU can run, by name.
+#[cfg(target_arch = "aarch64")]
+fn neon_q6_k_kernels() -> Vec<(&'static str, NeonGemvFn)> {
+    use edgellm_kernels::aarch64::kquants::{neon_dotprod_gemv_q6_k, neon_gemv_q6_k};
+    let mut v: Vec<(&'static str, NeonGemvFn)> = Vec::new();
+    if common::has_neon() {
+        v.push(("neon_gemv_q6_k", neon_gemv_q6_k));
+    }
+    if common::has_dotprod() {
+        v.push(("neon_dotprod_gemv_q6_k", neon_dotprod_gemv_q6_k));
+    } else {
+        eprintln!("neon_dotprod_gemv_q6_k: this CPU lacks the dot product, skipped");
+    }
+    v
+}
+
+/// Each NEON Q6_K kernel against the scalar one on the same inputs: the same bits.
+#[cfg(target_arch = "aarch64")]
+fn check_neon_q6_k(w: &[u8], acts: &Acts, rows: usize, what: &str) {
+    let mut want = vec![f32::NAN; rows];
+    (Q6_K.gemv)(w, &acts.view(), &mut want);
+    for (name, f) in neon_q6_k_kernels() {
+        let mut got = vec![f32::NAN; rows];
+        // SAFETY: `neon_q6_k_kernels` lists only kernels whose features this CPU has.
+        unsafe { f(w, &acts.view(), &mut got) };
+        for r in 0..rows {
+            assert!(
+                got[r].to_bits() == want[r].to_bits() || (got[r].is_nan() && want[r].is_nan()),
+                "{name}, {what}: row {r} of {rows}x{}: {} ({:#010x}) vs scalar {} ({:#010x})",
+                acts.qs.len(),
+                got[r],
+                got[r].to_bits(),
+                want[r],
+                want[r].to_bits()
+            );
+        }
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+#[test]
+fn neon_q6_k_matches_scalar_on_random_shapes_and_bytes() {
+    let mut rng = Rng::new(0x5EED_0A64);
+    for rows in ROWS {
+        for cols in COLS {
+            let w = Q6_K.random_weights(&mut rng, rows, cols);
+            let acts = Acts::random(&mut rng, cols);
+            check_neon_q6_k(&w, &acts, rows, "random");
+        }
+    }
+    // Any bytes, f16 infinities and NaNs included.
+    for cols in COLS {
+        let mut w = vec![0u8; 3 * cols / QK_K * Q6_K.block_bytes];
+        rng.fill_bytes(&mut w);
+        let acts = Acts::random(&mut rng, cols);
+        check_neon_q6_k(&w, &acts, 3, "random bytes");
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+#[test]
+fn neon_q6_k_matches_scalar_on_edge_cases_and_real_rows() {
+    for (rows, cols) in [(1, 256), (3, 768), (2, 2048)] {
+        for (what, w, acts) in edge_cases(&Q6_K, rows, cols) {
+            check_neon_q6_k(&w, &acts, rows, what);
+        }
+    }
+    for seed in 0..4 {
+        let q6 = include_bytes!("data/kquants_real_q6_k.blocks");
+        check_neon_q6_k(q6, &real_like_acts(seed), 2, "real Q6_K rows");
+    }
+    // No rows, and no columns.
+    for (_, f) in neon_q6_k_kernels() {
+        let acts = Acts::random(&mut Rng::new(1), 256);
+        // SAFETY: as in `check_neon_q6_k`.
+        unsafe { f(&[], &acts.view(), &mut []) };
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+#[test]
+fn neon_q6_k_rejects_short_weights() {
+    let mut rng = Rng::new(6);
+    let w = Q6_K.random_weights(&mut rng, 2, 512);
+    let acts = Acts::random(&mut rng, 512);
+    for (name, f) in neon_q6_k_kernels() {
+        let r = std::panic::catch_unwind(|| {
+            let mut out = [0.0f32; 2];
+            // SAFETY: as in `check_neon_q6_k`.
+            unsafe { f(&w[..w.len() - 1], &acts.view(), &mut out) };
+        });
+        assert!(r.is_err(), "{name} read past short weights");
+    }
+}

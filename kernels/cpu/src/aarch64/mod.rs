@@ -6,6 +6,7 @@
 
 pub mod attn;
 pub mod float;
+pub mod kquants;
 pub mod legacy;
 pub mod q4w;
 pub mod ternary;

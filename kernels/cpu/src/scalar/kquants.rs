@@ -85,10 +85,10 @@ const Q4_K_QS: usize = 16;
 const Q5_K_QH: usize = 16;
 const Q5_K_QS: usize = 48;
 /// Offsets inside a Q6_K super-block.
-const Q6_K_QL: usize = 0;
-const Q6_K_QH: usize = 128;
-const Q6_K_SCALES: usize = 192;
-const Q6_K_D: usize = 208;
+pub(crate) const Q6_K_QL: usize = 0;
+pub(crate) const Q6_K_QH: usize = 128;
+pub(crate) const Q6_K_SCALES: usize = 192;
+pub(crate) const Q6_K_D: usize = 208;
 
 /// The f16 at `b[off..off + 2]` (little-endian), widened exactly to f32.
 #[inline(always)]

@@ -1,0 +1,168 @@
+//! NEON Q6_K gemv, bit-exact with [`crate::scalar::kquants::gemv_q6_k`] (the specification's
+//! accumulation order is in that module's docs).
+//!
+//! One row at a time. Per super-block the 6-bit codes of each half `h` come out of its 64 `ql`
+//! and 32 `qh` bytes by masks and shifts, minus 32, as eight vectors of 16 signed values: those
+//! of 32-element group `g` and half `l / 16` hold activation group `8h + 2g + l / 16`. The exact
+//! dot of each group with its activations is `smull`/`smlal` pairs widened by `saddlp` (or, on
+//! the dot-product tier, one `sdot`), and two rounds of `addp` put the dots of four groups in
+//! the four lanes of one vector: groups `0 2 4 6`, `1 3 5 7`, `8 10 12 14`, `9 11 13 15`, whose
+//! lanes are the specification's accumulator lanes `0..4`, `4..8`, `0..4`, `4..8`. Each vector
+//! then takes the specification's float steps lane by lane (`ip = scale * dot`, `(ip * d) *
+//! acts.d[g]`, one add to the running sums, never fused), the activation scales of the even and
+//! odd groups deinterleaved by `ld2`, and the eight running sums are reduced in the
+//! specification's order.
+
+use core::arch::aarch64::*;
+
+use crate::acts::{ActsQ8, QS};
+use crate::scalar::f16_bits_to_f32;
+use crate::scalar::kquants::{
+    check_gemv, ACT_GROUPS_PER_SUPER, Q6_K_BLOCK_BYTES, Q6_K_D, Q6_K_QH, Q6_K_QL, Q6_K_SCALES,
+};
+
+/// The signed codes (`q - 32`) of half `h` of the super-block at `blk`: entry `2g + k` holds
+/// elements `128h + 32g + 16k ..` (activation group `8h + 2g + k`).
+///
+/// # Safety
+///
+/// `blk` must be valid for reading one Q6_K super-block; the CPU must have NEON.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn codes(blk: *const u8, h: usize) -> [int8x16_t; 8] {
+    // SAFETY: `ql[64h .. 64h + 64]` and `qh[32h .. 32h + 32]` are inside the super-block.
+    let (l, q) = unsafe {
+        let ql = blk.add(Q6_K_QL + 64 * h);
+        let qh = blk.add(Q6_K_QH + 32 * h);
+        (
+            [0, 16, 32, 48].map(|o| vld1q_u8(ql.add(o))),
+            [vld1q_u8(qh), vld1q_u8(qh.add(16))],
+        )
+    };
+    let m4 = vdupq_n_u8(0x0F);
+    let m2 = vdupq_n_u8(0x03);
+    let c32 = vdupq_n_s8(32);
+    core::array::from_fn(|e| {
+        let (g, k) = (e / 2, e % 2);
+        // Low four bits from ql[32 (g % 2) + 16k + ..], nibble g / 2; high two from qh bits 2g.
+        let lo = l[2 * (g % 2) + k];
+        let lo = if g < 2 {
+            vandq_u8(lo, m4)
+        } else {
+            vshrq_n_u8::<4>(lo)
+        };
+        let hi = match g {
+            0 => vandq_u8(q[k], m2),
+            1 => vandq_u8(vshrq_n_u8::<2>(q[k]), m2),
+            2 => vandq_u8(vshrq_n_u8::<4>(q[k]), m2),
+            _ => vshrq_n_u8::<6>(q[k]),
+        };
+        vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(lo, vshlq_n_u8::<4>(hi))), c32)
+    })
+}
+
+/// The four lane sums of `Σ w·a` over 16 values (`smull`/`smlal`: pairs of products of at most
+/// 32·127 each fit i16).
+#[inline]
+#[target_feature(enable = "neon")]
+fn lanes_neon(w: int8x16_t, a: int8x16_t) -> int32x4_t {
+    let p = vmlal_s8(
+        vmull_s8(vget_low_s8(w), vget_low_s8(a)),
+        vget_high_s8(w),
+        vget_high_s8(a),
+    );
+    vpaddlq_s16(p)
+}
+
+/// The four lane sums of `Σ w·a` over 16 values: one `sdot`.
+///
+/// # Safety
+///
+/// The CPU must have the dot-product extension.
+#[inline]
+#[target_feature(enable = "neon,dotprod")]
+unsafe fn lanes_dotprod(w: int8x16_t, a: int8x16_t) -> int32x4_t {
+    // SAFETY: the caller guarantees the extension.
+    unsafe { super::ternary::sdot(vdupq_n_s32(0), w, a) }
+}
+
+/// The driver (module docs), with `lanes` the four lane sums of one group's 16 products.
+///
+/// # Safety
+///
+/// The CPU must have NEON and whatever `lanes` needs.
+#[inline(always)]
+unsafe fn gemv(
+    w: &[u8],
+    acts: &ActsQ8<'_>,
+    out: &mut [f32],
+    lanes: impl Fn(int8x16_t, int8x16_t) -> int32x4_t,
+) {
+    let row_bytes = check_gemv(w, acts, out, Q6_K_BLOCK_BYTES);
+    let nsb = row_bytes / Q6_K_BLOCK_BYTES;
+    let (qa, da) = (acts.qs.as_ptr(), acts.d.as_ptr());
+    for (r, y) in out.iter_mut().enumerate() {
+        // SAFETY: `check_gemv` guarantees `out.len()` rows of `nsb` super-blocks in `w` and `nsb`
+        // super-blocks' activations, scales included; the caller, the CPU's features.
+        unsafe {
+            let row = w.as_ptr().add(r * row_bytes);
+            let (mut lo, mut hi) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
+            for s in 0..nsb {
+                let blk = row.add(s * Q6_K_BLOCK_BYTES);
+                let d = vdupq_n_f32(f16_bits_to_f32(u16::from_le_bytes([
+                    *blk.add(Q6_K_D),
+                    *blk.add(Q6_K_D + 1),
+                ])));
+                // The 16 scales, i8, widened; even and odd groups apart.
+                let sc = vld1q_s8(blk.add(Q6_K_SCALES).cast());
+                let sc16 = [vmovl_s8(vget_low_s8(sc)), vmovl_s8(vget_high_s8(sc))];
+                let g0 = s * ACT_GROUPS_PER_SUPER;
+                for (h, &s8) in sc16.iter().enumerate() {
+                    let c = codes(blk, h);
+                    // Group `8h + e` at entry `e` (`e = 2g + k`).
+                    let dot = |e: usize| lanes(c[e], vld1q_s8(qa.add((g0 + 8 * h + e) * QS)));
+                    let quad = |a: usize, b: usize, c: usize, e: usize| {
+                        vpaddq_s32(vpaddq_s32(dot(a), dot(b)), vpaddq_s32(dot(c), dot(e)))
+                    };
+                    // Groups 8h + {0, 2, 4, 6} (lanes 0..4), then 8h + {1, 3, 5, 7} (4..8).
+                    let dots = [quad(0, 2, 4, 6), quad(1, 3, 5, 7)];
+                    // Their scales (`s8`: the widened scales of groups 8h .. 8h + 8), even / odd.
+                    let ev = vmovl_s16(vget_low_s16(vuzp1q_s16(s8, s8)));
+                    let od = vmovl_s16(vget_low_s16(vuzp2q_s16(s8, s8)));
+                    // The activation scales of groups 8h .. 8h + 8, deinterleaved.
+                    let ad = vld2q_f32(da.add(g0 + 8 * h));
+                    let t0 = vmulq_f32(vmulq_f32(vcvtq_f32_s32(vmulq_s32(ev, dots[0])), d), ad.0);
+                    let t1 = vmulq_f32(vmulq_f32(vcvtq_f32_s32(vmulq_s32(od, dots[1])), d), ad.1);
+                    lo = vaddq_f32(lo, t0);
+                    hi = vaddq_f32(hi, t1);
+                }
+            }
+            // ((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7)).
+            let sum = vaddq_f32(lo, hi);
+            let half = vadd_f32(vget_low_f32(sum), vget_high_f32(sum));
+            *y = vget_lane_f32::<0>(half) + vget_lane_f32::<1>(half);
+        }
+    }
+}
+
+/// NEON [`crate::scalar::kquants::gemv_q6_k`], bit-exact (module docs).
+///
+/// # Safety
+///
+/// The CPU must have NEON.
+#[target_feature(enable = "neon")]
+pub unsafe fn neon_gemv_q6_k(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
+    // SAFETY: same feature, guaranteed by the caller.
+    unsafe { gemv(w, acts, out, |a, b| lanes_neon(a, b)) }
+}
+
+/// NEON + dot-product [`crate::scalar::kquants::gemv_q6_k`], bit-exact (module docs).
+///
+/// # Safety
+///
+/// The CPU must have NEON and the dot-product extension.
+#[target_feature(enable = "neon,dotprod")]
+pub unsafe fn neon_dotprod_gemv_q6_k(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
+    // SAFETY: same features, guaranteed by the caller.
+    unsafe { gemv(w, acts, out, |a, b| lanes_dotprod(a, b)) }
+}
