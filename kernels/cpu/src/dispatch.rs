@@ -580,8 +580,7 @@ fn avx512_table(features: &CpuFeatures) -> Table {
     t
 }
 
-/// The NEON table (also used by `neon-dotprod` until `sdot` kernels land): NEON kernels where
-/// they exist, the scalar ones elsewhere.
+/// The NEON table: NEON kernels where they exist, the scalar ones elsewhere (F16 weights).
 #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
 fn neon_table() -> Table {
     use crate::aarch64 as arm;
@@ -609,7 +608,8 @@ fn neon_table() -> Table {
     t.q5_0 = q8(Tier::Neon, arm::neon_gemv_q5_0);
     t.q5_1 = q8(Tier::Neon, arm::neon_gemv_q5_1);
     t.q8_0 = q8(Tier::Neon, arm::neon_gemv_q8_0);
-    // K-quants: Q6_K in NEON (the `--head-format q6` layers); Q4_K and Q5_K scalar.
+    t.q4_k = q8(Tier::Neon, arm::kquants::neon_gemv_q4_k);
+    t.q5_k = q8(Tier::Neon, arm::kquants::neon_gemv_q5_k);
     t.q6_k = q8(Tier::Neon, arm::kquants::neon_gemv_q6_k);
     t.t2 = q8(Tier::Neon, arm::ternary::neon_gemv_t2);
     t.tq1_0 = q8(Tier::Neon, arm::ternary::neon_gemv_tq1_0);
@@ -626,6 +626,8 @@ fn dotprod_table() -> Table {
     let mut t = neon_table();
     t.t2 = q8(Tier::NeonDotprod, arm::ternary::neon_dotprod_gemv_t2);
     t.q4w = q8(Tier::NeonDotprod, arm::q4w::neon_dotprod_gemv_q4w);
+    t.q4_k = q8(Tier::NeonDotprod, arm::kquants::neon_dotprod_gemv_q4_k);
+    t.q5_k = q8(Tier::NeonDotprod, arm::kquants::neon_dotprod_gemv_q5_k);
     t.q6_k = q8(Tier::NeonDotprod, arm::kquants::neon_dotprod_gemv_q6_k);
     t.tq1_0 = q8(Tier::NeonDotprod, arm::ternary::neon_dotprod_gemv_tq1_0);
     t.tq2_0 = q8(Tier::NeonDotprod, arm::ternary::neon_dotprod_gemv_tq2_0);

@@ -729,36 +729,55 @@ fn real_rows_avx2_matches_scalar() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// NEON Q6_K (the `neon` and `neon-dotprod` tiers): bit for bit the scalar specification.
+// NEON K-quants (the `neon` and `neon-dotprod` tiers): bit for bit the scalar specification.
 // ---------------------------------------------------------------------------------------------
 
 #[cfg(target_arch = "aarch64")]
 type NeonGemvFn = unsafe fn(&[u8], &ActsQ8<'_>, &mut [f32]);
 
-/// The NEON Q6_K kernels this CPU can run, by name.
+/// The NEON kernels of K-quant `ty` (`"q4_k"`, `"q5_k"`, `"q6_k"`) this CPU can run, by name,
+/// with the type's test description.
 #[cfg(target_arch = "aarch64")]
-fn neon_q6_k_kernels() -> Vec<(&'static str, NeonGemvFn)> {
-    use edgellm_kernels::aarch64::kquants::{neon_dotprod_gemv_q6_k, neon_gemv_q6_k};
-    let mut v: Vec<(&'static str, NeonGemvFn)> = Vec::new();
+fn neon_kernels(ty: &str) -> (&'static Kind, Vec<(&'static str, NeonGemvFn)>) {
+    use edgellm_kernels::aarch64::kquants as k;
+    let (kind, neon, dot): (&Kind, (&str, NeonGemvFn), (&str, NeonGemvFn)) = match ty {
+        "q4_k" => (
+            &Q4_K,
+            ("neon_gemv_q4_k", k::neon_gemv_q4_k),
+            ("neon_dotprod_gemv_q4_k", k::neon_dotprod_gemv_q4_k),
+        ),
+        "q5_k" => (
+            &Q5_K,
+            ("neon_gemv_q5_k", k::neon_gemv_q5_k),
+            ("neon_dotprod_gemv_q5_k", k::neon_dotprod_gemv_q5_k),
+        ),
+        _ => (
+            &Q6_K,
+            ("neon_gemv_q6_k", k::neon_gemv_q6_k),
+            ("neon_dotprod_gemv_q6_k", k::neon_dotprod_gemv_q6_k),
+        ),
+    };
+    let mut v = Vec::new();
     if common::has_neon() {
-        v.push(("neon_gemv_q6_k", neon_gemv_q6_k));
+        v.push(neon);
     }
     if common::has_dotprod() {
-        v.push(("neon_dotprod_gemv_q6_k", neon_dotprod_gemv_q6_k));
+        v.push(dot);
     } else {
-        eprintln!("neon_dotprod_gemv_q6_k: this CPU lacks the dot product, skipped");
+        eprintln!("{}: this CPU lacks the dot product, skipped", dot.0);
     }
-    v
+    (kind, v)
 }
 
-/// Each NEON Q6_K kernel against the scalar one on the same inputs: the same bits.
+/// Each NEON kernel of `ty` against the scalar one on the same inputs: the same bits.
 #[cfg(target_arch = "aarch64")]
-fn check_neon_q6_k(w: &[u8], acts: &Acts, rows: usize, what: &str) {
+fn check_neon(ty: &str, w: &[u8], acts: &Acts, rows: usize, what: &str) {
+    let (kind, kernels) = neon_kernels(ty);
     let mut want = vec![f32::NAN; rows];
-    (Q6_K.gemv)(w, &acts.view(), &mut want);
-    for (name, f) in neon_q6_k_kernels() {
+    (kind.gemv)(w, &acts.view(), &mut want);
+    for (name, f) in kernels {
         let mut got = vec![f32::NAN; rows];
-        // SAFETY: `neon_q6_k_kernels` lists only kernels whose features this CPU has.
+        // SAFETY: `neon_kernels` lists only kernels whose features this CPU has.
         unsafe { f(w, &acts.view(), &mut got) };
         for r in 0..rows {
             assert!(
@@ -775,57 +794,82 @@ fn check_neon_q6_k(w: &[u8], acts: &Acts, rows: usize, what: &str) {
 }
 
 #[cfg(target_arch = "aarch64")]
+const NEON_TYPES: [&str; 3] = ["q4_k", "q5_k", "q6_k"];
+
+#[cfg(target_arch = "aarch64")]
 #[test]
-fn neon_q6_k_matches_scalar_on_random_shapes_and_bytes() {
+fn neon_kquants_match_scalar_on_random_shapes_and_bytes() {
     let mut rng = Rng::new(0x5EED_0A64);
-    for rows in ROWS {
-        for cols in COLS {
-            let w = Q6_K.random_weights(&mut rng, rows, cols);
-            let acts = Acts::random(&mut rng, cols);
-            check_neon_q6_k(&w, &acts, rows, "random");
+    for ty in NEON_TYPES {
+        let kind = neon_kernels(ty).0;
+        for rows in ROWS {
+            for cols in COLS {
+                let w = kind.random_weights(&mut rng, rows, cols);
+                let acts = Acts::random(&mut rng, cols);
+                check_neon(ty, &w, &acts, rows, "random");
+            }
         }
-    }
-    // Any bytes, f16 infinities and NaNs included.
-    for cols in COLS {
-        let mut w = vec![0u8; 3 * cols / QK_K * Q6_K.block_bytes];
-        rng.fill_bytes(&mut w);
-        let acts = Acts::random(&mut rng, cols);
-        check_neon_q6_k(&w, &acts, 3, "random bytes");
+        // Any bytes, f16 infinities and NaNs included.
+        for cols in COLS {
+            let mut w = vec![0u8; 3 * cols / QK_K * kind.block_bytes];
+            rng.fill_bytes(&mut w);
+            let acts = Acts::random(&mut rng, cols);
+            check_neon(ty, &w, &acts, 3, "random bytes");
+        }
     }
 }
 
 #[cfg(target_arch = "aarch64")]
 #[test]
-fn neon_q6_k_matches_scalar_on_edge_cases_and_real_rows() {
-    for (rows, cols) in [(1, 256), (3, 768), (2, 2048)] {
-        for (what, w, acts) in edge_cases(&Q6_K, rows, cols) {
-            check_neon_q6_k(&w, &acts, rows, what);
+fn neon_kquants_match_scalar_on_edge_cases_and_real_rows() {
+    for ty in NEON_TYPES {
+        let kind = neon_kernels(ty).0;
+        for (rows, cols) in [(1, 256), (3, 768), (2, 2048)] {
+            for (what, w, acts) in edge_cases(kind, rows, cols) {
+                check_neon(ty, &w, &acts, rows, what);
+            }
+        }
+        // No rows.
+        for (_, f) in neon_kernels(ty).1 {
+            let acts = Acts::random(&mut Rng::new(1), 256);
+            // SAFETY: as in `check_neon`.
+            unsafe { f(&[], &acts.view(), &mut []) };
         }
     }
     for seed in 0..4 {
+        let acts = real_like_acts(seed);
+        let q4 = include_bytes!("data/kquants_real_q4_k.blocks");
+        check_neon("q4_k", q4, &acts, 2, "real Q4_K rows");
         let q6 = include_bytes!("data/kquants_real_q6_k.blocks");
-        check_neon_q6_k(q6, &real_like_acts(seed), 2, "real Q6_K rows");
-    }
-    // No rows, and no columns.
-    for (_, f) in neon_q6_k_kernels() {
-        let acts = Acts::random(&mut Rng::new(1), 256);
-        // SAFETY: as in `check_neon_q6_k`.
-        unsafe { f(&[], &acts.view(), &mut []) };
+        check_neon("q6_k", q6, &acts, 2, "real Q6_K rows");
     }
 }
 
 #[cfg(target_arch = "aarch64")]
 #[test]
-fn neon_q6_k_rejects_short_weights() {
+fn neon_kquants_reject_short_weights_and_missing_sums() {
     let mut rng = Rng::new(6);
-    let w = Q6_K.random_weights(&mut rng, 2, 512);
-    let acts = Acts::random(&mut rng, 512);
-    for (name, f) in neon_q6_k_kernels() {
-        let r = std::panic::catch_unwind(|| {
-            let mut out = [0.0f32; 2];
-            // SAFETY: as in `check_neon_q6_k`.
-            unsafe { f(&w[..w.len() - 1], &acts.view(), &mut out) };
-        });
-        assert!(r.is_err(), "{name} read past short weights");
+    for ty in NEON_TYPES {
+        let (kind, kernels) = neon_kernels(ty);
+        let w = kind.random_weights(&mut rng, 2, 512);
+        let acts = Acts::random(&mut rng, 512);
+        for (name, f) in kernels {
+            let r = std::panic::catch_unwind(|| {
+                let mut out = [0.0f32; 2];
+                // SAFETY: as in `check_neon`.
+                unsafe { f(&w[..w.len() - 1], &acts.view(), &mut out) };
+            });
+            assert!(r.is_err(), "{name} read past short weights");
+            let r = std::panic::catch_unwind(|| {
+                let view = ActsQ8 {
+                    qs: &acts.qs,
+                    d: &acts.d,
+                    sums: &acts.sums[..31],
+                };
+                // SAFETY: as in `check_neon`.
+                unsafe { f(&w, &view, &mut [0.0f32; 2]) };
+            });
+            assert!(r.is_err(), "{name} took 31 sums for 32 groups");
+        }
     }
 }

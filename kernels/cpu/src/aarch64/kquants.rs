@@ -1,24 +1,29 @@
-//! NEON Q6_K gemv, bit-exact with [`crate::scalar::kquants::gemv_q6_k`] (the specification's
-//! accumulation order is in that module's docs).
+//! NEON K-quant gemvs (Q4_K, Q5_K, Q6_K), bit-exact with [`crate::scalar::kquants`] (the
+//! specification's accumulation order is in that module's docs), on the `neon` tier and, with one
+//! `sdot` per group, the `neon-dotprod` tier.
 //!
-//! One row at a time. Per super-block the 6-bit codes of each half `h` come out of its 64 `ql`
-//! and 32 `qh` bytes by masks and shifts, minus 32, as eight vectors of 16 signed values: those
-//! of 32-element group `g` and half `l / 16` hold activation group `8h + 2g + l / 16`. The exact
-//! dot of each group with its activations is `smull`/`smlal` pairs widened by `saddlp` (or, on
-//! the dot-product tier, one `sdot`), and two rounds of `addp` put the dots of four groups in
-//! the four lanes of one vector: groups `0 2 4 6`, `1 3 5 7`, `8 10 12 14`, `9 11 13 15`, whose
-//! lanes are the specification's accumulator lanes `0..4`, `4..8`, `0..4`, `4..8`. Each vector
-//! then takes the specification's float steps lane by lane (`ip = scale * dot`, `(ip * d) *
-//! acts.d[g]`, one add to the running sums, never fused), the activation scales of the even and
-//! odd groups deinterleaved by `ld2`, and the eight running sums are reduced in the
-//! specification's order.
+//! One row at a time. Per super-block the codes of each half `h` (elements `128h ..`, activation
+//! groups `8h .. 8h + 8`) come out by masks and shifts as eight vectors of 16 values, entry `e`
+//! holding group `8h + e`: Q6_K's 6-bit codes from `ql` and `qh`, minus 32; Q4_K's nibbles of
+//! `qs[64h ..]` (32-element sub-block `4h + e / 2`, low nibbles for even sub-blocks), with
+//! Q5_K's fifth bit from bit `4h + e / 2` of `qh`. The exact dot of each group with its
+//! activations is `smull`/`smlal` pairs widened by `saddlp` (or one `sdot`), and two rounds of
+//! `addp` put the dots of four groups in the four lanes of one vector: groups `0 2 4 6`, `1 3 5
+//! 7`, `8 10 12 14`, `9 11 13 15`, whose lanes are the specification's accumulator lanes `0..4`,
+//! `4..8`, `0..4`, `4..8`. Each vector then takes the specification's float steps lane by lane
+//! (never fused: Q6_K `((scale * dot) * d) * acts.d[g]`, Q4_K/Q5_K `(dot * dl - sums[g] * ml) *
+//! acts.d[g]` with `dl = d * sc`, `ml = dmin * m` of the group's sub-block), the even and odd
+//! groups' activation scales and sums deinterleaved by `ld2`, and the eight running sums are
+//! reduced in the specification's order.
 
 use core::arch::aarch64::*;
 
 use crate::acts::{ActsQ8, QS};
 use crate::scalar::f16_bits_to_f32;
 use crate::scalar::kquants::{
-    check_gemv, ACT_GROUPS_PER_SUPER, Q6_K_BLOCK_BYTES, Q6_K_D, Q6_K_QH, Q6_K_QL, Q6_K_SCALES,
+    check_gemv, scale_min_k4, ACT_GROUPS_PER_SUPER, K4_D, K4_DMIN, K4_SCALES, Q4_K_BLOCK_BYTES,
+    Q4_K_QS, Q5_K_BLOCK_BYTES, Q5_K_QH, Q5_K_QS, Q6_K_BLOCK_BYTES, Q6_K_D, Q6_K_QH, Q6_K_QL,
+    Q6_K_SCALES,
 };
 
 /// The signed codes (`q - 32`) of half `h` of the super-block at `blk`: entry `2g + k` holds
@@ -143,6 +148,159 @@ unsafe fn gemv(
             *y = vget_lane_f32::<0>(half) + vget_lane_f32::<1>(half);
         }
     }
+}
+
+/// The 4-bit (Q4_K) or 5-bit (Q5_K, `FIVE`) codes of half `h` of the super-block at `blk`:
+/// entry `e` holds elements `128h + 16e ..` (sub-block `4h + e / 2`, activation group `8h + e`).
+///
+/// # Safety
+///
+/// `blk` must be valid for reading one super-block of its type; the CPU must have NEON.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn codes_k4<const FIVE: bool>(blk: *const u8, h: usize) -> [int8x16_t; 8] {
+    let qs_off = if FIVE { Q5_K_QS } else { Q4_K_QS };
+    // SAFETY: `qs[64h .. 64h + 64]` and `qh[0 .. 32]` are inside the super-block.
+    let (l, qh) = unsafe {
+        let qs = blk.add(qs_off + 64 * h);
+        let qh = blk.add(Q5_K_QH);
+        (
+            [0, 16, 32, 48].map(|o| vld1q_u8(qs.add(o))),
+            [vld1q_u8(qh), vld1q_u8(qh.add(16))],
+        )
+    };
+    let m4 = vdupq_n_u8(0x0F);
+    core::array::from_fn(|e| {
+        // Sub-block j = 4h + e / 2 (its pair's 32 bytes are l[2 (e / 4) ..]), half k = e % 2.
+        let (jj, k) = (e / 2, e % 2);
+        let bytes = l[2 * (jj / 2) + k];
+        let q = if jj % 2 == 0 {
+            vandq_u8(bytes, m4)
+        } else {
+            vshrq_n_u8::<4>(bytes)
+        };
+        let q = if FIVE {
+            // Bit j of qh[16k ..], moved to bit 4.
+            let bit = vdupq_n_u8(1 << (4 * h + jj));
+            let hi = vtstq_u8(qh[k], bit);
+            vorrq_u8(q, vandq_u8(hi, vdupq_n_u8(0x10)))
+        } else {
+            q
+        };
+        vreinterpretq_s8_u8(q)
+    })
+}
+
+/// The Q4_K/Q5_K driver (module docs), with `lanes` the four lane sums of one group's 16
+/// products.
+///
+/// # Safety
+///
+/// The CPU must have NEON and whatever `lanes` needs.
+#[inline(always)]
+unsafe fn gemv_k4<const FIVE: bool>(
+    w: &[u8],
+    acts: &ActsQ8<'_>,
+    out: &mut [f32],
+    lanes: impl Fn(int8x16_t, int8x16_t) -> int32x4_t,
+) {
+    let bb = if FIVE {
+        Q5_K_BLOCK_BYTES
+    } else {
+        Q4_K_BLOCK_BYTES
+    };
+    let row_bytes = check_gemv(w, acts, out, bb);
+    let nsb = row_bytes / bb;
+    let (qa, da, sa) = (acts.qs.as_ptr(), acts.d.as_ptr(), acts.sums.as_ptr());
+    for (r, y) in out.iter_mut().enumerate() {
+        // SAFETY: `check_gemv` guarantees `out.len()` rows of `nsb` super-blocks in `w` and `nsb`
+        // super-blocks' activations, scales and sums included; the caller, the CPU's features.
+        unsafe {
+            let row = w.as_ptr().add(r * row_bytes);
+            let (mut lo, mut hi) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
+            for s in 0..nsb {
+                let blk = row.add(s * bb);
+                let f16 =
+                    |o: usize| f16_bits_to_f32(u16::from_le_bytes([*blk.add(o), *blk.add(o + 1)]));
+                let (d, dmin) = (f16(K4_D), f16(K4_DMIN));
+                let scales = core::slice::from_raw_parts(blk.add(K4_SCALES), 12);
+                let g0 = s * ACT_GROUPS_PER_SUPER;
+                for h in 0..2 {
+                    // dl = d * sc and ml = dmin * m of sub-blocks 4h .. 4h + 4, as the
+                    // specification computes them (f32, one rounding each).
+                    let (mut dl, mut ml) = ([0f32; 4], [0f32; 4]);
+                    for t in 0..4 {
+                        let (sc, m) = scale_min_k4(4 * h + t, scales);
+                        dl[t] = d * sc as f32;
+                        ml[t] = dmin * m as f32;
+                    }
+                    let (dl, ml) = (vld1q_f32(dl.as_ptr()), vld1q_f32(ml.as_ptr()));
+                    let c = codes_k4::<FIVE>(blk, h);
+                    let dot = |e: usize| lanes(c[e], vld1q_s8(qa.add((g0 + 8 * h + e) * QS)));
+                    let quad = |a: usize, b: usize, c: usize, e: usize| {
+                        vpaddq_s32(vpaddq_s32(dot(a), dot(b)), vpaddq_s32(dot(c), dot(e)))
+                    };
+                    let dots = [quad(0, 2, 4, 6), quad(1, 3, 5, 7)];
+                    let ad = vld2q_f32(da.add(g0 + 8 * h));
+                    let sums = vld2q_s32(sa.add(g0 + 8 * h));
+                    let term = |dot: int32x4_t, sum: int32x4_t, a: float32x4_t| {
+                        let x = vmulq_f32(vcvtq_f32_s32(dot), dl);
+                        let m = vmulq_f32(vcvtq_f32_s32(sum), ml);
+                        vmulq_f32(vsubq_f32(x, m), a)
+                    };
+                    lo = vaddq_f32(lo, term(dots[0], sums.0, ad.0));
+                    hi = vaddq_f32(hi, term(dots[1], sums.1, ad.1));
+                }
+            }
+            let sum = vaddq_f32(lo, hi);
+            let half = vadd_f32(vget_low_f32(sum), vget_high_f32(sum));
+            *y = vget_lane_f32::<0>(half) + vget_lane_f32::<1>(half);
+        }
+    }
+}
+
+/// NEON [`crate::scalar::kquants::gemv_q4_k`], bit-exact (module docs).
+///
+/// # Safety
+///
+/// The CPU must have NEON.
+#[target_feature(enable = "neon")]
+pub unsafe fn neon_gemv_q4_k(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
+    // SAFETY: same feature, guaranteed by the caller.
+    unsafe { gemv_k4::<false>(w, acts, out, |a, b| lanes_neon(a, b)) }
+}
+
+/// NEON + dot-product [`crate::scalar::kquants::gemv_q4_k`], bit-exact (module docs).
+///
+/// # Safety
+///
+/// The CPU must have NEON and the dot-product extension.
+#[target_feature(enable = "neon,dotprod")]
+pub unsafe fn neon_dotprod_gemv_q4_k(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
+    // SAFETY: same features, guaranteed by the caller.
+    unsafe { gemv_k4::<false>(w, acts, out, |a, b| lanes_dotprod(a, b)) }
+}
+
+/// NEON [`crate::scalar::kquants::gemv_q5_k`], bit-exact (module docs).
+///
+/// # Safety
+///
+/// The CPU must have NEON.
+#[target_feature(enable = "neon")]
+pub unsafe fn neon_gemv_q5_k(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
+    // SAFETY: same feature, guaranteed by the caller.
+    unsafe { gemv_k4::<true>(w, acts, out, |a, b| lanes_neon(a, b)) }
+}
+
+/// NEON + dot-product [`crate::scalar::kquants::gemv_q5_k`], bit-exact (module docs).
+///
+/// # Safety
+///
+/// The CPU must have NEON and the dot-product extension.
+#[target_feature(enable = "neon,dotprod")]
+pub unsafe fn neon_dotprod_gemv_q5_k(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
+    // SAFETY: same features, guaranteed by the caller.
+    unsafe { gemv_k4::<true>(w, acts, out, |a, b| lanes_dotprod(a, b)) }
 }
 
 /// NEON [`crate::scalar::kquants::gemv_q6_k`], bit-exact (module docs).

@@ -78,12 +78,12 @@ pub const Q5_K_BLOCK_BYTES: usize = 176;
 pub const Q6_K_BLOCK_BYTES: usize = 210;
 
 /// Offsets inside a Q4_K / Q5_K super-block.
-const K4_D: usize = 0;
-const K4_DMIN: usize = 2;
-const K4_SCALES: usize = 4;
-const Q4_K_QS: usize = 16;
-const Q5_K_QH: usize = 16;
-const Q5_K_QS: usize = 48;
+pub(crate) const K4_D: usize = 0;
+pub(crate) const K4_DMIN: usize = 2;
+pub(crate) const K4_SCALES: usize = 4;
+pub(crate) const Q4_K_QS: usize = 16;
+pub(crate) const Q5_K_QH: usize = 16;
+pub(crate) const Q5_K_QS: usize = 48;
 /// Offsets inside a Q6_K super-block.
 pub(crate) const Q6_K_QL: usize = 0;
 pub(crate) const Q6_K_QH: usize = 128;
