@@ -580,7 +580,7 @@ fn avx512_table(features: &CpuFeatures) -> Table {
     t
 }
 
-/// The NEON table: NEON kernels where they exist, the scalar ones elsewhere (F16 weights).
+/// The NEON table: a NEON kernel for every weight type.
 #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
 fn neon_table() -> Table {
     use crate::aarch64 as arm;
@@ -600,7 +600,7 @@ fn neon_table() -> Table {
         },
     );
     t.f32 = fw(Tier::Neon, arm::neon_gemv_f32w_f32);
-    // F16 stays scalar until an `fp16` conversion kernel lands.
+    t.f16 = fw(Tier::Neon, arm::neon_gemv_f32w_f16);
     t.bf16 = fw(Tier::Neon, arm::neon_gemv_f32w_bf16);
     t.q4_0 = q8(Tier::Neon, arm::neon_gemv_q4_0);
     t.q4w = q8(Tier::Neon, arm::q4w::neon_gemv_q4w);

@@ -1,16 +1,20 @@
-//! NEON float kernels: F32/BF16 weight rows times f32 activations, `dot_f32`, `axpy_f32`.
+//! NEON float kernels: F32/F16/BF16 weight rows times f32 activations, `dot_f32`, `axpy_f32`.
 //!
 //! Sums use four 4-lane FMA accumulators (16 values per step), then a sequential scalar tail;
 //! they differ from the sequential scalar spec only by rounding (tested within a named
-//! tolerance). `neon_axpy_f32` multiplies and adds separately, bit-exact. F16 rows stay scalar
-//! until a kernel using the `fp16` conversions lands.
+//! tolerance). `neon_axpy_f32` multiplies and adds separately, bit-exact. F16 weights are widened
+//! by `fcvtl`, a base Advanced SIMD instruction whose intrinsic takes the unstable `float16x4_t`,
+//! so it is emitted with `asm!` (exact, as every f16 is an f32).
 
 use core::arch::aarch64::*;
 
-use crate::scalar::bf16_bits_to_f32;
+use core::arch::asm;
+
 use crate::scalar::float::check_gemv_f;
+use crate::scalar::{bf16_bits_to_f32, f16_bits_to_f32};
 
 const F32: u8 = 0;
+const F16: u8 = 1;
 const BF16: u8 = 2;
 
 /// Four weights of kind `K` starting at element `i` of the row at `p`, as f32.
@@ -26,6 +30,18 @@ unsafe fn load4<const K: u8>(p: *const u8, i: usize) -> float32x4_t {
     unsafe {
         match K {
             F32 => vreinterpretq_f32_u8(vld1q_u8(p.add(i * 4))),
+            F16 => {
+                let h = vld1_u8(p.add(i * 2));
+                let f: float32x4_t;
+                // `fcvtl` only reads and writes the named registers.
+                asm!(
+                    "fcvtl {f:v}.4s, {h:v}.4h",
+                    h = in(vreg) h,
+                    f = out(vreg) f,
+                    options(pure, nomem, nostack, preserves_flags),
+                );
+                f
+            }
             _ => {
                 let h = vreinterpret_u16_u8(vld1_u8(p.add(i * 2)));
                 vreinterpretq_f32_u32(vshll_n_u16::<16>(h))
@@ -45,6 +61,7 @@ unsafe fn load1<const K: u8>(p: *const u8, i: usize) -> f32 {
     unsafe {
         match K {
             F32 => f32::from_bits(u32::from_le(p.add(i * 4).cast::<u32>().read_unaligned())),
+            F16 => f16_bits_to_f32(u16::from_le(p.add(i * 2).cast::<u16>().read_unaligned())),
             _ => bf16_bits_to_f32(u16::from_le(p.add(i * 2).cast::<u16>().read_unaligned())),
         }
     }
@@ -104,6 +121,17 @@ unsafe fn gemv<const K: u8>(w: &[u8], x: &[f32], out: &mut [f32], name: &str) {
 pub unsafe fn neon_gemv_f32w_f32(w: &[u8], x: &[f32], out: &mut [f32]) {
     // SAFETY: same feature, guaranteed by the caller.
     unsafe { gemv::<F32>(w, x, out, "F32") }
+}
+
+/// NEON [`crate::scalar::gemv_f32w_f16`] (float tolerance).
+///
+/// # Safety
+///
+/// The CPU must have NEON.
+#[target_feature(enable = "neon")]
+pub unsafe fn neon_gemv_f32w_f16(w: &[u8], x: &[f32], out: &mut [f32]) {
+    // SAFETY: same feature, guaranteed by the caller.
+    unsafe { gemv::<F16>(w, x, out, "F16") }
 }
 
 /// NEON [`crate::scalar::gemv_f32w_bf16`] (float tolerance).
