@@ -2,7 +2,8 @@
 //!
 //! Every kernel is a `#[target_feature(enable = "neon")] unsafe fn` whose only safety condition
 //! is that the CPU has NEON; the dispatch table calls them after checking. They check slice
-//! shapes themselves. The `neon-dotprod` tier uses these kernels until `sdot` kernels land.
+//! shapes themselves. The `neon-dotprod` tier adds `sdot` (ARMv8.2 dot product, emitted with
+//! `asm!`) kernels for the ternary types, Q4W and the K-quants, and uses the NEON ones elsewhere.
 
 pub mod attn;
 pub mod float;
