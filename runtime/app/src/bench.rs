@@ -221,6 +221,14 @@ struct Round {
 }
 
 impl Round {
+    /// The round of our repetitions' prefill and decode rates `pp`, `tg`, then llama.cpp's run.
+    fn after(pp: &[f64], tg: &[f64], peer: Peer) -> Round {
+        Round {
+            ours: (mean_std(pp).0, mean_std(tg).0),
+            peer,
+        }
+    }
+
     fn ratios(&self) -> (f64, f64) {
         (
             self.ours.0 / self.peer.prefill.0,
@@ -535,11 +543,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                 file.in_memory(),
                 pool.cores.as_deref().unwrap_or(&[]),
             )?;
-            let ours = (
-                mean_std(&pp[round_start..]).0,
-                mean_std(&tg[round_start..]).0,
-            );
-            rounds.push(Round { ours, peer });
+            rounds.push(Round::after(&pp[round_start..], &tg[round_start..], peer));
         }
     }
     write_trace(&args, &lat)?;
@@ -717,11 +721,7 @@ fn bench_gpu(args: &BenchArgs, mut engine: edgellm_cuda::GpuEngine, prompt: &[u3
                 false,
                 &[],
             )?;
-            let ours = (
-                mean_std(&pp[round_start..]).0,
-                mean_std(&tg[round_start..]).0,
-            );
-            rounds.push(Round { ours, peer });
+            rounds.push(Round::after(&pp[round_start..], &tg[round_start..], peer));
         }
     }
     write_trace(args, &lat)?;

@@ -91,6 +91,39 @@ unsafe fn lanes_dotprod(w: int8x16_t, a: int8x16_t) -> int32x4_t {
     unsafe { super::ternary::sdot(vdupq_n_s32(0), w, a) }
 }
 
+/// The specification's reduction of the eight running sums, `lo` lanes 0..4 and `hi` lanes 4..8:
+/// `((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7))`.
+#[inline]
+#[target_feature(enable = "neon")]
+fn reduce(lo: float32x4_t, hi: float32x4_t) -> f32 {
+    let sum = vaddq_f32(lo, hi);
+    let half = vadd_f32(vget_low_f32(sum), vget_high_f32(sum));
+    vget_lane_f32::<0>(half) + vget_lane_f32::<1>(half)
+}
+
+/// The exact dots of activation groups `first + x` for the four `x` of `pick`, one per lane,
+/// with `codes[x]` the codes of group `first + x`: `lanes` per group, then two rounds of `addp`.
+///
+/// # Safety
+///
+/// Those groups' activations must be inside `qa`; the CPU must have NEON and whatever `lanes`
+/// needs.
+#[inline(always)]
+unsafe fn quad(
+    lanes: &impl Fn(int8x16_t, int8x16_t) -> int32x4_t,
+    codes: &[int8x16_t; 8],
+    qa: *const i8,
+    first: usize,
+    pick: [usize; 4],
+) -> int32x4_t {
+    // SAFETY: the caller guarantees the groups' activations and NEON.
+    unsafe {
+        let dot = |x: usize| lanes(codes[x], vld1q_s8(qa.add((first + x) * QS)));
+        let [a, b, c, e] = pick;
+        vpaddq_s32(vpaddq_s32(dot(a), dot(b)), vpaddq_s32(dot(c), dot(e)))
+    }
+}
+
 /// The driver (module docs), with `lanes` the four lane sums of one group's 16 products.
 ///
 /// # Safety
@@ -124,13 +157,13 @@ unsafe fn gemv(
                 let g0 = s * ACT_GROUPS_PER_SUPER;
                 for (h, &s8) in sc16.iter().enumerate() {
                     let c = codes(blk, h);
-                    // Group `8h + e` at entry `e` (`e = 2g + k`).
-                    let dot = |e: usize| lanes(c[e], vld1q_s8(qa.add((g0 + 8 * h + e) * QS)));
-                    let quad = |a: usize, b: usize, c: usize, e: usize| {
-                        vpaddq_s32(vpaddq_s32(dot(a), dot(b)), vpaddq_s32(dot(c), dot(e)))
-                    };
-                    // Groups 8h + {0, 2, 4, 6} (lanes 0..4), then 8h + {1, 3, 5, 7} (4..8).
-                    let dots = [quad(0, 2, 4, 6), quad(1, 3, 5, 7)];
+                    // Groups 8h + {0, 2, 4, 6} (lanes 0..4), then 8h + {1, 3, 5, 7} (4..8); entry
+                    // `e` of `c` holds group `8h + e`.
+                    let first = g0 + 8 * h;
+                    let dots = [
+                        quad(&lanes, &c, qa, first, [0, 2, 4, 6]),
+                        quad(&lanes, &c, qa, first, [1, 3, 5, 7]),
+                    ];
                     // Their scales (`s8`: the widened scales of groups 8h .. 8h + 8), even / odd.
                     let ev = vmovl_s16(vget_low_s16(vuzp1q_s16(s8, s8)));
                     let od = vmovl_s16(vget_low_s16(vuzp2q_s16(s8, s8)));
@@ -142,10 +175,7 @@ unsafe fn gemv(
                     hi = vaddq_f32(hi, t1);
                 }
             }
-            // ((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7)).
-            let sum = vaddq_f32(lo, hi);
-            let half = vadd_f32(vget_low_f32(sum), vget_high_f32(sum));
-            *y = vget_lane_f32::<0>(half) + vget_lane_f32::<1>(half);
+            *y = reduce(lo, hi);
         }
     }
 }
@@ -236,11 +266,11 @@ unsafe fn gemv_k4<const FIVE: bool>(
                     }
                     let (dl, ml) = (vld1q_f32(dl.as_ptr()), vld1q_f32(ml.as_ptr()));
                     let c = codes_k4::<FIVE>(blk, h);
-                    let dot = |e: usize| lanes(c[e], vld1q_s8(qa.add((g0 + 8 * h + e) * QS)));
-                    let quad = |a: usize, b: usize, c: usize, e: usize| {
-                        vpaddq_s32(vpaddq_s32(dot(a), dot(b)), vpaddq_s32(dot(c), dot(e)))
-                    };
-                    let dots = [quad(0, 2, 4, 6), quad(1, 3, 5, 7)];
+                    let first = g0 + 8 * h;
+                    let dots = [
+                        quad(&lanes, &c, qa, first, [0, 2, 4, 6]),
+                        quad(&lanes, &c, qa, first, [1, 3, 5, 7]),
+                    ];
                     let ad = vld2q_f32(da.add(g0 + 8 * h));
                     let sums = vld2q_s32(sa.add(g0 + 8 * h));
                     let term = |dot: int32x4_t, sum: int32x4_t, a: float32x4_t| {
@@ -252,9 +282,7 @@ unsafe fn gemv_k4<const FIVE: bool>(
                     hi = vaddq_f32(hi, term(dots[1], sums.1, ad.1));
                 }
             }
-            let sum = vaddq_f32(lo, hi);
-            let half = vadd_f32(vget_low_f32(sum), vget_high_f32(sum));
-            *y = vget_lane_f32::<0>(half) + vget_lane_f32::<1>(half);
+            *y = reduce(lo, hi);
         }
     }
 }

@@ -36,18 +36,19 @@ use crate::acts::QK;
 use crate::scalar::kquants::{Q6_K_BLOCK_BYTES, QK_K};
 use crate::scalar::legacy::{Q4_0_BYTES, Q8_0_BYTES};
 
-/// Checks that `dst` has room for exactly the blocks of `src`.
-fn check(src: &[f32], dst: &[u8], block_bytes: usize, name: &str) {
+/// Checks that `dst` has room for exactly the blocks of `src` (blocks of `len` values, `bytes`
+/// bytes each).
+fn check(src: &[f32], dst: &[u8], len: usize, bytes: usize, name: &str) {
     assert!(
-        src.len().is_multiple_of(QK),
-        "quantize {name}: {} values is not a multiple of {QK}",
+        src.len().is_multiple_of(len),
+        "quantize {name}: {} values is not a multiple of {len}",
         src.len()
     );
     assert!(
-        dst.len() == src.len() / QK * block_bytes,
+        dst.len() == src.len() / len * bytes,
         "quantize {name}: {} values need {} bytes, got {}",
         src.len(),
-        src.len() / QK * block_bytes,
+        src.len() / len * bytes,
         dst.len()
     );
 }
@@ -73,7 +74,7 @@ fn f16_bytes(d: f32) -> [u8; 2] {
 
 /// Quantizes `src` (a multiple of 32 values) to Q8_0 blocks in `dst` (34 bytes per block).
 pub fn quantize_row_q8_0(src: &[f32], dst: &mut [u8]) {
-    check(src, dst, Q8_0_BYTES, "Q8_0");
+    check(src, dst, QK, Q8_0_BYTES, "Q8_0");
     for (x, blk) in src.chunks_exact(QK).zip(dst.chunks_exact_mut(Q8_0_BYTES)) {
         let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
@@ -87,7 +88,7 @@ pub fn quantize_row_q8_0(src: &[f32], dst: &mut [u8]) {
 
 /// Quantizes `src` (a multiple of 32 values) to Q4_0 blocks in `dst` (18 bytes per block).
 pub fn quantize_row_q4_0(src: &[f32], dst: &mut [u8]) {
-    check(src, dst, Q4_0_BYTES, "Q4_0");
+    check(src, dst, QK, Q4_0_BYTES, "Q4_0");
     for (x, blk) in src.chunks_exact(QK).zip(dst.chunks_exact_mut(Q4_0_BYTES)) {
         let (mut amax, mut max) = (0.0f32, 0.0f32);
         for &v in x {
@@ -166,18 +167,7 @@ fn q6_sub_scale(x: &[f32]) -> f32 {
 /// Quantizes `src` (a multiple of 256 values) to Q6_K super-blocks in `dst` (210 bytes each),
 /// by the rule of the module docs.
 pub fn quantize_row_q6_k(src: &[f32], dst: &mut [u8]) {
-    assert!(
-        src.len().is_multiple_of(QK_K),
-        "quantize Q6_K: {} values is not a multiple of {QK_K}",
-        src.len()
-    );
-    assert!(
-        dst.len() == src.len() / QK_K * Q6_K_BLOCK_BYTES,
-        "quantize Q6_K: {} values need {} bytes, got {}",
-        src.len(),
-        src.len() / QK_K * Q6_K_BLOCK_BYTES,
-        dst.len()
-    );
+    check(src, dst, QK_K, Q6_K_BLOCK_BYTES, "Q6_K");
     for (x, blk) in src
         .chunks_exact(QK_K)
         .zip(dst.chunks_exact_mut(Q6_K_BLOCK_BYTES))
