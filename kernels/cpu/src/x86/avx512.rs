@@ -55,6 +55,21 @@ unsafe fn both(p: *const __m256i) -> __m512i {
     _mm512_broadcast_i64x4(unsafe { _mm256_loadu_si256(p) })
 }
 
+/// A window's arranged operands (activations, negated sums, scales) in both halves of 512-bit
+/// vectors, for two rows at once.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn both_window(wv: &Window) -> ([__m512i; 4], __m512i, __m512) {
+    // SAFETY: `wv`'s fields are readable 256-bit vectors.
+    unsafe {
+        (
+            [0, 1, 2, 3].map(|k| both(&wv.a[k])),
+            both(&wv.sums),
+            _mm512_castsi512_ps(both((&raw const wv.d).cast::<__m256i>())),
+        )
+    }
+}
+
 /// The TQ1_0 blocks at `a` (row `r`) and `b` (row `r + 1`) as eight pairs of digit vectors:
 /// each half is [`super::ternary::tq1_block`]`::<true>` of its block.
 ///
@@ -343,14 +358,7 @@ pub unsafe fn avx512_gemv_t2(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
                         _mm_prefetch::<_MM_HINT_T0>(unsafe { q.add(32 * win) }.cast());
                     }
                 }
-                // SAFETY: `wv`'s fields are readable 256-bit vectors.
-                let (a, sums, d) = unsafe {
-                    (
-                        [0, 1, 2, 3].map(|k| both(&wv.a[k])),
-                        both(&wv.sums),
-                        _mm512_castsi512_ps(both((&raw const wv.d).cast::<__m256i>())),
-                    )
-                };
+                let (a, sums, d) = both_window(wv);
                 for (i, acc) in acc.iter_mut().enumerate() {
                     // SAFETY: window `win` of a row is bytes `32 win .. 32 win + 32` (16 when
                     // `half`), inside the row.
@@ -458,14 +466,7 @@ pub unsafe fn avx512_gemv_tq2_0(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
                     unsafe { tq_scales(p[2 * i].add(off + bb - 2), p[2 * i + 1].add(off + bb - 2)) }
                 });
                 for (h, wv) in pair.iter().enumerate() {
-                    // SAFETY: `wv`'s fields are readable 256-bit vectors.
-                    let (a, sums, d) = unsafe {
-                        (
-                            [0, 1, 2, 3].map(|k| both(&wv.a[k])),
-                            both(&wv.sums),
-                            _mm512_castsi512_ps(both((&raw const wv.d).cast::<__m256i>())),
-                        )
-                    };
+                    let (a, sums, d) = both_window(wv);
                     for (i, acc) in acc.iter_mut().enumerate() {
                         // SAFETY: half `h` of the block is its bytes `32 h .. 32 h + 32`.
                         let c = unsafe {
@@ -626,16 +627,7 @@ unsafe fn gemm_ternary<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out:
                             };
                             for (u, au) in a.iter_mut().enumerate() {
                                 let wv = &buf[s0 + u][j];
-                                // SAFETY: `wv`'s fields are readable 256-bit vectors.
-                                let (ops, sums, d) = unsafe {
-                                    (
-                                        [0, 1, 2, 3].map(|k| both(&wv.a[k])),
-                                        both(&wv.sums),
-                                        _mm512_castsi512_ps(both(
-                                            (&raw const wv.d).cast::<__m256i>(),
-                                        )),
-                                    )
-                                };
+                                let (ops, sums, d) = both_window(wv);
                                 let s = _mm512_dpbusd_epi32(sums, c[0], ops[0]);
                                 let s = _mm512_dpbusd_epi32(s, c[1], ops[1]);
                                 let s = _mm512_dpbusd_epi32(s, c[2], ops[2]);
