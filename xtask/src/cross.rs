@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 const TARGET: &str = "aarch64-unknown-linux-gnu";
-const SYSROOT: &str = "/usr/aarch64-linux-gnu";
+pub(crate) const SYSROOT: &str = "/usr/aarch64-linux-gnu";
 
 /// qemu CPU models of the boards, and the kernel tier each must select.
 pub const CPUS: &[(&str, &str)] = &[
@@ -23,7 +23,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("qemu-aarch64", "qemu-user"),
 ];
 
-fn have(cmd: &str) -> bool {
+pub(crate) fn have(cmd: &str) -> bool {
     Command::new("sh")
         .arg("-c")
         .arg(format!("command -v {cmd}"))
@@ -33,7 +33,7 @@ fn have(cmd: &str) -> bool {
 
 /// Installs the cross linker and qemu with apt when they are missing (as root), or says exactly
 /// what to install.
-fn ensure_tools() -> Result<()> {
+pub(crate) fn ensure_tools() -> Result<()> {
     let missing: Vec<&str> = PACKAGES
         .iter()
         .filter(|(cmd, _)| !have(cmd))

@@ -3,6 +3,7 @@
 
 mod build;
 mod cross;
+mod cycles;
 mod deploy;
 mod elf;
 mod fetch;
@@ -55,6 +56,21 @@ enum Cmd {
     /// Build the kernel and core test suites for aarch64 and run them under qemu with each board's
     /// CPU model (cortex-a53, cortex-a72, cortex-a76, neoverse-n1), plus the golden end-to-end test.
     TestCross,
+    /// A cycle model of the CPU kernels on the boards' cores (not a measurement): each kernel call
+    /// traced under qemu with the board's CPU model, its blocks timed by llvm-mca with the core's
+    /// LLVM scheduling model; per multiply-accumulate and per byte of weights.
+    Cycles {
+        /// Board (repeatable; default: every aarch64 board).
+        #[arg(long)]
+        board: Vec<String>,
+        /// KERNEL:ROWSxCOLS[xTOKENS], KERNEL a GGUF type name or T2-LUT (repeatable; default: a
+        /// set covering the images' and llama.cpp files' types).
+        #[arg(long)]
+        case: Vec<String>,
+        /// Also print the N hottest blocks of each call, with their instructions.
+        #[arg(long, default_value_t = 0)]
+        show: usize,
+    },
     /// Cross-compile the release binary for a board (CPU tuning, the board's glibc), check it
     /// (ELF machine, GLIBC versions, `--version` under qemu) and write target/images/<board>/: a
     /// tarball, a .deb with the systemd unit and config, and SHA256SUMS.
@@ -154,6 +170,7 @@ fn main() -> Result<()> {
             deb,
             ssh_options,
         } => deploy::deploy(&board, &host, deb.as_deref(), &ssh_options)?,
+        Cmd::Cycles { board, case, show } => cycles::cycles(&board, &case, show)?,
         Cmd::CiBoards => {
             apt_ensure(CI_PACKAGES)?;
             let analyze = apt_ensure(&[("systemd-analyze", "systemd")]);

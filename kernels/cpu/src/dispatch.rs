@@ -625,6 +625,11 @@ fn dotprod_table() -> Table {
     use crate::aarch64 as arm;
     let mut t = neon_table();
     t.t2 = q8(Tier::NeonDotprod, arm::ternary::neon_dotprod_gemv_t2);
+    t.q4_0 = q8(Tier::NeonDotprod, arm::neon_dotprod_gemv_q4_0);
+    t.q4_1 = q8(Tier::NeonDotprod, arm::neon_dotprod_gemv_q4_1);
+    t.q5_0 = q8(Tier::NeonDotprod, arm::neon_dotprod_gemv_q5_0);
+    t.q5_1 = q8(Tier::NeonDotprod, arm::neon_dotprod_gemv_q5_1);
+    t.q8_0 = q8(Tier::NeonDotprod, arm::neon_dotprod_gemv_q8_0);
     t.q4w = q8(Tier::NeonDotprod, arm::q4w::neon_dotprod_gemv_q4w);
     t.q4_k = q8(Tier::NeonDotprod, arm::kquants::neon_dotprod_gemv_q4_k);
     t.q5_k = q8(Tier::NeonDotprod, arm::kquants::neon_dotprod_gemv_q5_k);

@@ -1,17 +1,21 @@
 //! NEON int8 kernels for the legacy block types and the activation quantizer, bit-exact with
 //! [`crate::scalar::legacy`].
 //!
-//! gemv: one row at a time. Per block the signed weights (`q - 8`, `q - 16`, or the unsigned /
-//! Q8_0 values as they are) are multiplied with the activations by `smull`/`smlal` (pairs of
-//! i8·i8 summed in i16: at most 2·128·127, no overflow), widened by `saddlp` into i32 and
-//! reduced to the exact `isum0` (values 0..16, scale group `2b`) and `isum1` (values 16..32,
-//! group `2b + 1`); the block term and the running sum are computed in scalar f32 with the
-//! specification's operations and order.
+//! gemv: four rows per pass, the rows in the lanes of the float steps (as the x86 kernels hold
+//! eight). Per row and block the signed weights (`q - 8`, `q - 16`, or the unsigned / Q8_0 values
+//! as they are) are multiplied with the activations of each half block, by `smull`/`smlal2`
+//! (pairs of i8·i8 summed in i16: at most 2·128·127, no overflow) and `saddlp` on ARMv8.0 or by
+//! one `sdot` with the dot-product extension, leaving four i32 lane sums per half; two rounds of
+//! `addp` over the four rows and a `uzp1`/`uzp2` give the exact `isum0` (values 0..16, scale group
+//! `2b`) and `isum1` (values 16..32, group `2b + 1`) of the four rows in two vectors. The rows' f16
+//! scales are widened with `fcvtl`, and the block term and the running sum are the
+//! specification's operations in its order, lane by lane.
 
 use core::arch::aarch64::*;
+use core::arch::asm;
 
+use super::ternary::sdot;
 use crate::acts::{ActsQ8, ActsQ8Mut, QK, QS};
-use crate::scalar::f16_bits_to_f32;
 use crate::scalar::legacy::{check_acts, check_gemv};
 
 const Q4_0: u8 = 0;
@@ -89,111 +93,213 @@ unsafe fn block_weights<const K: u8>(blk: *const u8) -> (int8x16_t, int8x16_t) {
     }
 }
 
-/// Exact `Σ w·a` over 16 values.
+/// Rows per pass.
+const R: usize = 4;
+
+/// The f16 values at `p[i] + off`, one per row, as f32 lanes: `fcvtl` (a base Advanced SIMD
+/// instruction whose intrinsic takes the unstable `float16x4_t`) through `asm!`.
+///
+/// # Safety
+///
+/// Each `p[i] + off` must be valid for reading 2 bytes; the CPU must have NEON.
 #[inline]
 #[target_feature(enable = "neon")]
-fn idot16(w: int8x16_t, a: int8x16_t) -> i32 {
-    let p = vmlal_s8(
+unsafe fn f16x4(p: &[*const u8; R], off: usize) -> float32x4_t {
+    let mut bits = 0u64;
+    for (i, q) in p.iter().enumerate() {
+        // SAFETY: the caller guarantees the two bytes.
+        let h = u16::from_le(unsafe { q.add(off).cast::<u16>().read_unaligned() });
+        bits |= u64::from(h) << (16 * i);
+    }
+    let h = vcreate_u16(bits);
+    let d: float32x4_t;
+    // SAFETY: `fcvtl` only reads and writes the named registers.
+    unsafe {
+        asm!(
+            "fcvtl {d:v}.4s, {h:v}.4h",
+            h = in(vreg) h,
+            d = out(vreg) d,
+            options(pure, nomem, nostack, preserves_flags),
+        );
+    }
+    d
+}
+
+/// Four lane sums of `w·a` over 16 values (four products each): `smull`/`smlal2` into i16 (at
+/// most `2 * 128 * 127` per lane), then `saddlp`.
+#[inline]
+#[target_feature(enable = "neon")]
+fn half_neon(w: int8x16_t, a: int8x16_t) -> int32x4_t {
+    vpaddlq_s16(vmlal_high_s8(
         vmull_s8(vget_low_s8(w), vget_low_s8(a)),
-        vget_high_s8(w),
-        vget_high_s8(a),
-    );
-    vaddvq_s32(vpaddlq_s16(p))
+        w,
+        a,
+    ))
 }
 
-/// The shared gemv driver: one row per pass (see the module docs).
+/// [`half_neon`] with one `sdot`.
 ///
 /// # Safety
 ///
-/// The CPU must have NEON.
-#[target_feature(enable = "neon")]
-unsafe fn gemv<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
-    let bb = block_bytes(K);
-    let (nb, row_bytes) = check_gemv(w, acts, out.len(), bb, type_name(K));
-    if row_bytes == 0 {
-        out.fill(0.0);
-        return;
-    }
-    for (o, row) in out.iter_mut().zip(w.chunks_exact(row_bytes)) {
-        let mut acc = 0.0f32;
-        for b in 0..nb {
-            let blk = &row[b * bb..(b + 1) * bb];
-            // SAFETY: `blk` is one whole block; `acts.qs` holds `nb * QK` values
-            // (`check_gemv`), so block `b` of it is readable.
-            let (i0, i1) = unsafe {
-                let (w0, w1) = block_weights::<K>(blk.as_ptr());
-                let ap = acts.qs.as_ptr().add(b * QK);
-                (idot16(w0, vld1q_s8(ap)), idot16(w1, vld1q_s8(ap.add(16))))
-            };
-            let (da0, da1) = (acts.d[2 * b], acts.d[2 * b + 1]);
-            let dw = f16_bits_to_f32(u16::from_le_bytes([blk[0], blk[1]]));
-            let t = (dw * da0) * i0 as f32 + (dw * da1) * i1 as f32;
-            let t = if K == Q4_1 || K == Q5_1 {
-                let mw = f16_bits_to_f32(u16::from_le_bytes([blk[2], blk[3]]));
-                let (sa0, sa1) = (acts.sums[2 * b], acts.sums[2 * b + 1]);
-                t + mw * (da0 * sa0 as f32 + da1 * sa1 as f32)
-            } else {
-                t
-            };
-            acc += t;
+/// The CPU must have the dot-product extension.
+#[inline]
+#[target_feature(enable = "neon,dotprod")]
+unsafe fn half_dot(w: int8x16_t, a: int8x16_t) -> int32x4_t {
+    // SAFETY: the caller guarantees the dot-product extension.
+    unsafe { sdot(vdupq_n_s32(0), w, a) }
+}
+
+/// Defines the gemv of type `$k` with target features `$feat` and half-block lane sums
+/// `$half`: four rows per pass, rows in the lanes of the float steps. Per block the eight
+/// half-block sums of the four rows (four lanes each) are added by two rounds of `addp` and
+/// split by `uzp1`/`uzp2` into `isum0` and `isum1` of rows 0..4; the rows' f16 scales are
+/// gathered and widened once, and the specification's float steps run lane by lane (no fused
+/// multiply-add). A row count that is not a multiple of four repeats the last row and drops the
+/// extra results.
+macro_rules! gemv_legacy {
+    ($(#[$doc:meta])* $name:ident, $k:expr, $feat:literal, $half:ident) => {
+        $(#[$doc])*
+        #[target_feature(enable = $feat)]
+        pub unsafe fn $name(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
+            const K: u8 = $k;
+            let bb = block_bytes(K);
+            let (nb, row_bytes) = check_gemv(w, acts, out.len(), bb, type_name(K));
+            let rows = out.len();
+            if rows == 0 || row_bytes == 0 {
+                out.fill(0.0);
+                return;
+            }
+            let base = w.as_ptr();
+            let qa = acts.qs.as_ptr();
+            let mut r = 0;
+            while r < rows {
+                let mut p = [base; R];
+                for (i, q) in p.iter_mut().enumerate() {
+                    // `wrapping_add` stays inside `w`: the row is at most the last one.
+                    *q = base.wrapping_add((r + i).min(rows - 1) * row_bytes);
+                }
+                let mut acc = vdupq_n_f32(0.0);
+                for b in 0..nb {
+                    let off = b * bb;
+                    // SAFETY: block `b`'s 32 activations exist (shape check).
+                    let (a0, a1) = unsafe { (vld1q_s8(qa.add(b * QK)), vld1q_s8(qa.add(b * QK + QS))) };
+                    let mut x = [vdupq_n_s32(0); R];
+                    for (xi, q) in x.iter_mut().zip(&p) {
+                        // SAFETY: block `b` of each row is inside `w` (shape check); the CPU
+                        // has this function's features.
+                        *xi = unsafe {
+                            let (w0, w1) = block_weights::<K>(q.add(off));
+                            vpaddq_s32($half(w0, a0), $half(w1, a1))
+                        };
+                    }
+                    // [r0 h0, r0 h1, r1 h0, r1 h1] and the same for rows 2 and 3.
+                    let (y01, y23) = (vpaddq_s32(x[0], x[1]), vpaddq_s32(x[2], x[3]));
+                    let (i0, i1) = (vuzp1q_s32(y01, y23), vuzp2q_s32(y01, y23));
+                    let (da0, da1) = (acts.d[2 * b], acts.d[2 * b + 1]);
+                    // SAFETY: each block starts with its f16 scale.
+                    let dw = unsafe { f16x4(&p, off) };
+                    let mut t = vaddq_f32(
+                        vmulq_f32(vmulq_n_f32(dw, da0), vcvtq_f32_s32(i0)),
+                        vmulq_f32(vmulq_n_f32(dw, da1), vcvtq_f32_s32(i1)),
+                    );
+                    if K == Q4_1 || K == Q5_1 {
+                        // SAFETY: the f16 `m` follows the scale.
+                        let mw = unsafe { f16x4(&p, off + 2) };
+                        let (sa0, sa1) = (acts.sums[2 * b], acts.sums[2 * b + 1]);
+                        t = vaddq_f32(t, vmulq_n_f32(mw, da0 * sa0 as f32 + da1 * sa1 as f32));
+                    }
+                    acc = vaddq_f32(acc, t);
+                }
+                let n = (rows - r).min(R);
+                let mut v = [0f32; R];
+                // SAFETY: `v` holds four f32.
+                unsafe { vst1q_f32(v.as_mut_ptr(), acc) };
+                out[r..r + n].copy_from_slice(&v[..n]);
+                r += R;
+            }
         }
-        *o = acc;
-    }
+    };
 }
 
-/// NEON [`crate::scalar::gemv_q4_0`], bit-exact.
-///
-/// # Safety
-///
-/// The CPU must have NEON.
-#[target_feature(enable = "neon")]
-pub unsafe fn neon_gemv_q4_0(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
-    // SAFETY: same feature, guaranteed by the caller.
-    unsafe { gemv::<Q4_0>(w, acts, out) }
+gemv_legacy! {
+    /// NEON [`crate::scalar::gemv_q4_0`], bit-exact.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have NEON.
+    neon_gemv_q4_0, Q4_0, "neon", half_neon
 }
-
-/// NEON [`crate::scalar::gemv_q4_1`], bit-exact.
-///
-/// # Safety
-///
-/// The CPU must have NEON.
-#[target_feature(enable = "neon")]
-pub unsafe fn neon_gemv_q4_1(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
-    // SAFETY: same feature, guaranteed by the caller.
-    unsafe { gemv::<Q4_1>(w, acts, out) }
+gemv_legacy! {
+    /// NEON [`crate::scalar::gemv_q4_1`], bit-exact.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have NEON.
+    neon_gemv_q4_1, Q4_1, "neon", half_neon
 }
-
-/// NEON [`crate::scalar::gemv_q5_0`], bit-exact.
-///
-/// # Safety
-///
-/// The CPU must have NEON.
-#[target_feature(enable = "neon")]
-pub unsafe fn neon_gemv_q5_0(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
-    // SAFETY: same feature, guaranteed by the caller.
-    unsafe { gemv::<Q5_0>(w, acts, out) }
+gemv_legacy! {
+    /// NEON [`crate::scalar::gemv_q5_0`], bit-exact.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have NEON.
+    neon_gemv_q5_0, Q5_0, "neon", half_neon
 }
-
-/// NEON [`crate::scalar::gemv_q5_1`], bit-exact.
-///
-/// # Safety
-///
-/// The CPU must have NEON.
-#[target_feature(enable = "neon")]
-pub unsafe fn neon_gemv_q5_1(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
-    // SAFETY: same feature, guaranteed by the caller.
-    unsafe { gemv::<Q5_1>(w, acts, out) }
+gemv_legacy! {
+    /// NEON [`crate::scalar::gemv_q5_1`], bit-exact.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have NEON.
+    neon_gemv_q5_1, Q5_1, "neon", half_neon
 }
-
-/// NEON [`crate::scalar::gemv_q8_0`], bit-exact.
-///
-/// # Safety
-///
-/// The CPU must have NEON.
-#[target_feature(enable = "neon")]
-pub unsafe fn neon_gemv_q8_0(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
-    // SAFETY: same feature, guaranteed by the caller.
-    unsafe { gemv::<Q8_0>(w, acts, out) }
+gemv_legacy! {
+    /// NEON [`crate::scalar::gemv_q8_0`], bit-exact.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have NEON.
+    neon_gemv_q8_0, Q8_0, "neon", half_neon
+}
+gemv_legacy! {
+    /// NEON + dot product [`crate::scalar::gemv_q4_0`], bit-exact.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have NEON and the dot-product extension.
+    neon_dotprod_gemv_q4_0, Q4_0, "neon,dotprod", half_dot
+}
+gemv_legacy! {
+    /// NEON + dot product [`crate::scalar::gemv_q4_1`], bit-exact.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have NEON and the dot-product extension.
+    neon_dotprod_gemv_q4_1, Q4_1, "neon,dotprod", half_dot
+}
+gemv_legacy! {
+    /// NEON + dot product [`crate::scalar::gemv_q5_0`], bit-exact.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have NEON and the dot-product extension.
+    neon_dotprod_gemv_q5_0, Q5_0, "neon,dotprod", half_dot
+}
+gemv_legacy! {
+    /// NEON + dot product [`crate::scalar::gemv_q5_1`], bit-exact.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have NEON and the dot-product extension.
+    neon_dotprod_gemv_q5_1, Q5_1, "neon,dotprod", half_dot
+}
+gemv_legacy! {
+    /// NEON + dot product [`crate::scalar::gemv_q8_0`], bit-exact.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have NEON and the dot-product extension.
+    neon_dotprod_gemv_q8_0, Q8_0, "neon,dotprod", half_dot
 }
 
 /// NEON [`crate::scalar::quantize_acts`], bit-exact: the same `amax / 127` per group of

@@ -1,0 +1,509 @@
+//! `cargo xtask cycles`: a cycle model of the CPU kernels on the boards' cores, for the boards
+//! this machine cannot time.
+//!
+//! For each board and kernel case, the `trace_kernel` example (kernels crate) is built with the
+//! board's CPU tuning and run once under `qemu-aarch64 -cpu <board's model> -d
+//! in_asm,exec,nochain`: qemu logs every translated block's instructions and every execution of a
+//! block, so the blocks run between the example's two marker calls, and how often each ran, are
+//! exactly those of the kernel call (its dispatch included). Each block is then given to
+//! `llvm-mca` with the LLVM scheduling model of the board's core, which says how many cycles one
+//! pass of it takes in a steady loop; the sum over blocks of runs x cycles is the call's
+//! predicted time, reported per multiply-accumulate and per byte of weights.
+//!
+//! It is a model, not a measurement: the caches are assumed to hit (so it is the compute-bound
+//! time; memory bandwidth is the other bound), a block is modelled as if it looped on itself, and
+//! LLVM's models are approximate (the A72 is scheduled with its A57 model, the A76 and A78 with
+//! the Neoverse N1's, the core derived from the A76). It is what this project has to compare
+//! kernel designs on the boards' cores, e.g. a table-lookup against a multiply-add kernel on the
+//! in-order Cortex-A53.
+
+use anyhow::{bail, Context, Result};
+use edgellm_board::Board;
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::str::FromStr;
+
+const TARGET: &str = "aarch64-unknown-linux-gnu";
+
+/// The cases run when none is given: SmolLM2's feed-forward shape for the types of its images and
+/// llama.cpp files, the BitNet-2B width for llama.cpp's ternary types, and a prefill tile.
+pub const DEFAULT_CASES: &[&str] = &[
+    "T2:1536x576",
+    "T2-LUT:1536x576",
+    "Q4W:1536x576",
+    "Q4_0:1536x576",
+    "Q4_1:1536x576",
+    "Q8_0:1536x576",
+    "TQ2_0:256x2560",
+    "TQ1_0:256x2560",
+    "Q4_K:256x2560",
+    "T2:32x576x16",
+];
+
+/// LLVM's scheduling model for a board's `target_cpu`.
+fn mca_model(target_cpu: &str) -> Option<&'static str> {
+    match target_cpu {
+        "cortex-a53" => Some("cortex-a53"),
+        "cortex-a57" => Some("cortex-a57"),
+        // LLVM schedules the A72 with its A57 model.
+        "cortex-a72" => Some("cortex-a72"),
+        // No A76 or A78 model of their own: the Neoverse N1 is the server core derived from the
+        // A76 (the same pipelines: four integer ALUs, two 128-bit ASIMD units).
+        "cortex-a76" | "cortex-a78" => Some("neoverse-n1"),
+        _ => None,
+    }
+}
+
+/// One kernel call: `kernel` (a type name, or `T2-LUT`) on `rows x cols` weights, `tokens` > 1
+/// for a gemm.
+#[derive(Clone, Debug)]
+pub struct Case {
+    kernel: String,
+    rows: usize,
+    cols: usize,
+    tokens: usize,
+}
+
+impl FromStr for Case {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Case> {
+        let (kernel, shape) = s
+            .split_once(':')
+            .with_context(|| format!("{s:?}: expected KERNEL:ROWSxCOLS[xTOKENS]"))?;
+        let dims: Vec<usize> = shape
+            .split('x')
+            .map(|d| {
+                d.parse()
+                    .with_context(|| format!("{s:?}: bad number {d:?}"))
+            })
+            .collect::<Result<_>>()?;
+        let (rows, cols, tokens) = match dims[..] {
+            [r, c] => (r, c, 1),
+            [r, c, t] => (r, c, t),
+            _ => bail!("{s:?}: expected KERNEL:ROWSxCOLS[xTOKENS]"),
+        };
+        if rows == 0 || cols == 0 || tokens == 0 {
+            bail!("{s:?}: every dimension must be at least 1");
+        }
+        Ok(Case {
+            kernel: kernel.to_string(),
+            rows,
+            cols,
+            tokens,
+        })
+    }
+}
+
+/// The first of `names` on the PATH.
+fn find_tool(names: &[&str]) -> Option<String> {
+    names
+        .iter()
+        .find(|n| crate::cross::have(n))
+        .map(|n| n.to_string())
+}
+
+/// `llvm-mc` and `llvm-mca` of one LLVM release new enough for the Neoverse N1 model.
+fn llvm_tools() -> Result<(String, String)> {
+    for v in ["-19", "-18", "-17", "-16", ""] {
+        let (mc, mca) = (format!("llvm-mc{v}"), format!("llvm-mca{v}"));
+        if let (Some(mc), Some(mca)) = (find_tool(&[&mc]), find_tool(&[&mca])) {
+            let out = Command::new(&mca).arg("--version").output();
+            let text = out.map(|o| String::from_utf8_lossy(&o.stdout).to_string());
+            let major = text.ok().and_then(|t| {
+                let i = t.find("version ")? + 8;
+                t[i..].split('.').next()?.trim().parse::<u32>().ok()
+            });
+            if major.is_some_and(|m| m >= 16) {
+                return Ok((mc, mca));
+            }
+        }
+    }
+    bail!("cycles needs llvm-mc and llvm-mca 16 or newer (Debian 12: sudo apt-get install llvm-19)")
+}
+
+/// Builds the example for `board` and returns its path.
+fn build(board: &Board) -> Result<PathBuf> {
+    let dir = crate::root().join("target/cycles").join(board.name);
+    let mut cmd = crate::cargo();
+    cmd.args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "edgellm-kernels",
+        "--example",
+        "trace_kernel",
+        "--target",
+        TARGET,
+    ])
+    .env("RUSTFLAGS", crate::build::rustflags(board))
+    .env("CARGO_TARGET_DIR", &dir)
+    .env(
+        "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER",
+        "aarch64-linux-gnu-gcc",
+    );
+    crate::run(&mut cmd)?;
+    Ok(dir.join(TARGET).join("release/examples/trace_kernel"))
+}
+
+/// A traced call: each block's instruction words, and how often it ran.
+struct Trace {
+    blocks: HashMap<u64, Vec<u32>>,
+    runs: HashMap<u64, u64>,
+    weight_bytes: u64,
+}
+
+/// Runs the example under qemu with `cpu` and reads its log.
+fn trace(exe: &Path, cpu: &str, tier: &str, case: &Case, log: &Path) -> Result<Trace> {
+    let out = Command::new("qemu-aarch64")
+        .args(["-cpu", cpu, "-L", crate::cross::SYSROOT])
+        .args(["-d", "in_asm,exec,nochain", "-D"])
+        .arg(log)
+        .arg(exe)
+        .args([tier, &case.kernel])
+        .args([case.rows, case.cols, case.tokens].map(|n| n.to_string()))
+        .output()
+        .context("cannot run qemu-aarch64")?;
+    if !out.status.success() {
+        bail!(
+            "trace_kernel {} under qemu -cpu {cpu} failed: {}",
+            case.kernel,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let field = |key: &str| -> Result<u64> {
+        let mut words = stdout.split_whitespace();
+        words.find(|w| *w == key);
+        let v = words
+            .next()
+            .with_context(|| format!("no {key} in {stdout:?}"))?;
+        let v = v.trim_start_matches("0x");
+        let radix = if key == "bytes" { 10 } else { 16 };
+        u64::from_str_radix(v, radix).with_context(|| format!("bad {key} {v:?}"))
+    };
+    let (begin, end, weight_bytes) = (field("begin")?, field("end")?, field("bytes")?);
+    let file =
+        std::fs::File::open(log).with_context(|| format!("cannot read {}", log.display()))?;
+    let (blocks, runs) = read_log(BufReader::new(file), begin, end)?;
+    Ok(Trace {
+        blocks,
+        runs,
+        weight_bytes,
+    })
+}
+
+/// Each executed block's instruction words and run count, from a `-d in_asm,exec,nochain` log:
+/// the runs counted are those after the block at `begin` and before the one at `end`.
+type Blocks = (HashMap<u64, Vec<u32>>, HashMap<u64, u64>);
+
+/// Reads a qemu log (see [`Blocks`]): `IN:` sections list a translated block's instructions as
+/// `0x<address>:  <word>  <text>` lines, `Trace N: 0x<host> [<flags>/<guest pc>/..] <symbol>`
+/// lines each execution of one.
+fn read_log(log: impl BufRead, begin: u64, end: u64) -> Result<Blocks> {
+    let mut blocks: HashMap<u64, Vec<u32>> = HashMap::new();
+    let mut runs: HashMap<u64, u64> = HashMap::new();
+    // The block being read from an `IN:` section: its address and instruction words.
+    let mut current: Option<(u64, Vec<u32>)> = None;
+    let mut counting = false;
+    for line in log.lines() {
+        let line = line?;
+        if let Some(rest) = line.strip_prefix("0x") {
+            let mut parts = rest.split_whitespace();
+            let addr = parts
+                .next()
+                .and_then(|a| u64::from_str_radix(a.trim_end_matches(':'), 16).ok());
+            let word = parts.next().and_then(|w| u32::from_str_radix(w, 16).ok());
+            if let (Some(addr), Some(word)) = (addr, word) {
+                current
+                    .get_or_insert_with(|| (addr, Vec::new()))
+                    .1
+                    .push(word);
+            }
+            continue;
+        }
+        if let Some((pc, words)) = current.take() {
+            // A block translated again keeps its first listing.
+            blocks.entry(pc).or_insert(words);
+        }
+        if line.starts_with("Trace ") {
+            let pc = line
+                .split_once('[')
+                .and_then(|(_, r)| r.split('/').nth(1))
+                .and_then(|p| u64::from_str_radix(p, 16).ok())
+                .with_context(|| format!("unexpected qemu log line {line:?}"))?;
+            if pc == end {
+                break;
+            }
+            if counting {
+                *runs.entry(pc).or_default() += 1;
+            }
+            counting |= pc == begin;
+        }
+    }
+    if let Some((pc, words)) = current.take() {
+        blocks.entry(pc).or_insert(words);
+    }
+    if runs.is_empty() {
+        bail!("no block ran between the markers (is qemu's log format the expected one?)");
+    }
+    if let Some(pc) = runs.keys().find(|pc| !blocks.contains_key(pc)) {
+        bail!("block {pc:#x} ran but qemu never listed its instructions");
+    }
+    Ok((blocks, runs))
+}
+
+/// Cycles of one pass of `words` in a steady loop on `model`, by llvm-mca.
+fn block_cycles(tools: &(String, String), words: &[u32], model: &str) -> Result<f64> {
+    const ITER: u32 = 100;
+    let bytes: Vec<String> = words
+        .iter()
+        .flat_map(|w| w.to_le_bytes())
+        .map(|b| format!("{b:#04x}"))
+        .collect();
+    let attrs = "-mattr=+dotprod,+fullfp16";
+    let asm = pipe(
+        Command::new(&tools.0).args(["--disassemble", "-triple=aarch64", attrs]),
+        &bytes.join(" "),
+    )?;
+    let report = pipe(
+        Command::new(&tools.1)
+            .args([
+                "-mtriple=aarch64",
+                attrs,
+                "-skip-unsupported-instructions=parse-failure",
+            ])
+            .arg(format!("-mcpu={model}"))
+            .arg(format!("-iterations={ITER}")),
+        &asm,
+    )?;
+    let total = report
+        .lines()
+        .find_map(|l| l.strip_prefix("Total Cycles:"))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .with_context(|| format!("no cycle count from llvm-mca for:\n{asm}"))?;
+    Ok(total / f64::from(ITER))
+}
+
+/// Runs `cmd` with `input` on its standard input and returns its standard output.
+fn pipe(cmd: &mut Command, input: &str) -> Result<String> {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    child
+        .stdin
+        .take()
+        .context("no stdin")?
+        .write_all(input.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+/// The model's figures for one traced call.
+struct Figures {
+    instructions: u64,
+    cycles: f64,
+    /// (runs, instructions, cycles per pass, address) of the blocks, most time first.
+    hot: Vec<(u64, usize, f64, u64)>,
+}
+
+/// Blocks covering 99.9% of the executed instructions are modelled one by one; the rest (setup,
+/// tails) take the modelled blocks' mean cycles per instruction.
+fn model(tools: &(String, String), t: &Trace, model: &str) -> Result<Figures> {
+    let mut order: Vec<(u64, u64)> = t.runs.iter().map(|(&pc, &n)| (pc, n)).collect();
+    let len = |pc: u64| t.blocks.get(&pc).map_or(0, Vec::len) as u64;
+    order.sort_by_key(|&(pc, n)| std::cmp::Reverse(n * len(pc)));
+    let instructions: u64 = order.iter().map(|&(pc, n)| n * len(pc)).sum();
+    let (mut done, mut cycles) = (0u64, 0f64);
+    let mut hot = Vec::new();
+    for &(pc, n) in &order {
+        if done as f64 >= 0.999 * instructions as f64 {
+            break;
+        }
+        let words = t
+            .blocks
+            .get(&pc)
+            .with_context(|| format!("block {pc:#x} ran but was never listed by qemu"))?;
+        let c = block_cycles(tools, words, model)?;
+        cycles += n as f64 * c;
+        done += n * words.len() as u64;
+        hot.push((n, words.len(), c, pc));
+    }
+    hot.sort_by(|a, b| (b.0 as f64 * b.2).total_cmp(&(a.0 as f64 * a.2)));
+    let rest = instructions - done;
+    if done > 0 {
+        cycles += rest as f64 * cycles / done as f64;
+    }
+    Ok(Figures {
+        instructions,
+        cycles,
+        hot,
+    })
+}
+
+/// `cargo xtask cycles`: the model of every case on every board given (all aarch64 boards when
+/// none is), one line each; `show` prints the hottest blocks' instructions too.
+pub fn cycles(boards: &[String], cases: &[String], show: usize) -> Result<()> {
+    crate::cross::ensure_tools()?;
+    let tools = llvm_tools()?;
+    let boards: Vec<Board> = if boards.is_empty() {
+        crate::build::BOARDS
+            .iter()
+            .copied()
+            .filter(|b| b.target_triple == TARGET)
+            .collect()
+    } else {
+        boards
+            .iter()
+            .map(|b| crate::build::board(b))
+            .collect::<Result<_>>()?
+    };
+    let cases: Vec<Case> = if cases.is_empty() {
+        DEFAULT_CASES
+            .iter()
+            .map(|c| c.parse())
+            .collect::<Result<_>>()?
+    } else {
+        cases.iter().map(|c| c.parse()).collect::<Result<_>>()?
+    };
+    let log = std::env::temp_dir().join(format!("edgellm-cycles-{}.log", std::process::id()));
+    println!(
+        "{:<11} {:<11} {:<8} {:<13} {:>7} {:>7} {:>9} {:>10}",
+        "board", "llvm model", "kernel", "shape", "instr/w", "cyc/w", "MAC/cycle", "B/kcycle"
+    );
+    for board in &boards {
+        if board.target_triple != TARGET {
+            bail!("{} is not an aarch64 board", board.name);
+        }
+        let model_name = mca_model(board.target_cpu)
+            .with_context(|| format!("no LLVM model for {}", board.target_cpu))?;
+        let tier = board
+            .isa
+            .kernel_tier()
+            .context("the board names no kernel tier")?;
+        let exe = build(board)?;
+        for case in &cases {
+            let t = trace(&exe, board.qemu_cpu, tier, case, &log)?;
+            let f = model(&tools, &t, model_name)?;
+            let macs = (case.rows * case.cols * case.tokens) as f64;
+            let shape = if case.tokens > 1 {
+                format!("{}x{}x{}", case.rows, case.cols, case.tokens)
+            } else {
+                format!("{}x{}", case.rows, case.cols)
+            };
+            println!(
+                "{:<11} {:<11} {:<8} {:<13} {:>7.3} {:>7.3} {:>9.2} {:>10.1}",
+                board.name,
+                model_name,
+                case.kernel,
+                shape,
+                f.instructions as f64 / macs,
+                f.cycles / macs,
+                macs / f.cycles,
+                // Weight bytes per thousand cycles (= MB/s at 1 GHz): the rate at which a
+                // compute-bound gemv consumes the matrix.
+                t.weight_bytes as f64 / f.cycles * 1e3,
+            );
+            for &(runs, n, c, pc) in f.hot.iter().take(show) {
+                println!(
+                    "    block {pc:#x}: {runs} runs x {n} instructions, {c:.1} cycles a pass \
+                     ({:.1}% of the time)",
+                    100.0 * runs as f64 * c / f.cycles
+                );
+                if let Some(words) = t.blocks.get(&pc) {
+                    let bytes: Vec<String> = words
+                        .iter()
+                        .flat_map(|w| w.to_le_bytes())
+                        .map(|b| format!("{b:#04x}"))
+                        .collect();
+                    let asm = pipe(
+                        Command::new(&tools.0).args([
+                            "--disassemble",
+                            "-triple=aarch64",
+                            "-mattr=+dotprod,+fullfp16",
+                        ]),
+                        &bytes.join(" "),
+                    )?;
+                    for l in asm.lines().filter(|l| !l.trim_start().starts_with('.')) {
+                        println!("      {}", l.trim());
+                    }
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&log);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cases_parse_and_bad_ones_are_refused() {
+        let c: Case = "T2:1536x576".parse().unwrap();
+        assert_eq!(
+            (c.kernel.as_str(), c.rows, c.cols, c.tokens),
+            ("T2", 1536, 576, 1)
+        );
+        let c: Case = "Q4W:32x576x16".parse().unwrap();
+        assert_eq!((c.rows, c.cols, c.tokens), (32, 576, 16));
+        for bad in ["T2", "T2:1536", "T2:0x576", "T2:1x2x3x4", "T2:ax576"] {
+            assert!(bad.parse::<Case>().is_err(), "{bad} parsed");
+        }
+        for c in DEFAULT_CASES {
+            c.parse::<Case>().unwrap();
+        }
+    }
+
+    /// A log in qemu 7.2's format: the markers' blocks, a loop block run three times between
+    /// them (listed once, retranslated once), and runs outside the markers that do not count.
+    #[test]
+    fn log_runs_between_the_markers_are_counted() {
+        let log = "\
+IN: main
+0x5500000100:  d503201f  nop
+0x5500000104:  14000001  b #0x4
+
+Trace 0: 0x7f00 [00000000/0000005500000100/00000001/00000200] main
+----------------
+IN: edgellm_trace_begin
+0x5500000200:  d65f03c0  ret
+
+Trace 0: 0x7f10 [00000000/0000005500000200/00000001/00000200] edgellm_trace_begin
+IN: kernel
+0x5500000300:  91000421  add x1, x1, #1
+0x5500000304:  54ffffe1  b.ne #0x5500000300
+
+Trace 0: 0x7f20 [00000000/0000005500000300/00000001/00000200] kernel
+Trace 0: 0x7f20 [00000000/0000005500000300/00000001/00000200] kernel
+IN: kernel
+0x5500000300:  d503201f  nop
+
+Trace 0: 0x7f20 [00000000/0000005500000300/00000001/00000200] kernel
+Trace 0: 0x7f30 [00000000/0000005500000400/00000001/00000200] edgellm_trace_end
+Trace 0: 0x7f20 [00000000/0000005500000300/00000001/00000200] kernel
+";
+        let (blocks, runs) = read_log(log.as_bytes(), 0x5500000200, 0x5500000400).unwrap();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[&0x5500000300], 3);
+        assert_eq!(blocks[&0x5500000300], vec![0x91000421, 0x54ffffe1]);
+        assert_eq!(blocks[&0x5500000100].len(), 2);
+        // No run between the markers, or a run of an unlisted block: errors.
+        assert!(read_log(log.as_bytes(), 0x5500000400, 0x5500000200).is_err());
+        let unlisted =
+            "Trace 0: 0x1 [0/10/0/0] b\nTrace 0: 0x1 [0/20/0/0] k\nTrace 0: 0x1 [0/30/0/0] e\n";
+        assert!(read_log(unlisted.as_bytes(), 0x10, 0x30).is_err());
+    }
+}
