@@ -123,8 +123,8 @@ fn llvm_tools() -> Result<(String, String)> {
     bail!("cycles needs llvm-mc and llvm-mca 16 or newer (Debian 12: sudo apt-get install llvm-19)")
 }
 
-/// Builds the example for `board` and returns its path.
-fn build(board: &Board) -> Result<PathBuf> {
+/// Builds `example` of `package` with `board`'s tuning and returns its path.
+fn build(board: &Board, package: &str, example: &str) -> Result<PathBuf> {
     let dir = crate::root().join("target/cycles").join(board.name);
     let mut cmd = crate::cargo();
     cmd.args([
@@ -132,12 +132,11 @@ fn build(board: &Board) -> Result<PathBuf> {
         "--release",
         "--quiet",
         "-p",
-        "edgellm-kernels",
+        package,
         "--example",
-        "trace_kernel",
-        "--target",
-        TARGET,
+        example,
     ])
+    .args(["--target", TARGET])
     .env("RUSTFLAGS", crate::build::rustflags(board))
     .env("CARGO_TARGET_DIR", &dir)
     .env(
@@ -145,71 +144,106 @@ fn build(board: &Board) -> Result<PathBuf> {
         "aarch64-linux-gnu-gcc",
     );
     crate::run(&mut cmd)?;
-    Ok(dir.join(TARGET).join("release/examples/trace_kernel"))
+    Ok(dir.join(TARGET).join("release/examples").join(example))
 }
 
-/// A traced call: each block's instruction words, and how often it ran.
+/// A traced run: each executed block's instruction words, how often it ran between the markers,
+/// and the function it belongs to; plus the figures the traced program printed.
 struct Trace {
     blocks: HashMap<u64, Vec<u32>>,
     runs: HashMap<u64, u64>,
-    weight_bytes: u64,
+    symbols: HashMap<u64, String>,
+    /// `key value` pairs of the program's output (`bytes`, `macs`, ...).
+    printed: HashMap<String, u64>,
 }
 
-/// Runs the example under qemu with `cpu` and reads its log.
-fn trace(exe: &Path, cpu: &str, tier: &str, case: &Case, log: &Path) -> Result<Trace> {
-    let out = Command::new("qemu-aarch64")
+impl Trace {
+    fn get(&self, key: &str) -> Result<u64> {
+        self.printed
+            .get(key)
+            .copied()
+            .with_context(|| format!("the traced program printed no {key}"))
+    }
+}
+
+/// Runs `exe args` under qemu with `cpu`, its log going through a FIFO (a decode step logs
+/// gigabytes) into [`read_log`].
+fn trace(exe: &Path, cpu: &str, args: &[String]) -> Result<Trace> {
+    let dir = std::env::temp_dir().join(format!("edgellm-cycles-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let fifo = dir.join("qemu.log");
+    let _ = std::fs::remove_file(&fifo);
+    crate::run(Command::new("mkfifo").arg(&fifo))?;
+    let child = Command::new("qemu-aarch64")
         .args(["-cpu", cpu, "-L", crate::cross::SYSROOT])
         .args(["-d", "in_asm,exec,nochain", "-D"])
-        .arg(log)
+        .arg(&fifo)
         .arg(exe)
-        .args([tier, &case.kernel])
-        .args([case.rows, case.cols, case.tokens].map(|n| n.to_string()))
-        .output()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .context("cannot run qemu-aarch64")?;
+    // Opening the FIFO waits for qemu to open it for writing.
+    let log = std::fs::File::open(&fifo).context("cannot open the qemu log FIFO")?;
+    let read = read_log(BufReader::new(log), MARK_BEGIN, MARK_END);
+    let out = child.wait_with_output()?;
+    let _ = std::fs::remove_dir_all(&dir);
     if !out.status.success() {
         bail!(
-            "trace_kernel {} under qemu -cpu {cpu} failed: {}",
-            case.kernel,
+            "{} {} under qemu -cpu {cpu} failed: {}",
+            exe.display(),
+            args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
+    let (blocks, runs, symbols) = read?;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let field = |key: &str| -> Result<u64> {
-        let mut words = stdout.split_whitespace();
-        words.find(|w| *w == key);
-        let v = words
-            .next()
-            .with_context(|| format!("no {key} in {stdout:?}"))?;
-        let v = v.trim_start_matches("0x");
-        let radix = if key == "bytes" { 10 } else { 16 };
-        u64::from_str_radix(v, radix).with_context(|| format!("bad {key} {v:?}"))
-    };
-    let (begin, end, weight_bytes) = (field("begin")?, field("end")?, field("bytes")?);
-    let file =
-        std::fs::File::open(log).with_context(|| format!("cannot read {}", log.display()))?;
-    let (blocks, runs) = read_log(BufReader::new(file), begin, end)?;
+    let words: Vec<&str> = stdout.split_whitespace().collect();
+    let printed = words
+        .windows(2)
+        .filter_map(|w| Some((w[0].to_string(), w[1].parse::<u64>().ok()?)))
+        .collect();
     Ok(Trace {
         blocks,
         runs,
-        weight_bytes,
+        symbols,
+        printed,
     })
 }
 
-/// Each executed block's instruction words and run count, from a `-d in_asm,exec,nochain` log:
-/// the runs counted are those after the block at `begin` and before the one at `end`.
-type Blocks = (HashMap<u64, Vec<u32>>, HashMap<u64, u64>);
+/// The functions the traced programs call just before and just after the traced code.
+const MARK_BEGIN: &str = "edgellm_trace_begin";
+const MARK_END: &str = "edgellm_trace_end";
 
-/// Reads a qemu log (see [`Blocks`]): `IN:` sections list a translated block's instructions as
-/// `0x<address>:  <word>  <text>` lines, `Trace N: 0x<host> [<flags>/<guest pc>/..] <symbol>`
-/// lines each execution of one.
-fn read_log(log: impl BufRead, begin: u64, end: u64) -> Result<Blocks> {
+/// Each executed block's instruction words, run count and function (see [`read_log`]).
+type Blocks = (
+    HashMap<u64, Vec<u32>>,
+    HashMap<u64, u64>,
+    HashMap<u64, String>,
+);
+
+/// Reads a `-d in_asm,exec,nochain` log of qemu: `IN:` sections list a translated block's
+/// instructions as `0x<address>:  <word>  <text>` lines, `Trace N: 0x<host> [<flags>/<guest
+/// pc>/..] <function>` lines each execution of one. The runs counted are those after the first
+/// run of a block of function `begin` and before the first of `end`; the log is read to its end.
+fn read_log(mut log: impl BufRead, begin: &str, end: &str) -> Result<Blocks> {
     let mut blocks: HashMap<u64, Vec<u32>> = HashMap::new();
     let mut runs: HashMap<u64, u64> = HashMap::new();
+    let mut symbols: HashMap<u64, String> = HashMap::new();
     // The block being read from an `IN:` section: its address and instruction words.
     let mut current: Option<(u64, Vec<u32>)> = None;
-    let mut counting = false;
-    for line in log.lines() {
-        let line = line?;
+    let (mut counting, mut done) = (false, false);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if log.read_line(&mut line)? == 0 {
+            break;
+        }
+        if done {
+            continue;
+        }
+        let line = line.trim_end();
         if let Some(rest) = line.strip_prefix("0x") {
             let mut parts = rest.split_whitespace();
             let addr = parts
@@ -228,53 +262,50 @@ fn read_log(log: impl BufRead, begin: u64, end: u64) -> Result<Blocks> {
             // A block translated again keeps its first listing.
             blocks.entry(pc).or_insert(words);
         }
-        if line.starts_with("Trace ") {
-            let pc = line
+        if let Some(rest) = line.strip_prefix("Trace ") {
+            let (_, fields) = rest
                 .split_once('[')
-                .and_then(|(_, r)| r.split('/').nth(1))
+                .with_context(|| format!("unexpected qemu log line {line:?}"))?;
+            let (fields, symbol) = fields.split_once(']').unwrap_or((fields, ""));
+            let pc = fields
+                .split('/')
+                .nth(1)
                 .and_then(|p| u64::from_str_radix(p, 16).ok())
                 .with_context(|| format!("unexpected qemu log line {line:?}"))?;
-            if pc == end {
-                break;
+            let symbol = symbol.trim();
+            if counting && symbol == end {
+                done = true;
+                continue;
             }
             if counting {
                 *runs.entry(pc).or_default() += 1;
+                symbols.entry(pc).or_insert_with(|| symbol.to_string());
             }
-            counting |= pc == begin;
+            counting |= symbol == begin;
         }
     }
     if let Some((pc, words)) = current.take() {
         blocks.entry(pc).or_insert(words);
     }
     if runs.is_empty() {
-        bail!("no block ran between the markers (is qemu's log format the expected one?)");
+        bail!("no block ran between {begin} and {end} (is qemu's log format the expected one?)");
     }
     if let Some(pc) = runs.keys().find(|pc| !blocks.contains_key(pc)) {
         bail!("block {pc:#x} ran but qemu never listed its instructions");
     }
-    Ok((blocks, runs))
+    Ok((blocks, runs, symbols))
 }
+
+/// The instruction set extensions the blocks may use (the dot-product tier's `sdot`).
+const MATTR: &str = "-mattr=+dotprod,+fullfp16";
 
 /// Cycles of one pass of `words` in a steady loop on `model`, by llvm-mca.
 fn block_cycles(tools: &(String, String), words: &[u32], model: &str) -> Result<f64> {
     const ITER: u32 = 100;
-    let bytes: Vec<String> = words
-        .iter()
-        .flat_map(|w| w.to_le_bytes())
-        .map(|b| format!("{b:#04x}"))
-        .collect();
-    let attrs = "-mattr=+dotprod,+fullfp16";
-    let asm = pipe(
-        Command::new(&tools.0).args(["--disassemble", "-triple=aarch64", attrs]),
-        &bytes.join(" "),
-    )?;
+    let asm = disassemble(tools, words)?;
     let report = pipe(
         Command::new(&tools.1)
-            .args([
-                "-mtriple=aarch64",
-                attrs,
-                "-skip-unsupported-instructions=parse-failure",
-            ])
+            .args(["-mtriple=aarch64", MATTR])
             .arg(format!("-mcpu={model}"))
             .arg(format!("-iterations={ITER}")),
         &asm,
@@ -310,11 +341,11 @@ fn pipe(cmd: &mut Command, input: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).to_string())
 }
 
-/// The model's figures for one traced call.
+/// The model's figures for one traced run.
 struct Figures {
     instructions: u64,
     cycles: f64,
-    /// (runs, instructions, cycles per pass, address) of the blocks, most time first.
+    /// (runs, instructions, cycles per pass, address) of the modelled blocks, most time first.
     hot: Vec<(u64, usize, f64, u64)>,
 }
 
@@ -331,10 +362,7 @@ fn model(tools: &(String, String), t: &Trace, model: &str) -> Result<Figures> {
         if done as f64 >= 0.999 * instructions as f64 {
             break;
         }
-        let words = t
-            .blocks
-            .get(&pc)
-            .with_context(|| format!("block {pc:#x} ran but was never listed by qemu"))?;
+        let words = &t.blocks[&pc];
         let c = block_cycles(tools, words, model)?;
         cycles += n as f64 * c;
         done += n * words.len() as u64;
@@ -352,23 +380,61 @@ fn model(tools: &(String, String), t: &Trace, model: &str) -> Result<Figures> {
     })
 }
 
-/// `cargo xtask cycles`: the model of every case on every board given (all aarch64 boards when
-/// none is), one line each; `show` prints the hottest blocks' instructions too.
-pub fn cycles(boards: &[String], cases: &[String], show: usize) -> Result<()> {
-    crate::cross::ensure_tools()?;
-    let tools = llvm_tools()?;
-    let boards: Vec<Board> = if boards.is_empty() {
+/// The boards named (every aarch64 board when none is).
+fn boards(names: &[String]) -> Result<Vec<Board>> {
+    let boards: Vec<Board> = if names.is_empty() {
         crate::build::BOARDS
             .iter()
             .copied()
             .filter(|b| b.target_triple == TARGET)
             .collect()
     } else {
-        boards
+        names
             .iter()
             .map(|b| crate::build::board(b))
             .collect::<Result<_>>()?
     };
+    if let Some(b) = boards.iter().find(|b| b.target_triple != TARGET) {
+        bail!("{} is not an aarch64 board", b.name);
+    }
+    Ok(boards)
+}
+
+/// The LLVM model and kernel tier of `board`.
+fn model_and_tier(board: &Board) -> Result<(&'static str, &'static str)> {
+    let model = mca_model(board.target_cpu)
+        .with_context(|| format!("no LLVM model for {}", board.target_cpu))?;
+    let tier = board
+        .isa
+        .kernel_tier()
+        .context("the board names no kernel tier")?;
+    Ok((model, tier))
+}
+
+/// What `cargo xtask cycles` models: kernel calls, or one decode step of a model file.
+pub enum Subject {
+    Kernels(Vec<String>),
+    Step { model: PathBuf, position: usize },
+}
+
+/// `cargo xtask cycles`: the model of every case (or of the decode step) on every board given,
+/// one line each; `show` prints the hottest blocks (kernel cases) or functions (a step) too.
+pub fn cycles(board_names: &[String], subject: &Subject, show: usize) -> Result<()> {
+    crate::cross::ensure_tools()?;
+    let tools = llvm_tools()?;
+    let boards = boards(board_names)?;
+    match subject {
+        Subject::Kernels(cases) => kernels(&tools, &boards, cases, show),
+        Subject::Step { model, position } => step(&tools, &boards, model, *position, show),
+    }
+}
+
+fn kernels(
+    tools: &(String, String),
+    boards: &[Board],
+    cases: &[String],
+    show: usize,
+) -> Result<()> {
     let cases: Vec<Case> = if cases.is_empty() {
         DEFAULT_CASES
             .iter()
@@ -377,25 +443,20 @@ pub fn cycles(boards: &[String], cases: &[String], show: usize) -> Result<()> {
     } else {
         cases.iter().map(|c| c.parse()).collect::<Result<_>>()?
     };
-    let log = std::env::temp_dir().join(format!("edgellm-cycles-{}.log", std::process::id()));
     println!(
         "{:<11} {:<11} {:<8} {:<13} {:>7} {:>7} {:>9} {:>10}",
         "board", "llvm model", "kernel", "shape", "instr/w", "cyc/w", "MAC/cycle", "B/kcycle"
     );
-    for board in &boards {
-        if board.target_triple != TARGET {
-            bail!("{} is not an aarch64 board", board.name);
-        }
-        let model_name = mca_model(board.target_cpu)
-            .with_context(|| format!("no LLVM model for {}", board.target_cpu))?;
-        let tier = board
-            .isa
-            .kernel_tier()
-            .context("the board names no kernel tier")?;
-        let exe = build(board)?;
+    for board in boards {
+        let (model_name, tier) = model_and_tier(board)?;
+        let exe = build(board, "edgellm-kernels", "trace_kernel")?;
         for case in &cases {
-            let t = trace(&exe, board.qemu_cpu, tier, case, &log)?;
-            let f = model(&tools, &t, model_name)?;
+            let args = [tier.to_string(), case.kernel.clone()]
+                .into_iter()
+                .chain([case.rows, case.cols, case.tokens].map(|n| n.to_string()))
+                .collect::<Vec<_>>();
+            let t = trace(&exe, board.qemu_cpu, &args)?;
+            let f = model(tools, &t, model_name)?;
             let macs = (case.rows * case.cols * case.tokens) as f64;
             let shape = if case.tokens > 1 {
                 format!("{}x{}x{}", case.rows, case.cols, case.tokens)
@@ -413,37 +474,97 @@ pub fn cycles(boards: &[String], cases: &[String], show: usize) -> Result<()> {
                 macs / f.cycles,
                 // Weight bytes per thousand cycles (= MB/s at 1 GHz): the rate at which a
                 // compute-bound gemv consumes the matrix.
-                t.weight_bytes as f64 / f.cycles * 1e3,
+                t.get("bytes")? as f64 / f.cycles * 1e3,
             );
-            for &(runs, n, c, pc) in f.hot.iter().take(show) {
-                println!(
-                    "    block {pc:#x}: {runs} runs x {n} instructions, {c:.1} cycles a pass \
-                     ({:.1}% of the time)",
-                    100.0 * runs as f64 * c / f.cycles
-                );
-                if let Some(words) = t.blocks.get(&pc) {
-                    let bytes: Vec<String> = words
-                        .iter()
-                        .flat_map(|w| w.to_le_bytes())
-                        .map(|b| format!("{b:#04x}"))
-                        .collect();
-                    let asm = pipe(
-                        Command::new(&tools.0).args([
-                            "--disassemble",
-                            "-triple=aarch64",
-                            "-mattr=+dotprod,+fullfp16",
-                        ]),
-                        &bytes.join(" "),
-                    )?;
-                    for l in asm.lines().filter(|l| !l.trim_start().starts_with('.')) {
-                        println!("      {}", l.trim());
-                    }
-                }
-            }
+            print_blocks(tools, &t, &f, show)?;
         }
     }
-    let _ = std::fs::remove_file(&log);
     Ok(())
+}
+
+/// One decode step of `model_path` at `position` on each board: predicted cycles per token, and
+/// the `show` functions that take most of them.
+fn step(
+    tools: &(String, String),
+    boards: &[Board],
+    model_path: &Path,
+    position: usize,
+    show: usize,
+) -> Result<()> {
+    let model_path = model_path
+        .canonicalize()
+        .with_context(|| format!("cannot find {}", model_path.display()))?;
+    println!(
+        "{:<11} {:<11} {:>9} {:>12} {:>7} {:>9} {:>10}",
+        "board", "llvm model", "position", "Mcycles/tok", "cyc/w", "MAC/cycle", "B/kcycle"
+    );
+    for board in boards {
+        let (model_name, tier) = model_and_tier(board)?;
+        let exe = build(board, "edgellm-core", "trace_step")?;
+        let args = [
+            model_path.display().to_string(),
+            tier.to_string(),
+            position.to_string(),
+        ];
+        let t = trace(&exe, board.qemu_cpu, &args)?;
+        let f = model(tools, &t, model_name)?;
+        let macs = t.get("macs")? as f64;
+        println!(
+            "{:<11} {:<11} {:>9} {:>12.1} {:>7.3} {:>9.2} {:>10.1}",
+            board.name,
+            model_name,
+            position,
+            f.cycles / 1e6,
+            f.cycles / macs,
+            macs / f.cycles,
+            t.get("bytes")? as f64 / f.cycles * 1e3,
+        );
+        // The modelled cycles by function (the rest, under 0.1% of the instructions, aside).
+        let mut by_fn: HashMap<String, f64> = HashMap::new();
+        for &(runs, _, c, pc) in &f.hot {
+            let sym = t.symbols.get(&pc).map_or("?", String::as_str);
+            let name = format!("{:#}", rustc_demangle::demangle(sym));
+            *by_fn.entry(name).or_default() += runs as f64 * c;
+        }
+        let mut by_fn: Vec<(String, f64)> = by_fn.into_iter().collect();
+        by_fn.sort_by(|a, b| b.1.total_cmp(&a.1));
+        for (name, c) in by_fn.iter().take(show) {
+            println!("    {:5.1}%  {name}", 100.0 * c / f.cycles);
+        }
+        print_blocks(tools, &t, &f, show)?;
+    }
+    Ok(())
+}
+
+/// The `n` blocks that take most time, with their instructions.
+fn print_blocks(tools: &(String, String), t: &Trace, f: &Figures, n: usize) -> Result<()> {
+    for &(runs, len, c, pc) in f.hot.iter().take(n) {
+        let sym = t.symbols.get(&pc).map_or("?", String::as_str);
+        println!(
+            "    block {pc:#x} ({:#}): {runs} runs x {len} instructions, {c:.1} cycles a pass \
+             ({:.1}% of the time)",
+            rustc_demangle::demangle(sym),
+            100.0 * runs as f64 * c / f.cycles
+        );
+        let asm = disassemble(tools, &t.blocks[&pc])?;
+        for l in asm.lines().filter(|l| !l.trim_start().starts_with('.')) {
+            println!("      {}", l.trim());
+        }
+    }
+    Ok(())
+}
+
+/// The instructions of `words` in LLVM's assembly syntax.
+fn disassemble(tools: &(String, String), words: &[u32]) -> Result<String> {
+    let bytes: Vec<String> = words
+        .iter()
+        .flat_map(|w| w.to_le_bytes())
+        .map(|b| format!("{b:#04x}"))
+        .collect();
+    pipe(
+        Command::new(&tools.0).args(["--disassemble", "-triple=aarch64", MATTR]),
+        &bytes.join(" "),
+    )
 }
 
 #[cfg(test)]
@@ -495,15 +616,16 @@ Trace 0: 0x7f20 [00000000/0000005500000300/00000001/00000200] kernel
 Trace 0: 0x7f30 [00000000/0000005500000400/00000001/00000200] edgellm_trace_end
 Trace 0: 0x7f20 [00000000/0000005500000300/00000001/00000200] kernel
 ";
-        let (blocks, runs) = read_log(log.as_bytes(), 0x5500000200, 0x5500000400).unwrap();
+        let (blocks, runs, symbols) = read_log(log.as_bytes(), MARK_BEGIN, MARK_END).unwrap();
         assert_eq!(runs.len(), 1);
         assert_eq!(runs[&0x5500000300], 3);
+        assert_eq!(symbols[&0x5500000300], "kernel");
         assert_eq!(blocks[&0x5500000300], vec![0x91000421, 0x54ffffe1]);
         assert_eq!(blocks[&0x5500000100].len(), 2);
         // No run between the markers, or a run of an unlisted block: errors.
-        assert!(read_log(log.as_bytes(), 0x5500000400, 0x5500000200).is_err());
+        assert!(read_log(log.as_bytes(), "absent", MARK_END).is_err());
         let unlisted =
             "Trace 0: 0x1 [0/10/0/0] b\nTrace 0: 0x1 [0/20/0/0] k\nTrace 0: 0x1 [0/30/0/0] e\n";
-        assert!(read_log(unlisted.as_bytes(), 0x10, 0x30).is_err());
+        assert!(read_log(unlisted.as_bytes(), "b", "e").is_err());
     }
 }

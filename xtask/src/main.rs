@@ -65,9 +65,18 @@ enum Cmd {
         board: Vec<String>,
         /// KERNEL:ROWSxCOLS[xTOKENS], KERNEL a GGUF type name or T2-LUT (repeatable; default: a
         /// set covering the images' and llama.cpp files' types).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "model")]
         case: Vec<String>,
-        /// Also print the N hottest blocks of each call, with their instructions.
+        /// Model one decode step of this GGUF model on one thread instead of kernel calls.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// With --model: the position of the step (its prompt is prefilled first, which the
+        /// trace also logs, so keep it short; position 0 also runs the first position's second
+        /// pass over every matrix, the "attention sink" residual).
+        #[arg(long, default_value_t = 1, requires = "model")]
+        position: usize,
+        /// Also print the N hottest blocks of each call (with their instructions), or with
+        /// --model the N functions that take most cycles.
         #[arg(long, default_value_t = 0)]
         show: usize,
     },
@@ -170,7 +179,19 @@ fn main() -> Result<()> {
             deb,
             ssh_options,
         } => deploy::deploy(&board, &host, deb.as_deref(), &ssh_options)?,
-        Cmd::Cycles { board, case, show } => cycles::cycles(&board, &case, show)?,
+        Cmd::Cycles {
+            board,
+            case,
+            model,
+            position,
+            show,
+        } => {
+            let subject = match model {
+                Some(model) => cycles::Subject::Step { model, position },
+                None => cycles::Subject::Kernels(case),
+            };
+            cycles::cycles(&board, &subject, show)?
+        }
         Cmd::CiBoards => {
             apt_ensure(CI_PACKAGES)?;
             let analyze = apt_ensure(&[("systemd-analyze", "systemd")]);
