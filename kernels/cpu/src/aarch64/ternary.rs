@@ -1,8 +1,9 @@
 //! NEON ternary kernels (T2, TQ2_0, TQ1_0) for ARMv8.0 and for ARMv8.2 with the dot-product
 //! extension, bit-exact with [`crate::scalar::ternary`].
 //!
-//! One row at a time, four activation groups of 16 per step. The 2-bit codes `c` (0..=3) come
-//! out of the weight bytes with one shift and one mask per 16 codes.
+//! T2 four rows per pass (each block's activations, activation sums and scales loaded once for
+//! the four), TQ2_0 and TQ1_0 one row at a time; four activation groups of 16 per step. The 2-bit
+//! codes `c` (0..=3) come out of the weight bytes with one shift and one mask per 16 codes.
 //!
 //! T2 (one 16-byte block per step): the shift by `2s` gives elements `4s .. 4s + 4` of group `k`
 //! in bytes `4k .. 4k + 4`; `ld4` of the block's activations as 32-bit words gives them in the
@@ -167,8 +168,12 @@ unsafe fn update(
     acc[k] = vaddq_f32(acc[k], t);
 }
 
+/// Rows per pass of the T2 gemv: the block's activations, sums and scales are loaded once for
+/// them.
+const T2_ROWS: usize = 4;
+
 /// Defines a T2 gemv entry point with target features `$feat` whose four-group sums come from
-/// `$sums` (see the module docs). The body is written once and compiled per feature set, so that
+/// `$sums` (see the module docs), [`T2_ROWS`] rows per pass. The body is written once and compiled per feature set, so that
 /// everything inlines into the entry point.
 macro_rules! gemv_t2 {
     ($(#[$doc:meta])* $name:ident, $feat:literal, $sums:ident) => {
@@ -176,44 +181,61 @@ macro_rules! gemv_t2 {
         #[target_feature(enable = $feat)]
         pub unsafe fn $name(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
             let row_bytes = check_gemv_ternary(w, acts, out.len(), T2_BLOCK, T2_BYTES, "T2");
-            if row_bytes == 0 {
+            let rows = out.len();
+            if rows == 0 || row_bytes == 0 {
                 out.fill(0.0);
                 return;
             }
+            let nb = row_bytes / T2_BYTES;
             let m3 = vdupq_n_u8(3);
             let qa = acts.qs.as_ptr();
-            for (o, row) in out.iter_mut().zip(w.chunks_exact(row_bytes)) {
-                let mut acc = [vdupq_n_f32(0.0); 2];
-                for (b, blk) in row.chunks_exact(T2_BYTES).enumerate() {
-                    // SAFETY: `blk` is 16 bytes; block `b`'s 64 activations exist (shape check).
-                    // `ld4` (no alignment requirement) de-interleaves the 16 words of the block's
-                    // activations: `a[s]` = words s, 4 + s, 8 + s, 12 + s.
-                    let (v, a) = unsafe {
+            let base = w.as_ptr();
+            let mut r = 0;
+            while r < rows {
+                let mut p = [base; T2_ROWS];
+                for (i, q) in p.iter_mut().enumerate() {
+                    // `wrapping_add` stays inside `w`: the row is at most the last one.
+                    *q = base.wrapping_add((r + i).min(rows - 1) * row_bytes);
+                }
+                let mut acc = [[vdupq_n_f32(0.0); 2]; T2_ROWS];
+                for b in 0..nb {
+                    // SAFETY: block `b`'s 64 activations and groups `4b .. 4b + 4` exist (shape
+                    // check). `ld4` (no alignment requirement) de-interleaves the 16 words of the
+                    // block's activations: `a[s]` = words s, 4 + s, 8 + s, 12 + s.
+                    let (a, s, d) = unsafe {
                         let w4 = vld4q_s32(qa.add(T2_BLOCK * b).cast::<i32>());
                         (
-                            vld1q_u8(blk.as_ptr()),
                             [
                                 vreinterpretq_s8_s32(w4.0),
                                 vreinterpretq_s8_s32(w4.1),
                                 vreinterpretq_s8_s32(w4.2),
                                 vreinterpretq_s8_s32(w4.3),
                             ],
+                            vld1q_s32(acts.sums.as_ptr().add(4 * b)),
+                            vld1q_f32(acts.d.as_ptr().add(4 * b)),
                         )
                     };
-                    let c = [
-                        vandq_u8(v, m3),
-                        vandq_u8(vshrq_n_u8::<2>(v), m3),
-                        vandq_u8(vshrq_n_u8::<4>(v), m3),
-                        vshrq_n_u8::<6>(v),
-                    ];
-                    // SAFETY: the entry point's contract covers `$sums`' features; groups
-                    // `4b .. 4b + 4` exist (shape check).
-                    unsafe {
-                        let s = $sums(c, a);
-                        update(&mut acc, s, acts, 4 * b, None);
+                    for (acc, q) in acc.iter_mut().zip(&p) {
+                        // SAFETY: block `b` of the row is 16 bytes inside `w` (shape check).
+                        let v = unsafe { vld1q_u8(q.add(T2_BYTES * b)) };
+                        let c = [
+                            vandq_u8(v, m3),
+                            vandq_u8(vshrq_n_u8::<2>(v), m3),
+                            vandq_u8(vshrq_n_u8::<4>(v), m3),
+                            vshrq_n_u8::<6>(v),
+                        ];
+                        // SAFETY: the entry point's contract covers `$sums`' features (the
+                        // ARMv8.0 one is a safe function).
+                        #[allow(unused_unsafe)]
+                        let isum = vcvtq_f32_s32(vsubq_s32(unsafe { $sums(c, a) }, s));
+                        let k = b % 2;
+                        acc[k] = vaddq_f32(acc[k], vmulq_f32(isum, d));
                     }
                 }
-                *o = reduce8(acc[0], acc[1]);
+                for (i, acc) in acc.iter().enumerate().take(rows - r) {
+                    out[r + i] = reduce8(acc[0], acc[1]);
+                }
+                r += T2_ROWS;
             }
         }
     };
