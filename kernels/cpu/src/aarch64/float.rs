@@ -8,8 +8,6 @@
 
 use core::arch::aarch64::*;
 
-use core::arch::asm;
-
 use crate::scalar::float::check_gemv_f;
 use crate::scalar::{bf16_bits_to_f32, f16_bits_to_f32};
 
@@ -30,18 +28,7 @@ unsafe fn load4<const K: u8>(p: *const u8, i: usize) -> float32x4_t {
     unsafe {
         match K {
             F32 => vreinterpretq_f32_u8(vld1q_u8(p.add(i * 4))),
-            F16 => {
-                let h = vld1_u8(p.add(i * 2));
-                let f: float32x4_t;
-                // `fcvtl` only reads and writes the named registers.
-                asm!(
-                    "fcvtl {f:v}.4s, {h:v}.4h",
-                    h = in(vreg) h,
-                    f = out(vreg) f,
-                    options(pure, nomem, nostack, preserves_flags),
-                );
-                f
-            }
+            F16 => super::f16x4_to_f32(vreinterpret_u16_u8(vld1_u8(p.add(i * 2)))),
             _ => {
                 let h = vreinterpret_u16_u8(vld1_u8(p.add(i * 2)));
                 vreinterpretq_f32_u32(vshll_n_u16::<16>(h))

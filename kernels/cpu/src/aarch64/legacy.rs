@@ -12,7 +12,6 @@
 //! specification's operations in its order, lane by lane.
 
 use core::arch::aarch64::*;
-use core::arch::asm;
 
 use super::ternary::sdot;
 use crate::acts::{ActsQ8, ActsQ8Mut, QK, QS};
@@ -96,8 +95,7 @@ unsafe fn block_weights<const K: u8>(blk: *const u8) -> (int8x16_t, int8x16_t) {
 /// Rows per pass.
 const R: usize = 4;
 
-/// The f16 values at `p[i] + off`, one per row, as f32 lanes: `fcvtl` (a base Advanced SIMD
-/// instruction whose intrinsic takes the unstable `float16x4_t`) through `asm!`.
+/// The f16 values at `p[i] + off`, one per row, as f32 lanes.
 ///
 /// # Safety
 ///
@@ -111,18 +109,7 @@ unsafe fn f16x4(p: &[*const u8; R], off: usize) -> float32x4_t {
         let h = u16::from_le(unsafe { q.add(off).cast::<u16>().read_unaligned() });
         bits |= u64::from(h) << (16 * i);
     }
-    let h = vcreate_u16(bits);
-    let d: float32x4_t;
-    // SAFETY: `fcvtl` only reads and writes the named registers.
-    unsafe {
-        asm!(
-            "fcvtl {d:v}.4s, {h:v}.4h",
-            h = in(vreg) h,
-            d = out(vreg) d,
-            options(pure, nomem, nostack, preserves_flags),
-        );
-    }
-    d
+    super::f16x4_to_f32(vcreate_u16(bits))
 }
 
 /// Four lane sums of `w·a` over 16 values (four products each): `smull`/`smlal2` into i16 (at

@@ -5,6 +5,28 @@
 //! shapes themselves. The `neon-dotprod` tier adds `sdot` (ARMv8.2 dot product, emitted with
 //! `asm!`) kernels for the ternary types, Q4W and the K-quants, and uses the NEON ones elsewhere.
 
+use core::arch::aarch64::{float32x4_t, uint16x4_t};
+use core::arch::asm;
+
+/// Four f16 values (as bits) widened to f32 by `fcvtl`, a base Advanced SIMD instruction whose
+/// intrinsic takes the unstable `float16x4_t`, so it is emitted with `asm!`. Exact for every
+/// value (a NaN comes out quiet).
+#[inline]
+#[target_feature(enable = "neon")]
+pub(crate) fn f16x4_to_f32(h: uint16x4_t) -> float32x4_t {
+    let f: float32x4_t;
+    // SAFETY: `fcvtl` only reads and writes the named registers.
+    unsafe {
+        asm!(
+            "fcvtl {f:v}.4s, {h:v}.4h",
+            h = in(vreg) h,
+            f = out(vreg) f,
+            options(pure, nomem, nostack, preserves_flags),
+        );
+    }
+    f
+}
+
 pub mod attn;
 pub mod float;
 pub mod kquants;

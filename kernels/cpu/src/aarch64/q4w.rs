@@ -18,7 +18,6 @@
 //! A row count that is not a multiple of four repeats the last row and drops the extra results.
 
 use core::arch::aarch64::*;
-use core::arch::asm;
 
 use super::ternary::{reduce8, sdot};
 use crate::acts::ActsQ8;
@@ -41,18 +40,7 @@ const WORDS_0213: [u8; 16] = [0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 
 unsafe fn scales(p: *const u8) -> float32x4_t {
     // SAFETY: the caller guarantees the bytes.
     let h = vdup_n_u32(unsafe { p.cast::<u32>().read_unaligned() });
-    let d: float32x4_t;
-    // SAFETY: `fcvtl` is a base Advanced SIMD instruction that only reads and writes the named
-    // registers.
-    unsafe {
-        asm!(
-            "fcvtl {d:v}.4s, {h:v}.4h",
-            h = in(vreg) h,
-            d = out(vreg) d,
-            options(pure, nomem, nostack, preserves_flags),
-        );
-    }
-    d
+    super::f16x4_to_f32(vreinterpret_u16_u32(h))
 }
 
 /// The signed codes `q − 8` of 16 bytes: low nibbles and high nibbles.
