@@ -511,20 +511,11 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             let mut tok = argmax(session.logits());
             let first = t0.elapsed().as_secs_f64();
             let mut steps = Vec::with_capacity(args.gen_tokens);
-            let faults0 = page_faults().unwrap_or(0);
-            let allocs0 = CountingAlloc::stats();
-            let t1 = Instant::now();
-            let mut last = t1;
-            for _ in 0..args.gen_tokens {
+            let (t_gen, faults, allocs) = timed_decode(args.gen_tokens, &mut steps, || {
                 session.forward(tok, pool.par())?;
                 tok = argmax(session.logits());
-                let now = Instant::now();
-                steps.push((now - last).as_secs_f64());
-                last = now;
-            }
-            let t_gen = t1.elapsed().as_secs_f64();
-            let faults = page_faults().unwrap_or(0).saturating_sub(faults0);
-            let allocs = CountingAlloc::stats().since(&allocs0).heap_operations();
+                Ok(())
+            })?;
             if rep == 0 {
                 continue;
             }
@@ -636,6 +627,31 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// Runs `step` `n` times, each step's seconds in `steps` (cleared first; its capacity must hold
+/// `n`, so the loop does not allocate); returns the loop's seconds and the page faults and heap
+/// operations counted over it.
+fn timed_decode(
+    n: usize,
+    steps: &mut Vec<f64>,
+    mut step: impl FnMut() -> Result<()>,
+) -> Result<(f64, u64, u64)> {
+    steps.clear();
+    let faults0 = page_faults().unwrap_or(0);
+    let allocs0 = CountingAlloc::stats();
+    let t1 = Instant::now();
+    let mut last = t1;
+    for _ in 0..n {
+        step()?;
+        let now = Instant::now();
+        steps.push((now - last).as_secs_f64());
+        last = now;
+    }
+    let t_gen = t1.elapsed().as_secs_f64();
+    let faults = page_faults().unwrap_or(0).saturating_sub(faults0);
+    let allocs = CountingAlloc::stats().since(&allocs0).heap_operations();
+    Ok((t_gen, faults, allocs))
+}
+
 fn argmax(v: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &x) in v.iter().enumerate() {
@@ -687,21 +703,11 @@ fn bench_gpu(args: &BenchArgs, mut engine: edgellm_cuda::GpuEngine, prompt: &[u3
             engine.prefill(prompt)?;
             engine.sampled()?;
             let t_prefill = t0.elapsed().as_secs_f64();
-            steps.clear();
-            let faults0 = page_faults().unwrap_or(0);
-            let allocs0 = CountingAlloc::stats();
-            let t1 = Instant::now();
-            let mut last = t1;
-            for _ in 0..args.gen_tokens {
+            let (t_gen, faults, allocs) = timed_decode(args.gen_tokens, &mut steps, || {
                 engine.step()?;
                 engine.sampled()?;
-                let now = Instant::now();
-                steps.push((now - last).as_secs_f64());
-                last = now;
-            }
-            let t_gen = t1.elapsed().as_secs_f64();
-            let faults = page_faults().unwrap_or(0).saturating_sub(faults0);
-            let allocs = CountingAlloc::stats().since(&allocs0).heap_operations();
+                Ok(())
+            })?;
             if rep == 0 {
                 continue;
             }
