@@ -8,8 +8,10 @@
 //! one `sdot` with the dot-product extension, leaving four i32 lane sums per half; two rounds of
 //! `addp` over the four rows and a `uzp1`/`uzp2` give the exact `isum0` (values 0..16, scale group
 //! `2b`) and `isum1` (values 16..32, group `2b + 1`) of the four rows in two vectors. The rows' f16
-//! scales are widened with `fcvtl`, and the block term and the running sum are the
-//! specification's operations in its order, lane by lane.
+//! scales (with Q4_1's and Q5_1's `m`: one 32-bit load per row) are widened with `fcvtl`, and the
+//! block term and the running sum are the specification's operations in its order, lane by lane.
+//! Q5_0's and Q5_1's fifth bits come from one 16-byte load of `qh`, spread over the lanes by two
+//! `tbl` and picked out per lane by a test (Q5_0, which takes its `- 16` there too) or a shift.
 
 use core::arch::aarch64::*;
 
@@ -43,16 +45,19 @@ const fn type_name(k: u8) -> &'static str {
     }
 }
 
-/// `0x10` in lane `j` where bit `j` of `bits` (16 bits) is set, else 0.
+/// The 32 high bits `qh` in bytes `0..4` of `h`, spread over the lanes by two `tbl`: lane `j`
+/// of the first vector holds the byte with bit `j` (lanes `0..8`: byte 0, `8..16`: byte 1, so
+/// the bit of element `j` is bit `j % 8` of lane `j`), the second the same for elements `16..32`.
 #[inline]
 #[target_feature(enable = "neon")]
-fn high_bits16(bits: u16) -> uint8x16_t {
-    let b = bits.to_le_bytes();
-    let v = vcombine_u8(vdup_n_u8(b[0]), vdup_n_u8(b[1]));
-    const MASK: [u8; 16] = [1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128];
-    // SAFETY: MASK holds 16 bytes.
-    let m = unsafe { vld1q_u8(MASK.as_ptr()) };
-    vandq_u8(vtstq_u8(v, m), vdupq_n_u8(0x10))
+fn spread_high_bits(h: uint8x16_t) -> (uint8x16_t, uint8x16_t) {
+    const SPREAD: [[u8; 16]; 2] = [
+        [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1],
+        [2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3],
+    ];
+    // SAFETY: each array holds 16 bytes.
+    let (s0, s1) = unsafe { (vld1q_u8(SPREAD[0].as_ptr()), vld1q_u8(SPREAD[1].as_ptr())) };
+    (vqtbl1q_u8(h, s0), vqtbl1q_u8(h, s1))
 }
 
 /// The block's 32 weights as i8, elements 0..16 and 16..32.
@@ -79,14 +84,32 @@ unsafe fn block_weights<const K: u8>(blk: *const u8) -> (int8x16_t, int8x16_t) {
         let mut lo = vandq_u8(v, vdupq_n_u8(0x0F));
         let mut hi = vshrq_n_u8::<4>(v);
         if K == Q5_0 || K == Q5_1 {
-            let qh = u32::from_le(blk.add(qs_off - 4).cast::<u32>().read_unaligned());
-            lo = vorrq_u8(lo, high_bits16(qh as u16));
-            hi = vorrq_u8(hi, high_bits16((qh >> 16) as u16));
+            // qh (4 bytes) and the first 12 bytes of qs: 16 bytes inside the block.
+            let (sl, sh) = spread_high_bits(vld1q_u8(blk.add(qs_off - 4)));
+            if K == Q5_0 {
+                // `q - 16` with q = nibble + 16 * bit: the nibble where the bit is set, the
+                // nibble with its high four bits set (as i8, nibble - 16) where it is not. The
+                // bit of lane `j` is tested against `1 << (j % 8)`.
+                const BIT: [u8; 16] = [1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128];
+                // SAFETY: BIT holds 16 bytes.
+                let m = vld1q_u8(BIT.as_ptr());
+                let f0 = vdupq_n_u8(0xF0);
+                lo = vorrq_u8(lo, vbicq_u8(f0, vtstq_u8(sl, m)));
+                hi = vorrq_u8(hi, vbicq_u8(f0, vtstq_u8(sh, m)));
+            } else {
+                // The bit of lane `j` shifted to bit 4 (left by `4 - j % 8`), then masked: one
+                // instruction fewer than a test here (the model of `cargo xtask cycles`).
+                const SHIFT: [i8; 16] = [4, 3, 2, 1, 0, -1, -2, -3, 4, 3, 2, 1, 0, -1, -2, -3];
+                // SAFETY: SHIFT holds 16 bytes.
+                let sv = vld1q_s8(SHIFT.as_ptr());
+                let x10 = vdupq_n_u8(0x10);
+                lo = vorrq_u8(lo, vandq_u8(vshlq_u8(sl, sv), x10));
+                hi = vorrq_u8(hi, vandq_u8(vshlq_u8(sh, sv), x10));
+            }
         }
         let (lo, hi) = (vreinterpretq_s8_u8(lo), vreinterpretq_s8_u8(hi));
         match K {
             Q4_0 => (vsubq_s8(lo, vdupq_n_s8(8)), vsubq_s8(hi, vdupq_n_s8(8))),
-            Q5_0 => (vsubq_s8(lo, vdupq_n_s8(16)), vsubq_s8(hi, vdupq_n_s8(16))),
             _ => (lo, hi),
         }
     }
@@ -110,6 +133,26 @@ unsafe fn f16x4(p: &[*const u8; R], off: usize) -> float32x4_t {
         bits |= u64::from(h) << (16 * i);
     }
     super::f16x4_to_f32(vcreate_u16(bits))
+}
+
+/// The f16 pairs at `p[i] + off` (a block's scale and the `m` after it), one per row, as the
+/// scales' f32 lanes and the `m`s': one 32-bit load per row, two `fcvtl` and a `uzp1`/`uzp2`.
+///
+/// # Safety
+///
+/// Each `p[i] + off` must be valid for reading 4 bytes; the CPU must have NEON.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn f16x4_pairs(p: &[*const u8; R], off: usize) -> (float32x4_t, float32x4_t) {
+    let w = p.map(|q| {
+        // SAFETY: the caller guarantees the four bytes.
+        let v = unsafe { q.add(off).cast::<u32>().read_unaligned() };
+        u64::from(u32::from_le(v))
+    });
+    // [d0 m0 d1 m1] and [d2 m2 d3 m3].
+    let lo = super::f16x4_to_f32(vcreate_u16(w[0] | w[1] << 32));
+    let hi = super::f16x4_to_f32(vcreate_u16(w[2] | w[3] << 32));
+    (vuzp1q_f32(lo, hi), vuzp2q_f32(lo, hi))
 }
 
 /// Four lane sums of `w·a` over 16 values (four products each): `smull`/`smlal2` into i16 (at
@@ -183,15 +226,20 @@ macro_rules! gemv_legacy {
                     let (y01, y23) = (vpaddq_s32(x[0], x[1]), vpaddq_s32(x[2], x[3]));
                     let (i0, i1) = (vuzp1q_s32(y01, y23), vuzp2q_s32(y01, y23));
                     let (da0, da1) = (acts.d[2 * b], acts.d[2 * b + 1]);
-                    // SAFETY: each block starts with its f16 scale.
-                    let dw = unsafe { f16x4(&p, off) };
+                    // SAFETY: each block starts with its f16 scale (and then `m` for Q4_1 and
+                    // Q5_1).
+                    let (dw, mw) = unsafe {
+                        if K == Q4_1 || K == Q5_1 {
+                            f16x4_pairs(&p, off)
+                        } else {
+                            (f16x4(&p, off), vdupq_n_f32(0.0))
+                        }
+                    };
                     let mut t = vaddq_f32(
                         vmulq_f32(vmulq_n_f32(dw, da0), vcvtq_f32_s32(i0)),
                         vmulq_f32(vmulq_n_f32(dw, da1), vcvtq_f32_s32(i1)),
                     );
                     if K == Q4_1 || K == Q5_1 {
-                        // SAFETY: the f16 `m` follows the scale.
-                        let mw = unsafe { f16x4(&p, off + 2) };
                         let (sa0, sa1) = (acts.sums[2 * b], acts.sums[2 * b + 1]);
                         t = vaddq_f32(t, vmulq_n_f32(mw, da0 * sa0 as f32 + da1 * sa1 as f32));
                     }
