@@ -12,7 +12,8 @@
 //! 7`, `8 10 12 14`, `9 11 13 15`, whose lanes are the specification's accumulator lanes `0..4`,
 //! `4..8`, `0..4`, `4..8`. Each vector then takes the specification's float steps lane by lane
 //! (never fused: Q6_K `((scale * dot) * d) * acts.d[g]`, Q4_K/Q5_K `(dot * dl - sums[g] * ml) *
-//! acts.d[g]` with `dl = d * sc`, `ml = dmin * m` of the group's sub-block), the even and odd
+//! acts.d[g]` with `dl = d * sc`, `ml = dmin * m` of the group's sub-block, the eight of a
+//! super-block decoded and multiplied in vectors by `scales_k4`), the even and odd
 //! groups' activation scales and sums deinterleaved by `ld2`, and the eight running sums are
 //! reduced in the specification's order.
 
@@ -21,9 +22,8 @@ use core::arch::aarch64::*;
 use crate::acts::{ActsQ8, QS};
 use crate::scalar::f16_bits_to_f32;
 use crate::scalar::kquants::{
-    check_gemv, scale_min_k4, ACT_GROUPS_PER_SUPER, K4_D, K4_DMIN, K4_SCALES, Q4_K_BLOCK_BYTES,
-    Q4_K_QS, Q5_K_BLOCK_BYTES, Q5_K_QH, Q5_K_QS, Q6_K_BLOCK_BYTES, Q6_K_D, Q6_K_QH, Q6_K_QL,
-    Q6_K_SCALES,
+    check_gemv, ACT_GROUPS_PER_SUPER, K4_D, K4_DMIN, K4_SCALES, Q4_K_BLOCK_BYTES, Q4_K_QS,
+    Q5_K_BLOCK_BYTES, Q5_K_QH, Q5_K_QS, Q6_K_BLOCK_BYTES, Q6_K_D, Q6_K_QH, Q6_K_QL, Q6_K_SCALES,
 };
 
 /// The signed codes (`q - 32`) of half `h` of the super-block at `blk`: entry `2g + k` holds
@@ -210,15 +210,59 @@ unsafe fn codes_k4<const FIVE: bool>(blk: *const u8, h: usize) -> [int8x16_t; 8]
             vshrq_n_u8::<4>(bytes)
         };
         let q = if FIVE {
-            // Bit j of qh[16k ..], moved to bit 4.
-            let bit = vdupq_n_u8(1 << (4 * h + jj));
-            let hi = vtstq_u8(qh[k], bit);
+            // Bit j = 4h + jj of qh[16k ..], moved to bit 4 (shifted left by 4 - j) and masked.
+            let j = (4 * h + jj) as i8;
+            let hi = vshlq_u8(qh[k], vdupq_n_s8(4 - j));
             vorrq_u8(q, vandq_u8(hi, vdupq_n_u8(0x10)))
         } else {
             q
         };
         vreinterpretq_s8_u8(q)
     })
+}
+
+/// `dl = d * sc` and `ml = dmin * m` of the eight sub-blocks of the Q4_K/Q5_K super-block at
+/// `blk` (sub-blocks `0..4` in the first vector of each pair, `4..8` in the second), each one
+/// f32 product as the specification computes it:
+/// [`crate::scalar::kquants::scale_min_k4`] for all eight at once. With `A`, `B`, `C` the three
+/// 4-byte words of `scales`, `A & 63` and `B & 63` are the first four scales and mins, and
+/// `(C & 15) | (A >> 6) << 4` and `(C >> 4) | (B >> 6) << 4` the last four.
+///
+/// # Safety
+///
+/// `blk` must be valid for reading the super-block's first 16 bytes; the CPU must have NEON.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn scales_k4(blk: *const u8) -> ([float32x4_t; 2], [float32x4_t; 2]) {
+    // SAFETY: d, dmin (bytes 0..4) and scales (4..16) are inside the super-block.
+    let (dd, ab, c) = unsafe {
+        let dd = u32::from_le(blk.add(K4_D).cast::<u32>().read_unaligned());
+        let q = blk.add(K4_SCALES);
+        (dd, vld1_u8(q), vld1_u8(q.add(4)))
+    };
+    debug_assert_eq!(K4_DMIN, K4_D + 2);
+    // Lane 0: d, lane 1: dmin.
+    let dm = super::f16x4_to_f32(vcreate_u16(u64::from(dd)));
+    // [C, C], shifted right by 4 in its second word.
+    let cc = vreinterpret_u8_u32(vdup_lane_u32::<1>(vreinterpret_u32_u8(c)));
+    let shift = vcreate_s8(0xFCFC_FCFC_0000_0000);
+    let m4 = vdup_n_u8(0x0F);
+    // [sc 0..4, m 0..4] and [sc 4..8, m 4..8].
+    let lo = vand_u8(ab, vdup_n_u8(0x3F));
+    let top = vshr_n_u8::<2>(vand_u8(ab, vdup_n_u8(0xC0)));
+    let hi = vorr_u8(vand_u8(vshl_u8(cc, shift), m4), top);
+    let (lo, hi) = (vreinterpret_u32_u8(lo), vreinterpret_u32_u8(hi));
+    let f = |v: uint32x2_t, x: float32x4_t| {
+        let w = vmovl_u8(vreinterpret_u8_u32(v));
+        [
+            vmulq_f32(vcvtq_f32_u32(vmovl_u16(vget_low_u16(w))), x),
+            vmulq_f32(vcvtq_f32_u32(vmovl_high_u16(w)), x),
+        ]
+    };
+    (
+        f(vzip1_u32(lo, hi), vdupq_laneq_f32::<0>(dm)),
+        f(vzip2_u32(lo, hi), vdupq_laneq_f32::<1>(dm)),
+    )
 }
 
 /// The Q4_K/Q5_K driver (module docs), with `lanes` the four lane sums of one group's 16
@@ -250,21 +294,11 @@ unsafe fn gemv_k4<const FIVE: bool>(
             let (mut lo, mut hi) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
             for s in 0..nsb {
                 let blk = row.add(s * bb);
-                let f16 =
-                    |o: usize| f16_bits_to_f32(u16::from_le_bytes([*blk.add(o), *blk.add(o + 1)]));
-                let (d, dmin) = (f16(K4_D), f16(K4_DMIN));
-                let scales = core::slice::from_raw_parts(blk.add(K4_SCALES), 12);
+                let (dls, mls) = scales_k4(blk);
                 let g0 = s * ACT_GROUPS_PER_SUPER;
-                for h in 0..2 {
-                    // dl = d * sc and ml = dmin * m of sub-blocks 4h .. 4h + 4, as the
-                    // specification computes them (f32, one rounding each).
-                    let (mut dl, mut ml) = ([0f32; 4], [0f32; 4]);
-                    for t in 0..4 {
-                        let (sc, m) = scale_min_k4(4 * h + t, scales);
-                        dl[t] = d * sc as f32;
-                        ml[t] = dmin * m as f32;
-                    }
-                    let (dl, ml) = (vld1q_f32(dl.as_ptr()), vld1q_f32(ml.as_ptr()));
+                // Both halves written out (not a loop), so that each one's shifts are constants.
+                let mut half = |h: usize| {
+                    let (dl, ml) = (dls[h], mls[h]);
                     let c = codes_k4::<FIVE>(blk, h);
                     let first = g0 + 8 * h;
                     let dots = [
@@ -280,7 +314,9 @@ unsafe fn gemv_k4<const FIVE: bool>(
                     };
                     lo = vaddq_f32(lo, term(dots[0], sums.0, ad.0));
                     hi = vaddq_f32(hi, term(dots[1], sums.1, ad.1));
-                }
+                };
+                half(0);
+                half(1);
             }
             *y = reduce(lo, hi);
         }
