@@ -20,7 +20,6 @@
 use core::arch::aarch64::*;
 
 use crate::acts::{ActsQ8, QS};
-use crate::scalar::f16_bits_to_f32;
 use crate::scalar::kquants::{
     check_gemv, ACT_GROUPS_PER_SUPER, K4_D, K4_DMIN, K4_SCALES, Q4_K_BLOCK_BYTES, Q4_K_QS,
     Q5_K_BLOCK_BYTES, Q5_K_QH, Q5_K_QS, Q6_K_BLOCK_BYTES, Q6_K_D, Q6_K_QH, Q6_K_QL, Q6_K_SCALES,
@@ -147,7 +146,7 @@ unsafe fn gemv(
             let (mut lo, mut hi) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
             for s in 0..nsb {
                 let blk = row.add(s * Q6_K_BLOCK_BYTES);
-                let d = vdupq_n_f32(f16_bits_to_f32(u16::from_le_bytes([
+                let d = vdupq_n_f32(super::f16_to_f32(u16::from_le_bytes([
                     *blk.add(Q6_K_D),
                     *blk.add(Q6_K_D + 1),
                 ])));

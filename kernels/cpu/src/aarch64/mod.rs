@@ -3,9 +3,10 @@
 //! Every kernel is a `#[target_feature(enable = "neon")] unsafe fn` whose only safety condition
 //! is that the CPU has NEON; the dispatch table calls them after checking. They check slice
 //! shapes themselves. The `neon-dotprod` tier adds `sdot` (ARMv8.2 dot product, emitted with
-//! `asm!`) kernels for the ternary types, Q4W and the K-quants, and uses the NEON ones elsewhere.
+//! `asm!`) kernels for the ternary types, Q4W, the K-quants and the legacy block types, and uses
+//! the NEON ones elsewhere.
 
-use core::arch::aarch64::{float32x4_t, uint16x4_t};
+use core::arch::aarch64::{float32x4_t, uint16x4_t, vcreate_u16, vgetq_lane_f32};
 use core::arch::asm;
 
 /// Four f16 values (as bits) widened to f32 by `fcvtl`, a base Advanced SIMD instruction whose
@@ -25,6 +26,14 @@ pub(crate) fn f16x4_to_f32(h: uint16x4_t) -> float32x4_t {
         );
     }
     f
+}
+
+/// One f16 value (as bits) widened to f32 by [`f16x4_to_f32`]: exact, like the specification's
+/// software conversion, in two instructions.
+#[inline]
+#[target_feature(enable = "neon")]
+pub(crate) fn f16_to_f32(h: u16) -> f32 {
+    vgetq_lane_f32::<0>(f16x4_to_f32(vcreate_u16(u64::from(h))))
 }
 
 pub mod attn;

@@ -18,7 +18,9 @@
 //! - dotprod: one `sdot` per group into four i32 partial sums, then two `addp` levels.
 //!
 //! TQ1_0: the base-3 digits come from a byte multiply by `3^n` and two unsigned compares (with
-//! 86 and 171); four consecutive groups per step, then as TQ2_0.
+//! 86 and 171) whose masks (-1 where true) are added: the digits negated, so the group sums are
+//! `-Σ c·a` and the float step subtracts (exact, see `update_neg`); four consecutive groups per
+//! step, then as TQ2_0.
 //!
 //! Either way the groups `g .. g + 4` end in natural lane order; `isum = Σ c·a − sums[g]` is
 //! `Σ (c − 1)·a` by the [`ActsQ8`] invariant `sums[g] = Σ qs`. Two f32 vectors hold the
@@ -33,7 +35,6 @@ use core::arch::aarch64::*;
 use core::arch::asm;
 
 use crate::acts::ActsQ8;
-use crate::scalar::f16_bits_to_f32;
 use crate::scalar::ternary::{
     check_gemm, check_gemv_ternary, token_acts, QK_K, QS, T2_BLOCK, T2_BYTES, TQ1_0_BYTES,
     TQ2_0_BYTES,
@@ -168,6 +169,35 @@ unsafe fn update(
     acc[k] = vaddq_f32(acc[k], t);
 }
 
+/// [`update`] for TQ1_0 from the negated sums `nsums = -Σ c·a` of four groups (codes from
+/// [`neg_trit`]): `isum = -(nsums + sums[g])`, and the running sums take `-((dw · d) · (nsums +
+/// sums))` by a subtraction, the same value as the specification's addition of `(dw · d) · isum`
+/// (negation is exact in both the conversion and the product).
+///
+/// # Safety
+///
+/// Groups `g .. g + 4` must exist in `acts` (checked by the caller's shape check).
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn update_neg(
+    acc: &mut [float32x4_t; 2],
+    nsums: int32x4_t,
+    acts: &ActsQ8<'_>,
+    g: usize,
+    dw: f32,
+) {
+    // SAFETY: the caller guarantees the four groups exist.
+    let (s, d) = unsafe {
+        (
+            vld1q_s32(acts.sums.as_ptr().add(g)),
+            vld1q_f32(acts.d.as_ptr().add(g)),
+        )
+    };
+    let t = vmulq_f32(vmulq_n_f32(d, dw), vcvtq_f32_s32(vaddq_s32(nsums, s)));
+    let k = (g / 4) % 2;
+    acc[k] = vsubq_f32(acc[k], t);
+}
+
 /// Rows per pass of the T2 gemv: the block's activations, sums and scales are loaded once for
 /// them.
 const T2_ROWS: usize = 4;
@@ -263,7 +293,7 @@ macro_rules! gemv_tq2_0 {
             for (o, row) in out.iter_mut().zip(w.chunks_exact(row_bytes)) {
                 let mut acc = [vdupq_n_f32(0.0); 2];
                 for (b, blk) in row.chunks_exact(TQ2_0_BYTES).enumerate() {
-                    let dw = f16_bits_to_f32(u16::from_le_bytes([blk[64], blk[65]]));
+                    let dw = super::f16_to_f32(u16::from_le_bytes([blk[64], blk[65]]));
                     for h in 0..2 {
                         // SAFETY: bytes `32h .. 32h + 32` are inside the 66-byte block.
                         let u = unsafe {
@@ -299,14 +329,12 @@ macro_rules! gemv_tq2_0 {
 }
 
 /// The TQ1_0 base-3 digit `(3 q) >> 8` of each byte `q` (already multiplied by its power of
-/// 3): `(q >= 86) + (q >= 171)`.
+/// 3), negated: `-((q >= 86) + (q >= 171))` as i8, the sum of the two compares' masks (each -1
+/// where true).
 #[inline]
 #[target_feature(enable = "neon")]
-fn trit(q: uint8x16_t) -> uint8x16_t {
-    let ge86 = vcgeq_u8(q, vdupq_n_u8(86));
-    let ge171 = vcgeq_u8(q, vdupq_n_u8(171));
-    // The masks are 0xFF (-1) where true.
-    vsubq_u8(vsubq_u8(vdupq_n_u8(0), ge86), ge171)
+fn neg_trit(q: uint8x16_t) -> uint8x16_t {
+    vaddq_u8(vcgeq_u8(q, vdupq_n_u8(86)), vcgeq_u8(q, vdupq_n_u8(171)))
 }
 
 /// Defines a TQ1_0 gemv entry point, like [`gemv_t2!`]: per block, four steps of four
@@ -330,7 +358,7 @@ macro_rules! gemv_tq1_0 {
             for (o, row) in out.iter_mut().zip(w.chunks_exact(row_bytes)) {
                 let mut acc = [vdupq_n_f32(0.0); 2];
                 for (b, blk) in row.chunks_exact(TQ1_0_BYTES).enumerate() {
-                    let dw = f16_bits_to_f32(u16::from_le_bytes([blk[52], blk[53]]));
+                    let dw = super::f16_to_f32(u16::from_le_bytes([blk[52], blk[53]]));
                     // SAFETY: bytes 0..52 are inside the 54-byte block.
                     let (x0, x1, x2, qh) = unsafe {
                         (
@@ -348,13 +376,13 @@ macro_rules! gemv_tq1_0 {
                     ];
                     for (m, q) in steps.iter().enumerate() {
                         let g = 16 * b + 4 * m;
-                        let c = [trit(q[0]), trit(q[1]), trit(q[2]), trit(q[3])];
+                        let c = [neg_trit(q[0]), neg_trit(q[1]), neg_trit(q[2]), neg_trit(q[3])];
                         // SAFETY: groups `g .. g + 4` and their activations exist (shape
                         // check); the entry point's contract covers `$sums`' features.
                         unsafe {
                             let a = core::array::from_fn(|k| vld1q_s8(qa.add(QS * (g + k))));
                             let s = $sums(c, a);
-                            update(&mut acc, s, acts, g, Some(dw));
+                            update_neg(&mut acc, s, acts, g, dw);
                         }
                     }
                 }
@@ -684,7 +712,7 @@ macro_rules! gemm_tq2_0 {
                 for (r, row) in w.chunks_exact(row_bytes).enumerate() {
                     let mut acc = [[vdupq_n_f32(0.0); 2]; GEMM_TOKENS];
                     for (b, blk) in row.chunks_exact(TQ2_0_BYTES).enumerate() {
-                        let dw = f16_bits_to_f32(u16::from_le_bytes([blk[64], blk[65]]));
+                        let dw = super::f16_to_f32(u16::from_le_bytes([blk[64], blk[65]]));
                         for h in 0..2 {
                             // SAFETY: bytes `32h .. 32h + 32` are inside the 66-byte block.
                             let u = unsafe {
