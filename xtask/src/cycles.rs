@@ -28,17 +28,20 @@ use std::str::FromStr;
 const TARGET: &str = "aarch64-unknown-linux-gnu";
 
 /// The cases run when none is given: SmolLM2's feed-forward shape for the types of its images and
-/// llama.cpp files, the BitNet-2B width for llama.cpp's ternary types, and a prefill tile.
+/// llama.cpp files (Q5_0 for the Q4_K_M files, whose odd widths fall back to it), the BitNet-2B
+/// width for llama.cpp's ternary types and the K-quants, and a prefill tile.
 pub const DEFAULT_CASES: &[&str] = &[
     "T2:1536x576",
     "T2-LUT:1536x576",
     "Q4W:1536x576",
     "Q4_0:1536x576",
     "Q4_1:1536x576",
+    "Q5_0:1536x576",
     "Q8_0:1536x576",
     "TQ2_0:256x2560",
     "TQ1_0:256x2560",
     "Q4_K:256x2560",
+    "Q6_K:256x2560",
     "T2:32x576x16",
 ];
 
