@@ -228,7 +228,9 @@ macro_rules! gemv_t2 {
                     *q = base.wrapping_add((r + i).min(rows - 1) * row_bytes);
                 }
                 let mut acc = [[vdupq_n_f32(0.0); 2]; T2_ROWS];
-                for b in 0..nb {
+                // Block `b` into running sums `k` = `b % 2`, a constant at each call below so that
+                // the sums stay in registers.
+                let mut block = |b: usize, k: usize| {
                     // SAFETY: block `b`'s 64 activations and groups `4b .. 4b + 4` exist (shape
                     // check). `ld4` (no alignment requirement) de-interleaves the 16 words of the
                     // block's activations: `a[s]` = words s, 4 + s, 8 + s, 12 + s.
@@ -258,9 +260,17 @@ macro_rules! gemv_t2 {
                         // ARMv8.0 one is a safe function).
                         #[allow(unused_unsafe)]
                         let isum = vcvtq_f32_s32(vsubq_s32(unsafe { $sums(c, a) }, s));
-                        let k = b % 2;
                         acc[k] = vaddq_f32(acc[k], vmulq_f32(isum, d));
                     }
+                };
+                let mut b = 0;
+                while b + 2 <= nb {
+                    block(b, 0);
+                    block(b + 1, 1);
+                    b += 2;
+                }
+                if b < nb {
+                    block(b, 0);
                 }
                 for (i, acc) in acc.iter().enumerate().take(rows - r) {
                     out[r + i] = reduce8(acc[0], acc[1]);
