@@ -155,39 +155,56 @@ unsafe fn f16x4_pairs(p: &[*const u8; R], off: usize) -> (float32x4_t, float32x4
     (vuzp1q_f32(lo, hi), vuzp2q_f32(lo, hi))
 }
 
-/// Four lane sums of `w·a` over 16 values (four products each): `smull`/`smlal2` into i16 (at
-/// most `2 * 128 * 127` per lane), then `saddlp`.
+/// The exact `isum0` and `isum1` (lane `i`: row `i`) of the four rows' blocks `w` (elements
+/// `0..16`, `16..32`) against the block's activations `a0`, `a1`: per half, `smull`/`smlal2` into
+/// i16 (pairs of products, at most `2 * 128 * 127`) and `saddlp` to four i32 lane sums; two
+/// rounds of `addp` over the rows and `uzp1`/`uzp2`.
 #[inline]
 #[target_feature(enable = "neon")]
-fn half_neon(w: int8x16_t, a: int8x16_t) -> int32x4_t {
-    vpaddlq_s16(vmlal_high_s8(
-        vmull_s8(vget_low_s8(w), vget_low_s8(a)),
-        w,
-        a,
-    ))
+fn isums_neon(
+    w: [(int8x16_t, int8x16_t); R],
+    a0: int8x16_t,
+    a1: int8x16_t,
+) -> (int32x4_t, int32x4_t) {
+    let half = |w: int8x16_t, a: int8x16_t| {
+        vpaddlq_s16(vmlal_high_s8(
+            vmull_s8(vget_low_s8(w), vget_low_s8(a)),
+            w,
+            a,
+        ))
+    };
+    let x = w.map(|(w0, w1)| vpaddq_s32(half(w0, a0), half(w1, a1)));
+    // [r0 h0, r0 h1, r1 h0, r1 h1] and the same for rows 2 and 3.
+    let (y01, y23) = (vpaddq_s32(x[0], x[1]), vpaddq_s32(x[2], x[3]));
+    (vuzp1q_s32(y01, y23), vuzp2q_s32(y01, y23))
 }
 
-/// [`half_neon`] with one `sdot`.
+/// [`isums_neon`] with one `sdot` per half block.
 ///
 /// # Safety
 ///
 /// The CPU must have the dot-product extension.
 #[inline]
 #[target_feature(enable = "neon,dotprod")]
-unsafe fn half_dot(w: int8x16_t, a: int8x16_t) -> int32x4_t {
+unsafe fn isums_dot(
+    w: [(int8x16_t, int8x16_t); R],
+    a0: int8x16_t,
+    a1: int8x16_t,
+) -> (int32x4_t, int32x4_t) {
+    let z = vdupq_n_s32(0);
     // SAFETY: the caller guarantees the dot-product extension.
-    unsafe { sdot(vdupq_n_s32(0), w, a) }
+    let x = w.map(|(w0, w1)| unsafe { vpaddq_s32(sdot(z, w0, a0), sdot(z, w1, a1)) });
+    let (y01, y23) = (vpaddq_s32(x[0], x[1]), vpaddq_s32(x[2], x[3]));
+    (vuzp1q_s32(y01, y23), vuzp2q_s32(y01, y23))
 }
 
-/// Defines the gemv of type `$k` with target features `$feat` and half-block lane sums
-/// `$half`: four rows per pass, rows in the lanes of the float steps. Per block the eight
-/// half-block sums of the four rows (four lanes each) are added by two rounds of `addp` and
-/// split by `uzp1`/`uzp2` into `isum0` and `isum1` of rows 0..4; the rows' f16 scales are
-/// gathered and widened once, and the specification's float steps run lane by lane (no fused
-/// multiply-add). A row count that is not a multiple of four repeats the last row and drops the
-/// extra results.
+/// Defines the gemv of type `$k` with target features `$feat` whose block sums come from
+/// `$isums` (`isum0` and `isum1` of the four rows, one per lane): four rows per pass, rows in the
+/// lanes of the float steps. The rows' f16 scales are gathered and widened once per block, and
+/// the specification's float steps run lane by lane (no fused multiply-add). A row count that is
+/// not a multiple of four repeats the last row and drops the extra results.
 macro_rules! gemv_legacy {
-    ($(#[$doc:meta])* $name:ident, $k:expr, $feat:literal, $half:ident) => {
+    ($(#[$doc:meta])* $name:ident, $k:expr, $feat:literal, $isums:ident) => {
         $(#[$doc])*
         #[target_feature(enable = $feat)]
         pub unsafe fn $name(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
@@ -213,18 +230,12 @@ macro_rules! gemv_legacy {
                     let off = b * bb;
                     // SAFETY: block `b`'s 32 activations exist (shape check).
                     let (a0, a1) = unsafe { (vld1q_s8(qa.add(b * QK)), vld1q_s8(qa.add(b * QK + QS))) };
-                    let mut x = [vdupq_n_s32(0); R];
-                    for (xi, q) in x.iter_mut().zip(&p) {
-                        // SAFETY: block `b` of each row is inside `w` (shape check); the CPU
-                        // has this function's features.
-                        *xi = unsafe {
-                            let (w0, w1) = block_weights::<K>(q.add(off));
-                            vpaddq_s32($half(w0, a0), $half(w1, a1))
-                        };
-                    }
-                    // [r0 h0, r0 h1, r1 h0, r1 h1] and the same for rows 2 and 3.
-                    let (y01, y23) = (vpaddq_s32(x[0], x[1]), vpaddq_s32(x[2], x[3]));
-                    let (i0, i1) = (vuzp1q_s32(y01, y23), vuzp2q_s32(y01, y23));
+                    // SAFETY: block `b` of each row is inside `w` (shape check); the CPU has
+                    // this function's features.
+                    let (i0, i1) = unsafe {
+                        let wts = p.map(|q| block_weights::<K>(q.add(off)));
+                        $isums(wts, a0, a1)
+                    };
                     let (da0, da1) = (acts.d[2 * b], acts.d[2 * b + 1]);
                     // SAFETY: each block starts with its f16 scale (and then `m` for Q4_1 and
                     // Q5_1).
@@ -262,7 +273,7 @@ gemv_legacy! {
     /// # Safety
     ///
     /// The CPU must have NEON.
-    neon_gemv_q4_0, Q4_0, "neon", half_neon
+    neon_gemv_q4_0, Q4_0, "neon", isums_neon
 }
 gemv_legacy! {
     /// NEON [`crate::scalar::gemv_q4_1`], bit-exact.
@@ -270,7 +281,7 @@ gemv_legacy! {
     /// # Safety
     ///
     /// The CPU must have NEON.
-    neon_gemv_q4_1, Q4_1, "neon", half_neon
+    neon_gemv_q4_1, Q4_1, "neon", isums_neon
 }
 gemv_legacy! {
     /// NEON [`crate::scalar::gemv_q5_0`], bit-exact.
@@ -278,7 +289,7 @@ gemv_legacy! {
     /// # Safety
     ///
     /// The CPU must have NEON.
-    neon_gemv_q5_0, Q5_0, "neon", half_neon
+    neon_gemv_q5_0, Q5_0, "neon", isums_neon
 }
 gemv_legacy! {
     /// NEON [`crate::scalar::gemv_q5_1`], bit-exact.
@@ -286,7 +297,7 @@ gemv_legacy! {
     /// # Safety
     ///
     /// The CPU must have NEON.
-    neon_gemv_q5_1, Q5_1, "neon", half_neon
+    neon_gemv_q5_1, Q5_1, "neon", isums_neon
 }
 gemv_legacy! {
     /// NEON [`crate::scalar::gemv_q8_0`], bit-exact.
@@ -294,7 +305,7 @@ gemv_legacy! {
     /// # Safety
     ///
     /// The CPU must have NEON.
-    neon_gemv_q8_0, Q8_0, "neon", half_neon
+    neon_gemv_q8_0, Q8_0, "neon", isums_neon
 }
 gemv_legacy! {
     /// NEON + dot product [`crate::scalar::gemv_q4_0`], bit-exact.
@@ -302,7 +313,7 @@ gemv_legacy! {
     /// # Safety
     ///
     /// The CPU must have NEON and the dot-product extension.
-    neon_dotprod_gemv_q4_0, Q4_0, "neon,dotprod", half_dot
+    neon_dotprod_gemv_q4_0, Q4_0, "neon,dotprod", isums_dot
 }
 gemv_legacy! {
     /// NEON + dot product [`crate::scalar::gemv_q4_1`], bit-exact.
@@ -310,7 +321,7 @@ gemv_legacy! {
     /// # Safety
     ///
     /// The CPU must have NEON and the dot-product extension.
-    neon_dotprod_gemv_q4_1, Q4_1, "neon,dotprod", half_dot
+    neon_dotprod_gemv_q4_1, Q4_1, "neon,dotprod", isums_dot
 }
 gemv_legacy! {
     /// NEON + dot product [`crate::scalar::gemv_q5_0`], bit-exact.
@@ -318,7 +329,7 @@ gemv_legacy! {
     /// # Safety
     ///
     /// The CPU must have NEON and the dot-product extension.
-    neon_dotprod_gemv_q5_0, Q5_0, "neon,dotprod", half_dot
+    neon_dotprod_gemv_q5_0, Q5_0, "neon,dotprod", isums_dot
 }
 gemv_legacy! {
     /// NEON + dot product [`crate::scalar::gemv_q5_1`], bit-exact.
@@ -326,7 +337,7 @@ gemv_legacy! {
     /// # Safety
     ///
     /// The CPU must have NEON and the dot-product extension.
-    neon_dotprod_gemv_q5_1, Q5_1, "neon,dotprod", half_dot
+    neon_dotprod_gemv_q5_1, Q5_1, "neon,dotprod", isums_dot
 }
 gemv_legacy! {
     /// NEON + dot product [`crate::scalar::gemv_q8_0`], bit-exact.
@@ -334,7 +345,7 @@ gemv_legacy! {
     /// # Safety
     ///
     /// The CPU must have NEON and the dot-product extension.
-    neon_dotprod_gemv_q8_0, Q8_0, "neon,dotprod", half_dot
+    neon_dotprod_gemv_q8_0, Q8_0, "neon,dotprod", isums_dot
 }
 
 /// NEON [`crate::scalar::quantize_acts`], bit-exact: the same `amax / 127` per group of
