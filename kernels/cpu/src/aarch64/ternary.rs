@@ -137,6 +137,23 @@ pub(crate) fn reduce8(lo: float32x4_t, hi: float32x4_t) -> f32 {
     vget_lane_f32::<0>(t) + vget_lane_f32::<1>(t)
 }
 
+/// The activation sums and scales of groups `g .. g + 4`.
+///
+/// # Safety
+///
+/// Groups `g .. g + 4` must exist in `acts` (checked by the caller's shape check).
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn group_operands(acts: &ActsQ8<'_>, g: usize) -> (int32x4_t, float32x4_t) {
+    // SAFETY: the caller guarantees the four groups exist.
+    unsafe {
+        (
+            vld1q_s32(acts.sums.as_ptr().add(g)),
+            vld1q_f32(acts.d.as_ptr().add(g)),
+        )
+    }
+}
+
 /// The running sums updated with four groups starting at group `g` (a multiple of four):
 /// `acc[g % 8 ..] += scale * (isum as f32)` with `scale = d[g..g + 4]` (T2) or
 /// `dw * d[g..g + 4]` (TQ2_0).
@@ -154,12 +171,7 @@ unsafe fn update(
     dw: Option<f32>,
 ) {
     // SAFETY: the caller guarantees the four groups exist.
-    let (s, d) = unsafe {
-        (
-            vld1q_s32(acts.sums.as_ptr().add(g)),
-            vld1q_f32(acts.d.as_ptr().add(g)),
-        )
-    };
+    let (s, d) = unsafe { group_operands(acts, g) };
     let isum = vcvtq_f32_s32(vsubq_s32(sums, s));
     let t = match dw {
         None => vmulq_f32(isum, d),
@@ -187,12 +199,7 @@ unsafe fn update_neg(
     dw: f32,
 ) {
     // SAFETY: the caller guarantees the four groups exist.
-    let (s, d) = unsafe {
-        (
-            vld1q_s32(acts.sums.as_ptr().add(g)),
-            vld1q_f32(acts.d.as_ptr().add(g)),
-        )
-    };
+    let (s, d) = unsafe { group_operands(acts, g) };
     let t = vmulq_f32(vmulq_n_f32(d, dw), vcvtq_f32_s32(vaddq_s32(nsums, s)));
     let k = (g / 4) % 2;
     acc[k] = vsubq_f32(acc[k], t);
