@@ -220,6 +220,9 @@ unsafe fn codes_k4<const FIVE: bool>(blk: *const u8, h: usize) -> [int8x16_t; 8]
     })
 }
 
+// `scales_k4` reads `d` and `dmin` as one 32-bit word.
+const _: () = assert!(K4_DMIN == K4_D + 2);
+
 /// `dl = d * sc` and `ml = dmin * m` of the eight sub-blocks of the Q4_K/Q5_K super-block at
 /// `blk` (sub-blocks `0..4` in the first vector of each pair, `4..8` in the second), each one
 /// f32 product as the specification computes it:
@@ -239,10 +242,9 @@ unsafe fn scales_k4(blk: *const u8) -> ([float32x4_t; 2], [float32x4_t; 2]) {
         let q = blk.add(K4_SCALES);
         (dd, vld1_u8(q), vld1_u8(q.add(4)))
     };
-    debug_assert_eq!(K4_DMIN, K4_D + 2);
-    // Lane 0: d, lane 1: dmin.
+    // Lane 0: d, lane 1: dmin (the f16 after d).
     let dm = super::f16x4_to_f32(vcreate_u16(u64::from(dd)));
-    // [C, C], shifted right by 4 in its second word.
+    // [C, C], and the shifts that take its second word right by 4.
     let cc = vreinterpret_u8_u32(vdup_lane_u32::<1>(vreinterpret_u32_u8(c)));
     let shift = vcreate_s8(0xFCFC_FCFC_0000_0000);
     let m4 = vdup_n_u8(0x0F);
