@@ -510,9 +510,9 @@ fn encode(
             }
         }
         OutType::Q8_0 => quantize_row_q8_0(values, &mut out),
-        OutType::Q6_K => quantize_row_q6_k(values, &mut out),
+        OutType::Q6_K => parallel_rows(values, &mut out, row_len, quantize_row_q6_k),
         OutType::Q4_0 => quantize_row_q4_0(values, &mut out),
-        OutType::Q4W => quantize_row_q4w(values, &mut out),
+        OutType::Q4W => parallel_rows(values, &mut out, row_len, quantize_row_q4w),
         OutType::T2 => {
             let rows = values.len() / row_len;
             let (q, s) = if per_tensor_t2 {
@@ -524,6 +524,28 @@ fn encode(
         }
     }
     (out, None)
+}
+
+/// Runs a row quantizer over `values` (rows of `row_len`) on every available core, each thread
+/// taking a contiguous run of whole rows; the bytes are the same as one call over all of them.
+fn parallel_rows(values: &[f32], out: &mut [u8], row_len: usize, f: fn(&[f32], &mut [u8])) {
+    let rows = values.len() / row_len.max(1);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(rows);
+    if threads <= 1 || rows * row_len != values.len() {
+        return f(values, out);
+    }
+    let row_bytes = out.len() / rows;
+    let per = rows.div_ceil(threads);
+    std::thread::scope(|s| {
+        for (v, o) in values
+            .chunks(per * row_len)
+            .zip(out.chunks_mut(per * row_bytes))
+        {
+            s.spawn(move || f(v, o));
+        }
+    });
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
