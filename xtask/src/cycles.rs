@@ -60,7 +60,9 @@ fn mca_model(target_cpu: &str) -> Option<&'static str> {
 }
 
 /// One kernel call: `kernel` (a type name, or `T2-LUT`) on `rows x cols` weights, `tokens` > 1
-/// for a gemm.
+/// for a gemm; or (`ATTN-F16`, `ATTN-I8`) one KV head's attention over `rows` cached positions
+/// of `cols` values for `tokens` query heads (multiply-accumulates then count position x value x
+/// head, once for the scores and the weighted values together).
 #[derive(Clone, Debug)]
 pub struct Case {
     kernel: String,

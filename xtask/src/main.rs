@@ -64,7 +64,8 @@ enum Cmd {
         #[arg(long)]
         board: Vec<String>,
         /// KERNEL:ROWSxCOLS[xTOKENS], KERNEL a GGUF type name or T2-LUT (repeatable; default: a
-        /// set covering the images' and llama.cpp files' types).
+        /// set covering the images' and llama.cpp files' types); or ATTN-F16 / ATTN-I8:
+        /// POSITIONSxHEAD_DIMxHEADS, one KV head's attention over an f16 / int8 cache.
         #[arg(long, conflicts_with = "model")]
         case: Vec<String>,
         /// Model one decode step of this GGUF model on one thread instead of kernel calls.

@@ -58,6 +58,13 @@ fn main() {
     let f = CpuFeatures::detect();
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let q: Vec<f32> = (0..G * HD).map(|i| (i % 17) as f32 / 17.0 - 0.5).collect();
+    // The queries as the int8 cache's attention takes them: int16 rows, one scale per head.
+    let mut q16 = vec![0i16; G * HD];
+    let qd: Vec<f32> = q
+        .chunks(HD)
+        .zip(q16.chunks_mut(HD))
+        .map(|(x, y)| edgellm_kernels::scalar::quantize_row_i16(x, y))
+        .collect();
     // Every tier's kernels, and each one's set for a model with ternary weights where that
     // changes its attention kernels (`Kernels::for_weights`), labelled tier/attention tier.
     let sets: Vec<Kernels> = Tier::ALL
@@ -106,8 +113,9 @@ fn main() {
                 .zip(&values)
                 .map(|(&a, &b)| (a as i8, b as i8))
                 .unzip();
+            let mut si = vec![0i32; G * n];
             let ts8 = time(201, || {
-                k.attn_scores_i8(black_box(&q), black_box(&keys8), HD, scale, &mut s)
+                k.attn_scores_q16(black_box(&q16), black_box(&keys8), HD, &mut si)
             });
             let tv8 = time(201, || {
                 k.attn_values_i8(black_box(&s), black_box(&values8), HD, &mut o)
@@ -125,7 +133,8 @@ fn main() {
             );
         }
         // One decode step's attention at 576 positions over a 2048-position cache per layer, with
-        // the f16 cache and with the int8 one (the kernels alone: the caller's row scales left out).
+        // the f16 cache and with the int8 one (the int8 scores' float scaling included, one key
+        // scale for every row).
         let (n, ctx) = (576, 2048);
         let cache: Vec<u16> = (0..LAYERS * KV_HEADS * ctx * HD)
             .map(|_| rng.f16())
@@ -134,6 +143,7 @@ fn main() {
         let cache8: Vec<i8> = cache.iter().map(|&b| to_i8(b)).collect();
         let vcache8 = cache8.clone();
         let mut s = vec![0f32; G * n];
+        let mut si = vec![0i32; G * n];
         let mut o = vec![0f32; G * HD];
         for int8 in [false, true] {
             // Layer l's attention: every KV head's scores, softmax and weighted values.
@@ -142,8 +152,13 @@ fn main() {
                     let at = (l * KV_HEADS + h) * ctx * HD;
                     let rows = at..at + n * HD;
                     if int8 {
-                        let scale = I8_SCALE * 0.125;
-                        k.attn_scores_i8(&q, &cache8[rows.clone()], HD, scale, &mut s);
+                        // The integer sums, then the float scaling the session applies.
+                        k.attn_scores_q16(&q16, &cache8[rows.clone()], HD, &mut si);
+                        for ((row, irow), &d) in s.chunks_mut(n).zip(si.chunks(n)).zip(&qd) {
+                            for (v, &i) in row.iter_mut().zip(irow) {
+                                *v = (i as f32 * (d * I8_SCALE)) * 0.125;
+                            }
+                        }
                     } else {
                         k.attn_scores_f16(&q, &cache[rows.clone()], HD, 0.125, &mut s);
                     }

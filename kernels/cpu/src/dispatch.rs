@@ -335,7 +335,7 @@ struct Attn {
     scores: unsafe fn(&[f32], &[u16], usize, f32, &mut [f32]),
     softmax: unsafe fn(&mut [f32]) -> (f32, f32),
     values: unsafe fn(&[f32], &[u16], usize, &mut [f32]),
-    scores_i8: unsafe fn(&[f32], &[i8], usize, f32, &mut [f32]),
+    scores_q16: unsafe fn(&[i16], &[i8], usize, &mut [i32]),
     values_i8: unsafe fn(&[f32], &[i8], usize, &mut [f32]),
 }
 
@@ -458,7 +458,7 @@ const SCALAR: Table = Table {
             scores: scalar::attn_scores_f16,
             softmax: scalar::softmax_unnorm,
             values: scalar::attn_values_f16,
-            scores_i8: scalar::attn_scores_i8,
+            scores_q16: scalar::attn_scores_q16,
             values_i8: scalar::attn_values_i8,
         },
     ),
@@ -501,7 +501,7 @@ fn avx2_table() -> Table {
             scores: x86::avx2_attn_scores_f16,
             softmax: x86::avx2_softmax_unnorm,
             values: x86::avx2_attn_values_f16,
-            scores_i8: x86::avx2_attn_scores_i8,
+            scores_q16: crate::x86::attn_q16::avx2_attn_scores_q16,
             values_i8: x86::avx2_attn_values_i8,
         },
     );
@@ -544,6 +544,7 @@ fn avxvnni_table() -> Table {
     t.q4_1 = q8(Tier::AvxVnni, vnni::avxvnni_gemv_q4_1);
     t.q5_0 = q8(Tier::AvxVnni, vnni::avxvnni_gemv_q5_0);
     t.q5_1 = q8(Tier::AvxVnni, vnni::avxvnni_gemv_q5_1);
+    t.attn.1.scores_q16 = crate::x86::attn_q16::avxvnni_attn_scores_q16;
     t
 }
 
@@ -567,13 +568,14 @@ fn avx512_table(features: &CpuFeatures) -> Table {
     t.gemm_t2 = avx512::avx512_gemm_t2;
     t.gemm_tq2_0 = avx512::avx512_gemm_tq2_0;
     t.gemm_q4w = Some(crate::x86::q4w::avx512_gemm_q4w);
+    t.attn.1.scores_q16 = crate::x86::attn_q16::avx512_attn_scores_q16;
     t.attn_wide = Some((
         Tier::Avx512,
         Attn {
             scores: crate::x86::avx512_attn::avx512_attn_scores_f16,
             softmax: t.attn.1.softmax,
             values: crate::x86::avx512_attn::avx512_attn_values_f16,
-            scores_i8: crate::x86::avx512_attn::avx512_attn_scores_i8,
+            scores_q16: crate::x86::attn_q16::avx512_attn_scores_q16,
             values_i8: crate::x86::avx512_attn::avx512_attn_values_i8,
         },
     ));
@@ -595,7 +597,7 @@ fn neon_table() -> Table {
             scores: arm::neon_attn_scores_f16,
             softmax: arm::neon_softmax_unnorm,
             values: arm::neon_attn_values_f16,
-            scores_i8: arm::neon_attn_scores_i8,
+            scores_q16: arm::neon_attn_scores_q16,
             values_i8: arm::neon_attn_values_i8,
         },
     );
@@ -904,18 +906,11 @@ impl Kernels {
         unsafe { (self.table.attn.1.values)(weights, values, hd, out) }
     }
 
-    /// [`scalar::attn_scores_i8`]: [`Kernels::attn_scores_f16`] against int8 keys (their row
-    /// scales left to the caller). Panics on bad shapes.
-    pub fn attn_scores_i8(
-        &self,
-        q: &[f32],
-        keys: &[i8],
-        hd: usize,
-        scale: f32,
-        scores: &mut [f32],
-    ) {
+    /// [`scalar::attn_scores_q16`]: exact i32 scores `[g, n]` of int16 queries `[g, hd]`
+    /// against int8 keys `[n, hd]` (the scales are the caller's). Panics on bad shapes.
+    pub fn attn_scores_q16(&self, q: &[i16], keys: &[i8], hd: usize, scores: &mut [i32]) {
         // SAFETY: table invariant (module docs).
-        unsafe { (self.table.attn.1.scores_i8)(q, keys, hd, scale, scores) }
+        unsafe { (self.table.attn.1.scores_q16)(q, keys, hd, scores) }
     }
 
     /// [`scalar::attn_values_i8`]: [`Kernels::attn_values_f16`] over int8 values (their row

@@ -1,5 +1,5 @@
 //! Tests of the attention kernels over an f16 or int8 KV cache (`attn_scores_f16`,
-//! `softmax_unnorm`, `attn_values_f16`, `attn_scores_i8`, `attn_values_i8`) of every tier this
+//! `softmax_unnorm`, `attn_values_f16`, `attn_scores_q16`, `attn_values_i8`) of every tier this
 //! machine can run against the scalar specification, on random shapes with tails in every
 //! dimension, and of the specification itself against f64; and of `swiglu`, which shares the
 //! SIMD `exp`.
@@ -229,35 +229,78 @@ fn int8_rows(rng: &mut Rng, n: usize) -> Vec<i8> {
         .collect()
 }
 
+/// One integer scores case: heads, head size, positions, queries, keys.
+type Q16Case = (usize, usize, usize, Vec<i16>, Vec<i8>);
+
+/// The integer scores of every tier equal the specification's, and the specification equals
+/// a plain i64 sum; on random shapes with any i16 queries and i8 keys, and with every key at
+/// -128 and every query at -32768 or 32767 at the largest head dimension (the largest sums).
 #[test]
-fn int8_scores_within_tolerance() {
+fn int8_scores_are_exact() {
     let mut rng = Rng::new(11);
-    for (g, hd, n) in shapes(&mut rng) {
-        let q = normal(&mut rng, g * hd, 1.0);
-        let keys = int8_rows(&mut rng, n * hd);
-        let scale = 1.0 / (hd as f32).sqrt();
-        let mut want = vec![f32::NAN; g * n];
-        scalar::attn_scores_i8(&q, &keys, hd, scale, &mut want);
-        for k in tiers() {
-            let mut got = vec![f32::NAN; g * n];
-            k.attn_scores_i8(&q, &keys, hd, scale, &mut got);
-            for h in 0..g {
-                for t in 0..n {
-                    let abs: f32 = (0..hd)
-                        .map(|i| (q[h * hd + i] * keys[t * hd + i] as f32).abs())
-                        .sum();
-                    let tol = sum_order_tol(hd, abs) * scale;
-                    let (a, b) = (got[h * n + t], want[h * n + t]);
-                    assert!(
-                        (a - b).abs() <= tol,
-                        "attn_scores_i8 tier {}: g={g} hd={hd} n={n}: head {h} position {t}: \
-                         {a} vs spec {b} (tolerance {tol})",
-                        k.tier()
-                    );
-                }
+    let mut cases: Vec<Q16Case> = shapes(&mut rng)
+        .into_iter()
+        .map(|(g, hd, n)| {
+            let q = (0..g * hd)
+                .map(|_| (rng.below(65536) as i32 - 32768) as i16)
+                .collect();
+            (g, hd, n, q, int8_rows(&mut rng, n * hd))
+        })
+        .collect();
+    let hd = scalar::Q16_MAX_HD;
+    for (g, n, v) in [(3, 9, i16::MIN), (2, 5, i16::MAX)] {
+        cases.push((g, hd, n, vec![v; g * hd], vec![-128; n * hd]));
+    }
+    for (g, hd, n, q, keys) in cases {
+        let mut want = vec![i32::MIN; g * n];
+        scalar::attn_scores_q16(&q, &keys, hd, &mut want);
+        for h in 0..g {
+            for t in 0..n {
+                let sum: i64 = (0..hd)
+                    .map(|i| i64::from(q[h * hd + i]) * i64::from(keys[t * hd + i]))
+                    .sum();
+                assert_eq!(i64::from(want[h * n + t]), sum, "spec g={g} hd={hd} n={n}");
             }
         }
+        for k in tiers() {
+            let mut got = vec![i32::MIN; g * n];
+            k.attn_scores_q16(&q, &keys, hd, &mut got);
+            assert_eq!(
+                got,
+                want,
+                "attn_scores_q16 tier {}: g={g} hd={hd} n={n}",
+                k.attn_tier()
+            );
+        }
     }
+}
+
+#[test]
+#[should_panic(expected = "head dimension 512 above 511")]
+fn int8_scores_refuse_a_head_dimension_that_could_overflow() {
+    scalar::attn_scores_q16(&[0; 512], &[0; 512], 512, &mut [0; 1]);
+}
+
+/// Queries enter the integer scores within half a step of 1/32767 of their row's largest
+/// magnitude, and a row of zeros stays zero with scale 0.
+#[test]
+fn query_rows_round_to_int16() {
+    let mut rng = Rng::new(13);
+    let x = normal(&mut rng, 128, 3.0);
+    let mut q = vec![0i16; 128];
+    let d = scalar::quantize_row_i16(&x, &mut q);
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert_eq!(d, amax / 32767.0);
+    assert!(q.iter().any(|&v| v.abs() == 32767));
+    for (a, &b) in x.iter().zip(&q) {
+        assert!(
+            (a - d * f32::from(b)).abs() <= 0.5 * d * 1.001,
+            "{a} came back as {}",
+            d * f32::from(b)
+        );
+    }
+    assert_eq!(scalar::quantize_row_i16(&[0.0; 4], &mut q[..4]), 0.0);
+    assert_eq!(&q[..4], &[0; 4]);
 }
 
 #[test]

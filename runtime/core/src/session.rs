@@ -233,8 +233,10 @@ impl ArenaPlan {
         let f: usize = self.f32_sizes().iter().map(|&n| lines::<f32>(n)).sum();
         let groups = self.act_values() / ACT_GROUP;
         let acts = lines::<i8>(self.act_values()) + lines::<f32>(groups) + lines::<i32>(groups);
+        // The int16 query of one token and its heads' scales (attention over an int8 cache).
+        let q16 = lines::<i16>(self.q_dim) + lines::<f32>(self.n_heads);
         // Two activation sets (value and residual) and the residual's f32 scratch.
-        (f + 2 * acts + lines::<f32>(self.act_values())) * 64 + self.kv_bytes()
+        (f + 2 * acts + lines::<f32>(self.act_values()) + q16) * 64 + self.kv_bytes()
     }
 }
 
@@ -276,6 +278,10 @@ struct Bufs<'s> {
     resid_acts: ActsQ8Mut<'s>,
     /// The residual x - dequantized(x), [nb, max_cols].
     resid: &'s mut [f32],
+    /// One token's queries as int16 rows ([`scalar::quantize_row_i16`] per head), [q_dim], and
+    /// their scales, [n_heads]: attention over an int8 cache.
+    q16: &'s mut [i16],
+    q16_d: &'s mut [f32],
 }
 
 /// The KV cache: keys and values, [n_layers, n_kv_heads, context, head_dim] each, so the rows of
@@ -391,6 +397,8 @@ impl<'s> Bufs<'s> {
             sums: take(&mut rest, groups),
         };
         let resid = take(&mut rest, plan.act_values());
+        let q16 = take(&mut rest, plan.q_dim);
+        let q16_d = take(&mut rest, plan.n_heads);
         Bufs {
             x,
             xb,
@@ -411,6 +419,8 @@ impl<'s> Bufs<'s> {
             acts,
             resid_acts,
             resid,
+            q16,
+            q16_d,
         }
     }
 }
@@ -747,12 +757,22 @@ impl<'m, 'a> Session<'m, 'a> {
                         ks,
                         vs,
                     } => {
+                        // The queries enter the integer scores as int16 rows, one scale per head.
+                        for ((qh, q16h), d) in qt
+                            .chunks_exact(hd)
+                            .zip(b.q16.chunks_exact_mut(hd))
+                            .zip(b.q16_d.iter_mut())
+                        {
+                            *d = scalar::quantize_row_i16(qh, q16h);
+                        }
                         let rows = layer_kv.start / hd..layer_kv.end / hd;
                         FastCache::Int8 {
                             k: &kc[layer_kv.clone()],
                             v: &vc[layer_kv.clone()],
                             ks: &ks[rows.clone()],
                             vs: &vs[rows],
+                            q: &*b.q16,
+                            qd: &*b.q16_d,
                         }
                     }
                 };
@@ -1097,6 +1117,9 @@ enum FastCache<'c> {
         v: &'c [i8],
         ks: &'c [f32],
         vs: &'c [f32],
+        /// The token's queries as int16 rows, [n_heads, head_dim], and their scales, [n_heads].
+        q: &'c [i16],
+        qd: &'c [f32],
     },
 }
 
@@ -1163,12 +1186,23 @@ fn attention_fast(
             let qg = &q[kvh * group * hd..(kvh + 1) * group * hd];
             match cache {
                 FastCache::F16(kc, _) => k.attn_scores_f16(qg, &kc[rows.clone()], hd, scale, sg),
-                FastCache::Int8 { k: kc, ks, .. } => {
-                    k.attn_scores_i8(qg, &kc[rows.clone()], hd, scale, sg);
-                    for row in sg.chunks_exact_mut(n) {
-                        row.iter_mut()
-                            .zip(&ks[at.clone()])
-                            .for_each(|(s, d)| *s *= d);
+                FastCache::Int8 {
+                    k: kc, ks, q, qd, ..
+                } => {
+                    // Exact i32 sums in the scores' place, then each scaled by its query
+                    // head's and key row's scales: `(isum * (dq * dk)) * scale`.
+                    let heads = kvh * group..(kvh + 1) * group;
+                    let isums: &mut [i32] = bytemuck::cast_slice_mut(sg);
+                    k.attn_scores_q16(
+                        &q[heads.start * hd..heads.end * hd],
+                        &kc[rows.clone()],
+                        hd,
+                        isums,
+                    );
+                    for (row, &dq) in sg.chunks_exact_mut(n).zip(&qd[heads]) {
+                        row.iter_mut().zip(&ks[at.clone()]).for_each(|(s, &dk)| {
+                            *s = (s.to_bits() as i32 as f32 * (dq * dk)) * scale;
+                        });
                     }
                 }
             }

@@ -212,18 +212,6 @@ pub unsafe fn neon_attn_scores_f16(
     unsafe { scores::<2>(q, keys.as_ptr().cast(), gn, hd, scale, out) }
 }
 
-/// NEON [`crate::scalar::attn_scores_i8`] (float tolerance).
-///
-/// # Safety
-///
-/// The CPU must have NEON.
-#[target_feature(enable = "neon")]
-pub unsafe fn neon_attn_scores_i8(q: &[f32], keys: &[i8], hd: usize, scale: f32, out: &mut [f32]) {
-    let gn = check_scores(q, keys.len(), hd, out);
-    // SAFETY: shapes checked; same features.
-    unsafe { scores::<1>(q, keys.as_ptr().cast(), gn, hd, scale, out) }
-}
-
 /// `e^x` lane by lane (module docs); 0 below -87.3.
 #[inline]
 #[target_feature(enable = "neon")]

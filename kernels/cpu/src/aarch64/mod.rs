@@ -37,6 +37,7 @@ pub(crate) fn f16_to_f32(h: u16) -> f32 {
 }
 
 pub mod attn;
+pub mod attn_q16;
 pub mod float;
 pub mod kquants;
 pub mod legacy;
@@ -44,5 +45,6 @@ pub mod q4w;
 pub mod ternary;
 
 pub use attn::*;
+pub use attn_q16::*;
 pub use float::*;
 pub use legacy::*;

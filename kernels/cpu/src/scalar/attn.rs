@@ -8,7 +8,9 @@
 //! - `keys`, `values`: the cached rows of one KV head, `[n, hd]` f16 bits (IEEE binary16) or int8
 //!   (an int8 cache keeps one scale per row, applied by the caller: scores times the key scale,
 //!   weights times the value scale, see [`quantize_row_i8`]);
-//! - `scores` / `weights`: `[g, n]` f32, one row per query head;
+//! - `scores` / `weights`: `[g, n]` f32, one row per query head; against an int8 cache the
+//!   queries are int16 rows with one scale each ([`quantize_row_i16`]) and the scores exact i32
+//!   sums ([`attn_scores_q16`]), which the caller scales;
 //! - `out`: `[g, hd]` f32.
 //!
 //! Specification of every sum: sequential, index 0 first, one rounding per multiply and one per
@@ -28,7 +30,7 @@ fn shape(q_len: usize, kv_len: usize, hd: usize, name: &str) -> (usize, usize) {
     (q_len / hd, kv_len / hd)
 }
 
-/// Checks the shapes of [`attn_scores_f16`] and [`attn_scores_i8`] (and their SIMD versions) for
+/// Checks the shapes of [`attn_scores_f16`] (and its SIMD versions) for
 /// `kv_len` cached values; returns `(g, n)`.
 pub(crate) fn check_scores(q: &[f32], kv_len: usize, hd: usize, scores: &[f32]) -> (usize, usize) {
     let (g, n) = shape(q.len(), kv_len, hd, "attn_scores");
@@ -111,9 +113,51 @@ pub fn attn_scores_f16(q: &[f32], keys: &[u16], hd: usize, scale: f32, out: &mut
     scores(q, keys, hd, scale, out, f16_bits_to_f32);
 }
 
-/// [`attn_scores_f16`] over int8 keys (their row scales left to the caller).
-pub fn attn_scores_i8(q: &[f32], keys: &[i8], hd: usize, scale: f32, out: &mut [f32]) {
-    scores(q, keys, hd, scale, out, |k| k as f32);
+/// Largest head dimension [`attn_scores_q16`] takes: `hd * 32768 * 128` stays below `i32::MAX`.
+pub const Q16_MAX_HD: usize = 511;
+
+/// Checks the shapes of [`attn_scores_q16`] (and its SIMD versions); returns `(g, n)`.
+pub(crate) fn check_scores_q16(
+    q: &[i16],
+    kv_len: usize,
+    hd: usize,
+    scores: &[i32],
+) -> (usize, usize) {
+    assert!(
+        hd <= Q16_MAX_HD,
+        "attn_scores_q16: head dimension {hd} above {Q16_MAX_HD}"
+    );
+    let (g, n) = shape(q.len(), kv_len, hd, "attn_scores_q16");
+    assert!(
+        Some(scores.len()) == g.checked_mul(n),
+        "attn_scores_q16: {g} heads x {n} positions need {} scores, got {}",
+        g.saturating_mul(n),
+        scores.len()
+    );
+    (g, n)
+}
+
+/// Integer attention scores of `g` int16 query heads against `n` int8 keys, exact:
+/// `scores[h * n + t] = Σ_i q[h * hd + i] * keys[t * hd + i]` in i32 (the queries' and the key
+/// rows' scales are the caller's, see [`quantize_row_i16`] and [`quantize_row_i8`]). Every SIMD
+/// version gives the same integers.
+///
+/// Panics unless `q` is `[g, hd]`, `keys` is `[n, hd]`, `scores` is `[g, n]` and `hd` is at most
+/// [`Q16_MAX_HD`].
+pub fn attn_scores_q16(q: &[i16], keys: &[i8], hd: usize, out: &mut [i32]) {
+    let (_, n) = check_scores_q16(q, keys.len(), hd, out);
+    if n == 0 {
+        return;
+    }
+    for (qh, row) in q.chunks_exact(hd).zip(out.chunks_exact_mut(n)) {
+        for (s, k) in row.iter_mut().zip(keys.chunks_exact(hd)) {
+            *s = qh
+                .iter()
+                .zip(k)
+                .map(|(&a, &b)| i32::from(a) * i32::from(b))
+                .sum();
+        }
+    }
 }
 
 /// The unnormalized softmax of a block of scores: `x[i] = exp(x[i] - m)` with `m = max x`, and
@@ -154,6 +198,20 @@ pub fn quantize_row_i8(src: &[f32], dst: &mut [i8]) -> f32 {
     let id = if d > 0.0 { 1.0 / d } else { 0.0 };
     for (q, &x) in dst.iter_mut().zip(src) {
         *q = libm::rintf(x * id).clamp(-127.0, 127.0) as i8;
+    }
+    d
+}
+
+/// How a query row enters [`attn_scores_q16`]: `d = max |x| / 32767`, `dst[i] = x[i] / d`
+/// rounded to nearest (ties to even; computed as `x[i] * (1 / d)`), and returns `d` (0 for a row
+/// of zeros, whose values are then 0). About 15 bits per value: far finer than the int8 keys.
+pub fn quantize_row_i16(src: &[f32], dst: &mut [i16]) -> f32 {
+    assert_eq!(src.len(), dst.len(), "quantize_row_i16: lengths differ");
+    let amax = src.iter().fold(0.0f32, |m, &x| m.max(libm::fabsf(x)));
+    let d = amax / 32767.0;
+    let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+    for (q, &x) in dst.iter_mut().zip(src) {
+        *q = libm::rintf(x * id).clamp(-32767.0, 32767.0) as i16;
     }
     d
 }

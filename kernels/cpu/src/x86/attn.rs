@@ -229,18 +229,6 @@ pub unsafe fn avx2_attn_scores_f16(
     unsafe { scores::<2>(q, keys.as_ptr().cast(), gn, hd, scale, out) }
 }
 
-/// AVX2 [`crate::scalar::attn_scores_i8`] (float tolerance).
-///
-/// # Safety
-///
-/// The CPU must have AVX2, FMA and F16C.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn avx2_attn_scores_i8(q: &[f32], keys: &[i8], hd: usize, scale: f32, out: &mut [f32]) {
-    let gn = check_scores(q, keys.len(), hd, out);
-    // SAFETY: shapes checked; same features.
-    unsafe { scores::<1>(q, keys.as_ptr().cast(), gn, hd, scale, out) }
-}
-
 /// `e^x` lane by lane (module docs); 0 below -87.3.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]

@@ -207,28 +207,6 @@ pub unsafe fn avx512_attn_scores_f16(
     unsafe { scores::<2>(q, keys.as_ptr().cast(), gn, hd, scale, out) }
 }
 
-/// AVX-512 [`crate::scalar::attn_scores_i8`] (float tolerance).
-///
-/// # Safety
-///
-/// The CPU must have the features of the `avx512` tier.
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn avx512_attn_scores_i8(
-    q: &[f32],
-    keys: &[i8],
-    hd: usize,
-    scale: f32,
-    out: &mut [f32],
-) {
-    if !hd.is_multiple_of(16) {
-        // SAFETY: the AVX2 features are part of this tier's.
-        return unsafe { super::attn::avx2_attn_scores_i8(q, keys, hd, scale, out) };
-    }
-    let gn = check_scores(q, keys.len(), hd, out);
-    // SAFETY: shapes checked; same features.
-    unsafe { scores::<1>(q, keys.as_ptr().cast(), gn, hd, scale, out) }
-}
-
 /// `out[h * hd + c]` for `H` heads and `16 * V` dimensions starting at the value column `v` and
 /// output column `out`: the weighted sum over all `n` positions.
 ///

@@ -7,6 +7,7 @@
 //! those of the `avx512` tier, which also need AVX-512 F, BW, VL and VNNI.
 
 pub mod attn;
+pub mod attn_q16;
 pub mod avx512;
 pub mod avx512_attn;
 pub mod float;
