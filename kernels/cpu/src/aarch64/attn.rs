@@ -269,8 +269,23 @@ pub unsafe fn neon_softmax_unnorm(x: &mut [f32]) -> (f32, f32) {
     }
     let max = x[i..].iter().fold(vmaxvq_f32(mv), |m, &v| m.max(v));
     let m4 = vdupq_n_f32(max);
-    let mut sv = vdupq_n_f32(0.0);
+    // Four vectors per pass: four independent `exp` chains (each about 20 dependent operations),
+    // which the in-order A53 interleaves only when the source does and which the out-of-order
+    // cores' schedulers otherwise fill with one chain's waiting instructions.
+    let mut s4 = [vdupq_n_f32(0.0); 4];
     let mut i = 0;
+    while i + 16 <= n {
+        for (j, s) in s4.iter_mut().enumerate() {
+            // SAFETY: `i + 16 <= n`.
+            unsafe {
+                let e = exp4(vsubq_f32(vld1q_f32(p.add(i + 4 * j)), m4));
+                vst1q_f32(p.add(i + 4 * j), e);
+                *s = vaddq_f32(*s, e);
+            }
+        }
+        i += 16;
+    }
+    let mut sv = vaddq_f32(vaddq_f32(s4[0], s4[1]), vaddq_f32(s4[2], s4[3]));
     while i + 4 <= n {
         // SAFETY: `i + 4 <= n`.
         unsafe {
