@@ -81,6 +81,9 @@ pub enum SessionError {
     BadToken { token: u32, vocab_size: usize },
     /// The requested context is zero or too large to size.
     BadContext { requested: usize },
+    /// An int8 KV cache for a model whose head dimension its integer attention scores do not take
+    /// ([`scalar::Q16_MAX_HD`]).
+    Int8HeadDim { head_dim: usize },
 }
 
 impl core::fmt::Display for SessionError {
@@ -99,6 +102,14 @@ impl core::fmt::Display for SessionError {
                 write!(
                     f,
                     "context length {requested} must be between 1 and 1048576"
+                )
+            }
+            SessionError::Int8HeadDim { head_dim } => {
+                write!(
+                    f,
+                    "an int8 KV cache takes head dimensions up to {}, and this model's is \
+                     {head_dim}: use the f16 cache",
+                    scalar::Q16_MAX_HD
                 )
             }
         }
@@ -528,6 +539,7 @@ impl<'m, 'a> Session<'m, 'a> {
             });
         }
         let plan = ArenaPlan::new(&model.config, options.context, options.path).with_kv(kv);
+        check_kv(plan.kv_type(), model.config.head_dim)?;
         let mut arena = Arena::zeroed(plan.bytes() / 64);
         advise(bytemuck::cast_slice_mut(arena.lines()));
         prefault(arena.lines());
@@ -1054,6 +1066,16 @@ fn rope(h: &mut [f32], cos: &[f32], sin: &[f32], style: RopeStyle) {
     }
 }
 
+/// Refuses a KV cache type the attention kernels cannot run at this head dimension: the int8
+/// cache's exact integer scores ([`scalar::attn_scores_q16`]) take at most
+/// [`scalar::Q16_MAX_HD`] values per head.
+fn check_kv(kv: KvType, head_dim: usize) -> Result<(), SessionError> {
+    if kv == KvType::Int8 && head_dim > scalar::Q16_MAX_HD {
+        return Err(SessionError::Int8HeadDim { head_dim });
+    }
+    Ok(())
+}
+
 /// Workers that share the attention of one token (by position ranges) on the fast path: the arena
 /// holds one partial result per worker. More threads than this leave the rest idle in attention.
 const ATTN_SPLITS: usize = 16;
@@ -1246,5 +1268,23 @@ fn attention_fast(
         }
         let inv = 1.0 / l;
         oh.iter_mut().for_each(|v| *v *= inv);
+    }
+}
+
+#[cfg(test)]
+mod kv_tests {
+    use super::*;
+    use alloc::string::ToString;
+
+    #[test]
+    fn an_int8_cache_is_refused_beyond_the_integer_scores_head_dimension() {
+        let max = scalar::Q16_MAX_HD;
+        assert!(check_kv(KvType::Int8, 64).is_ok());
+        assert!(check_kv(KvType::Int8, max).is_ok());
+        let e = check_kv(KvType::Int8, max + 1).unwrap_err();
+        assert_eq!(e, SessionError::Int8HeadDim { head_dim: max + 1 });
+        assert!(e.to_string().contains("f16 cache"), "{e}");
+        assert!(check_kv(KvType::F16, 1024).is_ok());
+        assert!(check_kv(KvType::F32, 1024).is_ok());
     }
 }
