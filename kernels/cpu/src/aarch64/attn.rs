@@ -1,6 +1,7 @@
 //! NEON attention kernels over an f16 or int8 KV cache: [`crate::scalar::attn`] with ARMv8.0
 //! `fcvtl` conversions (or int8 widening), FMA sums and a polynomial `exp`; the same tiles as the
-//! AVX2 version on 4-lane vectors, written once for both element types (`E` bytes per value).
+//! AVX2 version on 4-lane vectors, written once for both element types (`E` bytes per value);
+//! the scores against an int8 cache are integer sums, in [`super::attn_q16`].
 //!
 //! `fcvtl`/`fcvtl2` (f16 to f32) are base Advanced SIMD instructions, but their intrinsics take
 //! the unstable `float16x4_t` type, so they are emitted with `asm!`. `exp` is the Cephes

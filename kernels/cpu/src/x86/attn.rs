@@ -1,6 +1,7 @@
 //! AVX2 attention kernels over an f16 or int8 KV cache: [`crate::scalar::attn`] with F16C (or
 //! int8 widening) conversions, FMA sums and a polynomial `exp`. The tiles are written once for
-//! both element types: `E` is the bytes per cached value (2: f16 bits, 1: int8).
+//! both element types: `E` is the bytes per cached value (2: f16 bits, 1: int8); the scores
+//! against an int8 cache are integer sums, in [`super::attn_q16`].
 //!
 //! Scores: a tile of up to 3 query heads x 4 positions keeps 12 accumulators in registers, so each
 //! key row is converted once for all heads of its group; four accumulators reduce together into

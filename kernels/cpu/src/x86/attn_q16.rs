@@ -10,7 +10,7 @@
 //!
 //! Four accumulators reduce together (`vphaddd`) into four scores. Dimension tails (head sizes
 //! that are not a multiple of 16) and position tails run in scalar code. Key rows are prefetched
-//! [`KV_AHEAD`] positions on, as in the float kernels.
+//! `KV_AHEAD` positions on, as in the float kernels.
 
 use core::arch::x86_64::*;
 

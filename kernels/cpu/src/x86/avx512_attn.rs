@@ -2,7 +2,8 @@
 //! ([`super::attn`]) with 16 lanes. Scores of up to 3 query heads x 4 positions in 12
 //! accumulators, each key row converted once for the group; weighted values of up to 3 heads x 64
 //! dimensions, each value row converted once per tile. Head sizes that are not a multiple of 16
-//! run the AVX2 kernels. `E` is the bytes per cached value (2: f16, 1: int8).
+//! run the AVX2 kernels. `E` is the bytes per cached value (2: f16, 1: int8); the scores against
+//! an int8 cache are integer sums, in [`super::attn_q16`].
 //!
 //! In cache they are about twice as fast as the AVX2 ones (values) and 1.2x (scores), but a core
 //! that runs 512-bit multiply-adds lowers its clock for a while: a decode whose gemvs are all
