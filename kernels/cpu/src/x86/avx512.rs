@@ -27,8 +27,8 @@ use core::arch::x86_64::*;
 use core::mem::MaybeUninit;
 
 use super::ternary::{
-    launder, load_window_tq1, reduce8, Tq1Window, Window, GEMM_PANEL, GEMM_ROWS, GEMM_SUB,
-    GEMM_TOKENS, PREFETCH_PASSES, ROWS, T2, TQ1_PANEL, TQ2_0, WIN,
+    launder, load_window_tq1, reduce8, Tq1Window, Window, GEMM_PANEL, GEMM_ROWS, GEMM_TOKENS,
+    PREFETCH_PASSES, ROWS, T2, TQ1_PANEL, TQ2_0, WIN,
 };
 use super::vnni::{window, PanelBuf, Panels, PANEL};
 use crate::acts::ActsQ8;
@@ -543,6 +543,11 @@ unsafe fn codes_tq2_grouped2(a: *const u8, b: *const u8) -> [__m512i; 4] {
     })
 }
 
+/// Tokens per inner pass of the 512-bit gemms (running sums in registers): each window of two
+/// rows is unpacked once for all eight, which the 32 vector registers of AVX-512 hold (the
+/// 256-bit tiers, with 16, take four).
+pub(crate) const GEMM_SUB: usize = GEMM_TOKENS;
+
 /// The shared 512-bit gemm driver for T2 and TQ2_0: the AVX-VNNI gemm's blocking (tokens
 /// [`GEMM_TOKENS`] at a time with their window operands in a stack buffer, rows
 /// [`GEMM_ROWS`] at a time, [`GEMM_SUB`] tokens' running sums in registers) with the gemv's
@@ -601,7 +606,7 @@ unsafe fn gemm_ternary<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out:
                     // Rows `r0 + 2 pr` and the next one (the last row again past the end: its
                     // results are dropped).
                     let [pa, pb]: [*const u8; 2] = super::row_ptrs(w, r0 + 2 * pr, last, row_bytes);
-                    // Four tokens at a time, their running sums in registers (a short last group
+                    // Eight tokens at a time, their running sums in registers (a short last group
                     // computes stale buffer entries whose sums are never written out).
                     for s0 in (0..tn).step_by(GEMM_SUB) {
                         let mut a: [__m512; GEMM_SUB] = core::array::from_fn(|u| acc_p[s0 + u]);

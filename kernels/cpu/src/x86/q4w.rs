@@ -342,18 +342,18 @@ pub unsafe fn avx512_gemv_q4w(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
 
 /// Tokens per block of the gemm (their block operands live in a stack buffer).
 const GEMM_TOKENS: usize = 8;
-/// Tokens per inner pass of the gemm (running sums in registers).
-const GEMM_SUB: usize = 4;
 /// Rows per block of the gemm (their running sums live in a stack buffer).
 const GEMM_ROWS: usize = 32;
 /// Blocks per column panel of the gemm (1024 columns).
 const GEMM_PANEL: usize = 16;
+const _: () = assert!(GEMM_TOKENS.is_multiple_of(super::avx512::GEMM_SUB));
 
 /// AVX-512 gemm of Q4W ([`crate::scalar::ternary`]'s gemm contract: `nb` token rows of
 /// activations, `out[t * rows + r]`), bit-exact with one [`avx512_gemv_q4w`] per token: tokens
 /// eight at a time with their block operands in a stack buffer, rows 32 at a time, two rows per
 /// vector; each block of two rows is unpacked once (codes and scales) and multiplied with the
-/// operands of four tokens at a time, broadcast to both halves, their running sums in registers.
+/// operands of eight tokens at a time ([`super::avx512::GEMM_SUB`]), broadcast to both halves,
+/// their running sums in registers.
 ///
 /// # Safety
 ///
@@ -411,10 +411,11 @@ pub unsafe fn avx512_gemm_q4w(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut 
                     // Rows `r0 + 2 pr` and the next (the last row again past the end: its
                     // results are dropped).
                     let [pa, pb]: [*const u8; 2] = super::row_ptrs(w, r0 + 2 * pr, last, row_bytes);
-                    for s0 in (0..tn).step_by(GEMM_SUB) {
+                    for s0 in (0..tn).step_by(super::avx512::GEMM_SUB) {
                         // A short last group computes stale buffer entries whose sums are never
                         // written out.
-                        let mut a: [__m512; GEMM_SUB] = core::array::from_fn(|u| acc_p[s0 + u]);
+                        let mut a: [__m512; super::avx512::GEMM_SUB] =
+                            core::array::from_fn(|u| acc_p[s0 + u]);
                         #[allow(clippy::needless_range_loop)]
                         for j in 0..bn {
                             let off = (b0 + j) * Q4W_BYTES;
@@ -447,7 +448,7 @@ pub unsafe fn avx512_gemm_q4w(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut 
                                 *au = _mm512_add_ps(*au, t);
                             }
                         }
-                        acc_p[s0..s0 + GEMM_SUB].copy_from_slice(&a);
+                        acc_p[s0..s0 + super::avx512::GEMM_SUB].copy_from_slice(&a);
                     }
                 }
             }
