@@ -746,9 +746,11 @@ impl Kernels {
         }
     }
 
-    /// Whether [`Self::gemm`] of `ty` unpacks each weight once for several tokens (T2 and
-    /// TQ2_0, Q4_0, Q4_1 and Q8_0 on the `avx-vnni` kernels, Q4W on the `avx512` ones); for every
-    /// other type it is one [`Self::gemv`] per token.
+    /// Whether [`Self::gemm`] of `ty` is a kernel of its own, worth calling on tiles of rows for
+    /// several tokens: T2 and TQ2_0 (each weight unpacked once for several tokens, except NEON's
+    /// T2, which runs its gemv per token on the tile), Q4_0, Q4_1 and Q8_0 on the `avx-vnni`
+    /// kernels, Q4W on the `avx512` ones; for every other type it is one [`Self::gemv`] per
+    /// token.
     pub fn gemm_batches(&self, ty: GgmlType) -> bool {
         self.batched_gemm(ty).is_some()
     }
