@@ -8,7 +8,9 @@
 //! exactly those of the kernel call (its dispatch included). Each block is then given to
 //! `llvm-mca` with the LLVM scheduling model of the board's core, which says how many cycles one
 //! pass of it takes in a steady loop; the sum over blocks of runs x cycles is the call's
-//! predicted time, reported per multiply-accumulate and per byte of weights.
+//! predicted time, reported per multiply-accumulate and per byte of weights. qemu ends a block at
+//! each 4 KiB page boundary; the halves of a loop body split that way are joined again
+//! ([`join_page_splits`]), so the figures do not depend on where the linker put a kernel.
 //!
 //! It is a model, not a measurement: the caches are assumed to hit (so it is the compute-bound
 //! time; memory bandwidth is the other bound), a block is modelled as if it looped on itself, and
@@ -202,7 +204,8 @@ fn trace(exe: &Path, cpu: &str, args: &[String]) -> Result<Trace> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    let (blocks, runs, symbols) = read?;
+    let (mut blocks, mut runs, symbols) = read?;
+    join_page_splits(&mut blocks, &mut runs);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let words: Vec<&str> = stdout.split_whitespace().collect();
     let printed = words
@@ -299,6 +302,32 @@ fn read_log(mut log: impl BufRead, begin: &str, end: &str) -> Result<Blocks> {
         bail!("block {pc:#x} ran but qemu never listed its instructions");
     }
     Ok((blocks, runs, symbols))
+}
+
+/// qemu ends a translated block at a 4 KiB page boundary, so a loop whose body crosses one is
+/// listed as two blocks, and llvm-mca would then model each half as a loop of its own (a
+/// kernel's modelled time moved by up to half with where the linker put it). A block that ends
+/// exactly at a page boundary is joined with the block that starts there when both ran the same
+/// number of times (one body, entered at its top); chains of such splits join into one.
+fn join_page_splits(blocks: &mut HashMap<u64, Vec<u32>>, runs: &mut HashMap<u64, u64>) {
+    const PAGE: u64 = 4096;
+    let mut starts: Vec<u64> = runs.keys().copied().collect();
+    starts.sort_unstable();
+    // Walk from the highest address down so that a chain collects into its first block.
+    for &pc in starts.iter().rev() {
+        let Some(len) = blocks.get(&pc).map(Vec::len) else {
+            continue;
+        };
+        let end = pc + 4 * len as u64;
+        if !end.is_multiple_of(PAGE) || runs.get(&end) != runs.get(&pc) {
+            continue;
+        }
+        let Some(next) = blocks.remove(&end) else {
+            continue;
+        };
+        runs.remove(&end);
+        blocks.get_mut(&pc).expect("listed above").extend(next);
+    }
 }
 
 /// The instruction set extensions the blocks may use (the dot-product tier's `sdot`).
@@ -632,5 +661,42 @@ Trace 0: 0x7f20 [00000000/0000005500000300/00000001/00000200] kernel
         let unlisted =
             "Trace 0: 0x1 [0/10/0/0] b\nTrace 0: 0x1 [0/20/0/0] k\nTrace 0: 0x1 [0/30/0/0] e\n";
         assert!(read_log(unlisted.as_bytes(), "b", "e").is_err());
+    }
+
+    /// A loop body split by a page boundary is joined; a block ending elsewhere, or one whose
+    /// follower ran a different number of times, is left alone.
+    #[test]
+    fn blocks_split_at_a_page_boundary_are_joined() {
+        let mut blocks = HashMap::from([
+            (0x1ff8, vec![1, 2]),
+            (0x2000, vec![3]),
+            (0x2004, vec![4]),
+            (0x2ffc, vec![5]),
+            (0x3000, vec![6]),
+            (0x3ffc, vec![7]),
+            (0x4000, vec![8]),
+            (0x4ffc, vec![9]),
+            (0x5000, vec![10]),
+        ]);
+        let mut runs = HashMap::from([
+            (0x1ff8, 10),
+            (0x2000, 10),
+            (0x2004, 10),
+            (0x2ffc, 3),
+            (0x3000, 4),
+            (0x3ffc, 7),
+            (0x4000, 7),
+            (0x4ffc, 7),
+            (0x5000, 7),
+        ]);
+        join_page_splits(&mut blocks, &mut runs);
+        assert_eq!(blocks[&0x1ff8], vec![1, 2, 3]);
+        assert!(!blocks.contains_key(&0x2000) && !runs.contains_key(&0x2000));
+        assert_eq!(blocks[&0x2004], vec![4]);
+        assert_eq!((blocks[&0x2ffc].len(), blocks[&0x3000].len()), (1, 1));
+        // 0x3ffc runs into 0x4000, which ends before the next page: one join only.
+        assert_eq!(blocks[&0x3ffc], vec![7, 8]);
+        assert_eq!(blocks[&0x4ffc], vec![9, 10]);
+        assert_eq!(runs.len(), 6);
     }
 }
