@@ -618,6 +618,9 @@ fn neon_table() -> Table {
     t.tq2_0 = q8(Tier::Neon, arm::ternary::neon_gemv_tq2_0);
     t.gemm_t2 = arm::ternary::neon_gemm_t2;
     t.gemm_tq2_0 = arm::ternary::neon_gemm_tq2_0;
+    t.gemm_q4_0 = Some(arm::legacy::neon_gemm_q4_0);
+    t.gemm_q4_1 = Some(arm::legacy::neon_gemm_q4_1);
+    t.gemm_q8_0 = Some(arm::legacy::neon_gemm_q8_0);
     t
 }
 
@@ -640,6 +643,9 @@ fn dotprod_table() -> Table {
     t.tq2_0 = q8(Tier::NeonDotprod, arm::ternary::neon_dotprod_gemv_tq2_0);
     t.gemm_t2 = arm::ternary::neon_dotprod_gemm_t2;
     t.gemm_tq2_0 = arm::ternary::neon_dotprod_gemm_tq2_0;
+    t.gemm_q4_0 = Some(arm::legacy::neon_dotprod_gemm_q4_0);
+    t.gemm_q4_1 = Some(arm::legacy::neon_dotprod_gemm_q4_1);
+    t.gemm_q8_0 = Some(arm::legacy::neon_dotprod_gemm_q8_0);
     t
 }
 
@@ -749,8 +755,8 @@ impl Kernels {
     /// Whether [`Self::gemm`] of `ty` is a kernel of its own, worth calling on tiles of rows for
     /// several tokens: T2 and TQ2_0 (each weight unpacked once for several tokens, except NEON's
     /// T2, which runs its gemv per token on the tile), Q4_0, Q4_1 and Q8_0 on the `avx-vnni`
-    /// kernels, Q4W on the `avx512` ones; for every other type it is one [`Self::gemv`] per
-    /// token.
+    /// and NEON kernels, Q4W on the `avx512` ones; for every other type it is one
+    /// [`Self::gemv`] per token.
     pub fn gemm_batches(&self, ty: GgmlType) -> bool {
         self.batched_gemm(ty).is_some()
     }
@@ -771,7 +777,8 @@ impl Kernels {
     /// [`Self::gemv`] for `nb` tokens: `x` holds `nb` rows of `n` values and `acts` their
     /// quantizations (`nb * n` values; may be empty for float types), `out` holds `nb` rows of
     /// results, `out[t * rows + r]`. Every result has the bits [`Self::gemv`] gives for its token;
-    /// T2 and TQ2_0 (and Q4_0, Q4_1, Q8_0 on the `avx-vnni` kernels, see [`Self::gemm_batches`])
+    /// T2 and TQ2_0 (and Q4_0, Q4_1, Q8_0 on the `avx-vnni` and NEON kernels, Q4W on the
+    /// `avx512` ones, see [`Self::gemm_batches`])
     /// unpack each weight once for several tokens, other types run one gemv per token. Panics
     /// like [`Self::gemv`].
     pub fn gemm(

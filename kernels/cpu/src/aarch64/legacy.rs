@@ -12,6 +12,11 @@
 //! block term and the running sum are the specification's operations in its order, lane by lane.
 //! Q5_0's and Q5_1's fifth bits come from one 16-byte load of `qh`, spread over the lanes by two
 //! `tbl` and picked out per lane by a test (Q5_0, which takes its `- 16` there too) or a shift.
+//!
+//! gemm (prefill; Q4_0, Q4_1, Q8_0): the same passes of four rows, each block's weights and
+//! scales unpacked once for two tokens, each token with its own running sums and the gemv's
+//! operations in the gemv's order. Two tokens, not four: with four, the registers did not hold
+//! the four rows' weights and the tokens' sums, and the modelled cycles went up on some cores.
 
 use core::arch::aarch64::*;
 
@@ -346,6 +351,153 @@ gemv_legacy! {
     ///
     /// The CPU must have NEON and the dot-product extension.
     neon_dotprod_gemv_q8_0, Q8_0, "neon,dotprod", isums_dot
+}
+
+/// Defines the gemm of type `$k` (features `$feat`, block sums `$isums`): the gemv's passes of
+/// four rows, each block's weights and scales unpacked once and multiplied with the activations
+/// of [`GEMM_TOKENS`] tokens, each with its own running sums; per token the operations and their
+/// order are the gemv's, so every result has its bits (a short last group of tokens repeats its
+/// last token and drops the extra results).
+macro_rules! gemm_legacy {
+    ($(#[$doc:meta])* $name:ident, $k:expr, $feat:literal, $isums:ident, $tokens:expr) => {
+        $(#[$doc])*
+        #[target_feature(enable = $feat)]
+        pub unsafe fn $name(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f32]) {
+            use crate::scalar::ternary::{check_gemm, token_acts};
+            const K: u8 = $k;
+            const GEMM_TOKENS: usize = $tokens;
+            let bb = block_bytes(K);
+            let (cols, rows) = check_gemm(acts, nb, out.len(), type_name(K));
+            let mut shape = (0, 0);
+            for t in 0..nb {
+                shape = check_gemv(w, &token_acts(acts, cols, t), rows, bb, type_name(K));
+            }
+            let (nblk, row_bytes) = shape;
+            if rows == 0 || row_bytes == 0 {
+                out.fill(0.0);
+                return;
+            }
+            let base = w.as_ptr();
+            for t0 in (0..nb).step_by(GEMM_TOKENS) {
+                let tn = (nb - t0).min(GEMM_TOKENS);
+                let at: [ActsQ8<'_>; GEMM_TOKENS] =
+                    core::array::from_fn(|t| token_acts(acts, cols, (t0 + t).min(nb - 1)));
+                let mut r = 0;
+                while r < rows {
+                    // Rows `r .. r + 4` (the last row again past the end: its results are
+                    // dropped); `wrapping_add` stays inside `w`.
+                    let p: [*const u8; R] = core::array::from_fn(|i| {
+                        base.wrapping_add((r + i).min(rows - 1) * row_bytes)
+                    });
+                    let mut acc = [vdupq_n_f32(0.0); GEMM_TOKENS];
+                    for b in 0..nblk {
+                        let off = b * bb;
+                        // SAFETY: block `b` of each row is inside `w` (shape check), and starts
+                        // with its scales.
+                        let (wts, (dw, mw)) = unsafe {
+                            (
+                                p.map(|q| block_weights::<K>(q.add(off))),
+                                if K == Q4_1 || K == Q5_1 {
+                                    f16x4_pairs(&p, off)
+                                } else {
+                                    (f16x4(&p, off), vdupq_n_f32(0.0))
+                                },
+                            )
+                        };
+                        // Each token's offset term first (same operations, same bits): in this
+                        // order the four rows' `mw` is not held across the products.
+                        let offs: [float32x4_t; GEMM_TOKENS] = core::array::from_fn(|t| {
+                            if K == Q4_1 || K == Q5_1 {
+                                let (d, s) = (at[t].d, at[t].sums);
+                                let f = d[2 * b] * s[2 * b] as f32 + d[2 * b + 1] * s[2 * b + 1] as f32;
+                                vmulq_n_f32(mw, f)
+                            } else {
+                                vdupq_n_f32(0.0)
+                            }
+                        });
+                        for ((acc_t, a_t), &o) in acc.iter_mut().zip(&at).zip(&offs) {
+                            let (da0, da1) = (a_t.d[2 * b], a_t.d[2 * b + 1]);
+                            let qa = a_t.qs.as_ptr();
+                            // SAFETY: block `b`'s 32 activations of the token exist (shape
+                            // check); the CPU has this function's features.
+                            let (i0, i1) = unsafe {
+                                $isums(wts, vld1q_s8(qa.add(b * QK)), vld1q_s8(qa.add(b * QK + QS)))
+                            };
+                            let mut t = vaddq_f32(
+                                vmulq_f32(vmulq_n_f32(dw, da0), vcvtq_f32_s32(i0)),
+                                vmulq_f32(vmulq_n_f32(dw, da1), vcvtq_f32_s32(i1)),
+                            );
+                            if K == Q4_1 || K == Q5_1 {
+                                t = vaddq_f32(t, o);
+                            }
+                            *acc_t = vaddq_f32(*acc_t, t);
+                        }
+                    }
+                    let n = (rows - r).min(R);
+                    for (t, acc_t) in acc.iter().enumerate().take(tn) {
+                        let mut v = [0f32; R];
+                        // SAFETY: `v` holds four f32.
+                        unsafe { vst1q_f32(v.as_mut_ptr(), *acc_t) };
+                        let o = (t0 + t) * rows + r;
+                        out[o..o + n].copy_from_slice(&v[..n]);
+                    }
+                    r += R;
+                }
+            }
+        }
+    };
+}
+
+gemm_legacy! {
+    /// NEON [`crate::scalar::gemv_q4_0`] for several tokens, bit-exact with one gemv per token.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have NEON.
+    neon_gemm_q4_0, Q4_0, "neon", isums_neon, 2
+}
+gemm_legacy! {
+    /// NEON [`crate::scalar::gemv_q4_1`] for several tokens, bit-exact with one gemv per token.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have NEON.
+    neon_gemm_q4_1, Q4_1, "neon", isums_neon, 2
+}
+gemm_legacy! {
+    /// NEON [`crate::scalar::gemv_q8_0`] for several tokens, bit-exact with one gemv per token.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have NEON.
+    neon_gemm_q8_0, Q8_0, "neon", isums_neon, 2
+}
+gemm_legacy! {
+    /// NEON + dot product [`crate::scalar::gemv_q4_0`] for several tokens, bit-exact with one
+    /// gemv per token.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have NEON and the dot-product extension.
+    neon_dotprod_gemm_q4_0, Q4_0, "neon,dotprod", isums_dot, 2
+}
+gemm_legacy! {
+    /// NEON + dot product [`crate::scalar::gemv_q4_1`] for several tokens, bit-exact with one
+    /// gemv per token.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have NEON and the dot-product extension.
+    neon_dotprod_gemm_q4_1, Q4_1, "neon,dotprod", isums_dot, 2
+}
+gemm_legacy! {
+    /// NEON + dot product [`crate::scalar::gemv_q8_0`] for several tokens, bit-exact with one
+    /// gemv per token.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have NEON and the dot-product extension.
+    neon_dotprod_gemm_q8_0, Q8_0, "neon,dotprod", isums_dot, 2
 }
 
 /// NEON [`crate::scalar::quantize_acts`], bit-exact: the same `amax / 127` per group of
