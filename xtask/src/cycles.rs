@@ -305,28 +305,40 @@ fn read_log(mut log: impl BufRead, begin: &str, end: &str) -> Result<Blocks> {
 }
 
 /// qemu ends a translated block at a 4 KiB page boundary, so a loop whose body crosses one is
-/// listed as two blocks, and llvm-mca would then model each half as a loop of its own (a
-/// kernel's modelled time moved by up to half with where the linker put it). A block that ends
-/// exactly at a page boundary is joined with the block that starts there when both ran the same
-/// number of times (one body, entered at its top); chains of such splits join into one.
+/// listed as two or more blocks, and llvm-mca would then model each part as a loop of its own (a
+/// kernel's modelled time moved by up to half with where the linker put it). The block that
+/// starts at a page boundary is appended to every block that ends there when their run counts
+/// add up to its own (every run of it followed one of them: the loop's block and the one that
+/// entered the loop from above, say), and dropped; a chain of such splits joins into one.
 fn join_page_splits(blocks: &mut HashMap<u64, Vec<u32>>, runs: &mut HashMap<u64, u64>) {
     const PAGE: u64 = 4096;
-    let mut starts: Vec<u64> = runs.keys().copied().collect();
-    starts.sort_unstable();
-    // Walk from the highest address down so that a chain collects into its first block.
-    for &pc in starts.iter().rev() {
-        let Some(len) = blocks.get(&pc).map(Vec::len) else {
-            continue;
-        };
-        let end = pc + 4 * len as u64;
-        if !end.is_multiple_of(PAGE) || runs.get(&end) != runs.get(&pc) {
+    let mut ending: HashMap<u64, Vec<u64>> = HashMap::new();
+    for (&pc, words) in blocks.iter() {
+        let end = pc + 4 * words.len() as u64;
+        if end.is_multiple_of(PAGE) && runs.contains_key(&pc) {
+            ending.entry(end).or_default().push(pc);
+        }
+    }
+    // From the highest boundary down, so that a block joined at one boundary is whole before it
+    // is appended at the one below.
+    let mut bounds: Vec<u64> = ending.keys().copied().collect();
+    bounds.sort_unstable_by(|a, b| b.cmp(a));
+    for end in bounds {
+        let before = &ending[&end];
+        let total: u64 = before.iter().map(|pc| runs[pc]).sum();
+        if runs.get(&end) != Some(&total) {
             continue;
         }
         let Some(next) = blocks.remove(&end) else {
             continue;
         };
         runs.remove(&end);
-        blocks.get_mut(&pc).expect("listed above").extend(next);
+        for pc in before {
+            blocks
+                .get_mut(pc)
+                .expect("listed above")
+                .extend_from_slice(&next);
+        }
     }
 }
 
@@ -663,8 +675,9 @@ Trace 0: 0x7f20 [00000000/0000005500000300/00000001/00000200] kernel
         assert!(read_log(unlisted.as_bytes(), "b", "e").is_err());
     }
 
-    /// A loop body split by a page boundary is joined; a block ending elsewhere, or one whose
-    /// follower ran a different number of times, is left alone.
+    /// A loop body split by a page boundary is joined, also to the block that entered the loop
+    /// from above; a block ending elsewhere, or followers whose run counts do not add up, are
+    /// left alone.
     #[test]
     fn blocks_split_at_a_page_boundary_are_joined() {
         let mut blocks = HashMap::from([
@@ -673,10 +686,11 @@ Trace 0: 0x7f20 [00000000/0000005500000300/00000001/00000200] kernel
             (0x2004, vec![4]),
             (0x2ffc, vec![5]),
             (0x3000, vec![6]),
-            (0x3ffc, vec![7]),
-            (0x4000, vec![8]),
-            (0x4ffc, vec![9]),
-            (0x5000, vec![10]),
+            (0x3ff0, vec![7, 8, 9, 10]),
+            (0x3ffc, vec![11]),
+            (0x4000, vec![12]),
+            (0x4ffc, vec![13]),
+            (0x5000, vec![14]),
         ]);
         let mut runs = HashMap::from([
             (0x1ff8, 10),
@@ -684,8 +698,9 @@ Trace 0: 0x7f20 [00000000/0000005500000300/00000001/00000200] kernel
             (0x2004, 10),
             (0x2ffc, 3),
             (0x3000, 4),
+            (0x3ff0, 2),
             (0x3ffc, 7),
-            (0x4000, 7),
+            (0x4000, 9),
             (0x4ffc, 7),
             (0x5000, 7),
         ]);
@@ -694,9 +709,12 @@ Trace 0: 0x7f20 [00000000/0000005500000300/00000001/00000200] kernel
         assert!(!blocks.contains_key(&0x2000) && !runs.contains_key(&0x2000));
         assert_eq!(blocks[&0x2004], vec![4]);
         assert_eq!((blocks[&0x2ffc].len(), blocks[&0x3000].len()), (1, 1));
-        // 0x3ffc runs into 0x4000, which ends before the next page: one join only.
-        assert_eq!(blocks[&0x3ffc], vec![7, 8]);
-        assert_eq!(blocks[&0x4ffc], vec![9, 10]);
-        assert_eq!(runs.len(), 6);
+        // The loop (0x3ffc, 7 runs) and its entry from above (0x3ff0, 2 runs) both run on into
+        // 0x4000 (9 runs).
+        assert_eq!(blocks[&0x3ff0], vec![7, 8, 9, 10, 12]);
+        assert_eq!(blocks[&0x3ffc], vec![11, 12]);
+        assert!(!blocks.contains_key(&0x4000));
+        assert_eq!(blocks[&0x4ffc], vec![13, 14]);
+        assert_eq!(runs.len(), 7);
     }
 }
