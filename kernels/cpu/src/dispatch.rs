@@ -621,6 +621,7 @@ fn neon_table() -> Table {
     t.gemm_q4_0 = Some(arm::legacy::neon_gemm_q4_0);
     t.gemm_q4_1 = Some(arm::legacy::neon_gemm_q4_1);
     t.gemm_q8_0 = Some(arm::legacy::neon_gemm_q8_0);
+    t.gemm_q4w = Some(arm::q4w::neon_gemm_q4w);
     t
 }
 
@@ -646,6 +647,7 @@ fn dotprod_table() -> Table {
     t.gemm_q4_0 = Some(arm::legacy::neon_dotprod_gemm_q4_0);
     t.gemm_q4_1 = Some(arm::legacy::neon_dotprod_gemm_q4_1);
     t.gemm_q8_0 = Some(arm::legacy::neon_dotprod_gemm_q8_0);
+    t.gemm_q4w = Some(arm::q4w::neon_dotprod_gemm_q4w);
     t
 }
 
@@ -755,7 +757,7 @@ impl Kernels {
     /// Whether [`Self::gemm`] of `ty` is a kernel of its own, worth calling on tiles of rows for
     /// several tokens: T2 and TQ2_0 (each weight unpacked once for several tokens, except NEON's
     /// T2, which runs its gemv per token on the tile), Q4_0, Q4_1 and Q8_0 on the `avx-vnni`
-    /// and NEON kernels, Q4W on the `avx512` ones; for every other type it is one
+    /// and NEON kernels, Q4W on the `avx512` and NEON ones; for every other type it is one
     /// [`Self::gemv`] per token.
     pub fn gemm_batches(&self, ty: GgmlType) -> bool {
         self.batched_gemm(ty).is_some()
@@ -778,7 +780,7 @@ impl Kernels {
     /// quantizations (`nb * n` values; may be empty for float types), `out` holds `nb` rows of
     /// results, `out[t * rows + r]`. Every result has the bits [`Self::gemv`] gives for its token;
     /// T2 and TQ2_0 (and Q4_0, Q4_1, Q8_0 on the `avx-vnni` and NEON kernels, Q4W on the
-    /// `avx512` ones, see [`Self::gemm_batches`])
+    /// `avx512` and NEON ones, see [`Self::gemm_batches`])
     /// unpack each weight once for several tokens, other types run one gemv per token. Panics
     /// like [`Self::gemv`].
     pub fn gemm(

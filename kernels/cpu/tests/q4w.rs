@@ -254,13 +254,13 @@ fn spec_agrees_with_q4_0_product() {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 type GemmFn = unsafe fn(&[u8], &ActsQ8<'_>, usize, &mut [f32]);
 
 /// `f` (a gemm: `nb` token rows of activations, `out[t * rows + r]`) gives the bits of the
 /// specification's gemv for every token, on shapes around its blocks (4 and 8 tokens, 16 and 32
 /// rows, 1024-column panels) and random ones.
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 fn check_gemm(name: &str, f: GemmFn, wk: WKind, ak: ActKind, s: Scale, seed: u64) {
     let mut rng = Rng::new(seed);
     let mut shapes = vec![
@@ -354,6 +354,43 @@ mod avx512_gemm_q4w {
                 &mut [0.0; 6],
             )
         };
+    }
+}
+
+/// The NEON gemms (two rows and two tokens per pass) against the gemv specification.
+#[cfg(target_arch = "aarch64")]
+mod neon_gemm_q4w {
+    use super::*;
+    use edgellm_kernels::aarch64::q4w::{neon_dotprod_gemm_q4w, neon_gemm_q4w};
+
+    fn check(wk: WKind, ak: ActKind, s: Scale, seed: u64) {
+        if has_neon() {
+            check_gemm("neon_gemm_q4w", neon_gemm_q4w, wk, ak, s, seed);
+        }
+        if has_dotprod() {
+            check_gemm(
+                "neon_dotprod_gemm_q4w",
+                neon_dotprod_gemm_q4w,
+                wk,
+                ak,
+                s,
+                seed,
+            );
+        } else {
+            eprintln!("neon_dotprod_gemm_q4w: this CPU lacks the dot product, skipped");
+        }
+    }
+
+    #[test]
+    fn random_bit_exact() {
+        check(WKind::Random, ActKind::Typical, Scale::Typical, 201);
+        check(WKind::Random, ActKind::OutlierGroup, Scale::Negative, 202);
+    }
+    #[test]
+    fn extremes() {
+        check(WKind::AllZero, ActKind::AtMax, Scale::Max, 203);
+        check(WKind::AllMax, ActKind::AtMax, Scale::Max, 204);
+        check(WKind::Random, ActKind::Zero, Scale::Subnormal, 205);
     }
 }
 

@@ -16,6 +16,9 @@
 //! order `d0 d1 d0 d1` of both halves; the float steps are the specification's (no fused
 //! multiply-add) and two vectors hold its eight running sums, reduced with its tree.
 //! A row count that is not a multiple of four repeats the last row and drops the extra results.
+//!
+//! The gemms (prefill) take two rows and two tokens per pass: each row's codes and scales are
+//! unpacked once for both tokens, each token's activations arranged once for both rows.
 
 use core::arch::aarch64::*;
 
@@ -163,4 +166,116 @@ gemv_q4w! {
     ///
     /// The CPU must have NEON and the dot-product extension.
     neon_dotprod_gemv_q4w, "neon,dotprod", lanes_dot
+}
+
+/// Rows per pass of the gemm.
+const GEMM_ROWS: usize = 2;
+/// Tokens per pass of the gemm.
+const GEMM_TOKENS: usize = 2;
+
+/// Defines a Q4W gemm entry point with target features `$feat` and lane sums `$lanes`: passes
+/// of two rows and two tokens, each block's codes and scales of a row unpacked once for both
+/// tokens and each token's activations arranged once for both rows (the gemv's four rows would
+/// not leave the registers for two tokens' running sums); per token and row the gemv's
+/// operations in its order, so the gemv's bits. A short last pass repeats its last row or token
+/// and drops the extra results.
+macro_rules! gemm_q4w {
+    ($(#[$doc:meta])* $name:ident, $feat:literal, $lanes:ident) => {
+        $(#[$doc])*
+        #[target_feature(enable = $feat)]
+        pub unsafe fn $name(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f32]) {
+            use crate::scalar::ternary::{check_gemm, token_acts};
+            let (cols, rows) = check_gemm(acts, nb, out.len(), "Q4W");
+            let mut row_bytes = 0;
+            for t in 0..nb {
+                let at = token_acts(acts, cols, t);
+                row_bytes = check_gemv_ternary(w, &at, rows, Q4W_BLOCK, Q4W_BYTES, "Q4W");
+            }
+            if rows == 0 || row_bytes == 0 {
+                out.fill(0.0);
+                return;
+            }
+            let nblk = cols / Q4W_BLOCK;
+            // SAFETY: a 16-byte constant.
+            let order = unsafe { vld1q_u8(WORDS_0213.as_ptr()) };
+            let perm = |v: int32x4_t| {
+                vreinterpretq_s8_u8(vqtbl1q_u8(vreinterpretq_u8_s32(v), order))
+            };
+            let base = w.as_ptr();
+            for t0 in (0..nb).step_by(GEMM_TOKENS) {
+                let tn = (nb - t0).min(GEMM_TOKENS);
+                let at: [ActsQ8<'_>; GEMM_TOKENS] =
+                    core::array::from_fn(|t| token_acts(acts, cols, (t0 + t).min(nb - 1)));
+                let mut r = 0;
+                while r < rows {
+                    // `wrapping_add` stays inside `w`: the row is at most the last one.
+                    let p: [*const u8; GEMM_ROWS] = core::array::from_fn(|i| {
+                        base.wrapping_add((r + i).min(rows - 1) * row_bytes)
+                    });
+                    let mut acc = [[[vdupq_n_f32(0.0); 2]; GEMM_TOKENS]; GEMM_ROWS];
+                    for b in 0..nblk {
+                        // Each token's arranged activations and scales (as in the gemv).
+                        let a: [(int8x16_t, int8x16_t, int8x16_t, int8x16_t, float32x4_t);
+                            GEMM_TOKENS] = core::array::from_fn(|t| {
+                            // SAFETY: block `b`'s 64 activations and 4 scales of the token
+                            // exist (shape check).
+                            let (w4, d) = unsafe {
+                                (
+                                    vld4q_s32(at[t].qs.as_ptr().add(Q4W_BLOCK * b).cast::<i32>()),
+                                    vld1q_f32(at[t].d.as_ptr().add(4 * b)),
+                                )
+                            };
+                            let da = vreinterpretq_f32_u8(vqtbl1q_u8(vreinterpretq_u8_f32(d), order));
+                            (perm(w4.0), perm(w4.1), perm(w4.2), perm(w4.3), da)
+                        });
+                        for (i, acc_r) in acc.iter_mut().enumerate() {
+                            // SAFETY: block `b` of row `p[i]` is 36 bytes inside `w`.
+                            let (v0, v1, dw) = unsafe {
+                                let blk = p[i].add(b * Q4W_BYTES);
+                                (vld1q_u8(blk.add(4)), vld1q_u8(blk.add(20)), scales(blk))
+                            };
+                            let (lo0, hi0) = codes(v0);
+                            let (lo1, hi1) = codes(v1);
+                            for (acc_t, &(al0, ah0, al1, ah1, da)) in acc_r.iter_mut().zip(&a) {
+                                // SAFETY: the CPU has this function's features.
+                                let s = unsafe {
+                                    [$lanes(lo0, hi0, al0, ah0), $lanes(lo1, hi1, al1, ah1)]
+                                };
+                                let scale = vmulq_f32(dw, da);
+                                for (x, s) in acc_t.iter_mut().zip(s) {
+                                    *x = vaddq_f32(*x, vmulq_f32(scale, vcvtq_f32_s32(s)));
+                                }
+                            }
+                        }
+                    }
+                    let n = (rows - r).min(GEMM_ROWS);
+                    for (i, acc_r) in acc.iter().enumerate().take(n) {
+                        for (t, x) in acc_r.iter().enumerate().take(tn) {
+                            out[(t0 + t) * rows + r + i] = reduce8(x[0], x[1]);
+                        }
+                    }
+                    r += GEMM_ROWS;
+                }
+            }
+        }
+    };
+}
+
+gemm_q4w! {
+    /// NEON (ARMv8.0) gemm of Q4W ([`crate::scalar::ternary`]'s gemm contract), bit-exact with
+    /// one [`neon_gemv_q4w`] per token.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have NEON.
+    neon_gemm_q4w, "neon", lanes_neon
+}
+
+gemm_q4w! {
+    /// NEON + dot-product gemm of Q4W, bit-exact with one [`neon_dotprod_gemv_q4w`] per token.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have NEON and the dot-product extension.
+    neon_dotprod_gemm_q4w, "neon,dotprod", lanes_dot
 }
