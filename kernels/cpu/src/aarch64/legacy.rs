@@ -363,7 +363,7 @@ macro_rules! gemm_legacy {
         $(#[$doc])*
         #[target_feature(enable = $feat)]
         pub unsafe fn $name(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f32]) {
-            use crate::scalar::ternary::{check_gemm, token_acts};
+            use crate::scalar::ternary::{check_gemm, token_acts, token_group};
             const K: u8 = $k;
             const GEMM_TOKENS: usize = $tokens;
             let bb = block_bytes(K);
@@ -380,8 +380,7 @@ macro_rules! gemm_legacy {
             let base = w.as_ptr();
             for t0 in (0..nb).step_by(GEMM_TOKENS) {
                 let tn = (nb - t0).min(GEMM_TOKENS);
-                let at: [ActsQ8<'_>; GEMM_TOKENS] =
-                    core::array::from_fn(|t| token_acts(acts, cols, (t0 + t).min(nb - 1)));
+                let at: [ActsQ8<'_>; GEMM_TOKENS] = token_group(acts, cols, nb, t0);
                 let mut r = 0;
                 while r < rows {
                     // Rows `r .. r + 4` (the last row again past the end: its results are

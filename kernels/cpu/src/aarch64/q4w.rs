@@ -22,7 +22,7 @@
 
 use core::arch::aarch64::*;
 
-use super::ternary::{reduce8, sdot};
+use super::ternary::{check_gemm_ternary, reduce8, sdot};
 use crate::acts::ActsQ8;
 use crate::scalar::q4w::{Q4W_BLOCK, Q4W_BYTES};
 use crate::scalar::ternary::check_gemv_ternary;
@@ -184,13 +184,9 @@ macro_rules! gemm_q4w {
         $(#[$doc])*
         #[target_feature(enable = $feat)]
         pub unsafe fn $name(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f32]) {
-            use crate::scalar::ternary::{check_gemm, token_acts};
-            let (cols, rows) = check_gemm(acts, nb, out.len(), "Q4W");
-            let mut row_bytes = 0;
-            for t in 0..nb {
-                let at = token_acts(acts, cols, t);
-                row_bytes = check_gemv_ternary(w, &at, rows, Q4W_BLOCK, Q4W_BYTES, "Q4W");
-            }
+            use crate::scalar::ternary::token_group;
+            let (cols, rows, row_bytes) =
+                check_gemm_ternary(w, acts, nb, out.len(), Q4W_BLOCK, Q4W_BYTES, "Q4W");
             if rows == 0 || row_bytes == 0 {
                 out.fill(0.0);
                 return;
@@ -204,8 +200,7 @@ macro_rules! gemm_q4w {
             let base = w.as_ptr();
             for t0 in (0..nb).step_by(GEMM_TOKENS) {
                 let tn = (nb - t0).min(GEMM_TOKENS);
-                let at: [ActsQ8<'_>; GEMM_TOKENS] =
-                    core::array::from_fn(|t| token_acts(acts, cols, (t0 + t).min(nb - 1)));
+                let at: [ActsQ8<'_>; GEMM_TOKENS] = token_group(acts, cols, nb, t0);
                 let mut r = 0;
                 while r < rows {
                     // `wrapping_add` stays inside `w`: the row is at most the last one.

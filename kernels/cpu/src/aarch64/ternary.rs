@@ -36,8 +36,8 @@ use core::arch::asm;
 
 use crate::acts::ActsQ8;
 use crate::scalar::ternary::{
-    check_gemm, check_gemv_ternary, token_acts, QK_K, QS, T2_BLOCK, T2_BYTES, TQ1_0_BYTES,
-    TQ2_0_BYTES,
+    check_gemm, check_gemv_ternary, token_acts, token_group, QK_K, QS, T2_BLOCK, T2_BYTES,
+    TQ1_0_BYTES, TQ2_0_BYTES,
 };
 
 /// `acc + Σ` of each four consecutive `a[i] * b[i]` (i8), per i32 lane: one `sdot`.
@@ -628,7 +628,7 @@ gemv_tq1_0! {
 const GEMM_TOKENS: usize = 4;
 
 /// Checks a gemm's shapes (every token as its gemv would) and returns `(cols, rows, row_bytes)`.
-fn check_gemm_ternary(
+pub(super) fn check_gemm_ternary(
     w: &[u8],
     acts: &ActsQ8<'_>,
     nb: usize,
@@ -692,8 +692,7 @@ macro_rules! gemm_tq2_0 {
             };
             for t0 in (0..nb).step_by(GEMM_TOKENS) {
                 let tn = (nb - t0).min(GEMM_TOKENS);
-                let at: [ActsQ8<'_>; GEMM_TOKENS] =
-                    core::array::from_fn(|t| token_acts(acts, cols, (t0 + t).min(nb - 1)));
+                let at: [ActsQ8<'_>; GEMM_TOKENS] = token_group(acts, cols, nb, t0);
                 for (r, row) in w.chunks_exact(row_bytes).enumerate() {
                     let mut acc = [[vdupq_n_f32(0.0); 2]; GEMM_TOKENS];
                     for (b, blk) in row.chunks_exact(TQ2_0_BYTES).enumerate() {

@@ -470,6 +470,18 @@ pub(crate) fn token_acts<'a>(acts: &ActsQ8<'a>, cols: usize, t: usize) -> ActsQ8
     }
 }
 
+/// The activations of tokens `t0 .. t0 + T` of a gemm's `nb` token rows, as a SIMD gemm's pass
+/// takes them: a group that runs past the last token repeats it (its results are dropped).
+#[cfg(target_arch = "aarch64")]
+pub(crate) fn token_group<'a, const T: usize>(
+    acts: &ActsQ8<'a>,
+    cols: usize,
+    nb: usize,
+    t0: usize,
+) -> [ActsQ8<'a>; T] {
+    core::array::from_fn(|t| token_acts(acts, cols, (t0 + t).min(nb - 1)))
+}
+
 /// The specification of every gemm: `gemv` once per token (see the module docs).
 fn gemm_by_gemv(
     w: &[u8],
