@@ -416,9 +416,11 @@ struct Table {
     /// Small-batch products; other types run one gemv per token.
     gemm_t2: GemmQ8Fn,
     gemm_tq2_0: GemmQ8Fn,
-    /// Batched Q4_0, Q4_1 and Q8_0 products where the tier has them.
+    /// Batched legacy and Q4W products where the tier has them.
     gemm_q4_0: Option<GemmQ8Fn>,
     gemm_q4_1: Option<GemmQ8Fn>,
+    gemm_q5_0: Option<GemmQ8Fn>,
+    gemm_q5_1: Option<GemmQ8Fn>,
     gemm_q8_0: Option<GemmQ8Fn>,
     gemm_q4w: Option<GemmQ8Fn>,
 }
@@ -482,6 +484,8 @@ const SCALAR: Table = Table {
     gemm_tq2_0: scalar::ternary::gemm_tq2_0,
     gemm_q4_0: None,
     gemm_q4_1: None,
+    gemm_q5_0: None,
+    gemm_q5_1: None,
     gemm_q8_0: None,
     gemm_q4w: None,
 };
@@ -538,6 +542,8 @@ fn avxvnni_table() -> Table {
     t.gemm_tq2_0 = vnni::avxvnni_gemm_tq2_0;
     t.gemm_q4_0 = Some(crate::x86::vnni_gemm::avxvnni_gemm_q4_0);
     t.gemm_q4_1 = Some(crate::x86::vnni_gemm::avxvnni_gemm_q4_1);
+    t.gemm_q5_0 = Some(crate::x86::vnni_gemm::avxvnni_gemm_q5_0);
+    t.gemm_q5_1 = Some(crate::x86::vnni_gemm::avxvnni_gemm_q5_1);
     t.gemm_q8_0 = Some(crate::x86::vnni_gemm::avxvnni_gemm_q8_0);
     t.q4_0 = q8(Tier::AvxVnni, vnni::avxvnni_gemv_q4_0);
     t.q4w = q8(Tier::AvxVnni, crate::x86::q4w::avxvnni_gemv_q4w);
@@ -756,9 +762,9 @@ impl Kernels {
 
     /// Whether [`Self::gemm`] of `ty` is a kernel of its own, worth calling on tiles of rows for
     /// several tokens: T2 and TQ2_0 (each weight unpacked once for several tokens, except NEON's
-    /// T2, which runs its gemv per token on the tile), Q4_0, Q4_1 and Q8_0 on the `avx-vnni`
-    /// and NEON kernels, Q4W on the `avx512` and NEON ones; for every other type it is one
-    /// [`Self::gemv`] per token.
+    /// T2, which runs its gemv per token on the tile), the legacy types (Q4_0 to Q8_0) on the
+    /// `avx-vnni` kernels, Q4_0, Q4_1 and Q8_0 on NEON, Q4W on the `avx512` and NEON kernels; for
+    /// every other type it is one [`Self::gemv`] per token.
     pub fn gemm_batches(&self, ty: GgmlType) -> bool {
         self.batched_gemm(ty).is_some()
     }
@@ -770,6 +776,8 @@ impl Kernels {
             GgmlType::TQ2_0 => Some(self.table.gemm_tq2_0),
             GgmlType::Q4_0 => self.table.gemm_q4_0,
             GgmlType::Q4_1 => self.table.gemm_q4_1,
+            GgmlType::Q5_0 => self.table.gemm_q5_0,
+            GgmlType::Q5_1 => self.table.gemm_q5_1,
             GgmlType::Q8_0 => self.table.gemm_q8_0,
             GgmlType::Q4W => self.table.gemm_q4w,
             _ => None,
@@ -779,10 +787,8 @@ impl Kernels {
     /// [`Self::gemv`] for `nb` tokens: `x` holds `nb` rows of `n` values and `acts` their
     /// quantizations (`nb * n` values; may be empty for float types), `out` holds `nb` rows of
     /// results, `out[t * rows + r]`. Every result has the bits [`Self::gemv`] gives for its token;
-    /// T2 and TQ2_0 (and Q4_0, Q4_1, Q8_0 on the `avx-vnni` and NEON kernels, Q4W on the
-    /// `avx512` and NEON ones, see [`Self::gemm_batches`])
-    /// unpack each weight once for several tokens, other types run one gemv per token. Panics
-    /// like [`Self::gemv`].
+    /// T2, TQ2_0 and the types [`Self::gemm_batches`] lists unpack each weight once for several
+    /// tokens, other types run one gemv per token. Panics like [`Self::gemv`].
     pub fn gemm(
         &self,
         ty: GgmlType,

@@ -1,4 +1,5 @@
-//! AVX-VNNI gemm of the legacy types Q4_0, Q4_1 and Q8_0 for prefill: eight tokens per vector.
+//! AVX-VNNI gemm of the legacy types Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 for prefill: eight tokens
+//! per vector.
 //!
 //! A gemv multiplies one token's activations by each weight block, so every block costs its
 //! unpacking and its float steps once per token. Here the lanes of a vector are eight tokens: a
@@ -6,18 +7,21 @@
 //! multiplies them with the same four columns of each token's activations (arranged once per
 //! panel of [`PANEL_BLOCKS`] blocks, token-interleaved). The two 16-column group sums of a block
 //! then come out one per lane with no horizontal adds, and the float steps of the specification
-//! ([`crate::scalar::gemv_q4_0`], [`crate::scalar::gemv_q4_1`], [`crate::scalar::gemv_q8_0`]:
-//! `(dw * da0) * i0 + (dw * da1) * i1`, plus `mw * (da0 * sa0 + da1 * sa1)` for Q4_1, added to
-//! the row's running sum block after block)
+//! ([`crate::scalar::gemv_q4_0`] and the other legacy gemvs:
+//! `(dw * da0) * i0 + (dw * da1) * i1`, plus `mw * (da0 * sa0 + da1 * sa1)` for Q4_1 and Q5_1,
+//! added to the row's running sum block after block)
 //! run lane by lane in the same order, unfused: every result has the bits the gemv gives its token.
 //! The running sums live in `out` between panels. `vpdpbusd` takes unsigned weights: Q4_0's
-//! nibbles are `q - 8` and Q8_0's bytes are signed, so they enter as `q` and `q + 128`, and
-//! `8 Σ a` or `128 Σ a` (each group's exact sum of activations) comes off the integer sums.
+//! nibbles are `q - 8`, Q5_0's five-bit values `q - 16` and Q8_0's bytes are signed, so they
+//! enter as `q`, `q` and `q + 128`, and `8 Σ a`, `16 Σ a` or `128 Σ a` (each group's exact sum of
+//! activations) comes off the integer sums.
 
 use core::arch::x86_64::*;
 
 use crate::acts::{ActsQ8, QK, QS};
-use crate::scalar::legacy::{check_gemv, Q4_0_BYTES, Q4_1_BYTES, Q8_0_BYTES};
+use crate::scalar::legacy::{
+    check_gemv, Q4_0_BYTES, Q4_1_BYTES, Q5_0_BYTES, Q5_1_BYTES, Q8_0_BYTES,
+};
 use crate::scalar::ternary::{check_gemm, token_acts};
 
 /// Tokens per vector.
@@ -37,8 +41,12 @@ const Q40: u8 = 0;
 const Q41: u8 = 1;
 /// Q8_0 (scale, signed bytes).
 const Q80: u8 = 2;
+/// Q5_0 (scale, high bits, nibbles; five-bit values - 16).
+const Q50: u8 = 3;
+/// Q5_1 (scale, minimum, high bits, nibbles).
+const Q51: u8 = 4;
 
-/// The gemm of type `K` ([`Q40`], [`Q41`] or [`Q80`]).
+/// The gemm of type `K` ([`Q40`], [`Q41`], [`Q50`], [`Q51`] or [`Q80`]).
 ///
 /// # Safety
 ///
@@ -47,9 +55,13 @@ const Q80: u8 = 2;
 unsafe fn gemm<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f32]) {
     let (name, bb, qs_at) = match K {
         Q41 => ("Q4_1", Q4_1_BYTES, 4),
+        Q50 => ("Q5_0", Q5_0_BYTES, 6),
+        Q51 => ("Q5_1", Q5_1_BYTES, 8),
         Q80 => ("Q8_0", Q8_0_BYTES, 2),
         _ => ("Q4_0", Q4_0_BYTES, 2),
     };
+    // Q4_1 and Q5_1 carry a minimum: their offset term comes from `acts.sums`.
+    let with_min = K == Q41 || K == Q51;
     let (cols, rows) = check_gemm(acts, nb, out.len(), name);
     // Every token has the shape of the first (check_gemm), which gemv's own check covers.
     let (nblk, row_bytes) = check_gemv(w, &token_acts(acts, cols, 0), rows, bb, name);
@@ -70,6 +82,14 @@ unsafe fn gemm<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f
     let mut off = [[_mm256_setzero_ps(); PANEL_BLOCKS]; VECS];
     let mask = _mm_set1_epi8(0x0F);
     let flip = _mm256_set1_epi8(-128);
+    // Q5's high bits: byte c of a vector gets byte c / 8 of `qh` (within each 128-bit lane, whose
+    // columns are 0..16 and 16..32), tested against bit c % 8.
+    let hi_bytes = _mm256_setr_epi8(
+        0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3,
+        3, 3,
+    );
+    let hi_bits = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    let bit4 = _mm256_set1_epi8(0x10);
     for t0 in (0..nb).step_by(LANES * VECS) {
         let tn = (nb - t0).min(LANES * VECS);
         for p0 in (0..nblk).step_by(PANEL_BLOCKS) {
@@ -96,7 +116,7 @@ unsafe fn gemm<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f
                         for t in 0..vn {
                             let g = (vt + t) * groups + 2 * b + h;
                             d[t] = acts.d[g];
-                            s[t] = if K == Q41 {
+                            s[t] = if with_min {
                                 acts.sums[g]
                             } else {
                                 let at = (vt + t) * cols + b * QK + h * QS;
@@ -109,7 +129,7 @@ unsafe fn gemm<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f
                             sa[v][j][h] = _mm256_loadu_si256(s.as_ptr().cast());
                         }
                     }
-                    if K == Q41 {
+                    if with_min {
                         off[v][j] = _mm256_add_ps(
                             _mm256_mul_ps(da[v][j][0], _mm256_cvtepi32_ps(sa[v][j][0])),
                             _mm256_mul_ps(da[v][j][1], _mm256_cvtepi32_ps(sa[v][j][1])),
@@ -135,7 +155,7 @@ unsafe fn gemm<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f
                             as i32)))
                     };
                     dw[j] = f16(0);
-                    if K == Q41 {
+                    if with_min {
                         mw[j] = f16(2);
                     }
                     let o = u[j * QK..(j + 1) * QK].as_mut_ptr();
@@ -144,6 +164,25 @@ unsafe fn gemm<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f
                         unsafe {
                             let q = _mm256_loadu_si256(blk[qs_at..qs_at + QK].as_ptr().cast());
                             _mm256_storeu_si256(o.cast(), _mm256_xor_si256(q, flip));
+                        }
+                    } else if K == Q50 || K == Q51 {
+                        // Five-bit values: the nibbles (columns 0..16 low, 16..32 high) with bit
+                        // c of `qh` as bit 4 of column c.
+                        let at = qs_at - 4;
+                        let qh =
+                            u32::from_le_bytes([blk[at], blk[at + 1], blk[at + 2], blk[at + 3]]);
+                        let sel = _mm256_shuffle_epi8(_mm256_set1_epi32(qh as i32), hi_bytes);
+                        let set = _mm256_cmpeq_epi8(_mm256_and_si256(sel, hi_bits), hi_bits);
+                        // SAFETY: the block holds 16 bytes of nibbles at `qs_at`, `u` 32 bytes
+                        // from `j * QK`.
+                        unsafe {
+                            let q = _mm_loadu_si128(blk[qs_at..qs_at + 16].as_ptr().cast());
+                            let lo = _mm256_set_m128i(
+                                _mm_and_si128(_mm_srli_epi16::<4>(q), mask),
+                                _mm_and_si128(q, mask),
+                            );
+                            let v = _mm256_or_si256(lo, _mm256_and_si256(set, bit4));
+                            _mm256_storeu_si256(o.cast(), v);
                         }
                     } else {
                         // SAFETY: the block holds 16 bytes of nibbles at `qs_at`; `u` holds 32
@@ -185,14 +224,15 @@ unsafe fn gemm<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f
                     let d = _mm256_set1_ps(dw[j]);
                     let m = _mm256_set1_ps(mw[j]);
                     for v in 0..VECS {
-                        if K != Q41 {
+                        if !with_min {
                             // Σ (q - o) a = Σ q a - o Σ a, exactly: o = 8 for Q4_0's nibbles,
-                            // 128 for Q8_0's bytes (which entered as q + 128).
+                            // 16 for Q5_0's values, 128 for Q8_0's bytes (which entered as
+                            // q + 128).
                             for h in 0..2 {
-                                let o = if K == Q80 {
-                                    _mm256_slli_epi32::<7>(sa[v][j][h])
-                                } else {
-                                    _mm256_slli_epi32::<3>(sa[v][j][h])
+                                let o = match K {
+                                    Q80 => _mm256_slli_epi32::<7>(sa[v][j][h]),
+                                    Q50 => _mm256_slli_epi32::<4>(sa[v][j][h]),
+                                    _ => _mm256_slli_epi32::<3>(sa[v][j][h]),
                                 };
                                 i[v][h] = _mm256_sub_epi32(i[v][h], o);
                             }
@@ -207,7 +247,7 @@ unsafe fn gemm<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f
                                 _mm256_cvtepi32_ps(i[v][1]),
                             ),
                         );
-                        if K == Q41 {
+                        if with_min {
                             term = _mm256_add_ps(term, _mm256_mul_ps(m, off[v][j]));
                         }
                         accv[v] = _mm256_add_ps(accv[v], term);
@@ -256,4 +296,26 @@ pub unsafe fn avxvnni_gemm_q4_1(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mu
 pub unsafe fn avxvnni_gemm_q8_0(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f32]) {
     // SAFETY: same features, guaranteed by the caller.
     unsafe { gemm::<Q80>(w, acts, nb, out) }
+}
+
+/// AVX-VNNI gemm of Q5_0 weights: [`crate::scalar::gemv_q5_0`] once per token, bit for bit.
+///
+/// # Safety
+///
+/// The CPU must have AVX2, FMA, F16C and AVX-VNNI (the features of the `avx-vnni` tier).
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+pub unsafe fn avxvnni_gemm_q5_0(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f32]) {
+    // SAFETY: same features, guaranteed by the caller.
+    unsafe { gemm::<Q50>(w, acts, nb, out) }
+}
+
+/// AVX-VNNI gemm of Q5_1 weights: [`crate::scalar::gemv_q5_1`] once per token, bit for bit.
+///
+/// # Safety
+///
+/// The CPU must have AVX2, FMA, F16C and AVX-VNNI (the features of the `avx-vnni` tier).
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+pub unsafe fn avxvnni_gemm_q5_1(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f32]) {
+    // SAFETY: same features, guaranteed by the caller.
+    unsafe { gemm::<Q51>(w, acts, nb, out) }
 }
