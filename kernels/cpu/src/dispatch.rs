@@ -422,6 +422,9 @@ struct Table {
     gemm_q5_0: Option<GemmQ8Fn>,
     gemm_q5_1: Option<GemmQ8Fn>,
     gemm_q8_0: Option<GemmQ8Fn>,
+    gemm_q4_k: Option<GemmQ8Fn>,
+    gemm_q5_k: Option<GemmQ8Fn>,
+    gemm_q6_k: Option<GemmQ8Fn>,
     gemm_q4w: Option<GemmQ8Fn>,
 }
 
@@ -487,6 +490,9 @@ const SCALAR: Table = Table {
     gemm_q5_0: None,
     gemm_q5_1: None,
     gemm_q8_0: None,
+    gemm_q4_k: None,
+    gemm_q5_k: None,
+    gemm_q6_k: None,
     gemm_q4w: None,
 };
 
@@ -545,6 +551,9 @@ fn avxvnni_table() -> Table {
     t.gemm_q5_0 = Some(crate::x86::vnni_gemm::avxvnni_gemm_q5_0);
     t.gemm_q5_1 = Some(crate::x86::vnni_gemm::avxvnni_gemm_q5_1);
     t.gemm_q8_0 = Some(crate::x86::vnni_gemm::avxvnni_gemm_q8_0);
+    t.gemm_q4_k = Some(crate::x86::kquant_gemm::avxvnni_gemm_q4_k);
+    t.gemm_q5_k = Some(crate::x86::kquant_gemm::avxvnni_gemm_q5_k);
+    t.gemm_q6_k = Some(crate::x86::kquant_gemm::avxvnni_gemm_q6_k);
     t.q4_0 = q8(Tier::AvxVnni, vnni::avxvnni_gemv_q4_0);
     t.q4w = q8(Tier::AvxVnni, crate::x86::q4w::avxvnni_gemv_q4w);
     t.q4_1 = q8(Tier::AvxVnni, vnni::avxvnni_gemv_q4_1);
@@ -626,6 +635,8 @@ fn neon_table() -> Table {
     t.gemm_tq2_0 = arm::ternary::neon_gemm_tq2_0;
     t.gemm_q4_0 = Some(arm::legacy::neon_gemm_q4_0);
     t.gemm_q4_1 = Some(arm::legacy::neon_gemm_q4_1);
+    t.gemm_q5_0 = Some(arm::legacy::neon_gemm_q5_0);
+    t.gemm_q5_1 = Some(arm::legacy::neon_gemm_q5_1);
     t.gemm_q8_0 = Some(arm::legacy::neon_gemm_q8_0);
     t.gemm_q4w = Some(arm::q4w::neon_gemm_q4w);
     t
@@ -652,6 +663,8 @@ fn dotprod_table() -> Table {
     t.gemm_tq2_0 = arm::ternary::neon_dotprod_gemm_tq2_0;
     t.gemm_q4_0 = Some(arm::legacy::neon_dotprod_gemm_q4_0);
     t.gemm_q4_1 = Some(arm::legacy::neon_dotprod_gemm_q4_1);
+    t.gemm_q5_0 = Some(arm::legacy::neon_dotprod_gemm_q5_0);
+    t.gemm_q5_1 = Some(arm::legacy::neon_dotprod_gemm_q5_1);
     t.gemm_q8_0 = Some(arm::legacy::neon_dotprod_gemm_q8_0);
     t.gemm_q4w = Some(arm::q4w::neon_dotprod_gemm_q4w);
     t
@@ -763,8 +776,8 @@ impl Kernels {
     /// Whether [`Self::gemm`] of `ty` is a kernel of its own, worth calling on tiles of rows for
     /// several tokens: T2 and TQ2_0 (each weight unpacked once for several tokens, except NEON's
     /// T2, which runs its gemv per token on the tile), the legacy types (Q4_0 to Q8_0) on the
-    /// `avx-vnni` kernels, Q4_0, Q4_1 and Q8_0 on NEON, Q4W on the `avx512` and NEON kernels; for
-    /// every other type it is one [`Self::gemv`] per token.
+    /// `avx-vnni` and NEON kernels, the K-quants on the `avx-vnni` ones, Q4W on the `avx512` and
+    /// NEON ones; for every other type it is one [`Self::gemv`] per token.
     pub fn gemm_batches(&self, ty: GgmlType) -> bool {
         self.batched_gemm(ty).is_some()
     }
@@ -779,6 +792,9 @@ impl Kernels {
             GgmlType::Q5_0 => self.table.gemm_q5_0,
             GgmlType::Q5_1 => self.table.gemm_q5_1,
             GgmlType::Q8_0 => self.table.gemm_q8_0,
+            GgmlType::Q4_K => self.table.gemm_q4_k,
+            GgmlType::Q5_K => self.table.gemm_q5_k,
+            GgmlType::Q6_K => self.table.gemm_q6_k,
             GgmlType::Q4W => self.table.gemm_q4w,
             _ => None,
         }

@@ -653,6 +653,121 @@ kquant_tests!(
 );
 
 // ---------------------------------------------------------------------------------------------
+// Batched gemm (prefill): every tier's `Kernels::gemm` gives, bit for bit, the scalar gemv of each
+// token.
+// ---------------------------------------------------------------------------------------------
+
+use edgellm_kernels::{CpuFeatures, GgmlType, Kernels, Tier};
+
+fn tiers() -> Vec<Kernels> {
+    let f = CpuFeatures::detect();
+    Tier::ALL
+        .into_iter()
+        .filter_map(|t| Kernels::with_tier(t, &f).ok())
+        .collect()
+}
+
+/// `Kernels::gemm` of the tokens `toks` (each one's activations) against the spec's gemv per
+/// token, on every tier.
+fn check_gemm(kind: &Kind, ty: GgmlType, w: &[u8], toks: &[Acts], rows: usize, what: &str) {
+    let (nb, cols) = (toks.len(), toks[0].qs.len());
+    let mut want = vec![f32::NAN; nb * rows];
+    for (t, a) in toks.iter().enumerate() {
+        (kind.gemv)(w, &a.view(), &mut want[t * rows..(t + 1) * rows]);
+    }
+    let all = Acts {
+        qs: toks.iter().flat_map(|a| a.qs.iter().copied()).collect(),
+        d: toks.iter().flat_map(|a| a.d.iter().copied()).collect(),
+        sums: toks.iter().flat_map(|a| a.sums.iter().copied()).collect(),
+    };
+    let x: Vec<f32> = (0..nb * cols)
+        .map(|c| all.qs[c] as f32 * all.d[c / QS])
+        .collect();
+    for k in tiers() {
+        let mut got = vec![f32::NAN; nb * rows];
+        k.gemm(ty, w, &x, &all.view(), nb, &mut got);
+        for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(
+                g.to_bits(),
+                e.to_bits(),
+                "{ty} gemm, {what}: token {} row {} of {nb}x{rows}x{cols} on tier {} \
+                 (batched: {}): {g} vs the spec's {e}",
+                i / rows,
+                i % rows,
+                k.tier(),
+                k.gemm_batches(ty)
+            );
+        }
+    }
+}
+
+fn check_gemm_kind(kind: &Kind, ty: GgmlType, seed: u64) {
+    let mut rng = Rng::new(seed);
+    // Rows around the 32-row chunks, columns around the 1024-column panels, token counts around
+    // the eight lanes of a vector.
+    let shapes = [
+        (1, 256, 1),
+        (3, 256, 2),
+        (8, 1024, 7),
+        (31, 1280, 8),
+        (32, 2048, 9),
+        (33, 768, 16),
+        (45, 4864, 17),
+        (2, 5120, 3),
+    ];
+    for (rows, cols, nb) in shapes {
+        let w = kind.random_weights(&mut rng, rows, cols);
+        let toks: Vec<Acts> = (0..nb).map(|_| Acts::random(&mut rng, cols)).collect();
+        check_gemm(kind, ty, &w, &toks, rows, "random");
+    }
+    // Any bytes, infinities and NaNs in the scales included.
+    let mut w = vec![0u8; 5 * 1024 / QK_K * kind.block_bytes];
+    rng.fill_bytes(&mut w);
+    let toks: Vec<Acts> = (0..9).map(|_| Acts::random(&mut rng, 1024)).collect();
+    check_gemm(kind, ty, &w, &toks, 5, "random bytes");
+    // Extreme activations and weights: every value at its largest magnitude.
+    let mut w = kind.random_weights(&mut rng, 4, 512);
+    kind.fill(&mut w, kind.quants.clone(), 0xFF);
+    kind.fill(&mut w, kind.scales.clone(), 0xBF);
+    let toks: Vec<Acts> = [127, -128, -127, 0, 1, 127, -128, 5, -1]
+        .iter()
+        .map(|&q| Acts::constant(512, q, 0.5))
+        .collect();
+    check_gemm(kind, ty, &w, &toks, 4, "extremes");
+    // Stored sums that are not the sums of the values: Q4_K and Q5_K take the stored ones, as the
+    // specification does; Q6_K's offset must come from the values themselves.
+    let mut toks: Vec<Acts> = (0..10).map(|_| Acts::random(&mut rng, 768)).collect();
+    for a in &mut toks {
+        for (i, s) in a.sums.iter_mut().enumerate() {
+            *s += (i as i32 % 7) - 3;
+        }
+    }
+    let w = kind.random_weights(&mut rng, 6, 768);
+    check_gemm(kind, ty, &w, &toks, 6, "stored sums off by a few");
+    // The named edge cases of the gemv, each for a few tokens.
+    for (what, w, acts) in edge_cases(kind, 3, 768) {
+        let other = Acts::random(&mut rng, 768);
+        let toks = [acts, other];
+        check_gemm(kind, ty, &w, &toks, 3, what);
+    }
+}
+
+#[test]
+fn gemm_q4_k_is_gemv_per_token() {
+    check_gemm_kind(&Q4_K, GgmlType::Q4_K, 0x6e4b);
+}
+
+#[test]
+fn gemm_q5_k_is_gemv_per_token() {
+    check_gemm_kind(&Q5_K, GgmlType::Q5_K, 0x6e5b);
+}
+
+#[test]
+fn gemm_q6_k_is_gemv_per_token() {
+    check_gemm_kind(&Q6_K, GgmlType::Q6_K, 0x6e6b);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Real weights: two rows (4864 columns) of ffn_down tensors of Qwen2.5-Coder-0.5B-Instruct Q4_K_M
 // (see tests/data/kquants_gen.py); that model has no Q5_K tensor.
 // ---------------------------------------------------------------------------------------------

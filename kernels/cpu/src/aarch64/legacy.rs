@@ -13,10 +13,11 @@
 //! Q5_0's and Q5_1's fifth bits come from one 16-byte load of `qh`, spread over the lanes by two
 //! `tbl` and picked out per lane by a test (Q5_0, which takes its `- 16` there too) or a shift.
 //!
-//! gemm (prefill; Q4_0, Q4_1, Q8_0): the same passes of four rows, each block's weights and
-//! scales unpacked once for two tokens, each token with its own running sums and the gemv's
-//! operations in the gemv's order. Two tokens, not four: with four, the registers did not hold
-//! the four rows' weights and the tokens' sums, and the modelled cycles went up on some cores.
+//! gemm (prefill; Q4_0, Q4_1, Q5_0, Q5_1, Q8_0): the same passes of four rows, each block's
+//! weights (Q5's fifth bits as in the gemv) and scales unpacked once for two tokens, each token
+//! with its own running sums and the gemv's operations in the gemv's order. Two tokens, not four:
+//! with four, the registers did not hold the four rows' weights and the tokens' sums, and the
+//! modelled cycles went up on some cores.
 
 use core::arch::aarch64::*;
 
@@ -464,6 +465,22 @@ gemm_legacy! {
     neon_gemm_q4_1, Q4_1, "neon", isums_neon, 2
 }
 gemm_legacy! {
+    /// NEON [`crate::scalar::gemv_q5_0`] for several tokens, bit-exact with one gemv per token.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have NEON.
+    neon_gemm_q5_0, Q5_0, "neon", isums_neon, 2
+}
+gemm_legacy! {
+    /// NEON [`crate::scalar::gemv_q5_1`] for several tokens, bit-exact with one gemv per token.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have NEON.
+    neon_gemm_q5_1, Q5_1, "neon", isums_neon, 2
+}
+gemm_legacy! {
     /// NEON [`crate::scalar::gemv_q8_0`] for several tokens, bit-exact with one gemv per token.
     ///
     /// # Safety
@@ -488,6 +505,24 @@ gemm_legacy! {
     ///
     /// The CPU must have NEON and the dot-product extension.
     neon_dotprod_gemm_q4_1, Q4_1, "neon,dotprod", isums_dot, 2
+}
+gemm_legacy! {
+    /// NEON + dot product [`crate::scalar::gemv_q5_0`] for several tokens, bit-exact with one
+    /// gemv per token.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have NEON and the dot-product extension.
+    neon_dotprod_gemm_q5_0, Q5_0, "neon,dotprod", isums_dot, 2
+}
+gemm_legacy! {
+    /// NEON + dot product [`crate::scalar::gemv_q5_1`] for several tokens, bit-exact with one
+    /// gemv per token.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have NEON and the dot-product extension.
+    neon_dotprod_gemm_q5_1, Q5_1, "neon,dotprod", isums_dot, 2
 }
 gemm_legacy! {
     /// NEON + dot product [`crate::scalar::gemv_q8_0`] for several tokens, bit-exact with one

@@ -11,6 +11,7 @@ pub mod attn_q16;
 pub mod avx512;
 pub mod avx512_attn;
 pub mod float;
+pub mod kquant_gemm;
 pub mod kquants;
 pub mod legacy;
 pub mod q4w;

@@ -13,8 +13,8 @@
 //! run lane by lane in the same order, unfused: every result has the bits the gemv gives its token.
 //! The running sums live in `out` between panels. `vpdpbusd` takes unsigned weights: Q4_0's
 //! nibbles are `q - 8`, Q5_0's five-bit values `q - 16` and Q8_0's bytes are signed, so they
-//! enter as `q`, `q` and `q + 128`, and `8 Σ a`, `16 Σ a` or `128 Σ a` (each group's exact sum of
-//! activations) comes off the integer sums.
+//! enter as `q`, `q` and `q + 128`, and the integer sums start from `-8 Σ a`, `-16 Σ a` or
+//! `-128 Σ a` (each group's exact sum of activations, times the offset, once per panel).
 
 use core::arch::x86_64::*;
 
@@ -80,6 +80,10 @@ unsafe fn gemm<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f
     let mut da = [[[_mm256_setzero_ps(); 2]; PANEL_BLOCKS]; VECS];
     let mut sa = [[[zero_i; 2]; PANEL_BLOCKS]; VECS];
     let mut off = [[_mm256_setzero_ps(); PANEL_BLOCKS]; VECS];
+    // A row's unpacked panel and scales, rewritten for each row (not zeroed per row).
+    let mut u = [0u8; PANEL_BLOCKS * QK];
+    let mut dw = [0f32; PANEL_BLOCKS];
+    let mut mw = [0f32; PANEL_BLOCKS];
     let mask = _mm_set1_epi8(0x0F);
     let flip = _mm256_set1_epi8(-128);
     // Q5's high bits: byte c of a vector gets byte c / 8 of `qh` (within each 128-bit lane, whose
@@ -119,8 +123,16 @@ unsafe fn gemm<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f
                             s[t] = if with_min {
                                 acts.sums[g]
                             } else {
+                                // Σ (q - o) a = Σ q a - o Σ a, exactly: o = 8 for Q4_0's
+                                // nibbles, 16 for Q5_0's values, 128 for Q8_0's bytes (which
+                                // enter as q + 128). The products start from -o Σ a.
+                                let o = match K {
+                                    Q80 => 128,
+                                    Q50 => 16,
+                                    _ => 8,
+                                };
                                 let at = (vt + t) * cols + b * QK + h * QS;
-                                acts.qs[at..at + QS].iter().map(|&x| x as i32).sum()
+                                -o * acts.qs[at..at + QS].iter().map(|&x| x as i32).sum::<i32>()
                             };
                         }
                         // SAFETY: `d` and `s` hold eight values each.
@@ -142,9 +154,6 @@ unsafe fn gemm<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f
                 // The panel's blocks of this row unpacked (32 columns of unsigned bytes each)
                 // with their scales, so that the products below broadcast their columns
                 // straight from memory.
-                let mut u = [0u8; PANEL_BLOCKS * QK];
-                let mut dw = [0f32; PANEL_BLOCKS];
-                let mut mw = [0f32; PANEL_BLOCKS];
                 for j in 0..pn {
                     let blk = &row[(p0 + j) * bb..(p0 + j + 1) * bb];
                     let f16 = |at: usize| {
@@ -206,7 +215,9 @@ unsafe fn gemm<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f
                     _mm256_loadu_ps(acc.as_ptr().add(LANES * v))
                 });
                 for j in 0..pn {
-                    let mut i = [[zero_i; 2]; VECS];
+                    // The integer sums start from the offset term (zero for Q4_1 and Q5_1).
+                    let mut i: [[__m256i; 2]; VECS] =
+                        core::array::from_fn(|v| if with_min { [zero_i; 2] } else { sa[v][j] });
                     for h in 0..2 {
                         for k in 0..4 {
                             // SAFETY: `u` holds the 32 columns of block `j` from `j * QK`.
@@ -224,19 +235,6 @@ unsafe fn gemm<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f
                     let d = _mm256_set1_ps(dw[j]);
                     let m = _mm256_set1_ps(mw[j]);
                     for v in 0..VECS {
-                        if !with_min {
-                            // Σ (q - o) a = Σ q a - o Σ a, exactly: o = 8 for Q4_0's nibbles,
-                            // 16 for Q5_0's values, 128 for Q8_0's bytes (which entered as
-                            // q + 128).
-                            for h in 0..2 {
-                                let o = match K {
-                                    Q80 => _mm256_slli_epi32::<7>(sa[v][j][h]),
-                                    Q50 => _mm256_slli_epi32::<4>(sa[v][j][h]),
-                                    _ => _mm256_slli_epi32::<3>(sa[v][j][h]),
-                                };
-                                i[v][h] = _mm256_sub_epi32(i[v][h], o);
-                            }
-                        }
                         let mut term = _mm256_add_ps(
                             _mm256_mul_ps(
                                 _mm256_mul_ps(d, da[v][j][0]),
