@@ -237,6 +237,9 @@ fn main() {
         bench_gemm(k, GgmlType::Q4W, 1536);
         // Qwen2.5-0.5B's layer types (Q4_K_M file).
         bench_gemm(k, GgmlType::Q5_0, 896);
+        bench_gemm(k, GgmlType::Q5_0, 576);
+        bench_gemm(k, GgmlType::Q4_0, 896);
+        bench_gemm(k, GgmlType::Q4_1, 576);
         bench_gemm(k, GgmlType::Q4_K, 4864);
         bench_gemm(k, GgmlType::Q6_K, 4864);
         bench_shape(k, GgmlType::Q5_0, 1536, 576);

@@ -21,6 +21,7 @@
 
 use core::arch::x86_64::*;
 
+use super::{acts_bytes, gather8};
 use crate::acts::{ActsQ8, QS};
 use crate::scalar::kquants::{
     acc_lane, check_gemv, f16_at, scale_min_k4, ACT_GROUPS_PER_SUPER, K4_D, K4_DMIN, K4_SCALES,
@@ -49,50 +50,6 @@ const Q5K: u8 = 1;
 /// Q6_K.
 const Q6K: u8 = 2;
 
-/// The 8x8 transpose of 32-bit words: word `k` of row `t` becomes word `t` of row `k`.
-#[inline]
-#[target_feature(enable = "avx2")]
-fn transpose8(r: [__m256i; 8]) -> [__m256i; 8] {
-    let t: [__m256i; 8] = core::array::from_fn(|i| {
-        let (a, b) = (r[2 * (i / 2)], r[2 * (i / 2) + 1]);
-        if i % 2 == 0 {
-            _mm256_unpacklo_epi32(a, b)
-        } else {
-            _mm256_unpackhi_epi32(a, b)
-        }
-    });
-    // u[4h + c]: words c and c + 4 of rows 4h .. 4h + 4.
-    let u: [__m256i; 8] = core::array::from_fn(|i| {
-        let (h, c) = (i / 4, i % 4);
-        let (a, b) = (t[4 * h + c / 2], t[4 * h + 2 + c / 2]);
-        if c % 2 == 0 {
-            _mm256_unpacklo_epi64(a, b)
-        } else {
-            _mm256_unpackhi_epi64(a, b)
-        }
-    });
-    core::array::from_fn(|k| {
-        if k < 4 {
-            _mm256_permute2x128_si256::<0x20>(u[k], u[4 + k])
-        } else {
-            _mm256_permute2x128_si256::<0x31>(u[k - 4], u[k])
-        }
-    })
-}
-
-/// The eight 32-byte rows of tokens `t0 .. t0 + 8` (the last token repeated past `nb`) at byte
-/// `at` of each token's `len`-byte row of `data`, transposed ([`transpose8`]).
-#[inline]
-#[target_feature(enable = "avx2")]
-fn gather8(data: &[u8], len: usize, nb: usize, t0: usize, at: usize) -> [__m256i; 8] {
-    transpose8(core::array::from_fn(|t| {
-        let o = (t0 + t).min(nb - 1) * len + at;
-        let s = &data[o..o + 32];
-        // SAFETY: `s` holds 32 bytes.
-        unsafe { _mm256_loadu_si256(s.as_ptr().cast()) }
-    }))
-}
-
 /// The gemm of type `K` ([`Q4K`], [`Q5K`] or [`Q6K`]).
 ///
 /// # Safety
@@ -115,15 +72,7 @@ unsafe fn gemm<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f
         return;
     }
     let groups = cols / QS;
-    // The activations and their groups' scales and sums as bytes, for the transposes.
-    // SAFETY: i8, f32 and i32 have no padding; the byte views cover exactly the same memory.
-    let (q_bytes, d_bytes, s_bytes) = unsafe {
-        (
-            core::slice::from_raw_parts(acts.qs.as_ptr().cast::<u8>(), acts.qs.len()),
-            core::slice::from_raw_parts(acts.d.as_ptr().cast::<u8>(), 4 * acts.d.len()),
-            core::slice::from_raw_parts(acts.sums.as_ptr().cast::<u8>(), 4 * acts.sums.len()),
-        )
-    };
+    let (q_bytes, d_bytes, s_bytes) = acts_bytes(acts);
     let zero_i = _mm256_setzero_si256();
     let zero = _mm256_setzero_ps();
     // Per panel, for the eight tokens of the pass: each group's four vectors of arranged

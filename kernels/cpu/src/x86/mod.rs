@@ -19,6 +19,13 @@ pub mod ternary;
 pub mod vnni;
 pub mod vnni_gemm;
 
+use core::arch::x86_64::{
+    __m256i, _mm256_loadu_si256, _mm256_permute2x128_si256, _mm256_unpackhi_epi32,
+    _mm256_unpackhi_epi64, _mm256_unpacklo_epi32, _mm256_unpacklo_epi64,
+};
+
+use crate::acts::ActsQ8;
+
 /// Pointers to the starts of rows `first .. first + N` of `w` (rows of `row_bytes` bytes), each
 /// row index clamped to `last`, so that a pass of `N` rows past the last one repeats it. `last`
 /// must be a row of `w` (`(last + 1) * row_bytes <= w.len()`, which the kernels' shape checks
@@ -55,6 +62,63 @@ pub(crate) fn store8(out: &mut [f32], r: usize, v: core::arch::x86_64::__m256) {
         // SAFETY: `tmp` holds eight f32.
         unsafe { _mm256_storeu_ps(tmp.as_mut_ptr(), v) };
         out[r..r + n].copy_from_slice(&tmp[..n]);
+    }
+}
+
+/// The 8x8 transpose of 32-bit words: word `k` of row `t` becomes word `t` of row `k`.
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(crate) fn transpose8(r: [__m256i; 8]) -> [__m256i; 8] {
+    let t: [__m256i; 8] = core::array::from_fn(|i| {
+        let (a, b) = (r[2 * (i / 2)], r[2 * (i / 2) + 1]);
+        if i % 2 == 0 {
+            _mm256_unpacklo_epi32(a, b)
+        } else {
+            _mm256_unpackhi_epi32(a, b)
+        }
+    });
+    // u[4h + c]: words c and c + 4 of rows 4h .. 4h + 4.
+    let u: [__m256i; 8] = core::array::from_fn(|i| {
+        let (h, c) = (i / 4, i % 4);
+        let (a, b) = (t[4 * h + c / 2], t[4 * h + 2 + c / 2]);
+        if c % 2 == 0 {
+            _mm256_unpacklo_epi64(a, b)
+        } else {
+            _mm256_unpackhi_epi64(a, b)
+        }
+    });
+    core::array::from_fn(|k| {
+        if k < 4 {
+            _mm256_permute2x128_si256::<0x20>(u[k], u[4 + k])
+        } else {
+            _mm256_permute2x128_si256::<0x31>(u[k - 4], u[k])
+        }
+    })
+}
+
+/// The eight 32-byte rows of tokens `t0 .. t0 + 8` (the last token repeated past `nb`) at byte
+/// `at` of each token's `len`-byte row of `data`, transposed ([`transpose8`]).
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(crate) fn gather8(data: &[u8], len: usize, nb: usize, t0: usize, at: usize) -> [__m256i; 8] {
+    transpose8(core::array::from_fn(|t| {
+        let o = (t0 + t).min(nb - 1) * len + at;
+        let s = &data[o..o + 32];
+        // SAFETY: `s` holds 32 bytes.
+        unsafe { _mm256_loadu_si256(s.as_ptr().cast()) }
+    }))
+}
+
+/// The activations, their groups' scales and their groups' sums as bytes (rows for [`gather8`]).
+pub(crate) fn acts_bytes<'a>(acts: &ActsQ8<'a>) -> (&'a [u8], &'a [u8], &'a [u8]) {
+    // SAFETY: i8, f32 and i32 have no padding and no invalid bytes; each view covers exactly the
+    // memory of its slice, for the same lifetime.
+    unsafe {
+        (
+            core::slice::from_raw_parts(acts.qs.as_ptr().cast::<u8>(), acts.qs.len()),
+            core::slice::from_raw_parts(acts.d.as_ptr().cast::<u8>(), 4 * acts.d.len()),
+            core::slice::from_raw_parts(acts.sums.as_ptr().cast::<u8>(), 4 * acts.sums.len()),
+        )
     }
 }
 

@@ -18,6 +18,7 @@
 
 use core::arch::x86_64::*;
 
+use super::{acts_bytes, gather8};
 use crate::acts::{ActsQ8, QK, QS};
 use crate::scalar::legacy::{
     check_gemv, Q4_0_BYTES, Q4_1_BYTES, Q5_0_BYTES, Q5_1_BYTES, Q8_0_BYTES,
@@ -71,7 +72,9 @@ unsafe fn gemm<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f
         return;
     }
     let groups = cols / QS;
+    let (q_bytes, d_bytes, s_bytes) = acts_bytes(acts);
     let zero_i = _mm256_setzero_si256();
+    let ones = _mm256_set1_epi8(1);
     // Per vector of eight tokens: the arranged activations, `[block][k]` (columns 4k..4k + 4 of
     // each token in its lane), the two groups' activation scales, and for Q4_0 and Q8_0 each
     // group's exact sum of activations (for the weights' offset, taken from the values
@@ -99,49 +102,67 @@ unsafe fn gemm<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f
         for p0 in (0..nblk).step_by(PANEL_BLOCKS) {
             let pn = (nblk - p0).min(PANEL_BLOCKS);
             for v in 0..VECS {
+                // Tokens past the last repeat it (their results are dropped).
                 let vt = t0 + v * LANES;
-                let vn = (t0 + tn).saturating_sub(vt).min(LANES);
                 for j in 0..pn {
                     let b = p0 + j;
-                    for k in 0..8 {
-                        let mut l = [0i32; LANES];
-                        for (t, l) in l.iter_mut().enumerate().take(vn) {
-                            let at = (vt + t) * cols + b * QK + 4 * k;
-                            let q = &acts.qs[at..at + 4];
-                            *l = i32::from_le_bytes([
-                                q[0] as u8, q[1] as u8, q[2] as u8, q[3] as u8,
-                            ]);
-                        }
-                        // SAFETY: `l` holds eight i32.
-                        a[v][j * 8 + k] = unsafe { _mm256_loadu_si256(l.as_ptr().cast()) };
-                    }
-                    for h in 0..2 {
-                        let (mut d, mut s) = ([0f32; LANES], [0i32; LANES]);
-                        for t in 0..vn {
-                            let g = (vt + t) * groups + 2 * b + h;
-                            d[t] = acts.d[g];
-                            s[t] = if with_min {
-                                acts.sums[g]
-                            } else {
-                                // Σ (q - o) a = Σ q a - o Σ a, exactly: o = 8 for Q4_0's
-                                // nibbles, 16 for Q5_0's values, 128 for Q8_0's bytes (which
-                                // enter as q + 128). The products start from -o Σ a.
-                                let o = match K {
-                                    Q80 => 128,
-                                    Q50 => 16,
-                                    _ => 8,
-                                };
-                                let at = (vt + t) * cols + b * QK + h * QS;
-                                -o * acts.qs[at..at + QS].iter().map(|&x| x as i32).sum::<i32>()
+                    let q = gather8(q_bytes, cols, nb, vt, b * QK);
+                    a[v][j * 8..j * 8 + 8].copy_from_slice(&q);
+                    if !with_min {
+                        // Σ (q - o) a = Σ q a - o Σ a, exactly: o = 8 for Q4_0's nibbles, 16
+                        // for Q5_0's values, 128 for Q8_0's bytes (which enter as q + 128). The
+                        // products start from -o Σ a, each group's sum taken from its values.
+                        for h in 0..2 {
+                            let mut x = zero_i;
+                            for k in 0..4 {
+                                x = _mm256_dpbusd_avx_epi32(x, ones, a[v][j * 8 + 4 * h + k]);
+                            }
+                            let o = match K {
+                                Q80 => _mm256_slli_epi32::<7>(x),
+                                Q50 => _mm256_slli_epi32::<4>(x),
+                                _ => _mm256_slli_epi32::<3>(x),
                             };
+                            sa[v][j][h] = _mm256_sub_epi32(zero_i, o);
                         }
-                        // SAFETY: `d` and `s` hold eight values each.
+                    }
+                }
+                // The groups' activation scales (and Q4_1's and Q5_1's stored sums): eight
+                // groups (four blocks) per transpose, the last blocks of the panel one by one.
+                let whole = pn / 4 * 4;
+                for j4 in (0..whole).step_by(4) {
+                    let (at, len) = (4 * 2 * (p0 + j4), 4 * groups);
+                    let d = gather8(d_bytes, len, nb, vt, at);
+                    let sm = if with_min {
+                        gather8(s_bytes, len, nb, vt, at)
+                    } else {
+                        [zero_i; 8]
+                    };
+                    for i in 0..8 {
+                        da[v][j4 + i / 2][i % 2] = _mm256_castsi256_ps(d[i]);
+                        if with_min {
+                            sa[v][j4 + i / 2][i % 2] = sm[i];
+                        }
+                    }
+                }
+                for j in whole..pn {
+                    for h in 0..2 {
+                        let (mut d, mut sm) = ([0f32; LANES], [0i32; LANES]);
+                        for t in 0..LANES {
+                            let g = (vt + t).min(nb - 1) * groups + 2 * (p0 + j) + h;
+                            d[t] = acts.d[g];
+                            sm[t] = acts.sums[g];
+                        }
+                        // SAFETY: `d` and `sm` hold eight values each.
                         unsafe {
                             da[v][j][h] = _mm256_loadu_ps(d.as_ptr());
-                            sa[v][j][h] = _mm256_loadu_si256(s.as_ptr().cast());
+                            if with_min {
+                                sa[v][j][h] = _mm256_loadu_si256(sm.as_ptr().cast());
+                            }
                         }
                     }
-                    if with_min {
+                }
+                if with_min {
+                    for j in 0..pn {
                         off[v][j] = _mm256_add_ps(
                             _mm256_mul_ps(da[v][j][0], _mm256_cvtepi32_ps(sa[v][j][0])),
                             _mm256_mul_ps(da[v][j][1], _mm256_cvtepi32_ps(sa[v][j][1])),
