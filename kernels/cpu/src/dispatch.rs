@@ -639,6 +639,9 @@ fn neon_table() -> Table {
     t.gemm_q5_1 = Some(arm::legacy::neon_gemm_q5_1);
     t.gemm_q8_0 = Some(arm::legacy::neon_gemm_q8_0);
     t.gemm_q4w = Some(arm::q4w::neon_gemm_q4w);
+    t.gemm_q4_k = Some(arm::kquants::neon_gemm_q4_k);
+    t.gemm_q5_k = Some(arm::kquants::neon_gemm_q5_k);
+    t.gemm_q6_k = Some(arm::kquants::neon_gemm_q6_k);
     t
 }
 
@@ -667,6 +670,9 @@ fn dotprod_table() -> Table {
     t.gemm_q5_1 = Some(arm::legacy::neon_dotprod_gemm_q5_1);
     t.gemm_q8_0 = Some(arm::legacy::neon_dotprod_gemm_q8_0);
     t.gemm_q4w = Some(arm::q4w::neon_dotprod_gemm_q4w);
+    t.gemm_q4_k = Some(arm::kquants::neon_dotprod_gemm_q4_k);
+    t.gemm_q5_k = Some(arm::kquants::neon_dotprod_gemm_q5_k);
+    t.gemm_q6_k = Some(arm::kquants::neon_dotprod_gemm_q6_k);
     t
 }
 
@@ -776,8 +782,8 @@ impl Kernels {
     /// Whether [`Self::gemm`] of `ty` is a kernel of its own, worth calling on tiles of rows for
     /// several tokens: T2 and TQ2_0 (each weight unpacked once for several tokens, except NEON's
     /// T2, which runs its gemv per token on the tile), the legacy types (Q4_0 to Q8_0) on the
-    /// `avx-vnni` and NEON kernels, the K-quants on the `avx-vnni` ones, Q4W on the `avx512` and
-    /// NEON ones; for every other type it is one [`Self::gemv`] per token.
+    /// `avx-vnni` and NEON kernels, the K-quants Q4_K, Q5_K and Q6_K on the same, Q4W on the
+    /// `avx512` and NEON ones; for every other type it is one [`Self::gemv`] per token.
     pub fn gemm_batches(&self, ty: GgmlType) -> bool {
         self.batched_gemm(ty).is_some()
     }

@@ -1,21 +1,38 @@
-//! NEON K-quant gemvs (Q4_K, Q5_K, Q6_K), bit-exact with [`crate::scalar::kquants`] (the
-//! specification's accumulation order is in that module's docs), on the `neon` tier and, with one
-//! `sdot` per group, the `neon-dotprod` tier.
+//! NEON K-quant gemvs and gemms (Q4_K, Q5_K, Q6_K), bit-exact with [`crate::scalar::kquants`]
+//! (the specification's accumulation order is in that module's docs), on the `neon` tier and,
+//! with one `sdot` per group, the `neon-dotprod` tier.
 //!
-//! One row at a time. Per super-block the codes of each half `h` (elements `128h ..`, activation
-//! groups `8h .. 8h + 8`) come out by masks and shifts as eight vectors of 16 values, entry `e`
-//! holding group `8h + e`: Q6_K's 6-bit codes from `ql` and `qh`, minus 32; Q4_K's nibbles of
-//! `qs[64h ..]` (32-element sub-block `4h + e / 2`, low nibbles for even sub-blocks), with
-//! Q5_K's fifth bit from bit `4h + e / 2` of `qh`. The exact dot of each group with its
+//! The gemv: one row at a time. Per super-block the codes of each half `h` (elements `128h ..`,
+//! activation groups `8h .. 8h + 8`) come out by masks and shifts as eight vectors of 16 values,
+//! entry `e` holding group `8h + e`: Q6_K's 6-bit codes from `ql` and `qh`, minus 32; Q4_K's
+//! nibbles of `qs[64h ..]` (32-element sub-block `4h + e / 2`, low nibbles for even sub-blocks),
+//! with Q5_K's fifth bit from bit `4h + e / 2` of `qh`. The exact dot of each group with its
 //! activations is `smull`/`smlal` pairs widened by `saddlp` (or one `sdot`), and two rounds of
-//! `addp` put the dots of four groups in the four lanes of one vector: groups `0 2 4 6`, `1 3 5
-//! 7`, `8 10 12 14`, `9 11 13 15`, whose lanes are the specification's accumulator lanes `0..4`,
+//! `addp` put the dots of four groups in the four lanes of one vector: groups `0 2 4 6`, `1 3 5 7`,
+//! `8 10 12 14`, `9 11 13 15`, whose lanes are the specification's accumulator lanes `0..4`,
 //! `4..8`, `0..4`, `4..8`. Each vector then takes the specification's float steps lane by lane
-//! (never fused: Q6_K `((scale * dot) * d) * acts.d[g]`, Q4_K/Q5_K `(dot * dl - sums[g] * ml) *
-//! acts.d[g]` with `dl = d * sc`, `ml = dmin * m` of the group's sub-block, the eight of a
-//! super-block decoded and multiplied in vectors by `scales_k4`), the even and odd
-//! groups' activation scales and sums deinterleaved by `ld2`, and the eight running sums are
-//! reduced in the specification's order.
+//! (never fused: Q6_K `((scale * dot) * d) * acts.d[g]`, Q4_K/Q5_K
+//! `(dot * dl - sums[g] * ml) * acts.d[g]` with `dl = d * sc`, `ml = dmin * m` of the group's
+//! sub-block, the eight of a super-block decoded and multiplied in vectors by `scales_k4`), the
+//! even and odd groups' activation scales and sums deinterleaved by `ld2`, and the eight running
+//! sums are reduced in the specification's order.
+//!
+//! The gemms (prefill: `nb` tokens, `out[t * rows + r]`) take the tokens in passes, and each pass
+//! the rows one by one: per super-block the factors (Q4_K/Q5_K's `dl` and `ml` by `scales_k4`,
+//! Q6_K's `d` and widened scales) and per half the eight code vectors are decoded once, and then
+//! each token of the pass takes the gemv's dots and float steps, in the gemv's order, into eight
+//! running sums of its own: every result has the bits of its token's gemv.
+//!
+//! - `neon`: passes of two tokens, whose running sums stay in registers (with more tokens the
+//!   products did not fit the 32 vector registers), and a last odd token alone. The dots are the
+//!   same integers as the gemv's with fewer widening steps: the groups' `smull`/`smlal2` pair sums
+//!   are added pairwise in i16 by `addp` before `saddlp` widens them, twice for Q4_K/Q5_K (sums
+//!   of eight products of codes `0..32`, at most `31744`) and once for Q6_K (sums of four of codes
+//!   `-32..32`, at most `2^14`; eight could reach `2^15`).
+//! - `neon-dotprod`, with the gemv's one `sdot` per group: passes of eight tokens up to the last
+//!   multiple of eight, the codes of a half held in registers through a loop over the tokens
+//!   (their running sums on the stack; in the Neoverse N1 model faster than passes of two or
+//!   four), then passes of two and of one as on `neon`.
 
 use core::arch::aarch64::*;
 
@@ -24,6 +41,7 @@ use crate::scalar::kquants::{
     check_gemv, ACT_GROUPS_PER_SUPER, K4_D, K4_DMIN, K4_SCALES, Q4_K_BLOCK_BYTES, Q4_K_QS,
     Q5_K_BLOCK_BYTES, Q5_K_QH, Q5_K_QS, Q6_K_BLOCK_BYTES, Q6_K_D, Q6_K_QH, Q6_K_QL, Q6_K_SCALES,
 };
+use crate::scalar::ternary::{check_gemm, token_acts, token_group};
 
 /// The signed codes (`q - 32`) of half `h` of the super-block at `blk`: entry `2g + k` holds
 /// elements `128h + 32g + 16k ..` (activation group `8h + 2g + k`).
@@ -388,4 +406,406 @@ pub unsafe fn neon_gemv_q6_k(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
 pub unsafe fn neon_dotprod_gemv_q6_k(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
     // SAFETY: same features, guaranteed by the caller.
     unsafe { gemv(w, acts, out, |a, b| lanes_dotprod(a, b)) }
+}
+
+/// Tokens per pass of the gemms' short passes: each super-block's codes and factors are decoded
+/// once for two tokens, whose running sums stay in registers. The `neon` gemms take every token
+/// in such passes: with more tokens per pass the modelled cycles went up on the Cortex-A53 and
+/// A72 (the `smull`/`smlal2` products of more tokens no longer fit the 32 vector registers).
+const PAIR: usize = 2;
+
+/// Tokens per pass of the `neon-dotprod` gemms' long passes, which take the tokens up to the
+/// last multiple of eight (the rest go in [`PAIR`]s): the codes of a half stay in registers
+/// while a loop over the eight tokens keeps their running sums on the stack (one `sdot` per
+/// group leaves few values live); in the Neoverse N1 model this was faster than passes of two
+/// or four.
+const DOTPROD_TOKENS: usize = 8;
+
+/// [`quad`] on ARMv8.0 for the gemms, with fewer widening steps: each group's `smull`/`smlal2`
+/// pair sums (eight i16 lanes) are added pairwise in i16 by `addp` before `saddlp` widens them.
+/// With `EIGHT`, two rounds in i16 (sums of eight products, at most `8 * 31 * 128 = 31744`:
+/// Q4_K's and Q5_K's codes are `0..32`), then one `saddlp`; without it (Q6_K's codes `-32..32`,
+/// whose eight products can reach `8 * 32 * 128 = 2^15`), one round in i16 (at most `2^14`), two
+/// `saddlp` and an `addp` in i32. The dots are exact either way, the same integers as [`quad`]'s.
+///
+/// # Safety
+///
+/// As [`quad`]'s, with NEON.
+#[inline(always)]
+unsafe fn quad_neon<const EIGHT: bool>(
+    codes: &[int8x16_t; 8],
+    qa: *const i8,
+    first: usize,
+    pick: [usize; 4],
+) -> int32x4_t {
+    // SAFETY: the caller guarantees the groups' activations and NEON.
+    unsafe {
+        let pairs = |x: usize| {
+            let (w, a) = (codes[x], vld1q_s8(qa.add((first + x) * QS)));
+            vmlal_high_s8(vmull_s8(vget_low_s8(w), vget_low_s8(a)), w, a)
+        };
+        let [a, b, c, e] = pick;
+        let ab = vpaddq_s16(pairs(a), pairs(b));
+        let ce = vpaddq_s16(pairs(c), pairs(e));
+        if EIGHT {
+            vpaddlq_s16(vpaddq_s16(ab, ce))
+        } else {
+            vpaddq_s32(vpaddlq_s16(ab), vpaddlq_s16(ce))
+        }
+    }
+}
+
+/// A gemm's shape, checked by [`check_kquant_gemm`].
+#[derive(Clone, Copy)]
+struct Shape {
+    /// Tokens.
+    nb: usize,
+    /// Columns (activations per token).
+    cols: usize,
+    /// Weight rows (results per token).
+    rows: usize,
+    /// Bytes per weight row.
+    row_bytes: usize,
+}
+
+/// The gemms' shape checks ([`check_gemm`], and [`check_gemv`] for the first token, whose shape
+/// every token shares; [`token_group`] slices each token's activations, scales and sums).
+#[inline(always)]
+fn check_kquant_gemm(
+    w: &[u8],
+    acts: &ActsQ8<'_>,
+    nb: usize,
+    out: &[f32],
+    block_bytes: usize,
+    name: &str,
+) -> Shape {
+    let (cols, rows) = check_gemm(acts, nb, out.len(), name);
+    let row_bytes = check_gemv(w, &token_acts(acts, cols, 0), &out[..rows], block_bytes);
+    Shape {
+        nb,
+        cols,
+        rows,
+        row_bytes,
+    }
+}
+
+/// The type of a gemm's `quad`: the exact dots of four groups, as [`quad`] gives them.
+trait Quad: Fn(&[int8x16_t; 8], *const i8, usize, [usize; 4]) -> int32x4_t {}
+impl<F: Fn(&[int8x16_t; 8], *const i8, usize, [usize; 4]) -> int32x4_t> Quad for F {}
+
+/// The Q6_K gemm's passes of `T` tokens over the tokens `tokens` (module docs): [`gemv`]'s
+/// operations in its order for each token, each half's codes and scales decoded once for the
+/// pass. A pass that runs past the gemm's last token repeats it and drops its results.
+///
+/// # Safety
+///
+/// `shape` must be [`check_kquant_gemm`]'s for these `w`, `acts` and `out` and Q6_K, `tokens`
+/// inside `0..shape.nb`; the CPU must have NEON and whatever `quad` needs.
+#[inline(always)]
+unsafe fn passes_q6_k<const T: usize>(
+    w: &[u8],
+    acts: &ActsQ8<'_>,
+    shape: Shape,
+    tokens: core::ops::Range<usize>,
+    out: &mut [f32],
+    quad: &impl Quad,
+) {
+    let Shape {
+        nb,
+        cols,
+        rows,
+        row_bytes,
+    } = shape;
+    let nsb = row_bytes / Q6_K_BLOCK_BYTES;
+    let end = tokens.end;
+    for t0 in tokens.step_by(T) {
+        let tn = (end - t0).min(T);
+        // Each slice holds its token's `nsb` super-blocks' activations and scales.
+        let at: [ActsQ8<'_>; T] = token_group(acts, cols, nb, t0);
+        let qa = at.map(|a| a.qs.as_ptr());
+        let da = at.map(|a| a.d.as_ptr());
+        for r in 0..rows {
+            // SAFETY: the shape check guarantees `rows` rows of `nsb` super-blocks in `w`, and
+            // each token's slices hold `nsb` super-blocks' activations and scales; the caller,
+            // the CPU's features.
+            let acc = unsafe {
+                let row = w.as_ptr().add(r * row_bytes);
+                let mut lo = [vdupq_n_f32(0.0); T];
+                let mut hi = [vdupq_n_f32(0.0); T];
+                for s in 0..nsb {
+                    let blk = row.add(s * Q6_K_BLOCK_BYTES);
+                    let d = vdupq_n_f32(super::f16_to_f32(u16::from_le_bytes([
+                        *blk.add(Q6_K_D),
+                        *blk.add(Q6_K_D + 1),
+                    ])));
+                    let sc = vld1q_s8(blk.add(Q6_K_SCALES).cast());
+                    let sc16 = [vmovl_s8(vget_low_s8(sc)), vmovl_s8(vget_high_s8(sc))];
+                    let g0 = s * ACT_GROUPS_PER_SUPER;
+                    for (h, &s8) in sc16.iter().enumerate() {
+                        let c = codes(blk, h);
+                        let ev = vmovl_s16(vget_low_s16(vuzp1q_s16(s8, s8)));
+                        let od = vmovl_s16(vget_low_s16(vuzp2q_s16(s8, s8)));
+                        let first = g0 + 8 * h;
+                        for t in 0..T {
+                            let dots = [
+                                quad(&c, qa[t], first, [0, 2, 4, 6]),
+                                quad(&c, qa[t], first, [1, 3, 5, 7]),
+                            ];
+                            let ad = vld2q_f32(da[t].add(first));
+                            let x0 = vmulq_f32(
+                                vmulq_f32(vcvtq_f32_s32(vmulq_s32(ev, dots[0])), d),
+                                ad.0,
+                            );
+                            let x1 = vmulq_f32(
+                                vmulq_f32(vcvtq_f32_s32(vmulq_s32(od, dots[1])), d),
+                                ad.1,
+                            );
+                            lo[t] = vaddq_f32(lo[t], x0);
+                            hi[t] = vaddq_f32(hi[t], x1);
+                        }
+                    }
+                }
+                core::array::from_fn::<f32, T, _>(|t| reduce(lo[t], hi[t]))
+            };
+            for (t, &y) in acc.iter().enumerate().take(tn) {
+                out[(t0 + t) * rows + r] = y;
+            }
+        }
+    }
+}
+
+/// The Q4_K/Q5_K gemm's passes of `T` tokens over the tokens `tokens` (module docs):
+/// [`gemv_k4`]'s operations in its order for each token, each super-block's factors and each
+/// half's codes decoded once for the pass. A pass that runs past the gemm's last token repeats
+/// it and drops its results.
+///
+/// # Safety
+///
+/// `shape` must be [`check_kquant_gemm`]'s for these `w`, `acts` and `out` and the type,
+/// `tokens` inside `0..shape.nb`; the CPU must have NEON and whatever `quad` needs.
+#[inline(always)]
+unsafe fn passes_k4<const FIVE: bool, const T: usize>(
+    w: &[u8],
+    acts: &ActsQ8<'_>,
+    shape: Shape,
+    tokens: core::ops::Range<usize>,
+    out: &mut [f32],
+    quad: &impl Quad,
+) {
+    let Shape {
+        nb,
+        cols,
+        rows,
+        row_bytes,
+    } = shape;
+    let bb = if FIVE {
+        Q5_K_BLOCK_BYTES
+    } else {
+        Q4_K_BLOCK_BYTES
+    };
+    let nsb = row_bytes / bb;
+    let end = tokens.end;
+    for t0 in tokens.step_by(T) {
+        let tn = (end - t0).min(T);
+        // Each slice holds its token's `nsb` super-blocks' activations, scales and sums.
+        let at: [ActsQ8<'_>; T] = token_group(acts, cols, nb, t0);
+        let qa = at.map(|a| a.qs.as_ptr());
+        let da = at.map(|a| a.d.as_ptr());
+        let sa = at.map(|a| a.sums.as_ptr());
+        for r in 0..rows {
+            // SAFETY: the shape check guarantees `rows` rows of `nsb` super-blocks in `w`, and
+            // each token's slices hold `nsb` super-blocks' activations, scales and sums; the
+            // caller, the CPU's features.
+            let acc = unsafe {
+                let row = w.as_ptr().add(r * row_bytes);
+                let mut lo = [vdupq_n_f32(0.0); T];
+                let mut hi = [vdupq_n_f32(0.0); T];
+                for s in 0..nsb {
+                    let blk = row.add(s * bb);
+                    let (dls, mls) = scales_k4(blk);
+                    let g0 = s * ACT_GROUPS_PER_SUPER;
+                    // Both halves written out, as in the gemv.
+                    let mut half = |h: usize| {
+                        let (dl, ml) = (dls[h], mls[h]);
+                        let c = codes_k4::<FIVE>(blk, h);
+                        let first = g0 + 8 * h;
+                        for t in 0..T {
+                            let dots = [
+                                quad(&c, qa[t], first, [0, 2, 4, 6]),
+                                quad(&c, qa[t], first, [1, 3, 5, 7]),
+                            ];
+                            let ad = vld2q_f32(da[t].add(first));
+                            let sums = vld2q_s32(sa[t].add(first));
+                            let term = |dot: int32x4_t, sum: int32x4_t, a: float32x4_t| {
+                                let x = vmulq_f32(vcvtq_f32_s32(dot), dl);
+                                let m = vmulq_f32(vcvtq_f32_s32(sum), ml);
+                                vmulq_f32(vsubq_f32(x, m), a)
+                            };
+                            lo[t] = vaddq_f32(lo[t], term(dots[0], sums.0, ad.0));
+                            hi[t] = vaddq_f32(hi[t], term(dots[1], sums.1, ad.1));
+                        }
+                    };
+                    half(0);
+                    half(1);
+                }
+                core::array::from_fn::<f32, T, _>(|t| reduce(lo[t], hi[t]))
+            };
+            for (t, &y) in acc.iter().enumerate().take(tn) {
+                out[(t0 + t) * rows + r] = y;
+            }
+        }
+    }
+}
+
+/// The Q6_K gemm: passes of `LONG` tokens up to the last multiple of `LONG` when `LONG` is more
+/// than [`PAIR`], then passes of [`PAIR`], then one of a single token if one is left.
+///
+/// # Safety
+///
+/// The CPU must have NEON and whatever `quad` needs.
+#[inline(always)]
+unsafe fn gemm_q6_k<const LONG: usize>(
+    w: &[u8],
+    acts: &ActsQ8<'_>,
+    nb: usize,
+    out: &mut [f32],
+    quad: impl Quad,
+) {
+    let shape = check_kquant_gemm(w, acts, nb, out, Q6_K_BLOCK_BYTES, "Q6_K");
+    let long = if LONG > PAIR { nb - nb % LONG } else { 0 };
+    // SAFETY: the shape is the check's and the token ranges are inside `0..nb`; the caller
+    // guarantees the CPU's features.
+    unsafe {
+        if LONG > PAIR {
+            passes_q6_k::<LONG>(w, acts, shape, 0..long, out, &quad);
+        }
+        let pairs = long + (nb - long) / PAIR * PAIR;
+        passes_q6_k::<PAIR>(w, acts, shape, long..pairs, out, &quad);
+        if pairs < nb {
+            passes_q6_k::<1>(w, acts, shape, pairs..nb, out, &quad);
+        }
+    }
+}
+
+/// The Q4_K/Q5_K gemm: passes of `LONG` tokens up to the last multiple of `LONG` when `LONG` is
+/// more than [`PAIR`], then passes of [`PAIR`], then one of a single token if one is left.
+///
+/// # Safety
+///
+/// The CPU must have NEON and whatever `quad` needs.
+#[inline(always)]
+unsafe fn gemm_k4<const FIVE: bool, const LONG: usize>(
+    w: &[u8],
+    acts: &ActsQ8<'_>,
+    nb: usize,
+    out: &mut [f32],
+    quad: impl Quad,
+) {
+    let (bb, name) = if FIVE {
+        (Q5_K_BLOCK_BYTES, "Q5_K")
+    } else {
+        (Q4_K_BLOCK_BYTES, "Q4_K")
+    };
+    let shape = check_kquant_gemm(w, acts, nb, out, bb, name);
+    let long = if LONG > PAIR { nb - nb % LONG } else { 0 };
+    // SAFETY: the shape is the check's and the token ranges are inside `0..nb`; the caller
+    // guarantees the CPU's features.
+    unsafe {
+        if LONG > PAIR {
+            passes_k4::<FIVE, LONG>(w, acts, shape, 0..long, out, &quad);
+        }
+        let pairs = long + (nb - long) / PAIR * PAIR;
+        passes_k4::<FIVE, PAIR>(w, acts, shape, long..pairs, out, &quad);
+        if pairs < nb {
+            passes_k4::<FIVE, 1>(w, acts, shape, pairs..nb, out, &quad);
+        }
+    }
+}
+
+/// NEON [`crate::scalar::kquants::gemv_q4_k`] for `nb` tokens (`out[t * rows + r]`), bit-exact
+/// with one gemv per token (module docs).
+///
+/// # Safety
+///
+/// The CPU must have NEON.
+#[target_feature(enable = "neon")]
+pub unsafe fn neon_gemm_q4_k(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f32]) {
+    // SAFETY: same feature, guaranteed by the caller.
+    unsafe { gemm_k4::<false, PAIR>(w, acts, nb, out, |c, q, f, p| quad_neon::<true>(c, q, f, p)) }
+}
+
+/// NEON + dot-product [`crate::scalar::kquants::gemv_q4_k`] for `nb` tokens (`out[t * rows +
+/// r]`), bit-exact with one gemv per token (module docs).
+///
+/// # Safety
+///
+/// The CPU must have NEON and the dot-product extension.
+#[target_feature(enable = "neon,dotprod")]
+pub unsafe fn neon_dotprod_gemm_q4_k(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f32]) {
+    // SAFETY: same features, guaranteed by the caller.
+    unsafe {
+        gemm_k4::<false, DOTPROD_TOKENS>(w, acts, nb, out, |c, q, f, p| {
+            quad(&|a, b| lanes_dotprod(a, b), c, q, f, p)
+        })
+    }
+}
+
+/// NEON [`crate::scalar::kquants::gemv_q5_k`] for `nb` tokens (`out[t * rows + r]`), bit-exact
+/// with one gemv per token (module docs).
+///
+/// # Safety
+///
+/// The CPU must have NEON.
+#[target_feature(enable = "neon")]
+pub unsafe fn neon_gemm_q5_k(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f32]) {
+    // SAFETY: same feature, guaranteed by the caller.
+    unsafe { gemm_k4::<true, PAIR>(w, acts, nb, out, |c, q, f, p| quad_neon::<true>(c, q, f, p)) }
+}
+
+/// NEON + dot-product [`crate::scalar::kquants::gemv_q5_k`] for `nb` tokens (`out[t * rows +
+/// r]`), bit-exact with one gemv per token (module docs).
+///
+/// # Safety
+///
+/// The CPU must have NEON and the dot-product extension.
+#[target_feature(enable = "neon,dotprod")]
+pub unsafe fn neon_dotprod_gemm_q5_k(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f32]) {
+    // SAFETY: same features, guaranteed by the caller.
+    unsafe {
+        gemm_k4::<true, DOTPROD_TOKENS>(w, acts, nb, out, |c, q, f, p| {
+            quad(&|a, b| lanes_dotprod(a, b), c, q, f, p)
+        })
+    }
+}
+
+/// NEON [`crate::scalar::kquants::gemv_q6_k`] for `nb` tokens (`out[t * rows + r]`), bit-exact
+/// with one gemv per token (module docs).
+///
+/// # Safety
+///
+/// The CPU must have NEON.
+#[target_feature(enable = "neon")]
+pub unsafe fn neon_gemm_q6_k(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f32]) {
+    // SAFETY: same feature, guaranteed by the caller.
+    unsafe {
+        gemm_q6_k::<PAIR>(w, acts, nb, out, |c, q, f, p| {
+            quad_neon::<false>(c, q, f, p)
+        })
+    }
+}
+
+/// NEON + dot-product [`crate::scalar::kquants::gemv_q6_k`] for `nb` tokens (`out[t * rows +
+/// r]`), bit-exact with one gemv per token (module docs).
+///
+/// # Safety
+///
+/// The CPU must have NEON and the dot-product extension.
+#[target_feature(enable = "neon,dotprod")]
+pub unsafe fn neon_dotprod_gemm_q6_k(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f32]) {
+    // SAFETY: same features, guaranteed by the caller.
+    unsafe {
+        gemm_q6_k::<DOTPROD_TOKENS>(w, acts, nb, out, |c, q, f, p| {
+            quad(&|a, b| lanes_dotprod(a, b), c, q, f, p)
+        })
+    }
 }
