@@ -188,7 +188,7 @@ fn expf4_libm(x: float32x4_t) -> Option<float32x4_t> {
     Some(vmulq_f32(y, pow2))
 }
 
-/// NEON [`crate::scalar::swiglu`], bit-exact: `e^-g` by [`expf4_libm`] (four values whose `|g|`
+/// NEON [`crate::scalar::swiglu`], bit-exact: `e^-g` by `expf4_libm` (four values whose `|g|`
 /// lies in its range at a time, the others by `libm::expf`), then the specification's division
 /// and product.
 ///

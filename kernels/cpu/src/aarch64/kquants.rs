@@ -6,16 +6,21 @@
 //! activation groups `8h .. 8h + 8`) come out by masks and shifts as eight vectors of 16 values,
 //! entry `e` holding group `8h + e`: Q6_K's 6-bit codes from `ql` and `qh`, minus 32; Q4_K's
 //! nibbles of `qs[64h ..]` (32-element sub-block `4h + e / 2`, low nibbles for even sub-blocks),
-//! with Q5_K's fifth bit from bit `4h + e / 2` of `qh`. The exact dot of each group with its
-//! activations is `smull`/`smlal` pairs widened by `saddlp` (or one `sdot`), and two rounds of
-//! `addp` put the dots of four groups in the four lanes of one vector: groups `0 2 4 6`, `1 3 5 7`,
-//! `8 10 12 14`, `9 11 13 15`, whose lanes are the specification's accumulator lanes `0..4`,
-//! `4..8`, `0..4`, `4..8`. Each vector then takes the specification's float steps lane by lane
-//! (never fused: Q6_K `((scale * dot) * d) * acts.d[g]`, Q4_K/Q5_K
-//! `(dot * dl - sums[g] * ml) * acts.d[g]` with `dl = d * sc`, `ml = dmin * m` of the group's
-//! sub-block, the eight of a super-block decoded and multiplied in vectors by `scales_k4`), the
-//! even and odd groups' activation scales and sums deinterleaved by `ld2`, and the eight running
-//! sums are reduced in the specification's order.
+//! with Q5_K's fifth bit from bit `4h + e / 2` of `qh`. The exact dots of four groups with their
+//! activations land in the four lanes of one vector: groups `0 2 4 6`, `1 3 5 7`, `8 10 12 14`,
+//! `9 11 13 15`, whose lanes are the specification's accumulator lanes `0..4`, `4..8`, `0..4`,
+//! `4..8`. On `neon-dotprod` each group's dot is one `sdot`, and two rounds of `addp` (i32) gather
+//! four. On `neon` each group's `smull`/`smlal2` pair sums (eight i16 lanes) are added pairwise in
+//! i16 by `addp` before `saddlp` widens them: twice for Q4_K/Q5_K (sums of eight products of codes
+//! `0..32` and activations `-128..128`, at most `31744`), then one `saddlp`; once for Q6_K (sums of
+//! four products of codes `-32..32`, at most `2^14`; eight could reach `2^15`), then two `saddlp`
+//! and one `addp` in i32. The same integers either way; fewer widening steps than a `saddlp` per
+//! group (in the cycle model faster on the Cortex-A53, A72 and A57). Each vector then takes the
+//! specification's float steps lane by lane (never fused: Q6_K `((scale * dot) * d) * acts.d[g]`,
+//! Q4_K/Q5_K `(dot * dl - sums[g] * ml) * acts.d[g]` with `dl = d * sc`, `ml = dmin * m` of the
+//! group's sub-block, the eight of a super-block decoded and multiplied in vectors by `scales_k4`),
+//! the even and odd groups' activation scales and sums deinterleaved by `ld2`, and the eight
+//! running sums are reduced in the specification's order.
 //!
 //! The gemms (prefill: `nb` tokens, `out[t * rows + r]`) take the tokens in passes, and each pass
 //! the rows one by one: per super-block the factors (Q4_K/Q5_K's `dl` and `ml` by `scales_k4`,
@@ -25,10 +30,7 @@
 //!
 //! - `neon`: passes of two tokens, whose running sums stay in registers (with more tokens the
 //!   products did not fit the 32 vector registers), and a last odd token alone. The dots are the
-//!   same integers as the gemv's with fewer widening steps: the groups' `smull`/`smlal2` pair sums
-//!   are added pairwise in i16 by `addp` before `saddlp` widens them, twice for Q4_K/Q5_K (sums
-//!   of eight products of codes `0..32`, at most `31744`) and once for Q6_K (sums of four of codes
-//!   `-32..32`, at most `2^14`; eight could reach `2^15`).
+//!   gemv's, with the same i16 `addp` rounds before `saddlp`.
 //! - `neon-dotprod`, with the gemv's one `sdot` per group: passes of eight tokens up to the last
 //!   multiple of eight, the codes of a half held in registers through a loop over the tokens
 //!   (their running sums on the stack; in the Neoverse N1 model faster than passes of two or
@@ -83,19 +85,6 @@ unsafe fn codes(blk: *const u8, h: usize) -> [int8x16_t; 8] {
     })
 }
 
-/// The four lane sums of `Σ w·a` over 16 values (`smull`/`smlal`: pairs of products of at most
-/// 32·127 each fit i16).
-#[inline]
-#[target_feature(enable = "neon")]
-fn lanes_neon(w: int8x16_t, a: int8x16_t) -> int32x4_t {
-    let p = vmlal_s8(
-        vmull_s8(vget_low_s8(w), vget_low_s8(a)),
-        vget_high_s8(w),
-        vget_high_s8(a),
-    );
-    vpaddlq_s16(p)
-}
-
 /// The four lane sums of `Σ w·a` over 16 values: one `sdot`.
 ///
 /// # Safety
@@ -119,7 +108,8 @@ fn reduce(lo: float32x4_t, hi: float32x4_t) -> f32 {
 }
 
 /// The exact dots of activation groups `first + x` for the four `x` of `pick`, one per lane,
-/// with `codes[x]` the codes of group `first + x`: `lanes` per group, then two rounds of `addp`.
+/// with `codes[x]` the codes of group `first + x`: `lanes` per group, then two rounds of `addp`
+/// (the `neon-dotprod` tier's; `neon`'s is [`quad_neon`]).
 ///
 /// # Safety
 ///
@@ -141,18 +131,66 @@ unsafe fn quad(
     }
 }
 
-/// The driver (module docs), with `lanes` the four lane sums of one group's 16 products.
+/// A gemv's way to the exact dots of four groups, as [`quad`] gives them: [`PerGroup`] (the
+/// `neon-dotprod` tier's) or [`I16Rounds`] (the `neon` tier's). A trait rather than the gemms'
+/// closures: with [`quad`] inside a closure the `neon-dotprod` gemvs' instructions came out in
+/// another order; this way they are the same as with `lanes` passed straight to the driver.
+trait GemvDots {
+    /// The dots of groups `first + x` for the four `x` of `pick`, one per lane.
+    ///
+    /// # Safety
+    ///
+    /// As [`quad`]'s, with whatever the way needs.
+    unsafe fn quad(
+        &self,
+        codes: &[int8x16_t; 8],
+        qa: *const i8,
+        first: usize,
+        pick: [usize; 4],
+    ) -> int32x4_t;
+}
+
+/// [`quad`] with these `lanes` per group.
+struct PerGroup<F>(F);
+
+impl<F: Fn(int8x16_t, int8x16_t) -> int32x4_t> GemvDots for PerGroup<F> {
+    #[inline(always)]
+    unsafe fn quad(
+        &self,
+        codes: &[int8x16_t; 8],
+        qa: *const i8,
+        first: usize,
+        pick: [usize; 4],
+    ) -> int32x4_t {
+        // SAFETY: the caller guarantees `quad`'s conditions.
+        unsafe { quad(&self.0, codes, qa, first, pick) }
+    }
+}
+
+/// [`quad_neon`] with its `EIGHT`.
+struct I16Rounds<const EIGHT: bool>;
+
+impl<const EIGHT: bool> GemvDots for I16Rounds<EIGHT> {
+    #[inline(always)]
+    unsafe fn quad(
+        &self,
+        codes: &[int8x16_t; 8],
+        qa: *const i8,
+        first: usize,
+        pick: [usize; 4],
+    ) -> int32x4_t {
+        // SAFETY: the caller guarantees `quad_neon`'s conditions.
+        unsafe { quad_neon::<EIGHT>(codes, qa, first, pick) }
+    }
+}
+
+/// The Q6_K driver (module docs), with `dots` the exact dots of four groups.
 ///
 /// # Safety
 ///
-/// The CPU must have NEON and whatever `lanes` needs.
+/// The CPU must have NEON and whatever `dots` needs.
 #[inline(always)]
-unsafe fn gemv(
-    w: &[u8],
-    acts: &ActsQ8<'_>,
-    out: &mut [f32],
-    lanes: impl Fn(int8x16_t, int8x16_t) -> int32x4_t,
-) {
+unsafe fn gemv(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32], dots: impl GemvDots) {
     let row_bytes = check_gemv(w, acts, out, Q6_K_BLOCK_BYTES);
     let nsb = row_bytes / Q6_K_BLOCK_BYTES;
     let (qa, da) = (acts.qs.as_ptr(), acts.d.as_ptr());
@@ -178,8 +216,8 @@ unsafe fn gemv(
                     // `e` of `c` holds group `8h + e`.
                     let first = g0 + 8 * h;
                     let dots = [
-                        quad(&lanes, &c, qa, first, [0, 2, 4, 6]),
-                        quad(&lanes, &c, qa, first, [1, 3, 5, 7]),
+                        dots.quad(&c, qa, first, [0, 2, 4, 6]),
+                        dots.quad(&c, qa, first, [1, 3, 5, 7]),
                     ];
                     // Their scales (`s8`: the widened scales of groups 8h .. 8h + 8), even / odd.
                     let ev = vmovl_s16(vget_low_s16(vuzp1q_s16(s8, s8)));
@@ -284,18 +322,17 @@ unsafe fn scales_k4(blk: *const u8) -> ([float32x4_t; 2], [float32x4_t; 2]) {
     )
 }
 
-/// The Q4_K/Q5_K driver (module docs), with `lanes` the four lane sums of one group's 16
-/// products.
+/// The Q4_K/Q5_K driver (module docs), with `dots` the exact dots of four groups.
 ///
 /// # Safety
 ///
-/// The CPU must have NEON and whatever `lanes` needs.
+/// The CPU must have NEON and whatever `dots` needs.
 #[inline(always)]
 unsafe fn gemv_k4<const FIVE: bool>(
     w: &[u8],
     acts: &ActsQ8<'_>,
     out: &mut [f32],
-    lanes: impl Fn(int8x16_t, int8x16_t) -> int32x4_t,
+    dots: impl GemvDots,
 ) {
     let bb = if FIVE {
         Q5_K_BLOCK_BYTES
@@ -321,8 +358,8 @@ unsafe fn gemv_k4<const FIVE: bool>(
                     let c = codes_k4::<FIVE>(blk, h);
                     let first = g0 + 8 * h;
                     let dots = [
-                        quad(&lanes, &c, qa, first, [0, 2, 4, 6]),
-                        quad(&lanes, &c, qa, first, [1, 3, 5, 7]),
+                        dots.quad(&c, qa, first, [0, 2, 4, 6]),
+                        dots.quad(&c, qa, first, [1, 3, 5, 7]),
                     ];
                     let ad = vld2q_f32(da.add(g0 + 8 * h));
                     let sums = vld2q_s32(sa.add(g0 + 8 * h));
@@ -350,7 +387,7 @@ unsafe fn gemv_k4<const FIVE: bool>(
 #[target_feature(enable = "neon")]
 pub unsafe fn neon_gemv_q4_k(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
     // SAFETY: same feature, guaranteed by the caller.
-    unsafe { gemv_k4::<false>(w, acts, out, |a, b| lanes_neon(a, b)) }
+    unsafe { gemv_k4::<false>(w, acts, out, I16Rounds::<true>) }
 }
 
 /// NEON + dot-product [`crate::scalar::kquants::gemv_q4_k`], bit-exact (module docs).
@@ -361,7 +398,7 @@ pub unsafe fn neon_gemv_q4_k(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
 #[target_feature(enable = "neon,dotprod")]
 pub unsafe fn neon_dotprod_gemv_q4_k(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
     // SAFETY: same features, guaranteed by the caller.
-    unsafe { gemv_k4::<false>(w, acts, out, |a, b| lanes_dotprod(a, b)) }
+    unsafe { gemv_k4::<false>(w, acts, out, PerGroup(|a, b| lanes_dotprod(a, b))) }
 }
 
 /// NEON [`crate::scalar::kquants::gemv_q5_k`], bit-exact (module docs).
@@ -372,7 +409,7 @@ pub unsafe fn neon_dotprod_gemv_q4_k(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32
 #[target_feature(enable = "neon")]
 pub unsafe fn neon_gemv_q5_k(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
     // SAFETY: same feature, guaranteed by the caller.
-    unsafe { gemv_k4::<true>(w, acts, out, |a, b| lanes_neon(a, b)) }
+    unsafe { gemv_k4::<true>(w, acts, out, I16Rounds::<true>) }
 }
 
 /// NEON + dot-product [`crate::scalar::kquants::gemv_q5_k`], bit-exact (module docs).
@@ -383,7 +420,7 @@ pub unsafe fn neon_gemv_q5_k(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
 #[target_feature(enable = "neon,dotprod")]
 pub unsafe fn neon_dotprod_gemv_q5_k(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
     // SAFETY: same features, guaranteed by the caller.
-    unsafe { gemv_k4::<true>(w, acts, out, |a, b| lanes_dotprod(a, b)) }
+    unsafe { gemv_k4::<true>(w, acts, out, PerGroup(|a, b| lanes_dotprod(a, b))) }
 }
 
 /// NEON [`crate::scalar::kquants::gemv_q6_k`], bit-exact (module docs).
@@ -394,7 +431,7 @@ pub unsafe fn neon_dotprod_gemv_q5_k(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32
 #[target_feature(enable = "neon")]
 pub unsafe fn neon_gemv_q6_k(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
     // SAFETY: same feature, guaranteed by the caller.
-    unsafe { gemv(w, acts, out, |a, b| lanes_neon(a, b)) }
+    unsafe { gemv(w, acts, out, I16Rounds::<false>) }
 }
 
 /// NEON + dot-product [`crate::scalar::kquants::gemv_q6_k`], bit-exact (module docs).
@@ -405,7 +442,7 @@ pub unsafe fn neon_gemv_q6_k(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
 #[target_feature(enable = "neon,dotprod")]
 pub unsafe fn neon_dotprod_gemv_q6_k(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
     // SAFETY: same features, guaranteed by the caller.
-    unsafe { gemv(w, acts, out, |a, b| lanes_dotprod(a, b)) }
+    unsafe { gemv(w, acts, out, PerGroup(|a, b| lanes_dotprod(a, b))) }
 }
 
 /// Tokens per pass of the gemms' short passes: each super-block's codes and factors are decoded
@@ -421,12 +458,13 @@ const PAIR: usize = 2;
 /// or four.
 const DOTPROD_TOKENS: usize = 8;
 
-/// [`quad`] on ARMv8.0 for the gemms, with fewer widening steps: each group's `smull`/`smlal2`
-/// pair sums (eight i16 lanes) are added pairwise in i16 by `addp` before `saddlp` widens them.
-/// With `EIGHT`, two rounds in i16 (sums of eight products, at most `8 * 31 * 128 = 31744`:
-/// Q4_K's and Q5_K's codes are `0..32`), then one `saddlp`; without it (Q6_K's codes `-32..32`,
-/// whose eight products can reach `8 * 32 * 128 = 2^15`), one round in i16 (at most `2^14`), two
-/// `saddlp` and an `addp` in i32. The dots are exact either way, the same integers as [`quad`]'s.
+/// [`quad`] on ARMv8.0 for the gemvs and gemms, with fewer widening steps than a `saddlp` per
+/// group: each group's `smull`/`smlal2` pair sums (eight i16 lanes) are added pairwise in i16 by
+/// `addp` before `saddlp` widens them. With `EIGHT`, two rounds in i16 (sums of eight products, at
+/// most `8 * 31 * 128 = 31744`: Q4_K's and Q5_K's codes are `0..32`), then one `saddlp`; without it
+/// (Q6_K's codes `-32..32`, whose eight products can reach `8 * 32 * 128 = 2^15`), one round in i16
+/// (at most `2^14`), two `saddlp` and an `addp` in i32. The dots are exact either way, the same
+/// integers as [`quad`]'s.
 ///
 /// # Safety
 ///

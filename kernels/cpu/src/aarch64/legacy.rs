@@ -356,7 +356,7 @@ gemv_legacy! {
 
 /// Defines the gemm of type `$k` (features `$feat`, block sums `$isums`): the gemv's passes of
 /// four rows, each block's weights and scales unpacked once and multiplied with the activations
-/// of [`GEMM_TOKENS`] tokens, each with its own running sums; per token the operations and their
+/// of `$tokens` tokens, each with its own running sums; per token the operations and their
 /// order are the gemv's, so every result has its bits (a short last group of tokens repeats its
 /// last token and drops the extra results).
 macro_rules! gemm_legacy {
