@@ -13,8 +13,9 @@
 //! - Q4_K and Q5_K: `((dot as f32) * dl - (sums[g] as f32) * ml) * d[g]`, with the stored
 //!   activation sums `acts.sums`, as the specification takes them.
 //! - Q6_K: the weights enter as `q` (`0..64`) and the products start from `-32 Σ a` (the
-//!   group's exact sum of activation values); `ip = scale * dot` is exact in f32 (`|ip| <= 2^23`), so it is
-//!   formed as the product of the two converted integers, then `(ip * d) * d[g]`.
+//!   group's exact sum of activation values); `ip = scale * dot` is exact in f32
+//!   (`|ip| <= 2^23`), so it is formed as the product of the two converted integers, then
+//!   `(ip * d) * d[g]`.
 //!
 //! The lane sums of up to [`CHUNK_ROWS`] rows stay on the stack between panels (the prefill
 //! passes tiles of 32 rows, so the activations are arranged once per panel and call).
