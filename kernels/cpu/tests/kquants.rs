@@ -657,15 +657,9 @@ kquant_tests!(
 // token.
 // ---------------------------------------------------------------------------------------------
 
-use edgellm_kernels::{CpuFeatures, GgmlType, Kernels, Tier};
+use edgellm_kernels::GgmlType;
 
-fn tiers() -> Vec<Kernels> {
-    let f = CpuFeatures::detect();
-    Tier::ALL
-        .into_iter()
-        .filter_map(|t| Kernels::with_tier(t, &f).ok())
-        .collect()
-}
+use common::tiers;
 
 /// `Kernels::gemm` of the tokens `toks` (each one's activations) against the spec's gemv per
 /// token, on every tier.

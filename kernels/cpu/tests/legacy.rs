@@ -182,13 +182,7 @@ impl OwnedActs {
 }
 
 /// Every kernel set this machine can run (always includes scalar).
-fn tiers() -> Vec<Kernels> {
-    let f = CpuFeatures::detect();
-    Tier::ALL
-        .into_iter()
-        .filter_map(|t| Kernels::with_tier(t, &f).ok())
-        .collect()
-}
+use common::tiers;
 
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()

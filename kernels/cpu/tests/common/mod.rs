@@ -42,7 +42,7 @@ impl Rng {
     }
 }
 
-use edgellm_kernels::ActsQ8;
+use edgellm_kernels::{ActsQ8, CpuFeatures, Kernels, Tier};
 use half::f16;
 
 /// Values per activation scale group.
@@ -146,4 +146,13 @@ pub fn has_neon() -> bool {
 #[cfg(target_arch = "aarch64")]
 pub fn has_dotprod() -> bool {
     has_neon() && std::arch::is_aarch64_feature_detected!("dotprod")
+}
+
+/// Every kernel set this machine can run (the scalar specification's always).
+pub fn tiers() -> Vec<Kernels> {
+    let f = CpuFeatures::detect();
+    Tier::ALL
+        .into_iter()
+        .filter_map(|t| Kernels::with_tier(t, &f).ok())
+        .collect()
 }
