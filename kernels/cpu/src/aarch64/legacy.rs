@@ -4,9 +4,10 @@
 //! gemv: four rows per pass, the rows in the lanes of the float steps (as the x86 kernels hold
 //! eight). Per row and block the signed weights (`q - 8`, `q - 16`, or the unsigned / Q8_0 values
 //! as they are) are multiplied with the activations of each half block, by `smull`/`smlal2`
-//! (pairs of i8·i8 summed in i16: at most 2·128·127, no overflow) and `saddlp` on ARMv8.0 or by
-//! one `sdot` with the dot-product extension, leaving four i32 lane sums per half; two rounds of
-//! `addp` over the four rows and a `uzp1`/`uzp2` give the exact `isum0` (values 0..16, scale group
+//! (pairs of i8·i8 summed in i16: at most 2·128·127, no overflow) and `saddlp` on ARMv8.0 (for
+//! the 4- and 5-bit types the two halves' pair sums first added pairwise in i16 by one `addp`,
+//! [`isums_neon16`]) or by one `sdot` with the dot-product extension, leaving four i32 lane sums
+//! per half; two rounds of `addp` over the four rows and a `uzp1`/`uzp2` give the exact `isum0` (values 0..16, scale group
 //! `2b`) and `isum1` (values 16..32, group `2b + 1`) of the four rows in two vectors. The rows' f16
 //! scales (with Q4_1's and Q5_1's `m`: one 32-bit load per row) are widened with `fcvtl`, and the
 //! block term and the running sum are the specification's operations in its order, lane by lane.
@@ -185,6 +186,27 @@ fn isums_neon(
     (vuzp1q_s32(y01, y23), vuzp2q_s32(y01, y23))
 }
 
+/// [`isums_neon`] for weights of magnitude below 32 (Q4_0, Q4_1, Q5_0, Q5_1): each row's two
+/// halves' `smull`/`smlal2` pair sums are added pairwise in i16 by one `addp` (sums of four
+/// products, at most `4 * 31 * 128`) before one `saddlp` widens both halves, which leaves the
+/// same lane layout as [`isums_neon`]'s first `addp` with half its widening instructions. Q8_0's
+/// products reach `128 * 127`, so four of them do not fit i16: it keeps [`isums_neon`].
+#[inline]
+#[target_feature(enable = "neon")]
+fn isums_neon16(
+    w: [(int8x16_t, int8x16_t); R],
+    a0: int8x16_t,
+    a1: int8x16_t,
+) -> (int32x4_t, int32x4_t) {
+    let pairs =
+        |w: int8x16_t, a: int8x16_t| vmlal_high_s8(vmull_s8(vget_low_s8(w), vget_low_s8(a)), w, a);
+    // [r h0, r h0, r h1, r h1]: each half's dot in two lanes, as `isums_neon`'s first `addp`.
+    let x = w.map(|(w0, w1)| vpaddlq_s16(vpaddq_s16(pairs(w0, a0), pairs(w1, a1))));
+    // [r0 h0, r0 h1, r1 h0, r1 h1] and the same for rows 2 and 3.
+    let (y01, y23) = (vpaddq_s32(x[0], x[1]), vpaddq_s32(x[2], x[3]));
+    (vuzp1q_s32(y01, y23), vuzp2q_s32(y01, y23))
+}
+
 /// [`isums_neon`] with one `sdot` per half block.
 ///
 /// # Safety
@@ -279,7 +301,7 @@ gemv_legacy! {
     /// # Safety
     ///
     /// The CPU must have NEON.
-    neon_gemv_q4_0, Q4_0, "neon", isums_neon
+    neon_gemv_q4_0, Q4_0, "neon", isums_neon16
 }
 gemv_legacy! {
     /// NEON [`crate::scalar::gemv_q4_1`], bit-exact.
@@ -287,7 +309,7 @@ gemv_legacy! {
     /// # Safety
     ///
     /// The CPU must have NEON.
-    neon_gemv_q4_1, Q4_1, "neon", isums_neon
+    neon_gemv_q4_1, Q4_1, "neon", isums_neon16
 }
 gemv_legacy! {
     /// NEON [`crate::scalar::gemv_q5_0`], bit-exact.
@@ -295,7 +317,7 @@ gemv_legacy! {
     /// # Safety
     ///
     /// The CPU must have NEON.
-    neon_gemv_q5_0, Q5_0, "neon", isums_neon
+    neon_gemv_q5_0, Q5_0, "neon", isums_neon16
 }
 gemv_legacy! {
     /// NEON [`crate::scalar::gemv_q5_1`], bit-exact.
@@ -303,7 +325,7 @@ gemv_legacy! {
     /// # Safety
     ///
     /// The CPU must have NEON.
-    neon_gemv_q5_1, Q5_1, "neon", isums_neon
+    neon_gemv_q5_1, Q5_1, "neon", isums_neon16
 }
 gemv_legacy! {
     /// NEON [`crate::scalar::gemv_q8_0`], bit-exact.
@@ -454,7 +476,7 @@ gemm_legacy! {
     /// # Safety
     ///
     /// The CPU must have NEON.
-    neon_gemm_q4_0, Q4_0, "neon", isums_neon, 2
+    neon_gemm_q4_0, Q4_0, "neon", isums_neon16, 2
 }
 gemm_legacy! {
     /// NEON [`crate::scalar::gemv_q4_1`] for several tokens, bit-exact with one gemv per token.
@@ -462,7 +484,7 @@ gemm_legacy! {
     /// # Safety
     ///
     /// The CPU must have NEON.
-    neon_gemm_q4_1, Q4_1, "neon", isums_neon, 2
+    neon_gemm_q4_1, Q4_1, "neon", isums_neon16, 2
 }
 gemm_legacy! {
     /// NEON [`crate::scalar::gemv_q5_0`] for several tokens, bit-exact with one gemv per token.
@@ -470,7 +492,7 @@ gemm_legacy! {
     /// # Safety
     ///
     /// The CPU must have NEON.
-    neon_gemm_q5_0, Q5_0, "neon", isums_neon, 2
+    neon_gemm_q5_0, Q5_0, "neon", isums_neon16, 2
 }
 gemm_legacy! {
     /// NEON [`crate::scalar::gemv_q5_1`] for several tokens, bit-exact with one gemv per token.
@@ -478,7 +500,7 @@ gemm_legacy! {
     /// # Safety
     ///
     /// The CPU must have NEON.
-    neon_gemm_q5_1, Q5_1, "neon", isums_neon, 2
+    neon_gemm_q5_1, Q5_1, "neon", isums_neon16, 2
 }
 gemm_legacy! {
     /// NEON [`crate::scalar::gemv_q8_0`] for several tokens, bit-exact with one gemv per token.
