@@ -22,6 +22,7 @@
 
 use core::arch::x86_64::*;
 
+use super::legacy::{high_bits, nibbles};
 use super::{acts_bytes, gather8};
 use crate::acts::{ActsQ8, QK, QS};
 use crate::scalar::legacy::{
@@ -202,16 +203,7 @@ impl Row {
     #[target_feature(enable = "avx2,fma,f16c")]
     fn unpack<const K: u8>(&mut self, row: &[u8], p0: usize, pn: usize) {
         let (bb, qs_at, _) = layout(K);
-        let mask = _mm_set1_epi8(0x0F);
         let flip = _mm256_set1_epi8(-128);
-        // Q5's high bits: byte c of a vector gets byte c / 8 of `qh` (within each 128-bit lane,
-        // whose columns are 0..16 and 16..32), tested against bit c % 8.
-        let hi_bytes = _mm256_setr_epi8(
-            0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3,
-            3, 3, 3,
-        );
-        let hi_bits = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
-        let bit4 = _mm256_set1_epi8(0x10);
         for j in 0..pn {
             let blk = &row[(p0 + j) * bb..(p0 + j + 1) * bb];
             let f16 = |at: usize| {
@@ -224,43 +216,25 @@ impl Row {
             if with_min(K) {
                 self.mw[j] = f16(2);
             }
-            let o = self.u[j * QK..(j + 1) * QK].as_mut_ptr();
-            if K == Q80 {
-                // SAFETY: the block holds 32 bytes at `qs_at`, `u` 32 from `j * QK`.
-                unsafe {
-                    let q = _mm256_loadu_si256(blk[qs_at..qs_at + QK].as_ptr().cast());
-                    _mm256_storeu_si256(o.cast(), _mm256_xor_si256(q, flip));
-                }
-            } else if K == Q50 || K == Q51 {
-                // Five-bit values: the nibbles (columns 0..16 low, 16..32 high) with bit c of
-                // `qh` as bit 4 of column c.
-                let at = qs_at - 4;
-                let qh = u32::from_le_bytes([blk[at], blk[at + 1], blk[at + 2], blk[at + 3]]);
-                let sel = _mm256_shuffle_epi8(_mm256_set1_epi32(qh as i32), hi_bytes);
-                let set = _mm256_cmpeq_epi8(_mm256_and_si256(sel, hi_bits), hi_bits);
-                // SAFETY: the block holds 16 bytes of nibbles at `qs_at`, `u` 32 bytes from
-                // `j * QK`.
-                unsafe {
-                    let q = _mm_loadu_si128(blk[qs_at..qs_at + 16].as_ptr().cast());
-                    let lo = _mm256_set_m128i(
-                        _mm_and_si128(_mm_srli_epi16::<4>(q), mask),
-                        _mm_and_si128(q, mask),
-                    );
-                    let v = _mm256_or_si256(lo, _mm256_and_si256(set, bit4));
-                    _mm256_storeu_si256(o.cast(), v);
-                }
+            // Columns 0..16 (low nibbles), then 16..32 (high nibbles), as the gemv's `nibbles`;
+            // Q5's fifth bits from `qh` (the four bytes before the nibbles) by its `high_bits`.
+            let v = if K == Q80 {
+                // SAFETY: the block holds 32 bytes at `qs_at`.
+                let q = unsafe { _mm256_loadu_si256(blk[qs_at..qs_at + QK].as_ptr().cast()) };
+                _mm256_xor_si256(q, flip)
             } else {
-                // SAFETY: the block holds 16 bytes of nibbles at `qs_at`; `u` holds 32 bytes
-                // from `j * QK`: columns 0..16 (low nibbles), then 16..32.
-                unsafe {
-                    let q = _mm_loadu_si128(blk[qs_at..qs_at + 16].as_ptr().cast());
-                    _mm_storeu_si128(o.cast(), _mm_and_si128(q, mask));
-                    _mm_storeu_si128(
-                        o.add(16).cast(),
-                        _mm_and_si128(_mm_srli_epi16::<4>(q), mask),
-                    );
+                // SAFETY: the block holds 16 bytes of nibbles at `qs_at`.
+                let q = unsafe { nibbles(blk[qs_at..qs_at + 16].as_ptr()) };
+                if K == Q50 || K == Q51 {
+                    let at = qs_at - 4;
+                    let qh = u32::from_le_bytes([blk[at], blk[at + 1], blk[at + 2], blk[at + 3]]);
+                    _mm256_or_si256(q, high_bits(qh))
+                } else {
+                    q
                 }
-            }
+            };
+            // SAFETY: `u` holds 32 bytes from `j * QK`.
+            unsafe { _mm256_storeu_si256(self.u[j * QK..(j + 1) * QK].as_mut_ptr().cast(), v) };
         }
     }
 
