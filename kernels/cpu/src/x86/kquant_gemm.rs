@@ -22,6 +22,7 @@
 
 use core::arch::x86_64::*;
 
+use super::kquants::{quants_q4_k, quants_q5_k};
 use super::{acts_bytes, gather8};
 use crate::acts::{ActsQ8, QS};
 use crate::scalar::kquants::{
@@ -90,7 +91,6 @@ unsafe fn gemm<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f
     let mut f1 = [0f32; PANEL_GROUPS];
     let mut f2 = [0f32; PANEL_GROUPS];
     let nib = _mm256_set1_epi8(0x0F);
-    let bit4 = _mm256_set1_epi8(0x10);
     let two = _mm256_set1_epi8(0x30);
     let ones = _mm256_set1_epi8(1);
     for t0 in (0..nb).step_by(LANES) {
@@ -173,25 +173,16 @@ unsafe fn gemm<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f
                                 );
                                 f2[s] = f16_at(blk, Q6_K_D);
                             } else {
-                                let qs_at = if K == Q5K { Q5_K_QS } else { Q4_K_QS };
-                                let qh = if K == Q5K { load(Q5_K_QH) } else { zero_i };
-                                for c in 0..4 {
-                                    let q = load(qs_at + 32 * c);
-                                    let lo = _mm256_and_si256(q, nib);
-                                    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), nib);
-                                    let (mut lo, mut hi) = (lo, hi);
-                                    if K == Q5K {
-                                        // Bit j of qh[l] is the fifth bit of sub-block j.
-                                        let fifth = |j: usize| {
-                                            let b = _mm256_set1_epi8((1u8 << j) as i8);
-                                            let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, b), b);
-                                            _mm256_and_si256(set, bit4)
-                                        };
-                                        lo = _mm256_or_si256(lo, fifth(2 * c));
-                                        hi = _mm256_or_si256(hi, fifth(2 * c + 1));
-                                    }
-                                    put(64 * c, lo);
-                                    put(64 * c + 32, hi);
+                                // The gemv's codes of the eight 32-element sub-blocks, in
+                                // element order (the block holds `qh` and `qs`).
+                                let p = blk.as_ptr();
+                                let q = if K == Q5K {
+                                    quants_q5_k(p.add(Q5_K_QH), p.add(Q5_K_QS))
+                                } else {
+                                    quants_q4_k(p.add(Q4_K_QS))
+                                };
+                                for (j, &v) in q.iter().enumerate() {
+                                    put(32 * j, v);
                                 }
                                 let (d, dmin) = (f16_at(blk, K4_D), f16_at(blk, K4_DMIN));
                                 let scales = &blk[K4_SCALES..K4_SCALES + 12];

@@ -230,7 +230,7 @@ unsafe fn super_block_k4(
 /// # Safety
 /// The CPU must support AVX2 and `qs` must be valid for reading 128 bytes.
 #[inline(always)]
-unsafe fn quants_q4_k(qs: *const u8) -> [__m256i; 8] {
+pub(crate) unsafe fn quants_q4_k(qs: *const u8) -> [__m256i; 8] {
     // SAFETY: the caller guarantees AVX2 and that `qs..qs+128` is readable; load `k` reads
     // `qs + 32*k .. qs + 32*k + 32` with `k < 4`.
     unsafe {
@@ -251,7 +251,7 @@ unsafe fn quants_q4_k(qs: *const u8) -> [__m256i; 8] {
 /// # Safety
 /// The CPU must support AVX2, `qh` must be valid for reading 32 bytes and `qs` for 128 bytes.
 #[inline(always)]
-unsafe fn quants_q5_k(qh: *const u8, qs: *const u8) -> [__m256i; 8] {
+pub(crate) unsafe fn quants_q5_k(qh: *const u8, qs: *const u8) -> [__m256i; 8] {
     // SAFETY: the caller guarantees AVX2 and the readable ranges; the load reads `qh..qh+32`, and
     // `quants_q4_k` reads `qs..qs+128`.
     unsafe {
