@@ -101,6 +101,61 @@ pub fn peak_rss_bytes() -> Result<u64, HalError> {
     process_usage().map(|u| u.peak_rss_bytes)
 }
 
+/// CPU time stolen from `cpus` (all CPUs when empty) so far: the `steal` column of `/proc/stat`,
+/// time a virtual CPU was ready to run while the hypervisor ran something else. `None` where the
+/// kernel does not report it (no `/proc/stat`, or no such column). On real boards it stays zero;
+/// on a shared virtual machine it says how much of a measurement the host took away, though a
+/// hypervisor may also slow a virtual CPU without counting it here.
+pub fn steal_time(cpus: &[usize]) -> Result<Option<Duration>, HalError> {
+    let stat = match std::fs::read_to_string("/proc/stat") {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(HalError::Os {
+                what: "/proc/stat",
+                errno: e.raw_os_error().unwrap_or(0),
+            })
+        }
+    };
+    let Some(ticks) = steal_ticks(&stat, cpus) else {
+        return Ok(None);
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz <= 0 {
+        return Err(HalError::Parse {
+            what: "_SC_CLK_TCK",
+        });
+    }
+    Ok(Some(Duration::from_nanos(
+        ticks.saturating_mul(1_000_000_000) / hz as u64,
+    )))
+}
+
+/// The steal ticks of `cpus` (the `cpu` total line when empty) in the text of `/proc/stat`:
+/// the eighth number of each `cpuN` line. `None` when a wanted line or its column is missing.
+fn steal_ticks(stat: &str, cpus: &[usize]) -> Option<u64> {
+    let steal = |line: &str| line.split_ascii_whitespace().nth(8)?.parse::<u64>().ok();
+    if cpus.is_empty() {
+        return stat
+            .lines()
+            .find(|l| l.split_ascii_whitespace().next() == Some("cpu"))
+            .and_then(steal);
+    }
+    let mut total = 0u64;
+    for &cpu in cpus {
+        let line = stat.lines().find(|l| {
+            l.split_ascii_whitespace()
+                .next()
+                .and_then(|name| name.strip_prefix("cpu"))
+                .and_then(|n| n.parse::<usize>().ok())
+                == Some(cpu)
+        })?;
+        total = total.saturating_add(steal(line)?);
+    }
+    Some(total)
+}
+
 /// Allocation counts, cumulative since the program started (or since the thread started, for
 /// [`CountingAlloc::thread_stats`]). Subtract two snapshots with [`AllocStats::since`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -265,6 +320,43 @@ unsafe impl GlobalAlloc for CountingAlloc {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn steal_ticks_of_the_total_or_of_chosen_cpus() {
+        let stat = "cpu  10 0 5 100 1 0 2 7 0 0\n\
+                    cpu0 5 0 3 50 1 0 1 3 0 0\n\
+                    cpu1 5 0 2 50 0 0 1 4 0 0\n\
+                    cpu12 1 0 0 1 0 0 0 40 0 0\n\
+                    intr 12345 0 1 2\n";
+        assert_eq!(steal_ticks(stat, &[]), Some(7));
+        assert_eq!(steal_ticks(stat, &[1]), Some(4));
+        assert_eq!(steal_ticks(stat, &[0, 1]), Some(7));
+        // `cpu1` is not a prefix match of `cpu12`.
+        assert_eq!(steal_ticks(stat, &[12]), Some(40));
+        // A CPU with no line, or a kernel without the column: unknown, not zero.
+        assert_eq!(steal_ticks(stat, &[2]), None);
+        assert_eq!(
+            steal_ticks("cpu  1 2 3 4 5 6 7\ncpu0 1 2 3 4 5 6 7\n", &[]),
+            None
+        );
+        assert_eq!(
+            steal_ticks("cpu  1 2 3 4 5 6 7\ncpu0 1 2 3 4 5 6 7\n", &[0]),
+            None
+        );
+        assert_eq!(steal_ticks("", &[]), None);
+    }
+
+    #[test]
+    fn steal_time_reads_this_machine() {
+        // Linux has reported the column since 2.6.11; it only grows.
+        let a = steal_time(&[])
+            .unwrap()
+            .expect("/proc/stat has a steal column");
+        let b = steal_time(&[]).unwrap().unwrap();
+        assert!(b >= a);
+        assert!(steal_time(&[0]).unwrap().is_some());
+        assert_eq!(steal_time(&[1 << 20]).unwrap(), None);
+    }
 
     #[test]
     fn rusage_reads() {

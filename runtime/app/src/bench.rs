@@ -7,9 +7,9 @@ use crate::run::{make_pool, new_session};
 use crate::ModelArgs;
 use anyhow::{Context, Result};
 use clap::Args;
-use edgellm_hal::counters::{page_faults, peak_rss_bytes, CountingAlloc};
+use edgellm_hal::counters::{page_faults, peak_rss_bytes, steal_time, CountingAlloc};
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -213,19 +213,76 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
+/// The CPU time a hypervisor took from an engine's threads over a span (`steal` in `/proc/stat`,
+/// summed over the CPUs they run on), as a share of the threads' time: how much of a measurement
+/// on a shared virtual machine was the host's doing. A virtual CPU accrues steal only while it
+/// has work, so with the engine the only busy program the sum is the engine's. Unknown (`None`)
+/// where the kernel does not report it.
+struct Steal {
+    cpus: Vec<usize>,
+    threads: usize,
+    at: Option<Duration>,
+    t0: Instant,
+}
+
+impl Steal {
+    /// Starts a span of `threads` threads on `cpus` (see [`steal_cpus`]).
+    fn start(cpus: &[usize], threads: usize) -> Steal {
+        Steal {
+            cpus: cpus.to_vec(),
+            threads,
+            at: steal_time(cpus).ok().flatten(),
+            t0: Instant::now(),
+        }
+    }
+
+    /// Seconds stolen since [`Steal::start`], and the threads' seconds over the span.
+    fn seconds(&self) -> Option<(f64, f64)> {
+        if self.cpus.is_empty() {
+            return None;
+        }
+        let now = steal_time(&self.cpus).ok().flatten()?;
+        let cpu = self.t0.elapsed().as_secs_f64() * self.threads as f64;
+        Some((now.saturating_sub(self.at?).as_secs_f64(), cpu))
+    }
+}
+
+/// Stolen seconds as a percentage of the threads' seconds (0 for none).
+fn steal_percent((stolen, cpu): (f64, f64)) -> f64 {
+    if cpu > 0.0 {
+        100.0 * stolen / cpu
+    } else {
+        0.0
+    }
+}
+
+/// The CPUs whose steal counts for a run on `cores`: those cores, or every CPU this process may
+/// use when the run is not pinned.
+fn steal_cpus(cores: &[usize]) -> Vec<usize> {
+    if cores.is_empty() {
+        edgellm_hal::cpu::allowed_cpus().unwrap_or_default()
+    } else {
+        cores.to_vec()
+    }
+}
+
 /// One round of an alternating comparison: our mean prefill and decode tokens/s over the round's
-/// repetitions, and llama.cpp's figures from the run that followed.
+/// repetitions, and llama.cpp's figures from the run that followed; with the host's steal (in
+/// percent) during each.
 struct Round {
     ours: (f64, f64),
     peer: Peer,
+    steal: (Option<f64>, Option<f64>),
 }
 
 impl Round {
-    /// The round of our repetitions' prefill and decode rates `pp`, `tg`, then llama.cpp's run.
-    fn after(pp: &[f64], tg: &[f64], peer: Peer) -> Round {
+    /// The round of our repetitions' prefill and decode rates `pp`, `tg`, then llama.cpp's run;
+    /// `steal`: the stolen percentages during ours and during llama.cpp's.
+    fn after(pp: &[f64], tg: &[f64], peer: Peer, steal: (Option<f64>, Option<f64>)) -> Round {
         Round {
             ours: (mean_std(pp).0, mean_std(tg).0),
             peer,
+            steal,
         }
     }
 
@@ -295,6 +352,8 @@ fn peer_json(args: &BenchArgs, rounds: &[Round], pp_m: f64, tg_m: f64) -> serde_
                 "edgellm_decode_tps": r.ours.1,
                 "prefill_ratio": pr,
                 "decode_ratio": dr,
+                "edgellm_cpu_steal_pct": r.steal.0,
+                "cpu_steal_pct": r.steal.1,
             })
         })
         .collect();
@@ -354,6 +413,19 @@ fn print_rates(args: &BenchArgs, pp: (f64, f64), tg: (f64, f64), rounds: &[Round
                 list(|r| r.ratios().1)
             );
         }
+        let steal = |f: fn(&Round) -> Option<f64>| {
+            let each: Vec<String> = rounds
+                .iter()
+                .map(|r| f(r).map_or("?".into(), |p| format!("{p:.1}%")))
+                .collect();
+            each.join(" ")
+        };
+        println!(
+            "host steal of the threads' time{}: edgellm {}, llama.cpp {}",
+            if rounds.len() > 1 { ", per round" } else { "" },
+            steal(|r| r.steal.0),
+            steal(|r| r.steal.1)
+        );
     }
 }
 
@@ -367,6 +439,17 @@ fn print_latency(lat: &[f64]) {
         quantile(lat, 0.999),
         lat.last().copied().unwrap_or(0.0)
     );
+}
+
+/// The line on the host's steal while our repetitions ran (none where the kernel does not count
+/// it).
+fn print_steal(pct: Option<f64>) {
+    if let Some(p) = pct {
+        println!(
+            "host steal: {p:.1}% of the threads' time while the repetitions ran (time the \
+             hypervisor gave to other guests; 0 on a board)"
+        );
+    }
 }
 
 /// How decode latency splits into growth with the context and jitter around it.
@@ -499,8 +582,11 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let mut lat = Vec::with_capacity(total * args.gen_tokens);
     let (mut decode_faults, mut decode_allocs) = (0u64, 0u64);
     let mut rounds = Vec::with_capacity(n_rounds);
+    let cpus = steal_cpus(pool.cores.as_deref().unwrap_or(&[]));
+    let mut stolen = Some((0.0, 0.0));
     for _ in 0..n_rounds {
         let round_start = tg.len();
+        let mut meter = Steal::start(&cpus, threads);
         // One warm-up repetition (page in the weights, or bring them back after llama.cpp ran), not
         // counted.
         for rep in 0..=args.reps {
@@ -517,6 +603,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                 Ok(())
             })?;
             if rep == 0 {
+                meter = Steal::start(&cpus, threads);
                 continue;
             }
             decode_faults += faults;
@@ -526,7 +613,12 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             ttft.push(first * 1e3);
             lat.extend(steps.iter().map(|s| s * 1e3));
         }
+        let ours = meter.seconds();
+        stolen = stolen
+            .zip(ours)
+            .map(|(a, b): ((f64, f64), (f64, f64))| (a.0 + b.0, a.1 + b.1));
         if args.compare_llamacpp {
+            let peer_meter = Steal::start(&cpus, threads);
             let peer = run_llamacpp(
                 &args,
                 threads,
@@ -534,9 +626,19 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                 file.in_memory(),
                 pool.cores.as_deref().unwrap_or(&[]),
             )?;
-            rounds.push(Round::after(&pp[round_start..], &tg[round_start..], peer));
+            let steal = (
+                ours.map(steal_percent),
+                peer_meter.seconds().map(steal_percent),
+            );
+            rounds.push(Round::after(
+                &pp[round_start..],
+                &tg[round_start..],
+                peer,
+                steal,
+            ));
         }
     }
+    let steal_pct = stolen.map(steal_percent);
     write_trace(&args, &lat)?;
     let lat_trend = trend(&lat, args.gen_tokens);
     lat.sort_by(|a, b| a.total_cmp(b));
@@ -569,6 +671,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             "peak_rss_bytes": peak_rss_bytes().unwrap_or(0),
             "decode_page_faults": decode_faults,
             "decode_heap_allocations": decode_allocs,
+            "cpu_steal_pct": steal_pct,
             "model_bytes": file_len,
             "arena_bytes": session.arena_bytes(),
             "huge_page_bytes": huge,
@@ -623,6 +726,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         );
         print_latency(&lat);
         print_trend(lat_trend, args.gen_tokens);
+        print_steal(steal_pct);
     }
     Ok(())
 }
@@ -695,8 +799,13 @@ fn bench_gpu(args: &BenchArgs, mut engine: edgellm_cuda::GpuEngine, prompt: &[u3
     // Allocated once, outside the counted window: the counters measure the engine only.
     let mut steps = Vec::with_capacity(args.gen_tokens);
     let mut rounds = Vec::with_capacity(n_rounds);
+    let cpus = steal_cpus(&[]);
+    // Our host thread, and llama.cpp's CPU threads.
+    let (threads, peer_threads) = (1, args.model.threads.unwrap_or(1));
+    let mut stolen = Some((0.0, 0.0));
     for _ in 0..n_rounds {
         let round_start = tg.len();
+        let mut meter = Steal::start(&cpus, threads);
         for rep in 0..=args.reps {
             engine.reset()?;
             let t0 = Instant::now();
@@ -709,6 +818,7 @@ fn bench_gpu(args: &BenchArgs, mut engine: edgellm_cuda::GpuEngine, prompt: &[u3
                 Ok(())
             })?;
             if rep == 0 {
+                meter = Steal::start(&cpus, threads);
                 continue;
             }
             decode_faults += faults;
@@ -718,18 +828,27 @@ fn bench_gpu(args: &BenchArgs, mut engine: edgellm_cuda::GpuEngine, prompt: &[u3
             ttft.push(t_prefill * 1e3);
             lat.extend(steps.iter().map(|s| s * 1e3));
         }
+        let ours = meter.seconds();
+        stolen = stolen
+            .zip(ours)
+            .map(|(a, b): ((f64, f64), (f64, f64))| (a.0 + b.0, a.1 + b.1));
         if args.compare_llamacpp {
+            let peer_meter = Steal::start(&cpus, peer_threads);
             // The weights live in GPU memory: how llama.cpp loads its file does not matter here.
-            let peer = run_llamacpp(
-                args,
-                args.model.threads.unwrap_or(1),
-                engine.context(),
-                false,
-                &[],
-            )?;
-            rounds.push(Round::after(&pp[round_start..], &tg[round_start..], peer));
+            let peer = run_llamacpp(args, peer_threads, engine.context(), false, &[])?;
+            let steal = (
+                ours.map(steal_percent),
+                peer_meter.seconds().map(steal_percent),
+            );
+            rounds.push(Round::after(
+                &pp[round_start..],
+                &tg[round_start..],
+                peer,
+                steal,
+            ));
         }
     }
+    let steal_pct = stolen.map(steal_percent);
     write_trace(args, &lat)?;
     let lat_trend = trend(&lat, args.gen_tokens);
     lat.sort_by(|a, b| a.total_cmp(b));
@@ -756,6 +875,7 @@ fn bench_gpu(args: &BenchArgs, mut engine: edgellm_cuda::GpuEngine, prompt: &[u3
             "peak_rss_bytes": peak_rss_bytes().unwrap_or(0),
             "decode_page_faults": decode_faults,
             "decode_heap_allocations": decode_allocs,
+            "cpu_steal_pct": steal_pct,
             "token_latency_ms": latency_json(&lat),
             "token_latency_trend": trend_json(lat_trend),
             "rounds": n_rounds,
@@ -773,6 +893,7 @@ fn bench_gpu(args: &BenchArgs, mut engine: edgellm_cuda::GpuEngine, prompt: &[u3
         );
         print_latency(&lat);
         print_trend(lat_trend, args.gen_tokens);
+        print_steal(steal_pct);
     }
     Ok(())
 }

@@ -329,11 +329,18 @@ fn llama_bench_runs_with_the_same_settings() {
             let ours = r["edgellm_decode_tps"].as_f64().unwrap();
             let ratio = r["decode_ratio"].as_f64().unwrap();
             assert!((ratio - ours / 50.0).abs() < 1e-9, "{r}");
+            // The host's steal during each engine's run: Linux counts it in /proc/stat.
+            for key in ["edgellm_cpu_steal_pct", "cpu_steal_pct"] {
+                let pct = r[key].as_f64().unwrap_or(-1.0);
+                assert!((0.0..=100.0).contains(&pct), "{key}: {r}");
+            }
             ratio
         })
         .collect();
     ratios.sort_by(f64::total_cmp);
     assert_eq!(peer["decode_ratio_median"].as_f64().unwrap(), ratios[1]);
+    let steal = v["cpu_steal_pct"].as_f64().unwrap_or(-1.0);
+    assert!((0.0..=100.0).contains(&steal), "{v}");
     assert_eq!(peer["decode_tps"], 50.0, "{peer}");
     assert_eq!(peer["decode_tps_stddev"], 0.0, "{peer}");
     std::fs::remove_dir_all(&dir).unwrap();
