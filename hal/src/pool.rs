@@ -1,7 +1,7 @@
 //! A persistent pool of (optionally pinned) worker threads that runs one job on all of them at once,
 //! without allocating: the Linux implementation of [`Parallel`].
 //!
-//! Protocol, all through atomics in [`Shared`]:
+//! Protocol, all through atomics in `Shared`:
 //!
 //! 1. The caller stores a pointer to the job, resets the completion counter `done` and increments
 //!    `generation` (release). If any worker is asleep, it wakes them with one `futex` call.

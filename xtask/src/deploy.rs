@@ -7,7 +7,7 @@ use anyhow::{bail, ensure, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The .deb `cargo xtask build --board` left for `board` in target/images/<board>/.
+/// The .deb `cargo xtask build --board` left for `board` in `target/images/<board>/`.
 fn built_deb(board: &edgellm_board::Board) -> Result<PathBuf> {
     let dir = crate::build::images_dir(board);
     let mut debs: Vec<PathBuf> = std::fs::read_dir(&dir)

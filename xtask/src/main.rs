@@ -35,8 +35,8 @@ enum Cmd {
     /// Download llama.cpp's tokenizer test vectors (vocab GGUFs with .inp/.out files) into the cache
     /// and print the directory on the last line.
     FetchVocab,
-    /// Run every check CI runs: formatting, clippy, the no_std builds and the whole test suite on the
-    /// real model (fetched if needed).
+    /// Run every check CI runs: formatting, clippy, the API documentation, the no_std builds and
+    /// the whole test suite on the real model (fetched if needed).
     Ci {
         /// Skip fetching the second (Qwen2.5, 480 MB) model; its tests then skip.
         #[arg(long)]
@@ -63,7 +63,7 @@ enum Cmd {
         /// Board (repeatable; default: every aarch64 board).
         #[arg(long)]
         board: Vec<String>,
-        /// KERNEL:ROWSxCOLS[xTOKENS], KERNEL a GGUF type name or T2-LUT (repeatable; default: a
+        /// `KERNEL:ROWSxCOLS[xTOKENS]`, KERNEL a GGUF type name or T2-LUT (repeatable; default: a
         /// set covering the images' and llama.cpp files' types); or ATTN-F16 / ATTN-I8:
         /// POSITIONSxHEAD_DIMxHEADS, one KV head's attention over an f16 / int8 cache.
         #[arg(long, conflicts_with = "model")]
@@ -82,7 +82,7 @@ enum Cmd {
         show: usize,
     },
     /// Cross-compile the release binary for a board (CPU tuning, the board's glibc), check it
-    /// (ELF machine, GLIBC versions, `--version` under qemu) and write target/images/<board>/: a
+    /// (ELF machine, GLIBC versions, `--version` under qemu) and write `target/images/<board>/`: a
     /// tarball, a .deb with the systemd unit and config, and SHA256SUMS.
     Build {
         /// Board: pi-zero-2w, pi4, pi5, jetson-nano, jetson-orin, host.
@@ -127,7 +127,7 @@ enum Cmd {
         /// user@address of the board.
         #[arg(long)]
         host: String,
-        /// The package (default: the one in target/images/<board>/).
+        /// The package (default: the one in `target/images/<board>/`).
         #[arg(long)]
         deb: Option<PathBuf>,
         /// An option for ssh and scp (`-o OPTION`), e.g. `Port=2222`; repeatable.
@@ -297,6 +297,10 @@ fn ci(no_qwen: bool, no_cross: bool, no_boards: bool) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // The API documentation builds without broken or private links.
+    run(cargo()
+        .args(["doc", "--workspace", "--no-deps"])
+        .env("RUSTDOCFLAGS", "-D warnings"))?;
     for target in NO_STD_TARGETS {
         let mut build = cargo();
         build.args([

@@ -598,7 +598,7 @@ impl<'m, 'a> Session<'m, 'a> {
         self.pos = self.pos.min(pos);
     }
 
-    /// Logits of the last position computed, [vocab].
+    /// Logits of the last position computed, `[vocab]`.
     pub fn logits(&mut self) -> &mut [f32] {
         let plan = self.plan;
         Bufs::carve(&plan, self.arena.lines()).logits

@@ -4,7 +4,7 @@
 //!
 //! TQ1_0 is the one type whose 256-bit kernels are bound by the vector multiply ports rather
 //! than by memory: decoding base-3 digits takes one `vpmaddubsw` per 16 digits
-//! ([`super::ternary::tq1_block`]). Here each 512-bit vector holds the same 256-bit layout for
+//! (`super::ternary::tq1_block`). Here each 512-bit vector holds the same 256-bit layout for
 //! two rows at once (row `r` in the low half, row `r + 1` in the high half), so every decode
 //! and product instruction does the work of two: the digit vectors, lane order, activation
 //! arrangement (`SPLIT`, as the AVX-VNNI kernel) and float steps are those of the 256-bit
@@ -191,7 +191,7 @@ unsafe fn tq1_window(acts: &ActsQ8<'_>, win: usize) -> Tq1Window {
 
 /// AVX-512 [`crate::scalar::ternary::gemv_tq1_0`], bit-exact: the AVX-VNNI kernel's steps on
 /// two rows per vector (module docs), four rows per pass, a whole block per row at a time, the
-/// window operands made once per panel of [`TQ1_PANEL`] windows.
+/// window operands made once per panel of `TQ1_PANEL` windows.
 ///
 /// # Safety
 ///
@@ -317,7 +317,7 @@ unsafe fn codes2x2(a: *const u8, b: *const u8, half: bool) -> [__m512i; 4] {
 
 /// AVX-512 [`crate::scalar::ternary::gemv_t2`] (unscaled T2 product), bit-exact: the AVX-VNNI
 /// kernel's steps on two rows per vector (module docs), eight rows per pass, the window operands
-/// made once per panel of [`PANEL`] windows.
+/// made once per panel of `PANEL` windows.
 ///
 /// # Safety
 ///
@@ -414,7 +414,7 @@ unsafe fn codes_tq2x2(a: *const u8, b: *const u8) -> [__m512i; 4] {
 /// AVX-512 [`crate::scalar::ternary::gemv_tq2_0`], bit-exact: the AVX-VNNI kernel's steps (its
 /// code and activation arrangement, lane order `0 2 4 6 1 3 5 7` and float steps) on two rows
 /// per vector (module docs), eight rows per pass, a whole block per row at a time, the window
-/// operands made once per panel of [`PANEL`] windows.
+/// operands made once per panel of `PANEL` windows.
 ///
 /// # Safety
 ///

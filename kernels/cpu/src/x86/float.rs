@@ -216,7 +216,7 @@ fn expf8_libm(x: __m256) -> Option<__m256> {
     Some(_mm256_mul_ps(y, pow2))
 }
 
-/// AVX2 [`crate::scalar::swiglu`], bit-exact: `e^-g` by [`expf8_libm`] (eight values whose
+/// AVX2 [`crate::scalar::swiglu`], bit-exact: `e^-g` by `expf8_libm` (eight values whose
 /// `|g|` lies in its range at a time, the others by `libm::expf`), then the specification's
 /// division and product.
 ///

@@ -3,12 +3,12 @@
 //! The layout of [`super::vnni_gemm`]: the lanes of a vector are eight tokens, a row's
 //! super-blocks are unpacked once into bytes (one per weight, in element order), four of a
 //! group's 16 columns are broadcast to every lane, and `vpdpbusd` multiplies them with the same
-//! four columns of each token's activations, arranged once per panel of [`PANEL_SUPERS`]
+//! four columns of each token's activations, arranged once per panel of `PANEL_SUPERS`
 //! super-blocks by 8x8 transposes of 32-bit words. A group's integer dot then comes out one per
-//! lane, and the float steps of the specification ([`crate::scalar::gemv_q4_k`] and its module
-//! documentation) run lane by lane in its order, unfused, into the eight running sums of each
-//! (row, token), which are reduced in the specification's order at the end of the row: every
-//! result has the bits the gemv gives its token.
+//! lane, and the float steps of the specification ([`crate::scalar::kquants::gemv_q4_k`] and its
+//! module documentation) run lane by lane in its order, unfused, into the eight running sums of
+//! each (row, token), which are reduced in the specification's order at the end of the row:
+//! every result has the bits the gemv gives its token.
 //!
 //! - Q4_K and Q5_K: `((dot as f32) * dl - (sums[g] as f32) * ml) * d[g]`, with the stored
 //!   activation sums `acts.sums`, as the specification takes them.
@@ -17,7 +17,7 @@
 //!   (`|ip| <= 2^23`), so it is formed as the product of the two converted integers, then
 //!   `(ip * d) * d[g]`.
 //!
-//! The lane sums of up to [`CHUNK_ROWS`] rows stay on the stack between panels (the prefill
+//! The lane sums of up to `CHUNK_ROWS` rows stay on the stack between panels (the prefill
 //! passes tiles of 32 rows, so the activations are arranged once per panel and call).
 
 use core::arch::x86_64::*;
@@ -252,7 +252,8 @@ unsafe fn gemm<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f
     }
 }
 
-/// AVX-VNNI gemm of Q4_K weights: [`crate::scalar::gemv_q4_k`] once per token, bit for bit.
+/// AVX-VNNI gemm of Q4_K weights: [`crate::scalar::kquants::gemv_q4_k`] once per token, bit
+/// for bit.
 ///
 /// # Safety
 ///
@@ -263,7 +264,8 @@ pub unsafe fn avxvnni_gemm_q4_k(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mu
     unsafe { gemm::<Q4K>(w, acts, nb, out) }
 }
 
-/// AVX-VNNI gemm of Q5_K weights: [`crate::scalar::gemv_q5_k`] once per token, bit for bit.
+/// AVX-VNNI gemm of Q5_K weights: [`crate::scalar::kquants::gemv_q5_k`] once per token, bit
+/// for bit.
 ///
 /// # Safety
 ///
@@ -274,7 +276,8 @@ pub unsafe fn avxvnni_gemm_q5_k(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mu
     unsafe { gemm::<Q5K>(w, acts, nb, out) }
 }
 
-/// AVX-VNNI gemm of Q6_K weights: [`crate::scalar::gemv_q6_k`] once per token, bit for bit.
+/// AVX-VNNI gemm of Q6_K weights: [`crate::scalar::kquants::gemv_q6_k`] once per token, bit
+/// for bit.
 ///
 /// # Safety
 ///

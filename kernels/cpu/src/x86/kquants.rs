@@ -25,7 +25,7 @@
 //!
 //! Hence every result is bit-identical to the scalar kernel; the tests check exactly that.
 //!
-//! Rows are read one after the other, each prefetching the weights [`PREFETCH_BYTES`] ahead of
+//! Rows are read one after the other, each prefetching the weights `PREFETCH_BYTES` ahead of
 //! the super-block it reads.
 //!
 //! The SIMD steps live in `#[inline(always)]` helpers without `target_feature`: they are inlined

@@ -2,8 +2,8 @@
 //! AVX2 (`avx2_gemv_q4w`), AVX-VNNI (`avxvnni_gemv_q4w`) and AVX-512 (`avx512_gemv_q4w`, and the
 //! batched `avx512_gemm_q4w` for prefill).
 //!
-//! The activations of each block are arranged once per call (per panel of [`PANEL`] blocks for
-//! longer rows) into the block's operands ([`Ops`]): the bytes of lane `j`'s low and high
+//! The activations of each block are arranged once per call (per panel of `PANEL` blocks for
+//! longer rows) into the block's operands (`Ops`): the bytes of lane `j`'s low and high
 //! nibbles (`al`, `ah`: 32-bit words `4k + 2h` and `4k + 2h + 1` of the block's 64 activations,
 //! `k` the lane's group and `h` its half), `−8` times each lane's activation sum (`ns`: a code
 //! `q` stands for `q − 8`, so the integer chain starts there) and each lane's activation scale
@@ -352,7 +352,7 @@ const _: () = assert!(GEMM_TOKENS.is_multiple_of(super::avx512::GEMM_SUB));
 /// activations, `out[t * rows + r]`), bit-exact with one [`avx512_gemv_q4w`] per token: tokens
 /// eight at a time with their block operands in a stack buffer, rows 32 at a time, two rows per
 /// vector; each block of two rows is unpacked once (codes and scales) and multiplied with the
-/// operands of eight tokens at a time ([`super::avx512::GEMM_SUB`]), broadcast to both halves,
+/// operands of eight tokens at a time (`super::avx512::GEMM_SUB`), broadcast to both halves,
 /// their running sums in registers.
 ///
 /// # Safety

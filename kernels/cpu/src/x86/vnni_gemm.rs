@@ -5,7 +5,7 @@
 //! unpacking and its float steps once per token. Here the lanes of a vector are eight tokens: a
 //! row's block is unpacked once, four of its columns are broadcast to every lane, and `vpdpbusd`
 //! multiplies them with the same four columns of each token's activations (arranged once per
-//! panel of [`PANEL_BLOCKS`] blocks, token-interleaved). The two 16-column group sums of a block
+//! panel of `PANEL_BLOCKS` blocks, token-interleaved). The two 16-column group sums of a block
 //! then come out one per lane with no horizontal adds, and the float steps of the specification
 //! ([`crate::scalar::gemv_q4_0`] and the other legacy gemvs:
 //! `(dw * da0) * i0 + (dw * da1) * i1`, plus `mw * (da0 * sa0 + da1 * sa1)` for Q4_1 and Q5_1,
