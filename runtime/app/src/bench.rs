@@ -294,6 +294,26 @@ impl Round {
     }
 }
 
+/// Ends a round: adds our repetitions' steal `ours` (seconds stolen, the threads' seconds) to
+/// `total`, then, when comparing, runs llama.cpp (`peer`, `peer_threads` threads) under its own
+/// steal meter on `cpus` and returns the round of our rates `pp`, `tg` and llama.cpp's.
+fn end_round(
+    (pp, tg): (&[f64], &[f64]),
+    ours: Option<(f64, f64)>,
+    total: &mut Option<(f64, f64)>,
+    (cpus, peer_threads): (&[usize], usize),
+    peer: Option<impl FnOnce() -> Result<Peer>>,
+) -> Result<Option<Round>> {
+    *total = total.zip(ours).map(|(a, b)| (a.0 + b.0, a.1 + b.1));
+    let Some(run) = peer else {
+        return Ok(None);
+    };
+    let meter = Steal::start(cpus, peer_threads);
+    let peer = run()?;
+    let steal = (ours.map(steal_percent), meter.seconds().map(steal_percent));
+    Ok(Some(Round::after(pp, tg, peer, steal)))
+}
+
 /// llama.cpp's figures over all rounds: one round's as llama.cpp reported them, else the mean
 /// and standard deviation of the rounds' means.
 fn peer_over(rounds: &[Round]) -> Option<Peer> {
@@ -613,30 +633,22 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             ttft.push(first * 1e3);
             lat.extend(steps.iter().map(|s| s * 1e3));
         }
-        let ours = meter.seconds();
-        stolen = stolen
-            .zip(ours)
-            .map(|(a, b): ((f64, f64), (f64, f64))| (a.0 + b.0, a.1 + b.1));
-        if args.compare_llamacpp {
-            let peer_meter = Steal::start(&cpus, threads);
-            let peer = run_llamacpp(
+        let peer = args.compare_llamacpp.then_some(|| {
+            run_llamacpp(
                 &args,
                 threads,
                 session.context(),
                 file.in_memory(),
                 pool.cores.as_deref().unwrap_or(&[]),
-            )?;
-            let steal = (
-                ours.map(steal_percent),
-                peer_meter.seconds().map(steal_percent),
-            );
-            rounds.push(Round::after(
-                &pp[round_start..],
-                &tg[round_start..],
-                peer,
-                steal,
-            ));
-        }
+            )
+        });
+        rounds.extend(end_round(
+            (&pp[round_start..], &tg[round_start..]),
+            meter.seconds(),
+            &mut stolen,
+            (&cpus, threads),
+            peer,
+        )?);
     }
     let steal_pct = stolen.map(steal_percent);
     write_trace(&args, &lat)?;
@@ -828,25 +840,17 @@ fn bench_gpu(args: &BenchArgs, mut engine: edgellm_cuda::GpuEngine, prompt: &[u3
             ttft.push(t_prefill * 1e3);
             lat.extend(steps.iter().map(|s| s * 1e3));
         }
-        let ours = meter.seconds();
-        stolen = stolen
-            .zip(ours)
-            .map(|(a, b): ((f64, f64), (f64, f64))| (a.0 + b.0, a.1 + b.1));
-        if args.compare_llamacpp {
-            let peer_meter = Steal::start(&cpus, peer_threads);
-            // The weights live in GPU memory: how llama.cpp loads its file does not matter here.
-            let peer = run_llamacpp(args, peer_threads, engine.context(), false, &[])?;
-            let steal = (
-                ours.map(steal_percent),
-                peer_meter.seconds().map(steal_percent),
-            );
-            rounds.push(Round::after(
-                &pp[round_start..],
-                &tg[round_start..],
-                peer,
-                steal,
-            ));
-        }
+        // The weights live in GPU memory: how llama.cpp loads its file does not matter here.
+        let peer = args
+            .compare_llamacpp
+            .then_some(|| run_llamacpp(args, peer_threads, engine.context(), false, &[]));
+        rounds.extend(end_round(
+            (&pp[round_start..], &tg[round_start..]),
+            meter.seconds(),
+            &mut stolen,
+            (&cpus, peer_threads),
+            peer,
+        )?);
     }
     let steal_pct = stolen.map(steal_percent);
     write_trace(args, &lat)?;
