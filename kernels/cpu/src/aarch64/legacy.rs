@@ -180,7 +180,15 @@ fn isums_neon(
             a,
         ))
     };
-    let x = w.map(|(w0, w1)| vpaddq_s32(half(w0, a0), half(w1, a1)));
+    rows_isums(w.map(|(w0, w1)| vpaddq_s32(half(w0, a0), half(w1, a1))))
+}
+
+/// `isum0` and `isum1` of the four rows (lane `i`: row `i`) from each row's half-block sums,
+/// `[h0, h0, h1, h1]` split in two lanes each: one more `addp` over pairs of rows, then
+/// `uzp1`/`uzp2`.
+#[inline]
+#[target_feature(enable = "neon")]
+fn rows_isums(x: [int32x4_t; R]) -> (int32x4_t, int32x4_t) {
     // [r0 h0, r0 h1, r1 h0, r1 h1] and the same for rows 2 and 3.
     let (y01, y23) = (vpaddq_s32(x[0], x[1]), vpaddq_s32(x[2], x[3]));
     (vuzp1q_s32(y01, y23), vuzp2q_s32(y01, y23))
@@ -201,10 +209,7 @@ fn isums_neon16(
     let pairs =
         |w: int8x16_t, a: int8x16_t| vmlal_high_s8(vmull_s8(vget_low_s8(w), vget_low_s8(a)), w, a);
     // [r h0, r h0, r h1, r h1]: each half's dot in two lanes, as `isums_neon`'s first `addp`.
-    let x = w.map(|(w0, w1)| vpaddlq_s16(vpaddq_s16(pairs(w0, a0), pairs(w1, a1))));
-    // [r0 h0, r0 h1, r1 h0, r1 h1] and the same for rows 2 and 3.
-    let (y01, y23) = (vpaddq_s32(x[0], x[1]), vpaddq_s32(x[2], x[3]));
-    (vuzp1q_s32(y01, y23), vuzp2q_s32(y01, y23))
+    rows_isums(w.map(|(w0, w1)| vpaddlq_s16(vpaddq_s16(pairs(w0, a0), pairs(w1, a1)))))
 }
 
 /// [`isums_neon`] with one `sdot` per half block.
@@ -221,9 +226,7 @@ unsafe fn isums_dot(
 ) -> (int32x4_t, int32x4_t) {
     let z = vdupq_n_s32(0);
     // SAFETY: the caller guarantees the dot-product extension.
-    let x = w.map(|(w0, w1)| unsafe { vpaddq_s32(sdot(z, w0, a0), sdot(z, w1, a1)) });
-    let (y01, y23) = (vpaddq_s32(x[0], x[1]), vpaddq_s32(x[2], x[3]));
-    (vuzp1q_s32(y01, y23), vuzp2q_s32(y01, y23))
+    rows_isums(w.map(|(w0, w1)| unsafe { vpaddq_s32(sdot(z, w0, a0), sdot(z, w1, a1)) }))
 }
 
 /// Defines the gemv of type `$k` with target features `$feat` whose block sums come from
