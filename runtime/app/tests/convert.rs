@@ -88,12 +88,20 @@ fn smollm2_q8_image_verifies_and_generates_the_reference() {
         model.file_name().and_then(|n| n.to_str())
     );
     for t in g.tensors() {
-        let want = if t.n_dims == 2 {
-            GgmlType::Q8_0
+        if t.n_dims == 2 {
+            assert_eq!(t.ty, GgmlType::Q8_0, "{}", t.name);
         } else {
-            GgmlType::F32
-        };
-        assert_eq!(t.ty, want, "{}", t.name);
+            // SmolLM2 was trained in bfloat16: its F32 norm weights are exact bfloat16s, which
+            // the image stores in half the bytes, value for value.
+            assert_eq!(t.ty, GgmlType::BF16, "{}", t.name);
+            let bits = |v: Vec<f32>| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(values(&g, t.name)),
+                bits(values(&src, t.name)),
+                "{}",
+                t.name
+            );
+        }
     }
     assert!(
         g.tensor("output.weight").is_none(),
@@ -207,9 +215,21 @@ fn smollm2_q4_and_ternary_images() {
     Model::from_gguf(&g, &kernels).expect("q4 image loads");
 
     // T2: 2 bits per weight plus one f32 scale per row; the image loads and runs.
+    let out = dir.join("t2-q4.gguf");
+    let s = convert(&args(&model, &out, Format::Ternary, HeadFormat::Q4)).unwrap();
+    assert!(
+        s.file_bytes < 45_000_000,
+        "ternary image with a 4-bit head: {} bytes, the goal is under 45 MB",
+        s.file_bytes
+    );
     let out = dir.join("t2.gguf");
     let s = convert(&args(&model, &out, Format::Ternary, HeadFormat::Q8)).unwrap();
     eprintln!("ternary image: {} bytes", s.file_bytes);
+    assert!(
+        s.file_bytes < 60_000_000,
+        "ternary image with an 8-bit head: {} bytes, the goal is under 60 MB",
+        s.file_bytes
+    );
     let bpw = s.bits_per_weight(Some(edgellm::convert::Class::Ffn));
     assert!((2.0..2.1).contains(&bpw), "FFN bits per weight {bpw}");
     assert_eq!(

@@ -136,6 +136,9 @@ impl From<I2sLayoutArg> for edgellm_kernels::scalar::ternary::I2sLayout {
 #[allow(non_camel_case_types)]
 pub enum OutType {
     F32,
+    /// A 1-D tensor (norm weights, biases) whose every value is exactly a bfloat16: stored in
+    /// half the bytes of F32, without loss (`exact_bf16`).
+    BF16,
     F16,
     Q8_0,
     Q6_K,
@@ -150,6 +153,7 @@ impl OutType {
     fn type_id(self) -> u32 {
         match self {
             OutType::F32 => 0,
+            OutType::BF16 => GgmlType::BF16.id(),
             OutType::F16 => 1,
             OutType::Q4_0 => 2,
             OutType::Q8_0 => 8,
@@ -161,7 +165,7 @@ impl OutType {
     fn block(self) -> (usize, usize) {
         match self {
             OutType::F32 => (1, 4),
-            OutType::F16 => (1, 2),
+            OutType::BF16 | OutType::F16 => (1, 2),
             OutType::Q8_0 => (32, 34),
             OutType::Q6_K => (GgmlType::Q6_K.block_len(), GgmlType::Q6_K.block_bytes()),
             OutType::Q4_0 => (32, 18),
@@ -389,8 +393,12 @@ pub fn convert(args: &ConvertArgs) -> Result<Summary> {
     let mut jobs = Vec::new();
     let mut fallbacks = Vec::new();
     for (i, t) in src.tensors.iter().enumerate() {
-        let (ty, note) = out_type(&t.name, &t.dims, args);
+        let (mut ty, note) = out_type(&t.name, &t.dims, args);
         fallbacks.extend(note);
+        // A LoRA adapter merges into 2-D weights only, so a 1-D tensor's values are final here.
+        if ty == OutType::F32 && exact_bf16(&src.values(i)?) {
+            ty = OutType::BF16;
+        }
         let n: u64 = t.dims.iter().product();
         w.add_tensor(TensorSpec {
             name: t.name.clone(),
@@ -488,6 +496,13 @@ pub fn convert(args: &ConvertArgs) -> Result<Summary> {
     })
 }
 
+/// Whether every value is exactly a bfloat16 (its low 16 bits are zero), so that BF16 holds it
+/// without loss: the norm weights of models trained in bfloat16, which GGUF files and f32
+/// checkpoints carry widened to f32.
+fn exact_bf16(values: &[f32]) -> bool {
+    values.iter().all(|v| v.to_bits() & 0xFFFF == 0)
+}
+
 /// Encodes f32 `values` (rows of `row_len`) as `ty`; T2 also returns the per-row scales (all
 /// equal with `per_tensor_t2`).
 fn encode(
@@ -502,6 +517,12 @@ fn encode(
         OutType::F32 => {
             for (o, v) in out.chunks_exact_mut(4).zip(values) {
                 o.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        OutType::BF16 => {
+            // The low 16 bits are zero (`exact_bf16`): the high ones are the bfloat16.
+            for (o, v) in out.chunks_exact_mut(2).zip(values) {
+                o.copy_from_slice(&((v.to_bits() >> 16) as u16).to_le_bytes());
             }
         }
         OutType::F16 => {
@@ -658,6 +679,31 @@ pub fn image_status(g: &Gguf<'_>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exact_bfloat16_values_are_stored_as_bf16_without_loss() {
+        let exact = [
+            1.0f32,
+            -0.0,
+            0.0,
+            0.5625,
+            -2f32.powi(-70),
+            1.5 * 2f32.powi(100),
+            f32::INFINITY,
+        ];
+        assert!(exact_bf16(&exact));
+        let mut back = vec![0f32; exact.len()];
+        let (bytes, scales) = encode(OutType::BF16, &exact, exact.len(), false);
+        assert!(scales.is_none());
+        assert_eq!(bytes.len(), 2 * exact.len());
+        edgellm_kernels::scalar::dequantize_row(GgmlType::BF16, &bytes, &mut back).unwrap();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&back), bits(&exact));
+        // One value with a bit below bfloat16's mantissa keeps the whole tensor in F32.
+        for v in [1.0f32 + f32::EPSILON, 0.1, f32::from_bits(1)] {
+            assert!(!exact_bf16(&[1.0, v]), "{v:e}");
+        }
+    }
 
     fn args(format: Format, head_format: HeadFormat) -> ConvertArgs {
         ConvertArgs {
