@@ -11,6 +11,7 @@
 //! - [`cpu`]: [`cpu::CpuInfo::detect`]: online CPUs, core model, kernel-relevant features.
 //! - [`irq`]: the device interrupts the kernel delivers to given cores.
 //! - [`memory`]: `mlockall`, prefaulting, available memory.
+//! - [`process`]: process-wide settings of the command-line tool (`SIGPIPE`).
 //! - [`realtime`]: SCHED_FIFO for the calling thread, and reading back a thread's policy, priority,
 //!   affinity and last CPU.
 //! - [`telemetry`]: [`telemetry::LinuxTelemetry`], the sysfs implementation of [`Telemetry`].
@@ -29,6 +30,8 @@ pub mod irq;
 pub mod memory;
 #[cfg(all(feature = "std", target_os = "linux"))]
 pub mod pool;
+#[cfg(all(feature = "std", target_os = "linux"))]
+pub mod process;
 #[cfg(all(feature = "std", target_os = "linux"))]
 pub mod realtime;
 #[cfg(all(feature = "std", target_os = "linux"))]

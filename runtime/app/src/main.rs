@@ -139,6 +139,12 @@ impl ModelArgs {
 
 fn main() {
     let cli = Cli::parse();
+    // Every command but the service writes to stdout for a reader that may stop early (`| head`):
+    // end quietly then. The service keeps the runtime's "ignore", so that a client that goes away
+    // is an error of its request, not the end of the process.
+    if !matches!(cli.cmd, Command::Serve(_)) {
+        edgellm_hal::process::end_on_broken_pipe();
+    }
     let result: Result<()> = match cli.cmd {
         Command::Run(a) => run::run(a),
         Command::Logits(a) => run::logits(a),

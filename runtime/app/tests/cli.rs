@@ -200,6 +200,32 @@ fn inspect_shows_metadata_and_tensors() {
     }
 }
 
+/// A reader that stops early (`edgellm inspect --full M | head`) ends the command quietly, by
+/// SIGPIPE as Unix tools end, not with a panic about a failed write.
+#[test]
+fn a_closed_output_pipe_ends_the_command_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::ExitStatusExt;
+    let Some(model) = smollm2_path() else { return };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edgellm"))
+        .args(["inspect", "--full", model.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run edgellm");
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("file: "), "{first}");
+    // The reader is dropped here; the full listing is megabytes, far more than a pipe holds.
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    const SIGPIPE: i32 = 13;
+    assert_eq!(out.status.signal(), Some(SIGPIPE), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 #[test]
 fn bad_inputs_are_clear_errors() {
     let out = edgellm(&["run", "-m", "/nonexistent/model.gguf", "-p", "x"]);
