@@ -57,6 +57,9 @@ pub fn model_in_memory(args: &ModelArgs, _board: &Board) -> bool {
 
 /// Resolves the flags against `board` on a machine whose process may use `allowed` CPUs.
 pub fn plan(args: &ModelArgs, board: &Board, allowed: &[usize]) -> Result<Plan> {
+    if args.threads == Some(0) {
+        bail!("--threads 0: the forward pass needs at least one thread");
+    }
     let threads = args
         .threads
         .or(args.cores.as_ref().map(Vec::len))
@@ -118,6 +121,15 @@ pub fn plan(args: &ModelArgs, board: &Board, allowed: &[usize]) -> Result<Plan> 
             }
         }
     };
+    if note.is_none() && threads > allowed.len() {
+        note = Some(format!(
+            "{threads} threads on the {} CPUs this process may use: they take turns on the CPUs \
+             and wait for each other at every step, which makes each token slower; --threads {} \
+             or fewer",
+            allowed.len(),
+            allowed.len()
+        ));
+    }
     let rt_on = realtime_on(args, board);
     let realtime = rt_on.then(|| args.rt_priority.unwrap_or(board.rt_priority));
     if let Some(p) = args.rt_priority {
@@ -329,6 +341,21 @@ mod tests {
         assert!(p.note.is_some());
         let p = plan(&args(&["-t", "3"]), &board("pi4"), &[0, 1]).unwrap();
         assert_eq!(p.cores, None);
+    }
+
+    #[test]
+    fn zero_threads_are_refused_and_more_threads_than_cpus_noted() {
+        let e = plan(&args(&["-t", "0"]), &board("host"), &[0, 1]).unwrap_err();
+        assert!(e.to_string().contains("--threads 0"), "{e}");
+        let p = plan(&args(&["-t", "2"]), &board("host"), &[0, 1]).unwrap();
+        assert_eq!(p.note, None);
+        let p = plan(&args(&["-t", "8"]), &board("host"), &[0, 1]).unwrap();
+        assert_eq!(p.threads, 8);
+        let note = p.note.expect("a note");
+        assert!(
+            note.contains("8 threads on the 2 CPUs") && note.contains("--threads 2"),
+            "{note}"
+        );
     }
 
     #[test]

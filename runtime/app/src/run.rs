@@ -5,7 +5,7 @@ use crate::generate::generate;
 use crate::load::{self, Loaded, ModelFile};
 use crate::rt::{self, Exec};
 use crate::ModelArgs;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use edgellm_core::sampler::{Sampler, SamplerParams};
 use edgellm_core::session::{KvType, NumericPath, Session, SessionOptions};
@@ -92,6 +92,9 @@ pub fn context_len(
     file_bytes: u64,
     min: usize,
 ) -> Result<usize> {
+    if args.context == Some(0) {
+        bail!("--context 0: the context must hold at least the prompt");
+    }
     let board = args.board()?;
     let cfg = &loaded.model.config;
     let ctx = args

@@ -260,6 +260,15 @@ fn bad_inputs_are_clear_errors() {
     ]);
     assert_eq!(out.status.code(), Some(1));
     std::fs::remove_dir_all(&dir).ok();
+
+    // Zero threads or a context of zero tokens: refused, not silently raised to one.
+    let Some(model) = smollm2_path() else { return };
+    for (flag, want) in [("-t", "--threads 0"), ("-c", "--context 0")] {
+        let out = edgellm(&["run", "-m", model.to_str().unwrap(), flag, "0", "-p", "x"]);
+        assert_eq!(out.status.code(), Some(1), "{flag} 0");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{err}");
+    }
 }
 
 #[test]
