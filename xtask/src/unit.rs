@@ -159,11 +159,21 @@ pub fn config(board: &Board, model: Option<&str>) -> String {
          \n\
          queue = 8\n\
          max_connections = 64\n\
-         drain_seconds = 10\n",
+         drain_seconds = 10\n\
+         \n\
+         # Real time, the board's defaults: the inference threads pinned to its inference cores,\n\
+         # SCHED_FIFO, memory locked; a refusal is one warning line unless strict_rt = true.\n\
+         # cores = {cores:?}\n\
+         # rt = true\n\
+         # rt_priority = {prio}\n\
+         # lock_memory = true\n\
+         # strict_rt = false\n",
         desc = board.description,
         name = board.name,
         threads = board.default_threads,
         context = board.default_context,
+        cores = &board.cores.inference[..board.default_threads.min(board.cores.inference.len())],
+        prio = board.rt_priority,
     )
 }
 
@@ -425,6 +435,41 @@ mod tests {
                     table.get("model").and_then(|m| m.as_str()),
                     model.map(|m| format!("{MODEL_DIR}/{m}")).as_deref()
                 );
+                // The real-time lines, uncommented, are service keys with the board's values.
+                let rt: String = text
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("# "))
+                    .filter(|l| {
+                        l.split_once(" = ").is_some_and(|(k, _)| {
+                            k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                                && k != "model"
+                                && k != "api_key"
+                        })
+                    })
+                    .map(|l| format!("{l}\n"))
+                    .collect();
+                let rt: toml::Table = toml::from_str(&rt).unwrap();
+                let names: Vec<&str> = rt.keys().map(String::as_str).collect();
+                assert_eq!(
+                    names,
+                    ["cores", "lock_memory", "rt", "rt_priority", "strict_rt"],
+                    "{}",
+                    b.name
+                );
+                for k in rt.keys() {
+                    assert!(keys.contains(k), "{}: {k} is not a service key", b.name);
+                }
+                let cores: Vec<i64> = rt["cores"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|c| c.as_integer().unwrap())
+                    .collect();
+                assert_eq!(cores.len(), b.default_threads, "{}", b.name);
+                assert!(cores
+                    .iter()
+                    .all(|&c| b.cores.inference.contains(&(c as usize))));
+                assert_eq!(rt["rt_priority"].as_integer(), Some(b.rt_priority as i64));
             }
         }
     }

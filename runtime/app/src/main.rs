@@ -92,6 +92,25 @@ pub struct ModelArgs {
     /// built for).
     #[arg(long)]
     pub board: Option<String>,
+    /// Real-time execution: cores, scheduling, memory locking.
+    #[command(flatten)]
+    pub realtime: RtArgs,
+    /// Where the forward pass runs: cpu, cuda, or auto (CUDA when the board has a GPU, the
+    /// binary was built with the `cuda` feature and a usable device is present; else the CPU).
+    /// `run`, `bench` and `serve` use it; the other commands run on the CPU.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "cuda"])]
+    pub device: String,
+    /// KV cache type: f16 or int8 (one scale per position and head: half the bytes attention
+    /// reads per token; on the GPU the int8 scores use __dp4a). The exact path (`--exact`)
+    /// keeps an f32 cache.
+    #[arg(long, default_value = "f16", value_parser = ["f16", "int8"])]
+    pub kv_cache: String,
+}
+
+/// How the inference threads run: the cores they are pinned to, their scheduling and whether
+/// memory is locked (every command that loads a model, and `serve`).
+#[derive(Args, Clone, Debug, Default)]
+pub struct RtArgs {
     /// Cores for the inference threads, in order, the first for the calling thread (e.g. `2,3`;
     /// default: the board's inference cores; no pinning on the host board).
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
@@ -115,16 +134,6 @@ pub struct ModelArgs {
     /// Make a refused SCHED_FIFO or memory lock fatal (default: one warning line, then go on).
     #[arg(long)]
     pub strict_rt: bool,
-    /// Where the forward pass runs: cpu, cuda, or auto (CUDA when the board has a GPU, the
-    /// binary was built with the `cuda` feature and a usable device is present; else the CPU).
-    /// `run`, `bench` and `serve` use it; the other commands run on the CPU.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "cuda"])]
-    pub device: String,
-    /// KV cache type: f16 or int8 (one scale per position and head: half the bytes attention
-    /// reads per token; on the GPU the int8 scores use __dp4a). The exact path (`--exact`)
-    /// keeps an f32 cache.
-    #[arg(long, default_value = "f16", value_parser = ["f16", "int8"])]
-    pub kv_cache: String,
 }
 
 impl ModelArgs {

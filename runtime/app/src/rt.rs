@@ -33,9 +33,9 @@ fn list(cores: &[usize]) -> String {
 /// Whether the inference threads run under SCHED_FIFO: `--rt`, `--no-rt`, else on for every
 /// board but `host`.
 fn realtime_on(args: &ModelArgs, board: &Board) -> bool {
-    if args.rt {
+    if args.realtime.rt {
         true
-    } else if args.no_rt {
+    } else if args.realtime.no_rt {
         false
     } else {
         board.name != "host"
@@ -44,7 +44,7 @@ fn realtime_on(args: &ModelArgs, board: &Board) -> bool {
 
 /// Whether memory is locked: `--lock-memory`, else with SCHED_FIFO unless `--no-lock-memory`.
 pub fn locks_memory(args: &ModelArgs, board: &Board) -> bool {
-    args.lock_memory || (realtime_on(args, board) && !args.no_lock_memory)
+    args.realtime.lock_memory || (realtime_on(args, board) && !args.realtime.no_lock_memory)
 }
 
 /// Whether the model file is read into memory rather than mapped: yes unless `--mmap` (the last
@@ -62,11 +62,11 @@ pub fn plan(args: &ModelArgs, board: &Board, allowed: &[usize]) -> Result<Plan> 
     }
     let threads = args
         .threads
-        .or(args.cores.as_ref().map(Vec::len))
+        .or(args.realtime.cores.as_ref().map(Vec::len))
         .unwrap_or(board.default_threads)
         .max(1);
     let mut note = None;
-    let cores = match &args.cores {
+    let cores = match &args.realtime.cores {
         Some(cores) => {
             if cores.len() != threads {
                 bail!(
@@ -131,8 +131,8 @@ pub fn plan(args: &ModelArgs, board: &Board, allowed: &[usize]) -> Result<Plan> 
         ));
     }
     let rt_on = realtime_on(args, board);
-    let realtime = rt_on.then(|| args.rt_priority.unwrap_or(board.rt_priority));
-    if let Some(p) = args.rt_priority {
+    let realtime = rt_on.then(|| args.realtime.rt_priority.unwrap_or(board.rt_priority));
+    if let Some(p) = args.realtime.rt_priority {
         if !(1..=99).contains(&p) {
             bail!("--rt-priority {p}: SCHED_FIFO priorities go from 1 to 99");
         }
@@ -143,7 +143,7 @@ pub fn plan(args: &ModelArgs, board: &Board, allowed: &[usize]) -> Result<Plan> 
         cores,
         realtime,
         lock_memory,
-        strict: args.strict_rt,
+        strict: args.realtime.strict_rt,
         note,
     })
 }

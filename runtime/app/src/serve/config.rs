@@ -2,7 +2,7 @@
 //! (`/etc/edgellm/edgellm.toml` when present, or `--config FILE`), and the settings that result
 //! (a flag overrides the file, the file overrides the default).
 
-use crate::ModelArgs;
+use crate::{ModelArgs, RtArgs};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Deserialize;
@@ -73,6 +73,9 @@ pub struct ServeArgs {
     /// KV cache type: f16 or int8 (one scale per position and KV head).
     #[arg(long, value_parser = ["f16", "int8"])]
     pub kv_cache: Option<String>,
+    /// Real-time execution of the inference thread(s).
+    #[command(flatten)]
+    pub realtime: RtArgs,
 }
 
 /// The config file: every key optional, unknown keys refused (a typo should not pass silently).
@@ -96,6 +99,14 @@ pub struct FileConfig {
     pub board: Option<String>,
     pub device: Option<String>,
     pub kv_cache: Option<String>,
+    /// Cores of the inference threads, the first for the inference thread itself.
+    pub cores: Option<Vec<usize>>,
+    /// SCHED_FIFO on (true) or off (false); unset: the board's default.
+    pub rt: Option<bool>,
+    pub rt_priority: Option<u8>,
+    /// Lock memory (true) or not (false); unset: with SCHED_FIFO.
+    pub lock_memory: Option<bool>,
+    pub strict_rt: Option<bool>,
 }
 
 impl FileConfig {
@@ -152,6 +163,7 @@ impl Settings {
                 bail!("kv_cache = \"{k}\": expected \"f16\" or \"int8\"");
             }
         }
+        let rt = args.realtime;
         let queue = args.queue.or(file.queue).unwrap_or(8);
         if queue == 0 {
             bail!("the queue must hold at least one request (--queue 1 or more)");
@@ -179,14 +191,19 @@ impl Settings {
                 no_mmap: args.no_mmap || (!args.mmap && file.mmap == Some(false)),
                 mmap: args.mmap || (!args.no_mmap && file.mmap == Some(true)),
                 board: args.board.or(file.board),
-                // Real-time settings: the board's defaults (on for real boards, off on the host).
-                cores: None,
-                rt: false,
-                no_rt: false,
-                rt_priority: None,
-                lock_memory: false,
-                no_lock_memory: false,
-                strict_rt: false,
+                // Real-time settings: flags over the file over the board's defaults (on for the
+                // real boards, off on the host).
+                realtime: RtArgs {
+                    cores: rt.cores.or(file.cores),
+                    rt: rt.rt || (!rt.no_rt && file.rt == Some(true)),
+                    no_rt: rt.no_rt || (!rt.rt && file.rt == Some(false)),
+                    rt_priority: rt.rt_priority.or(file.rt_priority),
+                    lock_memory: rt.lock_memory
+                        || (!rt.no_lock_memory && file.lock_memory == Some(true)),
+                    no_lock_memory: rt.no_lock_memory
+                        || (!rt.lock_memory && file.lock_memory == Some(false)),
+                    strict_rt: rt.strict_rt || file.strict_rt.unwrap_or(false),
+                },
                 device: args.device.or(file.device).unwrap_or_else(|| "auto".into()),
                 kv_cache: args
                     .kv_cache
@@ -228,6 +245,58 @@ mod tests {
         assert_eq!(s.host, "0.0.0.0");
         assert_eq!(s.model_name, "a");
         assert_eq!(s.model.model, PathBuf::from("/m/a.gguf"));
+    }
+
+    #[test]
+    fn the_real_time_keys_and_their_flags() {
+        let parse = |text: &str| FileConfig::parse(text).unwrap();
+        let args = |flags: &[&str]| {
+            let mut v = vec!["serve", "--model", "x.gguf"];
+            v.extend_from_slice(flags);
+            #[derive(clap::Parser)]
+            struct T {
+                #[command(flatten)]
+                s: ServeArgs,
+            }
+            <T as clap::Parser>::try_parse_from(v).unwrap().s
+        };
+        let file = parse(
+            "cores = [1]\nrt = true\nrt_priority = 60\nlock_memory = false\nstrict_rt = true",
+        );
+        let s = Settings::merge(args(&[]), file).unwrap();
+        let r = &s.model.realtime;
+        assert_eq!(r.cores, Some(vec![1]));
+        assert!(r.rt && !r.no_rt && r.rt_priority == Some(60) && r.strict_rt);
+        assert!(r.no_lock_memory && !r.lock_memory);
+        // Flags over the file.
+        let file = parse("cores = [1]\nrt = true\nlock_memory = false");
+        let s = Settings::merge(
+            args(&[
+                "--no-rt",
+                "--cores",
+                "0",
+                "--lock-memory",
+                "--rt-priority",
+                "70",
+            ]),
+            file,
+        )
+        .unwrap();
+        let r = &s.model.realtime;
+        assert_eq!(r.cores, Some(vec![0]));
+        assert!(r.no_rt && !r.rt && r.rt_priority == Some(70));
+        assert!(r.lock_memory && !r.no_lock_memory && !r.strict_rt);
+        // Unset: the board decides.
+        let s = Settings::merge(args(&[]), parse("")).unwrap();
+        let r = &s.model.realtime;
+        assert!(r.cores.is_none() && !r.rt && !r.no_rt && r.rt_priority.is_none());
+        assert!(!r.lock_memory && !r.no_lock_memory && !r.strict_rt);
+        // The plan applies them: the file's real-time settings on the host board.
+        let s = Settings::merge(args(&[]), parse("rt = true\ncores = [0]")).unwrap();
+        let board = crate::boards::by_name("host").unwrap();
+        let p = crate::rt::plan(&s.model, &board, &[0, 1]).unwrap();
+        assert_eq!(p.cores, Some(vec![0]));
+        assert!(p.realtime.is_some() && p.lock_memory && p.threads == 1);
     }
 
     #[test]
