@@ -55,6 +55,10 @@ pub struct BenchArgs {
     /// (for plotting latency against the context position).
     #[arg(long, value_name = "FILE")]
     pub trace: Option<PathBuf>,
+    /// Set, not parsed: llama.cpp keeps its f16 KV cache where it has no GPU kernel for q8_0
+    /// ([`llamacpp_kv_type`]).
+    #[arg(skip)]
+    pub peer_f16_kv: bool,
 }
 
 /// Writes `--trace`: `lat` holds the timed steps' latencies in ms, repetition after repetition,
@@ -84,19 +88,31 @@ struct Peer {
     in_memory: bool,
 }
 
-/// llama.cpp's name for the KV cache type `bench` runs with: its `q8_0` (one scale per 32
+/// llama.cpp's name for the KV cache type `bench` runs it with: its `q8_0` (one scale per 32
 /// values) for `--kv-cache int8`, so both engines read an 8-bit cache; else its default, f16.
-fn llamacpp_kv_type(model: &crate::ModelArgs) -> &'static str {
-    match crate::run::kv_type(model) {
-        edgellm_core::session::KvType::Int8 => "q8_0",
+/// On the GPU, a q8_0 cache needs llama.cpp's CUDA flash attention, which has q8_0 kernels for
+/// heads of 128 values only and runs every other size on the CPU: there it keeps its f16 cache
+/// (`peer_f16_kv`), its fastest, and the table says so.
+fn llamacpp_kv_type(args: &BenchArgs) -> &'static str {
+    match crate::run::kv_type(&args.model) {
+        edgellm_core::session::KvType::Int8 if !args.peer_f16_kv => "q8_0",
         _ => "f16",
     }
 }
 
+/// Whether llama.cpp, on the GPU, keeps its f16 cache against our int8 one: its CUDA flash
+/// attention has q8_0 kernels for heads of 128 values only ([`llamacpp_kv_type`]).
+fn gpu_peer_keeps_f16(model: &crate::ModelArgs, head_dim: usize) -> bool {
+    matches!(
+        crate::run::kv_type(model),
+        edgellm_core::session::KvType::Int8
+    ) && head_dim != 128
+}
+
 /// `llama-bench`'s arguments for [`llamacpp_kv_type`] (a quantized V cache needs its flash
 /// attention).
-fn llama_bench_kv_args(model: &crate::ModelArgs) -> Vec<&'static str> {
-    match llamacpp_kv_type(model) {
+fn llama_bench_kv_args(args: &BenchArgs) -> Vec<&'static str> {
+    match llamacpp_kv_type(args) {
         "f16" => Vec::new(),
         t => vec!["-ctk", t, "-ctv", t, "-fa", "1"],
     }
@@ -123,7 +139,7 @@ fn run_llama_bench(
         .args(["-r", &args.reps.to_string()])
         .args(["-t", &threads.to_string()])
         .args(["-ngl", &args.llamacpp_ngl.to_string()])
-        .args(llama_bench_kv_args(&args.model))
+        .args(llama_bench_kv_args(args))
         .args(["-mmp", if in_memory { "0" } else { "1" }])
         .args(["-o", "json"])
         .stderr(std::process::Stdio::null())
@@ -176,7 +192,7 @@ fn run_llamacpp(
         .arg(include_str!("llamacpp_bench.py"))
         .arg(args.llamacpp_model.as_ref().unwrap_or(&args.model.model))
         .args([threads, args.prompt_tokens, args.gen_tokens, args.reps, ctx].map(|v| v.to_string()))
-        .arg(llamacpp_kv_type(&args.model))
+        .arg(llamacpp_kv_type(args))
         .stderr(std::process::Stdio::null())
         .output()
         .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", args.python))?;
@@ -383,7 +399,7 @@ fn peer_json(args: &BenchArgs, rounds: &[Round], pp_m: f64, tg_m: f64) -> serde_
         "prefill_tps_stddev": p.prefill.1,
         "decode_tps": p.decode.0,
         "decode_tps_stddev": p.decode.1,
-        "kv_cache_type": llamacpp_kv_type(&args.model),
+        "kv_cache_type": llamacpp_kv_type(args),
         "model_in_memory": p.in_memory,
         "decode_ratio": tg_m / p.decode.0,
         "prefill_ratio": pp_m / p.prefill.0,
@@ -404,7 +420,11 @@ fn print_rates(args: &BenchArgs, pp: (f64, f64), tg: (f64, f64), rounds: &[Round
     println!("{pp_name:<10} {:>14.1} {:>10.1}", pp.0, pp.1);
     println!("{tg_name:<10} {:>14.1} {:>10.1}", tg.0, tg.1);
     if let Some(p) = peer {
-        let kv = match llamacpp_kv_type(&args.model) {
+        let kv = match llamacpp_kv_type(args) {
+            "f16" if args.peer_f16_kv => {
+                ", its f16 KV cache: its CUDA flash attention reads q8_0 for heads of 128 only"
+                    .to_string()
+            }
             "f16" => String::new(),
             t => format!(", {t} KV cache"),
         };
@@ -558,7 +578,7 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[idx]
 }
 
-pub fn bench(args: BenchArgs) -> Result<()> {
+pub fn bench(mut args: BenchArgs) -> Result<()> {
     anyhow::ensure!(
         args.prompt_tokens > 0 && args.gen_tokens > 0 && args.reps > 0 && args.rounds > 0,
         "-p, -g, -r and --rounds must be at least 1"
@@ -583,6 +603,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     }
     let context = crate::run::context_len(&args.model, &loaded, file_len, need)?;
     if let Some(engine) = crate::device::select(&args.model, &loaded, context)? {
+        args.peer_f16_kv = gpu_peer_keeps_f16(&args.model, cfg.head_dim);
         return bench_gpu(&args, engine, &prompt);
     }
     let mut session = new_session(&args.model, &loaded, file_len, need, kernels)?;
@@ -905,6 +926,35 @@ fn bench_gpu(args: &BenchArgs, mut engine: edgellm_cuda::GpuEngine, prompt: &[u3
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn llama_cpp_kv_cache_follows_ours_unless_it_has_no_gpu_kernel() {
+        #[derive(clap::Parser)]
+        struct T {
+            #[command(flatten)]
+            b: BenchArgs,
+        }
+        let parse = |kv: &str| {
+            <T as clap::Parser>::try_parse_from(["bench", "-m", "x.gguf", "--kv-cache", kv])
+                .unwrap()
+                .b
+        };
+        assert_eq!(llamacpp_kv_type(&parse("f16")), "f16");
+        assert!(llama_bench_kv_args(&parse("f16")).is_empty());
+        let mut a = parse("int8");
+        assert_eq!(llamacpp_kv_type(&a), "q8_0");
+        assert_eq!(
+            llama_bench_kv_args(&a),
+            ["-ctk", "q8_0", "-ctv", "q8_0", "-fa", "1"]
+        );
+        // On the GPU: q8_0 where llama.cpp has the kernels (heads of 128), else its f16 cache.
+        assert!(!gpu_peer_keeps_f16(&a.model, 128));
+        assert!(gpu_peer_keeps_f16(&a.model, 64));
+        assert!(!gpu_peer_keeps_f16(&parse("f16").model, 64));
+        a.peer_f16_kv = gpu_peer_keeps_f16(&a.model, 64);
+        assert_eq!(llamacpp_kv_type(&a), "f16");
+        assert!(llama_bench_kv_args(&a).is_empty());
+    }
 
     #[test]
     fn median_of_odd_even_and_no_values() {
