@@ -12,7 +12,8 @@
 #   is 45 MB); the GPU's greedy tokens on the reference prompts are compared with the CPU's.
 # GGUF (optional) holds SmolLM2's tokenizer: a SmolLM2-135M-shaped file with random Q4_1 weights
 #   is generated from it (xtask/scripts/make_bitnet_tq2.py), and both EdgeLLM and llama.cpp
-#   decode and prefill it, side by side.
+#   decode and prefill it, side by side. The original SmolLM2 file does, or the 1.8 MB that
+#   `make_bitnet_tq2.py --shapes smollm2-135m --vocab-only --vocab SmolLM2.gguf -o VOCAB` writes.
 # SRC is a llama.cpp source tree (directory or .tar.xz, with gguf-py), built here with CUDA in
 #   the background while the correctness checks run; everything timed runs after the build.
 set -uo pipefail

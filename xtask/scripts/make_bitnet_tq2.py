@@ -12,7 +12,9 @@ speed, with both EdgeLLM and llama.cpp reading the very same bytes. The tokenize
 
 With `--shapes smollm2-135m --type q4_1 --vocab <a SmolLM2 GGUF>` it writes SmolLM2-135M's shapes
 (tied output, no output.weight) with Q4_1 linear layers: the file the CUDA benchmarks run through
-both engines.
+both engines. `--vocab-only` writes just the tokenizer of `--vocab` (1.8 MB for SmolLM2's),
+small enough to send to a machine that takes few bytes, where the random file is then made from
+it. (An EdgeLLM image does not do as `--vocab`: the gguf package refuses its own tensor types.)
 
 Tensors are generated, quantized and written one at a time, so memory stays around the size of
 the largest tensor (output: 128256 x 2560).
@@ -151,9 +153,20 @@ def main():
                          "squared-ReLU gate, tied embeddings)")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--std", type=float, default=0.02)
+    ap.add_argument("--vocab-only", action="store_true",
+                    help="write only the tokenizer of --vocab (a vocabulary-only GGUF) and stop")
     args = ap.parse_args()
     global LINEAR
     globals().update(SHAPES[args.shapes])
+    if args.vocab_only:
+        w = gguf.GGUFWriter(args.output, args.arch)
+        copy_tokenizer(w, args.vocab)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_ti_data_to_file()
+        w.close()
+        print(f"wrote {args.output}: the tokenizer of {args.vocab}")
+        return
     LINEAR = {"tq2_0": QT.TQ2_0, "tq1_0": QT.TQ1_0, "q4_0": QT.Q4_0, "q4_1": QT.Q4_1, "q8_0": QT.Q8_0}[args.type]
     embd_type = QT.Q8_0 if args.embd_type == "q8_0" else QT.F16
 
