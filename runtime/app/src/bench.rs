@@ -469,6 +469,20 @@ fn print_rates(args: &BenchArgs, pp: (f64, f64), tg: (f64, f64), rounds: &[Round
     }
 }
 
+/// Above this share of the threads' time taken by the hypervisor, a run's figures say more about
+/// the host than about the engine.
+const STEAL_NOTE_PCT: f64 = 5.0;
+
+/// The note for a run whose steal (`pct`, the worst of its runs) passed [`STEAL_NOTE_PCT`].
+fn steal_note(pct: Option<f64>) -> Option<String> {
+    pct.filter(|&p| p > STEAL_NOTE_PCT).map(|p| {
+        format!(
+            "note: the host took {p:.0}% of a run's CPU time (steal): the figures of the engine \
+             that ran then understate it; measure again in a quieter moment"
+        )
+    })
+}
+
 /// The per-token latency line of the table.
 fn print_latency(lat: &[f64]) {
     println!(
@@ -482,13 +496,23 @@ fn print_latency(lat: &[f64]) {
 }
 
 /// The line on the host's steal while our repetitions ran (none where the kernel does not count
-/// it).
-fn print_steal(pct: Option<f64>) {
+/// it), and a note when that, or either engine's in a round, passed [`STEAL_NOTE_PCT`].
+fn print_steal(pct: Option<f64>, rounds: &[Round]) {
     if let Some(p) = pct {
         println!(
             "host steal: {p:.1}% of the threads' time while the repetitions ran (time the \
              hypervisor gave to other guests; 0 on a board)"
         );
+    }
+    // The worst of ours overall and each engine's in each round.
+    let worst = rounds
+        .iter()
+        .flat_map(|r| [r.steal.0, r.steal.1])
+        .chain([pct])
+        .flatten()
+        .reduce(f64::max);
+    if let Some(n) = steal_note(worst) {
+        println!("{n}");
     }
 }
 
@@ -759,7 +783,7 @@ pub fn bench(mut args: BenchArgs) -> Result<()> {
         );
         print_latency(&lat);
         print_trend(lat_trend, args.gen_tokens);
-        print_steal(steal_pct);
+        print_steal(steal_pct, &rounds);
     }
     Ok(())
 }
@@ -918,7 +942,7 @@ fn bench_gpu(args: &BenchArgs, mut engine: edgellm_cuda::GpuEngine, prompt: &[u3
         );
         print_latency(&lat);
         print_trend(lat_trend, args.gen_tokens);
-        print_steal(steal_pct);
+        print_steal(steal_pct, &rounds);
     }
     Ok(())
 }
@@ -954,6 +978,15 @@ mod tests {
         a.peer_f16_kv = gpu_peer_keeps_f16(&a.model, 64);
         assert_eq!(llamacpp_kv_type(&a), "f16");
         assert!(llama_bench_kv_args(&a).is_empty());
+    }
+
+    #[test]
+    fn a_run_with_much_steal_gets_a_note() {
+        assert_eq!(steal_note(None), None);
+        assert_eq!(steal_note(Some(0.0)), None);
+        assert_eq!(steal_note(Some(STEAL_NOTE_PCT)), None);
+        let n = steal_note(Some(26.3)).expect("a note");
+        assert!(n.contains("26% of a run's CPU time"), "{n}");
     }
 
     #[test]
