@@ -76,6 +76,18 @@ pub fn plan(args: &ModelArgs, board: &Board, allowed: &[usize]) -> Result<Plan> 
                     cores.len()
                 );
             }
+            if let Some((i, c)) = cores
+                .iter()
+                .enumerate()
+                .find(|(i, c)| cores[..*i].contains(c))
+            {
+                bail!(
+                    "--cores {} names core {c} twice (entry {}): one core per thread, or the \
+                     threads on it take turns and every step waits for them",
+                    list(cores),
+                    i + 1
+                );
+            }
             if let Some(c) = cores.iter().find(|c| !allowed.contains(c)) {
                 bail!(
                     "--cores: core {c} is not available to this process (available: {}); see \
@@ -341,6 +353,14 @@ mod tests {
         assert!(p.note.is_some());
         let p = plan(&args(&["-t", "3"]), &board("pi4"), &[0, 1]).unwrap();
         assert_eq!(p.cores, None);
+    }
+
+    #[test]
+    fn a_core_named_twice_is_refused() {
+        let e = plan(&args(&["--cores", "1,1"]), &board("host"), &[0, 1]).unwrap_err();
+        assert!(e.to_string().contains("names core 1 twice"), "{e}");
+        let p = plan(&args(&["--cores", "1,0"]), &board("host"), &[0, 1]).unwrap();
+        assert_eq!(p.cores, Some(vec![1, 0]));
     }
 
     #[test]
