@@ -122,6 +122,15 @@ impl FileConfig {
     }
 }
 
+/// A pair of flags (`--x`, `--no-x`) over the file's `x = true|false`: a flag given wins, else
+/// the file's value turns on the matching flag, else neither is set (the default applies).
+fn on_off((on, off): (bool, bool), file: Option<bool>) -> (bool, bool) {
+    (
+        on || (!off && file == Some(true)),
+        off || (!on && file == Some(false)),
+    )
+}
+
 /// The settings the service runs with.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -164,6 +173,9 @@ impl Settings {
             }
         }
         let rt = args.realtime;
+        let (mmap, no_mmap) = on_off((args.mmap, args.no_mmap), file.mmap);
+        let (rt_on, rt_off) = on_off((rt.rt, rt.no_rt), file.rt);
+        let (lock_on, lock_off) = on_off((rt.lock_memory, rt.no_lock_memory), file.lock_memory);
         let queue = args.queue.or(file.queue).unwrap_or(8);
         if queue == 0 {
             bail!("the queue must hold at least one request (--queue 1 or more)");
@@ -188,20 +200,18 @@ impl Settings {
                 kernels: args.kernels.or(file.kernels),
                 context: args.context.or(file.context),
                 exact: args.exact || file.exact.unwrap_or(false),
-                no_mmap: args.no_mmap || (!args.mmap && file.mmap == Some(false)),
-                mmap: args.mmap || (!args.no_mmap && file.mmap == Some(true)),
+                mmap,
+                no_mmap,
                 board: args.board.or(file.board),
                 // Real-time settings: flags over the file over the board's defaults (on for the
                 // real boards, off on the host).
                 realtime: RtArgs {
                     cores: rt.cores.or(file.cores),
-                    rt: rt.rt || (!rt.no_rt && file.rt == Some(true)),
-                    no_rt: rt.no_rt || (!rt.rt && file.rt == Some(false)),
+                    rt: rt_on,
+                    no_rt: rt_off,
                     rt_priority: rt.rt_priority.or(file.rt_priority),
-                    lock_memory: rt.lock_memory
-                        || (!rt.no_lock_memory && file.lock_memory == Some(true)),
-                    no_lock_memory: rt.no_lock_memory
-                        || (!rt.lock_memory && file.lock_memory == Some(false)),
+                    lock_memory: lock_on,
+                    no_lock_memory: lock_off,
                     strict_rt: rt.strict_rt || file.strict_rt.unwrap_or(false),
                 },
                 device: args.device.or(file.device).unwrap_or_else(|| "auto".into()),
