@@ -263,10 +263,12 @@ impl Steal {
     }
 }
 
-/// Stolen seconds as a percentage of the threads' seconds (0 for none).
+/// Stolen seconds as a percentage of the threads' seconds (0 for none), at most 100: the kernel
+/// counts steal in ticks (10 ms), and over a short span, or with another program busy on a
+/// measured CPU the threads leave idle, the sum can pass the threads' own time.
 fn steal_percent((stolen, cpu): (f64, f64)) -> f64 {
     if cpu > 0.0 {
-        100.0 * stolen / cpu
+        (100.0 * stolen / cpu).min(100.0)
     } else {
         0.0
     }
@@ -978,6 +980,14 @@ mod tests {
         a.peer_f16_kv = gpu_peer_keeps_f16(&a.model, 64);
         assert_eq!(llamacpp_kv_type(&a), "f16");
         assert!(llama_bench_kv_args(&a).is_empty());
+    }
+
+    #[test]
+    fn steal_shares_stay_within_the_threads_time() {
+        assert_eq!(steal_percent((0.5, 2.0)), 25.0);
+        assert_eq!(steal_percent((0.0, 0.0)), 0.0);
+        // Two 10 ms ticks over a 15 ms span of one thread: all of it, not 133%.
+        assert_eq!(steal_percent((0.02, 0.015)), 100.0);
     }
 
     #[test]
