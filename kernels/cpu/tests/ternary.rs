@@ -208,11 +208,11 @@ fn shapes(rng: &mut Rng, ty: Ty) -> Vec<(usize, usize)> {
     ];
     if ty == Ty::T2 {
         v.extend([(2, 576), (7, 1536), (3, 2560), (2, 6912)]);
-        // Past 8192 columns (the AVX-VNNI kernels' activation panel), ending in half a window.
+        // Past 8192 columns (the x86 kernels' activation panel), ending in half a window.
         v.extend([(5, 8256), (2, 16448)]);
     } else {
         v.extend([(2, 1536), (3, 2560), (2, 6912)]);
-        // Past 8192 columns (the AVX-VNNI kernels' activation panel).
+        // Past 8192 columns (the x86 kernels' activation panel).
         v.extend([(5, 8448), (2, 16640)]);
     }
     for _ in 0..24 {

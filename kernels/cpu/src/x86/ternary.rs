@@ -15,10 +15,16 @@
 //! activations are reordered alike once per window (a 4x4 transpose of 32-bit words), so each
 //! group's products land in its own two i16 lanes: three vertical adds and the `vpmaddwd` give
 //! the eight group sums in natural order, with no horizontal adds. TQ2_0 window (layout fixed
-//! by llama.cpp): one 32-byte half of a block, whose shifts give groups `2l` and `2l + 1`; a
-//! `vphaddw` tree and the `vpmaddwd` yield the groups in the order `0 2 4 6 1 3 5 7`, so the
-//! window's sums and scales are permuted alike and the running sums are put back in order
-//! before the final reduction.
+//! by llama.cpp): one 32-byte half of a block, whose shift `2j` gives groups `2j` and `2j + 1`.
+//! The gemv takes each 32-bit word of the half to all four words of its 128-bit lane
+//! (`vpshufd`) and shifts word `j` by `2j` (`vpsrlvd`), so that every word of the four code
+//! vectors holds codes of one group, in the order `0 2 4 6 1 3 5 7` (`codes_tq2_words`); with
+//! the activations arranged alike (a word transpose, once per call) the products add vertically
+//! as T2's. The window's sums and scales are permuted to that order and the running sums put
+//! back in natural order before the final reduction. (The TQ1_0 kernels reduce the same lane
+//! order with a `vphaddw` tree, `group_sums`.) The window operands are arranged once per call
+//! (per panel of [`TQ1_PANEL`] windows for long rows) and read from memory in every row, which
+//! leaves the registers to the rows' running sums.
 //!
 //! TQ1_0 (llama.cpp's base-3 layout, see [`crate::scalar::ternary`]): TQ2_0's windows, lane
 //! order and float steps, but a whole block (two windows) per row at a time (`gemv_tq1!`),
@@ -53,6 +59,9 @@ use crate::scalar::ternary::{check_gemv_ternary, QK_K, QS, T2_BLOCK, T2_BYTES, T
 pub(crate) const ROWS: usize = 4;
 /// How many passes ahead the gemv prefetches.
 pub(crate) const PREFETCH_PASSES: usize = 2;
+/// The least distance, in bytes of rows, at which the T2 and TQ2_0 gemvs prefetch (more than
+/// [`PREFETCH_PASSES`] when rows are short).
+pub(crate) const PREFETCH_BYTES: usize = 16384;
 /// Columns per window: eight activation groups.
 pub(crate) const WIN: usize = 8 * QS;
 
@@ -96,6 +105,23 @@ pub(crate) fn reduce8_pair(x: __m256, y: __m256) -> __m256 {
     _mm256_add_ps(t, _mm256_permute_ps::<0b10_11_00_01>(t))
 }
 
+/// The 4x4 transpose of the i32 words of each 128-bit lane of `r`: word `k` of result `q` is word
+/// `q` of `r[k]`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn transpose4(r: [__m256i; 4]) -> [__m256i; 4] {
+    let t0 = _mm256_unpacklo_epi32(r[0], r[1]);
+    let t1 = _mm256_unpackhi_epi32(r[0], r[1]);
+    let t2 = _mm256_unpacklo_epi32(r[2], r[3]);
+    let t3 = _mm256_unpackhi_epi32(r[2], r[3]);
+    [
+        _mm256_unpacklo_epi64(t0, t2),
+        _mm256_unpackhi_epi64(t0, t2),
+        _mm256_unpacklo_epi64(t1, t3),
+        _mm256_unpackhi_epi64(t1, t3),
+    ]
+}
+
 /// One window's shared operands: activations (arranged per type), `sums` and `d` (in the lane
 /// order of [`group_sums`] for the type).
 #[derive(Clone, Copy)]
@@ -135,16 +161,7 @@ pub(crate) unsafe fn load_window<const K: u8>(acts: &ActsQ8<'_>, win: usize, hal
                 };
                 _mm256_set_m128i(hi, lo)
             });
-            let t0 = _mm256_unpacklo_epi32(g[0], g[1]);
-            let t1 = _mm256_unpackhi_epi32(g[0], g[1]);
-            let t2 = _mm256_unpacklo_epi32(g[2], g[3]);
-            let t3 = _mm256_unpackhi_epi32(g[2], g[3]);
-            let a = [
-                _mm256_unpacklo_epi64(t0, t2),
-                _mm256_unpackhi_epi64(t0, t2),
-                _mm256_unpacklo_epi64(t1, t3),
-                _mm256_unpackhi_epi64(t1, t3),
-            ];
+            let a = transpose4(g);
             if half {
                 Window {
                     a,
@@ -194,6 +211,31 @@ pub(crate) unsafe fn codes2(p: *const u8, half: bool) -> [__m256i; 4] {
         _mm256_and_si256(_mm256_srli_epi16::<2>(v), m),
         _mm256_and_si256(_mm256_srli_epi16::<4>(v), m),
         _mm256_and_si256(_mm256_srli_epi16::<6>(v), m),
+    ]
+}
+
+/// The 2-bit codes of the 32 TQ2_0 bytes at `p` (half a block) arranged like T2's: vector `k`
+/// holds in 32-bit word `j` of 128-bit lane `h` the codes at shift `2j` of bytes `16h + 4k ..
+/// 16h + 4k + 4`, i.e. elements `32j + 16h + 4k ..` of group `2j + h`; so every word of every
+/// vector belongs to the same group (lanes in the order `0 2 4 6 1 3 5 7`), and the products
+/// with activations arranged alike add vertically. Per vector: a word broadcast, a variable shift
+/// and a mask.
+///
+/// # Safety
+///
+/// `p` must be valid for reading 32 bytes; the CPU must have AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn codes_tq2_words(p: *const u8) -> [__m256i; 4] {
+    // SAFETY: the caller guarantees the bytes.
+    let v = unsafe { _mm256_loadu_si256(p.cast()) };
+    let m = _mm256_set1_epi8(3);
+    let sh = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+    [
+        _mm256_and_si256(_mm256_srlv_epi32(_mm256_shuffle_epi32::<0x00>(v), sh), m),
+        _mm256_and_si256(_mm256_srlv_epi32(_mm256_shuffle_epi32::<0x55>(v), sh), m),
+        _mm256_and_si256(_mm256_srlv_epi32(_mm256_shuffle_epi32::<0xAA>(v), sh), m),
+        _mm256_and_si256(_mm256_srlv_epi32(_mm256_shuffle_epi32::<0xFF>(v), sh), m),
     ]
 }
 
@@ -362,23 +404,22 @@ fn tq1_isum(x: &[[__m256i; 2]], win: &Tq1Window) -> __m256i {
     _mm256_sub_epi32(group_sums(p), win.sums)
 }
 
-/// The exact `isum` of the window's eight groups of one row from its codes `c` (arranged for
-/// type `K`, see the module docs).
+/// The exact `isum` of the window's eight groups of one row from its codes `c`, arranged so
+/// that every 32-bit word of the four vectors holds codes of one group (T2's windows,
+/// [`codes_tq2_words`]) and the activations alike: each group's products sit in its own two i16
+/// lanes of every `vpmaddubsw` result, so three vertical adds and one `vpmaddwd` give the sums.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn window_isum<const K: u8>(c: [__m256i; 4], win: &Window) -> __m256i {
+fn window_isum(c: [__m256i; 4], win: &Window) -> __m256i {
     let p: [__m256i; 4] = core::array::from_fn(|l| _mm256_maddubs_epi16(c[l], win.a[l]));
-    let sums = if K == T2 {
-        // Each group's products already sit in its own two i16 lanes of every `p[s]`.
-        let q = _mm256_add_epi16(_mm256_add_epi16(p[0], p[1]), _mm256_add_epi16(p[2], p[3]));
-        _mm256_madd_epi16(q, _mm256_set1_epi16(1))
-    } else {
-        group_sums(p)
-    };
-    _mm256_sub_epi32(sums, win.sums)
+    let q = _mm256_add_epi16(_mm256_add_epi16(p[0], p[1]), _mm256_add_epi16(p[2], p[3]));
+    _mm256_sub_epi32(_mm256_madd_epi16(q, _mm256_set1_epi16(1)), win.sums)
 }
 
-/// The shared gemv driver (see the module docs).
+/// The shared gemv driver (see the module docs). The window operands are arranged once per
+/// panel of [`TQ1_PANEL`] windows (once per call when the row fits in one) into a stack buffer
+/// and read from there in every row, which leaves the registers to the rows' running sums; a
+/// TQ2_0 block (two windows) is taken whole per row, its scale converted once.
 ///
 /// # Safety
 ///
@@ -386,6 +427,7 @@ fn window_isum<const K: u8>(c: [__m256i; 4], win: &Window) -> __m256i {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn gemv<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
+    use core::mem::MaybeUninit;
     let (bl, bb, name) = match K {
         T2 => (T2_BLOCK, T2_BYTES, "T2"),
         _ => (QK_K, TQ2_0_BYTES, "TQ2_0"),
@@ -398,53 +440,94 @@ unsafe fn gemv<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
     }
     let cols = acts.qs.len();
     let nwin = cols.div_ceil(WIN);
-    let base = w.as_ptr();
     let last = rows - 1;
+    let mut buf = [const { MaybeUninit::<Window>::uninit() }; TQ1_PANEL];
+    let load = |buf: &mut [MaybeUninit<Window>], w0: usize, wn: usize| {
+        for (j, b) in buf[..wn].iter_mut().enumerate() {
+            let win = w0 + j;
+            // Only T2 rows can end with half a window (an odd number of 64-column blocks).
+            // SAFETY: `win < nwin`: the window's columns are inside `acts` (the first 64 when
+            // `half`).
+            let mut wv = unsafe { load_window::<K>(acts, win, (win + 1) * WIN > cols) };
+            if K == TQ2_0 {
+                // Arranged for `codes_tq2_words`: word `j` of lane `h` of `a[k]` is word `k` of
+                // lane `h` of the natural `a[j]` (elements `32j + 16h + 4k ..`).
+                wv.a = transpose4(wv.a);
+            }
+            b.write(wv);
+        }
+    };
+    let single = nwin <= TQ1_PANEL;
+    if single {
+        load(&mut buf, 0, nwin);
+    }
+    let ahead = ROWS * PREFETCH_PASSES.max(PREFETCH_BYTES.div_ceil(ROWS * row_bytes));
     let mut r = 0;
     while r < rows {
         let p: [*const u8; ROWS] = super::row_ptrs(w, r, last, row_bytes);
+        // The rows `ahead`, clamped to the last row.
+        let pf: [*const u8; ROWS] = super::row_ptrs(w, r + ahead, last, row_bytes);
         let mut acc = [_mm256_setzero_ps(); ROWS];
-        for win in 0..nwin {
-            // Only T2 rows can end with half a window (an odd number of 64-column blocks).
-            let half = (win + 1) * WIN > cols;
-            // Prefetch the rows PREFETCH_PASSES passes ahead, at this window (one 64-byte line
-            // covers two T2 windows).
-            if K != T2 || win % 2 == 0 {
-                let off = if K == T2 {
-                    32 * win
-                } else {
-                    (win / 2) * bb + 32 * (win % 2)
-                };
-                for i in 0..ROWS {
-                    let pf = (r + ROWS * PREFETCH_PASSES + i) * row_bytes + off;
-                    if pf < w.len() {
-                        // SAFETY: `pf < w.len()`: inside `w`.
-                        _mm_prefetch::<_MM_HINT_T0>(unsafe { base.add(pf) }.cast());
+        for w0 in (0..nwin).step_by(TQ1_PANEL) {
+            let wn = (nwin - w0).min(TQ1_PANEL);
+            if !single {
+                load(&mut buf, w0, wn);
+            }
+            let wins = {
+                let b = buf.as_ptr().cast::<Window>();
+                // SAFETY: entries `..wn` were written above (or before the row loop when
+                // `single`).
+                unsafe { core::slice::from_raw_parts(b, wn) }
+            };
+            if K == T2 {
+                for (j, wv) in wins.iter().enumerate() {
+                    let win = w0 + j;
+                    let half = (win + 1) * WIN > cols;
+                    if win % 2 == 0 {
+                        // One 64-byte line covers two T2 windows.
+                        for &q in &pf {
+                            // SAFETY: window `win` of a row starts inside it.
+                            _mm_prefetch::<_MM_HINT_T0>(unsafe { q.add(32 * win) }.cast());
+                        }
+                    }
+                    for i in 0..ROWS {
+                        // The window operands, read in every row (see `launder`).
+                        let wv = &launder(core::slice::from_ref(wv))[0];
+                        // SAFETY: window `win` of a row is bytes `32 win .. 32 win + 32` (16
+                        // when `half`), inside the row.
+                        let c = unsafe { codes2(p[i].add(32 * win), half) };
+                        let isum = window_isum(c, wv);
+                        let t = _mm256_mul_ps(_mm256_cvtepi32_ps(isum), wv.d);
+                        acc[i] = _mm256_add_ps(acc[i], t);
                     }
                 }
-            }
-            // SAFETY: the window's columns are inside `acts` (`win < nwin`, `half` otherwise).
-            let wv = unsafe { load_window::<K>(acts, win, half) };
-            for i in 0..ROWS {
-                if K == T2 {
-                    // SAFETY: window `win` of a row is bytes `32 win .. 32 win + 32` (16 when
-                    // `half`), inside the row.
-                    let isum = window_isum::<K>(unsafe { codes2(p[i].add(32 * win), half) }, &wv);
-                    let t = _mm256_mul_ps(_mm256_cvtepi32_ps(isum), wv.d);
-                    acc[i] = _mm256_add_ps(acc[i], t);
-                } else {
-                    // SAFETY: block `win / 2` (with its f16 scale in its last two bytes) is
-                    // inside the row; half `win % 2` of it is bytes `32 (win % 2) ..`.
-                    let (c, dw) = unsafe {
-                        let q = p[i].add((win / 2) * bb);
-                        (
-                            codes2(q.add(32 * (win % 2)), false),
-                            tq_scale(q.add(bb - 2)),
-                        )
-                    };
-                    let isum = window_isum::<K>(c, &wv);
-                    let t = _mm256_mul_ps(_mm256_mul_ps(dw, wv.d), _mm256_cvtepi32_ps(isum));
-                    acc[i] = _mm256_add_ps(acc[i], t);
+            } else {
+                // Whole blocks: two windows each (`TQ1_PANEL` and `nwin` are even).
+                for (j, pair) in wins.chunks_exact(2).enumerate() {
+                    let off = (w0 / 2 + j) * bb;
+                    for &q in &pf {
+                        // SAFETY: `off` (a block's start) is inside the row.
+                        _mm_prefetch::<_MM_HINT_T0>(unsafe { q.add(off) }.cast());
+                        // SAFETY: the block's second line starts inside it.
+                        _mm_prefetch::<_MM_HINT_T0>(unsafe { q.add(off + 64) }.cast());
+                    }
+                    for i in 0..ROWS {
+                        let pair = launder(pair);
+                        // SAFETY: the block (with its f16 scale in its last two bytes) is
+                        // inside the row.
+                        let (q, dw) = unsafe {
+                            let q = p[i].add(off);
+                            (q, tq_scale(q.add(bb - 2)))
+                        };
+                        for (h, wv) in pair.iter().enumerate() {
+                            // SAFETY: half `h` of the block is bytes `32 h .. 32 h + 32`.
+                            let c = unsafe { codes_tq2_words(q.add(32 * h)) };
+                            let isum = window_isum(c, wv);
+                            let t =
+                                _mm256_mul_ps(_mm256_mul_ps(dw, wv.d), _mm256_cvtepi32_ps(isum));
+                            acc[i] = _mm256_add_ps(acc[i], t);
+                        }
+                    }
                 }
             }
         }
@@ -963,7 +1046,7 @@ unsafe fn gemm<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f
                             for (u, au) in a.iter_mut().enumerate() {
                                 let wv = &buf[s0 + u][j];
                                 // The T2 arrangement: each group's products in its own lanes.
-                                let isum = window_isum::<T2>(c, wv);
+                                let isum = window_isum(c, wv);
                                 let t = match dw {
                                     None => _mm256_mul_ps(_mm256_cvtepi32_ps(isum), wv.d),
                                     Some(dw) => _mm256_mul_ps(

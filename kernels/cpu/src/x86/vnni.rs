@@ -61,8 +61,9 @@ use super::legacy::{
     Q5_0, Q5_1,
 };
 use super::ternary::{
-    codes2, codes_tq2_grouped, gemv_tq1, load_window, reduce8, reduce8_pair, tq_scale, Tq1Window,
-    Window, GEMM_PANEL, GEMM_ROWS, GEMM_SUB, GEMM_TOKENS, PREFETCH_PASSES, ROWS, T2, TQ2_0, WIN,
+    codes2, codes_tq2_grouped, gemv_tq1, load_window, reduce8, reduce8_pair, tq_scale, transpose4,
+    Tq1Window, Window, GEMM_PANEL, GEMM_ROWS, GEMM_SUB, GEMM_TOKENS, PREFETCH_PASSES, ROWS, T2,
+    TQ2_0, WIN,
 };
 use crate::acts::{ActsQ8, QK};
 use crate::scalar::legacy::check_gemv;
@@ -76,23 +77,6 @@ fn dot4(s: __m256i, c: [__m256i; 4], a: &[__m256i; 4]) -> __m256i {
     let s = _mm256_dpbusd_avx_epi32(s, c[1], a[1]);
     let s = _mm256_dpbusd_avx_epi32(s, c[2], a[2]);
     _mm256_dpbusd_avx_epi32(s, c[3], a[3])
-}
-
-/// The 4x4 transpose of the i32 words of each 128-bit lane of `r`: word `k` of result `q` is word
-/// `q` of `r[k]`.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn transpose4(r: [__m256i; 4]) -> [__m256i; 4] {
-    let t0 = _mm256_unpacklo_epi32(r[0], r[1]);
-    let t1 = _mm256_unpackhi_epi32(r[0], r[1]);
-    let t2 = _mm256_unpacklo_epi32(r[2], r[3]);
-    let t3 = _mm256_unpackhi_epi32(r[2], r[3]);
-    [
-        _mm256_unpacklo_epi64(t0, t2),
-        _mm256_unpackhi_epi64(t0, t2),
-        _mm256_unpacklo_epi64(t1, t3),
-        _mm256_unpackhi_epi64(t1, t3),
-    ]
 }
 
 /// Word `k` of each 128-bit lane of the result is word `(k + Q) % 4` of the same lane of `v`.
