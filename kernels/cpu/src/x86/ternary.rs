@@ -23,7 +23,7 @@
 //! as T2's. The window's sums and scales are permuted to that order and the running sums put
 //! back in natural order before the final reduction. (The TQ1_0 kernels reduce the same lane
 //! order with a `vphaddw` tree, `group_sums`.) The window operands are arranged once per call
-//! (per panel of [`TQ1_PANEL`] windows for long rows) and read from memory in every row, which
+//! (per panel of `TQ1_PANEL` windows for long rows) and read from memory in every row, which
 //! leaves the registers to the rows' running sums.
 //!
 //! TQ1_0 (llama.cpp's base-3 layout, see [`crate::scalar::ternary`]): TQ2_0's windows, lane
