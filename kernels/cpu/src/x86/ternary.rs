@@ -416,6 +416,38 @@ fn window_isum(c: [__m256i; 4], win: &Window) -> __m256i {
     _mm256_sub_epi32(_mm256_madd_epi16(q, _mm256_set1_epi16(1)), win.sums)
 }
 
+/// The operands of window `win` of `acts` (`cols` columns; only T2 rows end with half a
+/// window) for [`window_isum`] with the codes of type `K` ([`codes2`] for T2,
+/// [`codes_tq2_words`] for TQ2_0, whose activations are transposed to match: word `j` of lane
+/// `h` of `a[k]` is word `k` of lane `h` of the natural `a[j]`, elements `32j + 16h + 4k ..`).
+///
+/// # Safety
+///
+/// `win` must be below the window count of `cols`, the columns of `acts` (checked by the
+/// caller's shape check); the CPU must have AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn gemv_window<const K: u8>(acts: &ActsQ8<'_>, win: usize, cols: usize) -> Window {
+    // SAFETY: the caller guarantees the window's columns (the first 64 when it is a half).
+    let mut wv = unsafe { load_window::<K>(acts, win, (win + 1) * WIN > cols) };
+    if K == TQ2_0 {
+        wv.a = transpose4(wv.a);
+    }
+    wv
+}
+
+/// The running sums `acc` of type `K` in natural group order: TQ2_0's lanes hold the groups
+/// `0 2 4 6 1 3 5 7`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn natural_order<const K: u8>(acc: __m256) -> __m256 {
+    if K == T2 {
+        acc
+    } else {
+        _mm256_permutevar8x32_ps(acc, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+    }
+}
+
 /// The shared gemv driver (see the module docs). The window operands are arranged once per
 /// panel of [`TQ1_PANEL`] windows (once per call when the row fits in one) into a stack buffer
 /// and read from there in every row, which leaves the registers to the rows' running sums; a
@@ -446,15 +478,8 @@ unsafe fn gemv<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
         for (j, b) in buf[..wn].iter_mut().enumerate() {
             let win = w0 + j;
             // Only T2 rows can end with half a window (an odd number of 64-column blocks).
-            // SAFETY: `win < nwin`: the window's columns are inside `acts` (the first 64 when
-            // `half`).
-            let mut wv = unsafe { load_window::<K>(acts, win, (win + 1) * WIN > cols) };
-            if K == TQ2_0 {
-                // Arranged for `codes_tq2_words`: word `j` of lane `h` of `a[k]` is word `k` of
-                // lane `h` of the natural `a[j]` (elements `32j + 16h + 4k ..`).
-                wv.a = transpose4(wv.a);
-            }
-            b.write(wv);
+            // SAFETY: `win < nwin`: the window's columns are inside `acts`.
+            b.write(unsafe { gemv_window::<K>(acts, win, cols) });
         }
     };
     let single = nwin <= TQ1_PANEL;
@@ -533,12 +558,7 @@ unsafe fn gemv<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
         }
         let n = (rows - r).min(ROWS);
         for i in 0..n {
-            let a = if K == T2 {
-                acc[i]
-            } else {
-                _mm256_permutevar8x32_ps(acc[i], _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
-            };
-            out[r + i] = reduce8(a);
+            out[r + i] = reduce8(natural_order::<K>(acc[i]));
         }
         r += ROWS;
     }
@@ -1014,7 +1034,7 @@ unsafe fn gemm<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f
                         let win = w0 + j;
                         // SAFETY: the window's columns are inside the token's activations
                         // (`win < nwin`; only T2 rows end with half a window).
-                        *b = unsafe { load_window::<T2>(&at, win, (win + 1) * WIN > cols) };
+                        *b = unsafe { gemv_window::<K>(&at, win, cols) };
                     }
                 }
                 for (r, acc_r) in acc[..rn].iter_mut().enumerate() {
@@ -1038,14 +1058,14 @@ unsafe fn gemm<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f
                                 } else {
                                     let q = p.add((win / 2) * bb);
                                     (
-                                        codes_tq2_grouped(q.add(32 * (win % 2))),
+                                        codes_tq2_words(q.add(32 * (win % 2))),
                                         Some(tq_scale(q.add(bb - 2))),
                                     )
                                 }
                             };
                             for (u, au) in a.iter_mut().enumerate() {
                                 let wv = &buf[s0 + u][j];
-                                // The T2 arrangement: each group's products in its own lanes.
+                                // Each group's products in its own lanes.
                                 let isum = window_isum(c, wv);
                                 let t = match dw {
                                     None => _mm256_mul_ps(_mm256_cvtepi32_ps(isum), wv.d),
@@ -1063,7 +1083,7 @@ unsafe fn gemm<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f
             }
             for (r, acc_r) in acc[..rn].iter().enumerate() {
                 for (t, &a) in acc_r[..tn].iter().enumerate() {
-                    out[(t0 + t) * rows + r0 + r] = reduce8(a);
+                    out[(t0 + t) * rows + r0 + r] = reduce8(natural_order::<K>(a));
                 }
             }
         }
