@@ -221,17 +221,28 @@ fn main() {
     bench_gemm(filter.as_deref());
 }
 
-/// The prefill tile: 32 rows x 2560 columns times 16 tokens, gemm against 16 gemvs.
+/// The prefill patterns: a 32-row tile (in cache) times a chunk of 16 tokens, then a whole
+/// 6912 x 2560 and 2560 x 6912 matrix times 16 tokens with its weights from memory (copies filling 128 MB,
+/// cycled; not for the scalar tier, which would take minutes), gemm against 16 gemvs.
 fn bench_gemm(filter: Option<&str>) {
     let f = CpuFeatures::detect();
-    let (rows, cols, nb) = (32, 2560, 16);
     println!();
     println!(
         "{:>24} {:>14} {:>10} {:>9} | {:>10} {:>9}",
-        "gemm (tile x tokens)", "shape", "gemm us", "MAC/ns", "16 gemv us", "MAC/ns"
+        "gemm (rows x cols x tokens)", "shape", "gemm us", "MAC/ns", "16 gemv us", "MAC/ns"
     );
+    for (rows, cols, cycled) in [(32, 2560, false), (6912, 2560, true), (2560, 6912, true)] {
+        bench_gemm_shape(&f, filter, rows, cols, cycled);
+    }
+}
+
+fn bench_gemm_shape(f: &CpuFeatures, filter: Option<&str>, rows: usize, cols: usize, cycled: bool) {
+    let nb = 16;
     for tier in Tier::ALL {
-        let Ok(k) = Kernels::with_tier(tier, &f) else {
+        if cycled && tier == Tier::Scalar {
+            continue;
+        }
+        let Ok(k) = Kernels::with_tier(tier, f) else {
             continue;
         };
         for (ty, name) in [(GgmlType::T2, "T2"), (GgmlType::TQ2_0, "TQ2_0")] {
@@ -241,12 +252,20 @@ fn bench_gemm(filter: Option<&str>) {
             }
             let mut rng = Rng(0x0BAD_5EED_1234_5678);
             let w = weights(&mut rng, name, rows, cols);
+            let copies = if cycled { (128 << 20) / w.len() + 1 } else { 1 };
+            let ws: Vec<Vec<u8>> = (0..copies).map(|_| w.clone()).collect();
+            let mut i = 0;
+            let mut next = || {
+                i = (i + 1) % copies;
+                &ws[i]
+            };
             let acts = Acts::new(&mut rng, nb * cols);
             let x = vec![0.0f32; nb * cols];
             let mut out = vec![0.0f32; nb * rows];
             let g = cols / QS;
-            let t_gemm = time(|| k.gemm(ty, black_box(&w), &x, &acts.view(), nb, &mut out));
+            let t_gemm = time(|| k.gemm(ty, black_box(next()), &x, &acts.view(), nb, &mut out));
             let t_gemv = time(|| {
+                let w = next();
                 for t in 0..nb {
                     let a = ActsQ8 {
                         qs: &acts.qs[t * cols..(t + 1) * cols],
@@ -254,13 +273,7 @@ fn bench_gemm(filter: Option<&str>) {
                         sums: &acts.sums[t * g..(t + 1) * g],
                     };
                     let xt = &x[t * cols..(t + 1) * cols];
-                    k.gemv(
-                        ty,
-                        black_box(&w),
-                        xt,
-                        &a,
-                        &mut out[t * rows..(t + 1) * rows],
-                    );
+                    k.gemv(ty, black_box(w), xt, &a, &mut out[t * rows..(t + 1) * rows]);
                 }
             });
             let macs = (rows * cols * nb) as f64;

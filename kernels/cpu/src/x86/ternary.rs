@@ -955,14 +955,20 @@ pub unsafe fn avx2_gemv_t2_lut(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
 // ---------------------------------------------------------------------------------------------
 // Small-batch product (gemm): several tokens per weight unpacked
 
-/// Tokens per block of the gemm (their window operands live in a stack buffer).
+/// Tokens per block of the AVX-VNNI gemm (their window operands live in a stack buffer).
 pub(crate) const GEMM_TOKENS: usize = 8;
-/// Tokens per inner pass of the gemm (running sums in registers); divides [`GEMM_TOKENS`].
+/// Tokens per inner pass of the gemms (running sums in registers); divides [`GEMM_TOKENS`] and
+/// `AVX2_GEMM_TOKENS`.
 pub(crate) const GEMM_SUB: usize = 4;
 /// Rows per block of the gemm (their running sums live in a stack buffer).
 pub(crate) const GEMM_ROWS: usize = 32;
 /// Windows per column panel of the gemm (1024 columns).
 pub(crate) const GEMM_PANEL: usize = 8;
+/// Tokens per block of this AVX2 gemm: a whole prefill chunk, so that each weight is read
+/// from memory once per chunk.
+const AVX2_GEMM_TOKENS: usize = 16;
+/// How many rows ahead the AVX2 gemm prefetches its weights.
+const GEMM_PREFETCH_ROWS: usize = 4;
 
 /// The TQ2_0 codes of the 32 bytes at `p` (one half of a block, 128 elements) arranged like the
 /// T2 window's activations: i32 lane `n` of vector `q` holds elements `16n + 4q .. 16n + 4q + 4`
@@ -1017,10 +1023,12 @@ unsafe fn gemm<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f
         sums: _mm256_setzero_si256(),
         d: _mm256_setzero_ps(),
     };
-    let mut buf = [[zero; GEMM_PANEL]; GEMM_TOKENS];
-    let mut acc = [[_mm256_setzero_ps(); GEMM_TOKENS]; GEMM_ROWS];
-    for t0 in (0..nb).step_by(GEMM_TOKENS) {
-        let tn = (nb - t0).min(GEMM_TOKENS);
+    let mut buf = [[zero; GEMM_PANEL]; AVX2_GEMM_TOKENS];
+    let mut acc = [[_mm256_setzero_ps(); AVX2_GEMM_TOKENS]; GEMM_ROWS];
+    let mut cbuf = [[_mm256_setzero_si256(); 4]; GEMM_PANEL];
+    let mut dbuf = [_mm256_setzero_ps(); GEMM_PANEL];
+    for t0 in (0..nb).step_by(AVX2_GEMM_TOKENS) {
+        let tn = (nb - t0).min(AVX2_GEMM_TOKENS);
         for r0 in (0..rows).step_by(GEMM_ROWS) {
             let rn = (rows - r0).min(GEMM_ROWS);
             for a in acc[..rn].iter_mut() {
@@ -1041,6 +1049,46 @@ unsafe fn gemm<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f
                     // SAFETY: `r0 + r < rows`, and the shape check proved `w` holds `rows`
                     // rows of `row_bytes`.
                     let p = unsafe { base.add((r0 + r) * row_bytes) };
+                    // The rows of a block are read a panel at a time, a stride the hardware
+                    // does not follow: prefetch the segment read `GEMM_PREFETCH_ROWS` rows on.
+                    let (pr, pw) = {
+                        let n = r + GEMM_PREFETCH_ROWS;
+                        if n < rn {
+                            (r0 + n, w0)
+                        } else if w0 + GEMM_PANEL < nwin {
+                            (r0 + n - rn, w0 + GEMM_PANEL)
+                        } else {
+                            ((r0 + n).min(rows - 1), 0)
+                        }
+                    };
+                    let (lo, hi) = if K == T2 {
+                        (32 * pw, (32 * (pw + GEMM_PANEL)).min(row_bytes))
+                    } else {
+                        (pw / 2 * bb, ((pw + GEMM_PANEL) / 2 * bb).min(row_bytes))
+                    };
+                    for off in (lo..hi).step_by(64).chain(core::iter::once(hi - 1)) {
+                        // SAFETY: `pr < rows` and `off < row_bytes`: inside `w`.
+                        _mm_prefetch::<_MM_HINT_T0>(
+                            unsafe { base.add(pr * row_bytes + off) }.cast(),
+                        );
+                    }
+                    // The panel's codes (and TQ2_0 scales) of this row, unpacked once for all
+                    // the tokens of the block and read back from the stack in each pass.
+                    for j in 0..wn {
+                        let win = w0 + j;
+                        // SAFETY: window `win` of the row is inside it: T2 bytes `32 win ..`
+                        // (16 when the row ends with half a window), TQ2_0 half `win % 2` of
+                        // block `win / 2` with its scale in the block's last two bytes.
+                        unsafe {
+                            if K == T2 {
+                                cbuf[j] = codes2(p.add(32 * win), (win + 1) * WIN > cols);
+                            } else {
+                                let q = p.add((win / 2) * bb);
+                                cbuf[j] = codes_tq2_words(q.add(32 * (win % 2)));
+                                dbuf[j] = tq_scale(q.add(bb - 2));
+                            }
+                        }
+                    }
                     // Four tokens at a time, their running sums in registers (a short last group
                     // computes stale buffer entries whose sums are never written out).
                     for s0 in (0..tn).step_by(GEMM_SUB) {
@@ -1048,31 +1096,18 @@ unsafe fn gemm<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f
                         // `j` indexes the window in every token's row of `buf`.
                         #[allow(clippy::needless_range_loop)]
                         for j in 0..wn {
-                            let win = w0 + j;
-                            // SAFETY: window `win` of the row is inside it: T2 bytes `32 win ..`
-                            // (16 when the row ends with half a window), TQ2_0 half `win % 2` of
-                            // block `win / 2` with its scale in the block's last two bytes.
-                            let (c, dw) = unsafe {
-                                if K == T2 {
-                                    (codes2(p.add(32 * win), (win + 1) * WIN > cols), None)
-                                } else {
-                                    let q = p.add((win / 2) * bb);
-                                    (
-                                        codes_tq2_words(q.add(32 * (win % 2))),
-                                        Some(tq_scale(q.add(bb - 2))),
-                                    )
-                                }
-                            };
+                            let c = launder(&cbuf[j..j + 1])[0];
                             for (u, au) in a.iter_mut().enumerate() {
                                 let wv = &buf[s0 + u][j];
                                 // Each group's products in its own lanes.
                                 let isum = window_isum(c, wv);
-                                let t = match dw {
-                                    None => _mm256_mul_ps(_mm256_cvtepi32_ps(isum), wv.d),
-                                    Some(dw) => _mm256_mul_ps(
-                                        _mm256_mul_ps(dw, wv.d),
+                                let t = if K == T2 {
+                                    _mm256_mul_ps(_mm256_cvtepi32_ps(isum), wv.d)
+                                } else {
+                                    _mm256_mul_ps(
+                                        _mm256_mul_ps(dbuf[j], wv.d),
                                         _mm256_cvtepi32_ps(isum),
-                                    ),
+                                    )
                                 };
                                 *au = _mm256_add_ps(*au, t);
                             }
@@ -1093,10 +1128,13 @@ unsafe fn gemm<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f
 /// AVX2 [`crate::scalar::ternary::gemm_t2`] (unscaled T2 product of several tokens), bit-exact
 /// with one [`avx2_gemv_t2`] per token.
 ///
-/// Tokens are taken eight at a time and rows sixteen at a time; per column panel of eight
-/// windows the activations of those tokens are arranged once (as in the gemv) into a stack
-/// buffer, then each 32-byte window of a row is unpacked once and multiplied with every token
-/// of the block, whose running sums stay in a second stack buffer until the row block is done.
+/// Tokens are taken sixteen at a time (a prefill chunk, so each weight is read from memory once
+/// per chunk) and rows 32 at a time; per column panel of eight windows the activations of those
+/// tokens are arranged once (as in the gemv) into a stack buffer; each row's windows of the
+/// panel are unpacked once into a third and multiplied with every token of the block, four
+/// tokens per pass with their running sums in registers (kept in a second stack buffer until the
+/// row block is done). The weights are prefetched four rows ahead, as the rows of a block are
+/// read a panel at a time, a stride the hardware prefetchers do not follow.
 ///
 /// # Safety
 ///
