@@ -9,6 +9,7 @@
 
 use alloc::vec;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::kernels::{scalar, ActsQ8, ActsQ8Mut, GgmlType, Kernels};
 use crate::model::{FfnAct, Matrix, Model, RopeStyle};
@@ -889,6 +890,16 @@ const RESID_ROWS: usize = 64;
 /// Weight rows per tile when several tokens share a pass (about 8-32 KiB of weights).
 const TILE_ROWS: usize = 32;
 
+/// Workers that own a share of the tiles of a several-token product; the workers take their own
+/// share first, in order, then the tiles left in the others' (more workers start on a share).
+const STEAL_OWNERS: usize = 8;
+
+/// A count of tiles taken, alone in its cache line (128 bytes: the line pairs that some x86
+/// prefetchers fetch together) so that the owners' counts do not share one.
+#[derive(Default)]
+#[repr(align(128))]
+struct TileCounter(AtomicUsize);
+
 impl MatMul<'_, '_> {
     /// `out_j[t] = W_j · x[t]` for every (W_j, out_j) in `jobs` and every token row `t` of `x`
     /// ([nb, n]); `out_j` is [nb, rows_j]. All W_j share the input `x`.
@@ -944,6 +955,8 @@ impl MatMul<'_, '_> {
                     d: &acts.d[..nb * g],
                     sums: &acts.sums[..nb * g],
                 };
+                // Per product and owner, how many of the owner's tiles have been taken.
+                let next_tile: [[TileCounter; STEAL_OWNERS]; 3] = Default::default();
                 let work = |worker: usize| {
                     // One tile's products for every token of the step, `[nb, tile rows]`:
                     // only several tokens use it (a decode step does not zero it).
@@ -954,21 +967,45 @@ impl MatMul<'_, '_> {
                     } else {
                         &mut []
                     };
-                    for (w, out) in work_items.iter().flatten() {
-                        let mine = split_range(w.rows, threads, worker, ROW_ALIGN);
-                        // Tiles of rows times every token where the kernels unpack each weight
-                        // once for several tokens; else one gemv per token over all of this
-                        // worker's rows (which then stay in the caches from token to token, and
-                        // whose activations each kernel arranges once per call).
+                    for (job, (w, out)) in work_items
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(j, item)| item.as_ref().map(|(w, out)| (j, (*w, out))))
+                    {
+                        // Several tokens: tiles of rows times every token, where the kernels
+                        // unpack each weight once for several tokens; a worker takes its own
+                        // share's tiles in order, then those the others have not yet taken, so
+                        // that a worker whose core is slowed (another process, the hypervisor)
+                        // does not hold the others at the step's end.
+                        // One token (or kernels without a gemm): one gemv per token over a fixed
+                        // share of the rows, which then stay in the caches from token to token
+                        // and whose activations each kernel arranges once per call.
                         let batched = nb > 1 && k.gemm_batches(w.ty);
-                        let tile = if batched {
-                            TILE_ROWS
-                        } else {
-                            mine.len().max(1)
-                        };
-                        let mut r0 = mine.start;
-                        while r0 < mine.end {
-                            let r = r0..(r0 + tile).min(mine.end);
+                        let mine = split_range(w.rows, threads, worker, ROW_ALIGN);
+                        let mut fixed = Some(mine);
+                        let tiles = w.rows.div_ceil(TILE_ROWS);
+                        let owners = threads.min(STEAL_OWNERS);
+                        let mut victim = worker % owners;
+                        loop {
+                            let r = if batched {
+                                // This worker's own tiles first, in order; then the others'.
+                                let share = split_range(tiles, owners, victim, 1);
+                                let i = next_tile[job][victim].0.fetch_add(1, Ordering::Relaxed);
+                                if i >= share.len() {
+                                    victim = (victim + 1) % owners;
+                                    if victim == worker % owners {
+                                        break;
+                                    }
+                                    continue;
+                                }
+                                let r0 = (share.start + i) * TILE_ROWS;
+                                r0..(r0 + TILE_ROWS).min(w.rows)
+                            } else {
+                                match fixed.take() {
+                                    Some(r) if !r.is_empty() => r,
+                                    _ => break,
+                                }
+                            };
                             let tile_out = &mut tile_out[..if batched { nb * r.len() } else { 0 }];
                             if batched {
                                 k.gemm(w.ty, w.rows_data(r.clone()), x, &batch, nb, tile_out);
@@ -980,9 +1017,10 @@ impl MatMul<'_, '_> {
                                     sums: &acts.sums[t * g..(t + 1) * g],
                                 };
                                 let o = t * w.rows;
-                                // SAFETY: `split_range` gives each worker a disjoint row range of
-                                // the matrix, so (token, row) ranges never overlap between workers;
-                                // the output is borrowed from `jobs` until `run` returns.
+                                // SAFETY: each range of rows goes to one worker (a fixed share
+                                // from `split_range`, or a tile taken once from the counters), so
+                                // (token, row) ranges never overlap between workers; the output
+                                // is borrowed from `jobs` until `run` returns.
                                 let out = unsafe { out.range(o + r.start..o + r.end) };
                                 let xt = &x[t * n..(t + 1) * n];
                                 if batched {
@@ -1008,7 +1046,6 @@ impl MatMul<'_, '_> {
                                 }
                                 w.apply_row_scale(r.start, out);
                             }
-                            r0 = r.end;
                         }
                     }
                 };
