@@ -955,8 +955,15 @@ impl MatMul<'_, '_> {
                     d: &acts.d[..nb * g],
                     sums: &acts.sums[..nb * g],
                 };
-                // Per product and owner, how many of the owner's tiles have been taken.
-                let next_tile: [[TileCounter; STEAL_OWNERS]; 3] = Default::default();
+                // Per product and owner, how many of the owner's tiles have been taken (only
+                // several tokens use them: a decode step does not zero them).
+                let tile_counts: [[TileCounter; STEAL_OWNERS]; 3];
+                let next_tile: &[[TileCounter; STEAL_OWNERS]] = if nb > 1 {
+                    tile_counts = Default::default();
+                    &tile_counts
+                } else {
+                    &[]
+                };
                 let work = |worker: usize| {
                     // One tile's products for every token of the step, `[nb, tile rows]`:
                     // only several tokens use it (a decode step does not zero it).
