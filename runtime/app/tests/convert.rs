@@ -3,7 +3,8 @@
 //! (llama with q/k permutation, qwen2 with biases, BitNet b1.58 with sub-norms) whose images
 //! compute what an independent f32 transformer written in this file computes; a tiny BitNet model
 //! against Hugging Face transformers' own logits; I2_S inputs (llama and bitnet-b1.58); LoRA merges
-//! against W + (alpha/r)·B·A; T2 images; and clear errors for malformed inputs.
+//! against W + (alpha/r)·B·A; T2 images (the same prefill bits on 1, 2 and 3 threads); and clear
+//! errors for malformed inputs.
 
 use edgellm::convert::writer::{GgufWriter, Meta, TensorSpec};
 use edgellm::convert::{
@@ -14,6 +15,7 @@ use edgellm_core::model::Model;
 use edgellm_core::parallel::Serial;
 use edgellm_core::session::{NumericPath, Session, SessionOptions};
 use edgellm_core::tokenizer::Tokenizer;
+use edgellm_hal::pool::ThreadPool;
 use edgellm_kernels::scalar::ternary::dequantize_t2;
 use edgellm_kernels::{scalar, GgmlType, Kernels};
 use edgellm_tests::{cosine, smollm2_path, smollm2_reference, top_k};
@@ -251,6 +253,24 @@ fn smollm2_q4_and_ternary_images() {
     let mut s = Session::new(&model, kernels, opts).unwrap();
     let logits = s.prefill(&[504, 3575, 282], &Serial).unwrap();
     assert!(logits.iter().all(|v| v.is_finite()));
+    // The prefill's T2 products are shared out in tiles that idle workers take from the others'
+    // shares: every row computed once, whichever worker takes it, so the same bits on any number
+    // of threads. (Four positions: attention splits longer sequences between the workers, which
+    // changes its float sums' order.)
+    let prompt = [504, 3575, 282, 1001];
+    let mut bits = Vec::new();
+    for threads in [1, 2, 3] {
+        let pool = ThreadPool::new(threads, None).unwrap();
+        for _ in 0..2 {
+            let mut s = Session::new(&model, kernels, opts).unwrap();
+            let logits = s.prefill(&prompt, &pool).unwrap();
+            bits.push(logits.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+        }
+    }
+    assert!(
+        bits.iter().all(|b| *b == bits[0]),
+        "prefill logits differ between runs or thread counts"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
