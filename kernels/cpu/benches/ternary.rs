@@ -8,8 +8,9 @@
 //! samples, so that a busy machine disturbs the numbers less. `FILTER` keeps only the
 //! kernels whose name contains it.
 //!
-//! Then, per tier, the prefill pattern: a 32-row tile (in cache) times a chunk of 16 tokens,
-//! as `Kernels::gemm` (each weight unpacked once for several tokens) and as 16 gemvs, in
+//! Then, per tier, the prefill patterns: a 32-row tile (in cache) times a chunk of 16 tokens,
+//! and whole 6912 x 2560 and 2560 x 6912 matrices times 16 tokens from memory (not on the scalar
+//! tier), as `Kernels::gemm` (each weight unpacked once for several tokens) and as 16 gemvs, in
 //! microseconds and weight-token products per nanosecond.
 
 use std::hint::black_box;
@@ -221,9 +222,10 @@ fn main() {
     bench_gemm(filter.as_deref());
 }
 
-/// The prefill patterns: a 32-row tile (in cache) times a chunk of 16 tokens, then a whole
-/// 6912 x 2560 and 2560 x 6912 matrix times 16 tokens with its weights from memory (copies filling 128 MB,
-/// cycled; not for the scalar tier, which would take minutes), gemm against 16 gemvs.
+/// The prefill patterns: a 32-row tile (in cache) times a chunk of 16 tokens, then whole
+/// 6912 x 2560 and 2560 x 6912 matrices times 16 tokens with their weights from memory (copies
+/// filling 128 MB, cycled; not for the scalar tier, which would take minutes), gemm against 16
+/// gemvs.
 fn bench_gemm(filter: Option<&str>) {
     let f = CpuFeatures::detect();
     println!();
