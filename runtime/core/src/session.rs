@@ -900,6 +900,37 @@ const STEAL_OWNERS: usize = 8;
 #[repr(align(128))]
 struct TileCounter(AtomicUsize);
 
+/// The rows of the next tile of a `rows`-row product for `worker` of `threads`, or `None` when
+/// every tile is taken. Each of the first [`STEAL_OWNERS`] workers owns an even share of the
+/// tiles (`counts[o]` of them taken); a worker takes its own share's tiles in order (the weight
+/// streams stay sequential), then those the others have not reached (`victim`, starting at
+/// `worker`, walks the shares), so that a worker whose core is slowed (another process, the
+/// hypervisor) does not hold the others at the step's end.
+fn take_tile(
+    counts: &[TileCounter; STEAL_OWNERS],
+    rows: usize,
+    threads: usize,
+    worker: usize,
+    victim: &mut usize,
+) -> Option<core::ops::Range<usize>> {
+    let owners = threads.min(STEAL_OWNERS);
+    let tiles = rows.div_ceil(TILE_ROWS);
+    let first = worker % owners;
+    *victim %= owners;
+    loop {
+        let share = split_range(tiles, owners, *victim, 1);
+        let i = counts[*victim].0.fetch_add(1, Ordering::Relaxed);
+        if i < share.len() {
+            let r0 = (share.start + i) * TILE_ROWS;
+            return Some(r0..(r0 + TILE_ROWS).min(rows));
+        }
+        *victim = (*victim + 1) % owners;
+        if *victim == first {
+            return None;
+        }
+    }
+}
+
 impl MatMul<'_, '_> {
     /// `out_j[t] = W_j · x[t]` for every (W_j, out_j) in `jobs` and every token row `t` of `x`
     /// ([nb, n]); `out_j` is [nb, rows_j]. All W_j share the input `x`.
@@ -974,45 +1005,25 @@ impl MatMul<'_, '_> {
                     } else {
                         &mut []
                     };
-                    for (job, (w, out)) in work_items
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(j, item)| item.as_ref().map(|(w, out)| (j, (*w, out))))
-                    {
+                    for (job, item) in work_items.iter().enumerate() {
+                        let Some((w, out)) = item else { continue };
                         // Several tokens: tiles of rows times every token, where the kernels
-                        // unpack each weight once for several tokens; a worker takes its own
-                        // share's tiles in order, then those the others have not yet taken, so
-                        // that a worker whose core is slowed (another process, the hypervisor)
-                        // does not hold the others at the step's end.
+                        // unpack each weight once for several tokens, claimed by `take_tile`.
                         // One token (or kernels without a gemm): one gemv per token over a fixed
                         // share of the rows, which then stay in the caches from token to token
                         // and whose activations each kernel arranges once per call.
                         let batched = nb > 1 && k.gemm_batches(w.ty);
-                        let mine = split_range(w.rows, threads, worker, ROW_ALIGN);
-                        let mut fixed = Some(mine);
-                        let tiles = w.rows.div_ceil(TILE_ROWS);
-                        let owners = threads.min(STEAL_OWNERS);
-                        let mut victim = worker % owners;
+                        let mut fixed = (!batched)
+                            .then(|| split_range(w.rows, threads, worker, ROW_ALIGN))
+                            .filter(|r| !r.is_empty());
+                        let mut victim = worker;
                         loop {
-                            let r = if batched {
-                                // This worker's own tiles first, in order; then the others'.
-                                let share = split_range(tiles, owners, victim, 1);
-                                let i = next_tile[job][victim].0.fetch_add(1, Ordering::Relaxed);
-                                if i >= share.len() {
-                                    victim = (victim + 1) % owners;
-                                    if victim == worker % owners {
-                                        break;
-                                    }
-                                    continue;
-                                }
-                                let r0 = (share.start + i) * TILE_ROWS;
-                                r0..(r0 + TILE_ROWS).min(w.rows)
+                            let next = if batched {
+                                take_tile(&next_tile[job], w.rows, threads, worker, &mut victim)
                             } else {
-                                match fixed.take() {
-                                    Some(r) if !r.is_empty() => r,
-                                    _ => break,
-                                }
+                                fixed.take()
                             };
+                            let Some(r) = next else { break };
                             let tile_out = &mut tile_out[..if batched { nb * r.len() } else { 0 }];
                             if batched {
                                 k.gemm(w.ty, w.rows_data(r.clone()), x, &batch, nb, tile_out);
