@@ -45,6 +45,20 @@ pub(crate) fn row_ptrs<const N: usize>(
     core::array::from_fn(|i| w.as_ptr().wrapping_add((first + i).min(last) * row_bytes))
 }
 
+/// Addresses of rows `first .. first + N` of `w` (rows of `row_bytes` bytes) for software
+/// prefetches only: not clamped, so near the end of `w` they point past it, at what follows
+/// the matrix in memory (in a model image, the next matrix a decode step reads). A prefetch
+/// never faults and never changes what a program computes, whatever its address; these
+/// pointers must never be read through.
+#[inline(always)]
+pub(crate) fn prefetch_ptrs<const N: usize>(
+    w: &[u8],
+    first: usize,
+    row_bytes: usize,
+) -> [*const u8; N] {
+    core::array::from_fn(|i| w.as_ptr().wrapping_add((first + i) * row_bytes))
+}
+
 /// Stores the lanes of `v` to `out[r..]`, as many as fit (at most eight): one vector store for a
 /// full pass, a copy through a stack array for the last, partial one (a `copy_from_slice` of
 /// eight values per pass became a call to `memcpy` in the decode's hottest loops). Callable from

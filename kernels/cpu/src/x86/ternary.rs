@@ -60,7 +60,10 @@ pub(crate) const ROWS: usize = 4;
 /// How many passes ahead the gemv prefetches.
 pub(crate) const PREFETCH_PASSES: usize = 2;
 /// The least distance, in bytes of rows, at which the T2 and TQ2_0 gemvs prefetch (more than
-/// [`PREFETCH_PASSES`] when rows are short).
+/// [`PREFETCH_PASSES`] when rows are short). They prefetch into L2, not L1: with long rows the
+/// lines in flight and the window operands together outgrow a 32 KiB L1 (T2 2560 x 6912 from
+/// memory: 58-77% of a 1-thread read into L1, 81-85% into L2). Near the end of a matrix they
+/// prefetch what follows it, the next matrix of a model image in decode order.
 pub(crate) const PREFETCH_BYTES: usize = 16384;
 /// Columns per window: eight activation groups.
 pub(crate) const WIN: usize = 8 * QS;
@@ -490,8 +493,8 @@ unsafe fn gemv<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
     let mut r = 0;
     while r < rows {
         let p: [*const u8; ROWS] = super::row_ptrs(w, r, last, row_bytes);
-        // The rows `ahead`, clamped to the last row.
-        let pf: [*const u8; ROWS] = super::row_ptrs(w, r + ahead, last, row_bytes);
+        // The rows `ahead`, past the last row at the end (see `prefetch_ptrs`).
+        let pf: [*const u8; ROWS] = super::prefetch_ptrs(w, r + ahead, row_bytes);
         let mut acc = [_mm256_setzero_ps(); ROWS];
         for w0 in (0..nwin).step_by(TQ1_PANEL) {
             let wn = (nwin - w0).min(TQ1_PANEL);
@@ -511,8 +514,7 @@ unsafe fn gemv<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
                     if win % 2 == 0 {
                         // One 64-byte line covers two T2 windows.
                         for &q in &pf {
-                            // SAFETY: window `win` of a row starts inside it.
-                            _mm_prefetch::<_MM_HINT_T0>(unsafe { q.add(32 * win) }.cast());
+                            _mm_prefetch::<_MM_HINT_T1>(q.wrapping_add(32 * win).cast());
                         }
                     }
                     for i in 0..ROWS {
@@ -531,10 +533,8 @@ unsafe fn gemv<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
                 for (j, pair) in wins.chunks_exact(2).enumerate() {
                     let off = (w0 / 2 + j) * bb;
                     for &q in &pf {
-                        // SAFETY: `off` (a block's start) is inside the row.
-                        _mm_prefetch::<_MM_HINT_T0>(unsafe { q.add(off) }.cast());
-                        // SAFETY: the block's second line starts inside it.
-                        _mm_prefetch::<_MM_HINT_T0>(unsafe { q.add(off + 64) }.cast());
+                        _mm_prefetch::<_MM_HINT_T1>(q.wrapping_add(off).cast());
+                        _mm_prefetch::<_MM_HINT_T1>(q.wrapping_add(off + 64).cast());
                     }
                     for i in 0..ROWS {
                         let pair = launder(pair);

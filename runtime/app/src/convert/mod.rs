@@ -291,6 +291,41 @@ pub fn run(args: ConvertArgs) -> Result<()> {
     Ok(())
 }
 
+/// Where tensor `name` goes in the image: in the order a decode step reads it (the embedding,
+/// then each layer's tensors in the order of use, layers by number, then the final norm and the
+/// output layer; with tied embeddings the embedding is the output layer, so it goes last), so
+/// that one token's weights are one forward stream through the file and a kernel's prefetch
+/// past the end of its matrix reaches the next one. Unknown names keep their place after the
+/// known ones of their layer (the sort is stable).
+fn decode_rank(name: &str) -> (u8, u32, u8) {
+    const IN_LAYER: [&str; 9] = [
+        "attn_norm.",
+        "attn_q.",
+        "attn_k.",
+        "attn_v.",
+        "attn_output.",
+        "ffn_norm.",
+        "ffn_gate.",
+        "ffn_up.",
+        "ffn_down.",
+    ];
+    if let Some(rest) = name.strip_prefix("blk.") {
+        let (n, tail) = rest.split_once('.').unwrap_or((rest, ""));
+        let pos = IN_LAYER.iter().position(|p| tail.starts_with(p));
+        return match n.parse::<u32>() {
+            Ok(n) => (1, n, pos.map_or(IN_LAYER.len() as u8, |p| p as u8)),
+            Err(_) => (1, u32::MAX, 0),
+        };
+    }
+    match name.split('.').next() {
+        Some("output_norm") => (2, 0, 0),
+        Some("output") => (2, 0, 1),
+        // Read once per token (one row), or as the tied output layer.
+        Some("token_embd") => (2, 0, 2),
+        _ => (0, 0, 0),
+    }
+}
+
 /// The output type of source tensor `name` with shape `dims` (GGUF order).
 fn out_type(name: &str, dims: &[u64], args: &ConvertArgs) -> (OutType, Option<String>) {
     let is_head = name == "token_embd.weight" || name == "output.weight";
@@ -392,7 +427,10 @@ pub fn convert(args: &ConvertArgs) -> Result<Summary> {
     }
     let mut jobs = Vec::new();
     let mut fallbacks = Vec::new();
-    for (i, t) in src.tensors.iter().enumerate() {
+    let mut order: Vec<usize> = (0..src.tensors.len()).collect();
+    order.sort_by_key(|&i| decode_rank(&src.tensors[i].name));
+    for i in order {
+        let t = &src.tensors[i];
         let (mut ty, note) = out_type(&t.name, &t.dims, args);
         fallbacks.extend(note);
         // A LoRA adapter merges into 2-D weights only, so a 1-D tensor's values are final here.
@@ -703,6 +741,51 @@ mod tests {
         for v in [1.0f32 + f32::EPSILON, 0.1, f32::from_bits(1)] {
             assert!(!exact_bf16(&[1.0, v]), "{v:e}");
         }
+    }
+
+    /// Tensors sort into the order a decode step reads them: layers by number (not by name),
+    /// each layer's tensors in the order of use, unknown names after their layer's known ones,
+    /// then the final norm, the output layer and the embedding (the output of tied models).
+    #[test]
+    fn tensors_sort_into_decode_order() {
+        let mut names = vec![
+            "blk.10.attn_q.weight",
+            "token_embd.weight",
+            "blk.2.ffn_down.weight",
+            "output.weight",
+            "blk.2.attn_k.weight",
+            "rope_freqs.weight",
+            "blk.2.attn_q.weight",
+            "blk.2.ffn_norm.weight",
+            "blk.2.attn_rot_embd",
+            "output_norm.weight",
+            "blk.2.ffn_gate.weight",
+            "blk.2.attn_output.weight",
+            "blk.2.ffn_up.weight",
+            "blk.2.attn_v.weight",
+            "blk.2.attn_norm.weight",
+        ];
+        names.sort_by_key(|n| decode_rank(n));
+        assert_eq!(
+            names,
+            [
+                "rope_freqs.weight",
+                "blk.2.attn_norm.weight",
+                "blk.2.attn_q.weight",
+                "blk.2.attn_k.weight",
+                "blk.2.attn_v.weight",
+                "blk.2.attn_output.weight",
+                "blk.2.ffn_norm.weight",
+                "blk.2.ffn_gate.weight",
+                "blk.2.ffn_up.weight",
+                "blk.2.ffn_down.weight",
+                "blk.2.attn_rot_embd",
+                "blk.10.attn_q.weight",
+                "output_norm.weight",
+                "output.weight",
+                "token_embd.weight",
+            ]
+        );
     }
 
     fn args(format: Format, head_format: HeadFormat) -> ConvertArgs {
