@@ -37,7 +37,8 @@ mkdir -p "$work"
 
 q41=$(cd "$here" && cargo xtask fetch-model smollm2-135m)
 for f in q4 ternary; do
-    [ -f "$work/smollm2-$f.gguf" ] ||
+    # Made again when the binary is newer (the converter may have changed).
+    [ "$work/smollm2-$f.gguf" -nt "$edgellm" ] ||
         "$edgellm" convert "$q41" -o "$work/smollm2-$f.gguf" --format $f --head-format q4 --quiet
 done
 bitnet_file=$work/bitnet-2b-tq2_0.gguf

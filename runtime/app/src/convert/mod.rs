@@ -298,15 +298,17 @@ pub fn run(args: ConvertArgs) -> Result<()> {
 /// past the end of its matrix reaches the next one. Unknown names keep their place after the
 /// known ones of their layer (the sort is stable).
 fn decode_rank(name: &str) -> (u8, u32, u8) {
-    const IN_LAYER: [&str; 9] = [
+    const IN_LAYER: [&str; 11] = [
         "attn_norm.",
         "attn_q.",
         "attn_k.",
         "attn_v.",
+        "attn_sub_norm.",
         "attn_output.",
         "ffn_norm.",
         "ffn_gate.",
         "ffn_up.",
+        "ffn_sub_norm.",
         "ffn_down.",
     ];
     if let Some(rest) = name.strip_prefix("blk.") {
@@ -752,6 +754,7 @@ mod tests {
             "blk.10.attn_q.weight",
             "token_embd.weight",
             "blk.2.ffn_down.weight",
+            "blk.2.ffn_sub_norm.weight",
             "output.weight",
             "blk.2.attn_k.weight",
             "rope_freqs.weight",
@@ -778,6 +781,7 @@ mod tests {
                 "blk.2.ffn_norm.weight",
                 "blk.2.ffn_gate.weight",
                 "blk.2.ffn_up.weight",
+                "blk.2.ffn_sub_norm.weight",
                 "blk.2.ffn_down.weight",
                 "blk.2.attn_rot_embd",
                 "blk.10.attn_q.weight",
