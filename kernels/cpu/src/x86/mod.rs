@@ -59,6 +59,18 @@ pub(crate) fn prefetch_ptrs<const N: usize>(
     core::array::from_fn(|i| w.as_ptr().wrapping_add((first + i) * row_bytes))
 }
 
+/// Prefetches into L2 the lines of step `step` of a pass that takes `per` lines a step from the
+/// `lines` lines at `base` ([`prefetch_ptrs`]): over the steps of a pass every line once, in
+/// address order.
+#[inline(always)]
+pub(crate) fn prefetch_step(base: *const u8, step: usize, per: usize, lines: usize) {
+    use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+    for l in step * per..((step + 1) * per).min(lines) {
+        // SAFETY: SSE is part of x86-64, and a prefetch never faults, whatever the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(base.wrapping_add(64 * l).cast()) };
+    }
+}
+
 /// Stores the lanes of `v` to `out[r..]`, as many as fit (at most eight): one vector store for a
 /// full pass, a copy through a stack array for the last, partial one (a `copy_from_slice` of
 /// eight values per pass became a call to `memcpy` in the decode's hottest loops). Callable from

@@ -224,12 +224,7 @@ macro_rules! gemv_q4w_256 {
                     let blocks = unsafe { panel.get(b0) };
                     for (j, o) in blocks.iter().enumerate() {
                         let off = (b0 + j) * Q4W_BYTES;
-                        for k in 0..pf_per {
-                            let l = (b0 + j) * pf_per + k;
-                            if l < pf_lines {
-                                _mm_prefetch::<_MM_HINT_T1>(pfb.wrapping_add(64 * l).cast());
-                            }
-                        }
+                        super::prefetch_step(pfb, b0 + j, pf_per, pf_lines);
                         for (i, acc) in acc.iter_mut().enumerate() {
                             // SAFETY: block `b0 + j` of row `p[i]` is bytes `off .. off + 36`.
                             let (lo, hi, dw) = unsafe {

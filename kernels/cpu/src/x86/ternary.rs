@@ -520,12 +520,7 @@ unsafe fn gemv<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
                 for (j, wv) in wins.iter().enumerate() {
                     let win = w0 + j;
                     let half = (win + 1) * WIN > cols;
-                    for k in 0..pf_per {
-                        let l = win * pf_per + k;
-                        if l < pf_lines {
-                            _mm_prefetch::<_MM_HINT_T1>(pfb.wrapping_add(64 * l).cast());
-                        }
-                    }
+                    super::prefetch_step(pfb, win, pf_per, pf_lines);
                     for i in 0..ROWS {
                         // The window operands, read in every row (see `launder`).
                         let wv = &launder(core::slice::from_ref(wv))[0];

@@ -291,12 +291,12 @@ pub fn run(args: ConvertArgs) -> Result<()> {
     Ok(())
 }
 
-/// Where tensor `name` goes in the image: in the order a decode step reads it (the embedding,
-/// then each layer's tensors in the order of use, layers by number, then the final norm and the
-/// output layer; with tied embeddings the embedding is the output layer, so it goes last), so
-/// that one token's weights are one forward stream through the file and a kernel's prefetch
-/// past the end of its matrix reaches the next one. Unknown names keep their place after the
-/// known ones of their layer (the sort is stable).
+/// Where tensor `name` goes in the image: in the order a decode step reads it (each layer's
+/// tensors in the order of use, layers by number, then the final norm and the output layer),
+/// so that one token's weights are one forward stream through the file and a kernel's prefetch
+/// past the end of its matrix reaches the next one. The embedding goes last: a step reads one
+/// row of it, and with tied embeddings it is the output layer. Tensors outside the layers go
+/// first; unknown names in a layer after its known ones (the sort is stable).
 fn decode_rank(name: &str) -> (u8, u32, u8) {
     const IN_LAYER: [&str; 11] = [
         "attn_norm.",
