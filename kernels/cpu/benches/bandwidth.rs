@@ -35,7 +35,8 @@ fn weights(rng: &mut Rng, ty: GgmlType, rows: usize, cols: usize) -> Vec<u8> {
     let bb = ty.block_bytes();
     let mut w: Vec<u8> = (0..n)
         .map(|_| match ty {
-            GgmlType::T2 | GgmlType::TQ2_0 => {
+            // Any four codes in 0..=2 are a valid byte in TQ2W's order as in TQ2_0's.
+            GgmlType::T2 | GgmlType::TQ2_0 | GgmlType::TQ2W => {
                 (0..4).fold(0u8, |v, k| v | (((rng.next() % 3) as u8) << (2 * k)))
             }
             _ => rng.next() as u8,
@@ -45,7 +46,7 @@ fn weights(rng: &mut Rng, ty: GgmlType, rows: usize, cols: usize) -> Vec<u8> {
         // f16 0x2000 (about 0.0078) where each type keeps its scales.
         let at: &[usize] = match ty {
             GgmlType::T2 => &[],
-            GgmlType::TQ2_0 => &[64],
+            GgmlType::TQ2_0 | GgmlType::TQ2W => &[64],
             GgmlType::TQ1_0 => &[52],
             GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q4W => &[0, 2],
             GgmlType::Q6_K => &[208],
@@ -133,6 +134,7 @@ fn main() {
     let types = [
         GgmlType::T2,
         GgmlType::TQ2_0,
+        GgmlType::TQ2W,
         GgmlType::TQ1_0,
         GgmlType::Q4_0,
         GgmlType::Q4W,

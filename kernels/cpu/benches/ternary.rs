@@ -1,4 +1,4 @@
-//! Micro benchmark of the ternary gemv kernels (T2, TQ2_0, TQ1_0) at one thread, every kernel
+//! Micro benchmark of the ternary gemv kernels (T2, TQ2_0, TQ2W, TQ1_0) at one thread, every kernel
 //! this CPU can run, on SmolLM2-135M and BitNet-2B shapes.
 //!
 //! `cargo bench -p edgellm-kernels --bench ternary [FILTER]` prints, per kernel and shape (rows x
@@ -53,6 +53,9 @@ fn weights(rng: &mut Rng, ty: &str, rows: usize, cols: usize) -> Vec<u8> {
         if ty != "T2" {
             blk[bb - 2..].copy_from_slice(&0x2000u16.to_le_bytes());
         }
+    }
+    if ty == "TQ2W" {
+        st::tq2w_from_tq2_0(&mut w);
     }
     w
 }
@@ -114,6 +117,7 @@ fn kernels() -> Vec<(&'static str, &'static str, GemvFn)> {
     let mut v: Vec<(&'static str, &'static str, GemvFn)> = vec![
         ("scalar_gemv_t2", "T2", st::gemv_t2),
         ("scalar_gemv_tq2_0", "TQ2_0", st::gemv_tq2_0),
+        ("scalar_gemv_tq2w", "TQ2W", st::gemv_tq2w),
         ("scalar_gemv_tq1_0", "TQ1_0", st::gemv_tq1_0),
     ];
     #[cfg(target_arch = "x86_64")]
@@ -125,6 +129,7 @@ fn kernels() -> Vec<(&'static str, &'static str, GemvFn)> {
         v.push(("avx2_gemv_t2", "T2", x::avx2_gemv_t2));
         v.push(("avx2_gemv_t2_lut", "T2", x::avx2_gemv_t2_lut));
         v.push(("avx2_gemv_tq2_0", "TQ2_0", x::avx2_gemv_tq2_0));
+        v.push(("avx2_gemv_tq2w", "TQ2W", x::avx2_gemv_tq2w));
         v.push(("avx2_gemv_tq1_0", "TQ1_0", x::avx2_gemv_tq1_0));
     }
     #[cfg(target_arch = "x86_64")]
@@ -247,7 +252,11 @@ fn bench_gemm_shape(f: &CpuFeatures, filter: Option<&str>, rows: usize, cols: us
         let Ok(k) = Kernels::with_tier(tier, f) else {
             continue;
         };
-        for (ty, name) in [(GgmlType::T2, "T2"), (GgmlType::TQ2_0, "TQ2_0")] {
+        for (ty, name) in [
+            (GgmlType::T2, "T2"),
+            (GgmlType::TQ2_0, "TQ2_0"),
+            (GgmlType::TQ2W, "TQ2W"),
+        ] {
             let label = format!("{}_gemm_{}", tier.name(), name.to_lowercase());
             if filter.is_some_and(|s| !label.contains(s)) {
                 continue;

@@ -370,7 +370,7 @@ const fn fw(tier: Tier, f: GemvF32wFn) -> Option<Entry> {
 }
 
 /// The weight types the table has a slot for, in the order `describe` lists them.
-const SLOT_TYPES: [GgmlType; 15] = [
+const SLOT_TYPES: [GgmlType; 16] = [
     GgmlType::Q4_0,
     GgmlType::Q4_1,
     GgmlType::Q5_0,
@@ -385,6 +385,7 @@ const SLOT_TYPES: [GgmlType; 15] = [
     GgmlType::T2,
     GgmlType::TQ1_0,
     GgmlType::TQ2_0,
+    GgmlType::TQ2W,
     GgmlType::Q4W,
 ];
 
@@ -413,9 +414,11 @@ struct Table {
     t2: Option<Entry>,
     tq1_0: Option<Entry>,
     tq2_0: Option<Entry>,
+    tq2w: Option<Entry>,
     /// Small-batch products; other types run one gemv per token.
     gemm_t2: GemmQ8Fn,
     gemm_tq2_0: GemmQ8Fn,
+    gemm_tq2w: GemmQ8Fn,
     /// Batched legacy and Q4W products where the tier has them.
     gemm_q4_0: Option<GemmQ8Fn>,
     gemm_q4_1: Option<GemmQ8Fn>,
@@ -446,6 +449,7 @@ impl Table {
             GgmlType::T2 => self.t2,
             GgmlType::TQ1_0 => self.tq1_0,
             GgmlType::TQ2_0 => self.tq2_0,
+            GgmlType::TQ2W => self.tq2w,
             _ => None,
         }
     }
@@ -483,8 +487,10 @@ const SCALAR: Table = Table {
     t2: q8(Tier::Scalar, scalar::ternary::gemv_t2),
     tq1_0: q8(Tier::Scalar, scalar::ternary::gemv_tq1_0),
     tq2_0: q8(Tier::Scalar, scalar::ternary::gemv_tq2_0),
+    tq2w: q8(Tier::Scalar, scalar::ternary::gemv_tq2w),
     gemm_t2: scalar::ternary::gemm_t2,
     gemm_tq2_0: scalar::ternary::gemm_tq2_0,
+    gemm_tq2w: scalar::ternary::gemm_tq2w,
     gemm_q4_0: None,
     gemm_q4_1: None,
     gemm_q5_0: None,
@@ -531,8 +537,10 @@ fn avx2_table() -> Table {
     t.t2 = q8(Tier::Avx2, x86::ternary::avx2_gemv_t2);
     t.tq1_0 = q8(Tier::Avx2, x86::ternary::avx2_gemv_tq1_0);
     t.tq2_0 = q8(Tier::Avx2, x86::ternary::avx2_gemv_tq2_0);
+    t.tq2w = q8(Tier::Avx2, x86::ternary::avx2_gemv_tq2w);
     t.gemm_t2 = x86::ternary::avx2_gemm_t2;
     t.gemm_tq2_0 = x86::ternary::avx2_gemm_tq2_0;
+    t.gemm_tq2w = x86::ternary::avx2_gemm_tq2w;
     t
 }
 
@@ -745,6 +753,16 @@ impl Kernels {
         self.table.slot(ty).is_some()
     }
 
+    /// The layout of the same numbers that these kernels multiply faster than `ty`, where there
+    /// is one ([`relayout`] makes it): TQ2W for TQ2_0 when the TQ2_0 gemv is the `avx2` tier's,
+    /// whose TQ2_0 kernels spend a word broadcast and a variable shift per 32 codes that TQ2W's
+    /// T2 order does without (the `avx-vnni`, `avx512` and NEON tiers have TQ2_0 kernels of
+    /// their own and keep it).
+    pub fn faster_layout(&self, ty: GgmlType) -> Option<GgmlType> {
+        (ty == GgmlType::TQ2_0 && self.kernel_tier(ty) == Some(Tier::Avx2))
+            .then_some(GgmlType::TQ2W)
+    }
+
     /// One line naming the kernel used per type, for the start-up log, e.g. `avx2: q4_0 q4_1
     /// q5_0 q5_1 q8_0 f16 f32 bf16; missing: q4_k q5_k q6_k; acts dot axpy: avx2; attention:
     /// avx2`.
@@ -793,6 +811,7 @@ impl Kernels {
         match ty {
             GgmlType::T2 => Some(self.table.gemm_t2),
             GgmlType::TQ2_0 => Some(self.table.gemm_tq2_0),
+            GgmlType::TQ2W => Some(self.table.gemm_tq2w),
             GgmlType::Q4_0 => self.table.gemm_q4_0,
             GgmlType::Q4_1 => self.table.gemm_q4_1,
             GgmlType::Q5_0 => self.table.gemm_q5_0,
@@ -960,6 +979,23 @@ impl Kernels {
     }
 }
 
+/// Rewrites the blocks of a tensor of type `from` in place as type `to`, the same numbers in
+/// another layout ([`Kernels::faster_layout`]): TQ2_0 to TQ2W is the only such pair. Errors, with
+/// `w` unchanged, for any other pair ([`KernelError::UnsupportedType`] of `to`) or when `w` is
+/// not whole blocks ([`KernelError::BadShape`]).
+pub fn relayout(from: GgmlType, to: GgmlType, w: &mut [u8]) -> Result<(), KernelError> {
+    match (from, to) {
+        (GgmlType::TQ2_0, GgmlType::TQ2W) => {
+            if !w.len().is_multiple_of(to.block_bytes()) {
+                return Err(KernelError::BadShape("TQ2_0 bytes are not whole blocks"));
+            }
+            scalar::ternary::tq2w_from_tq2_0(w);
+            Ok(())
+        }
+        _ => Err(KernelError::UnsupportedType(to)),
+    }
+}
+
 /// Lower-case type names for [`Kernels::describe`].
 fn lower(ty: GgmlType) -> &'static str {
     match ty {
@@ -978,6 +1014,7 @@ fn lower(ty: GgmlType) -> &'static str {
         GgmlType::Q4W => "q4w",
         GgmlType::TQ1_0 => "tq1_0",
         GgmlType::TQ2_0 => "tq2_0",
+        GgmlType::TQ2W => "tq2w",
         _ => "?",
     }
 }

@@ -22,5 +22,5 @@ pub mod aarch64;
 pub mod x86;
 
 pub use acts::{ActsQ8, ActsQ8Mut, QK, QS};
-pub use dispatch::{CpuFeature, CpuFeatures, KernelError, Kernels, Tier};
+pub use dispatch::{relayout, CpuFeature, CpuFeatures, KernelError, Kernels, Tier};
 pub use types::GgmlType;

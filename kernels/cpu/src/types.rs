@@ -48,10 +48,14 @@ pub enum GgmlType {
     /// 4-bit codes `q` for `d * (q - 8)`), 64 weights in 36 bytes, the codes arranged so that a
     /// SIMD dot product leaves each half-group's sum in its own lane (layout in `scalar::q4w`).
     Q4W,
+    /// EdgeLLM's layout of TQ2_0 (not a ggml type): a TQ2_0 block (256 weights, one f16 scale)
+    /// with its 2-bit codes in T2's order, which the x86 kernels unpack with fewer instructions;
+    /// the loader makes it from TQ2_0 in memory (layout in `scalar::ternary`).
+    TQ2W,
 }
 
 /// Every type this table knows, in GGUF id order.
-pub const ALL_TYPES: [GgmlType; 35] = [
+pub const ALL_TYPES: [GgmlType; 36] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::Q4_0,
@@ -87,6 +91,7 @@ pub const ALL_TYPES: [GgmlType; 35] = [
     GgmlType::MXFP4,
     GgmlType::T2,
     GgmlType::Q4W,
+    GgmlType::TQ2W,
 ];
 
 impl GgmlType {
@@ -135,6 +140,7 @@ impl GgmlType {
             // Ours, outside ggml's range.
             T2 => 1000,
             Q4W => 1001,
+            TQ2W => 1002,
         }
     }
 
@@ -177,6 +183,7 @@ impl GgmlType {
             MXFP4 => "MXFP4",
             T2 => "T2",
             Q4W => "Q4W",
+            TQ2W => "TQ2W",
         }
     }
 
@@ -226,7 +233,7 @@ impl GgmlType {
             IQ4_XS => 136,
             IQ1_M => 56,
             TQ1_0 => 54,
-            TQ2_0 => 66,
+            TQ2_0 | TQ2W => 66,
             I2_S => 32,
             MXFP4 => 17,
             T2 => 16,
@@ -287,6 +294,7 @@ impl GgmlType {
                 | Q4W
                 | TQ1_0
                 | TQ2_0
+                | TQ2W
         )
     }
 }
@@ -309,7 +317,8 @@ mod tests {
         assert_eq!(GgmlType::from_id(4), None);
         assert_eq!(GgmlType::from_id(1000), Some(GgmlType::T2));
         assert_eq!(GgmlType::from_id(1001), Some(GgmlType::Q4W));
-        assert_eq!(GgmlType::from_id(1002), None);
+        assert_eq!(GgmlType::from_id(1002), Some(GgmlType::TQ2W));
+        assert_eq!(GgmlType::from_id(1003), None);
     }
 
     #[test]

@@ -72,6 +72,8 @@ enum Ty {
     T2,
     Tq1,
     Tq2,
+    /// TQ2_0 blocks laid out as TQ2W.
+    Tq2w,
 }
 
 impl Ty {
@@ -85,7 +87,7 @@ impl Ty {
         match self {
             Ty::T2 => 16,
             Ty::Tq1 => 54,
-            Ty::Tq2 => 66,
+            Ty::Tq2 | Ty::Tq2w => 66,
         }
     }
     fn ggml(self) -> GgmlType {
@@ -93,6 +95,7 @@ impl Ty {
             Ty::T2 => GgmlType::T2,
             Ty::Tq1 => GgmlType::TQ1_0,
             Ty::Tq2 => GgmlType::TQ2_0,
+            Ty::Tq2w => GgmlType::TQ2W,
         }
     }
     fn dequantize(self, src: &[u8], dst: &mut [f32]) {
@@ -100,6 +103,7 @@ impl Ty {
             Ty::T2 => st::dequantize_t2(src, dst),
             Ty::Tq1 => st::dequantize_tq1_0(src, dst),
             Ty::Tq2 => st::dequantize_tq2_0(src, dst),
+            Ty::Tq2w => st::dequantize_tq2w(src, dst),
         }
     }
     fn spec(self) -> GemvFn {
@@ -107,6 +111,7 @@ impl Ty {
             Ty::T2 => st::gemv_t2,
             Ty::Tq1 => st::gemv_tq1_0,
             Ty::Tq2 => st::gemv_tq2_0,
+            Ty::Tq2w => st::gemv_tq2w,
         }
     }
 }
@@ -128,6 +133,10 @@ fn pack_block(ty: Ty, c: &[u8], d: u16, blk: &mut [u8]) {
                 blk[32 * h + m] |= c << (2 * l);
             }
             blk[64..66].copy_from_slice(&d.to_le_bytes());
+        }
+        Ty::Tq2w => {
+            pack_block(Ty::Tq2, c, d, blk);
+            st::tq2w_from_tq2_0(blk);
         }
         Ty::Tq1 => {
             // Byte value v (digits, most significant first) is stored as ceil(v * 256 / 243).
@@ -314,6 +323,7 @@ simd_kernel_tests! {
     avx2_gemv_t2_lut: Ty::T2, edgellm_kernels::x86::ternary::avx2_gemv_t2_lut, "x86_64", has_avx2();
     avx2_gemv_tq1_0: Ty::Tq1, edgellm_kernels::x86::ternary::avx2_gemv_tq1_0, "x86_64", has_avx2();
     avx2_gemv_tq2_0: Ty::Tq2, edgellm_kernels::x86::ternary::avx2_gemv_tq2_0, "x86_64", has_avx2();
+    avx2_gemv_tq2w: Ty::Tq2w, edgellm_kernels::x86::ternary::avx2_gemv_tq2w, "x86_64", has_avx2();
     avxvnni_gemv_t2: Ty::T2, edgellm_kernels::x86::vnni::avxvnni_gemv_t2, "x86_64",
         has_avxvnni();
     avxvnni_gemv_tq2_0: Ty::Tq2, edgellm_kernels::x86::vnni::avxvnni_gemv_tq2_0, "x86_64",
@@ -606,6 +616,7 @@ impl Ty {
         match self {
             Ty::T2 => st::gemm_t2,
             Ty::Tq2 => st::gemm_tq2_0,
+            Ty::Tq2w => st::gemm_tq2w,
             Ty::Tq1 => unreachable!("TQ1_0 has no gemm of its own"),
         }
     }
@@ -760,6 +771,8 @@ gemm_kernel_tests! {
     avx2_gemm_t2: Ty::T2, edgellm_kernels::x86::ternary::avx2_gemm_t2, "x86_64", has_avx2();
     avx2_gemm_tq2_0: Ty::Tq2, edgellm_kernels::x86::ternary::avx2_gemm_tq2_0, "x86_64",
         has_avx2();
+    avx2_gemm_tq2w: Ty::Tq2w, edgellm_kernels::x86::ternary::avx2_gemm_tq2w, "x86_64",
+        has_avx2();
     avxvnni_gemm_t2: Ty::T2, edgellm_kernels::x86::vnni::avxvnni_gemm_t2, "x86_64",
         has_avxvnni();
     avxvnni_gemm_tq2_0: Ty::Tq2, edgellm_kernels::x86::vnni::avxvnni_gemm_tq2_0, "x86_64",
@@ -789,7 +802,7 @@ fn dispatch_gemm_matches_gemv_per_token() {
         .filter(|&t| f.missing_for(t).is_none())
     {
         let k = Kernels::with_tier(tier, &f).unwrap();
-        for ty in [Ty::T2, Ty::Tq1, Ty::Tq2] {
+        for ty in [Ty::T2, Ty::Tq1, Ty::Tq2, Ty::Tq2w] {
             for (nb, rows, cols) in [(1, 3, 256), (5, 7, 512), (16, 33, 1280)] {
                 let w = random_rows(&mut rng, ty, rows, cols, WKind::Random, Scale::Typical);
                 let acts = batch_acts(&mut rng, nb, cols, ActKind::Typical);
@@ -838,6 +851,60 @@ fn scalar_gemm_is_gemv_per_token() {
         Scale::Typical,
         111,
     );
+    check_gemm(
+        "scalar_gemm_tq2w",
+        Ty::Tq2w,
+        st::gemm_tq2w,
+        WKind::RandomBytes,
+        ActKind::Typical,
+        Scale::Typical,
+        112,
+    );
+}
+
+/// TQ2W holds TQ2_0's numbers: each of the 256 elements has its own two bits of the 64 code
+/// bytes, and blocks rewritten by `tq2w_from_tq2_0` (through `relayout`, as the loader calls it)
+/// dequantize to the same values and give the TQ2_0 gemv's bits in the scalar TQ2W gemv, for
+/// any bytes (code 3 included).
+#[test]
+fn tq2w_holds_tq2_0s_numbers() {
+    let mut seen = [0u8; 64];
+    for e in 0..256 {
+        let (byte, shift) = st::tq2w_position(e);
+        assert!(byte < 64 && shift % 2 == 0 && shift < 8, "element {e}");
+        assert_eq!(seen[byte] & (3 << shift), 0, "element {e} shares bits");
+        seen[byte] |= 3 << shift;
+    }
+    assert_eq!(seen, [0xFF; 64]);
+    let mut rng = Rng::new(130);
+    for (rows, cols) in [(1, 256), (7, 512), (5, 2560)] {
+        let w = random_rows(
+            &mut rng,
+            Ty::Tq2,
+            rows,
+            cols,
+            WKind::RandomBytes,
+            Scale::Typical,
+        );
+        let mut w2 = w.clone();
+        edgellm_kernels::relayout(GgmlType::TQ2_0, GgmlType::TQ2W, &mut w2).unwrap();
+        assert_ne!(w, w2, "{rows}x{cols}: the codes move");
+        assert_eq!(w[64..66], w2[64..66], "the scale stays");
+        let (mut a, mut b) = (vec![0.0; rows * cols], vec![0.0; rows * cols]);
+        st::dequantize_tq2_0(&w, &mut a);
+        st::dequantize_tq2w(&w2, &mut b);
+        assert_eq!(bits(&a), bits(&b), "{rows}x{cols} values");
+        let acts = Acts::quantize(&random_x(&mut rng, cols, ActKind::Typical));
+        let (mut want, mut got) = (vec![f32::NAN; rows], vec![f32::NAN; rows]);
+        st::gemv_tq2_0(&w, &acts.view(), &mut want);
+        st::gemv_tq2w(&w2, &acts.view(), &mut got);
+        assert_eq!(bits(&got), bits(&want), "{rows}x{cols} products");
+    }
+    // Only TQ2_0 to TQ2W, and only whole blocks; the bytes stay as they were otherwise.
+    let mut w = vec![7u8; 66 * 2 + 1];
+    assert!(edgellm_kernels::relayout(GgmlType::TQ2_0, GgmlType::TQ2W, &mut w).is_err());
+    assert!(edgellm_kernels::relayout(GgmlType::TQ1_0, GgmlType::TQ2W, &mut w[..66]).is_err());
+    assert!(w.iter().all(|&b| b == 7));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -903,5 +970,36 @@ fn i2_s_refuses_bad_tensors() {
     for bad in [f32::NAN, f32::INFINITY] {
         let data = i2_s_bytes(&t, 32, bad);
         assert!(st::dequantize_i2_s(&data, &mut w, st::I2sLayout::X86).is_err());
+    }
+}
+
+/// The `avx2` tier multiplies TQ2_0 faster as TQ2W and says so; the scalar tier, and the tiers
+/// with TQ2_0 kernels of their own, keep TQ2_0; no other type has a faster layout.
+#[test]
+fn faster_layout_is_tq2w_for_avx2_tq2_0_only() {
+    use edgellm_kernels::{CpuFeatures, Kernels, Tier};
+    let f = CpuFeatures::detect();
+    for tier in Tier::ALL
+        .into_iter()
+        .filter(|&t| f.missing_for(t).is_none())
+    {
+        let k = Kernels::with_tier(tier, &f).unwrap();
+        let want = (k.kernel_tier(GgmlType::TQ2_0) == Some(Tier::Avx2)).then_some(GgmlType::TQ2W);
+        assert_eq!(k.faster_layout(GgmlType::TQ2_0), want, "{tier}");
+        if let Some(to) = want {
+            assert_eq!(k.kernel_tier(to), Some(Tier::Avx2), "{tier}");
+        }
+        for ty in [
+            GgmlType::T2,
+            GgmlType::TQ1_0,
+            GgmlType::TQ2W,
+            GgmlType::Q4_0,
+        ] {
+            assert_eq!(k.faster_layout(ty), None, "{tier} {ty}");
+        }
+    }
+    if f.missing_for(Tier::Avx2).is_none() {
+        let k = Kernels::with_tier(Tier::Avx2, &f).unwrap();
+        assert_eq!(k.faster_layout(GgmlType::TQ2_0), Some(GgmlType::TQ2W));
     }
 }

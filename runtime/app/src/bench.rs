@@ -711,6 +711,7 @@ pub fn bench(mut args: BenchArgs) -> Result<()> {
         let out = serde_json::json!({
             "model": args.model.model.display().to_string(),
             "model_in_memory": file.in_memory(),
+            "model_tensors_relaid": file.relaid(),
             "board": board.name,
             "device": "cpu",
             "threads": threads,
@@ -748,11 +749,7 @@ pub fn bench(mut args: BenchArgs) -> Result<()> {
         println!(
             "model    {} ({})",
             args.model.model.display(),
-            if file.in_memory() {
-                "read into memory"
-            } else {
-                "mapped"
-            }
+            file.describe()
         );
         println!(
             "board    {}   threads {threads}   kernels {kernels}",

@@ -13,6 +13,7 @@ use std::path::Path;
 pub struct ModelFile {
     map: Mmap,
     in_memory: bool,
+    relaid: usize,
 }
 
 impl ModelFile {
@@ -28,6 +29,7 @@ impl ModelFile {
         Ok(ModelFile {
             map,
             in_memory: false,
+            relaid: 0,
         })
     }
 
@@ -37,7 +39,11 @@ impl ModelFile {
     /// pages (file-backed huge pages need a kernel option most systems lack); the cost is reading
     /// the whole file at start, and memory that the page cache cannot share with other
     /// processes. Where huge pages are not available the memory is in normal pages.
-    pub fn read(path: &Path) -> Result<ModelFile> {
+    ///
+    /// With `kernels`, the tensors those kernels multiply faster in another layout of the same
+    /// numbers are rewritten in it before the memory is made read-only
+    /// ([`edgellm_core::model::relayout_weights`]; TQ2_0 as TQ2W on the `avx2` tier).
+    pub fn read(path: &Path, kernels: Option<&Kernels>) -> Result<ModelFile> {
         use std::io::Read;
         let mut file =
             File::open(path).with_context(|| format!("cannot open model {}", path.display()))?;
@@ -57,21 +63,37 @@ impl ModelFile {
             .with_context(|| format!("cannot read {}", path.display()))?;
         // The file's pages in the page cache are a second copy; let the kernel drop them.
         let _ = edgellm_hal::memory::drop_file_cache(&file);
+        let relaid = kernels.map_or(0, |k| edgellm_core::model::relayout_weights(&mut buf, k));
         let map = buf
             .make_read_only()
             .context("cannot make the model's memory read-only")?;
         Ok(ModelFile {
             map,
             in_memory: true,
+            relaid,
         })
     }
 
     /// [`Self::read`] when `in_memory`, else [`Self::open`].
-    pub fn load(path: &Path, in_memory: bool) -> Result<ModelFile> {
+    pub fn load(path: &Path, in_memory: bool, kernels: Option<&Kernels>) -> Result<ModelFile> {
         if in_memory {
-            Self::read(path)
+            Self::read(path, kernels)
         } else {
             Self::open(path)
+        }
+    }
+
+    /// How many tensors [`Self::read`] rewrote in a faster layout.
+    pub fn relaid(&self) -> usize {
+        self.relaid
+    }
+
+    /// `read into memory`, with the tensors rewritten in a faster layout if any, or `mapped`.
+    pub fn describe(&self) -> String {
+        match (self.in_memory, self.relaid) {
+            (false, _) => "mapped".to_string(),
+            (true, 0) => "read into memory".to_string(),
+            (true, n) => format!("read into memory; {n} TQ2_0 tensors laid out as TQ2W"),
         }
     }
 
@@ -94,7 +116,9 @@ impl ModelFile {
 /// Opens the model of `args`: read into memory or mapped, as [`crate::rt::model_in_memory`]
 /// decides from the flags and the board. A file larger than the board's budget or the memory
 /// the machine has available is mapped even then: reading it would exhaust memory before the
-/// budget check (`budget::check`) could refuse it and say what would fit.
+/// budget check (`budget::check`) could refuse it and say what would fit. Read into memory for the
+/// CPU (any `--device` but `cuda`), the tensors that the kernels of `args` multiply faster in
+/// another layout are rewritten in it ([`ModelFile::read`]).
 pub fn open_model(args: &crate::ModelArgs) -> Result<ModelFile> {
     let board = args.board()?;
     let mut in_memory = crate::rt::model_in_memory(args, &board);
@@ -106,7 +130,11 @@ pub fn open_model(args: &crate::ModelArgs) -> Result<ModelFile> {
         };
         in_memory = len <= limit;
     }
-    ModelFile::load(&args.model, in_memory)
+    // A bad tier name is reported where the kernels are chosen for the run.
+    let kernels = (args.device != "cuda")
+        .then(|| kernels(args.kernels.as_deref()).ok())
+        .flatten();
+    ModelFile::load(&args.model, in_memory, kernels.as_ref())
 }
 
 /// Chooses the kernel set: `forced` (flag), else `EDGELLM_KERNELS`, else the best the CPU has.
@@ -267,11 +295,11 @@ mod tests {
             .collect();
         std::fs::write(&path, &bytes).unwrap();
         let mapped = ModelFile::open(&path).unwrap();
-        let read = ModelFile::load(&path, true).unwrap();
+        let read = ModelFile::load(&path, true, None).unwrap();
         assert_eq!(read.len(), bytes.len() as u64);
         assert!(read.map[..] == bytes[..] && mapped.map[..] == bytes[..]);
         std::fs::write(&path, b"").unwrap();
-        let e = ModelFile::read(&path)
+        let e = ModelFile::read(&path, None)
             .err()
             .expect("an empty file is refused");
         assert!(e.to_string().contains("is empty"), "{e}");

@@ -207,8 +207,8 @@ impl core::fmt::Display for ModelError {
                 write!(
                     f,
                     "tensor {name} has type {ty}, which this runtime cannot compute with \
-                     (supported: F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K Q5_K Q6_K T2 TQ1_0 \
-                     TQ2_0)"
+                     (supported: F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K Q5_K Q6_K T2 Q4W \
+                     TQ1_0 TQ2_0 TQ2W)"
                 )?;
                 if *ty == GgmlType::I2_S {
                     write!(
@@ -224,6 +224,35 @@ impl core::fmt::Display for ModelError {
 }
 
 impl core::error::Error for ModelError {}
+
+/// Rewrites in place, in `bytes` (a whole GGUF file read into memory), every tensor whose type
+/// `kernels` multiply faster in another layout of the same numbers ([`Kernels::faster_layout`]):
+/// its blocks, and the type id in its tensor info, so that a parse of `bytes` afterwards gives
+/// the new type. Returns how many tensors changed. A file that does not parse is left as it is
+/// (its parse then reports what is wrong).
+pub fn relayout_weights(bytes: &mut [u8], kernels: &Kernels) -> usize {
+    let jobs: Vec<_> = match Gguf::parse(bytes) {
+        Ok(g) => g
+            .tensors()
+            .iter()
+            .filter_map(|t| {
+                let to = kernels.faster_layout(t.ty)?;
+                // The parse checked that the tensor lies inside the data section.
+                let start = g.data_offset + t.offset as usize;
+                Some((t.type_offset, start..start + t.data.len(), t.ty, to))
+            })
+            .collect(),
+        Err(_) => return 0,
+    };
+    let mut changed = 0;
+    for (at, range, from, to) in jobs {
+        if crate::kernels::relayout(from, to, &mut bytes[range]).is_ok() {
+            bytes[at..at + 4].copy_from_slice(&to.id().to_le_bytes());
+            changed += 1;
+        }
+    }
+    changed
+}
 
 /// Largest values accepted from metadata, far above any model this runtime targets; they keep
 /// size arithmetic far from overflow.

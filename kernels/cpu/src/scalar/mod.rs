@@ -67,6 +67,7 @@ pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), K
         GgmlType::Q4W => q4w::dequantize_q4w(src, dst),
         GgmlType::TQ1_0 => ternary::dequantize_tq1_0(src, dst),
         GgmlType::TQ2_0 => ternary::dequantize_tq2_0(src, dst),
+        GgmlType::TQ2W => ternary::dequantize_tq2w(src, dst),
         _ => return Err(KernelError::UnsupportedType(ty)),
     }
     Ok(())

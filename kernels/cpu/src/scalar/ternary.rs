@@ -17,6 +17,11 @@
 //!   `Σ w·x` and the caller multiplies by the row scale.
 //! - **TQ2_0** (66 bytes per 256): `qs: [u8; 64]`, `d: f16`. Element `128h + 32l + m` (`h` in
 //!   `0..2`, `l` in `0..4`, `m` in `0..32`) is `d * (((qs[32h + m] >> 2l) & 3) - 1)`.
+//! - **TQ2W** (ours, 66 bytes per 256; made from TQ2_0 in memory at load, [`tq2w_from_tq2_0`]):
+//!   a TQ2_0 block with its 64 code bytes in T2's order, the four 16-byte T2 blocks of its
+//!   elements `0..64`, `64..128`, `128..192`, `192..256`, then the same f16 `d`
+//!   ([`tq2w_position`]). The same values as the TQ2_0 block; SIMD kernels unpack it with T2's
+//!   shifts and masks instead of TQ2_0's per-word shifts.
 //! - **TQ1_0** (54 bytes per 256): `qs: [u8; 48]`, `qh: [u8; 4]`, `d: f16`; five (or four) base-3
 //!   digits per byte, read as `trit(b, n) = ((b * 3^n mod 256) * 3) >> 8` (a value in `0..3`) and
 //!   weight `trit - 1`. Element `32n + m` (`n` in `0..5`, `m` in `0..32`) comes from `qs[m]`,
@@ -38,7 +43,8 @@
 //! Activations ([`ActsQ8`]) carry one scale `d[g]` and one integer sum `sums[g] = Σ qs` per group
 //! `g` of `QS` = 16 values. Every group of 16 consecutive weights lies inside one block of each
 //! type: T2 group `k` of a block is its bytes `4k .. 4k + 4`; TQ2_0 group `8h + 2l + s` (`s` in
-//! `0..2`) is bytes `32h + 16s .. 32h + 16s + 16` at bits `2l`; TQ1_0 groups `0..10` are digit
+//! `0..2`) is bytes `32h + 16s .. 32h + 16s + 16` at bits `2l`; TQ2W group `4b + k` is bytes
+//! `16b + 4k .. 16b + 4k + 4` (T2's group `k` of its T2 block `b`); TQ1_0 groups `0..10` are digit
 //! `n = g / 2` of bytes `16(g % 2) .. 16(g % 2) + 16`, groups `10..15` digit `g - 10` of bytes
 //! `32..48`, group 15 the four digits of `qh`.
 //!
@@ -52,7 +58,7 @@
 //! 2. Floats, eight running sums `acc[0..8]` starting at `+0.0`, groups in order
 //!    `g = 0, 1, ...`, each operation rounded to f32, never fused:
 //!    - T2: `acc[g % 8] += (isum_g as f32) * acts.d[g]`;
-//!    - TQ1_0, TQ2_0: `acc[g % 8] += (dw * acts.d[g]) * (isum_g as f32)` with `dw` the f16 scale
+//!    - TQ1_0, TQ2_0, TQ2W: `acc[g % 8] += (dw * acts.d[g]) * (isum_g as f32)` with `dw` the f16 scale
 //!      of the block that holds group `g`, as f32.
 //! 3. `out[r] = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))`.
 //!
@@ -322,6 +328,23 @@ pub fn dequantize_tq2_0(src: &[u8], dst: &mut [f32]) {
     }
 }
 
+/// Dequantizes TQ2W blocks (see [`tq2w_from_tq2_0`]): the values of the TQ2_0 blocks they were
+/// made from.
+pub fn dequantize_tq2w(src: &[u8], dst: &mut [f32]) {
+    check_dequant(src, dst.len(), QK_K, TQ2_0_BYTES, "TQ2W");
+    for (blk, y) in src
+        .chunks_exact(TQ2_0_BYTES)
+        .zip(dst.chunks_exact_mut(QK_K))
+    {
+        let d = f16_at(blk, 64);
+        for (e, y) in y.iter_mut().enumerate() {
+            let (byte, shift) = tq2w_position(e);
+            let c = (blk[byte] >> shift) & 3;
+            *y = d * (c as i32 - 1) as f32;
+        }
+    }
+}
+
 /// The TQ1_0 digit of element `e` (`0..256`) of block `blk`, in `0..3`.
 #[inline(always)]
 fn tq1_trit(blk: &[u8], e: usize) -> i32 {
@@ -428,6 +451,60 @@ pub fn gemv_tq2_0(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
     );
 }
 
+/// The byte and bit shift of element `e` (`0..256`) of a TQ2W block: element `128h + x` (`x` in
+/// `0..128`) of window `h` is T2 block element `x % 64` of the 16-byte T2 block `2h + x / 64`.
+#[inline(always)]
+pub const fn tq2w_position(e: usize) -> (usize, u32) {
+    let (byte, shift) = t2_position(e % 64);
+    (16 * (e / 64) + byte, shift)
+}
+
+/// The byte and bit shift of element `e` (`0..256`) of a TQ2_0 block.
+#[inline(always)]
+const fn tq2_0_position(e: usize) -> (usize, u32) {
+    let (h, x) = (e / 128, e % 128);
+    (32 * h + x % 32, 2 * (x / 32) as u32)
+}
+
+/// Rearranges the TQ2_0 blocks of `w` in place into TQ2W blocks (the same codes and scales, the
+/// codes in T2's order: see the module docs). `w` must hold whole 66-byte blocks.
+pub fn tq2w_from_tq2_0(w: &mut [u8]) {
+    assert!(
+        w.len().is_multiple_of(TQ2_0_BYTES),
+        "TQ2_0 to TQ2W: {} bytes is not a whole number of blocks",
+        w.len()
+    );
+    for blk in w.chunks_exact_mut(TQ2_0_BYTES) {
+        let mut qs = [0u8; 64];
+        for e in 0..QK_K {
+            let (sb, ss) = tq2_0_position(e);
+            let (db, ds) = tq2w_position(e);
+            qs[db] |= ((blk[sb] >> ss) & 3) << ds;
+        }
+        blk[..64].copy_from_slice(&qs);
+    }
+}
+
+/// `out[r] = Σ_c W[r][c] a[c]` for TQ2W weights: [`gemv_tq2_0`] of the TQ2_0 blocks they were
+/// made from, the same bits. Order in the module docs.
+pub fn gemv_tq2w(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
+    gemv_rows(
+        w,
+        acts,
+        out,
+        QK_K,
+        TQ2_0_BYTES,
+        "TQ2W",
+        |blk, g| {
+            core::array::from_fn(|m| {
+                let (byte, shift) = tq2w_position(16 * g + m);
+                ((blk[byte] >> shift) & 3) as i32
+            })
+        },
+        |blk| Some(f16_at(blk, 64)),
+    );
+}
+
 /// `out[r] = Σ_c W[r][c] a[c]` for TQ1_0 weights (block scales applied; columns a multiple of
 /// 256). Order in the module docs.
 pub fn gemv_tq1_0(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
@@ -510,4 +587,9 @@ pub fn gemm_t2(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f32]) {
 /// [`gemv_tq2_0`] for `nb` tokens (see the module docs).
 pub fn gemm_tq2_0(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f32]) {
     gemm_by_gemv(w, acts, nb, out, "TQ2_0", gemv_tq2_0);
+}
+
+/// [`gemv_tq2w`] for `nb` tokens (see the module docs).
+pub fn gemm_tq2w(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f32]) {
+    gemm_by_gemv(w, acts, nb, out, "TQ2W", gemv_tq2w);
 }

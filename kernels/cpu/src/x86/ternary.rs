@@ -26,6 +26,11 @@
 //! (per panel of `TQ1_PANEL` windows for long rows) and read from memory in every row, which
 //! leaves the registers to the rows' running sums.
 //!
+//! TQ2W (TQ2_0's blocks with their codes in T2's order, which the loader makes in memory): each
+//! half block is a T2 window, unpacked and reduced as T2's (one shift and one mask per 32 codes,
+//! the activations in T2's arrangement, groups in natural lane order), with TQ2_0's block
+//! scale: about 20 instructions per row and window instead of TQ2_0's 26.
+//!
 //! TQ1_0 (llama.cpp's base-3 layout, see [`crate::scalar::ternary`]): TQ2_0's windows, lane
 //! order and float steps, but a whole block (two windows) per row at a time (`gemv_tq1!`),
 //! decoded once into eight pairs of digit vectors in natural element order (`tq1_block`). The
@@ -74,6 +79,7 @@ pub(crate) const WIN: usize = 8 * QS;
 
 pub(crate) const T2: u8 = 0;
 pub(crate) const TQ2_0: u8 = 1;
+pub(crate) const TQ2W: u8 = 2;
 
 /// The exact sums `Σ c·a` of eight groups from the four `vpmaddubsw` results of a window, in
 /// the lane order described in the module docs (each 128-bit lane of `p[i]` holds one group).
@@ -154,7 +160,7 @@ pub(crate) unsafe fn load_window<const K: u8>(acts: &ActsQ8<'_>, win: usize, hal
     // SAFETY: the caller guarantees the window's columns (64 of them when `half`), and with them
     // its groups, lie inside `acts`.
     unsafe {
-        if K == T2 {
+        if K == T2 || K == TQ2W {
             // g[k] = [group k of block 0 | group k of block 1]: 32-bit words 4k .. 4k + 4 of
             // each block's activations; a 4x4 word transpose gives a[s] = words s, 4 + s, 8 + s,
             // 12 + s, i.e. elements 4s .. 4s + 4 of groups 0..4, as the codes at shift 2s.
@@ -448,7 +454,7 @@ unsafe fn gemv_window<const K: u8>(acts: &ActsQ8<'_>, win: usize, cols: usize) -
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn natural_order<const K: u8>(acc: __m256) -> __m256 {
-    if K == T2 {
+    if K != TQ2_0 {
         acc
     } else {
         _mm256_permutevar8x32_ps(acc, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
@@ -469,6 +475,7 @@ unsafe fn gemv<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
     use core::mem::MaybeUninit;
     let (bl, bb, name) = match K {
         T2 => (T2_BLOCK, T2_BYTES, "T2"),
+        TQ2W => (QK_K, TQ2_0_BYTES, "TQ2W"),
         _ => (QK_K, TQ2_0_BYTES, "TQ2_0"),
     };
     let row_bytes = check_gemv_ternary(w, acts, out.len(), bl, bb, name);
@@ -550,7 +557,13 @@ unsafe fn gemv<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
                         };
                         for (h, wv) in pair.iter().enumerate() {
                             // SAFETY: half `h` of the block is bytes `32 h .. 32 h + 32`.
-                            let c = unsafe { codes_tq2_words(q.add(32 * h)) };
+                            let c = unsafe {
+                                if K == TQ2W {
+                                    codes2(q.add(32 * h), false)
+                                } else {
+                                    codes_tq2_words(q.add(32 * h))
+                                }
+                            };
                             let isum = window_isum(c, wv);
                             let t =
                                 _mm256_mul_ps(_mm256_mul_ps(dw, wv.d), _mm256_cvtepi32_ps(isum));
@@ -580,6 +593,18 @@ pub(crate) unsafe fn tq_scale(p: *const u8) -> __m256 {
     let bits = unsafe { p.cast::<u16>().read_unaligned() };
     let v = _mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le(bits) as i32));
     _mm256_broadcastss_ps(v)
+}
+
+/// AVX2 [`crate::scalar::ternary::gemv_tq2w`], bit-exact: T2's windows with TQ2_0's block
+/// scales.
+///
+/// # Safety
+///
+/// The CPU must have AVX2, FMA and F16C (the features of the `avx2` tier).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn avx2_gemv_tq2w(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
+    // SAFETY: same features, guaranteed by the caller.
+    unsafe { gemv::<TQ2W>(w, acts, out) }
 }
 
 /// AVX2 [`crate::scalar::ternary::gemv_t2`] (unscaled T2 product), bit-exact.
@@ -1009,6 +1034,7 @@ unsafe fn gemm<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f
     use crate::scalar::ternary::{check_gemm, token_acts};
     let (bl, bb, name) = match K {
         T2 => (T2_BLOCK, T2_BYTES, "T2"),
+        TQ2W => (QK_K, TQ2_0_BYTES, "TQ2W"),
         _ => (QK_K, TQ2_0_BYTES, "TQ2_0"),
     };
     let (cols, rows) = check_gemm(acts, nb, out.len(), name);
@@ -1088,7 +1114,11 @@ unsafe fn gemm<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f
                                 cbuf[j] = codes2(p.add(32 * win), (win + 1) * WIN > cols);
                             } else {
                                 let q = p.add((win / 2) * bb);
-                                cbuf[j] = codes_tq2_words(q.add(32 * (win % 2)));
+                                cbuf[j] = if K == TQ2W {
+                                    codes2(q.add(32 * (win % 2)), false)
+                                } else {
+                                    codes_tq2_words(q.add(32 * (win % 2)))
+                                };
                                 dbuf[j] = tq_scale(q.add(bb - 2));
                             }
                         }
@@ -1150,10 +1180,9 @@ pub unsafe fn avx2_gemm_t2(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f3
 }
 
 /// AVX2 [`crate::scalar::ternary::gemm_tq2_0`], bit-exact with one [`avx2_gemv_tq2_0`] per
-/// token. As [`avx2_gemm_t2`]; each half block's codes are spread over the lanes so that group
-/// `n` of the window lands in i32 lane `n` (a word permutation and a variable shift per vector),
-/// matching the T2 arrangement of the activations: the group sums come out in natural order
-/// with vertical adds only.
+/// token. As [`avx2_gemm_t2`]; each half block's codes are spread as the gemv's
+/// (`codes_tq2_words`: a word broadcast and a variable shift per vector) and the activations
+/// arranged alike, so the group sums need vertical adds only.
 ///
 /// # Safety
 ///
@@ -1162,4 +1191,16 @@ pub unsafe fn avx2_gemm_t2(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f3
 pub unsafe fn avx2_gemm_tq2_0(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f32]) {
     // SAFETY: same features, guaranteed by the caller.
     unsafe { gemm::<TQ2_0>(w, acts, nb, out) }
+}
+
+/// AVX2 [`crate::scalar::ternary::gemm_tq2w`], bit-exact with one [`avx2_gemv_tq2w`] per token:
+/// [`avx2_gemm_t2`]'s windows with TQ2_0's block scales.
+///
+/// # Safety
+///
+/// The CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn avx2_gemm_tq2w(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f32]) {
+    // SAFETY: same features, guaranteed by the caller.
+    unsafe { gemm::<TQ2W>(w, acts, nb, out) }
 }

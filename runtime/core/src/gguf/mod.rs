@@ -83,6 +83,8 @@ pub struct TensorInfo<'a> {
     pub n_dims: usize,
     /// Element type.
     pub ty: GgmlType,
+    /// Where the file stores the type's id (a little-endian u32), from the start of the file.
+    pub type_offset: usize,
     /// Offset of the tensor's bytes from the start of the data section.
     pub offset: u64,
     /// The tensor's bytes: exactly `ty.tensor_bytes(n_elements())` of them (the blocks, then for
@@ -464,6 +466,7 @@ impl<'a> Parser<'a> {
             dims: [u64; 4],
             n_dims: usize,
             ty: GgmlType,
+            type_offset: usize,
             offset: u64,
             size: u64,
         }
@@ -559,6 +562,7 @@ impl<'a> Parser<'a> {
                 dims,
                 n_dims,
                 ty,
+                type_offset: ty_offset,
                 offset,
                 size,
             });
@@ -603,6 +607,7 @@ impl<'a> Parser<'a> {
                 dims: p.dims,
                 n_dims: p.n_dims,
                 ty: p.ty,
+                type_offset: p.type_offset,
                 offset: p.offset,
                 data: tensor_data,
             });
