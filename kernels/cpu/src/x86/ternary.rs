@@ -72,7 +72,9 @@ pub(crate) const PREFETCH_PASSES: usize = 2;
 /// lines of the pass `ahead` in address order, a few per window, rather than each row's line
 /// in step with the rows it reads (`bench bandwidth`, twelve alternating runs, median GB/s:
 /// 6912 x 2560 6.4 → 7.7, 2560 x 6912 7.6 → 8.1); for TQ2_0, bound by its instructions, the
-/// extra loop cost more than it gained.
+/// extra loop cost more than it gained. TQ2W, with fewer instructions, walks them too, a
+/// block's share per block (ten alternating runs: 6912 x 2560 10.2 → 11.8 GB/s, 2560 x 6912
+/// 11.9 → 12.0; on a matrix left in cache 14.0 → 12.7).
 pub(crate) const PREFETCH_BYTES: usize = 16384;
 /// Columns per window: eight activation groups.
 pub(crate) const WIN: usize = 8 * QS;
@@ -502,9 +504,11 @@ unsafe fn gemv<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
     }
     let ahead = ROWS * PREFETCH_PASSES.max(PREFETCH_BYTES.div_ceil(ROWS * row_bytes));
     // T2 prefetches the lines of the `ahead` pass in address order, `pf_per` per window (see
-    // `PREFETCH_BYTES`); TQ2_0 each row's block, in step with the rows it reads.
+    // `PREFETCH_BYTES`), TQ2W `pf_per_block` per block; TQ2_0 each row's block, in step with the
+    // rows it reads.
     let pf_lines = (ROWS * row_bytes).div_ceil(64);
     let pf_per = pf_lines.div_ceil(nwin);
+    let pf_per_block = pf_lines.div_ceil(nwin.div_ceil(2));
     let mut r = 0;
     while r < rows {
         let p: [*const u8; ROWS] = super::row_ptrs(w, r, last, row_bytes);
@@ -543,9 +547,13 @@ unsafe fn gemv<const K: u8>(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
                 // Whole blocks: two windows each (`TQ1_PANEL` and `nwin` are even).
                 for (j, pair) in wins.chunks_exact(2).enumerate() {
                     let off = (w0 / 2 + j) * bb;
-                    for &q in &pf {
-                        _mm_prefetch::<_MM_HINT_T1>(q.wrapping_add(off).cast());
-                        _mm_prefetch::<_MM_HINT_T1>(q.wrapping_add(off + 64).cast());
+                    if K == TQ2W {
+                        super::prefetch_step(pfb, w0 / 2 + j, pf_per_block, pf_lines);
+                    } else {
+                        for &q in &pf {
+                            _mm_prefetch::<_MM_HINT_T1>(q.wrapping_add(off).cast());
+                            _mm_prefetch::<_MM_HINT_T1>(q.wrapping_add(off + 64).cast());
+                        }
                     }
                     for i in 0..ROWS {
                         let pair = launder(pair);
