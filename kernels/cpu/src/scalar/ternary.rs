@@ -459,13 +459,6 @@ pub const fn tq2w_position(e: usize) -> (usize, u32) {
     (16 * (e / 64) + byte, shift)
 }
 
-/// The byte and bit shift of element `e` (`0..256`) of a TQ2_0 block.
-#[inline(always)]
-const fn tq2_0_position(e: usize) -> (usize, u32) {
-    let (h, x) = (e / 128, e % 128);
-    (32 * h + x % 32, 2 * (x / 32) as u32)
-}
-
 /// Rearranges the TQ2_0 blocks of `w` in place into TQ2W blocks (the same codes and scales, the
 /// codes in T2's order: see the module docs). `w` must hold whole 66-byte blocks.
 pub fn tq2w_from_tq2_0(w: &mut [u8]) {
@@ -474,14 +467,23 @@ pub fn tq2w_from_tq2_0(w: &mut [u8]) {
         "TQ2_0 to TQ2W: {} bytes is not a whole number of blocks",
         w.len()
     );
-    for blk in w.chunks_exact_mut(TQ2_0_BYTES) {
-        let mut qs = [0u8; 64];
-        for e in 0..QK_K {
-            let (sb, ss) = tq2_0_position(e);
-            let (db, ds) = tq2w_position(e);
-            qs[db] |= ((blk[sb] >> ss) & 3) << ds;
+    // Per half block (elements `x` in `0..128`): TQ2_0 keeps `x` in byte `x % 32` at bits
+    // `2 (x / 32)`, TQ2W in byte `4 (x / 16) + x % 4` at bits `2 ((x % 16) / 4)`
+    // ([`tq2w_position`]): unpack the 128 codes, then pack them again.
+    for half in w
+        .chunks_exact_mut(TQ2_0_BYTES)
+        .flat_map(|blk| blk[..64].chunks_exact_mut(32))
+    {
+        let mut c = [0u8; 128];
+        for (m, &b) in half.iter().enumerate() {
+            for l in 0..4 {
+                c[32 * l + m] = (b >> (2 * l)) & 3;
+            }
         }
-        blk[..64].copy_from_slice(&qs);
+        for (j, out) in half.iter_mut().enumerate() {
+            let x = 16 * (j / 4) + j % 4;
+            *out = c[x] | c[x + 4] << 2 | c[x + 8] << 4 | c[x + 12] << 6;
+        }
     }
 }
 
