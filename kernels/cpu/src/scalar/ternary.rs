@@ -314,31 +314,34 @@ pub fn dequantize_t2(src: &[u8], dst: &mut [f32]) {
 /// Dequantizes TQ2_0 blocks: `dst.len()` values (a multiple of 256) from `src`, each
 /// `d * (c - 1)` in f32 (bit-identical to gguf-py's reference).
 pub fn dequantize_tq2_0(src: &[u8], dst: &mut [f32]) {
-    check_dequant(src, dst.len(), QK_K, TQ2_0_BYTES, "TQ2_0");
-    for (blk, y) in src
-        .chunks_exact(TQ2_0_BYTES)
-        .zip(dst.chunks_exact_mut(QK_K))
-    {
-        let d = f16_at(blk, 64);
-        for (e, y) in y.iter_mut().enumerate() {
-            let (h, l, m) = (e / 128, (e / 32) % 4, e % 32);
-            let c = (blk[32 * h + m] >> (2 * l)) & 3;
-            *y = d * (c as i32 - 1) as f32;
-        }
-    }
+    dequantize_2bit_blocks(src, dst, "TQ2_0", |e| {
+        let (h, l, m) = (e / 128, (e / 32) % 4, e % 32);
+        (32 * h + m, 2 * l as u32)
+    });
 }
 
 /// Dequantizes TQ2W blocks (see [`tq2w_from_tq2_0`]): the values of the TQ2_0 blocks they were
 /// made from.
 pub fn dequantize_tq2w(src: &[u8], dst: &mut [f32]) {
-    check_dequant(src, dst.len(), QK_K, TQ2_0_BYTES, "TQ2W");
+    dequantize_2bit_blocks(src, dst, "TQ2W", tq2w_position);
+}
+
+/// The 66-byte blocks of TQ2_0 or TQ2W, whose element `e` has its code at `position(e)` (byte,
+/// bit shift): `d * (c - 1)` with the block's f16 `d`.
+fn dequantize_2bit_blocks(
+    src: &[u8],
+    dst: &mut [f32],
+    name: &str,
+    position: impl Fn(usize) -> (usize, u32),
+) {
+    check_dequant(src, dst.len(), QK_K, TQ2_0_BYTES, name);
     for (blk, y) in src
         .chunks_exact(TQ2_0_BYTES)
         .zip(dst.chunks_exact_mut(QK_K))
     {
         let d = f16_at(blk, 64);
         for (e, y) in y.iter_mut().enumerate() {
-            let (byte, shift) = tq2w_position(e);
+            let (byte, shift) = position(e);
             let c = (blk[byte] >> shift) & 3;
             *y = d * (c as i32 - 1) as f32;
         }
