@@ -63,6 +63,66 @@ pub fn prefault(buf: &mut [u8]) {
     }
 }
 
+/// Bytes of stack that [`prefault_stack`] faults in below its caller: four times the deepest a
+/// decode goes (loading a model and decoding on one and two threads fits in a thread with a
+/// 16 KiB stack).
+pub const STACK_PREFAULT_BYTES: usize = 64 * 1024;
+
+/// Room left below the calling frame that [`prefault_stack`] leaves untouched, so that it never
+/// reaches the guard page, whatever the frames of its callers hold.
+const STACK_PREFAULT_MARGIN: usize = 8 * 1024;
+
+/// Faults in the [`STACK_PREFAULT_BYTES`] of the calling thread's stack below its caller (fewer if
+/// the stack ends sooner), so that a decode that later runs deeper than the thread has been so far
+/// (a worker's share run by the pool's caller, say) takes no page fault on its stack. A locked
+/// process (`mlockall`) has its thread stacks resident already, except the main thread's, whose
+/// stack grows on demand. Returns the bytes touched: zero where the stack's bounds cannot be read.
+pub fn prefault_stack() -> usize {
+    let here = 0u8;
+    let sp = core::ptr::addr_of!(here) as usize;
+    let Some(low) = stack_low_end() else {
+        return 0;
+    };
+    let room = sp.saturating_sub(low).saturating_sub(STACK_PREFAULT_MARGIN);
+    let pages = STACK_PREFAULT_BYTES.min(room) / STACK_TOUCH_FRAME;
+    touch_stack(pages);
+    pages * STACK_TOUCH_FRAME
+}
+
+/// The lowest usable address of the calling thread's stack (`pthread_getattr_np`).
+fn stack_low_end() -> Option<usize> {
+    // SAFETY: an all-zero pthread_attr_t is only written by pthread_getattr_np, which initialises
+    // it on success; it is destroyed only then.
+    unsafe {
+        let mut attr: libc::pthread_attr_t = core::mem::zeroed();
+        if libc::pthread_getattr_np(libc::pthread_self(), &mut attr) != 0 {
+            return None;
+        }
+        let mut addr: *mut libc::c_void = core::ptr::null_mut();
+        let mut size: libc::size_t = 0;
+        let rc = libc::pthread_attr_getstack(&attr, &mut addr, &mut size);
+        libc::pthread_attr_destroy(&mut attr);
+        (rc == 0 && !addr.is_null()).then_some(addr as usize)
+    }
+}
+
+/// The stack one call of [`touch_stack`] writes.
+const STACK_TOUCH_FRAME: usize = 4096;
+
+/// Writes `frames` frames of [`STACK_TOUCH_FRAME`] bytes each, one below the other.
+#[inline(never)]
+fn touch_stack(frames: usize) {
+    if frames == 0 {
+        return;
+    }
+    let mut frame = [0u8; STACK_TOUCH_FRAME];
+    // The array must exist, written, in this frame: `black_box` may read and write it.
+    core::hint::black_box(&mut frame);
+    touch_stack(frames - 1);
+    // Used after the call, so the call is not a tail call that would reuse this frame.
+    core::hint::black_box(&frame);
+}
+
 /// Asks the kernel to back `buf` with transparent huge pages (`madvise(MADV_HUGEPAGE)` on the
 /// whole pages inside it), so that walking a large buffer (the KV cache) needs one TLB entry per
 /// 2 MiB instead of per 4 KiB. Call it before the pages are first touched: pages already
@@ -191,6 +251,51 @@ mod tests {
             .all(|(i, &b)| b == if i == page + 3 { 9 } else { 7 }));
         prefault(&mut []);
         prefault(&mut [1u8; 3]);
+    }
+
+    /// Page faults this thread takes while it runs `frames` stack frames of 4 KiB below here.
+    fn faults_of_deeper_stack(frames: usize) -> u64 {
+        let before = crate::counters::thread_page_faults().unwrap();
+        touch_stack(frames);
+        crate::counters::thread_page_faults().unwrap() - before
+    }
+
+    #[test]
+    fn prefaulted_stack_takes_no_fault() {
+        // 1 MiB stacks: too small to be one transparent huge page, so every fresh 4 KiB page of
+        // stack is a fault of its own.
+        let on_thread = |f: fn() -> (usize, u64)| {
+            std::thread::Builder::new()
+                .stack_size(1 << 20)
+                .spawn(f)
+                .unwrap()
+                .join()
+                .unwrap()
+        };
+        // Most of the prefaulted stack: what a frame's own locals and callers take is left over.
+        const FRAMES: usize = STACK_PREFAULT_BYTES / STACK_TOUCH_FRAME - 4;
+        let (_, cold) = on_thread(move || (0, faults_of_deeper_stack(12)));
+        assert!(cold >= 6, "a fresh stack took {cold} faults for 48 KiB");
+        let (touched, warm) = on_thread(|| {
+            let touched = prefault_stack();
+            (touched, faults_of_deeper_stack(FRAMES))
+        });
+        assert_eq!(touched, STACK_PREFAULT_BYTES);
+        assert_eq!(warm, 0, "{FRAMES} frames of stack after prefault_stack");
+    }
+
+    #[test]
+    fn prefault_stack_stays_inside_a_small_stack() {
+        let touched = std::thread::Builder::new()
+            .stack_size(32 << 10)
+            .spawn(prefault_stack)
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(
+            touched < 32 << 10,
+            "{touched} bytes touched in a 32 KiB stack"
+        );
     }
 
     /// The `VmFlags` of the mapping that holds `addr`, from `/proc/self/smaps`.

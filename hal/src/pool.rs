@@ -21,7 +21,9 @@
 //! Only SCHED_FIFO ([`PoolOptions::realtime`]) on cores kept for inference removes that wait.
 //!
 //! Invariant: [`ThreadPool::run`] allocates nothing and makes no system call while the workers are
-//! spinning; a `futex` wake is made only for workers that went to sleep.
+//! spinning; a `futex` wake is made only for workers that went to sleep. Every thread of the pool
+//! (the caller included) has [`crate::memory::STACK_PREFAULT_BYTES`] of stack faulted in when the
+//! pool starts, so that running another thread's share, a few frames deeper, takes no page fault.
 
 use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
@@ -518,7 +520,9 @@ fn worker_loop(shared: &Shared, index: usize) {
     }
 }
 
-/// Pins the calling thread and asks for SCHED_FIFO, as worker `index` of a pool.
+/// Pins the calling thread, asks for SCHED_FIFO and faults in its stack, as worker `index` of a
+/// pool. The stack is prefaulted because which thread runs which share changes from run to run:
+/// the caller runs a late worker's share a few frames deeper than its own.
 fn setup_current_thread(
     index: usize,
     core: Option<usize>,
@@ -527,6 +531,7 @@ fn setup_current_thread(
     if let Some(core) = core {
         pin_current_thread(core)?;
     }
+    crate::memory::prefault_stack();
     Ok(WorkerSetup {
         index,
         tid: realtime::current_tid(),
