@@ -22,5 +22,7 @@ pub mod aarch64;
 pub mod x86;
 
 pub use acts::{ActsQ8, ActsQ8Mut, QK, QS};
-pub use dispatch::{relayout, CpuFeature, CpuFeatures, KernelError, Kernels, Tier};
+pub use dispatch::{
+    relaid_len, relayout, relayout_into, CpuFeature, CpuFeatures, KernelError, Kernels, Tier,
+};
 pub use types::GgmlType;

@@ -907,6 +907,78 @@ fn tq2w_holds_tq2_0s_numbers() {
     assert!(w.iter().all(|&b| b == 7));
 }
 
+/// TQ2W holds TQ1_0's numbers too: blocks written by `tq2w_from_tq1_0` (through
+/// `relayout_into`, as the loader calls it) dequantize to the TQ1_0 blocks' values and give the
+/// TQ1_0 gemv's and gemm's bits in TQ2W's, for any bytes; the dispatched kernels of every tier
+/// this CPU has agree, TQ2W's on the new blocks and TQ1_0's on the old.
+#[test]
+fn tq2w_holds_tq1_0s_numbers() {
+    use edgellm_kernels::{relaid_len, relayout_into, CpuFeatures, Kernels, Tier};
+    let mut rng = Rng::new(131);
+    let f = CpuFeatures::detect();
+    let tiers: Vec<Kernels> = Tier::ALL
+        .into_iter()
+        .filter(|&t| f.missing_for(t).is_none())
+        .map(|t| Kernels::with_tier(t, &f).unwrap())
+        .collect();
+    for (rows, cols, k) in [
+        (1, 256, WKind::RandomBytes),
+        (7, 512, WKind::RandomBytes),
+        (5, 2560, WKind::RandomBytes),
+        (3, 768, WKind::AllPlus),
+        (3, 768, WKind::AllMinus),
+    ] {
+        let w = random_rows(&mut rng, Ty::Tq1, rows, cols, k, Scale::Typical);
+        let n = relaid_len(GgmlType::TQ1_0, GgmlType::TQ2W, w.len()).unwrap();
+        assert_eq!(n, w.len() / 54 * 66);
+        let mut w2 = vec![0u8; n];
+        relayout_into(GgmlType::TQ1_0, GgmlType::TQ2W, &w, &mut w2).unwrap();
+        assert_eq!(w[52..54], w2[64..66], "the scale stays");
+        let (mut a, mut b) = (vec![0.0; rows * cols], vec![f32::NAN; rows * cols]);
+        st::dequantize_tq1_0(&w, &mut a);
+        st::dequantize_tq2w(&w2, &mut b);
+        assert_eq!(bits(&a), bits(&b), "{rows}x{cols} values");
+        let acts = Acts::quantize(&random_x(&mut rng, cols, ActKind::Typical));
+        let (mut want, mut got) = (vec![f32::NAN; rows], vec![f32::NAN; rows]);
+        st::gemv_tq1_0(&w, &acts.view(), &mut want);
+        st::gemv_tq2w(&w2, &acts.view(), &mut got);
+        assert_eq!(bits(&got), bits(&want), "{rows}x{cols} products");
+        for kern in &tiers {
+            let x = vec![0.0; cols];
+            let (mut g1, mut g2) = (vec![f32::NAN; rows], vec![f32::NAN; rows]);
+            kern.gemv(GgmlType::TQ1_0, &w, &x, &acts.view(), &mut g1);
+            kern.gemv(GgmlType::TQ2W, &w2, &x, &acts.view(), &mut g2);
+            assert_eq!(bits(&g2), bits(&g1), "{} {rows}x{cols}", kern.tier());
+            assert_eq!(bits(&g2), bits(&want), "{} {rows}x{cols}", kern.tier());
+            // Three tokens at once (prefill).
+            let x3 = random_x(&mut rng, 3 * cols, ActKind::Typical);
+            let a3 = Acts::quantize(&x3);
+            let (mut m1, mut m2) = (vec![f32::NAN; 3 * rows], vec![f32::NAN; 3 * rows]);
+            kern.gemm(GgmlType::TQ1_0, &w, &x3, &a3.view(), 3, &mut m1);
+            kern.gemm(GgmlType::TQ2W, &w2, &x3, &a3.view(), 3, &mut m2);
+            assert_eq!(bits(&m2), bits(&m1), "{} {rows}x{cols} x 3", kern.tier());
+        }
+    }
+    // Only TQ1_0 or TQ2_0 to TQ2W, only whole blocks, only into an output of the right size;
+    // the output stays as it was otherwise.
+    let src = vec![7u8; 54 * 2];
+    let mut dst = vec![9u8; 66 * 2];
+    assert!(relayout_into(
+        GgmlType::TQ1_0,
+        GgmlType::TQ2W,
+        &src[..100],
+        &mut dst[..122]
+    )
+    .is_err());
+    assert!(relayout_into(GgmlType::TQ1_0, GgmlType::TQ2W, &src, &mut dst[..131]).is_err());
+    assert!(relayout_into(GgmlType::TQ1_0, GgmlType::TQ2_0, &src, &mut dst).is_err());
+    assert!(relayout_into(GgmlType::Q4_0, GgmlType::TQ2W, &src, &mut dst).is_err());
+    assert!(dst.iter().all(|&b| b == 9));
+    assert_eq!(relaid_len(GgmlType::TQ1_0, GgmlType::TQ2W, 55), None);
+    assert_eq!(relaid_len(GgmlType::TQ2_0, GgmlType::TQ2W, 132), Some(132));
+    assert_eq!(relaid_len(GgmlType::T2, GgmlType::TQ2W, 132), None);
+}
+
 // ---------------------------------------------------------------------------------------------
 // I2_S (bitnet.cpp)
 
@@ -973,10 +1045,10 @@ fn i2_s_refuses_bad_tensors() {
     }
 }
 
-/// The `avx2` tier multiplies TQ2_0 faster as TQ2W and says so; the scalar tier, and the tiers
-/// with TQ2_0 kernels of their own, keep TQ2_0; no other type has a faster layout.
+/// The `avx2` tier multiplies TQ2_0 and TQ1_0 faster as TQ2W and says so; the scalar tier, and
+/// the tiers with kernels of their own for them, keep them; no other type has a faster layout.
 #[test]
-fn faster_layout_is_tq2w_for_avx2_tq2_0_only() {
+fn faster_layout_is_tq2w_for_avx2_tq2_0_and_tq1_0_only() {
     use edgellm_kernels::{CpuFeatures, Kernels, Tier};
     let f = CpuFeatures::detect();
     for tier in Tier::ALL
@@ -984,22 +1056,20 @@ fn faster_layout_is_tq2w_for_avx2_tq2_0_only() {
         .filter(|&t| f.missing_for(t).is_none())
     {
         let k = Kernels::with_tier(tier, &f).unwrap();
-        let want = (k.kernel_tier(GgmlType::TQ2_0) == Some(Tier::Avx2)).then_some(GgmlType::TQ2W);
-        assert_eq!(k.faster_layout(GgmlType::TQ2_0), want, "{tier}");
-        if let Some(to) = want {
-            assert_eq!(k.kernel_tier(to), Some(Tier::Avx2), "{tier}");
+        for from in [GgmlType::TQ2_0, GgmlType::TQ1_0] {
+            let want = (k.kernel_tier(from) == Some(Tier::Avx2)).then_some(GgmlType::TQ2W);
+            assert_eq!(k.faster_layout(from), want, "{tier} {from}");
+            if let Some(to) = want {
+                assert_eq!(k.kernel_tier(to), Some(Tier::Avx2), "{tier}");
+            }
         }
-        for ty in [
-            GgmlType::T2,
-            GgmlType::TQ1_0,
-            GgmlType::TQ2W,
-            GgmlType::Q4_0,
-        ] {
+        for ty in [GgmlType::T2, GgmlType::TQ2W, GgmlType::Q4_0] {
             assert_eq!(k.faster_layout(ty), None, "{tier} {ty}");
         }
     }
     if f.missing_for(Tier::Avx2).is_none() {
         let k = Kernels::with_tier(Tier::Avx2, &f).unwrap();
         assert_eq!(k.faster_layout(GgmlType::TQ2_0), Some(GgmlType::TQ2W));
+        assert_eq!(k.faster_layout(GgmlType::TQ1_0), Some(GgmlType::TQ2W));
     }
 }

@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use edgellm_core::gguf::{Gguf, Value};
-use edgellm_core::model::Model;
+use edgellm_core::model::{Model, Relayout};
 use edgellm_core::tokenizer::Tokenizer;
 use edgellm_kernels::{CpuFeatures, Kernels, Tier};
 use memmap2::Mmap;
@@ -42,11 +42,22 @@ impl ModelFile {
     ///
     /// With `kernels`, the tensors those kernels multiply faster in another layout of the same
     /// numbers are rewritten in it before the memory is made read-only
-    /// ([`edgellm_core::model::relayout_weights`]; TQ2_0 as TQ2W on the `avx2` tier).
+    /// ([`edgellm_core::model::Relayout`]; TQ2_0 and TQ1_0 as TQ2W on the `avx2` tier). A
+    /// layout of the same size (TQ2_0's) is made in place; a larger one (TQ1_0's: 66 bytes for
+    /// every 54) is written from a map of the file into memory of the new size, letting each
+    /// piece of the map go once read, so the process never holds both copies whole.
     pub fn read(path: &Path, kernels: Option<&Kernels>) -> Result<ModelFile> {
         use std::io::Read;
         let mut file =
             File::open(path).with_context(|| format!("cannot open model {}", path.display()))?;
+        if let Some(k) = kernels {
+            // SAFETY: as in `open`.
+            let map = unsafe { Mmap::map(&file) }
+                .with_context(|| format!("cannot memory-map {}", path.display()))?;
+            if let Some(plan) = Relayout::plan(&map, k).filter(|p| !p.in_place()) {
+                return Self::read_relaid(path, &file, &map, &plan);
+            }
+        }
         let len = file
             .metadata()
             .with_context(|| format!("cannot read {}", path.display()))?
@@ -74,6 +85,46 @@ impl ModelFile {
         })
     }
 
+    /// [`Self::read`] for a `plan` that moves tensors: the file `map`ped, rewritten into memory
+    /// that asks for huge pages.
+    fn read_relaid(path: &Path, file: &File, map: &Mmap, plan: &Relayout) -> Result<ModelFile> {
+        let len = plan.output_len();
+        let mut buf = memmap2::MmapMut::map_anon(len)
+            .with_context(|| format!("cannot allocate {len} bytes for the model"))?;
+        let _ = edgellm_hal::memory::advise_huge_pages(&mut buf);
+        let page = edgellm_hal::memory::page_size();
+        let mut released = 0;
+        plan.write(map, &mut buf, |read| {
+            let end = read.end / page * page;
+            if end > released {
+                // SAFETY: the map is private, read-only and never written, and `plan.write`
+                // reads no byte below `read.end` again: after MADV_DONTNEED a read would fault
+                // in the file's same bytes. It only takes the pages out of this process's memory.
+                // A failure (locked memory) leaves them in place.
+                let _ = unsafe {
+                    map.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        released,
+                        end - released,
+                    )
+                };
+                released = end;
+            }
+        });
+        let _ = edgellm_hal::memory::drop_file_cache(file);
+        let map = buf.make_read_only().with_context(|| {
+            format!(
+                "cannot make the model's memory read-only ({})",
+                path.display()
+            )
+        })?;
+        Ok(ModelFile {
+            map,
+            in_memory: true,
+            relaid: plan.tensors(),
+        })
+    }
+
     /// [`Self::read`] when `in_memory`, else [`Self::open`].
     pub fn load(path: &Path, in_memory: bool, kernels: Option<&Kernels>) -> Result<ModelFile> {
         if in_memory {
@@ -93,7 +144,7 @@ impl ModelFile {
         match (self.in_memory, self.relaid) {
             (false, _) => "mapped".to_string(),
             (true, 0) => "read into memory".to_string(),
-            (true, n) => format!("read into memory; {n} TQ2_0 tensors laid out as TQ2W"),
+            (true, n) => format!("read into memory; {n} tensors laid out as TQ2W"),
         }
     }
 
@@ -303,6 +354,61 @@ mod tests {
             .err()
             .expect("an empty file is refused");
         assert!(e.to_string().contains("is empty"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A file with TQ1_0 tensors read for the `avx2` kernels comes back larger, its TQ1_0
+    /// tensors as TQ2W holding the same values and the other tensors' bytes unchanged; read
+    /// without kernels, or mapped, it is the file.
+    #[test]
+    fn a_tq1_0_model_read_for_avx2_holds_tq2w() {
+        use edgellm::convert::writer::{GgufWriter, TensorSpec};
+        use edgellm_kernels::GgmlType;
+        let f = CpuFeatures::detect();
+        let Ok(k) = Kernels::with_tier(Tier::Avx2, &f) else {
+            return;
+        };
+        let dir = std::env::temp_dir().join(format!("edgellm-load-tq1-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.gguf");
+        let tensors = [
+            ("t", vec![256, 3], GgmlType::TQ1_0, 3 * 54),
+            ("f", vec![5], GgmlType::F32, 20),
+            ("u", vec![512], GgmlType::TQ1_0, 2 * 54),
+        ];
+        let mut w = GgufWriter::new();
+        for (name, dims, ty, size) in &tensors {
+            w.add_tensor(TensorSpec {
+                name: name.to_string(),
+                dims: dims.clone(),
+                type_id: ty.id(),
+                size: *size,
+            })
+            .unwrap();
+        }
+        let data = |i: usize, n: u64| (0..n).map(|j| (j as usize * 7 + i * 13) as u8).collect();
+        w.write(&path, |i, t| Ok(data(i, t.size)), |_, _| {})
+            .unwrap();
+        let read = ModelFile::read(&path, Some(&k)).unwrap();
+        let plain = ModelFile::read(&path, None).unwrap();
+        let file_len = std::fs::metadata(&path).unwrap().len();
+        assert_eq!((read.relaid(), plain.relaid()), (2, 0));
+        assert_eq!(plain.len(), file_len);
+        assert!(read.len() > file_len);
+        assert!(read.describe().contains("2 tensors laid out as TQ2W"));
+        let (g, old) = (read.gguf().unwrap(), plain.gguf().unwrap());
+        for (t, o) in g.tensors().iter().zip(old.tensors()) {
+            if o.ty == GgmlType::TQ1_0 {
+                assert_eq!(t.ty, GgmlType::TQ2W);
+                let n = o.data.len() / 54 * 256;
+                let (mut a, mut b) = (vec![0f32; n], vec![f32::NAN; n]);
+                edgellm_kernels::scalar::ternary::dequantize_tq1_0(o.data, &mut a);
+                edgellm_kernels::scalar::ternary::dequantize_tq2w(t.data, &mut b);
+                assert_eq!(a, b, "{}", t.name);
+            } else {
+                assert_eq!((t.ty, t.data), (o.ty, o.data));
+            }
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

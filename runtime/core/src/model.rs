@@ -225,33 +225,159 @@ impl core::fmt::Display for ModelError {
 
 impl core::error::Error for ModelError {}
 
-/// Rewrites in place, in `bytes` (a whole GGUF file read into memory), every tensor whose type
-/// `kernels` multiply faster in another layout of the same numbers ([`Kernels::faster_layout`]):
-/// its blocks, and the type id in its tensor info, so that a parse of `bytes` afterwards gives
-/// the new type. Returns how many tensors changed. A file that does not parse is left as it is
-/// (its parse then reports what is wrong).
-pub fn relayout_weights(bytes: &mut [u8], kernels: &Kernels) -> usize {
-    let jobs: Vec<_> = match Gguf::parse(bytes) {
-        Ok(g) => g
-            .tensors()
-            .iter()
-            .filter_map(|t| {
-                let to = kernels.faster_layout(t.ty)?;
-                // The parse checked that the tensor lies inside the data section.
-                let start = g.data_offset + t.offset as usize;
-                Some((t.type_offset, start..start + t.data.len(), t.ty, to))
-            })
-            .collect(),
-        Err(_) => return 0,
-    };
-    let mut changed = 0;
-    for (at, range, from, to) in jobs {
-        if crate::kernels::relayout(from, to, &mut bytes[range]).is_ok() {
-            bytes[at..at + 4].copy_from_slice(&to.id().to_le_bytes());
-            changed += 1;
+/// The rewrite of a GGUF file read into memory in which every tensor whose type the kernels
+/// multiply faster in another layout of the same numbers ([`Kernels::faster_layout`]) takes that
+/// layout: its blocks, and the type id in its tensor info, so that a parse of the result gives
+/// the new type. When every such layout keeps its tensor's size (TQ2_0 as TQ2W) the file is
+/// rewritten in place ([`Relayout::apply`]); when one grows (TQ1_0 as TQ2W, 66 bytes for every
+/// 54) the tensors after it move, and [`Relayout::write`] writes the result into a new buffer
+/// ([`Relayout::output_len`] bytes), each tensor at the next multiple of the file's alignment, in
+/// the order of their offsets.
+#[derive(Debug)]
+pub struct Relayout {
+    jobs: Vec<RelayoutJob>,
+    data_offset: usize,
+    len: usize,
+    changed: usize,
+    in_place: bool,
+}
+
+/// One tensor of a [`Relayout`]: where its type id is, its bytes before and after (from the
+/// start of the file), and its new type if it changes.
+#[derive(Debug)]
+struct RelayoutJob {
+    type_at: usize,
+    src: core::ops::Range<usize>,
+    dst: core::ops::Range<usize>,
+    to: Option<(GgmlType, GgmlType)>,
+}
+
+impl Relayout {
+    /// Plans the rewrite of `bytes` (a whole GGUF file) for `kernels`: `None` when no tensor would
+    /// change or the file does not parse (its parse then reports what is wrong).
+    pub fn plan(bytes: &[u8], kernels: &Kernels) -> Option<Relayout> {
+        let g = Gguf::parse(bytes).ok()?;
+        let mut tensors: Vec<&TensorInfo<'_>> = g.tensors().iter().collect();
+        tensors.sort_by_key(|t| t.offset);
+        let mut jobs = Vec::with_capacity(tensors.len());
+        let (mut pos, mut changed, mut in_place) = (0usize, 0, true);
+        for t in tensors {
+            // The parse checked that the tensor lies inside the data section.
+            let start = g.data_offset + t.offset as usize;
+            let src = start..start + t.data.len();
+            let to = kernels.faster_layout(t.ty).and_then(|to| {
+                let n = crate::kernels::relaid_len(t.ty, to, t.data.len())?;
+                Some((to, n))
+            });
+            let size = to.map_or(t.data.len(), |(_, n)| n);
+            in_place &= size == t.data.len();
+            changed += usize::from(to.is_some());
+            pos = pos.checked_next_multiple_of(g.alignment)?;
+            let dst = g.data_offset + pos..g.data_offset + pos.checked_add(size)?;
+            pos = dst.end - g.data_offset;
+            jobs.push(RelayoutJob {
+                type_at: t.type_offset,
+                src,
+                dst,
+                to: to.map(|(to, _)| (t.ty, to)),
+            });
+        }
+        (changed > 0).then(|| Relayout {
+            len: g.data_offset + pos,
+            jobs,
+            data_offset: g.data_offset,
+            changed,
+            in_place,
+        })
+    }
+
+    /// How many tensors change layout.
+    pub fn tensors(&self) -> usize {
+        self.changed
+    }
+
+    /// Bytes of the file [`Self::write`] writes.
+    pub fn output_len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether every tensor keeps its size and place, so that [`Self::apply`] can rewrite the
+    /// file where it is.
+    pub fn in_place(&self) -> bool {
+        self.in_place
+    }
+
+    /// Rewrites `bytes`, the file planned for, in place. Panics unless [`Self::in_place`].
+    pub fn apply(&self, bytes: &mut [u8]) {
+        assert!(
+            self.in_place,
+            "this relayout moves tensors: use Relayout::write"
+        );
+        for j in &self.jobs {
+            if let Some((from, to)) = j.to {
+                crate::kernels::relayout(from, to, &mut bytes[j.src.clone()])
+                    .expect("the plan admits only pairs that relayout converts");
+                bytes[j.type_at..j.type_at + 4].copy_from_slice(&to.id().to_le_bytes());
+            }
         }
     }
-    changed
+
+    /// Writes the rewritten file into `dst` ([`Self::output_len`] bytes, zeroed) from `src`, the
+    /// file planned for: the header with the new type ids and tensor offsets, then each tensor in
+    /// its new layout, in pieces of at most [`RELAYOUT_PIECE`] bytes of `src`, calling `done`
+    /// with each piece's range in `src` once it has been read, in increasing order (a caller can
+    /// let the memory behind it go, so that the two copies are never both whole).
+    pub fn write(&self, src: &[u8], dst: &mut [u8], mut done: impl FnMut(core::ops::Range<usize>)) {
+        assert_eq!(
+            dst.len(),
+            self.len,
+            "the output must hold the rewritten file"
+        );
+        dst[..self.data_offset].copy_from_slice(&src[..self.data_offset]);
+        for j in &self.jobs {
+            let offset = (j.dst.start - self.data_offset) as u64;
+            dst[j.type_at + 4..j.type_at + 12].copy_from_slice(&offset.to_le_bytes());
+            // Pieces of whole source blocks, each written to its place in `dst`.
+            let (from_block, to_block) = match j.to {
+                Some((from, to)) => {
+                    dst[j.type_at..j.type_at + 4].copy_from_slice(&to.id().to_le_bytes());
+                    (from.block_bytes(), to.block_bytes())
+                }
+                None => (1, 1),
+            };
+            let piece = (RELAYOUT_PIECE / from_block).max(1) * from_block;
+            let (mut s, mut d) = (j.src.start, j.dst.start);
+            while s < j.src.end {
+                let n = piece.min(j.src.end - s);
+                let m = n / from_block * to_block;
+                let (from, to) = (&src[s..s + n], &mut dst[d..d + m]);
+                match j.to {
+                    Some((ft, tt)) => crate::kernels::relayout_into(ft, tt, from, to)
+                        .expect("the plan sized the output for this pair"),
+                    None => to.copy_from_slice(from),
+                }
+                done(s..s + n);
+                (s, d) = (s + n, d + m);
+            }
+        }
+    }
+}
+
+/// The most bytes of a file [`Relayout::write`] reads before it reports them read.
+pub const RELAYOUT_PIECE: usize = 8 << 20;
+
+/// Rewrites in place, in `bytes` (a whole GGUF file read into memory), every tensor whose type
+/// `kernels` multiply faster in a layout of the same size ([`Relayout`]). Returns how many
+/// tensors changed: zero for a file that does not parse (left as it is) or whose rewrite would
+/// move tensors (which needs [`Relayout::write`]).
+pub fn relayout_weights(bytes: &mut [u8], kernels: &Kernels) -> usize {
+    match Relayout::plan(bytes, kernels) {
+        Some(r) if r.in_place() => {
+            r.apply(bytes);
+            r.tensors()
+        }
+        _ => 0,
+    }
 }
 
 /// Largest values accepted from metadata, far above any model this runtime targets; they keep
