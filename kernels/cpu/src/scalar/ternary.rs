@@ -483,14 +483,14 @@ pub fn tq2w_from_tq2_0(w: &mut [u8]) {
                 c[32 * l + m] = (b >> (2 * l)) & 3;
             }
         }
-        pack_tq2w_half(&c, half);
+        pack_tq2w_half(&c, half.try_into().expect("32 bytes"));
     }
 }
 
 /// Packs the codes `c` of half a TQ2W block (elements `x` in `0..128`) into its 32 bytes: `x` in
 /// byte `4 (x / 16) + x % 4` at bits `2 ((x % 16) / 4)` ([`tq2w_position`]).
 #[inline(always)]
-fn pack_tq2w_half(c: &[u8; 128], half: &mut [u8]) {
+fn pack_tq2w_half(c: &[u8; 128], half: &mut [u8; 32]) {
     for (j, out) in half.iter_mut().enumerate() {
         let x = 16 * (j / 4) + j % 4;
         *out = c[x] | c[x + 4] << 2 | c[x + 8] << 4 | c[x + 12] << 6;
@@ -509,30 +509,57 @@ pub fn tq2w_from_tq1_0(src: &[u8], dst: &mut [u8]) {
         src.len(),
         dst.len()
     );
+    // Every byte's five digits, looked up rather than computed per element (a model's worth of
+    // blocks is rewritten at load).
+    const DIGITS: [[u8; 5]; 256] = {
+        let mut t = [[0u8; 5]; 256];
+        let mut b = 0;
+        while b < 256 {
+            let mut n = 0;
+            while n < 5 {
+                t[b][n] = ((((b as u8).wrapping_mul(POW3[n]) as u16) * 3) >> 8) as u8;
+                n += 1;
+            }
+            b += 1;
+        }
+        t
+    };
     for (s, d) in src
         .chunks_exact(TQ1_0_BYTES)
         .zip(dst.chunks_exact_mut(TQ2_0_BYTES))
     {
         // The 256 codes in element order, each TQ1_0 byte's digits taken in turn (module docs).
+        let s: &[u8; TQ1_0_BYTES] = s.try_into().expect("a whole block");
+        let d: &mut [u8; TQ2_0_BYTES] = d.try_into().expect("a whole block");
         let mut c = [0u8; QK_K];
-        for (m, &b) in s[..32].iter().enumerate() {
+        for m in 0..32 {
+            let t = &DIGITS[s[m] as usize];
             for n in 0..5 {
-                c[32 * n + m] = trit(b, n) as u8;
+                c[32 * n + m] = t[n];
             }
         }
-        for (m, &b) in s[32..48].iter().enumerate() {
+        for m in 0..16 {
+            let t = &DIGITS[s[32 + m] as usize];
             for n in 0..5 {
-                c[160 + 16 * n + m] = trit(b, n) as u8;
+                c[160 + 16 * n + m] = t[n];
             }
         }
-        for (j, &b) in s[48..52].iter().enumerate() {
+        for j in 0..4 {
+            let t = &DIGITS[s[48 + j] as usize];
             for n in 0..4 {
-                c[240 + 4 * n + j] = trit(b, n) as u8;
+                c[240 + 4 * n + j] = t[n];
             }
         }
         let (lo, hi) = c.split_at(128);
-        pack_tq2w_half(lo.try_into().expect("128 codes"), &mut d[..32]);
-        pack_tq2w_half(hi.try_into().expect("128 codes"), &mut d[32..64]);
+        let (dlo, dhi) = d[..64].split_at_mut(32);
+        pack_tq2w_half(
+            lo.try_into().expect("128 codes"),
+            dlo.try_into().expect("32 bytes"),
+        );
+        pack_tq2w_half(
+            hi.try_into().expect("128 codes"),
+            dhi.try_into().expect("32 bytes"),
+        );
         d[64..66].copy_from_slice(&s[52..54]);
     }
 }
