@@ -765,10 +765,12 @@ pub fn bench(mut args: BenchArgs) -> Result<()> {
         let mib = |b: u64| b as f64 / 1048576.0;
         let plan = session.plan();
         println!(
-            "memory: peak RSS {:.1} MiB; budgeted {:.1} MiB = model file {:.1} + {} KV cache {:.1} \
+            "memory: peak RSS {:.1} MiB; budgeted {:.1} MiB = model {}{:.1} + {} KV cache {:.1} \
              + other buffers {:.1} + overhead {:.1}",
             mib(peak_rss_bytes().unwrap_or(0)),
             mib(expected),
+            // A relayout that grows tensors (TQ1_0 as TQ2W) makes the model larger than its file.
+            if file.relaid() > 0 { "in memory " } else { "file " },
             mib(file_len),
             plan.kv_type().name(),
             mib(plan.kv_bytes() as u64),
