@@ -770,7 +770,11 @@ pub fn bench(mut args: BenchArgs) -> Result<()> {
             mib(peak_rss_bytes().unwrap_or(0)),
             mib(expected),
             // A relayout that grows tensors (TQ1_0 as TQ2W) makes the model larger than its file.
-            if file.relaid() > 0 { "in memory " } else { "file " },
+            if file.relaid() > 0 {
+                "in memory "
+            } else {
+                "file "
+            },
             mib(file_len),
             plan.kv_type().name(),
             mib(plan.kv_bytes() as u64),

@@ -85,6 +85,17 @@ impl ModelFile {
         })
     }
 
+    /// The bytes [`Self::read`] with `kernels` would hold when its relayout grows the file
+    /// (TQ1_0 as TQ2W), or `None` when it does not (or the file cannot be mapped or parsed: the
+    /// read reports that).
+    pub fn read_len(path: &Path, kernels: &Kernels) -> Option<u64> {
+        let file = File::open(path).ok()?;
+        // SAFETY: as in `open`.
+        let map = unsafe { Mmap::map(&file) }.ok()?;
+        let plan = Relayout::plan(&map, kernels)?;
+        (!plan.in_place()).then_some(plan.output_len() as u64)
+    }
+
     /// [`Self::read`] for a `plan` that moves tensors: the file `map`ped, rewritten into memory
     /// that asks for huge pages.
     fn read_relaid(path: &Path, file: &File, map: &Mmap, plan: &Relayout) -> Result<ModelFile> {
@@ -167,11 +178,16 @@ impl ModelFile {
 /// Opens the model of `args`: read into memory or mapped, as [`crate::rt::model_in_memory`]
 /// decides from the flags and the board. A file larger than the board's budget or the memory
 /// the machine has available is mapped even then: reading it would exhaust memory before the
-/// budget check (`budget::check`) could refuse it and say what would fit. Read into memory for the
+/// budget check (`budget::check`) could refuse it and say what would fit (so is one whose
+/// relayout would grow it past them, [`ModelFile::read_len`]). Read into memory for the
 /// CPU (any `--device` but `cuda`), the tensors that the kernels of `args` multiply faster in
 /// another layout are rewritten in it ([`ModelFile::read`]).
 pub fn open_model(args: &crate::ModelArgs) -> Result<ModelFile> {
     let board = args.board()?;
+    // A bad tier name is reported where the kernels are chosen for the run.
+    let kernels = (args.device != "cuda")
+        .then(|| kernels(args.kernels.as_deref()).ok())
+        .flatten();
     let mut in_memory = crate::rt::model_in_memory(args, &board);
     if in_memory {
         let len = std::fs::metadata(&args.model).map_or(0, |m| m.len());
@@ -179,12 +195,11 @@ pub fn open_model(args: &crate::ModelArgs) -> Result<ModelFile> {
             Ok(a) => a.min(board.memory_budget_bytes),
             Err(_) => board.memory_budget_bytes,
         };
-        in_memory = len <= limit;
+        in_memory = len <= limit
+            && kernels
+                .as_ref()
+                .is_none_or(|k| ModelFile::read_len(&args.model, k).is_none_or(|n| n <= limit));
     }
-    // A bad tier name is reported where the kernels are chosen for the run.
-    let kernels = (args.device != "cuda")
-        .then(|| kernels(args.kernels.as_deref()).ok())
-        .flatten();
     ModelFile::load(&args.model, in_memory, kernels.as_ref())
 }
 
