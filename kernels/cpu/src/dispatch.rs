@@ -639,8 +639,10 @@ fn neon_table() -> Table {
     t.t2 = q8(Tier::Neon, arm::ternary::neon_gemv_t2);
     t.tq1_0 = q8(Tier::Neon, arm::ternary::neon_gemv_tq1_0);
     t.tq2_0 = q8(Tier::Neon, arm::ternary::neon_gemv_tq2_0);
+    t.tq2w = q8(Tier::Neon, arm::ternary::neon_gemv_tq2w);
     t.gemm_t2 = arm::ternary::neon_gemm_t2;
     t.gemm_tq2_0 = arm::ternary::neon_gemm_tq2_0;
+    t.gemm_tq2w = arm::ternary::neon_gemm_tq2w;
     t.gemm_q4_0 = Some(arm::legacy::neon_gemm_q4_0);
     t.gemm_q4_1 = Some(arm::legacy::neon_gemm_q4_1);
     t.gemm_q5_0 = Some(arm::legacy::neon_gemm_q5_0);
@@ -670,8 +672,10 @@ fn dotprod_table() -> Table {
     t.q6_k = q8(Tier::NeonDotprod, arm::kquants::neon_dotprod_gemv_q6_k);
     t.tq1_0 = q8(Tier::NeonDotprod, arm::ternary::neon_dotprod_gemv_tq1_0);
     t.tq2_0 = q8(Tier::NeonDotprod, arm::ternary::neon_dotprod_gemv_tq2_0);
+    t.tq2w = q8(Tier::NeonDotprod, arm::ternary::neon_dotprod_gemv_tq2w);
     t.gemm_t2 = arm::ternary::neon_dotprod_gemm_t2;
     t.gemm_tq2_0 = arm::ternary::neon_dotprod_gemm_tq2_0;
+    t.gemm_tq2w = arm::ternary::neon_dotprod_gemm_tq2w;
     t.gemm_q4_0 = Some(arm::legacy::neon_dotprod_gemm_q4_0);
     t.gemm_q4_1 = Some(arm::legacy::neon_dotprod_gemm_q4_1);
     t.gemm_q5_0 = Some(arm::legacy::neon_dotprod_gemm_q5_0);
@@ -754,15 +758,22 @@ impl Kernels {
     }
 
     /// The layout of the same numbers that these kernels multiply faster than `ty`, where there
-    /// is one ([`relayout_into`] makes it): TQ2W for TQ2_0 and for TQ1_0 when their gemv is the
-    /// `avx2` tier's. The `avx2` TQ2_0 kernel spends a word broadcast and a variable shift per 32
-    /// codes that TQ2W's T2 order does without; TQ1_0's base-3 digits take multiplies to unpack,
-    /// and as TQ2W (22% more bytes) its products run about twice as fast. The `avx-vnni`,
-    /// `avx512` and NEON tiers have kernels of their own for both and keep them.
+    /// is one ([`relayout_into`] makes it): TQ2W for TQ2_0 when its gemv is the `avx2` or a NEON
+    /// tier's, and for TQ1_0 when it is the `avx2` tier's.
+    /// - TQ2_0 as TQ2W keeps its size. The `avx2` TQ2_0 kernel spends a word broadcast and a
+    ///   variable shift per 32 codes that TQ2W's T2 order does without; the NEON TQ2W kernels
+    ///   run T2's steps four rows at a time (`cargo xtask cycles`, 256x2560: 7-27% fewer cycles
+    ///   per weight than TQ2_0's on the boards' cores).
+    /// - TQ1_0's base-3 digits take multiplies to unpack; as TQ2W (22% more bytes) its products
+    ///   run about twice as fast on `avx2`. The NEON tiers keep TQ1_0: on a board's cores, all
+    ///   at work, a model reads memory about as fast as they unpack it, and its RAM is scarce.
+    /// - The `avx-vnni` and `avx512` tiers have kernels of their own for both and keep them.
     pub fn faster_layout(&self, ty: GgmlType) -> Option<GgmlType> {
-        (matches!(ty, GgmlType::TQ2_0 | GgmlType::TQ1_0)
-            && self.kernel_tier(ty) == Some(Tier::Avx2))
-        .then_some(GgmlType::TQ2W)
+        match (ty, self.kernel_tier(ty)?) {
+            (GgmlType::TQ2_0 | GgmlType::TQ1_0, Tier::Avx2)
+            | (GgmlType::TQ2_0, Tier::Neon | Tier::NeonDotprod) => Some(GgmlType::TQ2W),
+            _ => None,
+        }
     }
 
     /// One line naming the kernel used per type, for the start-up log, e.g. `avx2: q4_0 q4_1

@@ -349,6 +349,10 @@ simd_kernel_tests! {
         "aarch64", has_dotprod();
     neon_dotprod_gemv_tq2_0: Ty::Tq2, edgellm_kernels::aarch64::ternary::neon_dotprod_gemv_tq2_0,
         "aarch64", has_dotprod();
+    neon_gemv_tq2w: Ty::Tq2w, edgellm_kernels::aarch64::ternary::neon_gemv_tq2w, "aarch64",
+        has_neon();
+    neon_dotprod_gemv_tq2w: Ty::Tq2w, edgellm_kernels::aarch64::ternary::neon_dotprod_gemv_tq2w,
+        "aarch64", has_dotprod();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -788,6 +792,10 @@ gemm_kernel_tests! {
         "aarch64", has_dotprod();
     neon_dotprod_gemm_tq2_0: Ty::Tq2, edgellm_kernels::aarch64::ternary::neon_dotprod_gemm_tq2_0,
         "aarch64", has_dotprod();
+    neon_gemm_tq2w: Ty::Tq2w, edgellm_kernels::aarch64::ternary::neon_gemm_tq2w, "aarch64",
+        has_neon();
+    neon_dotprod_gemm_tq2w: Ty::Tq2w, edgellm_kernels::aarch64::ternary::neon_dotprod_gemm_tq2w,
+        "aarch64", has_dotprod();
 }
 
 /// `Kernels::gemm` of every tier this CPU has gives, for every ternary type (TQ1_0 through its
@@ -1048,28 +1056,58 @@ fn i2_s_refuses_bad_tensors() {
 /// The `avx2` tier multiplies TQ2_0 and TQ1_0 faster as TQ2W and says so; the scalar tier, and
 /// the tiers with kernels of their own for them, keep them; no other type has a faster layout.
 #[test]
-fn faster_layout_is_tq2w_for_avx2_tq2_0_and_tq1_0_only() {
+fn faster_layout_is_tq2w_for_avx2_and_neon_tq2_0_and_avx2_tq1_0() {
     use edgellm_kernels::{CpuFeatures, Kernels, Tier};
     let f = CpuFeatures::detect();
+    let tq2w = Some(GgmlType::TQ2W);
     for tier in Tier::ALL
         .into_iter()
         .filter(|&t| f.missing_for(t).is_none())
     {
         let k = Kernels::with_tier(tier, &f).unwrap();
+        // (TQ2_0, TQ1_0) by the tier whose kernels run them.
+        let want = |ty| match k.kernel_tier(ty) {
+            Some(Tier::Avx2) => (tq2w, tq2w),
+            Some(Tier::Neon | Tier::NeonDotprod) => (tq2w, None),
+            _ => (None, None),
+        };
+        assert_eq!(
+            k.faster_layout(GgmlType::TQ2_0),
+            want(GgmlType::TQ2_0).0,
+            "{tier}"
+        );
+        assert_eq!(
+            k.faster_layout(GgmlType::TQ1_0),
+            want(GgmlType::TQ1_0).1,
+            "{tier}"
+        );
         for from in [GgmlType::TQ2_0, GgmlType::TQ1_0] {
-            let want = (k.kernel_tier(from) == Some(Tier::Avx2)).then_some(GgmlType::TQ2W);
-            assert_eq!(k.faster_layout(from), want, "{tier} {from}");
-            if let Some(to) = want {
-                assert_eq!(k.kernel_tier(to), Some(Tier::Avx2), "{tier}");
+            if k.faster_layout(from).is_some() {
+                // The new layout runs on a kernel of the same tier, not a slower fallback.
+                assert_eq!(k.kernel_tier(GgmlType::TQ2W), k.kernel_tier(from), "{tier}");
             }
         }
         for ty in [GgmlType::T2, GgmlType::TQ2W, GgmlType::Q4_0] {
             assert_eq!(k.faster_layout(ty), None, "{tier} {ty}");
         }
     }
-    if f.missing_for(Tier::Avx2).is_none() {
-        let k = Kernels::with_tier(Tier::Avx2, &f).unwrap();
-        assert_eq!(k.faster_layout(GgmlType::TQ2_0), Some(GgmlType::TQ2W));
-        assert_eq!(k.faster_layout(GgmlType::TQ1_0), Some(GgmlType::TQ2W));
+    // Named cases, where this CPU has the tier.
+    let with = |t| {
+        f.missing_for(t)
+            .is_none()
+            .then(|| Kernels::with_tier(t, &f).unwrap())
+    };
+    if let Some(k) = with(Tier::Avx2) {
+        assert_eq!(k.faster_layout(GgmlType::TQ2_0), tq2w);
+        assert_eq!(k.faster_layout(GgmlType::TQ1_0), tq2w);
+    }
+    for t in [Tier::Neon, Tier::NeonDotprod] {
+        if let Some(k) = with(t) {
+            assert_eq!(k.faster_layout(GgmlType::TQ2_0), tq2w, "{t}");
+            assert_eq!(k.faster_layout(GgmlType::TQ1_0), None, "{t}");
+        }
+    }
+    if let Some(k) = with(Tier::Scalar) {
+        assert_eq!(k.faster_layout(GgmlType::TQ2_0), None);
     }
 }

@@ -1,15 +1,21 @@
-//! NEON ternary kernels (T2, TQ2_0, TQ1_0) for ARMv8.0 and for ARMv8.2 with the dot-product
-//! extension, bit-exact with [`crate::scalar::ternary`].
+//! NEON ternary kernels (T2, TQ2W, TQ2_0, TQ1_0) for ARMv8.0 and for ARMv8.2 with the
+//! dot-product extension, bit-exact with [`crate::scalar::ternary`].
 //!
-//! T2 four rows per pass (each block's activations, activation sums and scales loaded once for
-//! the four), TQ2_0 and TQ1_0 one row at a time; four activation groups of 16 per step. The 2-bit
-//! codes `c` (0..=3) come out of the weight bytes with one shift and one mask per 16 codes.
+//! T2 and TQ2W four rows per pass (each step's activations, activation sums and scales loaded
+//! once for the four), TQ2_0 and TQ1_0 one row at a time; four activation groups of 16 per step.
+//! The 2-bit codes `c` (0..=3) come out of the weight bytes with one shift and one mask per 16
+//! codes.
 //!
 //! T2 (one 16-byte block per step): the shift by `2s` gives elements `4s .. 4s + 4` of group `k`
 //! in bytes `4k .. 4k + 4`; `ld4` of the block's activations as 32-bit words gives them in the
 //! same order. With dotprod, four `sdot` into one accumulator leave the four group sums in its
 //! lanes directly; on ARMv8.0, `smull`/`smlal` into two i16 vectors (codes are below 128, so
 //! reading them as i8 is exact; at most `4 * 3 * 127` per lane), one `addp` and one `saddlp`.
+//!
+//! TQ2W (TQ2_0's blocks with their codes in T2's order, which the loader makes in memory from
+//! TQ2_0): each of a block's four 16-byte steps is a T2 block, unpacked and summed as T2's; the
+//! four rows' block scales are widened by one `fcvtl` per block, and the float step multiplies
+//! by `dw · d` as TQ2_0's does.
 //!
 //! TQ2_0 (layout fixed by llama.cpp): two 16-byte halves of a 32-byte chunk at two shifts give
 //! four consecutive groups; their sums come from
@@ -288,6 +294,97 @@ macro_rules! gemv_t2 {
     };
 }
 
+/// Defines a TQ2W gemv entry point, like [`gemv_t2!`]: a TQ2W block is four T2 blocks and
+/// TQ2_0's f16 scale (see [`crate::scalar::ternary`]), so each 16-byte step unpacks and sums as
+/// T2's, [`T2_ROWS`] rows per pass sharing the step's activations, sums and scales; the float
+/// step takes `dw · d` (each row's block scale) as TQ2_0's does.
+macro_rules! gemv_tq2w {
+    ($(#[$doc:meta])* $name:ident, $feat:literal, $sums:ident) => {
+        $(#[$doc])*
+        #[target_feature(enable = $feat)]
+        pub unsafe fn $name(w: &[u8], acts: &ActsQ8<'_>, out: &mut [f32]) {
+            let row_bytes = check_gemv_ternary(w, acts, out.len(), QK_K, TQ2_0_BYTES, "TQ2W");
+            let rows = out.len();
+            if rows == 0 || row_bytes == 0 {
+                out.fill(0.0);
+                return;
+            }
+            let nb = row_bytes / TQ2_0_BYTES;
+            let m3 = vdupq_n_u8(3);
+            let qa = acts.qs.as_ptr();
+            let base = w.as_ptr();
+            let mut r = 0;
+            while r < rows {
+                let mut p = [base; T2_ROWS];
+                for (i, q) in p.iter_mut().enumerate() {
+                    // `wrapping_add` stays inside `w`: the row is at most the last one.
+                    *q = base.wrapping_add((r + i).min(rows - 1) * row_bytes);
+                }
+                let mut acc = [[vdupq_n_f32(0.0); 2]; T2_ROWS];
+                for b in 0..nb {
+                    // The four rows' block scales, widened by one `fcvtl`. SAFETY: block `b` of
+                    // each row is 66 bytes inside `w` (shape check); the scale is its last two.
+                    let h = p.iter().enumerate().fold(0u64, |h, (i, q)| unsafe {
+                        let s = q.add(TQ2_0_BYTES * b + 64);
+                        h | u64::from(u16::from_le_bytes([*s, *s.add(1)])) << (16 * i)
+                    });
+                    let dwv = super::f16x4_to_f32(vcreate_u16(h));
+                    let dw: [f32; T2_ROWS] = [
+                        vgetq_lane_f32::<0>(dwv),
+                        vgetq_lane_f32::<1>(dwv),
+                        vgetq_lane_f32::<2>(dwv),
+                        vgetq_lane_f32::<3>(dwv),
+                    ];
+                    // T2 block `j` of the block into running sums `j % 2` (groups `16b + 4j`),
+                    // a constant at each call below so that the sums stay in registers.
+                    let mut step = |j: usize| {
+                        let g = 16 * b + 4 * j;
+                        // SAFETY: the step's 64 activations and groups `g .. g + 4` exist (shape
+                        // check); `ld4` de-interleaves their 16 words as T2's gemv does.
+                        let (a, s, d) = unsafe {
+                            let w4 = vld4q_s32(qa.add(QS * g).cast::<i32>());
+                            (
+                                [
+                                    vreinterpretq_s8_s32(w4.0),
+                                    vreinterpretq_s8_s32(w4.1),
+                                    vreinterpretq_s8_s32(w4.2),
+                                    vreinterpretq_s8_s32(w4.3),
+                                ],
+                                vld1q_s32(acts.sums.as_ptr().add(g)),
+                                vld1q_f32(acts.d.as_ptr().add(g)),
+                            )
+                        };
+                        for ((acc, q), &dw) in acc.iter_mut().zip(&p).zip(&dw) {
+                            // SAFETY: bytes `16j .. 16j + 16` of block `b` are inside `w`.
+                            let v = unsafe { vld1q_u8(q.add(TQ2_0_BYTES * b + T2_BYTES * j)) };
+                            let c = [
+                                vandq_u8(v, m3),
+                                vandq_u8(vshrq_n_u8::<2>(v), m3),
+                                vandq_u8(vshrq_n_u8::<4>(v), m3),
+                                vshrq_n_u8::<6>(v),
+                            ];
+                            // SAFETY: the entry point's contract covers `$sums`' features (the
+                            // ARMv8.0 one is a safe function).
+                            #[allow(unused_unsafe)]
+                            let isum = vcvtq_f32_s32(vsubq_s32(unsafe { $sums(c, a) }, s));
+                            let k = j % 2;
+                            acc[k] = vaddq_f32(acc[k], vmulq_f32(vmulq_n_f32(d, dw), isum));
+                        }
+                    };
+                    step(0);
+                    step(1);
+                    step(2);
+                    step(3);
+                }
+                for (i, acc) in acc.iter().enumerate().take(rows - r) {
+                    out[r + i] = reduce8(acc[0], acc[1]);
+                }
+                r += T2_ROWS;
+            }
+        }
+    };
+}
+
 /// Defines a TQ2_0 gemv entry point, like [`gemv_t2!`].
 macro_rules! gemv_tq2_0 {
     ($(#[$doc:meta])* $name:ident, $feat:literal, $sums:ident) => {
@@ -425,6 +522,24 @@ gemv_t2! {
     ///
     /// The CPU must have NEON and the dot-product extension (`dotprod`).
     neon_dotprod_gemv_t2, "neon,dotprod", t2_sums_dot
+}
+
+gemv_tq2w! {
+    /// NEON [`crate::scalar::ternary::gemv_tq2w`], bit-exact.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have NEON.
+    neon_gemv_tq2w, "neon", t2_sums_neon
+}
+
+gemv_tq2w! {
+    /// NEON dot-product [`crate::scalar::ternary::gemv_tq2w`], bit-exact.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have NEON and the dot-product extension (`dotprod`).
+    neon_dotprod_gemv_tq2w, "neon,dotprod", t2_sums_dot
 }
 
 gemv_tq2_0! {
@@ -652,13 +767,17 @@ pub(super) fn check_gemm_ternary(
 /// more cycles than the gemv's four rows per pass, which share each token's activation loads
 /// (`cargo xtask cycles`, `T2:576x1536x16` against `T2:576x1536`: cortex-a53 0.492 against
 /// 0.446 cycles per weight, cortex-a72 0.227 against 0.196, neoverse-n1 0.141 against 0.140).
+/// TQ2W's gemms, whose steps are T2's, are made the same way.
 macro_rules! gemm_t2 {
     ($(#[$doc:meta])* $name:ident, $feat:literal, $gemv:ident) => {
+        gemm_t2! { $(#[$doc])* $name, $feat, $gemv, T2_BLOCK, T2_BYTES, "T2" }
+    };
+    ($(#[$doc:meta])* $name:ident, $feat:literal, $gemv:ident, $blk:expr, $bytes:expr, $ty:literal) => {
         $(#[$doc])*
         #[target_feature(enable = $feat)]
         pub unsafe fn $name(w: &[u8], acts: &ActsQ8<'_>, nb: usize, out: &mut [f32]) {
             let (cols, rows, row_bytes) =
-                check_gemm_ternary(w, acts, nb, out.len(), T2_BLOCK, T2_BYTES, "T2");
+                check_gemm_ternary(w, acts, nb, out.len(), $blk, $bytes, $ty);
             if rows == 0 || row_bytes == 0 {
                 out.fill(0.0);
                 return;
@@ -776,4 +895,24 @@ gemm_tq2_0! {
     ///
     /// The CPU must have NEON and the dot-product extension (`dotprod`).
     neon_dotprod_gemm_tq2_0, "neon,dotprod", group_sums4_dot
+}
+
+gemm_t2! {
+    /// NEON [`crate::scalar::ternary::gemm_tq2w`], bit-exact with one [`neon_gemv_tq2w`] per
+    /// token.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have NEON.
+    neon_gemm_tq2w, "neon", neon_gemv_tq2w, QK_K, TQ2_0_BYTES, "TQ2W"
+}
+
+gemm_t2! {
+    /// NEON dot-product [`crate::scalar::ternary::gemm_tq2w`], bit-exact with one
+    /// [`neon_dotprod_gemv_tq2w`] per token.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have NEON and the dot-product extension (`dotprod`).
+    neon_dotprod_gemm_tq2w, "neon,dotprod", neon_dotprod_gemv_tq2w, QK_K, TQ2_0_BYTES, "TQ2W"
 }
