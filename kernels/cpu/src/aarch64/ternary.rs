@@ -211,6 +211,46 @@ unsafe fn update_neg(
     acc[k] = vsubq_f32(acc[k], t);
 }
 
+/// The operands of the T2 block whose four groups start at group `g`: its 64 activations
+/// de-interleaved by `ld4` as 32-bit words (`a[s]` = words s, 4 + s, 8 + s, 12 + s, in the order
+/// of the codes at shift `2s`), the groups' activation sums and scales.
+///
+/// # Safety
+///
+/// Groups `g .. g + 4` and their activations must exist in `acts` (checked by the caller's shape
+/// check).
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn t2_operands(acts: &ActsQ8<'_>, g: usize) -> ([int8x16_t; 4], int32x4_t, float32x4_t) {
+    // SAFETY: the caller guarantees the groups; `ld4` has no alignment requirement.
+    unsafe {
+        let w4 = vld4q_s32(acts.qs.as_ptr().add(QS * g).cast::<i32>());
+        (
+            [
+                vreinterpretq_s8_s32(w4.0),
+                vreinterpretq_s8_s32(w4.1),
+                vreinterpretq_s8_s32(w4.2),
+                vreinterpretq_s8_s32(w4.3),
+            ],
+            vld1q_s32(acts.sums.as_ptr().add(g)),
+            vld1q_f32(acts.d.as_ptr().add(g)),
+        )
+    }
+}
+
+/// The 2-bit codes of a 16-byte T2 block at its four shifts.
+#[inline]
+#[target_feature(enable = "neon")]
+fn t2_codes(v: uint8x16_t) -> [uint8x16_t; 4] {
+    let m3 = vdupq_n_u8(3);
+    [
+        vandq_u8(v, m3),
+        vandq_u8(vshrq_n_u8::<2>(v), m3),
+        vandq_u8(vshrq_n_u8::<4>(v), m3),
+        vshrq_n_u8::<6>(v),
+    ]
+}
+
 /// Rows per pass of the T2 gemv: the block's activations, sums and scales are loaded once for
 /// them.
 const T2_ROWS: usize = 4;
@@ -230,8 +270,6 @@ macro_rules! gemv_t2 {
                 return;
             }
             let nb = row_bytes / T2_BYTES;
-            let m3 = vdupq_n_u8(3);
-            let qa = acts.qs.as_ptr();
             let base = w.as_ptr();
             let mut r = 0;
             while r < rows {
@@ -244,31 +282,11 @@ macro_rules! gemv_t2 {
                 // Block `b` into running sums `k` = `b % 2`, a constant at each call below so that
                 // the sums stay in registers.
                 let mut block = |b: usize, k: usize| {
-                    // SAFETY: block `b`'s 64 activations and groups `4b .. 4b + 4` exist (shape
-                    // check). `ld4` (no alignment requirement) de-interleaves the 16 words of the
-                    // block's activations: `a[s]` = words s, 4 + s, 8 + s, 12 + s.
-                    let (a, s, d) = unsafe {
-                        let w4 = vld4q_s32(qa.add(T2_BLOCK * b).cast::<i32>());
-                        (
-                            [
-                                vreinterpretq_s8_s32(w4.0),
-                                vreinterpretq_s8_s32(w4.1),
-                                vreinterpretq_s8_s32(w4.2),
-                                vreinterpretq_s8_s32(w4.3),
-                            ],
-                            vld1q_s32(acts.sums.as_ptr().add(4 * b)),
-                            vld1q_f32(acts.d.as_ptr().add(4 * b)),
-                        )
-                    };
+                    // SAFETY: block `b`'s groups `4b .. 4b + 4` exist (shape check).
+                    let (a, s, d) = unsafe { t2_operands(acts, 4 * b) };
                     for (acc, q) in acc.iter_mut().zip(&p) {
                         // SAFETY: block `b` of the row is 16 bytes inside `w` (shape check).
-                        let v = unsafe { vld1q_u8(q.add(T2_BYTES * b)) };
-                        let c = [
-                            vandq_u8(v, m3),
-                            vandq_u8(vshrq_n_u8::<2>(v), m3),
-                            vandq_u8(vshrq_n_u8::<4>(v), m3),
-                            vshrq_n_u8::<6>(v),
-                        ];
+                        let c = t2_codes(unsafe { vld1q_u8(q.add(T2_BYTES * b)) });
                         // SAFETY: the entry point's contract covers `$sums`' features (the
                         // ARMv8.0 one is a safe function).
                         #[allow(unused_unsafe)]
@@ -310,8 +328,6 @@ macro_rules! gemv_tq2w {
                 return;
             }
             let nb = row_bytes / TQ2_0_BYTES;
-            let m3 = vdupq_n_u8(3);
-            let qa = acts.qs.as_ptr();
             let base = w.as_ptr();
             let mut r = 0;
             while r < rows {
@@ -338,31 +354,13 @@ macro_rules! gemv_tq2w {
                     // T2 block `j` of the block into running sums `j % 2` (groups `16b + 4j`),
                     // a constant at each call below so that the sums stay in registers.
                     let mut step = |j: usize| {
-                        let g = 16 * b + 4 * j;
-                        // SAFETY: the step's 64 activations and groups `g .. g + 4` exist (shape
-                        // check); `ld4` de-interleaves their 16 words as T2's gemv does.
-                        let (a, s, d) = unsafe {
-                            let w4 = vld4q_s32(qa.add(QS * g).cast::<i32>());
-                            (
-                                [
-                                    vreinterpretq_s8_s32(w4.0),
-                                    vreinterpretq_s8_s32(w4.1),
-                                    vreinterpretq_s8_s32(w4.2),
-                                    vreinterpretq_s8_s32(w4.3),
-                                ],
-                                vld1q_s32(acts.sums.as_ptr().add(g)),
-                                vld1q_f32(acts.d.as_ptr().add(g)),
-                            )
-                        };
+                        // SAFETY: groups `16b + 4j .. 16b + 4j + 4` exist (shape check).
+                        let (a, s, d) = unsafe { t2_operands(acts, 16 * b + 4 * j) };
                         for ((acc, q), &dw) in acc.iter_mut().zip(&p).zip(&dw) {
                             // SAFETY: bytes `16j .. 16j + 16` of block `b` are inside `w`.
-                            let v = unsafe { vld1q_u8(q.add(TQ2_0_BYTES * b + T2_BYTES * j)) };
-                            let c = [
-                                vandq_u8(v, m3),
-                                vandq_u8(vshrq_n_u8::<2>(v), m3),
-                                vandq_u8(vshrq_n_u8::<4>(v), m3),
-                                vshrq_n_u8::<6>(v),
-                            ];
+                            let c = t2_codes(unsafe {
+                                vld1q_u8(q.add(TQ2_0_BYTES * b + T2_BYTES * j))
+                            });
                             // SAFETY: the entry point's contract covers `$sums`' features (the
                             // ARMv8.0 one is a safe function).
                             #[allow(unused_unsafe)]
