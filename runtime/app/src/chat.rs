@@ -12,8 +12,22 @@ pub struct Message {
     pub content: String,
 }
 
+/// The fuel (minijinja's budget for one render: about one unit per instruction executed and
+/// one per 64 bytes of data made) that a conversation may use. SmolLM2's and Qwen2.5's templates
+/// take about 35-40 per message and one per 16 bytes of content; this allows eight times that,
+/// plus a fixed 100 000 for the template's own text. A template from a model file that loops
+/// or builds strings without end then fails with a clear error instead of holding the caller's
+/// thread or exhausting memory.
+pub fn fuel_for(messages: &[Message]) -> u64 {
+    let bytes: usize = messages
+        .iter()
+        .map(|m| m.role.len() + m.content.len())
+        .sum();
+    100_000 + 320 * messages.len() as u64 + bytes as u64 / 2
+}
+
 /// Renders `template` for `messages`, ending with the assistant's turn when
-/// `add_generation_prompt` is set.
+/// `add_generation_prompt` is set, within the fuel of [`fuel_for`].
 pub fn render(
     template: &str,
     messages: &[Message],
@@ -22,6 +36,7 @@ pub fn render(
     add_generation_prompt: bool,
 ) -> Result<String> {
     let mut env = Environment::new();
+    env.set_fuel(Some(fuel_for(messages)));
     minijinja_contrib::add_to_environment(&mut env);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
     env.add_function("raise_exception", |msg: String| -> Result<String, Error> {
@@ -37,7 +52,15 @@ pub fn render(
             bos_token => bos_token,
             eos_token => eos_token,
         })
-        .context("the model's chat template failed to render")?;
+        .map_err(|e| match e.kind() {
+            ErrorKind::OutOfFuel => anyhow::anyhow!(
+                "the model's chat template did more work than a conversation of {} messages \
+                 allows (minijinja fuel {}): it may loop without end",
+                messages.len(),
+                fuel_for(messages)
+            ),
+            _ => anyhow::Error::new(e).context("the model's chat template failed to render"),
+        })?;
     Ok(out)
 }
 
@@ -58,6 +81,47 @@ mod tests {
             s,
             "<|im_start|>system\nYou are helpful<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
         );
+    }
+
+    fn chat(n: usize, len: usize) -> Vec<Message> {
+        (0..n)
+            .map(|i| Message {
+                role: if i % 2 == 0 { "user" } else { "assistant" }.into(),
+                content: "x".repeat(len),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ordinary_conversations_render_within_an_eighth_of_their_fuel() {
+        for (n, len) in [(1, 10), (1, 100_000), (1000, 100)] {
+            let m = chat(n, len);
+            let mut env = Environment::new();
+            env.set_fuel(Some(fuel_for(&m) / 8));
+            env.add_template("chat", CHATML).unwrap();
+            let out = env
+                .get_template("chat")
+                .unwrap()
+                .render(context! {
+                    messages => minijinja::Value::from(minijinja::value::Serde(&m)),
+                    add_generation_prompt => true,
+                })
+                .unwrap();
+            assert!(out.len() > n * len, "{n} messages of {len} bytes");
+        }
+    }
+
+    #[test]
+    fn a_template_that_loops_without_end_runs_out_of_fuel() {
+        let m = chat(3, 10);
+        for t in [
+            "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}",
+            "{% for a in range(100000) %}{{ 'x' * 100000 }}{% endfor %}",
+        ] {
+            let err = render(t, &m, "", "", true).unwrap_err();
+            let msg = format!("{err:#}");
+            assert!(msg.contains("loop without end"), "{msg}");
+        }
     }
 
     #[test]
