@@ -11,6 +11,12 @@
 
 pub mod acts;
 pub mod dispatch;
+// Shared by the SIMD kernels below.
+#[cfg(any(
+    all(target_arch = "aarch64", target_feature = "neon"),
+    all(target_arch = "x86_64", target_feature = "sse2")
+))]
+mod rows;
 pub mod scalar;
 pub mod types;
 

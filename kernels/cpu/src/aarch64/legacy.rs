@@ -247,15 +247,11 @@ macro_rules! gemv_legacy {
                 out.fill(0.0);
                 return;
             }
-            let base = w.as_ptr();
             let qa = acts.qs.as_ptr();
             let mut r = 0;
             while r < rows {
-                let mut p = [base; R];
-                for (i, q) in p.iter_mut().enumerate() {
-                    // `wrapping_add` stays inside `w`: the row is at most the last one.
-                    *q = base.wrapping_add((r + i).min(rows - 1) * row_bytes);
-                }
+                // Rows `r .. r + R`, the last one repeated past the end (its results dropped).
+                let p: [*const u8; R] = super::row_ptrs(w, r, rows - 1, row_bytes);
                 let mut acc = vdupq_n_f32(0.0);
                 for b in 0..nb {
                     let off = b * bb;
@@ -403,17 +399,13 @@ macro_rules! gemm_legacy {
                 out.fill(0.0);
                 return;
             }
-            let base = w.as_ptr();
             for t0 in (0..nb).step_by(GEMM_TOKENS) {
                 let tn = (nb - t0).min(GEMM_TOKENS);
                 let at: [ActsQ8<'_>; GEMM_TOKENS] = token_group(acts, cols, nb, t0);
                 let mut r = 0;
                 while r < rows {
-                    // Rows `r .. r + 4` (the last row again past the end: its results are
-                    // dropped); `wrapping_add` stays inside `w`.
-                    let p: [*const u8; R] = core::array::from_fn(|i| {
-                        base.wrapping_add((r + i).min(rows - 1) * row_bytes)
-                    });
+                    // Rows `r .. r + R`, the last one repeated past the end (its results dropped).
+                    let p: [*const u8; R] = super::row_ptrs(w, r, rows - 1, row_bytes);
                     let mut acc = [vdupq_n_f32(0.0); GEMM_TOKENS];
                     for b in 0..nblk {
                         let off = b * bb;

@@ -9,6 +9,8 @@
 use core::arch::aarch64::{float32x4_t, uint16x4_t, vcreate_u16, vgetq_lane_f32};
 use core::arch::asm;
 
+pub(crate) use crate::rows::row_ptrs;
+
 /// Four f16 values (as bits) widened to f32 by `fcvtl`, a base Advanced SIMD instruction whose
 /// intrinsic takes the unstable `float16x4_t`, so it is emitted with `asm!`. Exact for every
 /// value (a NaN comes out quiet).

@@ -106,14 +106,11 @@ macro_rules! gemv_q4w {
             let perm = |v: int32x4_t| {
                 vreinterpretq_s8_u8(vqtbl1q_u8(vreinterpretq_u8_s32(v), order))
             };
-            let base = w.as_ptr();
             let qa = acts.qs.as_ptr();
             let mut r = 0;
             while r < rows {
-                let p: [*const u8; R] = core::array::from_fn(|i| {
-                    // `wrapping_add` stays inside `w`: the row is at most the last one.
-                    base.wrapping_add((r + i).min(rows - 1) * row_bytes)
-                });
+                // Rows `r .. r + R`, the last one repeated past the end (its results dropped).
+                let p: [*const u8; R] = super::row_ptrs(w, r, rows - 1, row_bytes);
                 let mut acc = [[vdupq_n_f32(0.0); 2]; R];
                 for b in 0..nb {
                     // SAFETY: block `b`'s 64 activations and 4 scales exist (shape check).
@@ -197,16 +194,14 @@ macro_rules! gemm_q4w {
             let perm = |v: int32x4_t| {
                 vreinterpretq_s8_u8(vqtbl1q_u8(vreinterpretq_u8_s32(v), order))
             };
-            let base = w.as_ptr();
             for t0 in (0..nb).step_by(GEMM_TOKENS) {
                 let tn = (nb - t0).min(GEMM_TOKENS);
                 let at: [ActsQ8<'_>; GEMM_TOKENS] = token_group(acts, cols, nb, t0);
                 let mut r = 0;
                 while r < rows {
-                    // `wrapping_add` stays inside `w`: the row is at most the last one.
-                    let p: [*const u8; GEMM_ROWS] = core::array::from_fn(|i| {
-                        base.wrapping_add((r + i).min(rows - 1) * row_bytes)
-                    });
+                    // Rows `r .. r + GEMM_ROWS`, the last one repeated past the end (its results
+                    // dropped).
+                    let p: [*const u8; GEMM_ROWS] = super::row_ptrs(w, r, rows - 1, row_bytes);
                     let mut acc = [[[vdupq_n_f32(0.0); 2]; GEMM_TOKENS]; GEMM_ROWS];
                     for b in 0..nblk {
                         // Each token's arranged activations and scales (as in the gemv).

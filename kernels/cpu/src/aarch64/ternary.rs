@@ -270,14 +270,10 @@ macro_rules! gemv_t2 {
                 return;
             }
             let nb = row_bytes / T2_BYTES;
-            let base = w.as_ptr();
             let mut r = 0;
             while r < rows {
-                let mut p = [base; T2_ROWS];
-                for (i, q) in p.iter_mut().enumerate() {
-                    // `wrapping_add` stays inside `w`: the row is at most the last one.
-                    *q = base.wrapping_add((r + i).min(rows - 1) * row_bytes);
-                }
+                // Rows `r .. r + T2_ROWS`, the last one repeated past the end (its results dropped).
+                let p: [*const u8; T2_ROWS] = super::row_ptrs(w, r, rows - 1, row_bytes);
                 let mut acc = [[vdupq_n_f32(0.0); 2]; T2_ROWS];
                 // Block `b` into running sums `k` = `b % 2`, a constant at each call below so that
                 // the sums stay in registers.
@@ -328,14 +324,10 @@ macro_rules! gemv_tq2w {
                 return;
             }
             let nb = row_bytes / TQ2_0_BYTES;
-            let base = w.as_ptr();
             let mut r = 0;
             while r < rows {
-                let mut p = [base; T2_ROWS];
-                for (i, q) in p.iter_mut().enumerate() {
-                    // `wrapping_add` stays inside `w`: the row is at most the last one.
-                    *q = base.wrapping_add((r + i).min(rows - 1) * row_bytes);
-                }
+                // Rows `r .. r + T2_ROWS`, the last one repeated past the end (its results dropped).
+                let p: [*const u8; T2_ROWS] = super::row_ptrs(w, r, rows - 1, row_bytes);
                 let mut acc = [[vdupq_n_f32(0.0); 2]; T2_ROWS];
                 for b in 0..nb {
                     // The four rows' block scales, widened by one `fcvtl`. SAFETY: block `b` of

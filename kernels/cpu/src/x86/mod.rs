@@ -26,24 +26,7 @@ use core::arch::x86_64::{
 
 use crate::acts::ActsQ8;
 
-/// Pointers to the starts of rows `first .. first + N` of `w` (rows of `row_bytes` bytes), each
-/// row index clamped to `last`, so that a pass of `N` rows past the last one repeats it. `last`
-/// must be a row of `w` (`(last + 1) * row_bytes <= w.len()`, which the kernels' shape checks
-/// prove); panics otherwise.
-#[inline(always)]
-pub(crate) fn row_ptrs<const N: usize>(
-    w: &[u8],
-    first: usize,
-    last: usize,
-    row_bytes: usize,
-) -> [*const u8; N] {
-    assert!(
-        (last + 1) * row_bytes <= w.len(),
-        "row_ptrs: row {last} outside the weights"
-    );
-    // `wrapping_add` stays inside `w`: every offset is at most `last * row_bytes`.
-    core::array::from_fn(|i| w.as_ptr().wrapping_add((first + i).min(last) * row_bytes))
-}
+pub(crate) use crate::rows::row_ptrs;
 
 /// Addresses of rows `first .. first + N` of `w` (rows of `row_bytes` bytes) for software
 /// prefetches only: not clamped, so near the end of `w` they point past it, at what follows
