@@ -3,7 +3,7 @@
 
 use crate::budget::OVERHEAD_BYTES;
 use crate::load::{self, Loaded};
-use crate::run::{make_pool, new_session};
+use crate::run::{make_pool, session_for};
 use crate::ModelArgs;
 use anyhow::{Context, Result};
 use clap::Args;
@@ -632,7 +632,7 @@ pub fn bench(mut args: BenchArgs) -> Result<()> {
         args.peer_f16_kv = gpu_peer_keeps_f16(&args.model, cfg.head_dim);
         return bench_gpu(&args, engine, &prompt);
     }
-    let mut session = new_session(&args.model, &loaded, file_len, need, kernels)?;
+    let mut session = session_for(&args.model, &loaded, context, kernels)?;
     let pool = make_pool(&args.model)?;
     let threads = pool.threads;
     let board = args.model.board()?;

@@ -103,7 +103,21 @@ pub fn context_len(
         .max(min);
     let available = edgellm_hal::memory::available_memory_bytes().ok();
     crate::budget::check(&board, available, file_bytes, cfg, ctx, kv_type(args))?;
+    if let Some(n) = beyond_training(ctx, cfg.train_context) {
+        eprintln!("note: {n}");
+    }
     Ok(ctx)
+}
+
+/// A note when a context of `ctx` tokens is longer than the `train` tokens the model was
+/// trained on (its GGUF `context_length`): it runs, but positions past that may give poor text.
+pub fn beyond_training(ctx: usize, train: usize) -> Option<String> {
+    (ctx > train).then(|| {
+        format!(
+            "a context of {ctx} tokens is longer than the {train} the model was trained on \
+             (its context_length): text at positions past {train} may be poor"
+        )
+    })
 }
 
 /// The numeric path the options ask for.
@@ -134,6 +148,17 @@ pub fn new_session<'m, 'a>(
     kernels: edgellm_kernels::Kernels,
 ) -> Result<Session<'m, 'a>> {
     let context = context_len(args, loaded, file_bytes, min)?;
+    session_for(args, loaded, context, kernels)
+}
+
+/// A session for `loaded` with `context` tokens (as [`context_len`] gave it) and the numeric
+/// path the options ask for.
+pub fn session_for<'m, 'a>(
+    args: &ModelArgs,
+    loaded: &'m Loaded<'a>,
+    context: usize,
+    kernels: edgellm_kernels::Kernels,
+) -> Result<Session<'m, 'a>> {
     let path = numeric_path(args);
     Ok(Session::with_kv_advised(
         &loaded.model,
@@ -259,7 +284,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             (g, engine.describe(), "cuda")
         }
         None => {
-            let mut session = new_session(&args.model, &loaded, file.len(), 1, kernels)?;
+            let mut session = session_for(&args.model, &loaded, context, kernels)?;
             let pool = make_pool(&args.model)?;
             let g = generate(
                 &mut session,
@@ -333,4 +358,17 @@ pub fn tokenize(args: TokenizeArgs) -> Result<()> {
     tok.encode(&args.text, args.parse_special, &mut ids);
     println!("{}", serde_json::to_string(&ids)?);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::beyond_training;
+
+    #[test]
+    fn a_context_beyond_the_trained_one_gets_a_note() {
+        assert_eq!(beyond_training(8192, 8192), None);
+        assert_eq!(beyond_training(512, 8192), None);
+        let n = beyond_training(16384, 8192).unwrap();
+        assert!(n.contains("16384") && n.contains("8192"), "{n}");
+    }
 }
