@@ -144,20 +144,24 @@ pub unsafe fn neon_dot_f32(a: &[f32], b: &[f32]) -> f32 {
     unsafe { row_dot::<F32>(a.as_ptr().cast(), b) }
 }
 
-/// `e^x` in four lanes, bit for bit `libm::expf` (see the AVX2 `expf8_libm`), for lanes with
-/// `2^-14 < |x| < 87.33655`; `None` when a lane is outside, left to `libm::expf`.
+/// The lanes of `x` where [`expf4_core`] is exact: all ones where `2^-14 < |x| < 87.33655`.
 #[inline]
 #[target_feature(enable = "neon")]
-fn expf4_libm(x: float32x4_t) -> Option<float32x4_t> {
-    let bits = vreinterpretq_u32_f32(x);
-    let hx = vandq_u32(bits, vdupq_n_u32(0x7fff_ffff));
-    let inside = vandq_u32(
+fn expf4_inside(x: float32x4_t) -> uint32x4_t {
+    let hx = vandq_u32(vreinterpretq_u32_f32(x), vdupq_n_u32(0x7fff_ffff));
+    vandq_u32(
         vcgtq_u32(hx, vdupq_n_u32(0x3900_0000)),
         vcltq_u32(hx, vdupq_n_u32(0x42ae_ac50)),
-    );
-    if vminvq_u32(inside) == 0 {
-        return None;
-    }
+    )
+}
+
+/// `e^x` in four lanes, bit for bit `libm::expf` (see the AVX2 `expf8_libm`), for lanes that
+/// [`expf4_inside`] accepts (the others get junk).
+#[inline]
+#[target_feature(enable = "neon")]
+fn expf4_core(x: float32x4_t) -> float32x4_t {
+    let bits = vreinterpretq_u32_f32(x);
+    let hx = vandq_u32(bits, vdupq_n_u32(0x7fff_ffff));
     let neg = vreinterpretq_s32_u32(vcgeq_u32(bits, vdupq_n_u32(0x8000_0000)));
     let half = vbslq_f32(
         vreinterpretq_u32_s32(neg),
@@ -185,12 +189,34 @@ fn expf4_libm(x: float32x4_t) -> Option<float32x4_t> {
     let q = vdivq_f32(vmulq_f32(r, c), vsubq_f32(vdupq_n_f32(2.0), c));
     let y = vaddq_f32(vdupq_n_f32(1.0), vaddq_f32(vsubq_f32(q, lo), hi));
     let pow2 = vreinterpretq_f32_s32(vshlq_n_s32::<23>(vaddq_s32(k, vdupq_n_s32(127))));
-    Some(vmulq_f32(y, pow2))
+    vmulq_f32(y, pow2)
 }
 
-/// NEON [`crate::scalar::swiglu`], bit-exact: `e^-g` by `expf4_libm` (four values whose `|g|`
-/// lies in its range at a time, the others by `libm::expf`), then the specification's division
-/// and product.
+/// Values per pass of [`neon_swiglu`]: four vectors.
+const SWIGLU_PASS: usize = 16;
+
+/// `g[i..i + 4]` by the specification's steps, with `e = e^-g` of those four values.
+///
+/// # Safety
+///
+/// `i + 4` must be at most the length of both slices; the CPU must have NEON.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn swiglu4(g: &mut [f32], u: &[f32], i: usize, e: float32x4_t) {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        let gp = g.as_mut_ptr().add(i);
+        let s = vdivq_f32(vld1q_f32(gp), vaddq_f32(vdupq_n_f32(1.0), e));
+        vst1q_f32(gp, vmulq_f32(s, vld1q_f32(u.as_ptr().add(i))));
+    }
+}
+
+/// NEON [`crate::scalar::swiglu`], bit-exact: `e^-g` by [`expf4_core`], then the
+/// specification's division and product. Sixteen values per pass when every `|g|` lies in the
+/// core's range: four independent chains of about 30 dependent operations and two divisions,
+/// which the in-order A53 interleaves only when the source does and which the out-of-order
+/// cores' schedulers otherwise fill with one chain's waiting instructions (as in the softmax).
+/// Four at a time otherwise, `libm::expf` for four values that hold one outside.
 ///
 /// # Safety
 ///
@@ -199,25 +225,41 @@ fn expf4_libm(x: float32x4_t) -> Option<float32x4_t> {
 pub unsafe fn neon_swiglu(g: &mut [f32], u: &[f32]) {
     assert_eq!(g.len(), u.len(), "swiglu: lengths differ");
     let n = g.len();
-    let one = vdupq_n_f32(1.0);
-    let mut i = 0;
-    while i + 4 <= n {
-        // SAFETY: `i + 4 <= n` for both slices.
-        let done = unsafe {
-            let gp = g.as_mut_ptr().add(i);
-            let x = vld1q_f32(gp);
-            match expf4_libm(vnegq_f32(x)) {
-                Some(e) => {
-                    let s = vdivq_f32(x, vaddq_f32(one, e));
-                    vst1q_f32(gp, vmulq_f32(s, vld1q_f32(u.as_ptr().add(i))));
-                    true
-                }
-                None => false,
-            }
-        };
-        if !done {
+    // `-g[i..i + 4]` and whether every lane is in range.
+    let neg4 = |g: &[f32], i: usize| {
+        // SAFETY: the callers' `i + 4 <= n`.
+        let x = unsafe { vnegq_f32(vld1q_f32(g.as_ptr().add(i))) };
+        (x, expf4_inside(x))
+    };
+    // Values `i .. i + 4` alone (`i + 4 <= n`).
+    let one = |g: &mut [f32], i: usize| {
+        let (x, inside) = neg4(g, i);
+        if vminvq_u32(inside) != 0 {
+            // SAFETY: `i + 4 <= n`.
+            unsafe { swiglu4(g, u, i, expf4_core(x)) };
+        } else {
             crate::scalar::swiglu(&mut g[i..i + 4], &u[i..i + 4]);
         }
+    };
+    let mut i = 0;
+    while i + SWIGLU_PASS <= n {
+        let x: [(float32x4_t, uint32x4_t); 4] = core::array::from_fn(|j| neg4(g, i + 4 * j));
+        let inside = x.iter().fold(vdupq_n_u32(!0), |m, v| vandq_u32(m, v.1));
+        if vminvq_u32(inside) != 0 {
+            let e = x.map(|v| expf4_core(v.0));
+            for (j, &e) in e.iter().enumerate() {
+                // SAFETY: `i + 4 * j + 4 <= i + 16 <= n`.
+                unsafe { swiglu4(g, u, i + 4 * j, e) };
+            }
+        } else {
+            for j in 0..4 {
+                one(g, i + 4 * j);
+            }
+        }
+        i += SWIGLU_PASS;
+    }
+    while i + 4 <= n {
+        one(g, i);
         i += 4;
     }
     crate::scalar::swiglu(&mut g[i..], &u[i..]);
