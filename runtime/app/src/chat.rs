@@ -35,8 +35,28 @@ pub fn render(
     eos_token: &str,
     add_generation_prompt: bool,
 ) -> Result<String> {
+    let fuel = fuel_for(messages);
+    render_with_fuel(
+        template,
+        messages,
+        bos_token,
+        eos_token,
+        add_generation_prompt,
+        fuel,
+    )
+}
+
+/// [`render`] within `fuel`.
+fn render_with_fuel(
+    template: &str,
+    messages: &[Message],
+    bos_token: &str,
+    eos_token: &str,
+    add_generation_prompt: bool,
+    fuel: u64,
+) -> Result<String> {
     let mut env = Environment::new();
-    env.set_fuel(Some(fuel_for(messages)));
+    env.set_fuel(Some(fuel));
     minijinja_contrib::add_to_environment(&mut env);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
     env.add_function("raise_exception", |msg: String| -> Result<String, Error> {
@@ -55,9 +75,8 @@ pub fn render(
         .map_err(|e| match e.kind() {
             ErrorKind::OutOfFuel => anyhow::anyhow!(
                 "the model's chat template did more work than a conversation of {} messages \
-                 allows (minijinja fuel {}): it may loop without end",
-                messages.len(),
-                fuel_for(messages)
+                 allows (minijinja fuel {fuel}): it may loop without end",
+                messages.len()
             ),
             _ => anyhow::Error::new(e).context("the model's chat template failed to render"),
         })?;
@@ -96,17 +115,7 @@ mod tests {
     fn ordinary_conversations_render_within_an_eighth_of_their_fuel() {
         for (n, len) in [(1, 10), (1, 100_000), (1000, 100)] {
             let m = chat(n, len);
-            let mut env = Environment::new();
-            env.set_fuel(Some(fuel_for(&m) / 8));
-            env.add_template("chat", CHATML).unwrap();
-            let out = env
-                .get_template("chat")
-                .unwrap()
-                .render(context! {
-                    messages => minijinja::Value::from(minijinja::value::Serde(&m)),
-                    add_generation_prompt => true,
-                })
-                .unwrap();
+            let out = render_with_fuel(CHATML, &m, "", "", true, fuel_for(&m) / 8).unwrap();
             assert!(out.len() > n * len, "{n} messages of {len} bytes");
         }
     }
