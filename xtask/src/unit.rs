@@ -159,6 +159,8 @@ pub fn config(board: &Board, model: Option<&str>) -> String {
          \n\
          queue = 8\n\
          max_connections = 64\n\
+         # Seconds a client has to send a request's headers, then its body.\n\
+         request_timeout = 30\n\
          drain_seconds = 10\n\
          \n\
          # Real time, the board's defaults: the inference threads pinned to its inference cores,\n\

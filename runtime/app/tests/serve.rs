@@ -870,6 +870,83 @@ fn idle_connections_are_capped() {
 }
 
 #[test]
+fn slow_clients_are_timed_out() {
+    let Some(model) = smollm2_path() else { return };
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let server = Server::start(
+        &model,
+        &[
+            "--context",
+            "128",
+            "--max-connections",
+            "2",
+            "--request-timeout",
+            "1",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    // Both slots held: one connection sends nothing, the other half a request line.
+    let silent = server.connect();
+    let mut dribbling = server.connect();
+    dribbling.write_all(b"GET /health HT").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // A third client waits in the backlog until the server closes those two.
+    let t0 = Instant::now();
+    let mut third = server.connect();
+    third
+        .write_all(&request_bytes("GET", "/health", &[], b""))
+        .unwrap();
+    let mut all = Vec::new();
+    let _ = third.read_to_end(&mut all);
+    assert_eq!(Reply::parse(&all).status, 200);
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(500),
+        "served after {waited:?}: the slots were not held"
+    );
+    // Closed at the 1 s deadline (with room for a slow machine), not at hyper's default 30 s.
+    assert!(
+        waited < Duration::from_secs(10),
+        "served after {waited:?}: the idle connections were kept"
+    );
+    for mut s in [silent, dribbling] {
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        assert!(
+            !buf.starts_with(b"HTTP/1.1 200"),
+            "a request never completed was answered: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+    }
+    // Headers in time, but only part of the body: 408, in each API's error format.
+    for (path, code) in [
+        ("/v1/completions", Some("request_timeout")),
+        ("/api/generate", None),
+    ] {
+        let body = br#"{"prompt":"Hi","max_tokens":3}"#;
+        let mut bytes = request_bytes("POST", path, &[], body);
+        bytes.truncate(bytes.len() - body.len() + 5);
+        let mut s = server.connect();
+        s.write_all(&bytes).unwrap();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        let reply = Reply::parse(&buf);
+        assert_eq!(reply.status, 408, "{reply:?}");
+        let v = reply.json();
+        let message = match code {
+            Some(c) => {
+                assert_eq!(v["error"]["code"], c);
+                v["error"]["message"].as_str().unwrap().to_string()
+            }
+            None => v["error"].as_str().unwrap().to_string(),
+        };
+        assert!(message.contains("within 1 s"), "{message}");
+    }
+    // And the server goes on answering.
+    assert_eq!(server.request("GET", "/health", &[], "").status, 200);
+}
+
+#[test]
 fn systemd_ready_watchdog_and_stopping() {
     use std::os::unix::net::UnixDatagram;
     let Some(model) = smollm2_path() else { return };

@@ -44,6 +44,10 @@ pub struct ServeArgs {
     /// Open connections at most; more wait to be accepted (default 64).
     #[arg(long)]
     pub max_connections: Option<usize>,
+    /// Seconds a client has to send a request's headers, and then its body; also how long an
+    /// idle connection is kept open (default 30).
+    #[arg(long)]
+    pub request_timeout: Option<u64>,
     /// Worker threads for the forward pass (default: the board's).
     #[arg(short, long)]
     pub threads: Option<usize>,
@@ -91,6 +95,7 @@ pub struct FileConfig {
     pub max_body: Option<usize>,
     pub drain_seconds: Option<u64>,
     pub max_connections: Option<usize>,
+    pub request_timeout: Option<u64>,
     pub threads: Option<usize>,
     pub kernels: Option<String>,
     pub context: Option<usize>,
@@ -143,6 +148,7 @@ pub struct Settings {
     pub max_body: usize,
     pub drain_seconds: u64,
     pub max_connections: usize,
+    pub request_timeout: std::time::Duration,
 }
 
 impl Settings {
@@ -179,6 +185,10 @@ impl Settings {
         let queue = args.queue.or(file.queue).unwrap_or(8);
         if queue == 0 {
             bail!("the queue must hold at least one request (--queue 1 or more)");
+        }
+        let request_timeout = args.request_timeout.or(file.request_timeout).unwrap_or(30);
+        if request_timeout == 0 {
+            bail!("the request timeout must be at least one second (--request-timeout 1 or more)");
         }
         let api_key = args
             .api_key
@@ -231,6 +241,7 @@ impl Settings {
             max_body: args.max_body.or(file.max_body).unwrap_or(1 << 20),
             drain_seconds: args.drain_seconds.or(file.drain_seconds).unwrap_or(10),
             max_connections: args.max_connections.or(file.max_connections).unwrap_or(64),
+            request_timeout: std::time::Duration::from_secs(request_timeout),
         })
     }
 }
@@ -345,6 +356,23 @@ mod tests {
         let s = Settings::merge(args, FileConfig::default()).unwrap();
         assert_eq!(s.host, "127.0.0.1");
         assert_eq!(s.queue, 8);
+    }
+
+    #[test]
+    fn request_timeout_defaults_to_30_s_and_zero_is_refused() {
+        let args = |t: Option<u64>| ServeArgs {
+            model: Some("x.gguf".into()),
+            request_timeout: t,
+            ..ServeArgs::default()
+        };
+        let secs = |a, f: &str| {
+            Settings::merge(a, FileConfig::parse(f).unwrap()).map(|s| s.request_timeout.as_secs())
+        };
+        assert_eq!(secs(args(None), "").unwrap(), 30);
+        assert_eq!(secs(args(None), "request_timeout = 5").unwrap(), 5);
+        assert_eq!(secs(args(Some(7)), "request_timeout = 5").unwrap(), 7);
+        let e = secs(args(Some(0)), "").unwrap_err().to_string();
+        assert!(e.contains("--request-timeout"), "{e}");
     }
 
     #[test]

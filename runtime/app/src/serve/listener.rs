@@ -1,15 +1,71 @@
 //! The TCP listener: at most `max` connections at once (one more waits in the kernel's accept
 //! backlog until one closes), so a flood of idle connections cannot exhaust memory or file
-//! descriptors; and `TCP_NODELAY`, so each token leaves as soon as it is written.
+//! descriptors; and `TCP_NODELAY`, so each token leaves as soon as it is written. [`serve`]
+//! runs HTTP/1 on each connection with a deadline for every request's headers (and for the
+//! next request on a kept-alive connection), so that connections that send nothing, or send a
+//! byte at a time, are closed and cannot hold every slot.
 
 use axum::serve::Listener;
+use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+
+/// Serves `app` on the connections of `listener` until `stop` turns true, then lets each
+/// connection finish the response it is writing and returns once all are closed. A client has
+/// `header_timeout` to send a request's headers (on a kept-alive connection, from the end of
+/// the previous response), else its connection is closed.
+pub async fn serve(
+    mut listener: Limited,
+    app: Router,
+    header_timeout: Duration,
+    stop: watch::Receiver<bool>,
+) {
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        if rx.wait_for(|v| *v).await.is_err() {
+            // The sender is gone without a stop: never.
+            std::future::pending::<()>().await;
+        }
+    };
+    // Every connection's task holds a receiver; the sender sees them all dropped at the end.
+    let (open_tx, open_rx) = watch::channel(());
+    loop {
+        let (io, _) = tokio::select! {
+            c = listener.accept() => c,
+            _ = stopped(stop.clone()) => break,
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let stop = stop.clone();
+        let open = open_rx.clone();
+        tokio::spawn(async move {
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            let conn = builder.serve_connection(TokioIo::new(io), service);
+            tokio::pin!(conn);
+            // A connection that fails (a reset, a header timeout) just closes.
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stopped(stop) => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+            drop(open);
+        });
+    }
+    drop(open_rx);
+    open_tx.closed().await;
+}
 
 pub struct Limited {
     inner: TcpListener,

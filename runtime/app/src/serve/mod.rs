@@ -33,7 +33,7 @@ use edgellm_core::session::NumericPath;
 use engine::{EngineConfig, EngineHandle};
 use metrics::Metrics;
 use std::convert::Infallible;
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -130,6 +130,52 @@ async fn count(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Res
     resp
 }
 
+/// Reads a request's body before the handler runs, within `timeout` and up to `max_body` bytes,
+/// so that a client sending its body slowly, or not at all, cannot hold a connection: it gets
+/// 408 and the connection is closed.
+async fn read_body(req: Request, next: Next, max_body: usize, timeout: Duration) -> Response {
+    let dialect = dialect_of(req.uri().path());
+    let (parts, body) = req.into_parts();
+    let err = match tokio::time::timeout(timeout, axum::body::to_bytes(body, max_body)).await {
+        Ok(Ok(bytes)) => {
+            return next
+                .run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Ok(Err(e)) => {
+            let e = e.into_inner();
+            if e.is::<http_body_util::LengthLimitError>() {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    format!("the request body is larger than {max_body} bytes (`max_body`)"),
+                )
+            } else {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_body",
+                    format!("cannot read the request body: {e}"),
+                )
+            }
+        }
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request body did not arrive within {} s (`request_timeout`)",
+                timeout.as_secs()
+            ),
+        ),
+    };
+    let mut resp = err.in_dialect(dialect).into_response();
+    // The rest of the body is not read: the connection cannot carry another request.
+    resp.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    resp
+}
+
 /// `Authorization: Bearer KEY` on every endpoint but `/health`, compared in constant time.
 async fn auth(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     if let Some(key) = &st.api_key {
@@ -210,7 +256,7 @@ async fn root() -> &'static str {
 }
 
 /// The routes.
-fn router(st: Arc<AppState>, max_body: usize) -> Router {
+fn router(st: Arc<AppState>, max_body: usize, timeout: Duration) -> Router {
     Router::new()
         .route("/", get(root))
         .route("/health", get(health))
@@ -225,6 +271,9 @@ fn router(st: Arc<AppState>, max_body: usize) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn(move |req: Request, next: Next| {
+            read_body(req, next, max_body, timeout)
+        }))
         .layer(middleware::from_fn_with_state(st.clone(), auth))
         .layer(middleware::from_fn_with_state(st.clone(), count))
         .with_state(st)
@@ -393,14 +442,9 @@ async fn run_server(
         systemd::notify("STOPPING=1");
         let _ = sig_tx.send(true);
     });
-    let mut on_signal = sig_rx.clone();
-    let graceful = async move {
-        let _ = on_signal.wait_for(|v| *v).await;
-    };
     let listener = listener::Limited::new(listener, s.max_connections);
-    let server = axum::serve(listener, router(state.clone(), s.max_body))
-        .with_graceful_shutdown(graceful)
-        .into_future();
+    let app = router(state.clone(), s.max_body, s.request_timeout);
+    let server = listener::serve(listener, app, s.request_timeout, sig_rx.clone());
     let mut on_signal = sig_rx.clone();
     let drain = async move {
         if on_signal.wait_for(|v| *v).await.is_err() {
@@ -417,7 +461,7 @@ async fn run_server(
         tokio::time::sleep(Duration::from_secs(3)).await;
     };
     tokio::select! {
-        r = server => r.context("the HTTP server failed")?,
+        () = server => {}
         _ = drain => eprintln!("closing the connections that remain"),
     }
     Ok(())
