@@ -1166,6 +1166,27 @@ fn malformed_inputs_give_clear_errors() {
     write_hf(&d, &w, false, true, |c| c["num_hidden_layers"] = 1.into());
     assert_contains(&convert_err(&d, &out, None), &["past num_hidden_layers"]);
 
+    // A layer count far beyond the tensors the files hold: the first missing layer is named
+    // (without listing a billion layers' tensor names first).
+    let d = dir.join("many-layers");
+    write_hf(&d, &w, false, true, |c| {
+        c["num_hidden_layers"] = 1_000_000_000u64.into()
+    });
+    assert_contains(
+        &convert_err(&d, &out, None),
+        &["blk.2.attn_norm.weight", "model.layers.2.input_layernorm"],
+    );
+
+    // A dimension the image cannot store as a u32.
+    let d = dir.join("huge-vocab");
+    write_hf(&d, &w, false, true, |c| {
+        c["vocab_size"] = (1u64 << 33).into()
+    });
+    assert_contains(
+        &convert_err(&d, &out, None),
+        &["vocab_size = 8589934592", "out of range"],
+    );
+
     // LoRA: A with 3 rows where adapter_config.json says r = 4.
     let d = dir.join("good");
     write_hf(&d, &w, false, true, |_| {});

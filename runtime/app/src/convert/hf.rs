@@ -176,7 +176,7 @@ impl HfDir {
                 );
             }
         }
-        Ok(Dims {
+        let d = Dims {
             arch,
             hidden,
             layers: req(c.num_hidden_layers, "num_hidden_layers")?,
@@ -186,7 +186,22 @@ impl HfDir {
             ffn: req(c.intermediate_size, "intermediate_size")?,
             vocab: req(c.vocab_size, "vocab_size")?,
             tied: c.tie_word_embeddings.unwrap_or(false),
-        })
+        };
+        // The image stores each as a u32.
+        for (v, key) in [
+            (d.hidden, "hidden_size"),
+            (d.layers, "num_hidden_layers"),
+            (d.heads, "num_attention_heads"),
+            (d.kv_heads, "num_key_value_heads"),
+            (d.head_dim, "head_dim"),
+            (d.ffn, "intermediate_size"),
+            (d.vocab, "vocab_size"),
+        ] {
+            if v > u64::from(u32::MAX) {
+                bail!("config.json: {key} = {v} is out of range");
+            }
+        }
+        Ok(d)
     }
 
     /// The source view: synthesized metadata and the mapped tensors.
@@ -199,6 +214,10 @@ impl HfDir {
         if c.scales_rope() {
             eprintln!("warning: config.json's rope scaling is not carried into the image");
         }
+        let context = c.max_position_embeddings.unwrap_or(2048);
+        let Ok(context) = u32::try_from(context) else {
+            bail!("config.json: max_position_embeddings = {context} is out of range");
+        };
         let a = d.arch;
         let name = self
             .dir
@@ -209,10 +228,7 @@ impl HfDir {
         let mut meta: Vec<(String, Meta)> = vec![
             ("general.architecture".into(), Meta::Str(a.into())),
             ("general.name".into(), Meta::Str(name)),
-            (
-                format!("{a}.context_length"),
-                Meta::U32(c.max_position_embeddings.unwrap_or(2048) as u32),
-            ),
+            (format!("{a}.context_length"), Meta::U32(context)),
             (format!("{a}.embedding_length"), Meta::U32(d.hidden as u32)),
             (format!("{a}.block_count"), Meta::U32(d.layers as u32)),
             (format!("{a}.feed_forward_length"), Meta::U32(d.ffn as u32)),
@@ -376,42 +392,45 @@ impl HfDir {
         }
         let have: std::collections::HashSet<String> =
             found.values().map(|t| t.name.clone()).collect();
-        let mut needed = vec!["token_embd.weight".to_string(), "output_norm.weight".into()];
-        if !d.tied {
-            needed.push("output.weight".into());
-        }
-        for l in 0..d.layers {
-            for p in [
-                "attn_norm.weight",
-                "attn_q.weight",
-                "attn_k.weight",
-                "attn_v.weight",
-                "attn_output.weight",
-                "ffn_norm.weight",
-                "ffn_gate.weight",
-                "ffn_up.weight",
-                "ffn_down.weight",
-            ] {
-                needed.push(format!("blk.{l}.{p}"));
+        // Checked one name at a time, in order, so that a config.json claiming a huge layer
+        // count costs no more than the tensors the files hold before the first one missing.
+        let check = |name: &str| {
+            if have.contains(name) {
+                return Ok(());
             }
-            if d.arch == "qwen2" {
-                for p in ["attn_q.bias", "attn_k.bias", "attn_v.bias"] {
-                    needed.push(format!("blk.{l}.{p}"));
-                }
-            }
-            if d.arch == "bitnet-b1.58" {
-                for p in ["attn_sub_norm.weight", "ffn_sub_norm.weight"] {
-                    needed.push(format!("blk.{l}.{p}"));
-                }
-            }
-        }
-        if let Some(missing) = needed.iter().find(|n| !have.contains(*n)) {
             bail!(
-                "the safetensors files have no tensor for {missing} (Hugging Face name {})",
-                super::source::gguf_to_hf(missing)
+                "the safetensors files have no tensor for {name} (Hugging Face name {})",
+                super::source::gguf_to_hf(name)
                     .map(|(m, s)| format!("{m}.{s}"))
                     .unwrap_or_default()
-            );
+            )
+        };
+        check("token_embd.weight")?;
+        check("output_norm.weight")?;
+        if !d.tied {
+            check("output.weight")?;
+        }
+        let mut parts = vec![
+            "attn_norm.weight",
+            "attn_q.weight",
+            "attn_k.weight",
+            "attn_v.weight",
+            "attn_output.weight",
+            "ffn_norm.weight",
+            "ffn_gate.weight",
+            "ffn_up.weight",
+            "ffn_down.weight",
+        ];
+        if d.arch == "qwen2" {
+            parts.extend(["attn_q.bias", "attn_k.bias", "attn_v.bias"]);
+        }
+        if d.arch == "bitnet-b1.58" {
+            parts.extend(["attn_sub_norm.weight", "ffn_sub_norm.weight"]);
+        }
+        for l in 0..d.layers {
+            for p in &parts {
+                check(&format!("blk.{l}.{p}"))?;
+            }
         }
         Ok(found.into_values().collect())
     }
