@@ -1187,8 +1187,33 @@ fn malformed_inputs_give_clear_errors() {
         &["vocab_size = 8589934592", "out of range"],
     );
 
-    // LoRA: A with 3 rows where adapter_config.json says r = 4.
+    // A NaN in a weight, and a LoRA merge that overflows to infinity: refused by name.
+    let mut nan = w.clone();
+    nan.get_mut("model.layers.1.mlp.down_proj.weight")
+        .unwrap()
+        .1[7] = f32::NAN;
+    let d = dir.join("nan");
+    write_hf(&d, &nan, false, true, |_| {});
+    assert_contains(
+        &convert_err(&d, &out, None),
+        &["blk.1.ffn_down.weight", "non-finite value (NaN) at index 7"],
+    );
     let d = dir.join("good");
+    write_hf(&d, &w, false, true, |_| {});
+    write_adapter(&dir.join("huge-alpha"), 4, 4, 8.0);
+    let cfg = dir.join("huge-alpha/adapter_config.json");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace("\"lora_alpha\":8.0", "\"lora_alpha\":1e300"),
+    )
+    .unwrap();
+    assert_contains(
+        &convert_err(&d, &out, Some(dir.join("huge-alpha"))),
+        &["blk.0.attn_q.weight", "non-finite", "after the LoRA merge"],
+    );
+
+    // LoRA: A with 3 rows where adapter_config.json says r = 4.
     write_hf(&d, &w, false, true, |_| {});
     write_adapter(&dir.join("bad-rank"), 4, 3, 8.0);
     assert_contains(

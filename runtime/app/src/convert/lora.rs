@@ -177,13 +177,22 @@ impl Adapter {
         self.pairs.len()
     }
 
+    /// Whether the adapter has factors for the source tensor `t`.
+    pub fn targets(&self, t: &SrcTensor<'_>) -> bool {
+        self.pair(t).is_some()
+    }
+
+    fn pair(&self, t: &SrcTensor<'_>) -> Option<&Pair> {
+        if !t.name.ends_with(".weight") {
+            return None;
+        }
+        t.hf_module.as_ref().and_then(|m| self.pairs.get(m))
+    }
+
     /// Adds `scale · B · A` to `values` (the source tensor `t`, in its own row order) if the
     /// adapter has factors for it.
     pub fn merge(&self, t: &SrcTensor<'_>, values: &mut [f32]) -> Result<()> {
-        if !t.name.ends_with(".weight") {
-            return Ok(());
-        }
-        let Some(p) = t.hf_module.as_ref().and_then(|m| self.pairs.get(m)) else {
+        let Some(p) = self.pair(t) else {
             return Ok(());
         };
         let (rows, cols, r) = (t.dims[1] as usize, t.dims[0] as usize, self.rank);

@@ -515,6 +515,22 @@ pub fn convert(args: &ConvertArgs) -> Result<Summary> {
             if let Some(a) = &adapter {
                 a.merge(t, &mut values)?;
             }
+            // A NaN or infinity (a diverged fine-tune, a corrupt file) would quantize into
+            // scales that turn every output to NaN: refuse it here, by name.
+            if let Some(k) = values.iter().position(|v| !v.is_finite()) {
+                let merged = adapter.as_ref().is_some_and(|a| a.targets(t));
+                bail!(
+                    "tensor {} holds a non-finite value ({}) at index {k}{}: the model cannot \
+                     be quantized",
+                    t.name,
+                    values[k],
+                    if merged {
+                        " after the LoRA merge (check the adapter's lora_alpha and factors)"
+                    } else {
+                        ""
+                    }
+                );
+            }
             if let Permute::ToGguf(heads) = t.permute {
                 values = source::permute_rows(&values, t.dims[0] as usize, heads);
             }
