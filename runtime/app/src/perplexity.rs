@@ -48,9 +48,11 @@ pub fn perplexity(args: PerplexityArgs) -> Result<()> {
     if ids.len() < 2 {
         bail!("{} has fewer than 2 tokens", args.file.display());
     }
-    let mut session = new_session(&args.model, &loaded, file.len(), args.ctx, kernels)?;
-    let pool = make_pool(&args.model)?;
     let bos = tok.add_bos().then(|| tok.bos_id()).flatten();
+    // A text shorter than a window needs no more context than its own tokens.
+    let context = args.ctx.min(ids.len() + usize::from(bos.is_some()));
+    let mut session = new_session(&args.model, &loaded, file.len(), context, kernels)?;
+    let pool = make_pool(&args.model)?;
     let (mut total, mut count) = (0f64, 0usize);
     let start = std::time::Instant::now();
     let window = args.ctx - usize::from(bos.is_some());
