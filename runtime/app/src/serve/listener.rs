@@ -63,6 +63,8 @@ pub async fn serve(
             drop(open);
         });
     }
+    // Stop listening at once: a client connecting now is refused rather than left waiting.
+    drop(listener);
     drop(open_rx);
     open_tx.closed().await;
 }
