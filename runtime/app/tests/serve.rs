@@ -469,6 +469,12 @@ fn hostile_requests_get_4xx_and_the_server_keeps_serving() {
             ),
             400,
         ),
+        case("logprobs (chat)", chat(r#","logprobs":true"#), 400),
+        case(
+            "logprobs (completions)",
+            post("/v1/completions", r#"{"prompt":"hi","logprobs":2}"#),
+            400,
+        ),
         case(
             "JSON mode (OpenAI)",
             chat(r#","response_format":{"type":"json_object"}"#),

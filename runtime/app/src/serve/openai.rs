@@ -40,6 +40,9 @@ struct Common {
     n: Option<u32>,
     response_format: Option<Value>,
     tools: Option<Vec<Value>>,
+    /// `true` (chat) or a count (completions); `top_logprobs` a count.
+    logprobs: Option<Value>,
+    top_logprobs: Option<Value>,
 }
 
 impl Common {
@@ -57,6 +60,17 @@ impl Common {
         }
         if self.tools.as_ref().is_some_and(|t| !t.is_empty()) {
             return Err(ApiError::bad_request("`tools` are not supported"));
+        }
+        let asks = |v: &Option<Value>| match v {
+            Some(Value::Bool(b)) => *b,
+            Some(Value::Number(n)) => n.as_f64() != Some(0.0),
+            Some(Value::Null) | None => false,
+            Some(_) => true,
+        };
+        if asks(&self.logprobs) || asks(&self.top_logprobs) {
+            return Err(ApiError::bad_request(
+                "`logprobs` are not supported: send false or leave it out",
+            ));
         }
         let max_tokens = self.max_completion_tokens.or(self.max_tokens);
         if let Some(m) = max_tokens {
