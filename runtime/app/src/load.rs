@@ -16,11 +16,26 @@ pub struct ModelFile {
     relaid: usize,
 }
 
+/// Opens the model file at `path`; a directory is an error that says what to do with it.
+fn open_file(path: &Path) -> Result<File> {
+    if path.is_dir() {
+        if path.join("config.json").exists() {
+            bail!(
+                "{} is a Hugging Face model directory: convert it into a model image first \
+                 (edgellm convert {} -o model.gguf --format q8), then give that file",
+                path.display(),
+                path.display()
+            );
+        }
+        bail!("{} is a directory, not a GGUF model file", path.display());
+    }
+    File::open(path).with_context(|| format!("cannot open model {}", path.display()))
+}
+
 impl ModelFile {
     /// Maps `path` read-only.
     pub fn open(path: &Path) -> Result<ModelFile> {
-        let file =
-            File::open(path).with_context(|| format!("cannot open model {}", path.display()))?;
+        let file = open_file(path)?;
         // SAFETY: the map is read-only and private to this process; the file is not expected to be
         // truncated or rewritten while the program runs (the same contract every mmap-based model
         // loader has). Every byte is validated by the GGUF parser before use.
@@ -48,8 +63,7 @@ impl ModelFile {
     /// piece of the map go once read, so the process never holds both copies whole.
     pub fn read(path: &Path, kernels: Option<&Kernels>) -> Result<ModelFile> {
         use std::io::Read;
-        let mut file =
-            File::open(path).with_context(|| format!("cannot open model {}", path.display()))?;
+        let mut file = open_file(path)?;
         if let Some(k) = kernels {
             // SAFETY: as in `open`.
             let map = unsafe { Mmap::map(&file) }

@@ -259,6 +259,20 @@ fn bad_inputs_are_clear_errors() {
         "x",
     ]);
     assert_eq!(out.status.code(), Some(1));
+
+    // A directory: a Hugging Face one is pointed at `convert`.
+    let hf = dir.join("hf");
+    std::fs::create_dir_all(&hf).unwrap();
+    std::fs::write(hf.join("config.json"), "{}").unwrap();
+    for (path, want) in [
+        (&hf, "is a Hugging Face model directory: convert it"),
+        (&dir, "is a directory, not a GGUF model file"),
+    ] {
+        let out = edgellm(&["run", "-m", path.to_str().unwrap(), "-p", "x"]);
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{err}");
+    }
     std::fs::remove_dir_all(&dir).ok();
 
     // Zero threads or a context of zero tokens: refused, not silently raised to one.
