@@ -302,6 +302,11 @@ fn python_clients_match_greedy_run() {
         serde_json::json!([true, "length"])
     );
     assert_eq!(v["ollama_tags"], serde_json::json!([name]));
+    // `ollama show`: SmolLM2 is a llama model trained on 8192 positions, with a chat template.
+    assert_eq!(
+        v["ollama_show"],
+        serde_json::json!(["llama", "llama", 8192, true])
+    );
     assert_eq!(v["ollama_unknown_model"], 404);
     assert_eq!(v["openai_unknown_model"], 404);
     // The decode loop of every one of those requests allocated nothing.
@@ -499,6 +504,12 @@ fn hostile_requests_get_4xx_and_the_server_keeps_serving() {
             400,
         ),
         case("unknown model (OpenAI)", chat(r#","model":"gpt-9""#), 404),
+        case(
+            "show an unknown model",
+            post("/api/show", r#"{"model":"llama9"}"#),
+            404,
+        ),
+        case("show without a model", post("/api/show", "{}"), 400),
         case(
             "unknown model (Ollama)",
             post("/api/generate", r#"{"model":"llama9","prompt":"hi"}"#),

@@ -91,6 +91,13 @@ out["ollama_chat_stream"] = text
 out["ollama_chat_stream_done"] = [last.done, last.done_reason]
 
 out["ollama_tags"] = [m.model for m in ol.list().models]
+shown = ol.show(model)
+out["ollama_show"] = [
+    shown.details.family,
+    shown.modelinfo["general.architecture"],
+    shown.modelinfo[f"{shown.details.family}.context_length"],
+    bool(shown.template),
+]
 
 try:
     ol.generate(model="no-such-model", prompt=prompt, options=options, stream=False)

@@ -107,10 +107,11 @@ fn dialect_of(path: &str) -> Dialect {
 
 /// The endpoint label of `/metrics` (a fixed set, so the label cannot grow without bound).
 fn endpoint(path: &str) -> &'static str {
-    const KNOWN: [&str; 10] = [
+    const KNOWN: [&str; 11] = [
         "/api/generate",
         "/api/chat",
         "/api/tags",
+        "/api/show",
         "/api/version",
         "/v1/chat/completions",
         "/v1/completions",
@@ -264,6 +265,7 @@ fn router(st: Arc<AppState>, max_body: usize, timeout: Duration) -> Router {
         .route("/api/generate", post(ollama::generate))
         .route("/api/chat", post(ollama::chat))
         .route("/api/tags", get(ollama::tags))
+        .route("/api/show", post(ollama::show))
         .route("/api/version", get(ollama::version))
         .route("/v1/chat/completions", post(openai::chat))
         .route("/v1/completions", post(openai::completions))

@@ -284,6 +284,17 @@ pub async fn chat(
     }
 }
 
+/// The `details` object of `/api/tags` and `/api/show`.
+fn details(st: &AppState) -> Value {
+    json!({
+        "format": "gguf",
+        "family": st.family,
+        "families": [st.family],
+        "parameter_size": st.parameter_size,
+        "quantization_level": st.quantization,
+    })
+}
+
 /// `GET /api/tags`: the one model served.
 pub async fn tags(State(st): State<Arc<AppState>>) -> Response {
     Json(json!({ "models": [{
@@ -292,15 +303,60 @@ pub async fn tags(State(st): State<Arc<AppState>>) -> Response {
         "modified_at": st.modified_at,
         "size": st.model_bytes,
         "digest": st.fingerprint,
-        "details": {
-            "format": "gguf",
-            "family": st.family,
-            "families": [st.family],
-            "parameter_size": st.parameter_size,
-            "quantization_level": st.quantization,
-        },
+        "details": details(&st),
     }]}))
     .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct ShowRequest {
+    model: Option<String>,
+    /// The older name of `model`.
+    name: Option<String>,
+}
+
+/// `POST /api/show`: the served model's details, its shape as GGUF keys, and its chat template
+/// (what `ollama show` prints, and what `ollama run` asks for before it chats).
+pub async fn show(
+    State(st): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = (|| {
+        let req: ShowRequest = api::parse_body(body, Dialect::Ollama)?;
+        let model = req.model.or(req.name).filter(|m| !m.is_empty());
+        let Some(model) = model else {
+            return Err(ApiError::bad_request("`model` is required"));
+        };
+        api::check_model(&st, Some(&model))?;
+        let c = &st.loaded.model.config;
+        let a = &st.family;
+        let mut info = Map::new();
+        info.insert("general.architecture".into(), json!(a));
+        for (key, v) in [
+            ("context_length", c.train_context),
+            ("embedding_length", c.dim),
+            ("block_count", c.n_layers),
+            ("feed_forward_length", c.ffn_dim),
+            ("attention.head_count", c.n_heads),
+            ("attention.head_count_kv", c.n_kv_heads),
+            ("vocab_size", c.vocab_size),
+        ] {
+            info.insert(format!("{a}.{key}"), json!(v));
+        }
+        Ok(json!({
+            "modelfile": format!("FROM {}\n", st.model_name),
+            "parameters": "",
+            "template": st.loaded.chat_template().unwrap_or_default(),
+            "details": details(&st),
+            "model_info": info,
+            "capabilities": ["completion"],
+            "modified_at": st.modified_at,
+        }))
+    })();
+    match result {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.in_dialect(Dialect::Ollama).into_response(),
+    }
 }
 
 /// `GET /api/version`.
