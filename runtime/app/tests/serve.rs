@@ -309,6 +309,8 @@ fn python_clients_match_greedy_run() {
     );
     assert_eq!(v["ollama_unknown_model"], 404);
     assert_eq!(v["openai_unknown_model"], 404);
+    assert_eq!(v["openai_model"], name);
+    assert_eq!(v["openai_model_unknown"], 404);
     // The decode loop of every one of those requests allocated nothing.
     assert_eq!(
         server.metric("edgellm_decode_heap_operations_total", &[]),

@@ -58,6 +58,12 @@ for chunk in oa.completions.create(model=model, prompt=raw_prompt, temperature=0
 out["openai_completion_stream"] = text
 
 out["openai_models"] = [m.id for m in oa.models.list()]
+out["openai_model"] = oa.models.retrieve(model).id
+try:
+    oa.models.retrieve("no-such-model")
+    out["openai_model_unknown"] = "found"
+except openai.NotFoundError as e:
+    out["openai_model_unknown"] = e.status_code
 
 ol = ollama.Client(host=base, timeout=300)
 options = {"temperature": 0, "num_predict": n}

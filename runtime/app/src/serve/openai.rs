@@ -6,7 +6,7 @@ use super::{stream_response, AppState, Sink};
 use crate::chat::Message;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
@@ -388,14 +388,22 @@ async fn drive(
 
 /// `GET /v1/models`.
 pub async fn models(State(st): State<Arc<AppState>>) -> Response {
-    Json(json!({
-        "object": "list",
-        "data": [{
-            "id": st.model_name,
-            "object": "model",
-            "created": st.created,
-            "owned_by": "edgellm",
-        }],
-    }))
-    .into_response()
+    Json(json!({ "object": "list", "data": [model_object(&st)] })).into_response()
+}
+
+/// `GET /v1/models/{id}`: the served model, or 404 for any other id.
+pub async fn model(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    match api::check_model(&st, Some(&id)) {
+        Ok(()) => Json(model_object(&st)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn model_object(st: &AppState) -> Value {
+    json!({
+        "id": st.model_name,
+        "object": "model",
+        "created": st.created,
+        "owned_by": "edgellm",
+    })
 }
