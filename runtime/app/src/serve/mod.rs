@@ -405,6 +405,16 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     result
 }
 
+/// A warning when the service listens beyond this machine with no API key.
+fn exposure_warning(addr: std::net::SocketAddr, api_key: bool) -> Option<String> {
+    (!addr.ip().is_loopback() && !api_key).then(|| {
+        format!(
+            "warning: listening on {addr} without an API key: anyone who can reach this address \
+             can use the model (set --api-key, api_key in the config file, or EDGELLM_API_KEY)"
+        )
+    })
+}
+
 async fn run_server(
     s: Settings,
     state: Arc<AppState>,
@@ -416,6 +426,9 @@ async fn run_server(
         .await
         .with_context(|| format!("cannot listen on {}:{}", s.host, s.port))?;
     let addr = listener.local_addr()?;
+    if let Some(w) = exposure_warning(addr, s.api_key.is_some()) {
+        eprintln!("{w}");
+    }
     let signals = Signals::install()?;
     eprintln!(
         "serving {} (context {}, queue {}) on http://{addr}{}",
@@ -468,4 +481,23 @@ async fn run_server(
         _ = drain => eprintln!("closing the connections that remain"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exposure_warning;
+
+    #[test]
+    fn listening_beyond_loopback_without_a_key_is_warned() {
+        let addr = |a: &str| a.parse().unwrap();
+        let w = exposure_warning(addr("0.0.0.0:11434"), false).expect("a warning");
+        assert!(
+            w.contains("0.0.0.0:11434") && w.contains("--api-key"),
+            "{w}"
+        );
+        assert!(exposure_warning(addr("192.168.1.5:80"), false).is_some());
+        assert!(exposure_warning(addr("0.0.0.0:11434"), true).is_none());
+        assert!(exposure_warning(addr("127.0.0.1:11434"), false).is_none());
+        assert!(exposure_warning(addr("[::1]:11434"), false).is_none());
+    }
 }
